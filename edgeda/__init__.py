@@ -1,0 +1,26 @@
+"""edgeda: synthetic-to-real domain adaptation that ships to the edge.
+
+Library first: every CLI command wraps a function importable from here (loaded lazily so that
+``import edgeda`` stays fast and needs no optional extra).
+"""
+__version__ = "0.1.0"
+
+_LAZY = {
+    "train": ("edgeda.train.trainer", "train"),
+    "TrainConfig": ("edgeda.config", "TrainConfig"),
+    "load_bundle": ("edgeda.bundle", "load_bundle"),
+    "evaluate": ("edgeda.evaluation", "evaluate_bundle"),
+    "load_domain": ("edgeda.data.spec", "load_domain"),
+}
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        import importlib
+
+        mod, attr = _LAZY[name]
+        return getattr(importlib.import_module(mod), attr)
+    raise AttributeError(f"module 'edgeda' has no attribute {name!r}")
+
+
+__all__ = list(_LAZY) + ["__version__"]

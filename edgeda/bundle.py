@@ -1,0 +1,205 @@
+"""The shipped-model format: a directory ``NAME.edgeda/`` with ``manifest.json`` + safetensors.
+
+Loading never executes code: weights are safetensors, architectures are JSON records rebuilt
+through :func:`edgeda.models.rebuild`. Every file is listed in the manifest with its sha256 and
+checked on load; paths must stay inside the bundle; unknown newer format versions are refused.
+Writes are atomic: the bundle is assembled in a temporary directory and renamed into place.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import shutil
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from .errors import BundleError
+from .task import TaskSpec
+from .utils import atomic_dir, sha256_file
+
+FORMAT = "edgeda-bundle"
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+
+
+def _version() -> str:
+    from . import __version__
+
+    return __version__
+
+
+def safe_relpath(name: str) -> str:
+    """Validate a path named inside a manifest: relative, normalised, no ``..``, no absolute path."""
+    if not isinstance(name, str) or not name or "\\" in name or "\x00" in name:
+        raise BundleError(f"manifest names an invalid path {name!r}")
+    p = PurePosixPath(name)
+    if p.is_absolute() or any(part in ("..", "") for part in p.parts) or name.startswith("~"):
+        raise BundleError(f"manifest names a path outside the bundle: {name!r}")
+    return str(p)
+
+
+def _save_module(module, path: Path) -> None:
+    from safetensors.torch import save_file
+
+    state = {k: v.detach().to("cpu").contiguous() for k, v in module.state_dict().items()}
+    save_file(state, str(path), metadata={"format": "pt"})
+
+
+def write_bundle(
+    path: str | Path,
+    modules: dict[str, Any],
+    task: TaskSpec,
+    *,
+    method: dict | None = None,
+    training: dict | None = None,
+    metrics: dict | None = None,
+    extra: dict | None = None,
+    extra_files: dict[str, Path] | None = None,
+) -> Path:
+    """Write ``modules`` (name -> nn.Module built via :func:`edgeda.models.build`) as a bundle."""
+    from .models import arch_of
+
+    if "classifier" not in modules:
+        raise ValueError("a bundle always ships a 'classifier'")
+    path = Path(path)
+    manifest: dict[str, Any] = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "edgeda_version": _version(),
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "task": task.to_dict(),
+        "deployables": {},
+        "method": method or {},
+        "training": training or {},
+        "metrics": metrics or {},
+        "files": {},
+    }
+    manifest.update(extra or {})
+    with atomic_dir(path) as tmp:
+        for name, module in modules.items():
+            fname = f"{name}.safetensors"
+            _save_module(module, tmp / fname)
+            manifest["deployables"][name] = {"file": fname, "arch": arch_of(module)}
+        for rel, src in (extra_files or {}).items():
+            dst = tmp / safe_relpath(rel)
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(src, dst)
+        _finish_manifest(tmp, manifest)
+    return path
+
+
+def _finish_manifest(folder: Path, manifest: dict) -> None:
+    files = {}
+    for f in sorted(folder.rglob("*")):
+        if f.is_file() and f.name != MANIFEST:
+            rel = f.relative_to(folder).as_posix()
+            files[rel] = {"sha256": sha256_file(f), "bytes": f.stat().st_size}
+    manifest["files"] = files
+    (folder / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+
+
+class Bundle:
+    """A verified bundle on disk. ``bundle.module("classifier")`` rebuilds a module in eval mode."""
+
+    def __init__(self, path: str | Path, verify: bool = True):
+        self.path = Path(path)
+        mf = self.path / MANIFEST
+        if not mf.is_file():
+            raise BundleError(f"{self.path} is not an edgeda bundle (no {MANIFEST})")
+        try:
+            self.manifest = json.loads(mf.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise BundleError(f"{mf} is not valid JSON ({e})") from None
+        check_manifest(self.manifest)
+        if verify:
+            self.verify()
+        self.task = TaskSpec.from_dict(self.manifest["task"])
+
+    def verify(self) -> None:
+        for rel, info in self.manifest["files"].items():
+            f = self.path / safe_relpath(rel)
+            if not f.is_file():
+                raise BundleError(f"bundle {self.path} is missing {rel}")
+            if sha256_file(f) != info.get("sha256"):
+                raise BundleError(f"bundle {self.path}: {rel} does not match its checksum (tampered or corrupt)")
+
+    @property
+    def names(self) -> list[str]:
+        return sorted(self.manifest["deployables"])
+
+    def module(self, name: str = "classifier", device: str = "cpu"):
+        from safetensors.torch import load_file
+
+        from .models import rebuild
+
+        entry = self.manifest["deployables"].get(name)
+        if entry is None:
+            raise BundleError(f"bundle {self.path} has no {name!r} (has: {', '.join(self.names)})")
+        module = rebuild(entry["arch"])
+        state = load_file(str(self.path / safe_relpath(entry["file"])))
+        module.load_state_dict(state)
+        return module.to(device).eval()
+
+    @property
+    def classifier(self):
+        return self.module("classifier")
+
+    def file(self, rel: str) -> Path:
+        return self.path / safe_relpath(rel)
+
+
+def check_manifest(m: Any) -> None:
+    """Refuse manifests that are malformed, from a newer format, or name paths outside the bundle."""
+    if not isinstance(m, dict) or m.get("format") != FORMAT:
+        raise BundleError("manifest is not an edgeda bundle manifest")
+    v = m.get("format_version")
+    if not isinstance(v, int) or isinstance(v, bool):
+        raise BundleError(f"manifest has an invalid format_version {v!r}")
+    if v > FORMAT_VERSION:
+        raise BundleError(
+            f"bundle format version {v} is newer than this edgeda supports ({FORMAT_VERSION}); upgrade edgeda"
+        )
+    for key, typ in (("task", dict), ("deployables", dict), ("files", dict)):
+        if not isinstance(m.get(key), typ):
+            raise BundleError(f"manifest field {key!r} is missing or malformed")
+    for rel, info in m["files"].items():
+        safe_relpath(rel)
+        if not isinstance(info, dict) or not isinstance(info.get("sha256"), str):
+            raise BundleError(f"manifest entry for {rel!r} has no sha256")
+    for name, entry in m["deployables"].items():
+        if not isinstance(entry, dict) or not isinstance(entry.get("arch"), dict):
+            raise BundleError(f"deployable {name!r} has no architecture record")
+        rel = safe_relpath(entry.get("file", ""))
+        if rel not in m["files"]:
+            raise BundleError(f"deployable {name!r} names {rel!r}, which has no checksum in the manifest")
+
+
+def load_bundle(path: str | Path, verify: bool = True) -> Bundle:
+    return Bundle(path, verify=verify)
+
+
+def update_bundle(src: str | Path, dst: str | Path | None = None, *, add_files: dict[str, Path] | None = None,
+                  manifest_updates: dict | None = None) -> Path:
+    """Copy a verified bundle (to ``dst``, or in place), add files and manifest fields, rewrite checksums.
+
+    The result replaces ``dst`` atomically; ``src`` itself is only replaced when ``dst`` is None.
+    """
+    bundle = Bundle(src)
+    dst = Path(dst) if dst is not None else bundle.path
+    manifest = json.loads(json.dumps(bundle.manifest))
+    for k, v in (manifest_updates or {}).items():
+        if isinstance(v, dict) and isinstance(manifest.get(k), dict):
+            manifest[k].update(v)
+        else:
+            manifest[k] = v
+    with atomic_dir(dst) as tmp:
+        for rel in bundle.manifest["files"]:
+            out = tmp / rel
+            out.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(bundle.file(rel), out)
+        for rel, f in (add_files or {}).items():
+            out = tmp / safe_relpath(rel)
+            out.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(f, out)
+        _finish_manifest(tmp, manifest)
+    return dst

@@ -1,0 +1,110 @@
+"""Training configuration: one dataclass, loadable from YAML/JSON; CLI flags override file values."""
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import EdgedaError
+
+
+@dataclass
+class TrainConfig:
+    method: str = "dann"
+    source: str = "syndigits"
+    target: str | None = "handwritten"
+    target_test: str | None = None  # default: "<name>:test" for a built-in target, else none
+    out: str = "runs/edgeda"
+    backbone: str = "dtn"
+    backbone_kwargs: dict = field(default_factory=dict)
+    image_size: int = 32
+    channels: int = 3
+    iters: int = 2000
+    batch_size: int = 32  # per domain, per process
+    optimizer: str = "sgd"
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    lr_schedule: str = "dann"  # dann: lr0 / (1 + 10 p)^0.75 | cosine | constant
+    eval_every: int = 500
+    checkpoint_every: int = 500
+    select: str = "last"  # model selection, never on target labels: last | source_val
+    seed: int = 0
+    device: str = "auto"
+    amp: bool = True
+    source_n: int = 10000  # images rendered for a generated source (syndigits)
+    val_fraction: float = 0.1  # held-out source validation for sources without a val split
+    augment_shift: int = 2
+    augment_contrast: float = 0.0
+    options: dict = field(default_factory=dict)  # method-specific options
+    skip_nonfinite: bool = False
+    init: str | None = None  # initial weights (bundle or .safetensors) where a method needs them
+
+    def validate(self) -> "TrainConfig":
+        if self.iters < 1:
+            raise EdgedaError("--iters must be at least 1")
+        if self.batch_size < 1:
+            raise EdgedaError("--batch-size must be at least 1")
+        if self.lr_schedule not in ("dann", "cosine", "constant"):
+            raise EdgedaError(f"unknown lr_schedule {self.lr_schedule!r}; valid: constant, cosine, dann")
+        if self.select not in SELECTORS:
+            raise EdgedaError(f"unknown --select {self.select!r}; valid: {', '.join(SELECTORS)}")
+        if self.channels not in (1, 3):
+            raise EdgedaError("channels must be 1 or 3")
+        self.eval_every = max(1, min(self.eval_every, self.iters))
+        self.checkpoint_every = max(1, self.checkpoint_every)
+        return self
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+SELECTORS = ("last", "source_val")
+
+
+def load_config_file(path: str | Path) -> dict:
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise EdgedaError(f"cannot read config file {path}: {e.strerror}") from None
+    try:
+        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    except (json.JSONDecodeError, yaml.YAMLError) as e:
+        raise EdgedaError(f"config file {path} is not valid {'JSON' if path.suffix == '.json' else 'YAML'}: {e}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise EdgedaError(f"config file {path} must hold a mapping of option names to values")
+    return data
+
+
+def make_config(file_values: dict | None = None, overrides: dict[str, Any] | None = None) -> TrainConfig:
+    """Defaults < file values < overrides (CLI flags that were given; None means 'not given')."""
+    names = {f.name for f in dataclasses.fields(TrainConfig)}
+    merged: dict[str, Any] = {}
+    for source in (file_values or {}, {k: v for k, v in (overrides or {}).items() if v is not None}):
+        unknown = set(source) - names
+        if unknown:
+            raise EdgedaError(f"unknown config option(s) {', '.join(sorted(unknown))}; valid: {', '.join(sorted(names))}")
+        for k, v in source.items():
+            if k == "options" and isinstance(v, dict):
+                merged.setdefault("options", {}).update(v)
+            else:
+                merged[k] = v
+    try:
+        return TrainConfig(**merged).validate()
+    except TypeError as e:
+        raise EdgedaError(f"invalid configuration: {e}") from None
+
+
+def parse_option(text: str) -> tuple[str, Any]:
+    """``key=value`` with the value parsed as YAML (numbers, booleans, lists)."""
+    if "=" not in text:
+        raise EdgedaError(f"--option expects key=value, got {text!r}")
+    k, v = text.split("=", 1)
+    return k.strip(), yaml.safe_load(v)

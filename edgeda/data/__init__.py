@@ -1,0 +1,6 @@
+"""Domains: built-in generators, user folders and ``.npz`` files, transforms."""
+from .builtin import BUILTIN_DOMAINS, DIGIT_CLASSES
+from .domain import Domain, LoadReport
+from .spec import is_builtin, load_domain, split_builtin
+
+__all__ = ["BUILTIN_DOMAINS", "DIGIT_CLASSES", "Domain", "LoadReport", "load_domain", "is_builtin", "split_builtin"]

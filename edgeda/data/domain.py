@@ -1,0 +1,92 @@
+"""The in-memory domain every loader produces, and the load report for skipped files."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..errors import DataError
+
+
+@dataclass
+class LoadReport:
+    """What a loader saw: how many images it used and which files it skipped, with the reason."""
+
+    loaded: int = 0
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+
+    def skip(self, path: str, reason: str) -> None:
+        self.skipped.append((path, reason))
+
+    def summary(self) -> str:
+        if not self.skipped:
+            return f"{self.loaded} images"
+        return f"{self.loaded} images, {len(self.skipped)} files skipped"
+
+    def to_dict(self, max_listed: int = 50) -> dict:
+        return {
+            "loaded": self.loaded,
+            "skipped": len(self.skipped),
+            "skipped_files": [{"path": p, "reason": r} for p, r in self.skipped[:max_listed]],
+        }
+
+
+@dataclass
+class Domain:
+    """Images of one domain, already at the task's size and channel count.
+
+    ``images``: (N, H, W, C) uint8. ``labels``: (N,) int64 or None (unlabeled).
+    ``masks``: optional (N, H, W) uint8 foreground masks (255 = object), for pixel-level methods.
+    """
+
+    name: str
+    images: np.ndarray
+    labels: np.ndarray | None = None
+    classes: list[str] | None = None
+    masks: np.ndarray | None = None
+    report: LoadReport = field(default_factory=LoadReport)
+
+    def __post_init__(self) -> None:
+        if self.images.ndim != 4 or self.images.dtype != np.uint8:
+            raise ValueError(f"Domain images must be (N,H,W,C) uint8, got {self.images.shape} {self.images.dtype}")
+        if self.labels is not None and len(self.labels) != len(self.images):
+            raise ValueError("labels and images differ in length")
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    @property
+    def labeled(self) -> bool:
+        return self.labels is not None
+
+    @property
+    def num_classes(self) -> int | None:
+        return len(self.classes) if self.classes is not None else None
+
+    def subset(self, idx: np.ndarray, name: str | None = None) -> "Domain":
+        return Domain(
+            name=name or self.name,
+            images=self.images[idx],
+            labels=None if self.labels is None else self.labels[idx],
+            classes=self.classes,
+            masks=None if self.masks is None else self.masks[idx],
+            report=self.report,
+        )
+
+    def require_usable(self, *, labeled: bool, num_classes: int | None = None) -> None:
+        """Raise one clear :class:`DataError` if this domain cannot be trained or evaluated on."""
+        if len(self) == 0:
+            extra = f" ({len(self.report.skipped)} files were unreadable)" if self.report.skipped else ""
+            raise DataError(f"domain {self.name!r} has no usable images{extra}")
+        if labeled and self.labels is None:
+            raise DataError(
+                f"domain {self.name!r} has no labels, but labels are needed here "
+                "(use an ImageFolder layout with one subfolder per class, or an .npz with 'y')"
+            )
+        if labeled and num_classes is not None and self.labels is not None:
+            hi = int(self.labels.max())
+            lo = int(self.labels.min())
+            if lo < 0 or hi >= num_classes:
+                raise DataError(
+                    f"domain {self.name!r} has labels in [{lo}, {hi}] but the task has {num_classes} classes"
+                )

@@ -1,0 +1,139 @@
+"""User data: image folders (labeled ImageFolder layout or any unlabeled tree) and ``.npz`` files.
+
+Bad files never crash a load: each unreadable, truncated, zero-byte, non-image, oversized
+("decompression bomb") or unconvertible file is skipped and recorded with its reason in the
+domain's :class:`LoadReport`. Directory walks do not follow symlinks into loops.
+"""
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from ..errors import DataError
+from .domain import Domain, LoadReport
+from .transforms import prepare_image
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
+MAX_IMAGE_PIXELS = 64_000_000  # larger declared sizes are refused as decompression bombs
+
+
+def list_images(root: Path) -> list[Path]:
+    """Every image file under ``root`` (recursive, sorted); symlinked directories are not followed."""
+    out = []
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=False, onerror=lambda e: None):
+        dirnames.sort()
+        for fn in sorted(filenames):
+            if fn.lower().endswith(IMAGE_EXTENSIONS):
+                out.append(Path(dirpath) / fn)
+    return out
+
+
+def read_image(path: Path) -> np.ndarray:
+    """Decode one file to (H, W, C) uint8 with C in {1, 3}; raises ValueError with a short reason."""
+    try:
+        if path.stat().st_size == 0:
+            raise ValueError("empty file")
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                w, h = im.size
+                if w * h > MAX_IMAGE_PIXELS:
+                    raise ValueError(f"declared size {w}x{h} is too large (possible decompression bomb)")
+                im.load()
+                return _to_uint8(im)
+    except ValueError:
+        raise
+    except (OSError, SyntaxError, Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise ValueError(f"{type(e).__name__}: {e}".splitlines()[0][:200]) from None
+
+
+def _to_uint8(im: Image.Image) -> np.ndarray:
+    mode = im.mode
+    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        arr = np.asarray(im, dtype=np.float64)
+        top = 65535.0 if mode.startswith("I;16") or arr.max() > 255 else 255.0
+        return np.clip(np.rint(arr / top * 255.0), 0, 255).astype(np.uint8)[:, :, None]
+    if mode in ("L", "1"):
+        return np.asarray(im.convert("L"))[:, :, None]
+    if mode == "LA":
+        return np.asarray(im.convert("L"))[:, :, None]
+    return np.asarray(im.convert("RGB"))
+
+
+def load_folder(root: Path, *, labeled: bool, size: tuple[int, int], channels: int) -> Domain:
+    if not root.is_dir():
+        raise DataError(f"{root} is not a folder")
+    report = LoadReport()
+    class_dirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.is_symlink() and not p.name.startswith("."))
+    if labeled:
+        loose = [p for p in root.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS]
+        if not class_dirs:
+            raise DataError(
+                f"{root} has no class subfolders; a labeled domain needs one subfolder per class (ImageFolder layout)"
+            )
+        for p in loose:
+            report.skip(str(p), "image outside any class folder")
+        items = [(f, i) for i, d in enumerate(class_dirs) for f in list_images(d)]
+        classes = [d.name for d in class_dirs]
+    else:
+        items = [(f, -1) for f in list_images(root)]
+        classes = None
+    images, labels = [], []
+    for f, y in items:
+        try:
+            img = prepare_image(read_image(f), size, channels)
+        except ValueError as e:
+            report.skip(str(f), str(e))
+            continue
+        images.append(img)
+        labels.append(y)
+    report.loaded = len(images)
+    arr = np.stack(images) if images else np.zeros((0, *size, channels), np.uint8)
+    return Domain(
+        name=str(root),
+        images=arr,
+        labels=np.asarray(labels, np.int64) if labeled else None,
+        classes=classes,
+        report=report,
+    )
+
+
+def load_npz(path: Path, *, labeled: bool, size: tuple[int, int], channels: int) -> Domain:
+    """``x``: (N, H, W[, C]) uint8; optional ``y``: (N,) integers; optional ``classes``: (K,) strings."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            files = set(z.files)
+            if "x" not in files:
+                raise DataError(f"{path} has no array 'x' (found: {', '.join(sorted(files)) or 'none'})")
+            x = z["x"]
+            y = z["y"] if "y" in files else None
+            classes = [str(c) for c in z["classes"]] if "classes" in files else None
+    except DataError:
+        raise
+    except (OSError, ValueError, EOFError) as e:
+        raise DataError(f"{path} is not a readable .npz file ({type(e).__name__}: {e})") from None
+    if x.dtype != np.uint8:
+        raise DataError(f"{path}: 'x' must be uint8 images, got dtype {x.dtype}")
+    if x.ndim == 3:
+        x = x[:, :, :, None]
+    if x.ndim != 4 or x.shape[3] not in (1, 3, 4):
+        raise DataError(f"{path}: 'x' must have shape (N,H,W) or (N,H,W,C) with C in 1/3/4, got {x.shape}")
+    if y is not None:
+        if y.ndim != 1 or len(y) != len(x):
+            raise DataError(f"{path}: 'y' must have shape ({len(x)},), got {y.shape}")
+        if not np.issubdtype(y.dtype, np.integer):
+            raise DataError(f"{path}: 'y' must hold integer labels, got dtype {y.dtype}")
+        y = y.astype(np.int64)
+        if len(y) and y.min() < 0:
+            raise DataError(f"{path}: 'y' has negative labels")
+        if classes is None and len(y):
+            classes = [str(i) for i in range(int(y.max()) + 1)]
+    if labeled and y is None:
+        raise DataError(f"{path} has no labels 'y', but labels are needed here")
+    images = np.stack([prepare_image(img, size, channels) for img in x]) if len(x) else np.zeros((0, *size, channels), np.uint8)
+    report = LoadReport(loaded=len(images))
+    return Domain(name=str(path), images=images, labels=y, classes=classes, report=report)

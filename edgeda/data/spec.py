@@ -1,0 +1,56 @@
+"""Resolve a domain spec string: a built-in name (optionally ``name:split``), a folder, or an ``.npz``."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..errors import DataError
+from .builtin import BUILTIN_DOMAINS
+from .domain import Domain
+from .files import load_folder, load_npz
+
+
+def split_builtin(spec: str) -> tuple[str, str | None] | None:
+    """``"handwritten:test"`` -> ``("handwritten", "test")``; None when ``spec`` is not built-in."""
+    name, _, split = spec.partition(":")
+    if name in BUILTIN_DOMAINS:
+        return name, split or None
+    return None
+
+
+def is_builtin(spec: str) -> bool:
+    return split_builtin(spec) is not None
+
+
+def load_domain(
+    spec: str,
+    *,
+    labeled: bool,
+    size: tuple[int, int] = (32, 32),
+    channels: int = 3,
+    split: str | None = None,
+    n: int | None = None,
+    seed: int = 0,
+) -> Domain:
+    """Load a domain at the task's image size and channel count.
+
+    ``split`` is the default split of a built-in domain when the spec names none. ``n`` caps the
+    number of samples of a built-in domain (for rendered ones it is the number rendered).
+    """
+    builtin = split_builtin(spec)
+    if builtin is not None:
+        name, spec_split = builtin
+        kwargs = {"size": tuple(size), "channels": channels, "n": n, "seed": seed}
+        chosen = spec_split or split
+        try:
+            return BUILTIN_DOMAINS.get(name)(chosen, **kwargs) if chosen else BUILTIN_DOMAINS.get(name)(**kwargs)
+        except ValueError as e:
+            raise DataError(str(e)) from None
+    path = Path(spec).expanduser()
+    if path.suffix.lower() == ".npz":
+        if not path.is_file():
+            raise DataError(f"{spec}: no such .npz file")
+        return load_npz(path, labeled=labeled, size=tuple(size), channels=channels)
+    if path.is_dir():
+        return load_folder(path, labeled=labeled, size=tuple(size), channels=channels)
+    valid = ", ".join(BUILTIN_DOMAINS)
+    raise DataError(f"unknown domain {spec!r}: not a built-in name ({valid}), a folder, or an .npz file")

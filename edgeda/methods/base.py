@@ -1,0 +1,205 @@
+"""The method interface every adaptation method implements, and the engine that runs its updates.
+
+A method builds its modules and optimizers from the task spec and its options, and implements
+``step(source, target) -> dict[str, float]``. Everything else (iteration budget, LR schedule, AMP,
+distributed gradient averaging, evaluation, checkpoints, bundles) belongs to the trainer, reached
+through :meth:`Method.update`.
+"""
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+from torch import nn
+
+from ..errors import EdgedaError
+from ..models import build
+from ..task import TaskSpec
+
+
+@dataclass
+class Batch:
+    """A batch on the training device: normalised images, labels (None for target), optional masks."""
+
+    x: torch.Tensor
+    y: torch.Tensor | None = None
+    mask: torch.Tensor | None = None  # (N, 1, H, W) float in [0, 1], foreground = 1
+
+    def __len__(self) -> int:
+        return self.x.shape[0]
+
+
+@dataclass
+class OptimConfig:
+    name: str = "sgd"
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    betas: tuple[float, float] = (0.5, 0.999)
+
+
+class NonFiniteLoss(ArithmeticError):
+    """Raised before any parameter changes when a loss is NaN or infinite."""
+
+
+class Engine:
+    """Runs one optimisation update: AMP autocast + loss scaling on CUDA, and gradient averaging
+    across ranks under ``torchrun`` (so methods with several optimizers need no DDP wrapper)."""
+
+    def __init__(self, device: torch.device | str = "cpu", amp: bool = False, world_size: int = 1):
+        self.device = torch.device(device)
+        self.amp = bool(amp) and self.device.type == "cuda"
+        self.dtype = torch.bfloat16 if self.amp and torch.cuda.is_bf16_supported() else torch.float16
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp and self.dtype == torch.float16)
+        self.world_size = world_size
+
+    def autocast(self):
+        if not self.amp:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type="cuda", dtype=self.dtype)
+
+    def backward_step(self, loss: torch.Tensor, optimizers: list[torch.optim.Optimizer], retain_graph: bool = False) -> None:
+        finite = bool(torch.isfinite(loss.detach()).all())
+        if self.world_size > 1:  # every rank must take the same branch
+            import torch.distributed as dist
+
+            flag = torch.tensor([1.0 if finite else 0.0], device=loss.device)
+            dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+            finite = bool(flag.item())
+        if not finite:
+            raise NonFiniteLoss(float(loss.detach().float().sum()))
+        for opt in optimizers:
+            opt.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward(retain_graph=retain_graph)
+        if self.world_size > 1:
+            self._average_gradients(optimizers)
+        for opt in optimizers:
+            self.scaler.step(opt)
+        self.scaler.update()
+
+    def _average_gradients(self, optimizers: list[torch.optim.Optimizer]) -> None:
+        import torch.distributed as dist
+
+        grads = [p.grad for opt in optimizers for g in opt.param_groups for p in g["params"] if p.grad is not None]
+        if not grads:
+            return
+        flat = torch.cat([g.reshape(-1) for g in grads])
+        dist.all_reduce(flat)
+        flat.div_(self.world_size)
+        offset = 0
+        for g in grads:
+            g.copy_(flat[offset : offset + g.numel()].view_as(g))
+            offset += g.numel()
+
+
+class Method:
+    """Base class. Subclasses set ``name``/``summary``/``defaults`` and implement ``build`` and ``step``.
+
+    ``self.nets`` (an ``nn.ModuleDict``) holds every module the method trains; ``self.optims``
+    its optimizers by name. ``self.progress`` in [0, 1] is set by the trainer before each step.
+    """
+
+    name: ClassVar[str] = ""
+    summary: ClassVar[str] = ""
+    uses_target: ClassVar[bool] = True
+    defaults: ClassVar[dict] = {}
+
+    def __init__(
+        self,
+        task: TaskSpec,
+        *,
+        backbone: str = "dtn",
+        backbone_kwargs: dict | None = None,
+        options: dict | None = None,
+        optim: OptimConfig | None = None,
+        engine: Engine | None = None,
+    ):
+        unknown = set(options or {}) - set(self.defaults)
+        if unknown:
+            valid = ", ".join(sorted(self.defaults)) or "(none)"
+            raise EdgedaError(f"method {self.name!r} has no option {', '.join(sorted(unknown))}; valid: {valid}")
+        self.task = task
+        self.backbone = backbone
+        self.backbone_kwargs = dict(backbone_kwargs or {})
+        self.opts = {**self.defaults, **(options or {})}
+        self.optim_cfg = optim or OptimConfig()
+        self.engine = engine or Engine()
+        self.progress = 0.0
+        self.nets = nn.ModuleDict()
+        self.optims: dict[str, torch.optim.Optimizer] = {}
+        self.build()
+        self.nets.to(self.engine.device)
+
+    # -- to implement -------------------------------------------------------------------------
+    def build(self) -> None:
+        raise NotImplementedError
+
+    def step(self, source: Batch, target: Batch | None) -> dict[str, float]:
+        raise NotImplementedError
+
+    # -- shared helpers -----------------------------------------------------------------------
+    def make_classifier(self) -> nn.Module:
+        t = self.task
+        return build(
+            "classifier",
+            backbone=self.backbone,
+            num_classes=t.num_classes,
+            channels=t.channels,
+            image_size=t.image_size[0],
+            backbone_kwargs=self.backbone_kwargs,
+        )
+
+    def make_optimizer(self, params, lr_mult: float = 1.0, name: str | None = None) -> torch.optim.Optimizer:
+        c = self.optim_cfg
+        lr = c.lr * lr_mult
+        if (name or c.name) == "sgd":
+            opt = torch.optim.SGD(params, lr=lr, momentum=c.momentum, weight_decay=c.weight_decay, nesterov=c.momentum > 0)
+        elif (name or c.name) == "adam":
+            opt = torch.optim.Adam(params, lr=lr, betas=c.betas, weight_decay=c.weight_decay)
+        else:
+            raise EdgedaError(f"unknown optimizer {c.name!r}; valid: adam, sgd")
+        for g in opt.param_groups:
+            g["initial_lr"] = g["lr"]
+        return opt
+
+    def update(self, loss: torch.Tensor, *optim_names: str, retain_graph: bool = False) -> None:
+        """Backward ``loss`` and step the named optimizers (all of them when none is named)."""
+        names = optim_names or tuple(self.optims)
+        self.engine.backward_step(loss, [self.optims[n] for n in names], retain_graph=retain_graph)
+
+    def autocast(self):
+        return self.engine.autocast()
+
+    @property
+    def classifier(self) -> nn.Module:
+        return self.nets["classifier"]
+
+    def deployables(self) -> dict[str, nn.Module]:
+        """What ships: always ``"classifier"`` (features + head); pixel-level methods add ``"refiner"``."""
+        return {"classifier": self.classifier}
+
+    def train(self) -> None:
+        self.nets.train()
+
+    def eval(self) -> None:
+        self.nets.eval()
+
+    def state_dict(self) -> dict:
+        return {
+            "nets": self.nets.state_dict(),
+            "optims": {k: o.state_dict() for k, o in self.optims.items()},
+            "scaler": self.engine.scaler.state_dict(),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.nets.load_state_dict(state["nets"])
+        for k, o in self.optims.items():
+            o.load_state_dict(state["optims"][k])
+        if state.get("scaler"):
+            self.engine.scaler.load_state_dict(state["scaler"])
+
+    @classmethod
+    def describe(cls) -> str:
+        return cls.summary or (cls.__doc__ or "").strip().splitlines()[0]

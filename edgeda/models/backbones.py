@@ -23,7 +23,9 @@ class DTN(nn.Module):
             _conv_bn(width, 2 * width, 5, 2),
             _conv_bn(2 * width, 4 * width, 5, 2),
         )
-        side = -(-(-(-(-(-image_size // 2) // 2)) // 2))  # three ceil-halvings
+        side = image_size
+        for _ in range(3):  # each 5x5 / stride 2 / pad 2 conv maps n -> ceil(n / 2)
+            side = (side + 1) // 2
         self.fc = nn.Sequential(
             nn.Flatten(),
             nn.Dropout(dropout),

@@ -221,7 +221,8 @@ class Trainer:
         return rec
 
     # -- main loop ------------------------------------------------------------------------------
-    def run(self, resume: bool = False) -> TrainResult:
+    def run(self, resume: bool = False, callback: Callable[[int], None] | None = None) -> TrainResult:
+        """Train; ``callback(iteration)`` runs after every completed iteration (it may raise to stop)."""
         cfg = self.cfg
         t_start = time.perf_counter()
         self._build()
@@ -262,6 +263,7 @@ class Trainer:
                 t0 = time.perf_counter()
                 source = self.source_stream.next()
                 target = self.target_stream.next() if self.target_stream is not None else None
+                buffers = [b.clone() for b in self.method.nets.buffers()] if cfg.skip_nonfinite else None
                 try:
                     losses = self.method.step(source, target)
                 except NonFiniteLoss:
@@ -270,6 +272,9 @@ class Trainer:
                             f"loss became non-finite at iteration {it + 1}; the last good checkpoint is kept in "
                             f"{self.ckpt_dir} (resume with --resume, or pass --skip-nonfinite to skip such steps)"
                         ) from None
+                    with torch.no_grad():  # the forward pass already fed the bad batch to BatchNorm statistics
+                        for b, saved in zip(self.method.nets.buffers(), buffers):
+                            b.copy_(saved)
                     self.skipped_steps += 1
                     losses = {}
                 step_time += time.perf_counter() - t0
@@ -290,6 +295,8 @@ class Trainer:
                         bar.print(_format_eval(rec))
                 if (done % cfg.checkpoint_every == 0 or done == cfg.iters) and self.dist.is_main:
                     save_checkpoint(self.ckpt_dir, done, self._state(done))
+                if callback is not None:
+                    callback(done)
         finally:
             bar.close()
         distributed.barrier(self.dist)

@@ -1,0 +1,163 @@
+"""The ``edgeda`` command line: a thin click layer over the library.
+
+Errors the user can act on print one sentence and exit with code 2; ``--json`` prints a
+machine-readable result on stdout.
+"""
+from __future__ import annotations
+
+import functools
+import json
+import sys
+
+import click
+
+from .errors import EdgedaError
+
+
+def handle_errors(fn):
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except EdgedaError as e:
+            click.secho(f"error: {e}", fg="red", err=True)
+            sys.exit(e.exit_code)
+        except KeyboardInterrupt:
+            click.secho("interrupted; the last checkpoint is kept (continue with --resume)", fg="yellow", err=True)
+            sys.exit(130)
+
+    return wrapper
+
+
+def emit_json(obj) -> None:
+    click.echo(json.dumps(obj, indent=2, default=str))
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="edgeda")
+def main() -> None:
+    """edgeda: synthetic-to-real domain adaptation that ships to the edge."""
+
+
+@main.command()
+@click.option("--method", help="adaptation method (see `edgeda methods`)")
+@click.option("--source", help="labeled source domain: built-in name, folder or .npz")
+@click.option("--target", help="unlabeled target domain: built-in name, folder or .npz")
+@click.option("--target-test", help="labeled target test domain, for reporting only")
+@click.option("--iters", type=int, help="training iterations")
+@click.option("--batch-size", type=int, help="images per domain per step")
+@click.option("--lr", type=float, help="base learning rate")
+@click.option("--backbone", help="feature extractor (dtn, resnet_small)")
+@click.option("--eval-every", type=int, help="evaluate and log every N iterations")
+@click.option("--select", help="model selection without target labels: last | source_val")
+@click.option("--seed", type=int)
+@click.option("--device", help="auto | cpu | cuda[:N]")
+@click.option("--init", help="initial weights (bundle or .safetensors) for methods that need them")
+@click.option("--option", "options", multiple=True, help="method option key=value (repeatable)")
+@click.option("--skip-nonfinite", is_flag=True, default=None, help="skip steps whose loss is NaN/inf instead of stopping")
+@click.option("--out", help="run folder (checkpoints, metrics.jsonl, model.edgeda)")
+@click.option("--config", "config_file", type=click.Path(dir_okay=False), help="YAML/JSON config; flags override it")
+@click.option("--resume", is_flag=True, help="continue from the last checkpoint in --out")
+@click.option("--json", "as_json", is_flag=True, help="print the result as JSON")
+@handle_errors
+def train(method, source, target, target_test, iters, batch_size, lr, backbone, eval_every, select, seed, device,
+          init, options, skip_nonfinite, out, config_file, resume, as_json) -> None:
+    """Train a model with an adaptation method and write a bundle."""
+    from .config import load_config_file, make_config, parse_option
+    from .train import train as run_train
+
+    file_values = load_config_file(config_file) if config_file else {}
+    overrides = dict(method=method, source=source, target=target, target_test=target_test, iters=iters,
+                     batch_size=batch_size, lr=lr, backbone=backbone, eval_every=eval_every, select=select, seed=seed,
+                     device=device, init=init, out=out, skip_nonfinite=skip_nonfinite)
+    if options:
+        overrides["options"] = dict(parse_option(o) for o in options)
+    cfg = make_config(file_values, overrides)
+    result = run_train(cfg, resume=resume, progress=not as_json and sys.stderr.isatty(), log=None if as_json else click.echo)
+    out = {"bundle": str(result.bundle), "run_dir": str(result.run_dir), "metrics": result.metrics,
+           "wall_time_s": round(result.wall_time, 2), "skipped_steps": result.skipped_steps}
+    if as_json:
+        emit_json(out)
+        return
+    m = result.metrics
+    click.echo(f"\n{cfg.method}: {cfg.source} -> {cfg.target}, {cfg.iters} iterations in {result.wall_time:.0f}s")
+    click.echo(f"  source val accuracy  {m.get('source_val_acc', float('nan')):.1%}")
+    if "target_test_acc" in m:
+        click.echo(f"  target test accuracy {m['target_test_acc']:.1%} (reported only; selection used {cfg.select})")
+    click.echo(f"bundle: {result.bundle}")
+
+
+@main.command("eval")
+@click.argument("bundle", type=click.Path())
+@click.option("--data", help="labeled domain spec (default: the bundle's target test split)")
+@click.option("--confusion", "confusion_png", type=click.Path(dir_okay=False), help="write the confusion matrix PNG here")
+@click.option("--device", default="auto")
+@click.option("--json", "as_json", is_flag=True)
+@handle_errors
+def eval_cmd(bundle, data, confusion_png, device, as_json) -> None:
+    """Accuracy, per-class accuracy and confusion matrix of a bundle on a labeled domain."""
+    from pathlib import Path
+
+    from .evaluation import evaluate_bundle
+
+    if confusion_png is None:
+        confusion_png = str(Path(bundle).with_suffix("")) + "-confusion.png"
+    m = evaluate_bundle(bundle, data, confusion_png=confusion_png, device=device)
+    if as_json:
+        emit_json(m)
+        return
+    click.echo(f"{m['bundle']} on {m['data']}: accuracy {m['accuracy']:.1%} (n={m['n']})")
+    click.echo("  per class: " + "  ".join(f"{k}:{'-' if v is None else f'{v:.0%}'}" for k, v in m["per_class"].items()))
+    if m["load_report"]["skipped"]:
+        click.echo(f"  skipped {m['load_report']['skipped']} unreadable files")
+    click.echo(f"confusion matrix: {m['confusion_png']}")
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True)
+def methods(as_json) -> None:
+    """List the registered adaptation methods."""
+    from .methods import METHODS
+
+    rows = {name: {"summary": cls.describe(), "uses_target": cls.uses_target, "options": cls.defaults}
+            for name, cls in METHODS.items()}
+    if as_json:
+        emit_json(rows)
+        return
+    width = max(len(n) for n in rows)
+    for name, r in rows.items():
+        click.echo(f"{name.ljust(width)}  {r['summary']}")
+
+
+@main.group()
+def data() -> None:
+    """Look at domains."""
+
+
+@data.command()
+@click.argument("spec")
+@click.option("--out", default="preview.png", type=click.Path(dir_okay=False), show_default=True)
+@click.option("--n", default=64, show_default=True, help="images in the grid")
+@click.option("--size", default=32, show_default=True)
+@click.option("--channels", default=3, show_default=True)
+@handle_errors
+def preview(spec, out, n, size, channels) -> None:
+    """Write a labelled grid of images from a domain SPEC."""
+    from .data import load_domain
+    from .data.preview import preview_grid
+
+    labeled = True
+    try:
+        dom = load_domain(spec, labeled=True, size=(size, size), channels=channels, n=max(n, 10) if "syndigits" in spec else None)
+    except EdgedaError:
+        labeled = False
+        dom = load_domain(spec, labeled=False, size=(size, size), channels=channels)
+    dom.require_usable(labeled=False)
+    path = preview_grid(dom, out, n)
+    click.echo(f"{dom.name}: {dom.report.summary()}{'' if labeled else ' (unlabeled)'}; grid written to {path}")
+    for p, reason in dom.report.skipped[:10]:
+        click.echo(f"  skipped {p}: {reason}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,145 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from conftest import tiny_config
+from edgeda.bundle import Bundle, load_bundle
+from edgeda.cli import main
+from edgeda.errors import BundleError, DataError, TrainingDiverged
+from edgeda.train import Trainer
+
+
+class Stop(Exception):
+    pass
+
+
+def _params(module):
+    return {k: v.clone() for k, v in module.state_dict().items()}
+
+
+def test_train_writes_bundle_that_round_trips(tmp_path):
+    cfg = tiny_config(tmp_path, method="dann")
+    res = Trainer(cfg, progress=False, log=None).run()
+    b = load_bundle(res.bundle)
+    assert b.manifest["task"]["task"] == "classification"
+    assert b.manifest["method"]["name"] == "dann"
+    assert "target_test_acc" in b.manifest["metrics"]
+    x = torch.randn(4, 3, 32, 32)
+    trained = Trainer  # noqa: F841
+    clf = b.classifier
+    ref = load_bundle(res.bundle).classifier
+    torch.testing.assert_close(clf(x), ref(x))
+    lines = (res.run_dir / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["iteration"] for line in lines] == [3, 6]
+
+
+def test_bundle_outputs_match_trained_model(tmp_path):
+    cfg = tiny_config(tmp_path, method="source_only")
+    tr = Trainer(cfg, progress=False, log=None)
+    res = tr.run()
+    model = tr.method.classifier.eval()
+    x = torch.randn(5, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(load_bundle(res.bundle).classifier(x), model(x), rtol=0, atol=0)
+
+
+def test_tampered_bundle_is_refused(tmp_path):
+    res = Trainer(tiny_config(tmp_path, method="source_only"), progress=False, log=None).run()
+    f = res.bundle / "classifier.safetensors"
+    data = bytearray(f.read_bytes())
+    data[-1] ^= 0xFF
+    f.write_bytes(bytes(data))
+    with pytest.raises(BundleError, match="checksum"):
+        Bundle(res.bundle)
+
+
+def test_resume_continues_from_checkpoint_and_matches_uninterrupted_run(tmp_path):
+    full = Trainer(tiny_config(tmp_path / "a", method="dann", iters=8, checkpoint_every=4, eval_every=4), progress=False, log=None)
+    full.run()
+
+    def stop_at_6(it):
+        if it == 6:
+            raise Stop
+
+    cfg = tiny_config(tmp_path / "b", method="dann", iters=8, checkpoint_every=4, eval_every=4)
+    with pytest.raises(Stop):
+        Trainer(cfg, progress=False, log=None).run(callback=stop_at_6)
+    logs = []
+    resumed = Trainer(cfg, progress=False, log=logs.append)
+    seen = []
+    resumed.run(resume=True, callback=seen.append)
+    assert "resumed from iteration 4" in logs
+    assert seen[0] == 5  # continued after the iteration-4 checkpoint, not from 0
+    a, b = _params(full.method.nets), _params(resumed.method.nets)
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6)
+
+
+def test_nonfinite_loss_stops_with_iteration_and_keeps_checkpoint(tmp_path, monkeypatch):
+    from edgeda.methods.source_only import SourceOnly
+
+    orig = SourceOnly.step
+    calls = {"n": 0}
+
+    def poisoned(self, s, t):
+        calls["n"] += 1
+        if calls["n"] == 5:
+            s.x = s.x * float("nan")
+        return orig(self, s, t)
+
+    monkeypatch.setattr(SourceOnly, "step", poisoned)
+    cfg = tiny_config(tmp_path, method="source_only", iters=6, checkpoint_every=3)
+    with pytest.raises(TrainingDiverged, match="iteration 5"):
+        Trainer(cfg, progress=False, log=None).run()
+    assert (tmp_path / "run" / "checkpoints" / "ckpt-0000003.json").exists()
+    calls["n"] = 0
+    res = Trainer(tiny_config(tmp_path / "skip", method="source_only", iters=6, skip_nonfinite=True), progress=False, log=None).run()
+    assert res.skipped_steps == 1
+    assert all(torch.isfinite(v.float()).all() for v in load_bundle(res.bundle).classifier.state_dict().values())
+
+
+def test_mismatched_classes_between_source_and_target_is_a_clear_error(tmp_path, write_png):
+    for c in ("a", "b"):
+        write_png(tmp_path / "src" / c / "1.png")
+    for c in ("a", "c"):
+        write_png(tmp_path / "tgt" / c / "1.png")
+    cfg = tiny_config(tmp_path, method="dann", source=str(tmp_path / "src"), target=str(tmp_path / "tgt"),
+                      target_test=str(tmp_path / "tgt"))
+    with pytest.raises(DataError, match="classes differ"):
+        Trainer(cfg, progress=False, log=None).run()
+
+
+def test_cli_train_then_eval(tmp_path):
+    runner = CliRunner()
+    out = tmp_path / "cli"
+    res = runner.invoke(main, ["train", "--method", "dann", "--iters", "4", "--batch-size", "8", "--eval-every", "2",
+                               "--device", "cpu", "--out", str(out), "--json",
+                               "--config", str(_tiny_yaml(tmp_path))])
+    assert res.exit_code == 0, res.output
+    info = json.loads(res.output)
+    assert info["metrics"]["selected_iteration"] == 4
+    res = runner.invoke(main, ["eval", info["bundle"], "--json", "--confusion", str(tmp_path / "c.png")])
+    assert res.exit_code == 0, res.output
+    m = json.loads(res.output)
+    assert m["n"] == 797 and 0.0 <= m["accuracy"] <= 1.0
+    assert np.array(m["confusion"]).sum() == 797
+    assert (tmp_path / "c.png").stat().st_size > 1000
+
+
+def test_cli_errors_are_one_line_with_exit_code_2(tmp_path):
+    runner = CliRunner()
+    res = runner.invoke(main, ["train", "--method", "nope", "--out", str(tmp_path)])
+    assert res.exit_code == 2 and "valid: dann" in res.output and "Traceback" not in res.output
+    (tmp_path / "empty").mkdir()
+    res = runner.invoke(main, ["train", "--method", "dann", "--target", str(tmp_path / "empty"),
+                               "--out", str(tmp_path / "r"), "--config", str(_tiny_yaml(tmp_path))])
+    assert res.exit_code == 2 and "no usable images" in res.output
+
+
+def _tiny_yaml(tmp_path):
+    p = tmp_path / "tiny.yaml"
+    p.write_text("source_n: 200\nbackbone_kwargs: {width: 8, out_dim: 32}\n")
+    return p

@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# Install edgeda with its test dependencies and run the test suite (CPU-only; GPU/TensorRT tests skip).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/setup.sh dev
+set +e
+python3 -m pytest -q "$@"
+rc=$?
+set -e
+# pytest exits 5 when it collected no tests: that is a failure of the suite, say so.
+if [ $rc -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi
+exit $rc

@@ -33,7 +33,38 @@ def emit_json(obj) -> None:
     click.echo(json.dumps(obj, indent=2, default=str))
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+# Commands that live with their subsystem, imported only when used (keeps `edgeda --help` fast
+# and lets each subsystem own its command): name -> "module:attribute".
+LAZY_COMMANDS = {
+    "export": "edgeda.export.cli:export",
+    "predict": "edgeda.export.cli:predict",
+    "bench": "edgeda.bench.cli:bench",
+    "adapt": "edgeda.adapt.cli:adapt",
+}
+
+
+class LazyGroup(click.Group):
+    @staticmethod
+    def _load(name):
+        import importlib
+
+        mod, attr = LAZY_COMMANDS[name].split(":")
+        try:
+            return getattr(importlib.import_module(mod), attr)
+        except (ImportError, AttributeError):
+            return None  # that subsystem is not part of this installation
+
+    def list_commands(self, ctx):
+        return sorted(set(super().list_commands(ctx)) | {n for n in LAZY_COMMANDS if self._load(n) is not None})
+
+    def get_command(self, ctx, name):
+        cmd = super().get_command(ctx, name)
+        if cmd is None and name in LAZY_COMMANDS:
+            cmd = self._load(name)
+        return cmd
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="edgeda")
 def main() -> None:
     """edgeda: synthetic-to-real domain adaptation that ships to the edge."""

@@ -32,7 +32,7 @@ class TrainConfig:
     lr_schedule: str = "dann"  # dann: lr0 / (1 + 10 p)^0.75 | cosine | constant
     eval_every: int = 500
     checkpoint_every: int = 500
-    select: str = "last"  # model selection, never on target labels: last | source_val
+    select: str = "last"  # model selection, never on target labels: last | a validator (edgeda/train/selection.py)
     seed: int = 0
     device: str = "auto"
     amp: bool = True
@@ -51,8 +51,10 @@ class TrainConfig:
             raise EdgedaError("--batch-size must be at least 1")
         if self.lr_schedule not in ("dann", "cosine", "constant"):
             raise EdgedaError(f"unknown lr_schedule {self.lr_schedule!r}; valid: constant, cosine, dann")
-        if self.select not in SELECTORS:
-            raise EdgedaError(f"unknown --select {self.select!r}; valid: {', '.join(SELECTORS)}")
+        from .train.selection import selector_names
+
+        if self.select not in selector_names():
+            raise EdgedaError(f"unknown --select {self.select!r}; valid: {', '.join(selector_names())}")
         if self.channels not in (1, 3):
             raise EdgedaError("channels must be 1 or 3")
         self.eval_every = max(1, min(self.eval_every, self.iters))
@@ -61,9 +63,6 @@ class TrainConfig:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
-
-
-SELECTORS = ("last", "source_val")
 
 
 def load_config_file(path: str | Path) -> dict:

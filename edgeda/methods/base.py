@@ -172,6 +172,33 @@ class Method:
     def autocast(self):
         return self.engine.autocast()
 
+    def visualize(self, folder, iteration: int, source: Batch, target: Batch | None):
+        """Write a sample grid PNG for this evaluation (pixel-level methods); return its path or None.
+
+        ``source``/``target`` are fixed, un-augmented display batches (the same at every evaluation).
+        """
+        return None
+
+    def load_init(self, path: str) -> None:
+        """Initialise the classifier from a bundle directory or a ``.safetensors`` file (``--init``)."""
+        from pathlib import Path
+
+        from safetensors.torch import load_file
+
+        p = Path(path)
+        if (p / "manifest.json").is_file():
+            from ..bundle import Bundle
+
+            state = Bundle(p).module("classifier").state_dict()
+        elif p.suffix == ".safetensors" and p.is_file():
+            state = load_file(str(p))
+        else:
+            raise EdgedaError(f"--init {path}: expected an edgeda bundle directory or a .safetensors file")
+        try:
+            self.classifier.load_state_dict(state)
+        except RuntimeError as e:
+            raise EdgedaError(f"--init {path} does not fit this classifier: {str(e).splitlines()[0]}") from None
+
     @property
     def classifier(self) -> nn.Module:
         return self.nets["classifier"]

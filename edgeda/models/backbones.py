@@ -16,7 +16,7 @@ def _conv_bn(cin: int, cout: int, k: int, stride: int) -> nn.Sequential:
 
 
 class DTN(nn.Module):
-    def __init__(self, channels: int = 3, image_size: int = 32, width: int = 32, out_dim: int = 256, dropout: float = 0.3):
+    def __init__(self, channels: int = 3, image_size: int = 32, width: int = 32, out_dim: int = 256, dropout: float = 0.0):
         super().__init__()
         self.conv = nn.Sequential(
             _conv_bn(channels, width, 5, 2),

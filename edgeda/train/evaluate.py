@@ -23,6 +23,23 @@ def predict_logits(model: torch.nn.Module, images: np.ndarray, task: TaskSpec, d
     return torch.cat(out) if out else torch.zeros(0, task.num_classes)
 
 
+@torch.no_grad()
+def predict_features(model: torch.nn.Module, images: np.ndarray, task: TaskSpec, device="cpu", batch_size: int = 256):
+    """(features (N, d), logits (N, K)) on CPU, in eval mode, for a classifier with ``forward_features``."""
+    was_training = model.training
+    model.eval()
+    feats, logits = [], []
+    for i in range(0, len(images), batch_size):
+        xb = torch.from_numpy(np.ascontiguousarray(images[i : i + batch_size])).to(device)
+        f, z = model.forward_features(to_float_nchw(xb, task.mean, task.std))
+        feats.append(f.float().cpu())
+        logits.append(z.float().cpu())
+    model.train(was_training)
+    if not feats:
+        return torch.zeros(0, 0), torch.zeros(0, task.num_classes)
+    return torch.cat(feats), torch.cat(logits)
+
+
 def classification_metrics(pred: np.ndarray, labels: np.ndarray, num_classes: int, classes: list[str] | None = None) -> dict:
     conf = np.zeros((num_classes, num_classes), np.int64)
     np.add.at(conf, (labels, pred), 1)

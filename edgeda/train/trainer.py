@@ -29,7 +29,8 @@ from ..task import TaskSpec
 from ..utils import atomic_write_bytes, atomic_write_json, choose_device, machine_info, seed_everything
 from . import distributed
 from .checkpoint import load_latest, save_checkpoint
-from .evaluate import evaluate_classifier, predict_logits
+from .evaluate import evaluate_classifier, predict_features
+from .selection import EvalContext, score_all
 from .streams import BatchStream
 
 
@@ -124,13 +125,11 @@ def lr_factor(schedule: str, progress: float) -> float:
 
 
 def select_checkpoint(selector: str, history: list[dict]) -> int | None:
-    """Iteration to ship under ``selector``; never reads target labels (only source validation)."""
-    evals = [h for h in history if "source_val_acc" in h]
+    """Iteration to ship under ``selector`` (None: the last); reads only ``score/*``, never target labels."""
+    evals = [h for h in history if f"score/{selector}" in h]
     if selector == "last" or not evals:
         return None
-    if selector == "source_val":
-        return max(evals, key=lambda h: (h["source_val_acc"], h["iteration"]))["iteration"]
-    raise EdgedaError(f"unknown selector {selector!r}")
+    return max(evals, key=lambda h: (h[f"score/{selector}"], h["iteration"]))["iteration"]
 
 
 class Trainer:
@@ -166,6 +165,7 @@ class Trainer:
             self.method.load_init(cfg.init)
         if self.dist.enabled:
             distributed.broadcast_module(self.method.nets)
+        self.display = self._display_batches()
         shard = {"rank": self.dist.rank, "world_size": self.dist.world_size}
         aug = {"shift": cfg.augment_shift, "contrast": cfg.augment_contrast}
         self.source_stream = BatchStream(src, self.task, cfg.batch_size, self.device, cfg.seed * 1000 + 1, labeled=True, **aug, **shard)
@@ -211,14 +211,44 @@ class Trainer:
         clf = self.method.classifier
         rec: dict = {"iteration": iteration, **{f"train/{k}": v for k, v in train_losses.items()}}
         rec["source_val_acc"] = evaluate_classifier(clf, d.source_val, task, dev)["accuracy"]
+        ctx = EvalContext(rec["source_val_acc"])
         if d.target is not None:
-            logits = predict_logits(clf, d.target.images, task, dev)
+            feats, logits = predict_features(clf, d.target.images, task, dev)
+            ctx.target_logits, ctx.target_features = logits, feats
             p = logits.softmax(1)
             rec["target_entropy"] = float(-(p * p.clamp_min(1e-12).log()).sum(1).mean())
             rec["target_confidence"] = float(p.max(1).values.mean())
+        rec.update({f"score/{k}": v for k, v in score_all(ctx).items()})
         if d.target_test is not None:  # for the report only; never used for selection
             rec["target_test_acc"] = evaluate_classifier(clf, d.target_test, task, dev)["accuracy"]
+        if self.dist.is_main:
+            was_training = clf.training
+            self.method.eval()
+            with torch.no_grad():
+                png = self.method.visualize(self.run_dir / "samples", iteration, *self.display)
+            self.method.train() if was_training else None
+            if png is not None:
+                rec["samples_png"] = str(png)
         return rec
+
+    def _display_batches(self):
+        """Fixed, un-augmented batches for sample grids: up to 8 source images per class, 16 target images."""
+        from ..data.transforms import to_float_nchw
+        from ..methods.base import Batch
+
+        def batch(dom, idx):
+            x = torch.from_numpy(np.ascontiguousarray(dom.images[idx])).to(self.device)
+            y = torch.from_numpy(dom.labels[idx]).to(self.device) if dom.labels is not None else None
+            m = None
+            if dom.masks is not None:
+                m = torch.from_numpy(dom.masks[idx]).to(self.device).unsqueeze(1).float() / 255
+            return Batch(to_float_nchw(x, self.task.mean, self.task.std), y, m)
+
+        sv = self.domains.source_val
+        idx = np.concatenate([np.flatnonzero(sv.labels == c)[:8] for c in range(self.task.num_classes)])
+        src = batch(sv, idx[:80])
+        tgt = batch(self.domains.target, np.arange(min(16, len(self.domains.target)))) if self.domains.target is not None else None
+        return src, tgt
 
     # -- main loop ------------------------------------------------------------------------------
     def run(self, resume: bool = False, callback: Callable[[int], None] | None = None) -> TrainResult:
@@ -308,11 +338,12 @@ class Trainer:
         return result
 
     def _track_best(self, rec: dict) -> None:
-        if self.cfg.select == "source_val":
-            if self.best is None or rec["source_val_acc"] >= self.best["source_val_acc"]:
+        key = f"score/{self.cfg.select}"
+        if self.cfg.select != "last" and key in rec:
+            if self.best is None or rec[key] >= self.best["score"]:
                 self.best = {
                     "iteration": rec["iteration"],
-                    "source_val_acc": rec["source_val_acc"],
+                    "score": rec[key],
                     "weights": {n: copy.deepcopy(m.state_dict()) for n, m in self.method.deployables().items()},
                 }
 

@@ -10,20 +10,23 @@ namespace {
 template <typename Tin, typename Tout>
 __global__ void preprocess_kernel(const Tin* __restrict__ src, int in_h, int in_w, int c,
     const float* __restrict__ mean, const float* __restrict__ stdv, float scale,
-    Tout* __restrict__ dst, int out_h, int out_w, float sy, float sx) {
+    Tout* __restrict__ dst, int out_h, int out_w) {
     const int x = blockIdx.x * blockDim.x + threadIdx.x;
     const int y = blockIdx.y * blockDim.y + threadIdx.y;
     const int64_t n = blockIdx.z;
     if (x >= out_w || y >= out_h) return;
 
-    // Half-pixel source coordinates, clamped at 0 like PyTorch (align_corners=False).
-    const float fy = fmaxf((y + 0.5f) * sy - 0.5f, 0.0f);
-    const float fx = fmaxf((x + 0.5f) * sx - 0.5f, 0.0f);
-    const int y0 = min(static_cast<int>(fy), in_h - 1);
-    const int x0 = min(static_cast<int>(fx), in_w - 1);
+    // Half-pixel source coordinate s = (d + 0.5) * in / out - 0.5 = ((2d + 1) in - out) / (2 out),
+    // clamped at 0 like PyTorch (align_corners=False). Integer part and fraction come from one
+    // integer division, so coordinates are exact (no float32 drift on large frames).
+    const int ny = max((2 * y + 1) * in_h - out_h, 0), dy = 2 * out_h;
+    const int nx = max((2 * x + 1) * in_w - out_w, 0), dx = 2 * out_w;
+    const int y0 = min(ny / dy, in_h - 1);
+    const int x0 = min(nx / dx, in_w - 1);
     const int y1 = y0 + (y0 < in_h - 1 ? 1 : 0);
     const int x1 = x0 + (x0 < in_w - 1 ? 1 : 0);
-    const float ly = fy - y0, lx = fx - x0;
+    const float ly = static_cast<float>(ny - (ny / dy) * dy) / static_cast<float>(dy);
+    const float lx = static_cast<float>(nx - (nx / dx) * dx) / static_cast<float>(dx);
     const float hy = 1.0f - ly, hx = 1.0f - lx;
 
     const Tin* img = src + n * in_h * in_w * c;
@@ -47,11 +50,9 @@ cudaError_t launch(const void* src, int64_t n, int64_t in_h, int64_t in_w, int64
     const dim3 block(32, 8);
     const dim3 grid(static_cast<unsigned>((out_w + block.x - 1) / block.x),
         static_cast<unsigned>((out_h + block.y - 1) / block.y), static_cast<unsigned>(n));
-    const float sy = static_cast<float>(in_h) / static_cast<float>(out_h);
-    const float sx = static_cast<float>(in_w) / static_cast<float>(out_w);
     preprocess_kernel<Tin, Tout><<<grid, block, 0, stream>>>(static_cast<const Tin*>(src),
         static_cast<int>(in_h), static_cast<int>(in_w), static_cast<int>(c), mean, stdv, scale,
-        static_cast<Tout*>(dst), static_cast<int>(out_h), static_cast<int>(out_w), sy, sx);
+        static_cast<Tout*>(dst), static_cast<int>(out_h), static_cast<int>(out_w));
     return cudaGetLastError();
 }
 
@@ -74,7 +75,8 @@ extern "C" cudaError_t edgeda_preprocess(const void* src, edgeda_dtype src_type,
     void* dst, edgeda_dtype dst_type, int64_t out_h, int64_t out_w, cudaStream_t stream) {
     using namespace edgeda;
     if (n <= 0 || in_h <= 0 || in_w <= 0 || c <= 0 || out_h <= 0 || out_w <= 0) return cudaErrorInvalidValue;
-    if (n > 65535 || in_h > INT32_MAX || in_w > INT32_MAX || out_h > INT32_MAX || out_w > INT32_MAX)
+    // grid.z limit, and (2 out + 1) * in must fit the kernel's int32 coordinate arithmetic.
+    if (n > 65535 || (2 * out_h + 1) * in_h > INT32_MAX || (2 * out_w + 1) * in_w > INT32_MAX)
         return cudaErrorInvalidValue;
     if (!src || !dst || !mean || !std) return cudaErrorInvalidValue;
     switch (src_type) {

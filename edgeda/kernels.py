@@ -122,8 +122,8 @@ def extension():
     try:
         return load(name="edgeda_kernels_ext", sources=[str(p) for p in sources],
                     extra_include_paths=[str(root / "include"), str(root / "src")],
-                    extra_cflags=["-O3", "-std=c++17"],
-                    extra_cuda_cflags=["-O3", "-std=c++17"], verbose=False)
+                    extra_cflags=["-O3"],
+                    extra_cuda_cflags=["-O3"], verbose=False)
     except (OSError, RuntimeError) as exc:  # no nvcc, no compiler, failed build
         raise MissingDependency(f"The edgeda CUDA extension could not be built: {exc}") from exc
 

@@ -1,6 +1,6 @@
 // PyTorch binding for the edgeda kernels: CUDA tensors in, CUDA tensors out, on the current
 // stream. Built on demand by edgeda/kernels.py with torch.utils.cpp_extension.load.
-#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAStream.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/extension.h>
 
@@ -41,7 +41,7 @@ torch::Tensor preprocess(torch::Tensor frame, torch::Tensor mean, torch::Tensor 
     auto out = torch::empty({frame.size(0), c, out_h, out_w}, frame.options().dtype(outType(fp16_output)));
     check(edgeda_preprocess(frame.data_ptr(), toEdgeda(frame.scalar_type()), frame.size(0), frame.size(1),
               frame.size(2), c, mean.data_ptr<float>(), std.data_ptr<float>(), static_cast<float>(scale),
-              out.data_ptr(), toEdgeda(out.scalar_type()), out_h, out_w, at::cuda::getCurrentCUDAStream()),
+              out.data_ptr(), toEdgeda(out.scalar_type()), out_h, out_w, c10::cuda::getCurrentCUDAStream().stream()),
         "edgeda_preprocess");
     return out;
 }
@@ -62,7 +62,7 @@ std::vector<torch::Tensor> confidence(torch::Tensor logits, bool fp16_output) {
     auto ent = torch::empty_like(prob);
     check(edgeda_confidence(logits.data_ptr(), toEdgeda(logits.scalar_type()), logits.size(0), logits.size(1), s,
               cls.data_ptr<int32_t>(), prob.data_ptr(), ent.data_ptr(), toEdgeda(prob.scalar_type()),
-              at::cuda::getCurrentCUDAStream()),
+              c10::cuda::getCurrentCUDAStream().stream()),
         "edgeda_confidence");
     return {cls, prob, ent};
 }
@@ -82,7 +82,7 @@ torch::Tensor instnorm_act(torch::Tensor x, torch::Tensor gamma, torch::Tensor b
     check(edgeda_instnorm_act(x.data_ptr(), gamma.data_ptr(), beta.data_ptr(), toEdgeda(x.scalar_type()), x.size(0),
               x.size(1), x.numel() / (x.size(0) * x.size(1)), static_cast<float>(eps),
               static_cast<edgeda_activation>(act), static_cast<float>(alpha), y.data_ptr(),
-              at::cuda::getCurrentCUDAStream()),
+              c10::cuda::getCurrentCUDAStream().stream()),
         "edgeda_instnorm_act");
     return y;
 }

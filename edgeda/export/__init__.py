@@ -1,0 +1,1 @@
+"""Export: ONNX graphs, TensorRT plugins and engines for edge devices."""

@@ -27,7 +27,7 @@ class DANN(Method):
     """
 
     summary = "domain-adversarial training with a gradient reversal layer (Ganin & Lempitsky 2015)"
-    defaults = {"gamma": 10.0, "max_coeff": 1.0, "weight": 1.0, "hidden": 256}
+    defaults = {"gamma": 10.0, "max_coeff": 1.0, "weight": 1.0, "hidden": 256, "warmup": 0.0}
 
     def build(self) -> None:
         self.nets["classifier"] = self.make_classifier()
@@ -36,7 +36,7 @@ class DANN(Method):
 
     def step(self, source: Batch, target: Batch | None) -> dict[str, float]:
         ns = len(source)
-        coeff = dann_coefficient(self.progress, self.opts["gamma"], self.opts["max_coeff"])
+        coeff = dann_coefficient(self.progress, self.opts["gamma"], self.opts["max_coeff"], self.opts["warmup"])
         with self.autocast():
             feats, logits = self.classifier.forward_features(torch.cat([source.x, target.x]))
             cls_loss = F.cross_entropy(logits[:ns].float(), source.y)

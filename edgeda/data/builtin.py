@@ -40,7 +40,7 @@ def syndigits(split: str = "train", *, size=(32, 32), channels=3, n: int | None 
     n = n or (10000 if split == "train" else 2000)
     render_seed = _SYN_SPLIT_SEEDS[split] + seed
     side = size[0]
-    key = f"syndigits-v1-{split}-s{render_seed}-n{n}-{side}px-c{channels}.npz"
+    key = f"syndigits-v2-{split}-s{render_seed}-n{n}-{side}px-c{channels}.npz"
     path = cache_dir() / key
     arrays = None
     if path.exists():

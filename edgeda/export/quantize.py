@@ -17,7 +17,7 @@ from typing import Iterable
 
 import numpy as np
 
-from ..errors import MissingDependency
+from ..errors import EdgedaError, MissingDependency
 
 KEEP_FP32 = frozenset({
     "Softmax", "LogSoftmax", "Exp", "Log", "Pow", "Sqrt", "Reciprocal",
@@ -156,32 +156,42 @@ def quantize_int8(src: str | Path, dst: str | Path, calib: np.ndarray, input_nam
                   per_channel: bool = True, method: str = "minmax") -> Path:
     """Static int8 quantization of ``src`` in QDQ format, calibrated on ``calib`` (N, C, H, W float32)."""
     try:
-        from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
-        from onnxruntime.quantization.shape_inference import quant_pre_process
+        from onnxruntime.quantization import CalibrationMethod
     except ImportError as e:  # pragma: no cover - onnxruntime is a core dependency
         raise MissingDependency(f"int8 export needs onnxruntime.quantization ({e})") from None
-    import tempfile
-
     dst = Path(dst)
     methods = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
                "percentile": CalibrationMethod.Percentile}
+    if method not in methods:
+        raise EdgedaError(f"unknown calibration method {method!r}; valid: {', '.join(methods)}")
     import logging
 
     root = logging.getLogger()
     level = root.level
     root.setLevel(logging.ERROR)  # onnxruntime.quantization warns on the root logger about 1-D weights
+    try:
+        _quantize(src, dst, calib, input_name, per_channel, methods[method])
+    finally:
+        root.setLevel(level)
+    import onnx
+
+    model = onnx.load(str(dst))
+    onnx.checker.check_model(model)
+    return dst
+
+
+def _quantize(src, dst, calib, input_name, per_channel, calibrate_method):
+    import tempfile
+
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
     with tempfile.TemporaryDirectory() as tmp:
         pre = Path(tmp) / "pre.onnx"
         quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
         quantize_static(
             str(pre), str(dst), _Reader(input_name, np.ascontiguousarray(calib, np.float32)),
             quant_format=QuantFormat.QDQ, activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
-            per_channel=per_channel, calibrate_method=methods[method],
+            per_channel=per_channel, calibrate_method=calibrate_method,
             extra_options={"ActivationSymmetric": True, "WeightSymmetric": True},
         )
-    root.setLevel(level)
-    import onnx
-
-    model = onnx.load(str(dst))
-    onnx.checker.check_model(model)
-    return dst

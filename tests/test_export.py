@@ -185,3 +185,90 @@ def test_export_cli_json_reports_precision_summary(tmp_path):
     assert "onnx/classifier.fp32.onnx" in out["files"]
     r = CliRunner().invoke(main, ["export", str(src), "--plugins", "x.so"])
     assert r.exit_code == 2 and "--trt" in r.output
+
+
+class _Rec:
+    """Records attribute calls; stands in for TensorRT objects whose behaviour is not under test."""
+
+    def __init__(self, name, log):
+        self._name, self._log = name, log
+
+    def __getattr__(self, k):
+        if k.startswith("__"):
+            raise AttributeError(k)
+        return _Rec(f"{self._name}.{k}", self._log)
+
+    def __call__(self, *a, **kw):
+        self._log.append((self._name, a))
+        return _Rec(self._name + "()", self._log)
+
+    def __bytes__(self):
+        return b"cache"
+
+
+def _fake_tensorrt(version, log):
+    """A stand-in for the ``tensorrt`` module with the calls build_engine makes (not TensorRT itself)."""
+    import types
+
+    class Tensor:
+        name, shape = "image", (-1, 3, 32, 32)
+
+    class Network:
+        num_inputs = num_outputs = 1
+
+        def get_input(self, i):
+            return Tensor()
+
+        def get_output(self, i):
+            return type("Out", (), {"name": "logits"})()
+
+    class Builder:
+        def __init__(self, logger):
+            pass
+
+        def create_network(self, flags):
+            log.append(("create_network", (flags,)))
+            return Network()
+
+        def create_builder_config(self):
+            return _Rec("config", log)
+
+        def create_optimization_profile(self):
+            return _Rec("profile", log)
+
+        def build_serialized_network(self, network, config):
+            return b"PLAN"
+
+    trt = types.ModuleType("tensorrt")
+    trt.__version__ = version
+    trt.Logger = type("Logger", (), {"WARNING": 2, "__init__": lambda self, level: None})
+    trt.Builder = Builder
+    trt.OnnxParser = type("OnnxParser", (), {"__init__": lambda s, n, lg: None, "parse": lambda s, b: True, "num_errors": 0})
+    trt.MemoryPoolType, trt.BuilderFlag = _Rec("MemoryPoolType", log), _Rec("BuilderFlag", log)
+    return trt
+
+
+@pytest.mark.parametrize("version,flags", [("10.3.0.30", ["FP16"]), ("11.1.0", [])])
+def test_build_engine_call_sequence_for_10_and_11_with_a_stand_in_module(tmp_path, monkeypatch, version, flags):
+    """Only the control flow is checked here (no TensorRT on CI): 10.x sets the FP16 builder flag,
+    11.x (strongly typed) sets none; both use create_network(0) and write string-only metadata."""
+    import sys
+
+    from edgeda.export import trt as T
+
+    log = []
+    monkeypatch.setitem(sys.modules, "tensorrt", _fake_tensorrt(version, log))
+    monkeypatch.setattr(T, "gpu_info", lambda: {"gpu": "Stand-in GPU", "sm": "8.7", "cuda": "12.6"})
+    (tmp_path / "m.onnx").write_bytes(b"onnx")
+    meta = T.build_engine(tmp_path / "m.onnx", tmp_path / "m.plan", precision="fp16", batch=(1, 4, 16),
+                          timing_cache=tmp_path / "timing.cache")
+    assert ("create_network", (0,)) in log
+    assert meta["options"]["builder_flags"] == flags and meta["options"]["strongly_typed"] == (version[:2] == "11")
+    assert any(name == "config.set_flag" for name, _ in log) == bool(flags)
+    shapes = [a for name, a in log if name == "profile.set_shape"]
+    assert shapes == [("image", (1, 3, 32, 32), (4, 3, 32, 32), (16, 3, 32, 32))]
+    saved = json.loads((tmp_path / "m.plan.json").read_text())
+    assert saved["tensorrt"] == version and (tmp_path / "m.plan").read_bytes() == b"PLAN"
+    assert saved["options"]["precision"] == "fp16"  # names, never TensorRT enum integers
+    assert all(isinstance(f, str) for f in saved["options"]["builder_flags"])
+    T.check_engine_metadata(saved, T.runtime_identity())

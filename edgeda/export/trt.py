@@ -126,7 +126,13 @@ class _Logger:
 
 def _make_calibrator(trt, images: np.ndarray, cache: Path, batch: int):
     """IInt8EntropyCalibrator2 over ``images`` (N, C, H, W float32) -- TensorRT 10.x only."""
-    import torch
+    try:
+        import torch
+    except ImportError:
+        torch = None
+    if torch is None or not torch.cuda.is_available():
+        raise MissingDependency("int8 calibration on TensorRT 10 feeds images through PyTorch CUDA tensors; "
+                                "install a CUDA build of PyTorch (or use the Q/DQ int8 ONNX on TensorRT 11)")
 
     class EntropyCalibrator(trt.IInt8EntropyCalibrator2):
         def __init__(self):

@@ -94,34 +94,33 @@ def measure(bundle: Path, rounds: int, iters: int) -> dict:
         "torch_eager_fp32_b32": lambda: eager.forward(x32),
         "ort_fp32_b32": lambda: ort32.forward(x32),
         "ort_int8_b32": lambda: ort8.forward(x32),
+        "matmul_1024": lambda: torch.mm(a, bm),
     }
     for fn in configs.values():  # warm-up
         for _ in range(20):
             fn()
     samples = {k: [] for k in configs}
-    matmul_gflops = []
     for _ in range(rounds):
         for k, fn in configs.items():
-            for _ in range(iters):
+            for _ in range(3 if k == "matmul_1024" else iters):
                 t0 = time.perf_counter_ns()
                 fn()
                 samples[k].append((time.perf_counter_ns() - t0) / 1e6)
-        t0 = time.perf_counter()
-        for _ in range(5):
-            torch.mm(a, bm)
-        matmul_gflops.append(5 * 2 * 1024**3 / (time.perf_counter() - t0) / 1e9)
     flops = count_flops(b.module("classifier"), torch.from_numpy(x32))
     stats = {k: latency_stats(v) for k, v in samples.items()}
-    peak = max(matmul_gflops)
+    mm = stats.pop("matmul_1024")
+    peak = 2 * 1024**3 / (mm["median"] / 1e3) / 1e9  # same statistic (median) as the model's, same contention
     ips32 = 32 / (stats["ort_fp32_b32"]["median"] / 1e3)
     ips32_8 = 32 / (stats["ort_int8_b32"]["median"] / 1e3)
     out = {
         "latency_ms": stats,
         "flops_per_image": flops,
-        "matmul_gflops": {"peak": peak, "median": float(np.median(matmul_gflops)), "rounds": len(matmul_gflops)},
+        "matmul_gflops": {"peak": peak, "from_min": 2 * 1024**3 / (mm["min"] / 1e3) / 1e9, "latency_ms": mm},
         "ort_fp32_b32_images_per_s": ips32,
         "ort_int8_b32_images_per_s": ips32_8,
         "ort_fp32_b32_fraction_of_peak": flops * ips32 / (peak * 1e9),
+        "ort_fp32_b32_fraction_of_peak_from_min": flops * 32 / (stats["ort_fp32_b32"]["min"] / 1e3)
+        / (2 * 1024**3 / (mm["min"] / 1e3)),
         "ort_over_eager_b1_median": stats["ort_fp32_b1"]["median"] / stats["torch_eager_fp32_b1"]["median"],
         "int8_over_fp32_b32_median": stats["ort_int8_b32"]["median"] / stats["ort_fp32_b32"]["median"],
         "int8_over_fp32_b32_min": stats["ort_int8_b32"]["min"] / stats["ort_fp32_b32"]["min"],
@@ -183,7 +182,8 @@ def table(r: dict) -> str:
               f"- ORT fp32 / PyTorch eager median latency at batch 1: **{r['ort_over_eager_b1_median']:.2f}x** (target <= 0.6x)",
               f"- ORT fp32 at batch 32: {r['ort_fp32_b32_images_per_s']:.0f} images/s x {r['flops_per_image'] / 1e6:.2f} MFLOP"
               f" = **{100 * r['ort_fp32_b32_fraction_of_peak']:.0f}%** of the {r['matmul_gflops']['peak']:.1f} GFLOP/s "
-              f"measured for a 1024^3 float32 matmul (target >= 25%)",
+              f"of a 1024^3 float32 matmul, both from medians of the same rounds (from minima: "
+              f"{100 * r['ort_fp32_b32_fraction_of_peak_from_min']:.0f}%; target >= 25%)",
               f"- int8 / fp32 ORT median latency at batch 32: **{r['int8_over_fp32_b32_median']:.2f}x** "
               f"(min: {r['int8_over_fp32_b32_min']:.2f}x); target accuracy on {acc['data']}: fp32 "
               f"{100 * acc['fp32']:.1f}%, int8 {100 * acc['int8']:.1f}% (target: faster, within 1 point)"]

@@ -27,11 +27,13 @@ class DANN(Method):
     """
 
     summary = "domain-adversarial training with a gradient reversal layer (Ganin & Lempitsky 2015)"
-    defaults = {"gamma": 10.0, "max_coeff": 1.0, "weight": 1.0, "hidden": 256, "warmup": 0.0}
+    defaults = {"gamma": 10.0, "max_coeff": 1.0, "weight": 1.0, "hidden": 256, "dropout": 0.5, "warmup": 0.0}
 
     def build(self) -> None:
         self.nets["classifier"] = self.make_classifier()
-        self.nets["domain"] = DomainClassifier(self.nets["classifier"].feature_dim, int(self.opts["hidden"]))
+        self.nets["domain"] = DomainClassifier(
+            self.nets["classifier"].feature_dim, int(self.opts["hidden"]), float(self.opts["dropout"])
+        )
         self.optims["main"] = self.make_optimizer(self.nets.parameters())
 
     def step(self, source: Batch, target: Batch | None) -> dict[str, float]:

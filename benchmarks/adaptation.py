@@ -56,6 +56,12 @@ def run_config(profile: str, method: str, seed: int) -> dict:
     return cfg
 
 
+def data_version() -> str:
+    from edgeda.data.builtin import SYNDIGITS_VERSION
+
+    return f"syndigits-v{SYNDIGITS_VERSION}"
+
+
 def run_one(profile: str, method: str, seed: int, out_root: Path) -> dict:
     import torch
 
@@ -68,7 +74,7 @@ def run_one(profile: str, method: str, seed: int, out_root: Path) -> dict:
     from edgeda.utils import machine_info
 
     return {
-        "method": method, "seed": seed, "profile": profile, "config": cfg,
+        "method": method, "seed": seed, "profile": profile, "config": cfg, "data_version": data_version(),
         "source_val_acc": res.metrics.get("source_val_acc"), "target_test_acc": res.metrics.get("target_test_acc"),
         "target_entropy": res.metrics.get("target_entropy"), "selected_iteration": res.metrics.get("selected_iteration"),
         "history": res.history, "wall_time_s": round(wall, 1), "step_time_s": round(res.step_time, 5),
@@ -80,8 +86,12 @@ def run_one(profile: str, method: str, seed: int, out_root: Path) -> dict:
 def summarise(profile: str) -> dict:
     folder = RESULTS / "adaptation" / profile
     runs: dict[str, list[dict]] = {}
+    current = data_version()
     for f in sorted(folder.glob("*.json")):
         r = json.loads(f.read_text())
+        if r.get("data_version") != current:  # rendered with an older syndigits: not comparable
+            print(f"ignoring {f.name}: made with {r.get('data_version', 'an unversioned renderer')}, not {current}")
+            continue
         runs.setdefault(r["method"], []).append(r)
     rows = {}
     for method, rs in sorted(runs.items()):
@@ -137,11 +147,16 @@ def main(argv=None) -> int:
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--force", action="store_true", help="rerun runs that already have results")
     ap.add_argument("--table-only", action="store_true")
+    ap.add_argument("--threads", type=int, default=None, help="torch threads per run (default: torch's choice)")
     ap.add_argument("--runs-dir", default=os.environ.get("EDGEDA_BENCH_RUNS", "runs/bench-adaptation"))
     args = ap.parse_args(argv)
 
     folder = RESULTS / "adaptation" / args.profile
     folder.mkdir(parents=True, exist_ok=True)
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     if not args.table_only:
         from edgeda.methods import METHODS
 
@@ -151,7 +166,7 @@ def main(argv=None) -> int:
         for m in methods:
             for s in seeds:
                 f = folder / f"{m}-s{s}.json"
-                if f.exists() and not args.force:
+                if f.exists() and not args.force and json.loads(f.read_text()).get("data_version") == data_version():
                     continue
                 print(f"running {m} seed {s} ({args.profile} profile)...", flush=True)
                 r = run_one(args.profile, m, s, Path(args.runs_dir) / args.profile)

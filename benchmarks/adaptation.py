@@ -83,6 +83,35 @@ def run_one(profile: str, method: str, seed: int, out_root: Path) -> dict:
     }
 
 
+def estimate(profile: str, methods: list[str], seeds: int, probe_iters: int = 60) -> dict:
+    """Time a short run of each method and extrapolate the whole table's duration on this machine."""
+    import tempfile
+
+    import edgeda
+
+    per_method = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for m in methods:
+            cfg = run_config(profile, m, 0)
+            full = cfg["iters"]
+            cfg.update(iters=probe_iters, eval_every=probe_iters)
+            stamps: list[float] = []
+            from edgeda.config import make_config
+            from edgeda.train.trainer import Trainer
+
+            t0 = time.perf_counter()
+            tr = Trainer(make_config(None, {**cfg, "out": f"{tmp}/{m}"}), progress=False, log=None)
+            tr.run(callback=lambda it: stamps.append(time.perf_counter()))
+            total = time.perf_counter() - t0
+            step = statistics.median(b - a for a, b in zip(stamps[5:], stamps[6:-1]))
+            fixed = total - step * probe_iters  # set-up, data, one evaluation, bundle
+            evals = max(1, full // run_config(profile, m, 0)["eval_every"])
+            per_method[m] = {"iters": full, "s_per_iter": step, "est_run_s": fixed * (1 + 0.3 * (evals - 1)) + step * full}
+            print(f"  {m}: {1000 * step:.1f} ms/iter x {full} -> ~{per_method[m]['est_run_s']:.0f} s per run", flush=True)
+    total = seeds * sum(v["est_run_s"] for v in per_method.values())
+    return {"profile": profile, "seeds": seeds, "methods": per_method, "est_total_s": total}
+
+
 def summarise(profile: str) -> dict:
     folder = RESULTS / "adaptation" / profile
     runs: dict[str, list[dict]] = {}
@@ -148,6 +177,7 @@ def main(argv=None) -> int:
     ap.add_argument("--force", action="store_true", help="rerun runs that already have results")
     ap.add_argument("--table-only", action="store_true")
     ap.add_argument("--threads", type=int, default=None, help="torch threads per run (default: torch's choice)")
+    ap.add_argument("--estimate", action="store_true", help="time short runs and estimate the whole table's duration")
     ap.add_argument("--runs-dir", default=os.environ.get("EDGEDA_BENCH_RUNS", "runs/bench-adaptation"))
     args = ap.parse_args(argv)
 
@@ -157,6 +187,17 @@ def main(argv=None) -> int:
         import torch
 
         torch.set_num_threads(args.threads)
+    if args.estimate:
+        from edgeda.methods import METHODS
+        from edgeda.utils import machine_info
+
+        methods = list(METHODS) if args.methods == "all" else args.methods.split(",")
+        est = estimate(args.profile, methods, len(args.seeds.split(",")))
+        est["machine"] = machine_info()
+        est["date"] = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+        (RESULTS / f"adaptation-estimate-{args.profile}.json").write_text(json.dumps(est, indent=1) + "\n")
+        print(f"whole table ({len(methods)} methods x {est['seeds']} seeds): ~{est['est_total_s'] / 60:.0f} min")
+        return 0
     if not args.table_only:
         from edgeda.methods import METHODS
 

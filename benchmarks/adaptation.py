@@ -83,6 +83,10 @@ def run_one(profile: str, method: str, seed: int, out_root: Path) -> dict:
     }
 
 
+def cfg_full_eval(profile: str, method: str) -> int:
+    return run_config(profile, method, 0)["eval_every"]
+
+
 def estimate(profile: str, methods: list[str], seeds: int, probe_iters: int = 60) -> dict:
     """Time a short run of each method and extrapolate the whole table's duration on this machine."""
     import tempfile
@@ -104,9 +108,12 @@ def estimate(profile: str, methods: list[str], seeds: int, probe_iters: int = 60
             tr.run(callback=lambda it: stamps.append(time.perf_counter()))
             total = time.perf_counter() - t0
             step = statistics.median(b - a for a, b in zip(stamps[5:], stamps[6:-1]))
-            fixed = total - step * probe_iters  # set-up, data, one evaluation, bundle
-            evals = max(1, full // run_config(profile, m, 0)["eval_every"])
-            per_method[m] = {"iters": full, "s_per_iter": step, "est_run_s": fixed * (1 + 0.3 * (evals - 1)) + step * full}
+            setup = stamps[0] - t0 - step  # data loading/rendering, model build
+            evaluation = (stamps[-1] - stamps[-2]) - step  # the final iteration's evaluation
+            finish = total - (stamps[-1] - t0)  # bundle writing
+            evals = max(1, full // cfg_full_eval(profile, m))
+            per_method[m] = {"iters": full, "s_per_iter": step, "setup_s": setup, "eval_s": evaluation,
+                             "est_run_s": setup + step * full + evaluation * evals + finish}
             print(f"  {m}: {1000 * step:.1f} ms/iter x {full} -> ~{per_method[m]['est_run_s']:.0f} s per run", flush=True)
     total = seeds * sum(v["est_run_s"] for v in per_method.values())
     return {"profile": profile, "seeds": seeds, "methods": per_method, "est_total_s": total}

@@ -85,6 +85,6 @@ def load_latest(folder: str | Path) -> tuple[int, dict] | None:
     for it in reversed(list_checkpoints(folder)):
         try:
             return it, load_checkpoint(folder, it)
-        except (OSError, ValueError, KeyError, json.JSONDecodeError):
+        except Exception:  # noqa: BLE001 - truncated, tampered or malformed: fall back to an older one
             continue
     return None

@@ -207,7 +207,10 @@ class Trainer:
                     f"not {getattr(self.cfg, key)!r}"
                 )
         self.method.load_state_dict(state["method"])
-        rs = state["rank_states"]
+        rs = state.get("rank_states") or {  # checkpoints written before per-rank states existed
+            "torch_rng": state["torch_rng"],
+            **{f"{n}.{k}": v for n in ("source_stream", "target_stream") for k, v in (state.get(n) or {}).items()},
+        }
         saved_world = int(rs.get("world_size", 1))
         if saved_world == self.dist.world_size:
             own = rs["ranks"][self.dist.rank] if "ranks" in rs else rs

@@ -20,7 +20,7 @@ from edgeda.data import load_domain
 from edgeda.errors import BundleError, DataError
 
 EXAMPLES: Counter = Counter()
-FAST = settings(max_examples=80, deadline=None, suppress_health_check=list(HealthCheck))
+FAST = settings(max_examples=50, deadline=None, suppress_health_check=list(HealthCheck))
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers(-2**70, 2**70) | st.floats(allow_nan=False) | st.text(max_size=12),
@@ -58,7 +58,7 @@ def test_check_manifest_raises_only_bundle_errors(m):
         pass
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck))
 @given(near_manifests, st.binary(max_size=64))
 def test_bundle_loading_raises_only_bundle_errors(m, weights):
     EXAMPLES["bundle"] += 1

@@ -38,17 +38,17 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def run(world: int, args, runs_dir: Path, batch_divisor: int | None = None) -> dict:
+def run(world: int, args, runs_dir: Path, seed: int, batch_divisor: int | None = None) -> dict:
     """``world`` processes with batch B / ``batch_divisor`` each (default: B / world, the same global batch)."""
     import yaml
 
     common = dict(PROFILES[args.profile]["common"])
     divisor = batch_divisor or world
     global_batch = common["batch_size"] * world // divisor
-    cfg = {**common, **PAIR, "method": args.method, "seed": args.seed, "iters": args.iters,
+    cfg = {**common, **PAIR, "method": args.method, "seed": seed, "iters": args.iters,
            "batch_size": common["batch_size"] // divisor, "eval_every": args.iters, "checkpoint_every": args.iters}
-    out = runs_dir / f"{args.method}-w{world}-b{cfg['batch_size']}"
-    cfg_file = runs_dir / f"w{world}-b{cfg['batch_size']}.yaml"
+    out = runs_dir / f"{args.method}-w{world}-b{cfg['batch_size']}-s{seed}"
+    cfg_file = runs_dir / f"w{world}-b{cfg['batch_size']}-s{seed}.yaml"
     cfg_file.parent.mkdir(parents=True, exist_ok=True)
     cfg_file.write_text(yaml.safe_dump(cfg))
     edgeda = ["-m", "edgeda", "train", "--config", str(cfg_file), "--out", str(out), "--json"]
@@ -69,7 +69,7 @@ def run(world: int, args, runs_dir: Path, batch_divisor: int | None = None) -> d
     return {
         "processes": world, "batch_per_process": cfg["batch_size"], "global_batch": global_batch,
         "role": "control: half the global batch" if global_batch != common["batch_size"] else "same global batch",
-        "threads_per_process": args.threads, "iters": args.iters, "method": args.method, "seed": args.seed,
+        "threads_per_process": args.threads, "iters": args.iters, "method": args.method, "seed": seed,
         "target_test_acc": info["metrics"].get("target_test_acc"), "source_val_acc": info["metrics"].get("source_val_acc"),
         "train_wall_time_s": info["wall_time_s"], "process_wall_time_s": round(wall, 1),
         "backend": "nccl" if "cuda" in str(common.get("device")) else "gloo", "machine": machine_info(),
@@ -77,21 +77,43 @@ def run(world: int, args, runs_dir: Path, batch_divisor: int | None = None) -> d
     }
 
 
+def summarise(runs: list[dict]) -> list[dict]:
+    import statistics
+
+    rows = {}
+    for r in runs:
+        rows.setdefault((r["processes"], r["batch_per_process"]), []).append(r)
+    out = []
+    for (world, batch), rs in rows.items():
+        acc = [r["target_test_acc"] for r in rs]
+        src = [r["source_val_acc"] for r in rs]
+        out.append({"processes": world, "batch_per_process": batch, "global_batch": rs[0]["global_batch"],
+                    "seeds": [r["seed"] for r in rs], "target_test_acc": acc, "source_val_acc": src,
+                    "target_test_acc_mean": statistics.fmean(acc), "target_test_acc_std": statistics.pstdev(acc),
+                    "source_val_acc_mean": statistics.fmean(src), "source_val_acc_std": statistics.pstdev(src),
+                    "train_wall_time_s_mean": statistics.fmean(r["train_wall_time_s"] for r in rs)})
+    return out
+
+
 def markdown(result: dict) -> str:
     rows = result["runs"]
     m = rows[0]["machine"]
+    seeds = sorted({r["seed"] for r in rows})
     lines = [
         f"`{result['method']}` {PAIR['source']} -> {PAIR['target']}, {rows[0]['iters']} iterations, global batch "
-        f"{rows[0]['global_batch']} per domain (last row: a 1-process control at half that batch), seed {rows[0]['seed']}, {rows[0]['threads_per_process']} thread(s) per "
+        f"{rows[0]['global_batch']} per domain (last row: a 1-process control at half that batch), mean ± std over seeds {', '.join(map(str, seeds))}, {rows[0]['threads_per_process']} thread(s) per "
         f"process, {rows[-1]['backend']}. Machine: {m.get('gpu') or m['cpu']}, {m['cores']} cores (shared with other "
         "jobs while measured). On a 2-core CPU this is a correctness/overhead check, not a speed-up.",
         "",
-        "| processes | batch / process | global batch | target acc % | source val acc % | training wall time (s) | process wall time (s) |",
+        "| processes | batch / process | global batch | target acc % | source val acc % | per seed: target acc % | training wall time / run (s) |",
         "|---|---|---|---|---|---|---|",
     ]
-    for r in rows:
-        lines.append(f"| {r['processes']} | {r['batch_per_process']} | {r['global_batch']} | {fmt_pct(r['target_test_acc'])} | "
-                     f"{fmt_pct(r['source_val_acc'])} | {r['train_wall_time_s']:.0f} | {r['process_wall_time_s']:.0f} |")
+    for r in result["summary"]:
+        per_seed = ", ".join(f"{100 * a:.1f}" for a in r["target_test_acc"])
+        lines.append(f"| {r['processes']} | {r['batch_per_process']} | {r['global_batch']} | "
+                     f"{fmt_pct(r['target_test_acc_mean'], r['target_test_acc_std'])} | "
+                     f"{fmt_pct(r['source_val_acc_mean'], r['source_val_acc_std'])} | {per_seed} | "
+                     f"{r['train_wall_time_s_mean']:.0f} |")
     return "\n".join(lines)
 
 
@@ -100,7 +122,7 @@ def main(argv=None) -> int:
     ap.add_argument("--profile", default="cpu", choices=sorted(PROFILES))
     ap.add_argument("--method", default="dann")
     ap.add_argument("--iters", type=int, default=1000)
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seeds", default="0,1")
     ap.add_argument("--threads", type=int, default=1, help="torch threads per process")
     ap.add_argument("--table-only", action="store_true")
     ap.add_argument("--runs-dir", default=os.environ.get("EDGEDA_BENCH_RUNS", "runs/bench-distributed"))
@@ -109,10 +131,16 @@ def main(argv=None) -> int:
     if not args.table_only:
         # 1 x B, 2 x B/2 (same global batch), and 1 x B/2 as a control: if the 2-process run learned like
         # the control, gradients would not be averaged into the global batch
-        runs = [run(1, args, Path(args.runs_dir)), run(2, args, Path(args.runs_dir)),
-                run(1, args, Path(args.runs_dir), batch_divisor=2)]
-        result = {"method": args.method, "profile": args.profile, "pair": PAIR, "runs": runs,
-                  "target_acc_difference_points": round(100 * (runs[1]["target_test_acc"] - runs[0]["target_test_acc"]), 2),
+        cache = RESULTS / "distributed"
+        cache.mkdir(parents=True, exist_ok=True)
+        runs = []
+        for seed in (int(x) for x in args.seeds.split(",")):
+            for world, divisor in ((1, None), (2, None), (1, 2)):
+                f = cache / f"{args.method}-w{world}-d{divisor or world}-i{args.iters}-s{seed}.json"
+                if not f.exists():  # each run is kept; rerun by deleting its file
+                    f.write_text(json.dumps(run(world, args, Path(args.runs_dir), seed, divisor), indent=2) + "\n")
+                runs.append(json.loads(f.read_text()))
+        result = {"method": args.method, "profile": args.profile, "pair": PAIR, "runs": runs, "summary": summarise(runs),
                   "note": "same global batch; 2 processes on a 2-core CPU measure correctness and overhead, not speed-up"}
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(result, indent=2) + "\n")

@@ -71,6 +71,9 @@ class TrainTarget:
         except OSError:
             return set()
 
+    def training_started(self, run_dir: Path) -> bool:
+        return (run_dir / "config.json").exists()  # written after data loading, just before the loop
+
     def check_left_behind(self, run_dir: Path) -> dict:
         """After the kill: every checkpoint on disk loads, a bundle (if any) verifies."""
         from edgeda.bundle import Bundle
@@ -105,15 +108,19 @@ TARGETS = {"train": TrainTarget}
 
 
 def kill_trial(target, run_dir: Path, mode: str, delay: float, skip_writes: int = 0) -> dict:
-    """Kill after ``delay`` s (mode "random") or in the middle of the (skip_writes+1)-th temporary
-    file of a checkpoint / bundle write (modes "checkpoint" / "bundle")."""
+    """Kill ``delay`` s after training has started (mode "random": after start-up, so the moment falls
+    in the training loop) or in the middle of the (skip_writes+1)-th temporary file of a checkpoint /
+    bundle write (modes "checkpoint" / "bundle")."""
     shutil.rmtree(run_dir, ignore_errors=True)
     proc = target.start(run_dir)
     t0 = time.perf_counter()
     killed = False
     seen: set[str] = set()
+    started = None
     while proc.poll() is None:
-        elapsed = time.perf_counter() - t0
+        if started is None and target.training_started(run_dir):
+            started = time.perf_counter()
+        elapsed = time.perf_counter() - started if started is not None else -1.0
         if mode != "random":
             now = target.writes_in_progress(run_dir, mode)
             seen |= now
@@ -123,7 +130,8 @@ def kill_trial(target, run_dir: Path, mode: str, delay: float, skip_writes: int 
             break
         time.sleep(0.0005 if mode != "random" else 0.01)
     proc.wait()
-    rec = {"mode": mode, "killed": killed, "killed_after_s": round(time.perf_counter() - t0, 2)}
+    rec = {"mode": mode, "killed": killed, "killed_after_s": round(time.perf_counter() - t0, 2),
+           "killed_after_training_start_s": None if started is None else round(time.perf_counter() - started, 2)}
     if mode != "random":
         rec["killed_during"] = sorted(now) if killed else []
     if not killed:
@@ -191,7 +199,7 @@ def main(argv=None) -> int:
     ap.add_argument("--trials", type=int, default=10)
     ap.add_argument("--targets", default="train", help=f"comma-separated: {', '.join(TARGETS)}")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--max-delay", type=float, default=20.0, help="random kills fall in [1, this] seconds")
+    ap.add_argument("--max-delay", type=float, default=25.0, help="random kills fall in [0, this] seconds after training starts")
     ap.add_argument("--table-only", action="store_true")
     ap.add_argument("--runs-dir", default=os.environ.get("EDGEDA_BENCH_RUNS", "runs/bench-reliability"))
     args = ap.parse_args(argv)
@@ -209,10 +217,11 @@ def main(argv=None) -> int:
             modes = ["random"] * (args.trials - len(modes)) + modes
             trials = []
             for i, mode in enumerate(modes):
-                delay = float(rng.uniform(1.0, args.max_delay))
+                delay = float(rng.uniform(0.0, args.max_delay))
                 skip = int(rng.integers(0, 12)) if mode == "checkpoint" else 0
                 rec = kill_trial(target, work / f"{name}-{i}", mode, delay, skip)
-                print(f"{name} trial {i} ({mode}): killed after {rec['killed_after_s']}s, "
+                print(f"{name} trial {i} ({mode}): killed {rec['killed']} at {rec['killed_after_training_start_s']}s "
+                      f"into training, "
                       f"resumed from {rec['resume'].get('resumed_from')}, clean={rec['resumed_cleanly']}", flush=True)
                 trials.append(rec)
             result["kill_trials"][name] = {

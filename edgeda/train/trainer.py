@@ -227,6 +227,14 @@ class Trainer:
         self.skipped_steps = int(state.get("skipped_steps", 0))
         return int(state["iteration"])
 
+    def _load_chosen(self, iteration: int) -> dict:
+        """The checkpoint rank 0 chose, read by another rank (multi-node: ``--out`` must be shared)."""
+        try:
+            return load_checkpoint(self.ckpt_dir, iteration)
+        except (OSError, ValueError) as e:
+            raise EdgedaError(f"rank {self.dist.rank} cannot read checkpoint {iteration} in {self.ckpt_dir} ({e}); "
+                              "with several machines, --out must be on a filesystem every rank can read") from None
+
     # -- evaluation -----------------------------------------------------------------------------
     def evaluate(self, iteration: int, train_losses: dict) -> dict:
         d, task, dev = self.domains, self.task, self.device
@@ -289,7 +297,7 @@ class Trainer:
             if chosen < 0:
                 self.log(f"no checkpoint in {self.ckpt_dir}; starting from scratch")
             else:
-                start = self._restore(latest[1] if latest else load_checkpoint(self.ckpt_dir, chosen))
+                start = self._restore(latest[1] if latest else self._load_chosen(chosen))
                 self.log(f"resumed from iteration {start}")
         elif self.dist.is_main and self.ckpt_dir.exists():
             shutil.rmtree(self.ckpt_dir)

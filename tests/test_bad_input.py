@@ -76,9 +76,10 @@ def test_preview_cli_reports_skipped_files(tmp_path):
 
 
 def test_folder_of_only_bad_files_is_one_clear_error(tmp_path):
+    (tmp_path / "a").mkdir()
     for name, make in BAD_FILES.items():
-        make(tmp_path / "a" / name) if (tmp_path / "a").exists() else ((tmp_path / "a").mkdir(), make(tmp_path / "a" / name))
-    (tmp_path / "a" / "_src.png").unlink()
+        make(tmp_path / "a" / name)
+    (tmp_path / "a" / "_src.png").unlink()  # the good image the truncated one was cut from
     res = cli("data", "preview", tmp_path, "--out", tmp_path / "grid.png")
     assert res.exit_code == 2 and "no usable images" in res.output and "unreadable" in res.output
 

@@ -195,3 +195,23 @@ def test_nonfinite_loss_via_cli_stops_with_iteration_or_skips(tmp_path, monkeypa
     res = CliRunner().invoke(main, [*base, "--out", str(tmp_path / "b"), "--skip-nonfinite", "--json"])
     assert res.exit_code == 0, res.output
     assert json.loads(res.output)["skipped_steps"] == 1
+
+
+def test_checkpoint_writes_clean_up_temporaries_of_killed_writes(tmp_path):
+    import torch
+
+    from edgeda.train.checkpoint import list_checkpoints, load_latest, save_checkpoint
+
+    folder = tmp_path / "checkpoints"
+    save_checkpoint(folder, 1, {"w": torch.ones(3)})
+    (folder / ".ckpt-0000002.safetensors.abc123.tmp").write_bytes(b"half a tensor file")  # a kill mid-write
+    (folder / "ckpt-0000002.safetensors").write_bytes(b"torn")  # tensors renamed, JSON never written
+    assert load_latest(folder)[0] == 1
+    (folder / "ckpt-0000003.json").write_text("{not json")  # torn JSON
+    assert load_latest(folder)[0] == 1
+    save_checkpoint(folder, 4, {"w": torch.zeros(3)}, keep=2)
+    assert not list(folder.glob(".ckpt-*.tmp"))
+    assert not (folder / "ckpt-0000002.safetensors").exists()
+    it, state = load_latest(folder)
+    assert it == 4 and torch.equal(state["w"], torch.zeros(3))
+    assert list_checkpoints(folder)[-1] == 4

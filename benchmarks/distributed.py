@@ -103,7 +103,10 @@ def markdown(result: dict) -> str:
         f"`{result['method']}` {PAIR['source']} -> {PAIR['target']}, {rows[0]['iters']} iterations, global batch "
         f"{rows[0]['global_batch']} per domain (last row: a 1-process control at half that batch), mean ± std over seeds {', '.join(map(str, seeds))}, {rows[0]['threads_per_process']} thread(s) per "
         f"process, {rows[-1]['backend']}. Machine: {m.get('gpu') or m['cpu']}, {m['cores']} cores (shared with other "
-        "jobs while measured). On a 2-core CPU this is a correctness/overhead check, not a speed-up.",
+        "jobs while measured, so wall times swing by 2x between identical runs and are not comparable across rows). "
+        "On a 2-core CPU this is a correctness/overhead check, not a speed-up: the question is whether 2 x B/2 learns "
+        "like 1 x B rather than like the 1 x B/2 control (two seeds only; 1000 iterations is early, high-variance "
+        "training).",
         "",
         "| processes | batch / process | global batch | target acc % | source val acc % | per seed: target acc % | training wall time / run (s) |",
         "|---|---|---|---|---|---|---|",

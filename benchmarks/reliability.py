@@ -148,6 +148,20 @@ def kill_trial(target, run_dir: Path, mode: str, delay: float, skip_writes: int 
     return rec
 
 
+def calibrate(target, run_dir: Path) -> float:
+    """Seconds from training start to the end of an uninterrupted run (random kills fall inside it)."""
+    shutil.rmtree(run_dir, ignore_errors=True)
+    proc = target.start(run_dir)
+    started = None
+    while proc.poll() is None:
+        if started is None and target.training_started(run_dir):
+            started = time.perf_counter()
+        time.sleep(0.01)
+    if proc.returncode != 0 or started is None:
+        raise SystemExit(f"calibration run failed: {proc.stderr.read().decode()[-2000:]}")
+    return time.perf_counter() - started
+
+
 def pytest_counts(args: list[str]) -> dict:
     res = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *args], cwd=ROOT, env=ENV,
                          capture_output=True, text=True)
@@ -199,7 +213,8 @@ def main(argv=None) -> int:
     ap.add_argument("--trials", type=int, default=10)
     ap.add_argument("--targets", default="train", help=f"comma-separated: {', '.join(TARGETS)}")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--max-delay", type=float, default=25.0, help="random kills fall in [0, this] seconds after training starts")
+    ap.add_argument("--max-delay", type=float, default=None,
+                    help="random kills fall in [0, this] s after training starts (default: 0.95 x a measured uninterrupted run)")
     ap.add_argument("--table-only", action="store_true")
     ap.add_argument("--runs-dir", default=os.environ.get("EDGEDA_BENCH_RUNS", "runs/bench-reliability"))
     args = ap.parse_args(argv)
@@ -212,12 +227,13 @@ def main(argv=None) -> int:
         result = {"kill_trials": {}}
         for name in args.targets.split(","):
             target = TARGETS[name](work)
+            max_delay = args.max_delay or 0.95 * calibrate(target, work / f"{name}-calibration")
             # most kills at a random moment; some while a checkpoint, one while the bundle, is mid-write
             modes = ["checkpoint"] * max(1, args.trials * 3 // 10) + ["bundle"]
             modes = ["random"] * (args.trials - len(modes)) + modes
             trials = []
             for i, mode in enumerate(modes):
-                delay = float(rng.uniform(0.0, args.max_delay))
+                delay = float(rng.uniform(0.0, max_delay))
                 skip = int(rng.integers(0, 12)) if mode == "checkpoint" else 0
                 rec = kill_trial(target, work / f"{name}-{i}", mode, delay, skip)
                 print(f"{name} trial {i} ({mode}): killed {rec['killed']} at {rec['killed_after_training_start_s']}s "
@@ -227,7 +243,7 @@ def main(argv=None) -> int:
             result["kill_trials"][name] = {
                 "trials": len(trials), "resumed_cleanly": sum(t["resumed_cleanly"] for t in trials),
                 "left_intact": sum(t["left_intact"] for t in trials), "killed": sum(t["killed"] for t in trials),
-                "modes": {m: modes.count(m) for m in dict.fromkeys(modes)}, "config": target.config, "runs": trials,
+                "modes": {m: modes.count(m) for m in dict.fromkeys(modes)}, "random_kill_window_s": round(max_delay, 2), "config": target.config, "runs": trials,
             }
         result["bad_input"] = pytest_counts(["tests/test_bad_input.py"])
         result["tampered_bundles"] = pytest_counts(["tests/test_reliability.py", "-k", "bundle or manifest or version"])

@@ -28,7 +28,7 @@ from ..methods.base import NonFiniteLoss
 from ..task import TaskSpec
 from ..utils import atomic_write_bytes, atomic_write_json, choose_device, machine_info, seed_everything
 from . import distributed
-from .checkpoint import load_latest, save_checkpoint
+from .checkpoint import load_checkpoint, load_latest, save_checkpoint
 from .evaluate import evaluate_classifier, predict_features
 from .selection import EvalContext, score_all
 from .streams import BatchStream
@@ -165,6 +165,7 @@ class Trainer:
             self.method.load_init(cfg.init)
         if self.dist.enabled:
             distributed.broadcast_module(self.method.nets)
+            torch.manual_seed(cfg.seed * 7919 + self.dist.rank)  # per-rank noise (dropout, GAN z) after a shared init
         self.display = self._display_batches()
         shard = {"rank": self.dist.rank, "world_size": self.dist.world_size}
         aug = {"shift": cfg.augment_shift, "contrast": cfg.augment_contrast}
@@ -174,14 +175,24 @@ class Trainer:
             self.target_stream = BatchStream(self.domains.target, self.task, cfg.batch_size, self.device, cfg.seed * 1000 + 2,
                                              labeled=False, **aug, **shard)
 
+    def _rank_states(self) -> dict:
+        """Data-stream and RNG states; under torchrun, every rank's (a collective), so rank 0's
+        checkpoint restores each rank's own shard position."""
+        own = {"torch_rng": torch.get_rng_state()}
+        for name in ("source_stream", "target_stream"):
+            stream = getattr(self, name)
+            if stream is not None:
+                own.update({f"{name}.{k}": v for k, v in stream.state_dict().items()})
+        if not self.dist.enabled:
+            return own
+        return {"world_size": self.dist.world_size, "ranks": distributed.gather_state(own, self.dist, self.device)}
+
     def _state(self, iteration: int) -> dict:
         return {
             "iteration": iteration,
             "config": self.cfg.to_dict(),
             "method": self.method.state_dict(),
-            "source_stream": self.source_stream.state_dict(),
-            "target_stream": self.target_stream.state_dict() if self.target_stream else None,
-            "torch_rng": torch.get_rng_state(),
+            "rank_states": self._rank_states(),
             "best": self.best,
             "history": json.dumps(self.history),
             "skipped_steps": self.skipped_steps,
@@ -196,14 +207,33 @@ class Trainer:
                     f"not {getattr(self.cfg, key)!r}"
                 )
         self.method.load_state_dict(state["method"])
-        self.source_stream.load_state_dict(state["source_stream"])
-        if self.target_stream is not None and state.get("target_stream"):
-            self.target_stream.load_state_dict(state["target_stream"])
-        torch.set_rng_state(state["torch_rng"])
+        rs = state.get("rank_states") or {  # checkpoints written before per-rank states existed
+            "torch_rng": state["torch_rng"],
+            **{f"{n}.{k}": v for n in ("source_stream", "target_stream") for k, v in (state.get(n) or {}).items()},
+        }
+        saved_world = int(rs.get("world_size", 1))
+        if saved_world == self.dist.world_size:
+            own = rs["ranks"][self.dist.rank] if "ranks" in rs else rs
+            for name in ("source_stream", "target_stream"):
+                stream = getattr(self, name)
+                if stream is not None and f"{name}.pos" in own:
+                    stream.load_state_dict({k: own[f"{name}.{k}"] for k in ("perm", "pos", "generator")})
+            torch.set_rng_state(own["torch_rng"])
+        else:
+            self.log(f"the checkpoint was written by {saved_world} process(es), this run has {self.dist.world_size}: "
+                     "model and optimizer state are restored, data order starts afresh")
         self.best = state.get("best")
         self.history = json.loads(state["history"])
         self.skipped_steps = int(state.get("skipped_steps", 0))
         return int(state["iteration"])
+
+    def _load_chosen(self, iteration: int) -> dict:
+        """The checkpoint rank 0 chose, read by another rank (multi-node: ``--out`` must be shared)."""
+        try:
+            return load_checkpoint(self.ckpt_dir, iteration)
+        except (OSError, ValueError) as e:
+            raise EdgedaError(f"rank {self.dist.rank} cannot read checkpoint {iteration} in {self.ckpt_dir} ({e}); "
+                              "with several machines, --out must be on a filesystem every rank can read") from None
 
     # -- evaluation -----------------------------------------------------------------------------
     def evaluate(self, iteration: int, train_losses: dict) -> dict:
@@ -261,11 +291,13 @@ class Trainer:
         self.skipped_steps = 0
         start = 0
         if resume:
-            latest = load_latest(self.ckpt_dir)
-            if latest is None:
+            latest = load_latest(self.ckpt_dir) if self.dist.is_main else None
+            # every rank loads the checkpoint rank 0 chose (the newest intact one)
+            chosen = distributed.broadcast_int(latest[0] if latest else -1, self.dist, self.device)
+            if chosen < 0:
                 self.log(f"no checkpoint in {self.ckpt_dir}; starting from scratch")
             else:
-                start = self._restore(latest[1])
+                start = self._restore(latest[1] if latest else self._load_chosen(chosen))
                 self.log(f"resumed from iteration {start}")
         elif self.dist.is_main and self.ckpt_dir.exists():
             shutil.rmtree(self.ckpt_dir)
@@ -314,17 +346,24 @@ class Trainer:
                 count += 1
                 done = it + 1
                 bar.update(done, {k: v / count for k, v in sums.items() if k.startswith("loss")})
-                if done % cfg.eval_every == 0 or done == cfg.iters:
+                is_eval = done % cfg.eval_every == 0 or done == cfg.iters
+                is_ckpt = done % cfg.checkpoint_every == 0 or done == cfg.iters
+                if is_eval or is_ckpt:  # what is evaluated, saved and shipped is the same on every rank
+                    distributed.sync_buffers(self.method.nets, self.dist)
+                if is_eval and self.dist.is_main:  # other ranks wait at the next collective
                     rec = self.evaluate(done, {k: v / max(count, 1) for k, v in sums.items()})
                     rec["lr"] = cfg.lr * factor
                     self.history.append(rec)
-                    sums, count = {}, 0
                     self._track_best(rec)
+                    self._append_metrics(rec)
+                    (bar.print if bar.enabled else self.log)(_format_eval(rec))
+                if is_eval:
+                    sums, count = {}, 0
+                if is_ckpt:
+                    state = self._state(done)  # a collective under torchrun
                     if self.dist.is_main:
-                        self._append_metrics(rec)
-                        (bar.print if bar.enabled else self.log)(_format_eval(rec))
-                if (done % cfg.checkpoint_every == 0 or done == cfg.iters) and self.dist.is_main:
-                    save_checkpoint(self.ckpt_dir, done, self._state(done))
+                        save_checkpoint(self.ckpt_dir, done, state)
+                    distributed.barrier(self.dist)  # no rank runs ahead of a checkpoint being written
                 if callback is not None:
                     callback(done)
         finally:
@@ -335,6 +374,7 @@ class Trainer:
                              self.history, self.skipped_steps)
         if self.dist.is_main:
             result.bundle, result.metrics = self._finish(wall)
+        distributed.shutdown(self.dist)
         return result
 
     def _track_best(self, rec: dict) -> None:

@@ -11,6 +11,7 @@ _LAZY = {
     "load_bundle": ("edgeda.bundle", "load_bundle"),
     "evaluate": ("edgeda.evaluation", "evaluate_bundle"),
     "load_domain": ("edgeda.data.spec", "load_domain"),
+    "adapt": ("edgeda.adapt", "adapt"),
 }
 
 

@@ -26,14 +26,22 @@ from ..cli import emit_json, handle_errors
 @handle_errors
 def adapt(bundle, target_dir, out, method, iters, minutes, memory_mb, batch, device, do_export, labels, options,
           seed, as_json) -> None:
-    """Adapt BUNDLE to unlabeled target images without any source data; write a new bundle."""
+    """Adapt BUNDLE to unlabeled target images without any source data; write a new bundle.
+
+    The input bundle is never modified. If the run collapses (NaN, all predictions in one class,
+    exploding entropy) the last healthy state is written and the exit code is 3.
+    """
+    import time
+
+    started = time.perf_counter()
     from ..config import parse_option
     from . import adapt as run_adapt
 
     opts = dict(parse_option(o) for o in options) if options else None
     log = None if as_json else (lambda s: click.echo(s, err=True))
     r = run_adapt(bundle, target_dir, out, method=method, iters=iters, minutes=minutes, memory_mb=memory_mb,
-                  batch=batch, device=device, export=do_export, labels=labels, options=opts, seed=seed, log=log)
+                  batch=batch, device=device, export=do_export, labels=labels, options=opts, seed=seed, log=log,
+                  started_at=started)
     if as_json:
         emit_json({"bundle": str(r.bundle), "iterations": r.iterations, "stopped_because": r.stopped_because,
                    "collapsed": r.collapsed, "message": r.message, "wall_time_s": r.wall_time_s,

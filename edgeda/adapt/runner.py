@@ -60,19 +60,20 @@ def adapt(bundle: str | Path, target_dir: str | Path, out: str | Path, *, method
           iters: int | None = None, minutes: float | None = None, memory_mb: float | None = None, batch: int = 64,
           device: str = "auto", export: bool = False, labels: str | None = None, options: dict | None = None,
           seed: int = 0, check_every: int | None = None, monitor_n: int = 512,
-          log: Callable[[str], None] | None = None) -> AdaptResult:
+          log: Callable[[str], None] | None = None, started_at: float | None = None) -> AdaptResult:
     """Adapt a shipped bundle to the unlabeled images in ``target_dir``; write the result to ``out``.
 
     ``iters``: iteration cap (default: the method's, or unlimited when only ``minutes`` is given);
     ``minutes``: wall-clock budget for the whole call; ``memory_mb``: peak-memory budget (picks the
     batch size / precision); ``labels``: a labeled domain spec used only to report accuracy before
-    and after. Returns an :class:`AdaptResult`; the adaptation record is also in the new bundle's
+    and after; ``started_at``: a ``time.perf_counter()`` value to count the budget from (the CLI
+    passes its own start, so imports count too). Returns an :class:`AdaptResult`; the adaptation record is also in the new bundle's
     manifest under ``"adaptation"``.
 
     >>> r = edgeda.adapt("model.edgeda", "camera_frames/", "adapted.edgeda", method="shot", minutes=5)
     >>> r.before["mean_entropy"], r.after["mean_entropy"], r.iterations
     """
-    budget = TimeBudget(minutes)
+    budget = TimeBudget(minutes, started_at)
     log = log or (lambda s: None)
     bundle, target_dir, out = Path(bundle), Path(target_dir), Path(out)
     if iters is not None and iters < 0:

@@ -7,7 +7,8 @@ whether the run has collapsed:
 
 * non-finite outputs or weights (NaN / inf);
 * the predicted-class histogram collapsing: the top class takes more than
-  ``max(max_top_fraction, 1.5 x its shipped share)`` of the predictions, or the histogram's
+  ``max(max_top_fraction, min(0.99, 1.5 x the shipped top share), shipped top share + 0.01)``
+  of the predictions, or the histogram's
   normalised entropy falls below ``min_hist_entropy_ratio`` x the shipped model's;
 * mean prediction entropy exploding: above both ``entropy_blowup`` x the shipped model's and
   ``0.75 log K`` (predictions turning uniform).
@@ -69,7 +70,9 @@ class CollapseMonitor:
         self.baseline = baseline
         self.k = num_classes
         self.c = criteria or CollapseCriteria()
-        self.top_limit = min(0.99, max(self.c.max_top_fraction, 1.5 * baseline["top_class_fraction"]))
+        # relative to the shipped model: a model that was already skewed only collapses by getting worse
+        base_top = baseline["top_class_fraction"]
+        self.top_limit = max(self.c.max_top_fraction, min(0.99, 1.5 * base_top), base_top + 0.01)
         self.hist_floor = self.c.min_hist_entropy_ratio * baseline["histogram_entropy"]
         self.entropy_limit = max(self.c.entropy_blowup * baseline["mean_entropy"], 0.75 * math.log(num_classes))
 

@@ -8,6 +8,7 @@ checksum. A TensorRT engine is built only where TensorRT is installed.
 from __future__ import annotations
 
 import importlib.util
+import inspect
 import tempfile
 import warnings
 from pathlib import Path
@@ -69,8 +70,11 @@ def _minimal_onnx(path: Path) -> dict:
         f = Path(tmp) / "classifier.onnx"
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            torch.onnx.export(model, (x[:1],), str(f), dynamo=False, opset_version=OPSET, input_names=["input"],
-                              output_names=["logits"], dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}})
+            # the TorchScript exporter: torch >= 2.9 defaults to dynamo (needs onnxscript); Jetson's 2.4 has no flag
+            legacy = {"dynamo": False} if "dynamo" in inspect.signature(torch.onnx.export).parameters else {}
+            torch.onnx.export(model, (x[:1],), str(f), opset_version=OPSET, input_names=["input"],
+                              output_names=["logits"], dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
+                              **legacy)
         onnx.checker.check_model(onnx.load(str(f)))
         sess = ort.InferenceSession(str(f), providers=["CPUExecutionProvider"])
         got = sess.run(None, {"input": x.numpy()})[0]

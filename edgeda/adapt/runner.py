@@ -7,7 +7,6 @@ the new bundle atomically with before/after statistics in its manifest.
 """
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path

@@ -22,10 +22,11 @@ from ..cli import emit_json, handle_errors
 @click.option("--labels", help="labeled domain spec used only to report accuracy before and after")
 @click.option("--option", "options", multiple=True, help="method option key=value (repeatable)")
 @click.option("--seed", default=0, show_default=True)
+@click.option("--threads", type=int, help="CPU threads for torch (default: one per core)")
 @click.option("--json", "as_json", is_flag=True, help="print the result as JSON")
 @handle_errors
 def adapt(bundle, target_dir, out, method, iters, minutes, memory_mb, batch, device, do_export, labels, options,
-          seed, as_json) -> None:
+          seed, threads, as_json) -> None:
     """Adapt BUNDLE to unlabeled target images without any source data; write a new bundle.
 
     The input bundle is never modified. If the run collapses (NaN, all predictions in one class,
@@ -40,7 +41,7 @@ def adapt(bundle, target_dir, out, method, iters, minutes, memory_mb, batch, dev
     opts = dict(parse_option(o) for o in options) if options else None
     log = None if as_json else (lambda s: click.echo(s, err=True))
     r = run_adapt(bundle, target_dir, out, method=method, iters=iters, minutes=minutes, memory_mb=memory_mb,
-                  batch=batch, device=device, export=do_export, labels=labels, options=opts, seed=seed, log=log,
+                  batch=batch, device=device, export=do_export, labels=labels, options=opts, seed=seed, threads=threads, log=log,
                   started_at=started)
     if as_json:
         emit_json({"bundle": str(r.bundle), "iterations": r.iterations, "stopped_because": r.stopped_because,

@@ -59,13 +59,15 @@ def adapt(bundle: str | Path, target_dir: str | Path, out: str | Path, *, method
           iters: int | None = None, minutes: float | None = None, memory_mb: float | None = None, batch: int = 64,
           device: str = "auto", export: bool = False, labels: str | None = None, options: dict | None = None,
           seed: int = 0, check_every: int | None = None, monitor_n: int = 512,
-          log: Callable[[str], None] | None = None, started_at: float | None = None) -> AdaptResult:
+          threads: int | None = None, log: Callable[[str], None] | None = None,
+          started_at: float | None = None) -> AdaptResult:
     """Adapt a shipped bundle to the unlabeled images in ``target_dir``; write the result to ``out``.
 
     ``iters``: iteration cap (default: the method's, or unlimited when only ``minutes`` is given);
     ``minutes``: wall-clock budget for the whole call; ``memory_mb``: peak-memory budget (picks the
     batch size / precision); ``labels``: a labeled domain spec used only to report accuracy before
-    and after; ``started_at``: a ``time.perf_counter()`` value to count the budget from (the CLI
+    and after; ``threads``: CPU threads for torch (default: torch's, one per core; on a busy device 1
+    avoids OpenMP threads waiting on each other); ``started_at``: a ``time.perf_counter()`` value to count the budget from (the CLI
     passes its own start, so imports count too). Returns an :class:`AdaptResult`; the adaptation record is also in the new bundle's
     manifest under ``"adaptation"``.
 
@@ -100,6 +102,10 @@ def adapt(bundle: str | Path, target_dir: str | Path, out: str | Path, *, method
         lab.require_usable(labeled=True, num_classes=task.num_classes)
     log(f"target: {dom.report.summary()} from {target_dir}")
 
+    if threads is not None:
+        if threads < 1:
+            raise EdgedaError("--threads must be at least 1")
+        torch.set_num_threads(threads)
     seed_everything(seed)
     dev = choose_device(device)
     cuda = dev.type == "cuda"
@@ -213,7 +219,7 @@ def adapt(bundle: str | Path, target_dir: str | Path, out: str | Path, *, method
         "safety": {"status": "rolled_back" if stopped == "collapse" else "ok", "message": message, "checks": checks,
                    "check_every": check_every, "monitor_images": len(mon_idx), "limits": monitor.limits()},
         "before": before, "after": after, "accuracy": accuracy,
-        "device": str(dev), "machine": machine_info(),
+        "device": str(dev), "torch_threads": torch.get_num_threads(), "machine": machine_info(),
     }
     record["memory"] = {"peak_rss_mb": round(peak_rss_mb(), 1),
                         "peak_cuda_mb": None if peak_cuda is None else round(peak_cuda, 1)}

@@ -153,3 +153,14 @@ def test_edgeda_train_is_callable_twice_in_one_process(tmp_path):
     first = edgeda.train(out=str(tmp_path / "a"), **kw)
     second = edgeda.train(out=str(tmp_path / "b"), **kw)  # edgeda.train is now the subpackage: still callable
     assert first.bundle.exists() and second.bundle.exists()
+
+
+def test_top_level_functions_survive_their_subpackages_being_imported():
+    import importlib
+
+    import edgeda
+
+    for name, sub in (("export", "edgeda.export.api"), ("bench", "edgeda.bench.harness"),
+                      ("adapt", "edgeda.adapt.runner"), ("train", "edgeda.train.trainer")):
+        importlib.import_module(sub)  # binds edgeda.<name> to the subpackage
+        assert callable(getattr(edgeda, name)), name

@@ -4,18 +4,10 @@
 ``edgeda.train.*`` module is imported, Python binds the name ``edgeda.train`` to this package,
 so the package itself is made callable and forwards to :func:`edgeda.train.trainer.train`.
 """
-import sys
-import types
-
+from .._callable import make_callable
 from .evaluate import evaluate_classifier
 from .trainer import TrainResult, Trainer, train
 
-
-class _CallableModule(types.ModuleType):
-    def __call__(self, *args, **kwargs):
-        return train(*args, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallableModule
+make_callable(__name__, "edgeda.train.trainer:train")
 
 __all__ = ["TrainResult", "Trainer", "evaluate_classifier", "train"]

@@ -32,6 +32,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
+from adaptation import data_version  # noqa: E402
 from readme_tables import fmt_pct, replace_block  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
@@ -89,7 +90,7 @@ def run_one(method: str, seed: int, bundle: Path, target: Path, out: Path) -> di
     r = json.loads(p.stdout)
     a = r["adaptation"]
     return {
-        "method": method, "seed": seed, "command": " ".join(cmd[1:]), "bundle": str(bundle),
+        "method": method, "seed": seed, "data_version": data_version(), "command": " ".join(cmd[1:]), "bundle": str(bundle),
         "accuracy_before": r["accuracy"]["before"], "accuracy_after": r["accuracy"]["after"],
         "iterations": r["iterations"], "stopped_because": r["stopped_because"], "collapsed": r["collapsed"],
         "cpu_time_s": a.get("cpu_time_s"), "torch_threads": a.get("torch_threads"),
@@ -115,7 +116,8 @@ def cpu_time(r: dict) -> float | None:
 def summarise() -> dict:
     rows = {}
     for method in METHODS:
-        rs = sorted((json.loads(f.read_text()) for f in (RESULTS / "adapt").glob(f"{method}-s*.json")),
+        rs = sorted((r for f in (RESULTS / "adapt").glob(f"{method}-s*.json")
+                     if (r := json.loads(f.read_text())).get("data_version") == data_version()),  # same renderer only
                     key=lambda r: r["seed"])
         if not rs:
             continue
@@ -198,7 +200,7 @@ def main(argv=None) -> int:
                 bundle = None
                 for m in args.methods.split(","):
                     f = folder / f"{m}-s{seed}.json"
-                    if f.exists() and not args.force:
+                    if f.exists() and not args.force and json.loads(f.read_text()).get("data_version") == data_version():
                         continue
                     bundle = bundle or source_bundle(seed, runs)
                     print(f"adapting seed {seed} with {m} ...", flush=True)

@@ -21,37 +21,18 @@ import torch
 
 from ..bundle import write_bundle
 from ..config import TrainConfig
-from ..data import Domain, load_domain, split_builtin
-from ..errors import DataError, EdgedaError, TrainingDiverged
+from ..errors import EdgedaError, TrainingDiverged
 from ..methods import METHODS, Engine, Method, OptimConfig
 from ..methods.base import NonFiniteLoss
 from ..task import TaskSpec
 from ..utils import atomic_write_bytes, atomic_write_json, choose_device, machine_info, seed_everything
 from . import distributed
 from .checkpoint import load_checkpoint, load_latest, save_checkpoint
+from .domains import Domains, load_domains  # noqa: F401  (Domains re-exported)
 from .evaluate import evaluate_classifier, predict_features
+from .progress import _format_eval, _Progress
 from .selection import EvalContext, score_all
 from .streams import BatchStream
-
-
-@dataclass
-class Domains:
-    source: Domain
-    source_val: Domain
-    target: Domain | None
-    target_test: Domain | None
-
-    def summary(self) -> dict:
-        d = {"source": self.source.name, "source_n": len(self.source), "source_val_n": len(self.source_val)}
-        for k in ("target", "target_test"):
-            dom = getattr(self, k)
-            if dom is not None:
-                d[k], d[f"{k}_n"] = dom.name, len(dom)
-                if dom.report.skipped:
-                    d[f"{k}_skipped"] = len(dom.report.skipped)
-        if self.source.report.skipped:
-            d["source_skipped"] = len(self.source.report.skipped)
-        return d
 
 
 @dataclass
@@ -64,56 +45,6 @@ class TrainResult:
     step_time: float  # mean seconds per iteration spent drawing batches and in method.step
     history: list = field(default_factory=list)
     skipped_steps: int = 0
-
-
-def load_domains(cfg: TrainConfig, needs_target: bool) -> Domains:
-    """Load and check every domain before any training starts (one clear error otherwise)."""
-    size = (cfg.image_size, cfg.image_size)
-    kw = {"size": size, "channels": cfg.channels, "seed": cfg.seed}
-    src_builtin = split_builtin(cfg.source)
-    source = load_domain(cfg.source, labeled=True, split="train", n=cfg.source_n, **kw)
-    source.require_usable(labeled=True)
-    if src_builtin and src_builtin[1] is None and _has_split(src_builtin[0], "val"):
-        val_n = max(200, min(2000, cfg.source_n // 5))
-        source_val = load_domain(f"{src_builtin[0]}:val", labeled=True, n=val_n, **kw)
-    else:
-        order = np.random.default_rng(cfg.seed).permutation(len(source))
-        n_val = max(1, int(round(cfg.val_fraction * len(source))))
-        if len(source) < 2:
-            raise DataError(f"source domain {source.name!r} needs at least 2 images (train + validation)")
-        source_val = source.subset(order[:n_val], f"{source.name} (val)")
-        source = source.subset(order[n_val:])
-    num_classes = source.num_classes or int(source.labels.max()) + 1
-    source.require_usable(labeled=True, num_classes=num_classes)
-
-    target = target_test = None
-    if cfg.target:
-        target = load_domain(cfg.target, labeled=False, split="adapt" if _has_split(cfg.target, "adapt") else None, **kw)
-        if needs_target:
-            target.require_usable(labeled=False)
-    test_spec = cfg.target_test
-    if test_spec is None and cfg.target:
-        tb = split_builtin(cfg.target)
-        if tb and tb[1] is None and _has_split(tb[0], "test"):
-            test_spec = f"{tb[0]}:test"
-    if test_spec:
-        target_test = load_domain(test_spec, labeled=True, **kw)
-        target_test.require_usable(labeled=True, num_classes=num_classes)
-        if source.classes and target_test.classes and source.classes != target_test.classes:
-            raise DataError(
-                f"classes differ between source ({', '.join(source.classes)}) and target test "
-                f"({', '.join(target_test.classes)}); use the same class folders in both"
-            )
-    elif needs_target and target is None:
-        raise DataError(f"method {cfg.method!r} needs a target domain (--target)")
-    return Domains(source, source_val, target, target_test)
-
-
-def _has_split(spec: str, split: str) -> bool:
-    b = split_builtin(spec)
-    if not b:
-        return False
-    return split in {"syndigits": ("train", "val", "test"), "handwritten": ("adapt", "test", "all")}.get(b[0], ())
 
 
 def lr_factor(schedule: str, progress: float) -> float:
@@ -426,50 +357,6 @@ class Trainer:
         with open(self.run_dir / "metrics.jsonl", "a") as f:
             f.write(json.dumps(rec) + "\n")
             f.flush()
-
-
-def _format_eval(rec: dict) -> str:
-    parts = [f"iter {rec['iteration']}", f"source val {rec['source_val_acc']:.1%}"]
-    if "target_test_acc" in rec:
-        parts.append(f"target test {rec['target_test_acc']:.1%} (report only)")
-    if "target_entropy" in rec:
-        parts.append(f"target entropy {rec['target_entropy']:.3f}")
-    return " | ".join(parts)
-
-
-class _Progress:
-    """A rich progress bar with the running losses and ETA; silent when disabled."""
-
-    def __init__(self, enabled: bool, total: int, start: int, title: str):
-        self.enabled = enabled
-        if not enabled:
-            return
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-
-        self.progress = Progress(
-            TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-            TextColumn("eta"), TimeRemainingColumn(), TextColumn("{task.fields[losses]}"),
-        )
-        self.task = self.progress.add_task(title, total=total, completed=start, losses="")
-        self.progress.start()
-        self._last = 0.0
-
-    def update(self, done: int, losses: dict) -> None:
-        if not self.enabled:
-            return
-        now = time.perf_counter()
-        if now - self._last > 0.2:
-            text = " ".join(f"{k.split('/')[-1]}={v:.3f}" for k, v in losses.items())
-            self.progress.update(self.task, completed=done, losses=text)
-            self._last = now
-
-    def print(self, text: str) -> None:
-        if self.enabled:
-            self.progress.console.print(text)
-
-    def close(self) -> None:
-        if self.enabled:
-            self.progress.stop()
 
 
 def train(config: TrainConfig | None = None, *, resume: bool = False, progress: bool = True,

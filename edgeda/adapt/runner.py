@@ -112,7 +112,6 @@ def adapt(bundle: str | Path, target_dir: str | Path, out: str | Path, *, method
     if cuda:
         torch.cuda.reset_peak_memory_stats(dev)
     clf = b.module("classifier", str(dev))
-    shipped = {k: v.detach().cpu().clone() for k, v in clf.state_dict().items()}
     target = TargetSet(dom.images, task, dev)
 
     t = time.perf_counter()

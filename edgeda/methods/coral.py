@@ -20,12 +20,14 @@ class DeepCORAL(Method):
     the loss on its last layer, fc8: ``on=logits`` does that). Source and target share one forward
     pass (BatchNorm sees both), as in DANN here.
 
-    Defaults: weight w = 1.0 (the paper's choice of balancing both terms at the end of training),
-    on = features; one optimizer over all parameters, the trainer's schedule.
+    Defaults: weight w = 10, on = features; one optimizer over all parameters, the trainer's
+    schedule. The weight follows the paper's rule (w such that both terms are about equal at the
+    end of training), read off the training losses of a w = 1 run on the cpu benchmark profile
+    (final CE 0.098, CORAL 0.0072: a ratio of 14); no target labels were used for it.
     """
 
     summary = "correlation alignment of source/target feature covariances (Sun & Saenko 2016)"
-    defaults = {"weight": 1.0, "on": "features"}
+    defaults = {"weight": 10.0, "on": "features"}
 
     def build(self) -> None:
         if self.opts["on"] not in ("features", "logits"):

@@ -89,7 +89,8 @@ def test_two_stream_linear_fit_recovers_transform():
 
 @pytest.mark.parametrize("method", METHODS)
 def test_method_trains_and_bundle_evaluates(tmp_path, method):
-    res = Trainer(tiny_config(tmp_path, method=method), progress=False, log=None).run()
+    tr = Trainer(tiny_config(tmp_path, method=method, eval_every=6), progress=False, log=None)
+    res = tr.run()
     losses = {k for h in res.history for k in h if k.startswith("train/loss/")}
     expected = {"coral": {"coral"}, "mmd": {"mmd"}, "dsn": {"recon", "difference", "similarity"},
                 "two_stream": {"mmd", "weight_reg"}, "csg": {"nce"}}[method]
@@ -98,20 +99,15 @@ def test_method_trains_and_bundle_evaluates(tmp_path, method):
     assert set(b.manifest["files"]) == {"classifier.safetensors"}  # private encoders, streams, heads stay behind
     m = evaluate_bundle(res.bundle, device="cpu")
     assert m["accuracy"] == pytest.approx(res.metrics["target_test_acc"], abs=1e-9)
-
-
-def test_two_stream_ships_target_stream(tmp_path):
-    tr = Trainer(tiny_config(tmp_path, method="two_stream"), progress=False, log=None)
-    tr.run()
-    src, tgt = tr.method.nets["source"].state_dict(), tr.method.classifier.state_dict()
-    assert any(not torch.equal(src[k], tgt[k]) for k in src)
-    b = load_bundle(tr.run_dir / "model.edgeda").classifier
-    torch.testing.assert_close(b.state_dict()["head.weight"], tgt["head.weight"].cpu())
+    if method == "two_stream":  # ships the target stream, which has drifted from the source stream
+        src, tgt = tr.method.nets["source"].state_dict(), tr.method.classifier.state_dict()
+        assert any(not torch.equal(src[k], tgt[k]) for k in src)
+        torch.testing.assert_close(b.classifier.state_dict()["head.weight"], tgt["head.weight"].cpu())
 
 
 def test_csg_init_freezes_the_given_encoder(tmp_path):
-    base = Trainer(tiny_config(tmp_path / "so", method="source_only"), progress=False, log=None).run()
-    tr = Trainer(tiny_config(tmp_path / "csg", method="csg", init=str(base.bundle)), progress=False, log=None)
+    base = Trainer(tiny_config(tmp_path / "so", method="source_only", iters=2), progress=False, log=None).run()
+    tr = Trainer(tiny_config(tmp_path / "csg", method="csg", init=str(base.bundle), eval_every=6), progress=False, log=None)
     res = tr.run()
     assert "train/loss/nce" in res.history[0]  # contrastive from the first step: no pretraining phase
     init = load_bundle(base.bundle).classifier.features.state_dict()

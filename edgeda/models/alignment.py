@@ -31,7 +31,8 @@ def coral(source: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 
 def gaussian_kernels(x: torch.Tensor, y: torch.Tensor, multipliers: Sequence[float], bandwidth: torch.Tensor | None = None) -> torch.Tensor:
-    """Sum over a family of Gaussian kernels ``k_s(a, b) = exp(-||a - b||^2 / (s * sigma^2))``.
+    """Mean over a family of Gaussian kernels ``k_m(a, b) = exp(-||a - b||^2 / (m * sigma^2))``
+    (DAN's convex combination with equal weights 1/M, so the kernel stays in [0, 1]).
 
     ``sigma^2`` is the mean pairwise squared distance of the pooled sample (the median-style
     heuristic of DAN, computed without gradient) unless ``bandwidth`` gives it. Returns the
@@ -43,16 +44,17 @@ def gaussian_kernels(x: torch.Tensor, y: torch.Tensor, multipliers: Sequence[flo
         n = z.shape[0]
         bandwidth = d2.detach().sum() / max(n * n - n, 1)
     bandwidth = bandwidth.clamp_min(1e-8)
-    return sum(torch.exp(-d2 / (m * bandwidth)) for m in multipliers)
+    return sum(torch.exp(-d2 / (m * bandwidth)) for m in multipliers) / len(multipliers)
 
 
 def multi_kernel_mmd(
     source: torch.Tensor, target: torch.Tensor, multipliers: Sequence[float] = (0.25, 0.5, 1.0, 2.0, 4.0)
 ) -> torch.Tensor:
     """Multi-kernel MMD^2 (Long et al., "Learning Transferable Features with Deep Adaptation
-    Networks", ICML 2015), biased estimate with the kernel family summed with equal weights:
+    Networks", ICML 2015), biased estimate; the kernel is DAN's convex combination of the family
+    with equal weights (a plain sum, as some re-implementations use, is M times larger):
 
-    MMD^2 = mean k(s, s') + mean k(t, t') - 2 mean k(s, t),  k = sum_m exp(-||a-b||^2 / (m sigma^2)).
+    MMD^2 = mean k(s, s') + mean k(t, t') - 2 mean k(s, t),  k = (1/M) sum_m exp(-||a-b||^2 / (m sigma^2)).
 
     Zero when the two batches are the same sample; grows as their distributions move apart.
 

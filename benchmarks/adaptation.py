@@ -65,11 +65,11 @@ def data_version() -> str:
 def run_one(profile: str, method: str, seed: int, out_root: Path) -> dict:
     import torch
 
-    import edgeda
+    from edgeda.train.trainer import train  # not edgeda.train: once imported, the subpackage shadows the lazy alias
 
     cfg = run_config(profile, method, seed)
     t0 = time.perf_counter()
-    res = edgeda.train(out=str(out_root / f"{method}-s{seed}"), progress=False, log=None, **cfg)
+    res = train(out=str(out_root / f"{method}-s{seed}"), progress=False, log=None, **cfg)
     wall = time.perf_counter() - t0
     from edgeda.utils import machine_info
 

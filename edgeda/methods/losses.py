@@ -31,3 +31,44 @@ def entropy(logits: torch.Tensor, dim: int = 1) -> torch.Tensor:
     """Per-sample Shannon entropy (nats) of softmax(logits) along ``dim``."""
     logp = F.log_softmax(logits.float(), dim=dim)
     return -(logp.exp() * logp).sum(dim)
+
+
+def scale_invariant_mse(x: torch.Tensor, x_hat: torch.Tensor) -> torch.Tensor:
+    """Scale-invariant MSE (Eigen et al. 2014; the DSN reconstruction loss, Bousmalis et al. 2016).
+
+    Per sample with k pixels and diff = x - x_hat: L = ||diff||^2 / k - (sum diff)^2 / k^2,
+    averaged over the batch. It ignores a constant offset of the whole image, so the decoder
+    learns shape rather than absolute intensity. Shapes: (N, ...) both.
+    """
+    diff = (x.float() - x_hat.float()).flatten(1)
+    k = diff.shape[1]
+    return (diff.pow(2).sum(1) / k - diff.sum(1).pow(2) / (k * k)).mean()
+
+
+def difference_loss(shared: torch.Tensor, private: torch.Tensor) -> torch.Tensor:
+    """DSN soft orthogonality (Bousmalis et al. 2016): ||H_c^T H_p||_F^2, averaged over entries.
+
+    Rows of ``shared`` (N, d_c) and ``private`` (N, d_p) are L2-normalised first (as in the
+    authors' implementation), so the loss is in [0, 1] per entry and zero exactly when every
+    shared column is orthogonal to every private column across the batch.
+    """
+    hc = F.normalize(shared.float(), dim=1)
+    hp = F.normalize(private.float(), dim=1)
+    return (hc.T @ hp).pow(2).mean()
+
+
+def info_nce(query: torch.Tensor, positive_key: torch.Tensor, negatives: torch.Tensor, temperature: float = 0.07) -> torch.Tensor:
+    """InfoNCE (van den Oord et al. 2018) with a bank of negatives, as in MoCo (He et al. 2020).
+
+    L = -mean_i log( exp(q_i.k_i / T) / (exp(q_i.k_i / T) + sum_j exp(q_i.n_j / T)) ) with q, k, n
+    L2-normalised. Shapes: query/positive_key (N, d), negatives (M, d). Lower when each query
+    is closer to its own key than to the negatives.
+
+    >>> loss = info_nce(student_proj, frozen_proj.detach(), queue)  # (N, 128), (N, 128), (M, 128)
+    """
+    q = F.normalize(query.float(), dim=1)
+    k = F.normalize(positive_key.float(), dim=1)
+    n = F.normalize(negatives.float(), dim=1)
+    pos = (q * k).sum(1, keepdim=True)
+    logits = torch.cat([pos, q @ n.T], 1) / temperature
+    return F.cross_entropy(logits, torch.zeros(len(q), dtype=torch.long, device=q.device))

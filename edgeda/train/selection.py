@@ -43,3 +43,46 @@ def score_all(ctx: EvalContext) -> dict[str, float]:
         except (ValueError, RuntimeError):
             continue  # a validator that cannot score this context (e.g. no target data) is left out
     return out
+
+
+def _target_probs(ctx: EvalContext) -> torch.Tensor:
+    if ctx.target_logits is None or len(ctx.target_logits) == 0:
+        raise ValueError("no target predictions to score")
+    return ctx.target_logits.float().softmax(1)
+
+
+def _entropy(p: torch.Tensor) -> torch.Tensor:
+    return -(p * p.clamp_min(1e-12).log()).sum(-1)
+
+
+@VALIDATORS.register("entropy")
+def entropy(ctx: EvalContext) -> float:
+    """Negative mean entropy of the target predictions: confident models score higher (Morerio et al. 2018)."""
+    return -float(_entropy(_target_probs(ctx)).mean())
+
+
+@VALIDATORS.register("info_max")
+def info_max(ctx: EvalContext) -> float:
+    """Information maximisation: H(mean_i p_i) - mean_i H(p_i) (mutual information between input
+    and prediction, as in RIM/SHOT): confident per image and diverse over the target set."""
+    p = _target_probs(ctx)
+    return float(_entropy(p.mean(0)) - _entropy(p).mean())
+
+
+@VALIDATORS.register("snd")
+def snd(ctx: EvalContext, temperature: float = 0.05, max_n: int = 2000) -> float:
+    """Soft neighbourhood density (Saito et al., "Tune it the Right Way", ICCV 2021).
+
+    Target softmax outputs are L2-normalised, their cosine similarity matrix (self-similarity
+    removed) is softmax-normalised per row at temperature 0.05, and the score is the mean row
+    entropy: high when predictions form dense neighbourhoods (clusters) rather than being
+    isolated. Higher is better. At most ``max_n`` images are scored (the first ones: a fixed set).
+    """
+    p = torch.nn.functional.normalize(_target_probs(ctx)[:max_n], dim=1)
+    n = p.shape[0]
+    if n < 2:
+        raise ValueError("SND needs at least two target images")
+    sim = p @ p.T
+    sim = sim.masked_fill(torch.eye(n, dtype=torch.bool, device=sim.device), float("-inf"))
+    q = (sim / temperature).softmax(1)
+    return float(_entropy(q).mean())

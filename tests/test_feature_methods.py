@@ -1,0 +1,117 @@
+"""Feature- and model-level methods (coral, mmd, dsn, two_stream, csg): their losses on hand-made
+tensors against values worked out by hand, a short training run each, and their bundles."""
+import math
+
+import pytest
+import torch
+
+from conftest import tiny_config
+from edgeda.bundle import load_bundle
+from edgeda.evaluation import evaluate_bundle
+from edgeda.methods.losses import difference_loss, info_nce, scale_invariant_mse
+from edgeda.models.alignment import coral, multi_kernel_mmd
+from edgeda.models.augment import rand_augment
+from edgeda.models.pooling import attention_pool
+from edgeda.train import Trainer
+
+METHODS = ["coral", "mmd", "dsn", "two_stream", "csg"]
+
+
+def test_coral_hand_value_and_identical_distributions():
+    s = torch.tensor([[1.0, 0.0], [-1.0, 0.0]])  # covariance diag(2, 0)
+    t = torch.tensor([[0.0, 1.0], [0.0, -1.0]])  # covariance diag(0, 2)
+    assert coral(s, t).item() == pytest.approx((4 + 4) / (4 * 2 * 2))
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.randn(4000, 8, generator=g), torch.randn(4000, 8, generator=g)
+    assert coral(a, a).item() == 0.0
+    assert coral(a, b).item() < 1e-3 < coral(a, 3 * b).item()
+
+
+def test_mmd_hand_value_and_shift():
+    # one point per side, pooled bandwidth = mean off-diagonal squared distance = 1
+    mults = (0.25, 0.5, 1.0, 2.0, 4.0)
+    expected = 2 - 2 * sum(math.exp(-1 / m) for m in mults) / len(mults)
+    assert multi_kernel_mmd(torch.zeros(1, 1), torch.ones(1, 1)).item() == pytest.approx(expected, rel=1e-5)
+    g = torch.Generator().manual_seed(1)
+    x, y = torch.randn(200, 4, generator=g), torch.randn(200, 4, generator=g)
+    same, shifted = multi_kernel_mmd(x, y), multi_kernel_mmd(x, y + 2.0)
+    assert multi_kernel_mmd(x, x).abs().item() < 1e-6
+    assert shifted.item() > 10 * same.item()
+
+
+def test_difference_loss_zero_for_orthogonal_codes():
+    shared = torch.tensor([[1.0, 0.0], [1.0, 0.0]])
+    assert difference_loss(shared, torch.tensor([[1.0], [-1.0]])).item() == 0.0  # H_c^T H_p = [[0], [0]]
+    assert difference_loss(shared, torch.tensor([[1.0], [1.0]])).item() == pytest.approx((2**2 + 0) / 2)  # [[2], [0]]
+
+
+def test_scale_invariant_mse_ignores_offsets():
+    x = torch.randn(3, 1, 4, 4)
+    assert scale_invariant_mse(x, x + 0.7).item() == pytest.approx(0.0, abs=1e-6)
+    assert scale_invariant_mse(torch.tensor([[1.0, -1.0]]), torch.zeros(1, 2)).item() == pytest.approx(1.0)
+
+
+def test_info_nce_hand_value_and_matched_pairs():
+    q = torch.tensor([[1.0, 0.0]])
+    loss = info_nce(q, q, torch.tensor([[0.0, 1.0]]), temperature=1.0)
+    assert loss.item() == pytest.approx(math.log(1 + math.exp(-1)), rel=1e-6)
+    g = torch.Generator().manual_seed(2)
+    a, neg = torch.randn(16, 8, generator=g), torch.randn(64, 8, generator=g)
+    matched = info_nce(a, a + 0.05 * torch.randn(16, 8, generator=g), neg)
+    unmatched = info_nce(a, torch.randn(16, 8, generator=g), neg)
+    assert matched.item() < 0.1 < unmatched.item()
+
+
+def test_attention_pool():
+    fmap = torch.randn(2, 6, 1, 1).expand(2, 6, 3, 3).contiguous()
+    torch.testing.assert_close(attention_pool(fmap), fmap.mean((2, 3)))  # equal locations: average pooling
+    spike = torch.zeros(1, 4, 2, 2)
+    spike[0, :, 0, 0] = 10.0
+    pooled = attention_pool(spike)  # the dominant location outweighs the 3 empty ones
+    assert (pooled > spike.mean((2, 3))).all()
+
+
+def test_rand_augment_stays_in_input_range():
+    x = torch.rand(16, 3, 32, 32) * 2 - 1
+    before = x.clone()
+    y = rand_augment(x, (0.5,) * 3, (0.5,) * 3, n_ops=3, magnitude=1.0)
+    assert y.shape == x.shape and torch.equal(x, before)
+    assert y.min() >= -1 - 1e-6 and y.max() <= 1 + 1e-6 and not torch.equal(x, y)
+
+
+def test_two_stream_linear_fit_recovers_transform():
+    from edgeda.methods.two_stream import TwoStream
+
+    ws = torch.randn(50, 7)
+    a, b = TwoStream.linear_fit(ws, 1.5 * ws - 0.2, ridge=0.0)
+    assert a.item() == pytest.approx(1.5, rel=1e-4) and b.item() == pytest.approx(-0.2, abs=1e-4)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_method_trains_and_bundle_evaluates(tmp_path, method):
+    tr = Trainer(tiny_config(tmp_path, method=method, eval_every=6), progress=False, log=None)
+    res = tr.run()
+    losses = {k for h in res.history for k in h if k.startswith("train/loss/")}
+    expected = {"coral": {"coral"}, "mmd": {"mmd"}, "dsn": {"recon", "difference", "similarity"},
+                "two_stream": {"mmd", "weight_reg"}, "csg": {"nce"}}[method]
+    assert {f"train/loss/{k}" for k in expected | {"cls"}} <= losses
+    b = load_bundle(res.bundle)
+    assert set(b.manifest["files"]) == {"classifier.safetensors"}  # private encoders, streams, heads stay behind
+    m = evaluate_bundle(res.bundle, device="cpu")
+    assert m["accuracy"] == pytest.approx(res.metrics["target_test_acc"], abs=1e-9)
+    if method == "two_stream":  # ships the target stream, which has drifted from the source stream
+        src, tgt = tr.method.nets["source"].state_dict(), tr.method.classifier.state_dict()
+        assert any(not torch.equal(src[k], tgt[k]) for k in src)
+        torch.testing.assert_close(b.classifier.state_dict()["head.weight"], tgt["head.weight"].cpu())
+
+
+def test_csg_init_freezes_the_given_encoder(tmp_path):
+    base = Trainer(tiny_config(tmp_path / "so", method="source_only", iters=2), progress=False, log=None).run()
+    tr = Trainer(tiny_config(tmp_path / "csg", method="csg", init=str(base.bundle), eval_every=6), progress=False, log=None)
+    res = tr.run()
+    assert "train/loss/nce" in res.history[0]  # contrastive from the first step: no pretraining phase
+    init = load_bundle(base.bundle).classifier.features.state_dict()
+    frozen = tr.method.nets["frozen"].state_dict()
+    for k, v in init.items():
+        torch.testing.assert_close(frozen[k], v)  # E_0 stays the initial encoder, BN statistics included
+    assert not torch.equal(tr.method.classifier.features.state_dict()["fc.2.weight"], init["fc.2.weight"])

@@ -46,9 +46,9 @@ PROFILES: dict[str, dict] = {
         "methods": {
             "pixelda": {"iters": 1000, "eval_every": 250, "options": dict(_CPU_GAN)},
             "suit": {"iters": 1000, "eval_every": 250, "options": dict(_CPU_GAN)},
-            "cyclegan": {"iters": 1500, "options": {**_CPU_GAN, "gan_fraction": 0.2}},
-            "fgbg_cyclegan": {"iters": 1500, "options": {**_CPU_GAN, "gan_fraction": 0.2}},
-            "label2image": {"iters": 2000, "options": {"g_width": 32, "d_width": 32}},
+            "cyclegan": {"iters": 1000, "eval_every": 250, "options": {**_CPU_GAN, "gan_fraction": 0.25}},
+            "fgbg_cyclegan": {"iters": 1000, "eval_every": 250, "options": {**_CPU_GAN, "gan_fraction": 0.25}},
+            "label2image": {"iters": 1500, "options": {"g_width": 16, "d_width": 32}},
         },
     },
     "gpu": {

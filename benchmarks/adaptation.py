@@ -70,6 +70,12 @@ def run_config(profile: str, method: str, seed: int) -> dict:
     return cfg
 
 
+def data_version() -> str:
+    from edgeda.data.builtin import SYNDIGITS_VERSION
+
+    return f"syndigits-v{SYNDIGITS_VERSION}"
+
+
 def run_one(profile: str, method: str, seed: int, out_root: Path) -> dict:
     import torch
 
@@ -83,7 +89,7 @@ def run_one(profile: str, method: str, seed: int, out_root: Path) -> dict:
     from edgeda.utils import machine_info
 
     return {
-        "method": method, "seed": seed, "profile": profile, "config": cfg,
+        "method": method, "seed": seed, "profile": profile, "config": cfg, "data_version": data_version(),
         "source_val_acc": res.metrics.get("source_val_acc"), "target_test_acc": res.metrics.get("target_test_acc"),
         "target_entropy": res.metrics.get("target_entropy"), "selected_iteration": res.metrics.get("selected_iteration"),
         "history": res.history, "wall_time_s": round(wall, 1), "step_time_s": round(res.step_time, 5),
@@ -92,11 +98,51 @@ def run_one(profile: str, method: str, seed: int, out_root: Path) -> dict:
     }
 
 
+def cfg_full_eval(profile: str, method: str) -> int:
+    return run_config(profile, method, 0)["eval_every"]
+
+
+def estimate(profile: str, methods: list[str], seeds: int, probe_iters: int = 60) -> dict:
+    """Time a short run of each method and extrapolate the whole table's duration on this machine."""
+    import tempfile
+
+    import edgeda
+
+    per_method = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for m in methods:
+            cfg = run_config(profile, m, 0)
+            full = cfg["iters"]
+            cfg.update(iters=probe_iters, eval_every=probe_iters)
+            stamps: list[float] = []
+            from edgeda.config import make_config
+            from edgeda.train.trainer import Trainer
+
+            t0 = time.perf_counter()
+            tr = Trainer(make_config(None, {**cfg, "out": f"{tmp}/{m}"}), progress=False, log=None)
+            tr.run(callback=lambda it: stamps.append(time.perf_counter()))
+            total = time.perf_counter() - t0
+            step = statistics.median(b - a for a, b in zip(stamps[5:], stamps[6:-1]))
+            setup = stamps[0] - t0 - step  # data loading/rendering, model build
+            evaluation = (stamps[-1] - stamps[-2]) - step  # the final iteration's evaluation
+            finish = total - (stamps[-1] - t0)  # bundle writing
+            evals = max(1, full // cfg_full_eval(profile, m))
+            per_method[m] = {"iters": full, "s_per_iter": step, "setup_s": setup, "eval_s": evaluation,
+                             "est_run_s": setup + step * full + evaluation * evals + finish}
+            print(f"  {m}: {1000 * step:.1f} ms/iter x {full} -> ~{per_method[m]['est_run_s']:.0f} s per run", flush=True)
+    total = seeds * sum(v["est_run_s"] for v in per_method.values())
+    return {"profile": profile, "seeds": seeds, "methods": per_method, "est_total_s": total}
+
+
 def summarise(profile: str) -> dict:
     folder = RESULTS / "adaptation" / profile
     runs: dict[str, list[dict]] = {}
+    current = data_version()
     for f in sorted(folder.glob("*.json")):
         r = json.loads(f.read_text())
+        if r.get("data_version") != current:  # rendered with an older syndigits: not comparable
+            print(f"ignoring {f.name}: made with {r.get('data_version', 'an unversioned renderer')}, not {current}")
+            continue
         runs.setdefault(r["method"], []).append(r)
     rows = {}
     for method, rs in sorted(runs.items()):
@@ -152,11 +198,28 @@ def main(argv=None) -> int:
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--force", action="store_true", help="rerun runs that already have results")
     ap.add_argument("--table-only", action="store_true")
+    ap.add_argument("--threads", type=int, default=None, help="torch threads per run (default: torch's choice)")
+    ap.add_argument("--estimate", action="store_true", help="time short runs and estimate the whole table's duration")
     ap.add_argument("--runs-dir", default=os.environ.get("EDGEDA_BENCH_RUNS", "runs/bench-adaptation"))
     args = ap.parse_args(argv)
 
     folder = RESULTS / "adaptation" / args.profile
     folder.mkdir(parents=True, exist_ok=True)
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    if args.estimate:
+        from edgeda.methods import METHODS
+        from edgeda.utils import machine_info
+
+        methods = list(METHODS) if args.methods == "all" else args.methods.split(",")
+        est = estimate(args.profile, methods, len(args.seeds.split(",")))
+        est["machine"] = machine_info()
+        est["date"] = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+        (RESULTS / f"adaptation-estimate-{args.profile}.json").write_text(json.dumps(est, indent=1) + "\n")
+        print(f"whole table ({len(methods)} methods x {est['seeds']} seeds): ~{est['est_total_s'] / 60:.0f} min")
+        return 0
     if not args.table_only:
         from edgeda.methods import METHODS
 
@@ -166,7 +229,7 @@ def main(argv=None) -> int:
         for m in methods:
             for s in seeds:
                 f = folder / f"{m}-s{s}.json"
-                if f.exists() and not args.force:
+                if f.exists() and not args.force and json.loads(f.read_text()).get("data_version") == data_version():
                     continue
                 print(f"running {m} seed {s} ({args.profile} profile)...", flush=True)
                 r = run_one(args.profile, m, s, Path(args.runs_dir) / args.profile)

@@ -11,6 +11,10 @@ _LAZY = {
     "load_bundle": ("edgeda.bundle", "load_bundle"),
     "evaluate": ("edgeda.evaluation", "evaluate_bundle"),
     "load_domain": ("edgeda.data.spec", "load_domain"),
+    "export": ("edgeda.export.api", "export_bundle"),
+    "predict": ("edgeda.export.api", "predict"),
+    "make_runner": ("edgeda.export.runtime", "make_runner"),
+    "bench": ("edgeda.bench.harness", "bench"),
 }
 
 

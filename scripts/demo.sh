@@ -5,6 +5,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
 OUT=${OUT:-runs/dann-demo}
-edgeda train --method dann --source syndigits --target handwritten --iters 3000 --out "$OUT" "$@"
+edgeda train --method dann --source syndigits --target handwritten --config configs/digits-cpu.yaml --out "$OUT" "$@"
 edgeda eval "$OUT/model.edgeda" --data handwritten:test
 echo "bundle: $OUT/model.edgeda"

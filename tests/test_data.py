@@ -100,3 +100,18 @@ def test_empty_and_unknown_domains(tmp_path):
         load_domain(str(tmp_path / "empty"), labeled=True)
     with pytest.raises(DataError, match="unknown domain"):
         load_domain("no-such-thing", labeled=False)
+
+
+def test_random_translate_moves_content_by_at_most_the_shift():
+    import torch
+
+    from edgeda.data.transforms import random_translate
+
+    x = torch.zeros(64, 1, 9, 9)
+    x[:, :, 4, 4] = 1.0
+    y = random_translate(x, 2, torch.Generator().manual_seed(0))
+    pos = y.flatten(1).argmax(1)
+    r, c = pos // 9, pos % 9
+    assert ((r - 4).abs() <= 2).all() and ((c - 4).abs() <= 2).all()
+    assert len(set(zip(r.tolist(), c.tolist()))) > 10  # shifts vary per image
+    assert torch.allclose(y.sum((1, 2, 3)), torch.ones(64))  # nothing lost or duplicated

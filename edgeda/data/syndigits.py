@@ -76,7 +76,7 @@ def render_one(rng: np.random.Generator, digit: int, size: int, distractors: boo
     scale = max(2, -(-64 // size))
     R = size * scale
     path = fonts[rng.integers(len(fonts))]
-    font_px = int(R * rng.uniform(0.55, 0.95))
+    font_px = int(R * rng.uniform(0.6, 1.25))  # glyph height ~0.45-0.9 of the crop, like street-number crops
     font = _font(path, font_px)
     stroke = int(rng.integers(0, max(1, font_px // 14) + 1))
     angle = float(rng.uniform(-15, 15))

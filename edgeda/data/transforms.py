@@ -57,8 +57,11 @@ def random_translate(x: torch.Tensor, max_shift: int, generator: torch.Generator
         return x
     n, _, h, w = x.shape
     padded = F.pad(x, (max_shift,) * 4, mode="replicate")
-    offs = torch.randint(0, 2 * max_shift + 1, (n, 2), generator=generator).tolist()
-    return torch.stack([padded[i, :, dy : dy + h, dx : dx + w] for i, (dy, dx) in enumerate(offs)])
+    offs = torch.randint(0, 2 * max_shift + 1, (n, 2), generator=generator).to(x.device)
+    rows = offs[:, :1] + torch.arange(h, device=x.device)  # (n, h)
+    cols = offs[:, 1:] + torch.arange(w, device=x.device)  # (n, w)
+    idx = torch.arange(n, device=x.device)[:, None, None]
+    return padded.permute(0, 2, 3, 1)[idx, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2).contiguous()
 
 
 def random_contrast(x: torch.Tensor, strength: float, generator: torch.Generator) -> torch.Tensor:

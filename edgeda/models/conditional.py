@@ -50,7 +50,7 @@ class ConditionalGenerator(nn.Module):
         self.top = top
 
     def forward(self, y: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-        h = self.fc(torch.cat([self.embed(y), z], 1)).view(len(y), self.top, self.start, self.start)
+        h = self.fc(torch.cat([self.embed(y), z], 1)).view(-1, self.top, self.start, self.start)  # -1: traceable batch axis
         x = self.body(h)
         if x.shape[-1] != self.image_size:
             x = F.interpolate(x, size=(self.image_size, self.image_size), mode="bilinear", align_corners=False)

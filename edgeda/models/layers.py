@@ -36,10 +36,12 @@ class GradientReversal(nn.Module):
         return gradient_reversal(x, coeff)
 
 
-def dann_coefficient(progress: float, gamma: float = 10.0, max_value: float = 1.0) -> float:
+def dann_coefficient(progress: float, gamma: float = 10.0, max_value: float = 1.0, warmup: float = 0.0) -> float:
     """Ganin et al. (JMLR 2016) schedule: lambda_p = max * (2 / (1 + exp(-gamma p)) - 1), p in [0, 1].
 
     Starts at 0 so the task is learned before the features are pushed to be domain-invariant.
+    With ``warmup`` w > 0 the coefficient stays 0 until progress w and the ramp runs over the rest:
+    p' = (p - w) / (1 - w).
     """
-    p = min(max(progress, 0.0), 1.0)
+    p = min(max((progress - warmup) / max(1.0 - warmup, 1e-8), 0.0), 1.0)
     return max_value * (2.0 / (1.0 + math.exp(-gamma * p)) - 1.0)

@@ -322,7 +322,7 @@ class Trainer:
                     self._track_best(rec)
                     if self.dist.is_main:
                         self._append_metrics(rec)
-                        bar.print(_format_eval(rec))
+                        (bar.print if bar.enabled else self.log)(_format_eval(rec))
                 if (done % cfg.checkpoint_every == 0 or done == cfg.iters) and self.dist.is_main:
                     save_checkpoint(self.ckpt_dir, done, self._state(done))
                 if callback is not None:

@@ -1,0 +1,77 @@
+"""``edgeda export`` and ``edgeda predict`` (wired lazily from :mod:`edgeda.cli`)."""
+from __future__ import annotations
+
+import sys
+
+import click
+
+from ..cli import emit_json, handle_errors
+from ..errors import EdgedaError
+
+
+def parse_batch(text: str) -> tuple[int, int, int]:
+    try:
+        parts = [int(p) for p in text.split(",")]
+    except ValueError:
+        raise EdgedaError(f"--batch expects min,opt,max integers, got {text!r}") from None
+    if len(parts) == 1:
+        parts = [1, parts[0], parts[0]]
+    if len(parts) != 3 or not 1 <= parts[0] <= parts[1] <= parts[2]:
+        raise EdgedaError(f"--batch expects min,opt,max with 1 <= min <= opt <= max, got {text!r}")
+    return parts[0], parts[1], parts[2]
+
+
+@click.command()
+@click.argument("bundle", type=click.Path())
+@click.option("--out", help="write a new bundle here (default: update BUNDLE in place, atomically)")
+@click.option("--precision", type=click.Choice(["fp32", "fp16", "int8"]), default="fp32", show_default=True)
+@click.option("--data", help="domain for the parity/accuracy check (default: the bundle's target test split)")
+@click.option("--calib", help="target images for int8 calibration (default: the bundle's target adapt split)")
+@click.option("--trt", "build_trt", is_flag=True, help="also build a TensorRT engine (needs TensorRT and a GPU)")
+@click.option("--batch", default="1,8,32", show_default=True, help="TensorRT optimization profile min,opt,max")
+@click.option("--workspace-mb", default=1024, show_default=True, help="TensorRT workspace limit")
+@click.option("--plugins", type=click.Path(dir_okay=False), help="libedgeda_plugins.so: fuse edgeda plugins into the engine")
+@click.option("--json", "as_json", is_flag=True)
+@handle_errors
+def export(bundle, out, precision, data, calib, build_trt, batch, workspace_mb, plugins, as_json) -> None:
+    """ONNX (+ fp16/int8, + TensorRT) of every deployable, parity-checked against PyTorch."""
+    from .api import export_bundle
+
+    if plugins and not build_trt:
+        raise EdgedaError("--plugins applies to TensorRT engines; add --trt")
+    res = export_bundle(bundle, out, precision=precision, data=data, calib=calib, trt=build_trt,
+                        batch=parse_batch(batch), workspace_mb=workspace_mb, plugins=plugins,
+                        log=None if as_json else click.echo)
+    if as_json:
+        emit_json(res)
+
+
+@click.command()
+@click.argument("bundle", type=click.Path())
+@click.option("--input", "input_", required=True, type=click.Path(), help="an image file or a folder of images")
+@click.option("--backend", type=click.Choice(["ort", "torch", "trt"]), default="ort", show_default=True)
+@click.option("--precision", type=click.Choice(["fp32", "fp16", "int8"]), default="fp32", show_default=True)
+@click.option("--device", default="cpu", show_default=True, help="cpu | cuda (ort/torch)")
+@click.option("--batch-size", default=64, show_default=True)
+@click.option("--out", type=click.Path(dir_okay=False), help="preds.csv or preds.json")
+@click.option("--json", "as_json", is_flag=True, help="print the predictions as JSON")
+@handle_errors
+def predict(bundle, input_, backend, precision, device, batch_size, out, as_json) -> None:
+    """Class, class name, confidence and entropy per image; unreadable files are skipped and listed."""
+    from .api import predict as run_predict
+
+    res = run_predict(bundle, input_, backend=backend, precision=precision, out=out, batch_size=batch_size,
+                      device=device, progress=not as_json and sys.stderr.isatty())
+    if as_json:
+        emit_json(res)
+        return
+    if out is None:
+        for r in res["predictions"][:20]:
+            click.echo(f"{r['path']}: {r['class_name']} ({r['confidence']:.1%}, entropy {r['entropy']:.3f})")
+        if res["n"] > 20:
+            click.echo(f"... {res['n'] - 20} more (use --out preds.csv)")
+    click.echo(f"{res['n']} images predicted with {backend} ({precision})" + (f"; written to {res['out']}" if out else ""))
+    if res["skipped"]:
+        click.echo(f"skipped {len(res['skipped'])} unreadable files:")
+        for s in res["skipped"][:20]:
+            click.echo(f"  {s['path']}: {s['reason']}")

@@ -1,0 +1,169 @@
+"""ONNX export of a bundle's deployables, and the parity check against PyTorch in ONNX Runtime.
+
+Each deployable declares its inputs through :data:`ONNX_SIGNATURES`, a registry keyed by the
+architecture name recorded in the bundle (``classifier``: one normalised image; a
+``conditional_generator``: a label and a noise vector). A module may also carry its own
+``onnx_signature`` attribute (a :class:`Signature`), which wins. Every input and output gets a
+dynamic batch axis named ``batch``.
+
+The exporter is PyTorch's TorchScript exporter (``dynamo=False``, opset 17) by default: torch
+2.13's default torch.export-based exporter needs ``onnxscript``, and the Jetson wheels (torch
+2.4--2.6) default to the TorchScript one anyway. ``dynamo=True`` is available where installed.
+"""
+from __future__ import annotations
+
+import inspect
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..errors import EdgedaError, MissingDependency
+from ..registry import Registry
+from ..task import TaskSpec
+
+OPSET = 17
+MAX_IR_VERSION = 10  # ONNX Runtime 1.31 refuses IR > 13; TensorRT 10.3's parser reads up to 10
+
+
+@dataclass
+class InputSpec:
+    """One graph input: name, per-sample shape (batch axis excluded) and kind.
+
+    ``kind``: ``"image"`` (normalised float NCHW in the task's input space), ``"float"`` (standard
+    normal noise) or ``"label"`` (int64 class index below ``high``).
+    """
+
+    name: str
+    shape: tuple[int, ...]
+    kind: str = "image"
+    high: int = 0
+
+    def random(self, n: int, rng: np.random.Generator) -> np.ndarray:
+        if self.kind == "label":
+            return rng.integers(0, self.high, size=(n, *self.shape)).astype(np.int64)
+        return rng.standard_normal((n, *self.shape)).astype(np.float32)
+
+
+@dataclass
+class Signature:
+    inputs: list[InputSpec]
+    outputs: list[str]
+    classifies: bool = False  # output 0 is (N, classes) logits: top-1 agreement is meaningful
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def image_input(self) -> InputSpec | None:
+        return next((i for i in self.inputs if i.kind == "image"), None)
+
+
+ONNX_SIGNATURES: Registry[Callable[[nn.Module, TaskSpec], Signature]] = Registry("ONNX signature")
+
+
+def _image(task: TaskSpec) -> InputSpec:
+    return InputSpec("image", (task.channels, *task.image_size), "image")
+
+
+@ONNX_SIGNATURES.register("classifier")
+def _classifier_signature(module: nn.Module, task: TaskSpec) -> Signature:
+    return Signature([_image(task)], ["logits"], classifies=True)
+
+
+@ONNX_SIGNATURES.register("conditional_generator")
+def _generator_signature(module: nn.Module, task: TaskSpec) -> Signature:
+    return Signature([InputSpec("label", (), "label", high=module.num_classes),
+                      InputSpec("noise", (module.z_dim,), "float")], ["image"])
+
+
+def signature_of(module: nn.Module, task: TaskSpec) -> Signature:
+    """The module's own ``onnx_signature``, else the registered one for its architecture, else
+    image in -> ``output`` out (pixel-level refiners)."""
+    own = getattr(module, "onnx_signature", None)
+    if isinstance(own, Signature):
+        return own
+    arch = getattr(module, "edgeda_arch", {}).get("name")
+    if arch in ONNX_SIGNATURES:
+        return ONNX_SIGNATURES.get(arch)(module, task)
+    return Signature([_image(task)], ["output"])
+
+
+def export_onnx(module: nn.Module, sig: Signature, path: str | Path, *, opset: int = OPSET,
+                dynamo: bool = False) -> Path:
+    """Export ``module`` (eval mode, CPU) with a dynamic batch axis, then run ``onnx.checker``."""
+    import onnx
+
+    path = Path(path)
+    module = module.eval().to("cpu")
+    rng = np.random.default_rng(0)
+    example = tuple(torch.from_numpy(i.random(2, rng)) for i in sig.inputs)
+    names = [i.name for i in sig.inputs]
+    axes = {n: {0: "batch"} for n in names + sig.outputs}
+    kwargs = dict(input_names=names, output_names=sig.outputs, opset_version=opset)
+    params = inspect.signature(torch.onnx.export).parameters
+    if "dynamo" in params:  # torch >= 2.5; older versions only have the TorchScript exporter
+        kwargs["dynamo"] = dynamo
+    elif dynamo:
+        raise EdgedaError("this PyTorch has no dynamo ONNX exporter; export without dynamo")
+    if dynamo:
+        kwargs["dynamic_shapes"] = tuple({0: torch.export.Dim("batch", min=1)} for _ in names)
+    else:
+        kwargs["dynamic_axes"] = axes
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        try:
+            torch.onnx.export(module, example, str(path), **kwargs)
+        except ImportError as e:
+            raise MissingDependency(f"the ONNX exporter needs a missing package ({e}); pip install onnxscript") from None
+    model = onnx.load(str(path))
+    model.ir_version = min(model.ir_version, MAX_IR_VERSION)
+    onnx.checker.check_model(model, full_check=True)
+    onnx.save(model, str(path))
+    return path
+
+
+def ort_session(path: str | Path, providers: list[str] | None = None, threads: int | None = None):
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    if threads:
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
+    opts.log_severity_level = 3
+    return ort.InferenceSession(str(path), opts, providers=providers or ["CPUExecutionProvider"])
+
+
+def run_ort(session, sig: Signature, inputs: list[np.ndarray], batch_size: int = 256) -> np.ndarray:
+    """Output 0 of the session for the whole arrays, in chunks of ``batch_size``."""
+    n = len(inputs[0])
+    outs = []
+    for i in range(0, n, batch_size):
+        feed = {spec.name: arr[i:i + batch_size] for spec, arr in zip(sig.inputs, inputs)}
+        outs.append(np.asarray(session.run([sig.outputs[0]], feed)[0], np.float32))
+    return np.concatenate(outs) if outs else np.zeros((0,))
+
+
+@torch.no_grad()
+def run_torch(module: nn.Module, inputs: list[np.ndarray], batch_size: int = 256) -> np.ndarray:
+    n = len(inputs[0])
+    outs = []
+    for i in range(0, n, batch_size):
+        out = module(*(torch.from_numpy(np.ascontiguousarray(a[i:i + batch_size])) for a in inputs))
+        outs.append(out.float().numpy())
+    return np.concatenate(outs) if outs else np.zeros((0,))
+
+
+def compare_outputs(ref: np.ndarray, out: np.ndarray, classifies: bool) -> dict:
+    """Max abs difference and (for logits) top-1 agreement of ``out`` with ``ref``."""
+    res = {"n": int(len(ref)), "max_abs_diff": float(np.abs(ref.astype(np.float64) - out).max()) if len(ref) else 0.0}
+    if classifies and len(ref):
+        res["top1_agreement"] = float((ref.argmax(1) == out.argmax(1)).mean())
+    return res
+
+
+def parity(module: nn.Module, session, sig: Signature, inputs: list[np.ndarray]) -> dict:
+    """PyTorch vs ONNX Runtime on the same inputs."""
+    return compare_outputs(run_torch(module, inputs), run_ort(session, sig, inputs), sig.classifies)

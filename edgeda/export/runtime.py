@@ -1,0 +1,198 @@
+"""Runners: one interface over PyTorch, ONNX Runtime and TensorRT for a bundle's classifier.
+
+Every runner applies the bundle's input spec the same way (:func:`prepare_batch`: channels,
+resize, ``uint8 / 255``, ``(x - mean) / std``, NCHW float32) and then runs ``forward`` on the
+normalised batch, returning float32 logits. ``RUNNERS`` is a registry keyed by name::
+
+    runner = make_runner("ort", bundle, precision="int8")
+    logits = runner.predict(images_uint8_nhwc)
+
+ONNX files come from the bundle (``onnx/classifier.<precision>.onnx`` written by ``edgeda
+export``); a bundle without them gets them exported into a temporary folder on first use.
+"""
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from ..bundle import Bundle
+from ..errors import EdgedaError, MissingDependency
+from ..registry import Registry
+
+PRECISIONS = ("fp32", "fp16", "int8")
+RUNNERS: Registry[type] = Registry("backend")
+
+
+def prepare_batch(images, task) -> np.ndarray:
+    """A list/array of (H, W, C) uint8 images -> (N, C, H, W) float32 in the task's input space."""
+    from ..data.transforms import prepare_image
+
+    arr = np.stack([prepare_image(np.asarray(im), tuple(task.image_size), task.channels) for im in images]) \
+        if len(images) else np.zeros((0, *task.image_size, task.channels), np.uint8)
+    x = arr.transpose(0, 3, 1, 2).astype(np.float32) / np.float32(255.0)
+    mean = np.asarray(task.mean, np.float32).reshape(1, -1, 1, 1)
+    std = np.asarray(task.std, np.float32).reshape(1, -1, 1, 1)
+    return np.ascontiguousarray((x - mean) / std, np.float32)
+
+
+def onnx_name(deployable: str, precision: str) -> str:
+    return f"onnx/{deployable}.{precision}.onnx"
+
+
+def plan_name(deployable: str, precision: str) -> str:
+    return f"trt/{deployable}.{precision}.plan"
+
+
+class Runner:
+    """``forward(x)``: normalised float32 NCHW -> float32 logits; ``predict(images)`` adds the input spec."""
+
+    name = "base"
+
+    def __init__(self, bundle: Bundle, precision: str = "fp32", *, device: str = "cpu", threads: int | None = None):
+        if precision not in PRECISIONS:
+            raise EdgedaError(f"unknown precision {precision!r}; valid: {', '.join(PRECISIONS)}")
+        self.bundle, self.precision, self.device, self.threads = bundle, precision, device, threads
+        self.task = bundle.task
+        self.timings: dict = {}  # per-call split (h2d/compute/d2h ms) where the backend measures it
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def predict(self, images) -> np.ndarray:
+        return self.forward(prepare_batch(images, self.task))
+
+    def describe(self) -> dict:
+        return {"backend": self.name, "precision": self.precision, "device": self.device}
+
+    def close(self) -> None:
+        pass
+
+
+def make_runner(name: str, bundle: Bundle | str | Path, precision: str = "fp32", **kw) -> Runner:
+    b = bundle if isinstance(bundle, Bundle) else Bundle(bundle)
+    return RUNNERS.get(name)(b, precision, **kw)
+
+
+@RUNNERS.register("torch")
+class TorchRunner(Runner):
+    """PyTorch eager (fp32; fp16 on CUDA only; no int8)."""
+
+    name = "torch"
+
+    def __init__(self, bundle, precision="fp32", *, device="cpu", threads=None, cuda_graph: bool = False):
+        super().__init__(bundle, precision, device=device, threads=threads)
+        import torch
+
+        from ..utils import choose_device
+
+        self.torch = torch
+        self.dev = choose_device(device)
+        if precision == "int8":
+            raise EdgedaError("the torch backend has no int8 path; use --backend ort (Q/DQ) or trt")
+        if precision == "fp16" and self.dev.type != "cuda":
+            raise EdgedaError("the torch backend runs fp16 on CUDA only; this run is on the CPU")
+        if threads:
+            torch.set_num_threads(threads)
+        self.model = bundle.module("classifier", str(self.dev))
+        self.dtype = torch.float16 if precision == "fp16" else torch.float32
+        self.model = self.model.to(self.dtype)
+        self.device = str(self.dev)
+
+    def forward(self, x):
+        torch = self.torch
+        with torch.inference_mode():
+            if self.dev.type != "cuda":
+                return self.model(torch.from_numpy(x)).float().numpy()
+            ev = [torch.cuda.Event(enable_timing=True) for _ in range(4)]
+            ev[0].record()
+            xd = torch.from_numpy(x).to(self.dev, non_blocking=False).to(self.dtype)
+            ev[1].record()
+            y = self.model(xd)
+            ev[2].record()
+            out = y.float().cpu().numpy()
+            ev[3].record()
+            ev[3].synchronize()
+            self.timings = {"h2d_ms": ev[0].elapsed_time(ev[1]), "compute_ms": ev[1].elapsed_time(ev[2]),
+                            "d2h_ms": ev[2].elapsed_time(ev[3])}
+            return out
+
+
+def ensure_onnx(bundle: Bundle, precision: str, deployable: str = "classifier", calib: str | None = None) -> Path:
+    """The bundle's ONNX for ``precision``, exported into a temporary folder when the bundle has none."""
+    rel = onnx_name(deployable, precision)
+    if rel in bundle.manifest["files"]:
+        return bundle.file(rel)
+    from .api import export_deployable_onnx
+
+    folder = Path(tempfile.mkdtemp(prefix="edgeda-onnx-"))
+    return export_deployable_onnx(bundle, deployable, precision, folder, calib=calib)
+
+
+@RUNNERS.register("ort")
+class OrtRunner(Runner):
+    """ONNX Runtime with the best installed provider: TensorRT > CUDA > CPU (``device='cpu'`` forces CPU)."""
+
+    name = "ort"
+
+    def __init__(self, bundle, precision="fp32", *, device="cpu", threads=None, providers=None):
+        super().__init__(bundle, precision, device=device, threads=threads)
+        import onnxruntime as ort
+
+        from .onnx import ort_session
+
+        available = ort.get_available_providers()
+        if providers is None:
+            wanted = ["CPUExecutionProvider"]
+            if device != "cpu":
+                wanted = [p for p in ("TensorrtExecutionProvider", "CUDAExecutionProvider") if p in available] + wanted
+            providers = wanted
+        missing = [p for p in providers if p not in available]
+        if missing:
+            raise MissingDependency(f"ONNX Runtime here lacks {', '.join(missing)} (has {', '.join(available)}); "
+                                    f"install onnxruntime-gpu for CUDA/TensorRT")
+        self.path = ensure_onnx(bundle, precision)
+        self.session = ort_session(self.path, providers, threads)
+        self.providers = self.session.get_providers()
+        self.input = self.session.get_inputs()[0].name
+
+    def forward(self, x):
+        return np.asarray(self.session.run(None, {self.input: x})[0], np.float32)
+
+    def describe(self):
+        return {**super().describe(), "providers": self.providers, "onnx": self.path.name}
+
+
+@RUNNERS.register("trt")
+class TrtRunner(Runner):
+    """A TensorRT engine from the bundle (``edgeda export --trt``), checked against this GPU/TensorRT."""
+
+    name = "trt"
+
+    def __init__(self, bundle, precision="fp32", *, device="cuda", threads=None, plugin_library=None):
+        super().__init__(bundle, precision, device="cuda", threads=threads)
+        from .trt import TrtEngine, require_tensorrt
+
+        require_tensorrt()
+        rel = plan_name("classifier", precision)
+        if rel not in bundle.manifest["files"]:
+            raise EdgedaError(f"the bundle has no {precision} TensorRT engine; build one with "
+                              f"`edgeda export BUNDLE --trt --precision {precision}`")
+        self.engine = TrtEngine(bundle.file(rel), plugin_library)
+        self.input = self.engine.inputs[0]
+        self.output = "logits" if "logits" in self.engine.outputs else self.engine.outputs[0]
+
+    def forward(self, x):
+        out = self.engine.run({self.input: x})[self.output]
+        self.timings = dict(self.engine.timings)
+        return np.asarray(out, np.float32)
+
+
+def softmax_stats(logits: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(class, confidence = max softmax probability, entropy in nats) per row, in float64."""
+    z = logits.astype(np.float64)
+    z = z - z.max(1, keepdims=True)
+    logp = z - np.log(np.exp(z).sum(1, keepdims=True))
+    p = np.exp(logp)
+    return p.argmax(1), p.max(1), -(p * logp).sum(1)

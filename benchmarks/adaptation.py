@@ -79,12 +79,11 @@ def data_version() -> str:
 def run_one(profile: str, method: str, seed: int, out_root: Path) -> dict:
     import torch
 
-    # not ``edgeda.train``: once the subpackage edgeda.train is imported, that attribute is the package
-    from edgeda.train.trainer import train
+    import edgeda
 
     cfg = run_config(profile, method, seed)
     t0 = time.perf_counter()
-    res = train(out=str(out_root / f"{method}-s{seed}"), progress=False, log=None, **cfg)
+    res = edgeda.train(out=str(out_root / f"{method}-s{seed}"), progress=False, log=None, **cfg)
     wall = time.perf_counter() - t0
     from edgeda.utils import machine_info
 

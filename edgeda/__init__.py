@@ -15,6 +15,7 @@ _LAZY = {
     "predict": ("edgeda.export.api", "predict"),
     "make_runner": ("edgeda.export.runtime", "make_runner"),
     "bench": ("edgeda.bench.harness", "bench"),
+    "adapt": ("edgeda.adapt", "adapt"),
 }
 
 

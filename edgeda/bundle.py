@@ -13,7 +13,7 @@ import shutil
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from .errors import BundleError
+from .errors import BundleError, EdgedaError
 from .task import TaskSpec
 from .utils import atomic_dir, sha256_file
 
@@ -108,18 +108,26 @@ class Bundle:
             raise BundleError(f"{self.path} is not an edgeda bundle (no {MANIFEST})")
         try:
             self.manifest = json.loads(mf.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise BundleError(f"{mf} is not valid JSON ({e})") from None
+        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
+            raise BundleError(f"{mf} is not valid JSON ({type(e).__name__}: {str(e)[:200]})") from None
+        except OSError as e:
+            raise BundleError(f"cannot read {mf}: {e.strerror or e}") from None
         check_manifest(self.manifest)
         if verify:
             self.verify()
-        self.task = TaskSpec.from_dict(self.manifest["task"])
+        try:
+            self.task = TaskSpec.from_dict(self.manifest["task"])
+        except (TypeError, ValueError, KeyError, OverflowError) as e:
+            raise BundleError(f"bundle {self.path} has a malformed task record ({str(e)[:200]})") from None
 
     def verify(self) -> None:
+        root = self.path.resolve()
         for rel, info in self.manifest["files"].items():
             f = self.path / safe_relpath(rel)
             if not f.is_file():
                 raise BundleError(f"bundle {self.path} is missing {rel}")
+            if not f.resolve().is_relative_to(root):  # a symlink out of the bundle
+                raise BundleError(f"bundle {self.path}: {rel} points outside the bundle")
             if sha256_file(f) != info.get("sha256"):
                 raise BundleError(f"bundle {self.path}: {rel} does not match its checksum (tampered or corrupt)")
 
@@ -135,9 +143,16 @@ class Bundle:
         entry = self.manifest["deployables"].get(name)
         if entry is None:
             raise BundleError(f"bundle {self.path} has no {name!r} (has: {', '.join(self.names)})")
-        module = rebuild(entry["arch"])
-        state = load_file(str(self.path / safe_relpath(entry["file"])))
-        module.load_state_dict(state)
+        try:
+            module = rebuild(entry["arch"])
+        except (EdgedaError, TypeError, ValueError, KeyError, AttributeError, RuntimeError, OverflowError) as e:
+            raise BundleError(f"bundle {self.path}: cannot rebuild {name!r} from its architecture record ({str(e)[:200]})") from None
+        try:
+            state = load_file(str(self.path / safe_relpath(entry["file"])))
+            module.load_state_dict(state)
+        except Exception as e:  # noqa: BLE001 - safetensors raises its own error type; a mismatch is RuntimeError
+            first = (str(e).splitlines() or [type(e).__name__])[0][:200]
+            raise BundleError(f"bundle {self.path}: weights of {name!r} do not load ({first})") from None
         return module.to(device).eval()
 
     @property

@@ -105,6 +105,8 @@ def train(method, source, target, target_test, iters, batch_size, lr, backbone, 
         overrides["options"] = dict(parse_option(o) for o in options)
     cfg = make_config(file_values, overrides)
     result = run_train(cfg, resume=resume, progress=not as_json and sys.stderr.isatty(), log=None if as_json else click.echo)
+    if result.bundle is None:  # a torchrun rank other than 0: rank 0 reports
+        return
     out = {"bundle": str(result.bundle), "run_dir": str(result.run_dir), "metrics": result.metrics,
            "wall_time_s": round(result.wall_time, 2), "skipped_steps": result.skipped_steps}
     if as_json:

@@ -144,3 +144,24 @@ def _tiny_yaml(tmp_path):
     p = tmp_path / "tiny.yaml"
     p.write_text("source_n: 200\nbackbone_kwargs: {width: 8, out_dim: 32}\n")
     return p
+
+
+def test_edgeda_train_is_callable_twice_in_one_process(tmp_path):
+    import edgeda
+
+    kw = dict(method="source_only", iters=2, batch_size=4, eval_every=2, source_n=60, device="cpu",
+              backbone_kwargs={"width": 4, "out_dim": 8}, progress=False, log=None)
+    first = edgeda.train(out=str(tmp_path / "a"), **kw)
+    second = edgeda.train(out=str(tmp_path / "b"), **kw)  # edgeda.train is now the subpackage: still callable
+    assert first.bundle.exists() and second.bundle.exists()
+
+
+def test_top_level_functions_survive_their_subpackages_being_imported():
+    import importlib
+
+    import edgeda
+
+    for name, sub in (("export", "edgeda.export.api"), ("bench", "edgeda.bench.harness"),
+                      ("adapt", "edgeda.adapt.runner"), ("train", "edgeda.train.trainer")):
+        importlib.import_module(sub)  # binds edgeda.<name> to the subpackage
+        assert callable(getattr(edgeda, name)), name

@@ -7,7 +7,10 @@ domain's :class:`LoadReport`. Directory walks do not follow symlinks into loops.
 from __future__ import annotations
 
 import os
+import stat
+import struct
 import warnings
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +22,11 @@ from .transforms import prepare_image
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 MAX_IMAGE_PIXELS = 64_000_000  # larger declared sizes are refused as decompression bombs
+MAX_CLASSES = 100_000  # labels above this are refused (they would allocate one class name each)
+# What a decoder may raise on a malformed file; each means "skip this file", never a crash.
+_DECODE_ERRORS = (OSError, SyntaxError, EOFError, struct.error, IndexError, KeyError, TypeError,
+                  ZeroDivisionError, OverflowError, MemoryError, RecursionError,
+                  Image.DecompressionBombError, Image.DecompressionBombWarning)
 
 
 def list_images(root: Path) -> list[Path]:
@@ -35,7 +43,10 @@ def list_images(root: Path) -> list[Path]:
 def read_image(path: Path) -> np.ndarray:
     """Decode one file to (H, W, C) uint8 with C in {1, 3}; raises ValueError with a short reason."""
     try:
-        if path.stat().st_size == 0:
+        st = path.stat()
+        if not stat.S_ISREG(st.st_mode):  # FIFOs, sockets, devices: opening one could block forever
+            raise ValueError("not a regular file")
+        if st.st_size == 0:
             raise ValueError("empty file")
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -45,10 +56,10 @@ def read_image(path: Path) -> np.ndarray:
                     raise ValueError(f"declared size {w}x{h} is too large (possible decompression bomb)")
                 im.load()
                 return _to_uint8(im)
-    except ValueError:
-        raise
-    except (OSError, SyntaxError, Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-        raise ValueError(f"{type(e).__name__}: {e}".splitlines()[0][:200]) from None
+    except ValueError as e:
+        raise ValueError((str(e).splitlines() or [type(e).__name__])[0][:200]) from None
+    except _DECODE_ERRORS as e:
+        raise ValueError((f"{type(e).__name__}: {e}".splitlines() or [""])[0][:200]) from None
 
 
 def _to_uint8(im: Image.Image) -> np.ndarray:
@@ -111,11 +122,20 @@ def load_npz(path: Path, *, labeled: bool, size: tuple[int, int], channels: int)
                 raise DataError(f"{path} has no array 'x' (found: {', '.join(sorted(files)) or 'none'})")
             x = z["x"]
             y = z["y"] if "y" in files else None
-            classes = [str(c) for c in z["classes"]] if "classes" in files else None
+            classes = None
+            if "classes" in files:
+                c = z["classes"]
+                if c.ndim != 1 or c.dtype.kind not in "USiu" or len(c) > MAX_CLASSES:
+                    raise DataError(f"{path}: 'classes' must be a 1-D array of names, got shape {c.shape} dtype {c.dtype}")
+                classes = [str(v) for v in c]
     except DataError:
         raise
-    except (OSError, ValueError, EOFError) as e:
-        raise DataError(f"{path} is not a readable .npz file ({type(e).__name__}: {e})") from None
+    except (OSError, ValueError, EOFError, TypeError, KeyError, zipfile.BadZipFile, zipfile.LargeZipFile,
+            NotImplementedError, RuntimeError, MemoryError, struct.error) as e:
+        reason = (str(e).splitlines() or [""])[0][:200]
+        raise DataError(f"{path} is not a readable .npz file ({type(e).__name__}: {reason})") from None
+    if x.ndim == 4 and x.shape[3] == 0 or x.ndim >= 3 and (x.shape[1] == 0 or x.shape[2] == 0):
+        raise DataError(f"{path}: 'x' has an empty image dimension, shape {x.shape}")
     if x.dtype != np.uint8:
         raise DataError(f"{path}: 'x' must be uint8 images, got dtype {x.dtype}")
     if x.ndim == 3:
@@ -127,9 +147,14 @@ def load_npz(path: Path, *, labeled: bool, size: tuple[int, int], channels: int)
             raise DataError(f"{path}: 'y' must have shape ({len(x)},), got {y.shape}")
         if not np.issubdtype(y.dtype, np.integer):
             raise DataError(f"{path}: 'y' must hold integer labels, got dtype {y.dtype}")
+        if y.dtype.kind == "u" and len(y) and int(y.max()) > MAX_CLASSES:
+            raise DataError(f"{path}: 'y' has label {int(y.max())}, more than {MAX_CLASSES} classes")
         y = y.astype(np.int64)
         if len(y) and y.min() < 0:
             raise DataError(f"{path}: 'y' has negative labels")
+        if len(y) and int(y.max()) >= (len(classes) if classes is not None else MAX_CLASSES):
+            limit = f"the {len(classes)} names in 'classes'" if classes is not None else f"{MAX_CLASSES} classes"
+            raise DataError(f"{path}: 'y' has label {int(y.max())}, beyond {limit}")
         if classes is None and len(y):
             classes = [str(i) for i in range(int(y.max()) + 1)]
     if labeled and y is None:

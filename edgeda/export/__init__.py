@@ -7,6 +7,10 @@ Public API (imported lazily; TensorRT is only imported by :mod:`edgeda.export.tr
 * :func:`make_runner` / ``RUNNERS`` -- one runner interface over ``torch``, ``ort`` and ``trt``.
 * :func:`check_engine_metadata` -- refuse an engine built for another TensorRT/CUDA/GPU.
 """
+from .._callable import make_callable
+
+make_callable(__name__, "edgeda.export.api:export_bundle")  # edgeda.export(...) exports a bundle
+
 _LAZY = {
     "export_bundle": ("edgeda.export.api", "export_bundle"),
     "predict": ("edgeda.export.api", "predict"),

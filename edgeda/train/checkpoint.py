@@ -18,6 +18,7 @@ from safetensors.torch import load_file, save_file
 from ..utils import atomic_path, atomic_write_json, sha256_file
 
 _NAME = re.compile(r"^ckpt-(\d{7})\.json$")
+_STALE = re.compile(r"^\.ckpt-\d{7}\.(json|safetensors)\..+\.tmp$")  # left by a write that was killed
 
 
 def flatten_state(obj: Any, tensors: dict[str, torch.Tensor], prefix: str = "t") -> Any:
@@ -50,6 +51,10 @@ def unflatten_state(obj: Any, tensors: dict[str, torch.Tensor]) -> Any:
 def save_checkpoint(folder: str | Path, iteration: int, state: dict, keep: int = 2) -> Path:
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
+    for p in folder.iterdir():  # one writer per run folder (rank 0), so any temporary here is stale
+        orphan = re.match(r"^ckpt-(\d{7})\.safetensors$", p.name)  # tensors whose JSON was never written
+        if _STALE.match(p.name) or orphan and int(orphan.group(1)) < iteration and not p.with_suffix(".json").exists():
+            p.unlink(missing_ok=True)
     tensors: dict[str, torch.Tensor] = {}
     meta = flatten_state(state, tensors)
     stem = f"ckpt-{iteration:07d}"
@@ -85,6 +90,6 @@ def load_latest(folder: str | Path) -> tuple[int, dict] | None:
     for it in reversed(list_checkpoints(folder)):
         try:
             return it, load_checkpoint(folder, it)
-        except (OSError, ValueError, KeyError, json.JSONDecodeError):
+        except Exception:  # noqa: BLE001 - truncated, tampered or malformed: fall back to an older one
             continue
     return None

@@ -21,37 +21,18 @@ import torch
 
 from ..bundle import write_bundle
 from ..config import TrainConfig
-from ..data import Domain, load_domain, split_builtin
-from ..errors import DataError, EdgedaError, TrainingDiverged
+from ..errors import EdgedaError, TrainingDiverged
 from ..methods import METHODS, Engine, Method, OptimConfig
 from ..methods.base import NonFiniteLoss
 from ..task import TaskSpec
 from ..utils import atomic_write_bytes, atomic_write_json, choose_device, machine_info, seed_everything
 from . import distributed
-from .checkpoint import load_latest, save_checkpoint
+from .checkpoint import load_checkpoint, load_latest, save_checkpoint
+from .domains import Domains, load_domains  # noqa: F401  (Domains re-exported)
 from .evaluate import evaluate_classifier, predict_features
+from .progress import _format_eval, _Progress
 from .selection import EvalContext, score_all
 from .streams import BatchStream
-
-
-@dataclass
-class Domains:
-    source: Domain
-    source_val: Domain
-    target: Domain | None
-    target_test: Domain | None
-
-    def summary(self) -> dict:
-        d = {"source": self.source.name, "source_n": len(self.source), "source_val_n": len(self.source_val)}
-        for k in ("target", "target_test"):
-            dom = getattr(self, k)
-            if dom is not None:
-                d[k], d[f"{k}_n"] = dom.name, len(dom)
-                if dom.report.skipped:
-                    d[f"{k}_skipped"] = len(dom.report.skipped)
-        if self.source.report.skipped:
-            d["source_skipped"] = len(self.source.report.skipped)
-        return d
 
 
 @dataclass
@@ -64,56 +45,6 @@ class TrainResult:
     step_time: float  # mean seconds per iteration spent drawing batches and in method.step
     history: list = field(default_factory=list)
     skipped_steps: int = 0
-
-
-def load_domains(cfg: TrainConfig, needs_target: bool) -> Domains:
-    """Load and check every domain before any training starts (one clear error otherwise)."""
-    size = (cfg.image_size, cfg.image_size)
-    kw = {"size": size, "channels": cfg.channels, "seed": cfg.seed}
-    src_builtin = split_builtin(cfg.source)
-    source = load_domain(cfg.source, labeled=True, split="train", n=cfg.source_n, **kw)
-    source.require_usable(labeled=True)
-    if src_builtin and src_builtin[1] is None and _has_split(src_builtin[0], "val"):
-        val_n = max(200, min(2000, cfg.source_n // 5))
-        source_val = load_domain(f"{src_builtin[0]}:val", labeled=True, n=val_n, **kw)
-    else:
-        order = np.random.default_rng(cfg.seed).permutation(len(source))
-        n_val = max(1, int(round(cfg.val_fraction * len(source))))
-        if len(source) < 2:
-            raise DataError(f"source domain {source.name!r} needs at least 2 images (train + validation)")
-        source_val = source.subset(order[:n_val], f"{source.name} (val)")
-        source = source.subset(order[n_val:])
-    num_classes = source.num_classes or int(source.labels.max()) + 1
-    source.require_usable(labeled=True, num_classes=num_classes)
-
-    target = target_test = None
-    if cfg.target:
-        target = load_domain(cfg.target, labeled=False, split="adapt" if _has_split(cfg.target, "adapt") else None, **kw)
-        if needs_target:
-            target.require_usable(labeled=False)
-    test_spec = cfg.target_test
-    if test_spec is None and cfg.target:
-        tb = split_builtin(cfg.target)
-        if tb and tb[1] is None and _has_split(tb[0], "test"):
-            test_spec = f"{tb[0]}:test"
-    if test_spec:
-        target_test = load_domain(test_spec, labeled=True, **kw)
-        target_test.require_usable(labeled=True, num_classes=num_classes)
-        if source.classes and target_test.classes and source.classes != target_test.classes:
-            raise DataError(
-                f"classes differ between source ({', '.join(source.classes)}) and target test "
-                f"({', '.join(target_test.classes)}); use the same class folders in both"
-            )
-    elif needs_target and target is None:
-        raise DataError(f"method {cfg.method!r} needs a target domain (--target)")
-    return Domains(source, source_val, target, target_test)
-
-
-def _has_split(spec: str, split: str) -> bool:
-    b = split_builtin(spec)
-    if not b:
-        return False
-    return split in {"syndigits": ("train", "val", "test"), "handwritten": ("adapt", "test", "all")}.get(b[0], ())
 
 
 def lr_factor(schedule: str, progress: float) -> float:
@@ -165,6 +96,7 @@ class Trainer:
             self.method.load_init(cfg.init)
         if self.dist.enabled:
             distributed.broadcast_module(self.method.nets)
+            torch.manual_seed(cfg.seed * 7919 + self.dist.rank)  # per-rank noise (dropout, GAN z) after a shared init
         self.display = self._display_batches()
         shard = {"rank": self.dist.rank, "world_size": self.dist.world_size}
         aug = {"shift": cfg.augment_shift, "contrast": cfg.augment_contrast}
@@ -174,14 +106,24 @@ class Trainer:
             self.target_stream = BatchStream(self.domains.target, self.task, cfg.batch_size, self.device, cfg.seed * 1000 + 2,
                                              labeled=False, **aug, **shard)
 
+    def _rank_states(self) -> dict:
+        """Data-stream and RNG states; under torchrun, every rank's (a collective), so rank 0's
+        checkpoint restores each rank's own shard position."""
+        own = {"torch_rng": torch.get_rng_state()}
+        for name in ("source_stream", "target_stream"):
+            stream = getattr(self, name)
+            if stream is not None:
+                own.update({f"{name}.{k}": v for k, v in stream.state_dict().items()})
+        if not self.dist.enabled:
+            return own
+        return {"world_size": self.dist.world_size, "ranks": distributed.gather_state(own, self.dist, self.device)}
+
     def _state(self, iteration: int) -> dict:
         return {
             "iteration": iteration,
             "config": self.cfg.to_dict(),
             "method": self.method.state_dict(),
-            "source_stream": self.source_stream.state_dict(),
-            "target_stream": self.target_stream.state_dict() if self.target_stream else None,
-            "torch_rng": torch.get_rng_state(),
+            "rank_states": self._rank_states(),
             "best": self.best,
             "history": json.dumps(self.history),
             "skipped_steps": self.skipped_steps,
@@ -196,14 +138,33 @@ class Trainer:
                     f"not {getattr(self.cfg, key)!r}"
                 )
         self.method.load_state_dict(state["method"])
-        self.source_stream.load_state_dict(state["source_stream"])
-        if self.target_stream is not None and state.get("target_stream"):
-            self.target_stream.load_state_dict(state["target_stream"])
-        torch.set_rng_state(state["torch_rng"])
+        rs = state.get("rank_states") or {  # checkpoints written before per-rank states existed
+            "torch_rng": state["torch_rng"],
+            **{f"{n}.{k}": v for n in ("source_stream", "target_stream") for k, v in (state.get(n) or {}).items()},
+        }
+        saved_world = int(rs.get("world_size", 1))
+        if saved_world == self.dist.world_size:
+            own = rs["ranks"][self.dist.rank] if "ranks" in rs else rs
+            for name in ("source_stream", "target_stream"):
+                stream = getattr(self, name)
+                if stream is not None and f"{name}.pos" in own:
+                    stream.load_state_dict({k: own[f"{name}.{k}"] for k in ("perm", "pos", "generator")})
+            torch.set_rng_state(own["torch_rng"])
+        else:
+            self.log(f"the checkpoint was written by {saved_world} process(es), this run has {self.dist.world_size}: "
+                     "model and optimizer state are restored, data order starts afresh")
         self.best = state.get("best")
         self.history = json.loads(state["history"])
         self.skipped_steps = int(state.get("skipped_steps", 0))
         return int(state["iteration"])
+
+    def _load_chosen(self, iteration: int) -> dict:
+        """The checkpoint rank 0 chose, read by another rank (multi-node: ``--out`` must be shared)."""
+        try:
+            return load_checkpoint(self.ckpt_dir, iteration)
+        except (OSError, ValueError) as e:
+            raise EdgedaError(f"rank {self.dist.rank} cannot read checkpoint {iteration} in {self.ckpt_dir} ({e}); "
+                              "with several machines, --out must be on a filesystem every rank can read") from None
 
     # -- evaluation -----------------------------------------------------------------------------
     def evaluate(self, iteration: int, train_losses: dict) -> dict:
@@ -261,11 +222,13 @@ class Trainer:
         self.skipped_steps = 0
         start = 0
         if resume:
-            latest = load_latest(self.ckpt_dir)
-            if latest is None:
+            latest = load_latest(self.ckpt_dir) if self.dist.is_main else None
+            # every rank loads the checkpoint rank 0 chose (the newest intact one)
+            chosen = distributed.broadcast_int(latest[0] if latest else -1, self.dist, self.device)
+            if chosen < 0:
                 self.log(f"no checkpoint in {self.ckpt_dir}; starting from scratch")
             else:
-                start = self._restore(latest[1])
+                start = self._restore(latest[1] if latest else self._load_chosen(chosen))
                 self.log(f"resumed from iteration {start}")
         elif self.dist.is_main and self.ckpt_dir.exists():
             shutil.rmtree(self.ckpt_dir)
@@ -314,17 +277,24 @@ class Trainer:
                 count += 1
                 done = it + 1
                 bar.update(done, {k: v / count for k, v in sums.items() if k.startswith("loss")})
-                if done % cfg.eval_every == 0 or done == cfg.iters:
+                is_eval = done % cfg.eval_every == 0 or done == cfg.iters
+                is_ckpt = done % cfg.checkpoint_every == 0 or done == cfg.iters
+                if is_eval or is_ckpt:  # what is evaluated, saved and shipped is the same on every rank
+                    distributed.sync_buffers(self.method.nets, self.dist)
+                if is_eval and self.dist.is_main:  # other ranks wait at the next collective
                     rec = self.evaluate(done, {k: v / max(count, 1) for k, v in sums.items()})
                     rec["lr"] = cfg.lr * factor
                     self.history.append(rec)
-                    sums, count = {}, 0
                     self._track_best(rec)
+                    self._append_metrics(rec)
+                    (bar.print if bar.enabled else self.log)(_format_eval(rec))
+                if is_eval:
+                    sums, count = {}, 0
+                if is_ckpt:
+                    state = self._state(done)  # a collective under torchrun
                     if self.dist.is_main:
-                        self._append_metrics(rec)
-                        (bar.print if bar.enabled else self.log)(_format_eval(rec))
-                if (done % cfg.checkpoint_every == 0 or done == cfg.iters) and self.dist.is_main:
-                    save_checkpoint(self.ckpt_dir, done, self._state(done))
+                        save_checkpoint(self.ckpt_dir, done, state)
+                    distributed.barrier(self.dist)  # no rank runs ahead of a checkpoint being written
                 if callback is not None:
                     callback(done)
         finally:
@@ -335,6 +305,7 @@ class Trainer:
                              self.history, self.skipped_steps)
         if self.dist.is_main:
             result.bundle, result.metrics = self._finish(wall)
+        distributed.shutdown(self.dist)
         return result
 
     def _track_best(self, rec: dict) -> None:
@@ -389,50 +360,6 @@ class Trainer:
         with open(self.run_dir / "metrics.jsonl", "a") as f:
             f.write(json.dumps(rec) + "\n")
             f.flush()
-
-
-def _format_eval(rec: dict) -> str:
-    parts = [f"iter {rec['iteration']}", f"source val {rec['source_val_acc']:.1%}"]
-    if "target_test_acc" in rec:
-        parts.append(f"target test {rec['target_test_acc']:.1%} (report only)")
-    if "target_entropy" in rec:
-        parts.append(f"target entropy {rec['target_entropy']:.3f}")
-    return " | ".join(parts)
-
-
-class _Progress:
-    """A rich progress bar with the running losses and ETA; silent when disabled."""
-
-    def __init__(self, enabled: bool, total: int, start: int, title: str):
-        self.enabled = enabled
-        if not enabled:
-            return
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-
-        self.progress = Progress(
-            TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-            TextColumn("eta"), TimeRemainingColumn(), TextColumn("{task.fields[losses]}"),
-        )
-        self.task = self.progress.add_task(title, total=total, completed=start, losses="")
-        self.progress.start()
-        self._last = 0.0
-
-    def update(self, done: int, losses: dict) -> None:
-        if not self.enabled:
-            return
-        now = time.perf_counter()
-        if now - self._last > 0.2:
-            text = " ".join(f"{k.split('/')[-1]}={v:.3f}" for k, v in losses.items())
-            self.progress.update(self.task, completed=done, losses=text)
-            self._last = now
-
-    def print(self, text: str) -> None:
-        if self.enabled:
-            self.progress.console.print(text)
-
-    def close(self) -> None:
-        if self.enabled:
-            self.progress.stop()
 
 
 def train(config: TrainConfig | None = None, *, resume: bool = False, progress: bool = True,

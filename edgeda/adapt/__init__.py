@@ -1,0 +1,20 @@
+"""On-device source-free adaptation: a shipped bundle + unlabeled target images -> a new bundle.
+
+Methods (one module each, registered in ``ADAPT_METHODS``): ``3cgan`` (Li et al., CVPR 2020),
+``shot`` (Liang et al., ICML 2020), ``tent`` (Wang et al., ICLR 2021). See :func:`adapt`.
+"""
+import importlib
+import pkgutil
+
+from .._callable import make_callable
+from .base import ADAPT_METHODS, AdaptMethod
+from .runner import AdaptResult, adapt
+
+_INFRA = {"base", "runner", "losses", "safety", "budget", "export", "cli"}
+for _info in pkgutil.iter_modules(__path__):
+    if _info.name not in _INFRA and not _info.name.startswith("_"):
+        importlib.import_module(f"{__name__}.{_info.name}")
+
+__all__ = ["adapt", "AdaptResult", "AdaptMethod", "ADAPT_METHODS"]
+
+make_callable(__name__, "edgeda.adapt.runner:adapt")

@@ -1,0 +1,190 @@
+"""The interface every source-free adaptation method implements, and helpers they share.
+
+A method receives the shipped classifier (rebuilt from the bundle), the task spec and its
+options; ``step(x)`` takes one batch of normalised target images and returns its losses. The
+runner (:mod:`edgeda.adapt.runner`) owns everything else: the time and memory budget, the batch
+stream, collapse monitoring with rollback, and the new bundle. No method ever sees source data:
+there is nowhere for it to come from.
+"""
+from __future__ import annotations
+
+import copy
+from typing import ClassVar
+
+import torch
+from torch import nn
+
+from ..errors import EdgedaError
+from ..methods.base import Engine
+from ..registry import Registry
+from ..task import TaskSpec
+
+ADAPT_METHODS: Registry = Registry("source-free adaptation method")
+
+BN_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+
+
+class AdaptMethod:
+    """Base class. Subclasses set ``name``, ``summary``, ``defaults`` (options with their values,
+    overridable as ``key=value``), ``default_iters`` and implement :meth:`build` and :meth:`step`.
+
+    ``self.classifier`` is the model that ships; ``self.source_state`` a frozen copy of the shipped
+    weights; ``self.progress`` in [0, 1] is set by the runner (iterations or time, whichever is
+    further along); ``self.engine`` runs every update (non-finite check, AMP on CUDA).
+    """
+
+    name: ClassVar[str] = ""
+    summary: ClassVar[str] = ""
+    defaults: ClassVar[dict] = {}
+    default_iters: ClassVar[int] = 500
+    # forward passes of the classifier per step whose activations are kept for backward (memory plan)
+    classifier_passes: ClassVar[float] = 1.0
+
+    def __init__(self, classifier: nn.Module, task: TaskSpec, *, options: dict | None = None,
+                 engine: Engine | None = None, seed: int = 0):
+        unknown = set(options or {}) - set(self.defaults)
+        if unknown:
+            valid = ", ".join(sorted(self.defaults)) or "(none)"
+            raise EdgedaError(f"adapt method {self.name!r} has no option {', '.join(sorted(unknown))}; valid: {valid}")
+        self.opts = {k: _coerce(self.defaults[k], v) for k, v in {**self.defaults, **(options or {})}.items()}
+        self.task = task
+        self.engine = engine or Engine()
+        self.device = self.engine.device
+        self.classifier = classifier.to(self.device)
+        self.source_state = {k: v.detach().clone() for k, v in classifier.state_dict().items()}
+        self.progress = 0.0
+        self.generator = torch.Generator().manual_seed(seed)
+        self.optims: dict[str, torch.optim.Optimizer] = {}
+        self.build()
+
+    # -- to implement -------------------------------------------------------------------------
+    def build(self) -> None:
+        raise NotImplementedError
+
+    def step(self, x: torch.Tensor, idx: torch.Tensor | None = None) -> dict[str, float]:
+        """One update on target batch ``x`` (normalised NCHW); ``idx`` are its indices in the target set."""
+        raise NotImplementedError
+
+    def prepare(self, target: "TargetSet") -> None:
+        """Called once before the loop, and again whenever :meth:`refresh_due` says so, with the
+        whole unlabeled target set (e.g. SHOT's pseudo-labels, TENT's BatchNorm re-estimation)."""
+
+    def refresh_due(self, iteration: int, epoch_iters: int) -> bool:
+        return False
+
+    def extra_modules(self) -> dict[str, nn.Module]:
+        """Modules trained besides the classifier (for the memory plan and reports)."""
+        return {}
+
+    # -- shared helpers -----------------------------------------------------------------------
+    def update(self, loss: torch.Tensor, *optim_names: str) -> None:
+        names = optim_names or tuple(self.optims)
+        self.engine.backward_step(loss, [self.optims[n] for n in names])
+
+    def autocast(self):
+        return self.engine.autocast()
+
+    def state_snapshot(self) -> dict:
+        """What rollback restores: the classifier's weights and buffers (BatchNorm statistics)."""
+        return copy.deepcopy({k: v.detach().cpu() for k, v in self.classifier.state_dict().items()})
+
+    def restore(self, snapshot: dict) -> None:
+        self.classifier.load_state_dict(snapshot)
+
+    @classmethod
+    def describe(cls) -> str:
+        return cls.summary or (cls.__doc__ or "").strip().splitlines()[0]
+
+
+class TargetSet:
+    """The unlabeled target images (uint8 (N,H,W,C) on the CPU) and the task's normalisation."""
+
+    def __init__(self, images, task: TaskSpec, device, batch_size: int = 256):
+        self.images, self.task, self.device, self.batch_size = images, task, torch.device(device), batch_size
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def tensor(self, idx) -> torch.Tensor:
+        """Normalised NCHW float batch of the images at ``idx`` on the device."""
+        from ..data.transforms import to_float_nchw
+
+        xb = torch.from_numpy(self.images[idx]).to(self.device)
+        return to_float_nchw(xb, self.task.mean, self.task.std)
+
+    def batches(self, batch_size: int | None = None):
+        bs = batch_size or self.batch_size
+        for i in range(0, len(self.images), bs):
+            yield self.tensor(slice(i, i + bs))
+
+    @torch.no_grad()
+    def features_logits(self, model: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+        """(features, logits) of every image, on the CPU, with ``model`` in eval mode."""
+        was = model.training
+        model.eval()
+        feats, logits = [], []
+        for x in self.batches():
+            f, z = model.forward_features(x)
+            feats.append(f.float().cpu())
+            logits.append(z.float().cpu())
+        model.train(was)
+        return torch.cat(feats), torch.cat(logits)
+
+
+def _coerce(default, value):
+    """Options given as strings on the command line take the type of their default."""
+    if isinstance(value, str) and not isinstance(default, str) and default is not None:
+        try:
+            if isinstance(default, bool):
+                return value.lower() in ("1", "true", "yes", "on")
+            return type(default)(value)
+        except ValueError:
+            raise EdgedaError(f"option value {value!r} is not a valid {type(default).__name__}") from None
+    return value
+
+
+def bn_layers(model: nn.Module) -> list[nn.Module]:
+    return [m for m in model.modules() if isinstance(m, BN_TYPES)]
+
+
+class frozen_bn_stats:
+    """Forward in train mode (batch statistics) without updating BatchNorm running statistics.
+
+    Used when a batch should not shift the statistics the deployed model will run with (e.g.
+    generated images early in 3C-GAN training, VAT's perturbed copies)."""
+
+    def __init__(self, model: nn.Module):
+        self.layers = bn_layers(model)
+
+    def __enter__(self):
+        self.saved = [m.momentum for m in self.layers]
+        for m in self.layers:
+            m.momentum = 0.0
+        return self
+
+    def __exit__(self, *exc):
+        for m, mom in zip(self.layers, self.saved):
+            m.momentum = mom
+        return False
+
+
+@torch.no_grad()
+def reestimate_bn(model: nn.Module, batches, momentum: float | None = None) -> None:
+    """Replace BatchNorm running statistics by those of ``batches`` (AdaBN, Li et al. 2016):
+    cumulative average over the given batches (``momentum=None``)."""
+    layers = bn_layers(model)
+    if not layers:
+        return
+    saved = [(m.momentum, m.training) for m in layers]
+    was = model.training
+    model.eval()
+    for m in layers:
+        m.reset_running_stats()
+        m.momentum = momentum
+        m.train()
+    for x in batches:
+        model(x)
+    for m, (mom, tr) in zip(layers, saved):
+        m.momentum = mom
+        m.train(tr)
+    model.train(was)

@@ -1,0 +1,69 @@
+"""``edgeda adapt``: source-free adaptation of a shipped bundle to a folder of target images."""
+from __future__ import annotations
+
+import sys
+
+import click
+
+from ..cli import emit_json, handle_errors
+
+
+@click.command()
+@click.argument("bundle", type=click.Path())
+@click.option("--target-dir", required=True, type=click.Path(), help="folder of this device's unlabeled images (or an .npz)")
+@click.option("--out", required=True, type=click.Path(), help="where to write the adapted bundle (a new path)")
+@click.option("--method", default="3cgan", show_default=True, help="3cgan | shot | tent")
+@click.option("--iters", type=int, help="iteration cap (default: the method's; unlimited with --minutes alone)")
+@click.option("--minutes", type=float, help="wall-clock budget for the whole run, set-up and writing included")
+@click.option("--memory-mb", type=float, help="peak memory budget; picks the batch size (and precision on CUDA)")
+@click.option("--batch", default=64, show_default=True, help="target images per step (upper bound under --memory-mb)")
+@click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda[:N]")
+@click.option("--export", "do_export", is_flag=True, help="re-export ONNX (and TensorRT where installed) into the new bundle")
+@click.option("--labels", help="labeled domain spec used only to report accuracy before and after")
+@click.option("--option", "options", multiple=True, help="method option key=value (repeatable)")
+@click.option("--seed", default=0, show_default=True)
+@click.option("--threads", type=int, help="CPU threads for torch (default: one per core)")
+@click.option("--json", "as_json", is_flag=True, help="print the result as JSON")
+@handle_errors
+def adapt(bundle, target_dir, out, method, iters, minutes, memory_mb, batch, device, do_export, labels, options,
+          seed, threads, as_json) -> None:
+    """Adapt BUNDLE to unlabeled target images without any source data; write a new bundle.
+
+    The input bundle is never modified. If the run collapses (NaN, all predictions in one class,
+    exploding entropy) the last healthy state is written and the exit code is 3.
+    """
+    import time
+
+    started = time.perf_counter()
+    from ..config import parse_option
+    from . import adapt as run_adapt
+
+    opts = dict(parse_option(o) for o in options) if options else None
+    log = None if as_json else (lambda s: click.echo(s, err=True))
+    r = run_adapt(bundle, target_dir, out, method=method, iters=iters, minutes=minutes, memory_mb=memory_mb,
+                  batch=batch, device=device, export=do_export, labels=labels, options=opts, seed=seed, threads=threads, log=log,
+                  started_at=started)
+    if as_json:
+        emit_json({"bundle": str(r.bundle), "iterations": r.iterations, "stopped_because": r.stopped_because,
+                   "collapsed": r.collapsed, "message": r.message, "wall_time_s": r.wall_time_s,
+                   "peak_rss_mb": r.peak_rss_mb, "peak_cuda_mb": r.peak_cuda_mb, "before": r.before, "after": r.after,
+                   "accuracy": r.accuracy, "export": r.export, "adaptation": r.manifest})
+        return
+    b, a = r.before, r.after
+    if r.collapsed:
+        click.secho(f"warning: {r.message}", fg="yellow", err=True)
+    click.echo(f"{method}: {r.iterations} iterations in {r.wall_time_s:.0f}s ({r.stopped_because}); "
+               f"peak RSS {r.peak_rss_mb:.0f} MiB" + (f", peak CUDA {r.peak_cuda_mb:.0f} MiB" if r.peak_cuda_mb else ""))
+    click.echo(f"  mean entropy     {b['mean_entropy']:.3f} -> {a['mean_entropy']:.3f}")
+    click.echo(f"  mean confidence  {b['mean_confidence']:.3f} -> {a['mean_confidence']:.3f}")
+    click.echo(f"  agreement with the shipped model {a['agreement_with_shipped']:.1%}; "
+               f"class histogram entropy {b['histogram_entropy']:.2f} -> {a['histogram_entropy']:.2f}")
+    if r.accuracy:
+        click.echo(f"  accuracy on {r.accuracy['data']} {r.accuracy['before']:.1%} -> {r.accuracy['after']:.1%} "
+                   "(labels used for this report only)")
+    skipped = r.manifest["target"]["files_skipped"]
+    if skipped:
+        click.echo(f"  skipped {skipped} unreadable target files (listed in the manifest)")
+    click.echo(f"bundle: {r.bundle}")
+    if r.collapsed:
+        sys.exit(3)

@@ -1,0 +1,274 @@
+"""The on-device adaptation run: bundle + unlabeled target images in, a new bundle out.
+
+Reads only the bundle and the target images (there is no parameter through which source data
+could enter), never modifies the input bundle (its files are hashed before and after), runs the
+chosen method under the time and memory budget with collapse monitoring and rollback, and writes
+the new bundle atomically with before/after statistics in its manifest.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from ..bundle import Bundle, write_bundle
+from ..data import load_domain
+from ..errors import BundleError, DataError, EdgedaError
+from ..methods.base import Engine, NonFiniteLoss
+from ..utils import choose_device, machine_info, seed_everything, sha256_file
+from .base import ADAPT_METHODS, AdaptMethod, TargetSet
+from .budget import TimeBudget, activation_bytes_per_sample, current_rss_mb, param_bytes, peak_rss_mb, plan_batch
+from .safety import CollapseMonitor, prediction_stats
+
+
+@dataclass
+class AdaptResult:
+    bundle: Path
+    method: str
+    iterations: int
+    stopped_because: str  # "iterations" | "time budget" | "collapse"
+    collapsed: bool
+    message: str
+    before: dict
+    after: dict
+    wall_time_s: float
+    peak_rss_mb: float
+    peak_cuda_mb: float | None = None
+    accuracy: dict | None = None
+    export: dict | None = None
+    manifest: dict = field(default_factory=dict)  # the "adaptation" record written into the bundle
+
+
+def _bundle_hashes(path: Path) -> dict[str, str]:
+    return {f.relative_to(path).as_posix(): sha256_file(f) for f in sorted(path.rglob("*")) if f.is_file()}
+
+
+def _check_paths(bundle: Path, target_dir: Path, out: Path) -> None:
+    b, o = bundle.resolve(), out.resolve()
+    if o == b or b in o.parents:
+        raise EdgedaError("--out must be a new path outside the input bundle (the input bundle is never modified)")
+    if not (target_dir.is_dir() or (target_dir.is_file() and target_dir.suffix.lower() == ".npz")):
+        raise DataError(f"--target-dir {target_dir}: not a folder of images (or an .npz of images)")
+
+
+def adapt(bundle: str | Path, target_dir: str | Path, out: str | Path, *, method: str = "3cgan",
+          iters: int | None = None, minutes: float | None = None, memory_mb: float | None = None, batch: int = 64,
+          device: str = "auto", export: bool = False, labels: str | None = None, options: dict | None = None,
+          seed: int = 0, check_every: int | None = None, monitor_n: int = 512,
+          threads: int | None = None, log: Callable[[str], None] | None = None,
+          started_at: float | None = None) -> AdaptResult:
+    """Adapt a shipped bundle to the unlabeled images in ``target_dir``; write the result to ``out``.
+
+    ``iters``: iteration cap (default: the method's, or unlimited when only ``minutes`` is given);
+    ``minutes``: wall-clock budget for the whole call; ``memory_mb``: peak-memory budget (picks the
+    batch size / precision); ``labels``: a labeled domain spec used only to report accuracy before
+    and after; ``threads``: CPU threads for torch (default: torch's, one per core; on a busy device 1
+    avoids OpenMP threads waiting on each other); ``started_at``: a ``time.perf_counter()`` value to count the budget from (the CLI
+    passes its own start, so imports count too). Returns an :class:`AdaptResult`; the adaptation record is also in the new bundle's
+    manifest under ``"adaptation"``.
+
+    >>> r = edgeda.adapt("model.edgeda", "camera_frames/", "adapted.edgeda", method="shot", minutes=5)
+    >>> r.before["mean_entropy"], r.after["mean_entropy"], r.iterations
+    """
+    budget = TimeBudget(minutes, started_at)
+    log = log or (lambda s: None)
+    bundle, target_dir, out = Path(bundle), Path(target_dir), Path(out)
+    if iters is not None and iters < 0:
+        raise EdgedaError("--iters must be >= 0")
+    if minutes is not None and minutes <= 0:
+        raise EdgedaError("--minutes must be positive")
+    if batch < 2:
+        raise EdgedaError("--batch must be at least 2 (BatchNorm needs batch statistics)")
+    method_cls = ADAPT_METHODS.get(method)
+    if not (bundle / "manifest.json").is_file():
+        raise BundleError(f"{bundle} is not an edgeda bundle (no manifest.json)")
+    _check_paths(bundle, target_dir, out)
+    hashes_before = _bundle_hashes(bundle)
+    b = Bundle(bundle)
+    task = b.task
+    if task.task != "classification":
+        raise EdgedaError(f"edgeda adapt supports classification bundles; this one is {task.task!r}")
+    dom = load_domain(str(target_dir), labeled=False, size=task.image_size, channels=task.channels)
+    dom.require_usable(labeled=False)
+    if len(dom) < 2:
+        raise DataError(f"{target_dir} has only {len(dom)} usable image; adaptation needs at least 2")
+    lab = None
+    if labels:
+        lab = load_domain(labels, labeled=True, size=task.image_size, channels=task.channels, split="test")
+        lab.require_usable(labeled=True, num_classes=task.num_classes)
+    log(f"target: {dom.report.summary()} from {target_dir}")
+
+    if threads is not None:
+        if threads < 1:
+            raise EdgedaError("--threads must be at least 1")
+        torch.set_num_threads(threads)
+    seed_everything(seed)
+    dev = choose_device(device)
+    cuda = dev.type == "cuda"
+    if cuda:
+        torch.cuda.reset_peak_memory_stats(dev)
+    clf = b.module("classifier", str(dev))
+    target = TargetSet(dom.images, task, dev)
+
+    t = time.perf_counter()
+    logits0 = target.features_logits(clf)[1]
+    stats_s = time.perf_counter() - t
+    ref_pred = logits0.argmax(1)
+    before = prediction_stats(logits0, ref_pred)
+    monitor = CollapseMonitor(before, task.num_classes)
+    rng = np.random.default_rng(seed)
+    mon_idx = np.sort(rng.permutation(len(dom))[:monitor_n])
+    monitor_set = TargetSet(dom.images[mon_idx], task, dev)
+    mon_ref = ref_pred[torch.from_numpy(mon_idx)]
+    acc_before = _accuracy(clf, lab, task, dev) if lab is not None else None
+
+    m: AdaptMethod = method_cls(clf, task, options=options, engine=Engine(dev), seed=seed)
+    batch_requested = batch
+    batch = min(batch, len(dom))
+    fixed = current_rss_mb() + 4 * param_bytes([clf, *m.extra_modules().values()]) / 2**20
+    if cuda:
+        fixed += torch.cuda.memory_allocated(dev) / 2**20
+    per_sample = _per_sample_mb(m, target.tensor(slice(0, 2)))
+    batch, precision, est_mb = plan_batch(batch, memory_mb, fixed_mb=fixed, per_sample_mb=per_sample, cuda=cuda)
+    if precision != "fp32":
+        m.engine = Engine(dev, amp=True)
+    iters_cap = iters if iters is not None else (None if minutes is not None else m.default_iters)
+    epoch_iters = max(1, len(dom) // batch)
+    check_every = check_every or max(5, min(50, epoch_iters))
+    reserve = 2.0 * stats_s * (1 + (len(lab) / len(dom) if lab is not None else 0)) + 1.0 + (5.0 if export else 0.0)
+
+    def check(it: int) -> str | None:
+        stats = prediction_stats(monitor_set.features_logits(m.classifier)[1], mon_ref)
+        return monitor.check(stats, m.classifier)
+
+    snapshot, good_iter, checks, it = m.state_snapshot(), 0, 0, 0
+    snapshot_name = "the shipped model"
+    collapse, stopped = None, "iterations"
+    setup_s = budget.elapsed()
+    if budget.should_stop(reserve):
+        stopped = "time budget"
+    else:
+        m.prepare(target)
+        collapse, checks = check(0), 1
+        if collapse is None:
+            snapshot, snapshot_name = m.state_snapshot(), "iteration 0 (after the method's preparation)"
+        log(f"{method}: batch {batch} ({precision}), checks every {check_every} iterations, "
+            f"{'until the time budget' if iters_cap is None else f'{iters_cap} iterations'}"
+            f"{f' or {minutes:g} min' if minutes else ''}")
+    gen = torch.Generator().manual_seed(seed)
+    order, pos = torch.randperm(len(dom), generator=gen), 0
+    while collapse is None and stopped == "iterations" and (iters_cap is None or it < iters_cap):
+        if budget.should_stop(reserve):
+            stopped = "time budget"
+            break
+        t = time.perf_counter()
+        if pos + batch > len(dom):
+            order, pos = torch.randperm(len(dom), generator=gen), 0
+        idx = order[pos : pos + batch]
+        pos += batch
+        m.progress = max(it / iters_cap if iters_cap else 0.0, budget.fraction())
+        try:
+            losses = m.step(target.tensor(idx.numpy()), idx)
+        except NonFiniteLoss:
+            collapse = "a loss became NaN/inf"
+            break
+        it += 1
+        if m.refresh_due(it, epoch_iters):
+            m.prepare(target)
+        if it % check_every == 0 or it == iters_cap:
+            collapse, checks = check(it), checks + 1
+            if collapse is None:
+                snapshot, good_iter, snapshot_name = m.state_snapshot(), it, f"iteration {it}"
+                log(f"  iter {it}: " + " ".join(f"{k}={v:.3f}" for k, v in losses.items()))
+        budget.record_step(time.perf_counter() - t)
+    if collapse is None and it > good_iter:  # the steps since the last check are checked too
+        collapse, checks = check(it), checks + 1
+        if collapse is None:
+            snapshot, good_iter, snapshot_name = m.state_snapshot(), it, f"iteration {it}"
+    if collapse is not None:
+        stopped = "collapse"
+        message = (f"collapse detected after iteration {it}: {collapse}; rolled back to the last healthy state "
+                   f"({snapshot_name}) and stopped")
+        log("WARNING: " + message)
+    else:
+        message = f"adapted for {it} iterations; stopped by the {'time budget' if stopped == 'time budget' else 'iteration count'}"
+    m.restore(snapshot)
+    clf = m.classifier
+    clf.eval()
+
+    logits1 = target.features_logits(clf)[1]
+    after = prediction_stats(logits1, ref_pred)
+    acc_after = _accuracy(clf, lab, task, dev) if lab is not None else None
+    accuracy = None if lab is None else {"data": labels, "before": acc_before, "after": acc_after, "n": len(lab)}
+    peak_cuda = torch.cuda.max_memory_allocated(dev) / 2**20 if cuda else None
+    record = {
+        "method": method, "summary": m.describe(), "options": m.opts, "source_free": True, "seed": seed,
+        "parent": {"path": str(bundle), "manifest_sha256": hashes_before.get("manifest.json"),
+                   "method": b.manifest.get("method", {}).get("name"), "metrics": b.manifest.get("metrics", {})},
+        "budget": {"minutes": minutes, "memory_mb": memory_mb, "iterations_requested": iters,
+                   "iterations_cap": iters_cap, "batch_requested": batch_requested,
+                   "batch": batch, "precision": precision, "estimated_peak_mb": round(est_mb, 1)},
+        "iterations_done": it, "stopped_because": stopped, "last_good_iteration": good_iter,
+        "setup_s": round(setup_s, 2),
+        "target": {"dir": str(target_dir), "images_used": len(dom), **_skips(dom.report)},
+        "safety": {"status": "rolled_back" if stopped == "collapse" else "ok", "message": message, "checks": checks,
+                   "check_every": check_every, "monitor_images": len(mon_idx), "limits": monitor.limits()},
+        "before": before, "after": after, "accuracy": accuracy,
+        "device": str(dev), "torch_threads": torch.get_num_threads(), "machine": machine_info(),
+    }
+    record["memory"] = {"peak_rss_mb": round(peak_rss_mb(), 1),
+                        "peak_cuda_mb": None if peak_cuda is None else round(peak_cuda, 1)}
+    record["wall_time_s"] = round(budget.elapsed(), 2)
+    record["cpu_time_s"] = round(_cpu_seconds(), 1)
+    metrics = {} if accuracy is None else {"labels_data": labels, "labels_accuracy": acc_after,
+                                           "labels_accuracy_before": acc_before}
+    write_bundle(out, {"classifier": clf.to("cpu")}, task, method=b.manifest.get("method", {}),
+                 training=b.manifest.get("training", {}), metrics=metrics, extra={"adaptation": record})
+    export_report = None
+    if export:
+        from .export import reexport
+
+        export_report = reexport(out, log=log)
+    if _bundle_hashes(bundle) != hashes_before:
+        raise BundleError(f"the input bundle {bundle} changed during adaptation; this is a bug, please report it")
+    record["wall_time_s"] = round(budget.elapsed(), 2)
+    record["cpu_time_s"] = round(_cpu_seconds(), 1)  # CPU time this process got: wall time under contention is longer
+    record["memory"]["peak_rss_mb"] = round(peak_rss_mb(), 1)
+    return AdaptResult(bundle=out, method=method, iterations=it, stopped_because=stopped,
+                       collapsed=stopped == "collapse", message=message, before=before, after=after,
+                       wall_time_s=record["wall_time_s"], peak_rss_mb=record["memory"]["peak_rss_mb"],
+                       peak_cuda_mb=record["memory"]["peak_cuda_mb"], accuracy=accuracy, export=export_report,
+                       manifest=record)
+
+
+def _cpu_seconds() -> float:
+    import resource
+
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+def _skips(report) -> dict:
+    d = report.to_dict()
+    return {"files_skipped": d["skipped"], "skipped_files": d["skipped_files"]}
+
+
+def _per_sample_mb(m: AdaptMethod, x2: torch.Tensor) -> float:
+    per = activation_bytes_per_sample(m.classifier, x2) * m.classifier_passes
+    for mod in m.extra_modules().values():
+        if hasattr(mod, "sample"):
+            y = torch.zeros(len(x2), dtype=torch.long, device=x2.device)
+            per += 2 * activation_bytes_per_sample(mod, y, torch.zeros(len(x2), mod.z_dim, device=x2.device))
+        else:
+            per += 2 * activation_bytes_per_sample(mod, x2)
+    return per / 2**20
+
+
+def _accuracy(clf, lab, task, dev) -> float:
+    from ..train.evaluate import evaluate_classifier
+
+    return evaluate_classifier(clf, lab, task, dev)["accuracy"]

@@ -1,0 +1,55 @@
+"""TENT: fully test-time adaptation by entropy minimisation (Wang et al., ICLR 2021).
+
+Only the affine parameters (gamma, beta) of the BatchNorm layers change; every other weight
+stays as shipped. BatchNorm normalises with the statistics of the current target batch:
+
+    min_{gamma, beta}  E_x[ H(softmax(C(x))) ]      (x: a batch of target images)
+
+The shipped model runs in eval mode, so the running statistics are first re-estimated on the
+target images (AdaBN) and keep following the target batches during adaptation (momentum
+``bn_momentum``); the new bundle therefore deploys with target statistics.
+
+Defaults: Adam, lr 1e-3, betas (0.9, 0.999), no weight decay (the paper's CIFAR settings);
+BatchNorm momentum 0.1; 200 iterations when neither ``--iters`` nor ``--minutes`` is given.
+"""
+from __future__ import annotations
+
+import torch
+
+from ..methods.losses import entropy
+from .base import ADAPT_METHODS, AdaptMethod, bn_layers, reestimate_bn
+
+
+@ADAPT_METHODS.register("tent")
+class Tent(AdaptMethod):
+    summary = "TENT (Wang et al. 2021): entropy minimisation on BatchNorm affine parameters only"
+    defaults = {"lr": 1e-3, "bn_momentum": 0.1}
+    default_iters = 200
+
+    def build(self) -> None:
+        clf = self.classifier
+        for p in clf.parameters():
+            p.requires_grad_(False)
+        params = []
+        for m in bn_layers(clf):
+            m.momentum = self.opts["bn_momentum"]
+            for p in (m.weight, m.bias):
+                if p is not None:
+                    p.requires_grad_(True)
+                    params.append(p)
+        if not params:
+            from ..errors import EdgedaError
+
+            raise EdgedaError("tent needs a model with BatchNorm layers; this classifier has none (try --method shot)")
+        self.optims["bn"] = torch.optim.Adam(params, lr=self.opts["lr"], betas=(0.9, 0.999))
+
+    def prepare(self, target) -> None:
+        reestimate_bn(self.classifier, target.batches())
+
+    def step(self, x: torch.Tensor, idx=None) -> dict[str, float]:
+        self.classifier.train()
+        with self.autocast():
+            logits = self.classifier(x)
+        loss = entropy(logits).mean()
+        self.update(loss, "bn")
+        return {"entropy": float(loss.detach())}

@@ -1,0 +1,198 @@
+"""On-device source-free adaptation: `edgeda adapt` and the library call behind it."""
+import inspect
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from PIL import Image
+
+from conftest import tiny_config
+from edgeda.adapt import ADAPT_METHODS, AdaptMethod, adapt
+from edgeda.adapt.budget import plan_batch
+from edgeda.adapt.safety import CollapseMonitor, prediction_stats
+from edgeda.bundle import Bundle
+from edgeda.errors import DataError, EdgedaError
+from edgeda.utils import sha256_file
+
+N_TARGET = 40
+
+
+@pytest.fixture(scope="module")
+def shipped(tmp_path_factory):
+    """A tiny source-only bundle and a target folder of PNGs with two corrupt files."""
+    from edgeda.data import load_domain
+    from edgeda.train import Trainer
+
+    root = tmp_path_factory.mktemp("adapt")
+    # 30 iterations: enough that the shipped model does not already predict a single class
+    res = Trainer(tiny_config(root, method="source_only", iters=30, eval_every=30, checkpoint_every=30),
+                  progress=False, log=None).run()
+    target = root / "camera"
+    dom = load_domain("handwritten:adapt", labeled=False, size=(8, 8), channels=1, n=N_TARGET)
+    for i, img in enumerate(dom.images):
+        sub = target / ("a" if i % 2 else "b")
+        sub.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(img[:, :, 0]).save(sub / f"{i:03d}.png")
+    (target / "empty.png").write_bytes(b"")
+    (target / "b" / "truncated.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    return res.bundle, target
+
+
+def _hashes(path):
+    return {f.relative_to(path).as_posix(): sha256_file(f) for f in sorted(path.rglob("*")) if f.is_file()}
+
+
+def _state(bundle_path):
+    return Bundle(bundle_path).module("classifier").state_dict()
+
+
+def test_no_option_lets_source_data_in():
+    from edgeda.adapt.cli import adapt as cmd
+
+    names = {n for p in cmd.params for n in (p.name, *getattr(p, "opts", []))}
+    assert "--target-dir" in names and "--out" in names
+    assert not [n for n in names if "source" in n.lower() or n.lower().lstrip("-") in ("src", "s")]
+    params = inspect.signature(adapt).parameters
+    assert not [n for n in params if "source" in n or n == "src"]
+
+
+def test_tent_adapts_skips_corrupt_files_keeps_input_and_exports(shipped, tmp_path):
+    bundle, target = shipped
+    before = _hashes(bundle)
+    out = tmp_path / "adapted.edgeda"
+    r = adapt(bundle, target, out, method="tent", iters=4, batch=8, export=True, labels="handwritten:test")
+    assert _hashes(bundle) == before  # the input bundle is untouched
+    assert r.iterations == 4 and r.stopped_because == "iterations" and not r.collapsed
+    m = Bundle(out).manifest  # loads and verifies checksums
+    a = m["adaptation"]
+    assert a["method"] == "tent" and a["source_free"] and a["iterations_done"] == 4
+    assert a["target"]["images_used"] == N_TARGET
+    assert a["target"]["files_skipped"] == 2
+    assert {s["path"].rsplit("/", 1)[-1] for s in a["target"]["skipped_files"]} == {"empty.png", "truncated.jpg"}
+    assert {"class_histogram", "mean_entropy", "mean_confidence"} <= set(a["before"]) <= set(a["after"])
+    assert a["before"]["agreement_with_shipped"] == 1.0
+    assert set(r.accuracy) >= {"before", "after"} and 0 <= r.accuracy["after"] <= 1
+    assert a["memory"]["peak_rss_mb"] > 0
+    assert "onnx/classifier.fp32.onnx" in m["files"]
+    assert m["export"]["deployables"]["classifier"]["parity_fp32"]["random"]["max_abs_diff"] <= 1e-4
+    # TENT changed only BatchNorm parameters/statistics; the adapted bundle evaluates
+    old, new = _state(bundle), _state(out)
+    assert torch.equal(old["head.weight"], new["head.weight"])
+    assert not all(torch.equal(old[k], new[k]) for k in old if "running_mean" in k)
+    from edgeda.evaluation import evaluate_bundle
+
+    ev = evaluate_bundle(out, "handwritten:test", device="cpu")
+    assert ev["n"] == 797 and abs(ev["accuracy"] - r.accuracy["after"]) < 1e-9
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(str(out / "onnx" / "classifier.fp32.onnx"), providers=["CPUExecutionProvider"])
+    x = torch.randn(3, 3, 32, 32)
+    got = sess.run(None, {"image": x.numpy()})[0]
+    with torch.no_grad():
+        np.testing.assert_allclose(got, Bundle(out).module("classifier")(x).numpy(), atol=1e-4)
+
+
+@pytest.mark.parametrize("method", ["shot", "3cgan"])
+def test_methods_run_and_write_bundle(shipped, tmp_path, method):
+    bundle, target = shipped
+    r = adapt(bundle, target, tmp_path / "o.edgeda", method=method, iters=3, batch=8,
+              options={"g_width": 8, "d_width": 8} if method == "3cgan" else None)
+    assert r.iterations == 3 and not r.collapsed
+    assert Bundle(r.bundle).manifest["adaptation"]["method"] == method
+    assert not all(torch.equal(a, b) for a, b in zip(_state(bundle).values(), _state(r.bundle).values()))
+
+
+class _Collapser(AdaptMethod):
+    """Test method: harmless for two steps, then forces every prediction into class 0 (or NaN)."""
+
+    name = "collapse_probe"
+    defaults = {"mode": "one_class"}
+
+    def build(self):
+        self.steps = 0
+
+    def step(self, x, idx=None):
+        self.steps += 1
+        if self.steps >= 3:
+            with torch.no_grad():
+                if self.opts["mode"] == "nan":
+                    self.classifier.head.weight.fill_(float("nan"))
+                else:
+                    self.classifier.head.bias[0] = 1e4
+        return {}
+
+
+@pytest.fixture
+def collapser():
+    ADAPT_METHODS.register("collapse_probe")(_Collapser)
+    yield
+    del ADAPT_METHODS._entries["collapse_probe"]
+
+
+@pytest.mark.parametrize("mode", ["one_class", "nan"])
+def test_collapse_rolls_back_to_last_good_snapshot(shipped, tmp_path, collapser, mode):
+    bundle, target = shipped
+    r = adapt(bundle, target, tmp_path / "o.edgeda", method="collapse_probe", iters=20, batch=8, check_every=2,
+              options={"mode": mode})
+    assert r.collapsed and r.stopped_because == "collapse"
+    assert r.iterations == 4  # collapsed at step 3, detected at the check after step 4
+    a = Bundle(r.bundle).manifest["adaptation"]
+    assert a["safety"]["status"] == "rolled_back" and a["last_good_iteration"] == 2
+    assert ("one class" in r.message) if mode == "one_class" else ("NaN" in r.message)
+    shipped_state, out_state = _state(bundle), _state(r.bundle)
+    for k in shipped_state:  # the probe changed nothing before collapsing: the rollback is the shipped model
+        assert torch.equal(shipped_state[k], out_state[k]), k
+
+
+def test_cli_reports_collapse_with_exit_code(shipped, tmp_path, collapser):
+    from edgeda.cli import main
+
+    bundle, target = shipped
+    res = CliRunner().invoke(main, ["adapt", str(bundle), "--target-dir", str(target), "--out", str(tmp_path / "o.edgeda"),
+                                    "--method", "collapse_probe", "--iters", "30", "--batch", "8"])
+    assert res.exit_code == 3, res.output
+    assert "collapse detected" in res.output and "rolled back" in res.output
+
+
+def test_minutes_budget_stops_early(shipped, tmp_path):
+    bundle, target = shipped
+    r = adapt(bundle, target, tmp_path / "o.edgeda", method="3cgan", iters=100000, minutes=0.05, batch=8,
+              options={"g_width": 8, "d_width": 8})
+    assert r.stopped_because == "time budget" and r.iterations < 100000
+    assert Bundle(r.bundle).manifest["adaptation"]["iterations_done"] == r.iterations
+
+
+def test_bad_inputs_are_one_clear_error(shipped, tmp_path):
+    bundle, target = shipped
+    with pytest.raises(EdgedaError, match="outside the input bundle"):
+        adapt(bundle, target, bundle, method="tent")
+    with pytest.raises(EdgedaError, match="unknown source-free adaptation method"):
+        adapt(bundle, target, tmp_path / "o.edgeda", method="dann")
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "x.png").write_bytes(b"garbage")
+    with pytest.raises(DataError, match="no usable images"):
+        adapt(bundle, bad, tmp_path / "o.edgeda", method="tent")
+    assert not (tmp_path / "o.edgeda").exists()
+
+
+def test_memory_plan_halves_batch_and_refuses_too_little():
+    assert plan_batch(64, None, fixed_mb=500, per_sample_mb=1.0) == (64, "fp32", 500 + 64 * 3.0)
+    b, precision, est = plan_batch(64, 600, fixed_mb=500, per_sample_mb=1.0)
+    assert b == 32 and precision == "fp32" and est <= 600
+    assert plan_batch(64, 600, fixed_mb=500, per_sample_mb=1.0, cuda=True)[:2] == (64, "fp16/bf16 autocast")
+    with pytest.raises(EdgedaError, match="too small"):
+        plan_batch(64, 505, fixed_mb=500, per_sample_mb=1.0)
+
+
+def test_monitor_flags_each_kind_of_collapse():
+    torch.manual_seed(0)
+    healthy = torch.randn(200, 10) * 3
+    mon = CollapseMonitor(prediction_stats(healthy), 10)
+    assert mon.check(prediction_stats(healthy)) is None
+    one = healthy.clone()
+    one[:, 0] += 100
+    assert "one class" in mon.check(prediction_stats(one))
+    assert "exploded" in mon.check(prediction_stats(healthy * 0.01))
+    assert "NaN" in mon.check(prediction_stats(torch.full((5, 10), float("nan"))))

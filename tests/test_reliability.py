@@ -1,0 +1,217 @@
+"""Interruption (kill -9), non-finite losses through the CLI, and bundles from elsewhere."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from edgeda.bundle import Bundle
+from edgeda.cli import main
+from edgeda.errors import BundleError
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _bundle(tmp_path, name="m.edgeda"):
+    from edgeda.bundle import write_bundle
+    from edgeda.models import build
+    from edgeda.task import TaskSpec
+
+    clf = build("classifier", backbone="dtn", num_classes=3, channels=3, image_size=32,
+                backbone_kwargs={"width": 8, "out_dim": 32})
+    return write_bundle(tmp_path / name, {"classifier": clf}, TaskSpec(num_classes=3, classes=["a", "b", "c"]))
+
+
+def _edit_manifest(bundle, edit):
+    mf = bundle / "manifest.json"
+    m = json.loads(mf.read_text())
+    edit(m)
+    mf.write_text(json.dumps(m))
+
+
+# -- bundles from elsewhere ---------------------------------------------------------------------------
+def test_checksum_mismatch_is_refused_by_the_cli(tmp_path):
+    b = _bundle(tmp_path)
+    f = b / "classifier.safetensors"
+    data = bytearray(f.read_bytes())
+    data[len(data) // 2] ^= 1
+    f.write_bytes(bytes(data))
+    res = CliRunner().invoke(main, ["eval", str(b), "--data", "x.npz"])
+    assert res.exit_code == 2 and "checksum" in res.output and "Traceback" not in res.output
+
+
+@pytest.mark.parametrize("bad", ["../outside.safetensors", "/etc/passwd", "a/../../x", "~/x", "a\\..\\x", ""])
+def test_manifest_paths_outside_the_bundle_are_refused(tmp_path, bad):
+    b = _bundle(tmp_path)
+    _edit_manifest(b, lambda m: m["files"].__setitem__(bad, {"sha256": "0" * 64}))
+    with pytest.raises(BundleError, match="path"):
+        Bundle(b)
+
+
+def test_deployable_file_outside_the_bundle_is_refused(tmp_path):
+    b = _bundle(tmp_path)
+    _edit_manifest(b, lambda m: m["deployables"]["classifier"].__setitem__("file", "../m2/classifier.safetensors"))
+    with pytest.raises(BundleError, match="outside the bundle"):
+        Bundle(b, verify=False)
+
+
+def test_symlink_out_of_the_bundle_is_refused(tmp_path):
+    b = _bundle(tmp_path)
+    outside = tmp_path / "elsewhere.safetensors"
+    (b / "classifier.safetensors").rename(outside)
+    (b / "classifier.safetensors").symlink_to(outside)  # same bytes, same checksum, but not inside
+    with pytest.raises(BundleError, match="outside the bundle"):
+        Bundle(b)
+
+
+def test_newer_format_version_is_refused_with_the_version_named(tmp_path):
+    b = _bundle(tmp_path)
+    _edit_manifest(b, lambda m: m.__setitem__("format_version", 7))
+    with pytest.raises(BundleError, match="format version 7 is newer"):
+        Bundle(b)
+    res = CliRunner().invoke(main, ["eval", str(b), "--data", "x.npz"])
+    assert res.exit_code == 2 and "version 7" in res.output
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda m: m.__setitem__("task", {"num_classes": "x", "classes": 5, "task": "poetry"}), "task"),
+    (lambda m: m["deployables"]["classifier"].__setitem__("arch", {"name": "no_such_arch"}), "no_such_arch"),
+    (lambda m: m["deployables"]["classifier"]["arch"].__setitem__("kwargs", {"bogus": 1}), "rebuild"),
+    (lambda m: m["deployables"]["classifier"]["arch"]["kwargs"].__setitem__("num_classes", 5), "do not load"),
+])
+def test_malformed_records_are_bundle_errors(tmp_path, edit, message):
+    b = _bundle(tmp_path)
+    _edit_manifest(b, edit)
+    with pytest.raises(BundleError, match=message):
+        Bundle(b).module("classifier")
+
+
+def test_manifest_that_is_not_json(tmp_path):
+    b = _bundle(tmp_path)
+    (b / "manifest.json").write_bytes(b"\xff\xfe{not json")
+    with pytest.raises(BundleError, match="not valid JSON"):
+        Bundle(b)
+
+
+# -- atomic writes under kill -9 ---------------------------------------------------------------------
+_WRITER = """
+import sys, torch
+sys.path.insert(0, {root!r})
+from edgeda.bundle import write_bundle
+from edgeda.models import build
+from edgeda.task import TaskSpec
+torch.manual_seed(0)
+clf = build("classifier", backbone="dtn", num_classes=3, channels=3, image_size=32, backbone_kwargs={{"width": 16, "out_dim": 64}})
+task = TaskSpec(num_classes=3, classes=["a", "b", "c"])
+print("ready", flush=True)
+while True:
+    write_bundle({path!r}, {{"classifier": clf}}, task)
+"""
+
+
+def test_kill_during_bundle_rewrites_never_leaves_a_missing_or_corrupt_bundle(tmp_path):
+    path = tmp_path / "m.edgeda"
+    _bundle(tmp_path)
+    rng = np.random.default_rng(0)
+    for _ in range(2):
+        proc = subprocess.Popen([sys.executable, "-c", _WRITER.format(root=str(ROOT), path=str(path))],
+                                stdout=subprocess.PIPE, text=True)
+        assert proc.stdout.readline().strip() == "ready"
+        time.sleep(float(rng.uniform(0.05, 0.4)))
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        Bundle(path).module("classifier")  # the old or the new bundle, complete and verified
+
+
+def _npz_domains(folder):
+    rng = np.random.default_rng(0)
+    for name, n in (("src", 80), ("tgt", 40)):
+        y = np.arange(n) % 3
+        x = rng.integers(0, 60, (n, 32, 32, 3), dtype=np.uint8) + (y * 60).astype(np.uint8)[:, None, None, None]
+        np.savez(folder / f"{name}.npz", x=x, y=y)
+    return ["--source", str(folder / "src.npz"), "--target", str(folder / "tgt.npz"),
+            "--target-test", str(folder / "tgt.npz")]
+
+
+def test_kill_9_during_training_then_resume(tmp_path):
+    """A real `edgeda train` killed after its second checkpoint resumes from it and ships a verified bundle."""
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("backbone_kwargs: {width: 8, out_dim: 32}\nbatch_size: 8\ncheckpoint_every: 5\neval_every: 1000\n"
+                   "iters: 400\ndevice: cpu\n")
+    out = tmp_path / "run"
+    args = [sys.executable, "-m", "edgeda", "train", "--method", "dann", "--config", str(cfg), "--out", str(out),
+            *_npz_domains(tmp_path)]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 120
+    while not (out / "checkpoints" / "ckpt-0000010.json").exists():
+        assert proc.poll() is None, proc.stderr.read().decode()
+        assert time.time() < deadline, "no checkpoint after 120 s"
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (out / "model.edgeda").exists()
+    from edgeda.train.checkpoint import load_latest
+
+    killed_at = load_latest(out / "checkpoints")[0]
+    assert killed_at >= 10
+    res = CliRunner().invoke(main, [*args[3:], "--resume", "--iters", str(killed_at + 10)])  # same command, in-process
+    assert res.exit_code == 0, res.output
+    assert f"resumed from iteration {killed_at}" in res.output
+    info = json.loads((out / "summary.json").read_text())
+    assert Bundle(info["bundle"]).manifest["training"]["iterations"] == killed_at + 10
+    assert "target_test_acc" in info["metrics"]
+
+
+# -- non-finite losses through the CLI ------------------------------------------------------------
+def test_nonfinite_loss_via_cli_stops_with_iteration_or_skips(tmp_path, monkeypatch):
+    from edgeda.methods.source_only import SourceOnly
+
+    orig = SourceOnly.step
+    calls = {"n": 0}
+
+    def poisoned(self, s, t):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            s.x = s.x * float("inf")
+        return orig(self, s, t)
+
+    monkeypatch.setattr(SourceOnly, "step", poisoned)
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("backbone_kwargs: {width: 8, out_dim: 32}\nbatch_size: 8\ncheckpoint_every: 2\neval_every: 2\n"
+                   "iters: 4\ndevice: cpu\n")
+    base = ["train", "--method", "source_only", "--config", str(cfg), *_npz_domains(tmp_path)]
+    res = CliRunner().invoke(main, [*base, "--out", str(tmp_path / "a")])
+    assert res.exit_code == 2 and "non-finite at iteration 3" in res.output and "Traceback" not in res.output
+    assert (tmp_path / "a" / "checkpoints" / "ckpt-0000002.json").exists()
+    assert not (tmp_path / "a" / "model.edgeda").exists()
+    calls["n"] = 0
+    res = CliRunner().invoke(main, [*base, "--out", str(tmp_path / "b"), "--skip-nonfinite", "--json"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.output)["skipped_steps"] == 1
+
+
+def test_checkpoint_writes_clean_up_temporaries_of_killed_writes(tmp_path):
+    import torch
+
+    from edgeda.train.checkpoint import list_checkpoints, load_latest, save_checkpoint
+
+    folder = tmp_path / "checkpoints"
+    save_checkpoint(folder, 1, {"w": torch.ones(3)})
+    (folder / ".ckpt-0000002.safetensors.abc123.tmp").write_bytes(b"half a tensor file")  # a kill mid-write
+    (folder / "ckpt-0000002.safetensors").write_bytes(b"torn")  # tensors renamed, JSON never written
+    assert load_latest(folder)[0] == 1
+    (folder / "ckpt-0000003.json").write_text("{not json")  # torn JSON
+    assert load_latest(folder)[0] == 1
+    save_checkpoint(folder, 4, {"w": torch.zeros(3)}, keep=2)
+    assert not list(folder.glob(".ckpt-*.tmp"))
+    assert not (folder / "ckpt-0000002.safetensors").exists()
+    it, state = load_latest(folder)
+    assert it == 4 and torch.equal(state["w"], torch.zeros(3))
+    assert list_checkpoints(folder)[-1] == 4

@@ -33,19 +33,33 @@ from readme_tables import fmt_pct, replace_block  # noqa: E402
 RESULTS = ROOT / "benchmarks" / "results"
 PAIR = {"source": "syndigits", "target": "handwritten"}
 
+_CPU_GAN = {"g_width": 8, "g_kernel": 3, "d_width": 16}
+
 # Shared settings per profile; per-method entries override them (state iterations per method).
 PROFILES: dict[str, dict] = {
     "cpu": {
         "common": {"iters": 3000, "batch_size": 32, "lr": 0.01, "backbone": "dtn",
                    "backbone_kwargs": {"width": 16, "out_dim": 128}, "source_n": 10000, "eval_every": 500,
                    "checkpoint_every": 100000, "device": "cpu"},
-        "methods": {},
+        # Pixel-level methods cost 3-15x a source-only iteration on a CPU (generators at full
+        # resolution): fewer iterations and small refiners (width 8, 3x3 end convs, PatchGAN 16).
+        "methods": {
+            "pixelda": {"iters": 1000, "eval_every": 250, "options": dict(_CPU_GAN)},
+            "suit": {"iters": 1000, "eval_every": 250, "options": dict(_CPU_GAN)},
+            # CycleGAN: 300 GAN iterations, then 1700 classifier iterations on translated images
+            "cyclegan": {"iters": 2000, "options": {**_CPU_GAN, "gan_fraction": 0.15}},
+            "fgbg_cyclegan": {"iters": 2000, "options": {**_CPU_GAN, "gan_fraction": 0.15}},
+            "label2image": {"iters": 1500, "options": {"g_width": 16, "d_width": 32}},
+        },
     },
     "gpu": {
         "common": {"iters": 10000, "batch_size": 64, "lr": 0.01, "backbone": "dtn",
                    "backbone_kwargs": {"width": 32, "out_dim": 256}, "source_n": 30000, "eval_every": 1000,
                    "checkpoint_every": 100000, "device": "auto"},
-        "methods": {},
+        "methods": {  # pixel-level methods: the method defaults (width-16 refiners) and GAN stages of 30%
+            "cyclegan": {"options": {"gan_fraction": 0.3}},
+            "fgbg_cyclegan": {"options": {"gan_fraction": 0.3}},
+        },
     },
 }
 

@@ -144,6 +144,8 @@ def eval_cmd(bundle, data, confusion_png, device, as_json) -> None:
     if m["load_report"]["skipped"]:
         click.echo(f"  skipped {m['load_report']['skipped']} unreadable files")
     click.echo(f"confusion matrix: {m['confusion_png']}")
+    if m.get("samples_png"):
+        click.echo(f"sample grid (last training evaluation): {m['samples_png']}")
 
 
 @main.command()

@@ -32,6 +32,9 @@ def evaluate_bundle(bundle: str | Path | Bundle, data: str | None = None, *, con
     metrics["data"] = spec
     metrics["bundle"] = str(b.path)
     metrics["load_report"] = dom.report.to_dict()
+    grid = b.manifest.get("metrics", {}).get("samples_png")
+    if grid:  # pixel-level methods: the last training sample grid (source | refined / generated)
+        metrics["samples_png"] = grid
     if confusion_png:
         metrics["confusion_png"] = str(plot_confusion(metrics, task.classes, confusion_png,
                                                       f"{b.path.name} on {spec}: {metrics['accuracy']:.1%}"))

@@ -1,5 +1,5 @@
 """Backbones, heads, discriminators, generators/refiners and small layers."""
-from . import backbones, classifier, conditional  # noqa: F401  (register entries)
+from . import backbones, classifier, conditional, generators, patchgan  # noqa: F401  (register entries)
 from .classifier import Classifier
 from .discriminators import DomainClassifier
 from .layers import GradientReversal, dann_coefficient, gradient_reversal

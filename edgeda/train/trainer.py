@@ -259,10 +259,10 @@ class Trainer:
                 buffers = [b.clone() for b in self.method.nets.buffers()] if cfg.skip_nonfinite else None
                 try:
                     losses = self.method.step(source, target)
-                except NonFiniteLoss:
+                except NonFiniteLoss as e:
                     if not cfg.skip_nonfinite:
                         raise TrainingDiverged(
-                            f"loss became non-finite at iteration {it + 1}; the last good checkpoint is kept in "
+                            f"loss became non-finite or exploded ({e}) at iteration {it + 1}; the last good checkpoint is kept in "
                             f"{self.ckpt_dir} (resume with --resume, or pass --skip-nonfinite to skip such steps)"
                         ) from None
                     with torch.no_grad():  # the forward pass already fed the bad batch to BatchNorm statistics
@@ -332,6 +332,9 @@ class Trainer:
             full = evaluate_classifier(self.method.classifier, self.domains.target_test, self.task, self.device)
             metrics["target_test_per_class"] = full["per_class"]
         metrics["selected_iteration"] = selected
+        grids = [h["samples_png"] for h in self.history if "samples_png" in h]
+        if grids:  # the last sample grid, whichever evaluation was selected
+            metrics["samples_png"] = grids[-1]
         bundle_path = self.run_dir / "model.edgeda"
         write_bundle(
             bundle_path, {n: m.to("cpu") for n, m in modules.items()}, self.task,

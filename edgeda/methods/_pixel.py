@@ -1,0 +1,83 @@
+"""Shared plumbing of the pixel-level methods (PixelDA, CycleGAN, fore/background CycleGAN, SUIT,
+Label2Image): generator/discriminator construction, tanh <-> input space, the GAN optimizers, the
+loss-explosion guard, the sample grid and the deployables. Losses live in
+:mod:`edgeda.models.gan_utils` and :mod:`edgeda.models.conditional`.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..models import build
+from ..models.conditional import gan_loss, input_to_tanh, tanh_to_input
+from ..models.gan_utils import write_sample_grid
+from ..models.patchgan import PatchDiscriminator
+from .base import Batch, Method, NonFiniteLoss
+
+# Options every pixel-level method takes (sized for 32x32 digits on a CPU).
+PIXEL_DEFAULTS = {
+    "g_width": 16,      # generator base channels
+    "g_blocks": 2,      # residual blocks
+    "g_kernel": 7,      # first/last conv kernel (reflection padded)
+    "d_width": 32,      # PatchGAN base channels
+    "d_layers": 2,      # PatchGAN stride-2 stages
+    "gan": "lsgan",     # GAN objective: lsgan | nonsat | hinge
+    "lr_g": 2e-4,       # Adam learning rate of generators and discriminators (betas 0.5, 0.999)
+    "max_loss": 1e3,    # a loss above this stops the run as diverged (the last checkpoint is kept)
+}
+
+
+class PixelMethod(Method):
+    """Base of the pixel-level methods: ``self.nets["refiner"]`` is the shipped image-to-image G."""
+
+    # -- construction ---------------------------------------------------------------------------
+    def make_refiner(self, noise_dim: int = 0) -> nn.Module:
+        o, t = self.opts, self.task
+        return build("resnet_generator", channels=t.channels, width=int(o["g_width"]), n_blocks=int(o["g_blocks"]),
+                     n_down=1, kernel=int(o["g_kernel"]), noise_dim=noise_dim, image_size=t.image_size[0])
+
+    def make_discriminator(self) -> nn.Module:
+        return PatchDiscriminator(self.task.channels, int(self.opts["d_width"]), int(self.opts["d_layers"]))
+
+    def make_gan_optimizer(self, params) -> torch.optim.Optimizer:
+        """Adam(lr_g, betas 0.5/0.999, no weight decay); the trainer's LR schedule still scales it."""
+        opt = self.make_optimizer(params, lr_mult=float(self.opts["lr_g"]) / self.optim_cfg.lr, name="adam")
+        for g in opt.param_groups:
+            g["weight_decay"] = 0.0
+        return opt
+
+    # -- spaces and losses ----------------------------------------------------------------------
+    def to_tanh(self, x: torch.Tensor) -> torch.Tensor:
+        return input_to_tanh(x, self.task.mean, self.task.std)
+
+    def to_input(self, x: torch.Tensor) -> torch.Tensor:
+        return tanh_to_input(x, self.task.mean, self.task.std)
+
+    def gan(self, logits: torch.Tensor, real: bool, generator: bool = False) -> torch.Tensor:
+        kind = self.opts["gan"]
+        if generator and kind == "hinge":
+            return -logits.float().mean()
+        return gan_loss(logits, real, kind)
+
+    def update(self, loss: torch.Tensor, *optim_names: str, retain_graph: bool = False) -> None:
+        """As :meth:`Method.update`, and a loss above ``max_loss`` counts as diverged (before any change)."""
+        value = float(loss.detach())
+        if value > float(self.opts["max_loss"]):
+            raise NonFiniteLoss(f"exploded: {value:.4g} > max_loss {self.opts['max_loss']:g} "
+                                f"(updating {', '.join(optim_names) or 'all'})")
+        super().update(loss, *optim_names, retain_graph=retain_graph)
+
+    # -- what ships and what a person sees --------------------------------------------------------
+    def deployables(self) -> dict[str, nn.Module]:
+        return {"classifier": self.classifier, "refiner": self.nets["refiner"]}
+
+    def display_panels(self, source: Batch, target: Batch | None) -> list[torch.Tensor]:
+        """Panels of the sample grid, in tanh space: source | refined source."""
+        xs = self.to_tanh(source.x)
+        return [xs, self.nets["refiner"](xs)]
+
+    def visualize(self, folder, iteration: int, source: Batch, target: Batch | None):
+        panels = self.display_panels(source, target)
+        return write_sample_grid(Path(folder) / f"samples_{iteration:06d}.png", panels, source.y)

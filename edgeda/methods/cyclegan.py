@@ -1,0 +1,79 @@
+"""CycleGAN refinement (GeneSIS-RT): translate source to target, then train on translated images."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from ..models.gan_utils import ImagePool, cycle_loss
+from ._pixel import PIXEL_DEFAULTS, PixelMethod
+from .base import Batch
+from .registry import METHODS
+
+
+@METHODS.register("cyclegan")
+class CycleGANRefinement(PixelMethod):
+    """GeneSIS-RT: unpaired CycleGAN source <-> target, then the task model on G(x_s) with y_s.
+
+    Stein & Roy, "GeneSIS-RT: Generating Synthetic Images for training Secondary Real-world Tasks",
+    ICRA 2018; CycleGAN: Zhu, Park, Isola & Efros, ICCV 2017; semantic consistency: Hoffman et al.,
+    "CyCADA", ICML 2018.
+
+    Stage 1 (the first ``gan_fraction`` of the iterations), G: S -> T, F: T -> S, PatchGANs D_T, D_S:
+      min_{G,F} max_{D_T,D_S} L_gan(G, D_T) + L_gan(F, D_S) + l_cyc (||F(G(x_s)) - x_s||_1 + ||G(F(x_t)) - x_t||_1)
+                              + l_sem CE(C(G(x_s)), y_s)        (CyCADA's semantic loss; 0 = plain GeneSIS-RT)
+    while the classifier C learns the source, CE(C(x_s), y_s), so the semantic loss has a teacher
+    (C is not updated by the semantic loss). Discriminators see a history pool of 50 fakes.
+    Stage 2: G is frozen; C is trained on translated source images only, CE(C(G(x_s)), y_s).
+
+    Defaults: ``gan_fraction`` 0.5, l_cyc = 10 (``cycle``), l_sem = 1 (``semantic``), LSGAN, pool 50,
+    plus the pixel-method defaults. The shipped refiner is G.
+    """
+
+    summary = "CycleGAN source<->target, then the classifier on translated source images (GeneSIS-RT; CyCADA semantic loss)"
+    defaults = {**PIXEL_DEFAULTS, "gan_fraction": 0.5, "cycle": 10.0, "semantic": 1.0, "pool": 50}
+
+    def build(self) -> None:
+        self.nets["classifier"] = self.make_classifier()
+        self.nets["refiner"] = self.make_refiner()        # G: source -> target
+        self.nets["inverse"] = self.make_refiner()        # F: target -> source
+        self.nets["disc_t"] = self.make_discriminator()
+        self.nets["disc_s"] = self.make_discriminator()
+        self.optims["classifier"] = self.make_optimizer(self.classifier.parameters())
+        self.optims["gen"] = self.make_gan_optimizer(list(self.nets["refiner"].parameters()) + list(self.nets["inverse"].parameters()))
+        self.optims["disc"] = self.make_gan_optimizer(list(self.nets["disc_t"].parameters()) + list(self.nets["disc_s"].parameters()))
+        self.pool_t, self.pool_s = ImagePool(int(self.opts["pool"]), 1), ImagePool(int(self.opts["pool"]), 2)
+
+    def source_cycle_loss(self, reconstructed: torch.Tensor, original: torch.Tensor, source: Batch) -> torch.Tensor:
+        """||F(G(x_s)) - x_s||_1; the fore/background variant overrides this."""
+        return cycle_loss(reconstructed, original)
+
+    def step(self, source: Batch, target: Batch | None) -> dict[str, float]:
+        if self.progress >= float(self.opts["gan_fraction"]):
+            return self.task_step(source)
+        o = self.opts
+        G, Fi, Dt, Ds = self.nets["refiner"], self.nets["inverse"], self.nets["disc_t"], self.nets["disc_s"]
+        xs, xt = self.to_tanh(source.x), self.to_tanh(target.x)
+        with self.autocast():
+            fake_t, fake_s = G(xs), Fi(xt)
+            adv = self.gan(Dt(fake_t), True, generator=True) + self.gan(Ds(fake_s), True, generator=True)
+            cyc = self.source_cycle_loss(Fi(fake_t), xs, source) + cycle_loss(G(fake_s), xt)
+            sem = F.cross_entropy(self.classifier(self.to_input(fake_t)).float(), source.y)
+            g_loss = adv + o["cycle"] * cyc + o["semantic"] * sem
+        self.update(g_loss, "gen")  # C's gradients from sem are dropped: its own update zeroes them first
+        with self.autocast():
+            ce_src = F.cross_entropy(self.classifier(source.x).float(), source.y)
+        self.update(ce_src, "classifier")
+        with self.autocast():
+            d_loss = 0.5 * (self.gan(Dt(xt), True) + self.gan(Dt(self.pool_t.query(fake_t)), False)
+                            + self.gan(Ds(xs), True) + self.gan(Ds(self.pool_s.query(fake_s)), False))
+        self.update(d_loss, "disc")
+        return {"loss/g_adv": adv.item(), "loss/cycle": cyc.item(), "loss/semantic": sem.item(),
+                "loss/d": d_loss.item(), "loss/cls": ce_src.item()}
+
+    def task_step(self, source: Batch) -> dict[str, float]:
+        with torch.no_grad(), self.autocast():
+            refined = self.to_input(self.nets["refiner"](self.to_tanh(source.x)))
+        with self.autocast():
+            loss = F.cross_entropy(self.classifier(refined).float(), source.y)
+        self.update(loss, "classifier")
+        return {"loss/cls_refined": loss.item()}

@@ -1,0 +1,104 @@
+"""Label2Image-DA: generate labeled target-like images from labels, then train on them."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..models import build
+from ..models.conditional import ImageDiscriminator
+from ._pixel import PIXEL_DEFAULTS, PixelMethod
+from .base import Batch
+from .losses import entropy
+from .registry import METHODS
+
+
+@METHODS.register("label2image")
+class Label2Image(PixelMethod):
+    """Label2Image-DA: a class-conditional G(y, z) learns target-style images of each class.
+
+    Li, Cao, Wu & Wong, "Generating Target Image-Label Pairs for Unsupervised Domain Adaptation",
+    IEEE TIP 2020. G(y, z) is the shared :class:`~edgeda.models.conditional.ConditionalGenerator`.
+
+    Phase 1 (progress < ``phase1``): C learns the source,      L_C = CE(C(x_s), y_s).
+    Phase 2 (< ``phase2``): G and D (unconditional, spectral norm) adversarially on target images,
+      min_G max_D  L_adv(D, G) + l_sem CE(C(G(y, z)), y)    (C fixed, in eval mode, as the teacher)
+    Phase 3: generated pairs join training (G and D keep training),
+      L_C = CE(C(x_s), y_s) + l_gen CE(C(G(y, z)), y) + l_reg H(C(x_t))
+    where the optional regulariser H is the mean prediction entropy on target images (our reading
+    of L_reg: the entropy term of the clustering regulariser of the same authors' 3C-GAN; 0 turns
+    it off). y ~ uniform over classes, z ~ N(0, I).
+
+    Defaults: phases at 0.3 / 0.6 of the iterations, l_sem = 1, l_gen = 1, l_reg = 0.1,
+    non-saturating GAN loss, Adam 2e-4 (betas 0.5, 0.999), z_dim 64, generator width 32,
+    discriminator width 32. Ships G as ``"generator"`` (not ``"refiner"``: its inputs are a label
+    and a noise vector, not an image).
+    """
+
+    summary = "class-conditional G(y,z) on target images with the task model as semantic teacher; train on generated pairs (Li et al. 2020)"
+    defaults = {"g_width": 32, "d_width": 32, "z_dim": 64, "gan": "nonsat", "lr_g": 2e-4,
+                "max_loss": PIXEL_DEFAULTS["max_loss"], "phase1": 0.3, "phase2": 0.6, "semantic": 1.0,
+                "gen_weight": 1.0, "reg": 0.1}
+
+    def build(self) -> None:
+        t, o = self.task, self.opts
+        self.nets["classifier"] = self.make_classifier()
+        self.nets["generator"] = build("conditional_generator", num_classes=t.num_classes, channels=t.channels,
+                                       image_size=t.image_size[0], z_dim=int(o["z_dim"]), width=int(o["g_width"]))
+        self.nets["disc"] = ImageDiscriminator(t.channels, t.image_size[0], int(o["d_width"]))
+        self.optims["classifier"] = self.make_optimizer(self.classifier.parameters())
+        self.optims["generator"] = self.make_gan_optimizer(self.nets["generator"].parameters())
+        self.optims["disc"] = self.make_gan_optimizer(self.nets["disc"].parameters())
+
+    def deployables(self) -> dict[str, nn.Module]:
+        return {"classifier": self.classifier, "generator": self.nets["generator"]}
+
+    def _teacher_logits(self, x: torch.Tensor) -> torch.Tensor:
+        """C in eval mode (BatchNorm running statistics) so generated batches do not shift it."""
+        was = self.classifier.training
+        self.classifier.eval()
+        try:
+            return self.classifier(x).float()
+        finally:
+            self.classifier.train(was)
+
+    def step(self, source: Batch, target: Batch | None) -> dict[str, float]:
+        o, p = self.opts, self.progress
+        out: dict[str, float] = {}
+        fake = y = None
+        if p >= float(o["phase1"]):
+            fake, y, gan_out = self.gan_step(len(source), target)
+            out.update(gan_out)
+        if p < float(o["phase1"]) or p >= float(o["phase2"]):
+            with self.autocast():
+                ce_src = F.cross_entropy(self.classifier(source.x).float(), source.y)
+                loss = ce_src
+                out["loss/cls_src"] = ce_src.item()
+                if fake is not None:
+                    logits = self.classifier(torch.cat([self.to_input(fake.detach()), target.x])).float()
+                    ce_gen = F.cross_entropy(logits[: len(y)], y)
+                    ent = entropy(logits[len(y):]).mean()
+                    loss = loss + o["gen_weight"] * ce_gen + o["reg"] * ent
+                    out.update({"loss/cls_gen": ce_gen.item(), "loss/target_entropy": ent.item()})
+            self.update(loss, "classifier")
+        return out
+
+    def gan_step(self, n: int, target: Batch):
+        G, D = self.nets["generator"], self.nets["disc"]
+        xt = self.to_tanh(target.x)
+        with self.autocast():
+            fake, y = G.sample(n)
+            d_loss = 0.5 * (self.gan(D(xt), True) + self.gan(D(fake.detach()), False))
+        self.update(d_loss, "disc")
+        with self.autocast():
+            adv = self.gan(D(fake), True, generator=True)
+            sem = F.cross_entropy(self._teacher_logits(self.to_input(fake)), y)
+            g_loss = adv + self.opts["semantic"] * sem
+        self.update(g_loss, "generator")
+        return fake, y, {"loss/d": d_loss.item(), "loss/g_adv": adv.item(), "loss/semantic": sem.item()}
+
+    def display_panels(self, source: Batch, target: Batch | None) -> list[torch.Tensor]:
+        """source | G(y, z) for the same labels, with a fixed z so grids are comparable over time."""
+        G = self.nets["generator"]
+        z = torch.randn(len(source), G.z_dim, generator=torch.Generator().manual_seed(0)).to(source.x.device)
+        return [self.to_tanh(source.x), G(source.y, z)]

@@ -1,0 +1,59 @@
+"""SUIT: simplified (one-way) unsupervised image translation with a semantic-content loss."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from ._pixel import PIXEL_DEFAULTS, PixelMethod
+from .base import Batch
+from .registry import METHODS
+
+
+@METHODS.register("suit")
+class SUIT(PixelMethod):
+    """SUIT: one translator G: S -> T (no inverse), trained with the task model C = head(f(.)).
+
+    Li, Cao, Jiao, Wu & Wong, "Simplified Unsupervised Image Translation for Semantic Segmentation
+    Adaptation", Pattern Recognition 2020 (here for classification).
+
+    min_{G,C} max_D  L_adv(D, G) + L_semCon(G) + L_task(C), with
+      L_adv    = E[log D(x_t)] + E[log(1 - D(G(x_s)))]                   (LSGAN by default, PatchGAN D)
+      L_semCon = l_sem CE(C(G(x_s)), y_s) + l_con ||f(G(x_s)) - f(x_s)||^2   (f = the task features)
+      L_task   = CE(C(x_s), y_s) + CE(C(G(x_s)), y_s)
+    One D step, then one joint G + C step on the sum (C also minimises the content term, as in the
+    joint min over G and C; the cycle of CycleGAN is replaced by these semantic constraints).
+
+    Defaults: l_adv = 1 (``adv``), l_sem = 1 (``semantic``), l_con = 1 (``content``), plus the
+    pixel-method defaults. The shipped refiner is G.
+    """
+
+    summary = "one-way translator G with semantic-content loss, classifier on source and translated images (Li et al. 2020)"
+    defaults = {**PIXEL_DEFAULTS, "adv": 1.0, "semantic": 1.0, "content": 1.0}
+
+    def build(self) -> None:
+        self.nets["classifier"] = self.make_classifier()
+        self.nets["refiner"] = self.make_refiner()
+        self.nets["disc"] = self.make_discriminator()
+        self.optims["classifier"] = self.make_optimizer(self.classifier.parameters())
+        self.optims["refiner"] = self.make_gan_optimizer(self.nets["refiner"].parameters())
+        self.optims["disc"] = self.make_gan_optimizer(self.nets["disc"].parameters())
+
+    def step(self, source: Batch, target: Batch | None) -> dict[str, float]:
+        o, ns = self.opts, len(source)
+        D, G = self.nets["disc"], self.nets["refiner"]
+        xs, xt = self.to_tanh(source.x), self.to_tanh(target.x)
+        with self.autocast():
+            fake = G(xs)
+            d_loss = 0.5 * (self.gan(D(xt), True) + self.gan(D(fake.detach()), False))
+        self.update(d_loss, "disc")
+        with self.autocast():
+            adv = self.gan(D(fake), True, generator=True)
+            feats, logits = self.classifier.forward_features(torch.cat([source.x, self.to_input(fake)]))
+            logits = logits.float()
+            ce_src = F.cross_entropy(logits[:ns], source.y)
+            ce_gen = F.cross_entropy(logits[ns:], source.y)
+            content = F.mse_loss(feats[ns:].float(), feats[:ns].float())
+            loss = o["adv"] * adv + o["semantic"] * ce_gen + o["content"] * content + ce_src + ce_gen
+        self.update(loss, "refiner", "classifier")
+        return {"loss/d": d_loss.item(), "loss/g_adv": adv.item(), "loss/cls_src": ce_src.item(),
+                "loss/cls_gen": ce_gen.item(), "loss/content": content.item()}

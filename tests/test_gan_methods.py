@@ -1,0 +1,116 @@
+"""Pixel-level methods: a short training run each, what ships, sample grids, two-stage schedules, divergence."""
+import json
+
+import pytest
+import torch
+
+from conftest import tiny_config
+from edgeda.bundle import Bundle
+from edgeda.errors import TrainingDiverged
+from edgeda.methods import METHODS, Batch
+from edgeda.task import TaskSpec
+from edgeda.train import Trainer
+
+TINY = {"g_width": 4, "g_blocks": 1, "g_kernel": 3, "d_width": 4, "d_layers": 1}
+TINY_L2I = {"g_width": 4, "d_width": 4, "z_dim": 8}
+PIXEL = ["pixelda", "cyclegan", "fgbg_cyclegan", "suit"]
+
+
+def _run(tmp_path, method, options, **kw):
+    cfg = tiny_config(tmp_path, method=method, iters=4, eval_every=2, checkpoint_every=2, source_n=100,
+                      options=options, **kw)
+    return Trainer(cfg, progress=False, log=None).run()
+
+
+@pytest.mark.parametrize("method", PIXEL + ["label2image"])
+def test_short_training_run_ships_classifier_and_generator_with_sample_grids(tmp_path, method):
+    res = _run(tmp_path, method, TINY_L2I if method == "label2image" else TINY)
+    b = Bundle(res.bundle)
+    shipped = "generator" if method == "label2image" else "refiner"
+    assert set(b.names) == {"classifier", shipped}
+    grids = sorted((res.run_dir / "samples").glob("*.png"))
+    assert [g.name for g in grids] == ["samples_000002.png", "samples_000004.png"]
+    assert b.manifest["metrics"]["samples_png"] == str(grids[-1])  # the manifest points to the last grid
+    history = [json.loads(line) for line in (res.run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [h["samples_png"] for h in history] == [str(g) for g in grids]
+    assert all(torch.isfinite(v.float()).all() for v in b.module(shipped).state_dict().values())
+    from edgeda.evaluation import evaluate_bundle
+
+    assert evaluate_bundle(b, device="cpu")["samples_png"] == str(grids[-1])
+
+
+def _method(name, **options):
+    task = TaskSpec(10, [str(i) for i in range(10)])
+    m = METHODS.get(name)(task, backbone_kwargs={"width": 8, "out_dim": 32},
+                          options={**(TINY_L2I if name == "label2image" else TINY), **options})
+    m.train()
+    return m
+
+
+def _batches(n=6, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand(n, 3, 32, 32, generator=g) * 2 - 1
+    mask = (torch.rand(n, 1, 32, 32, generator=g) > 0.6).float()
+    return Batch(x, torch.arange(n) % 10, mask), Batch(torch.rand(n, 3, 32, 32, generator=g) * 2 - 1)
+
+
+@pytest.mark.parametrize("name", ["cyclegan", "fgbg_cyclegan"])
+def test_cyclegan_trains_the_gan_then_the_classifier_on_translated_images(name):
+    m = _method(name, gan_fraction=0.5)
+    s, t = _batches()
+    m.progress = 0.1
+    before = {k: v.clone() for k, v in m.nets["refiner"].state_dict().items()}
+    losses = m.step(s, t)
+    assert {"loss/cycle", "loss/g_adv", "loss/d", "loss/cls"} <= set(losses)
+    assert ("loss/fg_hue" in losses) == (name == "fgbg_cyclegan")
+    assert any(not torch.equal(before[k], v) for k, v in m.nets["refiner"].state_dict().items())
+    m.progress = 0.6  # stage 2: the refiner is frozen, only the classifier learns
+    frozen = {k: v.clone() for k, v in m.nets["refiner"].state_dict().items()}
+    clf = {k: v.clone() for k, v in m.classifier.state_dict().items()}
+    assert set(m.step(s, t)) == {"loss/cls_refined"}
+    assert all(torch.equal(frozen[k], v) for k, v in m.nets["refiner"].state_dict().items())
+    assert any(not torch.equal(clf[k], v) for k, v in m.classifier.state_dict().items())
+
+
+def test_fgbg_without_masks_falls_back_to_the_plain_cycle():
+    m = _method("fgbg_cyclegan")
+    s, t = _batches()
+    s.mask = None
+    assert "loss/fg_hue" not in m.step(s, t)
+
+
+def test_label2image_phases():
+    m = _method("label2image", phase1=0.3, phase2=0.6)
+    s, t = _batches(8)
+    m.progress = 0.0
+    assert set(m.step(s, t)) == {"loss/cls_src"}
+    clf = {k: v.clone() for k, v in m.classifier.state_dict().items()}
+    m.progress = 0.4  # phase 2: only G and D, the classifier is the fixed teacher
+    assert set(m.step(s, t)) == {"loss/d", "loss/g_adv", "loss/semantic"}
+    assert all(torch.equal(clf[k], v) for k, v in m.classifier.state_dict().items())
+    m.progress = 0.8
+    assert {"loss/cls_gen", "loss/target_entropy", "loss/semantic"} <= set(m.step(s, t))
+
+
+def test_pixelda_without_masks_uses_the_whole_image_content_loss():
+    m = _method("pixelda")
+    s, t = _batches()
+    s.mask = None
+    assert m.step(s, t)["loss/content"] >= 0
+
+
+def test_exploding_loss_stops_the_run_with_a_clear_message_and_keeps_the_checkpoint(tmp_path, monkeypatch):
+    from edgeda.methods.suit import SUIT
+
+    orig, calls = SUIT.step, {"n": 0}
+
+    def blow_up(self, s, t):  # at step 3 the content loss weight jumps: a finite but exploding loss
+        calls["n"] += 1
+        if calls["n"] == 3:
+            self.opts["content"] = 1e9
+        return orig(self, s, t)
+
+    monkeypatch.setattr(SUIT, "step", blow_up)
+    with pytest.raises(TrainingDiverged, match=r"exploded: .* > max_loss 1000 .* iteration 3"):
+        _run(tmp_path, "suit", TINY)
+    assert (tmp_path / "run" / "checkpoints" / "ckpt-0000002.json").exists()

@@ -80,12 +80,17 @@ def write_bundle(
             fname = f"{name}.safetensors"
             _save_module(module, tmp / fname)
             manifest["deployables"][name] = {"file": fname, "arch": arch_of(module)}
-        for rel, src in (extra_files or {}).items():
-            dst = tmp / safe_relpath(rel)
-            dst.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(src, dst)
+        _copy_into(tmp, extra_files or {})
         _finish_manifest(tmp, manifest)
     return path
+
+
+def _copy_into(folder: Path, files: dict[str, Path]) -> None:
+    """Copy ``{relative name in the bundle: source file}`` into ``folder`` (names validated)."""
+    for rel, src in files.items():
+        dst = folder / safe_relpath(rel)
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(src, dst)
 
 
 def _finish_manifest(folder: Path, manifest: dict) -> None:
@@ -208,13 +213,7 @@ def update_bundle(src: str | Path, dst: str | Path | None = None, *, add_files: 
         else:
             manifest[k] = v
     with atomic_dir(dst) as tmp:
-        for rel in bundle.manifest["files"]:
-            out = tmp / rel
-            out.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(bundle.file(rel), out)
-        for rel, f in (add_files or {}).items():
-            out = tmp / safe_relpath(rel)
-            out.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(f, out)
+        _copy_into(tmp, {rel: bundle.file(rel) for rel in bundle.manifest["files"]})
+        _copy_into(tmp, add_files or {})
         _finish_manifest(tmp, manifest)
     return dst

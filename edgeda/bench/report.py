@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..utils import save_figure
+
 
 def _label(r: dict) -> str:
     return f"{r['backend']} {r['precision']} b{r['batch']}"
@@ -49,9 +51,4 @@ def plot(result: dict, path: str | Path) -> Path:
     ax.set_title(f"{Path(result['bundle']).name} on {m.get('gpu') or m.get('cpu', '?')} "
                  f"(whiskers p1-p99)", fontsize=9)
     ax.grid(axis="y", alpha=0.3)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)

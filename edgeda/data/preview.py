@@ -5,6 +5,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..utils import save_figure
 from .domain import Domain
 
 
@@ -27,9 +28,4 @@ def preview_grid(domain: Domain, path: str | Path, n: int = 64, cols: int = 8, s
             name = domain.classes[domain.labels[i]] if domain.classes else str(domain.labels[i])
             ax.set_title(name, fontsize=8)
     fig.suptitle(f"{domain.name} ({len(domain)} images)", fontsize=9)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=100)

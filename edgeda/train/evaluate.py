@@ -9,6 +9,7 @@ import torch
 from ..data.domain import Domain
 from ..data.transforms import to_float_nchw
 from ..task import TaskSpec
+from ..utils import save_figure
 
 
 @torch.no_grad()
@@ -82,9 +83,4 @@ def plot_confusion(metrics: dict, classes: list[str], path: str | Path, title: s
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
     ax.set_title(title or f"accuracy {metrics['accuracy']:.1%} (n={metrics['n']})")
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)

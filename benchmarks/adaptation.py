@@ -92,7 +92,7 @@ def run_one(profile: str, method: str, seed: int, out_root: Path) -> dict:
         "source_val_acc": res.metrics.get("source_val_acc"), "target_test_acc": res.metrics.get("target_test_acc"),
         "target_entropy": res.metrics.get("target_entropy"), "selected_iteration": res.metrics.get("selected_iteration"),
         "history": res.history, "wall_time_s": round(wall, 1), "step_time_s": round(res.step_time, 5),
-        "torch_threads": torch.get_num_threads(), "machine": machine_info(),
+        "torch_threads": torch.get_num_threads(), "machine": machine_info(), "load_avg_1min_end": os.getloadavg()[0],
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
     }
 
@@ -172,7 +172,9 @@ def markdown(summary: dict) -> str:
     lines = [
         f"`{summary['pair']['source']} -> {summary['pair']['target']}`, profile `{summary['profile']}`, "
         f"mean ± std over seeds; target = `handwritten:test` (labels used for this report only). "
-        f"Machine: {machine.get('gpu') or machine['cpu']}, {machine['cores']} cores, torch {machine['torch']}.",
+        f"Machine: {machine.get('gpu') or machine['cpu']}, {machine['cores']} cores, torch {machine['torch']}. "
+        "Wall time is per run as measured; runs shared the machine with other jobs at different loads "
+        "(recorded per run in its JSON where available), so wall times are not comparable across rows.",
         "",
         "| method | target acc % | gain vs source-only (points) | source val acc % | iterations | seeds | wall time / run (s) |",
         "|---|---|---|---|---|---|---|",

@@ -179,6 +179,12 @@ def markdown(summary: dict) -> str:
         "| method | target acc % | gain vs source-only (points) | source val acc % | iterations | seeds | wall time / run (s) |",
         "|---|---|---|---|---|---|---|",
     ]
+    est_file = RESULTS / f"adaptation-estimate-{summary['profile']}.json"
+    if est_file.exists():
+        est = json.loads(est_file.read_text())
+        lines[0] += (f" Estimated duration of the whole table ({len(est['methods'])} methods x {est['seeds']} seeds) on "
+                     f"{est['machine']['cpu']} from timed short runs (`--estimate`, load {est.get('load_avg_1min', '?')}): "
+                     f"~{est['est_total_s'] / 60:.0f} min.")
     order = sorted(rows, key=lambda m: (m != "source_only", -rows[m]["target_test_acc"]["mean"]))
     for m in order:
         r = rows[m]
@@ -217,6 +223,7 @@ def main(argv=None) -> int:
         methods = list(METHODS) if args.methods == "all" else args.methods.split(",")
         est = estimate(args.profile, methods, len(args.seeds.split(",")))
         est["machine"] = machine_info()
+        est["load_avg_1min"] = round(os.getloadavg()[0], 1)
         est["date"] = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
         (RESULTS / f"adaptation-estimate-{args.profile}.json").write_text(json.dumps(est, indent=1) + "\n")
         print(f"whole table ({len(methods)} methods x {est['seeds']} seeds): ~{est['est_total_s'] / 60:.0f} min")

@@ -96,7 +96,7 @@ def test_tent_adapts_skips_corrupt_files_keeps_input_and_exports(shipped, tmp_pa
 @pytest.mark.parametrize("method", ["shot", "3cgan"])
 def test_methods_run_and_write_bundle(shipped, tmp_path, method):
     bundle, target = shipped
-    r = adapt(bundle, target, tmp_path / "o.edgeda", method=method, iters=3, batch=8,
+    r = adapt(bundle, target, tmp_path / "o.edgeda", method=method, iters=3, batch=8, select="last",
               options={"g_width": 8, "d_width": 8} if method == "3cgan" else None)
     assert r.iterations == 3 and not r.collapsed
     assert Bundle(r.bundle).manifest["adaptation"]["method"] == method
@@ -143,6 +143,44 @@ def test_collapse_rolls_back_to_last_good_snapshot(shipped, tmp_path, collapser,
     shipped_state, out_state = _state(bundle), _state(r.bundle)
     for k in shipped_state:  # the probe changed nothing before collapsing: the rollback is the shipped model
         assert torch.equal(shipped_state[k], out_state[k]), k
+
+
+class _Sharpener(AdaptMethod):
+    """Test method: sharpens the predictions (scales the logits up) for two steps, then flattens them."""
+
+    name = "sharpen_probe"
+    defaults = {}
+
+    def build(self):
+        self.steps = 0
+
+    def step(self, x, idx=None):
+        self.steps += 1
+        with torch.no_grad():
+            for p in self.classifier.head.parameters():
+                p.mul_(2.0 if self.steps <= 2 else 0.9)
+        return {}
+
+
+@pytest.mark.parametrize("select", ["info_max", "last"])
+def test_selection_writes_the_highest_info_max_state(shipped, tmp_path, select):
+    bundle, target = shipped
+    ADAPT_METHODS.register("sharpen_probe")(_Sharpener)
+    try:
+        r = adapt(bundle, target, tmp_path / "o.edgeda", method="sharpen_probe", iters=6, batch=8, check_every=1,
+                  select=select)
+    finally:
+        del ADAPT_METHODS._entries["sharpen_probe"]
+    sel = Bundle(r.bundle).manifest["adaptation"]["selection"]
+    its, scores = zip(*sel["info_max_per_check"])
+    assert its == (0, 1, 2, 3, 4, 5, 6) and not r.collapsed
+    assert scores[2] > scores[1] > scores[0] and scores[2] > scores[6]  # the probe peaks at step 2
+    want = 2 if select == "info_max" else 6
+    assert sel["rule"] == select and sel["selected_iteration"] == want
+    factor = 4.0 * 0.9 ** (want - 2)
+    np.testing.assert_allclose(_state(r.bundle)["head.weight"], factor * _state(bundle)["head.weight"], rtol=1e-5)
+    # the monitor images are all the target images here: the written model's statistics are the selected state's
+    assert r.after["info_max"] == pytest.approx(scores[want], abs=1e-4)
 
 
 def test_cli_reports_collapse_with_exit_code(shipped, tmp_path, collapser):

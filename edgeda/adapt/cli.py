@@ -21,12 +21,14 @@ from ..cli import emit_json, handle_errors
 @click.option("--export", "do_export", is_flag=True, help="re-export ONNX (and TensorRT where installed) into the new bundle")
 @click.option("--labels", help="labeled domain spec used only to report accuracy before and after")
 @click.option("--option", "options", multiple=True, help="method option key=value (repeatable)")
+@click.option("--select", default="info_max", show_default=True, type=click.Choice(["info_max", "last"]),
+              help="which healthy state to write: highest information maximisation on the target images, or the last")
 @click.option("--seed", default=0, show_default=True)
 @click.option("--threads", type=int, help="CPU threads for torch (default: one per core)")
 @click.option("--json", "as_json", is_flag=True, help="print the result as JSON")
 @handle_errors
 def adapt(bundle, target_dir, out, method, iters, minutes, memory_mb, batch, device, do_export, labels, options,
-          seed, threads, as_json) -> None:
+          select, seed, threads, as_json) -> None:
     """Adapt BUNDLE to unlabeled target images without any source data; write a new bundle.
 
     The input bundle is never modified. If the run collapses (NaN, all predictions in one class,
@@ -42,7 +44,7 @@ def adapt(bundle, target_dir, out, method, iters, minutes, memory_mb, batch, dev
     log = None if as_json else (lambda s: click.echo(s, err=True))
     r = run_adapt(bundle, target_dir, out, method=method, iters=iters, minutes=minutes, memory_mb=memory_mb,
                   batch=batch, device=device, export=do_export, labels=labels, options=opts, seed=seed, threads=threads, log=log,
-                  started_at=started)
+                  started_at=started, select=select)
     if as_json:
         emit_json({"bundle": str(r.bundle), "iterations": r.iterations, "stopped_because": r.stopped_because,
                    "collapsed": r.collapsed, "message": r.message, "wall_time_s": r.wall_time_s,
@@ -54,6 +56,9 @@ def adapt(bundle, target_dir, out, method, iters, minutes, memory_mb, batch, dev
         click.secho(f"warning: {r.message}", fg="yellow", err=True)
     click.echo(f"{method}: {r.iterations} iterations in {r.wall_time_s:.0f}s ({r.stopped_because}); "
                f"peak RSS {r.peak_rss_mb:.0f} MiB" + (f", peak CUDA {r.peak_cuda_mb:.0f} MiB" if r.peak_cuda_mb else ""))
+    sel = r.manifest["selection"]
+    if sel["rule"] == "info_max":
+        click.echo(f"  wrote the state with the highest information maximisation: {sel['written']}")
     click.echo(f"  mean entropy     {b['mean_entropy']:.3f} -> {a['mean_entropy']:.3f}")
     click.echo(f"  mean confidence  {b['mean_confidence']:.3f} -> {a['mean_confidence']:.3f}")
     click.echo(f"  agreement with the shipped model {a['agreement_with_shipped']:.1%}; "

@@ -24,6 +24,8 @@ from .base import ADAPT_METHODS, AdaptMethod, TargetSet
 from .budget import TimeBudget, activation_bytes_per_sample, current_rss_mb, param_bytes, peak_rss_mb, plan_batch
 from .safety import CollapseMonitor, prediction_stats
 
+SELECT_RULES = ("info_max", "last")
+
 
 @dataclass
 class AdaptResult:
@@ -60,7 +62,8 @@ def adapt(bundle: str | Path, target_dir: str | Path, out: str | Path, *, method
           device: str = "auto", export: bool = False, labels: str | None = None, options: dict | None = None,
           seed: int = 0, check_every: int | None = None, monitor_n: int = 512,
           threads: int | None = None, log: Callable[[str], None] | None = None,
-          started_at: float | None = None) -> AdaptResult:
+          started_at: float | None = None, select: str = "info_max",
+          on_check: Callable[[int, dict, torch.nn.Module], None] | None = None) -> AdaptResult:
     """Adapt a shipped bundle to the unlabeled images in ``target_dir``; write the result to ``out``.
 
     ``iters``: iteration cap (default: the method's, or unlimited when only ``minutes`` is given);
@@ -68,7 +71,11 @@ def adapt(bundle: str | Path, target_dir: str | Path, out: str | Path, *, method
     batch size / precision); ``labels``: a labeled domain spec used only to report accuracy before
     and after; ``threads``: CPU threads for torch (default: torch's, one per core; on a busy device 1
     avoids OpenMP threads waiting on each other); ``started_at``: a ``time.perf_counter()`` value to count the budget from (the CLI
-    passes its own start, so imports count too). Returns an :class:`AdaptResult`; the adaptation record is also in the new bundle's
+    passes its own start, so imports count too); ``select``: which healthy state is written —
+    ``"info_max"`` (default) the one whose predictions on the monitor images score highest on
+    information maximisation (confident per image, diverse over the set; no labels), ``"last"``
+    the last one; ``on_check(iteration, stats, classifier)``: called after every check (progress
+    reporting, diagnostics). Returns an :class:`AdaptResult`; the adaptation record is also in the new bundle's
     manifest under ``"adaptation"``.
 
     >>> r = edgeda.adapt("model.edgeda", "camera_frames/", "adapted.edgeda", method="shot", minutes=5)
@@ -81,6 +88,8 @@ def adapt(bundle: str | Path, target_dir: str | Path, out: str | Path, *, method
         raise EdgedaError("--iters must be >= 0")
     if minutes is not None and minutes <= 0:
         raise EdgedaError("--minutes must be positive")
+    if select not in SELECT_RULES:
+        raise EdgedaError(f"--select must be one of {', '.join(SELECT_RULES)}; got {select!r}")
     if batch < 2:
         raise EdgedaError("--batch must be at least 2 (BatchNorm needs batch statistics)")
     method_cls = ADAPT_METHODS.get(method)
@@ -141,9 +150,26 @@ def adapt(bundle: str | Path, target_dir: str | Path, out: str | Path, *, method
     check_every = check_every or max(5, min(50, epoch_iters))
     reserve = 2.0 * stats_s * (1 + (len(lab) / len(dom) if lab is not None else 0)) + 1.0 + (5.0 if export else 0.0)
 
+    scores: list[tuple[int, float]] = []  # (iteration, selection score) of every healthy check
+    best = {"score": -float("inf"), "iteration": None}
+
     def check(it: int) -> str | None:
         stats = prediction_stats(monitor_set.features_logits(m.classifier)[1], mon_ref)
-        return monitor.check(stats, m.classifier)
+        verdict = monitor.check(stats, m.classifier)
+        if on_check is not None:
+            on_check(it, stats, m.classifier)
+        if verdict is None:
+            scores.append((it, round(stats["info_max"], 5)))
+        return verdict
+
+    def keep(it: int, name: str) -> None:
+        """A healthy check: remember this state when the selection rule prefers it."""
+        nonlocal snapshot, good_iter, snapshot_name
+        score = scores[-1][1] if select == "info_max" else float(it)
+        if score >= best["score"]:
+            best.update(score=score, iteration=it)
+            snapshot, snapshot_name = m.state_snapshot(), name
+        good_iter = it
 
     snapshot, good_iter, checks, it = m.state_snapshot(), 0, 0, 0
     snapshot_name = "the shipped model"
@@ -155,7 +181,7 @@ def adapt(bundle: str | Path, target_dir: str | Path, out: str | Path, *, method
         m.prepare(target)
         collapse, checks = check(0), 1
         if collapse is None:
-            snapshot, snapshot_name = m.state_snapshot(), "iteration 0 (after the method's preparation)"
+            keep(0, "iteration 0 (after the method's preparation)")
         log(f"{method}: batch {batch} ({precision}), checks every {check_every} iterations, "
             f"{'until the time budget' if iters_cap is None else f'{iters_cap} iterations'}"
             f"{f' or {minutes:g} min' if minutes else ''}")
@@ -182,20 +208,23 @@ def adapt(bundle: str | Path, target_dir: str | Path, out: str | Path, *, method
         if it % check_every == 0 or it == iters_cap:
             collapse, checks = check(it), checks + 1
             if collapse is None:
-                snapshot, good_iter, snapshot_name = m.state_snapshot(), it, f"iteration {it}"
-                log(f"  iter {it}: " + " ".join(f"{k}={v:.3f}" for k, v in losses.items()))
+                keep(it, f"iteration {it}")
+                log(f"  iter {it}: " + " ".join(f"{k}={v:.3f}" for k, v in losses.items())
+                    + f" | info_max={scores[-1][1]:.3f}")
         budget.record_step(time.perf_counter() - t)
     if collapse is None and it > good_iter:  # the steps since the last check are checked too
         collapse, checks = check(it), checks + 1
         if collapse is None:
-            snapshot, good_iter, snapshot_name = m.state_snapshot(), it, f"iteration {it}"
+            keep(it, f"iteration {it}")
     if collapse is not None:
         stopped = "collapse"
-        message = (f"collapse detected after iteration {it}: {collapse}; rolled back to the last healthy state "
-                   f"({snapshot_name}) and stopped")
+        message = (f"collapse detected after iteration {it}: {collapse}; rolled back to the "
+                   f"{'best' if select == 'info_max' else 'last'} healthy state ({snapshot_name}) and stopped")
         log("WARNING: " + message)
     else:
-        message = f"adapted for {it} iterations; stopped by the {'time budget' if stopped == 'time budget' else 'iteration count'}"
+        message = (f"adapted for {it} iterations; stopped by the "
+                   f"{'time budget' if stopped == 'time budget' else 'iteration count'}; wrote {snapshot_name}"
+                   f"{' (highest info_max on the monitor images)' if select == 'info_max' else ''}")
     m.restore(snapshot)
     clf = m.classifier
     clf.eval()
@@ -213,6 +242,8 @@ def adapt(bundle: str | Path, target_dir: str | Path, out: str | Path, *, method
                    "iterations_cap": iters_cap, "batch_requested": batch_requested,
                    "batch": batch, "precision": precision, "estimated_peak_mb": round(est_mb, 1)},
         "iterations_done": it, "stopped_because": stopped, "last_good_iteration": good_iter,
+        "selection": {"rule": select, "selected_iteration": best["iteration"], "written": snapshot_name,
+                      "info_max_per_check": scores},
         "setup_s": round(setup_s, 2),
         "target": {"dir": str(target_dir), "images_used": len(dom), **_skips(dom.report)},
         "safety": {"status": "rolled_back" if stopped == "collapse" else "ok", "message": message, "checks": checks,

@@ -71,3 +71,29 @@ def test_predict_cli_writes_csv_and_json_and_lists_bad_files(tmp_path, write_png
     assert [int(x[1]) for x in ort_rows] == [p["class"] for p in data["predictions"]]  # same classes on both backends
     r = CliRunner().invoke(main, ["predict", str(src), "--input", str(tmp_path / "nope")])
     assert r.exit_code == 2 and "no such file" in r.output
+
+
+def test_engine_built_with_plugins_needs_the_library(tmp_path, monkeypatch):
+    """An engine built with --plugins cannot load without libedgeda_plugins.so: one clear error
+    (before TensorRT is even asked), and the library is found from --plugins or the environment."""
+    from edgeda.export.trt import resolve_plugin_library
+
+    monkeypatch.delenv("EDGEDA_PLUGIN_LIBRARY", raising=False)
+    assert resolve_plugin_library({"plugin_library": None}, None) is None
+    with pytest.raises(EdgedaError, match="--plugins .*libedgeda_plugins.so"):
+        resolve_plugin_library({"plugin_library": "libedgeda_plugins.so"}, None, "m.plan")
+    with pytest.raises(EdgedaError, match="does not exist"):
+        resolve_plugin_library({}, tmp_path / "missing.so")
+    lib = tmp_path / "libedgeda_plugins.so"
+    lib.write_bytes(b"\x7fELF")
+    assert resolve_plugin_library({"plugin_library": lib.name}, str(lib)) == lib
+    monkeypatch.setenv("EDGEDA_PLUGIN_LIBRARY", str(lib))
+    assert resolve_plugin_library({"plugin_library": lib.name}, None) == lib
+
+
+def test_predict_and_bench_take_a_plugin_library():
+    from edgeda.bench.cli import bench
+    from edgeda.export.cli import predict
+
+    for cmd in (predict, bench):
+        assert "--plugins" in {o for p in cmd.params for o in getattr(p, "opts", [])}

@@ -27,8 +27,10 @@ def _list(text: str, kind=str) -> list:
 @click.option("--rounds", default=5, show_default=True, help="interleaved rounds over the configurations")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False), help="write the full result here ('-': stdout)")
 @click.option("--plot", "plot_out", type=click.Path(dir_okay=False), help="PNG of latency distributions")
+@click.option("--plugins", type=click.Path(dir_okay=False), help="libedgeda_plugins.so, for engines built with --plugins")
 @handle_errors
-def bench(bundle, backend, batch, precision, warmup, iters, seconds, threads, device, rounds, json_out, plot_out) -> None:
+def bench(bundle, backend, batch, precision, warmup, iters, seconds, threads, device, rounds, json_out, plot_out,
+          plugins) -> None:
     """Latency percentiles, throughput and memory per backend x precision x batch."""
     from .harness import bench as run_bench
     from .harness import write_json
@@ -42,7 +44,8 @@ def bench(bundle, backend, batch, precision, warmup, iters, seconds, threads, de
     quiet = json_out == "-"
     res = run_bench(bundle, _list(backend), batches, _list(precision), warmup=warmup,
                     iters=iters if iters is not None or seconds is not None else 100, seconds=seconds,
-                    threads=threads, device=device, rounds=rounds, log=None if quiet else click.echo)
+                    threads=threads, device=device, rounds=rounds, log=None if quiet else click.echo,
+                    plugin_library=plugins)
     if not res["results"]:
         raise EdgedaError("no configuration could run: " + "; ".join(s["reason"] for s in res["skipped"]))
     if plot_out:

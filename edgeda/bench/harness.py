@@ -89,7 +89,7 @@ def time_calls(fn: Callable[[], object], *, iters: int | None = None, seconds: f
 def bench(bundle, backends: Sequence[str] = ("torch", "ort"), batches: Sequence[int] = (1, 8, 32),
           precisions: Sequence[str] = ("fp32",), *, warmup: int = 10, iters: int | None = 100,
           seconds: float | None = None, threads: int | None = None, device: str = "cpu", rounds: int = 5,
-          log: Callable[[str], None] | None = None) -> dict:
+          log: Callable[[str], None] | None = None, plugin_library: str | None = None) -> dict:
     """Benchmark every (backend, precision, batch); returns the JSON-ready result."""
     from ..bundle import Bundle
     from ..export.runtime import make_runner
@@ -112,7 +112,8 @@ def bench(bundle, backends: Sequence[str] = ("torch", "ort"), batches: Sequence[
             before = _rss_mb()
             try:
                 with _PeakRss() as mem:
-                    runner = make_runner(backend, b, precision, device=device, threads=threads)
+                    extra = {"plugin_library": plugin_library} if backend == "trt" else {}
+                    runner = make_runner(backend, b, precision, device=device, threads=threads, **extra)
                     for batch in batches:
                         x = rng.standard_normal((batch, task.channels, *task.image_size)).astype(np.float32)
                         for _ in range(warmup):

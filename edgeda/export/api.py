@@ -224,8 +224,11 @@ def _log_entry(log, name, entry) -> None:
 
 # -- predict ------------------------------------------------------------------------------------
 def predict(bundle: str | Path, input: str | Path, *, backend: str = "ort", precision: str = "fp32",
-            out: str | Path | None = None, batch_size: int = 64, device: str = "cpu", progress: bool = False) -> dict:
+            out: str | Path | None = None, batch_size: int = 64, device: str = "cpu", progress: bool = False,
+            plugin_library: str | Path | None = None) -> dict:
     """Class, class name, confidence and entropy for every image in ``input`` (file or folder).
+
+    ``plugin_library``: libedgeda_plugins.so for a TensorRT engine built with ``--plugins``.
 
     Unreadable files are skipped and listed; ``out`` (``.csv`` or ``.json``) is written atomically.
     """
@@ -244,7 +247,8 @@ def predict(bundle: str | Path, input: str | Path, *, backend: str = "ort", prec
         raise DataError(f"--input {src} has no images (png, jpg, jpeg, bmp, webp)")
     if out is not None and Path(out).suffix.lower() not in (".csv", ".json"):
         raise EdgedaError(f"--out {out}: use a .csv or .json file name")
-    runner = make_runner(backend, b, precision, device=device)
+    runner = make_runner(backend, b, precision, device=device,
+                         **({"plugin_library": plugin_library} if backend == "trt" else {}))
     classes = b.task.classes
     rows, skipped = [], []
     bar = None

@@ -55,13 +55,14 @@ def export(bundle, out, precision, data, calib, build_trt, batch, workspace_mb, 
 @click.option("--batch-size", default=64, show_default=True)
 @click.option("--out", type=click.Path(dir_okay=False), help="preds.csv or preds.json")
 @click.option("--json", "as_json", is_flag=True, help="print the predictions as JSON")
+@click.option("--plugins", type=click.Path(dir_okay=False), help="libedgeda_plugins.so, for engines built with --plugins")
 @handle_errors
-def predict(bundle, input_, backend, precision, device, batch_size, out, as_json) -> None:
+def predict(bundle, input_, backend, precision, device, batch_size, out, as_json, plugins) -> None:
     """Class, class name, confidence and entropy per image; unreadable files are skipped and listed."""
     from .api import predict as run_predict
 
     res = run_predict(bundle, input_, backend=backend, precision=precision, out=out, batch_size=batch_size,
-                      device=device, progress=not as_json and sys.stderr.isatty())
+                      device=device, progress=not as_json and sys.stderr.isatty(), plugin_library=plugins)
     if as_json:
         emit_json(res)
         return

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+import os
 from pathlib import Path
 from typing import Sequence
 
@@ -237,6 +238,23 @@ def build_engine(onnx_path: str | Path, plan_path: str | Path, *, precision: str
 
 
 # -- run ----------------------------------------------------------------------------------------
+def resolve_plugin_library(meta: dict, given: str | Path | None, engine: str | Path = "engine") -> Path | None:
+    """The plugin library to load before deserializing an engine: ``given``, else the
+    ``EDGEDA_PLUGIN_LIBRARY`` environment variable. An engine whose metadata says it was built with
+    edgeda's plugins cannot load without one: that is one clear error here instead of TensorRT's
+    "plugin creator not found" deep inside deserialization."""
+    lib = given or os.environ.get("EDGEDA_PLUGIN_LIBRARY") or None
+    if lib:
+        if not Path(lib).is_file():
+            raise EdgedaError(f"plugin library {lib} does not exist (build it: see kernels/README.md)")
+        return Path(lib)
+    needed = meta.get("plugin_library") if isinstance(meta, dict) else None
+    if needed:
+        raise EdgedaError(f"{engine} was built with edgeda's TensorRT plugins ({needed}); pass --plugins PATH/{needed} "
+                          "(or set EDGEDA_PLUGIN_LIBRARY)")
+    return None
+
+
 class TrtEngine:
     """A deserialized engine + execution context over torch CUDA tensors (or cuda-python buffers).
 
@@ -250,6 +268,7 @@ class TrtEngine:
         check_engine_metadata(meta, runtime_identity(trt), plan)
         self.trt, self.meta = trt, meta
         self.log = _Logger(trt).logger
+        plugin_library = resolve_plugin_library(meta, plugin_library, plan)
         if plugin_library:
             trt.get_plugin_registry().load_library(str(plugin_library))
         self.runtime = trt.Runtime(self.log)

@@ -149,6 +149,8 @@ class Bundle:
         if entry is None:
             raise BundleError(f"bundle {self.path} has no {name!r} (has: {', '.join(self.names)})")
         try:
+            weights = self.path / safe_relpath(entry["file"])
+            _check_arch_size(entry["arch"], weights.stat().st_size if weights.is_file() else 0)
             module = rebuild(entry["arch"])
         except (EdgedaError, TypeError, ValueError, KeyError, AttributeError, RuntimeError, OverflowError) as e:
             raise BundleError(f"bundle {self.path}: cannot rebuild {name!r} from its architecture record ({str(e)[:200]})") from None
@@ -166,6 +168,23 @@ class Bundle:
 
     def file(self, rel: str) -> Path:
         return self.path / safe_relpath(rel)
+
+
+def _check_arch_size(arch: dict, weights_bytes: int) -> None:
+    """Refuse an architecture record that asks for more tensors than its weights file holds.
+
+    The record is built first on PyTorch's ``meta`` device (shapes only, no memory), so a manifest
+    whose kwargs ask for an enormous model fails here instead of exhausting the machine's memory.
+    Weights are stored at 2 bytes per element at least (fp16/bf16)."""
+    import torch
+
+    from .models import rebuild
+
+    with torch.device("meta"):
+        probe = rebuild(arch)
+    n = sum(t.numel() for t in (*probe.parameters(), *probe.buffers()))
+    if 2 * n > weights_bytes + 4096:
+        raise BundleError(f"architecture record asks for {n:,} weights but the weights file has {weights_bytes:,} bytes")
 
 
 def check_manifest(m: Any) -> None:

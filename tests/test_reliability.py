@@ -36,6 +36,25 @@ def _edit_manifest(bundle, edit):
 
 
 # -- bundles from elsewhere ---------------------------------------------------------------------------
+def test_hostile_architecture_record_is_refused_before_allocating(tmp_path):
+    """A manifest whose architecture asks for a huge model (~10^12 weights) next to a small weights
+    file is refused from shapes alone, without allocating the model."""
+    import resource
+
+    b = _bundle(tmp_path)
+    Bundle(b).module("classifier")  # the honest record loads
+
+    def grow(m):
+        kw = m["deployables"]["classifier"]["arch"]["kwargs"]
+        kw["backbone_kwargs"] = {**kw.get("backbone_kwargs", {}), "width": 200_000}
+
+    _edit_manifest(b, grow)
+    rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with pytest.raises(BundleError, match="asks for .* weights"):
+        Bundle(b).module("classifier")
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss0 < 200_000  # KiB: nothing huge was allocated
+
+
 def test_checksum_mismatch_is_refused_by_the_cli(tmp_path):
     b = _bundle(tmp_path)
     f = b / "classifier.safetensors"

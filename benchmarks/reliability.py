@@ -5,7 +5,7 @@ trials wait for a checkpoint or the bundle to be mid-write: checkpoints are writ
 iterations). Then every checkpoint left on disk must load, any bundle must verify, and the same
 command with ``--resume`` must finish with a verified bundle and final metrics ("resumed
 cleanly"). Targets are pluggable: ``TARGETS`` maps a name to a class with ``start``/``resume``/
-``check``, so ``edgeda adapt`` can be added as a second target.
+``check``; ``adapt`` is the second (``edgeda adapt``: no resume, the same command is run again).
 
 Bad input: the cases in ``tests/test_bad_input.py`` (and the tampered-bundle cases in
 ``tests/test_reliability.py``) are run with pytest and counted. Fuzz: the hypothesis properties in
@@ -104,7 +104,80 @@ class TrainTarget:
         return out
 
 
-TARGETS = {"train": TrainTarget}
+class AdaptTarget:
+    """``edgeda adapt`` (TENT on 300 handwritten images, tiny DTN bundle). There is no checkpoint to
+    resume from: after a kill, the input bundle must be unchanged, the output either absent or a
+    complete verified bundle, and the same command run again must write a verified bundle."""
+
+    name = "adapt"
+    kill_modes = ("bundle",)
+    config = {"method": "tent", "iters": 400, "batch": 16, "threads": 1, "seed": 0, "target_images": 300}
+
+    def __init__(self, work: Path):
+        from edgeda.data import load_domain
+        from edgeda.models import build
+        from edgeda.bundle import write_bundle
+        from edgeda.task import TaskSpec
+        from edgeda.utils import sha256_file
+
+        work.mkdir(parents=True, exist_ok=True)
+        import torch
+
+        torch.manual_seed(0)
+        clf = build("classifier", backbone="dtn", num_classes=10, backbone_kwargs={"width": 8, "out_dim": 32})
+        self.bundle = write_bundle(work / "adapt-shipped.edgeda", {"classifier": clf},
+                                   TaskSpec(num_classes=10, classes=[str(i) for i in range(10)]))
+        dom = load_domain("handwritten:adapt", labeled=False, size=(8, 8), channels=1, n=self.config["target_images"])
+        self.target = work / "adapt-target.npz"
+        np.savez(self.target, x=dom.images[..., 0])
+        self.hashes = {f.name: sha256_file(f) for f in sorted(self.bundle.iterdir())}
+
+    def command(self, run_dir: Path) -> list[str]:
+        c = self.config
+        return [sys.executable, "-m", "edgeda", "adapt", str(self.bundle), "--target-dir", str(self.target),
+                "--out", str(run_dir / "adapted.edgeda"), "--method", c["method"], "--iters", str(c["iters"]),
+                "--batch", str(c["batch"]), "--threads", str(c["threads"]), "--seed", str(c["seed"])]
+
+    def start(self, run_dir: Path) -> subprocess.Popen:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        return subprocess.Popen(self.command(run_dir), env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+    def writes_in_progress(self, run_dir: Path, what: str) -> set[str]:
+        try:
+            return {n for n in os.listdir(run_dir) if n.startswith(".adapted.edgeda.")}
+        except OSError:
+            return set()
+
+    def training_started(self, run_dir: Path) -> bool:
+        return run_dir.is_dir()  # adapt writes nothing before its bundle: the window is the whole process
+
+    def check_left_behind(self, run_dir: Path) -> dict:
+        from edgeda.bundle import Bundle
+        from edgeda.utils import sha256_file
+
+        if {f.name: sha256_file(f) for f in sorted(self.bundle.iterdir())} != self.hashes:
+            raise RuntimeError("the input bundle changed")
+        out = run_dir / "adapted.edgeda"
+        if out.exists():
+            Bundle(out)
+        return {"checkpoints_left": [], "bundle_left": out.exists()}
+
+    def resume(self, run_dir: Path) -> dict:
+        from edgeda.bundle import Bundle
+
+        res = subprocess.run(self.command(run_dir), env=ENV, capture_output=True, text=True, timeout=1800)
+        out = {"exit_code": res.returncode, "resumed_from": 0}
+        if res.returncode != 0:
+            out["error"] = res.stderr[-1000:]
+            return out
+        a = Bundle(run_dir / "adapted.edgeda").manifest["adaptation"]
+        out["bundle_verified"] = a["iterations_done"] == self.config["iters"]
+        out["final_metrics"] = "after" in a and "mean_entropy" in a["after"]
+        return out
+
+
+TrainTarget.kill_modes = ("checkpoint", "bundle")
+TARGETS = {"train": TrainTarget, "adapt": AdaptTarget}
 
 
 def kill_trial(target, run_dir: Path, mode: str, delay: float, skip_writes: int = 0) -> dict:
@@ -191,8 +264,10 @@ def markdown(r: dict) -> str:
     lines = ["| check | result |", "|---|---|"]
     for name, k in r["kill_trials"].items():
         modes = ", ".join(f"{n} {m}" for m, n in k["modes"].items())
-        lines.append(f"| `kill -9` of `edgeda {name}` at random moments ({modes}), then `--resume` | "
-                     f"{k['resumed_cleanly']}/{k['trials']} resumed cleanly; {k['killed']}/{k['trials']} killed before the "
+        again = "`--resume`" if name == "train" else "the same command again"
+        lines.append(f"| `kill -9` of `edgeda {name}` at random moments ({modes}), then {again} | "
+                     f"{k['resumed_cleanly']}/{k['trials']} {'resumed' if name == 'train' else 'completed'} cleanly; "
+                     f"{k['killed']}/{k['trials']} killed before the "
                      f"run ended; {k['left_intact']}/{k['trials']} left only intact checkpoints/bundles |")
     b = r["bad_input"]
     lines.append(f"| bad-input cases (`tests/test_bad_input.py`) | {b['passed']} handled, {b['failed']} failed, "
@@ -224,12 +299,13 @@ def main(argv=None) -> int:
 
         rng = np.random.default_rng(args.seed)
         work = Path(args.runs_dir)
-        result = {"kill_trials": {}}
+        previous = json.loads(out.read_text()) if out.exists() else {}
+        result = {"kill_trials": dict(previous.get("kill_trials", {}))}  # targets not run this time are kept
         for name in args.targets.split(","):
             target = TARGETS[name](work)
             max_delay = args.max_delay or 0.95 * calibrate(target, work / f"{name}-calibration")
             # most kills at a random moment; some while a checkpoint, one while the bundle, is mid-write
-            modes = ["checkpoint"] * max(1, args.trials * 3 // 10) + ["bundle"]
+            modes = (["checkpoint"] * max(1, args.trials * 3 // 10) if "checkpoint" in target.kill_modes else []) + ["bundle"]
             modes = ["random"] * (args.trials - len(modes)) + modes
             trials = []
             for i, mode in enumerate(modes):

@@ -36,7 +36,7 @@ def _edit_manifest(bundle, edit):
 
 
 # -- bundles from elsewhere ---------------------------------------------------------------------------
-def test_hostile_architecture_record_is_refused_before_allocating(tmp_path):
+def test_manifest_with_hostile_architecture_is_refused_before_allocating(tmp_path):
     """A manifest whose architecture asks for a huge model (~10^12 weights) next to a small weights
     file is refused from shapes alone, without allocating the model."""
     import resource

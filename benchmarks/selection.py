@@ -127,7 +127,10 @@ def across_runs(runs: list[dict], selector: str) -> dict | None:
 
 
 def summarise(profile: str) -> dict:
-    runs = [json.loads(f.read_text()) for f in sorted((RESULTS / "adaptation" / profile).glob("*.json"))]
+    from adaptation import is_current
+
+    runs = [r for f in sorted((RESULTS / "adaptation" / profile).glob("*.json"))
+            if is_current(r := json.loads(f.read_text()), profile)]  # the runs the adaptation table uses
     names = sorted({k[len("score/"):] for r in runs for h in r["history"] for k in h if k.startswith("score/")})
     rows = {}
     for sel in ["last", *names]:

@@ -170,7 +170,13 @@ def summarise(profile: str) -> dict:
     for row in rows.values():
         if base is not None:
             row["gain_vs_source_only_points"] = round(100 * (row["target_test_acc"]["mean"] - base), 2)
+    curve = {}  # source-only's target accuracy at each of its evaluations, mean over seeds
+    for r in runs.get("source_only", []):
+        for h in r["history"]:
+            if "target_test_acc" in h:
+                curve.setdefault(h["iteration"], []).append(h["target_test_acc"])
     return {"profile": profile, "pair": PAIR, "rows": rows,
+            "source_only_by_iteration": {it: statistics.fmean(v) for it, v in sorted(curve.items())},
             "generated": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
 
 
@@ -205,6 +211,13 @@ def markdown(summary: dict) -> str:
             f"{fmt_pct(r['source_val_acc']['mean'], r['source_val_acc']['std'])} | {r['iters']} | "
             f"{len(r['seeds'])} | {r['wall_time_s']['mean']:.0f} |"
         )
+    curve = summary.get("source_only_by_iteration") or {}
+    if len(curve) > 1:
+        lines += ["", "Source-only's own target accuracy depends on how long it trains on synthetic images (its "
+                  "evaluations during the run, mean over seeds): "
+                  + ", ".join(f"{it} it. {100 * a:.1f} %" for it, a in curve.items())
+                  + ". Every gain above is against the full-length source-only row, also for methods run with "
+                  "fewer iterations."]
     return "\n".join(lines)
 
 

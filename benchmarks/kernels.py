@@ -34,15 +34,9 @@ def median_ms(fn, warmup: int, repeats: int) -> float:
     for _ in range(warmup):
         fn()
     torch.cuda.synchronize()
-    times = []
-    for _ in range(repeats):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end))
-    return statistics.median(times)
+    from edgeda.bench.harness import cuda_event_times_ms
+
+    return statistics.median(cuda_event_times_ms(fn, repeats))
 
 
 def measure(name, size, fused, unfused, nbytes, args) -> dict:

@@ -157,17 +157,9 @@ def measure_gpu(b, iters: int = 500) -> dict:
         with torch.cuda.graph(graph):
             static_out = model(x)  # noqa: F841
         for name, fn in (("torch_cuda_eager_b1", lambda: model(x)), ("torch_cuda_graph_b1", graph.replay)):
-            times = []
-            for _ in range(iters):
-                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-                start.record()
-                fn()
-                end.record()
-                end.synchronize()
-                times.append(start.elapsed_time(end))
-            from edgeda.bench.harness import latency_stats
+            from edgeda.bench.harness import cuda_event_times_ms, latency_stats
 
-            res[name] = latency_stats(times)
+            res[name] = latency_stats(cuda_event_times_ms(fn, iters))
     return res
 
 

@@ -1,6 +1,8 @@
 import json
 
 import numpy as np
+import pytest
+import torch
 from click.testing import CliRunner
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -44,3 +46,12 @@ def test_bench_cli_writes_json_and_plot(tmp_path):
     assert "median" in r.output
     r = CliRunner().invoke(main, ["bench", str(src), "--backend", "torch", "--precision", "int8", "--iters", "2"])
     assert r.exit_code == 2 and "no configuration could run" in r.output
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA event timing needs a CUDA GPU")
+def test_cuda_event_times_are_one_positive_time_per_call():
+    from edgeda.bench.harness import cuda_event_times_ms
+
+    x = torch.randn(512, 512, device="cuda")
+    times = cuda_event_times_ms(lambda: x @ x, 5)
+    assert len(times) == 5 and all(t > 0 for t in times)

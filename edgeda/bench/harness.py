@@ -22,6 +22,21 @@ from ..errors import EdgedaError
 STATS = ("min", "mean", "median", "p90", "p95", "p99", "max")
 
 
+def cuda_event_times_ms(fn: Callable[[], object], repeats: int) -> list[float]:
+    """Milliseconds of each of ``repeats`` calls of ``fn()``, timed with CUDA events on the current stream."""
+    import torch
+
+    times = []
+    for _ in range(repeats):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end))
+    return times
+
+
 def latency_stats(samples_ms: Sequence[float]) -> dict:
     """min/mean/median/p90/p95/p99/max of ``samples_ms`` (linear-interpolated percentiles)."""
     a = np.asarray(samples_ms, np.float64)

@@ -47,16 +47,22 @@ PROFILES: dict[str, dict] = {
                    "checkpoint_every": 100000, "device": "cpu"},
         # Pixel-level methods cost 3-15x a source-only iteration on a CPU (generators at full
         # resolution): fewer iterations and small refiners (width 8, 3x3 end convs, PatchGAN 16).
+        # They start from the same seed's source-only classifier (--init), as CyCADA assumes a
+        # source-trained task model: their semantic / content losses go through the classifier from
+        # the first iteration (until 2026-11-21 they started from scratch).
         "methods": {
             # CSG needs a pre-trained encoder (the paper: ImageNet weights); here the same seed's
             # source-only bundle, passed as --init (without it CSG pre-trains on 30 % of its own budget)
             "csg": {"init_from": "source_only"},
-            "pixelda": {"iters": 1000, "eval_every": 250, "options": dict(_CPU_GAN)},
-            "suit": {"iters": 1000, "eval_every": 250, "options": dict(_CPU_GAN)},
+            "pixelda": {"iters": 1000, "eval_every": 250, "init_from": "source_only", "options": dict(_CPU_GAN)},
+            "suit": {"iters": 1000, "eval_every": 250, "init_from": "source_only", "options": dict(_CPU_GAN)},
             # CycleGAN: 300 GAN iterations, then 1700 classifier iterations on translated images
-            "cyclegan": {"iters": 2000, "eval_every": 500, "options": {**_CPU_GAN, "gan_fraction": 0.15}},
-            "fgbg_cyclegan": {"iters": 2000, "eval_every": 500, "options": {**_CPU_GAN, "gan_fraction": 0.15}},
-            "label2image": {"iters": 1500, "eval_every": 500, "options": {"g_width": 16, "d_width": 32}},
+            "cyclegan": {"iters": 2000, "eval_every": 500, "init_from": "source_only",
+                         "options": {**_CPU_GAN, "gan_fraction": 0.15}},
+            "fgbg_cyclegan": {"iters": 2000, "eval_every": 500, "init_from": "source_only",
+                              "options": {**_CPU_GAN, "gan_fraction": 0.15}},
+            "label2image": {"iters": 1500, "eval_every": 500, "init_from": "source_only",
+                            "options": {"g_width": 16, "d_width": 32}},
         },
     },
     "gpu": {

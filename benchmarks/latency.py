@@ -31,6 +31,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
+from adaptation import data_version  # noqa: E402
+
 RESULTS = ROOT / "benchmarks" / "results" / "latency.json"
 # 384^3: one call takes ~1.5 ms like the model's batch-32 call; longer calls (1024^3: ~80 ms) are
 # time-sliced by the other jobs on this machine and measured 3x below the CPU's real peak.
@@ -127,7 +129,7 @@ def measure(bundle: Path, rounds: int, iters: int) -> dict:
         "ort_over_eager_b1_median": stats["ort_fp32_b1"]["median"] / stats["torch_eager_fp32_b1"]["median"],
         "int8_over_fp32_b32_median": stats["ort_int8_b32"]["median"] / stats["ort_fp32_b32"]["median"],
         "int8_over_fp32_b32_min": stats["ort_int8_b32"]["min"] / stats["ort_fp32_b32"]["min"],
-        "machine": machine_info(),
+        "machine": machine_info(), "data_version": data_version(),
         "settings": {"threads": 1, "rounds": rounds, "iters_per_round": iters, "interleaved": True,
                      "timed": "runner.forward on a normalised float32 host batch -> host logits",
                      "ort_providers": ort32.describe()["providers"]},

@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from adaptation import PAIR, PROFILES  # noqa: E402
+from adaptation import PAIR, PROFILES, data_version  # noqa: E402
 from readme_tables import fmt_pct, replace_block  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
@@ -73,7 +73,7 @@ def run(world: int, args, runs_dir: Path, seed: int, batch_divisor: int | None =
         "target_test_acc": info["metrics"].get("target_test_acc"), "source_val_acc": info["metrics"].get("source_val_acc"),
         "train_wall_time_s": info["wall_time_s"], "process_wall_time_s": round(wall, 1),
         "backend": "nccl" if "cuda" in str(common.get("device")) else "gloo", "machine": machine_info(),
-        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "data_version": data_version(), "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
     }
 
 
@@ -140,7 +140,8 @@ def main(argv=None) -> int:
         for seed in (int(x) for x in args.seeds.split(",")):
             for world, divisor in ((1, None), (2, None), (1, 2)):
                 f = cache / f"{args.method}-w{world}-d{divisor or world}-i{args.iters}-s{seed}.json"
-                if not f.exists():  # each run is kept; rerun by deleting its file
+                # each run is kept (rerun by deleting its file); one made on another renderer is redone
+                if not f.exists() or json.loads(f.read_text()).get("data_version") != data_version():
                     f.write_text(json.dumps(run(world, args, Path(args.runs_dir), seed, divisor), indent=2) + "\n")
                 runs.append(json.loads(f.read_text()))
         result = {"method": args.method, "profile": args.profile, "pair": PAIR, "runs": runs, "summary": summarise(runs),

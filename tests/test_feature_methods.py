@@ -115,3 +115,51 @@ def test_csg_init_freezes_the_given_encoder(tmp_path):
     for k, v in init.items():
         torch.testing.assert_close(frozen[k], v)  # E_0 stays the initial encoder, BN statistics included
     assert not torch.equal(tr.method.classifier.features.state_dict()["fc.2.weight"], init["fc.2.weight"])
+
+
+def test_frozen_bn_statistics_normalises_per_batch_and_keeps_running_statistics():
+    from torch import nn
+
+    from edgeda.models.norm import frozen_bn_statistics
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4)).train()
+    before = [t.clone() for t in (net[1].running_mean, net[1].running_var, net[1].num_batches_tracked)]
+    with frozen_bn_statistics(net):
+        out_s = net(torch.randn(16, 3) * 4 + 10)  # a shifted, scaled "source" batch
+    after = (net[1].running_mean, net[1].running_var, net[1].num_batches_tracked)
+    for b, a in zip(before, after):
+        assert torch.equal(b, a)
+    # still normalised by its own batch statistics (train mode): zero mean, unit variance per unit
+    torch.testing.assert_close(out_s.mean(0), torch.zeros(4), atol=1e-5, rtol=0)
+    out_t = net(torch.randn(16, 3))  # outside the block the target batch updates the statistics
+    assert not torch.equal(net[1].running_mean, before[0])
+    (out_s.pow(2).sum() + out_t.pow(2).sum()).backward()  # the swapped buffers leave autograd intact
+    assert net[0].weight.grad is not None
+
+
+def test_coral_separate_bn_statistics_follow_the_target_only(tmp_path):
+    import copy
+
+    from edgeda.methods.base import Batch
+
+    torch.manual_seed(0)
+    xs, ys, xt = torch.randn(8, 3, 32, 32) + 2, torch.randint(0, 10, (8,)), torch.randn(8, 3, 32, 32)
+    stats = {}
+    for bn in ("separate", "joint"):
+        tr = Trainer(tiny_config(tmp_path / bn, method="coral", options={"bn": bn}), progress=False, log=None)
+        tr._build()
+        tr.method.train()
+        reference = copy.deepcopy(tr.method.classifier)
+        with torch.no_grad():  # what the target batch alone does to the statistics
+            reference(xt if bn == "separate" else torch.cat([xs, xt]))
+        tr.method.step(Batch(xs, ys), Batch(xt))
+        got, want = tr.method.classifier.state_dict(), reference.state_dict()
+        keys = [k for k in want if k.endswith(("running_mean", "running_var"))]
+        assert keys
+        for k in keys:
+            torch.testing.assert_close(got[k], want[k])
+        stats[bn] = got[keys[0]].clone()
+    assert not torch.equal(stats["separate"], stats["joint"])
+    with pytest.raises(Exception, match="bn="):
+        Trainer(tiny_config(tmp_path / "bad", method="coral", iters=1, options={"bn": "both"}), progress=False, log=None).run()

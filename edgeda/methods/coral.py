@@ -4,7 +4,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ..errors import EdgedaError
 from ..models.alignment import coral
+from ..models.norm import frozen_bn_statistics
 from .base import Batch, Method
 from .registry import METHODS
 
@@ -17,30 +19,45 @@ class DeepCORAL(Method):
 
     L = CE(C(x_s), y_s) + w * ||Cov(f_s) - Cov(f_t)||_F^2 / (4 d^2)
     where f are the backbone features (the d-dimensional input of the linear head; the paper puts
-    the loss on its last layer, fc8: ``on=logits`` does that). Source and target share one forward
-    pass (BatchNorm sees both), as in DANN here.
+    the loss on its last layer, fc8: ``on=logits`` does that).
 
-    Defaults: weight w = 10, on = features; one optimizer over all parameters, the trainer's
+    BatchNorm (``bn``): ``joint`` feeds source and target through one forward pass (BatchNorm
+    normalises the mixed batch, as in DANN here); ``separate`` forwards each domain on its own, so
+    each is normalised by its own batch statistics, and only target batches update the running
+    statistics that inference uses (domain-specific normalisation as in AdaBN, Li et al. 2016;
+    the paper's AlexNet had no BatchNorm, so it does not settle this).
+    Why ``separate`` is the default: with one normaliser for the mixed batch, the CORAL term is left
+    to remove a first- and second-order shift that per-domain normalisation removes exactly. On the
+    cpu benchmark profile (3 seeds) the label-free information-maximisation score of the target
+    predictions rose from 1.59 (``joint``) to 1.88 (``separate``); that score decided it.
+
+    Defaults: weight w = 10, on = features, bn = separate; one optimizer over all parameters, the trainer's
     schedule. The weight follows the paper's rule (w such that both terms are about equal at the
     end of training), read off the training losses of a w = 1 run on the cpu benchmark profile
     (final CE 0.098, CORAL 0.0072: a ratio of 14); no target labels were used for it.
     """
 
     summary = "correlation alignment of source/target feature covariances (Sun & Saenko 2016)"
-    defaults = {"weight": 10.0, "on": "features"}
+    defaults = {"weight": 10.0, "on": "features", "bn": "separate"}
 
     def build(self) -> None:
-        if self.opts["on"] not in ("features", "logits"):
-            from ..errors import EdgedaError
-
-            raise EdgedaError(f"coral option on={self.opts['on']!r}; valid: features, logits")
+        for key, valid in (("on", ("features", "logits")), ("bn", ("joint", "separate"))):
+            if self.opts[key] not in valid:
+                raise EdgedaError(f"coral option {key}={self.opts[key]!r}; valid: {', '.join(valid)}")
         self.nets["classifier"] = self.make_classifier()
         self.optims["main"] = self.make_optimizer(self.nets.parameters())
 
     def step(self, source: Batch, target: Batch | None) -> dict[str, float]:
         ns = len(source)
         with self.autocast():
-            feats, logits = self.classifier.forward_features(torch.cat([source.x, target.x]))
+            clf = self.classifier
+            if self.opts["bn"] == "separate":
+                with frozen_bn_statistics(clf):
+                    feats_s, logits_s = clf.forward_features(source.x)
+                feats_t, logits_t = clf.forward_features(target.x)
+                feats, logits = torch.cat([feats_s, feats_t]), torch.cat([logits_s, logits_t])
+            else:
+                feats, logits = clf.forward_features(torch.cat([source.x, target.x]))
             cls_loss = F.cross_entropy(logits[:ns].float(), source.y)
             z = feats if self.opts["on"] == "features" else logits
             align = coral(z[:ns], z[ns:])

@@ -85,7 +85,7 @@ def main() -> None:
 @click.option("--device", help="auto | cpu | cuda[:N]")
 @click.option("--init", help="initial weights (bundle or .safetensors) for methods that need them")
 @click.option("--option", "options", multiple=True, help="method option key=value (repeatable)")
-@click.option("--skip-nonfinite", is_flag=True, default=None, help="skip steps whose loss is NaN/inf instead of stopping")
+@click.option("--skip-nonfinite", is_flag=True, default=None, help="skip steps whose loss or gradients are NaN/inf instead of stopping")
 @click.option("--out", help="run folder (checkpoints, metrics.jsonl, model.edgeda)")
 @click.option("--config", "config_file", type=click.Path(dir_okay=False), help="YAML/JSON config; flags override it")
 @click.option("--resume", is_flag=True, help="continue from the last checkpoint in --out")

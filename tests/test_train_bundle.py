@@ -101,6 +101,33 @@ def test_nonfinite_loss_stops_with_iteration_and_keeps_checkpoint(tmp_path, monk
     assert all(torch.isfinite(v.float()).all() for v in load_bundle(res.bundle).classifier.state_dict().values())
 
 
+def test_finite_loss_with_nonfinite_gradient_is_refused_before_the_update(tmp_path, monkeypatch):
+    """sqrt at 0: the loss is finite (0) but its gradient is infinite; the step must not land."""
+    from edgeda.methods.source_only import SourceOnly
+
+    orig = SourceOnly.step
+    calls = {"n": 0}
+
+    def poisoned(self, s, t):
+        calls["n"] += 1
+        if calls["n"] != 4:
+            return orig(self, s, t)
+        w = self.classifier.head.weight
+        before = w.detach().clone()
+        self.update((w - w.detach()).abs().sum().sqrt())  # value 0, d/dw = inf * sign(0) -> NaN/inf
+        assert torch.equal(w, before)  # not reached when the update is refused
+        return {}
+
+    monkeypatch.setattr(SourceOnly, "step", poisoned)
+    with pytest.raises(TrainingDiverged, match="iteration 4"):
+        Trainer(tiny_config(tmp_path, method="source_only", iters=6), progress=False, log=None).run()
+    calls["n"] = 0
+    res = Trainer(tiny_config(tmp_path / "skip", method="source_only", iters=6, skip_nonfinite=True),
+                  progress=False, log=None).run()
+    assert res.skipped_steps == 1
+    assert all(torch.isfinite(v.float()).all() for v in load_bundle(res.bundle).classifier.state_dict().values())
+
+
 def test_mismatched_classes_between_source_and_target_is_a_clear_error(tmp_path, write_png):
     for c in ("a", "b"):
         write_png(tmp_path / "src" / c / "1.png")

@@ -41,7 +41,8 @@ class OptimConfig:
 
 
 class NonFiniteLoss(ArithmeticError):
-    """Raised before any parameter changes when a loss is NaN or infinite."""
+    """Raised before this update changes any parameter when its loss, or (without AMP loss scaling,
+    which skips such steps itself) one of its gradients, is NaN or infinite."""
 
 
 class Engine:
@@ -75,9 +76,23 @@ class Engine:
         self.scaler.scale(loss).backward(retain_graph=retain_graph)
         if self.world_size > 1:
             self._average_gradients(optimizers)
+        if not self.scaler.is_enabled():  # the scaler skips steps with inf/NaN gradients on its own
+            self._check_gradients(optimizers)
         for opt in optimizers:
             self.scaler.step(opt)
         self.scaler.update()
+
+    @staticmethod
+    def _check_gradients(optimizers: list[torch.optim.Optimizer]) -> None:
+        """A finite loss can still give inf/NaN gradients (e.g. sqrt or log at 0): refuse the step.
+        After the all-reduce every rank holds the same gradients, so all ranks agree."""
+        grads = [p.grad for opt in optimizers for g in opt.param_groups for p in g["params"] if p.grad is not None]
+        if not grads:
+            return
+        if not bool(torch.isfinite(torch.stack(torch._foreach_norm(grads))).all()):
+            for opt in optimizers:
+                opt.zero_grad(set_to_none=True)
+            raise NonFiniteLoss("a gradient is NaN or infinite")
 
     def _average_gradients(self, optimizers: list[torch.optim.Optimizer]) -> None:
         import torch.distributed as dist

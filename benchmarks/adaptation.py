@@ -117,6 +117,7 @@ def run_one(profile: str, method: str, seed: int, out_root: Path) -> dict:
 
     return {
         "method": method, "seed": seed, "profile": profile, "config": cfg, "data_version": data_version(),
+        "method_options": method_options(cfg),
         "source_val_acc": res.metrics.get("source_val_acc"), "target_test_acc": res.metrics.get("target_test_acc"),
         "target_entropy": res.metrics.get("target_entropy"), "selected_iteration": res.metrics.get("selected_iteration"),
         "history": res.history, "wall_time_s": round(wall, 1), "step_time_s": round(res.step_time, 5),
@@ -160,22 +161,40 @@ def estimate(profile: str, methods: list[str], seeds: int, probe_iters: int = 60
     return {"profile": profile, "seeds": seeds, "methods": per_method, "est_total_s": total}
 
 
+def method_options(cfg: dict) -> dict:
+    """The options a run's method actually uses: its class defaults updated by the config's options."""
+    from edgeda.methods import METHODS
+
+    return {**METHODS.get(cfg["method"]).defaults, **cfg.get("options", {})}
+
+
+def staleness(r: dict, profile: str) -> str | None:
+    """Why a stored run no longer stands for this profile (None: it does): another renderer, another
+    profile setting, or other method option defaults (runs stored before options were recorded,
+    2026-11-21, are judged on the first two only)."""
+    if r.get("data_version") != data_version():  # rendered with an older syndigits: not comparable
+        return f"made with {r.get('data_version', 'an unversioned renderer')}, not {data_version()}"
+    cfg = run_config(profile, r["method"], r["seed"])
+    if r.get("config") != cfg:
+        return f"made with another {profile} profile setting"
+    if "method_options" in r and r["method_options"] != method_options(cfg):
+        return "made with other method option defaults"
+    return None
+
+
 def is_current(r: dict, profile: str) -> bool:
-    """A stored run counts only if it used this renderer and this profile's settings."""
-    return r.get("data_version") == data_version() and r.get("config") == run_config(profile, r["method"], r["seed"])
+    """A stored run counts only if it used this renderer, this profile's settings and these defaults."""
+    return staleness(r, profile) is None
 
 
 def summarise(profile: str) -> dict:
     folder = RESULTS / "adaptation" / profile
     runs: dict[str, list[dict]] = {}
-    current = data_version()
     for f in sorted(folder.glob("*.json")):
         r = json.loads(f.read_text())
-        if r.get("data_version") != current:  # rendered with an older syndigits: not comparable
-            print(f"ignoring {f.name}: made with {r.get('data_version', 'an unversioned renderer')}, not {current}")
-            continue
-        if r.get("config") != run_config(profile, r["method"], r["seed"]):  # the profile changed since
-            print(f"ignoring {f.name}: made with another {profile} profile setting; rerun it (--force)")
+        why = staleness(r, profile)
+        if why is not None:
+            print(f"ignoring {f.name}: {why}; rerun it (--force)")
             continue
         runs.setdefault(r["method"], []).append(r)
     rows = {}

@@ -72,6 +72,20 @@ def test_cyclegan_trains_the_gan_then_the_classifier_on_translated_images(name):
     assert any(not torch.equal(clf[k], v) for k, v in m.classifier.state_dict().items())
 
 
+@pytest.mark.parametrize("name", ["cyclegan", "fgbg_cyclegan"])
+def test_cyclegan_identity_loss_is_the_l1_of_each_generator_on_its_own_output_domain(name):
+    s, t = _batches()
+    assert "loss/identity" not in _method(name).step(s, t)  # off by default
+    m = _method(name, identity=0.5)
+    m.progress = 0.1
+    G, Fi = m.nets["refiner"], m.nets["inverse"]
+    with torch.no_grad():  # the generators before this step's update
+        want = ((G(t.x) - t.x).abs().mean() + (Fi(s.x) - s.x).abs().mean()).item()
+    got = m.step(s, t)["loss/identity"]
+    assert got == pytest.approx(want, rel=1e-5)
+    assert got > 0.01  # untrained generators are far from the identity
+
+
 def test_fgbg_without_masks_falls_back_to_the_plain_cycle():
     m = _method("fgbg_cyclegan")
     s, t = _batches()

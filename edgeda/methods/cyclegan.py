@@ -21,16 +21,20 @@ class CycleGANRefinement(PixelMethod):
     Stage 1 (the first ``gan_fraction`` of the iterations), G: S -> T, F: T -> S, PatchGANs D_T, D_S:
       min_{G,F} max_{D_T,D_S} L_gan(G, D_T) + L_gan(F, D_S) + l_cyc (||F(G(x_s)) - x_s||_1 + ||G(F(x_t)) - x_t||_1)
                               + l_sem CE(C(G(x_s)), y_s)        (CyCADA's semantic loss; 0 = plain GeneSIS-RT)
+                              + l_idt l_cyc (||G(x_t) - x_t||_1 + ||F(x_s) - x_s||_1)  (CycleGAN's identity loss;
+                                                                 0 = off; the CycleGAN paper uses 0.5)
     while the classifier C learns the source, CE(C(x_s), y_s), so the semantic loss has a teacher
     (C is not updated by the semantic loss). Discriminators see a history pool of 50 fakes.
     Stage 2: G is frozen; C is trained on translated source images only, CE(C(G(x_s)), y_s).
 
-    Defaults: ``gan_fraction`` 0.5, l_cyc = 10 (``cycle``), l_sem = 1 (``semantic``), LSGAN, pool 50,
+    Defaults: ``gan_fraction`` 0.5, l_cyc = 10 (``cycle``), l_sem = 1 (``semantic``), l_idt = 0
+    (``identity``), LSGAN, pool 50,
     plus the pixel-method defaults. The shipped refiner is G.
     """
 
     summary = "CycleGAN source<->target, then the classifier on translated source images (GeneSIS-RT; CyCADA semantic loss)"
-    defaults = {**PIXEL_DEFAULTS, "gan_fraction": 0.5, "cycle": 10.0, "semantic": 1.0, "pool": 50}
+    defaults = {**PIXEL_DEFAULTS, "gan_fraction": 0.5, "cycle": 10.0, "semantic": 1.0, "identity": 0.0,
+                "pool": 50}
 
     def build(self) -> None:
         self.nets["classifier"] = self.make_classifier()
@@ -59,6 +63,10 @@ class CycleGANRefinement(PixelMethod):
             cyc = self.source_cycle_loss(Fi(fake_t), xs, source) + cycle_loss(G(fake_s), xt)
             sem = F.cross_entropy(self.classifier(self.to_input(fake_t)).float(), source.y)
             g_loss = adv + o["cycle"] * cyc + o["semantic"] * sem
+            idt = None
+            if float(o["identity"]) > 0:  # a generator fed an image of its output domain leaves it alone
+                idt = cycle_loss(G(xt), xt) + cycle_loss(Fi(xs), xs)
+                g_loss = g_loss + float(o["identity"]) * float(o["cycle"]) * idt
         self.update(g_loss, "gen")  # C's gradients from sem are dropped: its own update zeroes them first
         with self.autocast():
             ce_src = F.cross_entropy(self.classifier(source.x).float(), source.y)
@@ -67,8 +75,11 @@ class CycleGANRefinement(PixelMethod):
             d_loss = 0.5 * (self.gan(Dt(xt), True) + self.gan(Dt(self.pool_t.query(fake_t)), False)
                             + self.gan(Ds(xs), True) + self.gan(Ds(self.pool_s.query(fake_s)), False))
         self.update(d_loss, "disc")
-        return {"loss/g_adv": adv.item(), "loss/cycle": cyc.item(), "loss/semantic": sem.item(),
-                "loss/d": d_loss.item(), "loss/cls": ce_src.item()}
+        out = {"loss/g_adv": adv.item(), "loss/cycle": cyc.item(), "loss/semantic": sem.item(),
+               "loss/d": d_loss.item(), "loss/cls": ce_src.item()}
+        if idt is not None:
+            out["loss/identity"] = idt.item()
+        return out
 
     def task_step(self, source: Batch) -> dict[str, float]:
         with torch.no_grad(), self.autocast():

@@ -163,3 +163,20 @@ def test_coral_separate_bn_statistics_follow_the_target_only(tmp_path):
     assert not torch.equal(stats["separate"], stats["joint"])
     with pytest.raises(Exception, match="bn="):
         Trainer(tiny_config(tmp_path / "bad", method="coral", iters=1, options={"bn": "both"}), progress=False, log=None).run()
+
+
+def test_csg_two_layers_contrast_the_last_two_stages_each_with_its_own_head_and_queue(tmp_path):
+    base = Trainer(tiny_config(tmp_path / "so", method="source_only", iters=2), progress=False, log=None).run()
+    tr = Trainer(tiny_config(tmp_path / "csg", method="csg", init=str(base.bundle), options={"layers": 2}, iters=3,
+                             eval_every=3), progress=False, log=None)
+    res = tr.run()
+    nets = tr.method.nets
+    # tiny DTN width 8: stage maps of 16 and 32 channels feed their own projection heads
+    assert nets["proj"].net[0].in_features == 32 and nets["proj_l1"].net[0].in_features == 16
+    queues = (nets["queue"], nets["queue_l1"])
+    assert all(int(q.ptr) == 3 * 8 % q.keys.shape[0] for q in queues)  # 3 steps x batch 8 keys pushed to each
+    for ema in ("proj_ema", "proj_ema_l1"):
+        assert all(not p.requires_grad for p in nets[ema].parameters())
+    assert "train/loss/nce" in res.history[-1]
+    with pytest.raises(Exception, match="layers=4"):
+        Trainer(tiny_config(tmp_path / "bad", method="csg", options={"layers": 4}), progress=False, log=None).run()

@@ -44,15 +44,23 @@ class NegativeQueue(nn.Module):
         self.ptr.copy_((self.ptr + n) % size)
 
 
-def feature_map(backbone: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(spatial map before the backbone's last stage, backbone features) in one pass."""
-    if hasattr(backbone, "conv") and hasattr(backbone, "fc"):  # dtn
-        fmap = backbone.conv(x)
-        return fmap, backbone.fc(fmap)
-    if hasattr(backbone, "net"):  # resnet_small: [..., AdaptiveAvgPool2d, Flatten]
-        fmap = backbone.net[:-2](x)
-        return fmap, backbone.net[-2:](fmap)
-    raise EdgedaError(f"csg needs a backbone with a spatial feature map (dtn or resnet_small), not {type(backbone).__name__}")
+def feature_maps(backbone: nn.Module, x: torch.Tensor, n: int = 1) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """(the spatial maps after the backbone's last ``n`` trunk stages, shallower first; the backbone
+    features) in one pass."""
+    if hasattr(backbone, "conv") and hasattr(backbone, "fc"):  # dtn: three conv stages, then FC
+        stages, tail = list(backbone.conv), backbone.fc
+    elif hasattr(backbone, "net"):  # resnet_small: [stem, stages..., AdaptiveAvgPool2d, Flatten]
+        stages, tail = list(backbone.net[:-2]), backbone.net[-2:]
+    else:
+        raise EdgedaError(f"csg needs a backbone with a spatial feature map (dtn or resnet_small), not {type(backbone).__name__}")
+    if not 1 <= n <= len(stages):
+        raise EdgedaError(f"csg option layers={n}: this backbone has {len(stages)} trunk stages")
+    maps, h = [], x
+    for i, stage in enumerate(stages):
+        h = stage(h)
+        if i >= len(stages) - n:
+            maps.append(h)
+    return maps, tail(h)
 
 
 @METHODS.register("csg")
@@ -64,10 +72,12 @@ class CSG(Method):
     Student encoder E (the shipped classifier's backbone) and frozen copy E_0 of the initial
     encoder; projection heads g (trained) and g_0 (EMA of g: g_0 <- m g_0 + (1 - m) g);
     A-pool (softmax attention of each location to the global average feature) applied to the
-    DTN's last conv map (``features.conv``, before its FC layer: the one spatial map, like the
-    paper's layer-group 4 of a ResNet). With two RandAugment views a(x), a'(x) of a synthetic image:
-        q = g(Apool(E_map(a(x)))),  k = g_0(Apool(E_0,map(a'(x))))  (no gradient)
-        L = CE(C(a(x)), y) + lambda * InfoNCE(q, k, queue),  InfoNCE at temperature T,
+    maps after the DTN's last ``layers`` conv stages (before its FC layer; 1 = the last map, like
+    the paper's layer group 4 of a ResNet; 2 = the last two, like its best ablation, groups {3, 4}),
+    each layer l with its own g_l, g_0,l and queue. With two RandAugment views a(x), a'(x) of a
+    synthetic image:
+        q_l = g_l(Apool(E_l(a(x)))),  k_l = g_0,l(Apool(E_0,l(a'(x))))  (no gradient)
+        L = CE(C(a(x)), y) + lambda * sum_l InfoNCE(q_l, k_l, queue_l),  InfoNCE at temperature T,
     negatives = the last K keys (MoCo queue). The task head sits on the FC features as usual.
     CSG uses no target images (``uses_target = False``): it is domain generalisation.
 
@@ -79,29 +89,40 @@ class CSG(Method):
 
     Defaults: lambda 0.1, T 0.07, queue 4096 (paper 65536; the digits budget is small),
     m 0.99 (paper 0.999; short schedule), projection 256-128, RandAugment 2 ops at magnitude
-    0.5, pretrain 0.3; one optimizer over the student classifier and g.
+    0.5, pretrain 0.3, layers 1; one optimizer over the student classifier and the g_l.
     """
 
     summary = "contrastive syn-to-real generalisation: InfoNCE to a frozen initial encoder, A-pool, no target data (Chen et al. 2021)"
     uses_target = False
     defaults = {"weight": 0.1, "temperature": 0.07, "queue": 4096, "momentum": 0.99, "proj_dim": 128,
-                "proj_hidden": 256, "n_ops": 2, "magnitude": 0.5, "pretrain": 0.3}
+                "proj_hidden": 256, "n_ops": 2, "magnitude": 0.5, "pretrain": 0.3, "layers": 1}
+
+    @staticmethod
+    def _keys(j: int) -> tuple[str, str, str]:
+        """Names of (g, g_0, queue) for the j-th contrasted layer counted from the deepest (j = 0 keeps
+        the single-layer names, so checkpoints of either setting read the same way)."""
+        return ("proj", "proj_ema", "queue") if j == 0 else (f"proj_l{j}", f"proj_ema_l{j}", f"queue_l{j}")
 
     def build(self) -> None:
         o = self.opts
         clf = self.make_classifier()
         self.nets["classifier"] = clf
         t = self.task
+        self.n_layers = int(o["layers"])
         with torch.no_grad():
             was = clf.training
             clf.eval()
-            channels = feature_map(clf.features, torch.zeros(1, t.channels, *t.image_size))[0].shape[1]
+            maps = feature_maps(clf.features, torch.zeros(1, t.channels, *t.image_size), self.n_layers)[0]
             clf.train(was)
-        self.nets["proj"] = ProjectionHead(channels, int(o["proj_hidden"]), int(o["proj_dim"]))
         self.nets["frozen"] = copy.deepcopy(clf.features).requires_grad_(False)
-        self.nets["proj_ema"] = copy.deepcopy(self.nets["proj"]).requires_grad_(False)
-        self.nets["queue"] = NegativeQueue(int(o["queue"]), int(o["proj_dim"]))
-        self.optims["main"] = self.make_optimizer(list(clf.parameters()) + list(self.nets["proj"].parameters()))
+        heads = []
+        for j, fmap in enumerate(reversed(maps)):
+            proj, ema, queue = self._keys(j)
+            self.nets[proj] = ProjectionHead(fmap.shape[1], int(o["proj_hidden"]), int(o["proj_dim"]))
+            self.nets[ema] = copy.deepcopy(self.nets[proj]).requires_grad_(False)
+            self.nets[queue] = NegativeQueue(int(o["queue"]), int(o["proj_dim"]))
+            heads += list(self.nets[proj].parameters())
+        self.optims["main"] = self.make_optimizer(list(clf.parameters()) + heads)
 
     def load_init(self, path: str) -> None:
         super().load_init(path)
@@ -110,7 +131,9 @@ class CSG(Method):
     @torch.no_grad()
     def _freeze_initial(self) -> None:
         self.nets["frozen"].load_state_dict(self.classifier.features.state_dict())
-        self.nets["proj_ema"].load_state_dict(self.nets["proj"].state_dict())
+        for j in range(self.n_layers):
+            proj, ema, _ = self._keys(j)
+            self.nets[ema].load_state_dict(self.nets[proj].state_dict())
         self.nets["queue"].started.fill_(True)
 
     def train(self) -> None:
@@ -121,21 +144,27 @@ class CSG(Method):
         return rand_augment(x, self.task.mean, self.task.std, int(self.opts["n_ops"]), float(self.opts["magnitude"]))
 
     def step(self, source: Batch, target: Batch | None) -> dict[str, float]:
-        o, queue = self.opts, self.nets["queue"]
-        if not bool(queue.started) and self.progress >= float(o["pretrain"]):
+        o, n = self.opts, self.n_layers
+        if not bool(self.nets["queue"].started) and self.progress >= float(o["pretrain"]):
             print(f"csg: no --init; freezing the source-only model trained for the first {float(o['pretrain']):.0%} "
                   "of the budget as the initial encoder (the paper uses ImageNet weights)", file=sys.stderr)
             self._freeze_initial()
         xa = self.augment(source.x)
-        started = bool(queue.started)
+        started = bool(self.nets["queue"].started)
         with self.autocast():
-            fmap, feats = feature_map(self.classifier.features, xa)
+            maps, feats = feature_maps(self.classifier.features, xa, n)
             cls_loss = F.cross_entropy(self.classifier.head(feats).float(), source.y)
             if started:
-                q = self.nets["proj"](attention_pool(fmap))
                 with torch.no_grad():
-                    k = self.nets["proj_ema"](attention_pool(feature_map(self.nets["frozen"], self.augment(source.x))[0]))
-                nce = info_nce(q, k, queue.keys.clone(), float(o["temperature"]))
+                    frozen_maps = feature_maps(self.nets["frozen"], self.augment(source.x), n)[0]
+                nces, keys = [], []
+                for j, (fmap, fmap0) in enumerate(zip(reversed(maps), reversed(frozen_maps))):
+                    proj, ema, queue = self._keys(j)
+                    q = self.nets[proj](attention_pool(fmap))
+                    with torch.no_grad():
+                        keys.append(self.nets[ema](attention_pool(fmap0)))
+                    nces.append(info_nce(q, keys[-1], self.nets[queue].keys.clone(), float(o["temperature"])))
+                nce = torch.stack(nces).sum()
         if not started:  # source-only phase before the initial encoder exists
             self.update(cls_loss)
             return {"loss/cls": cls_loss.item()}
@@ -143,7 +172,9 @@ class CSG(Method):
         self.update(loss)
         with torch.no_grad():
             m = float(o["momentum"])
-            for pe, p in zip(self.nets["proj_ema"].parameters(), self.nets["proj"].parameters()):
-                pe.mul_(m).add_(p.detach(), alpha=1 - m)
-        queue.push(k)
+            for j, k in enumerate(keys):
+                proj, ema, queue = self._keys(j)
+                for pe, p in zip(self.nets[ema].parameters(), self.nets[proj].parameters()):
+                    pe.mul_(m).add_(p.detach(), alpha=1 - m)
+                self.nets[queue].push(k)
         return {"loss/cls": cls_loss.item(), "loss/nce": nce.item()}

@@ -53,8 +53,10 @@ PROFILES: dict[str, dict] = {
         "methods": {
             # CSG needs a pre-trained encoder (the paper: ImageNet weights); here the same seed's
             # source-only bundle, passed as --init (without it CSG pre-trains on 30 % of its own budget)
-            # (RandAugment at its full ranges, magnitude 1.0, was tried on 2026-11-21: the label-free
-            # info_max score of seed 0 fell to 1.35 against 1.71 for the method default 0.5)
+            # Tried on 2026-11-21 and rejected by the label-free info_max score (1.71 for the defaults):
+            # RandAugment at its full ranges, magnitude 1.0 (seed 0: 1.35), and the contrastive loss on
+            # the last two conv stages, layers 2 (seeds 0, 1: 1.66, 1.63); both stopped early, as the
+            # remaining seeds could not have lifted the mean above 1.71.
             "csg": {"init_from": "source_only"},
             "pixelda": {"iters": 1000, "eval_every": 250, "init_from": "source_only", "options": dict(_CPU_GAN)},
             # SUIT: 6000 joint iterations, the feature-level methods' budget (1000 until 2026-11-21, then

@@ -24,6 +24,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from ..train.selection import information_maximisation
+
 
 def prediction_stats(logits: torch.Tensor, reference_pred: torch.Tensor | None = None) -> dict:
     """Unsupervised statistics of ``logits`` (N, K); ``reference_pred`` (N,) for agreement."""
@@ -46,9 +48,7 @@ def prediction_stats(logits: torch.Tensor, reference_pred: torch.Tensor | None =
         "histogram_entropy": round(hist_ent, 4),  # normalised to [0, 1]
         "mean_entropy": float(ent.mean()),
         "mean_confidence": float(p.max(1).values.mean()),
-        # information maximisation (RIM/SHOT): entropy of the mean prediction minus the mean entropy;
-        # high when predictions are confident per image and diverse over the set (label-free selection)
-        "info_max": float(-(p.mean(0) * torch.log(p.mean(0).clamp_min(1e-12))).sum() - ent.mean()),
+        "info_max": information_maximisation(p),  # label-free selection of the written state
     }
     if reference_pred is not None:
         out["agreement_with_shipped"] = float((pred == reference_pred.to(pred.device)).float().mean())

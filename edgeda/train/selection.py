@@ -55,6 +55,13 @@ def _entropy(p: torch.Tensor) -> torch.Tensor:
     return -(p * p.clamp_min(1e-12).log()).sum(-1)
 
 
+def information_maximisation(p: torch.Tensor) -> float:
+    """H(mean_i p_i) - mean_i H(p_i) of class probabilities ``p`` (N, K): the mutual information
+    between input and prediction (RIM/SHOT), high when predictions are confident per image and
+    diverse over the set. The ``info_max`` validator and ``edgeda adapt``'s monitor both use it."""
+    return float(_entropy(p.mean(0)) - _entropy(p).mean())
+
+
 @VALIDATORS.register("entropy")
 def entropy(ctx: EvalContext) -> float:
     """Negative mean entropy of the target predictions: confident models score higher (Morerio et al. 2018)."""
@@ -65,8 +72,7 @@ def entropy(ctx: EvalContext) -> float:
 def info_max(ctx: EvalContext) -> float:
     """Information maximisation: H(mean_i p_i) - mean_i H(p_i) (mutual information between input
     and prediction, as in RIM/SHOT): confident per image and diverse over the target set."""
-    p = _target_probs(ctx)
-    return float(_entropy(p.mean(0)) - _entropy(p).mean())
+    return information_maximisation(_target_probs(ctx))
 
 
 @VALIDATORS.register("snd")

@@ -93,6 +93,47 @@ def test_fgbg_without_masks_falls_back_to_the_plain_cycle():
     assert "loss/fg_hue" not in m.step(s, t)
 
 
+@pytest.mark.parametrize("full_cycle", [False, True])
+def test_fgbg_source_cycle_term_is_the_masked_terms_plus_the_full_cycle_when_asked(full_cycle):
+    from edgeda.models.gan_utils import cycle_loss, hue_loss
+
+    m = _method("fgbg_cyclegan", full_cycle=full_cycle)
+    s, _ = _batches()
+    rec = s.x.flip(1) * 0.5  # hue and brightness both changed
+    o = m.opts
+    want = cycle_loss(rec, s.x, 1 - s.mask) + o["hue"] / o["cycle"] * hue_loss(rec, s.x, s.mask)
+    if full_cycle:
+        want = want + (rec - s.x).abs().mean()
+    torch.testing.assert_close(m.source_cycle_loss(rec, s.x, s), want)
+    with pytest.raises(Exception, match="full_cycle="):
+        _method("fgbg_cyclegan", full_cycle="maybe")
+
+
+def test_suit_separate_bn_statistics_follow_the_translated_images_only():
+    import copy
+
+    s, t = _batches(8)
+    stats = {}
+    for bn in ("separate", "joint"):
+        torch.manual_seed(0)
+        m = _method("suit", bn=bn)
+        reference = copy.deepcopy(m.classifier)
+        G = copy.deepcopy(m.nets["refiner"])
+        with torch.no_grad():  # what the translated batch alone (or the mixed one) does to the statistics
+            fake = m.to_input(G(m.to_tanh(s.x)))
+            reference(fake if bn == "separate" else torch.cat([s.x, fake]))
+        m.step(s, t)
+        got, want = m.classifier.state_dict(), reference.state_dict()
+        keys = [k for k in want if k.endswith(("running_mean", "running_var"))]
+        assert keys
+        for k in keys:
+            torch.testing.assert_close(got[k], want[k])
+        stats[bn] = got[keys[0]].clone()
+    assert not torch.equal(stats["separate"], stats["joint"])
+    with pytest.raises(Exception, match="bn="):
+        _method("suit", bn="both")
+
+
 def test_label2image_phases():
     m = _method("label2image", phase1=0.3, phase2=0.6)
     s, t = _batches(8)

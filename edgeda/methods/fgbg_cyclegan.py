@@ -4,6 +4,7 @@ from __future__ import annotations
 import torch
 
 from ..models.gan_utils import cycle_loss, hue_loss
+from ..errors import EdgedaError
 from .base import Batch
 from .cyclegan import CycleGANRefinement
 from .registry import METHODS
@@ -26,11 +27,23 @@ class ForegroundBackgroundCycleGAN(CycleGANRefinement):
     masks, or for 1-channel images (no hue), the plain cycle loss is used and the run says so in
     its ``loss/fg_hue`` being absent.
 
-    Defaults: l_bg = l_cyc = 10 (``cycle``), l_fg = 10 (``hue``), the rest as ``cyclegan``.
+    ``full_cycle``: the source notes list the whole generator loss as L_GAN(G) + L_GAN(F) + L_cyc(G, F)
+    + L_bg + L_fg, i.e. the full CycleGAN cycle term stays and the background and foreground terms
+    come on top of it; ``full_cycle=true`` does that (source cycle term l_cyc ||F(G(x_s)) - x_s||_1 +
+    l_bg ... + l_fg ...). ``false`` replaces the full source cycle by the two masked terms, the
+    reading of the issue text ("cycle consistency on the background mask, hue on the foreground").
+
+    Defaults: l_bg = l_cyc = 10 (``cycle``), l_fg = 10 (``hue``), full_cycle = false, the rest as
+    ``cyclegan``.
     """
 
     summary = "CycleGAN with background cycle loss and hue-only foreground loss (Wang et al. 2019)"
-    defaults = {**CycleGANRefinement.defaults, "hue": 10.0}
+    defaults = {**CycleGANRefinement.defaults, "hue": 10.0, "full_cycle": False}
+
+    def build(self) -> None:
+        if not isinstance(self.opts["full_cycle"], bool):
+            raise EdgedaError(f"fgbg_cyclegan option full_cycle={self.opts['full_cycle']!r}; valid: true, false")
+        super().build()
 
     def source_cycle_loss(self, reconstructed: torch.Tensor, original: torch.Tensor, source: Batch) -> torch.Tensor:
         if source.mask is None or self.task.channels != 3:
@@ -40,7 +53,10 @@ class ForegroundBackgroundCycleGAN(CycleGANRefinement):
         # hue_loss works on [-1, 1] images directly (the offset cancels); cycle weight is applied by the caller
         hue = hue_loss(reconstructed, original, fg)
         self._last_hue = hue.detach()
-        return bg + float(self.opts["hue"]) / float(self.opts["cycle"]) * hue
+        masked = bg + float(self.opts["hue"]) / float(self.opts["cycle"]) * hue
+        if self.opts["full_cycle"]:
+            return cycle_loss(reconstructed, original) + masked
+        return masked
 
     def step(self, source: Batch, target: Batch | None) -> dict[str, float]:
         self._last_hue = None

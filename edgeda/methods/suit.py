@@ -4,6 +4,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ..errors import EdgedaError
+from ..models.norm import frozen_bn_statistics
 from ._pixel import PIXEL_DEFAULTS, PixelMethod
 from .base import Batch
 from .registry import METHODS
@@ -23,14 +25,22 @@ class SUIT(PixelMethod):
     One D step, then one joint G + C step on the sum (C also minimises the content term, as in the
     joint min over G and C; the cycle of CycleGAN is replaced by these semantic constraints).
 
-    Defaults: l_adv = 1 (``adv``), l_sem = 1 (``semantic``), l_con = 1 (``content``), plus the
-    pixel-method defaults. The shipped refiner is G.
+    BatchNorm (``bn``): ``joint`` forwards x_s and G(x_s) as one batch (one normaliser for both);
+    ``separate`` forwards each on its own, each normalised by its own batch statistics, and only the
+    translated batches update the running statistics inference on real target images uses (G(x_s)
+    is the target-like domain; as ``coral``'s ``bn=separate``, AdaBN-style). The paper's FCN-VGG16
+    has no BatchNorm, so it does not settle this.
+
+    Defaults: l_adv = 1 (``adv``), l_sem = 1 (``semantic``), l_con = 1 (``content``), bn = joint,
+    plus the pixel-method defaults. The shipped refiner is G.
     """
 
     summary = "one-way translator G with semantic-content loss, classifier on source and translated images (Li et al. 2020)"
-    defaults = {**PIXEL_DEFAULTS, "adv": 1.0, "semantic": 1.0, "content": 1.0}
+    defaults = {**PIXEL_DEFAULTS, "adv": 1.0, "semantic": 1.0, "content": 1.0, "bn": "joint"}
 
     def build(self) -> None:
+        if self.opts["bn"] not in ("joint", "separate"):
+            raise EdgedaError(f"suit option bn={self.opts['bn']!r}; valid: joint, separate")
         self.nets["classifier"] = self.make_classifier()
         self.nets["refiner"] = self.make_refiner()
         self.nets["disc"] = self.make_discriminator()
@@ -48,7 +58,14 @@ class SUIT(PixelMethod):
         self.update(d_loss, "disc")
         with self.autocast():
             adv = self.gan(D(fake), True, generator=True)
-            feats, logits = self.classifier.forward_features(torch.cat([source.x, self.to_input(fake)]))
+            clf = self.classifier
+            if self.opts["bn"] == "separate":
+                with frozen_bn_statistics(clf):
+                    feats_s, logits_s = clf.forward_features(source.x)
+                feats_g, logits_g = clf.forward_features(self.to_input(fake))
+                feats, logits = torch.cat([feats_s, feats_g]), torch.cat([logits_s, logits_g])
+            else:
+                feats, logits = clf.forward_features(torch.cat([source.x, self.to_input(fake)]))
             logits = logits.float()
             ce_src = F.cross_entropy(logits[:ns], source.y)
             ce_gen = F.cross_entropy(logits[ns:], source.y)

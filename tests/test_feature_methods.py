@@ -71,6 +71,41 @@ def test_attention_pool():
     assert (pooled > spike.mean((2, 3))).all()
 
 
+def test_attention_pool_can_take_its_weights_from_another_map():
+    fmap = torch.arange(4.0).view(1, 1, 2, 2).expand(1, 3, 2, 2).contiguous()  # values 0, 1, 2, 3
+    spike = torch.zeros(1, 3, 2, 2)
+    spike[0, :, 0, 0] = 10.0  # the other map attends to location 0, where fmap is 0
+    assert (attention_pool(fmap, attention_from=spike) < fmap.mean((2, 3))).all()
+    torch.testing.assert_close(attention_pool(fmap, attention_from=fmap), attention_pool(fmap))
+    with pytest.raises(ValueError, match="shape"):
+        attention_pool(fmap, attention_from=torch.zeros(1, 3, 4, 4))
+
+
+def test_csg_key_is_pooled_with_the_students_attention_on_the_key_view(tmp_path, monkeypatch):
+    import edgeda.methods.csg as csg_module
+    from edgeda.methods.base import Batch
+
+    calls = []
+
+    def recording_pool(fmap, attention_from=None):
+        calls.append((fmap.detach().clone(), None if attention_from is None else attention_from.detach().clone()))
+        return attention_pool(fmap, attention_from)
+
+    monkeypatch.setattr(csg_module, "attention_pool", recording_pool)
+    tr = Trainer(tiny_config(tmp_path / "csg", method="csg", options={"pretrain": 0.0}), progress=False, log=None)
+    tr._build()
+    m = tr.method
+    m.train()
+    m._freeze_initial()
+    m.augment = lambda x: x  # both views are the image itself: the student's key-view map is its query map
+    torch.manual_seed(0)
+    m.step(Batch(torch.randn(8, 3, 32, 32), torch.randint(0, 10, (8,))), None)
+    (q_map, q_attn), (k_map, k_attn) = calls
+    assert q_attn is None and k_attn is not None
+    torch.testing.assert_close(k_attn, q_map)  # attention from the student's map of the key view
+    assert not torch.allclose(k_map, q_map)  # pooled: the frozen encoder's map (eval-mode statistics)
+
+
 def test_rand_augment_stays_in_input_range():
     x = torch.rand(16, 3, 32, 32) * 2 - 1
     before = x.clone()

@@ -10,6 +10,7 @@ from torch import nn
 
 from ..errors import EdgedaError
 from ..models.augment import rand_augment
+from ..models.norm import frozen_bn_statistics
 from ..models.pooling import attention_pool
 from .base import Batch, Method
 from .losses import info_nce
@@ -76,9 +77,12 @@ class CSG(Method):
     the paper's layer group 4 of a ResNet; 2 = the last two, like its best ablation, groups {3, 4}),
     each layer l with its own g_l, g_0,l and queue. With two RandAugment views a(x), a'(x) of a
     synthetic image:
-        q_l = g_l(Apool(E_l(a(x)))),  k_l = g_0,l(Apool(E_0,l(a'(x))))  (no gradient)
+        q_l = g_l(Apool(E_l(a(x)))),  k_l = g_0,l(Apool(E_0,l(a'(x)); attention of E_l(a'(x))))  (no gradient)
         L = CE(C(a(x)), y) + lambda * sum_l InfoNCE(q_l, k_l, queue_l),  InfoNCE at temperature T,
-    negatives = the last K keys (MoCo queue). The task head sits on the FC features as usual.
+    negatives = the last K keys (MoCo queue). The key's A-pool weights come from the student's map
+    of the same view, E_l(a'(x)), not from the frozen map (the paper computes the attention on the
+    student only and copies it to the frozen side), so query and key pool the same locations. The
+    task head sits on the FC features as usual.
     CSG uses no target images (``uses_target = False``): it is domain generalisation.
 
     The initial encoder: the paper starts from ImageNet weights. Pass ``--init BUNDLE_OR_SAFETENSORS``
@@ -155,14 +159,17 @@ class CSG(Method):
             maps, feats = feature_maps(self.classifier.features, xa, n)
             cls_loss = F.cross_entropy(self.classifier.head(feats).float(), source.y)
             if started:
-                with torch.no_grad():
-                    frozen_maps = feature_maps(self.nets["frozen"], self.augment(source.x), n)[0]
+                with torch.no_grad():  # key view a'(x): frozen maps, pooled with the student's attention on a'(x)
+                    xk = self.augment(source.x)
+                    frozen_maps = feature_maps(self.nets["frozen"], xk, n)[0]
+                    with frozen_bn_statistics(self.classifier):
+                        attn_maps = feature_maps(self.classifier.features, xk, n)[0]
                 nces, keys = [], []
-                for j, (fmap, fmap0) in enumerate(zip(reversed(maps), reversed(frozen_maps))):
+                for j, (fmap, fmap0, fmap_a) in enumerate(zip(reversed(maps), reversed(frozen_maps), reversed(attn_maps))):
                     proj, ema, queue = self._keys(j)
                     q = self.nets[proj](attention_pool(fmap))
                     with torch.no_grad():
-                        keys.append(self.nets[ema](attention_pool(fmap0)))
+                        keys.append(self.nets[ema](attention_pool(fmap0, attention_from=fmap_a)))
                     nces.append(info_nce(q, keys[-1], self.nets[queue].keys.clone(), float(o["temperature"])))
                 nce = torch.stack(nces).sum()
         if not started:  # source-only phase before the initial encoder exists

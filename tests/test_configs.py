@@ -36,3 +36,10 @@ def test_stored_benchmark_runs_go_stale_when_renderer_profile_or_method_defaults
     monkeypatch.setattr(coral, "defaults", {**coral.defaults, "bn": "joint"})  # a default changes in the code
     assert "option defaults" in adaptation.staleness(run, "cpu")
     assert adaptation.is_current(legacy, "cpu")
+    monkeypatch.undo()
+    # an option added later: a run stored without it ran with its old-behaviour value
+    monkeypatch.setitem(adaptation.ADDED_OPTIONS, "coral", {"newopt": 1})
+    monkeypatch.setattr(coral, "defaults", {**coral.defaults, "newopt": 1})
+    assert adaptation.staleness(run, "cpu") is None
+    monkeypatch.setattr(coral, "defaults", {**coral.defaults, "newopt": 2})  # the new default changes behaviour
+    assert "option defaults" in adaptation.staleness(run, "cpu")

@@ -29,14 +29,17 @@ class SUIT(PixelMethod):
     ``separate`` forwards each on its own, each normalised by its own batch statistics, and only the
     translated batches update the running statistics inference on real target images uses (G(x_s)
     is the target-like domain; as ``coral``'s ``bn=separate``, AdaBN-style). The paper's FCN-VGG16
-    has no BatchNorm, so it does not settle this.
+    has no BatchNorm, so it does not settle this. Why ``separate`` is the default: on the cpu
+    benchmark profile (3 seeds) it raised the label-free information-maximisation score of the
+    target predictions from 1.734 (``joint``) to 1.744; that score decided (target accuracy, seen
+    afterwards: 65.5 -> 67.5 %).
 
-    Defaults: l_adv = 1 (``adv``), l_sem = 1 (``semantic``), l_con = 1 (``content``), bn = joint,
+    Defaults: l_adv = 1 (``adv``), l_sem = 1 (``semantic``), l_con = 1 (``content``), bn = separate,
     plus the pixel-method defaults. The shipped refiner is G.
     """
 
     summary = "one-way translator G with semantic-content loss, classifier on source and translated images (Li et al. 2020)"
-    defaults = {**PIXEL_DEFAULTS, "adv": 1.0, "semantic": 1.0, "content": 1.0, "bn": "joint"}
+    defaults = {**PIXEL_DEFAULTS, "adv": 1.0, "semantic": 1.0, "content": 1.0, "bn": "separate"}
 
     def build(self) -> None:
         if self.opts["bn"] not in ("joint", "separate"):

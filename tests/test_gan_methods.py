@@ -134,6 +134,46 @@ def test_suit_separate_bn_statistics_follow_the_translated_images_only():
         _method("suit", bn="both")
 
 
+@pytest.mark.parametrize("objectives", ["per_player", "joint"])
+def test_suit_per_player_objectives_give_each_player_only_its_own_terms(objectives):
+    import torch.nn.functional as F
+
+    from edgeda.models.norm import frozen_bn_statistics
+
+    s, t = _batches(8)
+    torch.manual_seed(0)
+    m = _method("suit", objectives=objectives)
+    G, C, D = m.nets["refiner"], m.classifier, m.nets["disc"]
+    got, want = {}, {}
+    real_update = m.update
+
+    def spy(loss, *names, **kw):
+        if "classifier" in names:  # the G + C step (D has just been updated, as in the method)
+            for who, net in (("G", G), ("C", C)):
+                got[who] = torch.autograd.grad(loss, list(net.parameters()), retain_graph=True, allow_unused=True)
+            with frozen_bn_statistics(C):  # the paper's split, computed independently
+                fake = G(m.to_tanh(s.x))
+                refined = m.to_input(fake)
+                feats, logits = m._classify(s.x, refined.detach())
+                task = F.cross_entropy(logits[:8], s.y) + F.cross_entropy(logits[8:], s.y)
+                feats_g, logits_g = m._classify(s.x, refined)
+                g_terms = (m.gan(D(fake), True, generator=True) + F.cross_entropy(logits_g[8:], s.y)
+                           + F.mse_loss(feats_g[8:], feats_g[:8]))
+            want["C"] = torch.autograd.grad(task, list(C.parameters()), allow_unused=True)
+            want["G"] = torch.autograd.grad(g_terms, list(G.parameters()))
+        real_update(loss, *names, **kw)
+
+    m.update = spy
+    m.step(s, t)
+    for who in ("G", "C"):
+        pairs = [(a, b) for a, b in zip(got[who], want[who]) if a is not None and b is not None]
+        assert pairs
+        same = all(torch.allclose(a, b, rtol=1e-4, atol=1e-6) for a, b in pairs)
+        assert same == (objectives == "per_player"), who  # joint: C also minimises content, G also the task CE
+    with pytest.raises(Exception, match="objectives="):
+        _method("suit", objectives="both")
+
+
 def test_label2image_phases():
     m = _method("label2image", phase1=0.3, phase2=0.6)
     s, t = _batches(8)

@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import EdgedaError
-from ..models.norm import frozen_bn_statistics
+from ..models.norm import constant_parameters, frozen_bn_statistics
 from ._pixel import PIXEL_DEFAULTS, PixelMethod
 from .base import Batch
 from .registry import METHODS
@@ -34,16 +34,25 @@ class SUIT(PixelMethod):
     target predictions from 1.734 (``joint``) to 1.744; that score decided (target accuracy, seen
     afterwards: 65.5 -> 67.5 %).
 
+    Who minimises what (``objectives``): ``joint`` steps G and C on the gradient of the whole sum
+    (C also minimises the content term, G also the task term's CE(C(G(x_s)), y_s)); ``per_player``
+    follows the paper's notation L_semCon(G), L_task(Seg): G minimises L_adv + L_semCon only (C's
+    weights held constant in that pass, so the semantic and content terms train G alone) and C
+    minimises L_task only (on G(x_s) detached).
+
     Defaults: l_adv = 1 (``adv``), l_sem = 1 (``semantic``), l_con = 1 (``content``), bn = separate,
+    objectives = joint,
     plus the pixel-method defaults. The shipped refiner is G.
     """
 
     summary = "one-way translator G with semantic-content loss, classifier on source and translated images (Li et al. 2020)"
-    defaults = {**PIXEL_DEFAULTS, "adv": 1.0, "semantic": 1.0, "content": 1.0, "bn": "separate"}
+    defaults = {**PIXEL_DEFAULTS, "adv": 1.0, "semantic": 1.0, "content": 1.0, "bn": "separate",
+                "objectives": "joint"}
 
     def build(self) -> None:
-        if self.opts["bn"] not in ("joint", "separate"):
-            raise EdgedaError(f"suit option bn={self.opts['bn']!r}; valid: joint, separate")
+        for key, valid in (("bn", ("joint", "separate")), ("objectives", ("joint", "per_player"))):
+            if self.opts[key] not in valid:
+                raise EdgedaError(f"suit option {key}={self.opts[key]!r}; valid: {', '.join(valid)}")
         self.nets["classifier"] = self.make_classifier()
         self.nets["refiner"] = self.make_refiner()
         self.nets["disc"] = self.make_discriminator()
@@ -59,21 +68,32 @@ class SUIT(PixelMethod):
             fake = G(xs)
             d_loss = 0.5 * (self.gan(D(xt), True) + self.gan(D(fake.detach()), False))
         self.update(d_loss, "disc")
+        per_player = self.opts["objectives"] == "per_player"
         with self.autocast():
             adv = self.gan(D(fake), True, generator=True)
-            clf = self.classifier
-            if self.opts["bn"] == "separate":
-                with frozen_bn_statistics(clf):
-                    feats_s, logits_s = clf.forward_features(source.x)
-                feats_g, logits_g = clf.forward_features(self.to_input(fake))
-                feats, logits = torch.cat([feats_s, feats_g]), torch.cat([logits_s, logits_g])
+            refined = self.to_input(fake)
+            feats, logits = self._classify(source.x, refined.detach() if per_player else refined)
+            ce_src = F.cross_entropy(logits[:ns].float(), source.y)
+            ce_gen = F.cross_entropy(logits[ns:].float(), source.y)
+            if per_player:  # G's terms through C with C's weights constant (and its statistics untouched)
+                with constant_parameters(self.classifier), frozen_bn_statistics(self.classifier):
+                    feats_g, logits_g = self._classify(source.x, refined)
+                semantic = F.cross_entropy(logits_g[ns:].float(), source.y)
+                content = F.mse_loss(feats_g[ns:].float(), feats_g[:ns].float())
             else:
-                feats, logits = clf.forward_features(torch.cat([source.x, self.to_input(fake)]))
-            logits = logits.float()
-            ce_src = F.cross_entropy(logits[:ns], source.y)
-            ce_gen = F.cross_entropy(logits[ns:], source.y)
-            content = F.mse_loss(feats[ns:].float(), feats[:ns].float())
-            loss = o["adv"] * adv + o["semantic"] * ce_gen + o["content"] * content + ce_src + ce_gen
+                semantic = ce_gen
+                content = F.mse_loss(feats[ns:].float(), feats[:ns].float())
+            loss = o["adv"] * adv + o["semantic"] * semantic + o["content"] * content + ce_src + ce_gen
         self.update(loss, "refiner", "classifier")
         return {"loss/d": d_loss.item(), "loss/g_adv": adv.item(), "loss/cls_src": ce_src.item(),
                 "loss/cls_gen": ce_gen.item(), "loss/content": content.item()}
+
+    def _classify(self, x_source: torch.Tensor, x_refined: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """C's (features, logits) of [x_s; G(x_s)], normalised as ``bn`` says."""
+        clf = self.classifier
+        if self.opts["bn"] == "separate":
+            with frozen_bn_statistics(clf):
+                feats_s, logits_s = clf.forward_features(x_source)
+            feats_g, logits_g = clf.forward_features(x_refined)
+            return torch.cat([feats_s, feats_g]), torch.cat([logits_s, logits_g])
+        return clf.forward_features(torch.cat([x_source, x_refined]))

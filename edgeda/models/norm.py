@@ -1,4 +1,4 @@
-"""BatchNorm helpers shared by methods that normalise source and target batches separately."""
+"""BatchNorm and parameter helpers for methods that pass batches through a network in several ways."""
 from __future__ import annotations
 
 import contextlib
@@ -33,3 +33,18 @@ def frozen_bn_statistics(module: nn.Module) -> Iterator[None]:
         for m, bufs in zip(layers, originals):
             for n, b in zip(names, bufs):
                 setattr(m, n, b)
+
+
+@contextlib.contextmanager
+def constant_parameters(module: nn.Module) -> Iterator[None]:
+    """Inside the block the module's parameters do not require gradients, so a forward pass through
+    it passes gradients on to its input but gives its own weights none (a loss that should train
+    what feeds the module, not the module; as GAN code freezes D for the generator's step)."""
+    params = [p for p in module.parameters() if p.requires_grad]
+    try:
+        for p in params:
+            p.requires_grad_(False)
+        yield
+    finally:
+        for p in params:
+            p.requires_grad_(True)

@@ -86,6 +86,34 @@ def test_cyclegan_identity_loss_is_the_l1_of_each_generator_on_its_own_output_do
     assert got > 0.01  # untrained generators are far from the identity
 
 
+@pytest.mark.parametrize("name", ["cyclegan", "fgbg_cyclegan"])
+def test_cyclegan_target_semantic_loss_keeps_the_class_c_gives_the_target_image(name):
+    import copy
+
+    import torch.nn.functional as F
+
+    s, t = _batches()
+    assert "loss/semantic_target" not in _method(name).step(s, t)  # off by default
+    torch.manual_seed(0)
+    m = _method(name, semantic_target=1.0)
+    torch.manual_seed(0)
+    plain = _method(name)  # the same networks, without the term
+    m.progress = plain.progress = 0.1
+    C = m.classifier
+    with torch.no_grad():  # the networks before this step's update, C on each batch's own statistics
+        ref = copy.deepcopy(C)
+        pseudo = ref(t.x).argmax(1)
+        ref = copy.deepcopy(C)
+        want = F.cross_entropy(ref(m.to_input(m.nets["inverse"](m.to_tanh(t.x)))), pseudo).item()
+    got = m.step(s, t)["loss/semantic_target"]
+    assert got == pytest.approx(want, rel=1e-5)
+    plain.step(s, t)
+    running = [k for k in C.state_dict() if k.endswith(("running_mean", "running_var"))]
+    assert running
+    for k in running:  # the term's passes leave C's running statistics alone
+        torch.testing.assert_close(C.state_dict()[k], plain.classifier.state_dict()[k])
+
+
 def test_fgbg_without_masks_falls_back_to_the_plain_cycle():
     m = _method("fgbg_cyclegan")
     s, t = _batches()

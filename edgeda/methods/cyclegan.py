@@ -5,6 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from ..models.gan_utils import ImagePool, cycle_loss
+from ..models.norm import frozen_bn_statistics
 from ._pixel import PIXEL_DEFAULTS, PixelMethod
 from .base import Batch
 from .registry import METHODS
@@ -21,12 +22,20 @@ class CycleGANRefinement(PixelMethod):
     Stage 1 (the first ``gan_fraction`` of the iterations), G: S -> T, F: T -> S, PatchGANs D_T, D_S:
       min_{G,F} max_{D_T,D_S} L_gan(G, D_T) + L_gan(F, D_S) + l_cyc (||F(G(x_s)) - x_s||_1 + ||G(F(x_t)) - x_t||_1)
                               + l_sem CE(C(G(x_s)), y_s)        (CyCADA's semantic loss; 0 = plain GeneSIS-RT)
+                              + l_semt CE(C(F(x_t)), argmax C(x_t))  (its target -> source half; 0 = off)
                               + l_idt l_cyc (||G(x_t) - x_t||_1 + ||F(x_s) - x_s||_1)  (CycleGAN's identity loss)
     while the classifier C learns the source, CE(C(x_s), y_s), so the semantic loss has a teacher
     (C is not updated by the semantic loss). Discriminators see a history pool of 50 fakes.
     Stage 2: G is frozen; C is trained on translated source images only, CE(C(G(x_s)), y_s).
 
-    Defaults: ``gan_fraction`` 0.5, l_cyc = 10 (``cycle``), l_sem = 1 (``semantic``), l_idt = 0.5
+    CyCADA's semantic consistency has two halves: a translated image keeps the class the source
+    classifier gives the untranslated one, for G(x_s) (here against the label y_s, which C(x_s)
+    predicts on the source) and for F(x_t) (against C's own prediction on x_t, no labels needed:
+    ``semantic_target``). C's passes for the second half normalise by the batch's own statistics
+    and leave C's running statistics alone.
+
+    Defaults: ``gan_fraction`` 0.5, l_cyc = 10 (``cycle``), l_sem = 1 (``semantic``), l_semt = 0
+    (``semantic_target``), l_idt = 0.5
     (``identity``, the CycleGAN paper's value; 0 = off, plain GeneSIS-RT), LSGAN, pool 50,
     plus the pixel-method defaults. The shipped refiner is G.
 
@@ -39,7 +48,7 @@ class CycleGANRefinement(PixelMethod):
 
     summary = "CycleGAN source<->target, then the classifier on translated source images (GeneSIS-RT; CyCADA semantic loss)"
     defaults = {**PIXEL_DEFAULTS, "gan_fraction": 0.5, "cycle": 10.0, "semantic": 1.0, "identity": 0.5,
-                "pool": 50}
+                "pool": 50, "semantic_target": 0.0}
 
     def build(self) -> None:
         self.nets["classifier"] = self.make_classifier()
@@ -68,6 +77,14 @@ class CycleGANRefinement(PixelMethod):
             cyc = self.source_cycle_loss(Fi(fake_t), xs, source) + cycle_loss(G(fake_s), xt)
             sem = F.cross_entropy(self.classifier(self.to_input(fake_t)).float(), source.y)
             g_loss = adv + o["cycle"] * cyc + o["semantic"] * sem
+            sem_t = None
+            if float(o["semantic_target"]) > 0:  # F(x_t) keeps the class C gives x_t
+                clf = self.classifier
+                with frozen_bn_statistics(clf):
+                    with torch.no_grad():
+                        pseudo = clf(target.x).argmax(1)
+                    sem_t = F.cross_entropy(clf(self.to_input(fake_s)).float(), pseudo)
+                g_loss = g_loss + float(o["semantic_target"]) * sem_t
             idt = None
             if float(o["identity"]) > 0:  # a generator fed an image of its output domain leaves it alone
                 idt = cycle_loss(G(xt), xt) + cycle_loss(Fi(xs), xs)
@@ -84,6 +101,8 @@ class CycleGANRefinement(PixelMethod):
                "loss/d": d_loss.item(), "loss/cls": ce_src.item()}
         if idt is not None:
             out["loss/identity"] = idt.item()
+        if sem_t is not None:
+            out["loss/semantic_target"] = sem_t.item()
         return out
 
     def task_step(self, source: Batch) -> dict[str, float]:

@@ -64,7 +64,8 @@ PROFILES: dict[str, dict] = {
             # SUIT: 6000 joint iterations, the feature-level methods' budget (1000 until 2026-11-21, then
             # 3000; each step chosen by the label-free info_max score of the target predictions, 3 seeds:
             # 1.67 -> 1.71 -> 1.73; target accuracy, seen afterwards, 64.8 -> 66.2 -> 65.5); then, also by
-            # info_max, per-domain BatchNorm, bn=separate (1.734 -> 1.744; accuracy 65.5 -> 67.5)
+            # info_max, per-domain BatchNorm, bn=separate (1.734 -> 1.744; accuracy 65.5 -> 67.5). Rejected
+            # by it: each player on its own terms only, objectives=per_player (1.742; accuracy 66.6).
             "suit": {"iters": 6000, "eval_every": 1500, "init_from": "source_only", "options": {**_CPU_GAN, "bn": "separate"}},
             # CycleGAN: 300 GAN iterations, then 1700 classifier iterations on translated images
             # Tried on 2026-11-21 against the label-free info_max score of the target predictions
@@ -182,8 +183,9 @@ def method_options(cfg: dict) -> dict:
 # before it existed: a stored run without the key ran with that value, so it stays current while the
 # default is that value (and goes stale when the default or the profile moves off it).
 ADDED_OPTIONS: dict[str, dict] = {
-    "suit": {"bn": "joint"},
-    "fgbg_cyclegan": {"full_cycle": False},
+    "suit": {"bn": "joint", "objectives": "joint"},
+    "cyclegan": {"semantic_target": 0.0},
+    "fgbg_cyclegan": {"full_cycle": False, "semantic_target": 0.0},
 }
 
 

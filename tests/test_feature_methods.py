@@ -200,6 +200,19 @@ def test_coral_separate_bn_statistics_follow_the_target_only(tmp_path):
         Trainer(tiny_config(tmp_path / "bad", method="coral", iters=1, options={"bn": "both"}), progress=False, log=None).run()
 
 
+def test_csg_backbone_lr_scales_the_encoders_learning_rate_only(tmp_path):
+    tr = Trainer(tiny_config(tmp_path / "csg", method="csg", options={"backbone_lr": 0.1}), progress=False, log=None)
+    tr._build()
+    m = tr.method
+    enc, rest = m.optims["main"].param_groups
+    assert {id(p) for p in enc["params"]} == {id(p) for p in m.classifier.features.parameters()}
+    assert id(m.classifier.head.weight) in {id(p) for p in rest["params"]}
+    assert id(next(m.nets["proj"].parameters())) in {id(p) for p in rest["params"]}
+    assert enc["lr"] == pytest.approx(0.1 * rest["lr"]) and enc["initial_lr"] == pytest.approx(0.1 * rest["initial_lr"])
+    with pytest.raises(Exception, match="backbone_lr="):
+        Trainer(tiny_config(tmp_path / "bad", method="csg", iters=1, options={"backbone_lr": 0}), progress=False, log=None).run()
+
+
 def test_csg_two_layers_contrast_the_last_two_stages_each_with_its_own_head_and_queue(tmp_path):
     base = Trainer(tiny_config(tmp_path / "so", method="source_only", iters=2), progress=False, log=None).run()
     tr = Trainer(tiny_config(tmp_path / "csg", method="csg", init=str(base.bundle), options={"layers": 2}, iters=3,

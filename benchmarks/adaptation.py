@@ -3,6 +3,7 @@
     python benchmarks/adaptation.py --profile cpu            # every registered method x seeds 0,1,2
     python benchmarks/adaptation.py --methods dann,source_only --seeds 0
     python benchmarks/adaptation.py --table-only             # rebuild JSON + README table from runs
+    python benchmarks/adaptation.py --methods suit --try ema=0.999   # a candidate setting, judged label-free
 
 Each (method, seed) run is stored as ``benchmarks/results/adaptation/<profile>/<method>-s<seed>.json``
 and skipped when present (``--force`` reruns it), so the table can be built up method by method
@@ -10,7 +11,8 @@ and an interrupted benchmark continues where it stopped. The summary goes to
 ``benchmarks/results/adaptation.json`` and the README table between the ``adaptation-table`` markers.
 
 Model selection follows each run's config (never target labels); target test accuracy is
-reported only. Profiles: ``cpu`` is sized so that the whole table finishes in about two hours on
+reported only. A setting changes only by the rule in ``benchmarks/candidates.py`` (``--try``: the
+candidate's runs are stored apart and compared on the label-free info_max score). Profiles: ``cpu`` is sized so that the whole table finishes in about two hours on
 2 cores; ``gpu`` is a longer schedule with a wider backbone for GPU servers.
 """
 from __future__ import annotations
@@ -112,12 +114,12 @@ def data_version() -> str:
     return f"syndigits-v{SYNDIGITS_VERSION}"
 
 
-def run_one(profile: str, method: str, seed: int, out_root: Path) -> dict:
+def run_one(profile: str, method: str, seed: int, out_root: Path, cfg: dict | None = None, name: str | None = None) -> dict:
     import torch
 
     from edgeda.train.trainer import train  # not edgeda.train: once imported, the subpackage shadows the lazy alias
 
-    cfg = run_config(profile, method, seed)
+    cfg = cfg or run_config(profile, method, seed)
     kw = {k: v for k, v in cfg.items() if k != "init_from"}
     if cfg.get("init_from"):  # e.g. CSG's pre-trained encoder: the same seed's run of another method
         init = out_root / f"{cfg['init_from']}-s{seed}" / "model.edgeda"
@@ -125,7 +127,7 @@ def run_one(profile: str, method: str, seed: int, out_root: Path) -> dict:
             raise SystemExit(f"{method} starts from {init}: run {cfg['init_from']} seed {seed} first")
         kw["init"] = str(init)
     t0 = time.perf_counter()
-    res = train(out=str(out_root / f"{method}-s{seed}"), progress=False, log=None, **kw)
+    res = train(out=str(out_root / (name or f"{method}-s{seed}")), progress=False, log=None, **kw)
     wall = time.perf_counter() - t0
     from edgeda.utils import machine_info
 
@@ -295,6 +297,49 @@ def markdown(summary: dict) -> str:
     return "\n".join(lines)
 
 
+def try_candidate(args) -> int:
+    """Run ``--try`` settings for the chosen methods and seeds, then print and record the rule's verdict."""
+    import candidates
+
+    change = candidates.parse_try(args.try_)
+    label = candidates.tag(change)
+    folder = RESULTS / "adaptation" / f"{args.profile}-try"
+    folder.mkdir(parents=True, exist_ok=True)
+    methods = args.methods.split(",") if args.methods != "all" else []
+    if not methods:
+        raise SystemExit("--try needs --methods")
+    seeds = [int(s) for s in args.seeds.split(",")]
+    log_file = RESULTS / "adaptation-candidates.json"
+    log = json.loads(log_file.read_text()) if log_file.exists() else []
+    for m in methods:
+        for s in seeds:
+            cfg = candidates.apply(run_config(args.profile, m, s), change)
+            f = folder / f"{m}@{label}-s{s}.json"
+            if f.exists() and not args.force and json.loads(f.read_text()).get("config") == cfg:
+                continue
+            print(f"running {m} seed {s} with {label} ({args.profile} profile)...", flush=True)
+            r = run_one(args.profile, m, s, Path(args.runs_dir) / args.profile, cfg=cfg, name=f"try/{m}@{label}-s{s}")
+            r["candidate"] = change
+            f.write_text(json.dumps(r, indent=1) + "\n")
+            print(f"  target {r['target_test_acc']:.3f} source val {r['source_val_acc']:.3f} in {r['wall_time_s']:.0f}s", flush=True)
+        current = [r for r in (json.loads(p.read_text()) for p in sorted((RESULTS / "adaptation" / args.profile).glob(f"{m}-s*.json")))
+                   if is_current(r, args.profile) and r["seed"] in seeds]
+        cand = [json.loads((folder / f"{m}@{label}-s{s}.json").read_text()) for s in seeds
+                if (folder / f"{m}@{label}-s{s}.json").exists()]
+        v = candidates.verdict(current, cand)
+        if v["adopt"] is None:
+            print(f"{m} {label}: no seed has both a current and a candidate run; nothing to judge")
+            continue
+        c, n = v["current"], v["candidate"]
+        print(f"{m} {label}, seeds {v['seeds']}: info_max {n['info_max']:.4f} vs current {c['info_max']:.4f} -> "
+              f"{'ADOPT' if v['adopt'] else 'reject'} (target accuracy, reported only: {100 * n['target_test_acc']:.1f} "
+              f"vs {100 * c['target_test_acc']:.1f} %)")
+        log.append({"method": m, "profile": args.profile, "change": change, "tag": label, **v,
+                    "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")})
+    log_file.write_text(json.dumps(log, indent=1) + "\n")
+    return 0
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--profile", default="cpu", choices=sorted(PROFILES))
@@ -304,6 +349,9 @@ def main(argv=None) -> int:
     ap.add_argument("--table-only", action="store_true")
     ap.add_argument("--threads", type=int, default=None, help="torch threads per run (default: torch's choice)")
     ap.add_argument("--estimate", action="store_true", help="time short runs and estimate the whole table's duration")
+    ap.add_argument("--try", dest="try_", action="append", default=[], metavar="KEY=VALUE",
+                    help="run a candidate setting (ema=0.999, options.bn=joint; repeatable) apart from the table "
+                         "and judge it against the current runs by the label-free rule (benchmarks/candidates.py)")
     ap.add_argument("--runs-dir", default=os.environ.get("EDGEDA_BENCH_RUNS", "runs/bench-adaptation"))
     args = ap.parse_args(argv)
 
@@ -325,6 +373,8 @@ def main(argv=None) -> int:
         (RESULTS / f"adaptation-estimate-{args.profile}.json").write_text(json.dumps(est, indent=1) + "\n")
         print(f"whole table ({len(methods)} methods x {est['seeds']} seeds): ~{est['est_total_s'] / 60:.0f} min")
         return 0
+    if args.try_:
+        return try_candidate(args)
     if not args.table_only:
         from edgeda.methods import METHODS
 

@@ -85,6 +85,7 @@ def main() -> None:
 @click.option("--device", help="auto | cpu | cuda[:N]")
 @click.option("--init", help="initial weights (bundle or .safetensors) for methods that need them")
 @click.option("--option", "options", multiple=True, help="method option key=value (repeatable)")
+@click.option("--ema", type=float, help="ship an exponential moving average of the weights with this decay (e.g. 0.999; 0: off)")
 @click.option("--skip-nonfinite", is_flag=True, default=None, help="skip steps whose loss or gradients are NaN/inf instead of stopping")
 @click.option("--out", help="run folder (checkpoints, metrics.jsonl, model.edgeda)")
 @click.option("--config", "config_file", type=click.Path(dir_okay=False), help="YAML/JSON config; flags override it")
@@ -92,7 +93,7 @@ def main() -> None:
 @click.option("--json", "as_json", is_flag=True, help="print the result as JSON")
 @handle_errors
 def train(method, source, target, target_test, iters, batch_size, lr, backbone, eval_every, select, seed, device,
-          init, options, skip_nonfinite, out, config_file, resume, as_json) -> None:
+          init, options, ema, skip_nonfinite, out, config_file, resume, as_json) -> None:
     """Train a model with an adaptation method and write a bundle."""
     from .config import load_config_file, make_config, parse_option
     from .train import train as run_train
@@ -100,7 +101,7 @@ def train(method, source, target, target_test, iters, batch_size, lr, backbone, 
     file_values = load_config_file(config_file) if config_file else {}
     overrides = dict(method=method, source=source, target=target, target_test=target_test, iters=iters,
                      batch_size=batch_size, lr=lr, backbone=backbone, eval_every=eval_every, select=select, seed=seed,
-                     device=device, init=init, out=out, skip_nonfinite=skip_nonfinite)
+                     device=device, init=init, out=out, skip_nonfinite=skip_nonfinite, ema=ema)
     if options:
         overrides["options"] = dict(parse_option(o) for o in options)
     cfg = make_config(file_values, overrides)

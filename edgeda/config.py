@@ -43,6 +43,7 @@ class TrainConfig:
     options: dict = field(default_factory=dict)  # method-specific options
     skip_nonfinite: bool = False
     init: str | None = None  # initial weights (bundle or .safetensors) where a method needs them
+    ema: float = 0.0  # decay of an exponential moving average of the shipped weights (0: off; e.g. 0.999)
 
     def validate(self) -> "TrainConfig":
         if self.iters < 1:
@@ -55,6 +56,8 @@ class TrainConfig:
 
         if self.select not in selector_names():
             raise EdgedaError(f"unknown --select {self.select!r}; valid: {', '.join(selector_names())}")
+        if not 0.0 <= self.ema < 1.0:
+            raise EdgedaError(f"--ema {self.ema}: the decay must be in [0, 1) (0 turns weight averaging off; e.g. 0.999)")
         if self.channels not in (1, 3):
             raise EdgedaError("channels must be 1 or 3")
         self.eval_every = max(1, min(self.eval_every, self.iters))

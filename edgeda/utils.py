@@ -148,6 +148,19 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def cpu_generation() -> str | None:
+    """``family F model M`` from /proc/cpuinfo: two CPUs with one marketing name (e.g. "AMD EPYC")
+    can be different generations, with different vector units and so different float results."""
+    try:
+        fields = dict(line.split(":", 1) for line in Path("/proc/cpuinfo").read_text().splitlines()[:30] if ":" in line)
+    except OSError:
+        return None
+    fields = {k.strip(): v.strip() for k, v in fields.items()}
+    if "cpu family" not in fields:
+        return None
+    return f"family {fields['cpu family']} model {fields.get('model', '?')}"
+
+
 def machine_info() -> dict:
     """What a benchmark result must name: CPU, cores, GPU, library versions."""
     import numpy as np
@@ -155,6 +168,8 @@ def machine_info() -> dict:
 
     info = {
         "cpu": cpu_model(),
+        "cpu_generation": cpu_generation(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),  # the vector kernels torch runs here
         "cores": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "python": platform.python_version(),
@@ -165,7 +180,7 @@ def machine_info() -> dict:
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(0)
         info["cuda"] = torch.version.cuda
-    for mod in ("onnx", "onnxruntime"):
+    for mod in ("onnx", "onnxruntime", "matplotlib"):  # matplotlib renders syndigits
         try:
             info[mod] = __import__(mod).__version__
         except Exception:  # noqa: BLE001 - optional

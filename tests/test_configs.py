@@ -43,3 +43,31 @@ def test_stored_benchmark_runs_go_stale_when_renderer_profile_or_method_defaults
     assert adaptation.staleness(run, "cpu") is None
     monkeypatch.setattr(coral, "defaults", {**coral.defaults, "newopt": 2})  # the new default changes behaviour
     assert "option defaults" in adaptation.staleness(run, "cpu")
+
+
+def test_candidate_settings_are_parsed_merged_and_judged_by_info_max_only():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import candidates
+    import pytest
+
+    change = candidates.parse_try(["ema=0.999", "options.bn=joint"])
+    assert change == {"ema": 0.999, "options": {"bn": "joint"}}
+    assert candidates.tag(change) == "options.bn=joint,ema=0.999"
+    cfg = {"iters": 10, "options": {"bn": "separate", "adv": 1.0}}
+    assert candidates.apply(cfg, change) == {"iters": 10, "ema": 0.999, "options": {"bn": "joint", "adv": 1.0}}
+    assert cfg["options"]["bn"] == "separate"  # the profile's config is not modified
+    for bad in (["ema"], ["foo.bar=1"], ["options.=1"]):
+        with pytest.raises(SystemExit):
+            candidates.parse_try(bad)
+
+    def run(seed, im, acc, sel=2):  # the score at the shipped iteration counts, not the best one
+        return {"seed": seed, "selected_iteration": sel, "target_test_acc": acc,
+                "history": [{"iteration": 1, "score/info_max": 9.0}, {"iteration": 2, "score/info_max": im}]}
+
+    current = [run(0, 1.0, 0.9), run(1, 1.2, 0.9), run(2, 5.0, 0.9)]
+    better_but_less_accurate = [run(0, 1.3, 0.1), run(1, 1.0, 0.1)]  # seed 2 missing: judged on seeds 0, 1
+    v = candidates.verdict(current, better_but_less_accurate)
+    assert v["seeds"] == [0, 1] and v["adopt"] is True
+    assert abs(v["candidate"]["info_max"] - 1.15) < 1e-12 and abs(v["current"]["info_max"] - 1.1) < 1e-12
+    assert candidates.verdict(current, [run(0, 0.9, 1.0)])["adopt"] is False  # accuracy decides nothing
+    assert candidates.verdict(current, [run(7, 3.0, 1.0)])["adopt"] is None

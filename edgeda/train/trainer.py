@@ -27,6 +27,7 @@ from ..methods.base import NonFiniteLoss
 from ..task import TaskSpec
 from ..utils import atomic_write_bytes, atomic_write_json, choose_device, machine_info, seed_everything
 from . import distributed
+from .averaging import WeightAverage
 from .checkpoint import load_checkpoint, load_latest, save_checkpoint
 from .domains import Domains, load_domains  # noqa: F401  (Domains re-exported)
 from .evaluate import evaluate_classifier, predict_features
@@ -97,6 +98,8 @@ class Trainer:
         if self.dist.enabled:
             distributed.broadcast_module(self.method.nets)
             torch.manual_seed(cfg.seed * 7919 + self.dist.rank)  # per-rank noise (dropout, GAN z) after a shared init
+        # --ema: what is evaluated, selected and shipped is the average of the deployables' weights
+        self.average = WeightAverage(self.method.deployables(), cfg.ema) if cfg.ema else None
         self.display = self._display_batches()
         shard = {"rank": self.dist.rank, "world_size": self.dist.world_size}
         aug = {"shift": cfg.augment_shift, "contrast": cfg.augment_contrast}
@@ -127,6 +130,7 @@ class Trainer:
             "best": self.best,
             "history": json.dumps(self.history),
             "skipped_steps": self.skipped_steps,
+            "average": self.average.state_dict() if self.average is not None else None,
         }
 
     def _restore(self, state: dict) -> int:
@@ -153,6 +157,11 @@ class Trainer:
         else:
             self.log(f"the checkpoint was written by {saved_world} process(es), this run has {self.dist.world_size}: "
                      "model and optimizer state are restored, data order starts afresh")
+        if self.average is not None:
+            if state.get("average"):
+                self.average.load_state_dict(state["average"])
+            else:  # the checkpoint was written without --ema: average from the restored weights on
+                self.average = WeightAverage(self.method.deployables(), self.cfg.ema)
         self.best = state.get("best")
         self.history = json.loads(state["history"])
         self.skipped_steps = int(state.get("skipped_steps", 0))
@@ -167,9 +176,14 @@ class Trainer:
                               "with several machines, --out must be on a filesystem every rank can read") from None
 
     # -- evaluation -----------------------------------------------------------------------------
+    def shipped(self) -> dict[str, torch.nn.Module]:
+        """The modules evaluated, selected and written to the bundle: the weight averages under
+        ``--ema``, else the method's live deployables."""
+        return self.average.modules if self.average is not None else self.method.deployables()
+
     def evaluate(self, iteration: int, train_losses: dict) -> dict:
         d, task, dev = self.domains, self.task, self.device
-        clf = self.method.classifier
+        clf = self.shipped()["classifier"]
         rec: dict = {"iteration": iteration, **{f"train/{k}": v for k, v in train_losses.items()}}
         rec["source_val_acc"] = evaluate_classifier(clf, d.source_val, task, dev)["accuracy"]
         ctx = EvalContext(rec["source_val_acc"])
@@ -270,6 +284,8 @@ class Trainer:
                             b.copy_(saved)
                     self.skipped_steps += 1
                     losses = {}
+                if losses and self.average is not None:
+                    self.average.update(self.method.deployables())
                 step_time += time.perf_counter() - t0
                 steps_timed += 1
                 for k, v in losses.items():
@@ -315,12 +331,12 @@ class Trainer:
                 self.best = {
                     "iteration": rec["iteration"],
                     "score": rec[key],
-                    "weights": {n: copy.deepcopy(m.state_dict()) for n, m in self.method.deployables().items()},
+                    "weights": {n: copy.deepcopy(m.state_dict()) for n, m in self.shipped().items()},
                 }
 
     def _finish(self, wall: float) -> tuple[Path, dict]:
         cfg = self.cfg
-        modules = self.method.deployables()
+        modules = self.shipped()
         selected = self.history[-1]["iteration"] if self.history else cfg.iters
         if cfg.select != "last" and self.best is not None:
             for n, m in modules.items():
@@ -329,7 +345,7 @@ class Trainer:
         final = next((h for h in self.history if h["iteration"] == selected), self.history[-1] if self.history else {})
         metrics = {k: v for k, v in final.items() if not k.startswith("train/") and k != "lr"}
         if self.domains.target_test is not None:
-            full = evaluate_classifier(self.method.classifier, self.domains.target_test, self.task, self.device)
+            full = evaluate_classifier(modules["classifier"], self.domains.target_test, self.task, self.device)
             metrics["target_test_per_class"] = full["per_class"]
         metrics["selected_iteration"] = selected
         grids = [h["samples_png"] for h in self.history if "samples_png" in h]
@@ -342,6 +358,7 @@ class Trainer:
             training={
                 "config": cfg.to_dict(), "domains": self.domains.summary(), "iterations": cfg.iters,
                 "selection": {"selector": cfg.select, "iteration": selected}, "wall_time_s": round(wall, 2),
+                "weight_average": {"kind": "ema", "decay": cfg.ema} if self.average is not None else None,
                 "skipped_steps": self.skipped_steps, "machine": machine_info(),
             },
             metrics=metrics,

@@ -1,0 +1,86 @@
+"""Candidate settings, judged without target labels: ``benchmarks/adaptation.py --try KEY=VALUE``.
+
+A candidate is the profile's config for a method with some keys changed: a trainer setting
+(``ema=0.999``, ``iters=3000``) or a method option (``options.bn=joint``). Its runs are stored
+apart from the table's, as ``benchmarks/results/adaptation/<profile>-try/<method>@<tag>-s<seed>.json``
+(kept, rejected or not, so every decision can be checked), and are compared with the current
+setting's runs of the same seeds by the one rule this benchmark uses to change a setting:
+
+    a candidate replaces the current setting only if its mean information-maximisation score
+    (H(mean p) - mean H(p) of the predictions on the unlabeled target images, at the shipped
+    checkpoint) over the same seeds is higher.
+
+Target test accuracy is printed next to the scores for the report; it decides nothing.
+"""
+from __future__ import annotations
+
+import copy
+import re
+import statistics
+
+import yaml
+
+RULE_SCORE = "score/info_max"
+
+
+def parse_try(items: list[str]) -> dict:
+    """``["ema=0.999", "options.bn=joint"]`` -> ``{"ema": 0.999, "options": {"bn": "joint"}}`` (values as YAML)."""
+    out: dict = {}
+    for item in items:
+        if "=" not in item:
+            raise SystemExit(f"--try expects KEY=VALUE (e.g. ema=0.999 or options.bn=joint), got {item!r}")
+        key, value = item.split("=", 1)
+        parts = key.strip().split(".")
+        if len(parts) > 2 or (len(parts) == 2 and parts[0] != "options") or not all(parts):
+            raise SystemExit(f"--try {item!r}: KEY is a trainer setting (ema) or options.NAME (a method option)")
+        node = out
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+        node[parts[-1]] = yaml.safe_load(value)
+    return out
+
+
+def tag(change: dict) -> str:
+    """A file-name-safe label of a change: ``ema=0.999``, ``options.bn=joint,ema=0.999``."""
+    flat = [(f"options.{k}", v) for k, v in sorted(change.get("options", {}).items())]
+    flat += [(k, v) for k, v in sorted(change.items()) if k != "options"]
+    text = ",".join(f"{k}={v}" for k, v in flat)
+    return re.sub(r"[^A-Za-z0-9_.,=+-]", "_", text)
+
+
+def apply(cfg: dict, change: dict) -> dict:
+    """The candidate's config: ``cfg`` with ``change`` merged in (method options merged key by key)."""
+    out = copy.deepcopy(cfg)
+    for k, v in change.items():
+        if k == "options":
+            out["options"] = {**out.get("options", {}), **v}
+        else:
+            out[k] = v
+    return out
+
+
+def shipped_score(run: dict, key: str = RULE_SCORE) -> float | None:
+    """The score at the checkpoint the run shipped (its selected iteration)."""
+    sel = run.get("selected_iteration")
+    hits = [h[key] for h in run.get("history", []) if h.get("iteration") == sel and key in h]
+    return hits[-1] if hits else None
+
+
+def verdict(current: list[dict], candidate: list[dict]) -> dict:
+    """The rule on the seeds both have: mean shipped info_max of each, and whether the candidate wins."""
+    cur = {r["seed"]: r for r in current}
+    cand = {r["seed"]: r for r in candidate}
+    seeds = sorted(set(cur) & set(cand))
+    if not seeds:
+        return {"seeds": [], "adopt": None}
+
+    def mean(rs, f):
+        vals = [f(rs[s]) for s in seeds]
+        return statistics.fmean(vals) if None not in vals else None
+
+    out = {"seeds": seeds}
+    for name, rs in (("current", cur), ("candidate", cand)):
+        out[name] = {"info_max": mean(rs, shipped_score), "target_test_acc": mean(rs, lambda r: r["target_test_acc"])}
+    a, b = out["current"]["info_max"], out["candidate"]["info_max"]
+    out["adopt"] = None if a is None or b is None else b > a
+    return out

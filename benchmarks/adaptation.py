@@ -310,7 +310,6 @@ def try_candidate(args) -> int:
         raise SystemExit("--try needs --methods")
     seeds = [int(s) for s in args.seeds.split(",")]
     log_file = RESULTS / "adaptation-candidates.json"
-    log = json.loads(log_file.read_text()) if log_file.exists() else []
     for m in methods:
         for s in seeds:
             cfg = candidates.apply(run_config(args.profile, m, s), change)
@@ -334,9 +333,10 @@ def try_candidate(args) -> int:
         print(f"{m} {label}, seeds {v['seeds']}: info_max {n['info_max']:.4f} vs current {c['info_max']:.4f} -> "
               f"{'ADOPT' if v['adopt'] else 'reject'} (target accuracy, reported only: {100 * n['target_test_acc']:.1f} "
               f"vs {100 * c['target_test_acc']:.1f} %)")
+        log = json.loads(log_file.read_text()) if log_file.exists() else []  # read late: other runs may append too
         log.append({"method": m, "profile": args.profile, "change": change, "tag": label, **v,
                     "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")})
-    log_file.write_text(json.dumps(log, indent=1) + "\n")
+        log_file.write_text(json.dumps(log, indent=1) + "\n")
     return 0
 
 

@@ -256,15 +256,27 @@ def summarise(profile: str) -> dict:
             "generated": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
 
 
+def machine_label(machine: dict) -> str:
+    """CPU (with its generation and torch's vector kernels where recorded: one name can cover CPUs whose
+    float results differ, so the same run can end elsewhere a few points apart), cores, torch."""
+    cpu = machine.get("gpu") or machine["cpu"]
+    extra = ", ".join(v for v in (machine.get("cpu_generation"), machine.get("cpu_capability")) if v)
+    return f"{cpu}{f' ({extra})' if extra else ''}, {machine['cores']} cores, torch {machine['torch']}"
+
+
 def markdown(summary: dict) -> str:
     rows = summary["rows"]
     if not rows:
         return "_no runs yet_"
-    machine = next(iter(rows.values()))["machine"]
+    machines: dict[str, list[str]] = {}
+    for m, r in rows.items():
+        machines.setdefault(machine_label(r["machine"]), []).append(m)
+    where = next(iter(machines)) if len(machines) == 1 else "; ".join(
+        f"{label} ({', '.join(ms)})" for label, ms in machines.items())
     lines = [
         f"`{summary['pair']['source']} -> {summary['pair']['target']}`, profile `{summary['profile']}`, "
         f"mean ± std over seeds; target = `handwritten:test` (labels used for this report only). "
-        f"Machine: {machine.get('gpu') or machine['cpu']}, {machine['cores']} cores, torch {machine['torch']}. "
+        f"Machine: {where}. "
         "Wall time is per run as measured; runs shared the machine with other jobs at different loads "
         "(recorded per run in its JSON where available), so wall times are not comparable across rows.",
         "",

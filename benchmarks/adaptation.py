@@ -53,6 +53,11 @@ PROFILES: dict[str, dict] = {
         # source-trained task model: their semantic / content losses go through the classifier from
         # the first iteration (until 2026-11-21 they started from scratch).
         "methods": {
+            # source-only ships the exponential moving average of its weights (--ema 0.999), adopted on
+            # 2026-12-01 by the label-free info_max rule (benchmarks/candidates.py; 3 seeds: 1.696 vs 1.678;
+            # target accuracy, seen afterwards, 61.6 -> 62.6): the baseline every gain is measured against,
+            # and the bundle the init_from methods below start from.
+            "source_only": {"ema": 0.999},
             # CSG needs a pre-trained encoder (the paper: ImageNet weights); here the same seed's
             # source-only bundle, passed as --init (without it CSG pre-trains on 30 % of its own budget)
             # Tried on 2026-11-21 and rejected by the label-free info_max score (1.71 for the defaults):
@@ -108,6 +113,28 @@ def run_config(profile: str, method: str, seed: int) -> dict:
     return cfg
 
 
+def init_bundle(profile: str, init_from: str, seed: int, out_root: Path) -> tuple[Path, dict]:
+    """The bundle a run starts from (the same seed's run of ``init_from``) and the profile config it was
+    trained with; refused unless it was trained with the profile's current settings for that method."""
+    init = out_root / f"{init_from}-s{seed}" / "model.edgeda"
+    if not (init / "manifest.json").is_file():
+        raise SystemExit(f"this run starts from {init}: run {init_from} seed {seed} first")
+    want = run_config(profile, init_from, seed)
+    got = json.loads((init / "manifest.json").read_text())["training"]["config"]
+    diff = sorted(k for k, v in want.items() if k not in ("init_from", "options") and got.get(k) != v)
+    if want.get("options", {}) != got.get("options", {}):
+        diff.append("options")
+    if diff:
+        raise SystemExit(f"{init} was trained with other {', '.join(diff)} than the {profile} profile's {init_from}: "
+                         f"rerun {init_from} seed {seed} (--force)")
+    return init, want
+
+
+# Trainer settings added to the profile of a method that other runs start from (init_from): a run stored
+# without ``init_config`` started from a bundle trained without them.
+INIT_ADDED_KEYS = ("ema",)
+
+
 def data_version() -> str:
     from edgeda.data.builtin import SYNDIGITS_VERSION
 
@@ -121,10 +148,9 @@ def run_one(profile: str, method: str, seed: int, out_root: Path, cfg: dict | No
 
     cfg = cfg or run_config(profile, method, seed)
     kw = {k: v for k, v in cfg.items() if k != "init_from"}
+    init_cfg = None
     if cfg.get("init_from"):  # e.g. CSG's pre-trained encoder: the same seed's run of another method
-        init = out_root / f"{cfg['init_from']}-s{seed}" / "model.edgeda"
-        if not (init / "manifest.json").is_file():
-            raise SystemExit(f"{method} starts from {init}: run {cfg['init_from']} seed {seed} first")
+        init, init_cfg = init_bundle(profile, cfg["init_from"], seed, out_root)
         kw["init"] = str(init)
     t0 = time.perf_counter()
     res = train(out=str(out_root / (name or f"{method}-s{seed}")), progress=False, log=None, **kw)
@@ -133,7 +159,7 @@ def run_one(profile: str, method: str, seed: int, out_root: Path, cfg: dict | No
 
     return {
         "method": method, "seed": seed, "profile": profile, "config": cfg, "data_version": data_version(),
-        "method_options": method_options(cfg),
+        "method_options": method_options(cfg), "init_config": init_cfg,
         "source_val_acc": res.metrics.get("source_val_acc"), "target_test_acc": res.metrics.get("target_test_acc"),
         "target_entropy": res.metrics.get("target_entropy"), "selected_iteration": res.metrics.get("selected_iteration"),
         "history": res.history, "wall_time_s": round(wall, 1), "step_time_s": round(res.step_time, 5),
@@ -211,6 +237,11 @@ def staleness(r: dict, profile: str) -> str | None:
         return f"made with another {profile} profile setting"
     if "method_options" in r and stored_options(r) != method_options(cfg):
         return "made with other method option defaults"
+    if cfg.get("init_from"):  # started from another method's run: that one's settings count too
+        want = run_config(profile, cfg["init_from"], r["seed"])
+        legacy = {k: v for k, v in want.items() if k not in INIT_ADDED_KEYS}
+        if (r.get("init_config") or legacy) != want:
+            return f"started from a {cfg['init_from']} run with other settings"
     return None
 
 
@@ -326,8 +357,11 @@ def try_candidate(args) -> int:
         for s in seeds:
             cfg = candidates.apply(run_config(args.profile, m, s), change)
             f = folder / f"{m}@{label}-s{s}.json"
-            if f.exists() and not args.force and json.loads(f.read_text()).get("config") == cfg:
-                continue
+            want_init = run_config(args.profile, cfg["init_from"], s) if cfg.get("init_from") else None
+            if f.exists() and not args.force:
+                stored = json.loads(f.read_text())
+                if stored.get("config") == cfg and stored.get("init_config") == want_init:
+                    continue
             print(f"running {m} seed {s} with {label} ({args.profile} profile)...", flush=True)
             r = run_one(args.profile, m, s, Path(args.runs_dir) / args.profile, cfg=cfg, name=f"try/{m}@{label}-s{s}")
             r["candidate"] = change

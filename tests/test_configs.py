@@ -71,3 +71,46 @@ def test_candidate_settings_are_parsed_merged_and_judged_by_info_max_only():
     assert abs(v["candidate"]["info_max"] - 1.15) < 1e-12 and abs(v["current"]["info_max"] - 1.1) < 1e-12
     assert candidates.verdict(current, [run(0, 0.9, 1.0)])["adopt"] is False  # accuracy decides nothing
     assert candidates.verdict(current, [run(7, 3.0, 1.0)])["adopt"] is None
+
+
+def test_a_run_goes_stale_when_the_run_it_started_from_changes(monkeypatch):
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import adaptation
+
+    cfg = adaptation.run_config("cpu", "csg", 0)
+    assert cfg["init_from"] == "source_only"
+    init = adaptation.run_config("cpu", "source_only", 0)
+    run = {"method": "csg", "seed": 0, "config": cfg, "data_version": adaptation.data_version(),
+           "method_options": adaptation.method_options(cfg), "init_config": init}
+    assert adaptation.staleness(run, "cpu") is None
+    assert "source_only run with other settings" in adaptation.staleness({**run, "init_config": {**init, "iters": 5}}, "cpu")
+    # stored before init_config was recorded: it started from a source-only bundle without the keys added since
+    legacy = {k: v for k, v in run.items() if k != "init_config"}
+    without_added = {k: v for k, v in init.items() if k not in adaptation.INIT_ADDED_KEYS}
+    monkeypatch.setitem(adaptation.PROFILES["cpu"]["methods"], "source_only", {})
+    assert adaptation.run_config("cpu", "source_only", 0) == without_added
+    assert adaptation.staleness(legacy, "cpu") is None
+    monkeypatch.setitem(adaptation.PROFILES["cpu"]["methods"], "source_only", {"ema": 0.999})
+    assert "other settings" in adaptation.staleness(legacy, "cpu")
+
+
+def test_init_bundle_is_refused_when_trained_with_other_settings(tmp_path):
+    import json
+
+    import pytest
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import adaptation
+
+    with pytest.raises(SystemExit, match="run source_only seed 0 first"):
+        adaptation.init_bundle("cpu", "source_only", 0, tmp_path)
+    bundle = tmp_path / "source_only-s0" / "model.edgeda"
+    bundle.mkdir(parents=True)
+    want = adaptation.run_config("cpu", "source_only", 0)
+    manifest = {"training": {"config": {**want, "options": {}, "out": "x", "init": None}}}
+    (bundle / "manifest.json").write_text(json.dumps(manifest))
+    assert adaptation.init_bundle("cpu", "source_only", 0, tmp_path) == (bundle, want)
+    manifest["training"]["config"]["ema"] = 0.0
+    (bundle / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(SystemExit, match="other ema"):
+        adaptation.init_bundle("cpu", "source_only", 0, tmp_path)

@@ -386,6 +386,37 @@ def try_candidate(args) -> int:
     return 0
 
 
+def promote(args) -> int:
+    """Copy the ``--try`` runs of an adopted candidate (JSON and run folder, whose bundle later runs may
+    start from) into the table, seed by seed, where they equal what the current profile would run."""
+    import shutil
+
+    methods = args.methods.split(",") if args.methods != "all" else []
+    if not methods:
+        raise SystemExit("--promote needs --methods")
+    runs = Path(args.runs_dir) / args.profile
+    for m in methods:
+        for s in (int(x) for x in args.seeds.split(",")):
+            f = RESULTS / "adaptation" / f"{args.profile}-try" / f"{m}@{args.promote}-s{s}.json"
+            if not f.exists():
+                raise SystemExit(f"no candidate run {f}")
+            r = json.loads(f.read_text())
+            r.pop("candidate", None)
+            why = staleness(r, args.profile)
+            if why is not None:
+                raise SystemExit(f"{f.name} is not what the {args.profile} profile runs now ({why}): change the profile first")
+            src, dst = runs / "try" / f"{m}@{args.promote}-s{s}", runs / f"{m}-s{s}"
+            if (src / "model.edgeda" / "manifest.json").is_file():
+                shutil.rmtree(dst, ignore_errors=True)
+                shutil.copytree(src, dst)
+            (RESULTS / "adaptation" / args.profile / f"{m}-s{s}.json").write_text(json.dumps(r, indent=1) + "\n")
+            print(f"{m} seed {s}: {f.name} is now the table's run")
+    summary = summarise(args.profile)
+    (RESULTS / "adaptation.json").write_text(json.dumps(summary, indent=1) + "\n")
+    replace_block("adaptation-table", markdown(summary))
+    return 0
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--profile", default="cpu", choices=sorted(PROFILES))
@@ -398,6 +429,8 @@ def main(argv=None) -> int:
     ap.add_argument("--try", dest="try_", action="append", default=[], metavar="KEY=VALUE",
                     help="run a candidate setting (ema=0.999, options.bn=joint; repeatable) apart from the table "
                          "and judge it against the current runs by the label-free rule (benchmarks/candidates.py)")
+    ap.add_argument("--promote", metavar="TAG", help="after the profile was changed to an adopted candidate (e.g. "
+                    "ema=0.999), use its stored --try runs as the table's runs instead of rerunning them")
     ap.add_argument("--runs-dir", default=os.environ.get("EDGEDA_BENCH_RUNS", "runs/bench-adaptation"))
     args = ap.parse_args(argv)
 
@@ -421,6 +454,8 @@ def main(argv=None) -> int:
         return 0
     if args.try_:
         return try_candidate(args)
+    if args.promote:
+        return promote(args)
     if not args.table_only:
         from edgeda.methods import METHODS
 

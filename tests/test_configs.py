@@ -114,3 +114,37 @@ def test_init_bundle_is_refused_when_trained_with_other_settings(tmp_path):
     (bundle / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(SystemExit, match="other ema"):
         adaptation.init_bundle("cpu", "source_only", 0, tmp_path)
+
+
+def test_promote_copies_only_candidate_runs_that_match_the_current_profile(tmp_path, monkeypatch):
+    import argparse
+    import json
+
+    import pytest
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import adaptation
+
+    monkeypatch.setattr(adaptation, "RESULTS", tmp_path / "results")
+    monkeypatch.setattr(adaptation, "replace_block", lambda *a: None)
+    (tmp_path / "results" / "adaptation" / "cpu").mkdir(parents=True)
+    try_dir = tmp_path / "results" / "adaptation" / "cpu-try"
+    try_dir.mkdir(parents=True)
+    cfg = adaptation.run_config("cpu", "dann", 0)
+    run = {"method": "dann", "seed": 0, "config": cfg, "data_version": adaptation.data_version(),
+           "method_options": adaptation.method_options(cfg), "init_config": None, "candidate": {"ema": 0.5},
+           "source_val_acc": 0.9, "target_test_acc": 0.8, "history": [], "wall_time_s": 1.0,
+           "machine": {"cpu": "x", "cores": 2, "torch": "t"}}
+    (try_dir / "dann@ema=0.5-s0.json").write_text(json.dumps(run))
+    bundle = tmp_path / "runs" / "cpu" / "try" / "dann@ema=0.5-s0" / "model.edgeda"
+    bundle.mkdir(parents=True)
+    (bundle / "manifest.json").write_text("{}")
+    args = argparse.Namespace(methods="dann", seeds="0", profile="cpu", promote="ema=0.5", runs_dir=str(tmp_path / "runs"))
+    assert adaptation.promote(args) == 0
+    table_run = json.loads((tmp_path / "results" / "adaptation" / "cpu" / "dann-s0.json").read_text())
+    assert "candidate" not in table_run and table_run["target_test_acc"] == 0.8
+    assert (tmp_path / "runs" / "cpu" / "dann-s0" / "model.edgeda" / "manifest.json").is_file()
+    # a candidate the profile does not run (yet) is refused
+    (try_dir / "dann@ema=0.5-s0.json").write_text(json.dumps({**run, "config": {**cfg, "ema": 0.5}}))
+    with pytest.raises(SystemExit, match="change the profile first"):
+        adaptation.promote(args)

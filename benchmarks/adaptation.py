@@ -277,6 +277,7 @@ def summarise(profile: str) -> dict:
             "target_test_acc": {"mean": statistics.fmean(tgt), "std": statistics.pstdev(tgt), "per_seed": tgt},
             "source_val_acc": {"mean": statistics.fmean(src), "std": statistics.pstdev(src), "per_seed": src},
             "iters": rs[0]["config"]["iters"],
+            "ema": rs[0]["config"].get("ema"),
             "wall_time_s": {"mean": statistics.fmean(r["wall_time_s"] for r in rs), "per_seed": [r["wall_time_s"] for r in rs]},
             "machine": rs[0]["machine"],
         }
@@ -318,8 +319,8 @@ def markdown(summary: dict) -> str:
         "Wall time is per run as measured; runs shared the machine with other jobs at different loads "
         "(recorded per run in its JSON where available), so wall times are not comparable across rows.",
         "",
-        "| method | target acc % | gain vs source-only (points) | source val acc % | iterations | seeds | wall time / run (s) |",
-        "|---|---|---|---|---|---|---|",
+        "| method | target acc % | gain vs source-only (points) | source val acc % | iterations | weights shipped | seeds | wall time / run (s) |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     est_file = RESULTS / f"adaptation-estimate-{summary['profile']}.json"
     if est_file.exists():
@@ -335,6 +336,7 @@ def markdown(summary: dict) -> str:
             f"| {m} | {fmt_pct(r['target_test_acc']['mean'], r['target_test_acc']['std'])} | "
             f"{'–' if gain is None or m == 'source_only' else f'{gain:+.1f}'} | "
             f"{fmt_pct(r['source_val_acc']['mean'], r['source_val_acc']['std'])} | {r['iters']} | "
+            f"{'EMA ' + str(r['ema']) if r.get('ema') else 'trained'} | "
             f"{len(r['seeds'])} | {r['wall_time_s']['mean']:.0f} |"
         )
     curve = summary.get("source_only_by_iteration") or {}

@@ -77,7 +77,9 @@ PROFILES: dict[str, dict] = {
             # 3000; each step chosen by the label-free info_max score of the target predictions, 3 seeds:
             # 1.67 -> 1.71 -> 1.73; target accuracy, seen afterwards, 64.8 -> 66.2 -> 65.5); then, also by
             # info_max, per-domain BatchNorm, bn=separate (1.734 -> 1.744; accuracy 65.5 -> 67.5). Rejected
-            # by it: each player on its own terms only, objectives=per_player (1.742; accuracy 66.6).
+            # by it: each player on its own terms only, objectives=per_player (1.742; accuracy 66.6); and on
+            # 2026-12-01 (this machine, from the EMA source-only bundle) the EMA of the weights, ema 0.999
+            # (1.7186 vs 1.7304; accuracy 63.2 vs 63.2).
             "suit": {"iters": 6000, "eval_every": 1500, "init_from": "source_only", "options": {**_CPU_GAN, "bn": "separate"}},
             # CycleGAN: 300 GAN iterations, then 1700 classifier iterations on translated images
             # Tried on 2026-11-21 against the label-free info_max score of the target predictions

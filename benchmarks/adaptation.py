@@ -60,7 +60,7 @@ PROFILES: dict[str, dict] = {
             "source_only": {"ema": 0.999},
             # The same EMA tried on 2026-12-01 for the feature-level methods, by the same rule (3 seeds):
             # adopted for coral (1.8732 vs 1.8710; accuracy 68.6 -> 70.1); rejected for mmd (1.9804 vs 1.9838;
-            # 78.5 vs 79.5).
+            # 78.5 vs 79.5), two_stream (1.6874 vs 1.6877; 75.8 vs 75.9) and dann (2.1309 vs 2.1333; 85.5 vs 85.6).
             "coral": {"ema": 0.999},
             # CSG needs a pre-trained encoder (the paper: ImageNet weights); here the same seed's
             # source-only bundle, passed as --init (without it CSG pre-trains on 30 % of its own budget)

@@ -76,6 +76,7 @@ PROFILES: dict[str, dict] = {
             # accuracy 61.8 -> 62.1).
             "csg": {"init_from": "source_only", "ema": 0.999,
                     "options": {"n_ops": 1, "magnitude": 0.2, "backbone_lr": 0.1}},
+            # dsn: the EMA of the weights rejected on 2026-12-01 (1.8929 vs 1.9100; accuracy 72.1 vs 72.1).
             # PixelDA: the EMA of the weights, ema 0.999, adopted on 2026-12-01 by info_max (1.7848 vs 1.7700;
             # accuracy 68.0 -> 68.2).
             "pixelda": {"iters": 1000, "eval_every": 250, "init_from": "source_only", "ema": 0.999, "options": dict(_CPU_GAN)},
@@ -85,7 +86,8 @@ PROFILES: dict[str, dict] = {
             # info_max, per-domain BatchNorm, bn=separate (1.734 -> 1.744; accuracy 65.5 -> 67.5). Rejected
             # by it: each player on its own terms only, objectives=per_player (1.742; accuracy 66.6); and on
             # 2026-12-01 (this machine, from the EMA source-only bundle) the EMA of the weights, ema 0.999
-            # (1.7186 vs 1.7304; accuracy 63.2 vs 63.2).
+            # (1.7186 vs 1.7304; accuracy 63.2 vs 63.2), and the method-default refiner, g_width 16 with 7x7 end
+            # convolutions (1.6927 vs 1.7304; 59.4 vs 63.2).
             "suit": {"iters": 6000, "eval_every": 1500, "init_from": "source_only", "options": {**_CPU_GAN, "bn": "separate"}},
             # CycleGAN: 300 GAN iterations, then 1700 classifier iterations on translated images
             # Tried on 2026-11-21 against the label-free info_max score of the target predictions
@@ -101,7 +103,8 @@ PROFILES: dict[str, dict] = {
             # Then, for both, PatchGANs as wide as the refiners (d_width 8 = g_width, as CycleGAN's 64/64; in every
             # pixel-level run the discriminator had won, LSGAN D loss ~0.02 and generator loss ~0.95):
             # cyclegan 1.7143 vs 1.7066 (accuracy 67.2 -> 67.3), fgbg_cyclegan 1.7370 vs 1.7253 (66.3 -> 67.0);
-            # rejected for suit (1.7278 vs 1.7304; 63.0 vs 63.2).
+            # rejected for suit (1.7278 vs 1.7304; 63.0 vs 63.2). Rejected for fgbg_cyclegan: the method-default
+            # refiner with a PatchGAN as wide, g_width 16, g_kernel 7, d_width 16 (1.7011 vs 1.7370; 67.2 vs 67.0).
             "cyclegan": {"iters": 2000, "eval_every": 500, "init_from": "source_only", "ema": 0.999,
                          "options": {**_CPU_GAN, "d_width": 8, "gan_fraction": 0.3, "identity": 0.5, "semantic_target": 1.0}},
             # fgbg_cyclegan: also tried on 2026-11-21 and rejected by info_max, the full cycle term kept

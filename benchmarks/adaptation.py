@@ -104,7 +104,8 @@ PROFILES: dict[str, dict] = {
             # pixel-level run the discriminator had won, LSGAN D loss ~0.02 and generator loss ~0.95):
             # cyclegan 1.7143 vs 1.7066 (accuracy 67.2 -> 67.3), fgbg_cyclegan 1.7370 vs 1.7253 (66.3 -> 67.0);
             # rejected for suit (1.7278 vs 1.7304; 63.0 vs 63.2). Rejected for fgbg_cyclegan: the method-default
-            # refiner with a PatchGAN as wide, g_width 16, g_kernel 7, d_width 16 (1.7011 vs 1.7370; 67.2 vs 67.0).
+            # refiner with a PatchGAN as wide, g_width 16, g_kernel 7, d_width 16 (1.7011 vs 1.7370; 67.2 vs 67.0);
+            # for cyclegan too (1.7080 vs 1.7143; 66.7 vs 67.3).
             "cyclegan": {"iters": 2000, "eval_every": 500, "init_from": "source_only", "ema": 0.999,
                          "options": {**_CPU_GAN, "d_width": 8, "gan_fraction": 0.3, "identity": 0.5, "semantic_target": 1.0}},
             # fgbg_cyclegan: also tried on 2026-11-21 and rejected by info_max, the full cycle term kept

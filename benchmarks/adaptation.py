@@ -157,6 +157,11 @@ def init_bundle(profile: str, init_from: str, seed: int, out_root: Path) -> tupl
     return init, want
 
 
+def expected_init(profile: str, cfg: dict, seed: int) -> dict | None:
+    """The profile config of the run that a run with ``cfg`` starts from (None: it starts from scratch)."""
+    return run_config(profile, cfg["init_from"], seed) if cfg.get("init_from") else None
+
+
 # Trainer settings added to the profile of a method that other runs start from (init_from): a run stored
 # without ``init_config`` started from a bundle trained without them.
 INIT_ADDED_KEYS = ("ema",)
@@ -264,8 +269,8 @@ def staleness(r: dict, profile: str) -> str | None:
         return f"made with another {profile} profile setting"
     if "method_options" in r and stored_options(r) != method_options(cfg):
         return "made with other method option defaults"
-    if cfg.get("init_from"):  # started from another method's run: that one's settings count too
-        want = run_config(profile, cfg["init_from"], r["seed"])
+    want = expected_init(profile, cfg, r["seed"])
+    if want is not None:  # started from another method's run: that one's settings count too
         legacy = {k: v for k, v in want.items() if k not in INIT_ADDED_KEYS}
         if (r.get("init_config") or legacy) != want:
             return f"started from a {cfg['init_from']} run with other settings"
@@ -369,6 +374,22 @@ def markdown(summary: dict) -> str:
     return "\n".join(lines)
 
 
+def write_table(profile: str) -> str:
+    """Summarise the current runs into ``adaptation.json`` and the README table; returns the table."""
+    summary = summarise(profile)
+    (RESULTS / "adaptation.json").write_text(json.dumps(summary, indent=1) + "\n")
+    table = markdown(summary)
+    replace_block("adaptation-table", table)
+    return table
+
+
+def named_methods(args, flag: str) -> list[str]:
+    """``--methods`` as a list; ``flag`` (--try, --promote) needs them named."""
+    if args.methods == "all":
+        raise SystemExit(f"{flag} needs --methods")
+    return args.methods.split(",")
+
+
 def try_candidate(args) -> int:
     """Run ``--try`` settings for the chosen methods and seeds, then print and record the rule's verdict."""
     import candidates
@@ -377,16 +398,14 @@ def try_candidate(args) -> int:
     label = candidates.tag(change)
     folder = RESULTS / "adaptation" / f"{args.profile}-try"
     folder.mkdir(parents=True, exist_ok=True)
-    methods = args.methods.split(",") if args.methods != "all" else []
-    if not methods:
-        raise SystemExit("--try needs --methods")
+    methods = named_methods(args, "--try")
     seeds = [int(s) for s in args.seeds.split(",")]
     log_file = RESULTS / "adaptation-candidates.json"
     for m in methods:
         for s in seeds:
             cfg = candidates.apply(run_config(args.profile, m, s), change)
             f = folder / f"{m}@{label}-s{s}.json"
-            want_init = run_config(args.profile, cfg["init_from"], s) if cfg.get("init_from") else None
+            want_init = expected_init(args.profile, cfg, s)
             if f.exists() and not args.force:
                 stored = json.loads(f.read_text())
                 if stored.get("config") == cfg and stored.get("init_config") == want_init:
@@ -420,9 +439,7 @@ def promote(args) -> int:
     start from) into the table, seed by seed, where they equal what the current profile would run."""
     import shutil
 
-    methods = args.methods.split(",") if args.methods != "all" else []
-    if not methods:
-        raise SystemExit("--promote needs --methods")
+    methods = named_methods(args, "--promote")
     runs = Path(args.runs_dir) / args.profile
     for m in methods:
         for s in (int(x) for x in args.seeds.split(",")):
@@ -440,9 +457,7 @@ def promote(args) -> int:
                 shutil.copytree(src, dst)
             (RESULTS / "adaptation" / args.profile / f"{m}-s{s}.json").write_text(json.dumps(r, indent=1) + "\n")
             print(f"{m} seed {s}: {f.name} is now the table's run")
-    summary = summarise(args.profile)
-    (RESULTS / "adaptation.json").write_text(json.dumps(summary, indent=1) + "\n")
-    replace_block("adaptation-table", markdown(summary))
+    write_table(args.profile)
     return 0
 
 
@@ -501,10 +516,7 @@ def main(argv=None) -> int:
                 f.write_text(json.dumps(r, indent=1) + "\n")
                 print(f"  target {r['target_test_acc']:.3f} source val {r['source_val_acc']:.3f} "
                       f"in {r['wall_time_s']:.0f}s", flush=True)
-    summary = summarise(args.profile)
-    (RESULTS / "adaptation.json").write_text(json.dumps(summary, indent=1) + "\n")
-    replace_block("adaptation-table", markdown(summary))
-    print(markdown(summary))
+    print(write_table(args.profile))
     return 0
 
 

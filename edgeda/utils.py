@@ -138,27 +138,31 @@ def choose_device(name: str = "auto"):
     return torch.device(name)
 
 
-def cpu_model() -> str:
+def _cpuinfo() -> dict[str, str]:
+    """The first processor's fields of /proc/cpuinfo (empty where there is none)."""
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
+        text = Path("/proc/cpuinfo").read_text()
     except OSError:
-        pass
-    return platform.processor() or platform.machine()
+        return {}
+    fields: dict[str, str] = {}
+    for line in text.split("\n\n", 1)[0].splitlines():
+        if ":" in line:
+            k, v = line.split(":", 1)
+            fields.setdefault(k.strip(), v.strip())
+    return fields
+
+
+def cpu_model() -> str:
+    return _cpuinfo().get("model name") or platform.processor() or platform.machine()
 
 
 def cpu_generation() -> str | None:
     """``family F model M`` from /proc/cpuinfo: two CPUs with one marketing name (e.g. "AMD EPYC")
     can be different generations, with different vector units and so different float results."""
-    try:
-        fields = dict(line.split(":", 1) for line in Path("/proc/cpuinfo").read_text().splitlines()[:30] if ":" in line)
-    except OSError:
+    info = _cpuinfo()
+    if "cpu family" not in info:
         return None
-    fields = {k.strip(): v.strip() for k, v in fields.items()}
-    if "cpu family" not in fields:
-        return None
-    return f"family {fields['cpu family']} model {fields.get('model', '?')}"
+    return f"family {info['cpu family']} model {info.get('model', '?')}"
 
 
 def machine_info() -> dict:

@@ -237,3 +237,13 @@ def test_exploding_loss_stops_the_run_with_a_clear_message_and_keeps_the_checkpo
     with pytest.raises(TrainingDiverged, match=r"exploded: .* > max_loss 1000 .* iteration 3"):
         _run(tmp_path, "suit", TINY)
     assert (tmp_path / "run" / "checkpoints" / "ckpt-0000002.json").exists()
+
+
+@pytest.mark.parametrize("method", ["cyclegan", "suit"])
+def test_discriminator_augmentation_trains_and_bad_policy_is_refused(tmp_path, method):
+    res = _run(tmp_path / "ok", method, {**TINY, "d_augment": "color,translation,cutout"})
+    assert Bundle(res.bundle).manifest["training"]["config"]["options"]["d_augment"] == "color,translation,cutout"
+    from edgeda.errors import EdgedaError
+
+    with pytest.raises(EdgedaError, match="d_augment"):
+        _run(tmp_path / "bad", method, {**TINY, "d_augment": "flip"})

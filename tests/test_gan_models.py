@@ -5,7 +5,8 @@ import torch
 
 from edgeda.bundle import Bundle, write_bundle
 from edgeda.models import build
-from edgeda.models.gan_utils import ImagePool, cycle_loss, hue, hue_loss, masked_pairwise_mse, write_sample_grid
+from edgeda.models.gan_utils import (ImagePool, cycle_loss, diff_augment, hue, hue_loss, masked_pairwise_mse, parse_policy,
+                                     write_sample_grid)
 from edgeda.models.patchgan import PatchDiscriminator
 from edgeda.task import TaskSpec
 
@@ -34,6 +35,50 @@ def test_patchgan_returns_one_logit_per_patch(size, side):
     assert d(torch.randn(2, 3, size, size)).shape == (2, 1, side, side)
     d3 = PatchDiscriminator(channels=1, width=8, n_layers=3)
     assert d3(torch.randn(2, 1, size, size)).shape == (2, 1, side // 2, side // 2)
+
+
+def test_diff_augment_translation_shifts_content_and_fills_with_zero():
+    torch.manual_seed(0)
+    x = torch.zeros(64, 1, 16, 16)
+    x[:, 0, 8, 8] = 1.0
+    y = diff_augment(x, "translation")  # shifts of up to 0.125 * 16 = 2 pixels per axis
+    assert torch.equal(y.sum((1, 2, 3)), torch.ones(64))  # the bright pixel moved, nothing was invented
+    pos = torch.nonzero(y[:, 0])[:, 1:] - 8
+    assert pos.abs().max() <= 2 and pos.abs().max() > 0
+    full = torch.ones(64, 1, 16, 16)
+    torch.manual_seed(0)  # the same shifts again
+    shifted = diff_augment(full, "translation")
+    moved = pos.abs().sum(1) > 0
+    assert (shifted[moved] == 0).any() and (shifted[~moved] == 1).all()  # uncovered borders are 0, unmoved rows untouched
+
+
+def test_diff_augment_cutout_zeroes_one_square_and_colour_keeps_gradients():
+    torch.manual_seed(1)
+    x = torch.ones(32, 3, 16, 16)
+    y = diff_augment(x, "cutout")  # an 8 x 8 square, clipped at the borders
+    holes = (y[:, 0] == 0).sum((1, 2))
+    assert (holes > 0).all() and (holes <= 64).all() and (holes == 64).any()
+    assert torch.equal(y[:, 0], y[:, 1])  # the same hole in every channel
+    x = torch.rand(8, 3, 16, 16, requires_grad=True)
+    out = diff_augment(x, "color,translation,cutout")
+    assert not torch.equal(out, x)
+    out.sum().backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0  # G is trained through D's augmentation
+
+
+def test_patchgan_augments_its_inputs_in_training_mode_only():
+    assert parse_policy("") == () and parse_policy(" color, cutout ") == ("color", "cutout")
+    with pytest.raises(ValueError, match="unknown augmentation"):
+        parse_policy("color,flip")
+    torch.manual_seed(2)
+    d = PatchDiscriminator(channels=3, width=8, n_layers=2, augment="color,translation,cutout")
+    plain = PatchDiscriminator(channels=3, width=8, n_layers=2)
+    plain.load_state_dict(d.state_dict())  # augmentation adds no weights: the same checkpoint layout
+    x = torch.rand(4, 3, 32, 32) * 2 - 1
+    d.eval(), plain.eval()
+    assert torch.equal(d(x), plain(x))
+    d.train(), plain.train()
+    assert not torch.allclose(d(x), plain(x))
 
 
 def test_cycle_loss_is_zero_for_identity_mappings_only():

@@ -14,6 +14,7 @@ from ..models import build
 from ..models.conditional import gan_loss, input_to_tanh, tanh_to_input
 from ..models.gan_utils import write_sample_grid
 from ..models.patchgan import PatchDiscriminator
+from ..errors import EdgedaError
 from .base import Batch, Method, NonFiniteLoss
 
 # Options every pixel-level method takes (sized for 32x32 digits on a CPU).
@@ -23,6 +24,7 @@ PIXEL_DEFAULTS = {
     "g_kernel": 7,      # first/last conv kernel (reflection padded)
     "d_width": 32,      # PatchGAN base channels
     "d_layers": 2,      # PatchGAN stride-2 stages
+    "d_augment": "",    # DiffAugment policy of every PatchGAN input, e.g. color,translation,cutout ("" = off)
     "gan": "lsgan",     # GAN objective: lsgan | nonsat | hinge
     "lr_g": 2e-4,       # Adam learning rate of generators and discriminators (betas 0.5, 0.999)
     "max_loss": 1e3,    # a loss above this stops the run as diverged (the last checkpoint is kept)
@@ -39,7 +41,11 @@ class PixelMethod(Method):
                      n_down=1, kernel=int(o["g_kernel"]), noise_dim=noise_dim, image_size=t.image_size[0])
 
     def make_discriminator(self) -> nn.Module:
-        return PatchDiscriminator(self.task.channels, int(self.opts["d_width"]), int(self.opts["d_layers"]))
+        try:
+            return PatchDiscriminator(self.task.channels, int(self.opts["d_width"]), int(self.opts["d_layers"]),
+                                      augment=str(self.opts["d_augment"] or ""))
+        except ValueError as e:
+            raise EdgedaError(f"{self.name} option d_augment: {e}") from None
 
     def make_gan_optimizer(self, params) -> torch.optim.Optimizer:
         """Adam(lr_g, betas 0.5/0.999, no weight decay); the trainer's LR schedule still scales it."""

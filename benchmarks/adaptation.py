@@ -246,10 +246,11 @@ def method_options(cfg: dict) -> dict:
 # before it existed: a stored run without the key ran with that value, so it stays current while the
 # default is that value (and goes stale when the default or the profile moves off it).
 ADDED_OPTIONS: dict[str, dict] = {
-    "suit": {"bn": "joint", "objectives": "joint"},
+    "suit": {"bn": "joint", "objectives": "joint", "d_augment": ""},
     "csg": {"backbone_lr": 1.0},
-    "cyclegan": {"semantic_target": 0.0},
-    "fgbg_cyclegan": {"full_cycle": False, "semantic_target": 0.0},
+    "cyclegan": {"semantic_target": 0.0, "d_augment": ""},
+    "fgbg_cyclegan": {"full_cycle": False, "semantic_target": 0.0, "d_augment": ""},
+    "pixelda": {"d_augment": ""},
 }
 
 

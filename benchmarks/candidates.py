@@ -49,14 +49,22 @@ def tag(change: dict) -> str:
 
 
 def apply(cfg: dict, change: dict) -> dict:
-    """The candidate's config: ``cfg`` with ``change`` merged in (method options merged key by key)."""
+    """The candidate's config: ``cfg`` with ``change`` merged in (method options merged key by key); a
+    trainer setting given as null is removed (``init_from=null``: the run starts from scratch)."""
     out = copy.deepcopy(cfg)
     for k, v in change.items():
         if k == "options":
             out["options"] = {**out.get("options", {}), **v}
+        elif v is None:
+            out.pop(k, None)
         else:
             out[k] = v
     return out
+
+
+def settled(cfg: dict | None) -> dict | None:
+    """``cfg`` without settings stored as null (runs stored before null meant "removed")."""
+    return None if cfg is None else {k: v for k, v in cfg.items() if v is not None}
 
 
 def shipped_score(run: dict, key: str = RULE_SCORE) -> float | None:

@@ -73,14 +73,30 @@ def test_candidate_settings_are_parsed_merged_and_judged_by_info_max_only():
     assert candidates.verdict(current, [run(7, 3.0, 1.0)])["adopt"] is None
 
 
+def test_a_null_setting_removes_it_and_a_run_stored_with_it_stays_current():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import adaptation
+    import candidates
+
+    cfg = adaptation.run_config("cpu", "pixelda", 0)
+    change = candidates.parse_try(["init_from=null"])
+    scratch = candidates.apply(cfg, change)
+    assert "init_from" not in scratch and cfg["init_from"] == "source_only"  # the profile's config is left alone
+    assert candidates.settled({**scratch, "init_from": None}) == scratch
+    run = {"method": "pixelda", "seed": 0, "config": {**cfg, "ema": None}, "data_version": adaptation.data_version(),
+           "method_options": adaptation.method_options(cfg), "init_config": adaptation.expected_init("cpu", cfg, 0)}
+    assert adaptation.staleness({**run, "config": cfg}, "cpu") is None
+    assert adaptation.staleness(run, "cpu") is not None  # pixelda's ema 0.999 stored as null is another setting
+
+
 def test_a_run_goes_stale_when_the_run_it_started_from_changes(monkeypatch):
     sys.path.insert(0, str(ROOT / "benchmarks"))
     import adaptation
 
-    cfg = adaptation.run_config("cpu", "csg", 0)
+    cfg = adaptation.run_config("cpu", "pixelda", 0)
     assert cfg["init_from"] == "source_only"
     init = adaptation.run_config("cpu", "source_only", 0)
-    run = {"method": "csg", "seed": 0, "config": cfg, "data_version": adaptation.data_version(),
+    run = {"method": "pixelda", "seed": 0, "config": cfg, "data_version": adaptation.data_version(),
            "method_options": adaptation.method_options(cfg), "init_config": init}
     assert adaptation.staleness(run, "cpu") is None
     assert "source_only run with other settings" in adaptation.staleness({**run, "init_config": {**init, "iters": 5}}, "cpu")

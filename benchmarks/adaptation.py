@@ -93,7 +93,12 @@ PROFILES: dict[str, dict] = {
             # by it: each player on its own terms only, objectives=per_player (1.742; accuracy 66.6); and on
             # 2026-12-01 (this machine, from the EMA source-only bundle) the EMA of the weights, ema 0.999
             # (1.7186 vs 1.7304; accuracy 63.2 vs 63.2), and the method-default refiner, g_width 16 with 7x7 end
-            # convolutions (1.6927 vs 1.7304; 59.4 vs 63.2).
+            # convolutions (1.6927 vs 1.7304; 59.4 vs 63.2); the content term at 0.1, content 0.1 (1.7282 vs
+            # 1.7304; 62.9 vs 63.2); DiffAugment on the PatchGAN's inputs, d_augment color,translation,cutout
+            # (1.7189 vs 1.7304; accuracy 61.1 vs 63.2), although with it the refiner turns every digit into a
+            # bright blurred stroke on black as in the target (samples_006000.png of the try runs; without it
+            # dark-on-light digits stay dark) while the discriminator's loss rises from 0.004 to 0.11: the
+            # classifier's target accuracy peaked at 1500-3000 iterations (67-68 %) and fell after.
             "suit": {"iters": 6000, "eval_every": 1500, "init_from": "source_only", "options": {**_CPU_GAN, "bn": "separate"}},
             # CycleGAN: 300 GAN iterations, then 1700 classifier iterations on translated images
             # Tried on 2026-11-21 against the label-free info_max score of the target predictions
@@ -130,6 +135,7 @@ PROFILES: dict[str, dict] = {
             "fgbg_cyclegan": {"iters": 2000, "eval_every": 500, "init_from": "source_only", "ema": 0.999,
                               "options": {**_CPU_GAN, "d_width": 8, "gan_fraction": 0.15, "identity": 0.5,
                                           "d_augment": "color,translation,cutout"}},
+            # fgbg_cyclegan: rejected on 2026-12-01, iters 4000 (1.6963 vs 1.7399; accuracy 66.1 vs 66.7).
             # label2image: the EMA of the weights rejected on 2026-12-01 by info_max (1.9961 vs 2.0120; accuracy,
             # seen afterwards, 68.8 vs 68.0).
             "label2image": {"iters": 1500, "eval_every": 500, "init_from": "source_only",

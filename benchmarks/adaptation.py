@@ -80,6 +80,7 @@ PROFILES: dict[str, dict] = {
             # source-only bundle, init_from none (1.7816 vs 1.7357; accuracy 62.6 -> 63.8): the frozen
             # anchor is then a model trained 1800 iterations on synthetic images, not 6000 (source-only's
             # own target accuracy falls with training on synthetic images, see the note under the table).
+            # Rejected: the contrastive weight at 3, weight 3.0 (1.7737 vs 1.7816; accuracy 64.3 vs 63.8).
             "csg": {"ema": 0.999,
                     "options": {"n_ops": 1, "magnitude": 0.2, "backbone_lr": 0.1, "weight": 1.0}},
             # dsn: the EMA of the weights rejected on 2026-12-01 (1.8929 vs 1.9100; accuracy 72.1 vs 72.1).
@@ -98,7 +99,9 @@ PROFILES: dict[str, dict] = {
             # (1.7189 vs 1.7304; accuracy 61.1 vs 63.2), although with it the refiner turns every digit into a
             # bright blurred stroke on black as in the target (samples_006000.png of the try runs; without it
             # dark-on-light digits stay dark) while the discriminator's loss rises from 0.004 to 0.11: the
-            # classifier's target accuracy peaked at 1500-3000 iterations (67-68 %) and fell after.
+            # classifier's target accuracy peaked at 1500-3000 iterations (67-68 %) and fell after. With that
+            # DiffAugment, also rejected: half the iterations, iters 3000 (1.7085 vs 1.7304; accuracy 65.4 vs
+            # 63.2), and the EMA of the weights, ema 0.999 (1.7197 vs 1.7304; 62.4 vs 63.2).
             "suit": {"iters": 6000, "eval_every": 1500, "init_from": "source_only", "options": {**_CPU_GAN, "bn": "separate"}},
             # CycleGAN: 300 GAN iterations, then 1700 classifier iterations on translated images
             # Tried on 2026-11-21 against the label-free info_max score of the target predictions
@@ -123,7 +126,8 @@ PROFILES: dict[str, dict] = {
             # (the cycle term keeps G invertible, and inverting dark-on-light digits loses which they were;
             # 1.7082 vs 1.7143; 66.4 vs 67.3).
             # Then (2026-12-01) twice the iterations, iters 4000 (1200 GAN + 2800 classifier iterations; ~220 s a
-            # run, as dsn): 1.7215 vs 1.7143; accuracy 67.3 -> 67.1.
+            # run, as dsn): 1.7215 vs 1.7143; accuracy 67.3 -> 67.1. At 4000 iterations rejected: d_augment
+            # color,translation,cutout (1.7178 vs 1.7215; accuracy 67.9 vs 67.1).
             "cyclegan": {"iters": 4000, "eval_every": 500, "init_from": "source_only", "ema": 0.999,
                          "options": {**_CPU_GAN, "d_width": 8, "gan_fraction": 0.3, "identity": 0.5, "semantic_target": 1.0}},
             # fgbg_cyclegan: also tried on 2026-11-21 and rejected by info_max, the full cycle term kept

@@ -102,7 +102,8 @@ PROFILES: dict[str, dict] = {
             # dark-on-light digits stay dark) while the discriminator's loss rises from 0.004 to 0.11: the
             # classifier's target accuracy peaked at 1500-3000 iterations (67-68 %) and fell after. With that
             # DiffAugment, also rejected: half the iterations, iters 3000 (1.7085 vs 1.7304; accuracy 65.4 vs
-            # 63.2), and the EMA of the weights, ema 0.999 (1.7197 vs 1.7304; 62.4 vs 63.2).
+            # 63.2), and the EMA of the weights, ema 0.999 (1.7197 vs 1.7304; 62.4 vs 63.2). Rejected too: the
+            # paper's log-loss GAN objective (non-saturating form) for LSGAN, gan nonsat (1.6078 vs 1.7304; 54.1 vs 63.2).
             "suit": {"iters": 6000, "eval_every": 1500, "init_from": "source_only", "options": {**_CPU_GAN, "bn": "separate"}},
             # CycleGAN: 300 GAN iterations, then 1700 classifier iterations on translated images
             # Tried on 2026-11-21 against the label-free info_max score of the target predictions

@@ -108,7 +108,7 @@ PROFILES: dict[str, dict] = {
             # 63.2), and the EMA of the weights, ema 0.999 (1.7197 vs 1.7304; 62.4 vs 63.2). Rejected too: the
             # paper's log-loss GAN objective (non-saturating form) for LSGAN, gan nonsat (1.6078 vs 1.7304; 54.1 vs 63.2).
             # Adopted: DiffAugment without its colour op, d_augment translation,cutout (1.7316 vs 1.7304; accuracy,
-            # seen afterwards, 63.2 -> 61.1).
+            # seen afterwards, 63.2 -> 61.1). Rejected then: the semantic term at 2, semantic 2 (1.7253 vs 1.7316; 61.5 vs 61.1).
             "suit": {"iters": 6000, "eval_every": 1500, "init_from": "source_only",
                      "options": {**_CPU_GAN, "bn": "separate", "d_augment": "translation,cutout"}},
             # CycleGAN: 300 GAN iterations, then 1700 classifier iterations on translated images
@@ -138,6 +138,7 @@ PROFILES: dict[str, dict] = {
             # color,translation,cutout (1.7178 vs 1.7215; accuracy 67.9 vs 67.1); adopted: the method default GAN
             # stage of half the run, gan_fraction 0.5 (2000 GAN + 2000 classifier iterations; 1.7382 vs 1.7215;
             # accuracy 67.1 -> 67.8). The costliest row now: ~330 s a run here against suit's ~275 and dsn's ~220.
+            # Rejected then: the semantic term at 2 (adopted for fgbg_cyclegan), semantic 2 (1.7225 vs 1.7382; 66.2 vs 67.8).
             "cyclegan": {"iters": 4000, "eval_every": 500, "init_from": "source_only", "ema": 0.999,
                          "options": {**_CPU_GAN, "d_width": 8, "gan_fraction": 0.5, "identity": 0.5, "semantic_target": 1.0}},
             # fgbg_cyclegan: also tried on 2026-11-21 and rejected by info_max, the full cycle term kept

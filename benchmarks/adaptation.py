@@ -292,17 +292,20 @@ def method_options(cfg: dict) -> dict:
 # before it existed: a stored run without the key ran with that value, so it stays current while the
 # default is that value (and goes stale when the default or the profile moves off it).
 ADDED_OPTIONS: dict[str, dict] = {
-    "suit": {"bn": "joint", "objectives": "joint", "d_augment": ""},
+    "suit": {"bn": "joint", "objectives": "joint"},
     "csg": {"backbone_lr": 1.0},
-    "cyclegan": {"semantic_target": 0.0, "d_augment": ""},
-    "fgbg_cyclegan": {"full_cycle": False, "semantic_target": 0.0, "d_augment": ""},
-    "pixelda": {"d_augment": ""},
+    "cyclegan": {"semantic_target": 0.0},
+    "fgbg_cyclegan": {"full_cycle": False, "semantic_target": 0.0},
 }
+# Options added to every PatchGAN method at once (edgeda/methods/_pixel.py PIXEL_DEFAULTS).
+ADDED_PIXEL_OPTIONS = {"d_augment": ""}
+PATCHGAN_METHODS = ("pixelda", "cyclegan", "fgbg_cyclegan", "suit")
 
 
 def stored_options(r: dict) -> dict:
     """The options a stored run used, with options added since then at their old-behaviour values."""
-    return {**ADDED_OPTIONS.get(r["method"], {}), **r["method_options"]}
+    shared = ADDED_PIXEL_OPTIONS if r["method"] in PATCHGAN_METHODS else {}
+    return {**shared, **ADDED_OPTIONS.get(r["method"], {}), **r["method_options"]}
 
 
 def staleness(r: dict, profile: str) -> str | None:

@@ -10,11 +10,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..errors import EdgedaError
 from ..models import build
 from ..models.conditional import gan_loss, input_to_tanh, tanh_to_input
 from ..models.gan_utils import write_sample_grid
 from ..models.patchgan import PatchDiscriminator
-from ..errors import EdgedaError
 from .base import Batch, Method, NonFiniteLoss
 
 # Options every pixel-level method takes (sized for 32x32 digits on a CPU).

@@ -469,10 +469,11 @@ def try_candidate(args) -> int:
                 if (folder / f"{m}@{label}-s{s}.json").exists()]
         v = candidates.verdict(current, cand)
         if v["adopt"] is None:
-            print(f"{m} {label}: no seed has both a current and a candidate run; nothing to judge")
+            print(f"{m} {label}: fewer than 2 seeds have both a current and a candidate run; nothing to judge")
             continue
         c, n = v["current"], v["candidate"]
-        print(f"{m} {label}, seeds {v['seeds']}: info_max {n['info_max']:.4f} vs current {c['info_max']:.4f} -> "
+        print(f"{m} {label}, seeds {v['seeds']}: info_max {n['info_max']:.4f} vs current {c['info_max']:.4f}, gain "
+              f"{v['gain']:+.4f} (standard error {v['gain_se']:.4f}) -> "
               f"{'ADOPT' if v['adopt'] else 'reject'} (target accuracy, reported only: {100 * n['target_test_acc']:.1f} "
               f"vs {100 * c['target_test_acc']:.1f} %)")
         log = json.loads(log_file.read_text()) if log_file.exists() else []  # read late: other runs may append too

@@ -6,9 +6,15 @@ apart from the table's, as ``benchmarks/results/adaptation/<profile>-try/<method
 (kept, rejected or not, so every decision can be checked), and are compared with the current
 setting's runs of the same seeds by the one rule this benchmark uses to change a setting:
 
-    a candidate replaces the current setting only if its mean information-maximisation score
+    a candidate replaces the current setting only if its information-maximisation score
     (H(mean p) - mean H(p) of the predictions on the unlabeled target images, at the shipped
-    checkpoint) over the same seeds is higher.
+    checkpoint) is higher on the same seeds by more than one standard error: the mean of the
+    per-seed differences (candidate - current) must exceed their standard deviation / sqrt(seeds),
+    so at least 2 seeds are needed.
+
+The margin was added on 2026-12-01, before any candidate judged under it (until then the rule
+adopted on any higher mean, and several settings won by 0.001-0.002, inside the seed-to-seed
+spread); the verdicts recorded before then stand as they were decided.
 
 Target test accuracy is printed next to the scores for the report; it decides nothing.
 """
@@ -75,7 +81,8 @@ def shipped_score(run: dict, key: str = RULE_SCORE) -> float | None:
 
 
 def verdict(current: list[dict], candidate: list[dict]) -> dict:
-    """The rule on the seeds both have: mean shipped info_max of each, and whether the candidate wins."""
+    """The rule on the seeds both have: mean shipped info_max of each, the mean per-seed gain and its
+    standard error, and whether the candidate wins (``adopt`` is None below 2 common seeds)."""
     cur = {r["seed"]: r for r in current}
     cand = {r["seed"]: r for r in candidate}
     seeds = sorted(set(cur) & set(cand))
@@ -90,5 +97,11 @@ def verdict(current: list[dict], candidate: list[dict]) -> dict:
     for name, rs in (("current", cur), ("candidate", cand)):
         out[name] = {"info_max": mean(rs, shipped_score), "target_test_acc": mean(rs, lambda r: r["target_test_acc"])}
     a, b = out["current"]["info_max"], out["candidate"]["info_max"]
-    out["adopt"] = None if a is None or b is None else b > a
+    if a is None or b is None or len(seeds) < 2:
+        out["adopt"] = None
+        return out
+    gains = [shipped_score(cand[s]) - shipped_score(cur[s]) for s in seeds]
+    out["gain"] = statistics.fmean(gains)
+    out["gain_se"] = statistics.stdev(gains) / len(gains) ** 0.5
+    out["adopt"] = out["gain"] > out["gain_se"]
     return out

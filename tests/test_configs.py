@@ -65,11 +65,15 @@ def test_candidate_settings_are_parsed_merged_and_judged_by_info_max_only():
                 "history": [{"iteration": 1, "score/info_max": 9.0}, {"iteration": 2, "score/info_max": im}]}
 
     current = [run(0, 1.0, 0.9), run(1, 1.2, 0.9), run(2, 5.0, 0.9)]
-    better_but_less_accurate = [run(0, 1.3, 0.1), run(1, 1.0, 0.1)]  # seed 2 missing: judged on seeds 0, 1
+    better_but_less_accurate = [run(0, 1.3, 0.1), run(1, 1.3, 0.1)]  # seed 2 missing: judged on seeds 0, 1
     v = candidates.verdict(current, better_but_less_accurate)
     assert v["seeds"] == [0, 1] and v["adopt"] is True
-    assert abs(v["candidate"]["info_max"] - 1.15) < 1e-12 and abs(v["current"]["info_max"] - 1.1) < 1e-12
-    assert candidates.verdict(current, [run(0, 0.9, 1.0)])["adopt"] is False  # accuracy decides nothing
+    assert abs(v["candidate"]["info_max"] - 1.3) < 1e-12 and abs(v["current"]["info_max"] - 1.1) < 1e-12
+    assert abs(v["gain"] - 0.2) < 1e-12 and abs(v["gain_se"] - 0.1) < 1e-12  # gains 0.3, 0.1: sd 0.141 / sqrt 2
+    # a higher mean inside the seed spread is not enough: gains +0.3 and -0.2, mean 0.05 < its se 0.25
+    assert candidates.verdict(current, [run(0, 1.3, 1.0), run(1, 1.0, 1.0)])["adopt"] is False
+    assert candidates.verdict(current, [run(0, 0.9, 1.0), run(1, 1.1, 1.0)])["adopt"] is False  # accuracy decides nothing
+    assert candidates.verdict(current, [run(0, 3.0, 1.0)])["adopt"] is None  # one seed: no spread to judge by
     assert candidates.verdict(current, [run(7, 3.0, 1.0)])["adopt"] is None
 
 

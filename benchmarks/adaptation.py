@@ -90,6 +90,9 @@ PROFILES: dict[str, dict] = {
             # with standard error 0.0068; accuracy 62.9 vs 62.4). Adopted: the contrastive loss on the last two conv
             # stages, layers 2 (the paper's best ablation, layer groups {3, 4}; rejected on 2026-11-21 before the
             # key-side A-pool fix): 1.8072 vs 1.8027, gain +0.0045 with standard error 0.0029; accuracy 62.4 -> 64.0.
+            # Rejected then: a queue of 16384 negatives, queue 16384 (nearer the paper's 65536): 1.8144 vs 1.8072, gain
+            # +0.0072 with standard error 0.0108 (accuracy, seen afterwards, 66.4 vs 64.0: the old rule, any higher
+            # mean, would have adopted it).
             "csg": {"ema": 0.999,
                     "options": {"n_ops": 1, "magnitude": 0.2, "backbone_lr": 0.1, "weight": 1.0, "pretrain": 0.05, "layers": 2}},
             # dsn: the EMA of the weights rejected on 2026-12-01 (1.8929 vs 1.9100; accuracy 72.1 vs 72.1).

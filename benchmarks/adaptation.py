@@ -93,7 +93,8 @@ PROFILES: dict[str, dict] = {
             # Rejected then: a queue of 16384 negatives, queue 16384 (nearer the paper's 65536): 1.8144 vs 1.8072, gain
             # +0.0072 with standard error 0.0108 (accuracy, seen afterwards, 66.4 vs 64.0: the old rule, any higher
             # mean, would have adopted it); the InfoNCE temperature of MoCo v2, temperature 0.2 (1.7896 vs 1.8072, gain
-            # -0.0175 with standard error 0.0087; accuracy 64.2 vs 64.0).
+            # -0.0175 with standard error 0.0087; accuracy 64.2 vs 64.0); RandAugment at magnitude 0.4 (1.8050 vs 1.8072,
+            # gain -0.0022 with standard error 0.0263; accuracy 63.5 vs 64.0).
             "csg": {"ema": 0.999,
                     "options": {"n_ops": 1, "magnitude": 0.2, "backbone_lr": 0.1, "weight": 1.0, "pretrain": 0.05, "layers": 2}},
             # dsn: the EMA of the weights rejected on 2026-12-01 (1.8929 vs 1.9100; accuracy 72.1 vs 72.1).
@@ -121,7 +122,8 @@ PROFILES: dict[str, dict] = {
             # and half the iterations, iters 3000 (1.6833 vs 1.7316; 64.6 vs 61.1). Under the rule's one-standard-error
             # margin (from 2026-12-01 on): rejected a tenth of the classifier's learning rate, lr 0.001 (it fine-tunes
             # the source-only bundle; the GAN optimisers keep lr_g): 1.7184 vs 1.7316, gain -0.0131 with standard error
-            # 0.0150; accuracy 65.8 vs 61.1.
+            # 0.0150; accuracy 65.8 vs 61.1; the content term at 3, content 3 (1.7357 vs 1.7316, gain +0.0041 with
+            # standard error 0.0264; accuracy 66.0 vs 61.1: the old rule would have adopted it).
             "suit": {"iters": 6000, "eval_every": 1500, "init_from": "source_only",
                      "options": {**_CPU_GAN, "bn": "separate", "d_augment": "translation,cutout"}},
             # CycleGAN: 300 GAN iterations, then 1700 classifier iterations on translated images

@@ -124,7 +124,8 @@ PROFILES: dict[str, dict] = {
             # margin (from 2026-12-01 on): rejected a tenth of the classifier's learning rate, lr 0.001 (it fine-tunes
             # the source-only bundle; the GAN optimisers keep lr_g): 1.7184 vs 1.7316, gain -0.0131 with standard error
             # 0.0150; accuracy 65.8 vs 61.1; the content term at 3, content 3 (1.7357 vs 1.7316, gain +0.0041 with
-            # standard error 0.0264; accuracy 66.0 vs 61.1: the old rule would have adopted it).
+            # standard error 0.0264; accuracy 66.0 vs 61.1: the old rule would have adopted it); the adversarial term at 2,
+            # adv 2 (1.6723 vs 1.7316, gain -0.0593 with standard error 0.0151; accuracy 59.0 vs 61.1).
             "suit": {"iters": 6000, "eval_every": 1500, "init_from": "source_only",
                      "options": {**_CPU_GAN, "bn": "separate", "d_augment": "translation,cutout"}},
             # CycleGAN: 300 GAN iterations, then 1700 classifier iterations on translated images

@@ -99,7 +99,8 @@ PROFILES: dict[str, dict] = {
             # 2, weight 2 (1.7969 vs 1.8072, gain -0.0102 with standard error 0.0017; accuracy 63.4 vs 64.0); the encoder at
             # the head's learning rate again, backbone_lr 1.0 (1.7955 vs 1.8072, gain -0.0117 with standard error 0.0184;
             # accuracy 66.3 vs 64.0); half the iterations, iters 3000 (1.7497 vs 1.8072, gain -0.0574 with standard error
-            # 0.0024; accuracy 64.0 vs 64.0).
+            # 0.0024; accuracy 64.0 vs 64.0); all three conv stages, layers 3 (1.7846 vs 1.8072, gain -0.0225 with standard
+            # error 0.0181; accuracy 62.8 vs 64.0).
             "csg": {"ema": 0.999,
                     "options": {"n_ops": 1, "magnitude": 0.2, "backbone_lr": 0.1, "weight": 1.0, "pretrain": 0.05, "layers": 2}},
             # dsn: the EMA of the weights rejected on 2026-12-01 (1.8929 vs 1.9100; accuracy 72.1 vs 72.1).

@@ -16,6 +16,13 @@ The margin was added on 2026-12-01, before any candidate judged under it (until 
 adopted on any higher mean, and several settings won by 0.001-0.002, inside the seed-to-seed
 spread); the verdicts recorded before then stand as they were decided.
 
+Sequential seeds (added on 2026-12-01, session 7): a verdict on the first 3 seeds whose gain is
+positive but inside the margin is not final (``needs_more_seeds``): candidate and current setting
+are both run on seeds 3 and 4 (``EXTRA_SEEDS``), and the verdict on all 5 seeds, by the same
+margin, is final. The extension is decided by the info_max gain alone; at 5 seeds the standard
+error is about sqrt(3/5) of what it would be at 3 for the same spread. A negative 3-seed gain is
+final: the extension is for candidates the first seeds favour but cannot settle. The table reports seeds 0-2 only (``TABLE_SEEDS``), the same seeds for every method.
+
 Target test accuracy is printed next to the scores for the report; it decides nothing.
 """
 from __future__ import annotations
@@ -27,6 +34,8 @@ import statistics
 import yaml
 
 RULE_SCORE = "score/info_max"
+TABLE_SEEDS = (0, 1, 2)
+EXTRA_SEEDS = (3, 4)
 
 
 def parse_try(items: list[str]) -> dict:
@@ -105,3 +114,8 @@ def verdict(current: list[dict], candidate: list[dict]) -> dict:
     out["gain_se"] = statistics.stdev(gains) / len(gains) ** 0.5
     out["adopt"] = out["gain"] > out["gain_se"]
     return out
+
+
+def needs_more_seeds(v: dict) -> bool:
+    """A 3-seed verdict that is not final: a positive gain inside its standard error (run ``EXTRA_SEEDS``)."""
+    return v.get("adopt") is False and len(v["seeds"]) == len(TABLE_SEEDS) and v["gain"] > 0

@@ -128,9 +128,10 @@ def across_runs(runs: list[dict], selector: str) -> dict | None:
 
 def summarise(profile: str) -> dict:
     from adaptation import is_current
+    from candidates import TABLE_SEEDS
 
     runs = [r for f in sorted((RESULTS / "adaptation" / profile).glob("*.json"))
-            if is_current(r := json.loads(f.read_text()), profile)]  # the runs the adaptation table uses
+            if (r := json.loads(f.read_text()))["seed"] in TABLE_SEEDS and is_current(r, profile)]  # the table's runs
     names = sorted({k[len("score/"):] for r in runs for h in r["history"] for k in h if k.startswith("score/")})
     rows = {}
     for sel in ["last", *names]:

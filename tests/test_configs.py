@@ -75,6 +75,17 @@ def test_candidate_settings_are_parsed_merged_and_judged_by_info_max_only():
     assert candidates.verdict(current, [run(0, 0.9, 1.0), run(1, 1.1, 1.0)])["adopt"] is False  # accuracy decides nothing
     assert candidates.verdict(current, [run(0, 3.0, 1.0)])["adopt"] is None  # one seed: no spread to judge by
     assert candidates.verdict(current, [run(7, 3.0, 1.0)])["adopt"] is None
+    # sequential seeds: only a 3-seed verdict with a positive gain inside its margin asks for seeds 3, 4
+    inside = candidates.verdict(current, [run(0, 1.3, 1.0), run(1, 1.0, 1.0), run(2, 5.1, 1.0)])
+    assert inside["adopt"] is False and inside["gain"] > 0 and candidates.needs_more_seeds(inside)
+    below = candidates.verdict(current, [run(0, 0.7, 1.0), run(1, 1.4, 1.0), run(2, 4.9, 1.0)])
+    assert below["adopt"] is False and below["gain"] < 0 and not candidates.needs_more_seeds(below)
+    clear = candidates.verdict(current, [run(0, 1.2, 1.0), run(1, 1.4, 1.0), run(2, 5.2, 1.0)])
+    assert clear["adopt"] is True and not candidates.needs_more_seeds(clear)
+    five = [*current, run(3, 1.0, 0.9), run(4, 1.0, 0.9)]
+    settled = candidates.verdict(five, [run(0, 1.3, 1.0), run(1, 1.0, 1.0), run(2, 5.1, 1.0), run(3, 1.1, 1.0),
+                                        run(4, 1.0, 1.0)])
+    assert settled["seeds"] == [0, 1, 2, 3, 4] and not candidates.needs_more_seeds(settled)  # 5 seeds: final
 
 
 def test_a_null_setting_removes_it_and_a_run_stored_with_it_stays_current():

@@ -162,6 +162,25 @@ def test_suit_separate_bn_statistics_follow_the_translated_images_only():
         _method("suit", bn="both")
 
 
+def test_suit_target_bn_statistics_follow_the_real_target_images_only():
+    import copy
+
+    s, t = _batches(8)
+    torch.manual_seed(0)
+    m = _method("suit", bn="target")
+    before = {k: v.clone() for k, v in m.classifier.state_dict().items() if k.endswith(("running_mean", "running_var"))}
+    assert before
+    m.step(s, t)
+    reference = copy.deepcopy(m.classifier)  # the updated weights, the statistics from before the step
+    reference.load_state_dict({**reference.state_dict(), **before})
+    with torch.no_grad():
+        reference(t.x)  # the real target batch alone
+    got, want = m.classifier.state_dict(), reference.state_dict()
+    for k in before:
+        torch.testing.assert_close(got[k], want[k])
+    assert any(not torch.equal(got[k], before[k]) for k in before)
+
+
 @pytest.mark.parametrize("objectives", ["per_player", "joint"])
 def test_suit_per_player_objectives_give_each_player_only_its_own_terms(objectives):
     import torch.nn.functional as F

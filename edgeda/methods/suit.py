@@ -35,9 +35,9 @@ class SUIT(PixelMethod):
     statistics with either, and instead passes each real target batch through C (no gradient) to
     update them, so inference on real target images normalises by real target statistics (AdaBN,
     Li et al. 2016, during training). The paper's FCN-VGG16 has no BatchNorm, so it does not
-    settle this. Why ``separate`` is the default: on the cpu benchmark profile (3 seeds) it raised the label-free information-maximisation score of the
-    target predictions from 1.734 (``joint``) to 1.744; that score decided (target accuracy, seen
-    afterwards: 65.5 -> 67.5 %).
+    settle this. Why ``separate`` is the default: on the cpu benchmark profile (3 seeds) it raised
+    the label-free information-maximisation score of the target predictions from 1.734 (``joint``)
+    to 1.744; that score decided (target accuracy, seen afterwards: 65.5 -> 67.5 %).
 
     Who minimises what (``objectives``): ``joint`` steps G and C on the gradient of the whole sum
     (C also minimises the content term, G also the task term's CE(C(G(x_s)), y_s)); ``per_player``

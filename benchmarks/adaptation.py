@@ -100,7 +100,10 @@ PROFILES: dict[str, dict] = {
             # the head's learning rate again, backbone_lr 1.0 (1.7955 vs 1.8072, gain -0.0117 with standard error 0.0184;
             # accuracy 66.3 vs 64.0); half the iterations, iters 3000 (1.7497 vs 1.8072, gain -0.0574 with standard error
             # 0.0024; accuracy 64.0 vs 64.0); all three conv stages, layers 3 (1.7846 vs 1.8072, gain -0.0225 with standard
-            # error 0.0181; accuracy 62.8 vs 64.0).
+            # error 0.0181; accuracy 62.8 vs 64.0). Under the sequential seeds of the rule (session 7), queue 16384 settled on
+            # 5 seeds and rejected: 1.8325 vs 1.8273, gain +0.0052 with standard error 0.0062 (accuracy 65.7 vs 65.2; on
+            # seeds 3, 4 alone 66.1 and 63.4 against the current setting's 67.1 and 66.8). Rejected: a random initial encoder
+            # as the frozen anchor, pretrain 0 (1.7717 vs 1.8072, gain -0.0354 with standard error 0.0197; accuracy 64.6 vs 64.0).
             "csg": {"ema": 0.999,
                     "options": {"n_ops": 1, "magnitude": 0.2, "backbone_lr": 0.1, "weight": 1.0, "pretrain": 0.05, "layers": 2}},
             # dsn: the EMA of the weights rejected on 2026-12-01 (1.8929 vs 1.9100; accuracy 72.1 vs 72.1).

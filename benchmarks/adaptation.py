@@ -380,10 +380,18 @@ def is_current(r: dict, profile: str) -> bool:
     return staleness(r, profile) is None
 
 
+def add_gains(rows: dict) -> None:
+    """Each row's mean target accuracy minus source-only's row in the same dict (same seeds), in points."""
+    base = rows.get("source_only", {}).get("target_test_acc", {}).get("mean")
+    for row in rows.values():
+        if base is not None:
+            row["gain_vs_source_only_points"] = round(100 * (row["target_test_acc"]["mean"] - base), 2)
+
+
 def summarise(profile: str) -> dict:
     folder = RESULTS / "adaptation" / profile
     runs: dict[str, list[dict]] = {}
-    extra: dict[str, list[dict]] = {}  # seeds 3, 4: run only to settle a candidate's verdict, reported apart
+    extra: dict[str, list[dict]] = {}  # seeds 3, 4 (candidate verdicts, checks of rows near targets): reported apart
     for f in sorted(folder.glob("*.json")):
         r = json.loads(f.read_text())
         why = staleness(r, profile)
@@ -405,10 +413,7 @@ def summarise(profile: str) -> dict:
             "wall_time_s": {"mean": statistics.fmean(r["wall_time_s"] for r in rs), "per_seed": [r["wall_time_s"] for r in rs]},
             "machine": rs[0]["machine"],
         }
-    base = rows.get("source_only", {}).get("target_test_acc", {}).get("mean")
-    for row in rows.values():
-        if base is not None:
-            row["gain_vs_source_only_points"] = round(100 * (row["target_test_acc"]["mean"] - base), 2)
+    add_gains(rows)
     curve = {}  # source-only's target accuracy at each of its evaluations, mean over seeds
     for r in runs.get("source_only", []):
         for h in r["history"]:
@@ -421,10 +426,7 @@ def summarise(profile: str) -> dict:
         if all(s in by_seed for s in seeds5):
             five[method] = {"seeds": seeds5, "target_test_acc": {"mean": statistics.fmean(by_seed[s] for s in seeds5),
                                                                  "std": statistics.pstdev(by_seed[s] for s in seeds5)}}
-    base5 = five.get("source_only", {}).get("target_test_acc", {}).get("mean")
-    for row in five.values():
-        if base5 is not None:
-            row["gain_vs_source_only_points"] = round(100 * (row["target_test_acc"]["mean"] - base5), 2)
+    add_gains(five)
     return {"profile": profile, "pair": PAIR, "rows": rows, "five_seeds": five,
             "source_only_by_iteration": {it: statistics.fmean(v) for it, v in sorted(curve.items())},
             "generated": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}

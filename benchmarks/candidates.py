@@ -21,7 +21,8 @@ positive but inside the margin is not final (``needs_more_seeds``): candidate an
 are both run on seeds 3 and 4 (``EXTRA_SEEDS``), and the verdict on all 5 seeds, by the same
 margin, is final. The extension is decided by the info_max gain alone; at 5 seeds the standard
 error is about sqrt(3/5) of what it would be at 3 for the same spread. A negative 3-seed gain is
-final: the extension is for candidates the first seeds favour but cannot settle. The table reports seeds 0-2 only (``TABLE_SEEDS``), the same seeds for every method.
+final: the extension is for candidates the first seeds favour but cannot settle. The table reports
+seeds 0-2 only (``TABLE_SEEDS``), the same seeds for every method.
 
 Target test accuracy is printed next to the scores for the report; it decides nothing.
 """

@@ -8,7 +8,7 @@ import torch
 from conftest import tiny_config
 from edgeda.bundle import load_bundle
 from edgeda.evaluation import evaluate_bundle
-from edgeda.methods.losses import difference_loss, info_nce, scale_invariant_mse
+from edgeda.methods.losses import difference_loss, info_nce, nt_xent, scale_invariant_mse
 from edgeda.models.alignment import coral, multi_kernel_mmd
 from edgeda.models.augment import rand_augment
 from edgeda.models.pooling import attention_pool
@@ -228,3 +228,81 @@ def test_csg_two_layers_contrast_the_last_two_stages_each_with_its_own_head_and_
     assert "train/loss/nce" in res.history[-1]
     with pytest.raises(Exception, match="layers=4"):
         Trainer(tiny_config(tmp_path / "bad", method="csg", options={"layers": 4}), progress=False, log=None).run()
+
+
+def test_nt_xent_hand_value_and_matched_pairs():
+    e = torch.eye(2)  # two pairs, each view identical to its partner and orthogonal to the other pair
+    assert nt_xent(e, e, temperature=1.0).item() == pytest.approx(math.log(1 + math.exp(-1)), rel=1e-6)
+    g = torch.Generator().manual_seed(3)
+    a = torch.randn(32, 8, generator=g)
+    matched = nt_xent(a, a + 0.05 * torch.randn(32, 8, generator=g))
+    unmatched = nt_xent(a, torch.randn(32, 8, generator=g))
+    assert matched.item() < 1.0 < math.log(32) < unmatched.item()  # chance level is log N
+
+
+def test_paired_crops_pair_two_views_of_one_region():
+    from edgeda.data.photos import paired_crops
+
+    photos = torch.stack([torch.full((3, 40, 40), 40 * i, dtype=torch.uint8) for i in range(6)])  # one flat colour each
+    g = torch.Generator().manual_seed(0)
+    a, b = paired_crops(photos, 64, (16, 16), generator=g)
+    assert a.shape == b.shape == (64, 3, 16, 16) and 0 <= a.min() and a.max() <= 1
+    torch.testing.assert_close(a.mean((1, 2, 3)), b.mean((1, 2, 3)))  # both views come from the same photo
+    assert len(torch.unique(a.mean((1, 2, 3)))) > 1  # and the batch from several photos
+    ramp = torch.arange(64, dtype=torch.uint8).mul(4).expand(1, 3, 64, 64).contiguous()  # a horizontal gradient
+    a, b = paired_crops(ramp, 32, (8, 8), generator=g)
+    assert not torch.allclose(a, b)  # jittered: overlapping, not identical views
+    a, b = paired_crops(ramp, 32, (8, 8), jitter=0.0, generator=g)
+    torch.testing.assert_close(a, b)
+
+
+def test_anchor_photos_bundled_and_from_a_folder(tmp_path, write_png):
+    from edgeda.data.photos import anchor_photos, bundled_photo_paths
+    from edgeda.errors import DataError
+
+    photos = anchor_photos("photos", 1, side=24)
+    assert photos.shape == (len(bundled_photo_paths()), 1, 24, 24) and photos.dtype == torch.uint8
+    assert len(bundled_photo_paths()) == 3  # scikit-learn's china and flower, matplotlib's grace_hopper
+    write_png(tmp_path / "cam" / "a.png", size=(30, 20), value=10)
+    write_png(tmp_path / "cam" / "sub" / "b.png", size=(20, 30), value=200)
+    (tmp_path / "cam" / "broken.png").write_bytes(b"not a png")
+    got = anchor_photos(str(tmp_path / "cam"), 3, side=8)
+    assert got.shape == (2, 3, 8, 8) and set(got.flatten().tolist()) == {10, 200}
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match="no readable anchor image"):
+        anchor_photos(str(tmp_path / "empty"), 3)
+    with pytest.raises(DataError, match="not a folder"):
+        anchor_photos(str(tmp_path / "missing"), 3)
+
+
+def test_csg_anchor_photos_pretrains_the_encoder_without_labels_then_freezes_it(tmp_path):
+    import copy
+
+    tr = Trainer(tiny_config(tmp_path / "csg", method="csg", options={"anchor": "photos", "pretrain": 0.5}),
+                 progress=False, log=None)
+    tr._build()
+    m = tr.method
+    m.train()
+    main = {id(p) for g in m.optims["main"].param_groups for p in g["params"]}
+    assert not main & {id(p) for p in m.nets["proj_anchor"].parameters()}
+    before = copy.deepcopy(m.classifier.state_dict())
+    from edgeda.methods.base import Batch
+
+    batch = Batch(torch.randn(8, 3, 32, 32), torch.randint(0, 10, (8,)))
+    assert set(m.step(batch, None)) == {"loss/anchor"}  # the source labels are not used yet
+    after = copy.deepcopy(m.classifier.state_dict())
+    assert torch.equal(after["head.weight"], before["head.weight"])  # the task head waits
+    assert not torch.equal(after["features.fc.2.weight"], before["features.fc.2.weight"])
+    m.progress = 0.5
+    assert "loss/nce" in m.step(batch, None)
+    frozen = m.nets["frozen"].state_dict()
+    for k, v in after.items():
+        if k.startswith("features."):
+            torch.testing.assert_close(frozen[k[len("features."):]], v)  # E_0 = the self-supervised encoder
+    with pytest.raises(Exception, match="pretrain must be > 0"):
+        Trainer(tiny_config(tmp_path / "p0", method="csg", iters=1, options={"anchor": "photos", "pretrain": 0}),
+                progress=False, log=None).run()
+    base = Trainer(tiny_config(tmp_path / "so", method="source_only", iters=2), progress=False, log=None).run()
+    with pytest.raises(Exception, match="use one of them"):
+        Trainer(tiny_config(tmp_path / "both", method="csg", init=str(base.bundle), iters=1,
+                            options={"anchor": "photos"}), progress=False, log=None).run()

@@ -8,13 +8,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..data.photos import anchor_photos, paired_crops
 from ..errors import EdgedaError
 from ..models.augment import rand_augment
 from ..models.norm import frozen_bn_statistics
 from ..models.pooling import attention_pool
 from .base import Batch, Method
-from .losses import info_nce
+from .losses import info_nce, nt_xent
 from .registry import METHODS
+
+# Self-supervised pre-training on anchor images (option anchor): SimCLR's strong augmentation
+# (RandAugment with 2 ops at half range on top of the crops) and MoCo v2's temperature.
+ANCHOR_OPS, ANCHOR_MAGNITUDE, ANCHOR_TEMPERATURE = 2, 0.5, 0.2
 
 
 class ProjectionHead(nn.Module):
@@ -90,10 +95,18 @@ class CSG(Method):
     encoder to keep close to, so CSG first trains source-only (CE on augmented source images) for
     the first ``pretrain`` fraction of the iteration budget and then freezes that model as E_0 —
     a deviation from the paper that this class announces on stderr when it happens.
+    ``anchor`` chooses what that own pre-training learns from: ``source`` (CE on the synthetic
+    images, the default) or real images that are neither source nor target, learned from without
+    labels, like the paper's ImageNet start but self-supervised: ``photos`` (the three photographs
+    the installed scikit-learn and matplotlib ship) or a folder of one's own unlabeled real
+    pictures. Small pictures cut from them (two overlapping crops of each region, RandAugment 2 ops
+    at 0.5 on each) train the encoder with SimCLR's loss (temperature 0.2, the other regions of the
+    batch as negatives, its own projection head and optimizer at the full learning rate) for the
+    ``pretrain`` fraction of the budget; then that encoder is frozen as E_0 and the task starts.
 
     Defaults: lambda 0.1, T 0.07, queue 4096 (paper 65536; the digits budget is small),
     m 0.99 (paper 0.999; short schedule), projection 256-128, RandAugment 1 op per image at
-    magnitude 0.2 of each op's range (the authors' released recipe, N = 1, M = 6 of 30), pretrain 0.3,
+    magnitude 0.2 of each op's range (the authors' released recipe, N = 1, M = 6 of 30), pretrain 0.3, anchor source,
     layers 1, backbone_lr 1 (a factor on the encoder's learning rate; the released recipe fine-tunes
     the ImageNet encoder at 0.1 of the head's); one optimizer over the student classifier and the g_l.
     Why that RandAugment: on the cpu
@@ -106,7 +119,7 @@ class CSG(Method):
     uses_target = False
     defaults = {"weight": 0.1, "temperature": 0.07, "queue": 4096, "momentum": 0.99, "proj_dim": 128,
                 "proj_hidden": 256, "n_ops": 1, "magnitude": 0.2, "pretrain": 0.3, "layers": 1,
-                "backbone_lr": 1.0}
+                "backbone_lr": 1.0, "anchor": "source"}
 
     @staticmethod
     def _keys(j: int) -> tuple[str, str, str]:
@@ -123,7 +136,7 @@ class CSG(Method):
         with torch.no_grad():
             was = clf.training
             clf.eval()
-            maps = feature_maps(clf.features, torch.zeros(1, t.channels, *t.image_size), self.n_layers)[0]
+            maps, feats = feature_maps(clf.features, torch.zeros(1, t.channels, *t.image_size), self.n_layers)
             clf.train(was)
         self.nets["frozen"] = copy.deepcopy(clf.features).requires_grad_(False)
         heads = []
@@ -142,8 +155,21 @@ class CSG(Method):
             self.optims["main"] = self.make_optimizer([
                 {"params": list(clf.features.parameters()), "lr": self.optim_cfg.lr * bb},
                 {"params": list(clf.head.parameters()) + heads}])
+        self.anchor = str(o["anchor"])
+        self.anchor_images = None
+        if self.anchor != "source":  # self-supervised pre-training of E_0 on real, unlabeled images
+            if float(o["pretrain"]) <= 0:
+                raise EdgedaError(f"csg option anchor={self.anchor} pre-trains the initial encoder on those images "
+                                  "during the first `pretrain` fraction of the budget: pretrain must be > 0")
+            self.anchor_images = anchor_photos(self.anchor, t.channels)
+            self.nets["proj_anchor"] = ProjectionHead(feats.shape[1], int(o["proj_hidden"]), int(o["proj_dim"]))
+            self.optims["anchor"] = self.make_optimizer(list(clf.features.parameters())
+                                                        + list(self.nets["proj_anchor"].parameters()))
 
     def load_init(self, path: str) -> None:
+        if self.anchor != "source":
+            raise EdgedaError(f"csg: --init gives the initial encoder and option anchor={self.anchor} pre-trains one; "
+                              "use one of them")
         super().load_init(path)
         self._freeze_initial()
 
@@ -162,12 +188,31 @@ class CSG(Method):
     def augment(self, x: torch.Tensor) -> torch.Tensor:
         return rand_augment(x, self.task.mean, self.task.std, int(self.opts["n_ops"]), float(self.opts["magnitude"]))
 
+    def anchor_step(self, n: int) -> dict[str, float]:
+        """One SimCLR step of the encoder on ``n`` pairs of crops of the anchor images."""
+        t, dev = self.task, self.engine.device
+        if self.anchor_images.device != dev:
+            self.anchor_images = self.anchor_images.to(dev)
+        m = torch.tensor(t.mean, device=dev).view(1, -1, 1, 1)
+        s = torch.tensor(t.std, device=dev).view(1, -1, 1, 1)
+        views = [rand_augment((v - m) / s, t.mean, t.std, ANCHOR_OPS, ANCHOR_MAGNITUDE)
+                 for v in paired_crops(self.anchor_images, n, t.image_size)]
+        with self.autocast():  # both views in one batch, as SimCLR normalises them
+            z = self.nets["proj_anchor"](self.classifier.features(torch.cat(views)))
+            loss = nt_xent(z[:n], z[n:], ANCHOR_TEMPERATURE)
+        self.update(loss, "anchor")
+        return {"loss/anchor": loss.item()}
+
     def step(self, source: Batch, target: Batch | None) -> dict[str, float]:
         o, n = self.opts, self.n_layers
         if not bool(self.nets["queue"].started) and self.progress >= float(o["pretrain"]):
-            print(f"csg: no --init; freezing the source-only model trained for the first {float(o['pretrain']):.0%} "
+            what = ("the source-only model trained" if self.anchor == "source" else
+                    f"the encoder pre-trained without labels on {len(self.anchor_images)} anchor images")
+            print(f"csg: no --init; freezing {what} for the first {float(o['pretrain']):.0%} "
                   "of the budget as the initial encoder (the paper uses ImageNet weights)", file=sys.stderr)
             self._freeze_initial()
+        if not bool(self.nets["queue"].started) and self.anchor != "source":
+            return self.anchor_step(len(source.x))
         xa = self.augment(source.x)
         started = bool(self.nets["queue"].started)
         with self.autocast():
@@ -188,10 +233,10 @@ class CSG(Method):
                     nces.append(info_nce(q, keys[-1], self.nets[queue].keys.clone(), float(o["temperature"])))
                 nce = torch.stack(nces).sum()
         if not started:  # source-only phase before the initial encoder exists
-            self.update(cls_loss)
+            self.update(cls_loss, "main")
             return {"loss/cls": cls_loss.item()}
         loss = cls_loss + float(o["weight"]) * nce
-        self.update(loss)
+        self.update(loss, "main")
         with torch.no_grad():
             m = float(o["momentum"])
             for j, k in enumerate(keys):

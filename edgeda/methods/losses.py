@@ -72,3 +72,18 @@ def info_nce(query: torch.Tensor, positive_key: torch.Tensor, negatives: torch.T
     pos = (q * k).sum(1, keepdim=True)
     logits = torch.cat([pos, q @ n.T], 1) / temperature
     return F.cross_entropy(logits, torch.zeros(len(q), dtype=torch.long, device=q.device))
+
+
+def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.2) -> torch.Tensor:
+    """SimCLR's contrastive loss with the other pairs of the batch as negatives (Chen et al. 2020).
+
+    With z1, z2 (N, d) L2-normalised projections of two views of N images:
+    L = 1/2 [CE(z1 z2^T / T, diag) + CE(z2 z1^T / T, diag)], i.e. each view must pick its partner
+    among the N views of the other side. Lower when the pairs match; log N for unrelated ones.
+
+    >>> loss = nt_xent(head(encoder(view_a)), head(encoder(view_b)))
+    """
+    a, b = F.normalize(z1.float(), dim=1), F.normalize(z2.float(), dim=1)
+    logits = a @ b.T / temperature
+    labels = torch.arange(len(a), device=a.device)
+    return 0.5 * (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels))

@@ -341,7 +341,7 @@ def method_options(cfg: dict) -> dict:
 # default is that value (and goes stale when the default or the profile moves off it).
 ADDED_OPTIONS: dict[str, dict] = {
     "suit": {"bn": "joint", "objectives": "joint"},
-    "csg": {"backbone_lr": 1.0},
+    "csg": {"backbone_lr": 1.0, "anchor": "source"},
     "cyclegan": {"semantic_target": 0.0},
     "fgbg_cyclegan": {"full_cycle": False, "semantic_target": 0.0},
 }

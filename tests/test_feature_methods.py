@@ -275,10 +275,11 @@ def test_anchor_photos_bundled_and_from_a_folder(tmp_path, write_png):
         anchor_photos(str(tmp_path / "missing"), 3)
 
 
-def test_csg_anchor_photos_pretrains_the_encoder_without_labels_then_freezes_it(tmp_path):
+@pytest.mark.parametrize("anchor", ["photos", "source_ssl"])
+def test_csg_anchor_pretrains_the_encoder_without_labels_then_freezes_it(tmp_path, anchor):
     import copy
 
-    tr = Trainer(tiny_config(tmp_path / "csg", method="csg", options={"anchor": "photos", "pretrain": 0.5}),
+    tr = Trainer(tiny_config(tmp_path / "csg", method="csg", options={"anchor": anchor, "pretrain": 0.5}),
                  progress=False, log=None)
     tr._build()
     m = tr.method

@@ -96,13 +96,15 @@ class CSG(Method):
     the first ``pretrain`` fraction of the iteration budget and then freezes that model as E_0 —
     a deviation from the paper that this class announces on stderr when it happens.
     ``anchor`` chooses what that own pre-training learns from: ``source`` (CE on the synthetic
-    images, the default) or real images that are neither source nor target, learned from without
-    labels, like the paper's ImageNet start but self-supervised: ``photos`` (the three photographs
-    the installed scikit-learn and matplotlib ship) or a folder of one's own unlabeled real
-    pictures. Small pictures cut from them (two overlapping crops of each region, RandAugment 2 ops
-    at 0.5 on each) train the encoder with SimCLR's loss (temperature 0.2, the other regions of the
-    batch as negatives, its own projection head and optimizer at the full learning rate) for the
-    ``pretrain`` fraction of the budget; then that encoder is frozen as E_0 and the task starts.
+    images, the default); ``source_ssl`` (the synthetic images without their labels: two
+    RandAugment views of each, 2 ops at 0.5); or real images that are neither source nor target,
+    like the paper's ImageNet start but self-supervised: ``photos`` (the three photographs the
+    installed scikit-learn and matplotlib ship) or a folder of one's own unlabeled real pictures,
+    from which small pictures are cut (two overlapping crops of each region, RandAugment 2 ops at
+    0.5 on each). The self-supervised anchors train the encoder with SimCLR's loss (temperature
+    0.2, the other pairs of the batch as negatives, its own projection head and optimizer at the
+    full learning rate) for the ``pretrain`` fraction of the budget; then that encoder is frozen as
+    E_0 and the task starts.
 
     Defaults: lambda 0.1, T 0.07, queue 4096 (paper 65536; the digits budget is small),
     m 0.99 (paper 0.999; short schedule), projection 256-128, RandAugment 1 op per image at
@@ -157,11 +159,12 @@ class CSG(Method):
                 {"params": list(clf.head.parameters()) + heads}])
         self.anchor = str(o["anchor"])
         self.anchor_images = None
-        if self.anchor != "source":  # self-supervised pre-training of E_0 on real, unlabeled images
+        if self.anchor != "source":  # self-supervised pre-training of E_0 on unlabeled images
             if float(o["pretrain"]) <= 0:
                 raise EdgedaError(f"csg option anchor={self.anchor} pre-trains the initial encoder on those images "
                                   "during the first `pretrain` fraction of the budget: pretrain must be > 0")
-            self.anchor_images = anchor_photos(self.anchor, t.channels)
+            if self.anchor != "source_ssl":
+                self.anchor_images = anchor_photos(self.anchor, t.channels)
             self.nets["proj_anchor"] = ProjectionHead(feats.shape[1], int(o["proj_hidden"]), int(o["proj_dim"]))
             self.optims["anchor"] = self.make_optimizer(list(clf.features.parameters())
                                                         + list(self.nets["proj_anchor"].parameters()))
@@ -188,15 +191,20 @@ class CSG(Method):
     def augment(self, x: torch.Tensor) -> torch.Tensor:
         return rand_augment(x, self.task.mean, self.task.std, int(self.opts["n_ops"]), float(self.opts["magnitude"]))
 
-    def anchor_step(self, n: int) -> dict[str, float]:
-        """One SimCLR step of the encoder on ``n`` pairs of crops of the anchor images."""
-        t, dev = self.task, self.engine.device
-        if self.anchor_images.device != dev:
-            self.anchor_images = self.anchor_images.to(dev)
-        m = torch.tensor(t.mean, device=dev).view(1, -1, 1, 1)
-        s = torch.tensor(t.std, device=dev).view(1, -1, 1, 1)
-        views = [rand_augment((v - m) / s, t.mean, t.std, ANCHOR_OPS, ANCHOR_MAGNITUDE)
-                 for v in paired_crops(self.anchor_images, n, t.image_size)]
+    def anchor_step(self, x: torch.Tensor) -> dict[str, float]:
+        """One SimCLR step of the encoder: on two views of the source images ``x`` (labels unused) for
+        ``anchor=source_ssl``, else on ``len(x)`` pairs of crops of the anchor images."""
+        t, dev = self.task, x.device
+        if self.anchor_images is None:
+            pairs = (x, x)
+        else:
+            if self.anchor_images.device != dev:
+                self.anchor_images = self.anchor_images.to(dev)
+            m = torch.tensor(t.mean, device=dev).view(1, -1, 1, 1)
+            s = torch.tensor(t.std, device=dev).view(1, -1, 1, 1)
+            pairs = tuple((v - m) / s for v in paired_crops(self.anchor_images, len(x), t.image_size))
+        n = len(x)
+        views = [rand_augment(v, t.mean, t.std, ANCHOR_OPS, ANCHOR_MAGNITUDE) for v in pairs]
         with self.autocast():  # both views in one batch, as SimCLR normalises them
             z = self.nets["proj_anchor"](self.classifier.features(torch.cat(views)))
             loss = nt_xent(z[:n], z[n:], ANCHOR_TEMPERATURE)
@@ -207,12 +215,13 @@ class CSG(Method):
         o, n = self.opts, self.n_layers
         if not bool(self.nets["queue"].started) and self.progress >= float(o["pretrain"]):
             what = ("the source-only model trained" if self.anchor == "source" else
+                    "the encoder pre-trained on the source images without their labels" if self.anchor_images is None else
                     f"the encoder pre-trained without labels on {len(self.anchor_images)} anchor images")
             print(f"csg: no --init; freezing {what} for the first {float(o['pretrain']):.0%} "
                   "of the budget as the initial encoder (the paper uses ImageNet weights)", file=sys.stderr)
             self._freeze_initial()
         if not bool(self.nets["queue"].started) and self.anchor != "source":
-            return self.anchor_step(len(source.x))
+            return self.anchor_step(source.x)
         xa = self.augment(source.x)
         started = bool(self.nets["queue"].started)
         with self.autocast():

@@ -108,8 +108,8 @@ class CSG(Method):
 
     Defaults: lambda 0.1, T 0.07, queue 4096 (paper 65536; the digits budget is small),
     m 0.99 (paper 0.999; short schedule), projection 256-128, RandAugment 1 op per image at
-    magnitude 0.2 of each op's range (the authors' released recipe, N = 1, M = 6 of 30), pretrain 0.3, anchor source,
-    layers 1, backbone_lr 1 (a factor on the encoder's learning rate; the released recipe fine-tunes
+    magnitude 0.2 of each op's range (the authors' released recipe, N = 1, M = 6 of 30), pretrain 0.3,
+    anchor source, layers 1, backbone_lr 1 (a factor on the encoder's learning rate; the released recipe fine-tunes
     the ImageNet encoder at 0.1 of the head's); one optimizer over the student classifier and the g_l.
     Why that RandAugment: on the cpu
     benchmark profile (3 seeds) it raised the label-free information-maximisation score of the

@@ -1,0 +1,418 @@
+"""Dense user data: folders of images with segmentation masks and/or depth maps, and ``.npz`` files.
+
+Folder layout (``rel`` is the path below each folder without its extension, so
+``images/a/x.jpg`` pairs with ``masks/a/x.png`` and ``depth/a/x.npy``)::
+
+    root/images/rel.<png|jpg|jpeg|bmp|webp>
+    root/masks/rel.png          optional: class ids
+    root/depth/rel.<png|npy>    optional: 16-bit PNG in millimetres, or .npy float metres
+    root/classes.txt            optional: one class per line, ``name`` or ``name r g b``
+
+Masks: modes ``L``/``1``/``I;16``/``I`` hold ids, ``P`` (palette PNG) holds the palette index as
+the id, ``RGB``/``RGBA`` are read only when classes.txt gives a colour per class (colour -> id,
+unknown colours -> 255 = ignore). Depth comes out as float32 metres; non-finite or negative
+values become 0 = invalid.
+
+Bad data never crashes a load, as in :mod:`edgeda.data.files`: at index time only headers are
+read, and an unreadable header, a missing mask or depth map, or a mask/depth whose size differs
+from its image skips that sample with its reason in ``report.skipped``. A file that only fails
+when decoded makes ``sample(i)`` raise ``ValueError``; the dense dataset then uses the next sample.
+"""
+from __future__ import annotations
+
+import os
+import stat
+import struct
+import warnings
+import zipfile
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from ..errors import DataError
+from .dense import IGNORE_INDEX, ArrayDenseDomain, DenseDomain, DenseSample
+from .domain import LoadReport
+from .files import _DECODE_ERRORS, MAX_IMAGE_PIXELS, list_images, read_image
+
+MAX_DENSE_CLASSES = 255  # ids 0..254: masks are uint8 and 255 is the ignore label
+_ID_MODES = ("1", "L", "P", "I;16", "I;16B", "I;16L", "I;16N", "I")
+_RGB_MODES = ("RGB", "RGBA")
+_DEPTH_PNG_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
+_NPZ_ERRORS = (OSError, ValueError, EOFError, TypeError, KeyError, AttributeError, zipfile.BadZipFile,
+               zipfile.LargeZipFile, NotImplementedError, RuntimeError, MemoryError, struct.error)
+
+
+def _short(text: str) -> str:
+    return (str(text).splitlines() or [""])[0][:200]
+
+
+def _check_file(path: Path) -> None:
+    st = path.stat()
+    if not stat.S_ISREG(st.st_mode):  # a FIFO or device could block forever
+        raise ValueError("not a regular file")
+    if st.st_size == 0:
+        raise ValueError("empty file")
+
+
+def _open_checked(path: Path) -> Image.Image:
+    """PIL image of a regular, non-empty file of sane declared size; pixels not decoded yet."""
+    _check_file(path)
+    im = Image.open(path)
+    w, h = im.size
+    if w * h > MAX_IMAGE_PIXELS:
+        im.close()
+        raise ValueError(f"declared size {w}x{h} is too large (possible decompression bomb)")
+    return im
+
+
+def _guarded(fn, path: Path, *args):
+    """Run a reader, turning every decoder failure into ValueError with a one-line reason."""
+    try:
+        with warnings.catch_warnings(), np.errstate(all="ignore"):
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            return fn(path, *args)
+    except ValueError as e:
+        raise ValueError(_short(e) or "ValueError") from None
+    except _DECODE_ERRORS as e:
+        raise ValueError(_short(f"{type(e).__name__}: {e}")) from None
+
+
+def _header(path: Path, what: str, colours: np.ndarray | None) -> tuple[int, int]:
+    """(H, W) of an image, mask or depth file from its header only; ValueError if unusable."""
+    if path.suffix.lower() == ".npy":
+        _check_file(path)
+        with open(path, "rb") as f:
+            version = np.lib.format.read_magic(f)
+            read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            shape, _, dtype = read(f)
+        if dtype.hasobject or dtype.kind not in "fiu":
+            raise ValueError(f"depth .npy must hold numbers, got dtype {dtype}")
+        if not (len(shape) == 2 or len(shape) == 3 and shape[2] == 1):
+            raise ValueError(f"depth .npy must have shape (H, W), got {shape}")
+        return int(shape[0]), int(shape[1])
+    with _open_checked(path) as im:
+        mode, (w, h) = im.mode, im.size
+    if what == "mask" and mode not in _ID_MODES and not (mode in _RGB_MODES and colours is not None):
+        raise ValueError(f"{mode} mask needs a colour per class in classes.txt" if mode in _RGB_MODES
+                         else f"unsupported mask mode {mode}")
+    if what == "depth" and mode not in _DEPTH_PNG_MODES:
+        raise ValueError(f"depth PNG must be 16-bit millimetres, got mode {mode}")
+    return h, w
+
+
+def _read_mask(path: Path, colours: np.ndarray | None) -> np.ndarray:
+    """(H, W) int64 ids, not yet checked against the class count."""
+    with _open_checked(path) as im:
+        if im.mode in _RGB_MODES:
+            if colours is None:
+                raise ValueError(f"{im.mode} mask needs a colour per class in classes.txt")
+            return _colours_to_ids(np.asarray(im.convert("RGB")), colours)
+        if im.mode not in _ID_MODES:
+            raise ValueError(f"unsupported mask mode {im.mode}")
+        im.load()
+        return np.asarray(im).astype(np.int64)  # mode P: the palette indices themselves
+
+
+def _colours_to_ids(rgb: np.ndarray, colours: np.ndarray) -> np.ndarray:
+    keys = (colours[:, 0].astype(np.int64) << 16) | (colours[:, 1].astype(np.int64) << 8) | colours[:, 2]
+    order = np.argsort(keys, kind="stable")
+    sorted_keys = keys[order]
+    pix = (rgb[..., 0].astype(np.int64) << 16) | (rgb[..., 1].astype(np.int64) << 8) | rgb[..., 2]
+    pos = np.minimum(np.searchsorted(sorted_keys, pix), len(keys) - 1)
+    return np.where(sorted_keys[pos] == pix, order[pos], IGNORE_INDEX).astype(np.int64)
+
+
+def _read_depth(path: Path) -> np.ndarray:
+    """(H, W) float32 metres, 0 where invalid."""
+    if path.suffix.lower() == ".npy":
+        _check_file(path)
+        arr = np.load(path, allow_pickle=False)
+        if arr.ndim == 3 and arr.shape[2] == 1:
+            arr = arr[:, :, 0]
+        if arr.ndim != 2 or arr.dtype.kind not in "fiu":
+            raise ValueError(f"depth .npy must be (H, W) numbers, got {arr.shape} {arr.dtype}")
+        d = arr.astype(np.float32)
+    else:
+        with _open_checked(path) as im:
+            if im.mode not in _DEPTH_PNG_MODES:
+                raise ValueError(f"depth PNG must be 16-bit millimetres, got mode {im.mode}")
+            im.load()
+            d = np.asarray(im).astype(np.float32) / 1000.0
+    d[~np.isfinite(d) | (d < 0)] = 0.0
+    return d
+
+
+def _ids_to_uint8(ids: np.ndarray, num_classes: int | None) -> np.ndarray:
+    limit = MAX_DENSE_CLASSES if num_classes is None else num_classes
+    bad = (ids != IGNORE_INDEX) & ((ids < 0) | (ids >= limit))
+    if bad.any():
+        v = ids[bad]
+        worst = int(v.min()) if v.min() < 0 else int(v.max())
+        raise ValueError(f"mask has class id {worst}, beyond the {limit} classes")
+    return ids.astype(np.uint8)
+
+
+class FileDenseDomain(DenseDomain):
+    """Samples decoded from disk on demand. ``items``: (image, mask or None, depth or None) paths.
+
+    ``palette`` (when given) is also the colour -> id map for RGB masks. ``has_masks`` /
+    ``has_depth`` default to "some item has one"; when true, every item must have one.
+    """
+
+    def __init__(self, name: str, items, *, classes: list[str] | None = None, palette: np.ndarray | None = None,
+                 has_masks: bool | None = None, has_depth: bool | None = None, report: LoadReport | None = None):
+        items = [(Path(i), None if m is None else Path(m), None if d is None else Path(d)) for i, m, d in items]
+        has_masks = any(m is not None for _, m, _ in items) if has_masks is None else bool(has_masks)
+        has_depth = any(d is not None for _, _, d in items) if has_depth is None else bool(has_depth)
+        if has_masks and any(m is None for _, m, _ in items) or has_depth and any(d is None for _, _, d in items):
+            raise ValueError("with has_masks / has_depth every item needs a mask / depth path")
+        super().__init__(name, classes=classes, palette=palette, has_masks=has_masks, has_depth=has_depth,
+                         report=report or LoadReport(loaded=len(items)))
+        self.items = items
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def sample(self, i: int) -> DenseSample:
+        img_path, mask_path, depth_path = self.items[i]
+        image = read_image(img_path)
+        hw = image.shape[:2]
+        mask = depth = None
+        if self.has_masks and mask_path is not None:
+            ids = _guarded(_read_mask, mask_path, self.palette)
+            if ids.shape != hw:
+                raise ValueError(f"mask is {ids.shape[1]}x{ids.shape[0]}, its image {hw[1]}x{hw[0]}")
+            mask = _ids_to_uint8(ids, self.num_classes)
+        if self.has_depth and depth_path is not None:
+            depth = _guarded(_read_depth, depth_path)
+            if depth.shape != hw:
+                raise ValueError(f"depth is {depth.shape[1]}x{depth.shape[0]}, its image {hw[1]}x{hw[0]}")
+        return DenseSample(image, mask, depth)
+
+
+def read_class_list(path: Path) -> tuple[list[str], np.ndarray | None]:
+    """classes.txt -> (names, (K, 3) uint8 colours or None). Lines: ``name`` or ``name r g b``
+    (names may contain spaces); blank lines and lines starting with ``#`` are ignored."""
+    try:
+        lines = Path(path).read_text(encoding="utf-8-sig").splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise DataError(f"{path} is not a readable UTF-8 text file ({type(e).__name__})") from None
+    names, colours = [], []
+    for n, raw in enumerate(lines, 1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        parts = line.split()
+        rgb = None
+        if len(parts) >= 4 and all(p.lstrip("-").isdigit() for p in parts[-3:]):
+            rgb = [int(p) for p in parts[-3:]]
+            if any(not 0 <= v <= 255 for v in rgb):
+                raise DataError(f"{path} line {n}: colour values must be 0..255, got {' '.join(parts[-3:])}")
+            line = " ".join(parts[:-3])
+        names.append(line)
+        colours.append(rgb)
+    if not names:
+        raise DataError(f"{path} names no classes")
+    if len(names) > MAX_DENSE_CLASSES:
+        raise DataError(f"{path} names {len(names)} classes; masks hold at most {MAX_DENSE_CLASSES} (255 = ignore)")
+    if len(set(names)) != len(names):
+        dup = sorted({c for c in names if names.count(c) > 1})
+        raise DataError(f"{path} names a class more than once: {', '.join(dup)}")
+    given = [c is not None for c in colours]
+    if any(given) and not all(given):
+        raise DataError(f"{path}: give a colour (name r g b) for every class or for none")
+    if not all(given):
+        return names, None
+    pal = np.asarray(colours, np.uint8)
+    if len({tuple(c) for c in pal.tolist()}) != len(pal):
+        raise DataError(f"{path}: two classes share a colour, so RGB masks would be ambiguous")
+    return names, pal
+
+
+def _by_name(folder: Path, files: list[Path], report: LoadReport, what: str) -> dict[str, Path]:
+    """rel path without extension -> file; later files with the same name are skipped."""
+    out: dict[str, Path] = {}
+    for f in files:
+        key = f.relative_to(folder).with_suffix("").as_posix()
+        if key in out:
+            report.skip(str(f), f"another {what} has the same name: {out[key].name}")
+        else:
+            out[key] = f
+    return out
+
+
+def _walk(root: Path, suffixes: tuple[str, ...]) -> list[Path]:
+    out = []
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=False, onerror=lambda e: None):
+        dirnames.sort()
+        out.extend(Path(dirpath) / fn for fn in sorted(filenames) if fn.lower().endswith(suffixes))
+    return out
+
+
+def load_dense_folder(root: Path, *, labeled: bool) -> DenseDomain:
+    """``root/images`` with optional ``masks/``, ``depth/`` and ``classes.txt`` (see the module doc).
+    ``labeled=False`` uses the images only. Without classes.txt every mask is decoded once to name
+    classes "0".."K-1", K = 1 + the largest id other than 255 (None when no mask has an id)."""
+    root = Path(root)
+    img_dir, mask_dir, depth_dir = root / "images", root / "masks", root / "depth"
+    if not img_dir.is_dir():
+        raise DataError(f"{root} has no images/ folder (a dense folder holds images/ and optional masks/, depth/)")
+    use_masks, use_depth = labeled and mask_dir.is_dir(), labeled and depth_dir.is_dir()
+    classes = palette = None
+    if use_masks and (root / "classes.txt").is_file():
+        classes, palette = read_class_list(root / "classes.txt")
+    report = LoadReport()
+    images = _by_name(img_dir, list_images(img_dir), report, "image")
+    masks = _by_name(mask_dir, list_images(mask_dir), report, "mask") if use_masks else {}
+    depths = _by_name(depth_dir, _walk(depth_dir, (".png", ".npy")), report, "depth map") if use_depth else {}
+    items = []
+    for key, img in images.items():
+        m, d = masks.pop(key, None), depths.pop(key, None)
+        if use_masks and m is None:
+            report.skip(str(img), f"no mask (expected masks/{key}.png)")
+            continue
+        if use_depth and d is None:
+            report.skip(str(img), f"no depth map (expected depth/{key}.png or .npy)")
+            continue
+        try:
+            hw = _guarded(_header, img, "image", None)
+        except ValueError as e:
+            report.skip(str(img), str(e))
+            continue
+        problem = None
+        for path, what in ((m, "mask"), (d, "depth")):
+            if path is None:
+                continue
+            try:
+                phw = _guarded(_header, path, what, palette)
+            except ValueError as e:
+                problem = (path, f"{what}: {e}")
+                break
+            if phw != hw:
+                problem = (path, f"{what} is {phw[1]}x{phw[0]}, its image {img.name} is {hw[1]}x{hw[0]}")
+                break
+        if problem:
+            report.skip(str(problem[0]), problem[1])
+        else:
+            items.append((img, m, d))
+    for p in list(masks.values()) + list(depths.values()):
+        report.skip(str(p), "no image of the same name")
+    if use_masks and classes is None:
+        items, classes = _scan_masks(items, report)
+    report.loaded = len(items)
+    return FileDenseDomain(str(root), items, classes=classes, palette=palette, has_masks=use_masks,
+                           has_depth=use_depth, report=report)
+
+
+def _scan_masks(items, report: LoadReport):
+    kept, top = [], -1
+    for item in items:
+        try:
+            ids = _guarded(_read_mask, item[1], None)
+            _ids_to_uint8(ids, None)
+        except ValueError as e:
+            report.skip(str(item[1]), f"mask: {e}")
+            continue
+        valid = ids[ids != IGNORE_INDEX]
+        if valid.size:
+            top = max(top, int(valid.max()))
+        kept.append(item)
+    return kept, ([str(k) for k in range(top + 1)] if top >= 0 else None)
+
+
+def load_dense_npz(path: Path, *, labeled: bool) -> ArrayDenseDomain:
+    """``x`` (N,H,W[,C]) uint8, optional ``y`` (N,H,W) ids (255 = ignore), ``depth`` (N,H,W) metres,
+    ``classes`` (K,) names, ``palette`` (K,3). Without ``classes``, K is the palette's length if one
+    is given, else 1 + the largest id. ``labeled=False`` keeps ``x`` only."""
+    path = Path(path)
+    wanted = ("x", "y", "depth", "classes", "palette") if labeled else ("x",)
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            if "x" not in z.files:
+                raise DataError(f"{path} has no array 'x' (found: {', '.join(sorted(z.files)) or 'none'})")
+            arr = {k: z[k] for k in wanted if k in z.files}
+    except DataError:
+        raise
+    except _NPZ_ERRORS as e:
+        raise DataError(f"{path} is not a readable .npz file ({type(e).__name__}: {_short(e)})") from None
+    x = arr["x"]
+    if x.dtype != np.uint8:
+        raise DataError(f"{path}: 'x' must be uint8 images, got dtype {x.dtype}")
+    if x.ndim == 3:
+        x = x[:, :, :, None]
+    if x.ndim != 4 or x.shape[3] not in (1, 3, 4) or x.shape[1] == 0 or x.shape[2] == 0:
+        raise DataError(f"{path}: 'x' must have shape (N,H,W) or (N,H,W,C) with C in 1/3/4, got {arr['x'].shape}")
+    x = x[..., :3]
+    nhw = x.shape[:3]
+    y, depth, classes, palette = arr.get("y"), arr.get("depth"), None, None
+    for name, a, kinds in (("y", y, "iu"), ("depth", depth, "fiu")):
+        if a is not None and a.shape != nhw:
+            raise DataError(f"{path}: '{name}' must have shape {nhw} to match 'x' {arr['x'].shape}, got {a.shape}")
+        if a is not None and a.dtype.kind not in kinds:
+            raise DataError(f"{path}: '{name}' has dtype {a.dtype}; it needs {'integer ids' if name == 'y' else 'numbers'}")
+    if depth is not None:
+        with np.errstate(all="ignore"):
+            depth = depth.astype(np.float32)
+        depth[~np.isfinite(depth) | (depth < 0)] = 0.0
+    if y is not None:
+        if y.size and (int(y.min()) < 0 or int(y.max()) > IGNORE_INDEX):
+            raise DataError(f"{path}: 'y' has ids in [{int(y.min())}, {int(y.max())}]; they must be 0..254, 255 = ignore")
+        y = y.astype(np.uint8)
+        classes, palette = _npz_classes(path, arr, y)
+    return ArrayDenseDomain(str(path), x, y, depth, classes=classes, palette=palette,
+                            report=LoadReport(loaded=len(x)))
+
+
+def _npz_classes(path: Path, arr: dict, y: np.ndarray):
+    classes = palette = None
+    if "classes" in arr:
+        c = arr["classes"]
+        if c.ndim != 1 or c.dtype.kind not in "US" or not 0 < len(c) <= MAX_DENSE_CLASSES:
+            raise DataError(f"{path}: 'classes' must be 1 to {MAX_DENSE_CLASSES} names, got shape {c.shape} dtype {c.dtype}")
+        classes = [v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v) for v in c.tolist()]
+    if "palette" in arr:
+        p = arr["palette"]
+        k = len(classes) if classes is not None else len(p)
+        if p.shape != (k, 3) or p.dtype.kind not in "iu" or p.size and (p.min() < 0 or p.max() > 255):
+            raise DataError(f"{path}: 'palette' must be ({k}, 3) integers 0..255, got shape {p.shape} dtype {p.dtype}")
+        if not 0 < k <= MAX_DENSE_CLASSES:
+            raise DataError(f"{path}: 'palette' has {k} rows; 1 to {MAX_DENSE_CLASSES} classes are allowed")
+        palette = p.astype(np.uint8)
+        classes = classes if classes is not None else [str(i) for i in range(k)]
+    valid = y[y != IGNORE_INDEX]
+    top = int(valid.max()) if valid.size else -1
+    if classes is None:
+        return ([str(i) for i in range(top + 1)] if top >= 0 else None), None
+    if top >= len(classes):
+        raise DataError(f"{path}: 'y' has class id {top}, beyond the {len(classes)} classes named")
+    return classes, palette
+
+
+def is_dense_folder(path: Path) -> bool:
+    """A dense folder has an ``images/`` subfolder."""
+    return Path(path).is_dir() and (Path(path) / "images").is_dir()
+
+
+def npz_is_dense(path: Path) -> bool:
+    """An .npz holds dense data when it has ``depth`` or a ``y`` of shape (N, H, W).
+    Only the header of ``y`` is read; an unreadable file answers False."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            if "depth" in z.files:
+                return True
+            if "y" not in z.files:
+                return False
+        with zipfile.ZipFile(path) as zf, zf.open("y.npy") as f:
+            version = np.lib.format.read_magic(f)
+            read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            return len(read(f)[0]) == 3
+    except _NPZ_ERRORS:
+        return False
+
+
+def check_same_classes(a: DenseDomain, b: DenseDomain) -> None:
+    """DataError when both domains name classes and the lists differ (order matters: ids index them)."""
+    if a.classes is not None and b.classes is not None and a.classes != b.classes:
+        raise DataError(f"domains {a.name!r} and {b.name!r} name different classes: "
+                        f"[{', '.join(a.classes)}] vs [{', '.join(b.classes)}]")

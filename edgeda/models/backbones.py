@@ -3,6 +3,11 @@
 ``dtn``: the digits CNN used throughout the DA literature for 32x32 digits (three strided 5x5
 conv layers + a fully connected layer, as in DTN/ADDA/CyCADA), with a width multiplier.
 ``resnet_small``: a CIFAR-style ResNet (3 stages of basic blocks, global average pooling).
+
+Both also follow the encoder contract of :mod:`edgeda.models.dense`: ``forward_features(x)`` is
+the spatial map before the flatten/FC (DTN) or the global pooling (SmallResNet),
+``forward_intermediates(x)`` the named levels from high to low resolution plus ``"out"``, and
+``out_channels`` / ``feature_info`` describe them. ``forward`` stays the pooled vector.
 """
 from __future__ import annotations
 
@@ -35,9 +40,28 @@ class DTN(nn.Module):
             nn.Dropout(dropout),
         )
         self.out_dim = out_dim
+        self.out_channels = 4 * width
+        self.feature_info = {
+            "stride2": {"channels": width, "stride": 2},
+            "stride4": {"channels": 2 * width, "stride": 4},
+            "stride8": {"channels": 4 * width, "stride": 8},
+            "out": {"channels": 4 * width, "stride": 8},
+        }
 
     def forward(self, x):
         return self.fc(self.conv(x))
+
+    def forward_features(self, x):
+        """The (N, 4 * width, ceil(H / 8), ceil(W / 8)) map before the flatten and FC."""
+        return self.conv(x)
+
+    def forward_intermediates(self, x) -> dict:
+        out = {}
+        for name, layer in zip(("stride2", "stride4", "stride8"), self.conv):
+            x = layer(x)
+            out[name] = x
+        out["out"] = x
+        return out
 
 
 class BasicBlock(nn.Module):
@@ -74,9 +98,35 @@ class SmallResNet(nn.Module):
         layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten()]
         self.net = nn.Sequential(*layers)
         self.out_dim = cin
+        self.out_channels = cin
+        self.blocks = blocks
+        self.feature_info = {
+            "stem": {"channels": width, "stride": 1},
+            "stage1": {"channels": width, "stride": 1},
+            "stage2": {"channels": 2 * width, "stride": 2},
+            "stage3": {"channels": 4 * width, "stride": 4},
+            "out": {"channels": cin, "stride": 4},
+        }
 
     def forward(self, x):
         return self.net(x)
+
+    def forward_features(self, x):
+        """The (N, 4 * width, ceil(H / 4), ceil(W / 4)) map before the global average pooling."""
+        for layer in list(self.net)[:-2]:
+            x = layer(x)
+        return x
+
+    def forward_intermediates(self, x) -> dict:
+        trunk = list(self.net)[:-2]
+        out = {"stem": trunk[0](x)}
+        x = out["stem"]
+        for stage in range(3):
+            for layer in trunk[1 + stage * self.blocks: 1 + (stage + 1) * self.blocks]:
+                x = layer(x)
+            out[f"stage{stage + 1}"] = x
+        out["out"] = x
+        return out
 
 
 @BACKBONES.register("dtn")

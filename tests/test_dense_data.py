@@ -343,3 +343,5 @@ def test_dataloader_workers_match_single_process(tmp_path):
         assert p.keys() == q.keys() and all(torch.equal(p[key], q[key]) for key in p)
     assert p["image"].shape[1:] == (16, 20, 3)
     assert sum(int(b["replaced"].sum()) for b in one) == 3  # i4 is asked for in each of 3 epochs
+    again = pickle.loads(pickle.dumps(ds))  # what a spawned worker receives
+    assert all(torch.equal(again[7][key], ds[7][key]) for key in ds[7])

@@ -43,21 +43,12 @@ _NPZ_ERRORS = (OSError, ValueError, EOFError, TypeError, KeyError, AttributeErro
                zipfile.LargeZipFile, NotImplementedError, RuntimeError, MemoryError, struct.error)
 
 
-def _short(text: str) -> str:
+def _short(text) -> str:
     return (str(text).splitlines() or [""])[0][:200]
 
 
-def _check_file(path: Path) -> None:
-    st = path.stat()
-    if not stat.S_ISREG(st.st_mode):  # a FIFO or device could block forever
-        raise ValueError("not a regular file")
-    if st.st_size == 0:
-        raise ValueError("empty file")
-
-
 def _open_checked(path: Path) -> Image.Image:
-    """PIL image of a regular, non-empty file of sane declared size; pixels not decoded yet."""
-    _check_file(path)
+    """PIL image of sane declared size; pixels not decoded yet."""
     im = Image.open(path)
     w, h = im.size
     if w * h > MAX_IMAGE_PIXELS:
@@ -67,8 +58,12 @@ def _open_checked(path: Path) -> Image.Image:
 
 
 def _guarded(fn, path: Path, *args):
-    """Run a reader, turning every decoder failure into ValueError with a one-line reason."""
+    """Run a reader on a regular, non-empty file, turning every decoder failure into ValueError
+    with a one-line reason."""
     try:
+        st = path.stat()
+        if not stat.S_ISREG(st.st_mode) or st.st_size == 0:  # a FIFO or device could block forever
+            raise ValueError("not a regular file" if not stat.S_ISREG(st.st_mode) else "empty file")
         with warnings.catch_warnings(), np.errstate(all="ignore"):
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             return fn(path, *args)
@@ -78,38 +73,47 @@ def _guarded(fn, path: Path, *args):
         raise ValueError(_short(f"{type(e).__name__}: {e}")) from None
 
 
+def _mode_problem(what: str, mode: str, colours: np.ndarray | None) -> str | None:
+    if what == "mask" and mode in _RGB_MODES and colours is None:
+        return f"{mode} mask needs a colour per class in classes.txt"
+    if what == "mask" and mode not in _ID_MODES + _RGB_MODES:
+        return f"unsupported mask mode {mode}"
+    if what == "depth" and mode not in _DEPTH_PNG_MODES:
+        return f"depth PNG must be 16-bit millimetres, got mode {mode}"
+    return None
+
+
+def _npy_header(f) -> tuple[tuple[int, ...], np.dtype]:
+    version = np.lib.format.read_magic(f)
+    read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+    shape, _, dtype = read(f)
+    return shape, dtype
+
+
 def _header(path: Path, what: str, colours: np.ndarray | None) -> tuple[int, int]:
     """(H, W) of an image, mask or depth file from its header only; ValueError if unusable."""
     if path.suffix.lower() == ".npy":
-        _check_file(path)
         with open(path, "rb") as f:
-            version = np.lib.format.read_magic(f)
-            read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
-            shape, _, dtype = read(f)
-        if dtype.hasobject or dtype.kind not in "fiu":
-            raise ValueError(f"depth .npy must hold numbers, got dtype {dtype}")
-        if not (len(shape) == 2 or len(shape) == 3 and shape[2] == 1):
-            raise ValueError(f"depth .npy must have shape (H, W), got {shape}")
+            shape, dtype = _npy_header(f)
+        if dtype.hasobject or dtype.kind not in "fiu" or not (len(shape) == 2 or len(shape) == 3 and shape[2] == 1):
+            raise ValueError(f"depth .npy must be (H, W) numbers, got {shape} {dtype}")
         return int(shape[0]), int(shape[1])
     with _open_checked(path) as im:
         mode, (w, h) = im.mode, im.size
-    if what == "mask" and mode not in _ID_MODES and not (mode in _RGB_MODES and colours is not None):
-        raise ValueError(f"{mode} mask needs a colour per class in classes.txt" if mode in _RGB_MODES
-                         else f"unsupported mask mode {mode}")
-    if what == "depth" and mode not in _DEPTH_PNG_MODES:
-        raise ValueError(f"depth PNG must be 16-bit millimetres, got mode {mode}")
+    problem = _mode_problem(what, mode, colours)
+    if problem:
+        raise ValueError(problem)
     return h, w
 
 
 def _read_mask(path: Path, colours: np.ndarray | None) -> np.ndarray:
     """(H, W) int64 ids, not yet checked against the class count."""
     with _open_checked(path) as im:
+        problem = _mode_problem("mask", im.mode, colours)
+        if problem:
+            raise ValueError(problem)
         if im.mode in _RGB_MODES:
-            if colours is None:
-                raise ValueError(f"{im.mode} mask needs a colour per class in classes.txt")
             return _colours_to_ids(np.asarray(im.convert("RGB")), colours)
-        if im.mode not in _ID_MODES:
-            raise ValueError(f"unsupported mask mode {im.mode}")
         im.load()
         return np.asarray(im).astype(np.int64)  # mode P: the palette indices themselves
 
@@ -126,7 +130,6 @@ def _colours_to_ids(rgb: np.ndarray, colours: np.ndarray) -> np.ndarray:
 def _read_depth(path: Path) -> np.ndarray:
     """(H, W) float32 metres, 0 where invalid."""
     if path.suffix.lower() == ".npy":
-        _check_file(path)
         arr = np.load(path, allow_pickle=False)
         if arr.ndim == 3 and arr.shape[2] == 1:
             arr = arr[:, :, 0]
@@ -135,8 +138,9 @@ def _read_depth(path: Path) -> np.ndarray:
         d = arr.astype(np.float32)
     else:
         with _open_checked(path) as im:
-            if im.mode not in _DEPTH_PNG_MODES:
-                raise ValueError(f"depth PNG must be 16-bit millimetres, got mode {im.mode}")
+            problem = _mode_problem("depth", im.mode, None)
+            if problem:
+                raise ValueError(problem)
             im.load()
             d = np.asarray(im).astype(np.float32) / 1000.0
     d[~np.isfinite(d) | (d < 0)] = 0.0
@@ -216,8 +220,8 @@ def read_class_list(path: Path) -> tuple[list[str], np.ndarray | None]:
         raise DataError(f"{path} names no classes")
     if len(names) > MAX_DENSE_CLASSES:
         raise DataError(f"{path} names {len(names)} classes; masks hold at most {MAX_DENSE_CLASSES} (255 = ignore)")
-    if len(set(names)) != len(names):
-        dup = sorted({c for c in names if names.count(c) > 1})
+    dup = sorted({c for c in names if names.count(c) > 1})
+    if dup:
         raise DataError(f"{path} names a class more than once: {', '.join(dup)}")
     given = [c is not None for c in colours]
     if any(given) and not all(given):
@@ -404,9 +408,7 @@ def npz_is_dense(path: Path) -> bool:
             if "y" not in z.files:
                 return False
         with zipfile.ZipFile(path) as zf, zf.open("y.npy") as f:
-            version = np.lib.format.read_magic(f)
-            read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
-            return len(read(f)[0]) == 3
+            return len(_npy_header(f)[0]) == 3
     except _NPZ_ERRORS:
         return False
 

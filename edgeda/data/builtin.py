@@ -84,3 +84,124 @@ def handwritten(split: str = "adapt", *, size=(32, 32), channels=3, n: int | Non
     x = np.stack([prepare_image(raw[i][:, :, None], size, channels) for i in idx])
     y = digits.target[idx].astype(np.int64)
     return Domain(f"handwritten:{split}", x, y, DIGIT_CLASSES, None, LoadReport(loaded=len(x)))
+
+
+# Dense built-in domains (segmentation masks, and depth for synscenes): rendered at the requested
+# (H, W) directly and cached like syndigits; each loader's ``splits`` names its valid splits.
+_DIGITSCENES_SEEDS = {"train": 0, "val": 1_000_033, "test": 2_000_033}
+_DIGITSCENES_N = {"train": 2000, "val": 300, "test": 300}
+_HW_SCENES_SEEDS = {"adapt": 3_000_017, "test": 4_000_017, "all": 5_000_017}
+_HW_SCENES_N = {"adapt": 1000, "test": 300, "all": 1000}
+# synscenes split -> (look, seed, default n)
+_SYNSCENES_SPLITS = {"train": ("game", 0, 1000), "val": ("game", 1_000_039, 150), "test": ("game", 2_000_039, 150),
+                     "photo": ("photo", 3_000_039, 500), "photo-test": ("photo", 4_000_039, 150)}
+
+
+def _check_split(name: str, split: str, valid) -> None:
+    if split not in valid:
+        raise ValueError(f"{name} has splits {', '.join(valid)}, not {split!r}")
+
+
+def _cached_dense(key: str, render: Callable[[], dict], shapes: dict) -> dict:
+    """Arrays rendered by ``render()`` (a dict of name -> array), cached under ``cache_dir()/key``;
+    a cache entry that cannot be read or holds other shapes is rendered again."""
+    import zipfile
+
+    path = cache_dir() / key
+    if path.exists():
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                arrays = {k: z[k] for k in shapes}
+            if all(arrays[k].shape == s for k, s in shapes.items()):
+                return arrays
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
+            pass  # a damaged cache entry is re-rendered
+    arrays = render()
+    try:
+        with atomic_path(path) as tmp:
+            with open(tmp, "wb") as f:
+                np.savez(f, **arrays)
+    except OSError:
+        pass  # caching is an optimisation only
+    return arrays
+
+
+def _dense_size(size) -> tuple[int, int]:
+    h, w = (int(v) for v in size)
+    if h < 8 or w < 8:
+        raise ValueError(f"dense built-in domains need images of at least 8x8 pixels, not {h}x{w}")
+    return h, w
+
+
+@BUILTIN_DOMAINS.register("digitscenes")
+def digitscenes(split: str = "train", *, size=(64, 64), channels=3, n: int | None = None, seed: int = 0):
+    """Synthetic digit scenes for segmentation (see :mod:`edgeda.data.digitscenes`): 2-5 rendered
+    digits on procedural backgrounds; classes background, 0-9. Splits ``train`` (2000 images by
+    default), ``val`` and ``test`` (300 each). Recommended size 64x64; any (H, W) is rendered as given."""
+    from . import digitscenes as ds
+    from .dense import ArrayDenseDomain
+
+    _check_split("digitscenes", split, digitscenes.splits)
+    h, w = _dense_size(size)
+    n = n or _DIGITSCENES_N[split]
+    render_seed = _DIGITSCENES_SEEDS[split] + seed
+    key = f"digitscenes-v{ds.DIGITSCENES_VERSION}-{split}-s{render_seed}-n{n}-{h}x{w}-c{channels}.npz"
+    arrays = _cached_dense(key, lambda: dict(zip("xm", ds.render(n, render_seed, (h, w), channels))),
+                           {"x": (n, h, w, channels), "m": (n, h, w)})
+    return ArrayDenseDomain(f"digitscenes:{split}", arrays["x"], arrays["m"], classes=ds.SCENE_CLASSES,
+                            palette=ds.scene_palette())
+
+
+digitscenes.splits = ("train", "val", "test")
+
+
+@BUILTIN_DOMAINS.register("handwritten-scenes")
+def handwritten_scenes(split: str = "adapt", *, size=(64, 64), channels=3, n: int | None = None, seed: int = 0):
+    """Real handwritten digits (scikit-learn's scans) placed on crops of real photographs; classes
+    background, 0-9 (see :mod:`edgeda.data.digitscenes`). ``adapt`` (1000 images by default, for
+    unlabeled use; its masks are only for reporting) and ``test`` (300) draw from disjoint scans,
+    fixed independently of ``seed`` (``edgeda.data.digitscenes.scan_indices``); ``all`` uses every
+    scan. ``seed`` only changes the layout. The domain's ``scan_ids`` (N, 5) lists the scans in
+    each image (-1 = none). Recommended size 64x64."""
+    from . import digitscenes as ds
+    from .dense import ArrayDenseDomain
+
+    _check_split("handwritten-scenes", split, handwritten_scenes.splits)
+    h, w = _dense_size(size)
+    n = n or _HW_SCENES_N[split]
+    render_seed = _HW_SCENES_SEEDS[split] + seed
+    key = f"handwritten-scenes-v{ds.HANDWRITTEN_SCENES_VERSION}-{split}-s{render_seed}-n{n}-{h}x{w}-c{channels}.npz"
+    arrays = _cached_dense(key, lambda: dict(zip("xms", ds.render_handwritten(n, render_seed, split, (h, w), channels))),
+                           {"x": (n, h, w, channels), "m": (n, h, w), "s": (n, 5)})
+    dom = ArrayDenseDomain(f"handwritten-scenes:{split}", arrays["x"], arrays["m"], classes=ds.SCENE_CLASSES,
+                           palette=ds.scene_palette())
+    dom.scan_ids = arrays["s"]
+    return dom
+
+
+handwritten_scenes.splits = ("adapt", "test", "all")
+
+
+@BUILTIN_DOMAINS.register("synscenes")
+def synscenes(split: str = "train", *, size=(128, 256), channels=3, n: int | None = None, seed: int = 0):
+    """Procedural street scenes with the 19 Cityscapes classes and metric depth (see
+    :mod:`edgeda.data.synscenes`). Game look: ``train`` (1000 images by default), ``val``, ``test``
+    (150 each); photo look, a controlled synthetic shift in appearance and layout: ``photo`` (500,
+    the unlabeled adaptation split; masks and depth only for reporting) and ``photo-test`` (150).
+    Recommended size 128x256 (H x W) on a CPU; any (H, W) is rendered as given."""
+    from . import synscenes as ss
+    from .dense import ArrayDenseDomain
+
+    _check_split("synscenes", split, synscenes.splits)
+    h, w = _dense_size(size)
+    look, base_seed, default_n = _SYNSCENES_SPLITS[split]
+    n = n or default_n
+    render_seed = base_seed + seed
+    key = f"synscenes-v{ss.SYNSCENES_VERSION}-{split}-s{render_seed}-n{n}-{h}x{w}-c{channels}.npz"
+    arrays = _cached_dense(key, lambda: dict(zip("xmd", ss.render(n, render_seed, (h, w), look, channels))),
+                           {"x": (n, h, w, channels), "m": (n, h, w), "d": (n, h, w)})
+    return ArrayDenseDomain(f"synscenes:{split}", arrays["x"], arrays["m"], arrays["d"], classes=ss.CLASSES,
+                            palette=ss.PALETTE)
+
+
+synscenes.splits = tuple(_SYNSCENES_SPLITS)

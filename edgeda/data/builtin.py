@@ -87,7 +87,8 @@ def handwritten(split: str = "adapt", *, size=(32, 32), channels=3, n: int | Non
 
 
 # Dense built-in domains (segmentation masks, and depth for synscenes): rendered at the requested
-# (H, W) directly and cached like syndigits; each loader's ``splits`` names its valid splits.
+# (H, W) directly and cached like syndigits. Each loader carries ``splits`` (its valid splits),
+# ``dense = True`` and ``default_size`` (the recommended (H, W)).
 _DIGITSCENES_SEEDS = {"train": 0, "val": 1_000_033, "test": 2_000_033}
 _DIGITSCENES_N = {"train": 2000, "val": 300, "test": 300}
 _HW_SCENES_SEEDS = {"adapt": 3_000_017, "test": 4_000_017, "all": 5_000_017}
@@ -153,6 +154,8 @@ def digitscenes(split: str = "train", *, size=(64, 64), channels=3, n: int | Non
 
 
 digitscenes.splits = ("train", "val", "test")
+digitscenes.dense = True
+digitscenes.default_size = (64, 64)
 
 
 @BUILTIN_DOMAINS.register("handwritten-scenes")
@@ -171,7 +174,8 @@ def handwritten_scenes(split: str = "adapt", *, size=(64, 64), channels=3, n: in
     n = n or _HW_SCENES_N[split]
     render_seed = _HW_SCENES_SEEDS[split] + seed
     key = f"handwritten-scenes-v{ds.HANDWRITTEN_SCENES_VERSION}-{split}-s{render_seed}-n{n}-{h}x{w}-c{channels}.npz"
-    arrays = _cached_dense(key, lambda: dict(zip("xms", ds.render_handwritten(n, render_seed, split, (h, w), channels))),
+    arrays = _cached_dense(key, lambda: dict(zip("xms", ds.render_handwritten(n, render_seed, split, (h, w),
+                                                                              channels))),
                            {"x": (n, h, w, channels), "m": (n, h, w), "s": (n, 5)})
     dom = ArrayDenseDomain(f"handwritten-scenes:{split}", arrays["x"], arrays["m"], classes=ds.SCENE_CLASSES,
                            palette=ds.scene_palette())
@@ -180,6 +184,8 @@ def handwritten_scenes(split: str = "adapt", *, size=(64, 64), channels=3, n: in
 
 
 handwritten_scenes.splits = ("adapt", "test", "all")
+handwritten_scenes.dense = True
+handwritten_scenes.default_size = (64, 64)
 
 
 @BUILTIN_DOMAINS.register("synscenes")
@@ -205,3 +211,5 @@ def synscenes(split: str = "train", *, size=(128, 256), channels=3, n: int | Non
 
 
 synscenes.splits = tuple(_SYNSCENES_SPLITS)
+synscenes.dense = True
+synscenes.default_size = (128, 256)

@@ -4,7 +4,8 @@
 :mod:`edgeda.data.syndigits` uses (random font, stroke weight, rotation, 14-28 px crops on a 64 px
 canvas, scaled with the canvas) at random places on procedural backgrounds (gradients, shapes,
 stripes, low-frequency noise). Later digits occlude earlier ones; a placement that would hide more
-than half of an earlier digit is redrawn, so every placed digit stays visible.
+than half of an earlier digit is redrawn (after a few tries the digit is left out), so every placed
+digit stays visible and every image shows at least two.
 
 ``handwritten-scenes`` (real content): the real 8x8 handwritten scans of scikit-learn's
 ``load_digits``, upsampled bilinearly to 14-28 px and blended as dark or light ink (alpha = scan
@@ -26,7 +27,7 @@ from .syndigits import DIGITS, _draw_digit, _font, digit_fonts
 from .transforms import convert_channels
 
 SCENE_CLASSES = ["background"] + list(DIGITS)
-DIGITSCENES_VERSION = 1  # bump whenever a renderer below changes what a seed produces
+DIGITSCENES_VERSION = 2  # bump whenever a renderer below changes what a seed produces
 HANDWRITTEN_SCENES_VERSION = 1
 SCAN_PERMUTATION_SEED = 20240607  # the fixed permutation of the 1797 scans that ``handwritten`` uses too
 SCAN_ADAPT = 1000  # first scans of the permutation: ``adapt``; the rest: ``test``
@@ -158,7 +159,11 @@ def render_scene(rng: np.random.Generator, size: tuple[int, int], layers: list |
     mask = np.zeros((h, w), np.uint8)
     items = []
     for d in rng.choice(10, int(rng.integers(2, 6)), replace=False):
-        cov = glyph_coverage(rng, int(d), _crop_side(rng, h, w))
+        side = _crop_side(rng, h, w)
+        cov = glyph_coverage(rng, int(d), side)
+        while (cov >= 128).sum() < side and side < min(h, w):  # too thin to label at this size: draw larger
+            side += 1
+            cov = glyph_coverage(rng, int(d), side)
         items.append((int(d), cov.astype(np.float32) / 255.0, cov >= 128, None))
     _compose(rng, img, mask, items, layers)
     out = np.clip(img, 0, 255)
@@ -224,8 +229,10 @@ def photo_crop(rng: np.random.Generator, size: tuple[int, int]) -> np.ndarray:
     return out[:, ::-1] if rng.random() < 0.5 else out
 
 
-def render_handwritten(n: int, seed: int, split: str, size: tuple[int, int] = (64, 64), channels: int = 3):
-    """``n`` scenes of real scans from ``split``: (images, masks, scan ids (n, 5) int64, -1 = unused)."""
+def render_handwritten(n: int, seed: int, split: str, size: tuple[int, int] = (64, 64), channels: int = 3,
+                       layers: list | None = None):
+    """``n`` scenes of real scans from ``split``: (images, masks, scan ids (n, 5) int64, -1 = unused).
+    ``layers``, when a list, receives per image the (digit, (H, W) scan intensity, ink) of each scan."""
     scans, target = _scans()
     pool = scan_indices(split)
     by_digit = [pool[target[pool] == d] for d in range(10)]
@@ -244,9 +251,11 @@ def render_handwritten(n: int, seed: int, split: str, size: tuple[int, int] = (6
             alpha = np.clip(alpha, 0, 1)
             items.append((int(d), alpha, alpha > 0.5, bool(rng.random() < 0.75)))
             ids.append(idx)
-        layers: list = []
-        _compose(rng, img, masks[i], items, layers)
-        placed = [d for d, _, _ in layers]
+        drawn: list = []
+        _compose(rng, img, masks[i], items, drawn)
+        if layers is not None:
+            layers.append(drawn)
+        placed = [d for d, _, _ in drawn]
         kept = [ids[j] for j, it in enumerate(items) if it[0] in placed]
         used[i, :len(kept)] = kept
         images[i] = convert_channels(np.clip(np.rint(img), 0, 255).astype(np.uint8), channels)

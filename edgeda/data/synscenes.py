@@ -89,7 +89,8 @@ class _World:
         self.col.append(self.colour(cls) if col is None else np.asarray(col, np.float32))
 
     def blob(self, c, r, cls, col=None, tex=PLAIN):
-        self.box((c[0] - r[0], c[0] + r[0]), (c[1] - r[1], c[1] + r[1]), (c[2] - r[2], c[2] + r[2]), cls, col, tex, True)
+        x, y, z = ((c[i] - r[i], c[i] + r[i]) for i in range(3))
+        self.box(x, y, z, cls, col, tex, True)
 
 
 def _roadside(w: _World, p: dict, side: int, front: float) -> None:
@@ -259,7 +260,8 @@ def _rects(lo, hi, O, R, f, cx, cy, h, w) -> np.ndarray:
     big = 1e9
     c0, c1 = np.where(ok, u, big).min(1), np.where(ok, u, -big).max(1)
     r0, r1 = np.where(ok, v, big).min(1), np.where(ok, v, -big).max(1)
-    out = [np.clip(np.floor(r0), 0, h), np.clip(np.ceil(r1), 0, h), np.clip(np.floor(c0), 0, w), np.clip(np.ceil(c1), 0, w)]
+    out = [np.clip(np.floor(r0), 0, h), np.clip(np.ceil(r1), 0, h), np.clip(np.floor(c0), 0, w),
+           np.clip(np.ceil(c1), 0, w)]
     return np.stack(out, 1).astype(np.int64)
 
 
@@ -353,7 +355,8 @@ def _textures(w: _World, img, P, nrm, obj, mask, road, seed: int) -> None:
     def mul(sel, factor):
         img[sel] *= np.asarray(factor, np.float32)[..., None]
 
-    mul(road, 0.8 + 0.25 * _noise(X[road] / 0.05, Z[road] / 0.05, seed, 2) + 0.15 * _noise(X[road] / 3, Z[road] / 3, seed + 7))
+    xr, zr = X[road], Z[road]
+    mul(road, 0.8 + 0.25 * _noise(xr / 0.05, zr / 0.05, seed, 2) + 0.15 * _noise(xr / 3, zr / 3, seed + 7))
     grass = (obj == 0) & ~road
     mul(grass, 0.6 + 0.6 * _noise(X[grass] / 0.12, Z[grass] / 0.12, seed + 11, 3))
     walk = (mask == WALK) & (nrm[1] > 0.5)

@@ -353,6 +353,7 @@ def method_options(cfg: dict) -> dict:
 # before it existed: a stored run without the key ran with that value, so it stays current while the
 # default is that value (and goes stale when the default or the profile moves off it).
 ADDED_OPTIONS: dict[str, dict] = {
+    "source_only": {"encoder_lr": 1.0},
     "suit": {"bn": "joint", "objectives": "joint"},
     "csg": {"backbone_lr": 1.0, "anchor": "source"},
     "cyclegan": {"semantic_target": 0.0},

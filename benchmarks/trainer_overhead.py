@@ -55,7 +55,7 @@ def bare_loop(trainer, iters: int) -> list[float]:
         p = it / iters
         for g in opt.param_groups:
             g["lr"] = g["initial_lr"] * (1 + 10 * p) ** -0.75
-        feats, logits = clf.forward_features(torch.cat([s.x, t.x]))
+        feats, logits = clf.features_and_logits(torch.cat([s.x, t.x]))
         cls = F.cross_entropy(logits[: len(s)], s.y)
         d = disc(gradient_reversal(feats, dann_coefficient(p)))
         lab = torch.cat([torch.ones(len(s)), torch.zeros(len(t))])

@@ -58,9 +58,11 @@ def write_bundle(
 ) -> Path:
     """Write ``modules`` (name -> nn.Module built via :func:`edgeda.models.build`) as a bundle."""
     from .models import arch_of
+    from .tasks import task_of
 
-    if "classifier" not in modules:
-        raise ValueError("a bundle always ships a 'classifier'")
+    primary = task_of(task).deployable
+    if primary not in modules:
+        raise ValueError(f"a {task.task} bundle always ships its task network {primary!r}")
     path = Path(path)
     manifest: dict[str, Any] = {
         "format": FORMAT,
@@ -104,7 +106,7 @@ def _finish_manifest(folder: Path, manifest: dict) -> None:
 
 
 class Bundle:
-    """A verified bundle on disk. ``bundle.module("classifier")`` rebuilds a module in eval mode."""
+    """A verified bundle on disk. ``bundle.module(bundle.primary)`` rebuilds the task network in eval mode."""
 
     def __init__(self, path: str | Path, verify: bool = True):
         self.path = Path(path)
@@ -140,11 +142,12 @@ class Bundle:
     def names(self) -> list[str]:
         return sorted(self.manifest["deployables"])
 
-    def module(self, name: str = "classifier", device: str = "cpu"):
+    def module(self, name: str | None = None, device: str = "cpu"):
         from safetensors.torch import load_file
 
         from .models import rebuild
 
+        name = name or self.primary
         entry = self.manifest["deployables"].get(name)
         if entry is None:
             raise BundleError(f"bundle {self.path} has no {name!r} (has: {', '.join(self.names)})")
@@ -163,8 +166,16 @@ class Bundle:
         return module.to(device).eval()
 
     @property
+    def primary(self) -> str:
+        """The name of the task network: ``classifier``, or ``model`` for dense tasks."""
+        from .tasks import task_of
+
+        return task_of(self.task).deployable
+
+    @property
     def classifier(self):
-        return self.module("classifier")
+        """The task network (the classifier of a classification bundle, the dense model otherwise)."""
+        return self.module(self.primary)
 
     def file(self, rel: str) -> Path:
         return self.path / safe_relpath(rel)

@@ -70,17 +70,37 @@ def main() -> None:
     """edgeda: synthetic-to-real domain adaptation that ships to the edge."""
 
 
+def _parse_size(text):
+    if text is None:
+        return None
+    try:
+        parts = [int(p) for p in str(text).replace("x", ",").split(",")]
+    except ValueError:
+        raise EdgedaError(f"--image-size expects a side or H,W, got {text!r}") from None
+    if len(parts) == 1:
+        return parts[0]
+    if len(parts) == 2:
+        return parts
+    raise EdgedaError(f"--image-size expects a side or H,W, got {text!r}")
+
+
 @main.command()
 @click.option("--method", help="adaptation method (see `edgeda methods`)")
+@click.option("--task", type=click.Choice(["classification", "segmentation", "depth"]),
+              help="what the model predicts (default: inferred from the source data)")
 @click.option("--source", help="labeled source domain: built-in name, folder or .npz")
 @click.option("--target", help="unlabeled target domain: built-in name, folder or .npz")
 @click.option("--target-test", help="labeled target test domain, for reporting only")
 @click.option("--iters", type=int, help="training iterations")
 @click.option("--batch-size", type=int, help="images per domain per step")
 @click.option("--lr", type=float, help="base learning rate")
-@click.option("--backbone", help="feature extractor (dtn, resnet_small)")
+@click.option("--backbone", help="network: dtn, resnet_small, resnet18/34/50 (classification); unet, deeplab, lraspp (dense)")
+@click.option("--backbone-weights", type=click.Path(dir_okay=False), help="pre-trained encoder weights (.safetensors, public ResNet names)")
+@click.option("--image-size", help="model input size: a side (32) or H,W (128,256); default: the data's")
+@click.option("--task-loss", help="the task's supervised loss (depth: silog | l1)")
+@click.option("--workers", type=int, help="DataLoader workers for dense data read from disk")
 @click.option("--eval-every", type=int, help="evaluate and log every N iterations")
-@click.option("--select", help="model selection without target labels: last | source_val")
+@click.option("--select", help="model selection without target labels (see `edgeda methods --validators`)")
 @click.option("--seed", type=int)
 @click.option("--device", help="auto | cpu | cuda[:N]")
 @click.option("--init", help="initial weights (bundle or .safetensors) for methods that need them")
@@ -92,14 +112,17 @@ def main() -> None:
 @click.option("--resume", is_flag=True, help="continue from the last checkpoint in --out")
 @click.option("--json", "as_json", is_flag=True, help="print the result as JSON")
 @handle_errors
-def train(method, source, target, target_test, iters, batch_size, lr, backbone, eval_every, select, seed, device,
-          init, options, ema, skip_nonfinite, out, config_file, resume, as_json) -> None:
+def train(method, task, source, target, target_test, iters, batch_size, lr, backbone, backbone_weights, image_size,
+          task_loss, workers, eval_every, select, seed, device, init, options, ema, skip_nonfinite, out, config_file,
+          resume, as_json) -> None:
     """Train a model with an adaptation method and write a bundle."""
     from .config import load_config_file, make_config, parse_option
     from .train import train as run_train
 
     file_values = load_config_file(config_file) if config_file else {}
-    overrides = dict(method=method, source=source, target=target, target_test=target_test, iters=iters,
+    overrides = dict(method=method, task=task, source=source, target=target, target_test=target_test, iters=iters,
+                     backbone_weights=backbone_weights, image_size=_parse_size(image_size), task_loss=task_loss,
+                     workers=workers,
                      batch_size=batch_size, lr=lr, backbone=backbone, eval_every=eval_every, select=select, seed=seed,
                      device=device, init=init, out=out, skip_nonfinite=skip_nonfinite, ema=ema)
     if options:
@@ -113,11 +136,16 @@ def train(method, source, target, target_test, iters, batch_size, lr, backbone, 
     if as_json:
         emit_json(out)
         return
+    from .tasks import task_of
+
     m = result.metrics
-    click.echo(f"\n{cfg.method}: {cfg.source} -> {cfg.target}, {cfg.iters} iterations in {result.wall_time:.0f}s")
-    click.echo(f"  source val accuracy  {m.get('source_val_acc', float('nan')):.1%}")
-    if "target_test_acc" in m:
-        click.echo(f"  target test accuracy {m['target_test_acc']:.1%} (reported only; selection used {cfg.select})")
+    t = task_of(result.task)
+    key, name = next(iter(t.record_keys.items()))
+    fmt = (lambda v: f"{v:.1%}") if t.higher_is_better else (lambda v: f"{v:.3f}")
+    click.echo(f"\n{cfg.method} ({result.task}): {cfg.source} -> {cfg.target}, {cfg.iters} iterations in {result.wall_time:.0f}s")
+    click.echo(f"  source val {name}  {fmt(m.get(f'source_val_{key}', float('nan')))}")
+    if f"target_test_{key}" in m:
+        click.echo(f"  target test {name} {fmt(m[f'target_test_{key}'])} (reported only; selection used {cfg.select})")
     click.echo(f"bundle: {result.bundle}")
 
 
@@ -125,44 +153,74 @@ def train(method, source, target, target_test, iters, batch_size, lr, backbone, 
 @click.argument("bundle", type=click.Path())
 @click.option("--data", help="labeled domain spec (default: the bundle's target test split)")
 @click.option("--confusion", "confusion_png", type=click.Path(dir_okay=False), help="write the confusion matrix PNG here")
+@click.option("--samples", "samples_png", type=click.Path(dir_okay=False),
+              help="dense bundles: write image | truth | prediction | error panels here")
 @click.option("--device", default="auto")
 @click.option("--json", "as_json", is_flag=True)
 @handle_errors
-def eval_cmd(bundle, data, confusion_png, device, as_json) -> None:
-    """Accuracy, per-class accuracy and confusion matrix of a bundle on a labeled domain."""
+def eval_cmd(bundle, data, confusion_png, samples_png, device, as_json) -> None:
+    """The task's scores of a bundle on a labeled domain: accuracy / mIoU and per-class IoU /
+    depth errors, with a confusion matrix PNG (and sample panels for dense tasks)."""
     from pathlib import Path
 
     from .evaluation import evaluate_bundle
 
-    if confusion_png is None:
-        confusion_png = str(Path(bundle).with_suffix("")) + "-confusion.png"
-    m = evaluate_bundle(bundle, data, confusion_png=confusion_png, device=device)
+    stem = str(Path(bundle).with_suffix(""))
+    confusion_png = confusion_png or stem + "-confusion.png"
+    samples_png = samples_png or stem + "-samples.png"
+    m = evaluate_bundle(bundle, data, confusion_png=confusion_png, samples_png=samples_png, device=device)
     if as_json:
         emit_json(m)
         return
-    click.echo(f"{m['bundle']} on {m['data']}: accuracy {m['accuracy']:.1%} (n={m['n']})")
-    click.echo("  per class: " + "  ".join(f"{k}:{'-' if v is None else f'{v:.0%}'}" for k, v in m["per_class"].items()))
+    if "accuracy" in m:
+        click.echo(f"{m['bundle']} on {m['data']}: accuracy {m['accuracy']:.1%} (n={m['n']})")
+        click.echo("  per class: " + "  ".join(f"{k}:{'-' if v is None else f'{v:.0%}'}" for k, v in m["per_class"].items()))
+    elif "miou" in m:
+        click.echo(f"{m['bundle']} on {m['data']}: mIoU {m['miou']:.1%}, pixel accuracy {m['pixel_accuracy']:.1%} "
+                   f"({m['n_pixels']} labelled pixels)")
+        click.echo("  IoU per class: " + "  ".join(f"{k}:{'-' if v is None else f'{v:.0%}'}" for k, v in m["per_class_iou"].items()))
+    else:
+        click.echo(f"{m['bundle']} on {m['data']}: abs rel {m['abs_rel']:.3f}, sq rel {m['sq_rel']:.3f}, RMSE {m['rmse']:.2f} m, "
+                   f"RMSE log {m['rmse_log']:.3f}, delta<1.25 {m['delta1']:.1%}, <1.25^2 {m['delta2']:.1%}, "
+                   f"<1.25^3 {m['delta3']:.1%} ({m['n_images']} images, {m['n_pixels']} valid pixels)")
     if m["load_report"]["skipped"]:
         click.echo(f"  skipped {m['load_report']['skipped']} unreadable files")
-    click.echo(f"confusion matrix: {m['confusion_png']}")
+    if m.get("confusion_png"):
+        click.echo(f"confusion matrix: {m['confusion_png']}")
+    if m.get("eval_samples_png"):
+        click.echo(f"samples (image | truth | prediction | error): {m['eval_samples_png']}")
     if m.get("samples_png"):
         click.echo(f"sample grid (last training evaluation): {m['samples_png']}")
 
 
 @main.command()
+@click.option("--task", type=click.Choice(["classification", "segmentation", "depth"]), help="only methods for this task")
+@click.option("--validators", is_flag=True, help="list the label-free validators for --select instead")
 @click.option("--json", "as_json", is_flag=True)
-def methods(as_json) -> None:
-    """List the registered adaptation methods."""
+def methods(task, validators, as_json) -> None:
+    """List the registered adaptation methods and the tasks each adapts."""
+    if validators:
+        from .train.selection import VALIDATORS
+
+        rows = {n: (fn.__doc__ or "").strip().splitlines()[0] for n, fn in VALIDATORS.items()}
+        rows = {"last": "the last checkpoint", **rows}
+        if as_json:
+            emit_json(rows)
+            return
+        for n, doc in rows.items():
+            click.echo(f"{n.ljust(12)}  {doc}")
+        return
     from .methods import METHODS
 
-    rows = {name: {"summary": cls.describe(), "uses_target": cls.uses_target, "options": cls.defaults}
-            for name, cls in METHODS.items()}
+    rows = {name: {"summary": cls.describe(), "tasks": list(cls.tasks), "uses_target": cls.uses_target,
+                   "options": cls.defaults}
+            for name, cls in METHODS.items() if task is None or task in cls.tasks}
     if as_json:
         emit_json(rows)
         return
-    width = max(len(n) for n in rows)
+    width = max((len(n) for n in rows), default=4)
     for name, r in rows.items():
-        click.echo(f"{name.ljust(width)}  {r['summary']}")
+        click.echo(f"{name.ljust(width)}  [{', '.join(r['tasks'])}]  {r['summary']}")
 
 
 @main.group()

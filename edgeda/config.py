@@ -19,10 +19,16 @@ class TrainConfig:
     target: str | None = "handwritten"
     target_test: str | None = None  # default: "<name>:test" for a built-in target, else none
     out: str = "runs/edgeda"
-    backbone: str = "dtn"
+    task: str | None = None  # classification | segmentation | depth; None: inferred from the source data
+    backbone: str | None = None  # None: the task's default (dtn for classification, unet for dense tasks)
     backbone_kwargs: dict = field(default_factory=dict)
-    image_size: int = 32
+    backbone_weights: str | None = None  # a .safetensors file of pre-trained encoder weights, applied at build time
+    image_size: int | list | None = None  # side, or [H, W]; None: the task's (or built-in domain's) default
     channels: int = 3
+    mean: list | None = None  # per-channel input normalisation; None: 0.5 (as for the built-in domains)
+    std: list | None = None
+    task_loss: str | None = None  # the task's supervised loss (depth: silog | l1); None: the task's default
+    workers: int | None = None  # DataLoader workers for dense data; None: 0 in memory, a few for folders
     iters: int = 2000
     batch_size: int = 32  # per domain, per process
     optimizer: str = "sgd"
@@ -36,7 +42,7 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     amp: bool = True
-    source_n: int = 10000  # images rendered for a generated source (syndigits)
+    source_n: int | None = None  # images rendered for a generated source (None: the domain's default)
     val_fraction: float = 0.1  # held-out source validation for sources without a val split
     augment_shift: int = 2
     augment_contrast: float = 0.0
@@ -60,6 +66,22 @@ class TrainConfig:
             raise EdgedaError(f"--ema {self.ema}: the decay must be in [0, 1) (0 turns weight averaging off; e.g. 0.999)")
         if self.channels not in (1, 3):
             raise EdgedaError("channels must be 1 or 3")
+        from .task import TASKS
+
+        if self.task is not None and self.task not in TASKS:
+            raise EdgedaError(f"unknown --task {self.task!r}; valid: {', '.join(TASKS)}")
+        if self.image_size is not None:
+            size = [self.image_size] * 2 if isinstance(self.image_size, int) else list(self.image_size)
+            if len(size) != 2 or not all(isinstance(v, int) and v >= 8 for v in size):
+                raise EdgedaError(f"--image-size {self.image_size!r}: give a side or H,W of at least 8 pixels")
+        for name in ("mean", "std"):
+            v = getattr(self, name)
+            if v is not None and len(v) != self.channels:
+                raise EdgedaError(f"--{name} needs {self.channels} values (one per channel), got {v!r}")
+        if self.std is not None and min(self.std) <= 0:
+            raise EdgedaError("--std values must be positive")
+        if self.workers is not None and self.workers < 0:
+            raise EdgedaError("--workers must be 0 or more")
         self.eval_every = max(1, min(self.eval_every, self.iters))
         self.checkpoint_every = max(1, self.checkpoint_every)
         return self

@@ -1,11 +1,13 @@
-"""Evaluate a bundle on a labeled domain: accuracy, per-class accuracy, confusion matrix PNG."""
+"""Evaluate a bundle on a labeled domain: the task's scores, a confusion matrix PNG and sample panels."""
 from __future__ import annotations
 
 from pathlib import Path
 
 from .bundle import Bundle
 from .data import load_domain
-from .train.evaluate import evaluate_classifier, plot_confusion
+from .data.domain import Domain
+from .errors import DataError, EdgedaError
+from .train.evaluate import evaluate_model, plot_confusion
 from .utils import choose_device
 
 
@@ -16,26 +18,54 @@ def default_eval_spec(bundle: Bundle) -> str | None:
 
 
 def evaluate_bundle(bundle: str | Path | Bundle, data: str | None = None, *, confusion_png: str | Path | None = None,
-                    device: str = "auto") -> dict:
-    """Accuracy of the bundle's classifier on ``data`` (a labeled domain spec)."""
+                    samples_png: str | Path | None = None, device: str = "auto") -> dict:
+    """The task's scores of the bundle's task network on ``data`` (a labeled domain spec):
+    accuracy, per-class accuracy and confusion for classifiers; mIoU, per-class IoU, pixel accuracy
+    and confusion for segmentation; abs rel, sq rel, RMSE, RMSE log and delta < 1.25^k for depth.
+    ``samples_png`` (dense tasks): image | truth | prediction | error for the first images."""
     b = bundle if isinstance(bundle, Bundle) else Bundle(bundle)
     spec = data or default_eval_spec(b)
     if spec is None:
-        from .errors import EdgedaError
-
         raise EdgedaError("no --data given and the bundle names no target test domain")
     task = b.task
     dom = load_domain(spec, labeled=True, size=task.image_size, channels=task.channels)
-    dom.require_usable(labeled=True, num_classes=task.num_classes)
+    if isinstance(dom, Domain):
+        if task.dense:
+            raise DataError(f"{spec} has one label per image; this {task.task} bundle needs per-pixel labels")
+        dom.require_usable(labeled=True, num_classes=task.num_classes)
+    else:
+        if not task.dense:
+            raise DataError(f"{spec} is dense data; this bundle is a classifier")
+        dom.require_usable(task=task.task, num_classes=task.num_classes or None)
+        if dom.classes and task.classes and dom.classes != task.classes:
+            raise DataError(f"{spec} names the classes {', '.join(dom.classes)}, the bundle {', '.join(task.classes)}")
     dev = choose_device(device)
-    metrics = evaluate_classifier(b.module("classifier", str(dev)), dom, task, dev)
+    model = b.module(b.primary, str(dev))
+    metrics = evaluate_model(model, dom, task, dev).scores
     metrics["data"] = spec
     metrics["bundle"] = str(b.path)
+    metrics["task"] = task.task
     metrics["load_report"] = dom.report.to_dict()
     grid = b.manifest.get("metrics", {}).get("samples_png")
     if grid:  # pixel-level methods: the last training sample grid (source | refined / generated)
         metrics["samples_png"] = grid
-    if confusion_png:
-        metrics["confusion_png"] = str(plot_confusion(metrics, task.classes, confusion_png,
-                                                      f"{b.path.name} on {spec}: {metrics['accuracy']:.1%}"))
+    if confusion_png and "confusion" in metrics:
+        title = f"{b.path.name} on {spec}: " + (f"{metrics['accuracy']:.1%}" if "accuracy" in metrics
+                                                else f"mIoU {metrics['miou']:.1%}")
+        metrics["confusion_png"] = str(plot_confusion(metrics, task.classes, confusion_png, title))
+    if samples_png and task.dense:
+        metrics["eval_samples_png"] = str(_samples(model, dom, task, dev, samples_png, f"{b.path.name} on {spec}"))
     return metrics
+
+
+def _samples(model, dom, task, dev, path, title):
+    import torch
+
+    from .tasks import task_of
+    from .tasks.draw import save_panels
+    from .train.evaluate import eval_batches
+
+    x, y, raw = next(eval_batches(dom, task, dev, 6, labels=True))
+    with torch.no_grad():
+        pred = task_of(task).decide(model(x).float()).cpu().numpy()
+    return save_panels(task, raw, pred, None if y is None else y.numpy(), path, title)

@@ -1,9 +1,14 @@
-"""The task spec: what a model does and what its input looks like. Stored in every bundle manifest."""
+"""The task spec: what a model does and what its input looks like. Stored in every bundle manifest.
+
+The behaviour that differs between tasks (losses, metrics, validators, drawing, prediction files)
+lives in the task objects of :mod:`edgeda.tasks`; this record is the JSON part a bundle carries.
+"""
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
 TASKS = ("classification", "segmentation", "depth")
+OUTPUTS = {"classification": "logits", "segmentation": "logits", "depth": "depth"}
 
 
 @dataclass
@@ -11,39 +16,72 @@ class TaskSpec:
     """``task`` is first-class: the trainer, evaluation, bundle and export dispatch on it.
 
     Images enter models as (N, channels, H, W) float32: uint8 / 255, then (x - mean) / std,
-    in ``color_order`` channel order.
+    in ``color_order`` channel order, at ``image_size`` = (H, W). Depth has no classes
+    (``num_classes`` 0); ``palette`` colours segmentation classes; ``depth_range`` is the
+    (min, max) metric depth in metres a depth model outputs.
     """
 
-    num_classes: int
-    classes: list[str]
+    num_classes: int = 0
+    classes: list[str] = field(default_factory=list)
     task: str = "classification"
     image_size: tuple[int, int] = (32, 32)
     channels: int = 3
     mean: tuple[float, ...] = field(default=None)  # type: ignore[assignment]
     std: tuple[float, ...] = field(default=None)  # type: ignore[assignment]
     color_order: str = "RGB"
+    palette: list[list[int]] | None = None
+    depth_range: tuple[float, float] | None = None
 
     def __post_init__(self) -> None:
         if self.task not in TASKS:
             raise ValueError(f"unknown task {self.task!r}; valid: {', '.join(TASKS)}")
-        self.image_size = tuple(int(s) for s in self.image_size)  # type: ignore[assignment]
+        size = self.image_size
+        if isinstance(size, int):
+            size = (size, size)
+        self.image_size = tuple(int(s) for s in size)  # type: ignore[assignment]
+        if len(self.image_size) != 2 or min(self.image_size) < 1:
+            raise ValueError(f"image_size must be (H, W) with positive sides, got {self.image_size}")
+        self.classes = list(self.classes or [])
+        if self.task != "depth" and self.num_classes < 1:
+            raise ValueError(f"a {self.task} task needs at least one class")
+        if self.classes and len(self.classes) != self.num_classes:
+            raise ValueError(f"{len(self.classes)} class names for {self.num_classes} classes")
         if self.mean is None:
             self.mean = (0.5,) * self.channels
         if self.std is None:
             self.std = (0.5,) * self.channels
-        self.mean, self.std = tuple(self.mean), tuple(self.std)
+        self.mean, self.std = tuple(float(v) for v in self.mean), tuple(float(v) for v in self.std)
         if len(self.mean) != self.channels or len(self.std) != self.channels:
             raise ValueError("mean/std need one value per channel")
+        if any(s <= 0 for s in self.std):
+            raise ValueError("std values must be positive")
         if self.channels == 1:
             self.color_order = "GRAY"
+        if self.palette is not None:
+            self.palette = [[int(c) for c in rgb] for rgb in self.palette]
+        if self.depth_range is not None:
+            self.depth_range = (float(self.depth_range[0]), float(self.depth_range[1]))
+
+    @property
+    def output(self) -> str:
+        """``"logits"`` (classification, segmentation) or ``"depth"`` (metric depth, metres)."""
+        return OUTPUTS[self.task]
+
+    @property
+    def dense(self) -> bool:
+        return self.task != "classification"
 
     def to_dict(self) -> dict:
         d = asdict(self)
         d["image_size"] = list(self.image_size)
         d["mean"], d["std"] = list(self.mean), list(self.std)
+        d["output"] = self.output
+        if self.depth_range is not None:
+            d["depth_range"] = list(self.depth_range)
         return d
 
     @classmethod
     def from_dict(cls, d: dict) -> "TaskSpec":
-        known = {k: d[k] for k in ("num_classes", "classes", "task", "image_size", "channels", "mean", "std", "color_order") if k in d}
-        return cls(**known)
+        keys = ("num_classes", "classes", "task", "image_size", "channels", "mean", "std", "color_order", "palette",
+                "depth_range")
+        return cls(**{k: d[k] for k in keys if k in d})

@@ -53,8 +53,8 @@ def _register_two_optimizer_method():
             self.optims["clf"] = self.make_optimizer(self.nets["classifier"].parameters())
 
         def step(self, source, target):
-            fs, logits = self.classifier.forward_features(source.x)
-            ft, _ = self.classifier.forward_features(target.x)
+            fs, logits = self.classifier.features_and_logits(source.x)
+            ft, _ = self.classifier.features_and_logits(target.x)
             d = self.nets["disc"]
             d_loss = F.binary_cross_entropy_with_logits(d(fs.detach()), torch.ones(len(fs))) + \
                 F.binary_cross_entropy_with_logits(d(ft.detach()), torch.zeros(len(ft)))

@@ -26,7 +26,7 @@ def test_dann_coefficient_schedule():
 def test_classifier_rebuilds_from_json_record(backbone, size, channels):
     m = build("classifier", backbone=backbone, num_classes=7, channels=channels, image_size=size)
     x = torch.randn(2, channels, size, size)
-    f, logits = m.forward_features(x)
+    f, logits = m.features_and_logits(x)
     assert logits.shape == (2, 7) and f.shape == (2, m.feature_dim)
     m2 = rebuild(m.edgeda_arch)
     m2.load_state_dict(m.state_dict())

@@ -124,7 +124,7 @@ class TargetSet:
         model.eval()
         feats, logits = [], []
         for x in self.batches():
-            f, z = model.forward_features(x)
+            f, z = model.features_and_logits(x)
             feats.append(f.float().cpu())
             logits.append(z.float().cpu())
         model.train(was)

@@ -21,6 +21,31 @@ def is_builtin(spec: str) -> bool:
     return split_builtin(spec) is not None
 
 
+def builtin_splits(name: str) -> tuple[str, ...]:
+    """The split names a built-in domain accepts (its loader's ``splits`` attribute)."""
+    return tuple(getattr(BUILTIN_DOMAINS.get(name), "splits", ()))
+
+
+def is_dense_spec(spec: str) -> bool:
+    """Whether ``spec`` names dense data (per-pixel labels), decided without loading it."""
+    builtin = split_builtin(spec)
+    if builtin is not None:
+        return bool(getattr(BUILTIN_DOMAINS.get(builtin[0]), "dense", False))
+    from .dense_files import is_dense_folder, npz_is_dense
+
+    path = Path(spec).expanduser()
+    if path.suffix.lower() == ".npz":
+        return path.is_file() and npz_is_dense(path)
+    return path.is_dir() and is_dense_folder(path)
+
+
+def default_size(spec: str) -> tuple[int, int] | None:
+    """The input size a built-in domain is made for (None for user data)."""
+    builtin = split_builtin(spec)
+    size = getattr(BUILTIN_DOMAINS.get(builtin[0]), "default_size", None) if builtin else None
+    return tuple(size) if size else None
+
+
 def load_domain(
     spec: str,
     *,
@@ -34,7 +59,9 @@ def load_domain(
     """Load a domain at the task's image size and channel count.
 
     ``split`` is the default split of a built-in domain when the spec names none. ``n`` caps the
-    number of samples of a built-in domain (for rendered ones it is the number rendered).
+    number of samples of a built-in domain (for rendered ones it is the number rendered). Dense
+    data (a folder with ``images/``, an ``.npz`` with per-pixel ``y`` or ``depth``, a dense
+    built-in) gives a :class:`~edgeda.data.dense.DenseDomain`, read at its stored size.
     """
     builtin = split_builtin(spec)
     if builtin is not None:
@@ -49,8 +76,16 @@ def load_domain(
     if path.suffix.lower() == ".npz":
         if not path.is_file():
             raise DataError(f"{spec}: no such .npz file")
+        if is_dense_spec(spec):
+            from .dense_files import load_dense_npz
+
+            return load_dense_npz(path, labeled=labeled)
         return load_npz(path, labeled=labeled, size=tuple(size), channels=channels)
     if path.is_dir():
+        if is_dense_spec(spec):
+            from .dense_files import load_dense_folder
+
+            return load_dense_folder(path, labeled=labeled)
         return load_folder(path, labeled=labeled, size=tuple(size), channels=channels)
     valid = ", ".join(BUILTIN_DOMAINS)
     raise DataError(f"unknown domain {spec!r}: not a built-in name ({valid}), a folder, or an .npz file")

@@ -1,8 +1,6 @@
-"""Library entry points behind ``edgeda export`` and ``edgeda predict``."""
+"""Library entry point behind ``edgeda export``: ONNX (and TensorRT) of a bundle, parity-checked."""
 from __future__ import annotations
 
-import csv
-import io
 import json
 import tempfile
 from pathlib import Path
@@ -12,8 +10,8 @@ import numpy as np
 
 from ..bundle import Bundle, update_bundle
 from ..errors import DataError, EdgedaError
-from .onnx import Signature, compare_outputs, export_onnx, ort_session, parity, run_ort, signature_of
-from .runtime import PRECISIONS, make_runner, onnx_name, plan_name, prepare_batch, softmax_stats
+from .onnx import Signature, compare_outputs, compare_runs, export_onnx, ort_session, parity, run_ort, signature_of
+from .runtime import PRECISIONS, onnx_name, plan_name, prepare_batch
 
 FP32_TOLERANCE = 1e-4
 
@@ -33,18 +31,38 @@ def default_calib_spec(b: Bundle) -> str | None:
 
 
 def load_images(spec: str, b: Bundle, n: int | None = None) -> tuple[np.ndarray, np.ndarray | None]:
-    """(N, C, H, W) normalised float32 images of ``spec`` (labels when it has them), first ``n``."""
+    """(N, C, H, W) normalised float32 images of ``spec`` at the bundle's input size, first ``n``,
+    and their labels when it has them (class ids; for dense data masks or depth, resized alike)."""
     from ..data import load_domain
+    from ..data.domain import Domain
+    from ..tasks import task_of
+    from ..train.evaluate import eval_batches
 
     task = b.task
     try:
         dom = load_domain(spec, labeled=True, size=task.image_size, channels=task.channels)
     except DataError:
         dom = load_domain(spec, labeled=False, size=task.image_size, channels=task.channels)
-    dom.require_usable(labeled=False)
-    images = dom.images[:n] if n else dom.images
-    labels = None if dom.labels is None else dom.labels[:len(images)]
-    return prepare_batch(images, task), labels
+    if isinstance(dom, Domain) == task.dense:
+        raise DataError(f"{spec} is {'classification' if task.dense else 'dense'} data; the bundle is a {task.task} model")
+    if isinstance(dom, Domain):
+        dom.require_usable(labeled=False)
+        images = dom.images[:n] if n else dom.images
+        labels = None if dom.labels is None else dom.labels[:len(images)]
+        return prepare_batch(images, task), labels
+    dom.require_usable(task=None)
+    labeled = dom.labeled_for(task.task)
+    xs, ys, got = [], [], 0
+    for x, y, _ in eval_batches(dom, task, "cpu", 16, labels=labeled):
+        xs.append(x.numpy())
+        if y is not None:
+            ys.append(y.numpy())
+        got += len(x)
+        if n and got >= n:
+            break
+    images = np.concatenate(xs)[:n] if n else np.concatenate(xs)
+    labels = np.concatenate(ys)[:len(images)] if ys and labeled and task_of(task).label_key else None
+    return images, labels
 
 
 def _inputs_for(sig: Signature, images: np.ndarray | None, n: int, seed: int) -> list[np.ndarray]:
@@ -88,10 +106,23 @@ def export_deployable_onnx(b: Bundle, name: str, precision: str, folder: str | P
     raise EdgedaError(f"unknown precision {precision!r}; valid: {', '.join(PRECISIONS)}")
 
 
-def _accuracy(session, sig, images, labels) -> float | None:
-    if labels is None or not sig.classifies:
-        return None
-    return float((run_ort(session, sig, [images]).argmax(1) == labels).mean())
+def _task_scores(session, sig, images, labels, spec) -> dict:
+    """The task's headline scores of an exported model on labeled images, streamed in batches:
+    ``target_accuracy`` for classifiers, ``target_scores`` (mIoU, or the depth errors) for dense models."""
+    import torch
+
+    from ..tasks import task_of
+
+    task = task_of(spec)
+    meter = task.meter(spec)
+    for i in range(0, len(images), 32):
+        out = run_ort(session, sig, [images[i:i + 32]])
+        task.update(meter, torch.from_numpy(out), torch.from_numpy(np.asarray(labels[i:i + 32])))
+    scores = task.scores(meter, spec)
+    if not task.dense:
+        return {"target_accuracy": scores["accuracy"]}
+    keep = {k: v for k, v in scores.items() if not isinstance(v, (dict, list))}
+    return {"target_scores": keep, "target_" + task.headline: scores[task.headline]}
 
 
 def export_bundle(bundle: str | Path, out: str | Path | None = None, *, precision: str = "fp32",
@@ -114,6 +145,11 @@ def export_bundle(bundle: str | Path, out: str | Path | None = None, *, precisio
         trt_mod = require_tensorrt()
     if plugins is not None and not Path(plugins).is_file():
         raise EdgedaError(f"--plugins {plugins}: no such plugin library (build it: see kernels/README.md)")
+    from ..tasks import task_of
+
+    task = task_of(b.task)
+    if b.task.dense:
+        n_check = min(n_check, 64)  # a dense check compares every pixel: 64 images are plenty
     spec = data or default_data_spec(b)
     images, labels = load_images(spec, b, n=n_check) if spec else (None, None)
     if spec is None:
@@ -127,16 +163,17 @@ def export_bundle(bundle: str | Path, out: str | Path | None = None, *, precisio
             cspec = calib or default_calib_spec(b)
             if cspec is None:
                 raise EdgedaError("int8 export needs calibration images: pass --calib SPEC (target images)")
-            calib_images, _ = load_images(cspec, b, n=512)
+            calib_images, _ = load_images(cspec, b, n=128 if b.task.dense else 512)
             record["calib"] = {"data": cspec, "n": int(len(calib_images))}
         for name in b.names:
             module = b.module(name)
             sig = signature_of(module, b.task)
+            cmp = task.compare if name == b.primary else (lambda r, o, sig=sig: compare_outputs(r, o, sig.classifies))
             fp32 = export_deployable_onnx(b, name, "fp32", tmp)
             sess = ort_session(fp32)
-            checks = {"random": parity(module, sess, sig, _inputs_for(sig, None, 17, seed=1))}
+            checks = {"random": parity(module, sess, sig, _inputs_for(sig, None, 17, seed=1), cmp)}
             if images is not None:
-                checks["real"] = parity(module, sess, sig, _inputs_for(sig, images, n_check, seed=2))
+                checks["real"] = parity(module, sess, sig, _inputs_for(sig, images, n_check, seed=2), cmp)
             worst = max(c["max_abs_diff"] for c in checks.values())
             if worst > FP32_TOLERANCE:
                 raise EdgedaError(f"ONNX parity failed for {name}: max abs diff {worst:.2e} > {FP32_TOLERANCE:.0e} "
@@ -153,23 +190,27 @@ def export_bundle(bundle: str | Path, out: str | Path | None = None, *, precisio
                 add[onnx_name(name, p)] = path
                 entry["files"][p] = onnx_name(name, p)
                 inp = _inputs_for(sig, images, n_check, seed=2)
-                ref = run_ort(sess, sig, inp)
-                entry[f"vs_fp32_{p}"] = compare_outputs(ref, run_ort(ort_session(path), sig, inp), sig.classifies)
-            if sig.classifies and labels is not None:
+                other = ort_session(path)
+                entry[f"vs_fp32_{p}"] = compare_runs(lambda c: run_ort(sess, sig, c),
+                                                     lambda c, other=other: run_ort(other, sig, c), inp, cmp)
+            if name == b.primary and labels is not None:
                 for p in precisions:
-                    acc = _accuracy(ort_session(tmp / onnx_name(name, p)), sig, images, labels)
-                    record["precisions"].setdefault(p, {})["target_accuracy"] = acc
-                    if p != "fp32":
-                        record["precisions"][p]["top1_agreement_with_fp32"] = entry[f"vs_fp32_{p}"]["top1_agreement"]
+                    rec = record["precisions"].setdefault(p, {})
+                    rec.update(_task_scores(ort_session(tmp / onnx_name(name, p)), sig, images, labels, b.task))
+                    agree = entry.get(f"vs_fp32_{p}", {})
+                    for k in ("top1_agreement", "pixel_agreement"):
+                        if k in agree:
+                            rec[f"{k}_with_fp32"] = agree[k]
             if trt:
                 entry["trt"] = _build_trt(trt_mod, trt_major(trt_mod), b, name, precision, tmp, calib_images, batch,
                                           workspace_mb, plugins, add, log)
             record["deployables"][name] = entry
             _log_entry(log, name, entry)
         for p, r in record["precisions"].items():
-            agree = r.get("top1_agreement_with_fp32")
-            log(f"  {p}: target accuracy {r['target_accuracy']:.1%} on {spec}"
-                + (f", top-1 agreement with fp32 {agree:.1%}" if agree is not None else ""))
+            agree = r.get("top1_agreement_with_fp32", r.get("pixel_agreement_with_fp32"))
+            what = ("target accuracy {:.1%}".format(r["target_accuracy"]) if "target_accuracy" in r
+                    else task.format_scores(r["target_scores"]))
+            log(f"  {p}: {what} on {spec}" + (f", agreement with fp32 {agree:.1%}" if agree is not None else ""))
         merged = json.loads(json.dumps(b.manifest.get("export", {})))
         for name, entry in record["deployables"].items():
             old = merged.setdefault("deployables", {}).setdefault(name, {})
@@ -193,7 +234,7 @@ def _build_trt(trt_mod, major, b, name, precision, tmp, calib_images, batch, wor
 
     # 10.x: fp32 graph + builder flags (+ calibrator); 11.x: strongly typed, the precision's own graph.
     src = tmp / onnx_name(name, "fp32" if major < 11 else precision)
-    if plugins is not None and name == "classifier":
+    if plugins is not None and name == b.primary:
         import onnx
 
         from .plugins import apply_plugins
@@ -212,85 +253,16 @@ def _build_trt(trt_mod, major, b, name, precision, tmp, calib_images, batch, wor
     return {"plan": plan_name(name, precision), "metadata": meta}
 
 
+def _agreement(c: dict) -> str:
+    for k, label in (("top1_agreement", "top-1 agreement"), ("pixel_agreement", "pixel agreement")):
+        if k in c:
+            return f", {label} {c[k]:.1%}"
+    return ""
+
+
 def _log_entry(log, name, entry) -> None:
     for kind, c in entry["parity_fp32"].items():
-        agree = f", top-1 agreement {c['top1_agreement']:.1%}" if "top1_agreement" in c else ""
-        log(f"  {name} fp32 ONNX vs PyTorch ({kind}, n={c['n']}): max abs diff {c['max_abs_diff']:.2e}{agree}")
+        log(f"  {name} fp32 ONNX vs PyTorch ({kind}, n={c['n']}): max abs diff {c['max_abs_diff']:.2e}{_agreement(c)}")
     for k, c in entry.items():
         if k.startswith("vs_fp32_"):
-            agree = f", top-1 agreement {c['top1_agreement']:.1%}" if "top1_agreement" in c else ""
-            log(f"  {name} {k[8:]} vs fp32 ONNX (n={c['n']}): max abs diff {c['max_abs_diff']:.2e}{agree}")
-
-
-# -- predict ------------------------------------------------------------------------------------
-def predict(bundle: str | Path, input: str | Path, *, backend: str = "ort", precision: str = "fp32",
-            out: str | Path | None = None, batch_size: int = 64, device: str = "cpu", progress: bool = False,
-            plugin_library: str | Path | None = None) -> dict:
-    """Class, class name, confidence and entropy for every image in ``input`` (file or folder).
-
-    ``plugin_library``: libedgeda_plugins.so for a TensorRT engine built with ``--plugins``.
-
-    Unreadable files are skipped and listed; ``out`` (``.csv`` or ``.json``) is written atomically.
-    """
-    from ..data.files import list_images, read_image
-    from ..utils import atomic_write_bytes
-
-    b = Bundle(bundle)
-    src = Path(input)
-    if src.is_dir():
-        files = list_images(src)
-    elif src.is_file():
-        files = [src]
-    else:
-        raise DataError(f"--input {src}: no such file or folder")
-    if not files:
-        raise DataError(f"--input {src} has no images (png, jpg, jpeg, bmp, webp)")
-    if out is not None and Path(out).suffix.lower() not in (".csv", ".json"):
-        raise EdgedaError(f"--out {out}: use a .csv or .json file name")
-    runner = make_runner(backend, b, precision, device=device,
-                         **({"plugin_library": plugin_library} if backend == "trt" else {}))
-    classes = b.task.classes
-    rows, skipped = [], []
-    bar = None
-    if progress:
-        import click
-
-        bar = click.progressbar(length=len(files), label="predicting", file=None)
-        bar.__enter__()
-    try:
-        for i in range(0, len(files), batch_size):
-            chunk, images = [], []
-            for f in files[i:i + batch_size]:
-                try:
-                    images.append(read_image(f))
-                    chunk.append(f)
-                except ValueError as e:
-                    skipped.append({"path": str(f), "reason": str(e)})
-            if images:
-                cls, conf, ent = softmax_stats(runner.predict(images))
-                for f, c, p, h in zip(chunk, cls, conf, ent):
-                    rows.append({"path": str(f), "class": int(c),
-                                 "class_name": classes[int(c)] if int(c) < len(classes) else str(int(c)),
-                                 "confidence": round(float(p), 6), "entropy": round(float(h), 6)})
-            if bar is not None:
-                bar.update(len(files[i:i + batch_size]))
-    finally:
-        if bar is not None:
-            bar.__exit__(None, None, None)
-        runner.close()
-    result = {"bundle": str(b.path), "backend": backend, "precision": precision, "n": len(rows),
-              "skipped": skipped, "runner": runner.describe()}
-    if out is not None:
-        out = Path(out)
-        if out.suffix.lower() == ".json":
-            data = json.dumps({**result, "predictions": rows}, indent=2) + "\n"
-        else:
-            buf = io.StringIO()
-            w = csv.DictWriter(buf, fieldnames=["path", "class", "class_name", "confidence", "entropy"])
-            w.writeheader()
-            w.writerows(rows)
-            data = buf.getvalue()
-        atomic_write_bytes(out, data.encode())
-        result["out"] = str(out)
-    result["predictions"] = rows
-    return result
+            log(f"  {name} {k[8:]} vs fp32 ONNX (n={c['n']}): max abs diff {c['max_abs_diff']:.2e}{_agreement(c)}")

@@ -54,24 +54,33 @@ def export(bundle, out, precision, data, calib, build_trt, batch, workspace_mb, 
 @click.option("--device", default="cpu", show_default=True, help="cpu | cuda (ort/torch)")
 @click.option("--batch-size", default=64, show_default=True)
 @click.option("--out", type=click.Path(dir_okay=False), help="preds.csv or preds.json")
+@click.option("--out-dir", type=click.Path(file_okay=False), help="dense bundles: folder for the mask / depth PNGs (default: predictions/)")
 @click.option("--json", "as_json", is_flag=True, help="print the predictions as JSON")
 @click.option("--plugins", type=click.Path(dir_okay=False), help="libedgeda_plugins.so, for engines built with --plugins")
 @handle_errors
-def predict(bundle, input_, backend, precision, device, batch_size, out, as_json, plugins) -> None:
-    """Class, class name, confidence and entropy per image; unreadable files are skipped and listed."""
-    from .api import predict as run_predict
+def predict(bundle, input_, backend, precision, device, batch_size, out, out_dir, as_json, plugins) -> None:
+    """Per image: class and confidence (classifiers), a colourised mask and overlay (segmentation) or
+    a 16-bit and a colour-mapped depth PNG (depth); unreadable files are skipped and listed."""
+    from .predict import predict as run_predict
 
-    res = run_predict(bundle, input_, backend=backend, precision=precision, out=out, batch_size=batch_size,
+    res = run_predict(bundle, input_, backend=backend, precision=precision, out=out, out_dir=out_dir, batch_size=batch_size,
                       device=device, progress=not as_json and sys.stderr.isatty(), plugin_library=plugins)
     if as_json:
         emit_json(res)
         return
     if out is None:
         for r in res["predictions"][:20]:
-            click.echo(f"{r['path']}: {r['class_name']} ({r['confidence']:.1%}, entropy {r['entropy']:.3f})")
+            if "class_name" in r:
+                click.echo(f"{r['path']}: {r['class_name']} ({r['confidence']:.1%}, entropy {r['entropy']:.3f})")
+            elif "fraction" in r:
+                top = sorted(r["fraction"].items(), key=lambda kv: -kv[1])[:3]
+                click.echo(f"{r['path']}: " + ", ".join(f"{k} {v:.0%}" for k, v in top) + f" (confidence {r['mean_confidence']:.1%})")
+            else:
+                click.echo(f"{r['path']}: depth {r['depth_min_m']:.1f}-{r['depth_max_m']:.1f} m (median {r['depth_median_m']:.1f})")
         if res["n"] > 20:
             click.echo(f"... {res['n'] - 20} more (use --out preds.csv)")
-    click.echo(f"{res['n']} images predicted with {backend} ({precision})" + (f"; written to {res['out']}" if out else ""))
+    click.echo(f"{res['n']} images predicted with {backend} ({precision})" + (f"; written to {res['out']}" if out else "")
+               + (f"; PNGs in {res['out_dir']}" if res.get("out_dir") else ""))
     if res["skipped"]:
         click.echo(f"skipped {len(res['skipped'])} unreadable files:")
         for s in res["skipped"][:20]:

@@ -73,6 +73,14 @@ def _classifier_signature(module: nn.Module, task: TaskSpec) -> Signature:
     return Signature([_image(task)], ["logits"], classifies=True)
 
 
+@ONNX_SIGNATURES.register("dense_model")
+def _dense_signature(module: nn.Module, task: TaskSpec) -> Signature:
+    """A dense model: image in, (N, K, H, W) logits or (N, 1, H, W) depth out, at the input's size,
+    so height and width are dynamic axes as well as the batch."""
+    return Signature([_image(task)], ["depth" if getattr(module, "output", "logits") == "depth" else "logits"],
+                     extra={"dynamic_hw": True})
+
+
 @ONNX_SIGNATURES.register("conditional_generator")
 def _generator_signature(module: nn.Module, task: TaskSpec) -> Signature:
     return Signature([InputSpec("label", (), "label", high=module.num_classes),
@@ -102,6 +110,8 @@ def export_onnx(module: nn.Module, sig: Signature, path: str | Path, *, opset: i
     example = tuple(torch.from_numpy(i.random(2, rng)) for i in sig.inputs)
     names = [i.name for i in sig.inputs]
     axes = {n: {0: "batch"} for n in names + sig.outputs}
+    if sig.extra.get("dynamic_hw"):  # fully convolutional: any input size (TensorRT takes min/opt/max shapes)
+        axes = {n: {0: "batch", 2: "height", 3: "width"} for n in names + sig.outputs}
     kwargs = dict(input_names=names, output_names=sig.outputs, opset_version=opset)
     params = inspect.signature(torch.onnx.export).parameters
     if "dynamo" in params:  # torch >= 2.5; older versions only have the TorchScript exporter
@@ -164,6 +174,26 @@ def compare_outputs(ref: np.ndarray, out: np.ndarray, classifies: bool) -> dict:
     return res
 
 
-def parity(module: nn.Module, session, sig: Signature, inputs: list[np.ndarray]) -> dict:
-    """PyTorch vs ONNX Runtime on the same inputs."""
-    return compare_outputs(run_torch(module, inputs), run_ort(session, sig, inputs), sig.classifies)
+def compare_runs(run_a, run_b, inputs: list[np.ndarray], compare, batch_size: int = 64) -> dict:
+    """``compare(run_a(chunk), run_b(chunk))`` batch by batch, so memory stays bounded for dense
+    outputs: the worst of each ``max_*`` entry and the sample-weighted mean of the others."""
+    n = len(inputs[0])
+    parts = []
+    for i in range(0, n, batch_size):
+        chunk = [a[i:i + batch_size] for a in inputs]
+        parts.append(compare(run_a(chunk), run_b(chunk)))
+    if not parts:
+        return {"n": 0, "max_abs_diff": 0.0}
+    out = {"n": n}
+    for k in parts[0]:
+        if k != "n":
+            vals = [p[k] for p in parts]
+            out[k] = max(vals) if k.startswith("max") else float(sum(v * p["n"] for v, p in zip(vals, parts)) / n)
+    return out
+
+
+def parity(module: nn.Module, session, sig: Signature, inputs: list[np.ndarray], compare=None) -> dict:
+    """PyTorch vs ONNX Runtime on the same inputs (``compare``: a task's comparison, default
+    :func:`compare_outputs`)."""
+    compare = compare or (lambda r, o: compare_outputs(r, o, sig.classifies))
+    return compare_runs(lambda c: run_torch(module, c), lambda c: run_ort(session, sig, c), inputs, compare)

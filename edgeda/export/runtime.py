@@ -1,8 +1,8 @@
-"""Runners: one interface over PyTorch, ONNX Runtime and TensorRT for a bundle's classifier.
+"""Runners: one interface over PyTorch, ONNX Runtime and TensorRT for a bundle's task network.
 
 Every runner applies the bundle's input spec the same way (:func:`prepare_batch`: channels,
 resize, ``uint8 / 255``, ``(x - mean) / std``, NCHW float32) and then runs ``forward`` on the
-normalised batch, returning float32 logits. ``RUNNERS`` is a registry keyed by name::
+normalised batch, returning float32 outputs (logits; per-pixel logits or depth for dense models). ``RUNNERS`` is a registry keyed by name::
 
     runner = make_runner("ort", bundle, precision="int8")
     logits = runner.predict(images_uint8_nhwc)
@@ -95,7 +95,7 @@ class TorchRunner(Runner):
             raise EdgedaError("the torch backend runs fp16 on CUDA only; this run is on the CPU")
         if threads:
             torch.set_num_threads(threads)
-        self.model = bundle.module("classifier", str(self.dev))
+        self.model = bundle.module(bundle.primary, str(self.dev))
         self.dtype = torch.float16 if precision == "fp16" else torch.float32
         self.model = self.model.to(self.dtype)
         self.device = str(self.dev)
@@ -119,8 +119,10 @@ class TorchRunner(Runner):
             return out
 
 
-def ensure_onnx(bundle: Bundle, precision: str, deployable: str = "classifier", calib: str | None = None) -> Path:
-    """The bundle's ONNX for ``precision``, exported into a temporary folder when the bundle has none."""
+def ensure_onnx(bundle: Bundle, precision: str, deployable: str | None = None, calib: str | None = None) -> Path:
+    """The bundle's ONNX for ``precision`` (of its task network unless ``deployable`` is named),
+    exported into a temporary folder when the bundle has none."""
+    deployable = deployable or bundle.primary
     rel = onnx_name(deployable, precision)
     if rel in bundle.manifest["files"]:
         return bundle.file(rel)
@@ -175,13 +177,13 @@ class TrtRunner(Runner):
         from .trt import TrtEngine, require_tensorrt
 
         require_tensorrt()
-        rel = plan_name("classifier", precision)
+        rel = plan_name(bundle.primary, precision)
         if rel not in bundle.manifest["files"]:
             raise EdgedaError(f"the bundle has no {precision} TensorRT engine; build one with "
                               f"`edgeda export BUNDLE --trt --precision {precision}`")
         self.engine = TrtEngine(bundle.file(rel), plugin_library)
         self.input = self.engine.inputs[0]
-        self.output = "logits" if "logits" in self.engine.outputs else self.engine.outputs[0]
+        self.output = next((o for o in ("logits", "depth") if o in self.engine.outputs), self.engine.outputs[0])
 
     def forward(self, x):
         out = self.engine.run({self.input: x})[self.output]

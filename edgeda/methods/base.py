@@ -15,8 +15,8 @@ import torch
 from torch import nn
 
 from ..errors import EdgedaError
-from ..models import build
 from ..task import TaskSpec
+from ..tasks import task_of
 
 
 @dataclass
@@ -120,6 +120,7 @@ class Method:
     summary: ClassVar[str] = ""
     uses_target: ClassVar[bool] = True
     defaults: ClassVar[dict] = {}
+    tasks: ClassVar[tuple[str, ...]] = ("classification",)  # the tasks this method adapts
 
     def __init__(
         self,
@@ -130,7 +131,11 @@ class Method:
         options: dict | None = None,
         optim: OptimConfig | None = None,
         engine: Engine | None = None,
+        task_loss: str | None = None,
     ):
+        if task.task not in self.tasks:
+            raise EdgedaError(f"method {self.name!r} adapts {', '.join(self.tasks)} models, not {task.task}; "
+                              f"methods for {task.task}: {', '.join(methods_for(task.task))}")
         unknown = set(options or {}) - set(self.defaults)
         if unknown:
             valid = ", ".join(sorted(self.defaults)) or "(none)"
@@ -141,6 +146,7 @@ class Method:
         self.opts = {**self.defaults, **(options or {})}
         self.optim_cfg = optim or OptimConfig()
         self.engine = engine or Engine()
+        self.task_loss = task_loss
         self.progress = 0.0
         self.nets = nn.ModuleDict()
         self.optims: dict[str, torch.optim.Optimizer] = {}
@@ -156,28 +162,42 @@ class Method:
 
     # -- shared helpers -----------------------------------------------------------------------
     def make_classifier(self) -> nn.Module:
-        t = self.task
-        return build(
-            "classifier",
-            backbone=self.backbone,
-            num_classes=t.num_classes,
-            channels=t.channels,
-            image_size=t.image_size[0],
-            backbone_kwargs=self.backbone_kwargs,
-        )
+        """The task network (a classifier, or a dense encoder + head), built from the task spec."""
+        return task_of(self.task).build_model(self.task, self.backbone, self.backbone_kwargs)
+
+    def task_loss_of(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """The task's supervised loss (cross-entropy; per-pixel for segmentation; depth: ``--task-loss``)."""
+        return task_of(self.task).loss(output, target, self.task_loss)
 
     def make_optimizer(self, params, lr_mult: float = 1.0, name: str | None = None) -> torch.optim.Optimizer:
+        """An optimizer over ``params`` (tensors, or groups ``{"params": ..., "lr_mult": m}`` so that a
+        pre-trained encoder can learn slower) at the configured learning rate times ``lr_mult``."""
         c = self.optim_cfg
         lr = c.lr * lr_mult
-        if (name or c.name) == "sgd":
+        params = list(params)
+        if params and isinstance(params[0], dict):
+            params = [{**g, "lr": lr * g.pop("lr_mult")} if "lr_mult" in g else g for g in (dict(g) for g in params)]
+        chosen = name or c.name
+        if chosen == "sgd":
             opt = torch.optim.SGD(params, lr=lr, momentum=c.momentum, weight_decay=c.weight_decay, nesterov=c.momentum > 0)
-        elif (name or c.name) == "adam":
+        elif chosen == "adam":
             opt = torch.optim.Adam(params, lr=lr, betas=c.betas, weight_decay=c.weight_decay)
         else:
-            raise EdgedaError(f"unknown optimizer {c.name!r}; valid: adam, sgd")
+            raise EdgedaError(f"unknown optimizer {chosen!r}; valid: adam, sgd")
         for g in opt.param_groups:
             g["initial_lr"] = g["lr"]
         return opt
+
+    @staticmethod
+    def param_groups(model: nn.Module, encoder_lr: float = 1.0) -> list[dict]:
+        """``model``'s parameters as optimizer groups, its encoder (``encoder``, or a classifier's
+        ``features``) at ``encoder_lr`` times the learning rate and the rest at 1x."""
+        encoder = getattr(model, "encoder", None) or getattr(model, "features", None)
+        if encoder is None or encoder_lr == 1.0:
+            return [{"params": list(model.parameters()), "lr_mult": 1.0}]
+        enc = {id(p) for p in encoder.parameters()}
+        return [{"params": [p for p in model.parameters() if id(p) in enc], "lr_mult": float(encoder_lr)},
+                {"params": [p for p in model.parameters() if id(p) not in enc], "lr_mult": 1.0}]
 
     def update(self, loss: torch.Tensor, *optim_names: str, retain_graph: bool = False) -> None:
         """Backward ``loss`` and step the named optimizers (all of them when none is named)."""
@@ -219,8 +239,9 @@ class Method:
         return self.nets["classifier"]
 
     def deployables(self) -> dict[str, nn.Module]:
-        """What ships: always ``"classifier"`` (features + head); pixel-level methods add ``"refiner"``."""
-        return {"classifier": self.classifier}
+        """What ships: always the task network (``"classifier"``: features + head; ``"model"`` for
+        dense tasks); pixel-level methods add ``"refiner"``."""
+        return {task_of(self.task).deployable: self.classifier}
 
     def train(self) -> None:
         self.nets.train()
@@ -245,3 +266,10 @@ class Method:
     @classmethod
     def describe(cls) -> str:
         return cls.summary or (cls.__doc__ or "").strip().splitlines()[0]
+
+
+def methods_for(task: str) -> list[str]:
+    """Names of the registered methods that adapt ``task`` models."""
+    from .registry import METHODS
+
+    return [n for n, cls in METHODS.items() if task in cls.tasks]

@@ -54,11 +54,11 @@ class DeepCORAL(Method):
             clf = self.classifier
             if self.opts["bn"] == "separate":
                 with frozen_bn_statistics(clf):
-                    feats_s, logits_s = clf.forward_features(source.x)
-                feats_t, logits_t = clf.forward_features(target.x)
+                    feats_s, logits_s = clf.features_and_logits(source.x)
+                feats_t, logits_t = clf.features_and_logits(target.x)
                 feats, logits = torch.cat([feats_s, feats_t]), torch.cat([logits_s, logits_t])
             else:
-                feats, logits = clf.forward_features(torch.cat([source.x, target.x]))
+                feats, logits = clf.features_and_logits(torch.cat([source.x, target.x]))
             cls_loss = F.cross_entropy(logits[:ns].float(), source.y)
             z = feats if self.opts["on"] == "features" else logits
             align = coral(z[:ns], z[ns:])

@@ -155,7 +155,7 @@ class CSG(Method):
             self.optims["main"] = self.make_optimizer(list(clf.parameters()) + heads)
         else:  # the encoder at a fraction of the learning rate, the task head and the g_l at the full one
             self.optims["main"] = self.make_optimizer([
-                {"params": list(clf.features.parameters()), "lr": self.optim_cfg.lr * bb},
+                {"params": list(clf.features.parameters()), "lr_mult": bb},
                 {"params": list(clf.head.parameters()) + heads}])
         self.anchor = str(o["anchor"])
         self.anchor_images = None

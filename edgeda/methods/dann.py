@@ -42,7 +42,7 @@ class DANN(Method):
         ns = len(source)
         coeff = dann_coefficient(self.progress, self.opts["gamma"], self.opts["max_coeff"], self.opts["warmup"])
         with self.autocast():
-            feats, logits = self.classifier.forward_features(torch.cat([source.x, target.x]))
+            feats, logits = self.classifier.features_and_logits(torch.cat([source.x, target.x]))
             cls_loss = F.cross_entropy(logits[:ns].float(), source.y)
             dom_loss, dom_acc = domain_adversarial_loss(self.nets["domain"], feats[:ns], feats[ns:], coeff)
             loss = cls_loss + self.opts["weight"] * dom_loss

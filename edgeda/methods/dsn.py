@@ -51,7 +51,7 @@ class DomainSeparation(Method):
         ns, o = len(source), self.opts
         coeff = dann_coefficient(self.progress, o["grl_gamma"])
         with self.autocast():
-            shared, logits = self.classifier.forward_features(torch.cat([source.x, target.x]))
+            shared, logits = self.classifier.features_and_logits(torch.cat([source.x, target.x]))
             cls_loss = F.cross_entropy(logits[:ns].float(), source.y)
             hp_s, hp_t = self.nets["private_source"](source.x), self.nets["private_target"](target.x)
             rec_s = self.nets["decoder"](shared[:ns] + hp_s)

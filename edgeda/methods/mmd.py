@@ -52,7 +52,7 @@ class MultiKernelMMD(Method):
         ramp = str(self.opts["ramp"]).lower() not in ("false", "0", "no")
         coeff = dann_coefficient(self.progress) if ramp else 1.0
         with self.autocast():
-            feats, logits = self.classifier.forward_features(torch.cat([source.x, target.x]))
+            feats, logits = self.classifier.features_and_logits(torch.cat([source.x, target.x]))
             cls_loss = F.cross_entropy(logits[:ns].float(), source.y)
             reps = {"features": feats, "logits": logits}
             mmd = sum(multi_kernel_mmd(reps[k][:ns], reps[k][ns:]) for k in sorted(self.layers))

@@ -1,8 +1,6 @@
 """Source-only baseline."""
 from __future__ import annotations
 
-import torch.nn.functional as F
-
 from .base import Batch, Method
 from .registry import METHODS
 
@@ -11,19 +9,23 @@ from .registry import METHODS
 class SourceOnly(Method):
     """Source only: train on labeled source images, no adaptation; the baseline every method must beat.
 
-    Loss: L = CE(C(x_s), y_s). Defaults: the trainer's optimizer and schedule.
+    Loss: the task's supervised loss on source, L = CE(C(x_s), y_s) (per pixel with ignore index
+    255 for segmentation; scale-invariant log loss or L1 on valid pixels for depth).
+    Option ``encoder_lr`` scales the learning rate of a dense model's encoder (e.g. 0.1 with
+    ``--backbone-weights``). Defaults: the trainer's optimizer and schedule.
     """
 
-    summary = "no adaptation: cross-entropy on labeled source images (the baseline)"
+    summary = "no adaptation: the task's supervised loss on labeled source images (the baseline)"
     uses_target = False
-    defaults: dict = {}
+    tasks = ("classification", "segmentation", "depth")
+    defaults: dict = {"encoder_lr": 1.0}
 
     def build(self) -> None:
         self.nets["classifier"] = self.make_classifier()
-        self.optims["main"] = self.make_optimizer(self.nets.parameters())
+        self.optims["main"] = self.make_optimizer(self.param_groups(self.classifier, self.opts["encoder_lr"]))
 
     def step(self, source: Batch, target: Batch | None) -> dict[str, float]:
         with self.autocast():
-            loss = F.cross_entropy(self.classifier(source.x).float(), source.y)
+            loss = self.task_loss_of(self.classifier(source.x), source.y)
         self.update(loss)
         return {"loss/cls": loss.item()}

@@ -107,8 +107,8 @@ class SUIT(PixelMethod):
         clf = self.classifier
         if self.opts["bn"] in ("separate", "target"):
             with frozen_bn_statistics(clf):
-                feats_s, logits_s = clf.forward_features(x_source)
+                feats_s, logits_s = clf.features_and_logits(x_source)
             with frozen_bn_statistics(clf) if self.opts["bn"] == "target" else contextlib.nullcontext():
-                feats_g, logits_g = clf.forward_features(x_refined)
+                feats_g, logits_g = clf.features_and_logits(x_refined)
             return torch.cat([feats_s, feats_g]), torch.cat([logits_s, logits_g])
-        return clf.forward_features(torch.cat([x_source, x_refined]))
+        return clf.features_and_logits(torch.cat([x_source, x_refined]))

@@ -84,7 +84,7 @@ class TwoStream(Method):
     def step(self, source: Batch, target: Batch | None) -> dict[str, float]:
         o = self.opts
         with self.autocast():
-            fs, logits_s = self.nets["source"].forward_features(source.x)
+            fs, logits_s = self.nets["source"].features_and_logits(source.x)
             ft = self.classifier.features(target.x)
             cls_loss = F.cross_entropy(logits_s.float(), source.y)
             mmd = multi_kernel_mmd(fs, ft)

@@ -1,4 +1,9 @@
-"""The domains of a training run, loaded and checked before any training starts."""
+"""The domains of a training run, loaded and checked before any training starts.
+
+Also resolves what the data decides: the task (classification for one label per image; for
+dense data segmentation or depth, from what the source carries) and the input size (given, else
+the built-in source's own size, else the task's default).
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -7,6 +12,7 @@ import numpy as np
 
 from ..config import TrainConfig
 from ..data import Domain, load_domain, split_builtin
+from ..data.spec import builtin_splits, default_size, is_dense_spec
 from ..errors import DataError
 
 
@@ -16,6 +22,8 @@ class Domains:
     source_val: Domain
     target: Domain | None
     target_test: Domain | None
+    task: str = "classification"
+    image_size: tuple[int, int] = (32, 32)
 
     def summary(self) -> dict:
         d = {"source": self.source.name, "source_n": len(self.source), "source_val_n": len(self.source_val)}
@@ -30,51 +38,109 @@ class Domains:
         return d
 
 
+def resolve_task(cfg: TrainConfig, source) -> str:
+    """The task the source data supports (``cfg.task`` when given, checked against the data)."""
+    if isinstance(source, Domain):
+        if cfg.task not in (None, "classification"):
+            raise DataError(f"--task {cfg.task} needs per-pixel labels, but {source.name!r} has one label per image "
+                            "(a dense folder has images/ with masks/ or depth/)")
+        return "classification"
+    kinds = [t for t in ("segmentation", "depth") if source.labeled_for(t)]
+    if cfg.task is not None:
+        if cfg.task not in kinds:
+            have = " and ".join(kinds) or "no labels"
+            raise DataError(f"--task {cfg.task}: the source {source.name!r} has {have}")
+        return cfg.task
+    if len(kinds) == 1:
+        return kinds[0]
+    if not kinds:
+        raise DataError(f"the source {source.name!r} has neither masks nor depth maps; a labeled dense source needs one")
+    raise DataError(f"the source {source.name!r} has both masks and depth: pass --task segmentation or --task depth")
+
+
+def resolve_size(cfg: TrainConfig) -> tuple[int, int]:
+    from ..tasks import task_of
+
+    if cfg.image_size is not None:
+        s = cfg.image_size
+        return (s, s) if isinstance(s, int) else (int(s[0]), int(s[1]))
+    own = default_size(cfg.source)
+    if own is not None:
+        return own
+    dense = cfg.task in ("segmentation", "depth") or is_dense_spec(cfg.source)
+    return task_of("segmentation" if dense else "classification").default_size
+
+
 def load_domains(cfg: TrainConfig, needs_target: bool) -> Domains:
     """Load and check every domain before any training starts (one clear error otherwise)."""
-    size = (cfg.image_size, cfg.image_size)
+    size = resolve_size(cfg)
     kw = {"size": size, "channels": cfg.channels, "seed": cfg.seed}
     src_builtin = split_builtin(cfg.source)
     source = load_domain(cfg.source, labeled=True, split="train", n=cfg.source_n, **kw)
-    source.require_usable(labeled=True)
+    task = resolve_task(cfg, source)
+    dense = task != "classification"
+    _require(source, task if dense else None, labeled=True)
     if src_builtin and src_builtin[1] is None and _has_split(src_builtin[0], "val"):
-        val_n = max(200, min(2000, cfg.source_n // 5))
+        val_n = None if cfg.source_n is None or dense else max(200, min(2000, cfg.source_n // 5))
         source_val = load_domain(f"{src_builtin[0]}:val", labeled=True, n=val_n, **kw)
     else:
-        order = np.random.default_rng(cfg.seed).permutation(len(source))
-        n_val = max(1, int(round(cfg.val_fraction * len(source))))
         if len(source) < 2:
             raise DataError(f"source domain {source.name!r} needs at least 2 images (train + validation)")
+        order = np.random.default_rng(cfg.seed).permutation(len(source))
+        n_val = max(1, int(round(cfg.val_fraction * len(source))))
         source_val = source.subset(order[:n_val], f"{source.name} (val)")
         source = source.subset(order[n_val:])
-    num_classes = source.num_classes or int(source.labels.max()) + 1
-    source.require_usable(labeled=True, num_classes=num_classes)
+    num_classes = source.num_classes or (int(source.labels.max()) + 1 if not dense else None)
+    if not dense:
+        source.require_usable(labeled=True, num_classes=num_classes)
 
     target = target_test = None
     if cfg.target:
+        tb = split_builtin(cfg.target)
         target = load_domain(cfg.target, labeled=False, split="adapt" if _has_split(cfg.target, "adapt") else None, **kw)
         if needs_target:
-            target.require_usable(labeled=False)
+            _require(target, None, labeled=False)
     test_spec = cfg.target_test
     if test_spec is None and cfg.target:
-        tb = split_builtin(cfg.target)
-        if tb and tb[1] is None and _has_split(tb[0], "test"):
-            test_spec = f"{tb[0]}:test"
+        test_spec = _default_test_split(cfg.target)
     if test_spec:
         target_test = load_domain(test_spec, labeled=True, **kw)
-        target_test.require_usable(labeled=True, num_classes=num_classes)
+        _require(target_test, task if dense else None, labeled=True, num_classes=num_classes)
         if source.classes and target_test.classes and source.classes != target_test.classes:
             raise DataError(
                 f"classes differ between source ({', '.join(source.classes)}) and target test "
-                f"({', '.join(target_test.classes)}); use the same class folders in both"
+                f"({', '.join(target_test.classes)}); use the same class list in both"
             )
     elif needs_target and target is None:
         raise DataError(f"method {cfg.method!r} needs a target domain (--target)")
-    return Domains(source, source_val, target, target_test)
+    for dom, what in ((target, "target"), (target_test, "target test")):
+        if dom is not None and isinstance(dom, Domain) == dense:
+            raise DataError(f"the {what} {dom.name!r} is {'classification' if dense else 'dense'} data but the source "
+                            f"is {'dense' if dense else 'classification'} data")
+    return Domains(source, source_val, target, target_test, task, size)
+
+
+def _require(dom, task: str | None, *, labeled: bool, num_classes: int | None = None) -> None:
+    if isinstance(dom, Domain):
+        dom.require_usable(labeled=labeled, num_classes=num_classes)
+    else:
+        dom.require_usable(task=task if labeled else None, num_classes=num_classes)
+
+
+def _default_test_split(target: str) -> str | None:
+    """``name`` -> ``name:test``; ``name:look`` -> ``name:look-test`` where the built-in has it."""
+    tb = split_builtin(target)
+    if not tb:
+        return None
+    name, split = tb
+    want = "test" if split in (None, "adapt") else f"{split}-test"
+    return f"{name}:{want}" if _has_split(name, want) else None
 
 
 def _has_split(spec: str, split: str) -> bool:
     b = split_builtin(spec)
     if not b:
         return False
-    return split in {"syndigits": ("train", "val", "test"), "handwritten": ("adapt", "test", "all")}.get(b[0], ())
+    known = builtin_splits(b[0]) or {"syndigits": ("train", "val", "test"),
+                                     "handwritten": ("adapt", "test", "all")}.get(b[0], ())
+    return split in known

@@ -4,10 +4,13 @@ from __future__ import annotations
 import time
 
 
-def _format_eval(rec: dict) -> str:
-    parts = [f"iter {rec['iteration']}", f"source val {rec['source_val_acc']:.1%}"]
-    if "target_test_acc" in rec:
-        parts.append(f"target test {rec['target_test_acc']:.1%} (report only)")
+def _format_eval(rec: dict, task) -> str:
+    key = next(iter(task.record_keys))
+    fmt = (lambda v: f"{v:.1%}") if task.higher_is_better else (lambda v: f"{v:.3f}")
+    name = "" if key == "acc" else f" {key}"
+    parts = [f"iter {rec['iteration']}", f"source val{name} {fmt(rec[f'source_val_{key}'])}"]
+    if f"target_test_{key}" in rec:
+        parts.append(f"target test{name} {fmt(rec[f'target_test_{key}'])} (report only)")
     if "target_entropy" in rec:
         parts.append(f"target entropy {rec['target_entropy']:.3f}")
     return " | ".join(parts)

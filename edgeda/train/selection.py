@@ -17,8 +17,8 @@ from ..registry import Registry
 
 @dataclass
 class EvalContext:
-    source_val_acc: float
-    target_logits: torch.Tensor | None = None  # (N, K) on the target adaptation split
+    source_val: float  # the task's source-validation score, oriented so that higher is better
+    target_logits: torch.Tensor | None = None  # (N, K) on the target adaptation split (dense: sampled pixels)
     target_features: torch.Tensor | None = None  # (N, d)
 
 
@@ -27,8 +27,9 @@ VALIDATORS: Registry = Registry("validator")
 
 @VALIDATORS.register("source_val")
 def source_val(ctx: EvalContext) -> float:
-    """Accuracy on held-out labeled source images (the classic choice; blind to the shift)."""
-    return ctx.source_val_acc
+    """The task's score on held-out labeled source images (accuracy, mIoU, or minus abs rel for
+    depth): the classic choice, blind to the shift."""
+    return ctx.source_val
 
 
 def selector_names() -> list[str]:
@@ -46,7 +47,7 @@ def score_all(ctx: EvalContext) -> dict[str, float]:
 
 
 def _target_probs(ctx: EvalContext) -> torch.Tensor:
-    if ctx.target_logits is None or len(ctx.target_logits) == 0:
+    if ctx.target_logits is None or len(ctx.target_logits) == 0 or ctx.target_logits.shape[1] < 2:
         raise ValueError("no target predictions to score")
     return ctx.target_logits.float().softmax(1)
 

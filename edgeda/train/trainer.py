@@ -2,8 +2,10 @@
 
 The trainer owns the iteration budget, the LR schedule, AMP, torchrun, periodic evaluation,
 checkpoint/resume, ``metrics.jsonl``, the progress bar and the final bundle. A method only
-implements ``step``. Model selection never reads target labels: target test accuracy is computed
-for the report and stored, but :func:`select_checkpoint` looks at source validation only.
+implements ``step``. Model selection never reads target labels: target test scores are computed
+for the report and stored, but selection (``--select``) reads only the label-free ``score/*``
+validators (source validation and scores of the unlabeled target outputs). What differs between
+classification, segmentation and depth comes from the task object (:mod:`edgeda.tasks`).
 """
 from __future__ import annotations
 
@@ -24,13 +26,13 @@ from ..config import TrainConfig
 from ..errors import EdgedaError, TrainingDiverged
 from ..methods import METHODS, Engine, Method, OptimConfig
 from ..methods.base import NonFiniteLoss
-from ..task import TaskSpec
+from ..tasks import task_of
 from ..utils import atomic_write_bytes, atomic_write_json, choose_device, machine_info, seed_everything
 from . import distributed
 from .averaging import WeightAverage
 from .checkpoint import load_checkpoint, load_latest, save_checkpoint
 from .domains import Domains, load_domains  # noqa: F401  (Domains re-exported)
-from .evaluate import evaluate_classifier, predict_features
+from .evaluate import evaluate_model
 from .progress import _format_eval, _Progress
 from .selection import EvalContext, score_all
 from .streams import BatchStream
@@ -46,6 +48,7 @@ class TrainResult:
     step_time: float  # mean seconds per iteration spent drawing batches and in method.step
     history: list = field(default_factory=list)
     skipped_steps: int = 0
+    task: str = "classification"
 
 
 def lr_factor(schedule: str, progress: float) -> float:
@@ -81,18 +84,29 @@ class Trainer:
         seed_everything(cfg.seed)
         self.domains = load_domains(cfg, method_cls.uses_target)
         src = self.domains.source
-        self.task = TaskSpec(
-            num_classes=src.num_classes or int(src.labels.max()) + 1,
-            classes=src.classes or [str(i) for i in range(int(src.labels.max()) + 1)],
-            image_size=(cfg.image_size, cfg.image_size),
-            channels=cfg.channels,
-        )
+        self.task_def = task_of(self.domains.task)
+        cfg.task = self.domains.task
+        cfg.backbone = cfg.backbone or self.task_def.default_backbone
+        if cfg.task_loss is not None and cfg.task_loss not in self.task_def.losses:
+            raise EdgedaError(f"--task-loss {cfg.task_loss!r} is not a {cfg.task} loss; valid: {', '.join(self.task_def.losses)}")
+        self.task = self.task_def.make_spec(src, image_size=self.domains.image_size, channels=cfg.channels,
+                                            mean=cfg.mean, std=cfg.std)
         engine = Engine(self.device, amp=cfg.amp, world_size=self.dist.world_size)
         optim = OptimConfig(cfg.optimizer, cfg.lr, cfg.momentum, cfg.weight_decay)
         self.method: Method = method_cls(
             self.task, backbone=cfg.backbone, backbone_kwargs=cfg.backbone_kwargs, options=cfg.options,
-            optim=optim, engine=engine,
+            optim=optim, engine=engine, task_loss=cfg.task_loss,
         )
+        if cfg.backbone_weights:  # pre-trained encoder weights, applied at build time (never recorded as a download)
+            from ..models.weights import load_backbone_weights
+
+            net = self.method.classifier
+            encoder = getattr(net, "encoder", None) or getattr(net, "features", None)
+            if encoder is None:
+                raise EdgedaError(f"--backbone-weights: the {cfg.backbone} model has no encoder to load weights into")
+            rep = load_backbone_weights(encoder, cfg.backbone_weights)
+            self.log(f"backbone weights from {cfg.backbone_weights}: {rep['loaded']} tensors loaded, "
+                     f"{len(rep['missing'])} missing, {len(rep['unexpected'])} unused")
         if cfg.init and hasattr(self.method, "load_init"):
             self.method.load_init(cfg.init)
         if self.dist.enabled:
@@ -102,12 +116,20 @@ class Trainer:
         self.average = WeightAverage(self.method.deployables(), cfg.ema) if cfg.ema else None
         self.display = self._display_batches()
         shard = {"rank": self.dist.rank, "world_size": self.dist.world_size}
-        aug = {"shift": cfg.augment_shift, "contrast": cfg.augment_contrast}
-        self.source_stream = BatchStream(src, self.task, cfg.batch_size, self.device, cfg.seed * 1000 + 1, labeled=True, **aug, **shard)
+        self.source_stream = self._stream(src, cfg.seed * 1000 + 1, labeled=True, shard=shard)
         self.target_stream = None
         if self.domains.target is not None and method_cls.uses_target:
-            self.target_stream = BatchStream(self.domains.target, self.task, cfg.batch_size, self.device, cfg.seed * 1000 + 2,
-                                             labeled=False, **aug, **shard)
+            self.target_stream = self._stream(self.domains.target, cfg.seed * 1000 + 2, labeled=False, shard=shard)
+
+    def _stream(self, domain, seed: int, *, labeled: bool, shard: dict):
+        cfg = self.cfg
+        if self.task_def.dense:
+            from .dense_stream import DenseStream
+
+            return DenseStream(domain, self.task, cfg.batch_size, self.device, seed, labeled=labeled,
+                               workers=cfg.workers, **shard)
+        return BatchStream(domain, self.task, cfg.batch_size, self.device, seed, labeled=labeled,
+                           shift=cfg.augment_shift, contrast=cfg.augment_contrast, **shard)
 
     def _rank_states(self) -> dict:
         """Data-stream and RNG states; under torchrun, every rank's (a collective), so rank 0's
@@ -135,7 +157,7 @@ class Trainer:
 
     def _restore(self, state: dict) -> int:
         saved = state["config"]
-        for key in ("method", "backbone", "source", "target", "batch_size", "seed", "image_size", "channels"):
+        for key in ("method", "task", "backbone", "source", "target", "batch_size", "seed", "image_size", "channels"):
             if saved.get(key) != getattr(self.cfg, key):
                 raise EdgedaError(
                     f"cannot resume: the checkpoint in {self.ckpt_dir} was made with {key}={saved.get(key)!r}, "
@@ -181,35 +203,67 @@ class Trainer:
         ``--ema``, else the method's live deployables."""
         return self.average.modules if self.average is not None else self.method.deployables()
 
+    @property
+    def primary(self) -> str:
+        """The bundle name of the task network (``classifier``, or ``model`` for dense tasks)."""
+        return self.task_def.deployable
+
     def evaluate(self, iteration: int, train_losses: dict) -> dict:
-        d, task, dev = self.domains, self.task, self.device
-        clf = self.shipped()["classifier"]
+        d, task, dev, t = self.domains, self.task, self.device, self.task_def
+        net = self.shipped()[self.primary]
         rec: dict = {"iteration": iteration, **{f"train/{k}": v for k, v in train_losses.items()}}
-        rec["source_val_acc"] = evaluate_classifier(clf, d.source_val, task, dev)["accuracy"]
-        ctx = EvalContext(rec["source_val_acc"])
+        val = evaluate_model(net, d.source_val, task, dev).scores
+        rec.update({f"source_val_{k}": val[v] for k, v in t.record_keys.items()})
+        ctx = EvalContext(t.selection_score(val))
         if d.target is not None:
-            feats, logits = predict_features(clf, d.target.images, task, dev)
-            ctx.target_logits, ctx.target_features = logits, feats
-            p = logits.softmax(1)
-            rec["target_entropy"] = float(-(p * p.clamp_min(1e-12).log()).sum(1).mean())
-            rec["target_confidence"] = float(p.max(1).values.mean())
+            out = evaluate_model(net, d.target, task, dev, labels=False, rows=True, features=not t.dense, seed=self.cfg.seed)
+            ctx.target_logits, ctx.target_features = out.rows, out.features
+            if out.rows is not None and len(out.rows) and task.num_classes:
+                p = out.rows.softmax(1)
+                rec["target_entropy"] = float(-(p * p.clamp_min(1e-12).log()).sum(1).mean())
+                rec["target_confidence"] = float(p.max(1).values.mean())
         rec.update({f"score/{k}": v for k, v in score_all(ctx).items()})
         if d.target_test is not None:  # for the report only; never used for selection
-            rec["target_test_acc"] = evaluate_classifier(clf, d.target_test, task, dev)["accuracy"]
+            test = evaluate_model(net, d.target_test, task, dev).scores
+            rec.update({f"target_test_{k}": test[v] for k, v in t.record_keys.items()})
         if self.dist.is_main:
-            was_training = clf.training
+            was_training = net.training
             self.method.eval()
             with torch.no_grad():
                 png = self.method.visualize(self.run_dir / "samples", iteration, *self.display)
+                if png is None and t.dense:
+                    png = self._dense_samples(net, iteration)
             self.method.train() if was_training else None
             if png is not None:
                 rec["samples_png"] = str(png)
         return rec
 
+    def _dense_samples(self, net, iteration: int):
+        """image | truth | prediction | error for the first target test (else source val) images."""
+        from ..tasks.draw import save_panels
+        from .evaluate import eval_batches
+
+        dom = self.domains.target_test or self.domains.source_val
+        x, y, raw = next(eval_batches(dom, self.task, self.device, 4, labels=True))
+        pred = self.task_def.decide(net(x).float()).cpu().numpy()
+        return save_panels(self.task, raw, pred, None if y is None else y.numpy(),
+                           self.run_dir / "samples" / f"iter{iteration:06d}.png", f"{dom.name}, iteration {iteration}")
+
     def _display_batches(self):
         """Fixed, un-augmented batches for sample grids: up to 8 source images per class, 16 target images."""
         from ..data.transforms import to_float_nchw
         from ..methods.base import Batch
+
+        if self.task_def.dense:
+            from .evaluate import eval_batches
+
+            def first(dom, n):
+                if dom is None:
+                    return None
+                x, y, _ = next(eval_batches(dom, self.task, self.device, min(n, len(dom)), labels=dom is self.domains.source_val))
+                return Batch(x, None if y is None else y.to(self.device))
+
+            return first(self.domains.source_val, 8), first(self.domains.target, 8)
 
         def batch(dom, idx):
             x = torch.from_numpy(np.ascontiguousarray(dom.images[idx])).to(self.device)
@@ -303,7 +357,7 @@ class Trainer:
                     self.history.append(rec)
                     self._track_best(rec)
                     self._append_metrics(rec)
-                    (bar.print if bar.enabled else self.log)(_format_eval(rec))
+                    (bar.print if bar.enabled else self.log)(_format_eval(rec, self.task_def))
                 if is_eval:
                     sums, count = {}, 0
                 if is_ckpt:
@@ -318,7 +372,7 @@ class Trainer:
         distributed.barrier(self.dist)
         wall = time.perf_counter() - t_start
         result = TrainResult(self.run_dir, None, {}, cfg.iters, wall, step_time / max(steps_timed, 1),
-                             self.history, self.skipped_steps)
+                             self.history, self.skipped_steps, self.task.task)
         if self.dist.is_main:
             result.bundle, result.metrics = self._finish(wall)
         distributed.shutdown(self.dist)
@@ -345,8 +399,11 @@ class Trainer:
         final = next((h for h in self.history if h["iteration"] == selected), self.history[-1] if self.history else {})
         metrics = {k: v for k, v in final.items() if not k.startswith("train/") and k != "lr"}
         if self.domains.target_test is not None:
-            full = evaluate_classifier(modules["classifier"], self.domains.target_test, self.task, self.device)
-            metrics["target_test_per_class"] = full["per_class"]
+            full = evaluate_model(modules[self.primary], self.domains.target_test, self.task, self.device).scores
+            per_class = full.get("per_class", full.get("per_class_iou"))
+            if per_class is not None:
+                metrics["target_test_per_class"] = per_class
+            metrics["target_test_scores"] = {k: v for k, v in full.items() if k not in ("confusion", "per_class", "per_class_iou")}
         metrics["selected_iteration"] = selected
         grids = [h["samples_png"] for h in self.history if "samples_png" in h]
         if grids:  # the last sample grid, whichever evaluation was selected

@@ -1,0 +1,111 @@
+"""``edgeda predict``: run a bundle on an image file or folder and write what it saw.
+
+Classification: class, class name, confidence and entropy per image. Segmentation: per image a
+colourised mask PNG, an overlay on the image and the raw class-id PNG, plus class fractions and
+mean confidence. Depth: a colour-mapped depth PNG and a 16-bit depth PNG (millimetres, 0 =
+invalid), plus the depth range. Dense outputs are resized back to each image's own size. Rows go
+to a ``.csv`` or ``.json`` (written atomically); unreadable files are skipped and listed.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+
+from ..bundle import Bundle
+from ..errors import DataError, EdgedaError
+from .runtime import make_runner
+
+
+def predict(bundle: str | Path, input: str | Path, *, backend: str = "ort", precision: str = "fp32",
+            out: str | Path | None = None, out_dir: str | Path | None = None, batch_size: int = 64,
+            device: str = "cpu", progress: bool = False, plugin_library: str | Path | None = None) -> dict:
+    """Predict every image in ``input``; ``out_dir``: where dense bundles write their PNGs
+    (default ``predictions/`` beside ``out``, else in the working folder).
+
+    ``plugin_library``: libedgeda_plugins.so for a TensorRT engine built with ``--plugins``.
+    """
+    from ..data.files import list_images, read_image
+    from ..tasks import task_of
+    from ..utils import atomic_write_bytes
+
+    b = Bundle(bundle)
+    task = task_of(b.task)
+    src = Path(input)
+    if src.is_dir():
+        files, root = list_images(src), src
+    elif src.is_file():
+        files, root = [src], src.parent
+    else:
+        raise DataError(f"--input {src}: no such file or folder")
+    if not files:
+        raise DataError(f"--input {src} has no images (png, jpg, jpeg, bmp, webp)")
+    if out is not None and Path(out).suffix.lower() not in (".csv", ".json"):
+        raise EdgedaError(f"--out {out}: use a .csv or .json file name")
+    if task.dense:
+        out_dir = Path(out_dir) if out_dir else (Path(out).parent if out else Path(".")) / "predictions"
+        out_dir.mkdir(parents=True, exist_ok=True)
+        batch_size = min(batch_size, 8)
+    runner = make_runner(backend, b, precision, device=device,
+                         **({"plugin_library": plugin_library} if backend == "trt" else {}))
+    rows, skipped = [], []
+    bar = None
+    if progress:
+        import click
+
+        bar = click.progressbar(length=len(files), label="predicting", file=None)
+        bar.__enter__()
+    try:
+        for i in range(0, len(files), batch_size):
+            chunk, images = [], []
+            for f in files[i:i + batch_size]:
+                try:
+                    images.append(read_image(f))
+                    chunk.append(f)
+                except ValueError as e:
+                    skipped.append({"path": str(f), "reason": str(e)})
+            if images:
+                outputs = runner.predict(images)
+                for f, img, o in zip(chunk, images, outputs):
+                    row = {"path": str(f)}
+                    stem = out_dir / f.relative_to(root).with_suffix("") if task.dense else None
+                    row.update(task.prediction_row(b.task, o, img, stem))
+                    rows.append(row)
+            if bar is not None:
+                bar.update(len(files[i:i + batch_size]))
+    finally:
+        if bar is not None:
+            bar.__exit__(None, None, None)
+        runner.close()
+    result = {"bundle": str(b.path), "task": b.task.task, "backend": backend, "precision": precision, "n": len(rows),
+              "skipped": skipped, "runner": runner.describe()}
+    if task.dense:
+        result["out_dir"] = str(out_dir)
+    if out is not None:
+        out = Path(out)
+        if out.suffix.lower() == ".json":
+            data = json.dumps({**result, "predictions": rows}, indent=2) + "\n"
+        else:
+            buf = io.StringIO()
+            flat = [_flatten(r) for r in rows]
+            fields = list(dict.fromkeys(k for r in flat for k in r))
+            w = csv.DictWriter(buf, fieldnames=fields)
+            w.writeheader()
+            w.writerows(flat)
+            data = buf.getvalue()
+        atomic_write_bytes(out, data.encode())
+        result["out"] = str(out)
+    result["predictions"] = rows
+    return result
+
+
+def _flatten(row: dict) -> dict:
+    """CSV columns: nested dicts (class fractions) become ``fraction/<class>`` columns."""
+    out = {}
+    for k, v in row.items():
+        if isinstance(v, dict):
+            out.update({f"{k}/{kk}": vv for kk, vv in v.items()})
+        else:
+            out[k] = v
+    return out

@@ -1,0 +1,68 @@
+"""Image classification: one label per image."""
+from __future__ import annotations
+
+import numpy as np
+import torch.nn.functional as F
+
+from ..task import TaskSpec
+from .base import TASKS, Task
+from .metrics import ConfusionMeter, classification_scores
+
+
+@TASKS.register("classification")
+class Classification(Task):
+    """Loss: cross-entropy. Metric: accuracy, per-class accuracy, confusion matrix."""
+
+    name = "classification"
+    deployable = "classifier"
+    headline = "accuracy"
+    record_keys = {"acc": "accuracy"}
+    dense = False
+    default_backbone = "dtn"
+    default_size = (32, 32)
+    losses = ("ce",)
+    label_key = "labels"
+
+    def make_spec(self, domain, *, image_size, channels, mean=None, std=None) -> TaskSpec:
+        k = domain.num_classes or int(domain.labels.max()) + 1
+        classes = domain.classes or [str(i) for i in range(k)]
+        return TaskSpec(num_classes=k, classes=classes, task=self.name, image_size=image_size, channels=channels,
+                        mean=mean, std=std)
+
+    def loss(self, output, target, kind=None):
+        return F.cross_entropy(output.float(), target)
+
+    def build_model(self, spec, backbone, backbone_kwargs=None):
+        from ..models import build
+
+        return build("classifier", backbone=backbone, num_classes=spec.num_classes, channels=spec.channels,
+                     image_size=spec.image_size[0], backbone_kwargs=dict(backbone_kwargs or {}))
+
+    def meter(self, spec):
+        return ConfusionMeter(spec.num_classes)
+
+    def scores(self, meter, spec):
+        return classification_scores(meter.matrix, spec.classes)
+
+    def format_scores(self, scores):
+        return f"accuracy {scores['accuracy']:.1%} (n={scores['n']})"
+
+    def validator_rows(self, output, generator, per_image=64):
+        return output.float()
+
+    def compare(self, ref, out):
+        res = super().compare(ref, out)
+        if len(ref):
+            res["top1_agreement"] = float((ref.argmax(1) == out.argmax(1)).mean())
+        return res
+
+    def ort_scores(self, outputs, labels, spec):
+        return {"accuracy": float((np.asarray(outputs).argmax(1) == np.asarray(labels)).mean())}
+
+    def prediction_row(self, spec, output, image, stem):
+        from ..export.runtime import softmax_stats
+
+        cls, conf, ent = (v[0] for v in softmax_stats(np.asarray(output, np.float32)[None]))
+        c = int(cls)
+        return {"class": c, "class_name": spec.classes[c] if c < len(spec.classes) else str(c),
+                "confidence": round(float(conf), 6), "entropy": round(float(ent), 6)}

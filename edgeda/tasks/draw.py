@@ -1,0 +1,107 @@
+"""Pictures of dense outputs: colourised masks, overlays, colour-mapped depth, sample panels."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from ..task import TaskSpec
+
+
+def palette_of(spec: TaskSpec) -> np.ndarray:
+    from ..data.dense import default_palette
+
+    pal = np.asarray(spec.palette, np.uint8).reshape(-1, 3) if spec.palette else default_palette(spec.num_classes)
+    return pal
+
+
+def colourise_mask(mask: np.ndarray, palette: np.ndarray) -> np.ndarray:
+    """(H, W) class ids -> (H, W, 3) uint8; ignore (255) and unknown ids are black."""
+    lut = np.zeros((256, 3), np.uint8)
+    lut[:len(palette)] = palette[:255]
+    return lut[np.asarray(mask, np.uint8)]
+
+
+def overlay(image: np.ndarray, colour: np.ndarray, alpha: float = 0.5) -> np.ndarray:
+    img = image if image.shape[2] == 3 else np.repeat(image, 3, axis=2)
+    return np.clip(img * (1 - alpha) + colour * alpha, 0, 255).astype(np.uint8)
+
+
+def colourise_depth(depth: np.ndarray, vmax: float | None = None, vmin: float | None = None) -> np.ndarray:
+    """(H, W) metres -> (H, W, 3) uint8 with matplotlib's ``magma`` on inverse depth (near = bright);
+    invalid (0) pixels are black."""
+    import matplotlib
+
+    d = np.asarray(depth, np.float64)
+    valid = d > 0
+    out = np.zeros((*d.shape, 3), np.uint8)
+    if not valid.any():
+        return out
+    inv = np.zeros_like(d)
+    inv[valid] = 1.0 / d[valid]
+    lo = 1.0 / vmax if vmax else float(inv[valid].min())
+    hi = 1.0 / vmin if vmin else float(inv[valid].max())
+    t = np.clip((inv - lo) / max(hi - lo, 1e-9), 0, 1)
+    rgb = (matplotlib.colormaps["magma"](t)[..., :3] * 255).astype(np.uint8)
+    out[valid] = rgb[valid]
+    return out
+
+
+def depth_row(spec: TaskSpec, image: np.ndarray, pred: np.ndarray, truth: np.ndarray | None = None) -> list[np.ndarray]:
+    """image | truth | prediction | relative error (red) for one depth sample (truth and error when given)."""
+    img = image if image.shape[2] == 3 else np.repeat(image, 3, axis=2)
+    vmax = float(truth[truth > 0].max()) if truth is not None and (truth > 0).any() else float(pred.max())
+    row = [img]
+    if truth is not None:
+        row.append(colourise_depth(truth, vmax=vmax))
+    row.append(colourise_depth(pred, vmax=vmax))
+    if truth is not None:
+        err = np.where(truth > 0, np.abs(pred - truth) / np.maximum(truth, 1e-6), 0)
+        row.append((np.clip(err / 0.5, 0, 1)[..., None] * np.array([255, 80, 0])).astype(np.uint8))
+    return row
+
+
+def segmentation_row(spec: TaskSpec, image: np.ndarray, pred: np.ndarray, truth: np.ndarray | None = None) -> list[np.ndarray]:
+    """image | truth overlay | prediction overlay | errors (red; ignore grey) for one sample."""
+    img = image if image.shape[2] == 3 else np.repeat(image, 3, axis=2)
+    pal = palette_of(spec)
+    row = [img]
+    if truth is not None:
+        row.append(overlay(img, colourise_mask(truth, pal)))
+    row.append(overlay(img, colourise_mask(pred, pal)))
+    if truth is not None:
+        wrong = (pred != truth) & (truth != 255)
+        err = np.zeros_like(img)
+        err[wrong] = (255, 40, 40)
+        err[truth == 255] = (90, 90, 90)
+        row.append(err)
+    return row
+
+
+def save_panels(spec: TaskSpec, images, preds, truths, path: str | Path, title: str = "") -> Path:
+    """A PNG grid, one row per sample: image | truth | prediction | error (or image | prediction)."""
+    from PIL import Image, ImageDraw
+
+    from . import task_of
+
+    draw = task_of(spec).draw_row
+    rows = [np.concatenate(draw(spec, im, p, None if truths is None else truths[i]), axis=1)
+            for i, (im, p) in enumerate(zip(images, preds))]
+    if not rows:
+        raise ValueError("no samples to draw")
+    width = max(r.shape[1] for r in rows)
+    gap = 2
+    head = 14 if title else 0
+    h = sum(r.shape[0] for r in rows) + gap * (len(rows) - 1) + head
+    canvas = np.full((h, width, 3), 255, np.uint8)
+    y = head
+    for r in rows:
+        canvas[y:y + r.shape[0], :r.shape[1]] = r
+        y += r.shape[0] + gap
+    pil = Image.fromarray(canvas)
+    if title:
+        ImageDraw.Draw(pil).text((2, 1), title, fill=(0, 0, 0))
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pil.save(path)
+    return path

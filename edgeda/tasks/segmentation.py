@@ -1,0 +1,85 @@
+"""Semantic segmentation: one class per pixel, 255 = ignore."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from ..task import TaskSpec
+from .base import TASKS, Task
+from .metrics import IGNORE_INDEX, ConfusionMeter, segmentation_scores
+
+
+@TASKS.register("segmentation")
+class Segmentation(Task):
+    """Loss: per-pixel cross-entropy with ignore index 255. Metric: mIoU, per-class IoU, pixel
+    accuracy, confusion matrix, over every labelled pixel of the evaluated set."""
+
+    name = "segmentation"
+    headline = "miou"
+    record_keys = {"miou": "miou", "pixel_acc": "pixel_accuracy"}
+    losses = ("ce",)
+
+    def make_spec(self, domain, *, image_size, channels, mean=None, std=None) -> TaskSpec:
+        from ..data.dense import default_palette
+
+        classes = domain.classes or []
+        palette = domain.palette if domain.palette is not None else default_palette(len(classes))
+        return TaskSpec(num_classes=len(classes), classes=classes, task=self.name, image_size=image_size,
+                        channels=channels, mean=mean, std=std, palette=palette.tolist())
+
+    def loss(self, output, target, kind=None):
+        return F.cross_entropy(output.float(), target, ignore_index=IGNORE_INDEX)
+
+    def build_model(self, spec, backbone, backbone_kwargs=None):
+        from ..models import build
+
+        return build("dense_model", arch=backbone, num_outputs=spec.num_classes, output="logits",
+                     channels=spec.channels, **dict(backbone_kwargs or {}))
+
+    def meter(self, spec):
+        return ConfusionMeter(spec.num_classes)
+
+    def scores(self, meter, spec):
+        return segmentation_scores(meter.matrix, spec.classes)
+
+    def format_scores(self, scores):
+        return f"mIoU {scores['miou']:.1%}, pixel accuracy {scores['pixel_accuracy']:.1%}"
+
+    def validator_rows(self, output, generator, per_image=64):
+        n, k, h, w = output.shape
+        idx = torch.randint(0, h * w, (n, per_image), generator=generator).to(output.device)
+        flat = output.float().flatten(2)  # (n, k, h*w)
+        return flat.gather(2, idx[:, None, :].expand(n, k, per_image)).permute(0, 2, 1).reshape(-1, k)
+
+    def compare(self, ref, out):
+        res = super().compare(ref, out)
+        if len(ref):
+            res["pixel_agreement"] = float((ref.argmax(1) == out.argmax(1)).mean())
+        return res
+
+    def draw_row(self, spec, image, pred, truth=None):
+        from .draw import segmentation_row
+
+        return segmentation_row(spec, image, pred, truth)
+
+    def prediction_row(self, spec, output, image, stem):
+        import numpy as np
+        from PIL import Image
+
+        from .draw import colourise_mask, overlay, palette_of
+
+        h, w = image.shape[:2]
+        logits = F.interpolate(torch.from_numpy(np.asarray(output, np.float32))[None], size=(h, w), mode="bilinear",
+                               align_corners=False)[0]
+        prob = logits.softmax(0)
+        conf, ids = prob.max(0)
+        ids = ids.numpy().astype(np.uint8)
+        colour = colourise_mask(ids, palette_of(spec))
+        stem.parent.mkdir(parents=True, exist_ok=True)
+        files = {"mask_png": f"{stem}.mask.png", "overlay_png": f"{stem}.overlay.png", "ids_png": f"{stem}.ids.png"}
+        Image.fromarray(colour).save(files["mask_png"])
+        Image.fromarray(overlay(image, colour)).save(files["overlay_png"])
+        Image.fromarray(ids, mode="L").save(files["ids_png"])
+        frac = np.bincount(ids.ravel(), minlength=spec.num_classes) / ids.size
+        return {"mean_confidence": round(float(conf.mean()), 6),
+                "fraction": {c: round(float(v), 6) for c, v in zip(spec.classes, frac)}, **files}

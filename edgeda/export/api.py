@@ -13,6 +13,9 @@ from ..errors import DataError, EdgedaError
 from .onnx import Signature, compare_outputs, compare_runs, export_onnx, ort_session, parity, run_ort, signature_of
 from .runtime import PRECISIONS, onnx_name, plan_name, prepare_batch
 
+# fp32 parity: max |PyTorch - ORT| <= 1e-4, scaled by the output's magnitude where it exceeds 1
+# (float32 rounding through a deep network grows with the size of its outputs: a depth in metres or
+# logits of 20 differ by more in absolute terms than logits of 1 at the same relative precision).
 FP32_TOLERANCE = 1e-4
 
 
@@ -175,8 +178,10 @@ def export_bundle(bundle: str | Path, out: str | Path | None = None, *, precisio
             if images is not None:
                 checks["real"] = parity(module, sess, sig, _inputs_for(sig, images, n_check, seed=2), cmp)
             worst = max(c["max_abs_diff"] for c in checks.values())
-            if worst > FP32_TOLERANCE:
-                raise EdgedaError(f"ONNX parity failed for {name}: max abs diff {worst:.2e} > {FP32_TOLERANCE:.0e} "
+            scale = max([1.0] + [c.get("max_abs_ref", 1.0) for c in checks.values()])
+            if worst > FP32_TOLERANCE * scale:
+                raise EdgedaError(f"ONNX parity failed for {name}: max abs diff {worst:.2e} > {FP32_TOLERANCE:.0e}"
+                                  f"{f' x {scale:.1f} (output scale)' if scale > 1 else ''} "
                                   f"between PyTorch and ONNX Runtime; nothing was written")
             entry = {"inputs": [i.name for i in sig.inputs], "outputs": sig.outputs, "opset": 17,
                      "parity_fp32": checks, "files": {"fp32": onnx_name(name, "fp32")}}

@@ -54,8 +54,10 @@ Outputs
 -------
 ``forward(x)`` is ``(N, num_outputs, H, W)`` at the input resolution: raw logits for
 ``output="logits"``; for ``output="depth"`` positive metric depth in metres,
-``min_depth + (max_depth - min_depth) * sigmoid(z)`` (defaults 0.1 .. 80 m), so every value lies
-in ``[min_depth, max_depth]`` and the upsampling acts on ``z`` before the sigmoid.
+``exp(log min_depth + (log max_depth - log min_depth) * sigmoid(z))`` (defaults 0.1 .. 80 m): every
+value lies in ``[min_depth, max_depth]``, uniform in log-depth (a fresh head starts near the
+geometric middle, ~2.8 m, and the scale-invariant log loss sees even gradients across the range);
+the upsampling acts on ``z`` before the sigmoid.
 ``features_and_logits(x)`` returns ``(encoder final map, output)`` for feature-level adaptation
 (domain classifiers on the map); ``forward_intermediates(x)`` is the encoder's. Attributes:
 ``encoder``, ``head``, ``num_outputs``, ``output``, ``feature_channels``, ``output_name``.
@@ -394,7 +396,8 @@ class DenseModel(nn.Module):
         feats = self.encoder.forward_intermediates(x)
         z = F.interpolate(self.head(feats), size=x.shape[-2:], mode="bilinear", align_corners=False)
         if self.output == "depth":
-            z = self.min_depth + (self.max_depth - self.min_depth) * torch.sigmoid(z)
+            lo, hi = math.log(self.min_depth), math.log(self.max_depth)
+            z = torch.exp(lo + (hi - lo) * torch.sigmoid(z))
         return feats["out"], z
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

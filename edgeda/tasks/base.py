@@ -87,7 +87,8 @@ class Task:
     # -- export --------------------------------------------------------------------------------
     def compare(self, ref: np.ndarray, out: np.ndarray) -> dict:
         """Export parity: max abs difference, plus top-1 / pixel agreement where outputs are logits."""
-        res = {"n": int(len(ref)), "max_abs_diff": float(np.abs(ref.astype(np.float64) - out).max()) if len(ref) else 0.0}
+        res = {"n": int(len(ref)), "max_abs_diff": float(np.abs(ref.astype(np.float64) - out).max()) if len(ref) else 0.0,
+               "max_abs_ref": float(np.abs(ref).max()) if len(ref) else 0.0}
         return res
 
     def ort_scores(self, outputs: np.ndarray, labels: np.ndarray, spec: TaskSpec) -> dict:

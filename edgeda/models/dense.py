@@ -54,10 +54,12 @@ Outputs
 -------
 ``forward(x)`` is ``(N, num_outputs, H, W)`` at the input resolution: raw logits for
 ``output="logits"``; for ``output="depth"`` positive metric depth in metres,
-``exp(log min_depth + (log max_depth - log min_depth) * sigmoid(z))`` (defaults 0.1 .. 80 m): every
-value lies in ``[min_depth, max_depth]``, uniform in log-depth (a fresh head starts near the
-geometric middle, ~2.8 m, and the scale-invariant log loss sees even gradients across the range);
-the upsampling acts on ``z`` before the sigmoid.
+``exp(z + log sqrt(min_depth * max_depth))``: the head predicts log-depth around the geometric middle
+of the range (defaults 0.1 .. 80 m, middle ~2.8 m), so the scale-invariant log loss sees a gradient
+of one per unit of log-depth wherever the prediction is (a sigmoid-bounded head saturates at the
+range's ends after one large step and stops learning). In eval mode (and so in every export) the
+log-depth is clipped to the range, so outputs lie in ``[min_depth, max_depth]``; the upsampling acts
+on ``z`` first.
 ``features_and_logits(x)`` returns ``(encoder final map, output)`` for feature-level adaptation
 (domain classifiers on the map); ``forward_intermediates(x)`` is the encoder's. Attributes:
 ``encoder``, ``head``, ``num_outputs``, ``output``, ``feature_channels``, ``output_name``.
@@ -397,7 +399,10 @@ class DenseModel(nn.Module):
         z = F.interpolate(self.head(feats), size=x.shape[-2:], mode="bilinear", align_corners=False)
         if self.output == "depth":
             lo, hi = math.log(self.min_depth), math.log(self.max_depth)
-            z = torch.exp(lo + (hi - lo) * torch.sigmoid(z))
+            log_depth = 0.5 * (lo + hi) + z
+            if not self.training:  # the clip is for inference only: in training it would stop gradients
+                log_depth = log_depth.clamp(lo, hi)
+            z = torch.exp(log_depth)
         return feats["out"], z
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

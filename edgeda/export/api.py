@@ -244,13 +244,15 @@ def _build_trt(trt_mod, major, b, name, precision, tmp, calib_images, batch, wor
 
         from .plugins import apply_plugins
 
-        rewritten = apply_plugins(onnx.load(str(src)), confidence=True, instnorm=True)
+        # the confidence epilogue is per pixel for segmentation logits; depth outputs have no classes
+        rewritten = apply_plugins(onnx.load(str(src)), confidence=b.task.output == "logits", instnorm=True)
         src = src.with_suffix(".plugins.onnx")
         onnx.save(rewritten, str(src))
         add[f"onnx/{src.name}"] = src
     plan = tmp / plan_name(name, precision)
     meta = build_engine(src, plan, precision=precision, batch=batch, workspace_mb=workspace_mb,
-                        calib=calib_images, timing_cache=tmp / "trt" / "timing.cache", plugin_library=plugins)
+                        calib=calib_images, timing_cache=tmp / "trt" / "timing.cache", plugin_library=plugins,
+                        spatial=b.task.image_size if b.task.dense else None)
     for f in plan.parent.iterdir():
         if f.name.startswith(plan.name) or f.name == "timing.cache":
             add[f"trt/{f.name}"] = f

@@ -160,13 +160,29 @@ def _make_calibrator(trt, images: np.ndarray, cache: Path, batch: int):
     return EntropyCalibrator()
 
 
+def _spatial_profile(rest: tuple, spatial, name: str):
+    """min/opt/max of a (C, H, W) input whose H and W are dynamic (-1)."""
+    if spatial is None or len(rest) != 3 or rest[0] < 0:
+        raise EdgedaError(f"input {name!r} has dynamic dimensions {rest}; give the input size (H, W) for the profile")
+    h, w = (int(v) for v in spatial)
+
+    def r32(v):
+        return max(32, int(round(v / 32)) * 32)
+
+    c = rest[0]
+    return (c, r32(h / 2), r32(w / 2)), (c, h, w), (c, max(r32(2 * h), h), max(r32(2 * w), w))
+
+
 def build_engine(onnx_path: str | Path, plan_path: str | Path, *, precision: str = "fp32",
                  batch: Sequence[int] = (1, 8, 32), workspace_mb: int = 1024, calib: np.ndarray | None = None,
-                 timing_cache: str | Path | None = None, plugin_library: str | Path | None = None) -> dict:
+                 timing_cache: str | Path | None = None, plugin_library: str | Path | None = None,
+                 spatial: Sequence[int] | None = None) -> dict:
     """Build ``plan_path`` from ``onnx_path`` and write its metadata; returns the metadata.
 
     ``precision`` names the ONNX's and the engine's precision: on 11.x ``onnx_path`` must already
     be the fp16 / Q/DQ int8 graph; on 10.x it is the fp32 graph and ``calib`` feeds int8 calibration.
+    ``spatial`` = (H, W): for inputs whose height and width are dynamic (dense models), the
+    profile's opt shape; min is half of it and max twice it (multiples of 32, at least 32).
     """
     trt = require_tensorrt()
     major = trt_major(trt)
@@ -192,7 +208,11 @@ def build_engine(onnx_path: str | Path, plan_path: str | Path, *, precision: str
     for i in range(network.num_inputs):
         t = network.get_input(i)
         rest = tuple(t.shape)[1:]
-        profile.set_shape(t.name, (b_min, *rest), (b_opt, *rest), (b_max, *rest))
+        if any(d < 0 for d in rest):
+            lo, opt, hi = _spatial_profile(rest, spatial, t.name)
+            profile.set_shape(t.name, (b_min, *lo), (b_opt, *opt), (b_max, *hi))
+        else:
+            profile.set_shape(t.name, (b_min, *rest), (b_opt, *rest), (b_max, *rest))
     config.add_optimization_profile(profile)
     calib_cache = None
     if major < 11:

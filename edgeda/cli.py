@@ -236,9 +236,20 @@ def data() -> None:
 @click.option("--channels", default=3, show_default=True)
 @handle_errors
 def preview(spec, out, n, size, channels) -> None:
-    """Write a labelled grid of images from a domain SPEC."""
+    """Write a labelled grid of images from a domain SPEC (dense data: image | mask overlay | depth rows)."""
     from .data import load_domain
-    from .data.preview import preview_grid
+    from .data.preview import preview_dense, preview_grid
+    from .data.spec import default_size, is_dense_spec
+
+    if is_dense_spec(spec):  # built-in dense domains render at their own size; user data is shown as stored
+        dom = load_domain(spec, labeled=True, size=default_size(spec) or (size, size), channels=channels)
+        dom.require_usable(task=None)
+        path = preview_dense(dom, out, min(n, 16))
+        classes = f", classes: {', '.join(dom.classes)}" if dom.classes else ""
+        click.echo(f"{dom.name}: {dom.report.summary()}{classes}; preview written to {path}")
+        for p, reason in dom.report.skipped[:10]:
+            click.echo(f"  skipped {p}: {reason}")
+        return
 
     labeled = True
     try:

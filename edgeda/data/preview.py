@@ -29,3 +29,39 @@ def preview_grid(domain: Domain, path: str | Path, n: int = 64, cols: int = 8, s
             ax.set_title(name, fontsize=8)
     fig.suptitle(f"{domain.name} ({len(domain)} images)", fontsize=9)
     return save_figure(fig, path, dpi=100)
+
+
+def preview_dense(domain, path: str | Path, n: int = 8) -> Path:
+    """Rows of image | mask overlay | depth (whichever the domain has) for the first ``n`` samples."""
+    from PIL import Image
+
+    from ..tasks.draw import colourise_depth, colourise_mask, overlay
+    from .dense import default_palette
+
+    pal = domain.palette if domain.palette is not None else default_palette(domain.num_classes or 1)
+    rows, skipped = [], 0
+    for i in range(min(n, len(domain))):
+        try:
+            s = domain.sample(i)
+        except ValueError:
+            skipped += 1
+            continue
+        img = s.image if s.image.shape[2] == 3 else np.repeat(s.image, 3, axis=2)
+        row = [img]
+        if s.mask is not None:
+            row.append(overlay(img, colourise_mask(s.mask, pal)))
+        if s.depth is not None:
+            row.append(colourise_depth(s.depth))
+        rows.append(np.concatenate(row, axis=1))
+    if not rows:
+        raise ValueError(f"no readable sample among the first {n} of {domain.name}")
+    width = max(r.shape[1] for r in rows)
+    canvas = np.full((sum(r.shape[0] + 2 for r in rows), width, 3), 255, np.uint8)
+    y = 0
+    for r in rows:
+        canvas[y:y + r.shape[0], :r.shape[1]] = r
+        y += r.shape[0] + 2
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(canvas).save(path)
+    return path

@@ -96,6 +96,8 @@ def _parse_size(text):
 @click.option("--lr", type=float, help="base learning rate")
 @click.option("--backbone", help="network: dtn, resnet_small, resnet18/34/50 (classification); unet, deeplab, lraspp (dense)")
 @click.option("--backbone-weights", type=click.Path(dir_okay=False), help="pre-trained encoder weights (.safetensors, public ResNet names)")
+@click.option("--backbone-option", "backbone_options", multiple=True,
+              help="network setting key=value (repeatable), e.g. width=0.5, encoder=resnet18")
 @click.option("--image-size", help="model input size: a side (32) or H,W (128,256); default: the data's")
 @click.option("--task-loss", help="the task's supervised loss (depth: silog | l1)")
 @click.option("--workers", type=int, help="DataLoader workers for dense data read from disk")
@@ -112,7 +114,7 @@ def _parse_size(text):
 @click.option("--resume", is_flag=True, help="continue from the last checkpoint in --out")
 @click.option("--json", "as_json", is_flag=True, help="print the result as JSON")
 @handle_errors
-def train(method, task, source, target, target_test, iters, batch_size, lr, backbone, backbone_weights, image_size,
+def train(method, task, source, target, target_test, iters, batch_size, lr, backbone, backbone_weights, backbone_options, image_size,
           task_loss, workers, eval_every, select, seed, device, init, options, ema, skip_nonfinite, out, config_file,
           resume, as_json) -> None:
     """Train a model with an adaptation method and write a bundle."""
@@ -127,6 +129,9 @@ def train(method, task, source, target, target_test, iters, batch_size, lr, back
                      device=device, init=init, out=out, skip_nonfinite=skip_nonfinite, ema=ema)
     if options:
         overrides["options"] = dict(parse_option(o) for o in options)
+    if backbone_options:
+        overrides["backbone_kwargs"] = {**file_values.get("backbone_kwargs", {}),
+                                        **dict(parse_option(o) for o in backbone_options)}
     cfg = make_config(file_values, overrides)
     result = run_train(cfg, resume=resume, progress=not as_json and sys.stderr.isatty(), log=None if as_json else click.echo)
     if result.bundle is None:  # a torchrun rank other than 0: rank 0 reports

@@ -84,6 +84,12 @@ class Trainer:
         seed_everything(cfg.seed)
         self.domains = load_domains(cfg, method_cls.uses_target)
         src = self.domains.source
+        if self.domains.task not in method_cls.tasks:
+            from ..methods.base import methods_for
+
+            raise EdgedaError(f"method {cfg.method!r} adapts {', '.join(method_cls.tasks)} models, and this source is "
+                              f"{self.domains.task} data; methods for {self.domains.task}: "
+                              f"{', '.join(methods_for(self.domains.task))} (--method)")
         self.task_def = task_of(self.domains.task)
         cfg.task = self.domains.task
         cfg.backbone = cfg.backbone or self.task_def.default_backbone

@@ -1,7 +1,8 @@
 """Losses of the source-free methods, each written once.
 
-``information_maximization`` (SHOT) and ``virtual_adversarial_loss`` (the VAT term of 3C-GAN's
-clustering regulariser) only need target images and the model being adapted.
+``virtual_adversarial_loss`` (the VAT term of 3C-GAN's
+clustering regulariser) only needs target images and the model being adapted; SHOT's
+information-maximisation terms are :func:`edgeda.scores.information_maximisation_terms`.
 """
 from __future__ import annotations
 
@@ -9,21 +10,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..methods.losses import entropy
-
-
-def information_maximization(logits: torch.Tensor, eps: float = 1e-5) -> tuple[torch.Tensor, torch.Tensor]:
-    """SHOT's IM loss (Liang et al. 2020): L_ent - L_div with
-
-    L_ent = E_x[H(p(x))]  (each prediction confident),
-    L_div = H(E_x[p(x)])  (predictions diverse over the batch).
-    Returns (mean entropy, diversity); minimise ``ent - div``. ``logits``: (N, K).
-    """
-    p = F.softmax(logits.float(), 1)
-    ent = entropy(logits).mean()
-    mean_p = p.mean(0)
-    div = -(mean_p * torch.log(mean_p + eps)).sum()
-    return ent, div
 
 
 def kl_divergence(p_logits: torch.Tensor, q_logits: torch.Tensor) -> torch.Tensor:

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from ..train.selection import information_maximisation
+from ..scores import information_maximisation, probs_entropy
 
 
 def prediction_stats(logits: torch.Tensor, reference_pred: torch.Tensor | None = None) -> dict:
@@ -39,7 +39,7 @@ def prediction_stats(logits: torch.Tensor, reference_pred: torch.Tensor | None =
     hist = torch.bincount(pred, minlength=k).float() / max(len(pred), 1)
     nz = hist[hist > 0]
     hist_ent = float(-(nz * nz.log()).sum()) / math.log(k) if k > 1 else 1.0
-    ent = -(p * torch.log(p.clamp_min(1e-12))).sum(1)
+    ent = probs_entropy(p, 1)
     out = {
         "finite": True,
         "n": int(len(logits)),

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from .base import ADAPT_METHODS, AdaptMethod
-from .losses import information_maximization
+from ..scores import information_maximisation_terms
 
 
 def centroid_pseudo_labels(features: torch.Tensor, logits: torch.Tensor, rounds: int = 1, min_count: int = 0) -> torch.Tensor:
@@ -83,7 +83,7 @@ class Shot(AdaptMethod):
             g["lr"] = lr
         with self.autocast():
             logits = clf(x)
-        ent, div = information_maximization(logits)
+        ent, div = information_maximisation_terms(logits)
         loss = ent - div
         out = {"entropy": float(ent.detach()), "diversity": float(div.detach())}
         if self.opts["beta"] > 0 and self.pseudo is not None and idx is not None:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import torch
 
-from ..methods.losses import entropy
+from ..scores import entropy
 from .base import ADAPT_METHODS, AdaptMethod, bn_layers, reestimate_bn
 
 

@@ -6,6 +6,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..models.layers import gradient_reversal
+from ..scores import entropy  # noqa: F401  (re-exported: methods import it from here)
 
 
 def domain_adversarial_loss(
@@ -25,12 +26,6 @@ def domain_adversarial_loss(
     loss = F.binary_cross_entropy_with_logits(logits, labels)
     acc = ((logits > 0).float() == labels).float().mean()
     return loss, acc
-
-
-def entropy(logits: torch.Tensor, dim: int = 1) -> torch.Tensor:
-    """Per-sample Shannon entropy (nats) of softmax(logits) along ``dim``."""
-    logp = F.log_softmax(logits.float(), dim=dim)
-    return -(logp.exp() * logp).sum(dim)
 
 
 def scale_invariant_mse(x: torch.Tensor, x_hat: torch.Tensor) -> torch.Tensor:

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from ..registry import Registry
+from ..scores import information_maximisation, probs_entropy
 
 
 @dataclass
@@ -52,21 +53,10 @@ def _target_probs(ctx: EvalContext) -> torch.Tensor:
     return ctx.target_logits.float().softmax(1)
 
 
-def _entropy(p: torch.Tensor) -> torch.Tensor:
-    return -(p * p.clamp_min(1e-12).log()).sum(-1)
-
-
-def information_maximisation(p: torch.Tensor) -> float:
-    """H(mean_i p_i) - mean_i H(p_i) of class probabilities ``p`` (N, K): the mutual information
-    between input and prediction (RIM/SHOT), high when predictions are confident per image and
-    diverse over the set. The ``info_max`` validator and ``edgeda adapt``'s monitor both use it."""
-    return float(_entropy(p.mean(0)) - _entropy(p).mean())
-
-
 @VALIDATORS.register("entropy")
 def entropy(ctx: EvalContext) -> float:
     """Negative mean entropy of the target predictions: confident models score higher (Morerio et al. 2018)."""
-    return -float(_entropy(_target_probs(ctx)).mean())
+    return -float(probs_entropy(_target_probs(ctx)).mean())
 
 
 @VALIDATORS.register("info_max")
@@ -92,4 +82,4 @@ def snd(ctx: EvalContext, temperature: float = 0.05, max_n: int = 2000) -> float
     sim = p @ p.T
     sim = sim.masked_fill(torch.eye(n, dtype=torch.bool, device=sim.device), float("-inf"))
     q = (sim / temperature).softmax(1)
-    return float(_entropy(q).mean())
+    return float(probs_entropy(q).mean())

@@ -27,6 +27,7 @@ from ..errors import EdgedaError, TrainingDiverged
 from ..methods import METHODS, Engine, Method, OptimConfig
 from ..methods.base import NonFiniteLoss
 from ..tasks import task_of
+from ..scores import probs_entropy
 from ..utils import atomic_write_bytes, atomic_write_json, choose_device, machine_info, seed_everything
 from . import distributed
 from .averaging import WeightAverage
@@ -226,7 +227,7 @@ class Trainer:
             ctx.target_logits, ctx.target_features = out.rows, out.features
             if out.rows is not None and len(out.rows) and task.num_classes:
                 p = out.rows.softmax(1)
-                rec["target_entropy"] = float(-(p * p.clamp_min(1e-12).log()).sum(1).mean())
+                rec["target_entropy"] = float(probs_entropy(p, 1).mean())
                 rec["target_confidence"] = float(p.max(1).values.mean())
         rec.update({f"score/{k}": v for k, v in score_all(ctx).items()})
         if d.target_test is not None:  # for the report only; never used for selection

@@ -35,7 +35,7 @@ from .checkpoint import load_checkpoint, load_latest, save_checkpoint
 from .domains import Domains, load_domains  # noqa: F401  (Domains re-exported)
 from .evaluate import evaluate_model
 from .progress import _format_eval, _Progress
-from .selection import EvalContext, score_all
+from .selection import EvalContext, score_all, selector_names
 from .streams import BatchStream
 
 
@@ -71,6 +71,8 @@ def select_checkpoint(selector: str, history: list[dict]) -> int | None:
 class Trainer:
     def __init__(self, cfg: TrainConfig, *, progress: bool = True, log: Callable[[str], None] | None = print):
         self.cfg = cfg.validate()
+        if cfg.select not in selector_names():
+            raise EdgedaError(f"unknown --select {cfg.select!r}; valid: {', '.join(selector_names())}")
         self.dist, device_name = distributed.init(cfg.device)
         self.device = choose_device(device_name)
         self.show_progress = progress and self.dist.is_main

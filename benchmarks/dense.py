@@ -1,0 +1,315 @@
+"""Dense prediction benchmark: source-only segmentation and depth on the embedded pairs, the
+target-trained upper bound, and latency of the dense models (ORT vs PyTorch eager, int8 vs fp32).
+
+    python benchmarks/dense.py [--profile cpu|gpu|quick] [--rows digits_seg,syn_seg,syn_depth]
+                               [--seeds 0,1,2] [--latency] [--table-only]
+
+Rows (method ``source_only``, ``select=last``; target labels are read for this report only):
+
+| row | pair | task | cpu profile | gpu profile |
+|---|---|---|---|---|
+| digits_seg | digitscenes -> handwritten-scenes | segmentation, mIoU | unet width 0.25, 64x64, batch 16, 1000 it. | unet width 1.0, 128x128, batch 16, 20000 it. |
+| syn_seg | synscenes -> synscenes:photo | segmentation, mIoU | lraspp width 1.0, 64x128, batch 8, 1200 it. | deeplab resnet50, 256x512, batch 8, 20000 it. |
+| syn_depth | synscenes -> synscenes:photo | depth, abs rel | lraspp width 1.0, 64x128, batch 8, 1200 it. | deeplab resnet50, 256x512, batch 8, 20000 it. |
+
+CPU iterations were chosen from timed 40-iteration runs on a 2-core machine (~0.13 s and ~0.11 s
+per step at one thread) so one run takes about 2-3 minutes. Each row's upper bound is the same
+model and budget trained on the target's labelled adaptation split (``handwritten-scenes:adapt``,
+``synscenes:photo``) and evaluated on the same target test split; it is run for seed 0 only.
+Every run is stored under ``benchmarks/results/dense/<profile>/`` (a run with the same config is
+not repeated) and the summary in ``benchmarks/results/dense.json``; README tables come from there.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from readme_tables import replace_block  # noqa: E402
+
+RESULTS = ROOT / "benchmarks" / "results"
+PAIRS = {
+    "digits_seg": {"source": "digitscenes", "target": "handwritten-scenes", "task": "segmentation",
+                   "upper_source": "handwritten-scenes:adapt", "test": "handwritten-scenes:test"},
+    "syn_seg": {"source": "synscenes", "target": "synscenes:photo", "task": "segmentation",
+                "upper_source": "synscenes:photo", "test": "synscenes:photo-test"},
+    "syn_depth": {"source": "synscenes", "target": "synscenes:photo", "task": "depth",
+                  "upper_source": "synscenes:photo", "test": "synscenes:photo-test"},
+}
+PROFILES = {
+    "cpu": {
+        "digits_seg": {"backbone": "unet", "backbone_kwargs": {"width": 0.25}, "image_size": [64, 64], "batch_size": 16, "iters": 1000},
+        "syn_seg": {"backbone": "lraspp", "backbone_kwargs": {"width": 1.0}, "image_size": [64, 128], "batch_size": 8, "iters": 1200},
+        "syn_depth": {"backbone": "lraspp", "backbone_kwargs": {"width": 1.0}, "image_size": [64, 128], "batch_size": 8, "iters": 1200},
+    },
+    "gpu": {
+        "digits_seg": {"backbone": "unet", "backbone_kwargs": {"width": 1.0}, "image_size": [128, 128], "batch_size": 16, "iters": 20000},
+        "syn_seg": {"backbone": "deeplab", "backbone_kwargs": {"encoder": "resnet50"}, "image_size": [256, 512], "batch_size": 8, "iters": 20000},
+        "syn_depth": {"backbone": "deeplab", "backbone_kwargs": {"encoder": "resnet50"}, "image_size": [256, 512], "batch_size": 8, "iters": 20000},
+    },
+    "quick": {
+        "digits_seg": {"backbone": "unet", "backbone_kwargs": {"width": 0.125}, "image_size": [32, 32], "batch_size": 4, "iters": 6, "source_n": 32},
+        "syn_seg": {"backbone": "lraspp", "backbone_kwargs": {"width": 0.5}, "image_size": [32, 64], "batch_size": 4, "iters": 6, "source_n": 32},
+        "syn_depth": {"backbone": "lraspp", "backbone_kwargs": {"width": 0.5}, "image_size": [32, 64], "batch_size": 4, "iters": 6, "source_n": 32},
+    },
+}
+LATENCY_MODELS = {
+    "unet w0.25": {"arch": "unet", "width": 0.25},
+    "lraspp w1.0": {"arch": "lraspp", "width": 1.0},
+    "deeplab resnet18 w0.25": {"arch": "deeplab", "encoder": "resnet18", "width": 0.25},
+}
+
+
+def run_config(profile: str, row: str, seed: int, upper: bool) -> dict:
+    p, pair = PROFILES[profile][row], PAIRS[row]
+    cfg = {"method": "source_only", "task": pair["task"], "seed": seed, "select": "last", "device": "cpu" if profile != "gpu" else "auto",
+           "source": pair["upper_source"] if upper else pair["source"], "target": pair["target"],
+           "target_test": pair["test"], **p}
+    cfg["eval_every"] = max(1, cfg["iters"] // 4)
+    cfg["checkpoint_every"] = cfg["iters"]
+    return cfg
+
+
+def run_one(profile: str, row: str, seed: int, upper: bool) -> dict:
+    import torch
+
+    import edgeda
+    from edgeda.tasks import task_of
+    from edgeda.utils import machine_info
+
+    folder = RESULTS / "dense" / profile
+    tag = f"{row}{'-upper' if upper else ''}-s{seed}"
+    path = folder / f"{tag}.json"
+    cfg = run_config(profile, row, seed, upper)
+    if path.is_file():
+        old = json.loads(path.read_text())
+        if old.get("config") == cfg:
+            print(f"{tag}: stored", flush=True)
+            return old
+    torch.set_num_threads(1)
+    out = Path("/tmp/edgeda-dense-bench") / profile / tag
+    t0 = time.perf_counter()
+    res = edgeda.train(out=str(out), progress=False, log=None, **cfg)
+    wall = time.perf_counter() - t0
+    task = task_of(res.task)
+    m = res.metrics
+    rec = {"row": row, "upper_bound": upper, "seed": seed, "config": cfg, "wall_s": round(wall, 1),
+           "task": res.task, "machine": machine_info(), "date": dt.date.today().isoformat(),
+           "source_val": {k: m.get(f"source_val_{k}") for k in task.record_keys},
+           "target_test": {k: m.get(f"target_test_{k}") for k in task.record_keys},
+           "target_test_scores": m.get("target_test_scores"), "per_class": m.get("target_test_per_class"),
+           "history": [{k: v for k, v in h.items() if k != "samples_png"} for h in res.history],
+           "bundle": str(res.bundle)}
+    folder.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(rec, indent=1) + "\n")
+    print(f"{tag}: {rec['target_test']} in {wall:.0f}s", flush=True)
+    return rec
+
+
+def _mean_std(vals):
+    vals = [v for v in vals if v is not None]
+    if not vals:
+        return None, None
+    return statistics.fmean(vals), (statistics.stdev(vals) if len(vals) > 1 else 0.0)
+
+
+def summarise(profile: str) -> dict:
+    folder = RESULTS / "dense" / profile
+    rows = {}
+    for row, pair in PAIRS.items():
+        runs = [json.loads(p.read_text()) for p in sorted(folder.glob(f"{row}-s*.json"))]
+        uppers = [json.loads(p.read_text()) for p in sorted(folder.glob(f"{row}-upper-s*.json"))]
+        runs = [r for r in runs if r["config"] == run_config(profile, row, r["seed"], False)]
+        uppers = [r for r in uppers if r["config"] == run_config(profile, row, r["seed"], True)]
+        if not runs:
+            continue
+        keys = list(runs[0]["target_test"])
+        rows[row] = {
+            "pair": f"{pair['source']} -> {pair['target']}", "task": pair["task"], "seeds": [r["seed"] for r in runs],
+            "config": PROFILES[profile][row],
+            "target": {k: _mean_std([r["target_test"][k] for r in runs]) for k in keys},
+            "source_val": {k: _mean_std([r["source_val"][k] for r in runs]) for k in keys},
+            "upper": {k: _mean_std([r["target_test"][k] for r in uppers]) for k in keys} if uppers else None,
+            "upper_seeds": [r["seed"] for r in uppers],
+            "wall_s": statistics.fmean(r["wall_s"] for r in runs),
+            "per_class": runs[0].get("per_class"),
+            "machine": runs[0]["machine"],
+        }
+    return rows
+
+
+def _fmt(v, pct):
+    if v[0] is None:
+        return "–"
+    return f"{100 * v[0]:.1f} ± {100 * v[1]:.1f}" if pct else f"{v[0]:.3f} ± {v[1]:.3f}"
+
+
+def table(profile: str, rows: dict) -> str:
+    if not rows:
+        return "No dense runs stored yet."
+    m = next(iter(rows.values()))["machine"]
+    lines = [f"Profile `{profile}`, method `source_only`, mean ± std over seeds; machine: {m.get('cpu', m)}; "
+             "target test labels used for this report only; upper bound: the same model and budget trained on "
+             "the target's labelled adaptation split (seed 0 only), evaluated on the same test split.", "",
+             "| pair | task | model | target (headline) | source val | upper bound | gap to upper bound | other target scores | seeds | wall / run (s) |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for row, r in rows.items():
+        keys = list(r["target"])
+        head = keys[0]
+        pct = head != "abs_rel"
+        name = "mIoU %" if head == "miou" else "abs rel"
+        cfg = r["config"]
+        model = f"{cfg['backbone']} {json.dumps(cfg['backbone_kwargs'])} {cfg['image_size'][0]}x{cfg['image_size'][1]}, {cfg['iters']} it."
+        up = r["upper"][head] if r["upper"] else (None, None)
+        gap = "–" if up[0] is None else (f"{100 * (up[0] - r['target'][head][0]):+.1f} points" if pct
+                                         else f"{up[0] - r['target'][head][0]:+.3f}")
+        others = ", ".join(f"{k} {_fmt(r['target'][k], k != 'rmse')}" + (" m" if k == "rmse" else "") for k in keys[1:])
+        lines.append(f"| {r['pair']} | {r['task']} ({name}) | {model} | {_fmt(r['target'][head], pct)} | "
+                     f"{_fmt(r['source_val'][head], pct)} | {'–' if up[0] is None else _fmt(up, pct)} | {gap} | {others} | "
+                     f"{len(r['seeds'])} | {r['wall_s']:.0f} |")
+    return "\n".join(lines)
+
+
+def latency(profile: str, rounds: int = 15, calls: int = 20) -> dict:
+    """ORT fp32 vs PyTorch eager fp32 at batch 1 (1 thread each, interleaved rounds) for each dense
+    model at the CPU input sizes, and int8 vs fp32 (latency and target mIoU) on the seed-0
+    segmentation bundles."""
+    import tempfile
+
+    import numpy as np
+    import torch
+
+    from edgeda.export.onnx import export_onnx, ort_session, signature_of
+    from edgeda.models import build
+    from edgeda.task import TaskSpec
+
+    torch.set_num_threads(1)
+    out = {"models": {}, "int8": {}}
+    rng = np.random.default_rng(0)
+    with tempfile.TemporaryDirectory() as tmp:
+        for size in ([64, 128], [128, 256]):
+            spec = TaskSpec(19, [str(i) for i in range(19)], task="segmentation", image_size=size)
+            for name, kw in LATENCY_MODELS.items():
+                kw = dict(kw)
+                arch = kw.pop("arch")
+                model = build("dense_model", arch=arch, num_outputs=19, output="logits", channels=3, **kw).eval()
+                path = export_onnx(model, signature_of(model, spec), Path(tmp) / f"{arch}.onnx")
+                sess = ort_session(path, threads=1)
+                x = rng.standard_normal((1, 3, *size)).astype(np.float32)
+                xt = torch.from_numpy(x)
+                fns = {"torch": lambda: model(xt), "ort": lambda: sess.run(None, {"image": x})}
+                times = {k: [] for k in fns}
+                with torch.inference_mode():
+                    for f in fns.values():
+                        for _ in range(3):
+                            f()
+                    for _ in range(rounds):
+                        for k, f in fns.items():
+                            for _ in range(calls):
+                                t = time.perf_counter()
+                                f()
+                                times[k].append(1000 * (time.perf_counter() - t))
+                med = {k: statistics.median(v) for k, v in times.items()}
+                p90 = {k: float(np.percentile(v, 90)) for k, v in times.items()}
+                out["models"][f"{name} {size[0]}x{size[1]}"] = {"torch_median_ms": med["torch"], "ort_median_ms": med["ort"],
+                                                                 "torch_p90_ms": p90["torch"], "ort_p90_ms": p90["ort"],
+                                                                 "ratio_ort_vs_torch": med["ort"] / med["torch"]}
+                print(f"latency {name} {size}: torch {med['torch']:.2f} ms, ort {med['ort']:.2f} ms", flush=True)
+        for row in ("digits_seg", "syn_seg"):
+            run = RESULTS / "dense" / profile / f"{row}-s0.json"
+            if not run.is_file():
+                continue
+            out["int8"][row] = int8_vs_fp32(json.loads(run.read_text())["bundle"], PAIRS[row], Path(tmp), rounds, calls)
+    return out
+
+
+def int8_vs_fp32(bundle: str, pair: dict, tmp: Path, rounds: int, calls: int) -> dict:
+    import numpy as np
+
+    from edgeda.export.api import export_bundle
+    from edgeda.export.onnx import ort_session
+
+    dst = tmp / (Path(bundle).parent.name + "-int8.edgeda")
+    rec = export_bundle(bundle, dst, precision="int8", calib=pair["target"], data=pair["test"], log=None)
+    b = json.loads((dst / "manifest.json").read_text())
+    h, w = b["task"]["image_size"]
+    x = np.random.default_rng(1).standard_normal((1, 3, h, w)).astype(np.float32)
+    sess = {p: ort_session(dst / f"onnx/model.{p}.onnx", threads=1) for p in ("fp32", "int8")}
+    times = {p: [] for p in sess}
+    for _ in range(rounds):
+        for p, s in sess.items():
+            for _ in range(calls):
+                t = time.perf_counter()
+                s.run(None, {"image": x})
+                times[p].append(1000 * (time.perf_counter() - t))
+    med = {p: statistics.median(v) for p, v in times.items()}
+    prec = rec["precisions"]
+    return {"fp32_median_ms": med["fp32"], "int8_median_ms": med["int8"], "ratio_int8_vs_fp32": med["int8"] / med["fp32"],
+            "fp32_miou": prec["fp32"]["target_miou"], "int8_miou": prec["int8"]["target_miou"],
+            "pixel_agreement": prec["int8"].get("pixel_agreement_with_fp32"), "n_images": rec["deployables"]["model"]["vs_fp32_int8"]["n"]}
+
+
+def latency_table(lat: dict) -> str:
+    if not lat:
+        return "Latency not measured yet (`python benchmarks/dense.py --latency`)."
+    lines = [f"Batch 1, 1 thread, 19 classes, untrained models, {lat.get('machine', '')}; interleaved rounds, median (p90) ms.", "",
+             "| model, input | PyTorch eager fp32 | ORT fp32 | ORT / eager (target <= 0.6) |", "|---|---|---|---|"]
+    for name, r in lat["models"].items():
+        lines.append(f"| {name} | {r['torch_median_ms']:.2f} ({r['torch_p90_ms']:.2f}) | {r['ort_median_ms']:.2f} "
+                     f"({r['ort_p90_ms']:.2f}) | {r['ratio_ort_vs_torch']:.2f} |")
+    if lat.get("int8"):
+        lines += ["", "int8 (ORT Q/DQ, calibrated on the target adaptation images) vs fp32, the seed-0 bundles, batch 1:", "",
+                  "| pair | fp32 ms | int8 ms | int8 / fp32 | fp32 mIoU % | int8 mIoU % | pixel agreement | images |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for row, r in lat["int8"].items():
+            lines.append(f"| {PAIRS[row]['source']} -> {PAIRS[row]['target']} | {r['fp32_median_ms']:.2f} | {r['int8_median_ms']:.2f} | "
+                         f"{r['ratio_int8_vs_fp32']:.2f} | {100 * r['fp32_miou']:.1f} | {100 * r['int8_miou']:.1f} | "
+                         f"{100 * (r['pixel_agreement'] or 0):.1f} % | {r['n_images']} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--profile", default="cpu", choices=sorted(PROFILES))
+    ap.add_argument("--rows", default=",".join(PAIRS))
+    ap.add_argument("--seeds", default="0,1,2")
+    ap.add_argument("--no-upper", action="store_true", help="skip the target-trained upper bounds")
+    ap.add_argument("--latency", action="store_true", help="also measure latency and int8 vs fp32")
+    ap.add_argument("--table-only", action="store_true")
+    args = ap.parse_args()
+    from edgeda.utils import machine_info
+
+    summary_path = RESULTS / "dense.json"
+    summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
+    if not args.table_only:
+        for row in args.rows.split(","):
+            for seed in (int(s) for s in args.seeds.split(",")):
+                run_one(args.profile, row, seed, upper=False)
+            if not args.no_upper:
+                run_one(args.profile, row, 0, upper=True)
+        if args.latency:
+            summary.setdefault("latency", {})[args.profile] = {**latency(args.profile), "machine": machine_info().get("cpu")}
+    rows = summarise(args.profile)
+    summary.setdefault("profiles", {})[args.profile] = rows
+    summary["date"] = dt.date.today().isoformat()
+    tables = {"dense-table": table(args.profile, rows),
+              "dense-latency-table": latency_table(summary.get("latency", {}).get(args.profile, {}))}
+    summary.setdefault("tables", {})[args.profile] = tables
+    summary_path.write_text(json.dumps(summary, indent=1) + "\n")
+    if args.profile == "cpu":
+        for name, md in tables.items():
+            replace_block(name, md)
+    print(tables["dense-table"])
+    print(tables["dense-latency-table"])
+
+
+if __name__ == "__main__":
+    main()

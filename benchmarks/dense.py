@@ -2,7 +2,7 @@
 target-trained upper bound, and latency of the dense models (ORT vs PyTorch eager, int8 vs fp32).
 
     python benchmarks/dense.py [--profile cpu|gpu|quick] [--rows digits_seg,syn_seg,syn_depth]
-                               [--seeds 0,1,2] [--latency] [--table-only]
+                               [--seeds 0,1,2] [--latency] [--overhead] [--table-only]
 
 Rows (method ``source_only``, ``select=last``; target labels are read for this report only):
 
@@ -257,6 +257,75 @@ def int8_vs_fp32(bundle: str, pair: dict, tmp: Path, rounds: int, calls: int) ->
             "pixel_agreement": prec["int8"].get("pixel_agreement_with_fp32"), "n_images": rec["deployables"]["model"]["vs_fp32_int8"]["n"]}
 
 
+def overhead(rounds: int = 3, iters: int = 40) -> dict:
+    """Per-iteration time of ``edgeda train`` (source_only, digitscenes, the cpu profile's model)
+    vs a bare loop doing the same forward / backward / step on batches drawn beforehand from the
+    same stream, in alternating rounds; medians. Evaluation and checkpoints are outside both."""
+    import torch
+
+    from edgeda.config import make_config
+    from edgeda.train.trainer import Trainer
+
+    torch.set_num_threads(1)
+    cfg = run_config("cpu", "digits_seg", 0, False)
+    cfg.update(iters=iters, eval_every=10**9, checkpoint_every=10**9, out="/tmp/edgeda-dense-overhead", target_test=None)
+    bare, trainer = [], []
+    for _ in range(rounds):
+        tr = Trainer(make_config(None, cfg), progress=False, log=None)
+        tr._build()
+        m = tr.method
+        batches = [tr.source_stream.next() for _ in range(iters)]
+        m.train()
+        for b in batches:
+            t = time.perf_counter()
+            loss = m.task_loss_of(m.classifier(b.x), b.y)
+            m.optims["main"].zero_grad(set_to_none=True)
+            loss.backward()
+            m.optims["main"].step()
+            bare.append(time.perf_counter() - t)
+        times = []
+        last = [time.perf_counter()]
+
+        def tick(_it):
+            now = time.perf_counter()
+            times.append(now - last[0])
+            last[0] = now
+
+        tr2 = Trainer(make_config(None, {**cfg, "eval_every": iters}), progress=False, log=None)
+        t0 = time.perf_counter()
+        last[0] = t0
+        tr2.run(callback=tick)
+        trainer.extend(times[1:-1])  # the first includes set-up, the last the final evaluation
+    med_b, med_t = statistics.median(bare), statistics.median(trainer)
+    return {"bare_median_ms": 1000 * med_b, "trainer_median_ms": 1000 * med_t, "ratio": med_t / med_b,
+            "rounds": rounds, "iters": iters}
+
+
+def eval_memory(sizes=(50, 200, 800)) -> dict:
+    """Peak resident memory added while evaluating one dense model on N images (streaming metrics:
+    flat in N), measured in a fresh process per N so allocations of one N do not hide another's."""
+    import subprocess
+
+    out = {}
+    for n in sizes:
+        code = (
+            "import json,sys,torch; sys.path.insert(0,%r); torch.set_num_threads(1)\n"
+            "from edgeda.data import load_domain\nfrom edgeda.models import build\nfrom edgeda.task import TaskSpec\n"
+            "from edgeda.train.evaluate import evaluate_model\nfrom edgeda.bench.harness import _PeakRss, _rss_mb\n"
+            "d=load_domain('synscenes:photo', labeled=True, size=(64,128))\nd=d.subset(list(range(%d)))\n"
+            "s=TaskSpec(19,d.classes,task='segmentation',image_size=(64,128))\n"
+            "m=build('dense_model',arch='lraspp',num_outputs=19,output='logits',channels=3)\n"
+            "evaluate_model(m,d.subset([0,1]),s)\nbase=_rss_mb()\n"
+            "with _PeakRss() as p: evaluate_model(m,d,s,rows=True)\nprint(json.dumps({'base_mb':base,'peak_mb':p.peak}))"
+        ) % (str(ROOT), n)
+        res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+        rec = json.loads(res.stdout.strip().splitlines()[-1])
+        rec["added_mb"] = rec["peak_mb"] - rec["base_mb"]
+        out[str(n)] = rec
+        print(f"eval memory N={n}: +{rec['added_mb']:.1f} MiB", flush=True)
+    return out
+
+
 def latency_table(lat: dict) -> str:
     if not lat:
         return "Latency not measured yet (`python benchmarks/dense.py --latency`)."
@@ -273,6 +342,15 @@ def latency_table(lat: dict) -> str:
             lines.append(f"| {PAIRS[row]['source']} -> {PAIRS[row]['target']} | {r['fp32_median_ms']:.2f} | {r['int8_median_ms']:.2f} | "
                          f"{r['ratio_int8_vs_fp32']:.2f} | {100 * r['fp32_miou']:.1f} | {100 * r['int8_miou']:.1f} | "
                          f"{100 * (r['pixel_agreement'] or 0):.1f} % | {r['n_images']} |")
+    if lat.get("overhead"):
+        o = lat["overhead"]
+        lines += ["", f"Trainer overhead on a dense model (source_only, unet w0.25 64x64, batch 16; {o['rounds']} alternating rounds "
+                  f"x {o['iters']} iterations): bare loop {o['bare_median_ms']:.1f} ms, `edgeda train` {o['trainer_median_ms']:.1f} ms "
+                  f"per iteration (median), ratio {o['ratio']:.3f} (target <= 1.15)."]
+    if lat.get("eval_memory"):
+        mem = lat["eval_memory"]
+        lines += ["", "Peak memory added by evaluating an lraspp model on N synscenes:photo images (64x128; fresh process per N): "
+                  + ", ".join(f"N={n}: +{r['added_mb']:.0f} MiB" for n, r in mem.items()) + "."]
     return "\n".join(lines)
 
 
@@ -283,20 +361,31 @@ def main() -> None:
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--no-upper", action="store_true", help="skip the target-trained upper bounds")
     ap.add_argument("--latency", action="store_true", help="also measure latency and int8 vs fp32")
+    ap.add_argument("--overhead", action="store_true", help="trainer vs bare loop on a dense model, and evaluation memory vs N")
     ap.add_argument("--table-only", action="store_true")
     args = ap.parse_args()
     from edgeda.utils import machine_info
 
     summary_path = RESULTS / "dense.json"
-    summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
+
+    def load_summary() -> dict:
+        return json.loads(summary_path.read_text()) if summary_path.is_file() else {}
+
+    summary = load_summary()
     if not args.table_only:
         for row in args.rows.split(","):
             for seed in (int(s) for s in args.seeds.split(",")):
                 run_one(args.profile, row, seed, upper=False)
             if not args.no_upper:
                 run_one(args.profile, row, 0, upper=True)
+        lat = summary.setdefault("latency", {}).setdefault(args.profile, {})
         if args.latency:
-            summary.setdefault("latency", {})[args.profile] = {**latency(args.profile), "machine": machine_info().get("cpu")}
+            lat.update({**latency(args.profile), "machine": machine_info().get("cpu")})
+        if args.overhead:
+            lat.update({"overhead": overhead(), "eval_memory": eval_memory(), "machine": machine_info().get("cpu")})
+        measured = lat
+        summary = load_summary()  # another run of this script may have written meanwhile
+        summary.setdefault("latency", {}).setdefault(args.profile, {}).update(measured)
     rows = summarise(args.profile)
     summary.setdefault("profiles", {})[args.profile] = rows
     summary["date"] = dt.date.today().isoformat()

@@ -75,7 +75,10 @@ class DenseStream:
         sampler = _ResumableSampler(len(self.domain), self.seed, self.epoch, self.pos, self.rank, self.world_size)
         loader = DataLoader(self.dataset, batch_size=self.batch_size, sampler=sampler, num_workers=self.workers,
                             pin_memory=self.device.type == "cuda", persistent_workers=False,
-                            prefetch_factor=2 if self.workers else None)
+                            prefetch_factor=2 if self.workers else None,
+                            # its own generator: making an iterator must not draw from the global RNG
+                            # (dropout, GAN noise), or a resumed run would see other random numbers
+                            generator=torch.Generator().manual_seed(self.seed))
         return iter(loader)
 
     def next(self) -> Batch:

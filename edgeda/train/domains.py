@@ -96,8 +96,8 @@ def load_domains(cfg: TrainConfig, needs_target: bool) -> Domains:
 
     target = target_test = None
     if cfg.target:
-        tb = split_builtin(cfg.target)
         target = load_domain(cfg.target, labeled=False, split="adapt" if _has_split(cfg.target, "adapt") else None, **kw)
+        _same_kind(target, "target", dense)
         if needs_target:
             _require(target, None, labeled=False)
     test_spec = cfg.target_test
@@ -105,6 +105,7 @@ def load_domains(cfg: TrainConfig, needs_target: bool) -> Domains:
         test_spec = _default_test_split(cfg.target)
     if test_spec:
         target_test = load_domain(test_spec, labeled=True, **kw)
+        _same_kind(target_test, "target test", dense)
         _require(target_test, task if dense else None, labeled=True, num_classes=num_classes)
         if source.classes and target_test.classes and source.classes != target_test.classes:
             raise DataError(
@@ -113,11 +114,13 @@ def load_domains(cfg: TrainConfig, needs_target: bool) -> Domains:
             )
     elif needs_target and target is None:
         raise DataError(f"method {cfg.method!r} needs a target domain (--target)")
-    for dom, what in ((target, "target"), (target_test, "target test")):
-        if dom is not None and isinstance(dom, Domain) == dense:
-            raise DataError(f"the {what} {dom.name!r} is {'classification' if dense else 'dense'} data but the source "
-                            f"is {'dense' if dense else 'classification'} data")
     return Domains(source, source_val, target, target_test, task, size)
+
+
+def _same_kind(dom, what: str, dense: bool) -> None:
+    if isinstance(dom, Domain) == dense:
+        raise DataError(f"the {what} {dom.name!r} is {'classification' if dense else 'dense'} data but the source "
+                        f"is {'dense' if dense else 'classification'} data (give --target / --target-test of the same kind)")
 
 
 def _require(dom, task: str | None, *, labeled: bool, num_classes: int | None = None) -> None:

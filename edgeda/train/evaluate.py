@@ -48,7 +48,9 @@ def eval_batches(domain, spec: TaskSpec, device, batch_size: int, *, labels: boo
     ds = DenseDataset(domain, spec.image_size, spec.channels, train=False, labels=labels)
     workers = default_workers(domain) if workers is None else workers
     key = task_of(spec).label_key
-    for item in DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=workers):
+    loader = DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=workers,
+                        generator=torch.Generator().manual_seed(0))  # leaves the global RNG alone
+    for item in loader:
         keep = item["replaced"] == 0  # an undecodable sample stands in as a copy of the next one: not scored twice
         if not bool(keep.any()):
             continue

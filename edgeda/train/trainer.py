@@ -183,7 +183,8 @@ class Trainer:
             for name in ("source_stream", "target_stream"):
                 stream = getattr(self, name)
                 if stream is not None and f"{name}.pos" in own:
-                    stream.load_state_dict({k: own[f"{name}.{k}"] for k in ("perm", "pos", "generator")})
+                    prefix = f"{name}."
+                    stream.load_state_dict({k[len(prefix):]: v for k, v in own.items() if k.startswith(prefix)})
             torch.set_rng_state(own["torch_rng"])
         else:
             self.log(f"the checkpoint was written by {saved_world} process(es), this run has {self.dist.world_size}: "

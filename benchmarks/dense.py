@@ -373,7 +373,7 @@ def main() -> None:
 
     summary = load_summary()
     if not args.table_only:
-        for row in args.rows.split(","):
+        for row in [r for r in args.rows.split(",") if r]:
             for seed in (int(s) for s in args.seeds.split(",")):
                 run_one(args.profile, row, seed, upper=False)
             if not args.no_upper:
@@ -384,8 +384,16 @@ def main() -> None:
         if args.overhead:
             lat.update({"overhead": overhead(), "eval_memory": eval_memory(), "machine": machine_info().get("cpu")})
         measured = lat
+        extras = RESULTS / "dense" / args.profile / "extras.json"  # kept apart from the rows' summary
+        if measured:
+            old = json.loads(extras.read_text()) if extras.is_file() else {}
+            extras.parent.mkdir(parents=True, exist_ok=True)
+            extras.write_text(json.dumps({**old, **measured}, indent=1) + "\n")
         summary = load_summary()  # another run of this script may have written meanwhile
         summary.setdefault("latency", {}).setdefault(args.profile, {}).update(measured)
+    extras = RESULTS / "dense" / args.profile / "extras.json"
+    if extras.is_file():
+        summary.setdefault("latency", {}).setdefault(args.profile, {}).update(json.loads(extras.read_text()))
     rows = summarise(args.profile)
     summary.setdefault("profiles", {})[args.profile] = rows
     summary["date"] = dt.date.today().isoformat()

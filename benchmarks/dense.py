@@ -301,7 +301,7 @@ def overhead(rounds: int = 3, iters: int = 40) -> dict:
             "rounds": rounds, "iters": iters}
 
 
-def eval_memory(sizes=(50, 200, 800)) -> dict:
+def eval_memory(sizes=(50, 150, 500)) -> dict:
     """Peak resident memory added while evaluating one dense model on N images (streaming metrics:
     flat in N), measured in a fresh process per N so allocations of one N do not hide another's."""
     import subprocess

@@ -331,7 +331,9 @@ def latency_table(lat: dict) -> str:
         return "Latency not measured yet (`python benchmarks/dense.py --latency`)."
     lines = [f"Batch 1, 1 thread, 19 classes, untrained models, {lat.get('machine', '')}; interleaved rounds, median (p90) ms.", "",
              "| model, input | PyTorch eager fp32 | ORT fp32 | ORT / eager (target <= 0.6) |", "|---|---|---|---|"]
-    for name, r in lat["models"].items():
+    if not lat.get("models"):
+        lines = ["ORT vs eager latency and int8 vs fp32 not measured in the stored cpu run (`--latency`)."]
+    for name, r in lat.get("models", {}).items():
         lines.append(f"| {name} | {r['torch_median_ms']:.2f} ({r['torch_p90_ms']:.2f}) | {r['ort_median_ms']:.2f} "
                      f"({r['ort_p90_ms']:.2f}) | {r['ratio_ort_vs_torch']:.2f} |")
     if lat.get("int8"):

@@ -111,6 +111,12 @@ class ArrayDenseDomain(DenseDomain):
                            None if self.depth is None else self.depth[i])
 
 
+def images_as_dense(dom) -> ArrayDenseDomain:
+    """The images of a plain (classification-style) domain as an unlabeled dense domain: a plain
+    image folder or an ``.npz`` holding only ``x`` is valid unlabeled data for a dense task."""
+    return ArrayDenseDomain(dom.name, dom.images, report=dom.report)
+
+
 class _Subset(DenseDomain):
     def __init__(self, base: DenseDomain, idx: np.ndarray, name: str):
         super().__init__(name, classes=base.classes, palette=base.palette, has_masks=base.has_masks,

@@ -46,6 +46,10 @@ def load_images(spec: str, b: Bundle, n: int | None = None) -> tuple[np.ndarray,
         dom = load_domain(spec, labeled=True, size=task.image_size, channels=task.channels)
     except DataError:
         dom = load_domain(spec, labeled=False, size=task.image_size, channels=task.channels)
+    if task.dense and isinstance(dom, Domain):
+        from ..data.dense import images_as_dense
+
+        dom = images_as_dense(dom)
     if isinstance(dom, Domain) == task.dense:
         raise DataError(f"{spec} is {'classification' if task.dense else 'dense'} data; the bundle is a {task.task} model")
     if isinstance(dom, Domain):

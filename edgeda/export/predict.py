@@ -3,7 +3,7 @@
 Classification: class, class name, confidence and entropy per image. Segmentation: per image a
 colourised mask PNG, an overlay on the image and the raw class-id PNG, plus class fractions and
 mean confidence. Depth: a colour-mapped depth PNG and a 16-bit depth PNG (millimetres, 0 =
-invalid), plus the depth range. Dense outputs are resized back to each image's own size. Rows go
+invalid; depth beyond 65.535 m is written as 65535 and counted per image), plus the depth range. Dense outputs are resized back to each image's own size. Rows go
 to a ``.csv`` or ``.json`` (written atomically); unreadable files are skipped and listed.
 """
 from __future__ import annotations

@@ -104,8 +104,12 @@ class Depth(Task):
                           size=(h, w), mode="bilinear", align_corners=False)[0, 0].numpy()
         stem.parent.mkdir(parents=True, exist_ok=True)
         files = {"depth_png": f"{stem}.depth.png", "depth_color_png": f"{stem}.depth_color.png"}
-        mm = np.clip(np.rint(d * 1000.0), 0, 65535).astype(np.uint16)
+        raw = np.rint(d * 1000.0)
+        mm = np.clip(raw, 0, 65535).astype(np.uint16)
         Image.fromarray(mm).save(files["depth_png"])  # 16-bit, millimetres (the format edgeda reads back)
         Image.fromarray(colourise_depth(d)).save(files["depth_color_png"])
         return {"depth_min_m": round(float(d.min()), 4), "depth_median_m": round(float(np.median(d)), 4),
-                "depth_max_m": round(float(d.max()), 4), **files}
+                "depth_max_m": round(float(d.max()), 4),
+                # pixels beyond 65.535 m, the most a 16-bit millimetre PNG holds (the colour PNG and
+                # the min/median/max columns are not clipped)
+                "depth_png_clipped_px": int((raw > 65535).sum()), **files}

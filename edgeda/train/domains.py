@@ -12,6 +12,7 @@ import numpy as np
 
 from ..config import TrainConfig
 from ..data import Domain, load_domain, split_builtin
+from ..data.dense import images_as_dense
 from ..data.spec import builtin_splits, default_size, is_dense_spec
 from ..errors import DataError
 
@@ -97,6 +98,8 @@ def load_domains(cfg: TrainConfig, needs_target: bool) -> Domains:
     target = target_test = None
     if cfg.target:
         target = load_domain(cfg.target, labeled=False, split="adapt" if _has_split(cfg.target, "adapt") else None, **kw)
+        if dense and isinstance(target, Domain):
+            target = images_as_dense(target)
         _same_kind(target, "target", dense)
         if needs_target:
             _require(target, None, labeled=False)

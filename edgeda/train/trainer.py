@@ -69,8 +69,11 @@ def select_checkpoint(selector: str, history: list[dict]) -> int | None:
 
 
 class Trainer:
-    def __init__(self, cfg: TrainConfig, *, progress: bool = True, log: Callable[[str], None] | None = print):
+    def __init__(self, cfg: TrainConfig, *, progress: bool = True, log: Callable[[str], None] | None = print,
+                 reference: torch.nn.Module | None = None):
         self.cfg = cfg.validate()
+        self.reference = reference  # a source-only model: the ``agreement`` validator's reference
+        self._reference_rows = None
         if cfg.select not in selector_names():
             raise EdgedaError(f"unknown --select {cfg.select!r}; valid: {', '.join(selector_names())}")
         self.dist, device_name = distributed.init(cfg.device)
@@ -222,12 +225,22 @@ class Trainer:
         d, task, dev, t = self.domains, self.task, self.device, self.task_def
         net = self.shipped()[self.primary]
         rec: dict = {"iteration": iteration, **{f"train/{k}": v for k, v in train_losses.items()}}
-        val = evaluate_model(net, d.source_val, task, dev).scores
+        per_image = d.target is not None and not t.dense and d.source_val.labels is not None
+        sv = evaluate_model(net, d.source_val, task, dev, rows=per_image, features=per_image)
+        val = sv.scores
         rec.update({f"source_val_{k}": val[v] for k, v in t.record_keys.items()})
         ctx = EvalContext(t.selection_score(val))
+        if per_image:  # labeled source rows for DEV and reverse validation
+            ctx.source_logits, ctx.source_features = sv.rows, sv.features
+            ctx.source_labels = torch.as_tensor(np.asarray(d.source_val.labels), dtype=torch.long)
         if d.target is not None:
             out = evaluate_model(net, d.target, task, dev, labels=False, rows=True, features=not t.dense, seed=self.cfg.seed)
             ctx.target_logits, ctx.target_features = out.rows, out.features
+            if self.reference is not None:
+                if self._reference_rows is None:  # same seed: the same pixel sample for dense rows
+                    self._reference_rows = evaluate_model(self.reference.to(dev), d.target, task, dev, labels=False,
+                                                          rows=True, seed=self.cfg.seed).rows
+                ctx.reference_logits = self._reference_rows
             if out.rows is not None and len(out.rows) and task.num_classes:
                 p = out.rows.softmax(1)
                 rec["target_entropy"] = float(probs_entropy(p, 1).mean())
@@ -447,8 +460,10 @@ class Trainer:
 
 
 def train(config: TrainConfig | None = None, *, resume: bool = False, progress: bool = True,
-          log: Callable[[str], None] | None = print, **overrides) -> TrainResult:
-    """Train ``config.method`` and write a bundle. ``overrides`` are TrainConfig fields.
+          log: Callable[[str], None] | None = print, reference: torch.nn.Module | None = None,
+          **overrides) -> TrainResult:
+    """Train ``config.method`` and write a bundle. ``overrides`` are TrainConfig fields;
+    ``reference``: a source-only model for the ``agreement`` validator.
 
     >>> result = edgeda.train(method="dann", source="syndigits", target="handwritten", iters=2000, out="runs/dann")
     >>> result.bundle, result.metrics["target_test_acc"]
@@ -456,4 +471,4 @@ def train(config: TrainConfig | None = None, *, resume: bool = False, progress: 
     from ..config import make_config
 
     cfg = make_config(config.to_dict() if config else None, overrides)
-    return Trainer(cfg, progress=progress, log=log).run(resume=resume)
+    return Trainer(cfg, progress=progress, log=log, reference=reference).run(resume=resume)

@@ -91,6 +91,7 @@ def _parse_size(text):
 @click.option("--source", help="labeled source domain: built-in name, folder or .npz")
 @click.option("--target", help="unlabeled target domain: built-in name, folder or .npz")
 @click.option("--target-test", help="labeled target test domain, for reporting only")
+@click.option("--target-val", help="a few labeled target images (5-20 per class): --select target_val and a report with a 95% interval")
 @click.option("--iters", type=int, help="training iterations")
 @click.option("--batch-size", type=int, help="images per domain per step")
 @click.option("--lr", type=float, help="base learning rate")
@@ -114,7 +115,7 @@ def _parse_size(text):
 @click.option("--resume", is_flag=True, help="continue from the last checkpoint in --out")
 @click.option("--json", "as_json", is_flag=True, help="print the result as JSON")
 @handle_errors
-def train(method, task, source, target, target_test, iters, batch_size, lr, backbone, backbone_weights, backbone_options, image_size,
+def train(method, task, source, target, target_test, target_val, iters, batch_size, lr, backbone, backbone_weights, backbone_options, image_size,
           task_loss, workers, eval_every, select, seed, device, init, options, ema, skip_nonfinite, out, config_file,
           resume, as_json) -> None:
     """Train a model with an adaptation method and write a bundle."""
@@ -123,6 +124,7 @@ def train(method, task, source, target, target_test, iters, batch_size, lr, back
 
     file_values = load_config_file(config_file) if config_file else {}
     overrides = dict(method=method, task=task, source=source, target=target, target_test=target_test, iters=iters,
+                     target_val=target_val,
                      backbone_weights=backbone_weights, image_size=_parse_size(image_size), task_loss=task_loss,
                      workers=workers,
                      batch_size=batch_size, lr=lr, backbone=backbone, eval_every=eval_every, select=select, seed=seed,
@@ -151,6 +153,11 @@ def train(method, task, source, target, target_test, iters, batch_size, lr, back
     click.echo(f"  source val {name}  {fmt(m.get(f'source_val_{key}', float('nan')))}")
     if f"target_test_{key}" in m:
         click.echo(f"  target test {name} {fmt(m[f'target_test_{key}'])} (reported only; selection used {cfg.select})")
+    if "target_val_interval" in m:
+        iv = m["target_val_interval"]
+        click.echo(f"  target val accuracy {iv['accuracy']:.1%} (95% bootstrap interval {iv['low']:.1%}-{iv['high']:.1%}, n={iv['n']})")
+    if m.get("transfer_warning"):
+        click.echo(m["transfer_warning"])
     click.echo(f"bundle: {result.bundle}")
 
 
@@ -178,7 +185,9 @@ def eval_cmd(bundle, data, confusion_png, samples_png, device, as_json) -> None:
         emit_json(m)
         return
     if "accuracy" in m:
-        click.echo(f"{m['bundle']} on {m['data']}: accuracy {m['accuracy']:.1%} (n={m['n']})")
+        iv = m.get("interval")
+        extra = f", 95% bootstrap interval {iv['low']:.1%}-{iv['high']:.1%}" if iv else ""
+        click.echo(f"{m['bundle']} on {m['data']}: accuracy {m['accuracy']:.1%} (n={m['n']}{extra})")
         click.echo("  per class: " + "  ".join(f"{k}:{'-' if v is None else f'{v:.0%}'}" for k, v in m["per_class"].items()))
     elif "miou" in m:
         click.echo(f"{m['bundle']} on {m['data']}: mIoU {m['miou']:.1%}, pixel accuracy {m['pixel_accuracy']:.1%} "

@@ -18,6 +18,7 @@ class TrainConfig:
     source: str = "syndigits"
     target: str | None = "handwritten"
     target_test: str | None = None  # default: "<name>:test" for a built-in target, else none
+    target_val: str | None = None  # a few labeled target images: selection (--select target_val) and a report only
     out: str = "runs/edgeda"
     task: str | None = None  # classification | segmentation | depth; None: inferred from the source data
     backbone: str | None = None  # None: the task's default (dtn for classification, unet for dense tasks)

@@ -42,6 +42,10 @@ def evaluate_bundle(bundle: str | Path | Bundle, data: str | None = None, *, con
     dev = choose_device(device)
     model = b.module(b.primary, str(dev))
     metrics = evaluate_model(model, dom, task, dev).scores
+    if "accuracy" in metrics and "confusion" in metrics:  # how far a small labeled set can be trusted
+        from .trust import confusion_interval
+
+        metrics["interval"] = confusion_interval(metrics["confusion"])
     metrics["data"] = spec
     metrics["bundle"] = str(b.path)
     metrics["task"] = task.task

@@ -47,7 +47,8 @@ def source_val(ctx: EvalContext) -> float:
 
 
 def selector_names() -> list[str]:
-    return ["last", *VALIDATORS]
+    """``last``, every validator, and ``target_val`` (a small labeled target set, ``--target-val``)."""
+    return ["last", *VALIDATORS, "target_val"]
 
 
 def score_all(ctx: EvalContext) -> dict[str, float]:

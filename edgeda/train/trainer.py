@@ -103,6 +103,9 @@ class Trainer:
             raise EdgedaError(f"--task-loss {cfg.task_loss!r} is not a {cfg.task} loss; valid: {', '.join(self.task_def.losses)}")
         self.task = self.task_def.make_spec(src, image_size=self.domains.image_size, channels=cfg.channels,
                                             mean=cfg.mean, std=cfg.std)
+        self.target_val = self._load_target_val() if cfg.target_val else None
+        if cfg.select == "target_val" and self.target_val is None:
+            raise EdgedaError("--select target_val needs --target-val SPEC (a few labeled target images)")
         engine = Engine(self.device, amp=cfg.amp, world_size=self.dist.world_size)
         optim = OptimConfig(cfg.optimizer, cfg.lr, cfg.momentum, cfg.weight_decay)
         self.method: Method = method_cls(
@@ -202,6 +205,19 @@ class Trainer:
         self.skipped_steps = int(state.get("skipped_steps", 0))
         return int(state["iteration"])
 
+    def _load_target_val(self):
+        from ..data import load_domain
+        from ..data.domain import Domain
+
+        dom = load_domain(self.cfg.target_val, labeled=True, size=self.task.image_size, channels=self.task.channels)
+        if isinstance(dom, Domain) != (not self.task_def.dense):
+            raise EdgedaError(f"--target-val {self.cfg.target_val} is not {self.task.task} data")
+        if isinstance(dom, Domain):
+            dom.require_usable(labeled=True, num_classes=self.task.num_classes)
+        else:
+            dom.require_usable(task=self.task.task, num_classes=self.task.num_classes or None)
+        return dom
+
     def _load_chosen(self, iteration: int) -> dict:
         """The checkpoint rank 0 chose, read by another rank (multi-node: ``--out`` must be shared)."""
         try:
@@ -246,6 +262,10 @@ class Trainer:
                 rec["target_entropy"] = float(probs_entropy(p, 1).mean())
                 rec["target_confidence"] = float(p.max(1).values.mean())
         rec.update({f"score/{k}": v for k, v in score_all(ctx).items()})
+        if self.target_val is not None:  # the user's few labeled target images: selection and report
+            tv = evaluate_model(net, self.target_val, task, dev).scores
+            rec.update({f"target_val_{k}": tv[v] for k, v in t.record_keys.items()})
+            rec["score/target_val"] = t.selection_score(tv)
         if d.target_test is not None:  # for the report only; never used for selection
             test = evaluate_model(net, d.target_test, task, dev).scores
             rec.update({f"target_test_{k}": test[v] for k, v in t.record_keys.items()})
@@ -428,6 +448,12 @@ class Trainer:
                 metrics["target_test_per_class"] = per_class
             metrics["target_test_scores"] = {k: v for k, v in full.items() if k not in ("confusion", "per_class", "per_class_iou")}
         metrics["selected_iteration"] = selected
+        if self.target_val is not None:
+            tv = evaluate_model(modules[self.primary], self.target_val, self.task, self.device).scores
+            if "accuracy" in tv:
+                from ..trust import confusion_interval
+
+                metrics["target_val_interval"] = confusion_interval(tv["confusion"])
         grids = [h["samples_png"] for h in self.history if "samples_png" in h]
         if grids:  # the last sample grid, whichever evaluation was selected
             metrics["samples_png"] = grids[-1]

@@ -1,0 +1,63 @@
+"""Bootstrap intervals, --target-val, the negative-transfer warning and --method auto."""
+import json
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from conftest import tiny_config
+from edgeda.cli import main
+from edgeda.train import Trainer
+from edgeda.trust import accuracy_interval, bootstrap_interval, disagreement, transfer_warning
+
+
+def test_bootstrap_interval_covers_the_true_mean():
+    rng = np.random.default_rng(0)
+    p, n, trials = 0.7, 60, 200
+    hits = 0
+    for t in range(trials):
+        lo, hi = bootstrap_interval(rng.random(n) < p, n_boot=400, seed=t)
+        hits += lo <= p <= hi
+    assert 0.88 <= hits / trials <= 0.99  # nominal 95% (percentile bootstrap runs a little narrow)
+    lo, hi = accuracy_interval(45, 60)
+    assert lo < 0.75 < hi and hi - lo > 0.1  # 60 images: a wide interval, as it should be
+    with pytest.raises(ValueError):
+        bootstrap_interval([])
+
+
+def test_target_val_selects_and_reports_interval(tmp_path):
+    cfg = tiny_config(tmp_path, select="target_val", target_val="handwritten:test")
+    res = Trainer(cfg, progress=False, log=None).run()
+    assert all("score/target_val" in h for h in res.history)
+    best = max(res.history, key=lambda h: (h["score/target_val"], h["iteration"]))["iteration"]
+    assert res.metrics["selected_iteration"] == best
+    iv = res.metrics["target_val_interval"]
+    assert iv["low"] <= iv["accuracy"] <= iv["high"] and iv["n"] > 0
+    out = CliRunner().invoke(main, ["eval", str(res.bundle), "--data", "handwritten:test"])
+    assert out.exit_code == 0 and "95% bootstrap interval" in out.output
+
+
+def test_select_target_val_without_the_set_is_an_error(tmp_path):
+    res = CliRunner().invoke(main, ["train", "--method", "source_only", "--iters", "2", "--select", "target_val",
+                                    "--out", str(tmp_path / "r")])
+    assert res.exit_code != 0 and "--target-val" in res.output
+
+
+def test_warning_fires_on_a_planted_class_swap():
+    g = torch.Generator().manual_seed(0)
+    labels = torch.randint(0, 10, (200,), generator=g)
+    ref = 10 * torch.nn.functional.one_hot(labels, 10).float()
+    swapped_labels = labels.clone()
+    for a, b in ((0, 1), (2, 3), (4, 5), (6, 7)):  # a confident swap of four class pairs
+        swapped_labels[labels == a], swapped_labels[labels == b] = b, a
+    swapped = 10 * torch.nn.functional.one_hot(swapped_labels, 10).float()
+    d = disagreement(swapped, ref)
+    assert d > 0.5
+    msg = transfer_warning({"score/info_max": 2.0}, {"score/info_max": 1.9}, d)
+    assert msg is not None and "--target-val" in msg and "changes" in msg
+    # validators split: info_max says better, dev says worse
+    msg = transfer_warning({"score/info_max": 2.0, "score/dev": -2.0}, {"score/info_max": 1.9, "score/dev": -1.0}, 0.05)
+    assert msg is not None and "dev say no" in msg
+    # a small, agreed improvement: no warning
+    assert transfer_warning({"score/info_max": 2.0, "score/dev": -0.9}, {"score/info_max": 1.9, "score/dev": -1.0}, 0.05) is None

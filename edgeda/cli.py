@@ -85,7 +85,7 @@ def _parse_size(text):
 
 
 @main.command()
-@click.option("--method", help="adaptation method (see `edgeda methods`)")
+@click.option("--method", help="adaptation method (see `edgeda methods`), or auto: train several, ship the best by a validator")
 @click.option("--task", type=click.Choice(["classification", "segmentation", "depth"]),
               help="what the model predicts (default: inferred from the source data)")
 @click.option("--source", help="labeled source domain: built-in name, folder or .npz")
@@ -134,6 +134,22 @@ def train(method, task, source, target, target_test, target_val, iters, batch_si
     if backbone_options:
         overrides["backbone_kwargs"] = {**file_values.get("backbone_kwargs", {}),
                                         **dict(parse_option(o) for o in backbone_options)}
+    if method == "auto":  # source-only and a short list of methods; ship what the validator ranks best
+        from .trust import train_auto
+
+        overrides["method"] = "source_only"
+        auto = train_auto(make_config(file_values, overrides), log=None if as_json else click.echo)
+        if as_json:
+            emit_json(auto)
+            return
+        for name, c in auto["candidates"].items():
+            test = f", target test {c['target_test']:.1%} (reported only)" if c.get("target_test") is not None else ""
+            click.echo(f"  {name:<18} {auto['selector']} {c['scores'].get(auto['selector'], float('nan')):.4f}{test}")
+        click.echo(f"chosen by {auto['selector']}: {auto['chosen']}")
+        if auto["transfer_warning"]:
+            click.echo(auto["transfer_warning"])
+        click.echo(f"bundle: {auto['bundle']}")
+        return
     cfg = make_config(file_values, overrides)
     result = run_train(cfg, resume=resume, progress=not as_json and sys.stderr.isatty(), log=None if as_json else click.echo)
     if result.bundle is None:  # a torchrun rank other than 0: rank 0 reports

@@ -61,3 +61,44 @@ def test_warning_fires_on_a_planted_class_swap():
     assert msg is not None and "dev say no" in msg
     # a small, agreed improvement: no warning
     assert transfer_warning({"score/info_max": 2.0, "score/dev": -0.9}, {"score/info_max": 1.9, "score/dev": -1.0}, 0.05) is None
+
+
+def test_method_auto_smoke(tmp_path):
+    from edgeda.bundle import load_bundle
+    from edgeda.trust import train_auto
+
+    cfg = tiny_config(tmp_path, method="source_only")
+    res = train_auto(cfg, methods=("dann",), adapt_methods=("tent",), adapt_iters=2, log=None)
+    assert set(res["candidates"]) == {"source_only", "dann", "source_only+tent"}
+    chosen = res["candidates"][res["chosen"]]["scores"][res["selector"]]
+    assert all(c["scores"].get(res["selector"], -1e9) <= chosen for c in res["candidates"].values())
+    assert res["candidates"]["source_only"]["scores"]["agreement"] == 1.0
+    manifest = load_bundle(res["bundle"]).manifest
+    assert manifest["metrics"]["auto"]["chosen"] == res["chosen"]
+    assert json.loads((tmp_path / "run" / "auto.json").read_text())["selector"] == res["selector"]
+
+
+def test_trainer_warns_when_the_shipped_model_swaps_classes_of_the_reference(tmp_path):
+    """A planted swap: the reference is the trained model with two output rows exchanged, so the
+    shipped model disagrees with it on every target image of those classes."""
+    import copy
+
+    from edgeda.bundle import load_bundle
+
+    res = Trainer(tiny_config(tmp_path / "a", method="source_only", iters=30, eval_every=30), progress=False, log=None).run()
+    b = load_bundle(res.bundle)
+    ref = b.module(b.primary)
+    head = [m for m in ref.modules() if isinstance(m, torch.nn.Linear)][-1]
+    with torch.no_grad():
+        perm = torch.arange(head.out_features)
+        perm[:6] = torch.tensor([1, 0, 3, 2, 5, 4])
+        head.weight.copy_(head.weight[perm]), head.bias.copy_(head.bias[perm])
+    logs = []
+    cfg = tiny_config(tmp_path / "b", method="source_only", iters=30, eval_every=30)
+    out = Trainer(cfg, progress=False, log=logs.append, reference=ref).run()
+    assert out.metrics["transfer_warning"] and "--target-val" in out.metrics["transfer_warning"]
+    assert sum("warning:" in line for line in logs) == 1
+    # the unswapped model as its own reference: no warning
+    same = Trainer(tiny_config(tmp_path / "c", method="source_only", iters=30, eval_every=30), progress=False,
+                   log=None, reference=load_bundle(res.bundle).module(b.primary)).run()
+    assert same.metrics["transfer_warning"] is None

@@ -448,6 +448,14 @@ class Trainer:
                 metrics["target_test_per_class"] = per_class
             metrics["target_test_scores"] = {k: v for k, v in full.items() if k not in ("confusion", "per_class", "per_class_iou")}
         metrics["selected_iteration"] = selected
+        if self.reference is not None and self.domains.target is not None:  # may this be a negative transfer?
+            from ..trust import disagreement, score_model, transfer_warning
+
+            ref_scores, ref_rows = score_model(self.reference, self.domains, self.task, self.device, cfg.seed)
+            scores, rows = score_model(modules[self.primary], self.domains, self.task, self.device, cfg.seed, ref_rows)
+            metrics["transfer_warning"] = transfer_warning(scores, ref_scores, disagreement(rows, ref_rows))
+            if metrics["transfer_warning"]:
+                self.log(metrics["transfer_warning"])
         if self.target_val is not None:
             tv = evaluate_model(modules[self.primary], self.target_val, self.task, self.device).scores
             if "accuracy" in tv:

@@ -11,6 +11,7 @@ Unknown names raise an :class:`~edgeda.errors.EdgedaError` that lists the valid 
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
 from typing import Callable, Generic, Iterator, TypeVar
 
 from .errors import EdgedaError
@@ -31,6 +32,21 @@ class Registry(Generic[T]):
             return obj
 
         return add
+
+    def unregister(self, name: str) -> T:
+        """Remove an entry (a plugin unloading, a test's temporary entry); returns it."""
+        if name not in self._entries:
+            raise EdgedaError(f"{self.kind} {name!r} is not registered")
+        return self._entries.pop(name)
+
+    @contextmanager
+    def registered(self, name: str, obj: T) -> Iterator[T]:
+        """``with REG.registered(name, obj):`` -- the entry exists only inside the block."""
+        self.register(name)(obj)
+        try:
+            yield obj
+        finally:
+            self.unregister(name)
 
     def get(self, name: str) -> T:
         try:

@@ -125,9 +125,8 @@ class _Collapser(AdaptMethod):
 
 @pytest.fixture
 def collapser():
-    ADAPT_METHODS.register("collapse_probe")(_Collapser)
-    yield
-    del ADAPT_METHODS._entries["collapse_probe"]
+    with ADAPT_METHODS.registered("collapse_probe", _Collapser):
+        yield
 
 
 @pytest.mark.parametrize("mode", ["one_class", "nan"])
@@ -170,7 +169,7 @@ def test_selection_writes_the_highest_info_max_state(shipped, tmp_path, select):
         r = adapt(bundle, target, tmp_path / "o.edgeda", method="sharpen_probe", iters=6, batch=8, check_every=1,
                   select=select)
     finally:
-        del ADAPT_METHODS._entries["sharpen_probe"]
+        ADAPT_METHODS.unregister("sharpen_probe")
     sel = Bundle(r.bundle).manifest["adaptation"]["selection"]
     its, scores = zip(*sel["info_max_per_check"])
     assert its == (0, 1, 2, 3, 4, 5, 6) and not r.collapsed
@@ -218,7 +217,7 @@ def test_minutes_budget_stops_early(shipped, tmp_path):
     try:
         r = adapt(bundle, target, tmp_path / "o.edgeda", method="idle_probe", iters=100000, minutes=0.1, batch=8)
     finally:
-        del ADAPT_METHODS._entries["idle_probe"]
+        ADAPT_METHODS.unregister("idle_probe")
     assert r.stopped_because == "time budget" and 0 < r.iterations < 100000 and not r.collapsed
     assert Bundle(r.bundle).manifest["adaptation"]["iterations_done"] == r.iterations
 
@@ -256,3 +255,78 @@ def test_monitor_flags_each_kind_of_collapse():
     assert "one class" in mon.check(prediction_stats(one))
     assert "exploded" in mon.check(prediction_stats(healthy * 0.01))
     assert "NaN" in mon.check(prediction_stats(torch.full((5, 10), float("nan"))))
+
+
+def test_minutes_is_a_ceiling_not_an_iteration_count(shipped, tmp_path):
+    bundle, target = shipped
+    ADAPT_METHODS.register("idle_probe")(_Idler)
+    _Idler.default_iters = 3
+    try:
+        r = adapt(bundle, target, tmp_path / "a.edgeda", method="idle_probe", minutes=5, batch=8)
+        assert r.iterations == 3 and r.stopped_because == "iterations"  # the method's count, not the budget's
+        r = adapt(bundle, target, tmp_path / "b.edgeda", method="idle_probe", iters=0, minutes=0.1, batch=8)
+        assert r.stopped_because == "time budget" and r.iterations > 3  # --iters 0: until the budget ends
+        with pytest.raises(EdgedaError, match="needs --minutes"):
+            adapt(bundle, target, tmp_path / "c.edgeda", method="idle_probe", iters=0, batch=8)
+    finally:
+        del _Idler.default_iters
+        ADAPT_METHODS.unregister("idle_probe")
+    from edgeda.adapt.cli import adapt as cmd
+
+    helps = {p.name: getattr(p, "help", None) or "" for p in cmd.params}
+    assert "0 = until" in helps["iters"] and "ceiling" in helps["minutes"]
+
+
+def test_cli_json_reports_collapse_with_exit_code(shipped, tmp_path, collapser):
+    import json
+
+    from edgeda.cli import main
+
+    bundle, target = shipped
+    res = CliRunner().invoke(main, ["adapt", str(bundle), "--target-dir", str(target), "--out", str(tmp_path / "o.edgeda"),
+                                    "--method", "collapse_probe", "--iters", "30", "--batch", "8", "--json"])
+    assert res.exit_code == 3, res.output
+    out = json.loads(res.stdout[res.stdout.index("{"):])
+    assert out["collapsed"] and out["stopped_because"] == "collapse"
+
+
+class _Worsener(AdaptMethod):
+    """Test method: its preparation and every step flatten the predictions (info_max falls below the shipped)."""
+
+    name = "worsen_probe"
+    defaults = {}
+
+    def build(self):
+        pass
+
+    def prepare(self, target):
+        self._flatten()
+
+    def _flatten(self):
+        with torch.no_grad():
+            for p in self.classifier.head.parameters():
+                p.mul_(0.8)
+
+    def step(self, x, idx=None):
+        self._flatten()
+        return {}
+
+
+@pytest.mark.parametrize("collapse", [False, True])
+def test_shipped_state_is_a_candidate(shipped, tmp_path, collapser, collapse):
+    bundle, target = shipped
+    ADAPT_METHODS.register("worsen_probe")(_Worsener)
+    try:
+        if collapse:  # harmless steps, then a collapse: nothing adapted beats the shipped model
+            r = adapt(bundle, target, tmp_path / "o.edgeda", method="collapse_probe", iters=20, batch=8, check_every=1)
+            assert r.collapsed
+        else:  # every adapted state (the one after preparation included) scores lower than the shipped one
+            r = adapt(bundle, target, tmp_path / "o.edgeda", method="worsen_probe", iters=4, batch=8, check_every=1)
+    finally:
+        ADAPT_METHODS.unregister("worsen_probe")
+    sel = Bundle(r.bundle).manifest["adaptation"]["selection"]
+    if not collapse:
+        assert all(s < sel["shipped_info_max"] for _, s in sel["info_max_per_check"])
+    assert sel["selected_iteration"] == "shipped" and sel["written"] == "the shipped model"
+    for k, v in _state(bundle).items():
+        assert torch.equal(v, _state(r.bundle)[k]), k

@@ -13,8 +13,10 @@ from ..cli import emit_json, handle_errors
 @click.option("--target-dir", required=True, type=click.Path(), help="folder of this device's unlabeled images (or an .npz)")
 @click.option("--out", required=True, type=click.Path(), help="where to write the adapted bundle (a new path)")
 @click.option("--method", default="3cgan", show_default=True, help="3cgan | shot | tent")
-@click.option("--iters", type=int, help="iteration cap (default: the method's; unlimited with --minutes alone)")
-@click.option("--minutes", type=float, help="wall-clock budget for the whole run, set-up and writing included")
+@click.option("--iters", type=int, help="iterations (default: the method's own); 0 = until the --minutes budget ends")
+@click.option("--minutes", type=float,
+              help="wall-clock ceiling for the whole run, set-up and writing included; it stops the method's "
+                   "iterations early but never adds any (use --iters 0 to run until it ends)")
 @click.option("--memory-mb", type=float, help="peak memory budget; picks the batch size (and precision on CUDA)")
 @click.option("--batch", default=64, show_default=True, help="target images per step (upper bound under --memory-mb)")
 @click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda[:N]")
@@ -50,6 +52,8 @@ def adapt(bundle, target_dir, out, method, iters, minutes, memory_mb, batch, dev
                    "collapsed": r.collapsed, "message": r.message, "wall_time_s": r.wall_time_s,
                    "peak_rss_mb": r.peak_rss_mb, "peak_cuda_mb": r.peak_cuda_mb, "before": r.before, "after": r.after,
                    "accuracy": r.accuracy, "export": r.export, "adaptation": r.manifest})
+        if r.collapsed:
+            sys.exit(3)
         return
     b, a = r.before, r.after
     if r.collapsed:

@@ -66,15 +66,16 @@ def adapt(bundle: str | Path, target_dir: str | Path, out: str | Path, *, method
           on_check: Callable[[int, dict, torch.nn.Module], None] | None = None) -> AdaptResult:
     """Adapt a shipped bundle to the unlabeled images in ``target_dir``; write the result to ``out``.
 
-    ``iters``: iteration cap (default: the method's, or unlimited when only ``minutes`` is given);
-    ``minutes``: wall-clock budget for the whole call; ``memory_mb``: peak-memory budget (picks the
+    ``iters``: iterations (default: the method's ``default_iters``; ``0``: until the ``minutes`` budget ends);
+    ``minutes``: wall-clock ceiling for the whole call (it ends the iterations early, never adds any); ``memory_mb``: peak-memory budget (picks the
     batch size / precision); ``labels``: a labeled domain spec used only to report accuracy before
     and after; ``threads``: CPU threads for torch (default: torch's, one per core; on a busy device 1
     avoids OpenMP threads waiting on each other); ``started_at``: a ``time.perf_counter()`` value to count the budget from (the CLI
     passes its own start, so imports count too); ``select``: which healthy state is written —
     ``"info_max"`` (default) the one whose predictions on the monitor images score highest on
     information maximisation (confident per image, diverse over the set; no labels), ``"last"``
-    the last one; ``on_check(iteration, stats, classifier)``: called after every check (progress
+    the last one; the shipped state is always a candidate (written when every adapted state is
+    unhealthy or, under ``info_max``, scores lower than it); ``on_check(iteration, stats, classifier)``: called after every check (progress
     reporting, diagnostics). Returns an :class:`AdaptResult`; the adaptation record is also in the new bundle's
     manifest under ``"adaptation"``.
 
@@ -86,6 +87,8 @@ def adapt(bundle: str | Path, target_dir: str | Path, out: str | Path, *, method
     bundle, target_dir, out = Path(bundle), Path(target_dir), Path(out)
     if iters is not None and iters < 0:
         raise EdgedaError("--iters must be >= 0")
+    if iters == 0 and minutes is None:
+        raise EdgedaError("--iters 0 means 'until the time budget ends' and needs --minutes")
     if minutes is not None and minutes <= 0:
         raise EdgedaError("--minutes must be positive")
     if select not in SELECT_RULES:
@@ -145,7 +148,8 @@ def adapt(bundle: str | Path, target_dir: str | Path, out: str | Path, *, method
     batch, precision, est_mb = plan_batch(batch, memory_mb, fixed_mb=fixed, per_sample_mb=per_sample, cuda=cuda)
     if precision != "fp32":
         m.engine = Engine(dev, amp=True)
-    iters_cap = iters if iters is not None else (None if minutes is not None else m.default_iters)
+    # a budget is a ceiling: the method's iteration count unless --iters says otherwise; 0 = until the budget ends
+    iters_cap = m.default_iters if iters is None else (None if iters == 0 else iters)
     epoch_iters = max(1, len(dom) // batch)
     check_every = check_every or max(5, min(50, epoch_iters))
     reserve = 2.0 * stats_s * (1 + (len(lab) / len(dom) if lab is not None else 0)) + 1.0 + (5.0 if export else 0.0)
@@ -166,13 +170,17 @@ def adapt(bundle: str | Path, target_dir: str | Path, out: str | Path, *, method
         """A healthy check: remember this state when the selection rule prefers it."""
         nonlocal snapshot, good_iter, snapshot_name
         score = scores[-1][1] if select == "info_max" else float(it)
-        if score >= best["score"]:
+        if score > best["score"] or (score == best["score"] and best["iteration"] != "shipped"):
             best.update(score=score, iteration=it)
             snapshot, snapshot_name = m.state_snapshot(), name
         good_iter = it
 
+    # the shipped state is always a candidate: written when every adapted state is unhealthy or scores lower
+    shipped_stats = prediction_stats(monitor_set.features_logits(m.classifier)[1], mon_ref)
+    shipped_score = round(shipped_stats["info_max"], 5)
     snapshot, good_iter, checks, it = m.state_snapshot(), 0, 0, 0
     snapshot_name = "the shipped model"
+    best.update(score=shipped_score if select == "info_max" else -float("inf"), iteration="shipped")
     collapse, stopped = None, "iterations"
     setup_s = budget.elapsed()
     if budget.should_stop(reserve):
@@ -243,7 +251,8 @@ def adapt(bundle: str | Path, target_dir: str | Path, out: str | Path, *, method
                    "batch": batch, "precision": precision, "estimated_peak_mb": round(est_mb, 1)},
         "iterations_done": it, "stopped_because": stopped, "last_good_iteration": good_iter,
         "selection": {"rule": select, "selected_iteration": best["iteration"], "written": snapshot_name,
-                      "info_max_per_check": scores},
+                      "info_max_per_check": scores,
+                      "shipped_info_max": shipped_score},
         "setup_s": round(setup_s, 2),
         "target": {"dir": str(target_dir), "images_used": len(dom), **_skips(dom.report)},
         "safety": {"status": "rolled_back" if stopped == "collapse" else "ok", "message": message, "checks": checks,

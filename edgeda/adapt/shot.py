@@ -15,8 +15,8 @@ f = [g(x), 1] / ||[g(x), 1]||,
 recomputed over the whole target set (in eval mode) at the start and every epoch.
 
 Defaults (the paper's): beta = 0.3; SGD, lr 0.01 with lr_p = lr (1 + 10 p)^-0.75, momentum 0.9,
-Nesterov, weight decay 5e-4; epsilon 1e-5 in the diversity term; 300 iterations when neither
-``--iters`` nor ``--minutes`` is given.
+Nesterov, weight decay 5e-4; epsilon 1e-5 in the diversity term; 300 iterations unless
+``--iters`` says otherwise.
 """
 from __future__ import annotations
 

@@ -10,7 +10,7 @@ target images (AdaBN) and keep following the target batches during adaptation (m
 ``bn_momentum``); the new bundle therefore deploys with target statistics.
 
 Defaults: Adam, lr 1e-3, betas (0.9, 0.999), no weight decay (the paper's CIFAR settings);
-BatchNorm momentum 0.1; 200 iterations when neither ``--iters`` nor ``--minutes`` is given.
+BatchNorm momentum 0.1; 200 iterations unless ``--iters`` says otherwise (``--minutes`` only ends them early).
 """
 from __future__ import annotations
 

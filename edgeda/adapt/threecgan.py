@@ -21,7 +21,7 @@ Defaults: lambda_sem = 1, lambda_gen = 1 (ramped linearly from 0 over the first 
 = 20 % of the run, while G still draws noise), lambda_w = 1e-3, lambda_clu = 0.1, lambda_vat = 1,
 vat_radius = 3.5 (normalised-input L2 units, as VADA's digits setting); GAN loss ``nonsat``;
 Adam (0.5, 0.999) lr 2e-4 for G and D, Adam (0.9, 0.999) lr 1e-4 for C; G width 32, z 64,
-D width 32; 1500 iterations when neither ``--iters`` nor ``--minutes`` is given. Like every
+D width 32; 1500 iterations unless ``--iters`` says otherwise. Like every
 adaptation method, the runner writes the healthy state with the highest information maximisation
 on the target images (``--select info_max``), not necessarily the last: on syndigits -> handwritten
 the classifier gains most in the first few hundred iterations (AdaBN + the clustering term) and

@@ -47,6 +47,7 @@ class TrainConfig:
     val_fraction: float = 0.1  # held-out source validation for sources without a val split
     augment_shift: int = 2
     augment_contrast: float = 0.0
+    augment_hflip: bool = True  # dense tasks: random horizontal flips (off for mirror-sensitive content: text, digits)
     options: dict = field(default_factory=dict)  # method-specific options
     skip_nonfinite: bool = False
     init: str | None = None  # initial weights (bundle or .safetensors) where a method needs them

@@ -142,7 +142,7 @@ class Trainer:
             from .dense_stream import DenseStream
 
             return DenseStream(domain, self.task, cfg.batch_size, self.device, seed, labeled=labeled,
-                               workers=cfg.workers, **shard)
+                               workers=cfg.workers, hflip=cfg.augment_hflip, **shard)
         return BatchStream(domain, self.task, cfg.batch_size, self.device, seed, labeled=labeled,
                            shift=cfg.augment_shift, contrast=cfg.augment_contrast, **shard)
 

@@ -1,7 +1,8 @@
 """The interface every source-free adaptation method implements, and helpers they share.
 
-A method receives the shipped classifier (rebuilt from the bundle), the task spec and its
-options; ``step(x)`` takes one batch of normalised target images and returns its losses. The
+A method receives the shipped task network (a classifier, or a dense segmentation model; rebuilt
+from the bundle), the task spec and its options; ``step(x)`` takes one batch of normalised target
+images (for dense tasks possibly a crop of the frames, ``self.window``) and returns its losses. The
 runner (:mod:`edgeda.adapt.runner`) owns everything else: the time and memory budget, the batch
 stream, collapse monitoring with rollback, and the new bundle. No method ever sees source data:
 there is nowhere for it to come from.
@@ -11,6 +12,7 @@ from __future__ import annotations
 import copy
 from typing import ClassVar
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -28,15 +30,19 @@ class AdaptMethod:
     """Base class. Subclasses set ``name``, ``summary``, ``defaults`` (options with their values,
     overridable as ``key=value``), ``default_iters`` and implement :meth:`build` and :meth:`step`.
 
-    ``self.classifier`` is the model that ships; ``self.source_state`` a frozen copy of the shipped
-    weights; ``self.progress`` in [0, 1] is set by the runner (iterations or time, whichever is
-    further along); ``self.engine`` runs every update (non-finite check, AMP on CUDA).
+    ``self.classifier`` is the model that ships (the dense model of a segmentation bundle);
+    ``self.source_state`` a frozen copy of the shipped weights; ``self.progress`` in [0, 1] is set
+    by the runner (iterations or time, whichever is further along); ``self.window`` is the crop
+    ``(top, left, height, width)`` of the frames in the batch being stepped on (None: full frames),
+    also set by the runner; ``self.engine`` runs every update (non-finite check, AMP on CUDA).
+    ``tasks`` names the tasks the method adapts.
     """
 
     name: ClassVar[str] = ""
     summary: ClassVar[str] = ""
     defaults: ClassVar[dict] = {}
     default_iters: ClassVar[int] = 500
+    tasks: ClassVar[tuple[str, ...]] = ("classification",)
     # forward passes of the classifier per step whose activations are kept for backward (memory plan)
     classifier_passes: ClassVar[float] = 1.0
 
@@ -53,6 +59,7 @@ class AdaptMethod:
         self.classifier = classifier.to(self.device)
         self.source_state = {k: v.detach().clone() for k, v in classifier.state_dict().items()}
         self.progress = 0.0
+        self.window: tuple[int, int, int, int] | None = None
         self.generator = torch.Generator().manual_seed(seed)
         self.optims: dict[str, torch.optim.Optimizer] = {}
         self.build()
@@ -97,25 +104,42 @@ class AdaptMethod:
 
 
 class TargetSet:
-    """The unlabeled target images (uint8 (N,H,W,C) on the CPU) and the task's normalisation."""
+    """The unlabeled target images (uint8 (N,H,W,C) on the CPU, at the task's (H, W)) and the
+    task's normalisation. Dense frames go through in smaller batches (``batch_size``)."""
 
-    def __init__(self, images, task: TaskSpec, device, batch_size: int = 256):
-        self.images, self.task, self.device, self.batch_size = images, task, torch.device(device), batch_size
+    def __init__(self, images, task: TaskSpec, device, batch_size: int | None = None):
+        self.images, self.task, self.device = images, task, torch.device(device)
+        self.batch_size = batch_size or (16 if task.dense else 256)
 
     def __len__(self) -> int:
         return len(self.images)
 
-    def tensor(self, idx) -> torch.Tensor:
-        """Normalised NCHW float batch of the images at ``idx`` on the device."""
+    def tensor(self, idx, window: tuple[int, int, int, int] | None = None) -> torch.Tensor:
+        """Normalised NCHW float batch of the images at ``idx`` on the device (cropped to ``window``)."""
         from ..data.transforms import to_float_nchw
 
-        xb = torch.from_numpy(self.images[idx]).to(self.device)
+        arr = self.images[idx]
+        if window is not None:
+            top, left, h, w = window
+            arr = np.ascontiguousarray(arr[:, top:top + h, left:left + w])
+        xb = torch.from_numpy(arr).to(self.device)
         return to_float_nchw(xb, self.task.mean, self.task.std)
 
     def batches(self, batch_size: int | None = None):
         bs = batch_size or self.batch_size
         for i in range(0, len(self.images), bs):
             yield self.tensor(slice(i, i + bs))
+
+    @torch.no_grad()
+    def predictions(self, model: nn.Module):
+        """(slice, output) of ``model`` (eval mode, its mode restored) over every image, batch by batch."""
+        was = model.training
+        model.eval()
+        try:
+            for i in range(0, len(self.images), self.batch_size):
+                yield slice(i, i + self.batch_size), model(self.tensor(slice(i, i + self.batch_size))).float()
+        finally:
+            model.train(was)
 
     @torch.no_grad()
     def features_logits(self, model: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
@@ -129,6 +153,57 @@ class TargetSet:
             logits.append(z.float().cpu())
         model.train(was)
         return torch.cat(feats), torch.cat(logits)
+
+
+def hypothesis_layers(model: nn.Module) -> list[nn.Conv2d]:
+    """The last linear map of a dense segmentation model: the 1x1 convolutions of its head whose
+    outputs are the class logits (one for the U-Net and DeepLab heads; LR-ASPP sums two, on the
+    stride-8 map and on the attended high-level map). Their inputs, concatenated, are the pixel
+    features the logits are a linear function of."""
+    k = getattr(model, "num_outputs", None)
+    head = getattr(model, "head", None)
+    convs = [m for m in (head.modules() if head is not None else ())
+             if isinstance(m, nn.Conv2d) and m.out_channels == k and m.kernel_size == (1, 1)]
+    if not convs:
+        raise EdgedaError("this dense model has no 1x1 classifier convolution in its head; SHOT needs one")
+    return convs
+
+
+class pixel_features:
+    """Context manager capturing, during a forward of a dense model, the pixel features at the
+    classifier's resolution (N, C, h, w) and the head's logits there (N, K, h, w), before the
+    upsampling to the input size.
+
+    >>> with pixel_features(model) as cap:
+    ...     model(x)
+    >>> cap.features.shape, cap.logits.shape
+    """
+
+    def __init__(self, model: nn.Module):
+        self.layers = hypothesis_layers(model)
+
+    def __enter__(self):
+        self._ins, self._outs = [], []
+
+        def hook(_m, inputs, output):
+            self._ins.append(inputs[0])
+            self._outs.append(output)
+
+        self._handles = [m.register_forward_hook(hook) for m in self.layers]
+        return self
+
+    @property
+    def features(self) -> torch.Tensor:
+        return torch.cat(self._ins, 1)
+
+    @property
+    def logits(self) -> torch.Tensor:
+        return torch.stack(self._outs).sum(0)
+
+    def __exit__(self, *exc):
+        for h in self._handles:
+            h.remove()
+        return False
 
 
 def _coerce(default, value):

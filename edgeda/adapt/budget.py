@@ -7,6 +7,10 @@ of it) with the last healthy state.
 
 Memory: :func:`plan_batch` picks the largest batch (halving from the requested one) whose
 estimated peak fits ``--memory-mb``; on CUDA it first tries bf16/fp16 autocast before halving.
+Dense frames are large: :func:`plan_dense` halves the batch down to ``MIN_DENSE_BATCH`` frames
+and then trains on random crops, halving the crop's sides (multiples of 16 pixels, at least a
+quarter of each side and 32 pixels) until the estimate fits; evaluation, the collapse monitor and
+the written model always see full frames.
 The estimate is the resident memory now + 4 x parameter bytes (weights, gradients, two Adam
 moments) + batch x per-sample activation bytes (measured with forward hooks) x 3 (kept for
 backward + gradients + allocator slack). Peak RSS comes from ``resource.getrusage`` and peak
@@ -25,6 +29,7 @@ from ..errors import EdgedaError
 
 ACTIVATION_FACTOR = 3.0
 MIN_BATCH = 4
+MIN_DENSE_BATCH = 2  # a dense batch normalises over every pixel of its frames: two frames give BatchNorm enough
 
 
 class TimeBudget:
@@ -115,4 +120,49 @@ def plan_batch(requested: int, memory_mb: float | None, *, fixed_mb: float, per_
     raise EdgedaError(
         f"--memory-mb {memory_mb:g} is too small: even a batch of {MIN_BATCH} needs about "
         f"{estimate(MIN_BATCH, cuda):.0f} MiB here ({fixed_mb:.0f} MiB before adapting); raise it or use --method tent"
+    )
+
+
+def crop_sizes(size: tuple[int, int]) -> list[tuple[int, int]]:
+    """Full frame first, then crops with both sides halved (multiples of 16, >= max(32, side / 4))."""
+    h, w = int(size[0]), int(size[1])
+    out = [(h, w)]
+    while True:
+        ch, cw = out[-1]
+        nh = max(min(h, max(32, h // 4)), (ch // 2) // 16 * 16)
+        nw = max(min(w, max(32, w // 4)), (cw // 2) // 16 * 16)
+        if (nh, nw) == (ch, cw):
+            return out
+        out.append((nh, nw))
+
+
+def plan_dense(requested: int, memory_mb: float | None, *, fixed_mb: float, per_sample_mb: float,
+               size: tuple[int, int], cuda: bool = False) -> tuple[int, tuple[int, int], str, float]:
+    """(frames per step, training crop (h, w), precision, estimated peak MiB) fitting ``memory_mb``;
+    ``per_sample_mb`` is for one full frame (activations scale with the crop's pixels)."""
+    full = size[0] * size[1]
+
+    def estimate(b, crop, half):
+        return fixed_mb + b * per_sample_mb * (crop[0] * crop[1] / full) * ACTIVATION_FACTOR * (0.5 if half else 1.0)
+
+    size = (int(size[0]), int(size[1]))
+    if memory_mb is None:
+        return requested, size, "fp32", estimate(requested, size, False)
+    halves = (False, True) if cuda else (False,)
+    batches, b = [], requested
+    while True:
+        batches.append(b)
+        if b <= MIN_DENSE_BATCH:
+            break
+        b = max(MIN_DENSE_BATCH, b // 2)
+    for crop in crop_sizes(size):
+        for b in (batches if crop == size else batches[-1:]):
+            for half in halves:
+                est = estimate(b, crop, half)
+                if est <= memory_mb:
+                    return b, crop, ("fp16/bf16 autocast" if half else "fp32"), est
+    smallest = crop_sizes(size)[-1]
+    raise EdgedaError(
+        f"--memory-mb {memory_mb:g} is too small: even {batches[-1]} crops of {smallest[0]}x{smallest[1]} pixels need "
+        f"about {estimate(batches[-1], smallest, cuda):.0f} MiB here ({fixed_mb:.0f} MiB before adapting); raise it"
     )

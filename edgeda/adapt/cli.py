@@ -10,18 +10,22 @@ from ..cli import emit_json, handle_errors
 
 @click.command()
 @click.argument("bundle", type=click.Path())
-@click.option("--target-dir", required=True, type=click.Path(), help="folder of this device's unlabeled images (or an .npz)")
+@click.option("--target-dir", required=True, type=click.Path(),
+              help="folder of this device's unlabeled images (or an .npz); read at the bundle's input size")
 @click.option("--out", required=True, type=click.Path(), help="where to write the adapted bundle (a new path)")
-@click.option("--method", default="3cgan", show_default=True, help="3cgan | shot | tent")
+@click.option("--method", default="3cgan", show_default=True,
+              help="3cgan | shot | tent (segmentation bundles: shot | tent)")
 @click.option("--iters", type=int, help="iterations (default: the method's own); 0 = until the --minutes budget ends")
 @click.option("--minutes", type=float,
               help="wall-clock ceiling for the whole run, set-up and writing included; it stops the method's "
                    "iterations early but never adds any (use --iters 0 to run until it ends)")
-@click.option("--memory-mb", type=float, help="peak memory budget; picks the batch size (and precision on CUDA)")
-@click.option("--batch", default=64, show_default=True, help="target images per step (upper bound under --memory-mb)")
+@click.option("--memory-mb", type=float,
+              help="peak memory budget; picks the batch size (and precision on CUDA; for dense frames also the "
+                   "training crop, evaluation stays on full frames)")
+@click.option("--batch", type=int, help="target images per step (default 64, 8 for dense frames; upper bound under --memory-mb)")
 @click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda[:N]")
 @click.option("--export", "do_export", is_flag=True, help="re-export ONNX (and TensorRT where installed) into the new bundle")
-@click.option("--labels", help="labeled domain spec used only to report accuracy before and after")
+@click.option("--labels", help="labeled domain spec used only to report accuracy (mIoU for segmentation) before and after")
 @click.option("--option", "options", multiple=True, help="method option key=value (repeatable)")
 @click.option("--select", default="info_max", show_default=True, type=click.Choice(["info_max", "last"]),
               help="which healthy state to write: highest information maximisation on the target images, or the last")
@@ -33,8 +37,9 @@ def adapt(bundle, target_dir, out, method, iters, minutes, memory_mb, batch, dev
           select, seed, threads, as_json) -> None:
     """Adapt BUNDLE to unlabeled target images without any source data; write a new bundle.
 
-    The input bundle is never modified. If the run collapses (NaN, all predictions in one class,
-    exploding entropy) the last healthy state is written and the exit code is 3.
+    The input bundle is never modified. If the run collapses (NaN, all predictions or pixels in one
+    class, classes vanishing, exploding entropy) the last healthy state is written and the exit
+    code is 3. Segmentation bundles are monitored and selected per pixel; depth bundles are refused.
     """
     import time
 
@@ -68,7 +73,8 @@ def adapt(bundle, target_dir, out, method, iters, minutes, memory_mb, batch, dev
     click.echo(f"  agreement with the shipped model {a['agreement_with_shipped']:.1%}; "
                f"class histogram entropy {b['histogram_entropy']:.2f} -> {a['histogram_entropy']:.2f}")
     if r.accuracy:
-        click.echo(f"  accuracy on {r.accuracy['data']} {r.accuracy['before']:.1%} -> {r.accuracy['after']:.1%} "
+        metric = {"miou": "mIoU"}.get(r.accuracy["metric"], r.accuracy["metric"])
+        click.echo(f"  {metric} on {r.accuracy['data']} {r.accuracy['before']:.1%} -> {r.accuracy['after']:.1%} "
                    "(labels used for this report only)")
     skipped = r.manifest["target"]["files_skipped"]
     if skipped:

@@ -2,7 +2,9 @@
 
 ``virtual_adversarial_loss`` (the VAT term of 3C-GAN's
 clustering regulariser) only needs target images and the model being adapted; SHOT's
-information-maximisation terms are :func:`edgeda.scores.information_maximisation_terms`.
+information-maximisation terms are :func:`edgeda.scores.information_maximisation_terms` for one
+prediction per image and :func:`pixel_information_maximisation_terms` per pixel;
+:func:`class_balanced_cross_entropy` is the self-training term on per-pixel pseudo-labels.
 """
 from __future__ import annotations
 
@@ -10,6 +12,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..scores import entropy
+
+IGNORE_INDEX = 255
 
 
 def kl_divergence(p_logits: torch.Tensor, q_logits: torch.Tensor) -> torch.Tensor:
@@ -40,3 +45,48 @@ def virtual_adversarial_loss(model: nn.Module, x: torch.Tensor, logits: torch.Te
         d = torch.autograd.grad(dist, d)[0].detach()
     r_adv = radius * _unit(d)
     return kl_divergence(target, model(x.detach() + r_adv))
+
+
+def pixel_information_maximisation_terms(logits: torch.Tensor, eps: float = 1e-5
+                                         ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Information maximisation over the pixels of (N, K, H, W) logits, p = softmax over K:
+
+        L_ent       = E_{n,u}[ H(p_{n,u}) ]               (each pixel confident)
+        L_div_image = E_n[ H(mean_u p_{n,u}) ]           (each frame's class marginal diverse)
+        L_div_batch = H(mean_{n,u} p_{n,u})              (the batch's class marginal diverse)
+
+    with H(q) = -sum_k q_k log(q_k + eps) for the marginals. Minimise
+    ``L_ent - (w_image L_div_image + w_batch L_div_batch)``.
+
+    >>> ent, div_img, div_batch = pixel_information_maximisation_terms(model(x))
+    """
+    p = F.softmax(logits.float(), 1)
+    image_marginal = p.mean((2, 3))  # (N, K)
+    batch_marginal = image_marginal.mean(0)
+    div_image = -(image_marginal * torch.log(image_marginal + eps)).sum(1).mean()
+    div_batch = -(batch_marginal * torch.log(batch_marginal + eps)).sum()
+    return entropy(logits, 1).mean(), div_image, div_batch
+
+
+def class_balanced_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = IGNORE_INDEX
+                                 ) -> torch.Tensor:
+    """Cross-entropy averaged per class, then over the classes present in ``labels``:
+
+        L = (1 / |K'|) sum_{k in K'} mean_{i : y_i = k} CE(p_i, k),    K' = classes with a labelled pixel
+
+    so a class covering few pixels weighs as much as the background (each class's mean, not each
+    pixel's). ``logits`` (N, K[, H, W]), ``labels`` (N[, H, W]) int, ``ignore_index`` skipped.
+
+    >>> loss = class_balanced_cross_entropy(model(x), pseudo_labels)
+    """
+    k = logits.shape[1]
+    ce = F.cross_entropy(logits.float(), labels.long(), ignore_index=ignore_index, reduction="none").reshape(-1)
+    lab = labels.reshape(-1).long()
+    valid = lab != ignore_index
+    if not bool(valid.any()):
+        return logits.sum() * 0.0
+    lab, ce = lab[valid], ce[valid]
+    sums = torch.zeros(k, device=ce.device, dtype=ce.dtype).scatter_add(0, lab, ce)
+    counts = torch.bincount(lab, minlength=k)
+    present = counts > 0
+    return (sums[present] / counts[present]).mean()

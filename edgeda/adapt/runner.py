@@ -4,6 +4,12 @@ Reads only the bundle and the target images (there is no parameter through which
 could enter), never modifies the input bundle (its files are hashed before and after), runs the
 chosen method under the time and memory budget with collapse monitoring and rollback, and writes
 the new bundle atomically with before/after statistics in its manifest.
+
+What differs between tasks comes from the task object (:mod:`edgeda.tasks`) and the method's
+``tasks``: a classification bundle adapts on the target images at its input size; a segmentation
+bundle reads the target frames at its (H, W), may train on random crops when ``--memory-mb``
+asks for it (:func:`~edgeda.adapt.budget.plan_dense`), and is monitored, selected and evaluated
+per pixel on full frames. A task no registered method adapts (depth today) is one error.
 """
 from __future__ import annotations
 
@@ -17,12 +23,16 @@ import torch
 
 from ..bundle import Bundle, write_bundle
 from ..data import load_domain
+from ..data.domain import Domain
 from ..errors import BundleError, DataError, EdgedaError
 from ..methods.base import Engine, NonFiniteLoss
+from ..task import TaskSpec
+from ..tasks import task_of
 from ..utils import choose_device, machine_info, seed_everything, sha256_file
 from .base import ADAPT_METHODS, AdaptMethod, TargetSet
-from .budget import TimeBudget, activation_bytes_per_sample, current_rss_mb, param_bytes, peak_rss_mb, plan_batch
-from .safety import CollapseMonitor, prediction_stats
+from .budget import (TimeBudget, activation_bytes_per_sample, current_rss_mb, param_bytes, peak_rss_mb, plan_batch,
+                     plan_dense)
+from .safety import CollapseMonitor, PredictionStats
 
 SELECT_RULES = ("info_max", "last")
 
@@ -40,7 +50,7 @@ class AdaptResult:
     wall_time_s: float
     peak_rss_mb: float
     peak_cuda_mb: float | None = None
-    accuracy: dict | None = None
+    accuracy: dict | None = None  # {"data", "metric" (accuracy | miou), "before", "after", "n"} with --labels
     export: dict | None = None
     manifest: dict = field(default_factory=dict)  # the "adaptation" record written into the bundle
 
@@ -57,10 +67,46 @@ def _check_paths(bundle: Path, target_dir: Path, out: Path) -> None:
         raise DataError(f"--target-dir {target_dir}: not a folder of images (or an .npz of images)")
 
 
+def methods_for(task: str) -> list[str]:
+    """Names of the registered adaptation methods that adapt ``task`` bundles."""
+    return [n for n, cls in ADAPT_METHODS.items() if task in cls.tasks]
+
+
+def _load_target(target_dir: Path, spec: TaskSpec):
+    """(uint8 (N, H, W, C) images at the task's size, load report) of the unlabeled target."""
+    from ..train.evaluate import eval_batches
+
+    dom = load_domain(str(target_dir), labeled=False, size=spec.image_size, channels=spec.channels)
+    if isinstance(dom, Domain):  # a plain tree of images (or an images-only .npz), read at the task's size
+        dom.require_usable(labeled=False)
+        return dom.images, dom.report
+    if not task_of(spec).dense:
+        raise DataError(f"{target_dir} is dense data (images/ with masks or depth); this bundle is a classifier")
+    dom.require_usable()
+    chunks = [raw for _, _, raw in eval_batches(dom, spec, "cpu", 16, labels=False, workers=0)]
+    if not chunks:
+        raise DataError(f"{target_dir} has no decodable images")
+    return np.concatenate(chunks), dom.report
+
+
+def _load_labels(labels: str, spec: TaskSpec):
+    """The labeled domain ``--labels`` names, checked against the bundle's task (reports only)."""
+    lab = load_domain(labels, labeled=True, size=spec.image_size, channels=spec.channels, split="test")
+    if task_of(spec).dense:
+        if isinstance(lab, Domain):
+            raise DataError(f"--labels {labels} has one label per image; this {spec.task} bundle needs per-pixel labels")
+        lab.require_usable(task=spec.task, num_classes=spec.num_classes or None)
+    else:
+        if not isinstance(lab, Domain):
+            raise DataError(f"--labels {labels} is dense data; this bundle is a classifier")
+        lab.require_usable(labeled=True, num_classes=spec.num_classes)
+    return lab
+
+
 def adapt(bundle: str | Path, target_dir: str | Path, out: str | Path, *, method: str = "3cgan",
-          iters: int | None = None, minutes: float | None = None, memory_mb: float | None = None, batch: int = 64,
-          device: str = "auto", export: bool = False, labels: str | None = None, options: dict | None = None,
-          seed: int = 0, check_every: int | None = None, monitor_n: int = 512,
+          iters: int | None = None, minutes: float | None = None, memory_mb: float | None = None,
+          batch: int | None = None, device: str = "auto", export: bool = False, labels: str | None = None,
+          options: dict | None = None, seed: int = 0, check_every: int | None = None, monitor_n: int | None = None,
           threads: int | None = None, log: Callable[[str], None] | None = None,
           started_at: float | None = None, select: str = "info_max",
           on_check: Callable[[int, dict, torch.nn.Module], None] | None = None) -> AdaptResult:
@@ -68,8 +114,10 @@ def adapt(bundle: str | Path, target_dir: str | Path, out: str | Path, *, method
 
     ``iters``: iterations (default: the method's ``default_iters``; ``0``: until the ``minutes`` budget ends);
     ``minutes``: wall-clock ceiling for the whole call (it ends the iterations early, never adds any); ``memory_mb``: peak-memory budget (picks the
-    batch size / precision); ``labels``: a labeled domain spec used only to report accuracy before
-    and after; ``threads``: CPU threads for torch (default: torch's, one per core; on a busy device 1
+    batch size / precision, and for dense frames the training crop); ``batch``: images per step
+    (default 64, or 8 frames for a dense bundle; an upper bound under ``memory_mb``); ``labels``: a
+    labeled domain spec used only to report the task's headline score (accuracy, mIoU) before and
+    after; ``monitor_n``: images the collapse monitor and the selection score (default 512, 64 dense frames); ``threads``: CPU threads for torch (default: torch's, one per core; on a busy device 1
     avoids OpenMP threads waiting on each other); ``started_at``: a ``time.perf_counter()`` value to count the budget from (the CLI
     passes its own start, so imports count too); ``select``: which healthy state is written —
     ``"info_max"`` (default) the one whose predictions on the monitor images score highest on
@@ -93,7 +141,7 @@ def adapt(bundle: str | Path, target_dir: str | Path, out: str | Path, *, method
         raise EdgedaError("--minutes must be positive")
     if select not in SELECT_RULES:
         raise EdgedaError(f"--select must be one of {', '.join(SELECT_RULES)}; got {select!r}")
-    if batch < 2:
+    if batch is not None and batch < 2:
         raise EdgedaError("--batch must be at least 2 (BatchNorm needs batch statistics)")
     method_cls = ADAPT_METHODS.get(method)
     if not (bundle / "manifest.json").is_file():
@@ -102,17 +150,17 @@ def adapt(bundle: str | Path, target_dir: str | Path, out: str | Path, *, method
     hashes_before = _bundle_hashes(bundle)
     b = Bundle(bundle)
     task = b.task
-    if task.task != "classification":
-        raise EdgedaError(f"edgeda adapt supports classification bundles; this one is {task.task!r}")
-    dom = load_domain(str(target_dir), labeled=False, size=task.image_size, channels=task.channels)
-    dom.require_usable(labeled=False)
-    if len(dom) < 2:
-        raise DataError(f"{target_dir} has only {len(dom)} usable image; adaptation needs at least 2")
-    lab = None
-    if labels:
-        lab = load_domain(labels, labeled=True, size=task.image_size, channels=task.channels, split="test")
-        lab.require_usable(labeled=True, num_classes=task.num_classes)
-    log(f"target: {dom.report.summary()} from {target_dir}")
+    tk = task_of(task)
+    if task.task not in method_cls.tasks:
+        raise EdgedaError(f"adapt method {method!r} adapts {', '.join(method_cls.tasks)} bundles, not {task.task}; "
+                          f"methods for {task.task} bundles: {', '.join(methods_for(task.task)) or 'none yet'}")
+    images, report = _load_target(target_dir, task)
+    if len(images) < 2:
+        raise DataError(f"{target_dir} has only {len(images)} usable image; adaptation needs at least 2")
+    lab = _load_labels(labels, task) if labels else None
+    log(f"target: {report.summary()} from {target_dir}")
+    batch = batch or (8 if tk.dense else 64)
+    monitor_n = monitor_n or (64 if tk.dense else 512)
 
     if threads is not None:
         if threads < 1:
@@ -123,42 +171,47 @@ def adapt(bundle: str | Path, target_dir: str | Path, out: str | Path, *, method
     cuda = dev.type == "cuda"
     if cuda:
         torch.cuda.reset_peak_memory_stats(dev)
-    clf = b.module("classifier", str(dev))
-    target = TargetSet(dom.images, task, dev)
+    clf = b.module(b.primary, str(dev))
+    target = TargetSet(images, task, dev)
+    n_images = len(images)
 
     t = time.perf_counter()
-    logits0 = target.features_logits(clf)[1]
+    before, ref_pred = _shipped_stats(target, clf, task.num_classes)
     stats_s = time.perf_counter() - t
-    ref_pred = logits0.argmax(1)
-    before = prediction_stats(logits0, ref_pred)
     monitor = CollapseMonitor(before, task.num_classes)
     rng = np.random.default_rng(seed)
-    mon_idx = np.sort(rng.permutation(len(dom))[:monitor_n])
-    monitor_set = TargetSet(dom.images[mon_idx], task, dev)
+    mon_idx = np.sort(rng.permutation(n_images)[:monitor_n])
+    monitor_set = TargetSet(images[mon_idx], task, dev)
     mon_ref = ref_pred[torch.from_numpy(mon_idx)]
-    acc_before = _accuracy(clf, lab, task, dev) if lab is not None else None
+    acc_before = _score(clf, lab, task, dev) if lab is not None else None
 
     m: AdaptMethod = method_cls(clf, task, options=options, engine=Engine(dev), seed=seed)
     batch_requested = batch
-    batch = min(batch, len(dom))
+    batch = min(batch, n_images)
     fixed = current_rss_mb() + 4 * param_bytes([clf, *m.extra_modules().values()]) / 2**20
     if cuda:
         fixed += torch.cuda.memory_allocated(dev) / 2**20
     per_sample = _per_sample_mb(m, target.tensor(slice(0, 2)))
-    batch, precision, est_mb = plan_batch(batch, memory_mb, fixed_mb=fixed, per_sample_mb=per_sample, cuda=cuda)
+    frame = tuple(images.shape[1:3])
+    if tk.dense:
+        batch, crop, precision, est_mb = plan_dense(batch, memory_mb, fixed_mb=fixed, per_sample_mb=per_sample,
+                                                    size=frame, cuda=cuda)
+    else:
+        crop = frame
+        batch, precision, est_mb = plan_batch(batch, memory_mb, fixed_mb=fixed, per_sample_mb=per_sample, cuda=cuda)
     if precision != "fp32":
         m.engine = Engine(dev, amp=True)
     # a budget is a ceiling: the method's iteration count unless --iters says otherwise; 0 = until the budget ends
     iters_cap = m.default_iters if iters is None else (None if iters == 0 else iters)
-    epoch_iters = max(1, len(dom) // batch)
+    epoch_iters = max(1, n_images // batch)
     check_every = check_every or max(5, min(50, epoch_iters))
-    reserve = 2.0 * stats_s * (1 + (len(lab) / len(dom) if lab is not None else 0)) + 1.0 + (5.0 if export else 0.0)
+    reserve = 2.0 * stats_s * (1 + (len(lab) / n_images if lab is not None else 0)) + 1.0 + (5.0 if export else 0.0)
 
     scores: list[tuple[int, float]] = []  # (iteration, selection score) of every healthy check
     best = {"score": -float("inf"), "iteration": None}
 
     def check(it: int) -> str | None:
-        stats = prediction_stats(monitor_set.features_logits(m.classifier)[1], mon_ref)
+        stats = _stats(monitor_set, m.classifier, mon_ref, task.num_classes)
         verdict = monitor.check(stats, m.classifier)
         if on_check is not None:
             on_check(it, stats, m.classifier)
@@ -176,7 +229,7 @@ def adapt(bundle: str | Path, target_dir: str | Path, out: str | Path, *, method
         good_iter = it
 
     # the shipped state is always a candidate: written when every adapted state is unhealthy or scores lower
-    shipped_stats = prediction_stats(monitor_set.features_logits(m.classifier)[1], mon_ref)
+    shipped_stats = _stats(monitor_set, m.classifier, mon_ref, task.num_classes)
     shipped_score = round(shipped_stats["info_max"], 5)
     snapshot, good_iter, checks, it = m.state_snapshot(), 0, 0, 0
     snapshot_name = "the shipped model"
@@ -190,23 +243,29 @@ def adapt(bundle: str | Path, target_dir: str | Path, out: str | Path, *, method
         collapse, checks = check(0), 1
         if collapse is None:
             keep(0, "iteration 0 (after the method's preparation)")
-        log(f"{method}: batch {batch} ({precision}), checks every {check_every} iterations, "
+        crop_note = "" if crop == frame else f", {crop[0]}x{crop[1]} crops of the {frame[0]}x{frame[1]} frames"
+        log(f"{method}: batch {batch} ({precision}){crop_note}, checks every {check_every} iterations, "
             f"{'until the time budget' if iters_cap is None else f'{iters_cap} iterations'}"
             f"{f' or {minutes:g} min' if minutes else ''}")
     gen = torch.Generator().manual_seed(seed)
-    order, pos = torch.randperm(len(dom), generator=gen), 0
+    order, pos = torch.randperm(n_images, generator=gen), 0
     while collapse is None and stopped == "iterations" and (iters_cap is None or it < iters_cap):
         if budget.should_stop(reserve):
             stopped = "time budget"
             break
         t = time.perf_counter()
-        if pos + batch > len(dom):
-            order, pos = torch.randperm(len(dom), generator=gen), 0
+        if pos + batch > n_images:
+            order, pos = torch.randperm(n_images, generator=gen), 0
         idx = order[pos : pos + batch]
         pos += batch
         m.progress = max(it / iters_cap if iters_cap else 0.0, budget.fraction())
+        m.window = None
+        if crop != frame:  # one random crop of the frames per step (the memory plan asked for it)
+            top = int(torch.randint(0, frame[0] - crop[0] + 1, (1,), generator=gen))
+            left = int(torch.randint(0, frame[1] - crop[1] + 1, (1,), generator=gen))
+            m.window = (top, left, crop[0], crop[1])
         try:
-            losses = m.step(target.tensor(idx.numpy()), idx)
+            losses = m.step(target.tensor(idx.numpy(), m.window), idx)
         except NonFiniteLoss:
             collapse = "a loss became NaN/inf"
             break
@@ -237,26 +296,29 @@ def adapt(bundle: str | Path, target_dir: str | Path, out: str | Path, *, method
     clf = m.classifier
     clf.eval()
 
-    logits1 = target.features_logits(clf)[1]
-    after = prediction_stats(logits1, ref_pred)
-    acc_after = _accuracy(clf, lab, task, dev) if lab is not None else None
-    accuracy = None if lab is None else {"data": labels, "before": acc_before, "after": acc_after, "n": len(lab)}
+    after = _stats(target, clf, ref_pred, task.num_classes)
+    acc_after = _score(clf, lab, task, dev) if lab is not None else None
+    accuracy = None if lab is None else {"data": labels, "metric": tk.headline, "before": acc_before,
+                                         "after": acc_after, "n": len(lab)}
     peak_cuda = torch.cuda.max_memory_allocated(dev) / 2**20 if cuda else None
     record = {
         "method": method, "summary": m.describe(), "options": m.opts, "source_free": True, "seed": seed,
+        "task": task.task,
         "parent": {"path": str(bundle), "manifest_sha256": hashes_before.get("manifest.json"),
                    "method": b.manifest.get("method", {}).get("name"), "metrics": b.manifest.get("metrics", {})},
         "budget": {"minutes": minutes, "memory_mb": memory_mb, "iterations_requested": iters,
                    "iterations_cap": iters_cap, "batch_requested": batch_requested,
-                   "batch": batch, "precision": precision, "estimated_peak_mb": round(est_mb, 1)},
+                   "batch": batch, "precision": precision, "estimated_peak_mb": round(est_mb, 1),
+                   "frame": list(frame), "train_crop": list(crop)},
         "iterations_done": it, "stopped_because": stopped, "last_good_iteration": good_iter,
         "selection": {"rule": select, "selected_iteration": best["iteration"], "written": snapshot_name,
                       "info_max_per_check": scores,
                       "shipped_info_max": shipped_score},
         "setup_s": round(setup_s, 2),
-        "target": {"dir": str(target_dir), "images_used": len(dom), **_skips(dom.report)},
+        "target": {"dir": str(target_dir), "images_used": n_images, **_skips(report)},
         "safety": {"status": "rolled_back" if stopped == "collapse" else "ok", "message": message, "checks": checks,
-                   "check_every": check_every, "monitor_images": len(mon_idx), "limits": monitor.limits()},
+                   "check_every": check_every, "monitor_images": len(mon_idx), "limits": monitor.limits(),
+                   "per": "pixel" if tk.dense else "image"},
         "before": before, "after": after, "accuracy": accuracy,
         "device": str(dev), "torch_threads": torch.get_num_threads(), "machine": machine_info(),
     }
@@ -264,9 +326,9 @@ def adapt(bundle: str | Path, target_dir: str | Path, out: str | Path, *, method
                         "peak_cuda_mb": None if peak_cuda is None else round(peak_cuda, 1)}
     record["wall_time_s"] = round(budget.elapsed(), 2)
     record["cpu_time_s"] = round(_cpu_seconds(), 1)
-    metrics = {} if accuracy is None else {"labels_data": labels, "labels_accuracy": acc_after,
-                                           "labels_accuracy_before": acc_before}
-    write_bundle(out, {"classifier": clf.to("cpu")}, task, method=b.manifest.get("method", {}),
+    metrics = {} if accuracy is None else {"labels_data": labels, f"labels_{tk.headline}": acc_after,
+                                           f"labels_{tk.headline}_before": acc_before}
+    write_bundle(out, {tk.deployable: clf.to("cpu")}, task, method=b.manifest.get("method", {}),
                  training=b.manifest.get("training", {}), metrics=metrics, extra={"adaptation": record})
     export_report = None
     if export:
@@ -308,7 +370,27 @@ def _per_sample_mb(m: AdaptMethod, x2: torch.Tensor) -> float:
     return per / 2**20
 
 
-def _accuracy(clf, lab, task, dev) -> float:
-    from ..train.evaluate import evaluate_classifier
+def _score(model, lab, spec: TaskSpec, dev) -> float:
+    """The task's headline score (accuracy, mIoU) of ``model`` on the labeled ``lab`` (full frames)."""
+    from ..train.evaluate import evaluate_model
 
-    return evaluate_classifier(clf, lab, task, dev)["accuracy"]
+    return float(evaluate_model(model, lab, spec, dev).scores[task_of(spec).headline])
+
+
+def _stats(target: TargetSet, model, reference_pred: torch.Tensor | None, num_classes: int) -> dict:
+    """Prediction statistics of ``model`` over ``target`` (per image, or per pixel for dense outputs)."""
+    acc = PredictionStats(num_classes)
+    for sl, out in target.predictions(model):
+        acc.update(out, None if reference_pred is None else reference_pred[sl])
+    return acc.result()
+
+
+def _shipped_stats(target: TargetSet, model, num_classes: int) -> tuple[dict, torch.Tensor]:
+    """(statistics, predicted classes (N,) or (N, H, W) on the CPU) of the shipped model in one pass."""
+    acc, preds = PredictionStats(num_classes), []
+    dtype = torch.uint8 if num_classes <= 255 else torch.int32
+    for _, out in target.predictions(model):
+        pred = out.argmax(1)
+        acc.update(out, pred)
+        preds.append(pred.to("cpu", dtype))
+    return acc.result(), torch.cat(preds)

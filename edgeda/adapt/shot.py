@@ -14,17 +14,68 @@ f = [g(x), 1] / ||[g(x), 1]||,
 
 recomputed over the whole target set (in eval mode) at the start and every epoch.
 
+Segmentation bundles (our carry-over of SHOT to pixels; the paper adapts classifiers). h is the
+model's last linear map, the head's 1x1 classifier convolution(s)
+(:func:`~edgeda.adapt.base.hypothesis_layers`); g is everything before it (encoder, ASPP /
+decoder). Every pixel u of a frame is a sample:
+
+    L(g) = E_{n,u}[H(p_{n,u})] - (w_image E_n[H(mean_u p_{n,u})] + w_batch H(mean_{n,u} p_{n,u}))
+           + beta * CB-CE(p, y_hat)
+
+(:func:`~edgeda.adapt.losses.pixel_information_maximisation_terms`); CB-CE is the
+class-balanced cross-entropy (:func:`~edgeda.adapt.losses.class_balanced_cross_entropy`: each
+pseudo-class's mean, averaged over the classes present), so background pixels do not drown the
+rare classes. The centroids use the pixel features f at the classifier's resolution: at most
+``centroid_pixels`` pixels sampled per frame (bounding memory to N x centroid_pixels rows),
+then every pixel of every frame is assigned to its nearest centroid and the label map is
+upsampled (nearest) to the frame; labels are stored as uint8 maps (N, H, W) and cropped with the
+training window.
+
 Defaults (the paper's): beta = 0.3; SGD, lr 0.01 with lr_p = lr (1 + 10 p)^-0.75, momentum 0.9,
 Nesterov, weight decay 5e-4; epsilon 1e-5 in the diversity term; 300 iterations unless
-``--iters`` says otherwise.
+``--iters`` says otherwise. On segmentation the encoder learns at 0.1 x lr (the paper's code does
+the same for its backbone), w_batch = 1 (the paper's diversity term over the batch) and
+w_image = 0.1 (ours: a single frame rarely shows every class, so its marginal is pushed only
+lightly towards uniform); ``centroid_pixels`` = 256.
 """
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 
-from .base import ADAPT_METHODS, AdaptMethod
+from .base import ADAPT_METHODS, AdaptMethod, hypothesis_layers, pixel_features
+from .losses import class_balanced_cross_entropy, pixel_information_maximisation_terms
 from ..scores import information_maximisation_terms
+
+
+def _augmented(features: torch.Tensor) -> torch.Tensor:
+    """f = [g, 1] / ||[g, 1]|| for (M, d) features."""
+    return F.normalize(torch.cat([features.float(), torch.ones(len(features), 1, device=features.device)], 1), dim=1)
+
+
+def _assign(f: torch.Tensor, centroids: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    sim = f @ centroids.t()
+    sim[:, ~keep] = -float("inf")  # classes nobody was assigned to take no labels
+    return sim.argmax(1)
+
+
+def shot_centroids(features: torch.Tensor, logits: torch.Tensor, rounds: int = 1, min_count: int = 0
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """SHOT's class centroids: soft-weighted, then ``rounds`` hard k-means refinements.
+
+    ``features`` (M, d), ``logits`` (M, K). Returns (unit centroids (K, d + 1), classes that keep a
+    centroid (K,) bool)."""
+    f = _augmented(features)
+    p = F.softmax(logits.float(), 1)
+    cent = F.normalize((p.t() @ f) / (p.sum(0)[:, None] + 1e-8), dim=1)
+    k = logits.shape[1]
+    keep = torch.ones(k, dtype=torch.bool)
+    for _ in range(rounds):
+        onehot = F.one_hot(_assign(f, cent, keep), k).float()
+        counts = onehot.sum(0)
+        cent = F.normalize((onehot.t() @ f) / (counts[:, None] + 1e-8), dim=1)
+        keep = counts > min_count
+    return cent, keep
 
 
 def centroid_pseudo_labels(features: torch.Tensor, logits: torch.Tensor, rounds: int = 1, min_count: int = 0) -> torch.Tensor:
@@ -32,41 +83,75 @@ def centroid_pseudo_labels(features: torch.Tensor, logits: torch.Tensor, rounds:
 
     ``features``: (N, d), ``logits``: (N, K) of the current model. Returns (N,) int64 labels.
     """
-    f = torch.cat([features.float(), torch.ones(len(features), 1)], 1)
-    f = F.normalize(f, dim=1)
-    p = F.softmax(logits.float(), 1)
-    cent = (p.t() @ f) / (p.sum(0)[:, None] + 1e-8)
-    labels = (f @ F.normalize(cent, dim=1).t()).argmax(1)
-    k = logits.shape[1]
-    for _ in range(rounds):
-        onehot = F.one_hot(labels, k).float()
-        counts = onehot.sum(0)
-        cent = (onehot.t() @ f) / (counts[:, None] + 1e-8)
-        sim = f @ F.normalize(cent, dim=1).t()
-        sim[:, counts <= min_count] = -float("inf")  # classes nobody was assigned to take no labels
-        labels = sim.argmax(1)
-    return labels
+    cent, keep = shot_centroids(features, logits, rounds, min_count)
+    return _assign(_augmented(features), cent, keep)
+
+
+@torch.no_grad()
+def pixel_pseudo_labels(model: torch.nn.Module, target, pixels_per_frame: int, generator: torch.Generator) -> torch.Tensor:
+    """Per-pixel SHOT pseudo-labels of every target frame, (N, H, W) uint8 on the CPU: centroids
+    from ``pixels_per_frame`` sampled pixel features per frame, then every pixel assigned."""
+    was = model.training
+    model.eval()
+    try:
+        feats, logits = [], []
+        for x in target.batches():
+            with pixel_features(model) as cap:
+                model(x)
+            f, z = cap.features.float(), cap.logits.float()
+            n, c, h, w = f.shape
+            pick = torch.randint(0, h * w, (n, min(pixels_per_frame, h * w)), generator=generator).to(f.device)
+            feats.append(f.flatten(2).gather(2, pick[:, None].expand(n, c, -1)).permute(0, 2, 1).reshape(-1, c).cpu())
+            k = z.shape[1]
+            logits.append(z.flatten(2).gather(2, pick[:, None].expand(n, k, -1)).permute(0, 2, 1).reshape(-1, k).cpu())
+        cent, keep = shot_centroids(torch.cat(feats), torch.cat(logits))
+        cent, keep = cent.to(target.device), keep.to(target.device)
+        maps = []
+        for x in target.batches():
+            with pixel_features(model) as cap:
+                model(x)
+            f = cap.features.float()
+            n, c, h, w = f.shape
+            lab = _assign(_augmented(f.permute(0, 2, 3, 1).reshape(-1, c)), cent, keep).view(n, 1, h, w)
+            lab = F.interpolate(lab.float(), size=x.shape[-2:], mode="nearest")[:, 0]
+            maps.append(lab.to("cpu", torch.uint8))
+        return torch.cat(maps)
+    finally:
+        model.train(was)
 
 
 @ADAPT_METHODS.register("shot")
 class Shot(AdaptMethod):
     summary = "SHOT (Liang et al. 2020): frozen head; information maximisation + centroid pseudo-labels"
-    defaults = {"lr": 0.01, "beta": 0.3, "momentum": 0.9, "weight_decay": 5e-4, "refresh_epochs": 1.0}
+    defaults = {"lr": 0.01, "beta": 0.3, "momentum": 0.9, "weight_decay": 5e-4, "refresh_epochs": 1.0,
+                "div_image": 0.1, "div_batch": 1.0, "encoder_lr_mult": 0.1, "centroid_pixels": 256}
     default_iters = 300
+    tasks = ("classification", "segmentation")
 
     def build(self) -> None:
-        clf = self.classifier
-        for p in clf.head.parameters():
-            p.requires_grad_(False)
-        o = self.opts
-        self.optims["features"] = torch.optim.SGD(clf.features.parameters(), lr=o["lr"], momentum=o["momentum"],
+        clf, o = self.classifier, self.opts
+        self.dense = self.task.dense
+        if self.dense:
+            frozen = {id(p) for m in hypothesis_layers(clf) for p in m.parameters()}
+            for p in clf.parameters():
+                p.requires_grad_(id(p) not in frozen)
+            groups = [{"params": [p for p in g["params"] if p.requires_grad], "lr": g["lr"], "base_lr": g["lr"]}
+                      for g in clf.param_groups(o["lr"], o["encoder_lr_mult"])]
+        else:
+            for p in clf.head.parameters():
+                p.requires_grad_(False)
+            groups = [{"params": list(clf.features.parameters()), "lr": o["lr"], "base_lr": o["lr"]}]
+        self.optims["features"] = torch.optim.SGD(groups, lr=o["lr"], momentum=o["momentum"],
                                                   weight_decay=o["weight_decay"], nesterov=o["momentum"] > 0)
         self.pseudo: torch.Tensor | None = None
         self._last_refresh = 0
 
     def prepare(self, target) -> None:
-        feats, logits = target.features_logits(self.classifier)
-        self.pseudo = centroid_pseudo_labels(feats, logits).to(self.device)
+        if self.dense:
+            self.pseudo = pixel_pseudo_labels(self.classifier, target, int(self.opts["centroid_pixels"]), self.generator)
+        else:
+            feats, logits = target.features_logits(self.classifier)
+            self.pseudo = centroid_pseudo_labels(feats, logits).to(self.device)
 
     def refresh_due(self, iteration: int, epoch_iters: int) -> bool:
         every = max(1, round(self.opts["refresh_epochs"] * epoch_iters))
@@ -75,20 +160,33 @@ class Shot(AdaptMethod):
             return True
         return False
 
+    def _labels(self, idx: torch.Tensor) -> torch.Tensor:
+        y = self.pseudo[idx.to(self.pseudo.device)]
+        if self.dense and self.window is not None:
+            top, left, h, w = self.window
+            y = y[:, top:top + h, left:left + w]
+        return y.to(self.device).long()
+
     def step(self, x: torch.Tensor, idx: torch.Tensor | None = None) -> dict[str, float]:
-        clf = self.classifier
+        clf, o = self.classifier, self.opts
         clf.train()
-        lr = self.opts["lr"] * (1 + 10 * self.progress) ** -0.75
+        scale = (1 + 10 * self.progress) ** -0.75
         for g in self.optims["features"].param_groups:
-            g["lr"] = lr
+            g["lr"] = g["base_lr"] * scale
         with self.autocast():
             logits = clf(x)
-        ent, div = information_maximisation_terms(logits)
-        loss = ent - div
-        out = {"entropy": float(ent.detach()), "diversity": float(div.detach())}
-        if self.opts["beta"] > 0 and self.pseudo is not None and idx is not None:
-            ce = F.cross_entropy(logits.float(), self.pseudo[idx.to(self.device)])
-            loss = loss + self.opts["beta"] * ce
+        if self.dense:
+            ent, div_img, div = pixel_information_maximisation_terms(logits)
+            loss = ent - (o["div_image"] * div_img + o["div_batch"] * div)
+            out = {"entropy": float(ent.detach()), "div_image": float(div_img.detach()), "diversity": float(div.detach())}
+        else:
+            ent, div = information_maximisation_terms(logits)
+            loss = ent - div
+            out = {"entropy": float(ent.detach()), "diversity": float(div.detach())}
+        if o["beta"] > 0 and self.pseudo is not None and idx is not None:
+            y = self._labels(idx)
+            ce = class_balanced_cross_entropy(logits, y) if self.dense else F.cross_entropy(logits.float(), y)
+            loss = loss + o["beta"] * ce
             out["pseudo_ce"] = float(ce.detach())
         self.update(loss, "features")
         return out

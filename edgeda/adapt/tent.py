@@ -5,6 +5,10 @@ stays as shipped. BatchNorm normalises with the statistics of the current target
 
     min_{gamma, beta}  E_x[ H(softmax(C(x))) ]      (x: a batch of target images)
 
+On a segmentation bundle the expectation runs over every pixel of the batch's frames (or of the
+crop the memory plan chose): ``E_{x, u}[ H(softmax(C(x)_u)) ]`` for pixel positions ``u``, as in
+the paper's segmentation experiments (GTA -> Cityscapes).
+
 The shipped model runs in eval mode, so the running statistics are first re-estimated on the
 target images (AdaBN) and keep following the target batches during adaptation (momentum
 ``bn_momentum``); the new bundle therefore deploys with target statistics.
@@ -25,6 +29,7 @@ class Tent(AdaptMethod):
     summary = "TENT (Wang et al. 2021): entropy minimisation on BatchNorm affine parameters only"
     defaults = {"lr": 1e-3, "bn_momentum": 0.1}
     default_iters = 200
+    tasks = ("classification", "segmentation")
 
     def build(self) -> None:
         clf = self.classifier
@@ -50,6 +55,6 @@ class Tent(AdaptMethod):
         self.classifier.train()
         with self.autocast():
             logits = self.classifier(x)
-        loss = entropy(logits).mean()
+        loss = entropy(logits).mean()  # per image, or per pixel for (N, K, H, W) logits
         self.update(loss, "bn")
         return {"entropy": float(loss.detach())}

@@ -88,7 +88,7 @@ def transfer_warning(candidate: dict, reference: dict, disagree: float | None, *
 # -- --method auto ---------------------------------------------------------------------------------
 AUTO_METHODS = ("dann", "mmd")  # trained like source-only, on the same data
 AUTO_ADAPT = ("shot", "tent")  # source-free, run on the source-only bundle with the same target images
-DEFAULT_SELECTOR = "dev"  # see benchmarks/shifts.py for how the validators compare
+DEFAULT_SELECTOR = "info_max"  # the shift suite's most reliable (benchmarks/shifts.py recommended_validator)
 
 
 def score_model(net, domains, spec, device="cpu", seed: int = 0, reference_rows=None):

@@ -12,7 +12,7 @@ _LAZY = {
     "evaluate": ("edgeda.evaluation", "evaluate_bundle"),
     "load_domain": ("edgeda.data.spec", "load_domain"),
     "export": ("edgeda.export.api", "export_bundle"),
-    "predict": ("edgeda.export.predict", "predict"),
+    "predict": ("edgeda.export.prediction", "predict"),
     "make_runner": ("edgeda.export.runtime", "make_runner"),
     "bench": ("edgeda.bench.harness", "bench"),
     "adapt": ("edgeda.adapt", "adapt"),

@@ -13,10 +13,10 @@ make_callable(__name__, "edgeda.export.api:export_bundle")  # edgeda.export(...)
 
 _LAZY = {
     "export_bundle": ("edgeda.export.api", "export_bundle"),
-    "predict": ("edgeda.export.api", "predict"),
+    "predict": ("edgeda.export.prediction", "predict"),
     "make_runner": ("edgeda.export.runtime", "make_runner"),
     "RUNNERS": ("edgeda.export.runtime", "RUNNERS"),
-    "prepare_batch": ("edgeda.export.runtime", "prepare_batch"),
+    "prepare_batch": ("edgeda.export.files", "prepare_batch"),
     "export_onnx": ("edgeda.export.onnx", "export_onnx"),
     "ONNX_SIGNATURES": ("edgeda.export.onnx", "ONNX_SIGNATURES"),
     "to_float16": ("edgeda.export.quantize", "to_float16"),

@@ -9,9 +9,10 @@ from typing import Callable, Sequence
 import numpy as np
 
 from ..bundle import Bundle, update_bundle
-from ..errors import DataError, EdgedaError
-from .onnx import Signature, compare_outputs, compare_runs, export_onnx, ort_session, parity, run_ort, signature_of
-from .runtime import PRECISIONS, onnx_name, plan_name, prepare_batch
+from ..errors import EdgedaError
+from .onnx import Signature, compare_outputs, compare_runs, ort_session, parity, run_ort, signature_of
+from .files import (PRECISIONS, calibration_images, export_deployable_onnx, load_images,
+                    onnx_name, plan_name)
 
 # fp32 parity: max |PyTorch - ORT| <= 1e-4, scaled by the output's magnitude where it exceeds 1
 # (float32 rounding through a deep network grows with the size of its outputs: a depth in metres or
@@ -28,50 +29,6 @@ def default_data_spec(b: Bundle) -> str | None:
     return b.manifest.get("training", {}).get("domains", {}).get("target_test")
 
 
-def default_calib_spec(b: Bundle) -> str | None:
-    """The bundle's (unlabeled) target adaptation split, for int8 calibration."""
-    return b.manifest.get("training", {}).get("domains", {}).get("target")
-
-
-def load_images(spec: str, b: Bundle, n: int | None = None) -> tuple[np.ndarray, np.ndarray | None]:
-    """(N, C, H, W) normalised float32 images of ``spec`` at the bundle's input size, first ``n``,
-    and their labels when it has them (class ids; for dense data masks or depth, resized alike)."""
-    from ..data import load_domain
-    from ..data.domain import Domain
-    from ..tasks import task_of
-    from ..train.evaluate import eval_batches
-
-    task = b.task
-    try:
-        dom = load_domain(spec, labeled=True, size=task.image_size, channels=task.channels)
-    except DataError:
-        dom = load_domain(spec, labeled=False, size=task.image_size, channels=task.channels)
-    if task.dense and isinstance(dom, Domain):
-        from ..data.dense import images_as_dense
-
-        dom = images_as_dense(dom)
-    if isinstance(dom, Domain) == task.dense:
-        raise DataError(f"{spec} is {'classification' if task.dense else 'dense'} data; the bundle is a {task.task} model")
-    if isinstance(dom, Domain):
-        dom.require_usable(labeled=False)
-        images = dom.images[:n] if n else dom.images
-        labels = None if dom.labels is None else dom.labels[:len(images)]
-        return prepare_batch(images, task), labels
-    dom.require_usable(task=None)
-    labeled = dom.labeled_for(task.task)
-    xs, ys, got = [], [], 0
-    for x, y, _ in eval_batches(dom, task, "cpu", 16, labels=labeled):
-        xs.append(x.numpy())
-        if y is not None:
-            ys.append(y.numpy())
-        got += len(x)
-        if n and got >= n:
-            break
-    images = np.concatenate(xs)[:n] if n else np.concatenate(xs)
-    labels = np.concatenate(ys)[:len(images)] if ys and labeled and task_of(task).label_key else None
-    return images, labels
-
-
 def _inputs_for(sig: Signature, images: np.ndarray | None, n: int, seed: int) -> list[np.ndarray]:
     rng = np.random.default_rng(seed)
     out = []
@@ -81,36 +38,6 @@ def _inputs_for(sig: Signature, images: np.ndarray | None, n: int, seed: int) ->
         else:
             out.append(spec.random(n if images is None else min(n, len(images)), rng))
     return out
-
-
-def export_deployable_onnx(b: Bundle, name: str, precision: str, folder: str | Path, *,
-                           calib: str | None = None, calib_images: np.ndarray | None = None) -> Path:
-    """Write ``<folder>/onnx/<name>.<precision>.onnx`` (fp32 first where another precision needs it)."""
-    from .quantize import quantize_int8, to_float16_file
-
-    folder = Path(folder)
-    (folder / "onnx").mkdir(parents=True, exist_ok=True)
-    module = b.module(name)
-    sig = signature_of(module, b.task)
-    fp32 = folder / onnx_name(name, "fp32")
-    if not fp32.exists():
-        export_onnx(module, sig, fp32)
-    if precision == "fp32":
-        return fp32
-    dst = folder / onnx_name(name, precision)
-    if precision == "fp16":
-        return to_float16_file(fp32, dst)
-    if precision == "int8":
-        image = sig.image_input
-        if image is None or len(sig.inputs) != 1:
-            raise EdgedaError(f"int8 export calibrates on images; {name!r} takes {', '.join(i.name for i in sig.inputs)}")
-        if calib_images is None:
-            spec = calib or default_calib_spec(b)
-            if spec is None:
-                raise EdgedaError("int8 export needs calibration images: pass --calib SPEC (target images)")
-            calib_images, _ = load_images(spec, b, n=512)
-        return quantize_int8(fp32, dst, calib_images, image.name)
-    raise EdgedaError(f"unknown precision {precision!r}; valid: {', '.join(PRECISIONS)}")
 
 
 def _task_scores(session, sig, images, labels, spec) -> dict:
@@ -167,10 +94,7 @@ def export_bundle(bundle: str | Path, out: str | Path | None = None, *, precisio
         tmp = Path(tmp)
         calib_images = None
         if precision == "int8":
-            cspec = calib or default_calib_spec(b)
-            if cspec is None:
-                raise EdgedaError("int8 export needs calibration images: pass --calib SPEC (target images)")
-            calib_images, _ = load_images(cspec, b, n=128 if b.task.dense else 512)
+            calib_images, cspec = calibration_images(b, calib)
             record["calib"] = {"data": cspec, "n": int(len(calib_images))}
         for name in b.names:
             module = b.module(name)

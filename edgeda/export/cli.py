@@ -61,7 +61,7 @@ def export(bundle, out, precision, data, calib, build_trt, batch, workspace_mb, 
 def predict(bundle, input_, backend, precision, device, batch_size, out, out_dir, as_json, plugins) -> None:
     """Per image: class and confidence (classifiers), a colourised mask and overlay (segmentation) or
     a 16-bit and a colour-mapped depth PNG (depth); unreadable files are skipped and listed."""
-    from .predict import predict as run_predict
+    from .prediction import predict as run_predict
 
     res = run_predict(bundle, input_, backend=backend, precision=precision, out=out, out_dir=out_dir, batch_size=batch_size,
                       device=device, progress=not as_json and sys.stderr.isatty(), plugin_library=plugins)

@@ -20,29 +20,9 @@ import numpy as np
 from ..bundle import Bundle
 from ..errors import EdgedaError, MissingDependency
 from ..registry import Registry
+from .files import PRECISIONS, export_deployable_onnx, onnx_name, plan_name, prepare_batch
 
-PRECISIONS = ("fp32", "fp16", "int8")
 RUNNERS: Registry[type] = Registry("backend")
-
-
-def prepare_batch(images, task) -> np.ndarray:
-    """A list/array of (H, W, C) uint8 images -> (N, C, H, W) float32 in the task's input space."""
-    from ..data.transforms import prepare_image
-
-    arr = np.stack([prepare_image(np.asarray(im), tuple(task.image_size), task.channels) for im in images]) \
-        if len(images) else np.zeros((0, *task.image_size, task.channels), np.uint8)
-    x = arr.transpose(0, 3, 1, 2).astype(np.float32) / np.float32(255.0)
-    mean = np.asarray(task.mean, np.float32).reshape(1, -1, 1, 1)
-    std = np.asarray(task.std, np.float32).reshape(1, -1, 1, 1)
-    return np.ascontiguousarray((x - mean) / std, np.float32)
-
-
-def onnx_name(deployable: str, precision: str) -> str:
-    return f"onnx/{deployable}.{precision}.onnx"
-
-
-def plan_name(deployable: str, precision: str) -> str:
-    return f"trt/{deployable}.{precision}.plan"
 
 
 class Runner:
@@ -126,8 +106,6 @@ def ensure_onnx(bundle: Bundle, precision: str, deployable: str | None = None, c
     rel = onnx_name(deployable, precision)
     if rel in bundle.manifest["files"]:
         return bundle.file(rel)
-    from .api import export_deployable_onnx
-
     folder = Path(tempfile.mkdtemp(prefix="edgeda-onnx-"))
     return export_deployable_onnx(bundle, deployable, precision, folder, calib=calib)
 

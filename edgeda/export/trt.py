@@ -15,9 +15,10 @@ Imported only when an engine is built or run; nothing else in edgeda imports ``t
 
 Device memory comes from torch CUDA tensors when torch has CUDA, else from cuda-python.
 
-This module was written against the public TensorRT 10.3 and 11 Python API and headers; it has
-not been run (no TensorRT or GPU on the machine it was written on). What was tested: the
-dependency checks and the metadata checks.
+Which paths have run: the dependency and metadata checks (and their tests) on machines without
+TensorRT. Building and running engines is written against the public TensorRT 10.3 and 11 Python
+API and is exercised by the tests marked for TensorRT, which skip where TensorRT and a GPU are
+absent; the README says which of those ran on a GPU.
 """
 from __future__ import annotations
 
@@ -79,6 +80,15 @@ def _cudart():
         except ImportError:
             return None
     return cudart
+
+
+def _cuda_check(cudart, result, what: str):
+    """cuda-python calls return ``(error, *values)``: raise on an error, else return the value(s)."""
+    err, *values = result if isinstance(result, tuple) else (result,)
+    if err != cudart.cudaError_t.cudaSuccess:
+        _, name = cudart.cudaGetErrorName(err)
+        raise EdgedaError(f"CUDA error during {what}: {name.decode() if isinstance(name, bytes) else name}")
+    return values[0] if len(values) == 1 else (tuple(values) if values else None)
 
 
 def trt_major(trt) -> int:
@@ -300,6 +310,7 @@ class TrtEngine:
         self.inputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
         self.outputs = [n for n in names if n not in self.inputs]
         self.timings: dict = {}
+        self._dev, self._host, self._shape_key, self._stream = {}, {}, None, None
         try:
             import torch
 
@@ -314,65 +325,99 @@ class TrtEngine:
         return np.dtype(self.trt.nptype(self.engine.get_tensor_dtype(name)))
 
     def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Run the engine on host arrays. Device buffers (and the tensor addresses set on the
+        context) are allocated once per combination of input shapes and reused by later calls."""
+        arrays = {n: np.ascontiguousarray(inputs[n], self._dtype(n)) for n in self.inputs}
+        key = tuple(arrays[n].shape for n in self.inputs)
+        if key != self._shape_key:
+            self._release()
+            for name in self.inputs:
+                if not self.context.set_input_shape(name, arrays[name].shape):
+                    raise EdgedaError(f"TensorRT rejected input {name!r} of shape {arrays[name].shape} "
+                                      "(outside the engine's optimization profile?)")
+            self._allocate(arrays)
+            self._shape_key = key
         if self.torch is not None:
-            return self._run_torch(inputs)
-        return self._run_cudart(inputs)
+            return self._run_torch(arrays)
+        return self._run_cudart(arrays)
 
-    def _run_torch(self, inputs):
+    def _allocate(self, arrays):
+        shapes = {n: tuple(arrays[n].shape) for n in self.inputs}
+        shapes.update({n: tuple(self.context.get_tensor_shape(n)) for n in self.outputs})
+        if self.torch is not None:
+            torch = self.torch
+            dt = {n: torch.from_numpy(np.zeros(0, self._dtype(n))).dtype for n in shapes}
+            self._dev = {n: torch.empty(shapes[n], dtype=dt[n], device="cuda") for n in shapes}
+            self._host = {n: torch.empty(shapes[n], dtype=dt[n]).pin_memory() for n in self.inputs}
+            ptrs = {n: int(t.data_ptr()) for n, t in self._dev.items()}
+        else:
+            cudart = _cudart()
+            if self._stream is None:
+                self._stream = _cuda_check(cudart, cudart.cudaStreamCreate(), "cudaStreamCreate")
+            self._host = {n: np.empty(shapes[n], self._dtype(n)) for n in self.outputs}
+            ptrs = {}
+            for n in shapes:
+                nbytes = max(int(np.prod(shapes[n])) * self._dtype(n).itemsize, 1)
+                ptrs[n] = _cuda_check(cudart, cudart.cudaMalloc(nbytes), f"cudaMalloc({nbytes}) for {n!r}")
+                self._dev[n] = ptrs[n]
+        for n, ptr in ptrs.items():
+            if not self.context.set_tensor_address(n, ptr):
+                raise EdgedaError(f"TensorRT rejected the device address of {n!r}")
+
+    def _release(self):
+        if self.torch is None and self._dev:
+            cudart = _cudart()
+            for ptr in self._dev.values():
+                _cuda_check(cudart, cudart.cudaFree(ptr), "cudaFree")
+        self._dev, self._host, self._shape_key = {}, {}, None
+
+    def close(self):
+        """Free the device buffers and the stream (also done when the engine is garbage-collected)."""
+        try:
+            self._release()
+            if self._stream is not None:
+                cudart = _cudart()
+                _cuda_check(cudart, cudart.cudaStreamDestroy(self._stream), "cudaStreamDestroy")
+                self._stream = None
+        except Exception:  # noqa: BLE001 - interpreter shutdown: the driver frees what is left
+            pass
+
+    def __del__(self):
+        self.close()
+
+    def _run_torch(self, arrays):
         torch = self.torch
         stream = torch.cuda.current_stream()
         ev = [torch.cuda.Event(enable_timing=True) for _ in range(4)]
         ev[0].record(stream)
-        dev = {}
         for name in self.inputs:
-            arr = np.ascontiguousarray(inputs[name], self._dtype(name))
-            dev[name] = torch.from_numpy(arr).pin_memory().to("cuda", non_blocking=True)
-            self.context.set_input_shape(name, tuple(arr.shape))
-            self.context.set_tensor_address(name, int(dev[name].data_ptr()))
-        for name in self.outputs:
-            shape = tuple(self.context.get_tensor_shape(name))
-            dt = torch.from_numpy(np.zeros(0, self._dtype(name))).dtype
-            dev[name] = torch.empty(shape, dtype=dt, device="cuda")
-            self.context.set_tensor_address(name, int(dev[name].data_ptr()))
+            self._host[name].numpy()[...] = arrays[name]
+            self._dev[name].copy_(self._host[name], non_blocking=True)
         ev[1].record(stream)
         if not self.context.execute_async_v3(stream.cuda_stream):
             raise EdgedaError("TensorRT failed to run the engine")
         ev[2].record(stream)
-        out = {n: dev[n].cpu().numpy() for n in self.outputs}
+        out = {n: self._dev[n].cpu().numpy() for n in self.outputs}
         ev[3].record(stream)
         ev[3].synchronize()
         self.timings = {"h2d_ms": ev[0].elapsed_time(ev[1]), "compute_ms": ev[1].elapsed_time(ev[2]),
                         "d2h_ms": ev[2].elapsed_time(ev[3])}
         return out
 
-    def _run_cudart(self, inputs):
+    def _run_cudart(self, arrays):
         cudart = _cudart()
         H2D, D2H = cudart.cudaMemcpyKind.cudaMemcpyHostToDevice, cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost
-        _, stream = cudart.cudaStreamCreate()
-        ptrs, outs = [], {}
-        try:
-            for name in self.inputs:
-                arr = np.ascontiguousarray(inputs[name], self._dtype(name))
-                _, ptr = cudart.cudaMalloc(arr.nbytes)
-                ptrs.append(ptr)
-                cudart.cudaMemcpyAsync(ptr, arr.ctypes.data, arr.nbytes, H2D, stream)
-                self.context.set_input_shape(name, tuple(arr.shape))
-                self.context.set_tensor_address(name, int(ptr))
-            for name in self.outputs:
-                outs[name] = np.empty(tuple(self.context.get_tensor_shape(name)), self._dtype(name))
-                _, ptr = cudart.cudaMalloc(max(outs[name].nbytes, 1))
-                ptrs.append((name, ptr))
-                self.context.set_tensor_address(name, int(ptr))
-            if not self.context.execute_async_v3(int(stream)):
-                raise EdgedaError("TensorRT failed to run the engine")
-            for item in ptrs:
-                if isinstance(item, tuple):
-                    name, ptr = item
-                    cudart.cudaMemcpyAsync(outs[name].ctypes.data, ptr, outs[name].nbytes, D2H, stream)
-            cudart.cudaStreamSynchronize(stream)
-        finally:
-            for item in ptrs:
-                cudart.cudaFree(item[1] if isinstance(item, tuple) else item)
-            cudart.cudaStreamDestroy(stream)
+        stream = self._stream
+        for name in self.inputs:
+            arr = arrays[name]
+            _cuda_check(cudart, cudart.cudaMemcpyAsync(self._dev[name], arr.ctypes.data, arr.nbytes, H2D, stream),
+                        f"copying input {name!r} to the GPU")
+        if not self.context.execute_async_v3(int(stream)):
+            raise EdgedaError("TensorRT failed to run the engine")
+        for name in self.outputs:
+            host = self._host[name]
+            _cuda_check(cudart, cudart.cudaMemcpyAsync(host.ctypes.data, self._dev[name], host.nbytes, D2H, stream),
+                        f"copying output {name!r} from the GPU")
+        _cuda_check(cudart, cudart.cudaStreamSynchronize(stream), "cudaStreamSynchronize")
         self.timings = {}
-        return outs
+        return {n: self._host[n].copy() for n in self.outputs}

@@ -93,7 +93,7 @@ class PredictionStats:
         k, rows = self.k, max(self.rows, 1)
         hist = self.hist / rows
         nz = hist[hist > 0]
-        hist_ent = float(-(nz * nz.log()).sum()) / math.log(k) if k > 1 else 1.0
+        hist_ent = max(0.0, float(-(nz * nz.log()).sum()) / math.log(k)) if k > 1 else 1.0
         mean_p = self.p_sum / rows
         mean_ent = self.ent_sum / rows
         out = {

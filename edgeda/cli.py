@@ -84,6 +84,17 @@ def _parse_size(text):
     raise EdgedaError(f"--image-size expects a side or H,W, got {text!r}")
 
 
+class _SelectOption(click.Option):
+    """``--select``: its help lists every registered validator, read when help is shown (the
+    registry imports torch, which plain commands should not pay for)."""
+
+    def get_help_record(self, ctx):
+        from .train.selection import selector_names
+
+        record = super().get_help_record(ctx)
+        return record and (record[0], record[1].replace("{choices}", " | ".join(selector_names())))
+
+
 @main.command()
 @click.option("--method", help="adaptation method (see `edgeda methods`), or auto: train several, ship the best by a validator")
 @click.option("--task", type=click.Choice(["classification", "segmentation", "depth"]),
@@ -103,7 +114,8 @@ def _parse_size(text):
 @click.option("--task-loss", help="the task's supervised loss (depth: silog | l1)")
 @click.option("--workers", type=int, help="DataLoader workers for dense data read from disk")
 @click.option("--eval-every", type=int, help="evaluate and log every N iterations")
-@click.option("--select", help="model selection without target labels (see `edgeda methods --validators`)")
+@click.option("--select", cls=_SelectOption,
+              help="model selection without target labels (see `edgeda methods --validators`): {choices}")
 @click.option("--seed", type=int)
 @click.option("--device", help="auto | cpu | cuda[:N]")
 @click.option("--init", help="initial weights (bundle or .safetensors) for methods that need them")
@@ -135,7 +147,7 @@ def train(method, task, source, target, target_test, target_val, iters, batch_si
         overrides["backbone_kwargs"] = {**file_values.get("backbone_kwargs", {}),
                                         **dict(parse_option(o) for o in backbone_options)}
     if method == "auto":  # source-only and a short list of methods; ship what the validator ranks best
-        from .trust import train_auto
+        from .train.auto import train_auto
 
         overrides["method"] = "source_only"
         auto = train_auto(make_config(file_values, overrides), log=None if as_json else click.echo)

@@ -6,6 +6,7 @@ probabilities.
 """
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -36,3 +37,12 @@ def information_maximisation_terms(logits: torch.Tensor, eps: float = 1e-5) -> t
     p = F.softmax(logits.float(), 1)
     mean_p = p.mean(0)
     return entropy(logits).mean(), -(mean_p * torch.log(mean_p + eps)).sum()
+
+
+def softmax_stats(logits: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(class, confidence = max softmax probability, entropy in nats) per row, in float64."""
+    z = logits.astype(np.float64)
+    z = z - z.max(1, keepdims=True)
+    logp = z - np.log(np.exp(z).sum(1, keepdims=True))
+    p = np.exp(logp)
+    return p.argmax(1), p.max(1), -(p * logp).sum(1)

@@ -20,6 +20,7 @@ import numpy as np
 from ..bundle import Bundle
 from ..errors import EdgedaError, MissingDependency
 from ..registry import Registry
+from ..scores import softmax_stats  # noqa: F401  (part of the runtime API)
 from .files import PRECISIONS, export_deployable_onnx, onnx_name, plan_name, prepare_batch
 
 RUNNERS: Registry[type] = Registry("backend")
@@ -167,12 +168,3 @@ class TrtRunner(Runner):
         out = self.engine.run({self.input: x})[self.output]
         self.timings = dict(self.engine.timings)
         return np.asarray(out, np.float32)
-
-
-def softmax_stats(logits: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(class, confidence = max softmax probability, entropy in nats) per row, in float64."""
-    z = logits.astype(np.float64)
-    z = z - z.max(1, keepdims=True)
-    logp = z - np.log(np.exp(z).sum(1, keepdims=True))
-    p = np.exp(logp)
-    return p.argmax(1), p.max(1), -(p * logp).sum(1)

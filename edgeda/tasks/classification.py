@@ -60,7 +60,7 @@ class Classification(Task):
         return {"accuracy": float((np.asarray(outputs).argmax(1) == np.asarray(labels)).mean())}
 
     def prediction_row(self, spec, output, image, stem):
-        from ..export.runtime import softmax_stats
+        from ..scores import softmax_stats
 
         cls, conf, ent = (v[0] for v in softmax_stats(np.asarray(output, np.float32)[None]))
         c = int(cls)

@@ -82,7 +82,7 @@ def save_panels(spec: TaskSpec, images, preds, truths, path: str | Path, title: 
     """A PNG grid, one row per sample: image | truth | prediction | error (or image | prediction)."""
     from PIL import Image, ImageDraw
 
-    from . import task_of
+    from .base import task_of
 
     draw = task_of(spec).draw_row
     rows = [np.concatenate(draw(spec, im, p, None if truths is None else truths[i]), axis=1)

@@ -40,191 +40,24 @@ _CPU_GAN = {"g_width": 8, "g_kernel": 3, "d_width": 16}
 
 # Shared settings per profile; per-method entries override them (state iterations per method).
 PROFILES: dict[str, dict] = {
-    "cpu": {
-        # 6000 iterations for source-only and the feature-level methods (3000 until 2026-11-21: DANN
-        # had not converged by label-free signals, its target prediction entropy still falling from
-        # 0.38 to 0.31 nats over the last 500 iterations (mean of 3 seeds) while source-only's was
-        # flat at 0.49 -> 0.51; the learning-rate annealing spans the whole run).
+    "cpu": {  # why each setting is what it is: benchmarks/DECISIONS.md
         "common": {"iters": 6000, "batch_size": 32, "lr": 0.01, "backbone": "dtn",
                    "backbone_kwargs": {"width": 16, "out_dim": 128}, "source_n": 10000, "eval_every": 1000,
                    "checkpoint_every": 100000, "device": "cpu"},
-        # Pixel-level methods cost 3-15x a source-only iteration on a CPU (generators at full
-        # resolution): fewer iterations and small refiners (width 8, 3x3 end convs, PatchGAN 16).
-        # They start from the same seed's source-only classifier (--init), as CyCADA assumes a
-        # source-trained task model: their semantic / content losses go through the classifier from
-        # the first iteration (until 2026-11-21 they started from scratch).
         "methods": {
-            # source-only ships the exponential moving average of its weights (--ema 0.999), adopted on
-            # 2026-12-01 by the label-free info_max rule (benchmarks/candidates.py; 3 seeds: 1.696 vs 1.678;
-            # target accuracy, seen afterwards, 61.6 -> 62.6): the baseline every gain is measured against,
-            # and the bundle the init_from methods below start from.
             "source_only": {"ema": 0.999},
-            # The same EMA tried on 2026-12-01 for the feature-level methods, by the same rule (3 seeds):
-            # adopted for coral (1.8732 vs 1.8710; accuracy 68.6 -> 70.1); rejected for mmd (1.9804 vs 1.9838;
-            # 78.5 vs 79.5), two_stream (1.6874 vs 1.6877; 75.8 vs 75.9) and dann (2.1309 vs 2.1333; 85.5 vs 85.6).
             "coral": {"ema": 0.999},
-            # CSG needs a pre-trained encoder (the paper: ImageNet weights); here the same seed's
-            # source-only bundle, passed as --init (without it CSG pre-trains on 30 % of its own budget)
-            # Tried on 2026-11-21 and rejected by the label-free info_max score (1.71 for the defaults):
-            # RandAugment at its full ranges, magnitude 1.0 (seed 0: 1.35), and the contrastive loss on
-            # the last two conv stages, layers 2 (seeds 0, 1: 1.66, 1.63); both stopped early, as the
-            # remaining seeds could not have lifted the mean above 1.71. Adopted by the same score after
-            # the key-side A-pool fix (1.707): the released recipe's RandAugment, 1 op at magnitude 0.2
-            # (1.735; target accuracy, seen afterwards, 64.0 -> 63.6); then the released recipe's encoder
-            # learning rate at 0.1 x the head's, backbone_lr 0.1 (1.7395 vs 1.7345; accuracy 63.6 -> 63.0);
-            # then (2026-12-01, this machine, from the EMA source-only bundle) the EMA of the weights,
-            # ema 0.999 (SWAD-style weight averaging for domain generalisation; 1.7262 vs 1.7226;
-            # accuracy 61.8 -> 62.1); then the contrastive term at the task loss's weight, weight 1.0 (the
-            # method default 0.1; 1.7357 vs 1.7262; accuracy 62.1 -> 62.6); then CSG's own pre-training
-            # (the first 30 % of its budget, pretrain 0.3, source-only) in place of the 6000-iteration
-            # source-only bundle, init_from none (1.7816 vs 1.7357; accuracy 62.6 -> 63.8): the frozen
-            # anchor is then a model trained 1800 iterations on synthetic images, not 6000 (source-only's
-            # own target accuracy falls with training on synthetic images, see the note under the table).
-            # Rejected: the contrastive weight at 3, weight 3.0 (1.7737 vs 1.7816; accuracy 64.3 vs 63.8).
-            # Adopted: a shorter pre-training, pretrain 0.15 (900 iterations; 1.7926 vs 1.7816; accuracy 63.8 -> 63.6),
-            # then 0.05 (300 iterations; 1.8027 vs 1.7926; accuracy 63.6 -> 62.4: here the rule's score and the
-            # target accuracy, seen afterwards, part ways). Shorter is not tried: at 0 the frozen anchor is the
-            # random initialisation, which holds no features worth keeping. Rejected then: two RandAugment ops,
-            # n_ops 2 (1.7796 vs 1.8027; accuracy 65.2 vs 62.4). Under the rule's one-standard-error margin (from
-            # 2026-12-01 on): rejected the paper's key-encoder momentum, momentum 0.999 (1.8056 vs 1.8027, gain +0.0030
-            # with standard error 0.0068; accuracy 62.9 vs 62.4). Adopted: the contrastive loss on the last two conv
-            # stages, layers 2 (the paper's best ablation, layer groups {3, 4}; rejected on 2026-11-21 before the
-            # key-side A-pool fix): 1.8072 vs 1.8027, gain +0.0045 with standard error 0.0029; accuracy 62.4 -> 64.0.
-            # Rejected then: a queue of 16384 negatives, queue 16384 (nearer the paper's 65536): 1.8144 vs 1.8072, gain
-            # +0.0072 with standard error 0.0108 (accuracy, seen afterwards, 66.4 vs 64.0: the old rule, any higher
-            # mean, would have adopted it); the InfoNCE temperature of MoCo v2, temperature 0.2 (1.7896 vs 1.8072, gain
-            # -0.0175 with standard error 0.0087; accuracy 64.2 vs 64.0); RandAugment at magnitude 0.4 (1.8050 vs 1.8072,
-            # gain -0.0022 with standard error 0.0263; accuracy 63.5 vs 64.0); with two layers, pretrain 0.15 again
-            # (1.7792 vs 1.8072, gain -0.0280 with standard error 0.0063; accuracy 63.2 vs 64.0); the contrastive weight at
-            # 2, weight 2 (1.7969 vs 1.8072, gain -0.0102 with standard error 0.0017; accuracy 63.4 vs 64.0); the encoder at
-            # the head's learning rate again, backbone_lr 1.0 (1.7955 vs 1.8072, gain -0.0117 with standard error 0.0184;
-            # accuracy 66.3 vs 64.0); half the iterations, iters 3000 (1.7497 vs 1.8072, gain -0.0574 with standard error
-            # 0.0024; accuracy 64.0 vs 64.0); all three conv stages, layers 3 (1.7846 vs 1.8072, gain -0.0225 with standard
-            # error 0.0181; accuracy 62.8 vs 64.0). Under the sequential seeds of the rule (session 7), queue 16384 settled on
-            # 5 seeds and rejected: 1.8325 vs 1.8273, gain +0.0052 with standard error 0.0062 (accuracy 65.7 vs 65.2; on
-            # seeds 3, 4 alone 66.1 and 63.4 against the current setting's 67.1 and 66.8). Rejected: a random initial encoder
-            # as the frozen anchor, pretrain 0 (1.7717 vs 1.8072, gain -0.0354 with standard error 0.0197; accuracy 64.6 vs 64.0).
-            # Adopted: the paper's key-encoder momentum, momentum 0.999 (inside its margin against the setting before layers 2,
-            # whose base layers 2 then replaced, so judged again against layers 2): 1.8110 vs 1.8072, gain +0.0038 with
-            # standard error 0.0032; accuracy 64.0 -> 63.9. Then an InfoNCE temperature below the paper's 0.07 (0.2 had lost),
-            # temperature 0.05: 1.8143 vs 1.8110, gain +0.0033 with standard error 0.0028; accuracy 63.9 -> 64.2. Rejected then:
-            # the contrastive weight at 0.5, weight 0.5 (inside its margin on 3 seeds, +0.0027 with standard error 0.0029;
-            # settled on 5: 1.8311 vs 1.8300, gain +0.0011 with standard error 0.0031; accuracy 65.3 vs 65.0), and
-            # temperature 0.03 (1.8131 vs 1.8143, gain -0.0012 with standard error 0.0065; accuracy 63.9 vs 64.2).
-            # Session 8: an initial encoder pre-trained on real photos (the paper's ImageNet start, here the three
-            # photographs scikit-learn and matplotlib ship, self-supervised), rejected: anchor photos (1.7070 vs 1.8143,
-            # gain -0.1073 with standard error 0.0407; accuracy 59.3 vs 64.2; source validation ~0.88 vs ~0.94) and with
-            # the method's default pre-training share, anchor photos with pretrain 0.3 (1.6290 vs 1.8143, gain -0.1853
-            # with standard error 0.0438; accuracy 55.2 vs 64.2). Rejected too: the encoder pre-trained the same way on
-            # the synthetic images without their labels, anchor source_ssl (1.6789 vs 1.8143, gain -0.1354 with standard
-            # error 0.0362; accuracy 52.5 vs 64.2; source validation ~0.82), with pretrain 0.3 (1.4679 vs 1.8143, gain
-            # -0.3464 with standard error 0.0322; accuracy 45.5 vs 64.2; source validation ~0.72); and both self-supervised
-            # anchors with the encoder's learning rate and the anchor's weight back at the method defaults (set for a
-            # supervised anchor, whose features already separate the classes), backbone_lr 1.0 and weight 0.1: anchor
-            # source_ssl (1.7003 vs 1.8143, gain -0.1140 with standard error 0.0111; accuracy 63.1 vs 64.2) and anchor
-            # photos (1.6875 vs 1.8143, gain -0.1268 with standard error 0.0486; accuracy 62.6 vs 64.2; source
-            # validation ~0.985 for both, as source-only's).
             "csg": {"ema": 0.999,
                     "options": {"n_ops": 1, "magnitude": 0.2, "backbone_lr": 0.1, "weight": 1.0, "pretrain": 0.05, "layers": 2,
                                 "momentum": 0.999, "temperature": 0.05}},
-            # dsn: the EMA of the weights rejected on 2026-12-01 (1.8929 vs 1.9100; accuracy 72.1 vs 72.1).
-            # PixelDA: the EMA of the weights, ema 0.999, adopted on 2026-12-01 by info_max (1.7848 vs 1.7700;
-            # accuracy 68.0 -> 68.2).
             "pixelda": {"iters": 1000, "eval_every": 250, "init_from": "source_only", "ema": 0.999, "options": dict(_CPU_GAN)},
-            # SUIT: 6000 joint iterations, the feature-level methods' budget (1000 until 2026-11-21, then
-            # 3000; each step chosen by the label-free info_max score of the target predictions, 3 seeds:
-            # 1.67 -> 1.71 -> 1.73; target accuracy, seen afterwards, 64.8 -> 66.2 -> 65.5); then, also by
-            # info_max, per-domain BatchNorm, bn=separate (1.734 -> 1.744; accuracy 65.5 -> 67.5). Rejected
-            # by it: each player on its own terms only, objectives=per_player (1.742; accuracy 66.6); and on
-            # 2026-12-01 (this machine, from the EMA source-only bundle) the EMA of the weights, ema 0.999
-            # (1.7186 vs 1.7304; accuracy 63.2 vs 63.2), and the method-default refiner, g_width 16 with 7x7 end
-            # convolutions (1.6927 vs 1.7304; 59.4 vs 63.2); the content term at 0.1, content 0.1 (1.7282 vs
-            # 1.7304; 62.9 vs 63.2); DiffAugment on the PatchGAN's inputs, d_augment color,translation,cutout
-            # (1.7189 vs 1.7304; accuracy 61.1 vs 63.2), although with it the refiner turns every digit into a
-            # bright blurred stroke on black as in the target (samples_006000.png of the try runs; without it
-            # dark-on-light digits stay dark) while the discriminator's loss rises from 0.004 to 0.11: the
-            # classifier's target accuracy peaked at 1500-3000 iterations (67-68 %) and fell after. With that
-            # DiffAugment, also rejected: half the iterations, iters 3000 (1.7085 vs 1.7304; accuracy 65.4 vs
-            # 63.2), and the EMA of the weights, ema 0.999 (1.7197 vs 1.7304; 62.4 vs 63.2). Rejected too: the
-            # paper's log-loss GAN objective (non-saturating form) for LSGAN, gan nonsat (1.6078 vs 1.7304; 54.1 vs 63.2).
-            # Adopted: DiffAugment without its colour op, d_augment translation,cutout (1.7316 vs 1.7304; accuracy,
-            # seen afterwards, 63.2 -> 61.1). Rejected then: the semantic term at 2, semantic 2 (1.7253 vs 1.7316; 61.5 vs 61.1),
-            # and half the iterations, iters 3000 (1.6833 vs 1.7316; 64.6 vs 61.1). Under the rule's one-standard-error
-            # margin (from 2026-12-01 on): rejected a tenth of the classifier's learning rate, lr 0.001 (it fine-tunes
-            # the source-only bundle; the GAN optimisers keep lr_g): 1.7184 vs 1.7316, gain -0.0131 with standard error
-            # 0.0150; accuracy 65.8 vs 61.1; the content term at 3, content 3 (1.7357 vs 1.7316, gain +0.0041 with
-            # standard error 0.0264; accuracy 66.0 vs 61.1: the old rule would have adopted it); the adversarial term at 2,
-            # adv 2 (1.6723 vs 1.7316, gain -0.0593 with standard error 0.0151; accuracy 59.0 vs 61.1); each player on its
-            # own terms again, objectives per_player (1.7362 vs 1.7316, gain +0.0047 with standard error 0.0092; accuracy
-            # 64.5 vs 61.1: the old rule would have adopted it); the EMA of the weights with this DiffAugment (the paper's
-            # "SUIT w/ Avg.W" averages weights), ema 0.999 (1.7197 vs 1.7316, gain -0.0118 with standard error 0.0081;
-            # accuracy 61.9 vs 61.1); one BatchNorm for source and translated batches again, bn joint (1.7126 vs 1.7316, gain
-            # -0.0190 with standard error 0.0026; accuracy 62.1 vs 61.1); the semantic term at 0.5, semantic 0.5 (1.7191 vs
-            # 1.7316, gain -0.0125 with standard error 0.0118; accuracy 62.5 vs 61.1); PatchGANs twice as wide, d_width 32,
-            # now that DiffAugment regularises them (1.7289 vs 1.7316, gain -0.0026 with standard error 0.0359; accuracy
-            # 64.3 vs 61.1). Under the sequential seeds of the rule (session 7), settled on 5 seeds and rejected: content 3
-            # (1.7424 vs 1.7372, gain +0.0052 with standard error 0.0150; accuracy 67.3 vs 62.3) and objectives per_player
-            # (1.7393 vs 1.7372, gain +0.0021 with standard error 0.0128; accuracy 64.9 vs 62.3). Adopted: real target batches
-            # alone set the running BatchNorm statistics (AdaBN during training), bn target: 1.8575 vs 1.7316, gain +0.1259
-            # with standard error 0.0077; accuracy 61.1 -> 63.0. With it, adopted: the content term at 3, content 3 (re-tried
-            # because its base had changed; its accuracy under bn separate was known when it was): 1.8791 vs 1.8575, gain
-            # +0.0216 with standard error 0.0191; accuracy 63.0 -> 68.4. The EMA of the weights, ema 0.999, judged against
-            # bn target with content 1 (1.8587 vs 1.8575, gain +0.0012 with standard error 0.0091) was inside its margin when
-            # content 3 replaced its base, so it was judged again against content 3 and rejected: 1.8665 vs 1.8791, gain
-            # -0.0126 with standard error 0.0054; accuracy 68.5 vs 68.4.
             "suit": {"iters": 6000, "eval_every": 1500, "init_from": "source_only",
                      "options": {**_CPU_GAN, "bn": "target", "d_augment": "translation,cutout", "content": 3.0}},
-            # CycleGAN: 300 GAN iterations, then 1700 classifier iterations on translated images
-            # Tried on 2026-11-21 against the label-free info_max score of the target predictions
-            # (3 seeds; 1.69 for cyclegan, 1.69 for fgbg_cyclegan without the identity loss): rejected,
-            # the method default gan_fraction 0.5 (1.65, 1.64) and the method-default refiner and
-            # discriminator sizes at 0.15 (g_width 16, g_kernel 7, d_width 32: 1.68, 1.66); adopted,
-            # CycleGAN's identity loss at 0.5 (1.70, 1.74; target accuracy, seen afterwards, 67.1 -> 68.1
-            # and 66.0 -> 67.4); for cyclegan only, CyCADA's target->source semantic term, semantic_target 1
-            # (1.712 vs 1.704; accuracy 68.05 -> 67.96). Adopted on 2026-12-01 (this machine, from the EMA
-            # source-only bundle): the EMA of the weights, ema 0.999 (1.6948 vs 1.6606; accuracy 65.7 -> 66.7),
-            # then a GAN stage of 30 % (600 iterations; the gpu profile's), gan_fraction 0.3 (1.7066 vs 1.6948;
-            # accuracy 66.7 -> 67.2); for fgbg_cyclegan the same 0.3 was rejected (1.7035 vs 1.7253; 66.2 vs 66.3).
-            # Then, for both, PatchGANs as wide as the refiners (d_width 8 = g_width, as CycleGAN's 64/64; in every
-            # pixel-level run the discriminator had won, LSGAN D loss ~0.02 and generator loss ~0.95):
-            # cyclegan 1.7143 vs 1.7066 (accuracy 67.2 -> 67.3), fgbg_cyclegan 1.7370 vs 1.7253 (66.3 -> 67.0);
-            # rejected for suit (1.7278 vs 1.7304; 63.0 vs 63.2). Rejected for fgbg_cyclegan: the method-default
-            # refiner with a PatchGAN as wide, g_width 16, g_kernel 7, d_width 16 (1.7011 vs 1.7370; 67.2 vs 67.0);
-            # for cyclegan too (1.7080 vs 1.7143; 66.7 vs 67.3). Then DiffAugment on every PatchGAN input,
-            # d_augment color,translation,cutout (a discriminator that wins can be memorising the ~1000 target
-            # images): adopted for fgbg_cyclegan (1.7399 vs 1.7370; accuracy 67.0 -> 66.7), rejected for
-            # cyclegan (1.7115 vs 1.7143; 67.0 vs 67.3). Rejected for cyclegan: the cycle weight at 5, cycle 5
-            # (the cycle term keeps G invertible, and inverting dark-on-light digits loses which they were;
-            # 1.7082 vs 1.7143; 66.4 vs 67.3).
-            # Then (2026-12-01) twice the iterations, iters 4000 (1200 GAN + 2800 classifier iterations; ~220 s a
-            # run, as dsn): 1.7215 vs 1.7143; accuracy 67.3 -> 67.1. At 4000 iterations rejected: d_augment
-            # color,translation,cutout (1.7178 vs 1.7215; accuracy 67.9 vs 67.1); adopted: the method default GAN
-            # stage of half the run, gan_fraction 0.5 (2000 GAN + 2000 classifier iterations; 1.7382 vs 1.7215;
-            # accuracy 67.1 -> 67.8). The costliest row now: ~330 s a run here against suit's ~275 and dsn's ~220.
-            # Rejected then: the semantic term at 2 (adopted for fgbg_cyclegan), semantic 2 (1.7225 vs 1.7382; 66.2 vs 67.8).
             "cyclegan": {"iters": 4000, "eval_every": 500, "init_from": "source_only", "ema": 0.999,
                          "options": {**_CPU_GAN, "d_width": 8, "gan_fraction": 0.5, "identity": 0.5, "semantic_target": 1.0}},
-            # fgbg_cyclegan: also tried on 2026-11-21 and rejected by info_max, the full cycle term kept
-            # under the background and hue terms (full_cycle, the source notes' total loss): 1.7346 vs
-            # 1.7353 (3 seeds; target accuracy, seen afterwards, 68.1), and CyCADA's target->source semantic
-            # term, semantic_target 1: 1.7303 vs 1.7353 (accuracy, seen afterwards, 68.3). Adopted on
-            # 2026-12-01 (this machine, from the EMA source-only bundle): the EMA of the weights, ema 0.999
-            # (1.7253 vs 1.6991; accuracy 64.9 -> 66.3).
             "fgbg_cyclegan": {"iters": 2000, "eval_every": 500, "init_from": "source_only", "ema": 0.999,
                               "options": {**_CPU_GAN, "d_width": 8, "gan_fraction": 0.15, "identity": 0.5,
                                           "d_augment": "translation,cutout", "semantic_target": 1.0, "semantic": 2.0}},
-            # fgbg_cyclegan: rejected on 2026-12-01, iters 4000 (1.6963 vs 1.7399; accuracy 66.1 vs 66.7), and with
-            # d_augment a GAN stage of 30 %, gan_fraction 0.3 (1.7195 vs 1.7399; 67.8 vs 66.7), and PatchGANs of
-            # width 16, d_width 16 (1.7328 vs 1.7399; 66.6 vs 66.7). Adopted: CyCADA's target->source semantic
-            # term, semantic_target 1 (1.7478 vs 1.7399; accuracy 66.7 -> 67.6; rejected on 2026-11-21 without
-            # d_augment). Rejected: cyclegan's schedule, iters 4000 with gan_fraction 0.5 (1.7021 vs 1.7478; 65.6 vs 67.6),
-            # a generator learning rate of 4e-4, lr_g 0.0004 (1.7212 vs 1.7478; 68.3 vs 67.6), and half the hue term,
-            # hue 5 (1.7384 vs 1.7478; 68.2 vs 67.6). Adopted: DiffAugment without its colour op, d_augment
-            # translation,cutout (1.7496 vs 1.7478; accuracy 67.6 -> 67.6). Rejected: a GAN stage of 25 %, gan_fraction
-            # 0.25 (1.7208 vs 1.7496; 67.8 vs 67.6). Adopted: CyCADA's semantic term at twice the weight, semantic 2
-            # (1.7686 vs 1.7496; accuracy 67.6 -> 68.5).
-            # label2image: the EMA of the weights rejected on 2026-12-01 by info_max (1.9961 vs 2.0120; accuracy,
-            # seen afterwards, 68.8 vs 68.0).
             "label2image": {"iters": 1500, "eval_every": 500, "init_from": "source_only",
                             "options": {"g_width": 16, "d_width": 32}},
         },
@@ -267,11 +100,6 @@ def init_bundle(profile: str, init_from: str, seed: int, out_root: Path) -> tupl
 def expected_init(profile: str, cfg: dict, seed: int) -> dict | None:
     """The profile config of the run that a run with ``cfg`` starts from (None: it starts from scratch)."""
     return run_config(profile, cfg["init_from"], seed) if cfg.get("init_from") else None
-
-
-# Trainer settings added to the profile of a method that other runs start from (init_from): a run stored
-# without ``init_config`` started from a bundle trained without them.
-INIT_ADDED_KEYS = ("ema",)
 
 
 def data_version() -> str:
@@ -349,42 +177,21 @@ def method_options(cfg: dict) -> dict:
     return {**METHODS.get(cfg["method"]).defaults, **cfg.get("options", {})}
 
 
-# Options added to a method after runs of it were stored, each with the value that reproduces the code
-# before it existed: a stored run without the key ran with that value, so it stays current while the
-# default is that value (and goes stale when the default or the profile moves off it).
-ADDED_OPTIONS: dict[str, dict] = {
-    "source_only": {"encoder_lr": 1.0},
-    "suit": {"bn": "joint", "objectives": "joint"},
-    "csg": {"backbone_lr": 1.0, "anchor": "source"},
-    "cyclegan": {"semantic_target": 0.0},
-    "fgbg_cyclegan": {"full_cycle": False, "semantic_target": 0.0},
-}
-# Options added to every PatchGAN method at once (edgeda/methods/_pixel.py PIXEL_DEFAULTS).
-ADDED_PIXEL_OPTIONS = {"d_augment": ""}
-PATCHGAN_METHODS = ("pixelda", "cyclegan", "fgbg_cyclegan", "suit")
-
-
-def stored_options(r: dict) -> dict:
-    """The options a stored run used, with options added since then at their old-behaviour values."""
-    shared = ADDED_PIXEL_OPTIONS if r["method"] in PATCHGAN_METHODS else {}
-    return {**shared, **ADDED_OPTIONS.get(r["method"], {}), **r["method_options"]}
-
-
 def staleness(r: dict, profile: str) -> str | None:
     """Why a stored run no longer stands for this profile (None: it does): another renderer, another
-    profile setting, or other method option defaults (runs stored before options were recorded,
-    2026-11-21, are judged on the first two only)."""
+    profile setting, other resolved method options (each run stores every option its method used,
+    so adding or changing an option makes earlier runs stale), or a start from another run that has
+    changed."""
     if r.get("data_version") != data_version():  # rendered with an older syndigits: not comparable
         return f"made with {r.get('data_version', 'an unversioned renderer')}, not {data_version()}"
     cfg = run_config(profile, r["method"], r["seed"])
     if candidates.settled(r.get("config")) != cfg:
         return f"made with another {profile} profile setting"
-    if "method_options" in r and stored_options(r) != method_options(cfg):
-        return "made with other method option defaults"
+    if r.get("method_options") != method_options(cfg):
+        return "made with other method option defaults" if "method_options" in r else "its method options were not recorded"
     want = expected_init(profile, cfg, r["seed"])
     if want is not None:  # started from another method's run: that one's settings count too
-        legacy = {k: v for k, v in want.items() if k not in INIT_ADDED_KEYS}
-        if (r.get("init_config") or legacy) != want:
+        if r.get("init_config") != want:
             return f"started from a {cfg['init_from']} run with other settings"
     return None
 

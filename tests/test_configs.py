@@ -30,19 +30,17 @@ def test_stored_benchmark_runs_go_stale_when_renderer_profile_or_method_defaults
     assert adaptation.staleness(run, "cpu") is None
     assert "profile setting" in adaptation.staleness({**run, "config": {**cfg, "iters": 1}}, "cpu")
     assert "syndigits-v0" in adaptation.staleness({**run, "data_version": "syndigits-v0"}, "cpu")
-    legacy = {k: v for k, v in run.items() if k != "method_options"}  # stored before options were recorded
-    assert adaptation.is_current(legacy, "cpu")
+    unrecorded = {k: v for k, v in run.items() if k != "method_options"}
+    assert "not recorded" in adaptation.staleness(unrecorded, "cpu")
     coral = METHODS.get("coral")
     monkeypatch.setattr(coral, "defaults", {**coral.defaults, "bn": "joint"})  # a default changes in the code
     assert "option defaults" in adaptation.staleness(run, "cpu")
-    assert adaptation.is_current(legacy, "cpu")
     monkeypatch.undo()
-    # an option added later: a run stored without it ran with its old-behaviour value
-    monkeypatch.setitem(adaptation.ADDED_OPTIONS, "coral", {"newopt": 1})
+    # an option added later: the stored run's resolved options lack it, so it is stale
     monkeypatch.setattr(coral, "defaults", {**coral.defaults, "newopt": 1})
-    assert adaptation.staleness(run, "cpu") is None
-    monkeypatch.setattr(coral, "defaults", {**coral.defaults, "newopt": 2})  # the new default changes behaviour
     assert "option defaults" in adaptation.staleness(run, "cpu")
+    fresh = {**run, "method_options": adaptation.method_options(cfg)}
+    assert adaptation.staleness(fresh, "cpu") is None
 
 
 def test_candidate_settings_are_parsed_merged_and_judged_by_info_max_only():
@@ -115,14 +113,9 @@ def test_a_run_goes_stale_when_the_run_it_started_from_changes(monkeypatch):
            "method_options": adaptation.method_options(cfg), "init_config": init}
     assert adaptation.staleness(run, "cpu") is None
     assert "source_only run with other settings" in adaptation.staleness({**run, "init_config": {**init, "iters": 5}}, "cpu")
-    # stored before init_config was recorded: it started from a source-only bundle without the keys added since
-    legacy = {k: v for k, v in run.items() if k != "init_config"}
-    without_added = {k: v for k, v in init.items() if k not in adaptation.INIT_ADDED_KEYS}
+    # the run it started from moves to another setting: the stored init_config no longer matches
     monkeypatch.setitem(adaptation.PROFILES["cpu"]["methods"], "source_only", {})
-    assert adaptation.run_config("cpu", "source_only", 0) == without_added
-    assert adaptation.staleness(legacy, "cpu") is None
-    monkeypatch.setitem(adaptation.PROFILES["cpu"]["methods"], "source_only", {"ema": 0.999})
-    assert "other settings" in adaptation.staleness(legacy, "cpu")
+    assert "other settings" in adaptation.staleness(run, "cpu")
 
 
 def test_init_bundle_is_refused_when_trained_with_other_settings(tmp_path):

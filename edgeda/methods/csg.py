@@ -111,10 +111,8 @@ class CSG(Method):
     magnitude 0.2 of each op's range (the authors' released recipe, N = 1, M = 6 of 30), pretrain 0.3,
     anchor source, layers 1, backbone_lr 1 (a factor on the encoder's learning rate; the released recipe fine-tunes
     the ImageNet encoder at 0.1 of the head's); one optimizer over the student classifier and the g_l.
-    Why that RandAugment: on the cpu
-    benchmark profile (3 seeds) it raised the label-free information-maximisation score of the
-    predictions on unlabeled handwritten digits from 1.707 (2 ops at 0.5, the default until
-    2026-11-21) to 1.735; that score decided (target accuracy, seen afterwards: 64.0 -> 63.6 %).
+    The RandAugment default is the released recipe's, chosen over 2 ops at 0.5 by the label-free
+    score on the digits benchmark (benchmarks/DECISIONS.md).
     """
 
     summary = "contrastive syn-to-real generalisation: InfoNCE to a frozen initial encoder, A-pool, no target data (Chen et al. 2021)"

@@ -32,9 +32,8 @@ class ForegroundBackgroundCycleGAN(CycleGANRefinement):
     come on top of it; ``full_cycle=true`` does that (source cycle term l_cyc ||F(G(x_s)) - x_s||_1 +
     l_bg ... + l_fg ...). ``false`` replaces the full source cycle by the two masked terms, the
     reading of the issue text ("cycle consistency on the background mask, hue on the foreground").
-    Why ``false`` stays the default: on the cpu benchmark profile (3 seeds) the label-free
-    information-maximisation score of the target predictions was 1.7346 with ``true`` against 1.7353
-    with ``false``; that score decides (target accuracy, seen afterwards: 68.1 vs 67.4 %).
+    ``false`` stays the default: the label-free score on the digits benchmark did not prefer
+    ``true`` (benchmarks/DECISIONS.md).
 
     Defaults: l_bg = l_cyc = 10 (``cycle``), l_fg = 10 (``hue``), full_cycle = false, the rest as
     ``cyclegan``.

@@ -35,21 +35,17 @@ class SUIT(PixelMethod):
     statistics with either, and instead passes each real target batch through C (no gradient) to
     update them, so inference on real target images normalises by real target statistics (AdaBN,
     Li et al. 2016, during training). The paper's FCN-VGG16 has no BatchNorm, so it does not
-    settle this. Why ``target`` is the default: on the cpu benchmark profile (3 seeds) it raised
-    the label-free information-maximisation score of the target predictions from 1.732
-    (``separate``, the default before; it had replaced ``joint`` by the same score) to 1.858; that
-    score decided (target accuracy, seen afterwards: 61.1 -> 63.0 %). The score rewards confident
-    predictions, and normalising by the statistics of the images scored makes them more confident,
-    so part of that gain is the score's own.
+    settle this. ``target`` is the default because the label-free score on the
+    digits benchmark preferred it (benchmarks/DECISIONS.md); that score rewards confident
+    predictions, and normalising by the statistics of the images scored makes them more
+    confident, so part of that preference is the score's own.
 
     Who minimises what (``objectives``): ``joint`` steps G and C on the gradient of the whole sum
     (C also minimises the content term, G also the task term's CE(C(G(x_s)), y_s)); ``per_player``
     follows the paper's notation L_semCon(G), L_task(Seg): G minimises L_adv + L_semCon only (C's
     weights held constant in that pass, so the semantic and content terms train G alone) and C
-    minimises L_task only (on G(x_s) detached). Why ``joint`` stays the default: on the cpu benchmark
-    profile (3 seeds, bn = separate) the label-free information-maximisation score of the target
-    predictions was 1.742 with ``per_player`` against 1.744 with ``joint``; that score decides
-    (target accuracy, seen afterwards: 66.6 vs 67.5 %).
+    minimises L_task only (on G(x_s) detached). ``joint`` stays the default: the label-free score on
+    the digits benchmark did not prefer ``per_player`` (benchmarks/DECISIONS.md).
 
     Defaults: l_adv = 1 (``adv``), l_sem = 1 (``semantic``), l_con = 1 (``content``), bn = target,
     objectives = joint,

@@ -4,7 +4,9 @@ The trainer owns the iteration budget, the LR schedule, AMP, torchrun, periodic 
 checkpoint/resume, ``metrics.jsonl``, the progress bar and the final bundle. A method only
 implements ``step``. Model selection never reads target labels: target test scores are computed
 for the report and stored, but selection (``--select``) reads only the label-free ``score/*``
-validators (source validation and scores of the unlabeled target outputs). What differs between
+validators (source validation and scores of the unlabeled target outputs), or, with
+``--select target_val``, the few labeled target images the user set aside with ``--target-val``
+(never the test split). What differs between
 classification, segmentation and depth comes from the task object (:mod:`edgeda.tasks`).
 """
 from __future__ import annotations
@@ -24,6 +26,7 @@ import torch
 from ..bundle import write_bundle
 from ..config import TrainConfig
 from ..errors import EdgedaError, TrainingDiverged
+from ..tracking import BestState
 from ..methods import METHODS, Engine, Method, OptimConfig
 from ..methods.base import NonFiniteLoss
 from ..tasks import task_of
@@ -164,7 +167,7 @@ class Trainer:
             "config": self.cfg.to_dict(),
             "method": self.method.state_dict(),
             "rank_states": self._rank_states(),
-            "best": self.best,
+            "best": self.best.as_dict(),
             "history": json.dumps(self.history),
             "skipped_steps": self.skipped_steps,
             "average": self.average.state_dict() if self.average is not None else None,
@@ -200,7 +203,7 @@ class Trainer:
                 self.average.load_state_dict(state["average"])
             else:  # the checkpoint was written without --ema: average from the restored weights on
                 self.average = WeightAverage(self.method.deployables(), self.cfg.ema)
-        self.best = state.get("best")
+        self.best = BestState.from_dict(state.get("best"))
         self.history = json.loads(state["history"])
         self.skipped_steps = int(state.get("skipped_steps", 0))
         return int(state["iteration"])
@@ -329,7 +332,7 @@ class Trainer:
         t_start = time.perf_counter()
         self._build()
         self.history: list[dict] = []
-        self.best: dict | None = None
+        self.best = BestState()
         self.skipped_steps = 0
         start = 0
         if resume:
@@ -424,21 +427,17 @@ class Trainer:
     def _track_best(self, rec: dict) -> None:
         key = f"score/{self.cfg.select}"
         if self.cfg.select != "last" and key in rec:
-            if self.best is None or rec[key] >= self.best["score"]:
-                self.best = {
-                    "iteration": rec["iteration"],
-                    "score": rec[key],
-                    "weights": {n: copy.deepcopy(m.state_dict()) for n, m in self.shipped().items()},
-                }
+            self.best.offer(rec[key], rec["iteration"],
+                            lambda: {n: copy.deepcopy(m.state_dict()) for n, m in self.shipped().items()})
 
     def _finish(self, wall: float) -> tuple[Path, dict]:
         cfg = self.cfg
         modules = self.shipped()
         selected = self.history[-1]["iteration"] if self.history else cfg.iters
-        if cfg.select != "last" and self.best is not None:
+        if cfg.select != "last" and not self.best.empty:
             for n, m in modules.items():
-                m.load_state_dict(self.best["weights"][n])
-            selected = self.best["iteration"]
+                m.load_state_dict(self.best.state[n])
+            selected = self.best.tag
         final = next((h for h in self.history if h["iteration"] == selected), self.history[-1] if self.history else {})
         metrics = {k: v for k, v in final.items() if not k.startswith("train/") and k != "lr"}
         if self.domains.target_test is not None:

@@ -4,6 +4,7 @@ handwritten adapt split, 3 seeds, evaluated on handwritten:test.
     python benchmarks/adapt.py                         # tent, shot, 3cgan x seeds 0,1,2
     python benchmarks/adapt.py --methods 3cgan --seeds 0
     python benchmarks/adapt.py --table-only
+    python benchmarks/adapt.py --rows digits_seg,syn_seg --seeds 0   # only the dense rows
 
 Per seed, the source-only bundle is trained with the `cpu` profile of benchmarks/adaptation.py
 (or reused from that benchmark's run folder). The 1000 `handwritten:adapt` images are written as
@@ -16,6 +17,16 @@ capped by the 10-minute budget, and writes the state its default label-free sele
 Every setting is the method's default: nothing is chosen by test accuracy; the labels of handwritten:test are only passed through ``--labels`` for the
 report. Results: ``benchmarks/results/adapt/<method>-s<seed>.json``, the summary in
 ``benchmarks/results/adapt.json`` and the README table between the ``adapt-table`` markers.
+
+Dense rows (``--rows digits_seg,syn_seg``): TENT and SHOT from the source-only segmentation bundle
+of benchmarks/dense.py's ``cpu`` profile (``digitscenes -> handwritten-scenes``, DeepLab ResNet-18
+w0.25 at 64x64; ``synscenes -> synscenes:photo``, LR-ASPP at 64x128): the bundle its stored run
+names when it is still on disk, else one trained afresh with that row's ``run_config`` into
+``/tmp/edgeda-adapt-bench``. The unlabeled target split is written as a folder of PNG frames; the
+same budget and flags as above; mIoU on the row's labeled test split (``--labels``, report only).
+Results: ``benchmarks/results/adapt/dense/<row>-<method>-s<seed>.json``, summarised under
+``"dense"`` in ``adapt.json`` and in a second table in the same README block, next to the
+source-using methods' stored mIoU from benchmarks/dense.py.
 """
 from __future__ import annotations
 
@@ -105,6 +116,144 @@ def run_one(method: str, seed: int, bundle: Path, target: Path, out: Path) -> di
     }
 
 
+DENSE_ROWS = ("digits_seg", "syn_seg")
+DENSE_METHODS = ("tent", "shot")
+DENSE_BUNDLES = Path("/tmp/edgeda-adapt-bench")
+
+
+def dense_bundle(row: str, seed: int) -> tuple[Path, dict]:
+    """(source-only bundle, its stored benchmarks/dense.py record or {}) for a dense row and seed."""
+    from dense import run_config
+
+    stored = RESULTS / "dense" / "cpu" / f"{row}-s{seed}.json"
+    rec = json.loads(stored.read_text()) if stored.is_file() else {}
+    cfg = run_config("cpu", row, seed, False)
+    cand = Path(rec.get("bundle", "")) if rec.get("config") == cfg else None
+    if cand is not None and (cand / "manifest.json").is_file():
+        return cand, rec
+    out = DENSE_BUNDLES / f"{row}-s{seed}"
+    if not (out / "model.edgeda" / "manifest.json").is_file():
+        import torch
+
+        import edgeda
+
+        torch.set_num_threads(THREADS)
+        print(f"training the source-only {row} bundle for seed {seed} ...", flush=True)
+        edgeda.train(out=str(out), progress=False, log=None, **cfg)
+    return out / "model.edgeda", rec
+
+
+def write_dense_target(row: str, folder: Path, size) -> int:
+    """The row's unlabeled target split as PNG frames at the bundle's size."""
+    from PIL import Image
+
+    from dense import PAIRS
+    from edgeda.data import load_domain
+
+    dom = load_domain(PAIRS[row]["target"], labeled=False, size=tuple(size), channels=3)
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(len(dom)):
+        Image.fromarray(dom.sample(i).image).save(folder / f"{i:04d}.png")
+    return len(dom)
+
+
+def run_one_dense(row: str, method: str, seed: int, bundle: Path, target: Path, out: Path) -> dict:
+    from dense import PAIRS
+
+    cmd = [sys.executable, "-m", "edgeda", "adapt", str(bundle), "--target-dir", str(target), "--out", str(out),
+           "--method", method, "--minutes", str(MINUTES), "--memory-mb", str(MEMORY_MB), "--labels",
+           PAIRS[row]["test"], "--seed", str(seed), "--threads", str(THREADS), "--json"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    load_before = os.getloadavg()
+    p = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    if p.returncode not in (0, 3):
+        raise RuntimeError(f"{' '.join(cmd)} failed ({p.returncode}):\n{p.stderr[-3000:]}")
+    r = json.loads(p.stdout)
+    a = r["adaptation"]
+    return {
+        "row": row, "method": method, "seed": seed, "command": " ".join(cmd[1:]), "bundle": str(bundle),
+        "parent_manifest_sha256": a["parent"]["manifest_sha256"],
+        "miou_before": r["accuracy"]["before"], "miou_after": r["accuracy"]["after"],
+        "gain_points": 100 * (r["accuracy"]["after"] - r["accuracy"]["before"]),
+        "iterations": r["iterations"], "stopped_because": r["stopped_because"], "collapsed": r["collapsed"],
+        "selection": {k: a["selection"].get(k) for k in ("rule", "selected_iteration", "written")},
+        "cpu_time_s": a.get("cpu_time_s"), "wall_time_s": r["wall_time_s"], "peak_rss_mb": r["peak_rss_mb"],
+        "budget": a["budget"], "before": r["before"], "after": r["after"],
+        "target": {k: a["target"][k] for k in ("images_used", "files_skipped")},
+        "load_average_before": load_before, "load_average_after": os.getloadavg(), "machine": a["machine"],
+        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def summarise_dense() -> dict:
+    rows = {}
+    for row in DENSE_ROWS:
+        per = {}
+        for method in DENSE_METHODS:
+            rs = sorted((json.loads(f.read_text()) for f in (RESULTS / "adapt" / "dense").glob(f"{row}-{method}-s*.json")),
+                        key=lambda r: r["seed"])
+            if not rs:
+                continue
+            before, after = [r["miou_before"] for r in rs], [r["miou_after"] for r in rs]
+            per[method] = {
+                "seeds": [r["seed"] for r in rs],
+                "miou_before": {"mean": statistics.fmean(before), "std": statistics.pstdev(before), "per_seed": before},
+                "miou_after": {"mean": statistics.fmean(after), "std": statistics.pstdev(after), "per_seed": after},
+                "gain_points": {"mean": statistics.fmean(r["gain_points"] for r in rs),
+                                "min": min(r["gain_points"] for r in rs), "per_seed": [r["gain_points"] for r in rs]},
+                "iterations": [r["iterations"] for r in rs], "wall_time_s": [r["wall_time_s"] for r in rs],
+                "cpu_time_s": [r["cpu_time_s"] for r in rs], "peak_rss_mb": max(r["peak_rss_mb"] for r in rs),
+                "selected_iteration": [r["selection"]["selected_iteration"] for r in rs],
+                "batch": [r["budget"]["batch"] for r in rs], "train_crop": [r["budget"]["train_crop"] for r in rs],
+                "collapsed": [r["collapsed"] for r in rs], "load_average": [r["load_average_before"][0] for r in rs],
+                "machine": rs[0]["machine"],
+            }
+        source_using = {}
+        for f in sorted((RESULTS / "dense" / "cpu").glob(f"{row}-*-s*.json")):
+            rec = json.loads(f.read_text())
+            if rec.get("upper_bound") or rec.get("method") in (None, "source_only") or rec.get("row") != row:
+                continue
+            source_using.setdefault(rec["method"], []).append(rec["target_test"]["miou"])
+        if per:
+            rows[row] = {"methods": per, "source_using": {m: {"mean": statistics.fmean(v), "n": len(v)}
+                                                           for m, v in source_using.items()}}
+    return rows
+
+
+def markdown_dense(rows: dict) -> str:
+    if not rows:
+        return ""
+    from dense import PAIRS
+
+    m0 = next(iter(next(iter(rows.values()))["methods"].values()))["machine"]
+    lines = [
+        "",
+        f"Dense rows: `edgeda adapt` on a PNG folder of the row's unlabeled target frames, from the source-only "
+        f"segmentation bundle of `benchmarks/dense.py` (cpu profile) of the same seed; mIoU on the labeled test split "
+        f"(labels used for this report only), per pixel on full frames; same budget, defaults and selection as above. "
+        f"Machine: {m0.get('gpu') or m0['cpu']}, {m0['cores']} cores (shared).",
+        "",
+        "| pair | method | source data | mIoU % before | mIoU % after | gain (points) | iterations | written state | wall time (s) | CPU time (s) | peak RSS (MiB) | seeds |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for row, r in rows.items():
+        pair = f"{PAIRS[row]['source']} -> {PAIRS[row]['target']}"
+        for m, v in r["methods"].items():
+            g = v["gain_points"]
+            lines.append(
+                f"| {pair} | {m} (source-free) | none | {fmt_pct(v['miou_before']['mean'], v['miou_before']['std'])} | "
+                f"{fmt_pct(v['miou_after']['mean'], v['miou_after']['std'])} | {g['mean']:+.1f} (min {g['min']:+.1f}) | "
+                f"{'/'.join(str(i) for i in v['iterations'])} | "
+                f"{'/'.join('–' if i is None else str(i) for i in v['selected_iteration'])} | "
+                f"{'/'.join(f'{t:.0f}' for t in v['wall_time_s'])} | "
+                f"{'/'.join('–' if c is None else f'{c:.0f}' for c in v['cpu_time_s'])} | {v['peak_rss_mb']:.0f} | "
+                f"{len(v['seeds'])} |")
+        for m, v in sorted(r["source_using"].items()):
+            lines.append(f"| {pair} | {m} (trained with source, `benchmarks/dense.py`) | yes | – | "
+                         f"{fmt_pct(v['mean'])} | – | – | – | – | – | – | {v['n']} |")
+    return "\n".join(lines)
+
+
 def cpu_time(r: dict) -> float | None:
     """CPU seconds the adapt process got (from the adapted bundle's manifest, when it recorded them)."""
     if r.get("cpu_time_s") is not None:
@@ -142,6 +291,7 @@ def summarise() -> dict:
     src = RESULTS / "adaptation.json"
     source_using = json.loads(src.read_text())["rows"] if src.exists() else {}
     return {"pair": "syndigits -> handwritten", "budget": {"minutes": MINUTES, "memory_mb": MEMORY_MB}, "rows": rows,
+            "dense": summarise_dense(),
             "source_using": {m: {"target_test_acc": r["target_test_acc"], "iters": r["iters"]} for m, r in source_using.items()},
             "generated": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
 
@@ -185,20 +335,25 @@ def markdown(s: dict) -> str:
         lines.append("")
         lines.append("Source-using methods (DANN etc.) on the same pair and test split: see the adaptation accuracy "
                      "table above (`benchmarks/results/adaptation.json` had no rows when this table was written).")
-    return "\n".join(lines)
+    return "\n".join(lines) + "\n" + markdown_dense(s.get("dense", {}))
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--methods", default=",".join(METHODS))
     ap.add_argument("--seeds", default="0,1,2")
+    ap.add_argument("--rows", default="classification," + ",".join(DENSE_ROWS),
+                    help="classification (syndigits -> handwritten) and/or dense rows: " + ", ".join(DENSE_ROWS))
     ap.add_argument("--force", action="store_true")
     ap.add_argument("--table-only", action="store_true")
     ap.add_argument("--runs-dir", default=os.environ.get("EDGEDA_BENCH_RUNS", "runs/bench-adapt"))
     args = ap.parse_args(argv)
     folder = RESULTS / "adapt"
     folder.mkdir(parents=True, exist_ok=True)
+    rows = args.rows.split(",")
     if not args.table_only:
+        run_dense(rows, args)
+    if not args.table_only and "classification" in rows:
         runs = Path(args.runs_dir)
         with tempfile.TemporaryDirectory(prefix="edgeda-adapt-target-") as tmp:
             target = Path(tmp) / "handwritten_adapt"
@@ -220,6 +375,32 @@ def main(argv=None) -> int:
     replace_block("adapt-table", markdown(s))
     print(markdown(s))
     return 0
+
+
+def run_dense(rows: list[str], args) -> None:
+    from edgeda.bundle import Bundle
+
+    folder = RESULTS / "adapt" / "dense"
+    folder.mkdir(parents=True, exist_ok=True)
+    dense_methods = [m for m in args.methods.split(",") if m in DENSE_METHODS]
+    for row in (r for r in rows if r in DENSE_ROWS):
+        with tempfile.TemporaryDirectory(prefix=f"edgeda-adapt-{row}-") as tmp:
+            target = Path(tmp) / "frames"
+            for seed in (int(s) for s in args.seeds.split(",")):
+                todo = [m for m in dense_methods if args.force or not (folder / f"{row}-{m}-s{seed}.json").exists()]
+                if not todo:
+                    continue
+                bundle, _ = dense_bundle(row, seed)
+                if not target.exists():
+                    print(f"wrote {write_dense_target(row, target, Bundle(bundle).task.image_size)} {row} target PNGs",
+                          flush=True)
+                for m in todo:
+                    print(f"adapting {row} seed {seed} with {m} ...", flush=True)
+                    out = Path(args.runs_dir) / f"{row}-{m}-s{seed}.edgeda"
+                    r = run_one_dense(row, m, seed, bundle, target, out)
+                    (folder / f"{row}-{m}-s{seed}.json").write_text(json.dumps(r, indent=1) + "\n")
+                    print(f"  mIoU {r['miou_before']:.3f} -> {r['miou_after']:.3f} in {r['wall_time_s']:.0f}s, "
+                          f"{r['iterations']} iterations, peak RSS {r['peak_rss_mb']:.0f} MiB", flush=True)
 
 
 if __name__ == "__main__":

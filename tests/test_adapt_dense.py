@@ -97,6 +97,11 @@ def test_pixel_information_maximisation_terms_by_hand():
     assert ent.item() == pytest.approx(np.mean([h([v, 1 - v]) for v in pixels]), abs=1e-6)
     assert div_img.item() == pytest.approx((h([0.7, 0.3]) + h([0.3, 0.7])) / 2, abs=1e-6)
     assert div_batch.item() == pytest.approx(h([0.5, 0.5]), abs=1e-6)
+    # with a prior the batch term is -KL(marginal || prior): zero, its maximum, when they agree
+    _, _, at_prior = pixel_information_maximisation_terms(logits, eps=0.0, prior=torch.tensor([0.5, 0.5]))
+    assert at_prior.item() == pytest.approx(0.0, abs=1e-6)
+    _, _, off = pixel_information_maximisation_terms(logits, eps=0.0, prior=torch.tensor([0.9, 0.1]))
+    assert off.item() == pytest.approx(-(0.5 * math.log(0.5 / 0.9) + 0.5 * math.log(0.5 / 0.1)), abs=1e-6)
     # a uniform frame marginal maximises both diversity terms; one class everywhere zeroes them
     one = torch.zeros(2, 2, 3, 3)
     one[:, 0] = 20.0
@@ -170,7 +175,9 @@ def test_tent_and_shot_adapt_a_segmentation_bundle(seg, tmp_path, method):
     bundle = seg["bundle"]
     before = _hashes(bundle)
     out = tmp_path / f"{method}.edgeda"
-    r = adapt(bundle, seg["frames"], out, method=method, iters=4, batch=4, labels=seg["test"], select="last")
+    opts = {"diversity_prior": "shipped"} if method == "shot" else None
+    r = adapt(bundle, seg["frames"], out, method=method, iters=4, batch=4, labels=seg["test"], select="last",
+              options=opts)
     assert _hashes(bundle) == before  # the input bundle is untouched
     assert r.iterations == 4 and not r.collapsed
     a = Bundle(out).manifest["adaptation"]

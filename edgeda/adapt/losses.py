@@ -47,7 +47,7 @@ def virtual_adversarial_loss(model: nn.Module, x: torch.Tensor, logits: torch.Te
     return kl_divergence(target, model(x.detach() + r_adv))
 
 
-def pixel_information_maximisation_terms(logits: torch.Tensor, eps: float = 1e-5
+def pixel_information_maximisation_terms(logits: torch.Tensor, eps: float = 1e-5, prior: torch.Tensor | None = None
                                          ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Information maximisation over the pixels of (N, K, H, W) logits, p = softmax over K:
 
@@ -56,7 +56,10 @@ def pixel_information_maximisation_terms(logits: torch.Tensor, eps: float = 1e-5
         L_div_batch = H(mean_{n,u} p_{n,u})              (the batch's class marginal diverse)
 
     with H(q) = -sum_k q_k log(q_k + eps) for the marginals. Minimise
-    ``L_ent - (w_image L_div_image + w_batch L_div_batch)``.
+    ``L_ent - (w_image L_div_image + w_batch L_div_batch)``. With a class ``prior`` pi (K,), the
+    batch term is ``-KL(mean p || pi) = -sum_k q_k log((q_k + eps) / pi_k)`` instead: diverse
+    relative to pi rather than to uniform classes (a uniform pi gives H(q) - log K, the same
+    gradient as the plain term).
 
     >>> ent, div_img, div_batch = pixel_information_maximisation_terms(model(x))
     """
@@ -64,7 +67,11 @@ def pixel_information_maximisation_terms(logits: torch.Tensor, eps: float = 1e-5
     image_marginal = p.mean((2, 3))  # (N, K)
     batch_marginal = image_marginal.mean(0)
     div_image = -(image_marginal * torch.log(image_marginal + eps)).sum(1).mean()
-    div_batch = -(batch_marginal * torch.log(batch_marginal + eps)).sum()
+    if prior is None:
+        div_batch = -(batch_marginal * torch.log(batch_marginal + eps)).sum()
+    else:
+        prior = prior.to(batch_marginal.device, batch_marginal.dtype)
+        div_batch = -(batch_marginal * (torch.log(batch_marginal + eps) - torch.log(prior + eps))).sum()
     return entropy(logits, 1).mean(), div_image, div_batch
 
 

@@ -12,8 +12,11 @@ says whether the run has collapsed:
 * non-finite outputs or weights (NaN / inf);
 * the predicted-class histogram collapsing: the top class takes more than
   ``max(max_top_fraction, min(0.99, 1.5 x the shipped top share), shipped top share + 0.01)``
-  of the predictions (pixels), or the histogram's normalised entropy falls below
-  ``min_hist_entropy_ratio`` x the shipped model's;
+  of the predictions (pixels), or (classifiers) the histogram's normalised entropy falls below
+  ``min_hist_entropy_ratio`` x the shipped model's; for pixels this ratio is not used: a frame's
+  background dominates the histogram, so its entropy is small and halves when the background
+  grows a few points (seen after AdaBN's re-estimation alone), and the next two criteria judge
+  the classes instead;
 * classes vanishing: fewer than ``min_present_ratio`` x the classes the shipped model predicts
   (on at least 0.1 % of the rows) are still predicted;
 * dense outputs: one class swallowing the image, i.e. the share of frames whose top class covers
@@ -147,7 +150,7 @@ class CollapseMonitor:
         # relative to the shipped model: a model that was already skewed only collapses by getting worse
         base_top = baseline["top_class_fraction"]
         self.top_limit = max(self.c.max_top_fraction, min(0.99, 1.5 * base_top), base_top + 0.01)
-        self.hist_floor = self.c.min_hist_entropy_ratio * baseline["histogram_entropy"]
+        self.hist_floor = 0.0 if "pixels" in baseline else self.c.min_hist_entropy_ratio * baseline["histogram_entropy"]
         self.present_floor = math.ceil(self.c.min_present_ratio * baseline.get("classes_present", 1))
         self.swallow_limit = (max(self.c.max_swallowed_frames, baseline["swallowed_frames"] + 0.25)
                               if "swallowed_frames" in baseline else None)
@@ -164,7 +167,7 @@ class CollapseMonitor:
             top = max(range(self.k), key=lambda i: stats["class_histogram"][i])
             return (f"predictions collapsed onto one class ({stats['top_class_fraction']:.0%} of the {what} predicted "
                     f"as class {top}, limit {self.top_limit:.0%})")
-        if stats["histogram_entropy"] < self.hist_floor:
+        if self.hist_floor > 0 and stats["histogram_entropy"] < self.hist_floor:
             return (f"the predicted-class histogram collapsed (normalised entropy {stats['histogram_entropy']:.2f} "
                     f"< floor {self.hist_floor:.2f})")
         if stats.get("classes_present", self.present_floor) < self.present_floor:

@@ -5,7 +5,8 @@ trials wait for a checkpoint or the bundle to be mid-write: checkpoints are writ
 iterations). Then every checkpoint left on disk must load, any bundle must verify, and the same
 command with ``--resume`` must finish with a verified bundle and final metrics ("resumed
 cleanly"). Targets are pluggable: ``TARGETS`` maps a name to a class with ``start``/``resume``/
-``check``; ``adapt`` is the second (``edgeda adapt``: no resume, the same command is run again).
+``check``; ``adapt`` is the second (``edgeda adapt``: no resume, the same command is run again),
+``adapt_dense`` the same on a segmentation bundle.
 
 Bad input: the cases in ``tests/test_bad_input.py`` (and the tampered-bundle cases in
 ``tests/test_reliability.py``) are run with pytest and counted. Fuzz: the hypothesis properties in
@@ -176,8 +177,44 @@ class AdaptTarget:
         return out
 
 
+class DenseAdaptTarget(AdaptTarget):
+    """``edgeda adapt`` of a segmentation bundle (TENT on 64 frames of 32x32 px; a tiny LR-ASPP
+    trained source-only for 40 iterations on generated scenes): the same checks as ``adapt``."""
+
+    name = "adapt_dense"
+    title = "`edgeda adapt` of a segmentation bundle"
+    config = {"method": "tent", "iters": 60, "batch": 4, "threads": 1, "seed": 0, "target_images": 64}
+
+    def __init__(self, work: Path):
+        import edgeda
+        from edgeda.utils import sha256_file
+
+        work.mkdir(parents=True, exist_ok=True)
+        rng = np.random.default_rng(0)
+
+        def scenes(n):  # a bright square (class 1) on a noisy background (class 0)
+            x = rng.integers(60, 140, (n, 32, 32, 3)).astype(np.uint8)
+            y = np.zeros((n, 32, 32), np.uint8)
+            for i in range(n):
+                r, c = rng.integers(0, 20, 2)
+                y[i, r:r + 10, c:c + 10] = 1
+            x[y == 1] = 220
+            return x, y
+
+        x, y = scenes(32)
+        np.savez(work / "dense-source.npz", x=x, y=y, classes=np.array(["bg", "square"]))
+        self.target = work / "dense-target.npz"
+        np.savez(self.target, x=scenes(self.config["target_images"])[0])
+        res = edgeda.train(method="source_only", task="segmentation", source=str(work / "dense-source.npz"),
+                           target=str(self.target), iters=40, eval_every=40, batch_size=8, image_size=[32, 32],
+                           backbone="lraspp", backbone_kwargs={"width": 0.25}, out=str(work / "dense-shipped"),
+                           device="cpu", progress=False, log=None)
+        self.bundle = res.bundle
+        self.hashes = {f.name: sha256_file(f) for f in sorted(self.bundle.iterdir())}
+
+
 TrainTarget.kill_modes = ("checkpoint", "bundle")
-TARGETS = {"train": TrainTarget, "adapt": AdaptTarget}
+TARGETS = {"train": TrainTarget, "adapt": AdaptTarget, "adapt_dense": DenseAdaptTarget}
 
 
 def kill_trial(target, run_dir: Path, mode: str, delay: float, skip_writes: int = 0) -> dict:
@@ -265,7 +302,8 @@ def markdown(r: dict) -> str:
     for name, k in r["kill_trials"].items():
         modes = ", ".join(f"{n} {m}" for m, n in k["modes"].items())
         again = "`--resume`" if name == "train" else "the same command again"
-        lines.append(f"| `kill -9` of `edgeda {name}` at random moments ({modes}), then {again} | "
+        title = getattr(TARGETS.get(name), "title", f"`edgeda {name}`")
+        lines.append(f"| `kill -9` of {title} at random moments ({modes}), then {again} | "
                      f"{k['resumed_cleanly']}/{k['trials']} {'resumed' if name == 'train' else 'completed'} cleanly; "
                      f"{k['killed']}/{k['trials']} killed before the "
                      f"run ended; {k['left_intact']}/{k['trials']} left only intact checkpoints/bundles |")

@@ -96,6 +96,9 @@ def _load_labels(labels: str, spec: TaskSpec):
         if isinstance(lab, Domain):
             raise DataError(f"--labels {labels} has one label per image; this {spec.task} bundle needs per-pixel labels")
         lab.require_usable(task=spec.task, num_classes=spec.num_classes or None)
+        if lab.classes and spec.classes and list(lab.classes) != list(spec.classes):
+            raise DataError(f"--labels {labels} names the classes {', '.join(lab.classes)}, the bundle "
+                            f"{', '.join(spec.classes)}")
     else:
         if not isinstance(lab, Domain):
             raise DataError(f"--labels {labels} is dense data; this bundle is a classifier")

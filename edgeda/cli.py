@@ -236,11 +236,14 @@ def eval_cmd(bundle, data, confusion_png, samples_png, device, as_json) -> None:
 
 
 @main.command()
+@click.argument("name", required=False)
 @click.option("--task", type=click.Choice(["classification", "segmentation", "depth"]), help="only methods for this task")
 @click.option("--validators", is_flag=True, help="list the label-free validators for --select instead")
 @click.option("--json", "as_json", is_flag=True)
-def methods(task, validators, as_json) -> None:
-    """List the registered adaptation methods and the tasks each adapts."""
+@handle_errors
+def methods(name, task, validators, as_json) -> None:
+    """List the registered adaptation methods and the tasks each adapts; with NAME, that method's
+    options (type, default, choices)."""
     if validators:
         from .train.selection import VALIDATORS
 
@@ -252,8 +255,25 @@ def methods(task, validators, as_json) -> None:
         for n, doc in rows.items():
             click.echo(f"{n.ljust(12)}  {doc}")
         return
+    from .adapt import ADAPT_METHODS
     from .methods import METHODS
 
+    if name is not None:  # one method, training or on-device: its options
+        if name not in METHODS and name not in ADAPT_METHODS:
+            raise EdgedaError(f"unknown method {name!r}; training methods: {', '.join(METHODS)}; "
+                              f"on-device methods: {', '.join(ADAPT_METHODS)}")
+        reg = METHODS if name in METHODS else ADAPT_METHODS
+        cls = reg.get(name)
+        specs = cls.option_specs()
+        if as_json:
+            emit_json({"name": name, "summary": cls.describe(), "tasks": list(cls.tasks), "options": specs})
+            return
+        where = "edgeda train --method" if reg is METHODS else "edgeda adapt --method"
+        click.echo(f"{name} ({where} {name}; tasks: {', '.join(cls.tasks)}): {cls.describe()}")
+        for s in specs:
+            choices = f" [{' | '.join(map(str, s['choices']))}]" if s["choices"] else ""
+            click.echo(f"  {s['name']} = {s['default']!r} ({s['type']}){choices}" + (f"  {s['help']}" if s["help"] else ""))
+        return
     rows = {name: {"summary": cls.describe(), "tasks": list(cls.tasks), "uses_target": cls.uses_target,
                    "options": cls.defaults}
             for name, cls in METHODS.items() if task is None or task in cls.tasks}
@@ -263,6 +283,7 @@ def methods(task, validators, as_json) -> None:
     width = max((len(n) for n in rows), default=4)
     for name, r in rows.items():
         click.echo(f"{name.ljust(width)}  [{', '.join(r['tasks'])}]  {r['summary']}")
+    click.echo("options of one method: edgeda methods NAME")
 
 
 @main.group()

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from ..errors import EdgedaError
+from ..options import Configurable
 from ..methods.base import Engine
 from ..registry import Registry
 from ..task import TaskSpec
@@ -26,7 +27,7 @@ ADAPT_METHODS: Registry = Registry("source-free adaptation method")
 BN_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 
 
-class AdaptMethod:
+class AdaptMethod(Configurable):
     """Base class. Subclasses set ``name``, ``summary``, ``defaults`` (options with their values,
     overridable as ``key=value``), ``default_iters`` and implement :meth:`build` and :meth:`step`.
 
@@ -38,9 +39,7 @@ class AdaptMethod:
     ``tasks`` names the tasks the method adapts.
     """
 
-    name: ClassVar[str] = ""
-    summary: ClassVar[str] = ""
-    defaults: ClassVar[dict] = {}
+    kind: ClassVar[str] = "adapt method"
     default_iters: ClassVar[int] = 500
     tasks: ClassVar[tuple[str, ...]] = ("classification",)
     # forward passes of the classifier per step whose activations are kept for backward (memory plan)
@@ -48,11 +47,7 @@ class AdaptMethod:
 
     def __init__(self, classifier: nn.Module, task: TaskSpec, *, options: dict | None = None,
                  engine: Engine | None = None, seed: int = 0):
-        unknown = set(options or {}) - set(self.defaults)
-        if unknown:
-            valid = ", ".join(sorted(self.defaults)) or "(none)"
-            raise EdgedaError(f"adapt method {self.name!r} has no option {', '.join(sorted(unknown))}; valid: {valid}")
-        self.opts = {k: _coerce(self.defaults[k], v) for k, v in {**self.defaults, **(options or {})}.items()}
+        self.opts = self.resolve_options(options)
         self.task = task
         self.engine = engine or Engine()
         self.device = self.engine.device
@@ -84,23 +79,12 @@ class AdaptMethod:
         return {}
 
     # -- shared helpers -----------------------------------------------------------------------
-    def update(self, loss: torch.Tensor, *optim_names: str) -> None:
-        names = optim_names or tuple(self.optims)
-        self.engine.backward_step(loss, [self.optims[n] for n in names])
-
-    def autocast(self):
-        return self.engine.autocast()
-
     def state_snapshot(self) -> dict:
         """What rollback restores: the classifier's weights and buffers (BatchNorm statistics)."""
         return copy.deepcopy({k: v.detach().cpu() for k, v in self.classifier.state_dict().items()})
 
     def restore(self, snapshot: dict) -> None:
         self.classifier.load_state_dict(snapshot)
-
-    @classmethod
-    def describe(cls) -> str:
-        return cls.summary or (cls.__doc__ or "").strip().splitlines()[0]
 
 
 class TargetSet:
@@ -204,18 +188,6 @@ class pixel_features:
         for h in self._handles:
             h.remove()
         return False
-
-
-def _coerce(default, value):
-    """Options given as strings on the command line take the type of their default."""
-    if isinstance(value, str) and not isinstance(default, str) and default is not None:
-        try:
-            if isinstance(default, bool):
-                return value.lower() in ("1", "true", "yes", "on")
-            return type(default)(value)
-        except ValueError:
-            raise EdgedaError(f"option value {value!r} is not a valid {type(default).__name__}") from None
-    return value
 
 
 def bn_layers(model: nn.Module) -> list[nn.Module]:

@@ -16,6 +16,7 @@ from torch import nn
 
 from ..errors import EdgedaError
 from ..task import TaskSpec
+from ..options import Configurable
 from ..tasks import task_of
 
 
@@ -109,17 +110,14 @@ class Engine:
             offset += g.numel()
 
 
-class Method:
+class Method(Configurable):
     """Base class. Subclasses set ``name``/``summary``/``defaults`` and implement ``build`` and ``step``.
 
     ``self.nets`` (an ``nn.ModuleDict``) holds every module the method trains; ``self.optims``
     its optimizers by name. ``self.progress`` in [0, 1] is set by the trainer before each step.
     """
 
-    name: ClassVar[str] = ""
-    summary: ClassVar[str] = ""
     uses_target: ClassVar[bool] = True
-    defaults: ClassVar[dict] = {}
     tasks: ClassVar[tuple[str, ...]] = ("classification",)  # the tasks this method adapts
 
     def __init__(
@@ -136,14 +134,10 @@ class Method:
         if task.task not in self.tasks:
             raise EdgedaError(f"method {self.name!r} adapts {', '.join(self.tasks)} models, not {task.task}; "
                               f"methods for {task.task}: {', '.join(methods_for(task.task))}")
-        unknown = set(options or {}) - set(self.defaults)
-        if unknown:
-            valid = ", ".join(sorted(self.defaults)) or "(none)"
-            raise EdgedaError(f"method {self.name!r} has no option {', '.join(sorted(unknown))}; valid: {valid}")
+        self.opts = self.resolve_options(options)
         self.task = task
         self.backbone = backbone
         self.backbone_kwargs = dict(backbone_kwargs or {})
-        self.opts = {**self.defaults, **(options or {})}
         self.optim_cfg = optim or OptimConfig()
         self.engine = engine or Engine()
         self.task_loss = task_loss
@@ -198,14 +192,6 @@ class Method:
         enc = {id(p) for p in encoder.parameters()}
         return [{"params": [p for p in model.parameters() if id(p) in enc], "lr_mult": float(encoder_lr)},
                 {"params": [p for p in model.parameters() if id(p) not in enc], "lr_mult": 1.0}]
-
-    def update(self, loss: torch.Tensor, *optim_names: str, retain_graph: bool = False) -> None:
-        """Backward ``loss`` and step the named optimizers (all of them when none is named)."""
-        names = optim_names or tuple(self.optims)
-        self.engine.backward_step(loss, [self.optims[n] for n in names], retain_graph=retain_graph)
-
-    def autocast(self):
-        return self.engine.autocast()
 
     def visualize(self, folder, iteration: int, source: Batch, target: Batch | None):
         """Write a sample grid PNG for this evaluation (pixel-level methods); return its path or None.
@@ -263,9 +249,6 @@ class Method:
         if state.get("scaler"):
             self.engine.scaler.load_state_dict(state["scaler"])
 
-    @classmethod
-    def describe(cls) -> str:
-        return cls.summary or (cls.__doc__ or "").strip().splitlines()[0]
 
 
 def methods_for(task: str) -> list[str]:

@@ -4,7 +4,6 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..errors import EdgedaError
 from ..models.alignment import coral
 from ..models.norm import frozen_bn_statistics
 from .base import Batch, Method
@@ -40,11 +39,11 @@ class DeepCORAL(Method):
 
     summary = "correlation alignment of source/target feature covariances (Sun & Saenko 2016)"
     defaults = {"weight": 10.0, "on": "features", "bn": "separate"}
+    choices = {"on": ("features", "logits"), "bn": ("joint", "separate")}
+    option_help = {"weight": "lambda, the CORAL term's weight", "on": "which activations are aligned",
+                   "bn": "source and target through BatchNorm together or each with its own batch statistics"}
 
     def build(self) -> None:
-        for key, valid in (("on", ("features", "logits")), ("bn", ("joint", "separate"))):
-            if self.opts[key] not in valid:
-                raise EdgedaError(f"coral option {key}={self.opts[key]!r}; valid: {', '.join(valid)}")
         self.nets["classifier"] = self.make_classifier()
         self.optims["main"] = self.make_optimizer(self.nets.parameters())
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 import torch
 
 from ..models.gan_utils import cycle_loss, hue_loss
-from ..errors import EdgedaError
 from .base import Batch
 from .cyclegan import CycleGANRefinement
 from .registry import METHODS
@@ -40,12 +39,8 @@ class ForegroundBackgroundCycleGAN(CycleGANRefinement):
     """
 
     summary = "CycleGAN with background cycle loss and hue-only foreground loss (Wang et al. 2019)"
+    tasks = ("classification",)
     defaults = {**CycleGANRefinement.defaults, "hue": 10.0, "full_cycle": False}
-
-    def build(self) -> None:
-        if not isinstance(self.opts["full_cycle"], bool):
-            raise EdgedaError(f"fgbg_cyclegan option full_cycle={self.opts['full_cycle']!r}; valid: true, false")
-        super().build()
 
     def source_cycle_loss(self, reconstructed: torch.Tensor, original: torch.Tensor, source: Batch) -> torch.Tensor:
         if source.mask is None or self.task.channels != 3:

@@ -36,21 +36,18 @@ class MultiKernelMMD(Method):
 
     summary = "multi-kernel MMD between source and target features (DAN, Long et al. 2015)"
     defaults = {"weight": 1.0, "layers": "features+logits", "ramp": True}
+    choices = {"layers": ("features", "logits", "features+logits")}
+    option_help = {"weight": "lambda, the MMD term's weight", "layers": "which activations are aligned",
+                   "ramp": "ramp the weight up with DANN's schedule"}
 
     def build(self) -> None:
-        layers = set(str(self.opts["layers"]).split("+"))
-        if not layers or layers - {"features", "logits"}:
-            from ..errors import EdgedaError
-
-            raise EdgedaError(f"mmd option layers={self.opts['layers']!r}; valid: features, logits, features+logits")
-        self.layers = layers
+        self.layers = set(self.opts["layers"].split("+"))
         self.nets["classifier"] = self.make_classifier()
         self.optims["main"] = self.make_optimizer(self.nets.parameters())
 
     def step(self, source: Batch, target: Batch | None) -> dict[str, float]:
         ns = len(source)
-        ramp = str(self.opts["ramp"]).lower() not in ("false", "0", "no")
-        coeff = dann_coefficient(self.progress) if ramp else 1.0
+        coeff = dann_coefficient(self.progress) if self.opts["ramp"] else 1.0
         with self.autocast():
             feats, logits = self.classifier.features_and_logits(torch.cat([source.x, target.x]))
             cls_loss = F.cross_entropy(logits[:ns].float(), source.y)

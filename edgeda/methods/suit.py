@@ -6,7 +6,6 @@ import contextlib
 import torch
 import torch.nn.functional as F
 
-from ..errors import EdgedaError
 from ..models.norm import constant_parameters, frozen_bn_statistics
 from ._pixel import PIXEL_DEFAULTS, PixelMethod
 from .base import Batch
@@ -55,11 +54,9 @@ class SUIT(PixelMethod):
     summary = "one-way translator G with semantic-content loss, classifier on source and translated images (Li et al. 2020)"
     defaults = {**PIXEL_DEFAULTS, "adv": 1.0, "semantic": 1.0, "content": 1.0, "bn": "target",
                 "objectives": "joint"}
+    choices = {"bn": ("joint", "separate", "target"), "objectives": ("joint", "per_player")}
 
     def build(self) -> None:
-        for key, valid in (("bn", ("joint", "separate", "target")), ("objectives", ("joint", "per_player"))):
-            if self.opts[key] not in valid:
-                raise EdgedaError(f"suit option {key}={self.opts[key]!r}; valid: {', '.join(valid)}")
         self.nets["classifier"] = self.make_classifier()
         self.nets["refiner"] = self.make_refiner()
         self.nets["disc"] = self.make_discriminator()

@@ -7,7 +7,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import EdgedaError
 from ..models.alignment import multi_kernel_mmd
 from .base import Batch, Method
 from .registry import METHODS
@@ -47,10 +46,9 @@ class TwoStream(Method):
 
     summary = "separate source/target streams tied by per-layer linear weight regularisers (Rozantsev et al. 2019)"
     defaults = {"weight_reg": 1.0, "reg": "square", "mmd_weight": 5.0}
+    choices = {"reg": ("exp", "square")}
 
     def build(self) -> None:
-        if self.opts["reg"] not in ("exp", "square"):
-            raise EdgedaError(f"two_stream option reg={self.opts['reg']!r}; valid: exp, square")
         self.nets["classifier"] = self.make_classifier()
         self.nets["source"] = copy.deepcopy(self.nets["classifier"])  # same start: T = S at iteration 0
         self.pairs = self._tied_parameters()

@@ -1,0 +1,104 @@
+"""Typed method options, shared by the training methods (:class:`edgeda.methods.Method`) and the
+on-device adaptation methods (:class:`edgeda.adapt.base.AdaptMethod`).
+
+A method declares ``defaults`` (name -> default value; its type is the option's type),
+``choices`` (name -> allowed values, for options that name a variant) and ``option_help``
+(name -> one line). Values given as text (``--option key=value``, a config file) are converted to
+the default's type; a wrong name, an unconvertible value or a value outside its choices is one
+:class:`~edgeda.errors.EdgedaError` naming what is valid. ``edgeda methods NAME`` prints the table.
+"""
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from .errors import EdgedaError
+
+_TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off", "")
+
+
+def convert(default: Any, value: Any, key: str, owner: str) -> Any:
+    """``value`` as the type of ``default`` (bool / int / float / str; a None default takes anything)."""
+    def bad():
+        return EdgedaError(f"{owner} option {key}={value!r} is not a valid {type(default).__name__}")
+
+    if default is None or value is None:
+        return value
+    if isinstance(default, bool):
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, (int, float)) and value in (0, 1):
+            return bool(value)
+        if isinstance(value, str) and value.strip().lower() in _TRUE + _FALSE:
+            return value.strip().lower() in _TRUE
+        raise bad()
+    if isinstance(default, int):
+        if isinstance(value, bool):
+            raise bad()
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, int):
+            return value
+        if isinstance(value, str):
+            try:
+                return int(value)
+            except ValueError:
+                raise bad() from None
+        raise bad()
+    if isinstance(default, float):
+        if isinstance(value, bool):
+            raise bad()
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise bad() from None
+    if isinstance(default, str):
+        return value if isinstance(value, str) else str(value)
+    return value
+
+
+class Configurable:
+    """What every method has, training or on-device: typed options, a one-line description, and
+    the update / autocast helpers over its engine (``self.engine``, ``self.optims``)."""
+
+    name: ClassVar[str] = ""
+    summary: ClassVar[str] = ""
+    defaults: ClassVar[dict] = {}
+    choices: ClassVar[dict] = {}
+    option_help: ClassVar[dict] = {}
+    kind: ClassVar[str] = "method"
+
+    @classmethod
+    def resolve_options(cls, given: dict | None) -> dict:
+        """The defaults updated by ``given``, each value checked and converted."""
+        owner = f"{cls.kind} {cls.name!r}"
+        unknown = set(given or {}) - set(cls.defaults)
+        if unknown:
+            valid = ", ".join(sorted(cls.defaults)) or "(none)"
+            raise EdgedaError(f"{owner} has no option {', '.join(sorted(unknown))}; valid: {valid}")
+        out = {}
+        for k, default in cls.defaults.items():
+            v = convert(default, (given or {}).get(k, default), k, owner)
+            allowed = cls.choices.get(k)
+            if allowed is not None and v not in allowed:
+                raise EdgedaError(f"{owner} option {k}={v!r}; valid: {', '.join(map(str, allowed))}")
+            out[k] = v
+        return out
+
+    @classmethod
+    def option_specs(cls) -> list[dict]:
+        """One row per option: name, type, default, choices, help (what ``edgeda methods NAME`` shows)."""
+        return [{"name": k, "type": type(v).__name__ if v is not None else "any", "default": v,
+                 "choices": list(cls.choices[k]) if k in cls.choices else None, "help": cls.option_help.get(k, "")}
+                for k, v in cls.defaults.items()]
+
+    @classmethod
+    def describe(cls) -> str:
+        return cls.summary or (cls.__doc__ or "").strip().splitlines()[0]
+
+    def update(self, loss, *optim_names: str, retain_graph: bool = False) -> None:
+        """Backward ``loss`` and step the named optimizers (all of them when none is named)."""
+        names = optim_names or tuple(self.optims)
+        self.engine.backward_step(loss, [self.optims[n] for n in names], retain_graph=retain_graph)
+
+    def autocast(self):
+        return self.engine.autocast()

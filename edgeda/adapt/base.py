@@ -194,27 +194,6 @@ def bn_layers(model: nn.Module) -> list[nn.Module]:
     return [m for m in model.modules() if isinstance(m, BN_TYPES)]
 
 
-class frozen_bn_stats:
-    """Forward in train mode (batch statistics) without updating BatchNorm running statistics.
-
-    Used when a batch should not shift the statistics the deployed model will run with (e.g.
-    generated images early in 3C-GAN training, VAT's perturbed copies)."""
-
-    def __init__(self, model: nn.Module):
-        self.layers = bn_layers(model)
-
-    def __enter__(self):
-        self.saved = [m.momentum for m in self.layers]
-        for m in self.layers:
-            m.momentum = 0.0
-        return self
-
-    def __exit__(self, *exc):
-        for m, mom in zip(self.layers, self.saved):
-            m.momentum = mom
-        return False
-
-
 @torch.no_grad()
 def reestimate_bn(model: nn.Module, batches, momentum: float | None = None) -> None:
     """Replace BatchNorm running statistics by those of ``batches`` (AdaBN, Li et al. 2016):

@@ -39,7 +39,8 @@ import torch.nn.functional as F
 from ..methods.losses import entropy
 from ..models import build
 from ..models.conditional import ImageDiscriminator, gan_loss, input_to_tanh, tanh_to_input
-from .base import ADAPT_METHODS, AdaptMethod, frozen_bn_stats, reestimate_bn
+from ..models.norm import frozen_bn_statistics
+from .base import ADAPT_METHODS, AdaptMethod, reestimate_bn
 from .losses import virtual_adversarial_loss
 
 
@@ -107,7 +108,7 @@ class ThreeCGAN(AdaptMethod):
             C.train()
             logits_t = C(x)
             ent = entropy(logits_t).mean()
-            with frozen_bn_stats(C):
+            with frozen_bn_statistics(C):
                 vat = virtual_adversarial_loss(C, x, logits_t, radius=o["vat_radius"], generator=self.generator)
         l_w = weight_regularizer(C, self.source_state)
         ramp = min(1.0, self.progress / o["gen_warmup"]) if o["gen_warmup"] > 0 else 1.0

@@ -8,6 +8,9 @@ import pytest
 def _cache_dir(tmp_path_factory):
     """Rendered built-in domains go to a per-session cache (never the user's)."""
     os.environ["EDGEDA_CACHE"] = str(tmp_path_factory.mktemp("edgeda-cache"))
+    # the torch.export-based ONNX exporter takes ~15 s per model on a CPU: tests export with the
+    # TorchScript one, except the test of the exporter choice (test_export.py), which asks for auto
+    os.environ.setdefault("EDGEDA_ONNX_EXPORTER", "torchscript")
     import torch
 
     torch.set_num_threads(min(2, os.cpu_count() or 1))

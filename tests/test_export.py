@@ -272,3 +272,22 @@ def test_build_engine_call_sequence_for_10_and_11_with_a_stand_in_module(tmp_pat
     assert saved["options"]["precision"] == "fp16"  # names, never TensorRT enum integers
     assert all(isinstance(f, str) for f in saved["options"]["builder_flags"])
     T.check_engine_metadata(saved, T.runtime_identity())
+
+
+def test_exporter_choice_is_automatic_recorded_and_parity_checked(tmp_path, monkeypatch):
+    """auto takes the torch.export-based exporter where this torch has it (and onnxscript), else the
+    TorchScript one; the bundle records which, and the fp32 parity check ran on it either way."""
+    from edgeda.export.onnx import _dynamo_available
+
+    monkeypatch.setenv("EDGEDA_ONNX_EXPORTER", "auto")
+    src = tiny_bundle(tmp_path / "b.edgeda")
+    rec = api.export_bundle(src, tmp_path / "o.edgeda", data="handwritten:test", n_check=64, log=None)
+    entry = rec["deployables"]["classifier"]
+    assert entry["exporter"] == ("dynamo" if _dynamo_available() else "torchscript")
+    assert entry["opset"] >= 17 and entry["parity_fp32"]["real"]["max_abs_diff"] <= 1e-4
+    monkeypatch.setenv("EDGEDA_ONNX_EXPORTER", "torchscript")
+    rec = api.export_bundle(src, tmp_path / "t.edgeda", data="handwritten:test", n_check=64, log=None)
+    assert rec["deployables"]["classifier"]["exporter"] == "torchscript"
+    monkeypatch.setenv("EDGEDA_ONNX_EXPORTER", "nope")
+    with pytest.raises(EdgedaError, match="valid: auto, dynamo, torchscript"):
+        api.export_bundle(src, tmp_path / "n.edgeda", log=None)

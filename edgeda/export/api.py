@@ -10,7 +10,8 @@ import numpy as np
 
 from ..bundle import Bundle, update_bundle
 from ..errors import EdgedaError
-from .onnx import Signature, compare_outputs, compare_runs, ort_session, parity, run_ort, signature_of
+from .onnx import (Signature, compare_outputs, compare_runs, exporter_of, onnx_opset, ort_session, parity, run_ort,
+                   signature_of)
 from .files import (PRECISIONS, calibration_images, export_deployable_onnx, load_images,
                     onnx_name, plan_name)
 
@@ -62,12 +63,13 @@ def _task_scores(session, sig, images, labels, spec) -> dict:
 def export_bundle(bundle: str | Path, out: str | Path | None = None, *, precision: str = "fp32",
                   data: str | None = None, calib: str | None = None, trt: bool = False,
                   batch: Sequence[int] = (1, 8, 32), workspace_mb: int = 1024, plugins: str | Path | None = None,
-                  n_check: int = 2000, log: Callable[[str], None] | None = print) -> dict:
+                  n_check: int = 2000, exporter: str | None = None, log: Callable[[str], None] | None = print) -> dict:
     """ONNX (and optionally TensorRT) for every deployable, parity-checked, added to a new bundle.
 
     Writes ``onnx/<name>.fp32.onnx`` (+ ``.<precision>.onnx``) and, with ``trt``, ``trt/<name>.<precision>.plan``
     and its metadata JSON; the result is recorded under ``manifest["export"]``. ``out`` defaults to
-    the bundle itself (replaced atomically). Nothing is written when any step fails.
+    the bundle itself (replaced atomically). Nothing is written when any step fails. ``exporter``:
+    see :func:`edgeda.export.onnx.export_onnx` (default ``auto``); the one used is recorded per deployable.
     """
     log = log or _quiet
     if precision not in PRECISIONS:
@@ -100,7 +102,7 @@ def export_bundle(bundle: str | Path, out: str | Path | None = None, *, precisio
             module = b.module(name)
             sig = signature_of(module, b.task)
             cmp = task.compare if name == b.primary else (lambda r, o, sig=sig: compare_outputs(r, o, sig.classifies))
-            fp32 = export_deployable_onnx(b, name, "fp32", tmp)
+            fp32 = export_deployable_onnx(b, name, "fp32", tmp, exporter=exporter)
             sess = ort_session(fp32)
             checks = {"random": parity(module, sess, sig, _inputs_for(sig, None, 17, seed=1), cmp)}
             if images is not None:
@@ -111,7 +113,8 @@ def export_bundle(bundle: str | Path, out: str | Path | None = None, *, precisio
                 raise EdgedaError(f"ONNX parity failed for {name}: max abs diff {worst:.2e} > {FP32_TOLERANCE:.0e}"
                                   f"{f' x {scale:.1f} (output scale)' if scale > 1 else ''} "
                                   f"between PyTorch and ONNX Runtime; nothing was written")
-            entry = {"inputs": [i.name for i in sig.inputs], "outputs": sig.outputs, "opset": 17,
+            entry = {"inputs": [i.name for i in sig.inputs], "outputs": sig.outputs, "opset": onnx_opset(fp32),
+                     "exporter": exporter_of(fp32),
                      "parity_fp32": checks, "files": {"fp32": onnx_name(name, "fp32")}}
             add[onnx_name(name, "fp32")] = fp32
             precisions = ["fp32"] + ([precision] if precision != "fp32" else [])

@@ -31,16 +31,18 @@ def parse_batch(text: str) -> tuple[int, int, int]:
 @click.option("--batch", default="1,8,32", show_default=True, help="TensorRT optimization profile min,opt,max")
 @click.option("--workspace-mb", default=1024, show_default=True, help="TensorRT workspace limit")
 @click.option("--plugins", type=click.Path(dir_okay=False), help="libedgeda_plugins.so: fuse edgeda plugins into the engine")
+@click.option("--exporter", type=click.Choice(["auto", "dynamo", "torchscript"]),
+              help="ONNX exporter (default auto: torch.export-based where it works and matches, else TorchScript)")
 @click.option("--json", "as_json", is_flag=True)
 @handle_errors
-def export(bundle, out, precision, data, calib, build_trt, batch, workspace_mb, plugins, as_json) -> None:
+def export(bundle, out, precision, data, calib, build_trt, batch, workspace_mb, plugins, exporter, as_json) -> None:
     """ONNX (+ fp16/int8, + TensorRT) of every deployable, parity-checked against PyTorch."""
     from .api import export_bundle
 
     if plugins and not build_trt:
         raise EdgedaError("--plugins applies to TensorRT engines; add --trt")
     res = export_bundle(bundle, out, precision=precision, data=data, calib=calib, trt=build_trt,
-                        batch=parse_batch(batch), workspace_mb=workspace_mb, plugins=plugins,
+                        batch=parse_batch(batch), workspace_mb=workspace_mb, plugins=plugins, exporter=exporter,
                         log=None if as_json else click.echo)
     if as_json:
         emit_json(res)

@@ -89,7 +89,8 @@ def load_images(spec: str, b: Bundle, n: int | None = None) -> tuple[np.ndarray,
 
 
 def export_deployable_onnx(b: Bundle, name: str, precision: str, folder: str | Path, *,
-                           calib: str | None = None, calib_images: np.ndarray | None = None) -> Path:
+                           calib: str | None = None, calib_images: np.ndarray | None = None,
+                           exporter: str | None = None) -> Path:
     """Write ``<folder>/onnx/<name>.<precision>.onnx`` (fp32 first where another precision needs it)."""
     from .quantize import quantize_int8, to_float16_file
 
@@ -99,7 +100,7 @@ def export_deployable_onnx(b: Bundle, name: str, precision: str, folder: str | P
     sig = signature_of(module, b.task)
     fp32 = folder / onnx_name(name, "fp32")
     if not fp32.exists():
-        export_onnx(module, sig, fp32)
+        export_onnx(module, sig, fp32, exporter=exporter)
     if precision == "fp32":
         return fp32
     dst = folder / onnx_name(name, precision)

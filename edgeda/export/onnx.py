@@ -13,6 +13,7 @@ The exporter is PyTorch's TorchScript exporter (``dynamo=False``, opset 17) by d
 from __future__ import annotations
 
 import inspect
+import os
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -99,40 +100,150 @@ def signature_of(module: nn.Module, task: TaskSpec) -> Signature:
     return Signature([_image(task)], ["output"])
 
 
+EXPORTERS = ("auto", "dynamo", "torchscript")
+DYNAMO_OPSET = 18  # the torch.export-based exporter's lowest implemented opset
+
+
+def _dynamo_available() -> bool:
+    """torch >= 2.9 (where the torch.export-based exporter is torch.onnx.export's default) with onnxscript."""
+    if "dynamo" not in inspect.signature(torch.onnx.export).parameters:
+        return False
+    major, minor = (int(v) for v in torch.__version__.split("+")[0].split(".")[:2])
+    if (major, minor) < (2, 9):
+        return False
+    import importlib.util
+
+    return importlib.util.find_spec("onnxscript") is not None
+
+
+def _export(module, example, path, names, sig, opset, dynamo: bool) -> None:
+    kwargs = dict(input_names=names, output_names=sig.outputs)
+    if dynamo:
+        dims = {0: torch.export.Dim("batch", min=1, max=4096)}
+        if sig.extra.get("dynamic_hw"):
+            dims.update({2: torch.export.Dim.AUTO, 3: torch.export.Dim.AUTO})
+        kwargs.update(dynamo=True, opset_version=max(opset, DYNAMO_OPSET), dynamic_shapes=tuple(dict(dims) for _ in names),
+                      optimize=True, verbose=False)
+    else:
+        axes = {n: {0: "batch"} for n in names + sig.outputs}
+        if sig.extra.get("dynamic_hw"):  # fully convolutional: any input size (TensorRT takes min/opt/max shapes)
+            axes = {n: {0: "batch", 2: "height", 3: "width"} for n in names + sig.outputs}
+        kwargs.update(opset_version=opset, dynamic_axes=axes)
+        if "dynamo" in inspect.signature(torch.onnx.export).parameters:
+            kwargs["dynamo"] = False
+    with warnings.catch_warnings(), torch.no_grad(), _quiet_exporter():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(module, example, str(path), **kwargs)
+
+
+class _quiet_exporter:
+    """The torch.export-based exporter logs its progress to stdout and warnings through logging."""
+
+    def __enter__(self):
+        import contextlib
+        import io
+        import logging
+
+        self._loggers = [logging.getLogger(n) for n in ("torch.onnx", "torch.export", "torch._dynamo", "onnxscript")]
+        self._levels = [lg.level for lg in self._loggers]
+        for lg in self._loggers:
+            lg.setLevel(logging.ERROR)
+        self._out = contextlib.redirect_stdout(io.StringIO())
+        self._out.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        self._out.__exit__(*exc)
+        for lg, lv in zip(self._loggers, self._levels):
+            lg.setLevel(lv)
+        return False
+
+
+def default_exporter() -> str:
+    """``EDGEDA_ONNX_EXPORTER`` (auto | dynamo | torchscript), else ``auto``."""
+    return os.environ.get("EDGEDA_ONNX_EXPORTER", "auto")
+
+
 def export_onnx(module: nn.Module, sig: Signature, path: str | Path, *, opset: int = OPSET,
-                dynamo: bool = False) -> Path:
-    """Export ``module`` (eval mode, CPU) with a dynamic batch axis, then run ``onnx.checker``."""
+                exporter: str | None = None) -> Path:
+    """Export ``module`` (eval mode, CPU) with a dynamic batch axis (and H/W for fully
+    convolutional models), then run ``onnx.checker``.
+
+    ``exporter``: ``dynamo`` (the torch.export-based exporter, torch >= 2.9 with onnxscript),
+    ``torchscript`` (the TorchScript exporter: torch 2.4-2.8, as on JetPack 6), or ``auto`` (the
+    default; ``EDGEDA_ONNX_EXPORTER`` changes it): dynamo
+    where it is available and its graph runs in ONNX Runtime with the same outputs as PyTorch
+    (within 1e-4, on random inputs at two batch sizes), else TorchScript. Which one wrote the file
+    is in its metadata (``edgeda_exporter``; :func:`exporter_of`). Callers still run their own
+    parity checks on real data."""
     import onnx
 
+    exporter = exporter or default_exporter()
+    if exporter not in EXPORTERS:
+        raise EdgedaError(f"unknown ONNX exporter {exporter!r}; valid: {', '.join(EXPORTERS)}")
     path = Path(path)
     module = module.eval().to("cpu")
     rng = np.random.default_rng(0)
     example = tuple(torch.from_numpy(i.random(2, rng)) for i in sig.inputs)
     names = [i.name for i in sig.inputs]
-    axes = {n: {0: "batch"} for n in names + sig.outputs}
-    if sig.extra.get("dynamic_hw"):  # fully convolutional: any input size (TensorRT takes min/opt/max shapes)
-        axes = {n: {0: "batch", 2: "height", 3: "width"} for n in names + sig.outputs}
-    kwargs = dict(input_names=names, output_names=sig.outputs, opset_version=opset)
-    params = inspect.signature(torch.onnx.export).parameters
-    if "dynamo" in params:  # torch >= 2.5; older versions only have the TorchScript exporter
-        kwargs["dynamo"] = dynamo
-    elif dynamo:
-        raise EdgedaError("this PyTorch has no dynamo ONNX exporter; export without dynamo")
-    if dynamo:
-        kwargs["dynamic_shapes"] = tuple({0: torch.export.Dim("batch", min=1)} for _ in names)
-    else:
-        kwargs["dynamic_axes"] = axes
-    with warnings.catch_warnings(), torch.no_grad():
-        warnings.simplefilter("ignore")
+    used = "torchscript"
+    if exporter in ("auto", "dynamo"):
+        if not _dynamo_available():
+            if exporter == "dynamo":
+                raise MissingDependency("the torch.export-based ONNX exporter needs torch >= 2.9 and onnxscript "
+                                        "(pip install onnxscript); or use --exporter torchscript")
+        else:
+            try:
+                _export(module, example, path, names, sig, opset, dynamo=True)
+                if exporter == "auto":
+                    _check_against_torch(module, path, sig, rng)
+                used = "dynamo"
+            except Exception as e:  # noqa: BLE001 - any failure of the new exporter: the TorchScript one
+                if exporter == "dynamo":
+                    raise EdgedaError(f"the torch.export-based exporter failed on this model: {str(e)[:300]}") from None
+    if used == "torchscript":
         try:
-            torch.onnx.export(module, example, str(path), **kwargs)
+            _export(module, example, path, names, sig, opset, dynamo=False)
         except ImportError as e:
             raise MissingDependency(f"the ONNX exporter needs a missing package ({e}); pip install onnxscript") from None
     model = onnx.load(str(path))
     model.ir_version = min(model.ir_version, MAX_IR_VERSION)
     onnx.checker.check_model(model, full_check=True)
+    onnx.helper.set_model_props(model, {**{p.key: p.value for p in model.metadata_props}, "edgeda_exporter": used})
     onnx.save(model, str(path))
     return path
+
+
+def _check_against_torch(module, path, sig, rng, atol: float = 1e-4) -> None:
+    """Raise unless the ONNX at ``path`` matches ``module`` on random inputs of batch 1 and 3
+    (and another H/W for fully convolutional models)."""
+    sess = ort_session(path)
+    for n in (1, 3):
+        inputs = [i.random(n, rng) for i in sig.inputs]
+        if sig.extra.get("dynamic_hw") and n == 3:
+            inputs = [x if x.ndim != 4 else np.ascontiguousarray(np.pad(x, ((0, 0), (0, 0), (0, 16), (0, 16)), mode="reflect"))
+                      for x in inputs]
+        ref = run_torch(module, inputs)
+        out = np.asarray(sess.run([sig.outputs[0]], dict(zip([i.name for i in sig.inputs], inputs)))[0], np.float32)
+        scale = max(1.0, float(np.abs(ref).max()))
+        if out.shape != ref.shape or not np.allclose(out, ref, atol=atol * scale, rtol=0):
+            raise EdgedaError(f"dynamo export differs from PyTorch (max {np.abs(out - ref).max() if out.shape == ref.shape else out.shape})")
+
+
+def onnx_opset(path: str | Path) -> int:
+    """The default-domain opset of an ONNX file."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    return next(int(o.version) for o in model.opset_import if o.domain in ("", "ai.onnx"))
+
+
+def exporter_of(path: str | Path) -> str | None:
+    """Which exporter wrote an ONNX file (``dynamo`` / ``torchscript``; None for files from elsewhere)."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    return next((p.value for p in model.metadata_props if p.key == "edgeda_exporter"), None)
 
 
 def ort_session(path: str | Path, providers: list[str] | None = None, threads: int | None = None):

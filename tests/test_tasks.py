@@ -106,4 +106,4 @@ def test_methods_refuse_tasks_they_do_not_adapt():
 
     spec = _spec("segmentation")
     with pytest.raises(EdgedaError, match="source_only"):
-        METHODS.get("dann")(spec, backbone="lraspp")
+        METHODS.get("coral")(spec, backbone="lraspp")

@@ -5,6 +5,8 @@ import torch
 import torch.nn.functional as F
 
 from ..models import DomainClassifier, dann_coefficient
+from ..models.dense_alignment import PixelDomainClassifier, pixel_domain_adversarial_loss
+from ..tasks import task_of
 from .base import Batch, Method
 from .losses import domain_adversarial_loss
 from .registry import METHODS
@@ -26,16 +28,28 @@ class DANN(Method):
     MLP with two hidden layers of 1024 units and no dropout (the size Ganin et al. used for digits;
     a 256-unit classifier with dropout 0.5 stayed at chance, giving the features almost no
     adversarial signal), one SGD optimizer over all parameters.
+
+    Dense tasks (segmentation, depth): the domain classifier is pixel-wise (1x1 convs with the same
+    ``hidden`` and ``dropout``) on the encoder's final feature map, one domain logit per location,
+    L = L_task(G(x_s), y_s) + w * mean_{h,w} [BCE(D(R_l(f_s)), 1) + BCE(D(R_l(f_t)), 0)], with the
+    task's own source loss (per-pixel CE; depth: ``--task-loss``).
     """
 
     summary = "domain-adversarial training with a gradient reversal layer (Ganin & Lempitsky 2015)"
+    tasks = ("classification", "segmentation", "depth")
     defaults = {"gamma": 10.0, "max_coeff": 1.0, "weight": 1.0, "hidden": 1024, "dropout": 0.0, "warmup": 0.0}
 
     def build(self) -> None:
         self.nets["classifier"] = self.make_classifier()
-        self.nets["domain"] = DomainClassifier(
-            self.nets["classifier"].feature_dim, int(self.opts["hidden"]), float(self.opts["dropout"])
-        )
+        self.dense = task_of(self.task).dense
+        if self.dense:
+            self.nets["domain"] = PixelDomainClassifier(
+                self.classifier.feature_channels, int(self.opts["hidden"]), float(self.opts["dropout"])
+            )
+        else:
+            self.nets["domain"] = DomainClassifier(
+                self.nets["classifier"].feature_dim, int(self.opts["hidden"]), float(self.opts["dropout"])
+            )
         self.optims["main"] = self.make_optimizer(self.nets.parameters())
 
     def step(self, source: Batch, target: Batch | None) -> dict[str, float]:
@@ -43,8 +57,12 @@ class DANN(Method):
         coeff = dann_coefficient(self.progress, self.opts["gamma"], self.opts["max_coeff"], self.opts["warmup"])
         with self.autocast():
             feats, logits = self.classifier.features_and_logits(torch.cat([source.x, target.x]))
-            cls_loss = F.cross_entropy(logits[:ns].float(), source.y)
-            dom_loss, dom_acc = domain_adversarial_loss(self.nets["domain"], feats[:ns], feats[ns:], coeff)
+            if self.dense:
+                cls_loss = self.task_loss_of(logits[:ns], source.y)
+                dom_loss, dom_acc = pixel_domain_adversarial_loss(self.nets["domain"], feats[:ns], feats[ns:], coeff)
+            else:
+                cls_loss = F.cross_entropy(logits[:ns].float(), source.y)
+                dom_loss, dom_acc = domain_adversarial_loss(self.nets["domain"], feats[:ns], feats[ns:], coeff)
             loss = cls_loss + self.opts["weight"] * dom_loss
         self.update(loss)
         return {"loss/cls": cls_loss.item(), "loss/domain": dom_loss.item(), "acc/domain": dom_acc.item(), "grl": coeff}

@@ -1,0 +1,119 @@
+"""Shared parts of the dense (segmentation / depth) alignment methods: entropy and self-information
+maps of per-pixel predictions, the Charbonnier penalty, a fully convolutional discriminator on
+output-space maps, and a pixel-wise domain classifier on encoder feature maps.
+
+Used by ``advent`` (self-information maps, entropy map, discriminator), ``fda`` (entropy map and
+Charbonnier penalty) and ``dann``'s dense path (pixel-wise domain classifier).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..scores import entropy
+from .layers import gradient_reversal
+
+
+def self_information_map(logits: torch.Tensor) -> torch.Tensor:
+    """Weighted self-information I = -p log p / log C per class and pixel (Vu et al., AdvEnt, CVPR 2019).
+
+    ``logits`` (N, C, H, W) -> (N, C, H, W) in [0, 1/e / log C]; its sum over classes is the
+    normalised entropy map. Zero for one-hot predictions.
+
+    >>> d_in = self_information_map(model(x_t))   # what AdvEnt's discriminator sees
+    """
+    logp = F.log_softmax(logits.float(), dim=1)
+    return -(logp.exp() * logp) / math.log(logits.shape[1])
+
+
+def entropy_map(logits: torch.Tensor) -> torch.Tensor:
+    """Per-pixel entropy of softmax(logits) over classes, divided by log C so it lies in [0, 1].
+
+    ``logits`` (N, C, H, W) -> (N, H, W): 0 where a pixel's prediction is one-hot, 1 where uniform.
+    AdvEnt's MinEnt loss is its mean: L_ent = 1/(N H W) sum_{n,h,w} E[n, h, w].
+    """
+    return entropy(logits, dim=1) / math.log(logits.shape[1])
+
+
+def charbonnier_penalty(x: torch.Tensor, eta: float, eps: float = 1e-3) -> torch.Tensor:
+    """rho(x) = (x^2 + eps^2)^eta elementwise (FDA's robust penalty on the target entropy, Yang & Soatto 2020).
+
+    With eta > 0.5 it penalises large values more than small ones, so uncertain pixels are pushed
+    harder than almost-confident ones.
+    """
+    return (x.float().pow(2) + eps * eps).pow(eta)
+
+
+class FullyConvDiscriminator(nn.Module):
+    """Fully convolutional discriminator on output-space maps (Tsai et al., AdaptSegNet, CVPR 2018;
+    the discriminator of AdvEnt, Vu et al. 2019).
+
+    ``n_layers`` Conv(4x4, stride 2) + LeakyReLU(0.2) stages with ``width * 2^i`` channels
+    (i < 4, then capped at 8x), then a Conv(4x4, stride 2) to one logit per location:
+    (N, C, H, W) -> (N, 1, H / 2^(n_layers+1), W / 2^(n_layers+1)) for sides that are multiples of
+    that. No normalisation layers: an instance-normalised discriminator (``PatchDiscriminator``)
+    would rescale every map on its own and so hide the overall entropy level that tells domains apart.
+
+    >>> d = FullyConvDiscriminator(19, width=64, n_layers=4)
+    >>> d(torch.rand(2, 19, 64, 128)).shape    # (2, 1, 2, 4)
+    """
+
+    def __init__(self, in_channels: int, width: int = 64, n_layers: int = 4):
+        super().__init__()
+        layers: list[nn.Module] = []
+        c = in_channels
+        for i in range(n_layers):
+            out = width * min(2 ** i, 8)
+            layers += [nn.Conv2d(c, out, 4, 2, 1), nn.LeakyReLU(0.2, inplace=True)]
+            c = out
+        layers.append(nn.Conv2d(c, 1, 4, 2, 1))
+        self.body = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x)
+
+
+class PixelDomainClassifier(nn.Module):
+    """Pixel-wise domain classifier: 1x1 convs from a feature map to one domain logit per location
+    (source = 1, target = 0); the per-pixel form of DANN's MLP (Ganin & Lempitsky 2015).
+
+    (N, C, h, w) -> (N, 1, h, w): Conv1x1(C, hidden) + ReLU + Dropout, Conv1x1(hidden, hidden) +
+    ReLU + Dropout, Conv1x1(hidden, 1).
+
+    >>> d = PixelDomainClassifier(576, hidden=256)
+    >>> d(torch.randn(2, 576, 4, 8)).shape     # (2, 1, 4, 8)
+    """
+
+    def __init__(self, in_channels: int, hidden: int = 256, dropout: float = 0.0):
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Conv2d(in_channels, hidden, 1), nn.ReLU(inplace=True), nn.Dropout(dropout),
+            nn.Conv2d(hidden, hidden, 1), nn.ReLU(inplace=True), nn.Dropout(dropout),
+            nn.Conv2d(hidden, 1, 1),
+        )
+
+    def forward(self, f: torch.Tensor) -> torch.Tensor:
+        return self.net(f)
+
+
+def pixel_domain_adversarial_loss(
+    discriminator: nn.Module, source_maps: torch.Tensor, target_maps: torch.Tensor, coeff: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """DANN's domain loss per pixel through gradient reversal.
+
+    L_d = mean over pixels of BCE(D(R_c(f_s)), 1) and BCE(D(R_c(f_t)), 0), R_c identity forward and
+    -c * grad backward, so D minimises L_d and the encoder maximises it in one backward pass.
+    Shapes: maps (Ns, C, h, w) and (Nt, C, h, w). Returns (loss, per-pixel domain accuracy of D).
+
+    >>> loss, acc = pixel_domain_adversarial_loss(PixelDomainClassifier(576), fs, ft, coeff=0.3)
+    """
+    f = torch.cat([source_maps, target_maps])
+    logits = discriminator(gradient_reversal(f, coeff)).float()
+    labels = torch.zeros_like(logits)
+    labels[: len(source_maps)] = 1.0
+    loss = F.binary_cross_entropy_with_logits(logits, labels)
+    acc = ((logits > 0).float() == labels).float().mean()
+    return loss, acc

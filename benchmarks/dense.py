@@ -76,6 +76,7 @@ PROFILES = {
 # ``options`` are the method's own (``--option``). Filled in as dense methods are added.
 METHOD_SETTINGS: dict[str, dict[str, dict]] = {"cpu": {
     "gta_seg": {"options": {"lr_f": 1e-3}},  # the paper's 1e-5 fine-tunes ImageNet VGG; from scratch F, C need the row's source-only rate
+    "advent": {"options": {"d_width": 16}},  # the paper's 64-channel discriminator on 64x128 maps made a step ~6x a source-only one
 }, "gpu": {}, "quick": {}}
 LATENCY_MODELS = {
     "unet w0.25": {"arch": "unet", "width": 0.25},

@@ -11,8 +11,9 @@ import torch.nn.functional as F
 import edgeda
 from edgeda.errors import EdgedaError
 from edgeda.methods import METHODS, Batch
-from edgeda.models.dense_alignment import (FullyConvDiscriminator, PixelDomainClassifier, charbonnier_penalty,
-                                           entropy_map, pixel_domain_adversarial_loss, self_information_map)
+from edgeda.models.dense_alignment import (FullyConvDiscriminator, charbonnier_penalty, entropy_map,
+                                           pixel_domain_adversarial_loss, self_information_map)
+from edgeda.models.dense_gan import PixelDomainClassifier
 from edgeda.models.fourier import fourier_amplitude_swap, low_frequency_mask
 from edgeda.task import TaskSpec
 
@@ -55,11 +56,15 @@ def test_fda_beta_zero_is_identity_and_phase_is_kept():
     assert torch.allclose(dc - dc.mean((2, 3), keepdim=True), xs - xs.mean((2, 3), keepdim=True), atol=1e-5)
 
 
-def test_discriminator_and_pixel_classifier_shapes():
+def test_discriminator_shape_and_pixel_domain_loss_by_hand():
     d = FullyConvDiscriminator(19, width=8, n_layers=4)
     assert d(torch.rand(2, 19, 64, 128)).shape == (2, 1, 2, 4)
-    p = PixelDomainClassifier(24, hidden=16)
-    assert p(torch.randn(3, 24, 4, 8)).shape == (3, 1, 4, 8)
+    # a "classifier" that outputs the first channel: source maps 2.0, target maps -1.0 -> BCE by hand
+    first = lambda f: f[:, :1]  # noqa: E731
+    fs, ft = torch.full((2, 3, 2, 2), 2.0), torch.full((1, 3, 2, 2), -1.0)
+    loss, acc = pixel_domain_adversarial_loss(first, fs, ft, coeff=1.0)
+    expected = (2 * math.log1p(math.exp(-2.0)) + math.log1p(math.exp(-1.0))) / 3
+    assert loss.item() == pytest.approx(expected, rel=1e-6) and acc.item() == 1.0
 
 
 def _spec():
@@ -107,6 +112,8 @@ def test_dense_dann_reverses_the_domain_gradient_into_the_encoder():
     m.nets.train()
     out = m.step(src, tgt)
     assert set(out) >= {"loss/cls", "loss/domain", "acc/domain"} and np.isfinite(out["loss/domain"])
+    with pytest.raises(EdgedaError, match="dropout"):
+        METHODS.get("dann")(_spec(), backbone="lraspp", options={"dropout": 0.5})
 
 
 def test_classification_dann_is_unchanged():

@@ -5,7 +5,9 @@ import torch
 import torch.nn.functional as F
 
 from ..models import DomainClassifier, dann_coefficient
-from ..models.dense_alignment import PixelDomainClassifier, pixel_domain_adversarial_loss
+from ..errors import EdgedaError
+from ..models.dense_alignment import pixel_domain_adversarial_loss
+from ..models.dense_gan import PixelDomainClassifier
 from ..tasks import task_of
 from .base import Batch, Method
 from .losses import domain_adversarial_loss
@@ -29,8 +31,8 @@ class DANN(Method):
     a 256-unit classifier with dropout 0.5 stayed at chance, giving the features almost no
     adversarial signal), one SGD optimizer over all parameters.
 
-    Dense tasks (segmentation, depth): the domain classifier is pixel-wise (1x1 convs with the same
-    ``hidden`` and ``dropout``) on the encoder's final feature map, one domain logit per location,
+    Dense tasks (segmentation, depth): the domain classifier is pixel-wise (three 1x1 convs with
+    ``hidden`` channels, no dropout) on the encoder's final feature map, one domain logit per location,
     L = L_task(G(x_s), y_s) + w * mean_{h,w} [BCE(D(R_l(f_s)), 1) + BCE(D(R_l(f_t)), 0)], with the
     task's own source loss (per-pixel CE; depth: ``--task-loss``).
     """
@@ -43,9 +45,9 @@ class DANN(Method):
         self.nets["classifier"] = self.make_classifier()
         self.dense = task_of(self.task).dense
         if self.dense:
-            self.nets["domain"] = PixelDomainClassifier(
-                self.classifier.feature_channels, int(self.opts["hidden"]), float(self.opts["dropout"])
-            )
+            if self.opts["dropout"]:
+                raise EdgedaError("dann's pixel-wise domain classifier (segmentation, depth) has no dropout; leave option dropout at 0")
+            self.nets["domain"] = PixelDomainClassifier(self.classifier.feature_channels, int(self.opts["hidden"]))
         else:
             self.nets["domain"] = DomainClassifier(
                 self.nets["classifier"].feature_dim, int(self.opts["hidden"]), float(self.opts["dropout"])

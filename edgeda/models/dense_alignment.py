@@ -1,9 +1,10 @@
 """Shared parts of the dense (segmentation / depth) alignment methods: entropy and self-information
 maps of per-pixel predictions, the Charbonnier penalty, a fully convolutional discriminator on
-output-space maps, and a pixel-wise domain classifier on encoder feature maps.
+output-space maps, and DANN's domain loss per pixel of an encoder feature map (with
+:class:`edgeda.models.dense_gan.PixelDomainClassifier`).
 
 Used by ``advent`` (self-information maps, entropy map, discriminator), ``fda`` (entropy map and
-Charbonnier penalty) and ``dann``'s dense path (pixel-wise domain classifier).
+Charbonnier penalty) and ``dann``'s dense path (the per-pixel domain loss).
 """
 from __future__ import annotations
 
@@ -76,29 +77,6 @@ class FullyConvDiscriminator(nn.Module):
         return self.body(x)
 
 
-class PixelDomainClassifier(nn.Module):
-    """Pixel-wise domain classifier: 1x1 convs from a feature map to one domain logit per location
-    (source = 1, target = 0); the per-pixel form of DANN's MLP (Ganin & Lempitsky 2015).
-
-    (N, C, h, w) -> (N, 1, h, w): Conv1x1(C, hidden) + ReLU + Dropout, Conv1x1(hidden, hidden) +
-    ReLU + Dropout, Conv1x1(hidden, 1).
-
-    >>> d = PixelDomainClassifier(576, hidden=256)
-    >>> d(torch.randn(2, 576, 4, 8)).shape     # (2, 1, 4, 8)
-    """
-
-    def __init__(self, in_channels: int, hidden: int = 256, dropout: float = 0.0):
-        super().__init__()
-        self.net = nn.Sequential(
-            nn.Conv2d(in_channels, hidden, 1), nn.ReLU(inplace=True), nn.Dropout(dropout),
-            nn.Conv2d(hidden, hidden, 1), nn.ReLU(inplace=True), nn.Dropout(dropout),
-            nn.Conv2d(hidden, 1, 1),
-        )
-
-    def forward(self, f: torch.Tensor) -> torch.Tensor:
-        return self.net(f)
-
-
 def pixel_domain_adversarial_loss(
     discriminator: nn.Module, source_maps: torch.Tensor, target_maps: torch.Tensor, coeff: float
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -108,7 +86,7 @@ def pixel_domain_adversarial_loss(
     -c * grad backward, so D minimises L_d and the encoder maximises it in one backward pass.
     Shapes: maps (Ns, C, h, w) and (Nt, C, h, w). Returns (loss, per-pixel domain accuracy of D).
 
-    >>> loss, acc = pixel_domain_adversarial_loss(PixelDomainClassifier(576), fs, ft, coeff=0.3)
+    >>> loss, acc = pixel_domain_adversarial_loss(PixelDomainClassifier(576), fs, ft, coeff=0.3)  # dense_gan's
     """
     f = torch.cat([source_maps, target_maps])
     logits = discriminator(gradient_reversal(f, coeff)).float()

@@ -186,8 +186,8 @@ def _npz(path, n, h, w, seed, bright=150):
     return str(path)
 
 
-@pytest.mark.parametrize("method,options", [("advent", {"d_width": 8}), ("advent", {"mode": "minent"}),
-                                            ("fda", {"beta": 0.05}), ("dann", {"hidden": 16})])
+@pytest.mark.parametrize("method,options", [("advent", {"d_width": 8}), ("fda", {"beta": 0.05}),
+                                            ("dann", {"hidden": 16})])
 def test_method_trains_and_its_bundle_evaluates(tmp_path, method, options):
     src = _npz(tmp_path / "src.npz", 12, 32, 48, 0)
     tgt = _npz(tmp_path / "tgt.npz", 8, 32, 48, 1, bright=90)

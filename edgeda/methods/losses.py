@@ -82,3 +82,22 @@ def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.2) -> tor
     logits = a @ b.T / temperature
     labels = torch.arange(len(a), device=a.device)
     return 0.5 * (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels))
+
+
+def edge_aware_smoothness(depth: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
+    """Edge-aware depth smoothness (Godard et al. 2017; T2Net's L_s on real images, Zheng et al. 2018).
+
+    With d = D / mean(D) per image (so the loss does not shrink by predicting smaller depths) and
+    image gradients averaged over channels:
+    L = mean |d_x d| e^{-|d_x I|} + mean |d_y d| e^{-|d_y I|}. Zero for a constant depth; depth edges
+    cost less where the image has an edge. Shapes: depth (N, 1, H, W) or (N, H, W), image (N, C, H, W).
+
+    >>> loss = edge_aware_smoothness(model(x_t), x_t)
+    """
+    d = depth.float() if depth.dim() == 4 else depth.float().unsqueeze(1)
+    d = d / d.mean((1, 2, 3), keepdim=True).clamp_min(1e-6)
+    img = image.float()
+    ddx, ddy = (d[..., :, 1:] - d[..., :, :-1]).abs(), (d[..., 1:, :] - d[..., :-1, :]).abs()
+    idx = (img[..., :, 1:] - img[..., :, :-1]).abs().mean(1, keepdim=True)
+    idy = (img[..., 1:, :] - img[..., :-1, :]).abs().mean(1, keepdim=True)
+    return (ddx * torch.exp(-idx)).mean() + (ddy * torch.exp(-idy)).mean()

@@ -67,7 +67,7 @@ class T2Net(PixelMethod):
 
     summary = "translation G (synthetic -> real, identity on real) + depth net T on G's output, end to end (Zheng et al. 2018)"
     tasks = ("depth",)
-    defaults = {**PIXEL_DEFAULTS, "lambda_f": 0.1, "lambda_r": 40.0, "lambda_t": 20.0, "lambda_s": 0.01,
+    defaults = {**{k: v for k, v in PIXEL_DEFAULTS.items() if k != "lr_g"}, "lambda_f": 0.1, "lambda_r": 40.0, "lambda_t": 20.0, "lambda_s": 0.01,
                 "lr_task": 1e-3, "lr_trans": 1e-4, "beta2": 0.9, "pool": 20, "df_width": 64}
 
     def build(self) -> None:

@@ -28,6 +28,7 @@ from ..errors import BundleError, DataError, EdgedaError
 from ..methods.base import Engine, NonFiniteLoss
 from ..task import TaskSpec
 from ..tasks import task_of
+from ..tracking import BestState
 from ..utils import choose_device, machine_info, seed_everything, sha256_file
 from .base import ADAPT_METHODS, AdaptMethod, TargetSet
 from .budget import (TimeBudget, activation_bytes_per_sample, current_rss_mb, param_bytes, peak_rss_mb, plan_batch,
@@ -133,221 +134,249 @@ def adapt(bundle: str | Path, target_dir: str | Path, out: str | Path, *, method
     >>> r = edgeda.adapt("model.edgeda", "camera_frames/", "adapted.edgeda", method="shot", minutes=5)
     >>> r.before["mean_entropy"], r.after["mean_entropy"], r.iterations
     """
-    budget = TimeBudget(minutes, started_at)
-    log = log or (lambda s: None)
-    bundle, target_dir, out = Path(bundle), Path(target_dir), Path(out)
-    if iters is not None and iters < 0:
-        raise EdgedaError("--iters must be >= 0")
-    if iters == 0 and minutes is None:
-        raise EdgedaError("--iters 0 means 'until the time budget ends' and needs --minutes")
-    if minutes is not None and minutes <= 0:
-        raise EdgedaError("--minutes must be positive")
-    if select not in SELECT_RULES:
-        raise EdgedaError(f"--select must be one of {', '.join(SELECT_RULES)}; got {select!r}")
-    if batch is not None and batch < 2:
-        raise EdgedaError("--batch must be at least 2 (BatchNorm needs batch statistics)")
-    method_cls = ADAPT_METHODS.get(method)
-    if not (bundle / "manifest.json").is_file():
-        raise BundleError(f"{bundle} is not an edgeda bundle (no manifest.json)")
-    _check_paths(bundle, target_dir, out)
-    hashes_before = _bundle_hashes(bundle)
-    b = Bundle(bundle)
-    task = b.task
-    tk = task_of(task)
-    if task.task not in method_cls.tasks:
-        raise EdgedaError(f"adapt method {method!r} adapts {', '.join(method_cls.tasks)} bundles, not {task.task}; "
-                          f"methods for {task.task} bundles: {', '.join(methods_for(task.task)) or 'none yet'}")
-    images, report = _load_target(target_dir, task)
-    if len(images) < 2:
-        raise DataError(f"{target_dir} has only {len(images)} usable image; adaptation needs at least 2")
-    lab = _load_labels(labels, task) if labels else None
-    log(f"target: {report.summary()} from {target_dir}")
-    batch = batch or (8 if tk.dense else 64)
-    monitor_n = monitor_n or (64 if tk.dense else 512)
+    run = _AdaptRun(bundle, target_dir, out, method=method, iters=iters, minutes=minutes, memory_mb=memory_mb,
+                    batch=batch, device=device, export=export, labels=labels, options=options, seed=seed,
+                    check_every=check_every, monitor_n=monitor_n, threads=threads, log=log, started_at=started_at,
+                    select=select, on_check=on_check)
+    run.loop()
+    return run.finish()
 
-    if threads is not None:
-        if threads < 1:
-            raise EdgedaError("--threads must be at least 1")
-        torch.set_num_threads(threads)
-    seed_everything(seed)
-    dev = choose_device(device)
-    cuda = dev.type == "cuda"
-    if cuda:
-        torch.cuda.reset_peak_memory_stats(dev)
-    clf = b.module(b.primary, str(dev))
-    target = TargetSet(images, task, dev)
-    n_images = len(images)
 
-    t = time.perf_counter()
-    before, ref_pred = _shipped_stats(target, clf, task.num_classes)
-    stats_s = time.perf_counter() - t
-    monitor = CollapseMonitor(before, task.num_classes)
-    rng = np.random.default_rng(seed)
-    mon_idx = np.sort(rng.permutation(n_images)[:monitor_n])
-    monitor_set = TargetSet(images[mon_idx], task, dev)
-    mon_ref = ref_pred[torch.from_numpy(mon_idx)]
-    acc_before = _score(clf, lab, task, dev) if lab is not None else None
+class _AdaptRun:
+    """One ``adapt`` call in three steps: ``__init__`` validates and plans (data, method, batch,
+    crop, precision, iteration cap, check cadence), :meth:`loop` steps with the collapse monitor
+    and the selection, :meth:`finish` restores the selected state, records and writes."""
 
-    m: AdaptMethod = method_cls(clf, task, options=options, engine=Engine(dev), seed=seed)
-    batch_requested = batch
-    batch = min(batch, n_images)
-    fixed = current_rss_mb() + 4 * param_bytes([clf, *m.extra_modules().values()]) / 2**20
-    if cuda:
-        fixed += torch.cuda.memory_allocated(dev) / 2**20
-    per_sample = _per_sample_mb(m, target.tensor(slice(0, 2)))
-    frame = tuple(images.shape[1:3])
-    if tk.dense:
-        batch, crop, precision, est_mb = plan_dense(batch, memory_mb, fixed_mb=fixed, per_sample_mb=per_sample,
-                                                    size=frame, cuda=cuda)
-    else:
-        crop = frame
-        batch, precision, est_mb = plan_batch(batch, memory_mb, fixed_mb=fixed, per_sample_mb=per_sample, cuda=cuda)
-    if precision != "fp32":
-        m.engine = Engine(dev, amp=True)
-    # a budget is a ceiling: the method's iteration count unless --iters says otherwise; 0 = until the budget ends
-    iters_cap = m.default_iters if iters is None else (None if iters == 0 else iters)
-    epoch_iters = max(1, n_images // batch)
-    check_every = check_every or max(5, min(50, epoch_iters))
-    reserve = 2.0 * stats_s * (1 + (len(lab) / n_images if lab is not None else 0)) + 1.0 + (5.0 if export else 0.0)
+    def __init__(self, bundle, target_dir, out, *, method, iters, minutes, memory_mb, batch, device, export, labels,
+                 options, seed, check_every, monitor_n, threads, log, started_at, select, on_check):
+        budget = TimeBudget(minutes, started_at)
+        log = log or (lambda s: None)
+        bundle, target_dir, out = Path(bundle), Path(target_dir), Path(out)
+        if iters is not None and iters < 0:
+            raise EdgedaError("--iters must be >= 0")
+        if iters == 0 and minutes is None:
+            raise EdgedaError("--iters 0 means 'until the time budget ends' and needs --minutes")
+        if minutes is not None and minutes <= 0:
+            raise EdgedaError("--minutes must be positive")
+        if select not in SELECT_RULES:
+            raise EdgedaError(f"--select must be one of {', '.join(SELECT_RULES)}; got {select!r}")
+        if batch is not None and batch < 2:
+            raise EdgedaError("--batch must be at least 2 (BatchNorm needs batch statistics)")
+        method_cls = ADAPT_METHODS.get(method)
+        if not (bundle / "manifest.json").is_file():
+            raise BundleError(f"{bundle} is not an edgeda bundle (no manifest.json)")
+        _check_paths(bundle, target_dir, out)
+        hashes_before = _bundle_hashes(bundle)
+        b = Bundle(bundle)
+        task = b.task
+        tk = task_of(task)
+        if task.task not in method_cls.tasks:
+            raise EdgedaError(f"adapt method {method!r} adapts {', '.join(method_cls.tasks)} bundles, not {task.task}; "
+                              f"methods for {task.task} bundles: {', '.join(methods_for(task.task)) or 'none yet'}")
+        images, report = _load_target(target_dir, task)
+        if len(images) < 2:
+            raise DataError(f"{target_dir} has only {len(images)} usable image; adaptation needs at least 2")
+        lab = _load_labels(labels, task) if labels else None
+        log(f"target: {report.summary()} from {target_dir}")
+        batch = batch or (8 if tk.dense else 64)
+        monitor_n = monitor_n or (64 if tk.dense else 512)
 
-    scores: list[tuple[int, float]] = []  # (iteration, selection score) of every healthy check
-    best = {"score": -float("inf"), "iteration": None}
+        if threads is not None:
+            if threads < 1:
+                raise EdgedaError("--threads must be at least 1")
+            torch.set_num_threads(threads)
+        seed_everything(seed)
+        dev = choose_device(device)
+        cuda = dev.type == "cuda"
+        if cuda:
+            torch.cuda.reset_peak_memory_stats(dev)
+        clf = b.module(b.primary, str(dev))
+        target = TargetSet(images, task, dev)
+        n_images = len(images)
 
-    def check(it: int) -> str | None:
-        stats = _stats(monitor_set, m.classifier, mon_ref, task.num_classes)
-        verdict = monitor.check(stats, m.classifier)
-        if on_check is not None:
-            on_check(it, stats, m.classifier)
+        t = time.perf_counter()
+        before, ref_pred = _shipped_stats(target, clf, task.num_classes)
+        stats_s = time.perf_counter() - t
+        monitor = CollapseMonitor(before, task.num_classes)
+        rng = np.random.default_rng(seed)
+        mon_idx = np.sort(rng.permutation(n_images)[:monitor_n])
+        monitor_set = TargetSet(images[mon_idx], task, dev)
+        mon_ref = ref_pred[torch.from_numpy(mon_idx)]
+        acc_before = _score(clf, lab, task, dev) if lab is not None else None
+
+        m: AdaptMethod = method_cls(clf, task, options=options, engine=Engine(dev), seed=seed)
+        batch_requested = batch
+        batch = min(batch, n_images)
+        fixed = current_rss_mb() + 4 * param_bytes([clf, *m.extra_modules().values()]) / 2**20
+        if cuda:
+            fixed += torch.cuda.memory_allocated(dev) / 2**20
+        per_sample = _per_sample_mb(m, target.tensor(slice(0, 2)))
+        frame = tuple(images.shape[1:3])
+        if tk.dense:
+            batch, crop, precision, est_mb = plan_dense(batch, memory_mb, fixed_mb=fixed, per_sample_mb=per_sample,
+                                                        size=frame, cuda=cuda)
+        else:
+            crop = frame
+            batch, precision, est_mb = plan_batch(batch, memory_mb, fixed_mb=fixed, per_sample_mb=per_sample, cuda=cuda)
+        if precision != "fp32":
+            m.engine = Engine(dev, amp=True)
+        # a budget is a ceiling: the method's iteration count unless --iters says otherwise; 0 = until the budget ends
+        iters_cap = m.default_iters if iters is None else (None if iters == 0 else iters)
+        epoch_iters = max(1, n_images // batch)
+        check_every = check_every or max(5, min(50, epoch_iters))
+        reserve = 2.0 * stats_s * (1 + (len(lab) / n_images if lab is not None else 0)) + 1.0 + (5.0 if export else 0.0)
+
+
+        self.__dict__.update({k: v for k, v in locals().items() if k != "self"})
+
+    def check(self, it: int) -> str | None:
+        stats = _stats(self.monitor_set, self.m.classifier, self.mon_ref, self.task.num_classes)
+        verdict = self.monitor.check(stats, self.m.classifier)
+        if self.on_check is not None:
+            self.on_check(it, stats, self.m.classifier)
         if verdict is None:
-            scores.append((it, round(stats["info_max"], 5)))
+            self.scores.append((it, round(stats["info_max"], 5)))
+        self.checks += 1
         return verdict
 
-    def keep(it: int, name: str) -> None:
-        """A healthy check: remember this state when the selection rule prefers it."""
-        nonlocal snapshot, good_iter, snapshot_name
-        score = scores[-1][1] if select == "info_max" else float(it)
-        if score > best["score"] or (score == best["score"] and best["iteration"] != "shipped"):
-            best.update(score=score, iteration=it)
-            snapshot, snapshot_name = m.state_snapshot(), name
-        good_iter = it
+    def keep(self, it: int, name: str) -> None:
+        """A healthy check: remember this state when the selection rule prefers it (the shipped state
+        keeps a tie)."""
+        score = self.scores[-1][1] if self.select == "info_max" else float(it)
+        if self.best.offer(score, it, self.m.state_snapshot, ties=self.best.tag != "shipped"):
+            self.snapshot_name = name
+        self.good_iter = it
 
-    # the shipped state is always a candidate: written when every adapted state is unhealthy or scores lower
-    shipped_stats = _stats(monitor_set, m.classifier, mon_ref, task.num_classes)
-    shipped_score = round(shipped_stats["info_max"], 5)
-    snapshot, good_iter, checks, it = m.state_snapshot(), 0, 0, 0
-    snapshot_name = "the shipped model"
-    best.update(score=shipped_score if select == "info_max" else -float("inf"), iteration="shipped")
-    collapse, stopped = None, "iterations"
-    setup_s = budget.elapsed()
-    if budget.should_stop(reserve):
-        stopped = "time budget"
-    else:
-        m.prepare(target)
-        collapse, checks = check(0), 1
-        if collapse is None:
-            keep(0, "iteration 0 (after the method's preparation)")
-        crop_note = "" if crop == frame else f", {crop[0]}x{crop[1]} crops of the {frame[0]}x{frame[1]} frames"
-        log(f"{method}: batch {batch} ({precision}){crop_note}, checks every {check_every} iterations, "
-            f"{'until the time budget' if iters_cap is None else f'{iters_cap} iterations'}"
-            f"{f' or {minutes:g} min' if minutes else ''}")
-    gen = torch.Generator().manual_seed(seed)
-    order, pos = torch.randperm(n_images, generator=gen), 0
-    while collapse is None and stopped == "iterations" and (iters_cap is None or it < iters_cap):
+    def loop(self) -> None:
+        m, budget, log = self.m, self.budget, self.log
+        batch, crop, frame, n_images = self.batch, self.crop, self.frame, self.n_images
+        iters_cap, reserve = self.iters_cap, self.reserve
+        self.scores: list[tuple[int, float]] = []  # (iteration, selection score) of every healthy check
+        # the shipped state is always a candidate: written when every adapted state is unhealthy or scores lower
+        shipped_stats = _stats(self.monitor_set, m.classifier, self.mon_ref, self.task.num_classes)
+        self.shipped_score = round(shipped_stats["info_max"], 5)
+        self.best = BestState(self.shipped_score if self.select == "info_max" else -float("inf"), "shipped",
+                              m.state_snapshot())
+        self.snapshot_name, self.good_iter, self.checks, it = "the shipped model", 0, 0, 0
+        collapse, stopped = None, "iterations"
+        self.setup_s = budget.elapsed()
         if budget.should_stop(reserve):
             stopped = "time budget"
-            break
-        t = time.perf_counter()
-        if pos + batch > n_images:
-            order, pos = torch.randperm(n_images, generator=gen), 0
-        idx = order[pos : pos + batch]
-        pos += batch
-        m.progress = max(it / iters_cap if iters_cap else 0.0, budget.fraction())
-        m.window = None
-        if crop != frame:  # one random crop of the frames per step (the memory plan asked for it)
-            top = int(torch.randint(0, frame[0] - crop[0] + 1, (1,), generator=gen))
-            left = int(torch.randint(0, frame[1] - crop[1] + 1, (1,), generator=gen))
-            m.window = (top, left, crop[0], crop[1])
-        try:
-            losses = m.step(target.tensor(idx.numpy(), m.window), idx)
-        except NonFiniteLoss:
-            collapse = "a loss became NaN/inf"
-            break
-        it += 1
-        if m.refresh_due(it, epoch_iters):
-            m.prepare(target)
-        if it % check_every == 0 or it == iters_cap:
-            collapse, checks = check(it), checks + 1
+        else:
+            m.prepare(self.target)
+            collapse = self.check(0)
             if collapse is None:
-                keep(it, f"iteration {it}")
-                log(f"  iter {it}: " + " ".join(f"{k}={v:.3f}" for k, v in losses.items())
-                    + f" | info_max={scores[-1][1]:.3f}")
-        budget.record_step(time.perf_counter() - t)
-    if collapse is None and it > good_iter:  # the steps since the last check are checked too
-        collapse, checks = check(it), checks + 1
-        if collapse is None:
-            keep(it, f"iteration {it}")
-    if collapse is not None:
-        stopped = "collapse"
-        message = (f"collapse detected after iteration {it}: {collapse}; rolled back to the "
-                   f"{'best' if select == 'info_max' else 'last'} healthy state ({snapshot_name}) and stopped")
-        log("WARNING: " + message)
-    else:
-        message = (f"adapted for {it} iterations; stopped by the "
-                   f"{'time budget' if stopped == 'time budget' else 'iteration count'}; wrote {snapshot_name}"
-                   f"{' (highest info_max on the monitor images)' if select == 'info_max' else ''}")
-    m.restore(snapshot)
-    clf = m.classifier
-    clf.eval()
+                self.keep(0, "iteration 0 (after the method's preparation)")
+            crop_note = "" if crop == frame else f", {crop[0]}x{crop[1]} crops of the {frame[0]}x{frame[1]} frames"
+            log(f"{self.method}: batch {batch} ({self.precision}){crop_note}, checks every {self.check_every} iterations, "
+                f"{'until the time budget' if iters_cap is None else f'{iters_cap} iterations'}"
+                f"{f' or {self.minutes:g} min' if self.minutes else ''}")
+        gen = torch.Generator().manual_seed(self.seed)
+        order, pos = torch.randperm(n_images, generator=gen), 0
+        while collapse is None and stopped == "iterations" and (iters_cap is None or it < iters_cap):
+            if budget.should_stop(reserve):
+                stopped = "time budget"
+                break
+            t = time.perf_counter()
+            if pos + batch > n_images:
+                order, pos = torch.randperm(n_images, generator=gen), 0
+            idx = order[pos : pos + batch]
+            pos += batch
+            m.progress = max(it / iters_cap if iters_cap else 0.0, budget.fraction())
+            m.window = None
+            if crop != frame:  # one random crop of the frames per step (the memory plan asked for it)
+                top = int(torch.randint(0, frame[0] - crop[0] + 1, (1,), generator=gen))
+                left = int(torch.randint(0, frame[1] - crop[1] + 1, (1,), generator=gen))
+                m.window = (top, left, crop[0], crop[1])
+            try:
+                losses = m.step(self.target.tensor(idx.numpy(), m.window), idx)
+            except NonFiniteLoss:
+                collapse = "a loss became NaN/inf"
+                break
+            it += 1
+            if m.refresh_due(it, self.epoch_iters):
+                m.prepare(self.target)
+            if it % self.check_every == 0 or it == iters_cap:
+                collapse = self.check(it)
+                if collapse is None:
+                    self.keep(it, f"iteration {it}")
+                    log(f"  iter {it}: " + " ".join(f"{k}={v:.3f}" for k, v in losses.items())
+                        + f" | info_max={self.scores[-1][1]:.3f}")
+            budget.record_step(time.perf_counter() - t)
+        if collapse is None and it > self.good_iter:  # the steps since the last check are checked too
+            collapse = self.check(it)
+            if collapse is None:
+                self.keep(it, f"iteration {it}")
+        if collapse is not None:
+            stopped = "collapse"
+            message = (f"collapse detected after iteration {it}: {collapse}; rolled back to the "
+                       f"{'best' if self.select == 'info_max' else 'last'} healthy state ({self.snapshot_name}) and stopped")
+            log("WARNING: " + message)
+        else:
+            message = (f"adapted for {it} iterations; stopped by the "
+                       f"{'time budget' if stopped == 'time budget' else 'iteration count'}; wrote {self.snapshot_name}"
+                       f"{' (highest info_max on the monitor images)' if self.select == 'info_max' else ''}")
+        self.it, self.stopped, self.message = it, stopped, message
 
-    after = _stats(target, clf, ref_pred, task.num_classes)
-    acc_after = _score(clf, lab, task, dev) if lab is not None else None
-    accuracy = None if lab is None else {"data": labels, "metric": tk.headline, "before": acc_before,
-                                         "after": acc_after, "n": len(lab)}
-    peak_cuda = torch.cuda.max_memory_allocated(dev) / 2**20 if cuda else None
-    record = {
-        "method": method, "summary": m.describe(), "options": m.opts, "source_free": True, "seed": seed,
-        "task": task.task,
-        "parent": {"path": str(bundle), "manifest_sha256": hashes_before.get("manifest.json"),
-                   "method": b.manifest.get("method", {}).get("name"), "metrics": b.manifest.get("metrics", {})},
-        "budget": {"minutes": minutes, "memory_mb": memory_mb, "iterations_requested": iters,
-                   "iterations_cap": iters_cap, "batch_requested": batch_requested,
-                   "batch": batch, "precision": precision, "estimated_peak_mb": round(est_mb, 1),
-                   "frame": list(frame), "train_crop": list(crop)},
-        "iterations_done": it, "stopped_because": stopped, "last_good_iteration": good_iter,
-        "selection": {"rule": select, "selected_iteration": best["iteration"], "written": snapshot_name,
-                      "info_max_per_check": scores,
-                      "shipped_info_max": shipped_score},
-        "setup_s": round(setup_s, 2),
-        "target": {"dir": str(target_dir), "images_used": n_images, **_skips(report)},
-        "safety": {"status": "rolled_back" if stopped == "collapse" else "ok", "message": message, "checks": checks,
-                   "check_every": check_every, "monitor_images": len(mon_idx), "limits": monitor.limits(),
-                   "per": "pixel" if tk.dense else "image"},
-        "before": before, "after": after, "accuracy": accuracy,
-        "device": str(dev), "torch_threads": torch.get_num_threads(), "machine": machine_info(),
-    }
-    record["memory"] = {"peak_rss_mb": round(peak_rss_mb(), 1),
-                        "peak_cuda_mb": None if peak_cuda is None else round(peak_cuda, 1)}
-    record["wall_time_s"] = round(budget.elapsed(), 2)
-    record["cpu_time_s"] = round(_cpu_seconds(), 1)
-    metrics = {} if accuracy is None else {"labels_data": labels, f"labels_{tk.headline}": acc_after,
-                                           f"labels_{tk.headline}_before": acc_before}
-    write_bundle(out, {tk.deployable: clf.to("cpu")}, task, method=b.manifest.get("method", {}),
-                 training=b.manifest.get("training", {}), metrics=metrics, extra={"adaptation": record})
-    export_report = None
-    if export:
-        from .export import reexport
+    def finish(self) -> AdaptResult:
+        m, budget, tk, task, lab, dev = self.m, self.budget, self.tk, self.task, self.lab, self.dev
+        it, stopped, message = self.it, self.stopped, self.message
+        bundle, b, out, labels = self.bundle, self.b, self.out, self.labels
+        m.restore(self.best.state)
+        clf = m.classifier
+        clf.eval()
 
-        export_report = reexport(out, log=log)
-    if _bundle_hashes(bundle) != hashes_before:
-        raise BundleError(f"the input bundle {bundle} changed during adaptation; this is a bug, please report it")
-    record["wall_time_s"] = round(budget.elapsed(), 2)
-    record["cpu_time_s"] = round(_cpu_seconds(), 1)  # CPU time this process got: wall time under contention is longer
-    record["memory"]["peak_rss_mb"] = round(peak_rss_mb(), 1)
-    return AdaptResult(bundle=out, method=method, iterations=it, stopped_because=stopped,
-                       collapsed=stopped == "collapse", message=message, before=before, after=after,
-                       wall_time_s=record["wall_time_s"], peak_rss_mb=record["memory"]["peak_rss_mb"],
-                       peak_cuda_mb=record["memory"]["peak_cuda_mb"], accuracy=accuracy, export=export_report,
-                       manifest=record)
+        after = _stats(self.target, clf, self.ref_pred, task.num_classes)
+        acc_after = _score(clf, lab, task, dev) if lab is not None else None
+        accuracy = None if lab is None else {"data": labels, "metric": tk.headline, "before": self.acc_before,
+                                             "after": acc_after, "n": len(lab)}
+        peak_cuda = torch.cuda.max_memory_allocated(dev) / 2**20 if self.cuda else None
+        record = {
+            "method": self.method, "summary": m.describe(), "options": m.opts, "source_free": True, "seed": self.seed,
+            "task": task.task,
+            "parent": {"path": str(bundle), "manifest_sha256": self.hashes_before.get("manifest.json"),
+                       "method": b.manifest.get("method", {}).get("name"), "metrics": b.manifest.get("metrics", {})},
+            "budget": {"minutes": self.minutes, "memory_mb": self.memory_mb, "iterations_requested": self.iters,
+                       "iterations_cap": self.iters_cap, "batch_requested": self.batch_requested,
+                       "batch": self.batch, "precision": self.precision, "estimated_peak_mb": round(self.est_mb, 1),
+                       "frame": list(self.frame), "train_crop": list(self.crop)},
+            "iterations_done": it, "stopped_because": stopped, "last_good_iteration": self.good_iter,
+            "selection": {"rule": self.select, "selected_iteration": self.best.tag, "written": self.snapshot_name,
+                          "info_max_per_check": self.scores,
+                          "shipped_info_max": self.shipped_score},
+            "setup_s": round(self.setup_s, 2),
+            "target": {"dir": str(self.target_dir), "images_used": self.n_images, **_skips(self.report)},
+            "safety": {"status": "rolled_back" if stopped == "collapse" else "ok", "message": message, "checks": self.checks,
+                       "check_every": self.check_every, "monitor_images": len(self.mon_idx), "limits": self.monitor.limits(),
+                       "per": "pixel" if tk.dense else "image"},
+            "before": self.before, "after": after, "accuracy": accuracy,
+            "device": str(dev), "torch_threads": torch.get_num_threads(), "machine": machine_info(),
+        }
+        record["memory"] = {"peak_rss_mb": round(peak_rss_mb(), 1),
+                            "peak_cuda_mb": None if peak_cuda is None else round(peak_cuda, 1)}
+        record["wall_time_s"] = round(budget.elapsed(), 2)
+        record["cpu_time_s"] = round(_cpu_seconds(), 1)
+        metrics = {} if accuracy is None else {"labels_data": labels, f"labels_{tk.headline}": acc_after,
+                                               f"labels_{tk.headline}_before": self.acc_before}
+        write_bundle(out, {tk.deployable: clf.to("cpu")}, task, method=b.manifest.get("method", {}),
+                     training=b.manifest.get("training", {}), metrics=metrics, extra={"adaptation": record})
+        export_report = None
+        if self.export:
+            from .export import reexport
+
+            export_report = reexport(out, log=self.log)
+        if _bundle_hashes(bundle) != self.hashes_before:
+            raise BundleError(f"the input bundle {bundle} changed during adaptation; this is a bug, please report it")
+        record["wall_time_s"] = round(budget.elapsed(), 2)
+        record["cpu_time_s"] = round(_cpu_seconds(), 1)  # CPU time this process got: wall time under contention is longer
+        record["memory"]["peak_rss_mb"] = round(peak_rss_mb(), 1)
+        return AdaptResult(bundle=out, method=self.method, iterations=it, stopped_because=stopped,
+                           collapsed=stopped == "collapse", message=message, before=self.before, after=after,
+                           wall_time_s=record["wall_time_s"], peak_rss_mb=record["memory"]["peak_rss_mb"],
+                           peak_cuda_mb=record["memory"]["peak_cuda_mb"], accuracy=accuracy, export=export_report,
+                           manifest=record)
+
+
 
 
 def _cpu_seconds() -> float:

@@ -169,7 +169,8 @@ def summarise(profile: str) -> dict:
                     "target": {k: _mean_std([r["target_test"][k] for r in runs]) for k in keys},
                     "source_val": {k: _mean_std([r["source_val"][k] for r in runs]) for k in keys},
                     "gain_vs_source_only": _mean_std(gains), "config": runs[0]["config"],
-                    "wall_s": statistics.fmean(r["wall_s"] for r in runs), "per_class": runs[0].get("per_class")}
+                    "wall_s": statistics.fmean(r["wall_s"] for r in runs), "per_class": runs[0].get("per_class"),
+                    "machines": sorted({r["machine"].get("cpu", "?") for r in runs})}
 
         order = sorted(methods, key=lambda m: (m != "source_only", m))
         rows[row] = {
@@ -192,13 +193,13 @@ def _fmt(v, pct):
 def table(profile: str, rows: dict) -> str:
     if not rows:
         return "No dense runs stored yet."
-    m = next(iter(rows.values()))["machine"]
-    lines = [f"Profile `{profile}`, mean ± std over seeds; machine: {m.get('cpu', m)}; target test labels used for this "
+    lines = [f"Profile `{profile}`, mean ± std over seeds; target test labels used for this "
              "report only; gain: the method minus source-only on the same seed (higher is better for mIoU, lower for "
              "abs rel); upper bound: source-only with the same model and budget trained on the target's labelled "
-             "adaptation split (seed 0), evaluated on the same test split.", "",
-             "| pair | task | model | method | target (headline) | gain vs source-only | source val | upper bound | other target scores | seeds | wall / run (s) |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "adaptation split (seed 0), evaluated on the same test split. Runs of one seed on different machines differ "
+             "(floating-point order): compare gains within a machine.", "",
+             "| pair | task | model | method | target (headline) | gain vs source-only | source val | upper bound | other target scores | seeds | wall / run (s) | machine |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for row, r in rows.items():
         cfg = r["config"]
         model = f"{cfg['backbone']} {json.dumps(cfg['backbone_kwargs'])} {cfg['image_size'][0]}x{cfg['image_size'][1]}, {cfg['iters']} it."
@@ -215,7 +216,8 @@ def table(profile: str, rows: dict) -> str:
             others = ", ".join(f"{k} {_fmt(s['target'][k], k != 'rmse')}" + (" m" if k == "rmse" else "") for k in keys[1:])
             lines.append(f"| {r['pair']} | {r['task']} ({name}) | {model}{'' if its == cfg['iters'] else f' ({its} it.)'} | "
                          f"{method} | {_fmt(s['target'][head], pct)} | {gain} | {_fmt(s['source_val'][head], pct)} | "
-                         f"{'–' if up[0] is None else _fmt(up, pct)} | {others} | {len(s['seeds'])} | {s['wall_s']:.0f} |")
+                         f"{'–' if up[0] is None else _fmt(up, pct)} | {others} | {len(s['seeds'])} | {s['wall_s']:.0f} | "
+                         f"{', '.join(s.get('machines', []))} |")
     return "\n".join(lines)
 
 

@@ -111,7 +111,7 @@ def data_version() -> str:
 def run_one(profile: str, method: str, seed: int, out_root: Path, cfg: dict | None = None, name: str | None = None) -> dict:
     import torch
 
-    from edgeda.train.trainer import train  # not edgeda.train: once imported, the subpackage shadows the lazy alias
+    from edgeda.training.trainer import train
 
     cfg = cfg or run_config(profile, method, seed)
     kw = {k: v for k, v in cfg.items() if k != "init_from"}
@@ -152,7 +152,7 @@ def estimate(profile: str, methods: list[str], seeds: int, probe_iters: int = 60
             cfg.update(iters=probe_iters, eval_every=probe_iters)
             stamps: list[float] = []
             from edgeda.config import make_config
-            from edgeda.train.trainer import Trainer
+            from edgeda.training.trainer import Trainer
 
             t0 = time.perf_counter()
             tr = Trainer(make_config(None, {**cfg, "out": f"{tmp}/{m}"}), progress=False, log=None)

@@ -311,7 +311,7 @@ def overhead(rounds: int = 3, iters: int = 40) -> dict:
     import torch
 
     from edgeda.config import make_config
-    from edgeda.train.trainer import Trainer
+    from edgeda.training.trainer import Trainer
 
     torch.set_num_threads(1)
     cfg = run_config("cpu", "digits_seg", 0, False)
@@ -358,7 +358,7 @@ def eval_memory(sizes=(50, 150, 500)) -> dict:
         code = (
             "import json,sys,torch; sys.path.insert(0,%r); torch.set_num_threads(1)\n"
             "from edgeda.data import load_domain\nfrom edgeda.models import build\nfrom edgeda.task import TaskSpec\n"
-            "from edgeda.train.evaluate import evaluate_model\nfrom edgeda.bench.harness import _PeakRss, _rss_mb\n"
+            "from edgeda.training.evaluate import evaluate_model\nfrom edgeda.bench.harness import _PeakRss, _rss_mb\n"
             "d=load_domain('synscenes:photo', labeled=True, size=(64,128))\nd=d.subset(list(range(%d)))\n"
             "s=TaskSpec(19,d.classes,task='segmentation',image_size=(64,128))\n"
             "m=build('dense_model',arch='lraspp',num_outputs=19,output='logits',channels=3)\n"

@@ -63,7 +63,7 @@ def count_flops(model, x) -> int:
 
 def _train(runs: Path, train_iters: int) -> Path:
     from edgeda.config import make_config
-    from edgeda.train import Trainer
+    from edgeda.training import Trainer
 
     bundle = runs / "dann" / "model.edgeda"
     if not bundle.exists():

@@ -78,7 +78,7 @@ class TrainTarget:
     def check_left_behind(self, run_dir: Path) -> dict:
         """After the kill: every checkpoint on disk loads, a bundle (if any) verifies."""
         from edgeda.bundle import Bundle
-        from edgeda.train.checkpoint import list_checkpoints, load_checkpoint
+        from edgeda.training.checkpoint import list_checkpoints, load_checkpoint
 
         its = list_checkpoints(run_dir / "checkpoints")
         for it in its:

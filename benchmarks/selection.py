@@ -32,7 +32,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from readme_tables import replace_block  # noqa: E402
 
-from edgeda.train.trainer import select_checkpoint  # noqa: E402
+from edgeda.training.trainer import select_checkpoint  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 

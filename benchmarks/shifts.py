@@ -9,13 +9,13 @@ crops of the real photographs scikit-learn ships, Gaussian blur, JPEG at quality
 rotation and scale, and three combinations. The adaptation split (1000 images) is used unlabeled;
 the test split (797) is labeled and read for this report only.
 
-Per target and seed, :func:`edgeda.train.auto.train_auto` trains source-only, DANN and MMD and adapts the
+Per target and seed, :func:`edgeda.training.auto.train_auto` trains source-only, DANN and MMD and adapts the
 source-only bundle with SHOT and TENT (source-free) on the same target images; every candidate is
 scored by every validator. Reported: each method's target accuracy and gain vs source-only; for
 each validator, the accuracy of its pick among the candidates, how often that pick is below
 source-only (negative transfer missed), and its regret vs the oracle (the best candidate by target
 labels). The validator with the lowest mean regret among those whose pick is below source-only on at
-most 1 target in 10 is the default of ``--method auto`` (``edgeda.train.auto.DEFAULT_SELECTOR``); the script prints it and how
+most 1 target in 10 is the default of ``--method auto`` (``edgeda.training.auto.DEFAULT_SELECTOR``); the script prints it and how
 ``--method auto`` with it compares to the best single method. Each candidate's per-image correctness
 on the test split is stored so the few-labels selection (``--select target_val``) can be measured:
 k labeled images per class drawn at random, the pick's regret on the images not drawn.
@@ -147,7 +147,7 @@ def make_target(name: str, folder: Path) -> tuple[Path, Path]:
 
 def run_one(name: str, seed: int, iters: int, adapt_iters: int) -> dict:
     from edgeda.config import make_config
-    from edgeda.train.auto import train_auto
+    from edgeda.training.auto import train_auto
     from edgeda.utils import machine_info
 
     path = RUNS / f"{name}-s{seed}.json"
@@ -182,8 +182,8 @@ def _test_correct(rec: dict, cfg) -> dict[str, str]:
     """Per candidate, one '0'/'1' per target test image (is its prediction right): what the few-labels
     selection below draws from."""
     from edgeda.bundle import load_bundle
-    from edgeda.train.evaluate import evaluate_model
-    from edgeda.train.domains import load_domains
+    from edgeda.training.evaluate import evaluate_model
+    from edgeda.training.domains import load_domains
 
     test = load_domains(cfg, True).target_test
     y = np.asarray(test.labels)

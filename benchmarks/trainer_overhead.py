@@ -33,7 +33,7 @@ from readme_tables import replace_block  # noqa: E402
 
 def make_trainer(iters: int, out: Path):
     from edgeda.config import make_config
-    from edgeda.train.trainer import Trainer
+    from edgeda.training.trainer import Trainer
 
     cfg = run_config("cpu", "dann", 0)
     cfg.update(iters=iters, eval_every=iters, checkpoint_every=10**9, out=str(out))

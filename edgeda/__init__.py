@@ -6,7 +6,7 @@ Library first: every CLI command wraps a function importable from here (loaded l
 __version__ = "0.1.0"
 
 _LAZY = {
-    "train": ("edgeda.train.trainer", "train"),
+    "train": ("edgeda.training.trainer", "train"),
     "TrainConfig": ("edgeda.config", "TrainConfig"),
     "load_bundle": ("edgeda.bundle", "load_bundle"),
     "evaluate": ("edgeda.evaluation", "evaluate_bundle"),

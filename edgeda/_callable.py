@@ -1,9 +1,9 @@
-"""Top-level functions that share their name with a subpackage (``edgeda.train``, ``edgeda.export``,
-``edgeda.bench``, ``edgeda.adapt``).
+"""Top-level functions that share their name with a subpackage (``edgeda.export``, ``edgeda.bench``,
+``edgeda.adapt``).
 
-Once ``edgeda.train.trainer`` (say) is imported, Python binds ``edgeda.train`` to the subpackage,
+Once ``edgeda.export.api`` (say) is imported, Python binds ``edgeda.export`` to the subpackage,
 which would shadow the lazily exported function of the same name. Each such subpackage is made
-callable and forwards to its function, so ``edgeda.train(...)`` works however it was reached.
+callable and forwards to its function, so ``edgeda.export(...)`` works however it was reached.
 """
 from __future__ import annotations
 

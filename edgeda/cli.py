@@ -89,7 +89,7 @@ class _SelectOption(click.Option):
     registry imports torch, which plain commands should not pay for)."""
 
     def get_help_record(self, ctx):
-        from .train.selection import selector_names
+        from .training.selection import selector_names
 
         record = super().get_help_record(ctx)
         return record and (record[0], record[1].replace("{choices}", " | ".join(selector_names())))
@@ -132,7 +132,7 @@ def train(method, task, source, target, target_test, target_val, iters, batch_si
           resume, as_json) -> None:
     """Train a model with an adaptation method and write a bundle."""
     from .config import load_config_file, make_config, parse_option
-    from .train import train as run_train
+    from .training import train as run_train
 
     file_values = load_config_file(config_file) if config_file else {}
     overrides = dict(method=method, task=task, source=source, target=target, target_test=target_test, iters=iters,
@@ -147,7 +147,7 @@ def train(method, task, source, target, target_test, target_val, iters, batch_si
         overrides["backbone_kwargs"] = {**file_values.get("backbone_kwargs", {}),
                                         **dict(parse_option(o) for o in backbone_options)}
     if method == "auto":  # source-only and a short list of methods; ship what the validator ranks best
-        from .train.auto import train_auto
+        from .training.auto import train_auto
 
         overrides["method"] = "source_only"
         auto = train_auto(make_config(file_values, overrides), log=None if as_json else click.echo)
@@ -245,7 +245,7 @@ def methods(name, task, validators, as_json) -> None:
     """List the registered adaptation methods and the tasks each adapts; with NAME, that method's
     options (type, default, choices)."""
     if validators:
-        from .train.selection import VALIDATORS
+        from .training.selection import VALIDATORS
 
         rows = {n: (fn.__doc__ or "").strip().splitlines()[0] for n, fn in VALIDATORS.items()}
         rows = {"last": "the last checkpoint", **rows}

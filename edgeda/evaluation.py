@@ -7,7 +7,7 @@ from .bundle import Bundle
 from .data import load_domain
 from .data.domain import Domain
 from .errors import DataError, EdgedaError
-from .train.evaluate import evaluate_model, plot_confusion
+from .training.evaluate import evaluate_model, plot_confusion
 from .utils import choose_device
 
 
@@ -67,7 +67,7 @@ def _samples(model, dom, task, dev, path, title):
 
     from .tasks import task_of
     from .tasks.draw import save_panels
-    from .train.evaluate import eval_batches
+    from .training.evaluate import eval_batches
 
     x, y, raw = next(eval_batches(dom, task, dev, 6, labels=True))
     with torch.no_grad():

@@ -86,8 +86,8 @@ def score_model(net, domains, spec, device="cpu", seed: int = 0, reference_rows=
     """(validator scores, target rows) of a trained network on ``domains`` — what the trainer records
     at an evaluation, computed the same way for every ``--method auto`` candidate."""
     from .tasks import task_of
-    from .train.evaluate import evaluate_model
-    from .train.selection import EvalContext, score_all
+    from .training.evaluate import evaluate_model
+    from .training.selection import EvalContext, score_all
 
     t = task_of(spec)
     per_image = domains.target is not None and not t.dense

@@ -22,7 +22,7 @@ N_TARGET = 40
 def shipped(tmp_path_factory):
     """A tiny source-only bundle and a target folder of PNGs with two corrupt files."""
     from edgeda.data import load_domain
-    from edgeda.train import Trainer
+    from edgeda.training import Trainer
 
     root = tmp_path_factory.mktemp("adapt")
     # 30 iterations: enough that the shipped model does not already predict a single class

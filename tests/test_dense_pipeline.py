@@ -127,7 +127,7 @@ def depth_export(depth_run, data):
 # -- task inference and data checks -------------------------------------------------------------
 
 def _domains(tmp_path, source, **kw):
-    from edgeda.train.domains import load_domains
+    from edgeda.training.domains import load_domains
 
     cfg = make_config(None, dict(method="source_only", source=source, target="", out=str(tmp_path / "run"),
                                  image_size=[32, 32], **kw))
@@ -408,7 +408,7 @@ def _same_batches(a, b):
 def test_dense_stream_resumes_at_the_same_batch(kind, tmp_path):
     from edgeda.data import load_domain
     from edgeda.task import TaskSpec
-    from edgeda.train.dense_stream import DenseStream
+    from edgeda.training.dense_stream import DenseStream
 
     if kind == "array":
         dom = load_domain(write_npz(tmp_path / "s.npz", 10, 32, 48), labeled=True)
@@ -443,7 +443,7 @@ def test_dense_stream_resumes_at_the_same_batch(kind, tmp_path):
 def test_dense_run_resume_gives_the_same_weights(data, tmp_path):
     from safetensors.torch import load_file
 
-    from edgeda.train import Trainer
+    from edgeda.training import Trainer
 
     kw = dict(method="source_only", source=data["seg_src"], target=data["seg_tgt"], target_test=data["seg_test"],
               iters=4, eval_every=4, checkpoint_every=2, batch_size=4, image_size=[32, 32], backbone="lraspp",
@@ -476,7 +476,7 @@ DEEPLAB = {"encoder": "resnet18", "width": 0.25}
 
 
 def _deeplab_trainer(data, tmp_path, weights):
-    from edgeda.train import Trainer
+    from edgeda.training import Trainer
 
     cfg = make_config(None, dict(method="source_only", source=data["seg_src"], target="", iters=1, batch_size=4,
                                  image_size=[32, 32], backbone="deeplab", backbone_kwargs=DEEPLAB,

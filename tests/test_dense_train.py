@@ -121,7 +121,7 @@ def test_dense_train_eval_export_predict(tmp_path, task):
 def test_dense_stream_resumes_at_the_same_batch(tmp_path):
     from edgeda.data import load_domain
     from edgeda.task import TaskSpec
-    from edgeda.train.dense_stream import DenseStream
+    from edgeda.training.dense_stream import DenseStream
 
     dom = load_domain(_npz(tmp_path / "s.npz", 10, 32, 48), labeled=True)
     spec = TaskSpec(2, ["bg", "fg"], task="segmentation", image_size=(24, 32))
@@ -146,7 +146,7 @@ def test_dense_resume_gives_the_same_weights(tmp_path):
             raise KeyboardInterrupt
 
     from edgeda.config import make_config
-    from edgeda.train.trainer import Trainer
+    from edgeda.training.trainer import Trainer
 
     cfg = make_config(None, dict(method="source_only", source=src, target=src, target_test=src, iters=4, eval_every=2, checkpoint_every=2,
                                  batch_size=4, image_size=[32, 48], backbone="lraspp", backbone_kwargs={"width": 0.25},

@@ -74,7 +74,7 @@ def _worker(rank, port, jobs):
     dist.init_process_group("gloo")  # our own group: the Trainer joins it and leaves it open
     _register_two_optimizer_method()
     from edgeda.config import make_config
-    from edgeda.train import Trainer
+    from edgeda.training import Trainer
 
     class Stop(Exception):
         pass
@@ -146,7 +146,7 @@ def test_two_ranks_keep_identical_parameters_and_write_one_bundle(runs):
 
 def test_ranks_train_on_different_shards(runs):
     """Identical parameters are not because the ranks saw the same data: the streams differ."""
-    from edgeda.train.checkpoint import load_latest
+    from edgeda.training.checkpoint import load_latest
 
     _, state = load_latest(runs / "a" / "checkpoints")
     ranks = state["rank_states"]["ranks"]

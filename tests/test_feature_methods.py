@@ -12,7 +12,7 @@ from edgeda.methods.losses import difference_loss, info_nce, nt_xent, scale_inva
 from edgeda.models.alignment import coral, multi_kernel_mmd
 from edgeda.models.augment import rand_augment
 from edgeda.models.pooling import attention_pool
-from edgeda.train import Trainer
+from edgeda.training import Trainer
 
 METHODS = ["coral", "mmd", "dsn", "two_stream", "csg"]
 

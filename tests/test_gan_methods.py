@@ -9,7 +9,7 @@ from edgeda.bundle import Bundle
 from edgeda.errors import TrainingDiverged
 from edgeda.methods import METHODS, Batch
 from edgeda.task import TaskSpec
-from edgeda.train import Trainer
+from edgeda.training import Trainer
 
 TINY = {"g_width": 4, "g_blocks": 1, "g_kernel": 3, "d_width": 4, "d_layers": 1}
 TINY_L2I = {"g_width": 4, "d_width": 4, "z_dim": 8}

@@ -176,7 +176,7 @@ def test_kill_9_during_training_then_resume(tmp_path):
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert not (out / "model.edgeda").exists()
-    from edgeda.train.checkpoint import load_latest
+    from edgeda.training.checkpoint import load_latest
 
     killed_at = load_latest(out / "checkpoints")[0]
     assert killed_at >= 10
@@ -220,7 +220,7 @@ def test_nonfinite_loss_via_cli_stops_with_iteration_or_skips(tmp_path, monkeypa
 def test_checkpoint_writes_clean_up_temporaries_of_killed_writes(tmp_path):
     import torch
 
-    from edgeda.train.checkpoint import list_checkpoints, load_latest, save_checkpoint
+    from edgeda.training.checkpoint import list_checkpoints, load_latest, save_checkpoint
 
     folder = tmp_path / "checkpoints"
     save_checkpoint(folder, 1, {"w": torch.ones(3)})

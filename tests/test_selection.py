@@ -8,8 +8,8 @@ import torch
 
 from conftest import tiny_config
 from edgeda.bundle import load_bundle
-from edgeda.train import Trainer
-from edgeda.train.selection import VALIDATORS, EvalContext, score_all, selector_names
+from edgeda.training import Trainer
+from edgeda.training.selection import VALIDATORS, EvalContext, score_all, selector_names
 
 
 def ctx(logits):

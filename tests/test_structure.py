@@ -95,7 +95,7 @@ def test_select_help_lists_every_validator():
     from click.testing import CliRunner
 
     from edgeda.cli import main
-    from edgeda.train.selection import VALIDATORS
+    from edgeda.training.selection import VALIDATORS
 
     out = CliRunner().invoke(main, ["train", "--help"], terminal_width=400).output
     line = " ".join(out.split())

@@ -9,7 +9,7 @@ from conftest import tiny_config
 from edgeda.bundle import Bundle, load_bundle
 from edgeda.cli import main
 from edgeda.errors import BundleError, DataError, TrainingDiverged
-from edgeda.train import Trainer
+from edgeda.training import Trainer
 
 
 class Stop(Exception):
@@ -189,6 +189,6 @@ def test_top_level_functions_survive_their_subpackages_being_imported():
     import edgeda
 
     for name, sub in (("export", "edgeda.export.api"), ("bench", "edgeda.bench.harness"),
-                      ("adapt", "edgeda.adapt.runner"), ("train", "edgeda.train.trainer")):
+                      ("adapt", "edgeda.adapt.runner"), ("train", "edgeda.training.trainer")):
         importlib.import_module(sub)  # binds edgeda.<name> to the subpackage
         assert callable(getattr(edgeda, name)), name

@@ -8,7 +8,7 @@ from click.testing import CliRunner
 
 from conftest import tiny_config
 from edgeda.cli import main
-from edgeda.train import Trainer
+from edgeda.training import Trainer
 from edgeda.trust import accuracy_interval, bootstrap_interval, disagreement, transfer_warning
 
 
@@ -65,7 +65,7 @@ def test_warning_fires_on_a_planted_class_swap():
 
 def test_method_auto_smoke(tmp_path):
     from edgeda.bundle import load_bundle
-    from edgeda.train.auto import train_auto
+    from edgeda.training.auto import train_auto
 
     cfg = tiny_config(tmp_path, method="source_only")
     res = train_auto(cfg, methods=("dann",), adapt_methods=("tent",), adapt_iters=2, log=None)

@@ -3,8 +3,8 @@ import pytest
 import torch
 
 from conftest import tiny_config
-from edgeda.train import Trainer
-from edgeda.train.selection import VALIDATORS, EvalContext, score_all, selector_names
+from edgeda.training import Trainer
+from edgeda.training.selection import VALIDATORS, EvalContext, score_all, selector_names
 
 K = 4
 

@@ -75,7 +75,7 @@ def methods_for(task: str) -> list[str]:
 
 def _load_target(target_dir: Path, spec: TaskSpec):
     """(uint8 (N, H, W, C) images at the task's size, load report) of the unlabeled target."""
-    from ..train.evaluate import eval_batches
+    from ..training.evaluate import eval_batches
 
     dom = load_domain(str(target_dir), labeled=False, size=spec.image_size, channels=spec.channels)
     if isinstance(dom, Domain):  # a plain tree of images (or an images-only .npz), read at the task's size
@@ -404,7 +404,7 @@ def _per_sample_mb(m: AdaptMethod, x2: torch.Tensor) -> float:
 
 def _score(model, lab, spec: TaskSpec, dev) -> float:
     """The task's headline score (accuracy, mIoU) of ``model`` on the labeled ``lab`` (full frames)."""
-    from ..train.evaluate import evaluate_model
+    from ..training.evaluate import evaluate_model
 
     return float(evaluate_model(model, lab, spec, dev).scores[task_of(spec).headline])
 

@@ -40,9 +40,11 @@ class CycleGANRefinement(PixelMethod):
     (``identity``, the CycleGAN paper's value; 0 = off, plain GeneSIS-RT), LSGAN, pool 50,
     plus the pixel-method defaults. The shipped refiner is G.
 
-    Depth: the same two stages with the task's depth loss (``--task-loss``) in place of the
-    cross-entropy (the semantic loss is then that depth loss on G(x_s) against y_s); the
-    target -> source semantic half needs class predictions and is refused. Ships ``model`` + ``refiner``.
+    Segmentation (GeneSIS-RT's and CyCADA's street-scene setting): the same two stages with the
+    per-pixel cross-entropy; the target -> source half uses C's per-pixel argmax on x_t. Depth: the
+    task's depth loss (``--task-loss``) in place of the cross-entropy (the semantic loss is then that
+    depth loss on G(x_s) against y_s); the target -> source half needs class predictions and is
+    refused. Dense bundles ship ``model`` + ``refiner``.
 
     Why the identity term is on: on the cpu benchmark profile (3 seeds) it raised the label-free
     information-maximisation score of the final classifier's target predictions (cyclegan 1.69 ->
@@ -52,12 +54,12 @@ class CycleGANRefinement(PixelMethod):
     """
 
     summary = "CycleGAN source<->target, then the classifier on translated source images (GeneSIS-RT; CyCADA semantic loss)"
-    tasks = ("classification", "depth")
+    tasks = ("classification", "segmentation", "depth")
     defaults = {**PIXEL_DEFAULTS, "gan_fraction": 0.5, "cycle": 10.0, "semantic": 1.0, "identity": 0.5,
                 "pool": 50, "semantic_target": 0.0}
 
     def build(self) -> None:
-        if self.task.task != "classification" and float(self.opts["semantic_target"]) > 0:
+        if self.task.task == "depth" and float(self.opts["semantic_target"]) > 0:
             raise EdgedaError(f"{self.name} option semantic_target needs class predictions; it is for classification, not {self.task.task}")
         self.nets["classifier"] = self.make_classifier()
         self.nets["refiner"] = self.make_refiner()        # G: source -> target

@@ -84,7 +84,7 @@ def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.2) -> tor
     return 0.5 * (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels))
 
 
-def edge_aware_smoothness(depth: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
+def edge_aware_smoothness(depth: torch.Tensor, image: torch.Tensor, log_depth: bool = False) -> torch.Tensor:
     """Edge-aware depth smoothness (Godard et al. 2017; T2Net's L_s on real images, Zheng et al. 2018).
 
     With d = D / mean(D) per image (so the loss does not shrink by predicting smaller depths) and
@@ -92,10 +92,14 @@ def edge_aware_smoothness(depth: torch.Tensor, image: torch.Tensor) -> torch.Ten
     L = mean |d_x d| e^{-|d_x I|} + mean |d_y d| e^{-|d_y I|}. Zero for a constant depth; depth edges
     cost less where the image has an edge. Shapes: depth (N, 1, H, W) or (N, H, W), image (N, C, H, W).
 
+    ``log_depth``: ``depth`` is log-depth; its gradients are then taken as they are (log d is
+    scale-invariant already, and stays finite where d would overflow).
+
     >>> loss = edge_aware_smoothness(model(x_t), x_t)
     """
     d = depth.float() if depth.dim() == 4 else depth.float().unsqueeze(1)
-    d = d / d.mean((1, 2, 3), keepdim=True).clamp_min(1e-6)
+    if not log_depth:
+        d = d / d.mean((1, 2, 3), keepdim=True).clamp_min(1e-6)
     img = image.float()
     ddx, ddy = (d[..., :, 1:] - d[..., :, :-1]).abs(), (d[..., 1:, :] - d[..., :-1, :]).abs()
     idx = (img[..., :, 1:] - img[..., :, :-1]).abs().mean(1, keepdim=True)

@@ -90,13 +90,15 @@ class T2Net(PixelMethod):
         return opt
 
     # -- losses -----------------------------------------------------------------------------------
-    def task_l1(self, pred: torch.Tensor, depth: torch.Tensor) -> torch.Tensor:
-        """||s(T(G(x_s))) - s(y_s)||_1 on valid pixels (y_s > 0), log-depth scaled to [-1, 1] over the range."""
+    def task_l1(self, pred: torch.Tensor, depth: torch.Tensor, log_pred: bool = False) -> torch.Tensor:
+        """||s(T(G(x_s))) - s(y_s)||_1 on valid pixels (y_s > 0), log-depth scaled to [-1, 1] over the
+        range; ``log_pred``: ``pred`` is already log-depth."""
         lo, hi = float(self.classifier.min_depth), float(self.classifier.max_depth)
         valid = depth > 0
         if not bool(valid.any()):
             return pred.sum() * 0.0
-        diff = pred[:, 0].float().clamp_min(1e-6).log() - depth.float().clamp_min(1e-6).log()
+        log_pred_d = pred[:, 0].float() if log_pred else pred[:, 0].float().clamp_min(1e-6).log()
+        diff = log_pred_d - depth.float().clamp_min(1e-6).log()
         return diff.abs()[valid].mean() * (2.0 / (math.log(hi) - math.log(lo)))
 
     def identity_loss(self, real: torch.Tensor) -> torch.Tensor:
@@ -118,12 +120,12 @@ class T2Net(PixelMethod):
         xs, xt = self.to_tanh(source.x), self.to_tanh(target.x)
         with self.autocast():
             fake = G(xs)
-            feats, depth = T.features_and_logits(torch.cat([self.to_input(fake), target.x]))
+            feats, log_depth = T.features_and_log_depth(torch.cat([self.to_input(fake), target.x]))
             adv = self.gan(Dt(fake), True, generator=True)
             adv_f, d_f = self.feature_gan(feats[:ns], feats[ns:])
             rec = self.identity_loss(xt)
-            task = self.task_l1(depth[:ns], source.y)
-            smooth = edge_aware_smoothness(depth[ns:], xt)
+            task = self.task_l1(log_depth[:ns], source.y, log_pred=True)
+            smooth = edge_aware_smoothness(log_depth[ns:], xt, log_depth=True)
             loss = (adv + float(o["lambda_f"]) * adv_f + float(o["lambda_r"]) * rec + float(o["lambda_t"]) * task
                     + float(o["lambda_s"]) * smooth)
         self.update(loss, "main")

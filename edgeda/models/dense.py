@@ -394,7 +394,7 @@ class DenseModel(nn.Module):
         self.feature_channels = self.encoder.out_channels
         self.min_depth, self.max_depth = float(min_depth), float(max_depth)
 
-    def _run(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _run(self, x: torch.Tensor, log_output: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         feats = self.encoder.forward_intermediates(x)
         z = F.interpolate(self.head(feats), size=x.shape[-2:], mode="bilinear", align_corners=False)
         if self.output == "depth":
@@ -402,8 +402,15 @@ class DenseModel(nn.Module):
             log_depth = 0.5 * (lo + hi) + z
             if not self.training:  # the clip is for inference only: in training it would stop gradients
                 log_depth = log_depth.clamp(lo, hi)
-            z = torch.exp(log_depth)
+            z = log_depth if log_output else torch.exp(log_depth)
         return feats["out"], z
+
+    def features_and_log_depth(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Depth models: (the encoder's final map, log-depth (N, 1, H, W)) -- for losses on log-depth,
+        which stay finite where an untrained head's depth would overflow float32."""
+        if self.output != "depth":
+            raise ValueError("features_and_log_depth is for depth models")
+        return self._run(x, log_output=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self._run(x)[1]

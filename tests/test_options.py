@@ -46,3 +46,12 @@ def test_methods_command_shows_one_methods_options():
     assert r.exit_code == 0 and "edgeda adapt --method tent" in r.output
     r = CliRunner().invoke(main, ["methods", "nosuch"])
     assert r.exit_code == 2 and "on-device methods" in r.output
+
+
+def test_an_unknown_optimizer_is_named_with_where_it_came_from():
+    from edgeda.methods import METHODS, OptimConfig
+    from edgeda.task import TaskSpec
+
+    spec = TaskSpec(10, [str(i) for i in range(10)])
+    with pytest.raises(EdgedaError, match="unknown optimizer 'adamw' \\(the config's `optimizer`\\); valid: adam, sgd"):
+        METHODS.get("source_only")(spec, backbone_kwargs={"width": 8, "out_dim": 32}, optim=OptimConfig("adamw"))

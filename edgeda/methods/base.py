@@ -177,7 +177,8 @@ class Method(Configurable):
         elif chosen == "adam":
             opt = torch.optim.Adam(params, lr=lr, betas=c.betas, weight_decay=c.weight_decay)
         else:
-            raise EdgedaError(f"unknown optimizer {chosen!r}; valid: adam, sgd")
+            where = f"asked for by method {self.name!r}" if name else "(the config's `optimizer`)"
+            raise EdgedaError(f"unknown optimizer {chosen!r} {where}; valid: adam, sgd")
         for g in opt.param_groups:
             g["initial_lr"] = g["lr"]
         return opt

@@ -96,12 +96,7 @@ def run_one(method: str, seed: int, bundle: Path, target: Path, out: Path) -> di
            "handwritten:test", "--seed", str(seed), "--threads", str(THREADS), "--json"]
     if method in ITERS:
         cmd += ["--iters", str(ITERS[method])]
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    load_before = os.getloadavg()
-    p = subprocess.run(cmd, capture_output=True, text=True, env=env)
-    if p.returncode not in (0, 3):
-        raise RuntimeError(f"{' '.join(cmd)} failed ({p.returncode}):\n{p.stderr[-3000:]}")
-    r = json.loads(p.stdout)
+    r, load_before = _adapt_json(cmd)
     a = r["adaptation"]
     return {
         "method": method, "seed": seed, "data_version": data_version(), "command": " ".join(cmd[1:]), "bundle": str(bundle),
@@ -157,18 +152,24 @@ def write_dense_target(row: str, folder: Path, size) -> int:
     return len(dom)
 
 
+def _adapt_json(cmd: list[str]) -> tuple[dict, tuple]:
+    """Run an ``edgeda adapt ... --json`` command (exit 0, or 3 after a collapse); its JSON and the
+    load average before it."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    load_before = os.getloadavg()
+    p = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    if p.returncode not in (0, 3):
+        raise RuntimeError(f"{' '.join(cmd)} failed ({p.returncode}):\n{p.stderr[-3000:]}")
+    return json.loads(p.stdout), load_before
+
+
 def run_one_dense(row: str, method: str, seed: int, bundle: Path, target: Path, out: Path) -> dict:
     from dense import PAIRS
 
     cmd = [sys.executable, "-m", "edgeda", "adapt", str(bundle), "--target-dir", str(target), "--out", str(out),
            "--method", method, "--minutes", str(MINUTES), "--memory-mb", str(MEMORY_MB), "--labels",
            PAIRS[row]["test"], "--seed", str(seed), "--threads", str(THREADS), "--json"]
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    load_before = os.getloadavg()
-    p = subprocess.run(cmd, capture_output=True, text=True, env=env)
-    if p.returncode not in (0, 3):
-        raise RuntimeError(f"{' '.join(cmd)} failed ({p.returncode}):\n{p.stderr[-3000:]}")
-    r = json.loads(p.stdout)
+    r, load_before = _adapt_json(cmd)
     a = r["adaptation"]
     return {
         "row": row, "method": method, "seed": seed, "command": " ".join(cmd[1:]), "bundle": str(bundle),

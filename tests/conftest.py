@@ -38,3 +38,30 @@ def write_png():
         return path
 
     return write
+
+
+def stripe_scenes(n, h, w, seed, bright=230):
+    """(x, y): a bright square (class 1) and a dark vertical stripe (class 2) on a noisy background."""
+    rng = np.random.default_rng(seed)
+    x = rng.integers(60, 140, (n, h, w, 3)).astype(np.uint8)
+    y = np.zeros((n, h, w), np.uint8)
+    for i in range(n):
+        r, c = rng.integers(0, h // 2), rng.integers(0, w // 2)
+        y[i, r:r + h // 3, c:c + w // 3] = 1
+        s = rng.integers(0, w - 4)
+        y[i, :, s:s + 3] = 2
+    x[y == 1] = bright
+    x[y == 2] = 10
+    return x, y
+
+
+def square_scenes(n, h, w, seed, bright=150):
+    """(x, y): a square brightened by ``bright`` (class 1) on a dark noisy background (class 0)."""
+    rng = np.random.default_rng(seed)
+    x = rng.integers(0, 60, (n, h, w, 3)).astype(np.uint8)
+    y = np.zeros((n, h, w), np.uint8)
+    for i in range(n):
+        r, c = rng.integers(0, h // 2), rng.integers(0, w // 2)
+        y[i, r:r + h // 2, c:c + w // 2] = 1
+    x[y == 1] += bright
+    return x, y

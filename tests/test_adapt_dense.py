@@ -19,6 +19,7 @@ from edgeda.adapt.safety import CollapseMonitor, prediction_stats
 from edgeda.bundle import Bundle
 from edgeda.errors import EdgedaError
 from edgeda.utils import sha256_file
+from conftest import stripe_scenes
 
 CLASSES = ("bg", "square", "stripe")
 N_TARGET = 12
@@ -26,17 +27,7 @@ N_TARGET = 12
 
 def _scene(n, seed, h=32, w=32, bright=230):
     """A bright square (class 1) and a dark stripe (class 2) on a noisy background."""
-    rng = np.random.default_rng(seed)
-    x = rng.integers(60, 140, (n, h, w, 3)).astype(np.uint8)
-    y = np.zeros((n, h, w), np.uint8)
-    for i in range(n):
-        r, c = rng.integers(0, h // 2), rng.integers(0, w // 2)
-        y[i, r:r + h // 3, c:c + w // 3] = 1
-        s = rng.integers(0, w - 4)
-        y[i, :, s:s + 3] = 2
-    x[y == 1] = bright
-    x[y == 2] = 10
-    return x, y
+    return stripe_scenes(n, h, w, seed, bright)
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -11,19 +11,14 @@ from edgeda.bundle import Bundle
 from edgeda.export.runtime import RUNNERS
 from edgeda.methods import METHODS
 from edgeda.models import BACKBONES, build
+from conftest import square_scenes
 
 H, W = 32, 48
 
 
 def _dense_npz(path, n=12, seed=0, depth=False):
     """Images with a bright square (class 1 / 3 m) on a dark background (class 0 / 10 m)."""
-    rng = np.random.default_rng(seed)
-    x = rng.integers(0, 60, (n, H, W, 3)).astype(np.uint8)
-    y = np.zeros((n, H, W), np.uint8)
-    for i in range(n):
-        r, c = rng.integers(0, H // 2), rng.integers(0, W // 2)
-        y[i, r:r + H // 2, c:c + W // 2] = 1
-    x[y == 1] += 150
+    x, y = square_scenes(n, H, W, seed)
     arrays = {"x": x, "classes": np.array(["bg", "fg"])}
     if depth:
         arrays["depth"] = np.where(y == 1, 3.0, 10.0).astype(np.float32)

@@ -14,6 +14,7 @@ import edgeda
 from edgeda.cli import main
 from edgeda.config import make_config
 from edgeda.errors import DataError, EdgedaError
+from conftest import stripe_scenes
 
 CLASSES = ("bg", "square", "stripe")
 TINY = {"width": 0.25}
@@ -24,16 +25,7 @@ TINY = {"width": 0.25}
 def _scene(n, h, w, seed):
     """Images with a bright square (class 1) and a dark vertical stripe (class 2) on a noisy
     background; depth: 3 m on the square, 12 m elsewhere, 0 (invalid) in the top rows."""
-    rng = np.random.default_rng(seed)
-    x = rng.integers(60, 140, (n, h, w, 3)).astype(np.uint8)
-    y = np.zeros((n, h, w), np.uint8)
-    for i in range(n):
-        r, c = rng.integers(0, h // 2), rng.integers(0, w // 2)
-        y[i, r:r + h // 3, c:c + w // 3] = 1
-        s = rng.integers(0, w - 4)
-        y[i, :, s:s + 3] = 2
-    x[y == 1] = 230
-    x[y == 2] = 10
+    x, y = stripe_scenes(n, h, w, seed)
     depth = np.where(y == 1, 3.0, 12.0).astype(np.float32)
     depth[:, :2] = 0.0
     y[:, -1] = 255  # an ignored row

@@ -7,6 +7,7 @@ from PIL import Image
 import edgeda
 from edgeda.errors import DataError
 from edgeda.tasks.metrics import ConfusionMeter, DepthMeter, segmentation_scores
+from conftest import square_scenes
 
 
 def test_miou_by_hand_with_ignore_and_absent_classes():
@@ -40,13 +41,8 @@ def test_depth_metrics_by_hand_on_valid_pixels_per_image():
 
 
 def _npz(path, n, h, w, *, seg=True, depth=False, classes=("bg", "fg"), seed=0):
-    rng = np.random.default_rng(seed)
-    x = rng.integers(0, 60, (n, h, w, 3)).astype(np.uint8)
-    y = np.zeros((n, h, w), np.uint8)
-    for i in range(n):
-        r, c = rng.integers(0, h // 2), rng.integers(0, w // 2)
-        y[i, r:r + h // 2, c:c + w // 2] = 1
-    x[y == 1] += 150  # a learnable bright square
+    x, y = square_scenes(n, h, w, seed)  # a learnable bright square
+    rng = np.random.default_rng([seed, 1])  # the depth's invalid pixels
     arrays = {"x": x, "classes": np.array(classes)}
     if seg:
         arrays["y"] = y

@@ -16,6 +16,7 @@ from edgeda.models.dense_alignment import (FullyConvDiscriminator, charbonnier_p
 from edgeda.models.dense_gan import PixelDomainClassifier
 from edgeda.models.fourier import fourier_amplitude_swap, low_frequency_mask
 from edgeda.task import TaskSpec
+from conftest import square_scenes
 
 
 def test_entropy_map_zero_for_one_hot_and_one_for_uniform():
@@ -175,13 +176,7 @@ def test_fda_trains_on_translated_source_and_switches_entropy_on():
 
 
 def _npz(path, n, h, w, seed, bright=150):
-    rng = np.random.default_rng(seed)
-    x = rng.integers(0, 60, (n, h, w, 3)).astype(np.uint8)
-    y = np.zeros((n, h, w), np.uint8)
-    for i in range(n):
-        r, c = rng.integers(0, h // 2), rng.integers(0, w // 2)
-        y[i, r:r + h // 2, c:c + w // 2] = 1
-    x[y == 1] += bright
+    x, y = square_scenes(n, h, w, seed, bright)
     np.savez(path, x=x, y=y, classes=np.array(("bg", "fg")))
     return str(path)
 

@@ -78,6 +78,7 @@ METHOD_SETTINGS: dict[str, dict[str, dict]] = {"cpu": {
     # lr_f: the paper's 1e-5 fine-tunes an ImageNet VGG, from-scratch F, C need the row's rate; G/D widths 8/16 for CPU step time
     "gta_seg": {"options": {"lr_f": 1e-3, "g_width": 8, "d_width": 16}},
     "advent": {"options": {"d_width": 16}},  # the paper's 64-channel discriminator on 64x128 maps made a step ~6x a source-only one
+    "adaptseg": {"options": {"d_width": 16}},  # the same discriminator as advent's, for the same reason
     "t2net": {"iters": 400},  # a step takes 1.0 s vs source-only's 0.12 s (measured side by side): 1200 it. would be 20 min a run
 }, "gpu": {}, "quick": {}}
 LATENCY_MODELS = {

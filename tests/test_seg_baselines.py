@@ -1,4 +1,4 @@
-"""Segmentation baselines AdvEnt/MinEnt, FDA and dense DANN: their shared parts on hand-made tensors,
+"""Segmentation baselines AdvEnt/MinEnt, AdaptSegNet, FDA and dense DANN: their shared parts on hand-made tensors,
 a smoke training run per method whose bundle evaluates, and DANN's gradient reversal per pixel."""
 import copy
 import math
@@ -161,6 +161,22 @@ def test_advent_discriminator_step_and_frozen_discriminator_in_the_segmenter_ste
         METHODS.get("advent")(_spec(), backbone="lraspp", options={"mode": "both"})
 
 
+def test_adaptseg_discriminator_sees_softmax_outputs():
+    torch.manual_seed(0)
+    m = METHODS.get("adaptseg")(_spec(), backbone="lraspp", backbone_kwargs={"width": 0.25}, options={"d_width": 8})
+    assert "mode" not in m.opts and "lambda_ent" not in m.opts and m.opts["lambda_adv"] == pytest.approx(1e-3)
+    seen = []
+    m.nets["discriminator"].register_forward_hook(lambda mod, inp, out: seen.append(inp[0].detach()))
+    src, tgt = _batches()
+    out = m.step(src, tgt)
+    assert {"loss/seg", "loss/adv", "loss/d", "acc/domain"} <= set(out)
+    maps = seen[-1]  # the D step's input: source and target outputs
+    assert maps.shape[1] == m.task.num_classes
+    assert torch.allclose(maps.sum(1), torch.ones_like(maps[:, 0]), atol=1e-5)  # a distribution per pixel
+    with pytest.raises(EdgedaError, match="mode"):
+        METHODS.get("adaptseg")(_spec(), backbone="lraspp", options={"mode": "minent"})
+
+
 def test_fda_trains_on_translated_source_and_switches_entropy_on():
     torch.manual_seed(0)
     m = METHODS.get("fda")(_spec(), backbone="lraspp", backbone_kwargs={"width": 0.25}, options={"beta": 0.1})
@@ -181,7 +197,7 @@ def _npz(path, n, h, w, seed, bright=150):
     return str(path)
 
 
-@pytest.mark.parametrize("method,options", [("advent", {"d_width": 8}), ("fda", {"beta": 0.05}),
+@pytest.mark.parametrize("method,options", [("advent", {"d_width": 8}), ("adaptseg", {"d_width": 8}), ("fda", {"beta": 0.05}),
                                             ("dann", {"hidden": 16})])
 def test_method_trains_and_its_bundle_evaluates(tmp_path, method, options):
     src = _npz(tmp_path / "src.npz", 12, 32, 48, 0)

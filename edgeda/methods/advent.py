@@ -48,7 +48,7 @@ class AdvEnt(Method):
     def build(self) -> None:
         self.nets["classifier"] = self.make_classifier()
         self.optims["main"] = self.make_optimizer(self.classifier.parameters())
-        if self.opts["mode"] == "advent":
+        if self.opts.get("mode", "advent") == "advent":
             self.nets["discriminator"] = FullyConvDiscriminator(self.task.num_classes, int(self.opts["d_width"]),
                                                                 int(self.opts["d_layers"]))
             opt = self.make_optimizer(self.nets["discriminator"].parameters(),
@@ -57,18 +57,22 @@ class AdvEnt(Method):
                 g["betas"], g["weight_decay"] = (0.9, 0.99), 0.0
             self.optims["discriminator"] = opt
 
+    def aligned_map(self, logits: torch.Tensor) -> torch.Tensor:
+        """The per-pixel map the discriminator sees: the weighted self-information I."""
+        return self_information_map(logits)
+
     def step(self, source: Batch, target: Batch | None) -> dict[str, float]:
         ns = len(source)
         with self.autocast():
             logits = self.classifier(torch.cat([source.x, target.x]))
             seg_loss = self.task_loss_of(logits[:ns], source.y)
-        if self.opts["mode"] == "minent":
+        if self.opts.get("mode", "advent") == "minent":
             ent = entropy_map(logits[ns:]).mean()
             self.update(seg_loss + self.opts["lambda_ent"] * ent, "main")
             return {"loss/seg": seg_loss.item(), "loss/ent": ent.item()}
 
         d = self.nets["discriminator"]
-        info = self_information_map(logits)
+        info = self.aligned_map(logits)
         d.requires_grad_(False)
         with self.autocast():
             out_t = d(info[ns:]).float()

@@ -281,17 +281,44 @@ def latency(profile: str, rounds: int = 15, calls: int = 20) -> dict:
 
 
 def int8_vs_fp32(bundle: str, pair: dict, tmp: Path, rounds: int, calls: int) -> dict:
+    r = precision_check(bundle, pair, tmp, rounds, calls, precisions=("int8",))
+    f, q = r["fp32"], r["int8"]
+    return {"fp32_median_ms": f["median_ms"], "int8_median_ms": q["median_ms"], "ratio_int8_vs_fp32": q["median_ms"] / f["median_ms"],
+            "fp32_miou": f["target_miou"], "int8_miou": q["target_miou"], "pixel_agreement": q.get("pixel_agreement"),
+            "n_images": r["n_images"]}
+
+
+def precision_check(bundle: str, pair: dict, tmp: Path, rounds: int, calls: int,
+                    precisions: tuple[str, ...] = ("fp16", "int8")) -> dict:
+    """``edgeda export`` of ``bundle`` at each precision (int8 calibrated on the target adaptation
+    images), then per precision: the task's target scores on ``pair``'s test split as ONNX Runtime
+    computes them, the fp32 parity, agreement with fp32, and batch-1 ORT latency (1 thread,
+    interleaved rounds)."""
     import numpy as np
 
     from edgeda.export.api import export_bundle
     from edgeda.export.onnx import ort_session
 
-    dst = tmp / (Path(bundle).parent.name + "-int8.edgeda")
-    rec = export_bundle(bundle, dst, precision="int8", calib=pair["target"], data=pair["test"], log=None)
-    b = json.loads((dst / "manifest.json").read_text())
+    out: dict = {}
+    files = {}
+    for p in precisions:
+        dst = tmp / (Path(bundle).parent.name + f"-{p}.edgeda")
+        rec = export_bundle(bundle, dst, precision=p, calib=pair["target"] if p == "int8" else None, data=pair["test"], log=None)
+        entry = rec["deployables"]["model"]
+        for q in ("fp32", p):
+            out.setdefault(q, {}).update({k: v for k, v in rec["precisions"][q].items() if k != "target_scores"})
+            out[q]["target_scores"] = rec["precisions"][q].get("target_scores")
+            files[q] = dst / "onnx" / f"model.{q}.onnx"
+        cmp = entry.get(f"vs_fp32_{p}", {})
+        out[p]["pixel_agreement"] = rec["precisions"][p].get("pixel_agreement_with_fp32")
+        out[p]["max_abs_diff_vs_fp32"] = cmp.get("max_abs_diff")
+        out[p]["max_rel_diff_vs_fp32"] = cmp.get("max_rel_diff")  # depth only
+        out["fp32"]["parity_max_abs_diff"] = max(c["max_abs_diff"] for c in entry["parity_fp32"].values())
+        out["n_images"] = cmp.get("n")
+    b = json.loads((Path(bundle) / "manifest.json").read_text())
     h, w = b["task"]["image_size"]
     x = np.random.default_rng(1).standard_normal((1, 3, h, w)).astype(np.float32)
-    sess = {p: ort_session(dst / f"onnx/model.{p}.onnx", threads=1) for p in ("fp32", "int8")}
+    sess = {p: ort_session(f, threads=1) for p, f in files.items()}
     times = {p: [] for p in sess}
     for _ in range(rounds):
         for p, s in sess.items():
@@ -299,11 +326,74 @@ def int8_vs_fp32(bundle: str, pair: dict, tmp: Path, rounds: int, calls: int) ->
                 t = time.perf_counter()
                 s.run(None, {"image": x})
                 times[p].append(1000 * (time.perf_counter() - t))
-    med = {p: statistics.median(v) for p, v in times.items()}
-    prec = rec["precisions"]
-    return {"fp32_median_ms": med["fp32"], "int8_median_ms": med["int8"], "ratio_int8_vs_fp32": med["int8"] / med["fp32"],
-            "fp32_miou": prec["fp32"]["target_miou"], "int8_miou": prec["int8"]["target_miou"],
-            "pixel_agreement": prec["int8"].get("pixel_agreement_with_fp32"), "n_images": rec["deployables"]["model"]["vs_fp32_int8"]["n"]}
+    for p, v in times.items():
+        out[p]["median_ms"] = statistics.median(v)
+    return out
+
+
+def seed0_bundle(profile: str, row: str) -> Path:
+    """The row's seed-0 source-only bundle: the stored run's when it is on this machine, else the
+    same config trained here (benchmarks/adapt.py trains the same one for its dense rows)."""
+    import edgeda
+
+    cfg = run_config(profile, row, 0, False)
+    stored = RESULTS / "dense" / profile / f"{row}-s0.json"
+    cands = [Path(json.loads(stored.read_text())["bundle"])] if stored.is_file() else []
+    cands.append(Path("/tmp/edgeda-adapt-bench") / f"{row}-s0" / "model.edgeda")
+    local = Path("/tmp/edgeda-dense-bench") / profile / f"{row}-s0-here"
+    cands.append(local / "model.edgeda")
+    for c in cands:
+        man = c / "manifest.json"
+        if man.is_file():
+            return c
+    print(f"training the seed-0 source-only {row} bundle for the precision check ...", flush=True)
+    return Path(edgeda.train(out=str(local), progress=False, log=None, **cfg).bundle)
+
+
+def precisions(profile: str, rows: list[str], rounds: int = 10, calls: int = 20) -> dict:
+    import tempfile
+
+    import torch
+
+    from edgeda.errors import EdgedaError
+
+    torch.set_num_threads(1)
+    out = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for row in rows:
+            try:
+                out[row] = precision_check(str(seed0_bundle(profile, row)), PAIRS[row], Path(tmp), rounds, calls)
+            except EdgedaError as e:  # e.g. a parity failure: recorded, the other rows still run
+                out[row] = {"failed": str(e)}
+                print(f"precisions {row}: failed: {e}", flush=True)
+                continue
+            print(f"precisions {row}: " + ", ".join(f"{p} {r.get('target_' + ('abs_rel' if PAIRS[row]['task'] == 'depth' else 'miou'))}"
+                                                  for p, r in out[row].items() if isinstance(r, dict)), flush=True)
+    return out
+
+
+def precision_table(prec: dict, machine: str) -> str:
+    lines = [f"Each precision of the seed-0 source-only bundles (`edgeda export --precision`; int8 calibrated on the "
+             f"target adaptation images), scored by ONNX Runtime on the target test split; batch-1 ORT latency, 1 thread, {machine}:", "",
+             "| pair, task | precision | target score | agreement with fp32 | max abs diff vs fp32 | ms |", "|---|---|---|---|---|---|"]
+    for row, r in prec.items():
+        depth = PAIRS[row]["task"] == "depth"
+        if "failed" in r:
+            lines.append(f"| {PAIRS[row]['source']} -> {PAIRS[row]['target']}, {PAIRS[row]['task']} | failed: {r['failed']} |||||")
+            continue
+        for p in ("fp32", "fp16", "int8"):
+            if p not in r:
+                continue
+            q = r[p]
+            score = (f"abs rel {q['target_abs_rel']:.3f}" if depth else f"mIoU {100 * q['target_miou']:.1f} %")
+            agree = "-" if p == "fp32" or q.get("pixel_agreement") is None else f"{100 * q['pixel_agreement']:.1f} %"
+            diff = (f"{q['parity_max_abs_diff']:.1e} (PyTorch vs ORT)" if p == "fp32"
+                    else f"{q['max_abs_diff_vs_fp32']:.3g}" if q.get("max_abs_diff_vs_fp32") is not None else "-")
+            if depth and p != "fp32" and q.get("max_rel_diff_vs_fp32") is not None:
+                diff += f" m (relative {q['max_rel_diff_vs_fp32']:.3g})"
+            lines.append(f"| {PAIRS[row]['source']} -> {PAIRS[row]['target']}, {PAIRS[row]['task']} | {p} | {score} | {agree} | "
+                         f"{diff} | {q['median_ms']:.2f} |")
+    return "\n".join(lines)
 
 
 def overhead(rounds: int = 3, iters: int = 40) -> dict:
@@ -396,6 +486,8 @@ def latency_table(lat: dict) -> str:
             lines.append(f"| {PAIRS[row]['source']} -> {PAIRS[row]['target']} | {r['fp32_median_ms']:.2f} | {r['int8_median_ms']:.2f} | "
                          f"{r['ratio_int8_vs_fp32']:.2f} | {100 * r['fp32_miou']:.1f} | {100 * r['int8_miou']:.1f} | "
                          f"{100 * (r['pixel_agreement'] or 0):.1f} % | {r['n_images']} |")
+    if lat.get("precisions"):
+        lines += ["", precision_table(lat["precisions"], lat.get("precisions_machine", ""))]
     if lat.get("overhead"):
         o = lat["overhead"]
         lines += ["", f"Trainer overhead on a dense model (source_only, unet w0.25 64x64, batch 16; {o['rounds']} alternating rounds "
@@ -417,6 +509,8 @@ def main() -> None:
     ap.add_argument("--no-upper", action="store_true", help="skip the target-trained upper bounds")
     ap.add_argument("--latency", action="store_true", help="also measure latency and int8 vs fp32")
     ap.add_argument("--overhead", action="store_true", help="trainer vs bare loop on a dense model, and evaluation memory vs N")
+    ap.add_argument("--precisions", action="store_true",
+                    help="export each row's seed-0 bundle at fp32/fp16/int8 and score every precision")
     ap.add_argument("--table-only", action="store_true")
     args = ap.parse_args()
     from edgeda.utils import machine_info
@@ -439,6 +533,9 @@ def main() -> None:
             lat.update({**latency(args.profile), "machine": machine_info().get("cpu")})
         if args.overhead:
             lat.update({"overhead": overhead(), "eval_memory": eval_memory(), "machine": machine_info().get("cpu")})
+        if args.precisions:
+            lat.update({"precisions": precisions(args.profile, [r for r in args.rows.split(",") if r]),
+                        "precisions_machine": machine_info().get("cpu")})
         measured = lat
         extras = RESULTS / "dense" / args.profile / "extras.json"  # kept apart from the rows' summary
         if measured:

@@ -42,11 +42,17 @@ def test_logits_shape_and_features(arch, channels):
 @pytest.mark.parametrize("arch", sorted(TINY))
 def test_depth_is_metric_and_within_range(arch):
     m = _model(arch, "depth", min_depth=0.5, max_depth=10.0).eval()
+    x = torch.randn(3, 3, 64, 64) * 5
     with torch.no_grad():
-        d = m(torch.randn(3, 3, 64, 64) * 5)
+        d0 = m(x)
+        assert torch.allclose(d0, torch.full_like(d0, (0.5 * 10.0) ** 0.5), rtol=1e-5)  # untrained: the middle
+        for name, conv in m.head.named_modules():
+            if name.endswith("classifier"):
+                torch.nn.init.normal_(conv.weight, std=3.0)  # a far-from-trained head must stay in range
+        d = m(x)
     assert d.shape == (3, 1, 64, 64)
     assert (d > 0).all() and (d >= 0.5).all() and (d <= 10.0).all()
-    assert d.std() > 0  # not a constant map
+    assert d.std() > 0.1  # not a constant map
 
 
 @pytest.mark.parametrize("arch", sorted(TINY))

@@ -57,7 +57,10 @@ Outputs
 ``exp(z + log sqrt(min_depth * max_depth))``: the head predicts log-depth around the geometric middle
 of the range (defaults 0.1 .. 80 m, middle ~2.8 m), so the scale-invariant log loss sees a gradient
 of one per unit of log-depth wherever the prediction is (a sigmoid-bounded head saturates at the
-range's ends after one large step and stops learning). In eval mode (and so in every export) the
+range's ends after one large step and stops learning). The depth head's output convs start at zero,
+so an untrained model predicts the middle everywhere: with the default initialisation its
+log-depth reached +-60 (depth beyond float32) and a training loss on depth became infinite within
+three steps on some seeds. In eval mode (and so in every export) the
 log-depth is clipped to the range, so outputs lie in ``[min_depth, max_depth]``; the upsampling acts
 on ``z`` first.
 ``features_and_logits(x)`` returns ``(encoder final map, output)`` for feature-level adaptation
@@ -393,6 +396,11 @@ class DenseModel(nn.Module):
         self.output_name = output
         self.feature_channels = self.encoder.out_channels
         self.min_depth, self.max_depth = float(min_depth), float(max_depth)
+        if output == "depth":  # start at the middle of the range: see the module docstring
+            for name, m in self.head.named_modules():
+                if name.endswith("classifier") and isinstance(m, nn.Conv2d):
+                    nn.init.zeros_(m.weight)
+                    nn.init.zeros_(m.bias)
 
     def _run(self, x: torch.Tensor, log_output: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         feats = self.encoder.forward_intermediates(x)

@@ -79,7 +79,8 @@ METHOD_SETTINGS: dict[str, dict[str, dict]] = {"cpu": {
     "gta_seg": {"options": {"lr_f": 1e-3, "g_width": 8, "d_width": 16}},
     "advent": {"options": {"d_width": 16}},  # the paper's 64-channel discriminator on 64x128 maps made a step ~6x a source-only one
     "adaptseg": {"options": {"d_width": 16}},  # the same discriminator as advent's, for the same reason
-    "t2net": {"iters": 400},  # a step takes 1.0 s vs source-only's 0.12 s (measured side by side): 1200 it. would be 20 min a run
+    "t2net": {"iters": 400},
+    "cyclegan": {"iters": 400},  # ~2.3 s a step at 64x128 (two generators, two discriminators): t2net's budget  # a step takes 1.0 s vs source-only's 0.12 s (measured side by side): 1200 it. would be 20 min a run
 }, "gpu": {}, "quick": {}}
 LATENCY_MODELS = {
     "unet w0.25": {"arch": "unet", "width": 0.25},

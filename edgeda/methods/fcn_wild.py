@@ -99,4 +99,4 @@ class FCNsInTheWild(Method):
         with torch.no_grad():
             acc = 0.5 * ((d_s > 0).float().mean() + (d_t <= 0).float().mean())
         return {"loss/seg": seg.item(), "loss/domain": d_loss.item(), "loss/inverted": inv.item(),
-                "loss/size": float(size), "acc/domain": acc.item()}
+                "loss/size": float(size.detach()), "acc/domain": acc.item()}

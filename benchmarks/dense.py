@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import shutil
 import statistics
 import sys
 import time
@@ -135,6 +136,11 @@ def run_one(profile: str, row: str, seed: int, upper: bool, method: str = "sourc
            "history": [{k: v for k, v in h.items() if k != "samples_png"} for h in res.history],
            "bundle": str(res.bundle)}
     folder.mkdir(parents=True, exist_ok=True)
+    png = next((h["samples_png"] for h in reversed(res.history) if h.get("samples_png")), None)
+    if png and Path(png).is_file() and seed == 0:  # the last evaluation's sample grid, kept beside the run
+        (folder / "samples").mkdir(exist_ok=True)
+        shutil.copyfile(png, folder / "samples" / f"{tag}.png")
+        rec["samples_png"] = f"samples/{tag}.png"
     path.write_text(json.dumps(rec, indent=1) + "\n")
     print(f"{tag}: {rec['target_test']} in {wall:.0f}s", flush=True)
     return rec

@@ -18,12 +18,14 @@ Every setting is the method's default: nothing is chosen by test accuracy; the l
 report. Results: ``benchmarks/results/adapt/<method>-s<seed>.json``, the summary in
 ``benchmarks/results/adapt.json`` and the README table between the ``adapt-table`` markers.
 
-Dense rows (``--rows digits_seg,syn_seg``): TENT and SHOT from the source-only segmentation bundle
+Dense rows (``--rows digits_seg,syn_seg``): TENT, SHOT and 3C-GAN from the source-only segmentation bundle
 of benchmarks/dense.py's ``cpu`` profile (``digitscenes -> handwritten-scenes``, DeepLab ResNet-18
 w0.25 at 64x64; ``synscenes -> synscenes:photo``, LR-ASPP at 64x128): the bundle its stored run
 names when it is still on disk, else one trained afresh with that row's ``run_config`` into
 ``/tmp/edgeda-adapt-bench``. The unlabeled target split is written as a folder of PNG frames; the
-same budget and flags as above; mIoU on the row's labeled test split (``--labels``, report only).
+same budget and flags as above, each method's default iteration count for segmentation bundles
+(no ``--iters``: TENT 200, SHOT 300, 3C-GAN 500, its dense default); mIoU on the row's labeled test
+split (``--labels``, report only).
 Results: ``benchmarks/results/adapt/dense/<row>-<method>-s<seed>.json``, summarised under
 ``"dense"`` in ``adapt.json`` and in a second table in the same README block, next to the
 source-using methods' stored mIoU from benchmarks/dense.py.
@@ -112,7 +114,7 @@ def run_one(method: str, seed: int, bundle: Path, target: Path, out: Path) -> di
 
 
 DENSE_ROWS = ("digits_seg", "syn_seg")
-DENSE_METHODS = ("tent", "shot")
+DENSE_METHODS = ("tent", "shot", "3cgan")
 DENSE_BUNDLES = Path("/tmp/edgeda-adapt-bench")
 
 

@@ -2,7 +2,8 @@
 
 Each deployable declares its inputs through :data:`ONNX_SIGNATURES`, a registry keyed by the
 architecture name recorded in the bundle (``classifier``: one normalised image; a
-``conditional_generator``: a label and a noise vector). A module may also carry its own
+``conditional_generator``: a label and a noise vector; ``label_map_generator``: a label map and a
+noise vector). A module may also carry its own
 ``onnx_signature`` attribute (a :class:`Signature`), which wins. Every input and output gets a
 dynamic batch axis named ``batch``.
 
@@ -85,6 +86,13 @@ def _dense_signature(module: nn.Module, task: TaskSpec) -> Signature:
 @ONNX_SIGNATURES.register("conditional_generator")
 def _generator_signature(module: nn.Module, task: TaskSpec) -> Signature:
     return Signature([InputSpec("label", (), "label", high=module.num_classes),
+                      InputSpec("noise", (module.z_dim,), "float")], ["image"])
+
+
+@ONNX_SIGNATURES.register("label_map_generator")
+def _label_map_generator_signature(module: nn.Module, task: TaskSpec) -> Signature:
+    """A label map (N, H, W) of class ids and a noise vector in, an image in [-1, 1] out."""
+    return Signature([InputSpec("label_map", tuple(task.image_size), "label", high=module.num_classes),
                       InputSpec("noise", (module.z_dim,), "float")], ["image"])
 
 

@@ -77,7 +77,9 @@ class PixelMethod(Method):
 
     # -- what ships and what a person sees --------------------------------------------------------
     def deployables(self) -> dict[str, nn.Module]:
-        return {"classifier": self.classifier, "refiner": self.nets["refiner"]}
+        from ..tasks import task_of
+
+        return {task_of(self.task).deployable: self.classifier, "refiner": self.nets["refiner"]}
 
     def display_panels(self, source: Batch, target: Batch | None) -> list[torch.Tensor]:
         """Panels of the sample grid, in tanh space: source | refined source."""
@@ -86,4 +88,23 @@ class PixelMethod(Method):
 
     def visualize(self, folder, iteration: int, source: Batch, target: Batch | None):
         panels = self.display_panels(source, target)
-        return write_sample_grid(Path(folder) / f"samples_{iteration:06d}.png", panels, source.y)
+        path = Path(folder) / f"samples_{iteration:06d}.png"
+        if self.task.dense:
+            return self.dense_grid(path, panels, source, target, f"iteration {iteration}")
+        return write_sample_grid(path, panels, source.y)
+
+    def dense_grid(self, path: Path, panels: list[torch.Tensor], source: Batch, target: Batch | None, title: str = ""):
+        """Dense sample grid: each panel (source | translated ...) with the source truth overlaid |
+        target image with the task model's prediction overlaid."""
+        from ..models.gan_utils import _to_uint8
+        from ..tasks import task_of
+        from ..tasks.draw import save_translation_grid
+
+        if source is None or source.y is None:
+            return None
+        tgt = pred = None
+        if target is not None:
+            pred = task_of(self.task).decide(self.classifier(target.x).float()).cpu().numpy()
+            tgt = _to_uint8(self.to_tanh(target.x))
+        return save_translation_grid(self.task, [_to_uint8(p) for p in panels], source.y.cpu().numpy(), tgt, pred,
+                                     path, title)

@@ -6,7 +6,6 @@ import torch
 from ..models.gan_utils import ImagePool, cycle_loss
 from ..errors import EdgedaError
 from ..models.norm import frozen_bn_statistics
-from ..tasks import task_of
 from ._pixel import PIXEL_DEFAULTS, PixelMethod
 from .base import Batch
 from .registry import METHODS
@@ -122,11 +121,3 @@ class CycleGANRefinement(PixelMethod):
             loss = self.task_loss_of(self.classifier(refined), source.y)
         self.update(loss, "classifier")
         return {"loss/cls_refined": loss.item()}
-
-    def deployables(self) -> dict[str, torch.nn.Module]:
-        return {task_of(self.task).deployable: self.classifier, "refiner": self.nets["refiner"]}
-
-    def visualize(self, folder, iteration: int, source: Batch, target: Batch | None):
-        if self.task.dense:  # the trainer draws dense samples itself
-            return None
-        return super().visualize(folder, iteration, source, target)

@@ -2,11 +2,12 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..models import build
 from ..models.conditional import ImageDiscriminator
+from ..models.patchgan import PatchDiscriminator
+from ..tasks import task_of
 from ._pixel import PIXEL_DEFAULTS, PixelMethod
 from .base import Batch
 from .losses import entropy
@@ -29,6 +30,17 @@ class Label2Image(PixelMethod):
     of L_reg: the entropy term of the clustering regulariser of the same authors' 3C-GAN; 0 turns
     it off). y ~ uniform over classes, z ~ N(0, I).
 
+    Segmentation (the paper's street-scene experiments generate from label maps): y is a label map
+    and G(y, z) the spatially-adaptive generator of :class:`~edgeda.models.spade.LabelMapGenerator`
+    (SPADE, Park et al. 2019: the one-hot map modulates every normalisation layer, so the layout
+    survives to the output). The layouts are the batch's source masks (255 pixels carry no class
+    and are ignored by the losses): real scene layouts, where the classification path draws y
+    uniformly; D is the PatchGAN of the pixel methods (one real/fake logit per patch, any frame
+    size) on real target frames; CE is per pixel and H the mean per-pixel prediction entropy on
+    target frames. A segmentation bundle ships ``model`` + ``generator`` (inputs: a (N, H, W)
+    label map and a (N, z_dim) noise vector); the sample grid shows source | G(y_s, z) with y_s
+    overlaid | target with the model's prediction.
+
     Defaults: phases at 0.3 / 0.6 of the iterations, l_sem = 1, l_gen = 1, l_reg = 0.1,
     non-saturating GAN loss, Adam 2e-4 (betas 0.5, 0.999), z_dim 64, generator width 32,
     discriminator width 32. Ships G as ``"generator"`` (not ``"refiner"``: its inputs are a label
@@ -39,19 +51,25 @@ class Label2Image(PixelMethod):
     defaults = {"g_width": 32, "d_width": 32, "z_dim": 64, "gan": "nonsat", "lr_g": 2e-4,
                 "max_loss": PIXEL_DEFAULTS["max_loss"], "phase1": 0.3, "phase2": 0.6, "semantic": 1.0,
                 "gen_weight": 1.0, "reg": 0.1}
+    tasks = ("classification", "segmentation")
 
     def build(self) -> None:
         t, o = self.task, self.opts
         self.nets["classifier"] = self.make_classifier()
-        self.nets["generator"] = build("conditional_generator", num_classes=t.num_classes, channels=t.channels,
-                                       image_size=t.image_size[0], z_dim=int(o["z_dim"]), width=int(o["g_width"]))
-        self.nets["disc"] = ImageDiscriminator(t.channels, t.image_size[0], int(o["d_width"]))
+        if t.dense:
+            self.nets["generator"] = build("label_map_generator", num_classes=t.num_classes, channels=t.channels,
+                                           z_dim=int(o["z_dim"]), width=int(o["g_width"]))
+            self.nets["disc"] = PatchDiscriminator(t.channels, int(o["d_width"]), 3)
+        else:
+            self.nets["generator"] = build("conditional_generator", num_classes=t.num_classes, channels=t.channels,
+                                           image_size=t.image_size[0], z_dim=int(o["z_dim"]), width=int(o["g_width"]))
+            self.nets["disc"] = ImageDiscriminator(t.channels, t.image_size[0], int(o["d_width"]))
         self.optims["classifier"] = self.make_optimizer(self.classifier.parameters())
         self.optims["generator"] = self.make_gan_optimizer(self.nets["generator"].parameters())
         self.optims["disc"] = self.make_gan_optimizer(self.nets["disc"].parameters())
 
     def deployables(self) -> dict[str, nn.Module]:
-        return {"classifier": self.classifier, "generator": self.nets["generator"]}
+        return {task_of(self.task).deployable: self.classifier, "generator": self.nets["generator"]}
 
     def _teacher_logits(self, x: torch.Tensor) -> torch.Tensor:
         """C in eval mode (BatchNorm running statistics) so generated batches do not shift it."""
@@ -67,32 +85,40 @@ class Label2Image(PixelMethod):
         out: dict[str, float] = {}
         fake = y = None
         if p >= float(o["phase1"]):
-            fake, y, gan_out = self.gan_step(len(source), target)
+            fake, y, gan_out = self.gan_step(source, target)
             out.update(gan_out)
         if p < float(o["phase1"]) or p >= float(o["phase2"]):
             with self.autocast():
-                ce_src = F.cross_entropy(self.classifier(source.x).float(), source.y)
+                ce_src = self.task_loss_of(self.classifier(source.x), source.y)
                 loss = ce_src
                 out["loss/cls_src"] = ce_src.item()
                 if fake is not None:
                     logits = self.classifier(torch.cat([self.to_input(fake.detach()), target.x])).float()
-                    ce_gen = F.cross_entropy(logits[: len(y)], y)
+                    ce_gen = self.task_loss_of(logits[: len(y)], y)
                     ent = entropy(logits[len(y):]).mean()
                     loss = loss + o["gen_weight"] * ce_gen + o["reg"] * ent
                     out.update({"loss/cls_gen": ce_gen.item(), "loss/target_entropy": ent.item()})
             self.update(loss, "classifier")
         return out
 
-    def gan_step(self, n: int, target: Batch):
+    def sample(self, source: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """(G(y, z), y): y uniform over classes, or the source masks as layouts (dense tasks)."""
+        G = self.nets["generator"]
+        if not self.task.dense:
+            return G.sample(len(source))
+        z = torch.randn(len(source), G.z_dim, device=source.x.device)
+        return G(source.y, z), source.y
+
+    def gan_step(self, source: Batch, target: Batch):
         G, D = self.nets["generator"], self.nets["disc"]
         xt = self.to_tanh(target.x)
         with self.autocast():
-            fake, y = G.sample(n)
+            fake, y = self.sample(source)
             d_loss = 0.5 * (self.gan(D(xt), True) + self.gan(D(fake.detach()), False))
         self.update(d_loss, "disc")
         with self.autocast():
             adv = self.gan(D(fake), True, generator=True)
-            sem = F.cross_entropy(self._teacher_logits(self.to_input(fake)), y)
+            sem = self.task_loss_of(self._teacher_logits(self.to_input(fake)), y)
             g_loss = adv + self.opts["semantic"] * sem
         self.update(g_loss, "generator")
         return fake, y, {"loss/d": d_loss.item(), "loss/g_adv": adv.item(), "loss/semantic": sem.item()}

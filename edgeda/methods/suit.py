@@ -17,7 +17,7 @@ class SUIT(PixelMethod):
     """SUIT: one translator G: S -> T (no inverse), trained with the task model C = head(f(.)).
 
     Li, Cao, Jiao, Wu & Wong, "Simplified Unsupervised Image Translation for Semantic Segmentation
-    Adaptation", Pattern Recognition 2020 (here for classification).
+    Adaptation", Pattern Recognition 2020 (for classification and segmentation here).
 
     min_{G,C} max_D  L_adv(D, G) + L_semCon(G) + L_task(C), with
       L_adv    = E[log D(x_t)] + E[log(1 - D(G(x_s)))]                   (LSGAN by default, PatchGAN D)
@@ -46,6 +46,12 @@ class SUIT(PixelMethod):
     minimises L_task only (on G(x_s) detached). ``joint`` stays the default: the label-free score on
     the digits benchmark did not prefer ``per_player`` (benchmarks/DECISIONS.md).
 
+    Segmentation (the paper's GTA5 -> Cityscapes setting): the same losses with CE the per-pixel
+    cross-entropy (255 ignored) and f the encoder's final feature map, so the content term is the
+    mean squared difference of the two feature maps; G and the PatchGAN D are fully convolutional
+    and take any frame size. A segmentation bundle ships ``model`` + ``refiner``; the sample grid
+    shows source | G(source) with the source mask overlaid | target with the model's prediction.
+
     Defaults: l_adv = 1 (``adv``), l_sem = 1 (``semantic``), l_con = 1 (``content``), bn = target,
     objectives = joint,
     plus the pixel-method defaults. The shipped refiner is G.
@@ -55,6 +61,7 @@ class SUIT(PixelMethod):
     defaults = {**PIXEL_DEFAULTS, "adv": 1.0, "semantic": 1.0, "content": 1.0, "bn": "target",
                 "objectives": "joint"}
     choices = {"bn": ("joint", "separate", "target"), "objectives": ("joint", "per_player")}
+    tasks = ("classification", "segmentation")
 
     def build(self) -> None:
         self.nets["classifier"] = self.make_classifier()
@@ -77,12 +84,12 @@ class SUIT(PixelMethod):
             adv = self.gan(D(fake), True, generator=True)
             refined = self.to_input(fake)
             feats, logits = self._classify(source.x, refined.detach() if per_player else refined)
-            ce_src = F.cross_entropy(logits[:ns].float(), source.y)
-            ce_gen = F.cross_entropy(logits[ns:].float(), source.y)
+            ce_src = self.task_loss_of(logits[:ns], source.y)
+            ce_gen = self.task_loss_of(logits[ns:], source.y)
             if per_player:  # G's terms through C with C's weights constant (and its statistics untouched)
                 with constant_parameters(self.classifier), frozen_bn_statistics(self.classifier):
                     feats_g, logits_g = self._classify(source.x, refined)
-                semantic = F.cross_entropy(logits_g[ns:].float(), source.y)
+                semantic = self.task_loss_of(logits_g[ns:], source.y)
                 content = F.mse_loss(feats_g[ns:].float(), feats_g[:ns].float())
             else:
                 semantic = ce_gen

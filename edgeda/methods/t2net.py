@@ -9,7 +9,6 @@ import torch
 from torch import nn
 
 from ..models.gan_utils import ImagePool, cycle_loss
-from ..tasks import task_of
 from ._pixel import PIXEL_DEFAULTS, PixelMethod
 from .base import Batch
 from .losses import edge_aware_smoothness
@@ -137,9 +136,6 @@ class T2Net(PixelMethod):
                 "loss/task": task.item(), "loss/smooth": smooth.item(), "loss/d_img": d_img.item(), "loss/d_feat": d_f.item()}
 
     # -- what ships and what a person sees --------------------------------------------------------
-    def deployables(self) -> dict[str, nn.Module]:
-        return {task_of(self.task).deployable: self.classifier, "refiner": self.nets["refiner"]}
-
     def visualize(self, folder, iteration: int, source: Batch, target: Batch | None):
         """Source validation rows: image | translated G(x) | predicted depth T(G(x)) | truth."""
         from PIL import Image

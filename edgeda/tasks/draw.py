@@ -80,13 +80,44 @@ def segmentation_row(spec: TaskSpec, image: np.ndarray, pred: np.ndarray, truth:
 
 def save_panels(spec: TaskSpec, images, preds, truths, path: str | Path, title: str = "") -> Path:
     """A PNG grid, one row per sample: image | truth | prediction | error (or image | prediction)."""
-    from PIL import Image, ImageDraw
-
     from .base import task_of
 
     draw = task_of(spec).draw_row
     rows = [np.concatenate(draw(spec, im, p, None if truths is None else truths[i]), axis=1)
             for i, (im, p) in enumerate(zip(images, preds))]
+    return _save_rows(rows, path, title)
+
+
+def _dense_view(spec: TaskSpec, image: np.ndarray, dense: np.ndarray) -> list[np.ndarray]:
+    """A mask overlaid on the image (segmentation), or the image then the colour-mapped depth."""
+    img = image if image.shape[2] == 3 else np.repeat(image, 3, axis=2)
+    if spec.task == "depth":
+        return [img, colourise_depth(dense)]
+    return [overlay(img, colourise_mask(dense, palette_of(spec)))]
+
+
+def save_translation_grid(spec: TaskSpec, source_panels: list[np.ndarray], source_truth: np.ndarray,
+                          target_images: np.ndarray | None, target_preds: np.ndarray | None, path: str | Path,
+                          title: str = "", rows: int = 4) -> Path:
+    """The sample grid of an image-translation method on a dense task, one row per sample:
+
+    source | translated | ... (each (N, H, W, 3) uint8 panel with the source truth overlaid, or
+    followed by it colour-mapped for depth) | target image with the model's prediction overlaid
+    (no target labels). Up to ``rows`` rows."""
+    n = min([rows, len(source_truth)] + [len(p) for p in source_panels]
+            + ([len(target_images), len(target_preds)] if target_images is not None else []))
+    out = []
+    for i in range(n):
+        row = [v for panel in source_panels for v in _dense_view(spec, panel[i], source_truth[i])]
+        if target_images is not None:
+            row += _dense_view(spec, target_images[i], target_preds[i])
+        out.append(np.concatenate(row, axis=1))
+    return _save_rows(out, path, title)
+
+
+def _save_rows(rows: list[np.ndarray], path: str | Path, title: str) -> Path:
+    from PIL import Image, ImageDraw
+
     if not rows:
         raise ValueError("no samples to draw")
     width = max(r.shape[1] for r in rows)

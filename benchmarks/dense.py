@@ -81,6 +81,10 @@ METHOD_SETTINGS: dict[str, dict[str, dict]] = {"cpu": {
     "advent": {"options": {"d_width": 16}},  # the paper's 64-channel discriminator on 64x128 maps made a step ~6x a source-only one
     "adaptseg": {"options": {"d_width": 16}},  # the same discriminator as advent's, for the same reason
     "t2net": {"iters": 400},
+    # suit: G + PatchGAN D + the segmenter twice a step (~4x a source-only step); label2image: the SPADE generator's
+    # full-resolution blocks, ~9x; budgets that keep a run within ~8 minutes, as cyclegan's and t2net's
+    "suit": {"iters": 600},
+    "label2image": {"iters": 400},
     "cyclegan": {"iters": 400},  # ~2.3 s a step at 64x128 (two generators, two discriminators): t2net's budget  # a step takes 1.0 s vs source-only's 0.12 s (measured side by side): 1200 it. would be 20 min a run
 }, "gpu": {}, "quick": {}}
 LATENCY_MODELS = {

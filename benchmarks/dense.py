@@ -2,7 +2,7 @@
 target-trained upper bound, and latency of the dense models (ORT vs PyTorch eager, int8 vs fp32).
 
     python benchmarks/dense.py [--profile cpu|gpu|quick] [--rows digits_seg,syn_seg,syn_depth]
-                               [--methods source_only,METHOD,...] [--seeds 0,1,2] [--latency]
+                               [--methods source_only,METHOD[@ITERS],...] [--seeds 0,1,2] [--latency]
                                [--overhead] [--table-only]
 
 Every method in ``--methods`` runs on every row (``select=last``; target labels are read for this
@@ -87,6 +87,9 @@ METHOD_SETTINGS: dict[str, dict[str, dict]] = {"cpu": {
     "label2image": {"iters": 400},
     "cyclegan": {"iters": 400},  # ~2.3 s a step at 64x128 (two generators, two discriminators): t2net's budget  # a step takes 1.0 s vs source-only's 0.12 s (measured side by side): 1200 it. would be 20 min a run
 }, "gpu": {}, "quick": {}}
+# Budget variants, run with ``--methods NAME@ITERS``: the method with the row's settings and its own, at
+# another iteration count, to compare methods at equal budgets where METHOD_SETTINGS shortens one.
+# The table lists them under that name; their gain is against source-only at the row's budget.
 LATENCY_MODELS = {
     "unet w0.25": {"arch": "unet", "width": 0.25},
     "lraspp w1.0": {"arch": "lraspp", "width": 1.0},
@@ -96,9 +99,12 @@ LATENCY_MODELS = {
 
 def run_config(profile: str, row: str, seed: int, upper: bool, method: str = "source_only") -> dict:
     p, pair = PROFILES[profile][row], PAIRS[row]
-    cfg = {"method": method, "task": pair["task"], "seed": seed, "select": "last", "device": "cpu" if profile != "gpu" else "auto",
+    base, _, iters = method.partition("@")
+    cfg = {"method": base, "task": pair["task"], "seed": seed, "select": "last", "device": "cpu" if profile != "gpu" else "auto",
            "source": pair["upper_source"] if upper else pair["source"], "target": pair["target"],
-           "target_test": pair["test"], **p, **METHOD_SETTINGS.get(profile, {}).get(method, {})}
+           "target_test": pair["test"], **p, **METHOD_SETTINGS.get(profile, {}).get(base, {})}
+    if iters:
+        cfg["iters"] = int(iters)
     cfg["eval_every"] = max(1, cfg["iters"] // 4)
     cfg["checkpoint_every"] = cfg["iters"]
     return cfg

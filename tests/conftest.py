@@ -65,3 +65,21 @@ def square_scenes(n, h, w, seed, bright=150):
         y[i, r:r + h // 2, c:c + w // 2] = 1
     x[y == 1] += bright
     return x, y
+
+
+EMBEDDED_DENSE_PAIRS = [("digitscenes", "handwritten-scenes", "handwritten-scenes:test"),
+                        ("synscenes", "synscenes:photo", "synscenes:photo-test")]
+
+
+def train_on_embedded_pair(tmp_path, method, options, pair, iters=2):
+    """A segmentation run of ``iters`` iterations on an embedded dense pair (32x64, tiny lraspp):
+    returns the training result after checking every training loss stayed finite."""
+    import edgeda
+
+    source, target, test = pair
+    res = edgeda.train(method=method, options=options, source=source, target=target, target_test=test, task="segmentation",
+                       iters=iters, eval_every=iters, checkpoint_every=iters, batch_size=2, image_size=[32, 64],
+                       backbone="lraspp", backbone_kwargs={"width": 0.25}, out=str(tmp_path / "run"), device="cpu",
+                       progress=False, log=None, seed=0, source_n=16)
+    assert all(np.isfinite(v) for h in res.history for k, v in h.items() if k.startswith("train/loss/"))
+    return res

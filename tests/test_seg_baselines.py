@@ -16,7 +16,7 @@ from edgeda.models.dense_alignment import (FullyConvDiscriminator, charbonnier_p
 from edgeda.models.dense_gan import PixelDomainClassifier
 from edgeda.models.fourier import fourier_amplitude_swap, low_frequency_mask
 from edgeda.task import TaskSpec
-from conftest import square_scenes
+from conftest import EMBEDDED_DENSE_PAIRS, square_scenes, train_on_embedded_pair
 
 
 def test_entropy_map_zero_for_one_hot_and_one_for_uniform():
@@ -222,20 +222,11 @@ def test_dense_dann_trains_on_depth(tmp_path):
     assert res.task == "depth" and "abs_rel" in edgeda.evaluate(res.bundle, str(tmp_path / "d.npz"))
 
 
-EMBEDDED_PAIRS = [("digitscenes", "handwritten-scenes", "handwritten-scenes:test"),
-                  ("synscenes", "synscenes:photo", "synscenes:photo-test")]
-
-
 @pytest.mark.parametrize("method,options", [("advent", {"d_width": 8}), ("adaptseg", {"d_width": 8}), ("fda", {"beta": 0.05}),
                                             ("dann", {"hidden": 16}), ("fcn_wild", {}),
                                             ("gta_seg", {"g_width": 4, "d_width": 8}),
                                             ("cyclegan", {"g_width": 4, "d_width": 8, "g_blocks": 1})])
-@pytest.mark.parametrize("pair", EMBEDDED_PAIRS, ids=["digits", "synscenes"])
+@pytest.mark.parametrize("pair", EMBEDDED_DENSE_PAIRS, ids=["digits", "synscenes"])
 def test_method_smoke_run_on_the_embedded_dense_pairs(tmp_path, method, options, pair):
-    source, target, test = pair
-    res = edgeda.train(method=method, options=options, source=source, target=target, target_test=test, task="segmentation",
-                       iters=2, eval_every=2, checkpoint_every=2, batch_size=2, image_size=[32, 64], backbone="lraspp",
-                       backbone_kwargs={"width": 0.25}, out=str(tmp_path / "run"), device="cpu", progress=False, log=None,
-                       seed=0, source_n=16)
-    assert all(np.isfinite(v) for h in res.history for k, v in h.items() if k.startswith("train/loss/"))
+    res = train_on_embedded_pair(tmp_path, method, options, pair)
     assert 0.0 <= res.metrics["target_test_miou"] <= 1.0 and res.metrics["target_test_per_class"]

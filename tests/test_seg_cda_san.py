@@ -17,6 +17,7 @@ from edgeda.models.structural import ConditionalFeatureGenerator
 from edgeda.models.superpixels import (LabelDistributionRegressor, class_fractions, label_distribution_kl, landmark_labels,
                                        predicted_label_distribution, slic_superpixels, soft_cross_entropy)
 from edgeda.task import TaskSpec
+from conftest import EMBEDDED_DENSE_PAIRS, train_on_embedded_pair
 
 
 def _spec(k=2):
@@ -206,22 +207,13 @@ def test_san_task_loss_reaches_the_generator_and_the_adversarial_loss_not_the_en
 
 # ------------------------------------------------------------------------------ training runs
 
-PAIRS = [("digitscenes", "handwritten-scenes", "handwritten-scenes:test"),
-         ("synscenes", "synscenes:photo", "synscenes:photo-test")]
-
-
 @pytest.mark.parametrize("method,options", [("cda", {"warmup": 0.3}), ("san", {"d_width": 16, "g_width": 16})])
-@pytest.mark.parametrize("pair", PAIRS, ids=["digits", "synscenes"])
+@pytest.mark.parametrize("pair", EMBEDDED_DENSE_PAIRS, ids=["digits", "synscenes"])
 def test_method_trains_on_the_embedded_pair_and_its_bundle_evaluates(tmp_path, method, options, pair):
-    source, target, test = pair
-    res = edgeda.train(method=method, options=options, source=source, target=target, target_test=test, task="segmentation",
-                       iters=3, eval_every=3, checkpoint_every=3, batch_size=2, image_size=[32, 64], backbone="lraspp",
-                       backbone_kwargs={"width": 0.25}, out=str(tmp_path / "run"), device="cpu", progress=False, log=None,
-                       seed=0, source_n=16)
-    assert all(np.isfinite(v) for h in res.history for k, v in h.items() if k.startswith("train/loss/"))
+    res = train_on_embedded_pair(tmp_path, method, options, pair, iters=3)
     if method == "cda":
         assert res.history[-1]["train/cda/on"] > 0  # the target terms ran (iterations 2 and 3 of 3)
     b = edgeda.load_bundle(res.bundle)
     assert sorted(b.manifest["deployables"]) == ["model"]
-    ev = edgeda.evaluate(res.bundle, test)
+    ev = edgeda.evaluate(res.bundle, pair[2])
     assert 0.0 <= ev["miou"] <= 1.0 and "per_class_iou" in ev

@@ -10,6 +10,7 @@ import edgeda
 from edgeda.export.onnx import signature_of
 from edgeda.methods import METHODS, Batch
 from edgeda.task import TaskSpec
+from conftest import EMBEDDED_DENSE_PAIRS, train_on_embedded_pair
 
 
 def _spec(k=3):
@@ -82,20 +83,11 @@ def test_dense_translation_grid_has_source_translated_and_target_columns(tmp_pat
     assert im.shape[:2] == (14 + 3 * 32 + 2 * 2, 3 * 48)
 
 
-PAIRS = [("digitscenes", "handwritten-scenes", "handwritten-scenes:test"),
-         ("synscenes", "synscenes:photo", "synscenes:photo-test")]
-
-
 @pytest.mark.parametrize("method,options", [("suit", {"g_width": 8, "d_width": 8, "g_blocks": 1}),
                                             ("label2image", {"g_width": 8, "d_width": 8, "phase1": 0.2, "phase2": 0.5})])
-@pytest.mark.parametrize("pair", PAIRS, ids=["digits", "synscenes"])
+@pytest.mark.parametrize("pair", EMBEDDED_DENSE_PAIRS, ids=["digits", "synscenes"])
 def test_translation_method_trains_on_the_embedded_pair(tmp_path, method, options, pair):
-    source, target, test = pair
-    res = edgeda.train(method=method, options=options, source=source, target=target, target_test=test, task="segmentation",
-                       iters=4, eval_every=4, checkpoint_every=4, batch_size=2, image_size=[32, 64], backbone="lraspp",
-                       backbone_kwargs={"width": 0.25}, out=str(tmp_path / "run"), device="cpu", progress=False, log=None,
-                       seed=0, source_n=16)
-    assert all(np.isfinite(v) for h in res.history for k, v in h.items() if k.startswith("train/loss/"))
+    res = train_on_embedded_pair(tmp_path, method, options, pair, iters=4)
     png = res.history[-1]["samples_png"]
     assert Image.open(png).size[0] == 3 * 64  # source | translated | target
     b = edgeda.load_bundle(res.bundle)

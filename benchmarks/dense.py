@@ -217,8 +217,9 @@ def table(profile: str, rows: dict) -> str:
              "abs rel); upper bound: source-only with the same model and budget trained on the target's labelled "
              "adaptation split (seed 0), evaluated on the same test split. Runs of one seed on different machines differ "
              "(floating-point order): compare gains within a machine.", "",
-             "| pair | task | model | method | target (headline) | gain vs source-only | source val | upper bound | other target scores | seeds | wall / run (s) | machine |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| pair | task | model | method | target (headline) | gain vs source-only | source val | upper bound | short of the upper bound | other target scores | seeds | wall / run (s) | machine |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    verdicts = []
     for row, r in rows.items():
         cfg = r["config"]
         model = f"{cfg['backbone']} {json.dumps(cfg['backbone_kwargs'])} {cfg['image_size'][0]}x{cfg['image_size'][1]}, {cfg['iters']} it."
@@ -228,6 +229,10 @@ def table(profile: str, rows: dict) -> str:
             pct = head != "abs_rel"
             name = "mIoU %" if head == "miou" else "abs rel"
             up = r["upper"][head] if (r["upper"] and method == "source_only") else (None, None)
+            upper = r["upper"][head][0] if r["upper"] else None
+            mean = s["target"][head][0]
+            short = "–" if upper is None or mean is None else (
+                f"{100 * (upper - mean):.1f} points" if pct else f"{mean - upper:+.3f}")
             g = s["gain_vs_source_only"]
             gain = "–" if method == "source_only" or g[0] is None else (
                 f"{100 * g[0]:+.1f} ± {100 * g[1]:.1f}" if pct else f"{g[0]:+.3f} ± {g[1]:.3f}")
@@ -235,9 +240,19 @@ def table(profile: str, rows: dict) -> str:
             others = ", ".join(f"{k} {_fmt(s['target'][k], k != 'rmse')}" + (" m" if k == "rmse" else "") for k in keys[1:])
             lines.append(f"| {r['pair']} | {r['task']} ({name}) | {model}{'' if its == cfg['iters'] else f' ({its} it.)'} | "
                          f"{method} | {_fmt(s['target'][head], pct)} | {gain} | {_fmt(s['source_val'][head], pct)} | "
-                         f"{'–' if up[0] is None else _fmt(up, pct)} | {others} | {len(s['seeds'])} | {s['wall_s']:.0f} | "
+                         f"{'–' if up[0] is None else _fmt(up, pct)} | {short} | {others} | {len(s['seeds'])} | {s['wall_s']:.0f} | "
                          f"{', '.join(s.get('machines', []))} |")
-    return "\n".join(lines)
+        gains = {m: s["gain_vs_source_only"][0] for m, s in r["methods"].items()
+                 if not m.startswith("source_only") and s["gain_vs_source_only"][0] is not None}
+        if gains:
+            pct = "miou" in r["methods"]["source_only"]["target"]
+            better = (lambda g: g > 0) if pct else (lambda g: g < 0)
+            best = max(gains, key=gains.get) if pct else min(gains, key=gains.get)
+            g = gains[best]
+            verdicts.append(f"- {r['pair']}, {r['task']}: {sum(better(v) for v in gains.values())} of {len(gains)} methods better "
+                            f"than source-only on the mean gain; best {best} "
+                            f"({f'{100 * g:+.1f} points' if pct else f'{g:+.3f} abs rel'}).")
+    return "\n".join(lines + ([""] + verdicts if verdicts else []))
 
 
 def latency(profile: str, rounds: int = 15, calls: int = 20) -> dict:

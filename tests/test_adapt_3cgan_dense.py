@@ -140,3 +140,18 @@ def test_depth_bundle_refused_naming_3cgan(tmp_path):
                                     str(tmp_path / "o.edgeda"), "--method", "3cgan"])
     assert res.exit_code == 2 and "3cgan" in res.output and "none yet" in res.output
     assert "Traceback" not in res.output and not (tmp_path / "o.edgeda").exists()
+
+
+def test_class_thresholds_keep_a_portion_of_every_predicted_class():
+    from edgeda.adapt.threecgan import class_thresholds
+
+    # class 0: confident (0.95-0.99); class 1: never above 0.9 (0.5, 0.6, 0.7, 0.8); class 2 not predicted
+    conf = torch.tensor([0.95, 0.97, 0.99, 0.5, 0.6, 0.7, 0.8])
+    arg = torch.tensor([0, 0, 0, 1, 1, 1, 1])
+    thr = class_thresholds(conf, arg, 3, threshold=0.9, portion=0.5)
+    assert thr[0].item() == pytest.approx(0.9)            # min(0.9, median 0.97)
+    assert thr[1].item() == pytest.approx(0.65)           # the median of class 1's confidences
+    assert thr[2].item() == pytest.approx(0.9)
+    probs = torch.tensor([[0.8, 0.2, 0.0], [0.3, 0.7, 0.0], [0.4, 0.6, 0.0]]).T.reshape(1, 3, 1, 3)
+    # pixel 0: class 0 at 0.8 < 0.9 -> ignored; pixel 1: class 1 at 0.7 >= 0.65 kept; pixel 2: 0.6 < 0.65 ignored
+    assert confident_layouts(probs.clamp_min(1e-6).log(), thr).tolist() == [[[255, 1, 255]]]

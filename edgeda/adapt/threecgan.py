@@ -38,15 +38,23 @@ a conditional generator against a discriminator on real target images, the l_sem
 
 - the condition y is a label map instead of a class: a *layout* per target frame, the frozen
   shipped segmenter's per-pixel argmax on that (real) frame, with pixels whose top softmax
-  probability is below ``confidence`` (default 0.9) set to ignore (255)
-  (:func:`confident_layouts`). The layouts are computed once, before the first step, from a
+  probability is below its class's threshold set to ignore (255) (:func:`confident_layouts`). The
+  threshold of class c is min(``confidence``, the (1 - ``portion``) quantile of the top
+  probabilities of the pixels predicted c) (:func:`class_thresholds`, as class-balanced
+  self-training, Zou et al. 2018, thresholds pseudo-labels): with one threshold of 0.9 for all,
+  99.8 % of the confident pixels of digitscenes -> handwritten-scenes frames were background and the
+  run collapsed onto it at iteration 50; per class, every predicted class keeps at least
+  ``portion`` of its pixels. The layouts are computed once, before the first step, from a
   frozen copy of the shipped weights (``source_state``), so they never follow the model being
   adapted. Each step conditions on the layouts of the frames of its own batch (a random draw of
   the target set), cut to the same training crop (``self.window``).
 - G(m, z) is the SPADE label-map generator (:class:`~edgeda.models.spade.LabelMapGenerator`,
   Park et al. 2019), D a PatchGAN (:class:`~edgeda.models.patchgan.PatchDiscriminator`): one
   real/fake logit per patch, the GAN loss averaged over patches.
-- every cross-entropy is per pixel against the layout, ignored pixels skipped:
+- every cross-entropy is per pixel against the layout, ignored pixels skipped, and class-balanced
+  (``class_balance``: each class's mean, then the mean over the classes present,
+  :func:`~edgeda.adapt.losses.class_balanced_cross_entropy`, as SHOT's dense path) so the
+  background's pixels do not outvote the other classes:
 
       G:  min  BCE(D(G(m, z)), 1) + lambda_sem * CE_px(C(G(m, z)), m)
       C:  min  lambda_gen * CE_px(C(x_g), m) + lambda_w * l_wReg + lambda_clu * E_{n,u}[H(C(x_t)_u)]
@@ -69,7 +77,7 @@ a conditional generator against a discriminator on real target images, the l_sem
 
 Dense defaults (what differs from the classification ones is in ``dense_defaults``): G width 16
 (also SPADE's hidden width) and z 32, D width 32 with 3 stride-2 stages (``d_layers``),
-``confidence`` = 0.9, and ``DENSE_ITERS`` = 500 iterations unless ``--iters`` says otherwise.
+``confidence`` = 0.9, ``portion`` = 0.5 (CBST's final portion), ``class_balance`` on, and ``DENSE_ITERS`` = 500 iterations unless ``--iters`` says otherwise.
 Measured with batch 8 on one thread of a 2-core CPU (the other core busy): 0.35 s per step for
 DeepLab-ResNet-18 (w0.25) at 64 x 64 and 0.61 s for LR-ASPP (w1.0) at 64 x 128 (0.27 s / 0.51 s
 without VAT; G width 32 would be 0.49 s / 0.89 s without VAT), so 500 steps take about 3 and 5
@@ -92,7 +100,7 @@ from ..models.conditional import ImageDiscriminator, gan_loss, input_to_tanh, ta
 from ..models.norm import frozen_bn_statistics
 from ..models.patchgan import PatchDiscriminator
 from .base import ADAPT_METHODS, AdaptMethod, reestimate_bn
-from .losses import IGNORE_INDEX, virtual_adversarial_loss
+from .losses import IGNORE_INDEX, class_balanced_cross_entropy, virtual_adversarial_loss
 
 DENSE_ITERS = 500
 
@@ -103,25 +111,56 @@ def weight_regularizer(model: torch.nn.Module, reference: dict) -> torch.Tensor:
     return torch.stack(terms).sum()
 
 
-def confident_layouts(logits: torch.Tensor, threshold: float, ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
+def confident_layouts(logits: torch.Tensor, threshold, ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
     """Label maps from (N, K, H, W) logits: the per-pixel argmax, ``ignore_index`` where the top
-    softmax probability is below ``threshold``. Returns (N, H, W) int64.
+    softmax probability is below ``threshold`` (a number, or a (K,) tensor: one threshold per
+    predicted class). Returns (N, H, W) int64.
 
     >>> confident_layouts(shipped(x), 0.9)      # the layouts 3C-GAN's dense path conditions on
     """
     conf, arg = F.softmax(logits.float(), 1).max(1)
+    if torch.is_tensor(threshold):
+        threshold = threshold.to(conf.device, conf.dtype)[arg]
     return torch.where(conf >= threshold, arg, torch.full_like(arg, ignore_index))
 
 
+def class_thresholds(conf: torch.Tensor, arg: torch.Tensor, num_classes: int, threshold: float, portion: float) -> torch.Tensor:
+    """Per-class thresholds in the manner of class-balanced self-training (CBST, Zou et al. 2018):
+    for each predicted class c, t_c = min(``threshold``, the (1 - ``portion``) quantile of the top
+    probabilities of the pixels predicted c), so every predicted class keeps at least ``portion`` of
+    its pixels and every pixel above ``threshold`` is kept. ``conf``, ``arg``: flat samples of
+    pixels' top probability and class. Classes not predicted keep ``threshold``."""
+    out = torch.full((num_classes,), float(threshold))
+    for c in range(num_classes):
+        v = conf[arg == c].float()
+        if len(v):
+            out[c] = min(float(threshold), float(torch.quantile(v, 1.0 - portion)))
+    return out
+
+
 @torch.no_grad()
-def shipped_layouts(model: nn.Module, source_state: dict, target, threshold: float) -> torch.Tensor:
+def shipped_layouts(model: nn.Module, source_state: dict, target, threshold: float, portion: float = 0.0,
+                    sample_pixels: int = 4096) -> torch.Tensor:
     """:func:`confident_layouts` of a frozen copy of ``model`` holding ``source_state`` over every
-    target frame, (N, H, W) uint8 on the CPU (255 = ignore)."""
+    target frame, (N, H, W) uint8 on the CPU (255 = ignore). With ``portion`` > 0 the thresholds are
+    per class (:func:`class_thresholds`), estimated on up to ``sample_pixels`` random pixels of each
+    frame (a first pass over the frames)."""
     frozen = copy.deepcopy(model)
     frozen.load_state_dict(source_state)
     for p in frozen.parameters():
         p.requires_grad_(False)
-    maps = [confident_layouts(out, threshold).to("cpu", torch.uint8) for _, out in target.predictions(frozen)]
+    thr = threshold
+    if portion > 0:
+        g = torch.Generator().manual_seed(0)
+        confs, args = [], []
+        for _, out in target.predictions(frozen):
+            conf, arg = F.softmax(out, 1).max(1)
+            conf, arg = conf.flatten(1).cpu(), arg.flatten(1).cpu()
+            pick = torch.randperm(conf.shape[1], generator=g)[:sample_pixels]
+            confs.append(conf[:, pick].reshape(-1))
+            args.append(arg[:, pick].reshape(-1))
+        thr = class_thresholds(torch.cat(confs), torch.cat(args), out.shape[1], threshold, portion)
+    maps = [confident_layouts(out, thr).to("cpu", torch.uint8) for _, out in target.predictions(frozen)]
     del frozen
     return torch.cat(maps)
 
@@ -145,9 +184,13 @@ class ThreeCGAN(AdaptMethod):
     summary = "3C-GAN (Li et al. 2020): collaborative class-conditional GAN, no source data"
     defaults = {"lambda_sem": 1.0, "lambda_gen": 1.0, "gen_warmup": 0.2, "lambda_w": 1e-3, "lambda_clu": 0.1,
                 "lambda_vat": 1.0, "vat_radius": 3.5, "gan_loss": "nonsat", "lr_gan": 2e-4, "lr": 1e-4,
-                "g_width": 32, "d_width": 32, "z_dim": 64, "confidence": 0.9, "d_layers": 3}
+                "g_width": 32, "d_width": 32, "z_dim": 64, "confidence": 0.9, "d_layers": 3, "portion": 0.5,
+                "class_balance": True}
     dense_defaults = {"g_width": 16, "z_dim": 32}
     option_help = {"confidence": "segmentation: layout pixels whose shipped top probability is below this are ignored",
+                   "portion": "segmentation: each predicted class keeps at least this share of its pixels in the layouts "
+                              "(per-class thresholds, CBST); 0 = one threshold for all",
+                   "class_balance": "segmentation: cross-entropies on generated pairs averaged per class, then over classes",
                    "d_layers": "segmentation: stride-2 stages of the PatchGAN discriminator",
                    "vat_radius": "VAT radius (segmentation: per 32 x 32 x C values, scaled to the frame)",
                    "g_width": "generator width (segmentation default 16)",
@@ -180,6 +223,10 @@ class ThreeCGAN(AdaptMethod):
             from ..errors import EdgedaError
 
             raise EdgedaError(f"3cgan confidence must be in [0, 1], not {o['confidence']}")
+        if not 0.0 <= o["portion"] < 1.0:
+            from ..errors import EdgedaError
+
+            raise EdgedaError(f"3cgan portion must be in [0, 1), not {o['portion']}")
         width = int(o["g_width"])
         self.G = build("label_map_generator", num_classes=t.num_classes, channels=t.channels, width=width,
                        z_dim=int(o["z_dim"]), hidden=width, ignore_index=IGNORE_INDEX).to(self.device)
@@ -199,7 +246,8 @@ class ThreeCGAN(AdaptMethod):
 
     def prepare(self, target) -> None:
         if self.task.dense and self.layouts is None:  # from the shipped weights, before anything moves
-            self.layouts = shipped_layouts(self.classifier, self.source_state, target, self.opts["confidence"])
+            self.layouts = shipped_layouts(self.classifier, self.source_state, target, self.opts["confidence"],
+                                           float(self.opts["portion"]))
         reestimate_bn(self.classifier, target.batches())
 
     def layout_stats(self) -> dict:
@@ -289,7 +337,7 @@ class ThreeCGAN(AdaptMethod):
             with self.autocast():
                 d_fake = self.D(fake)
                 g_adv = -d_fake.float().mean() if o["gan_loss"] == "hinge" else gan_loss(d_fake, True, o["gan_loss"])
-                l_sem = _pixel_ce(C(tanh_to_input(fake, t.mean, t.std)), m)
+                l_sem = self._pixel_ce(C(tanh_to_input(fake, t.mean, t.std)), m)
                 g_loss = g_adv + o["lambda_sem"] * l_sem
             self.update(g_loss, "G")
         finally:
@@ -298,7 +346,7 @@ class ThreeCGAN(AdaptMethod):
 
         # C: learn from generated (image, layout) pairs, stay near the shipped weights, cluster the real frames
         with self.autocast():
-            l_gen = _pixel_ce(C(tanh_to_input(fake.detach(), t.mean, t.std)), m)
+            l_gen = self._pixel_ce(C(tanh_to_input(fake.detach(), t.mean, t.std)), m)
             C.train()
             logits_t = C(x)
             ent = entropy(logits_t).mean()  # per pixel
@@ -317,8 +365,11 @@ class ThreeCGAN(AdaptMethod):
                 "vat": float(vat.detach())}
 
 
-def _pixel_ce(logits: torch.Tensor, layout: torch.Tensor) -> torch.Tensor:
-    """Mean cross-entropy over the layout's labelled pixels (0 when every pixel is ignored)."""
-    if not bool((layout != IGNORE_INDEX).any()):
-        return logits.float().sum() * 0.0
-    return F.cross_entropy(logits.float(), layout, ignore_index=IGNORE_INDEX)
+    def _pixel_ce(self, logits: torch.Tensor, layout: torch.Tensor) -> torch.Tensor:
+        """Cross-entropy over the layout's labelled pixels (0 when every pixel is ignored): class-balanced
+        (each class's mean, then the mean over classes) with ``class_balance``, else the pixel mean."""
+        if not bool((layout != IGNORE_INDEX).any()):
+            return logits.float().sum() * 0.0
+        if self.opts["class_balance"]:
+            return class_balanced_cross_entropy(logits, layout)
+        return F.cross_entropy(logits.float(), layout, ignore_index=IGNORE_INDEX)

@@ -185,11 +185,12 @@ class ThreeCGAN(AdaptMethod):
     defaults = {"lambda_sem": 1.0, "lambda_gen": 1.0, "gen_warmup": 0.2, "lambda_w": 1e-3, "lambda_clu": 0.1,
                 "lambda_vat": 1.0, "vat_radius": 3.5, "gan_loss": "nonsat", "lr_gan": 2e-4, "lr": 1e-4,
                 "g_width": 32, "d_width": 32, "z_dim": 64, "confidence": 0.9, "d_layers": 3, "portion": 0.5,
-                "class_balance": True}
+                "class_balance": True, "adabn": True}
     dense_defaults = {"g_width": 16, "z_dim": 32}
     option_help = {"confidence": "segmentation: layout pixels whose shipped top probability is below this are ignored",
                    "portion": "segmentation: each predicted class keeps at least this share of its pixels in the layouts "
                               "(per-class thresholds, CBST); 0 = one threshold for all",
+                   "adabn": "re-estimate the BatchNorm statistics on the target images before the first step",
                    "class_balance": "segmentation: cross-entropies on generated pairs averaged per class, then over classes",
                    "d_layers": "segmentation: stride-2 stages of the PatchGAN discriminator",
                    "vat_radius": "VAT radius (segmentation: per 32 x 32 x C values, scaled to the frame)",
@@ -248,7 +249,8 @@ class ThreeCGAN(AdaptMethod):
         if self.task.dense and self.layouts is None:  # from the shipped weights, before anything moves
             self.layouts = shipped_layouts(self.classifier, self.source_state, target, self.opts["confidence"],
                                            float(self.opts["portion"]))
-        reestimate_bn(self.classifier, target.batches())
+        if self.opts["adabn"]:
+            reestimate_bn(self.classifier, target.batches())
 
     def layout_stats(self) -> dict:
         """Label-free facts about the layouts: the confident fraction of pixels and each class's share of them."""

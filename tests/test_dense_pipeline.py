@@ -370,10 +370,11 @@ def test_cli_train_eval_predict_adapt_methods(data, tmp_path):
     assert (tmp_path / "png" / "same.mask.png").is_file() and (tmp_path / "png" / "sub" / "tall.ids.png").is_file()
     assert "corrupt.png" in r.output
 
-    r = runner.invoke(main, ["adapt", bundle, "--target-dir", data["predict"], "--out", str(tmp_path / "adapted")])
+    r = runner.invoke(main, ["adapt", bundle, "--target-dir", data["predict"], "--out", str(tmp_path / "adapted"),
+                             "--method", "no_such_method"])
     assert r.exit_code == 2
     err = r.stderr.strip()
-    assert err.startswith("error:") and "\n" not in err and "segmentation" in err
+    assert err.startswith("error:") and "\n" not in err and "3cgan" in err and "tent" in err
     assert not (tmp_path / "adapted").exists()
 
     r = runner.invoke(main, ["methods", "--task", "depth"])

@@ -3,7 +3,6 @@ segmentation bundle (written bundle loads and predicts, input untouched), and de
 import numpy as np
 import pytest
 import torch
-from click.testing import CliRunner
 from PIL import Image
 
 import edgeda
@@ -118,28 +117,6 @@ def test_3cgan_dense_steps_on_crops_with_layouts_cut_alike(seg, tmp_path, monkey
               select="last", options=SMALL)
     assert r.iterations == 2 and r.manifest["budget"]["train_crop"] == [16, 24]
     assert [s for s, _ in seen] == [(2, 16, 24)] * 2 and all(w[2:] == (16, 24) for _, w in seen)
-
-
-def test_depth_bundle_refused_naming_3cgan(tmp_path):
-    from edgeda.bundle import write_bundle
-    from edgeda.task import TaskSpec
-    from edgeda.tasks import task_of
-
-    spec = TaskSpec(task="depth", image_size=(32, 32), channels=3, depth_range=(0.1, 80.0))
-    model = task_of(spec).build_model(spec, "lraspp", {"width": 0.25})
-    bundle = write_bundle(tmp_path / "depth.edgeda", {task_of(spec).deployable: model}, spec)
-    frames = tmp_path / "frames"
-    frames.mkdir()
-    for i in range(3):
-        Image.fromarray(stripe_scenes(1, 32, 32, i)[0][0]).save(frames / f"{i}.png")
-    with pytest.raises(EdgedaError, match="'3cgan' adapts classification, segmentation bundles, not depth"):
-        adapt(bundle, frames, tmp_path / "o.edgeda", method="3cgan")
-    from edgeda.cli import main
-
-    res = CliRunner().invoke(main, ["adapt", str(bundle), "--target-dir", str(frames), "--out",
-                                    str(tmp_path / "o.edgeda"), "--method", "3cgan"])
-    assert res.exit_code == 2 and "3cgan" in res.output and "none yet" in res.output
-    assert "Traceback" not in res.output and not (tmp_path / "o.edgeda").exists()
 
 
 def test_class_thresholds_keep_a_portion_of_every_predicted_class():

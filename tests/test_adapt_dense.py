@@ -275,7 +275,9 @@ def test_depth_bundle_is_one_error_naming_the_methods(tmp_path):
             adapt(bundle, frames, tmp_path / "o.edgeda", method=method)
     from edgeda.cli import main
 
-    res = CliRunner().invoke(main, ["adapt", str(bundle), "--target-dir", str(frames), "--out",
-                                    str(tmp_path / "o.edgeda"), "--method", "tent"])
-    assert res.exit_code == 2 and "none yet" in res.output and "Traceback" not in res.output
+    for method in ("tent", "3cgan"):
+        res = CliRunner().invoke(main, ["adapt", str(bundle), "--target-dir", str(frames), "--out",
+                                        str(tmp_path / "o.edgeda"), "--method", method])
+        assert res.exit_code == 2 and "none yet" in res.output and method in res.output and "Traceback" not in res.output
+    assert not (tmp_path / "o.edgeda").exists()
     assert not (tmp_path / "o.edgeda").exists()

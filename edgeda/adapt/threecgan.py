@@ -274,6 +274,19 @@ class ThreeCGAN(AdaptMethod):
         z = torch.randn(n, self.G.z_dim, generator=self.generator).to(self.device)
         return y, z
 
+    def _d_step(self, real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
+        """One discriminator update: real target images vs (detached) generated ones."""
+        kind = self.opts["gan_loss"]
+        with self.autocast():
+            d_loss = gan_loss(self.D(real), True, kind) + gan_loss(self.D(fake.detach()), False, kind)
+        self.update(d_loss, "D")
+        return d_loss
+
+    def _g_adv(self, fake: torch.Tensor) -> torch.Tensor:
+        """The generator's adversarial loss on D's logits for ``fake``."""
+        d_fake = self.D(fake)
+        return -d_fake.float().mean() if self.opts["gan_loss"] == "hinge" else gan_loss(d_fake, True, self.opts["gan_loss"])
+
     def step(self, x: torch.Tensor, idx=None) -> dict[str, float]:
         if self.task.dense:
             return self._step_dense(x, idx)
@@ -286,14 +299,12 @@ class ThreeCGAN(AdaptMethod):
         # D: real target images vs generated ones
         with self.autocast():
             fake = self.G(y, z)
-            d_loss = gan_loss(self.D(real), True, o["gan_loss"]) + gan_loss(self.D(fake.detach()), False, o["gan_loss"])
-        self.update(d_loss, "D")
+        d_loss = self._d_step(real, fake)
 
         # G: fool D, and be classified by C as the requested class (l_sem)
         C.eval()
         with self.autocast():
-            d_fake = self.D(fake)
-            g_adv = -d_fake.float().mean() if o["gan_loss"] == "hinge" else gan_loss(d_fake, True, o["gan_loss"])
+            g_adv = self._g_adv(fake)
             l_sem = F.cross_entropy(C(tanh_to_input(fake, t.mean, t.std)).float(), y)
             g_loss = g_adv + o["lambda_sem"] * l_sem
         self.update(g_loss, "G")
@@ -327,8 +338,7 @@ class ThreeCGAN(AdaptMethod):
         # D: real target frames vs generated ones, per patch
         with self.autocast():
             fake = self.G(m, z)
-            d_loss = gan_loss(self.D(real), True, o["gan_loss"]) + gan_loss(self.D(fake.detach()), False, o["gan_loss"])
-        self.update(d_loss, "D")
+        d_loss = self._d_step(real, fake)
 
         # G: fool D, and be segmented by C as the layout (l_sem, per pixel); only G's weights take gradients
         C.eval()
@@ -337,8 +347,7 @@ class ThreeCGAN(AdaptMethod):
             p.requires_grad_(False)
         try:
             with self.autocast():
-                d_fake = self.D(fake)
-                g_adv = -d_fake.float().mean() if o["gan_loss"] == "hinge" else gan_loss(d_fake, True, o["gan_loss"])
+                g_adv = self._g_adv(fake)
                 l_sem = self._pixel_ce(C(tanh_to_input(fake, t.mean, t.std)), m)
                 g_loss = g_adv + o["lambda_sem"] * l_sem
             self.update(g_loss, "G")

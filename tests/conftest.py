@@ -83,3 +83,14 @@ def train_on_embedded_pair(tmp_path, method, options, pair, iters=2):
                        progress=False, log=None, seed=0, source_n=16)
     assert all(np.isfinite(v) for h in res.history for k, v in h.items() if k.startswith("train/loss/"))
     return res
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One torch thread for a module: on a shared two-core machine two OpenMP threads mostly wait on each other."""
+    import torch
+
+    was = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(was)

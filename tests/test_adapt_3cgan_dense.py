@@ -18,12 +18,7 @@ N_TARGET = 8
 SMALL = {"g_width": 8, "d_width": 8, "d_layers": 2}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    was = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(was)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

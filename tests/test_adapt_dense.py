@@ -30,13 +30,7 @@ def _scene(n, seed, h=32, w=32, bright=230):
     return stripe_scenes(n, h, w, seed, bright)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """One torch thread: on a shared two-core machine two OpenMP threads mostly wait on each other."""
-    was = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(was)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -287,6 +287,18 @@ class ThreeCGAN(AdaptMethod):
         d_fake = self.D(fake)
         return -d_fake.float().mean() if self.opts["gan_loss"] == "hinge" else gan_loss(d_fake, True, self.opts["gan_loss"])
 
+    def _c_update(self, l_gen, ent, vat, logged: dict) -> dict[str, float]:
+        """The classifier's (segmenter's) update: the ramped generated-pair loss, the weight
+        regulariser towards the shipped weights and the clustering term; returns the step's losses."""
+        o, C = self.opts, self.classifier
+        l_w = weight_regularizer(C, self.source_state)
+        ramp = min(1.0, self.progress / o["gen_warmup"]) if o["gen_warmup"] > 0 else 1.0
+        c_loss = (o["lambda_gen"] * ramp * l_gen + o["lambda_w"] * l_w
+                  + o["lambda_clu"] * (ent + o["lambda_vat"] * vat))
+        self.update(c_loss, "C")
+        logged = {**logged, "gen": l_gen, "w": l_w, "ent": ent, "vat": vat}
+        return {k: float(v.detach()) for k, v in logged.items()}
+
     def step(self, x: torch.Tensor, idx=None) -> dict[str, float]:
         if self.task.dense:
             return self._step_dense(x, idx)
@@ -318,14 +330,7 @@ class ThreeCGAN(AdaptMethod):
             ent = entropy(logits_t).mean()
             with frozen_bn_statistics(C):
                 vat = virtual_adversarial_loss(C, x, logits_t, radius=o["vat_radius"], generator=self.generator)
-        l_w = weight_regularizer(C, self.source_state)
-        ramp = min(1.0, self.progress / o["gen_warmup"]) if o["gen_warmup"] > 0 else 1.0
-        c_loss = (o["lambda_gen"] * ramp * l_gen + o["lambda_w"] * l_w
-                  + o["lambda_clu"] * (ent + o["lambda_vat"] * vat))
-        self.update(c_loss, "C")
-        return {"d": float(d_loss.detach()), "g_adv": float(g_adv.detach()), "sem": float(l_sem.detach()),
-                "gen": float(l_gen.detach()), "w": float(l_w.detach()), "ent": float(ent.detach()),
-                "vat": float(vat.detach())}
+        return self._c_update(l_gen, ent, vat, {"d": d_loss, "g_adv": g_adv, "sem": l_sem})
 
     def _step_dense(self, x: torch.Tensor, idx=None) -> dict[str, float]:
         o, C, t = self.opts, self.classifier, self.task
@@ -366,14 +371,7 @@ class ThreeCGAN(AdaptMethod):
                 radius = o["vat_radius"] * math.sqrt(x[0].numel() / (32 * 32 * t.channels))
                 with frozen_bn_statistics(C):
                     vat = virtual_adversarial_loss(C, x, logits_t, radius=radius, generator=self.generator)
-        l_w = weight_regularizer(C, self.source_state)
-        ramp = min(1.0, self.progress / o["gen_warmup"]) if o["gen_warmup"] > 0 else 1.0
-        c_loss = (o["lambda_gen"] * ramp * l_gen + o["lambda_w"] * l_w
-                  + o["lambda_clu"] * (ent + o["lambda_vat"] * vat))
-        self.update(c_loss, "C")
-        return {"d": float(d_loss.detach()), "g_adv": float(g_adv.detach()), "sem": float(l_sem.detach()),
-                "gen": float(l_gen.detach()), "w": float(l_w.detach()), "ent": float(ent.detach()),
-                "vat": float(vat.detach())}
+        return self._c_update(l_gen, ent, vat, {"d": d_loss, "g_adv": g_adv, "sem": l_sem})
 
 
     def _pixel_ce(self, logits: torch.Tensor, layout: torch.Tensor) -> torch.Tensor:

@@ -183,6 +183,14 @@ class Method(Configurable):
             g["initial_lr"] = g["lr"]
         return opt
 
+    def make_adam(self, params, lr: float, betas: tuple[float, float]) -> torch.optim.Optimizer:
+        """Adam at ``lr`` (still scaled by the trainer's LR schedule) with ``betas`` and no weight decay,
+        for a method's auxiliary networks (discriminators, generators, regressors)."""
+        opt = self.make_optimizer(params, lr_mult=float(lr) / self.optim_cfg.lr, name="adam")
+        for g in opt.param_groups:
+            g["betas"], g["weight_decay"] = tuple(betas), 0.0
+        return opt
+
     @staticmethod
     def param_groups(model: nn.Module, encoder_lr: float = 1.0) -> list[dict]:
         """``model``'s parameters as optimizer groups, its encoder (``encoder``, or a classifier's

@@ -77,11 +77,7 @@ class CurriculumDA(Method):
         self.nets["classifier"] = self.make_classifier()
         self.nets["label_distribution"] = LabelDistributionRegressor(self.classifier.feature_channels, self.task.num_classes)
         self.optims["main"] = self.make_optimizer(self.classifier.parameters())
-        opt = self.make_optimizer(self.nets["label_distribution"].parameters(),
-                                  lr_mult=float(o["lr_r"]) / self.optim_cfg.lr, name="adam")
-        for g in opt.param_groups:
-            g["betas"], g["weight_decay"] = (0.9, 0.999), 0.0
-        self.optims["label_distribution"] = opt
+        self.optims["label_distribution"] = self.make_adam(self.nets["label_distribution"].parameters(), o["lr_r"], (0.9, 0.999))
 
     def pixels(self, x: torch.Tensor) -> torch.Tensor:
         """Model inputs back to [0, 1] pixel values (what SLIC segments)."""

@@ -80,10 +80,7 @@ class StructuralAdaptation(Method):
         self.nets["discriminator"] = PixelDomainClassifier(high, int(o["d_width"]))
         self.optims["main"] = self.make_optimizer(self.classifier.parameters())
         for name, lr in (("generator", o["lr_g"]), ("discriminator", o["lr_d"])):
-            opt = self.make_optimizer(self.nets[name].parameters(), lr_mult=float(lr) / self.optim_cfg.lr, name="adam")
-            for g in opt.param_groups:
-                g["betas"], g["weight_decay"] = (0.5, 0.999), 0.0
-            self.optims[name] = opt
+            self.optims[name] = self.make_adam(self.nets[name].parameters(), lr, (0.5, 0.999))
 
     def transformed_logits(self, feats: dict[str, torch.Tensor], residual: torch.Tensor, size) -> torch.Tensor:
         """The head on source levels ``feats`` twice, first with the plain final map f_s, then with

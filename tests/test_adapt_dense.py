@@ -106,6 +106,21 @@ def test_class_balanced_cross_entropy_by_hand():
     assert class_balanced_cross_entropy(logits, torch.full_like(labels, 255)).item() == 0.0
 
 
+def test_info_max_against_a_prior_by_hand():
+    # one frame of two pixels, two classes: p(class 0) = 0.9 and 0.5; mean p = (0.7, 0.3)
+    p = torch.tensor([[[0.9, 0.5]]])
+    logits = torch.stack([p.log(), (1 - p).log()], 1)  # (1, 2, 1, 2)
+    mean_ent = (-(0.9 * math.log(0.9) + 0.1 * math.log(0.1)) + math.log(2)) / 2
+    uniform = prediction_stats(logits)
+    assert uniform["info_max"] == pytest.approx(-(0.7 * math.log(0.7) + 0.3 * math.log(0.3)) - mean_ent, abs=1e-6)
+    assert uniform["mean_probabilities"] == pytest.approx([0.7, 0.3], abs=1e-6)
+    kl = 0.7 * math.log(0.7 / 0.9) + 0.3 * math.log(0.3 / 0.1)  # KL(mean p || prior) with prior (0.9, 0.1)
+    rel = prediction_stats(logits, prior=torch.tensor([0.9, 0.1]))
+    assert rel["info_max"] == pytest.approx(-kl - mean_ent, abs=1e-6) and rel["diversity_reference"] == "prior"
+    own = prediction_stats(logits, prior=torch.tensor(uniform["mean_probabilities"]))
+    assert own["info_max"] == pytest.approx(-mean_ent, abs=1e-6)  # against its own marginal: KL = 0
+
+
 # -- the monitor over pixels ---------------------------------------------------------------------
 
 def test_monitor_flags_pixel_collapse():
@@ -250,6 +265,61 @@ def test_planted_pixel_collapse_is_detected_and_rolled_back(seg, tmp_path, pixel
                                     "--batch", "4", "--json"])
     assert res.exit_code == 3, res.output
     assert json.loads(res.output[res.output.index("{"):])["collapsed"] is True
+
+
+class _LogitShift(AdaptMethod):
+    """Test method: its preparation changes the hypothesis layers once: ``background`` adds that much
+    to the background class's bias (negative: background pixels turn into foreground classes),
+    ``scale`` multiplies every weight and bias (above 1: the same argmax, more confident)."""
+
+    name = "logit_shift_probe"
+    defaults = {"background": 0.0, "scale": 1.0}
+    tasks = ("segmentation",)
+
+    def build(self):
+        pass
+
+    def prepare(self, target):
+        with torch.no_grad():
+            for conv in hypothesis_layers(self.classifier):
+                conv.weight.mul_(float(self.opts["scale"]))
+                conv.bias.mul_(float(self.opts["scale"]))
+                conv.bias[0] += float(self.opts["background"])
+
+    def step(self, x, idx=None):
+        return {}
+
+
+@pytest.mark.parametrize("shift", ["background_to_foreground", "sharpen"])
+def test_dense_selection_measures_diversity_against_the_shipped_marginal(seg, tmp_path, shift):
+    """Turning background into foreground raises H(mean p) (the classifier's info_max) but is not
+    an improvement; it must not beat the shipped state. Sharpening the same predictions must."""
+    seen = []
+    opts = {"background": -2.0} if shift == "background_to_foreground" else {"scale": 2.0}
+    with ADAPT_METHODS.registered("logit_shift_probe", _LogitShift):
+        r = adapt(seg["bundle"], seg["frames"], tmp_path / "o.edgeda", method="logit_shift_probe", iters=2, batch=4,
+                  check_every=1, options=opts, on_check=lambda it, st, clf: seen.append(st))
+    assert not r.collapsed, r.message
+    sel = Bundle(r.bundle).manifest["adaptation"]["selection"]
+    shipped_im = sel["shipped_info_max"]
+    if shift == "sharpen":
+        assert all(s > shipped_im for _, s in sel["info_max_per_check"])
+        assert sel["selected_iteration"] != "shipped"
+        return
+    bg_before, bg_after = r.before["class_histogram"][0], seen[-1]["class_histogram"][0]
+    assert bg_after < bg_before - 0.1  # the shift really moved pixels out of the background
+    uniform = [prediction_stats_uniform(st) for st in seen]
+    shipped_uniform = prediction_stats_uniform(r.before)
+    assert min(uniform) > shipped_uniform  # the uniform-marginal score would have written it
+    assert all(s < shipped_im for _, s in sel["info_max_per_check"])
+    assert sel["selected_iteration"] == "shipped"
+    shipped, written = _state(seg["bundle"]), _state(r.bundle)
+    assert all(torch.equal(shipped[k], written[k]) for k in shipped)
+
+
+def prediction_stats_uniform(stats):
+    """H(mean p) - mean H(p) of recorded statistics."""
+    return -sum(q * math.log(q) for q in stats["mean_probabilities"] if q > 0) - stats["mean_entropy"]
 
 
 def test_depth_bundle_is_one_error_naming_the_methods(tmp_path):

@@ -28,7 +28,9 @@ from ..cli import emit_json, handle_errors
 @click.option("--labels", help="labeled domain spec used only to report accuracy (mIoU for segmentation) before and after")
 @click.option("--option", "options", multiple=True, help="method option key=value (repeatable)")
 @click.option("--select", default="info_max", show_default=True, type=click.Choice(["info_max", "last"]),
-              help="which healthy state to write: highest information maximisation on the target images, or the last")
+              help="which healthy state to write: highest information maximisation on the target images (for "
+                   "segmentation its diversity term is measured against the shipped model's class marginal), "
+                   "or the last; the shipped state is always a candidate")
 @click.option("--seed", default=0, show_default=True)
 @click.option("--threads", type=int, help="CPU threads for torch (default: one per core)")
 @click.option("--json", "as_json", is_flag=True, help="print the result as JSON")

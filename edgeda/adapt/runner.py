@@ -125,7 +125,9 @@ def adapt(bundle: str | Path, target_dir: str | Path, out: str | Path, *, method
     avoids OpenMP threads waiting on each other); ``started_at``: a ``time.perf_counter()`` value to count the budget from (the CLI
     passes its own start, so imports count too); ``select``: which healthy state is written —
     ``"info_max"`` (default) the one whose predictions on the monitor images score highest on
-    information maximisation (confident per image, diverse over the set; no labels), ``"last"``
+    information maximisation (confident per image, diverse over the set; no labels; for dense
+    outputs diverse relative to the shipped model's pixel-class marginal, see
+    :mod:`edgeda.adapt.safety`), ``"last"``
     the last one; the shipped state is always a candidate (written when every adapted state is
     unhealthy or, under ``info_max``, scores lower than it); ``on_check(iteration, stats, classifier)``: called after every check (progress
     reporting, diagnostics). Returns an :class:`AdaptResult`; the adaptation record is also in the new bundle's
@@ -230,7 +232,7 @@ class _AdaptRun:
         self.__dict__.update({k: v for k, v in locals().items() if k != "self"})
 
     def check(self, it: int) -> str | None:
-        stats = _stats(self.monitor_set, self.m.classifier, self.mon_ref, self.task.num_classes)
+        stats = _stats(self.monitor_set, self.m.classifier, self.mon_ref, self.task.num_classes, self.prior)
         verdict = self.monitor.check(stats, self.m.classifier)
         if self.on_check is not None:
             self.on_check(it, stats, self.m.classifier)
@@ -253,7 +255,11 @@ class _AdaptRun:
         iters_cap, reserve = self.iters_cap, self.reserve
         self.scores: list[tuple[int, float]] = []  # (iteration, selection score) of every healthy check
         # the shipped state is always a candidate: written when every adapted state is unhealthy or scores lower
-        shipped_stats = _stats(self.monitor_set, m.classifier, self.mon_ref, self.task.num_classes)
+        # dense outputs: the selection's diversity term is relative to the shipped model's pixel-class
+        # marginal on the monitor frames (see edgeda.adapt.safety), so the shipped state scores -mean H(p)
+        shipped = _accumulate(self.monitor_set, m.classifier, self.mon_ref, self.task.num_classes)
+        self.prior = torch.tensor(shipped.result()["mean_probabilities"]) if self.tk.dense else None
+        shipped_stats = shipped.result(self.prior)
         self.shipped_score = round(shipped_stats["info_max"], 5)
         self.best = BestState(self.shipped_score if self.select == "info_max" else -float("inf"), "shipped",
                               m.state_snapshot())
@@ -326,7 +332,8 @@ class _AdaptRun:
         clf = m.classifier
         clf.eval()
 
-        after = _stats(self.target, clf, self.ref_pred, task.num_classes)
+        after = _stats(self.target, clf, self.ref_pred, task.num_classes,
+                       torch.tensor(self.before["mean_probabilities"]) if tk.dense else None)
         acc_after = _score(clf, lab, task, dev) if lab is not None else None
         accuracy = None if lab is None else {"data": labels, "metric": tk.headline, "before": self.acc_before,
                                              "after": acc_after, "n": len(lab)}
@@ -409,20 +416,30 @@ def _score(model, lab, spec: TaskSpec, dev) -> float:
     return float(evaluate_model(model, lab, spec, dev).scores[task_of(spec).headline])
 
 
-def _stats(target: TargetSet, model, reference_pred: torch.Tensor | None, num_classes: int) -> dict:
-    """Prediction statistics of ``model`` over ``target`` (per image, or per pixel for dense outputs)."""
+def _accumulate(target: TargetSet, model, reference_pred: torch.Tensor | None, num_classes: int) -> PredictionStats:
     acc = PredictionStats(num_classes)
     for sl, out in target.predictions(model):
         acc.update(out, None if reference_pred is None else reference_pred[sl])
-    return acc.result()
+    return acc
+
+
+def _stats(target: TargetSet, model, reference_pred: torch.Tensor | None, num_classes: int,
+           prior: torch.Tensor | None = None) -> dict:
+    """Prediction statistics of ``model`` over ``target`` (per image, or per pixel for dense outputs);
+    ``prior``: the class marginal ``info_max`` measures diversity against (None: uniform)."""
+    return _accumulate(target, model, reference_pred, num_classes).result(prior)
 
 
 def _shipped_stats(target: TargetSet, model, num_classes: int) -> tuple[dict, torch.Tensor]:
-    """(statistics, predicted classes (N,) or (N, H, W) on the CPU) of the shipped model in one pass."""
+    """(statistics, predicted classes (N,) or (N, H, W) on the CPU) of the shipped model in one pass;
+    for dense outputs ``info_max`` is relative to its own pixel-class marginal, as the selection's."""
     acc, preds = PredictionStats(num_classes), []
     dtype = torch.uint8 if num_classes <= 255 else torch.int32
     for _, out in target.predictions(model):
         pred = out.argmax(1)
         acc.update(out, pred)
         preds.append(pred.to("cpu", dtype))
-    return acc.result(), torch.cat(preds)
+    res = acc.result()
+    if res.get("pixels"):
+        res = acc.result(torch.tensor(res["mean_probabilities"]))
+    return res, torch.cat(preds)

@@ -2,7 +2,7 @@
 target-trained upper bound, and latency of the dense models (ORT vs PyTorch eager, int8 vs fp32).
 
     python benchmarks/dense.py [--profile cpu|gpu|quick] [--rows digits_seg,syn_seg,syn_depth]
-                               [--methods source_only,METHOD[@ITERS],...] [--seeds 0,1,2] [--latency]
+                               [--methods source_only,METHOD[@ITERS|@task],...] [--seeds 0,1,2] [--latency]
                                [--overhead] [--table-only]
 
 Every method in ``--methods`` runs on every row (``select=last``; target labels are read for this
@@ -90,6 +90,8 @@ METHOD_SETTINGS: dict[str, dict[str, dict]] = {"cpu": {
 # Budget variants, run with ``--methods NAME@ITERS``: the method with the row's settings and its own, at
 # another iteration count, to compare methods at equal budgets where METHOD_SETTINGS shortens one.
 # The table lists them under that name; their gain is against source-only at the row's budget.
+# ``NAME@task`` (two-stage methods): the first stage as in METHOD_SETTINGS, then the row's iterations of the
+# task stage, so the task network trains as long as source-only's (see ``task_phase_variant``).
 LATENCY_MODELS = {
     "unet w0.25": {"arch": "unet", "width": 0.25},
     "lraspp w1.0": {"arch": "lraspp", "width": 1.0},
@@ -103,11 +105,30 @@ def run_config(profile: str, row: str, seed: int, upper: bool, method: str = "so
     cfg = {"method": base, "task": pair["task"], "seed": seed, "select": "last", "device": "cpu" if profile != "gpu" else "auto",
            "source": pair["upper_source"] if upper else pair["source"], "target": pair["target"],
            "target_test": pair["test"], **p, **METHOD_SETTINGS.get(profile, {}).get(base, {})}
-    if iters:
+    if iters == "task":
+        cfg.update(task_phase_variant(base, cfg, p["iters"]))
+    elif iters:
         cfg["iters"] = int(iters)
     cfg["eval_every"] = max(1, cfg["iters"] // 4)
     cfg["checkpoint_every"] = cfg["iters"]
     return cfg
+
+
+def task_phase_variant(method: str, cfg: dict, row_iters: int) -> dict:
+    """``NAME@task``: the translation stage of the method's shortened budget, then the row's iterations of task training.
+
+    For two-stage methods (``gan_fraction``): the first stage keeps its ``iters * gan_fraction`` iterations and the
+    task stage gets the row's ``row_iters``, so the task network trains as long as source-only's does.
+    """
+    from edgeda.methods.registry import METHODS
+
+    options = dict(cfg.get("options", {}))
+    frac = float(options.get("gan_fraction", METHODS.get(method).defaults.get("gan_fraction", 0.0)))
+    if not 0 < frac < 1:
+        raise SystemExit(f"{method}@task needs a two-stage method (a gan_fraction option); {method} has none")
+    gan = round(cfg["iters"] * frac)
+    total = gan + row_iters
+    return {"iters": total, "options": {**options, "gan_fraction": gan / total}}
 
 
 def run_tag(row: str, method: str, seed: int, upper: bool = False) -> str:
@@ -301,14 +322,7 @@ def latency(profile: str, rounds: int = 15, calls: int = 20) -> dict:
                                                                  "ratio_ort_vs_torch": med["ort"] / med["torch"]}
                 print(f"latency {name} {size}: torch {med['torch']:.2f} ms, ort {med['ort']:.2f} ms", flush=True)
         for row in ("digits_seg", "syn_seg"):
-            run = RESULTS / "dense" / profile / f"{row}-s0.json"
-            if not run.is_file():
-                continue
-            bundle = json.loads(run.read_text())["bundle"]
-            if not Path(bundle).is_dir():  # stored run from another machine: its bundle is not here
-                out["int8"][row] = {"skipped": f"the seed-0 bundle {bundle} is not on this machine; rerun the row to measure"}
-                continue
-            out["int8"][row] = int8_vs_fp32(bundle, PAIRS[row], Path(tmp), rounds, calls)
+            out["int8"][row] = int8_vs_fp32(str(seed0_bundle(profile, row)), PAIRS[row], Path(tmp), rounds, calls)
     return out
 
 

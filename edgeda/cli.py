@@ -118,7 +118,7 @@ class _SelectOption(click.Option):
               help="model selection without target labels (see `edgeda methods --validators`): {choices}")
 @click.option("--seed", type=int)
 @click.option("--device", help="auto | cpu | cuda[:N]")
-@click.option("--init", help="initial weights (bundle or .safetensors) for methods that need them")
+@click.option("--init", help="initial weights of the task network (a bundle, e.g. a source-only one, or .safetensors)")
 @click.option("--option", "options", multiple=True, help="method option key=value (repeatable)")
 @click.option("--ema", type=float, help="ship an exponential moving average of the weights with this decay (e.g. 0.999; 0: off)")
 @click.option("--skip-nonfinite", is_flag=True, default=None, help="skip steps whose loss or gradients are NaN/inf instead of stopping")

@@ -154,3 +154,27 @@ def test_dense_resume_gives_the_same_weights(tmp_path):
     wb = edgeda.load_bundle(resumed.bundle).module().state_dict()
     for k in wa:
         assert torch.allclose(wa[k].float(), wb[k].float(), atol=1e-6), k
+
+
+def test_init_from_a_dense_bundle_loads_its_model(tmp_path):
+    """``--init`` with a segmentation bundle starts a method's task network from that bundle's
+    ``model``; a bundle of another shape is one clear error."""
+    from edgeda.config import make_config
+    from edgeda.errors import EdgedaError
+    from edgeda.training.trainer import Trainer
+
+    src = _npz(tmp_path / "src.npz", 16, 32, 48)
+    res = _train(tmp_path, src, src, None, iters=2)
+    shipped = edgeda.load_bundle(res.bundle).classifier.state_dict()
+    cfg = dict(method="advent", source=src, target=src, iters=2, batch_size=4, image_size=[32, 48], backbone="lraspp",
+               backbone_kwargs={"width": 0.25}, device="cpu", init=str(res.bundle))
+    tr = Trainer(make_config(None, {**cfg, "out": str(tmp_path / "adv")}), progress=False, log=None)
+    tr._build()  # what run() does first: the method, then --init
+    got = tr.method.classifier.state_dict()
+    assert set(got) == set(shipped) and all(torch.equal(got[k], shipped[k]) for k in shipped)
+    fresh = Trainer(make_config(None, {**cfg, "init": None, "out": str(tmp_path / "fresh")}), progress=False, log=None)
+    fresh._build()
+    assert not all(torch.equal(fresh.method.classifier.state_dict()[k], shipped[k]) for k in shipped)
+    with pytest.raises(EdgedaError, match="does not fit"):
+        Trainer(make_config(None, {**cfg, "backbone_kwargs": {"width": 0.5}, "out": str(tmp_path / "wide")}),
+                progress=False, log=None).run()

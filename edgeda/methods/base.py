@@ -210,7 +210,8 @@ class Method(Configurable):
         return None
 
     def load_init(self, path: str) -> None:
-        """Initialise the classifier from a bundle directory or a ``.safetensors`` file (``--init``)."""
+        """Initialise the task network from a bundle directory (its ``classifier``, or ``model`` for
+        dense tasks) or a ``.safetensors`` file (``--init``)."""
         from pathlib import Path
 
         from safetensors.torch import load_file
@@ -219,7 +220,7 @@ class Method(Configurable):
         if (p / "manifest.json").is_file():
             from ..bundle import Bundle
 
-            state = Bundle(p).module("classifier").state_dict()
+            state = Bundle(p).classifier.state_dict()
         elif p.suffix == ".safetensors" and p.is_file():
             state = load_file(str(p))
         else:

@@ -90,6 +90,8 @@ METHOD_SETTINGS: dict[str, dict[str, dict]] = {"cpu": {
 # Budget variants, run with ``--methods NAME@ITERS``: the method with the row's settings and its own, at
 # another iteration count, to compare methods at equal budgets where METHOD_SETTINGS shortens one.
 # The table lists them under that name; their gain is against source-only at the row's budget.
+# ``NAME@init``: the method started from the seed's source-only bundle (``--init``) and trained for its usual
+# iterations; its gain is against ``source_only@init`` (source-only training continued as long) where that is stored.
 # ``NAME@task`` (two-stage methods): the first stage as in METHOD_SETTINGS, then the row's iterations of the
 # task stage, so the task network trains as long as source-only's (see ``task_phase_variant``).
 LATENCY_MODELS = {
@@ -107,6 +109,8 @@ def run_config(profile: str, row: str, seed: int, upper: bool, method: str = "so
            "target_test": pair["test"], **p, **METHOD_SETTINGS.get(profile, {}).get(base, {})}
     if iters == "task":
         cfg.update(task_phase_variant(base, cfg, p["iters"]))
+    elif iters == "init":
+        cfg["init"] = str(init_bundle(profile, row, seed))
     elif iters:
         cfg["iters"] = int(iters)
     cfg["eval_every"] = max(1, cfg["iters"] // 4)
@@ -153,6 +157,8 @@ def run_one(profile: str, row: str, seed: int, upper: bool, method: str = "sourc
             print(f"{tag}: stored", flush=True)
             return old
     torch.set_num_threads(1)
+    if cfg.get("init"):
+        ensure_init_bundle(profile, row, seed)
     out = Path("/tmp/edgeda-dense-bench") / profile / tag
     t0 = time.perf_counter()
     res = edgeda.train(out=str(out), progress=False, log=None, **cfg)
@@ -201,9 +207,13 @@ def summarise(profile: str) -> dict:
         if "source_only" not in methods:
             continue
         keys = list(methods["source_only"][0]["target_test"])
-        ref = {r["seed"]: r["target_test"][keys[0]] for r in methods["source_only"]}
+        refs = {m: {r["seed"]: r["target_test"][keys[0]] for r in methods[m]} for m in ("source_only", "source_only@init")
+                if m in methods}
 
         def stats(runs):
+            m = runs[0].get("method", "source_only")
+            ref = refs["source_only@init"] if m.endswith("@init") and m != "source_only@init" and "source_only@init" in refs \
+                else refs["source_only"]
             gains = [r["target_test"][keys[0]] - ref[r["seed"]] for r in runs if r["seed"] in ref]
             return {"seeds": [r["seed"] for r in runs],
                     "target": {k: _mean_std([r["target_test"][k] for r in runs]) for k in keys},
@@ -212,7 +222,7 @@ def summarise(profile: str) -> dict:
                     "wall_s": statistics.fmean(r["wall_s"] for r in runs), "per_class": runs[0].get("per_class"),
                     "machines": sorted({r["machine"].get("cpu", "?") for r in runs})}
 
-        order = sorted(methods, key=lambda m: (m != "source_only", m))
+        order = sorted(methods, key=lambda m: (m != "source_only", m.endswith("@init"), m != "source_only@init", m))
         rows[row] = {
             "pair": f"{pair['source']} -> {pair['target']}", "task": pair["task"],
             "config": PROFILES[profile][row],
@@ -237,7 +247,10 @@ def table(profile: str, rows: dict) -> str:
              "report only; gain: the method minus source-only on the same seed (higher is better for mIoU, lower for "
              "abs rel); upper bound: source-only with the same model and budget trained on the target's labelled "
              "adaptation split (seed 0), evaluated on the same test split. Runs of one seed on different machines differ "
-             "(floating-point order): compare gains within a machine.", "",
+             "(floating-point order): compare gains within a machine. NAME@ITERS: the method at another iteration "
+             "count; NAME@task: a two-stage method whose task stage gets the row's iterations; NAME@init: started from "
+             "the seed's source-only bundle, its gain against source_only@init (source-only training continued as "
+             "long) where stored.", "",
              "| pair | task | model | method | target (headline) | gain vs source-only | source val | upper bound | short of the upper bound | other target scores | seeds | wall / run (s) | machine |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     verdicts = []
@@ -377,23 +390,42 @@ def precision_check(bundle: str, pair: dict, tmp: Path, rounds: int, calls: int,
     return out
 
 
-def seed0_bundle(profile: str, row: str) -> Path:
-    """The row's seed-0 source-only bundle: the stored run's when it is on this machine, else the
+def seed0_bundle(profile: str, row: str, seed: int = 0) -> Path:
+    """The row's source-only bundle of ``seed``: the stored run's when it is on this machine, else the
     same config trained here (benchmarks/adapt.py trains the same one for its dense rows)."""
     import edgeda
 
-    cfg = run_config(profile, row, 0, False)
-    stored = RESULTS / "dense" / profile / f"{row}-s0.json"
+    cfg = run_config(profile, row, seed, False)
+    stored = RESULTS / "dense" / profile / f"{row}-s{seed}.json"
     cands = [Path(json.loads(stored.read_text())["bundle"])] if stored.is_file() else []
-    cands.append(Path("/tmp/edgeda-adapt-bench") / f"{row}-s0" / "model.edgeda")
-    local = Path("/tmp/edgeda-dense-bench") / profile / f"{row}-s0-here"
+    cands.append(Path("/tmp/edgeda-adapt-bench") / f"{row}-s{seed}" / "model.edgeda")
+    local = Path("/tmp/edgeda-dense-bench") / profile / f"{row}-s{seed}-here"
     cands.append(local / "model.edgeda")
     for c in cands:
         man = c / "manifest.json"
         if man.is_file():
             return c
-    print(f"training the seed-0 source-only {row} bundle for the precision check ...", flush=True)
+    print(f"training the seed-{seed} source-only {row} bundle ...", flush=True)
     return Path(edgeda.train(out=str(local), progress=False, log=None, **cfg).bundle)
+
+
+def init_bundle(profile: str, row: str, seed: int) -> Path:
+    """Where ``NAME@init`` runs start from: a fixed path (it is part of the stored config) holding a
+    copy of the seed's source-only bundle (:func:`seed0_bundle`), made on first use."""
+    return Path("/tmp/edgeda-dense-bench") / profile / "init" / f"{row}-s{seed}.edgeda"
+
+
+def ensure_init_bundle(profile: str, row: str, seed: int) -> None:
+    dst = init_bundle(profile, row, seed)
+    if (dst / "manifest.json").is_file():
+        return
+    src = seed0_bundle(profile, row, seed)
+    tmp = dst.with_name(dst.name + f".tmp{time.time_ns()}")
+    shutil.copytree(src, tmp)
+    try:
+        tmp.rename(dst)  # atomic; a concurrent run may have placed the same copy first
+    except OSError:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def precisions(profile: str, rows: list[str], rounds: int = 10, calls: int = 20) -> dict:

@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import re
 import shutil
 import statistics
 import sys
@@ -140,6 +141,33 @@ def run_tag(row: str, method: str, seed: int, upper: bool = False) -> str:
     return f"{row}{'-upper' if upper else ''}{'' if method == 'source_only' else '-' + method}-s{seed}"
 
 
+def machine_slug(cpu: str) -> str:
+    """``Intel(R) Xeon(R) Processor`` -> ``intel-xeon-processor``: the folder of a machine's ``@init`` runs."""
+    return re.sub(r"[^a-z0-9]+", "-", cpu.lower().replace("(r)", "").replace("(tm)", "")).strip("-") or "unknown"
+
+
+def run_folder(profile: str, method: str) -> Path:
+    """Where a run is stored. ``NAME@init`` runs go under ``init/<machine>/``: their starting bundle is the
+    seed's source-only bundle trained on that machine (runs of one seed differ across machines), so a
+    method's gain is paired with the ``source_only@init`` run of the same machine and seed."""
+    folder = RESULTS / "dense" / profile
+    if method.endswith("@init"):
+        from edgeda.utils import cpu_model
+
+        folder = folder / "init" / machine_slug(cpu_model())
+    return folder
+
+
+def file_sha256(path: Path) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
 def run_one(profile: str, row: str, seed: int, upper: bool, method: str = "source_only") -> dict:
     import torch
 
@@ -147,7 +175,7 @@ def run_one(profile: str, row: str, seed: int, upper: bool, method: str = "sourc
     from edgeda.tasks import task_of
     from edgeda.utils import machine_info
 
-    folder = RESULTS / "dense" / profile
+    folder = run_folder(profile, method)
     tag = run_tag(row, method, seed, upper)
     path = folder / f"{tag}.json"
     cfg = run_config(profile, row, seed, upper, method)
@@ -172,10 +200,12 @@ def run_one(profile: str, row: str, seed: int, upper: bool, method: str = "sourc
            "target_test_scores": m.get("target_test_scores"), "per_class": m.get("target_test_per_class"),
            "history": [{k: v for k, v in h.items() if k != "samples_png"} for h in res.history],
            "bundle": str(res.bundle)}
+    if cfg.get("init"):  # which starting bundle this run's gain is paired on
+        rec["init_weights_sha256"] = {f.name: file_sha256(f) for f in sorted(Path(cfg["init"]).glob("*.safetensors"))}
     folder.mkdir(parents=True, exist_ok=True)
     png = next((h["samples_png"] for h in reversed(res.history) if h.get("samples_png")), None)
     if png and Path(png).is_file() and seed == 0:  # the last evaluation's sample grid, kept beside the run
-        (folder / "samples").mkdir(exist_ok=True)
+        (folder / "samples").mkdir(parents=True, exist_ok=True)
         shutil.copyfile(png, folder / "samples" / f"{tag}.png")
         rec["samples_png"] = f"samples/{tag}.png"
     path.write_text(json.dumps(rec, indent=1) + "\n")
@@ -195,7 +225,8 @@ def summarise(profile: str) -> dict:
     folder = RESULTS / "dense" / profile
     rows = {}
     for row, pair in PAIRS.items():
-        stored = [json.loads(p.read_text()) for p in sorted(folder.glob(f"{row}-*s*.json"))]
+        files = sorted(folder.glob(f"{row}-*s*.json")) + sorted(folder.glob(f"init/*/{row}-*s*.json"))
+        stored = [json.loads(p.read_text()) for p in files]
         stored = [r for r in stored if r.get("row") == row]
         uppers = [r for r in stored if r["upper_bound"]
                   and r["config"] == run_config(profile, row, r["seed"], True, r.get("method", "source_only"))]
@@ -207,14 +238,18 @@ def summarise(profile: str) -> dict:
         if "source_only" not in methods:
             continue
         keys = list(methods["source_only"][0]["target_test"])
-        refs = {m: {r["seed"]: r["target_test"][keys[0]] for r in methods[m]} for m in ("source_only", "source_only@init")
+        def pair_key(r):  # @init runs pair on (machine, seed): the starting bundle; the others on the seed
+            return (r["machine"].get("cpu"), r["seed"]) if r.get("method", "").endswith("@init") else r["seed"]
+
+        refs = {m: {pair_key(r): r["target_test"][keys[0]] for r in methods[m]} for m in ("source_only", "source_only@init")
                 if m in methods}
 
         def stats(runs):
             m = runs[0].get("method", "source_only")
-            ref = refs["source_only@init"] if m.endswith("@init") and m != "source_only@init" and "source_only@init" in refs \
-                else refs["source_only"]
-            gains = [r["target_test"][keys[0]] - ref[r["seed"]] for r in runs if r["seed"] in ref]
+            at_init = m.endswith("@init") and m != "source_only@init" and "source_only@init" in refs
+            ref = refs["source_only@init"] if at_init else refs["source_only"]
+            key = pair_key if at_init else (lambda r: r["seed"])
+            gains = [r["target_test"][keys[0]] - ref[key(r)] for r in runs if key(r) in ref]
             return {"seeds": [r["seed"] for r in runs],
                     "target": {k: _mean_std([r["target_test"][k] for r in runs]) for k in keys},
                     "source_val": {k: _mean_std([r["source_val"][k] for r in runs]) for k in keys},

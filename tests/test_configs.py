@@ -172,3 +172,32 @@ def test_promote_copies_only_candidate_runs_that_match_the_current_profile(tmp_p
     (try_dir / "dann@ema=0.5-s0.json").write_text(json.dumps({**run, "config": {**cfg, "ema": 0.5}}))
     with pytest.raises(SystemExit, match="change the profile first"):
         adaptation.promote(args)
+
+
+def test_dense_init_gains_pair_on_the_machine_and_seed_of_the_starting_bundle(tmp_path, monkeypatch):
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import json
+
+    import dense
+
+    monkeypatch.setattr(dense, "RESULTS", tmp_path)
+    folder = tmp_path / "dense" / "cpu"
+
+    def store(method, seed, miou, cpu):
+        sub = folder / "init" / dense.machine_slug(cpu) if method.endswith("@init") else folder
+        sub.mkdir(parents=True, exist_ok=True)
+        rec = {"row": "syn_seg", "method": method, "upper_bound": False, "seed": seed, "wall_s": 1.0,
+               "config": dense.run_config("cpu", "syn_seg", seed, False, method), "machine": {"cpu": cpu},
+               "source_val": {"miou": 0.3, "pixel_acc": 0.6}, "target_test": {"miou": miou, "pixel_acc": 0.6}}
+        (sub / f"{dense.run_tag('syn_seg', method, seed)}.json").write_text(json.dumps(rec))
+
+    store("source_only", 0, 0.15, "Intel(R) Xeon(R) Processor")
+    store("source_only@init", 0, 0.10, "Intel(R) Xeon(R) Processor")  # the same seed from another machine's bundle
+    store("source_only@init", 0, 0.20, "AMD EPYC")
+    store("fda@init", 0, 0.13, "Intel(R) Xeon(R) Processor")  # +3 points on its own machine's reference
+    store("fda@init", 0, 0.19, "AMD EPYC")  # -1 point on its own
+    s = dense.summarise("cpu")["syn_seg"]["methods"]
+    assert dense.machine_slug("Intel(R) Xeon(R) Processor") == "intel-xeon-processor"
+    assert s["fda@init"]["seeds"] == [0, 0]
+    assert abs(s["fda@init"]["gain_vs_source_only"][0] - 0.01) < 1e-9  # mean of +0.03 and -0.01, not vs 0.15
+    assert abs(s["source_only@init"]["target"]["miou"][0] - 0.15) < 1e-9

@@ -85,6 +85,25 @@ def train_on_embedded_pair(tmp_path, method, options, pair, iters=2):
     return res
 
 
+def export_and_predict(bundle, tmp_path, size=(32, 64)):
+    """Export a dense bundle (the exporter checks fp32 parity against PyTorch per deployable) and
+    predict two frames with the exported bundle: what a user does with any trained bundle."""
+    import edgeda
+    from PIL import Image
+
+    report = edgeda.export(bundle, tmp_path / "exported")
+    for name, entry in report["deployables"].items():
+        assert entry["parity_fp32"]["real"]["max_abs_diff"] <= 1e-4, name
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(2):
+        Image.fromarray(rng.integers(0, 255, (*size, 3), dtype=np.uint8)).save(frames / f"f{i}.png")
+    pred = edgeda.predict(tmp_path / "exported", frames, out=tmp_path / "p.csv", out_dir=tmp_path / "png")
+    assert pred["n"] == 2 and (tmp_path / "png" / "f0.mask.png").is_file()
+    return report
+
+
 @pytest.fixture(scope="module")
 def one_torch_thread():
     """One torch thread for a module: on a shared two-core machine two OpenMP threads mostly wait on each other."""

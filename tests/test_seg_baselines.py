@@ -16,7 +16,7 @@ from edgeda.models.dense_alignment import (FullyConvDiscriminator, charbonnier_p
 from edgeda.models.dense_gan import PixelDomainClassifier
 from edgeda.models.fourier import fourier_amplitude_swap, low_frequency_mask
 from edgeda.task import TaskSpec
-from conftest import EMBEDDED_DENSE_PAIRS, square_scenes, train_on_embedded_pair
+from conftest import EMBEDDED_DENSE_PAIRS, export_and_predict, square_scenes, train_on_embedded_pair
 
 
 def test_entropy_map_zero_for_one_hot_and_one_for_uniform():
@@ -230,3 +230,5 @@ def test_dense_dann_trains_on_depth(tmp_path):
 def test_method_smoke_run_on_the_embedded_dense_pairs(tmp_path, method, options, pair):
     res = train_on_embedded_pair(tmp_path, method, options, pair)
     assert 0.0 <= res.metrics["target_test_miou"] <= 1.0 and res.metrics["target_test_per_class"]
+    if pair[0] == "synscenes":  # its bundle exports (fp32 parity checked) and predicts like any other
+        assert "model" in export_and_predict(res.bundle, tmp_path)["deployables"]

@@ -17,7 +17,7 @@ from edgeda.models.structural import ConditionalFeatureGenerator
 from edgeda.models.superpixels import (LabelDistributionRegressor, class_fractions, label_distribution_kl, landmark_labels,
                                        predicted_label_distribution, slic_superpixels, soft_cross_entropy)
 from edgeda.task import TaskSpec
-from conftest import EMBEDDED_DENSE_PAIRS, train_on_embedded_pair
+from conftest import EMBEDDED_DENSE_PAIRS, export_and_predict, train_on_embedded_pair
 
 
 def _spec(k=2):
@@ -217,3 +217,5 @@ def test_method_trains_on_the_embedded_pair_and_its_bundle_evaluates(tmp_path, m
     assert sorted(b.manifest["deployables"]) == ["model"]
     ev = edgeda.evaluate(res.bundle, pair[2])
     assert 0.0 <= ev["miou"] <= 1.0 and "per_class_iou" in ev
+    if pair[0] == "synscenes":  # it exports (fp32 parity checked) and predicts like any other bundle
+        export_and_predict(res.bundle, tmp_path)

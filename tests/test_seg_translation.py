@@ -10,7 +10,7 @@ import edgeda
 from edgeda.export.onnx import signature_of
 from edgeda.methods import METHODS, Batch
 from edgeda.task import TaskSpec
-from conftest import EMBEDDED_DENSE_PAIRS, train_on_embedded_pair
+from conftest import EMBEDDED_DENSE_PAIRS, export_and_predict, train_on_embedded_pair
 
 
 def _spec(k=3):
@@ -93,13 +93,4 @@ def test_translation_method_trains_on_the_embedded_pair(tmp_path, method, option
     b = edgeda.load_bundle(res.bundle)
     assert "model" in b.manifest["deployables"]
     if pair[0] == "synscenes":  # export with the parity check, then predict on target frames
-        report = edgeda.export(res.bundle, tmp_path / "exported")
-        for name, entry in report["deployables"].items():
-            assert entry["parity_fp32"]["real"]["max_abs_diff"] <= 1e-4, name
-        frames = tmp_path / "frames"
-        frames.mkdir()
-        rng = np.random.default_rng(0)
-        for i in range(2):
-            Image.fromarray(rng.integers(0, 255, (32, 64, 3), dtype=np.uint8)).save(frames / f"f{i}.png")
-        pred = edgeda.predict(tmp_path / "exported", frames, out=tmp_path / "p.csv", out_dir=tmp_path / "png")
-        assert pred["n"] == 2 and (tmp_path / "png" / "f0.mask.png").is_file()
+        export_and_predict(res.bundle, tmp_path)

@@ -81,8 +81,6 @@ def test_method_auto_smoke(tmp_path):
 def test_trainer_warns_when_the_shipped_model_swaps_classes_of_the_reference(tmp_path):
     """A planted swap: the reference is the trained model with two output rows exchanged, so the
     shipped model disagrees with it on every target image of those classes."""
-    import copy
-
     from edgeda.bundle import load_bundle
 
     res = Trainer(tiny_config(tmp_path / "a", method="source_only", iters=30, eval_every=30), progress=False, log=None).run()

@@ -243,12 +243,17 @@ def summarise(profile: str) -> dict:
 
         refs = {m: {pair_key(r): r["target_test"][keys[0]] for r in methods[m]} for m in ("source_only", "source_only@init")
                 if m in methods}
+        refs["source_only/machine"] = {(r["machine"].get("cpu"), r["seed"]): r["target_test"][keys[0]]
+                                       for r in methods["source_only"]}
 
         def stats(runs):
             m = runs[0].get("method", "source_only")
             at_init = m.endswith("@init") and m != "source_only@init" and "source_only@init" in refs
-            ref = refs["source_only@init"] if at_init else refs["source_only"]
-            key = pair_key if at_init else (lambda r: r["seed"])
+            if m == "source_only@init":  # continued training vs the bundle it continued: the same machine's run
+                ref, key = refs["source_only/machine"], pair_key
+            else:
+                ref = refs["source_only@init"] if at_init else refs["source_only"]
+                key = pair_key if at_init else (lambda r: r["seed"])
             gains = [r["target_test"][keys[0]] - ref[key(r)] for r in runs if key(r) in ref]
             return {"seeds": [r["seed"] for r in runs],
                     "target": {k: _mean_std([r["target_test"][k] for r in runs]) for k in keys},

@@ -72,7 +72,10 @@ def dense(task: str) -> list[str]:
     if not out:
         return []
     name = "mIoU %" if task == "segmentation" else "abs rel (lower is better)"
-    return [f"**{task.capitalize()}**, profile `cpu` (small models and images on 2 CPU cores), {name}:", "",
+    init = any(m.endswith("@init") for r in rows.values() if r["task"] == task for m in r["methods"])
+    return [f"**{task.capitalize()}**, profile `cpu` (small models and images on 2 CPU cores), {name}"
+            + (" (`NAME@init`: started from the seed's source-only bundle, compared with `source_only@init`, "
+               "source-only training continued as long, on the same machine and seed)" if init else "") + ":", "",
             f"| pair | method | target {name} | vs source-only | target-trained upper bound | seeds |",
             "|---|---|---|---|---|---|", *out]
 

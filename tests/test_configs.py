@@ -201,3 +201,5 @@ def test_dense_init_gains_pair_on_the_machine_and_seed_of_the_starting_bundle(tm
     assert s["fda@init"]["seeds"] == [0, 0]
     assert abs(s["fda@init"]["gain_vs_source_only"][0] - 0.01) < 1e-9  # mean of +0.03 and -0.01, not vs 0.15
     assert abs(s["source_only@init"]["target"]["miou"][0] - 0.15) < 1e-9
+    # continued source-only training is compared with the source-only run of its own machine only
+    assert abs(s["source_only@init"]["gain_vs_source_only"][0] - (0.10 - 0.15)) < 1e-9

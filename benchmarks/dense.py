@@ -259,7 +259,7 @@ def summarise(profile: str) -> dict:
                     "target": {k: _mean_std([r["target_test"][k] for r in runs]) for k in keys},
                     "source_val": {k: _mean_std([r["source_val"][k] for r in runs]) for k in keys},
                     "gain_vs_source_only": _mean_std(gains), "config": runs[0]["config"],
-                    "wall_s": statistics.fmean(r["wall_s"] for r in runs), "per_class": runs[0].get("per_class"),
+                    "wall_s": statistics.fmean(r["wall_s"] for r in runs), "per_class": mean_per_class(runs),
                     "machines": sorted({r["machine"].get("cpu", "?") for r in runs})}
 
         order = sorted(methods, key=lambda m: (m != "source_only", m.endswith("@init"), m != "source_only@init", m))
@@ -272,6 +272,30 @@ def summarise(profile: str) -> dict:
             "machine": methods["source_only"][0]["machine"],
         }
     return rows
+
+
+def mean_per_class(runs: list[dict]) -> dict | None:
+    """Per-class IoU, the mean over the runs that stored it (classes absent from the test split are None)."""
+    per = [r["per_class"] for r in runs if r.get("per_class")]
+    if not per:
+        return None
+    return {c: (statistics.fmean(v) if (v := [p[c] for p in per if p.get(c) is not None]) else None) for c in per[0]}
+
+
+def per_class_table(profile: str, rows: dict) -> str:
+    """One table per segmentation row: each method's per-class target IoU (%, mean over its seeds)."""
+    out = []
+    for r in rows.values():
+        classes = next((s["per_class"] for s in r["methods"].values() if s.get("per_class")), None)
+        if r["task"] != "segmentation" or not classes:
+            continue
+        out += [f"{r['pair']}, profile `{profile}`: target IoU % per class, mean over each method's seeds.", "",
+                "| method | " + " | ".join(classes) + " |", "|---" * (len(classes) + 1) + "|"]
+        for m, s in r["methods"].items():
+            pc = s.get("per_class") or {}
+            out.append(f"| {m} | " + " | ".join("–" if pc.get(c) is None else f"{100 * pc[c]:.1f}" for c in classes) + " |")
+        out.append("")
+    return "\n".join(out) if out else "No segmentation runs stored yet."
 
 
 def _fmt(v, pct):
@@ -674,7 +698,7 @@ def main() -> None:
     rows = summarise(args.profile)
     summary.setdefault("profiles", {})[args.profile] = rows
     summary["date"] = dt.date.today().isoformat()
-    tables = {"dense-table": table(args.profile, rows),
+    tables = {"dense-table": table(args.profile, rows), "dense-per-class-table": per_class_table(args.profile, rows),
               "dense-latency-table": latency_table(summary.get("latency", {}).get(args.profile, {}))}
     summary.setdefault("tables", {})[args.profile] = tables
     summary_path.write_text(json.dumps(summary, indent=1) + "\n")

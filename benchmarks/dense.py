@@ -158,22 +158,12 @@ def run_folder(profile: str, method: str) -> Path:
     return folder
 
 
-def file_sha256(path: Path) -> str:
-    import hashlib
-
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def run_one(profile: str, row: str, seed: int, upper: bool, method: str = "source_only") -> dict:
     import torch
 
     import edgeda
     from edgeda.tasks import task_of
-    from edgeda.utils import machine_info
+    from edgeda.utils import machine_info, sha256_file
 
     folder = run_folder(profile, method)
     tag = run_tag(row, method, seed, upper)
@@ -201,7 +191,7 @@ def run_one(profile: str, row: str, seed: int, upper: bool, method: str = "sourc
            "history": [{k: v for k, v in h.items() if k != "samples_png"} for h in res.history],
            "bundle": str(res.bundle)}
     if cfg.get("init"):  # which starting bundle this run's gain is paired on
-        rec["init_weights_sha256"] = {f.name: file_sha256(f) for f in sorted(Path(cfg["init"]).glob("*.safetensors"))}
+        rec["init_weights_sha256"] = {f.name: sha256_file(f) for f in sorted(Path(cfg["init"]).glob("*.safetensors"))}
     folder.mkdir(parents=True, exist_ok=True)
     png = next((h["samples_png"] for h in reversed(res.history) if h.get("samples_png")), None)
     if png and Path(png).is_file() and seed == 0:  # the last evaluation's sample grid, kept beside the run
@@ -238,22 +228,18 @@ def summarise(profile: str) -> dict:
         if "source_only" not in methods:
             continue
         keys = list(methods["source_only"][0]["target_test"])
-        def pair_key(r):  # @init runs pair on (machine, seed): the starting bundle; the others on the seed
-            return (r["machine"].get("cpu"), r["seed"]) if r.get("method", "").endswith("@init") else r["seed"]
-
-        refs = {m: {pair_key(r): r["target_test"][keys[0]] for r in methods[m]} for m in ("source_only", "source_only@init")
-                if m in methods}
-        refs["source_only/machine"] = {(r["machine"].get("cpu"), r["seed"]): r["target_test"][keys[0]]
-                                       for r in methods["source_only"]}
+        def reference(m):
+            """(reference method, pairing key) for ``m``'s gain. ``@init`` runs pair on (machine, seed), their
+            starting bundle: against ``source_only@init``, and that one against the source-only run it continued;
+            the other runs pair on the seed against ``source_only``."""
+            if not m.endswith("@init"):
+                return "source_only", lambda r: r["seed"]
+            ref = "source_only@init" if m != "source_only@init" and "source_only@init" in methods else "source_only"
+            return ref, lambda r: (r["machine"].get("cpu"), r["seed"])
 
         def stats(runs):
-            m = runs[0].get("method", "source_only")
-            at_init = m.endswith("@init") and m != "source_only@init" and "source_only@init" in refs
-            if m == "source_only@init":  # continued training vs the bundle it continued: the same machine's run
-                ref, key = refs["source_only/machine"], pair_key
-            else:
-                ref = refs["source_only@init"] if at_init else refs["source_only"]
-                key = pair_key if at_init else (lambda r: r["seed"])
+            ref_method, key = reference(runs[0].get("method", "source_only"))
+            ref = {key(r): r["target_test"][keys[0]] for r in methods[ref_method]}
             gains = [r["target_test"][keys[0]] - ref[key(r)] for r in runs if key(r) in ref]
             return {"seeds": [r["seed"] for r in runs],
                     "target": {k: _mean_std([r["target_test"][k] for r in runs]) for k in keys},

@@ -209,6 +209,15 @@ class Method(Configurable):
         """
         return None
 
+    target_images = None  # set by attach_target_images
+    target_seed = 0
+
+    def attach_target_images(self, batches, seed: int = 0) -> None:
+        """Called by the trainer before training: ``batches()`` makes one pass over the target
+        adaptation images (normalised, un-augmented, in a fixed order, on the training device), for
+        methods that label the whole target set between updates (CBST's rounds); ``seed`` is the run's."""
+        self.target_images, self.target_seed = batches, int(seed)
+
     def load_init(self, path: str) -> None:
         """Initialise the task network from a bundle directory (its ``classifier``, or ``model`` for
         dense tasks) or a ``.safetensors`` file (``--init``)."""

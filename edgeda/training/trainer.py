@@ -127,6 +127,12 @@ class Trainer:
                      f"{len(rep['missing'])} missing, {len(rep['unexpected'])} unused")
         if cfg.init and hasattr(self.method, "load_init"):
             self.method.load_init(cfg.init)
+        if self.domains.target is not None and method_cls.uses_target:  # for methods that label the whole target set
+            from .evaluate import eval_batches
+
+            target, spec, device, bs = self.domains.target, self.task, self.device, cfg.batch_size
+            self.method.attach_target_images(lambda: (x for x, _, _ in eval_batches(target, spec, device, bs, labels=False)),
+                                             seed=cfg.seed)
         if self.dist.enabled:
             distributed.broadcast_module(self.method.nets)
             torch.manual_seed(cfg.seed * 7919 + self.dist.rank)  # per-rank noise (dropout, GAN z) after a shared init

@@ -151,11 +151,10 @@ def test_cbst_from_a_source_only_bundle_on_the_embedded_pairs(tmp_path, pair):
     source, target, test = pair
     data = dict(source=source, target=target, target_test=test, **SMALL)
     so = edgeda.train(method="source_only", iters=2, eval_every=2, checkpoint_every=2, out=str(tmp_path / "so"), **data)
-    res = edgeda.train(method="cbst", options={"rounds": 2, "pixels_per_image": 256}, init=str(so.bundle), iters=4,
-                       eval_every=4, checkpoint_every=4, out=str(tmp_path / "cbst"), **data)
+    res = edgeda.train(method="cbst", options={"rounds": 1, "pixels_per_image": 256}, init=str(so.bundle), iters=3,
+                       eval_every=3, checkpoint_every=3, out=str(tmp_path / "cbst"), **data)
     h = res.history[-1]
-    assert h["train/cbst/round"] == pytest.approx(0.5)  # from --init: no warm-up, rounds 0, 0, 1, 1
-    assert h["train/cbst/proportion"] == pytest.approx(0.225)
+    assert h["train/cbst/round"] == 0.0 and h["train/cbst/proportion"] == pytest.approx(0.2)  # from --init: no warm-up
     assert np.isfinite(h["train/loss/target"]) and 0.0 < h["train/cbst/labelled"] < 1.0
     assert 0.0 <= res.metrics["target_test_miou"] <= 1.0
     ev = edgeda.evaluate(res.bundle, test)

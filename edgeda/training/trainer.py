@@ -130,7 +130,7 @@ class Trainer:
         if self.domains.target is not None and method_cls.uses_target:  # for methods that label the whole target set
             from .evaluate import eval_batches
 
-            target, spec, device, bs = self.domains.target, self.task, self.device, cfg.batch_size
+            target, spec, device, bs = self.domains.target, self.task, self.device, 16 if self.task_def.dense else 256
             self.method.attach_target_images(lambda: (x for x, _, _ in eval_batches(target, spec, device, bs, labels=False)),
                                              seed=cfg.seed)
         if self.dist.enabled:

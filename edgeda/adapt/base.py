@@ -36,10 +36,14 @@ class AdaptMethod(Configurable):
     by the runner (iterations or time, whichever is further along); ``self.window`` is the crop
     ``(top, left, height, width)`` of the frames in the batch being stepped on (None: full frames),
     also set by the runner; ``self.engine`` runs every update (non-finite check, AMP on CUDA).
-    ``tasks`` names the tasks the method adapts.
+    ``tasks`` names the tasks the method adapts. ``deployed`` is the model whose predictions the
+    method stands behind: the runner monitors it, selects among its states and writes it (the
+    classifier itself, unless a method predicts with another network, e.g. CoTTA's mean teacher).
     """
 
     kind: ClassVar[str] = "adapt method"
+    # options that differ on segmentation bundles (merged over ``defaults``; options given explicitly win)
+    dense_defaults: ClassVar[dict] = {}
     default_iters: ClassVar[int] = 500
     tasks: ClassVar[tuple[str, ...]] = ("classification",)
     # forward passes of the classifier per step whose activations are kept for backward (memory plan)
@@ -47,6 +51,8 @@ class AdaptMethod(Configurable):
 
     def __init__(self, classifier: nn.Module, task: TaskSpec, *, options: dict | None = None,
                  engine: Engine | None = None, seed: int = 0):
+        if task.dense:
+            options = {**self.dense_defaults, **(options or {})}
         self.opts = self.resolve_options(options)
         self.task = task
         self.engine = engine or Engine()
@@ -77,6 +83,11 @@ class AdaptMethod(Configurable):
     def extra_modules(self) -> dict[str, nn.Module]:
         """Modules trained besides the classifier (for the memory plan and reports)."""
         return {}
+
+    @property
+    def deployed(self) -> nn.Module:
+        """The network that is monitored, selected and written into the new bundle."""
+        return self.classifier
 
     # -- shared helpers -----------------------------------------------------------------------
     def state_snapshot(self) -> dict:

@@ -130,7 +130,7 @@ def adapt(bundle: str | Path, target_dir: str | Path, out: str | Path, *, method
     :mod:`edgeda.adapt.safety`), ``"last"``
     the last one; the shipped state is always a candidate (written when every adapted state is
     unhealthy or, under ``info_max``, scores lower than it); ``on_check(iteration, stats, classifier)``: called after every check (progress
-    reporting, diagnostics). Returns an :class:`AdaptResult`; the adaptation record is also in the new bundle's
+    reporting, diagnostics; ``classifier`` is the method's ``deployed`` network, the one written). Returns an :class:`AdaptResult`; the adaptation record is also in the new bundle's
     manifest under ``"adaptation"``.
 
     >>> r = edgeda.adapt("model.edgeda", "camera_frames/", "adapted.edgeda", method="shot", minutes=5)
@@ -232,10 +232,11 @@ class _AdaptRun:
         self.__dict__.update({k: v for k, v in locals().items() if k != "self"})
 
     def check(self, it: int) -> str | None:
-        stats = _stats(self.monitor_set, self.m.classifier, self.mon_ref, self.task.num_classes, self.prior)
-        verdict = self.monitor.check(stats, self.m.classifier)
+        model = self.m.deployed  # the network that will be written (CoTTA: its teacher), not necessarily the trained one
+        stats = _stats(self.monitor_set, model, self.mon_ref, self.task.num_classes, self.prior)
+        verdict = self.monitor.check(stats, model)
         if self.on_check is not None:
-            self.on_check(it, stats, self.m.classifier)
+            self.on_check(it, stats, model)
         if verdict is None:
             self.scores.append((it, round(stats["info_max"], 5)))
         self.checks += 1
@@ -257,7 +258,7 @@ class _AdaptRun:
         # the shipped state is always a candidate: written when every adapted state is unhealthy or scores lower
         # dense outputs: the selection's diversity term is relative to the shipped model's pixel-class
         # marginal on the monitor frames (see edgeda.adapt.safety), so the shipped state scores -mean H(p)
-        shipped = _accumulate(self.monitor_set, m.classifier, self.mon_ref, self.task.num_classes)
+        shipped = _accumulate(self.monitor_set, m.deployed, self.mon_ref, self.task.num_classes)
         self.prior = torch.tensor(shipped.result()["mean_probabilities"]) if self.tk.dense else None
         shipped_stats = shipped.result(self.prior)
         self.shipped_score = round(shipped_stats["info_max"], 5)
@@ -329,7 +330,7 @@ class _AdaptRun:
         it, stopped, message = self.it, self.stopped, self.message
         bundle, b, out, labels = self.bundle, self.b, self.out, self.labels
         m.restore(self.best.state)
-        clf = m.classifier
+        clf = m.deployed  # what was monitored and selected is what is written
         clf.eval()
 
         after = _stats(self.target, clf, self.ref_pred, task.num_classes,

@@ -1,7 +1,10 @@
 """TENT: fully test-time adaptation by entropy minimisation (Wang et al., ICLR 2021).
 
-Only the affine parameters (gamma, beta) of the BatchNorm layers change; every other weight
-stays as shipped. BatchNorm normalises with the statistics of the current target batch:
+Only the affine parameters (gamma, beta) of the BatchNorm2d layers change, as in the paper and
+the authors' code (which collects ``nn.BatchNorm2d`` only); every other weight stays as shipped,
+the affine parameters of a BatchNorm1d after a fully connected layer (the DTN digits backbone)
+included. Every BatchNorm layer normalises with the statistics of the current target batch (the
+authors' ``model.train()``):
 
     min_{gamma, beta}  E_x[ H(softmax(C(x))) ]      (x: a batch of target images)
 
@@ -19,6 +22,7 @@ BatchNorm momentum 0.1; 200 iterations unless ``--iters`` says otherwise (``--mi
 from __future__ import annotations
 
 import torch
+from torch import nn
 
 from ..scores import entropy
 from .base import ADAPT_METHODS, AdaptMethod, bn_layers, reestimate_bn
@@ -38,6 +42,8 @@ class Tent(AdaptMethod):
         params = []
         for m in bn_layers(clf):
             m.momentum = self.opts["bn_momentum"]
+            if not isinstance(m, nn.BatchNorm2d):  # the paper adapts the convolutional BatchNorm layers only
+                continue
             for p in (m.weight, m.bias):
                 if p is not None:
                     p.requires_grad_(True)
@@ -45,7 +51,7 @@ class Tent(AdaptMethod):
         if not params:
             from ..errors import EdgedaError
 
-            raise EdgedaError("tent needs a model with BatchNorm layers; this classifier has none (try --method shot)")
+            raise EdgedaError("tent needs a model with BatchNorm2d layers; this classifier has none (try --method shot)")
         self.optims["bn"] = torch.optim.Adam(params, lr=self.opts["lr"], betas=(0.9, 0.999))
 
     def prepare(self, target) -> None:

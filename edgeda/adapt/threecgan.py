@@ -200,12 +200,6 @@ class ThreeCGAN(AdaptMethod):
     classifier_passes = 5.0  # target clean + VAT (2) + generated (G step and C step)
     tasks = ("classification", "segmentation")
 
-    def __init__(self, classifier, task, *, options=None, **kwargs):
-        # segmentation bundles start from ``dense_defaults``; options given explicitly win
-        if task.dense:
-            options = {**self.dense_defaults, **(options or {})}
-        super().__init__(classifier, task, options=options, **kwargs)
-
     def build(self) -> None:
         if self.task.dense:
             self._build_dense()

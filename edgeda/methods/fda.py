@@ -2,12 +2,28 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
+from torch import nn
 
 from ..models.conditional import input_to_tanh, tanh_to_input
 from ..models.dense_alignment import charbonnier_penalty, entropy_map
 from ..models.fourier import fourier_amplitude_swap, low_frequency_band
 from .base import Batch, Method
 from .registry import METHODS
+
+
+def head_and_output(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(logits at the classifier's output resolution, logits at the input size) of a dense
+    segmentation model, from one forward: for :class:`~edgeda.models.dense.DenseModel` the head's
+    output and its bilinear upsampling (what ``forward`` computes); any other model gives its
+    output twice."""
+    from ..models.dense import DenseModel
+
+    if isinstance(model, DenseModel) and model.output == "logits":
+        head = model.head(model.forward_intermediates(x))
+        return head, F.interpolate(head, size=x.shape[-2:], mode="bilinear", align_corners=False)
+    out = model(x)
+    return out, out
 
 
 @METHODS.register("fda")
@@ -20,7 +36,13 @@ class FDA(Method):
 
         L = CE(G(x_s->t), y_s) + lambda_ent * mean_{h,w} rho(E(x_t)),  rho(e) = (e^2 + 0.001^2)^eta,
 
-    with E the per-pixel entropy of softmax(G(x_t)) divided by log C. As in the authors' code the
+    with E the per-pixel entropy of softmax(G(x_t)) divided by log C, taken at the classifier's
+    output resolution as in the authors' code (their DeepLab computes it on the ASPP classifier's
+    stride-8 output, before upsampling to the image for the cross-entropy). edgeda's dense models
+    upsample inside ``forward``, so the head's logits are read before that step
+    (``model.head(model.forward_intermediates(x))``, :func:`head_and_output`), and the
+    cross-entropy uses the upsampled logits as ``forward`` returns them; a segmenter without that
+    encoder + head split falls back to the entropy of its output. As in the authors' code the
     entropy term is switched on after a third of training (their ``switch2entropy`` 50k of 150k
     steps: first learn the task on translated images). Source and target share one forward pass.
 
@@ -60,9 +82,9 @@ class FDA(Method):
         with torch.no_grad():
             x_s2t = self.translate(source.x, target.x)
         with self.autocast():
-            logits = self.classifier(torch.cat([x_s2t, target.x]))
+            head, logits = head_and_output(self.classifier, torch.cat([x_s2t, target.x]))
             seg_loss = self.task_loss_of(logits[:ns], source.y)
-        ent = charbonnier_penalty(entropy_map(logits[ns:]), float(self.opts["eta"])).mean()
+        ent = charbonnier_penalty(entropy_map(head[ns:]), float(self.opts["eta"])).mean()  # at the head's resolution
         on = 1.0 if self.progress >= float(self.opts["entropy_start"]) else 0.0
         self.update(seg_loss + on * float(self.opts["lambda_ent"]) * ent)
         return {"loss/seg": seg_loss.item(), "loss/ent": ent.item(), "ent/on": on}

@@ -1,0 +1,252 @@
+"""CoTTA: continual test-time domain adaptation (Wang, Fink, Van Gool & Dai, CVPR 2022).
+
+Three copies of the shipped network: the student theta (trained), the teacher theta' (an EMA of
+the student, :class:`~edgeda.training.mean_teacher.MeanTeacher`; it labels the targets and it is
+what ships, as the paper predicts with it) and the anchor theta_0 (the shipped weights, frozen;
+only its confidence is read). On a target batch x:
+
+    y' = f_theta'(x)                            where conf(f_theta0(x)) >= tau
+    y' = mean_i f_theta'(aug_i(x))              elsewhere (augmentation-averaged, mapped back)
+    L(theta) = -sum_c y'_c log f_theta(x)_c     (soft cross-entropy, per image or per pixel)
+    theta' <- alpha theta' + (1 - alpha) theta;   theta <- M * theta_0 + (1 - M) * theta,  M ~ Bernoulli(p)
+
+i.e. one Adam step on all of the student's parameters, the teacher's EMA update, then stochastic
+restoration: every weight element of the student returns to its shipped value with probability
+p (:func:`stochastic_restore`), which keeps it from drifting away for good.
+
+Confidence is per image (classification) or per pixel (segmentation, as the authors' code for
+Cityscapes -> ACDC), the paper's Eq. 4; the authors' CIFAR code thresholds the batch's mean
+confidence instead. Augmentations: for classification the CIFAR recipe (:func:`cotta_augment`:
+brightness, contrast, saturation and gamma jitter, a random affine map (+-15 deg, +-1/16 shift,
+scale 0.9-1.1, edges replicated), Gaussian noise of std 0.005; their hue jitter and blur are left
+out); for segmentation the scales x horizontal flips of the segmentation code
+(:func:`multiscale_flip_probs`: each copy's logits resized back to the frame, softmaxed and
+un-flipped before the average).
+
+BatchNorm: the authors' CIFAR model normalises with test-batch statistics throughout. A bundle
+predicts in eval mode with running statistics, so the student's are first re-estimated on the
+target images (AdaBN, ``adabn``) and the teacher and anchor start from that state; the student
+then trains in train mode (batch statistics, running ones following the target) and the teacher
+averages the running statistics with the weights. The teacher EMA runs at alpha from its first
+update (no warm-up: student and teacher both start from the shipped model, unlike DACS's).
+
+Defaults, the paper's unless said: Adam (0.9, 0.999), no weight decay, lr 1e-3 (CIFAR); p = 0.01;
+tau = 0.92 (the CIFAR-10 code's; segmentation 0.69, the Cityscapes -> ACDC code's). Scaled to a CPU
+budget of 200 iterations: alpha = 0.995 (the paper's 0.999 spans 1/(1 - alpha) = 1000 steps against
+its 750-step CIFAR10-C run; at 0.999 a 200-step run would leave the teacher 82 % shipped, so the
+horizon is set to the run's 200 steps); N = 8 augmented copies for classification (the paper 32,
+each one a teacher pass); for segmentation scales 0.75, 1.0, 1.5 x flip = 6 passes (the paper
+0.5-2.0 in 7 steps x flip = 14; 2.0 alone would cost four passes, 0.5 of a 64-pixel frame leaves a
+2x2 map at output stride 16). Segmentation lr 5e-4: the paper adapts SegFormer at its training
+rate scaled by the batch ratio (6e-5 x 1/8); edgeda's dense bundles train with Adam 1e-3 at 16
+frames and adapt at 8. ``flip`` = auto mirrors segmentation frames (a mirrored scene is a scene)
+but not classifier inputs (digits and signs mirror into other glyphs; the paper flips CIFAR
+objects); ``on``/``off`` force it.
+
+Memory: the teacher and the anchor are two more copies of the weights (in the resident memory the
+runner measures); only the student's forward keeps activations for backward: the anchor's and the
+teacher's passes (one copy at a time) run without gradients before it.
+"""
+from __future__ import annotations
+
+import copy
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import EdgedaError
+from ..models.superpixels import soft_cross_entropy
+from ..training.mean_teacher import MeanTeacher
+from .base import ADAPT_METHODS, AdaptMethod, reestimate_bn
+
+
+class _ShippedTeacher(MeanTeacher):
+    """The shared mean teacher with a constant rate: CoTTA's teacher starts as the shipped model,
+    as the student does, so it needs no warm-up."""
+
+    def rate(self) -> float:
+        return self.alpha
+
+
+@torch.no_grad()
+def stochastic_restore(model: nn.Module, source_state: dict, p: float, generator: torch.Generator) -> float:
+    """Reset each element of every parameter of ``model`` to its value in ``source_state`` with
+    probability ``p`` (independently): theta <- M * theta_0 + (1 - M) * theta, M ~ Bernoulli(p).
+    Buffers (BatchNorm statistics) are left alone, as in the paper. Returns the share of elements reset.
+
+    >>> stochastic_restore(student, shipped_state, 0.01, torch.Generator().manual_seed(0))
+    """
+    if p <= 0:
+        return 0.0
+    reset = total = 0
+    for name, w in model.named_parameters():
+        mask = (torch.rand(w.shape, generator=generator) < p).to(w.device)
+        w.copy_(torch.where(mask, source_state[name].to(w.device, w.dtype), w))
+        reset += int(mask.sum())
+        total += mask.numel()
+    return reset / max(total, 1)
+
+
+def cotta_augment(x: torch.Tensor, mean, std, generator: torch.Generator, flip: bool = False) -> torch.Tensor:
+    """One random CoTTA augmentation of each image of ``x`` (N, C, H, W, normalised): colour jitter
+    (brightness 0.6-1.4, contrast 0.7-1.3, saturation 0.5-1.5 on RGB, gamma 0.7-1.3), an affine map
+    (rotation +-15 deg, shift +-1/16 of the side, scale 0.9-1.1, edges replicated), a horizontal
+    flip with probability 0.5 when ``flip``, Gaussian noise of std 0.005; pixels kept in [0, 1]."""
+    n, c = x.shape[:2]
+    dev = x.device
+    m = torch.tensor(mean, device=dev).view(1, -1, 1, 1)
+    s = torch.tensor(std, device=dev).view(1, -1, 1, 1)
+
+    def uniform(lo, hi, *shape):
+        return (lo + (hi - lo) * torch.rand(*shape, generator=generator)).to(dev)
+
+    p = (x.float() * s + m).clamp(0, 1)
+    p = p * uniform(0.6, 1.4, n, 1, 1, 1)
+    grey = p.mean(1, keepdim=True)
+    p = (p - grey.mean((2, 3), keepdim=True)) * uniform(0.7, 1.3, n, 1, 1, 1) + grey.mean((2, 3), keepdim=True)
+    if c == 3:
+        grey = p.mean(1, keepdim=True)
+        p = grey + (p - grey) * uniform(0.5, 1.5, n, 1, 1, 1)
+    p = p.clamp(0, 1) ** uniform(0.7, 1.3, n, 1, 1, 1)
+    angle = uniform(-math.radians(15), math.radians(15), n)
+    scale = uniform(0.9, 1.1, n)
+    shift = uniform(-1 / 8, 1 / 8, n, 2)  # affine_grid units: the side is 2, so 1/16 of it
+    cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
+    theta = torch.stack([torch.stack([cos, -sin, shift[:, 0]], 1), torch.stack([sin, cos, shift[:, 1]], 1)], 1)
+    p = F.grid_sample(p, F.affine_grid(theta, list(p.shape), align_corners=False), padding_mode="border",
+                      align_corners=False)
+    if flip:
+        p = torch.where((torch.rand(n, generator=generator) < 0.5).to(dev).view(n, 1, 1, 1), p.flip(-1), p)
+    p = p + 0.005 * torch.randn(p.shape, generator=generator).to(dev)
+    return ((p.clamp(0, 1) - m) / s).to(x.dtype)
+
+
+@torch.no_grad()
+def multiscale_flip_probs(model: nn.Module, x: torch.Tensor, scales=(1.0,), flip: bool = True) -> torch.Tensor:
+    """Mean class probabilities of a dense ``model`` over rescaled (and mirrored) copies of ``x``,
+    each mapped back to the frame: logits of the copy resized (bilinear) to x's size, softmax over
+    classes, mirrored back when the copy was mirrored. (N, K, H, W)."""
+    size = x.shape[-2:]
+    total, n = None, 0
+    for s in scales:
+        xs = x if s == 1.0 else F.interpolate(x, scale_factor=s, mode="bilinear", align_corners=False)
+        for mirrored in ((False, True) if flip else (False,)):
+            z = model(xs.flip(-1) if mirrored else xs).float()
+            prob = F.interpolate(z, size=size, mode="bilinear", align_corners=False).softmax(1)
+            prob = prob.flip(-1) if mirrored else prob
+            total = prob if total is None else total + prob
+            n += 1
+    return total / n
+
+
+def _scales(text: str) -> tuple[float, ...]:
+    try:
+        out = tuple(float(v) for v in str(text).replace(" ", "").split(",") if v)
+    except ValueError:
+        out = ()
+    if not out or not all(math.isfinite(v) and 0.1 <= v <= 4.0 for v in out):
+        raise EdgedaError(f"cotta scales must be comma-separated numbers in [0.1, 4], e.g. 0.75,1,1.5; not {text!r}")
+    return out
+
+
+@ADAPT_METHODS.register("cotta")
+class CoTTA(AdaptMethod):
+    summary = ("CoTTA (Wang et al. 2022): EMA teacher with augmentation-averaged targets, all weights trained, "
+               "stochastic restoration to the shipped weights; the teacher ships")
+    defaults = {"lr": 1e-3, "alpha": 0.995, "restore_p": 0.01, "anchor_threshold": 0.92, "augmentations": 8,
+                "scales": "0.75,1.0,1.5", "flip": "auto", "adabn": True}
+    dense_defaults = {"lr": 5e-4, "anchor_threshold": 0.69}
+    choices = {"flip": ("auto", "on", "off")}
+    option_help = {
+        "lr": "Adam learning rate of the student (segmentation default 5e-4)",
+        "alpha": "EMA rate of the teacher",
+        "restore_p": "probability that a weight element returns to its shipped value after each step",
+        "anchor_threshold": "shipped-model confidence below which targets are augmentation-averaged (segmentation 0.69)",
+        "augmentations": "classification: augmented copies averaged by the teacher",
+        "scales": "segmentation: input scales averaged by the teacher (with flips)",
+        "flip": "mirror the augmented copies: auto = segmentation only",
+        "adabn": "re-estimate the BatchNorm statistics on the target images before the first step",
+    }
+    default_iters = 200
+    tasks = ("classification", "segmentation")
+    classifier_passes = 1.0  # only the student's forward keeps activations; anchor and teacher run under no_grad first
+
+    def build(self) -> None:
+        o = self.opts
+        if not 0.0 <= o["restore_p"] <= 1.0:
+            raise EdgedaError(f"cotta restore_p must be in [0, 1], not {o['restore_p']}")
+        if not 0.0 <= o["anchor_threshold"] <= 1.0:
+            raise EdgedaError(f"cotta anchor_threshold must be in [0, 1], not {o['anchor_threshold']}")
+        if o["augmentations"] < 1:
+            raise EdgedaError(f"cotta augmentations must be at least 1, not {o['augmentations']}")
+        self.scales = _scales(o["scales"])
+        self.flip = o["flip"] == "on" or (o["flip"] == "auto" and self.task.dense)
+        clf = self.classifier
+        clf.requires_grad_(True)
+        self.mean_teacher = _ShippedTeacher(clf, alpha=float(o["alpha"]))
+        self.anchor = copy.deepcopy(clf).requires_grad_(False).eval()
+        self.optims["student"] = torch.optim.Adam(clf.parameters(), lr=o["lr"], betas=(0.9, 0.999), weight_decay=0.0)
+        self._prepared = False
+
+    @property
+    def teacher(self) -> nn.Module:
+        return self.mean_teacher.teacher
+
+    @property
+    def deployed(self) -> nn.Module:
+        return self.teacher
+
+    def prepare(self, target) -> None:
+        if self._prepared:
+            return
+        self._prepared = True
+        if self.opts["adabn"]:
+            reestimate_bn(self.classifier, target.batches())
+            state = self.classifier.state_dict()
+            self.teacher.load_state_dict(state)
+            self.anchor.load_state_dict(state)
+
+    @torch.no_grad()
+    def averaged_probs(self, x: torch.Tensor) -> torch.Tensor:
+        """The teacher's probabilities averaged over augmented copies of ``x``, in x's frame."""
+        t = self.teacher.eval()
+        if self.task.dense:
+            return multiscale_flip_probs(t, x, self.scales, self.flip)
+        total = None
+        for _ in range(int(self.opts["augmentations"])):
+            p = t(cotta_augment(x, self.task.mean, self.task.std, self.generator, self.flip)).float().softmax(1)
+            total = p if total is None else total + p
+        return total / int(self.opts["augmentations"])
+
+    @torch.no_grad()
+    def targets(self, x: torch.Tensor) -> tuple[torch.Tensor, float]:
+        """(the soft targets y' (N, K[, H, W]), the share of images / pixels that took the averaged ones)."""
+        self.anchor.eval()
+        unsure = self.anchor(x).float().softmax(1).max(1).values < self.opts["anchor_threshold"]
+        standard = self.mean_teacher.probs(x)
+        if not bool(unsure.any()):
+            return standard, 0.0
+        return torch.where(unsure.unsqueeze(1), self.averaged_probs(x), standard), float(unsure.float().mean())
+
+    def step(self, x: torch.Tensor, idx=None) -> dict[str, float]:
+        y, share = self.targets(x)
+        student = self.classifier
+        student.train()
+        with self.autocast():
+            logits = student(x)
+        loss = soft_cross_entropy(logits, y)  # -sum_c y'_c log p_c, mean over images or pixels
+        self.update(loss, "student")
+        self.mean_teacher.update(student)
+        restored = stochastic_restore(student, self.source_state, float(self.opts["restore_p"]), self.generator)
+        return {"consistency": float(loss.detach()), "averaged": share, "restored": restored}
+
+    def state_snapshot(self) -> dict:
+        """The student and the teacher (the one written)."""
+        return copy.deepcopy({name: {k: v.detach().cpu() for k, v in m.state_dict().items()}
+                              for name, m in (("student", self.classifier), ("teacher", self.teacher))})
+
+    def restore(self, snapshot: dict) -> None:
+        self.classifier.load_state_dict(snapshot["student"])
+        self.teacher.load_state_dict(snapshot["teacher"])

@@ -15,6 +15,7 @@ import numpy as np
 from ..registry import Registry
 from ..utils import atomic_path
 from .domain import Domain, LoadReport
+from .synscenes import CONDITIONS as SYNSCENES_CONDITIONS
 from .transforms import prepare_image
 
 BuiltinLoader = Callable[..., Domain]
@@ -93,9 +94,18 @@ _DIGITSCENES_SEEDS = {"train": 0, "val": 1_000_033, "test": 2_000_033}
 _DIGITSCENES_N = {"train": 2000, "val": 300, "test": 300}
 _HW_SCENES_SEEDS = {"adapt": 3_000_017, "test": 4_000_017, "all": 5_000_017}
 _HW_SCENES_N = {"adapt": 1000, "test": 300, "all": 1000}
+HW_SCENES_LOOKS = ("paper", "board", "noisy")  # digitscenes.HANDWRITTEN_LOOKS besides photo
+# handwritten-scenes split -> (scans, look): each other background has an adaptation split and a test split
+_HW_SCENES_SPLITS = {"adapt": ("adapt", "photo"), "test": ("test", "photo"), "all": ("all", "photo"),
+                     **{f"{look}{tail}": (scans, look) for look in HW_SCENES_LOOKS
+                        for tail, scans in (("", "adapt"), ("-test", "test"))}}
 # synscenes split -> (look, seed, default n)
 _SYNSCENES_SPLITS = {"train": ("game", 0, 1000), "val": ("game", 1_000_039, 150), "test": ("game", 2_000_039, 150),
                      "photo": ("photo", 3_000_039, 500), "photo-test": ("photo", 4_000_039, 150)}
+# conditions of the photo look (fog, night, ...): the photo splits' seeds, so fog, night, rain show the same
+# worlds as ``photo`` / ``photo-test`` and the camera conditions the same worlds through another camera
+_SYNSCENES_SPLITS.update({f"{c}{tail}": (c, seed, n) for c in SYNSCENES_CONDITIONS
+                          for tail, seed, n in (("", 3_000_039, 500), ("-test", 4_000_039, 150))})
 
 
 def _check_split(name: str, split: str, valid) -> None:
@@ -165,17 +175,21 @@ def handwritten_scenes(split: str = "adapt", *, size=(64, 64), channels=3, n: in
     unlabeled use; its masks are only for reporting) and ``test`` (300) draw from disjoint scans,
     fixed independently of ``seed`` (``edgeda.data.digitscenes.scan_indices``); ``all`` uses every
     scan. ``seed`` only changes the layout. The domain's ``scan_ids`` (N, 5) lists the scans in
-    each image (-1 = none). Recommended size 64x64."""
+    each image (-1 = none). Recommended size 64x64. Other backgrounds, each an adaptation split
+    (the ``adapt`` scans) and a labelled ``-test`` split (the ``test`` scans): ``paper`` / ``paper-test``
+    (ruled or squared paper, pen ink), ``board`` / ``board-test`` (a chalkboard, chalk) and ``noisy`` /
+    ``noisy-test`` (the photo scenes of ``adapt`` / ``test``, same masks, in low light with JPEG)."""
     from . import digitscenes as ds
     from .dense import ArrayDenseDomain
 
     _check_split("handwritten-scenes", split, handwritten_scenes.splits)
     h, w = _dense_size(size)
-    n = n or _HW_SCENES_N[split]
-    render_seed = _HW_SCENES_SEEDS[split] + seed
+    scans, look = _HW_SCENES_SPLITS[split]
+    n = n or _HW_SCENES_N[scans]
+    render_seed = _HW_SCENES_SEEDS[scans] + seed
     key = f"handwritten-scenes-v{ds.HANDWRITTEN_SCENES_VERSION}-{split}-s{render_seed}-n{n}-{h}x{w}-c{channels}.npz"
-    arrays = _cached_dense(key, lambda: dict(zip("xms", ds.render_handwritten(n, render_seed, split, (h, w),
-                                                                              channels))),
+    arrays = _cached_dense(key, lambda: dict(zip("xms", ds.render_handwritten(n, render_seed, scans, (h, w), channels,
+                                                                              look=look))),
                            {"x": (n, h, w, channels), "m": (n, h, w), "s": (n, 5)})
     dom = ArrayDenseDomain(f"handwritten-scenes:{split}", arrays["x"], arrays["m"], classes=ds.SCENE_CLASSES,
                            palette=ds.scene_palette())
@@ -183,7 +197,7 @@ def handwritten_scenes(split: str = "adapt", *, size=(64, 64), channels=3, n: in
     return dom
 
 
-handwritten_scenes.splits = ("adapt", "test", "all")
+handwritten_scenes.splits = tuple(_HW_SCENES_SPLITS)
 handwritten_scenes.dense = True
 handwritten_scenes.default_size = (64, 64)
 
@@ -194,7 +208,10 @@ def synscenes(split: str = "train", *, size=(128, 256), channels=3, n: int | Non
     :mod:`edgeda.data.synscenes`). Game look: ``train`` (1000 images by default), ``val``, ``test``
     (150 each); photo look, a controlled synthetic shift in appearance and layout: ``photo`` (500,
     the unlabeled adaptation split; masks and depth only for reporting) and ``photo-test`` (150).
-    Recommended size 128x256 (H x W) on a CPU; any (H, W) is rendered as given."""
+    Conditions of the photo look (``fog``, ``night``, ``rain``, ``high-cam``, ``wide``, ``suburb``; see
+    the module), each with an adaptation split ``NAME`` (500) and a test split ``NAME-test`` (150)
+    rendered from the photo splits' seeds. Recommended size 128x256 (H x W) on a CPU; any (H, W) is
+    rendered as given."""
     from . import synscenes as ss
     from .dense import ArrayDenseDomain
 

@@ -39,6 +39,9 @@ class DenseDomain:
     """
 
     kind = "dense"
+    # True when the class names were made up from the largest mask id (no classes.txt / 'classes'): then
+    # the set may simply not show the last classes (a few labelled frames), and a task with more fits it
+    classes_from_ids = False
 
     def __init__(self, name: str, *, classes: list[str] | None = None, palette: np.ndarray | None = None,
                  has_masks: bool = False, has_depth: bool = False, report: LoadReport | None = None):
@@ -81,8 +84,8 @@ class DenseDomain:
         if task == "depth" and not self.has_depth:
             raise DataError(f"domain {self.name!r} has no depth maps (a folder needs depth/ beside images/, "
                             "an .npz needs 'depth' of shape (N, H, W))")
-        if task == "segmentation" and num_classes is not None and self.num_classes is not None \
-                and self.num_classes != num_classes:
+        fits = self.num_classes == num_classes or (self.classes_from_ids and self.num_classes < num_classes)
+        if task == "segmentation" and num_classes is not None and self.num_classes is not None and not fits:
             raise DataError(f"domain {self.name!r} names {self.num_classes} classes, the task has {num_classes}")
 
 

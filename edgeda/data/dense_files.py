@@ -302,11 +302,14 @@ def load_dense_folder(root: Path, *, labeled: bool) -> DenseDomain:
             items.append((img, m, d))
     for p in list(masks.values()) + list(depths.values()):
         report.skip(str(p), "no image of the same name")
-    if use_masks and classes is None:
+    from_ids = use_masks and classes is None
+    if from_ids:
         items, classes = _scan_masks(items, report)
     report.loaded = len(items)
-    return FileDenseDomain(str(root), items, classes=classes, palette=palette, has_masks=use_masks,
-                           has_depth=use_depth, report=report)
+    dom = FileDenseDomain(str(root), items, classes=classes, palette=palette, has_masks=use_masks,
+                          has_depth=use_depth, report=report)
+    dom.classes_from_ids = from_ids
+    return dom
 
 
 def _scan_masks(items, report: LoadReport):
@@ -364,8 +367,9 @@ def load_dense_npz(path: Path, *, labeled: bool) -> ArrayDenseDomain:
             raise DataError(f"{path}: 'y' has ids in [{int(y.min())}, {int(y.max())}]; they must be 0..254, 255 = ignore")
         y = y.astype(np.uint8)
         classes, palette = _npz_classes(path, arr, y)
-    return ArrayDenseDomain(str(path), x, y, depth, classes=classes, palette=palette,
-                            report=LoadReport(loaded=len(x)))
+    dom = ArrayDenseDomain(str(path), x, y, depth, classes=classes, palette=palette, report=LoadReport(loaded=len(x)))
+    dom.classes_from_ids = y is not None and "classes" not in arr and "palette" not in arr
+    return dom
 
 
 def _npz_classes(path: Path, arr: dict, y: np.ndarray):

@@ -11,6 +11,12 @@ digit stays visible and every image shows at least two.
 ``load_digits``, upsampled bilinearly to 14-28 px and blended as dark or light ink (alpha = scan
 intensity) onto random crops of the real photographs that scikit-learn and matplotlib ship.
 
+Other backgrounds for the same real scans (``HANDWRITTEN_LOOKS`` besides ``photo``, the default):
+``paper`` (white, cream or grey paper with fibres, uneven light, ruled or squared lines and a margin;
+dark pen ink), ``board`` (a dark chalkboard with chalk dust and wiped smears; light chalk ink) and
+``noisy`` (the photo look's scenes, identical layouts and masks, taken in low light: darker, strong
+sensor noise, JPEG at quality 30-50).
+
 Labels are 0 for background and ``1 + digit`` on a digit. For ``digitscenes`` a pixel belongs to a
 digit where the glyph covers at least half of it (the coverage that also blends the ink in); for
 ``handwritten-scenes`` the label is a threshold of the real scan at 50% intensity, so it follows the
@@ -32,6 +38,7 @@ HANDWRITTEN_SCENES_VERSION = 1
 SCAN_PERMUTATION_SEED = 20240607  # the fixed permutation of the 1797 scans that ``handwritten`` uses too
 SCAN_ADAPT = 1000  # first scans of the permutation: ``adapt``; the rest: ``test``
 _LUM = np.array([0.299, 0.587, 0.114], np.float32)
+HANDWRITTEN_LOOKS = ("photo", "paper", "board", "noisy")
 
 
 def scene_palette() -> np.ndarray:
@@ -229,10 +236,70 @@ def photo_crop(rng: np.random.Generator, size: tuple[int, int]) -> np.ndarray:
     return out[:, ::-1] if rng.random() < 0.5 else out
 
 
+def paper_background(rng: np.random.Generator, size: tuple[int, int]) -> np.ndarray:
+    """(H, W, 3) float32: paper (white, cream or grey) with fibres, uneven light, and ruled lines,
+    squares or nothing, sometimes a red margin."""
+    h, w = size
+    scale = min(h, w) / 64
+    base = np.asarray([(240, 238, 232), (238, 228, 200), (215, 215, 212), (245, 245, 245)][rng.integers(4)], np.float32)
+    img = base * rng.uniform(0.9, 1.02) + np.zeros((h, w, 1), np.float32)
+    g = int(rng.integers(3, 7))
+    img = img * (1 + _upsample(rng.normal(0, 1, (g, g, 1)).astype(np.float32), h, w) * rng.uniform(0.02, 0.06))
+    img = img + rng.normal(0, rng.uniform(2, 5), (h, w, 1)).astype(np.float32)  # fibres: grey, not coloured
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    a = rng.uniform(0, 2 * np.pi)
+    t = (np.cos(a) * xx + np.sin(a) * yy) / max(h, w)
+    img = img * (1 - rng.uniform(0.05, 0.25) * (t - t.min()))[..., None]  # light falls off across the sheet
+    kind, period = rng.random(), rng.uniform(7, 12) * scale
+    ink = np.asarray([(120, 150, 210), (150, 150, 160)][rng.integers(2)], np.float32)
+    if kind < 0.75:
+        off, lines = rng.uniform(0, period), np.zeros((h, w), bool)
+        lines |= np.mod(yy - off, period) < max(1.0, scale)
+        if kind < 0.35:  # squared paper
+            lines |= np.mod(xx - off, period) < max(1.0, scale)
+        img[lines] = img[lines] * 0.5 + ink * 0.5
+    if rng.random() < 0.4:
+        x0 = int(rng.uniform(0.05, 0.3) * w)
+        img[:, x0:x0 + max(1, int(scale))] = img[:, x0:x0 + max(1, int(scale))] * 0.4 + np.array((210, 70, 70)) * 0.6
+    return np.clip(img, 0, 255).astype(np.float32)
+
+
+def board_background(rng: np.random.Generator, size: tuple[int, int]) -> np.ndarray:
+    """(H, W, 3) float32: a dark green, slate or black chalkboard with chalk dust and wiped smears."""
+    h, w = size
+    base = np.asarray([(38, 62, 48), (44, 48, 52), (28, 30, 32), (30, 45, 60)][rng.integers(4)], np.float32)
+    img = base * rng.uniform(0.8, 1.2) + np.zeros((h, w, 1), np.float32)
+    g = int(rng.integers(3, 8))
+    dust = np.clip(_upsample(rng.normal(0, 1, (g, g, 1)).astype(np.float32), h, w), 0, None)
+    img = img + dust * rng.uniform(10, 30)
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32) / max(h, w)
+    for _ in range(int(rng.integers(1, 4))):  # wiped smears: wide faint bands
+        b, c, width = rng.uniform(0, np.pi), rng.uniform(0, 1), rng.uniform(0.08, 0.25)
+        band = np.exp(-((np.cos(b) * xx + np.sin(b) * yy - c) / width) ** 2)
+        img = img + band[..., None] * rng.uniform(8, 25)
+    img = img + rng.normal(0, rng.uniform(2, 5), (h, w, 1)).astype(np.float32)
+    return np.clip(img, 0, 255).astype(np.float32)
+
+
+def low_light(rng: np.random.Generator, img: np.ndarray) -> np.ndarray:
+    """(H, W, 3) uint8 taken in low light: darker, strong sensor noise, then JPEG at quality 30-50."""
+    import io
+
+    x = img.astype(np.float32) * rng.uniform(0.45, 0.75)
+    x = x + rng.normal(0, 1, x.shape) * (rng.uniform(18, 30) + rng.uniform(0.3, 0.8) * np.sqrt(x))
+    buf = io.BytesIO()
+    Image.fromarray(np.clip(np.rint(x), 0, 255).astype(np.uint8)).save(buf, format="JPEG",
+                                                                         quality=int(rng.integers(30, 51)))
+    return np.asarray(Image.open(io.BytesIO(buf.getvalue())).convert("RGB"))
+
+
 def render_handwritten(n: int, seed: int, split: str, size: tuple[int, int] = (64, 64), channels: int = 3,
-                       layers: list | None = None):
+                       layers: list | None = None, look: str = "photo"):
     """``n`` scenes of real scans from ``split``: (images, masks, scan ids (n, 5) int64, -1 = unused).
-    ``layers``, when a list, receives per image the (digit, (H, W) scan intensity, ink) of each scan."""
+    ``layers``, when a list, receives per image the (digit, (H, W) scan intensity, ink) of each scan.
+    ``look`` (``HANDWRITTEN_LOOKS``): the background the scans are written on (see the module)."""
+    if look not in HANDWRITTEN_LOOKS:
+        raise ValueError(f"handwritten-scenes has looks {', '.join(HANDWRITTEN_LOOKS)}, not {look!r}")
     scans, target = _scans()
     pool = scan_indices(split)
     by_digit = [pool[target[pool] == d] for d in range(10)]
@@ -242,14 +309,15 @@ def render_handwritten(n: int, seed: int, split: str, size: tuple[int, int] = (6
     used = np.full((n, 5), -1, np.int64)
     for i in range(n):
         rng = np.random.default_rng((seed, i))
-        img = photo_crop(rng, size)
+        img = {"paper": paper_background, "board": board_background}.get(look, photo_crop)(rng, size)
         items, ids = [], []
         for d in rng.choice(10, int(rng.integers(2, 6)), replace=False):
             idx = int(by_digit[d][rng.integers(len(by_digit[d]))])
             side = _crop_side(rng, h, w)
             alpha = np.asarray(Image.fromarray(scans[idx]).resize((side, side), Image.BILINEAR), np.float32)
             alpha = np.clip(alpha, 0, 1)
-            items.append((int(d), alpha, alpha > 0.5, bool(rng.random() < 0.75)))
+            dark = bool(rng.random() < 0.75)
+            items.append((int(d), alpha, alpha > 0.5, {"paper": True, "board": False}.get(look, dark)))
             ids.append(idx)
         drawn: list = []
         _compose(rng, img, masks[i], items, drawn)
@@ -258,5 +326,8 @@ def render_handwritten(n: int, seed: int, split: str, size: tuple[int, int] = (6
         placed = [d for d, _, _ in drawn]
         kept = [ids[j] for j, it in enumerate(items) if it[0] in placed]
         used[i, :len(kept)] = kept
-        images[i] = convert_channels(np.clip(np.rint(img), 0, 255).astype(np.uint8), channels)
+        out = np.clip(np.rint(img), 0, 255).astype(np.uint8)
+        if look == "noisy":  # its own stream: layouts and masks stay those of the photo look
+            out = low_light(np.random.default_rng((seed, i, 1)), out)
+        images[i] = convert_channels(out, channels)
     return images, masks, used

@@ -17,6 +17,16 @@ foliage and grass; a sun with shadows cast on the ground; haze, exposure, colour
 blur and sensor noise) whose layouts also differ (narrower roads, taller buildings, more
 vegetation, cars and people, another camera height and field-of-view range). ``photo`` is a
 controlled synthetic shift, not real photographs: use it to study adaptation with known labels.
+
+Conditions of the photo look, each one controlled change of it (``CONDITIONS``): ``fog`` (visibility
+of 8-20 m (haze scale), grey sky, diffuse light), ``night`` (no sun, a dark sky, headlights, pools of light under
+the street lamps, lit windows, more sensor noise), ``rain`` (overcast light, a wet and darker road
+that mirrors the sky, rain streaks, haze), ``high-cam`` (the camera 3.5-5 m up, pitched 6-11 degrees
+down: the horizon moves up the image), ``wide`` (horizontal field of view 100-115 degrees) and
+``suburb`` (another layout: low houses set back behind front gardens, more trees and hedges, fewer
+cars and people). ``fog``, ``night`` and ``rain`` draw the same world as ``photo`` for a seed, and
+``high-cam`` and ``wide`` the same world through another camera, so masks of one seed differ only where
+the camera does.
 """
 from __future__ import annotations
 
@@ -35,6 +45,7 @@ PALETTE = np.array([(128, 64, 128), (244, 35, 232), (70, 70, 70), (102, 102, 156
 (ROAD, WALK, BUILDING, WALL, FENCE, POLE, LIGHT, SIGN, VEG, TERRAIN, SKY, PERSON, RIDER, CAR, TRUCK, BUS, _TRAIN,
  _MOTORCYCLE, BICYCLE) = range(19)
 LOOKS = ("game", "photo")
+CONDITIONS = ("fog", "night", "rain", "high-cam", "wide", "suburb")  # variants of the photo look
 MAX_DEPTH = 80.0  # metres; farther surfaces get depth 0 (invalid), like sky
 SYNSCENES_VERSION = 1  # bump whenever the renderer changes what a seed produces
 NEAR = 0.05
@@ -48,6 +59,14 @@ _LAYOUT = {
                   open_side=0.3, cam_h=(1.2, 1.9), hfov=(55.0, 72.0), cars=(2, 8), people=(1, 7), trees=(5, 12),
                   hedges=(1, 4), bikes=0.35, parked=0.45),
 }
+_LAYOUT.update({
+    "fog": _LAYOUT["photo"], "night": _LAYOUT["photo"], "rain": _LAYOUT["photo"],
+    "high-cam": {**_LAYOUT["photo"], "cam_h": (3.5, 5.0), "pitch": (-11.0, -6.0)},
+    "wide": {**_LAYOUT["photo"], "hfov": (100.0, 115.0)},
+    "suburb": dict(lanes=(2, 2), lane_w=(3.0, 3.5), walk=(1.5, 2.5), setback=(4.0, 12.0), height=(4.0, 8.0), gap=0.5,
+                   open_side=0.4, cam_h=(1.2, 1.9), hfov=(55.0, 72.0), cars=(0, 3), people=(0, 2), trees=(8, 16),
+                   hedges=(3, 7), bikes=0.1, parked=0.5),
+})
 # Surface colours per class (RGB); each object draws one and varies it a little.
 _COLOURS = {
     ROAD: [(88, 88, 92), (70, 72, 75)], WALK: [(175, 170, 162), (196, 186, 170), (150, 150, 155)],
@@ -72,6 +91,7 @@ class _World:
 
     def __init__(self, rng: np.random.Generator, look: str):
         self.rng, self.look = rng, look
+        self.lamps = []  # (x, y, z) of each street lamp's head (the night condition lights them)
         self.lo, self.hi, self.ell, self.cls, self.col, self.tex = [], [], [], [], [], []
 
     def colour(self, cls: int) -> np.ndarray:
@@ -145,8 +165,9 @@ def _layout(rng: np.random.Generator, look: str) -> tuple[_World, dict]:
     w.lines = [(w.road[0] + i * lane, i != n_lanes // 2 or rng.random() < 0.5) for i in range(1, n_lanes)]
     w.dash, w.kerb = u(0, 9), u(0.1, 0.2)
     w.road_col, w.terrain_col = w.colour(ROAD), w.colour(TERRAIN)
-    cam = dict(x=u(-0.4, 0.4), h=u(*p["cam_h"]), hfov=np.radians(u(*p["hfov"])), pitch=np.radians(u(-3, 1.5)),
-               yaw=np.radians(u(-4, 4)), roll=np.radians(u(-2, 2)), cy=u(-0.03, 0.03))
+    cam = dict(x=u(-0.4, 0.4), h=u(*p["cam_h"]), hfov=np.radians(u(*p["hfov"])),
+               pitch=np.radians(u(*p.get("pitch", (-3, 1.5)))), yaw=np.radians(u(-4, 4)), roll=np.radians(u(-2, 2)),
+               cy=u(-0.03, 0.03))
     walks = {}
     for side in (-1, 1):
         edge = w.road[0] if side < 0 else w.road[1]
@@ -160,6 +181,7 @@ def _layout(rng: np.random.Generator, look: str) -> tuple[_World, dict]:
             for z in np.arange(u(2, gap), 150, gap):
                 w.box((x - t / 2, x + t / 2), (0, top), (z - t / 2, z + t / 2), POLE, col)
                 w.box((x, x - side * 1.6), (top - 0.12, top), (z - 0.06, z + 0.06), POLE, col)
+                w.lamps.append((x - side * 1.6, top, z))
     for _ in range(int(rng.integers(0, 4))):  # signs: a plate on a pole
         side = 1 if rng.random() < 0.75 else -1
         x, z, top, s = walks[side][0] + side * u(0.3, 0.8), u(6, 60), u(2.0, 2.8), u(0.5, 0.8)
@@ -375,8 +397,8 @@ def _textures(w: _World, img, P, nrm, obj, mask, road, seed: int) -> None:
     fa, fb = np.mod(a, 1), np.mod(b, 1)
     win = (fa > 0.25) & (fa < 0.75) & (fb > 0.3) & (fb < 0.8)
     glass = (0.25 + 0.35 * _hash(np.floor(a).astype(np.int64), np.floor(b).astype(np.int64), seed + 3))[:, None]
-    img[np.flatnonzero(sel)[win] // img.shape[1], np.flatnonzero(sel)[win] % img.shape[1]] = \
-        (np.array([70, 85, 105], np.float32) * 2 * glass)[win]
+    w.windows = (np.flatnonzero(sel)[win] // img.shape[1], np.flatnonzero(sel)[win] % img.shape[1], glass[win, 0])
+    img[w.windows[0], w.windows[1]] = (np.array([70, 85, 105], np.float32) * 2 * glass)[win]
     for kind, scale, lo_, amp, sd in ((LEAVES, 0.25, 0.45, 1.0, 19), (BARK, 0.08, 0.75, 0.4, 23),
                                       (GLASS, 0.5, 0.7, 0.5, 29), (PLAIN, 0.3, 0.9, 0.2, 31)):
         sel = tex == kind
@@ -401,8 +423,9 @@ def _shadows(w: _World, G, L) -> np.ndarray:
 
 
 def _shade(w: _World, rng: np.random.Generator, O, D, zbuf, obj, nrm, mask) -> np.ndarray:
-    """(h, w, 3) uint8 image of the cast scene in the world's look."""
-    photo, u = w.look == "photo", rng.uniform
+    """(h, w, 3) uint8 image of the cast scene in the world's look (a condition shades as ``photo``
+    with the changes of :func:`_weather`)."""
+    photo, u, cond = w.look != "game", rng.uniform, w.look
     h, wd = mask.shape
     P = O[:, None, None] + np.where(obj >= 0, zbuf, 0) * D
     img = np.array([(0, 0, 0)] + w.col, np.float32)[np.maximum(obj, 0)]
@@ -419,6 +442,7 @@ def _shade(w: _World, rng: np.random.Generator, O, D, zbuf, obj, nrm, mask) -> n
     e = D[1] / np.sqrt((D * D).sum(0))
     horizon, zenith = (np.array((205, 212, 222)), np.array((95, 140, 200))) if photo else \
         (np.array((175, 205, 240)), np.array((70, 135, 225)))
+    horizon, zenith = _SKIES.get(cond, (horizon, zenith))
     sky = (horizon + (zenith - horizon) * np.clip(e * 2.5, 0, 1)[..., None]).astype(np.float32)
     if photo:
         w.window = (u(2.5, 3.5), u(3.0, 3.6))
@@ -427,30 +451,95 @@ def _shade(w: _World, rng: np.random.Generator, O, D, zbuf, obj, nrm, mask) -> n
         flat = (obj >= 0) & (nrm[1] > 0.9) & (P[1] < 0.3) & (zbuf < 150)
         ndl[flat] *= ~_shadows(w, P[:, flat], L)
         amb, sun = u(0.35, 0.5), np.array((1.0, 0.96, 0.88)) * u(0.8, 1.1)
-        img *= amb * np.array((0.92, 0.96, 1.05)) + sun * ndl[..., None] * (1 - amb)
+        if cond in _WEATHER:
+            img = _weather(cond, w, rng, img, sky, O, P, D, zbuf, obj, ndl, road, seed)
+        else:
+            img *= amb * np.array((0.92, 0.96, 1.05)) + sun * ndl[..., None] * (1 - amb)
         up = obj < 0
         dx, dz, dy = D[0][up], D[2][up], D[1][up] + 0.15
         cloud = np.clip((_noise(dx / dy * 3, dz / dy * 3, seed + 37, 4) - u(0.45, 0.7)) * 3, 0, 1)
-        sky[up] += (cloud * np.clip(e[up] * 8, 0, 1))[:, None] * (250 - sky[up])
+        if cond not in ("fog", "night"):  # fog hides the clouds; night's are unlit
+            sky[up] += (cloud * np.clip(e[up] * 8, 0, 1))[:, None] * ((250 if cond != "rain" else 175) - sky[up])
         haze = (1 - np.exp(-zbuf / u(150, 400)))[..., None]
+        if cond in ("fog", "rain"):
+            haze = (1 - np.exp(-zbuf / (u(8, 20) if cond == "fog" else u(60, 150))))[..., None]
+        elif cond == "night":
+            haze = haze * 0.2
         img = np.where((obj >= 0)[..., None], img * (1 - haze) + horizon * haze, sky)
         img = img * u(0.75, 1.25) * rng.uniform(0.9, 1.1, 3)  # exposure, colour cast
         img = 255 * (np.clip(img, 0, None) / 255) ** u(0.8, 1.1)
         yy, xx = np.mgrid[-1:1:h * 1j, -1:1:wd * 1j]
         img *= (1 - u(0.1, 0.4) * (xx * xx + yy * yy) / 2)[..., None]
+        if cond == "rain":
+            img = _rain_streaks(rng, img)
         pil = Image.fromarray(np.clip(np.rint(img), 0, 255).astype(np.uint8))
         img = np.asarray(pil.filter(ImageFilter.GaussianBlur(u(0.4, 1.0) * wd / 256)), np.float32)
         img = img + rng.normal(0, 1, img.shape) * (u(2, 5) + u(0.1, 0.3) * np.sqrt(img))
+        if cond == "night":  # a dark scene at high sensor gain
+            img = img + rng.normal(0, 1, img.shape) * u(4, 8)
     else:
         img *= 0.55 + 0.45 * ndl[..., None]
         img = np.where((obj >= 0)[..., None], img, sky)
     return np.clip(np.rint(img), 0, 255).astype(np.uint8)
 
 
+# ---- conditions of the photo look: fog, night, rain -------------------------------------------
+_SKIES = {"fog": (np.array((196, 198, 200)), np.array((182, 185, 190))),
+          "night": (np.array((18, 20, 30)), np.array((3, 4, 10))),
+          "rain": (np.array((158, 162, 168)), np.array((118, 122, 132)))}
+_WEATHER = ("fog", "night", "rain")
+
+
+def _weather(cond: str, w: _World, rng, img, sky, O, P, D, zbuf, obj, ndl, road, seed: int) -> np.ndarray:
+    """Light the textured scene (``img``: albedo) under ``cond`` instead of the photo look's sun."""
+    u = rng.uniform
+    if cond in ("fog", "rain"):  # overcast: mostly diffuse light, a weak sun
+        amb = u(0.75, 0.9)
+        img = img * (amb * np.array((0.97, 0.98, 1.0)) + 0.5 * ndl[..., None] * (1 - amb))
+        if cond == "rain":  # a wet road: darker, mirroring the grey sky, puddles mirror more
+            X, Z = P[0][road], P[2][road]
+            puddle = np.clip((_noise(X / 1.5, Z / 1.5, seed + 41, 2) - 0.55) * 4, 0, 1)
+            mirror = (0.25 + 0.5 * puddle)[:, None]
+            img[road] = img[road] * 0.55 * (1 - mirror) + sky[road] * mirror
+        return img
+    # night: a little moonlight, the ego car's headlights, pools of light under the street lamps, lit windows
+    amb = u(0.03, 0.07)
+    light = np.full(zbuf.shape, amb, np.float32)
+    seen = obj >= 0
+    lateral = (P[0] - O[0]) / (2.0 + 0.25 * np.maximum(zbuf, 0))
+    light += np.where(seen, u(0.8, 1.2) * np.exp(-np.maximum(zbuf, 0) / 15) * np.exp(-lateral ** 2), 0)
+    for x, y, z in w.lamps:
+        d2 = (P[0] - x) ** 2 + (P[1] - y) ** 2 + (P[2] - z) ** 2
+        light += np.where(seen, 1.4 * np.exp(-d2 / (2 * 3.0 ** 2)), 0)
+    img = img * light[..., None] * np.array((1.0, 0.9, 0.75))  # sodium-lamp warm light
+    if getattr(w, "windows", None) is not None and len(w.windows[0]):
+        r, c, g = w.windows
+        lit = g > 0.42  # a fixed share of the windows, by their glass hash
+        img[r[lit], c[lit]] = np.array((255, 205, 130), np.float32) * u(0.6, 0.9)
+    return img
+
+
+def _rain_streaks(rng: np.random.Generator, img: np.ndarray) -> np.ndarray:
+    """Bright, thin, slanted, semi-transparent streaks (falling drops in the exposure)."""
+    from PIL import ImageDraw
+
+    h, wd = img.shape[:2]
+    layer = Image.new("L", (wd, h))
+    draw = ImageDraw.Draw(layer)
+    slant, scale = rng.uniform(-0.35, 0.35), max(h, wd) / 256
+    for _ in range(int(rng.integers(80, 160) * h * wd / 32768) + 1):
+        x, y, length = rng.uniform(0, wd), rng.uniform(0, h), rng.uniform(6, 18) * scale
+        draw.line([(x, y), (x + slant * length, y + length)], fill=int(rng.integers(120, 255)),
+                  width=max(1, int(round(scale))))
+    a = np.asarray(layer, np.float32)[..., None] / 255 * rng.uniform(0.25, 0.45)
+    return img * (1 - a) + 215 * a
+
+
 def render_one(rng: np.random.Generator, size: tuple[int, int], look: str = "game"):
-    """One scene: ((H, W, 3) uint8 image, (H, W) uint8 mask, (H, W) float32 depth in metres)."""
-    if look not in LOOKS:
-        raise ValueError(f"synscenes has looks {', '.join(LOOKS)}, not {look!r}")
+    """One scene: ((H, W, 3) uint8 image, (H, W) uint8 mask, (H, W) float32 depth in metres); ``look``
+    is one of ``LOOKS`` or a condition of the photo look (``CONDITIONS``)."""
+    if look not in LOOKS + CONDITIONS:
+        raise ValueError(f"synscenes has looks {', '.join(LOOKS + CONDITIONS)}, not {look!r}")
     w, cam = _layout(rng, look)
     O, D, R, f, cx, cy = _rays(cam, *size)
     zbuf, obj, nrm = _cast(w, O, D, R, f, cx, cy)

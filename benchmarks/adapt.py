@@ -1,31 +1,33 @@
 """Source-free adaptation on the device: `edgeda adapt` from a source-only syndigits bundle to the
 handwritten adapt split, 3 seeds, evaluated on handwritten:test.
 
-    python benchmarks/adapt.py                         # tent, shot, 3cgan x seeds 0,1,2
+    python benchmarks/adapt.py                         # tent, shot, 3cgan, cotta x seeds 0,1,2
     python benchmarks/adapt.py --methods 3cgan --seeds 0
     python benchmarks/adapt.py --table-only
     python benchmarks/adapt.py --rows digits_seg,syn_seg --seeds 0   # only the dense rows
+    python benchmarks/adapt.py --rows digits_seg,syn_seg --methods cotta --seeds 0,1,2   # CoTTA's dense rows
 
 Per seed, the source-only bundle is trained with the `cpu` profile of benchmarks/adaptation.py
 (or reused from that benchmark's run folder). The 1000 `handwritten:adapt` images are written as
 PNG files to a temporary folder, so the real ``--target-dir`` path (folder walk, decoding,
 resizing) is exercised. Each adaptation runs as its own ``python -m edgeda adapt ... --json``
 process (so its peak RSS is its own) with ``--minutes 10 --memory-mb 2048 --threads 1`` (see
-THREADS below); every method runs its default iteration count (TENT 200, SHOT 300, 3C-GAN 1500),
+THREADS below); every method runs its default iteration count (TENT 200, SHOT 300, 3C-GAN 1500, CoTTA 200),
 capped by the 10-minute budget, and writes the state its default label-free selection rule picks
 (``--select info_max``: the check with the highest information maximisation on the target images).
 Every setting is the method's default: nothing is chosen by test accuracy; the labels of handwritten:test are only passed through ``--labels`` for the
 report. Results: ``benchmarks/results/adapt/<method>-s<seed>.json``, the summary in
 ``benchmarks/results/adapt.json`` and the README table between the ``adapt-table`` markers.
 
-Dense rows (``--rows digits_seg,syn_seg``): TENT, SHOT and 3C-GAN from the source-only segmentation bundle
+Dense rows (``--rows digits_seg,syn_seg``): TENT, SHOT, 3C-GAN and CoTTA from the source-only segmentation bundle
 of benchmarks/dense.py's ``cpu`` profile (``digitscenes -> handwritten-scenes``, DeepLab ResNet-18
 w0.25 at 64x64; ``synscenes -> synscenes:photo``, LR-ASPP at 64x128): the bundle its stored run
 names when it is still on disk, else one trained afresh with that row's ``run_config`` into
 ``/tmp/edgeda-adapt-bench``. The unlabeled target split is written as a folder of PNG frames; the
 same budget and flags as above, each method's default iteration count for segmentation bundles
-(no ``--iters``: TENT 200, SHOT 300, 3C-GAN 500, its dense default); mIoU on the row's labeled test
-split (``--labels``, report only).
+(no ``--iters``: TENT 200, SHOT 300, 3C-GAN 500, its dense default, CoTTA 200); mIoU on the row's
+labeled test split (``--labels``, report only). CoTTA writes its mean teacher (the model the collapse
+monitor watched). The table counts the runs that ended on a collapse (rolled back, exit code 3).
 Results: ``benchmarks/results/adapt/dense/<row>-<method>-s<seed>.json``, summarised under
 ``"dense"`` in ``adapt.json`` and in a second table in the same README block, next to the
 source-using methods' stored mIoU from benchmarks/dense.py.
@@ -50,12 +52,12 @@ from adaptation import data_version  # noqa: E402
 from readme_tables import fmt_pct, replace_block  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
-METHODS = ("tent", "shot", "3cgan")
+METHODS = ("tent", "shot", "3cgan", "cotta")
 MINUTES, MEMORY_MB = 10.0, 2048
 # Every method runs its default iteration count, capped by the budget (until 2026-11-21 3C-GAN ran
 # until the budget ended instead: its accuracy then depended on the machine's speed, and drifted down
 # in longer runs)
-ITERS = {"tent": 200, "shot": 300, "3cgan": 1500}
+ITERS = {"tent": 200, "shot": 300, "3cgan": 1500, "cotta": 200}
 # One torch thread per run: the 2 cores of the measuring machine were shared with ~15-20 runnable
 # processes of other jobs; with torch's default 2 threads per run, TENT's 200 iterations took
 # 354-589 s and 3C-GAN managed 21 iterations in 10 minutes (vs 20 s for TENT and ~1 s per 3C-GAN
@@ -114,7 +116,7 @@ def run_one(method: str, seed: int, bundle: Path, target: Path, out: Path) -> di
 
 
 DENSE_ROWS = ("digits_seg", "syn_seg")
-DENSE_METHODS = ("tent", "shot", "3cgan")
+DENSE_METHODS = ("tent", "shot", "3cgan", "cotta")
 DENSE_BUNDLES = Path("/tmp/edgeda-adapt-bench")
 
 
@@ -234,8 +236,8 @@ def markdown_dense(rows: dict) -> str:
         f"(labels used for this report only), per pixel on full frames; same budget, defaults and selection as above. "
         f"Machine: {m0.get('gpu') or m0['cpu']}, {m0['cores']} cores (shared).",
         "",
-        "| pair | method | source data | mIoU % before | mIoU % after | gain (points) | iterations | written state | wall time (s) | CPU time (s) | peak RSS (MiB) | seeds |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| pair | method | source data | mIoU % before | mIoU % after | gain (points) | collapse exits | iterations | written state | wall time (s) | CPU time (s) | peak RSS (MiB) | seeds |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row, r in rows.items():
         pair = f"{PAIRS[row]['source']} -> {PAIRS[row]['target']}"
@@ -244,14 +246,14 @@ def markdown_dense(rows: dict) -> str:
             lines.append(
                 f"| {pair} | {m} (source-free) | none | {fmt_pct(v['miou_before']['mean'], v['miou_before']['std'])} | "
                 f"{fmt_pct(v['miou_after']['mean'], v['miou_after']['std'])} | {g['mean']:+.1f} (min {g['min']:+.1f}) | "
-                f"{'/'.join(str(i) for i in v['iterations'])} | "
+                f"{sum(v['collapsed'])}/{len(v['collapsed'])} | {'/'.join(str(i) for i in v['iterations'])} | "
                 f"{'/'.join('–' if i is None else str(i) for i in v['selected_iteration'])} | "
                 f"{'/'.join(f'{t:.0f}' for t in v['wall_time_s'])} | "
                 f"{'/'.join('–' if c is None else f'{c:.0f}' for c in v['cpu_time_s'])} | {v['peak_rss_mb']:.0f} | "
                 f"{len(v['seeds'])} |")
         for m, v in sorted(r["source_using"].items()):
             lines.append(f"| {pair} | {m} (trained with source, `benchmarks/dense.py`) | yes | – | "
-                         f"{fmt_pct(v['mean'])} | – | – | – | – | – | – | {v['n']} |")
+                         f"{fmt_pct(v['mean'])} | – | – | – | – | – | – | – | {v['n']} |")
     return "\n".join(lines)
 
 

@@ -175,9 +175,7 @@ def test_tent_and_shot_adapt_a_segmentation_bundle(seg, tmp_path, method):
     bundle = seg["bundle"]
     before = _hashes(bundle)
     out = tmp_path / f"{method}.edgeda"
-    opts = {"diversity_prior": "shipped"} if method == "shot" else None
-    r = adapt(bundle, seg["frames"], out, method=method, iters=4, batch=4, labels=seg["test"], select="last",
-              options=opts)
+    r = adapt(bundle, seg["frames"], out, method=method, iters=4, batch=4, labels=seg["test"], select="last")
     assert _hashes(bundle) == before  # the input bundle is untouched
     assert r.iterations == 4 and not r.collapsed
     a = Bundle(out).manifest["adaptation"]

@@ -202,6 +202,16 @@ class Method(Configurable):
         return [{"params": [p for p in model.parameters() if id(p) in enc], "lr_mult": float(encoder_lr)},
                 {"params": [p for p in model.parameters() if id(p) not in enc], "lr_mult": 1.0}]
 
+    def source_sampling(self):
+        """None (uniform: a shuffled permutation per epoch), or a function from the source images'
+        per-class counts (N, K) to per-image sampling weights (N,), e.g.
+        :func:`edgeda.training.sampling.rare_class_weights`; the trainer counts and builds the stream."""
+        return None
+
+    def backbone_weights_loaded(self) -> None:
+        """Called by the trainer right after ``--backbone-weights`` were loaded into the encoder (and
+        before ``--init``): a method that regularises towards the pre-trained encoder keeps it here."""
+
     def visualize(self, folder, iteration: int, source: Batch, target: Batch | None):
         """Write a sample grid PNG for this evaluation (pixel-level methods); return its path or None.
 

@@ -30,32 +30,39 @@ def default_workers(domain: DenseDomain) -> int:
     return max(1, min(4, (os.cpu_count() or 2) - 1))
 
 
-def epoch_order(n: int, seed: int, epoch: int, rank: int = 0, world_size: int = 1) -> np.ndarray:
-    order = np.random.default_rng([seed, epoch]).permutation(n)
+def epoch_order(n: int, seed: int, epoch: int, rank: int = 0, world_size: int = 1,
+                weights: np.ndarray | None = None) -> np.ndarray:
+    """Epoch ``epoch``'s indices: a permutation, or with ``weights`` (N,) n i.i.d. weighted draws."""
+    rng = np.random.default_rng([seed, epoch])
+    order = rng.permutation(n) if weights is None else rng.choice(n, size=n, p=weights)
     shard = order[rank::world_size]
     return shard if len(shard) else order
 
 
 class _ResumableSampler(Sampler):
-    def __init__(self, n: int, seed: int, epoch: int, pos: int, rank: int, world_size: int):
+    def __init__(self, n: int, seed: int, epoch: int, pos: int, rank: int, world_size: int, weights=None):
         self.n, self.seed, self.epoch, self.pos, self.rank, self.world_size = n, seed, epoch, pos, rank, world_size
+        self.weights = weights
 
     def __iter__(self):
         epoch, pos = self.epoch, self.pos
         while True:
-            order = epoch_order(self.n, self.seed, epoch, self.rank, self.world_size)
-            for i in order[pos:]:
-                yield int(epoch * self.n + i)
+            order = epoch_order(self.n, self.seed, epoch, self.rank, self.world_size, self.weights)
+            for j, i in enumerate(order[pos:], start=pos):
+                # weighted draws repeat images within an epoch: k = (epoch n + j) n + i gives each draw its own crop
+                yield int(epoch * self.n + i) if self.weights is None else int((epoch * self.n + j) * self.n + i)
             epoch, pos = epoch + 1, 0
 
 
 class DenseStream:
     """``next()`` returns a :class:`Batch` with normalised images on ``device`` and, when
-    ``labeled``, the task's per-pixel target in ``y``: class ids (N, H, W) int64 or depth (N, H, W)."""
+    ``labeled``, the task's per-pixel target in ``y``: class ids (N, H, W) int64 or depth (N, H, W).
+    ``weights`` (N,): draw images i.i.d. with these probabilities (:mod:`edgeda.training.sampling`)
+    instead of visiting a permutation per epoch."""
 
     def __init__(self, domain: DenseDomain, task: TaskSpec, batch_size: int, device: torch.device, seed: int, *,
                  labeled: bool, train: bool = True, workers: int | None = None, rank: int = 0, world_size: int = 1,
-                 scale: tuple[float, float] = (0.5, 1.0), hflip: bool = True):
+                 scale: tuple[float, float] = (0.5, 1.0), hflip: bool = True, weights: np.ndarray | None = None):
         from ..data.dense_transforms import DenseDataset
 
         self.domain, self.task, self.batch_size, self.device = domain, task, batch_size, device
@@ -64,15 +71,17 @@ class DenseStream:
         self.workers = default_workers(domain) if workers is None else workers
         self.dataset = DenseDataset(domain, task.image_size, task.channels, train=train, seed=seed, labels=labeled,
                                     scale=scale, hflip=hflip)
+        self.weights = None if weights is None else np.asarray(weights, np.float64) / np.sum(weights)
         self.epoch, self.pos = 0, 0
         self.replaced = 0  # samples that failed to decode and were replaced by the next good one
         self._iter = None
 
     def _shard_len(self) -> int:
-        return len(epoch_order(len(self.domain), self.seed, self.epoch, self.rank, self.world_size))
+        return len(epoch_order(len(self.domain), self.seed, self.epoch, self.rank, self.world_size, self.weights))
 
     def _loader(self):
-        sampler = _ResumableSampler(len(self.domain), self.seed, self.epoch, self.pos, self.rank, self.world_size)
+        sampler = _ResumableSampler(len(self.domain), self.seed, self.epoch, self.pos, self.rank, self.world_size,
+                                    self.weights)
         loader = DataLoader(self.dataset, batch_size=self.batch_size, sampler=sampler, num_workers=self.workers,
                             pin_memory=self.device.type == "cuda", persistent_workers=False,
                             prefetch_factor=2 if self.workers else None,

@@ -31,6 +31,7 @@ class BatchStream:
         contrast: float = 0.0,
         rank: int = 0,
         world_size: int = 1,
+        weights=None,
     ):
         self.task = task
         self.batch_size = batch_size
@@ -44,9 +45,14 @@ class BatchStream:
         self.generator = torch.Generator().manual_seed(seed)
         self.perm = torch.empty(0, dtype=torch.long)
         self.pos = 0
+        # per-image sampling weights (edgeda.training.sampling): i.i.d. weighted draws instead of permutations
+        self.weights = None if weights is None else torch.as_tensor(weights, dtype=torch.float64)
 
     def _refill(self) -> None:
-        order = torch.randperm(len(self.images), generator=self.generator)
+        if self.weights is None:
+            order = torch.randperm(len(self.images), generator=self.generator)
+        else:
+            order = torch.multinomial(self.weights, len(self.images), replacement=True, generator=self.generator)
         shard = order[self.rank :: self.world_size]
         if len(shard) == 0:
             shard = order

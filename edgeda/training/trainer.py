@@ -125,6 +125,7 @@ class Trainer:
             rep = load_backbone_weights(encoder, cfg.backbone_weights)
             self.log(f"backbone weights from {cfg.backbone_weights}: {rep['loaded']} tensors loaded, "
                      f"{len(rep['missing'])} missing, {len(rep['unexpected'])} unused")
+            self.method.backbone_weights_loaded()
         if cfg.init and hasattr(self.method, "load_init"):
             self.method.load_init(cfg.init)
         if self.domains.target is not None and method_cls.uses_target:  # for methods that label the whole target set
@@ -140,20 +141,30 @@ class Trainer:
         self.average = WeightAverage(self.method.deployables(), cfg.ema) if cfg.ema else None
         self.display = self._display_batches()
         shard = {"rank": self.dist.rank, "world_size": self.dist.world_size}
-        self.source_stream = self._stream(src, cfg.seed * 1000 + 1, labeled=True, shard=shard)
+        self.source_stream = self._stream(src, cfg.seed * 1000 + 1, labeled=True, shard=shard,
+                                          weights=self._source_weights(src))
         self.target_stream = None
         if self.domains.target is not None and method_cls.uses_target:
             self.target_stream = self._stream(self.domains.target, cfg.seed * 1000 + 2, labeled=False, shard=shard)
 
-    def _stream(self, domain, seed: int, *, labeled: bool, shard: dict):
+    def _source_weights(self, domain):
+        """Per-image source sampling weights when the method asks for class-aware sampling, else None."""
+        weigh = self.method.source_sampling()
+        if weigh is None or not self.task.num_classes:
+            return None
+        from .sampling import class_counts
+
+        return weigh(class_counts(domain, self.task.num_classes))
+
+    def _stream(self, domain, seed: int, *, labeled: bool, shard: dict, weights=None):
         cfg = self.cfg
         if self.task_def.dense:
             from .dense_stream import DenseStream
 
             return DenseStream(domain, self.task, cfg.batch_size, self.device, seed, labeled=labeled,
-                               workers=cfg.workers, hflip=cfg.augment_hflip, **shard)
+                               workers=cfg.workers, hflip=cfg.augment_hflip, weights=weights, **shard)
         return BatchStream(domain, self.task, cfg.batch_size, self.device, seed, labeled=labeled,
-                           shift=cfg.augment_shift, contrast=cfg.augment_contrast, **shard)
+                           shift=cfg.augment_shift, contrast=cfg.augment_contrast, weights=weights, **shard)
 
     def _rank_states(self) -> dict:
         """Data-stream and RNG states; under torchrun, every rank's (a collective), so rank 0's

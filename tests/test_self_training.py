@@ -1,0 +1,318 @@
+"""Self-training segmentation (DACS with DAFormer's and MIC's pieces): ClassMix bookkeeping, the EMA
+teacher, rare-class sampling, confidence weighting, MIC masks, the feature distance, smoke runs on the
+embedded dense pairs and an exact --resume that restores the teacher."""
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import edgeda
+from edgeda.methods import METHODS, Batch
+from edgeda.methods.dacs import thing_classes, warmup_factor, weighted_cross_entropy
+from edgeda.models.mixing import (class_mix_masks, dacs_kernel_size, label_at_feature_scale, masked_feature_distance,
+                                  mix, patch_keep_mask, strong_augment)
+from edgeda.task import TaskSpec
+from edgeda.training.mean_teacher import MeanTeacher, pseudo_labels
+from edgeda.training.sampling import class_counts, rare_class_probabilities, rare_class_weights
+from conftest import EMBEDDED_DENSE_PAIRS, export_and_predict, stripe_scenes, train_on_embedded_pair
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+# -- ClassMix -------------------------------------------------------------------------------------
+def test_class_mix_pastes_half_the_classes_with_exact_label_bookkeeping():
+    g = torch.Generator().manual_seed(0)
+    ys = torch.zeros(3, 12, 16, dtype=torch.long)
+    ys[:, :, 4:8] = 1
+    ys[:, :, 8:12] = 2
+    ys[:, 6:, 12:] = 3
+    ys[:, :2, :2] = 255  # ignored source pixels
+    ys[2] = 5  # one class only: it is pasted (ceil(1 / 2) = 1)
+    ys[2, 0, 0] = 255
+    plabel = torch.randint(0, 4, (3, 12, 16), generator=g)
+    plabel[:, -1] = 255  # a target label may carry the ignore index too
+    xs, xt = torch.randn(3, 3, 12, 16, generator=g), torch.randn(3, 3, 12, 16, generator=g)
+    chosen_sets = set()
+    for seed in range(8):
+        m = class_mix_masks(ys, torch.Generator().manual_seed(seed))
+        assert m.shape == (3, 1, 12, 16) and set(m.unique().tolist()) <= {0.0, 1.0}
+        for i in range(3):
+            present = set(ys[i].unique().tolist()) - {255}
+            pasted = set(ys[i][m[i, 0].bool()].unique().tolist())
+            assert 255 not in pasted and len(pasted) == math.ceil(len(present) / 2) and pasted <= present
+            # whole classes: every pixel of a chosen class is pasted, no other pixel is
+            assert torch.equal(m[i, 0].bool(), torch.isin(ys[i], torch.tensor(sorted(pasted))))
+            if i == 0:
+                chosen_sets.add(tuple(sorted(pasted)))
+        xm, ym = mix(m, xs, xt), mix(m, ys, plabel)
+        pasted_px = m[:, 0].bool()
+        assert torch.equal(ym[pasted_px], ys[pasted_px]) and torch.equal(ym[~pasted_px], plabel[~pasted_px])
+        assert torch.equal(xm.permute(0, 2, 3, 1)[pasted_px], xs.permute(0, 2, 3, 1)[pasted_px])
+        assert torch.equal(xm.permute(0, 2, 3, 1)[~pasted_px], xt.permute(0, 2, 3, 1)[~pasted_px])
+        # ignore kept: the target's 255 where nothing is pasted; the source's 255 is never pasted
+        assert bool((ym[~pasted_px & (plabel == 255)] == 255).all())
+        assert int((ym == 255).sum()) == int(((plabel == 255) & ~pasted_px).sum())
+    assert len(chosen_sets) > 1  # the choice is random (4 classes: C(4, 2) = 6 possible sets)
+
+
+def test_strong_augment_changes_pixels_but_not_geometry_and_blur_size_is_dacs():
+    assert [dacs_kernel_size(s) for s in (64, 128, 512, 8)] == [7, 13, 51, 1]
+    x = torch.zeros(4, 3, 16, 16)
+    x[:, :, 4:12, 4:12] = 1.0
+    out = strong_augment(x, (0.5,) * 3, (0.5,) * 3, torch.Generator().manual_seed(0), jitter_p=1.0, blur_p=1.0)
+    assert out.shape == x.shape and not torch.equal(out, x) and torch.equal(x[0, 0, 0, 0], torch.tensor(0.0))
+    again = strong_augment(x, (0.5,) * 3, (0.5,) * 3, torch.Generator().manual_seed(0), jitter_p=1.0, blur_p=1.0)
+    assert torch.equal(out, again)  # the generator decides everything
+    same = strong_augment(x, (0.5,) * 3, (0.5,) * 3, torch.Generator().manual_seed(0), jitter_p=0.0, blur_p=0.0)
+    assert torch.allclose(same, x, atol=1e-6)
+
+
+# -- the EMA teacher ------------------------------------------------------------------------------
+def test_mean_teacher_value_after_k_updates_by_hand():
+    student = nn.Linear(1, 1, bias=False)
+    teacher = MeanTeacher(student, alpha=0.6)
+    expected = float(student.weight.detach())
+    values = [2.0, 4.0, -1.0, 3.0, 5.0]
+    for t, v in enumerate(values):
+        with torch.no_grad():
+            student.weight.fill_(v)
+        rate = min(0.6, 1 - 1 / (t + 1))  # DACS's warm-up: 0, 1/2, 0.6 (capped), 0.6, ...
+        assert teacher.rate() == pytest.approx(rate)
+        teacher.update(student)
+        expected = rate * expected + (1 - rate) * v
+        assert float(teacher.teacher.weight) == pytest.approx(expected)
+    # by hand: 2 -> 0.5*2 + 0.5*4 = 3 -> 0.6*3 + 0.4*(-1) = 1.4 -> 0.6*1.4 + 1.2 = 2.04 -> 0.6*2.04 + 2 = 3.224
+    assert float(teacher.teacher.weight) == pytest.approx(3.224)
+    assert not teacher.teacher.weight.requires_grad and not teacher.teacher.training
+
+
+def _spec(h=16, w=24):
+    return TaskSpec(3, ["background", "a", "b"], task="segmentation", image_size=(h, w))
+
+
+def _dacs(**options):
+    torch.manual_seed(0)
+    return METHODS.get("dacs")(_spec(), backbone="lraspp", backbone_kwargs={"width": 0.25},
+                               options={"warmup": 0.0, **options})
+
+
+def _batches(seed=0, n=2):
+    g = torch.Generator().manual_seed(seed)
+    y = torch.zeros(n, 16, 24, dtype=torch.long)
+    y[:, 4:10, 3:9], y[:, :, 15:18] = 1, 2
+    return Batch(torch.randn(n, 3, 16, 24, generator=g), y), Batch(torch.randn(n, 3, 16, 24, generator=g) + 0.5)
+
+
+def test_dacs_teacher_copies_the_student_first_then_averages():
+    m = _dacs()
+    s, t = _batches()
+    with torch.no_grad():  # a teacher built before --init must not label the first batch
+        for p in m.nets["teacher"].parameters():
+            p.add_(1.0)
+    before = {k: v.clone() for k, v in m.classifier.state_dict().items()}
+    m.step(s, t)
+    student, teacher = m.classifier.state_dict(), m.nets["teacher"].state_dict()
+    # first update: rate 0, the teacher is the student
+    assert all(torch.equal(student[k], teacher[k]) for k in student)
+    after_first = {k: v.clone() for k, v in teacher.items()}
+    m.step(*_batches(1))
+    student = m.classifier.state_dict()
+    for k, v in m.nets["teacher"].state_dict().items():
+        if v.dtype.is_floating_point:  # rate 1/2
+            assert torch.allclose(v, 0.5 * after_first[k] + 0.5 * student[k], atol=1e-6), k
+    assert any(not torch.equal(before[k], student[k]) for k in student)
+    assert m.mean_teacher.updates == 2
+
+
+# -- confidence weighting -------------------------------------------------------------------------
+def test_pseudo_label_weight_is_the_share_of_confident_pixels():
+    probs = torch.full((2, 2, 2, 5), 0.5)
+    probs[0, 0, 0, :3], probs[0, 1, 0, :3] = 0.98, 0.02  # 3 of 10 pixels above 0.968 (class 0)
+    probs[1, 1, :, :] = 0.97  # all 10 confident (class 1); 0.97 > 0.968
+    probs[1, 0, :, :] = 0.03
+    labels, confident, weight = pseudo_labels(probs, 0.968)
+    assert weight.tolist() == pytest.approx([0.3, 1.0])
+    assert int(confident.sum()) == 13 and bool((labels[1] == 1).all())
+    # the mixed loss by hand: uniform logits give CE = log K per labelled pixel
+    k = 3
+    logits = torch.zeros(2, k, 2, 5)
+    target = torch.zeros(2, 2, 5, dtype=torch.long)
+    target[0, 0, 0] = 255
+    mask = torch.zeros(2, 2, 5)
+    mask[:, 1] = 1.0  # the second row pasted (weight 1), the first from the pseudo-labels (weight w_t)
+    omega = mask + (1 - mask) * weight.view(-1, 1, 1)
+    got = weighted_cross_entropy(logits, target, omega).item()
+    # image 0: 4 pseudo pixels * 0.3 (one ignored) + 5 pasted; image 1: 5 * 1.0 + 5; over 20 pixels
+    assert got == pytest.approx(math.log(k) * (4 * 0.3 + 5 + 5 + 5) / 20)
+
+
+# -- rare-class sampling --------------------------------------------------------------------------
+def test_rare_class_probabilities_and_image_weights_by_hand():
+    freq = np.array([0.9, 0.09, 0.01])
+    p = rare_class_probabilities(freq, 0.01)
+    z = np.exp((1 - freq) / 0.01 - (1 - freq).max() / 0.01)
+    assert p == pytest.approx(z / z.sum()) and p[2] > 0.999 and p.sum() == pytest.approx(1.0)
+    assert rare_class_probabilities(freq, 100.0) == pytest.approx([1 / 3] * 3, abs=0.01)  # hot: uniform
+    # 4 images, classes {0, 1, 2, 3}; class 3 appears in no image and gets no probability
+    counts = np.array([[90, 10, 0, 0], [100, 0, 0, 0], [80, 15, 5, 0], [70, 0, 30, 0]])
+    w, pc = rare_class_weights(counts, temperature=0.1, return_classes=True)
+    f = counts.sum(0)[:3] / counts.sum()
+    pc_hand = np.exp((1 - f) / 0.1) / np.exp((1 - f) / 0.1).sum()
+    assert pc[:3] == pytest.approx(pc_hand) and pc[3] == 0.0
+    contains = counts[:, :3] > 0
+    w_hand = (contains * pc_hand / contains.sum(0)).sum(1)
+    assert w == pytest.approx(w_hand / w_hand.sum()) and w.sum() == pytest.approx(1.0)
+    assert w[1] < w[0] < w[2]  # the image with only the common class is the least likely
+    # min_share: image 2's class 2 (5 of 100 px) no longer counts at a 0.1 share
+    w2 = rare_class_weights(counts, temperature=0.1, min_share=0.1)
+    contains2 = counts[:, :3] > 0.1 * counts.sum(1, keepdims=True)
+    assert not contains2[2, 2] and contains2[3, 2]
+    w2_hand = (contains2 * pc_hand / contains2.sum(0)).sum(1)
+    assert w2 == pytest.approx(w2_hand / w2_hand.sum())
+
+
+def test_weighted_source_stream_draws_images_at_the_rare_class_rates_and_resumes(tmp_path):
+    from edgeda.data import load_domain
+    from edgeda.training.dense_stream import DenseStream, epoch_order
+
+    # known histogram: class 2 (a stripe) is in 4 of 20 images, class 1 (a square) in all
+    x, y = stripe_scenes(20, 16, 24, seed=3)
+    y[4:] = np.where(y[4:] == 2, 0, y[4:])
+    np.savez(tmp_path / "s.npz", x=x, y=y, classes=np.array(["bg", "square", "stripe"]))
+    dom = load_domain(str(tmp_path / "s.npz"), labeled=True)
+    counts = class_counts(dom, 3)
+    assert counts.sum() == 20 * 16 * 24 and (counts[:4, 2] > 0).all() and (counts[4:, 2] == 0).all()
+    w, pc = rare_class_weights(counts, temperature=0.01, return_classes=True)
+    # the two-stage draw (class, then an image that contains it) as a frequency per image
+    draws = np.concatenate([epoch_order(20, 5, e, weights=w) for e in range(1000)])
+    freq = np.bincount(draws, minlength=20) / len(draws)
+    assert np.abs(freq - w).max() < 0.01
+    stripe_rate = freq[:4].sum()  # images holding the rare class are drawn at about P(stripe) + P(others)/5
+    assert stripe_rate == pytest.approx(pc[2] + (pc[0] + pc[1]) * 4 / 20, abs=0.01) and stripe_rate > 0.9
+    # the stream: same seed, same batches; a restored state continues exactly
+    spec = TaskSpec(3, ["bg", "square", "stripe"], task="segmentation", image_size=(16, 24))
+    a = DenseStream(dom, spec, 4, torch.device("cpu"), 7, labeled=True, weights=w)
+    [a.next() for _ in range(3)]
+    state = a.state_dict()
+    rest = [a.next() for _ in range(6)]  # crosses an epoch (20 draws)
+    b = DenseStream(dom, spec, 4, torch.device("cpu"), 7, labeled=True, weights=w)
+    b.load_state_dict(state)
+    for u, v in zip(rest, [b.next() for _ in range(6)]):
+        assert torch.equal(u.x, v.x) and torch.equal(u.y, v.y)
+    assert np.mean([bool((u.y == 2).any()) for u in rest for u in [Batch(u.x[i:i + 1], u.y[i:i + 1]) for i in range(4)]]) > 0.7
+
+
+# -- MIC and the feature distance -----------------------------------------------------------------
+def test_mic_mask_ratio_and_patch_size():
+    keep = patch_keep_mask(64, (64, 128), 8, 0.7, torch.Generator().manual_seed(0))
+    assert keep.shape == (64, 1, 64, 128) and keep.mean().item() == pytest.approx(0.3, abs=0.02)
+    blocks = keep.view(64, 1, 8, 8, 16, 8)  # constant on each 8x8 patch
+    assert torch.equal(blocks.amax((3, 5)), blocks.amin((3, 5)))
+    odd = patch_keep_mask(2, (10, 13), 4, 0.5, torch.Generator().manual_seed(1))
+    assert odd.shape == (2, 1, 10, 13)
+    assert _dacs().mask_patch() == 2  # 64 * 16 / 512 at 16x24; MIC's 64 px at 512
+    big = METHODS.get("dacs")(TaskSpec(3, ["bg", "a", "b"], task="segmentation", image_size=(512, 1024)),
+                              backbone="lraspp", backbone_kwargs={"width": 0.25})
+    assert big.mask_patch() == 64
+
+
+def test_feature_distance_labels_and_thing_classes():
+    y = torch.zeros(1, 4, 4, dtype=torch.long)
+    y[0, :2, :2] = 3  # a full block of class 3
+    y[0, :2, 2:] = torch.tensor([[1, 1], [1, 2]])  # 3/4 class 1
+    y[0, 2:, :2] = torch.tensor([[1, 2], [2, 255]])  # 2/4 class 2: not enough
+    small = label_at_feature_scale(y, (2, 2), 4, 0.75)
+    assert small.tolist() == [[[3, 1], [255, 0]]]
+    f, ref = torch.zeros(1, 2, 2, 2), torch.zeros(1, 2, 2, 2)
+    f[0, :, 0, 0] = torch.tensor([3.0, 4.0])  # distance 5 at (0, 0)
+    assert masked_feature_distance(f, ref, small == 3).item() == pytest.approx(5.0)
+    assert masked_feature_distance(f, ref).item() == pytest.approx(5.0 / 4)
+    assert masked_feature_distance(f, ref, small == 7).item() == 0.0
+    from edgeda.data.synscenes import CLASSES
+
+    cs = thing_classes(CLASSES, len(CLASSES))
+    assert [CLASSES[i] for i in cs][:2] == ["traffic light", "traffic sign"] and "road" not in [CLASSES[i] for i in cs]
+    assert thing_classes(["background"] + [str(d) for d in range(10)], 11) == list(range(1, 11))
+    assert warmup_factor(0.0, 0.1) == pytest.approx(1e-6) and warmup_factor(0.05, 0.1) == pytest.approx(0.5, abs=1e-6)
+    assert warmup_factor(0.1, 0.1) == 1.0 and warmup_factor(0.3, 0.0) == 1.0
+
+
+# -- training runs --------------------------------------------------------------------------------
+def _npz(path, n=12, seed=0):
+    x, y = stripe_scenes(n, 32, 48, seed)
+    np.savez(path, x=x, y=y, classes=np.array(["background", "square", "stripe"]))
+    return str(path)
+
+
+def _config(tmp_path, src, out, **kw):
+    from edgeda.config import make_config
+
+    base = dict(method="dacs", source=src, target=src, iters=4, eval_every=2, checkpoint_every=2, batch_size=4,
+                image_size=[32, 48], backbone="lraspp", backbone_kwargs={"width": 0.25}, out=str(out), device="cpu",
+                options={"mic": True})
+    base.update(kw)
+    return make_config(None, base)
+
+
+def test_feature_distance_only_with_pretrained_weights(tmp_path):
+    from safetensors.torch import save_file
+
+    from edgeda.models import make_dense_model  # noqa: F401  (the registry of dense models)
+    from edgeda.training.trainer import Trainer
+
+    src = _npz(tmp_path / "s.npz")
+    plain = Trainer(_config(tmp_path, src, tmp_path / "a", iters=2), progress=False, log=None)
+    plain._build()
+    assert plain.method.pretrained_encoder is None
+    enc = {k: v.clone() + 0.01 for k, v in plain.method.classifier.encoder.state_dict().items() if v.is_floating_point()}
+    save_file(enc, str(tmp_path / "enc.safetensors"))
+    res = Trainer(_config(tmp_path, src, tmp_path / "b", iters=2, backbone_weights=str(tmp_path / "enc.safetensors")),
+                  progress=False, log=None).run()
+    assert "train/loss/fd" in res.history[-1] and "train/loss/fd" not in Trainer(
+        _config(tmp_path, src, tmp_path / "c", iters=2), progress=False, log=None).run().history[-1]
+
+
+@pytest.mark.parametrize("pair", EMBEDDED_DENSE_PAIRS, ids=["digits", "synscenes"])
+def test_dacs_smoke_run_on_the_embedded_dense_pairs(tmp_path, pair):
+    res = train_on_embedded_pair(tmp_path, "dacs", {"mic": True}, pair)
+    last = res.history[-1]
+    assert {"train/loss/src", "train/loss/mix", "train/loss/mic", "train/pseudo/weight"} <= set(last)
+    assert 0.0 <= res.metrics["target_test_miou"] <= 1.0 and res.metrics["target_test_per_class"]
+    assert 0.0 <= edgeda.evaluate(res.bundle, pair[2])["miou"] <= 1.0
+    assert "model" in export_and_predict(res.bundle, tmp_path)["deployables"]
+
+
+def test_dacs_resume_restores_the_teacher_and_continues_exactly(tmp_path):
+    from edgeda.training.checkpoint import load_latest
+    from edgeda.training.trainer import Trainer
+
+    src = _npz(tmp_path / "s.npz")
+    full = Trainer(_config(tmp_path, src, tmp_path / "full"), progress=False, log=None).run()
+
+    def stop(it):
+        if it == 2:
+            raise KeyboardInterrupt
+
+    cut = _config(tmp_path, src, tmp_path / "cut")
+    with pytest.raises(KeyboardInterrupt):
+        Trainer(cut, progress=False, log=None).run(callback=stop)
+    tr = Trainer(cut, progress=False, log=None)
+    tr._build()
+    saved = load_latest(tmp_path / "cut" / "checkpoints")[1]
+    assert tr._restore(saved) == 2 and tr.method.mean_teacher.updates == 2
+    teacher = tr.method.nets["teacher"].state_dict()
+    student = tr.method.classifier.state_dict()
+    fresh = Trainer(cut, progress=False, log=None)
+    fresh._build()
+    assert any(not torch.equal(teacher[k], fresh.method.nets["teacher"].state_dict()[k]) for k in teacher)
+    assert any(not torch.equal(teacher[k], student[k]) for k in teacher if teacher[k].is_floating_point())
+    resumed = Trainer(cut, progress=False, log=None).run(resume=True)
+    a = load_latest(tmp_path / "full" / "checkpoints")[1]["method"]["nets"]
+    b = load_latest(tmp_path / "cut" / "checkpoints")[1]["method"]["nets"]
+    for k in a:  # student and teacher both
+        assert torch.allclose(a[k].float(), b[k].float(), atol=1e-6), k
+    wa = edgeda.load_bundle(full.bundle).module().state_dict()
+    wb = edgeda.load_bundle(resumed.bundle).module().state_dict()
+    assert all(torch.allclose(wa[k].float(), wb[k].float(), atol=1e-6) for k in wa)

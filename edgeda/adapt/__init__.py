@@ -1,7 +1,8 @@
 """On-device source-free adaptation: a shipped bundle + unlabeled target images -> a new bundle.
 
 Methods (one module each, registered in ``ADAPT_METHODS``): ``3cgan`` (Li et al., CVPR 2020),
-``shot`` (Liang et al., ICML 2020), ``tent`` (Wang et al., ICLR 2021). See :func:`adapt`.
+``shot`` (Liang et al., ICML 2020), ``tent`` (Wang et al., ICLR 2021), ``cotta`` (Wang et al.,
+CVPR 2022). See :func:`adapt`.
 """
 import importlib
 import pkgutil

@@ -14,7 +14,7 @@ from ..cli import emit_json, handle_errors
               help="folder of this device's unlabeled images (or an .npz); read at the bundle's input size")
 @click.option("--out", required=True, type=click.Path(), help="where to write the adapted bundle (a new path)")
 @click.option("--method", default="3cgan", show_default=True,
-              help="3cgan | shot | tent (each adapts classification and segmentation bundles)")
+              help="3cgan | shot | tent | cotta (each adapts classification and segmentation bundles)")
 @click.option("--iters", type=int, help="iterations (default: the method's own); 0 = until the --minutes budget ends")
 @click.option("--minutes", type=float,
               help="wall-clock ceiling for the whole run, set-up and writing included; it stops the method's "

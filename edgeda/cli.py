@@ -40,6 +40,7 @@ LAZY_COMMANDS = {
     "predict": "edgeda.export.cli:predict",
     "bench": "edgeda.bench.cli:bench",
     "adapt": "edgeda.adapt.cli:adapt",
+    "weights": "edgeda.models.weights_cli:weights",
 }
 
 
@@ -107,7 +108,7 @@ class _SelectOption(click.Option):
 @click.option("--batch-size", type=int, help="images per domain per step")
 @click.option("--lr", type=float, help="base learning rate")
 @click.option("--backbone", help="network: dtn, resnet_small, resnet18/34/50 (classification); unet, deeplab, lraspp (dense)")
-@click.option("--backbone-weights", type=click.Path(dir_okay=False), help="pre-trained encoder weights (.safetensors, public ResNet names)")
+@click.option("--backbone-weights", type=click.Path(dir_okay=False), help="pre-trained weights, whole model or encoder (.safetensors, or .pth/.pt/.bin read with weights_only; torchvision / Hugging Face names)")
 @click.option("--backbone-option", "backbone_options", multiple=True,
               help="network setting key=value (repeatable), e.g. width=0.5, encoder=resnet18")
 @click.option("--image-size", help="model input size: a side (32) or H,W (128,256); default: the data's")

@@ -16,6 +16,7 @@ TINY = {
     "unet": dict(width=0.125),
     "deeplab": dict(width=0.125, encoder="resnet18"),
     "lraspp": dict(width=0.25),
+    "segformer": dict(variant="b0"),
 }
 
 
@@ -284,7 +285,8 @@ def test_invalid_kwargs_are_refused(kw):
 # ------------------------------------------------------------------------------------------- ONNX
 
 
-@pytest.mark.parametrize("arch,output", [("unet", "logits"), ("deeplab", "logits"), ("lraspp", "logits"), ("lraspp", "depth")])
+@pytest.mark.parametrize("arch,output", [("unet", "logits"), ("deeplab", "logits"), ("lraspp", "logits"), ("lraspp", "depth"),
+                                         ("segformer", "logits")])
 def test_onnx_export_matches_pytorch_at_two_sizes(arch, output, tmp_path):
     import onnx
     import onnxruntime as ort

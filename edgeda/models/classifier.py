@@ -24,6 +24,19 @@ class Classifier(nn.Module):
         f = self.features(x)
         return f, self.head(f)
 
+    def checkpoint_key(self, key: str) -> str:
+        """A public classification checkpoint's tensor name -> this model's: the backbone's logits
+        layer (``public_head``: torchvision ResNet ``fc``, MobileNetV3 ``classifier.3``) is ``head``,
+        everything else lives under ``features``."""
+        head = getattr(self.features, "public_head", None)
+        if head and key.startswith(head + "."):
+            return "head." + key[len(head) + 1:]
+        return "features." + key
+
+    def output_keys(self) -> list[str]:
+        """The tensors whose shape depends on the class count (re-initialised when a checkpoint's differs)."""
+        return ["head.weight", "head.bias"]
+
 
 @ARCHITECTURES.register("classifier")
 def classifier(**kwargs) -> Classifier:

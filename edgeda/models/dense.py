@@ -47,6 +47,10 @@ every keyword is JSON-serialisable so a bundle rebuilds the model from its recor
     multiplied by a sigmoid attention computed from the global mean of the final map, upsampled to
     the stride-8 level, classified by a 1x1 conv and added to a 1x1 classifier of the stride-8 map.
 
+The layouts of public checkpoints (torchvision's ``lraspp_mobilenet_v3_large``, ``deeplabv3_resnet50``,
+``fcn_resnet50`` ..., Hugging Face ``segformer``) are further archs of the same model, built by
+:mod:`edgeda.models.public_dense` with the public parameter names.
+
 Every head's output is bilinearly upsampled (``align_corners=False``) to the input size, and all
 pooling is a global mean, so the models export to ONNX with dynamic batch, height and width.
 
@@ -346,6 +350,22 @@ def _positive_int(name: str, v) -> int:
     return v
 
 
+def check_dense_args(num_outputs, output, channels, width, dropout, min_depth, max_depth) -> None:
+    """The checks every dense model shares (one clear error for a bad value)."""
+    if output not in OUTPUTS:
+        raise EdgedaError(f"unknown dense output {output!r}; valid: {', '.join(OUTPUTS)}")
+    _positive_int("num_outputs", num_outputs)
+    _positive_int("channels", channels)
+    if isinstance(width, bool) or not isinstance(width, (int, float)) or not 0 < width <= 16:
+        raise EdgedaError(f"dense_model width must be a number in (0, 16], not {width!r}")
+    if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
+        raise EdgedaError(f"dense_model dropout must be in [0, 1), not {dropout!r}")
+    if output == "depth":
+        ok = all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in (min_depth, max_depth))
+        if not ok or not 0 < min_depth < max_depth:
+            raise EdgedaError(f"dense_model depth range needs 0 < min_depth < max_depth, not {min_depth!r} .. {max_depth!r}")
+
+
 class DenseModel(nn.Module):
     """``output = upsample(head(encoder.forward_intermediates(x)))``; see the module docstring."""
 
@@ -354,19 +374,10 @@ class DenseModel(nn.Module):
                  decoder: bool = True, min_depth: float = 0.1, max_depth: float = 80.0, dropout: float = 0.1):
         super().__init__()
         if arch not in ARCHS:
-            raise EdgedaError(f"unknown dense arch {arch!r}; valid: {', '.join(ARCHS)}")
-        if output not in OUTPUTS:
-            raise EdgedaError(f"unknown dense output {output!r}; valid: {', '.join(OUTPUTS)}")
-        _positive_int("num_outputs", num_outputs)
-        _positive_int("channels", channels)
-        if isinstance(width, bool) or not isinstance(width, (int, float)) or not 0 < width <= 16:
-            raise EdgedaError(f"dense_model width must be a number in (0, 16], not {width!r}")
-        if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
-            raise EdgedaError(f"dense_model dropout must be in [0, 1), not {dropout!r}")
-        if output == "depth":
-            ok = all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in (min_depth, max_depth))
-            if not ok or not 0 < min_depth < max_depth:
-                raise EdgedaError(f"dense_model depth range needs 0 < min_depth < max_depth, not {min_depth!r} .. {max_depth!r}")
+            from .public_dense import PUBLIC_ARCHS
+
+            raise EdgedaError(f"unknown dense arch {arch!r}; valid: {', '.join(ARCHS + tuple(PUBLIC_ARCHS))}")
+        check_dense_args(num_outputs, output, channels, width, dropout, min_depth, max_depth)
         if encoder_kwargs is not None and not isinstance(encoder_kwargs, dict):
             raise EdgedaError(f"dense_model encoder_kwargs must be a dict, not {type(encoder_kwargs).__name__}")
         ekw = dict(encoder_kwargs or {})
@@ -386,7 +397,8 @@ class DenseModel(nn.Module):
             self.head = DeepLabHead(self.encoder, num_outputs, width, decoder, dropout)
         else:
             if encoder not in (None, "mobilenetv3_small"):
-                raise EdgedaError(f"the lraspp dense model has a MobileNetV3-Small-style encoder, not {encoder!r}")
+                hint = f"; torchvision's layout is --backbone lraspp_{encoder}" if encoder in ("mobilenet_v3_large", "mobilenet_v3_small") else ""
+                raise EdgedaError(f"the lraspp dense model has a MobileNetV3-Small-style encoder, not {encoder!r}{hint}")
             base = {"width": width, "output_stride": 16 if output_stride is None else output_stride}
             self.encoder = MobileNetV3Encoder(channels, **{**base, **ekw})
             self.head = LRASPPHead(self.encoder, num_outputs, width, dropout)
@@ -430,6 +442,11 @@ class DenseModel(nn.Module):
     def forward_intermediates(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         return self.encoder.forward_intermediates(x)
 
+    def output_keys(self) -> list[str]:
+        """The tensors whose shape depends on ``num_outputs`` (the head's final 1x1 convs): what a
+        checkpoint with another class count leaves at its initialisation."""
+        return [f"head.{n}.{p}" for n, m in self.head.named_modules() if n.endswith("classifier") for p in ("weight", "bias")]
+
     def param_groups(self, lr: float, encoder_lr_mult: float = 1.0) -> list[dict]:
         """Optimizer parameter groups: the encoder at ``lr * encoder_lr_mult``, everything else at ``lr``."""
         enc = list(self.encoder.parameters())
@@ -441,6 +458,12 @@ class DenseModel(nn.Module):
 
 @ARCHITECTURES.register("dense_model")
 def dense_model(**kwargs) -> DenseModel:
+    """A :class:`DenseModel`; the archs in the layouts of public checkpoints (torchvision's
+    segmentation models, SegFormer) are built by :mod:`edgeda.models.public_dense`."""
+    from .public_dense import PUBLIC_ARCHS, PublicDenseModel
+
+    if kwargs.get("arch") in PUBLIC_ARCHS:
+        return PublicDenseModel(**kwargs)
     return DenseModel(**kwargs)
 
 

@@ -1,4 +1,4 @@
-"""ResNet-18/34/50 encoders whose parameter names follow the common public ResNet checkpoints.
+"""ResNet-18/34/50/101 encoders whose parameter names follow the common public ResNet checkpoints.
 
 Names: ``conv1``, ``bn1``, ``layer1.0.conv1``, ``layer1.0.bn1``, ..., ``layerK.0.downsample.0/1``,
 bottlenecks add ``conv3``/``bn3``; there is no ``fc`` (pooling and classifiers belong to heads),
@@ -84,6 +84,8 @@ def _downsample(cin: int, cout: int, stride: int) -> nn.Sequential | None:
 class ResNetEncoder(nn.Module):
     """A ResNet trunk (stem + four stages), no classifier. See the module docstring."""
 
+    public_head = "fc"  # the logits layer of the public classification checkpoints (an edgeda Classifier's ``head``)
+
     def __init__(self, block: type, layers: tuple[int, ...], channels: int = 3, width: int = 64,
                  output_stride: int = 32, zero_init_residual: bool = False):
         super().__init__()
@@ -162,7 +164,12 @@ def resnet50_encoder(channels: int = 3, **kw) -> ResNetEncoder:
     return ResNetEncoder(Bottleneck, (3, 4, 6, 3), channels, **kw)
 
 
-ENCODERS = {"resnet18": resnet18_encoder, "resnet34": resnet34_encoder, "resnet50": resnet50_encoder}
+def resnet101_encoder(channels: int = 3, **kw) -> ResNetEncoder:
+    return ResNetEncoder(Bottleneck, (3, 4, 23, 3), channels, **kw)
+
+
+ENCODERS = {"resnet18": resnet18_encoder, "resnet34": resnet34_encoder, "resnet50": resnet50_encoder,
+            "resnet101": resnet101_encoder}
 
 
 @BACKBONES.register("resnet18")
@@ -181,3 +188,9 @@ def resnet34(channels: int = 3, image_size: int | None = None, **kw) -> ResNetEn
 def resnet50(channels: int = 3, image_size: int | None = None, **kw) -> ResNetEncoder:
     """ResNet-50 (bottlenecks 3-4-6-3, 2048 output channels at width 64). ``image_size`` is unused."""
     return resnet50_encoder(channels, **kw)
+
+
+@BACKBONES.register("resnet101")
+def resnet101(channels: int = 3, image_size: int | None = None, **kw) -> ResNetEncoder:
+    """ResNet-101 (bottlenecks 3-4-23-3). ``image_size`` is unused."""
+    return resnet101_encoder(channels, **kw)

@@ -111,20 +111,23 @@ class Trainer:
             raise EdgedaError("--select target_val needs --target-val SPEC (a few labeled target images)")
         engine = Engine(self.device, amp=cfg.amp, world_size=self.dist.world_size)
         optim = OptimConfig(cfg.optimizer, cfg.lr, cfg.momentum, cfg.weight_decay)
+        options = cfg.options
+        if cfg.backbone_weights:  # a pre-trained encoder learns slower where the method offers encoder_lr
+            from ..models.weights import pretrained_options
+
+            options = pretrained_options(method_cls, cfg.options)
         self.method: Method = method_cls(
-            self.task, backbone=cfg.backbone, backbone_kwargs=cfg.backbone_kwargs, options=cfg.options,
+            self.task, backbone=cfg.backbone, backbone_kwargs=cfg.backbone_kwargs, options=options,
             optim=optim, engine=engine, task_loss=cfg.task_loss,
         )
-        if cfg.backbone_weights:  # pre-trained encoder weights, applied at build time (never recorded as a download)
-            from ..models.weights import load_backbone_weights
+        self.init_weights = None
+        if cfg.backbone_weights:  # pre-trained weights (whole model or encoder), applied at build time, never a download
+            from ..models.weights import describe, load_pretrained
 
-            net = self.method.classifier
-            encoder = getattr(net, "encoder", None) or getattr(net, "features", None)
-            if encoder is None:
-                raise EdgedaError(f"--backbone-weights: the {cfg.backbone} model has no encoder to load weights into")
-            rep = load_backbone_weights(encoder, cfg.backbone_weights)
-            self.log(f"backbone weights from {cfg.backbone_weights}: {rep['loaded']} tensors loaded, "
-                     f"{len(rep['missing'])} missing, {len(rep['unexpected'])} unused")
+            rep = load_pretrained(self.method.classifier, cfg.backbone_weights)
+            for line in describe(rep):
+                self.log(f"backbone weights {line}")
+            self.init_weights = {"file": rep["file"], "sha256": rep["sha256"], "kind": rep["kind"], "head": rep["head"]}
             self.method.backbone_weights_loaded()
         if cfg.init and hasattr(self.method, "load_init"):
             self.method.load_init(cfg.init)
@@ -489,6 +492,7 @@ class Trainer:
                 "config": cfg.to_dict(), "domains": self.domains.summary(), "iterations": cfg.iters,
                 "selection": {"selector": cfg.select, "iteration": selected}, "wall_time_s": round(wall, 2),
                 "weight_average": {"kind": "ema", "decay": cfg.ema} if self.average is not None else None,
+                "init_weights": self.init_weights,
                 "skipped_steps": self.skipped_steps, "machine": machine_info(),
             },
             metrics=metrics,

@@ -1,6 +1,7 @@
 """The dense shift targets: conditions of ``synscenes:photo`` and other backgrounds of
 ``handwritten-scenes``, each an unlabeled adaptation split and a labelled test split."""
 import hashlib
+import json
 
 import numpy as np
 import pytest
@@ -195,3 +196,57 @@ def test_a_few_labelled_frames_need_not_show_every_class(tmp_path):
     named = load_domain(str(tmp_path / "named.npz"), labeled=True)
     with pytest.raises(DataError, match="names 4 classes"):
         named.require_usable(task="segmentation", num_classes=11)
+
+
+@pytest.mark.slow  # ~45 s on 2 shared cores once the quick starting bundles exist, ~2 min before
+def test_dense_shift_suite_quick_profile_runs_stores_and_resumes(tmp_path, capsys):
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+    import dense_shifts
+
+    runs = tmp_path / "runs"
+    out = dense_shifts.main(["--quick", "--results", str(runs)])
+    s, recs = out["summary"], out["records"]
+    assert s["targets"] == ["fog", "paper"] and s["runs"] == 2
+    assert {r["target"] for r in recs} == {"fog", "paper"}
+    for r in recs:
+        assert set(r["candidates"]) == {"source_only@init", "dann@init"}
+        for c in r["candidates"].values():
+            assert 0 <= c["target"] <= 1 and {"source_val", "entropy", "info_max"} <= set(c["scores"])
+    assert s["recommended_validator"] in s["validators"] and set(s["few_labels"]) <= {"1", "2", "5", "10"}
+    files = sorted(runs.glob("*.json"))
+    assert [f.name for f in files] == [f"{t}-{c}-s0.json" for t in ("fog", "paper") for c in ("dann@init", "source_only@init")]
+    for f in files:
+        with np.load(f.with_suffix(".npz"), allow_pickle=False) as z:
+            assert z["maps"].dtype == np.uint8 and z["inter"].shape == z["union"].shape == z["support"].shape
+            assert (z["inter"] <= z["union"]).all() and len(z["map_frames"]) == len(z["maps"])
+    saved = json.loads((tmp_path / "dense_shifts.json").read_text())
+    assert saved["records"] and saved["summary"]["runs"] == 2
+    stamps = [f.stat().st_mtime_ns for f in files]
+    capsys.readouterr()
+    dense_shifts.main(["--quick", "--results", str(runs)])  # resumes: every run is stored
+    assert capsys.readouterr().out.count(": stored") == 4
+    assert [f.stat().st_mtime_ns for f in files] == stamps
+
+
+def test_few_label_regret_and_miou_from_frame_counts():
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+    import dense_shifts
+
+    # two frames, three classes; class 2 is never labelled, so it is left out of the mean
+    counts = {"inter": np.array([[4, 0, 0], [2, 3, 0]]), "union": np.array([[5, 1, 2], [2, 6, 1]]),
+              "support": np.array([[5, 0, 0], [2, 4, 0]])}
+    assert dense_shifts.miou(counts) == pytest.approx((6 / 7 + 3 / 7) / 2)
+    assert dense_shifts.miou(counts, np.array([True, False])) == pytest.approx(4 / 5)
+    good = {k: v.copy() for k, v in counts.items()}
+    good["inter"] = good["support"].copy()
+    good["union"] = good["support"].copy()
+    runs = [{"target": "t", "seed": 0, "candidate": "source_only@init", "_arrays": counts},
+            {"target": "t", "seed": 0, "candidate": "x@init", "_arrays": good}]
+    fl = dense_shifts.few_labels(runs, ks=(1,), draws=5)
+    assert fl["1"]["mean_regret"] == 0 and fl["1"]["draws"] == 5  # the perfect candidate wins on any frame

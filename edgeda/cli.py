@@ -246,15 +246,16 @@ def methods(name, task, validators, as_json) -> None:
     """List the registered adaptation methods and the tasks each adapts; with NAME, that method's
     options (type, default, choices)."""
     if validators:
-        from .training.selection import VALIDATORS
+        from .training.validators import VALIDATORS, describe
 
-        rows = {n: (fn.__doc__ or "").strip().splitlines()[0] for n, fn in VALIDATORS.items()}
+        rows = {n: describe(n) for n in VALIDATORS}
         rows = {"last": "the last checkpoint", **rows}
         if as_json:
             emit_json(rows)
             return
+        width = max(map(len, rows))
         for n, doc in rows.items():
-            click.echo(f"{n.ljust(12)}  {doc}")
+            click.echo(f"{n.ljust(width)}  {doc}")
         return
     from .adapt import ADAPT_METHODS
     from .methods import METHODS

@@ -3,19 +3,23 @@ printed when a shipped model may be a negative transfer.
 
 A user rarely has target labels. Confidence-style validators (``entropy``, ``info_max``, ``bnm``)
 reward confident alignment whether or not the classes line up, so on their own they cannot tell a
-good run of a method from one that swapped classes. Two checks need no labels: how strongly the
-shipped model disagrees with the source-only model on the target images, and whether the
-validators agree that it beats source-only. When either fails, the user is told to label a few
-target images (5-20 per class) and pass them as ``--target-val``.
+good run of a method from one that swapped classes. The warning combines label-free checks of the
+shipped model against the source-only model (:data:`WARNING_CHECKS`) into a rule
+(:data:`WARNING_RULES`); ``benchmarks/warning.py`` measures on the stored shift-suite runs how often
+each rule fires on candidates below vs above source-only, and :data:`WARNING_RULE` is its pick. When
+it fires, the user is told to label a few target images (5-20 per class) and pass them as
+``--target-val``.
 """
 from __future__ import annotations
 
 import numpy as np
 import torch
 
-# validators that look at more than confidence: their sign vs source-only is what the warning reads
+# validators that look at more than confidence, and those that reward confidence and diversity
 CHECKING_VALIDATORS = ("dev", "reverse", "agreement", "source_val")
-CONFIDENCE_VALIDATORS = ("entropy", "info_max", "snd", "bnm")
+CONFIDENCE_VALIDATORS = ("entropy", "info_max", "snd", "bnm", "info_max_prior")
+# the confidence scores whose fall says "less sure and less diverse" (SND rises when outputs blur together)
+FALLING_CONFIDENCE = ("entropy", "info_max", "bnm", "info_max_prior")
 
 
 def bootstrap_interval(values, level: float = 0.95, n_boot: int = 2000, seed: int = 0) -> tuple[float, float]:
@@ -48,34 +52,101 @@ def disagreement(candidate_logits: torch.Tensor, reference_logits: torch.Tensor)
     return float((candidate_logits.argmax(1) != reference_logits.argmax(1)).float().mean())
 
 
+def _scores(d: dict) -> dict[str, float]:
+    return {k.removeprefix("score/"): float(v) for k, v in d.items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and (k.startswith("score/") or "/" not in k)}
+
+
+# -- the checks a warning rule combines: (candidate scores, reference scores, disagreement) -> reason or None
+def _check_disagreement(c, r, disagree, *, max_disagreement=0.35, margin=1e-3):
+    if disagree is not None and disagree > max_disagreement:
+        return f"it changes {disagree:.0%} of the source-only model's target predictions"
+    return None
+
+
+def _check_split(c, r, disagree, *, max_disagreement=0.35, margin=1e-3):
+    votes = {n: c[n] > r[n] for n in (*CHECKING_VALIDATORS, *CONFIDENCE_VALIDATORS)
+             if n in c and n in r and n != "agreement" and abs(c[n] - r[n]) > margin}
+    if "agreement" in c:  # agreement of the reference with itself is 1: a low value is a vote against
+        votes["agreement"] = c["agreement"] >= 1.0 - max_disagreement
+    better, worse = sorted(k for k, v in votes.items() if v), sorted(k for k, v in votes.items() if not v)
+    if better and worse:
+        return (f"the validators disagree on whether it beats source-only ({', '.join(better)} say yes, "
+                f"{', '.join(worse)} say no)")
+    return None
+
+
+def _check_agreement(c, r, disagree, *, max_disagreement=0.35, margin=1e-3, floor=0.5):
+    if "agreement" in c and c["agreement"] < floor:
+        return (f"it changes most of the target predictions the source-only model is surest of "
+                f"(agreement {c['agreement']:.2f})")
+    return None
+
+
+def _check_confidence(c, r, disagree, *, max_disagreement=0.35, margin=1e-3):
+    have = [n for n in FALLING_CONFIDENCE if n in c and n in r]
+    if have and all(c[n] < r[n] - margin for n in have):
+        return f"it is less confident and less diverse on the target than source-only ({', '.join(have)} all lower)"
+    return None
+
+
+def _check_majority(c, r, disagree, *, max_disagreement=0.35, margin=1e-3):
+    if "majority" in c and "majority" in r and c["majority"] < r["majority"] - margin:
+        return "the other candidates' vote agrees more with source-only than with it (majority lower)"
+    return None
+
+
+def _check_consistency(c, r, disagree, *, max_disagreement=0.35, margin=1e-3):
+    if "aug_consistency" in c and "aug_consistency" in r and c["aug_consistency"] < r["aug_consistency"] - margin:
+        return "its predictions are less stable than source-only's under flips, rescaling and colour change"
+    return None
+
+
+WARNING_CHECKS = {"disagreement": _check_disagreement, "split": _check_split, "agreement": _check_agreement,
+                  "confidence": _check_confidence, "majority": _check_majority, "consistency": _check_consistency}
+# candidate rules (any of its checks fires -> warn), compared by benchmarks/warning.py on stored shift-suite runs
+WARNING_RULES = {
+    "disagreement_or_split": ("disagreement", "split"),  # the first rule: fired on nearly every adapted model
+    "disagreement": ("disagreement",),
+    "split": ("split",),
+    "agreement": ("agreement",),
+    "confidence": ("confidence",),
+    "agreement_or_confidence": ("agreement", "confidence"),
+    "majority": ("majority",),
+    "consistency": ("consistency",),
+    "agreement_or_confidence_or_majority": ("agreement", "confidence", "majority"),
+}
+# benchmarks/warning.py: on the classification shift suite it fires on most candidates below source-only
+# and on none that gained more than 5 points (results in benchmarks/results/warning.json)
+WARNING_RULE = "agreement_or_confidence"
+
+
+def warning_reasons(candidate: dict, reference: dict, disagree: float | None, rule: str = WARNING_RULE,
+                    **kw) -> list[str]:
+    """The reasons ``rule``'s checks give for doubting that ``candidate`` beats ``reference`` (empty: none).
+    Checks whose validators are missing from the scores stay silent."""
+    c, r = _scores(candidate), _scores(reference)
+    out = []
+    for name in WARNING_RULES[rule]:
+        why = WARNING_CHECKS[name](c, r, disagree, **kw)
+        if why:
+            out.append(why)
+    return out
+
+
 def transfer_warning(candidate: dict, reference: dict, disagree: float | None, *, max_disagreement: float = 0.35,
-                     margin: float = 1e-3) -> str | None:
-    """One plain sentence when the shipped model may be worse than source-only, else None.
+                     margin: float = 1e-3, rule: str = WARNING_RULE) -> str | None:
+    """One plain sentence when the label-free evidence says the shipped model may be worse than
+    source-only, else None.
 
     ``candidate`` / ``reference``: validator scores (``score/<name>`` or bare names) of the shipped
     model and of the source-only model; ``disagree``: their target disagreement (see :func:`disagreement`).
-    Fires when the shipped model changes more than ``max_disagreement`` of the target predictions,
-    or when the validators split on whether it beats source-only."""
-    def scores(d):
-        return {k.removeprefix("score/"): float(v) for k, v in d.items()
-                if isinstance(v, (int, float)) and (k.startswith("score/") or "/" not in k)}
-
-    c, r = scores(candidate), scores(reference)
-    votes = {}
-    for name in (*CHECKING_VALIDATORS, *CONFIDENCE_VALIDATORS):
-        if name in c and name in r and name != "agreement":
-            if abs(c[name] - r[name]) > margin:
-                votes[name] = c[name] > r[name]
-    if "agreement" in c:  # agreement of the reference with itself is 1: a low value is a vote against
-        votes["agreement"] = c["agreement"] >= 1.0 - max_disagreement
-    better = sorted(k for k, v in votes.items() if v)
-    worse = sorted(k for k, v in votes.items() if not v)
-    reasons = []
-    if disagree is not None and disagree > max_disagreement:
-        reasons.append(f"it changes {disagree:.0%} of the source-only model's target predictions")
-    if better and worse:
-        reasons.append(f"the validators disagree on whether it beats source-only ({', '.join(better)} say yes, "
-                       f"{', '.join(worse)} say no)")
+    The default rule fires when the shipped model changes most of the target predictions the
+    source-only model is surest of (``agreement`` below 0.5: a class swap), or when it is less
+    confident and less diverse than source-only on every confidence score available (``entropy``,
+    ``info_max``, ``bnm``, ``info_max_prior``). Validators splitting on a source-free method is not
+    evidence: source-validation scores fall for any model adapted away from the source."""
+    reasons = warning_reasons(candidate, reference, disagree, rule, max_disagreement=max_disagreement, margin=margin)
     if not reasons:
         return None
     return ("warning: the shipped model may be worse than source-only on the target: " + "; ".join(reasons)
@@ -85,20 +156,8 @@ def transfer_warning(candidate: dict, reference: dict, disagree: float | None, *
 def score_model(net, domains, spec, device="cpu", seed: int = 0, reference_rows=None):
     """(validator scores, target rows) of a trained network on ``domains`` — what the trainer records
     at an evaluation, computed the same way for every ``--method auto`` candidate."""
-    from .tasks import task_of
-    from .training.evaluate import evaluate_model
-    from .training.selection import EvalContext, score_all
+    from .training.evaluate import evaluation_context
+    from .training.selection import score_all
 
-    t = task_of(spec)
-    per_image = domains.target is not None and not t.dense
-    sv = evaluate_model(net, domains.source_val, spec, device, rows=per_image, features=per_image)
-    ctx = EvalContext(t.selection_score(sv.scores))
-    if per_image:
-        ctx.source_logits, ctx.source_features = sv.rows, sv.features
-        ctx.source_labels = torch.as_tensor(np.asarray(domains.source_val.labels), dtype=torch.long)
-    rows = None
-    if domains.target is not None:
-        out = evaluate_model(net, domains.target, spec, device, labels=False, rows=True, features=per_image, seed=seed)
-        ctx.target_logits, ctx.target_features, rows = out.rows, out.features, out.rows
-        ctx.reference_logits = reference_rows
-    return score_all(ctx), rows
+    ctx, _, out = evaluation_context(net, domains, spec, device, seed=seed, reference_rows=reference_rows)
+    return score_all(ctx), (out.rows if out is not None else None)

@@ -54,13 +54,21 @@ def test_warning_fires_on_a_planted_class_swap():
     swapped = 10 * torch.nn.functional.one_hot(swapped_labels, 10).float()
     d = disagreement(swapped, ref)
     assert d > 0.5
-    msg = transfer_warning({"score/info_max": 2.0}, {"score/info_max": 1.9}, d)
-    assert msg is not None and "--target-val" in msg and "changes" in msg
-    # validators split: info_max says better, dev says worse
-    msg = transfer_warning({"score/info_max": 2.0, "score/dev": -2.0}, {"score/info_max": 1.9, "score/dev": -1.0}, 0.05)
-    assert msg is not None and "dev say no" in msg
-    # a small, agreed improvement: no warning
-    assert transfer_warning({"score/info_max": 2.0, "score/dev": -0.9}, {"score/info_max": 1.9, "score/dev": -1.0}, 0.05) is None
+    # the swap keeps every confidence score but moves the reference's surest predictions: agreement sees it
+    from edgeda.training.selection import EvalContext, score_all
+
+    agree = score_all(EvalContext(0.5, target_logits=swapped, reference_logits=ref))["agreement"]
+    msg = transfer_warning({"score/info_max": 2.0, "score/agreement": agree}, {"score/info_max": 2.0, "score/agreement": 1.0}, d)
+    assert msg is not None and "--target-val" in msg and "surest" in msg
+    # less confident and less diverse than source-only on every confidence score: a warning
+    msg = transfer_warning({"score/info_max": 1.0, "score/entropy": -2.0}, {"score/info_max": 1.9, "score/entropy": -1.0}, 0.05)
+    assert msg is not None and "info_max" in msg
+    # validators that split on a source-free adaptation (confidence up, source-val and dev down) are no
+    # evidence: no warning, where the first rule warned
+    up = ({"score/info_max": 2.0, "score/dev": -2.0, "score/source_val": 0.4, "score/agreement": 0.9},
+          {"score/info_max": 1.9, "score/dev": -1.0, "score/source_val": 0.7, "score/agreement": 1.0}, 0.3)
+    assert transfer_warning(*up) is None
+    assert "dev" in transfer_warning(*up, rule="disagreement_or_split")
 
 
 def test_method_auto_smoke(tmp_path):

@@ -1,7 +1,14 @@
-"""``edgeda train --method auto``: train source-only and a short list of methods on the same data,
-adapt the source-only model source-free on the same target images, score every candidate with every
-validator and ship the one the chosen validator ranks best (see :mod:`edgeda.trust` for the
-validators' reliability checks and the warning)."""
+"""``edgeda train --method auto``: train a short list of candidates on the same data, score every one
+with every validator and ship the one the chosen validator ranks best (see :mod:`edgeda.trust` for
+the reliability checks and the warning).
+
+Classification: source-only and :data:`AUTO_METHODS` from scratch, plus the source-only model adapted
+source-free with :data:`AUTO_ADAPT` on the same target images; ranked by :data:`DEFAULT_SELECTOR`.
+Dense tasks: source-only once, then ``source_only@init`` (source-only training continued for as long
+from that bundle) and each of :data:`DENSE_AUTO_METHODS` with ``--init`` from it for the same
+iterations; ranked by :data:`DEFAULT_DENSE_SELECTOR`, with a warning when no candidate beats continued
+source-only training by that score.
+"""
 from __future__ import annotations
 
 import json
@@ -9,11 +16,18 @@ from pathlib import Path
 
 import numpy as np
 
-from ..trust import disagreement, score_model, transfer_warning
+from ..trust import disagreement, transfer_warning
 
 AUTO_METHODS = ("dann", "mmd")  # trained like source-only, on the same data
 AUTO_ADAPT = ("shot", "tent")  # source-free, run on the source-only bundle with the same target images
 DEFAULT_SELECTOR = "info_max"  # the shift suite's most reliable (benchmarks/shifts.py recommended_validator)
+# dense candidates, each trained with --init from the source-only bundle; names not registered are skipped
+DENSE_AUTO_METHODS = ("dacs", "cbst", "dann")
+DENSE_REFERENCE = "source_only@init"  # continued source-only training: the baseline every dense candidate must beat
+# Until the dense shift suite measures the validators, a principled guess: agreement under flips,
+# rescaling and colour change needs no class-balance assumption and scores a collapsed model 1/K,
+# where confidence scores reward the confident pseudo-label fits self-training produces.
+DEFAULT_DENSE_SELECTOR = "aug_consistency"
 
 
 def _write_target_images(domain, folder: Path) -> Path:
@@ -26,72 +40,127 @@ def _write_target_images(domain, folder: Path) -> Path:
     return folder
 
 
-def train_auto(cfg, *, methods=AUTO_METHODS, adapt_methods=AUTO_ADAPT, selector: str | None = None,
+def available_methods(names, task: str, log=print) -> list[str]:
+    """``names`` that are registered training methods adapting ``task``; each one left out is noted."""
+    from ..methods import METHODS
+
+    out = []
+    for n in names:
+        if n not in METHODS:
+            log and log(f"auto: skipping {n} (no such method registered)")
+        elif task not in METHODS.get(n).tasks:
+            log and log(f"auto: skipping {n} (it does not adapt {task} models)")
+        else:
+            out.append(n)
+    return out
+
+
+def score_candidates_on(bundles: dict, domains, reference: str, device: str = "cpu", seed: int = 0,
+                        target_test: bool = True) -> dict[str, dict]:
+    """Every validator's score of each candidate bundle (``{name: path}``) on the same target rows, what a
+    shift suite stores: ``{name: {"bundle", "scores", "disagreement_with_<reference>", "target_test"}}``.
+    ``agreement`` is measured against ``reference``'s rows and ``majority`` against the other candidates'
+    vote (:func:`edgeda.training.validators.score_candidates`). ``target_test`` (the task's headline
+    score on the labeled target test split, where there is one) is for reports only."""
+    from ..bundle import load_bundle
+    from .evaluate import evaluate_model, evaluation_context
+    from .validators import score_candidates
+
+    nets = {}
+    for name, path in bundles.items():
+        b = load_bundle(path)
+        nets[name] = (b.module(b.primary), b.task)
+    ref_net, spec = nets[reference]
+    ref_rows = evaluate_model(ref_net, domains.target, spec, device, labels=False, rows=True, seed=seed).rows \
+        if domains.target is not None else None
+    contexts, record = {}, {}
+    for name, (net, spec) in nets.items():
+        ctx, _, out = evaluation_context(net, domains, spec, device, seed=seed, reference_rows=ref_rows)
+        contexts[name] = ctx
+        entry = {"bundle": str(bundles[name])}
+        if out is not None and out.rows is not None and ref_rows is not None:
+            entry[f"disagreement_with_{reference}"] = disagreement(out.rows, ref_rows)
+        if target_test and domains.target_test is not None:  # reported only
+            test = evaluate_model(net, domains.target_test, spec, device).scores
+            entry["target_test"] = test.get("accuracy", test.get("miou"))
+        record[name] = entry
+    for name, scores in score_candidates(contexts).items():
+        record[name]["scores"] = scores
+    return record
+
+
+def train_auto(cfg, *, methods=None, adapt_methods=None, selector: str | None = None,
                adapt_iters: int | None = None, log=print) -> dict:
-    """``edgeda train --method auto``: train source-only and each of ``methods`` on ``cfg``'s data,
-    adapt the source-only bundle source-free with each of ``adapt_methods`` on the same target
-    images, score every candidate's shipped model with every validator (``agreement`` against the
-    source-only model), ship the one ``selector`` ranks best (ties: source-only) to
-    ``<out>/model.edgeda`` with every candidate's scores in its manifest (``metrics.auto``), and
-    return that record. Target test labels, where present, are reported per candidate, never used."""
-    from ..bundle import load_bundle, update_bundle
+    """``edgeda train --method auto``: train the candidates on ``cfg``'s data (see the module docstring;
+    ``methods`` / ``adapt_methods`` override the task's lists), score every candidate's shipped model
+    with every validator, ship the one ``selector`` ranks best (ties: the source-only candidate) to
+    ``<out>/model.edgeda`` with every candidate's scores in its manifest (``metrics.auto``), and return
+    that record. Target test labels, where present, are reported per candidate, never used."""
+    from ..bundle import update_bundle
     from ..config import make_config
-    from ..data.domain import Domain
     from ..errors import EdgedaError
-    from .evaluate import evaluate_model
     from .selection import selector_names
     from .trainer import load_domains, train
 
     log = log or (lambda s: None)
-    selector = selector or (cfg.select if cfg.select not in ("last", "target_val") else DEFAULT_SELECTOR)
-    if selector not in selector_names() or selector == "last":
-        raise EdgedaError(f"--method auto ranks candidates by a validator; {selector!r} is not one")
-    out = Path(cfg.out)
     base = cfg.to_dict()
+    domains = load_domains(make_config(base, {"method": "source_only"}), True)
+    dense = domains.task != "classification"
+    default = DEFAULT_DENSE_SELECTOR if dense else DEFAULT_SELECTOR
+    selector = selector or (cfg.select if cfg.select not in ("last", "target_val") else default)
+    if selector not in selector_names() or selector in ("last", "target_val"):
+        raise EdgedaError(f"--method auto ranks candidates by a label-free validator; {selector!r} is not one")
+    out = Path(cfg.out)
     cand_dir = out / "candidates"
 
-    def run(method):
-        log(f"auto: training {method} ...")
-        c = make_config(base, {"method": method, "out": str(cand_dir / method)})
-        return train(c, progress=False, log=None, reference=ref_net if method != "source_only" else None).bundle
+    def run(name, method, reference_net=None, **extra):
+        log(f"auto: training {name} ...")
+        c = make_config(base, {"method": method, "out": str(cand_dir / name), **extra})
+        return train(c, progress=False, log=None, reference=reference_net).bundle
 
-    ref_net = None
-    bundles = {"source_only": run("source_only")}
-    ref_bundle = load_bundle(bundles["source_only"])
-    spec = ref_bundle.task
-    ref_net = ref_bundle.module(ref_bundle.primary)
-    domains = load_domains(make_config(base, {"method": "source_only"}), True)
-    for m in methods:
-        bundles[m] = run(m)
-    if domains.target is not None and isinstance(domains.target, Domain) and adapt_methods:
-        from ..adapt.runner import adapt
+    if dense:
+        methods = available_methods(DENSE_AUTO_METHODS if methods is None else methods, domains.task, log)
+        source_bundle = run("source_only", "source_only")
+        bundles = {DENSE_REFERENCE: run(DENSE_REFERENCE, "source_only", init=str(source_bundle))}
+        for m in methods:
+            bundles[f"{m}@init"] = run(f"{m}@init", m, init=str(source_bundle))
+        reference = DENSE_REFERENCE
+    else:
+        methods = available_methods(AUTO_METHODS if methods is None else methods, domains.task, log)
+        adapt_methods = AUTO_ADAPT if adapt_methods is None else adapt_methods
+        from ..bundle import load_bundle
 
-        images = _write_target_images(domains.target, out / "target_images")
-        for a in adapt_methods:
-            name = f"source_only+{a}"
-            log(f"auto: adapting source-only with {a} (source-free) ...")
-            r = adapt(bundles["source_only"], images, cand_dir / f"{name}.edgeda", method=a, iters=adapt_iters,
-                      device=cfg.device, seed=cfg.seed, threads=None)
-            bundles[name] = r.bundle
-    ref_scores, ref_rows = score_model(ref_net, domains, spec, "cpu", cfg.seed)
-    record = {}
-    for name, path in bundles.items():
-        b = load_bundle(path)
-        net = b.module(b.primary)
-        scores, rows = score_model(net, domains, spec, "cpu", cfg.seed, reference_rows=ref_rows)
-        entry = {"bundle": str(path), "scores": scores}
-        if rows is not None and ref_rows is not None:
-            entry["disagreement_with_source_only"] = disagreement(rows, ref_rows)
-        if domains.target_test is not None:  # reported only
-            test = evaluate_model(net, domains.target_test, spec, "cpu").scores
-            entry["target_test"] = test.get("accuracy", test.get("miou"))
-        record[name] = entry
-    chosen = max(record, key=lambda n: (record[n]["scores"].get(selector, float("-inf")), n == "source_only"))
-    warning = None
-    if chosen != "source_only":
-        warning = transfer_warning(record[chosen]["scores"], record["source_only"]["scores"],
+        bundles = {"source_only": run("source_only", "source_only")}
+        ref = load_bundle(bundles["source_only"])
+        for m in methods:  # the source-only model is each run's agreement reference, as in a plain train
+            bundles[m] = run(m, m, reference_net=ref.module(ref.primary))
+        if domains.target is not None and adapt_methods:
+            from ..adapt.runner import adapt
+
+            images = _write_target_images(domains.target, out / "target_images")
+            for a in adapt_methods:
+                name = f"source_only+{a}"
+                log(f"auto: adapting source-only with {a} (source-free) ...")
+                r = adapt(bundles["source_only"], images, cand_dir / f"{name}.edgeda", method=a, iters=adapt_iters,
+                          device=cfg.device, seed=cfg.seed, threads=None)
+                bundles[name] = r.bundle
+        reference = "source_only"
+    record = score_candidates_on(bundles, domains, reference, "cpu", cfg.seed)
+    for entry in record.values():  # one key name whatever the reference is called
+        entry["disagreement_with_source_only"] = entry.pop(f"disagreement_with_{reference}", None)
+    chosen = max(record, key=lambda n: (record[n]["scores"].get(selector, float("-inf")), n == reference))
+    if chosen != reference:
+        warning = transfer_warning(record[chosen]["scores"], record[reference]["scores"],
                                    record[chosen].get("disagreement_with_source_only"))
-    result = {"selector": selector, "chosen": chosen, "candidates": record, "transfer_warning": warning}
+    elif dense:
+        warning = (f"warning: no candidate beats continued source-only training ({reference}) by {selector}; "
+                   f"shipping {reference}. Label 5-20 target images per class and pass them as --target-val to check.")
+    else:
+        warning = None
+    result = {"selector": selector, "chosen": chosen, "reference": reference, "candidates": record,
+              "transfer_warning": warning}
+    if dense:
+        result["source_only_bundle"] = str(source_bundle)
     shipped = update_bundle(bundles[chosen], out / "model.edgeda",
                             manifest_updates={"metrics": {"auto": result, "transfer_warning": warning}})
     result["bundle"] = str(shipped)

@@ -5,6 +5,11 @@ scores against the domain's labels (accumulated in a streaming metric, so memory
 with the number of images), the rows of logits that label-free validators score, and (for
 classifiers) the features. In-memory classification domains are sliced directly; dense domains
 go through a ``DataLoader`` (worker processes for folders on disk).
+
+:func:`augmentation_confusion` runs the model on augmented copies of a fixed sample of target
+images (what ``aug_consistency`` scores) and :func:`evaluation_context` fills the validators'
+:class:`~edgeda.training.validators.EvalContext` the same way for the trainer, ``--method auto`` and
+the benchmarks.
 """
 from __future__ import annotations
 
@@ -17,6 +22,7 @@ import torch
 
 from ..data.domain import Domain
 from ..data.transforms import to_float_nchw
+from .validators import EvalContext, label_confusion
 from ..task import TaskSpec
 from ..tasks import task_of
 from ..tasks.metrics import classification_scores
@@ -100,6 +106,136 @@ def evaluate_model(model: torch.nn.Module, domain, spec: TaskSpec, device="cpu",
     if features:
         res.features = torch.cat(feat_chunks) if feat_chunks else torch.zeros(0, 0)
     return res
+
+
+AUGMENTATIONS = ("flip", "rescale", "colour")
+
+
+def _augment_params(n: int, gen: torch.Generator, crop: float) -> dict:
+    """Per image: the crop box (fractions) of the rescaled view and the colour factors."""
+    u = torch.rand(n, 5, generator=gen, dtype=torch.float64)
+    return {"crop_y": u[:, 0] * (1 - crop), "crop_x": u[:, 1] * (1 - crop),
+            "brightness": 0.75 + 0.5 * u[:, 2], "contrast": 0.75 + 0.5 * u[:, 3], "saturation": 0.75 + 0.5 * u[:, 4]}
+
+
+def _colour_jitter(raw: np.ndarray, prm: dict, spec: TaskSpec, device) -> torch.Tensor:
+    """Brightness, contrast and saturation factors per image on the [0, 1] image, then the model's normalisation."""
+    x = torch.from_numpy(np.ascontiguousarray(raw)).to(device).permute(0, 3, 1, 2).float() / 255.0
+    view = (-1, 1, 1, 1)
+    gray = x.mean(1, keepdim=True)
+    x = x * prm["brightness"].float().to(device).view(view)
+    mean = x.mean((1, 2, 3), keepdim=True)
+    x = (x - mean) * prm["contrast"].float().to(device).view(view) + mean
+    if x.shape[1] == 3:
+        gray = x.mean(1, keepdim=True)
+        x = gray + (x - gray) * prm["saturation"].float().to(device).view(view)
+    x = x.clamp(0, 1)
+    m = torch.tensor(spec.mean, device=device).view(1, -1, 1, 1)
+    s = torch.tensor(spec.std, device=device).view(1, -1, 1, 1)
+    return (x - m) / s
+
+
+def _crop_boxes(prm: dict, crop: float, h: int, w: int) -> list[tuple[int, int, int, int]]:
+    """(top, left, height, width) per image in an (h, w) frame."""
+    ch, cw = max(1, int(round(crop * h))), max(1, int(round(crop * w)))
+    return [(int(round(float(y) * h)), int(round(float(x) * w)), ch, cw) for y, x in zip(prm["crop_y"], prm["crop_x"])]
+
+
+@torch.no_grad()
+def augmentation_confusion(model: torch.nn.Module, domain, spec: TaskSpec, device="cpu", *, seed: int = 0,
+                           n_images: int | None = None, augmentations=AUGMENTATIONS, crop: float = 0.8,
+                           batch_size: int | None = None) -> dict[str, torch.Tensor] | None:
+    """Per augmentation, the (K, K) confusion between the model's classes on a fixed sample of
+    ``domain`` (rows) and its classes on an augmented copy mapped back to the original frame (columns).
+
+    The sample (``n_images``: 32 for dense tasks, 256 for classification) and every augmentation's
+    parameters are drawn from ``seed`` alone, so every model evaluated with the same seed sees the same
+    copies. ``flip``: horizontal flip, flipped back; ``rescale``: a random crop of ``crop`` of each side
+    resized to the input size (a zoom), its prediction resized back onto the crop's region (pixels
+    outside it are not compared); ``colour``: brightness, contrast and saturation factors in
+    [0.75, 1.25], same frame. Classification compares the image labels. Cost: (1 + augmentations)
+    forward passes over the sample. None for tasks without classes (depth)."""
+    import torch.nn.functional as F
+
+    task = task_of(spec)
+    if not spec.num_classes or domain is None or len(domain) == 0:
+        return None
+    n_images = n_images or (32 if task.dense else 256)
+    rng = np.random.default_rng([seed, 20251])
+    idx = np.sort(rng.choice(len(domain), min(n_images, len(domain)), replace=False))
+    sample = domain.subset(idx)
+    gen = torch.Generator().manual_seed(seed)
+    k = spec.num_classes
+    confs = {a: torch.zeros(k, k, dtype=torch.float64) for a in augmentations}
+    was_training = model.training
+    model.eval()
+    try:
+        for x, _, raw in eval_batches(sample, spec, device, batch_size or (16 if task.dense else 256), labels=False, workers=0):
+            prm = _augment_params(len(x), gen, crop)
+            base = model(x).float()
+            lab = base.argmax(1)
+            for a in augmentations:
+                if a == "flip":
+                    out = model(x.flip(-1)).float()
+                    pairs = [(lab, (out.flip(-1) if task.dense else out).argmax(1))]
+                elif a == "rescale":
+                    h, w = x.shape[-2:]
+                    views = [F.interpolate(x[i:i + 1, :, t:t + ch, l:l + cw], size=(h, w), mode="bilinear", align_corners=False)
+                             for i, (t, l, ch, cw) in enumerate(_crop_boxes(prm, crop, h, w))]
+                    out = model(torch.cat(views)).float()
+                    if task.dense:
+                        ho, wo = base.shape[-2:]
+                        pairs = []
+                        for i, (t, l, ch, cw) in enumerate(_crop_boxes(prm, crop, ho, wo)):
+                            back = F.interpolate(out[i:i + 1], size=(ch, cw), mode="bilinear", align_corners=False)
+                            pairs.append((lab[i, t:t + ch, l:l + cw], back[0].argmax(0)))
+                    else:
+                        pairs = [(lab, out.argmax(1))]
+                elif a == "colour":
+                    pairs = [(lab, model(_colour_jitter(raw, prm, spec, x.device)).float().argmax(1))]
+                else:
+                    raise ValueError(f"unknown augmentation {a!r}; known: {', '.join(AUGMENTATIONS)}")
+                for r, c in pairs:
+                    confs[a] += label_confusion(r.cpu(), c.cpu(), k)
+    finally:
+        model.train(was_training)
+    return confs
+
+
+def label_marginal(scores: dict | None) -> torch.Tensor | None:
+    """Class frequencies (K,) of the labels behind a task's scores (the row sums of their confusion
+    matrix): on source validation, the source label marginal ``info_max_prior`` measures against."""
+    conf = (scores or {}).get("confusion")
+    if conf is None:
+        return None
+    counts = torch.as_tensor(conf, dtype=torch.float64).sum(1)
+    return counts / counts.sum() if float(counts.sum()) > 0 else None
+
+
+def evaluation_context(model: torch.nn.Module, domains, spec: TaskSpec, device="cpu", *, seed: int = 0,
+                       reference_rows: torch.Tensor | None = None, augment: bool = True
+                       ) -> tuple[EvalContext, dict, EvalOutput | None]:
+    """(the validators' context, the source-validation scores, the target pass) of ``model`` on a run's
+    ``domains``: source validation (with per-image rows and features for classification), the target
+    rows (a fixed pixel sample per image for dense tasks, from ``seed``), the source label marginal,
+    the augmented passes of :func:`augmentation_confusion` (``augment``) and ``reference_rows`` (a
+    source-only model's target rows, same seed). What the trainer records at every evaluation and what
+    ``--method auto`` and the benchmarks score candidates with."""
+    t = task_of(spec)
+    per_image = domains.target is not None and not t.dense and domains.source_val.labels is not None
+    sv = evaluate_model(model, domains.source_val, spec, device, rows=per_image, features=per_image)
+    ctx = EvalContext(t.selection_score(sv.scores), dense=t.dense, source_prior=label_marginal(sv.scores))
+    if per_image:  # labeled source rows for DEV and reverse validation
+        ctx.source_logits, ctx.source_features = sv.rows, sv.features
+        ctx.source_labels = torch.as_tensor(np.asarray(domains.source_val.labels), dtype=torch.long)
+    out = None
+    if domains.target is not None:
+        out = evaluate_model(model, domains.target, spec, device, labels=False, rows=True, features=not t.dense, seed=seed)
+        ctx.target_logits, ctx.target_features = out.rows, out.features
+        ctx.reference_logits = reference_rows
+        if augment:
+            ctx.augmented_confusion = augmentation_confusion(model, domains.target, spec, device, seed=seed)
+    return ctx, sv.scores, out
 
 
 def evaluate_classifier(model: torch.nn.Module, domain, task: TaskSpec, device="cpu") -> dict:

@@ -36,9 +36,9 @@ from . import distributed
 from .averaging import WeightAverage
 from .checkpoint import load_checkpoint, load_latest, save_checkpoint
 from .domains import Domains, load_domains  # noqa: F401  (Domains re-exported)
-from .evaluate import evaluate_model
+from .evaluate import evaluate_model, evaluation_context
 from .progress import _format_eval, _Progress
-from .selection import EvalContext, score_all, selector_names
+from .selection import score_all, selector_names
 from .streams import BatchStream
 
 
@@ -264,26 +264,16 @@ class Trainer:
         d, task, dev, t = self.domains, self.task, self.device, self.task_def
         net = self.shipped()[self.primary]
         rec: dict = {"iteration": iteration, **{f"train/{k}": v for k, v in train_losses.items()}}
-        per_image = d.target is not None and not t.dense and d.source_val.labels is not None
-        sv = evaluate_model(net, d.source_val, task, dev, rows=per_image, features=per_image)
-        val = sv.scores
+        if self.reference is not None and d.target is not None and self._reference_rows is None:
+            # same seed: the same pixel sample for dense rows
+            self._reference_rows = evaluate_model(self.reference.to(dev), d.target, task, dev, labels=False,
+                                                  rows=True, seed=self.cfg.seed).rows
+        ctx, val, out = evaluation_context(net, d, task, dev, seed=self.cfg.seed, reference_rows=self._reference_rows)
         rec.update({f"source_val_{k}": val[v] for k, v in t.record_keys.items()})
-        ctx = EvalContext(t.selection_score(val))
-        if per_image:  # labeled source rows for DEV and reverse validation
-            ctx.source_logits, ctx.source_features = sv.rows, sv.features
-            ctx.source_labels = torch.as_tensor(np.asarray(d.source_val.labels), dtype=torch.long)
-        if d.target is not None:
-            out = evaluate_model(net, d.target, task, dev, labels=False, rows=True, features=not t.dense, seed=self.cfg.seed)
-            ctx.target_logits, ctx.target_features = out.rows, out.features
-            if self.reference is not None:
-                if self._reference_rows is None:  # same seed: the same pixel sample for dense rows
-                    self._reference_rows = evaluate_model(self.reference.to(dev), d.target, task, dev, labels=False,
-                                                          rows=True, seed=self.cfg.seed).rows
-                ctx.reference_logits = self._reference_rows
-            if out.rows is not None and len(out.rows) and task.num_classes:
-                p = out.rows.softmax(1)
-                rec["target_entropy"] = float(probs_entropy(p, 1).mean())
-                rec["target_confidence"] = float(p.max(1).values.mean())
+        if out is not None and out.rows is not None and len(out.rows) and task.num_classes:
+            p = out.rows.softmax(1)
+            rec["target_entropy"] = float(probs_entropy(p, 1).mean())
+            rec["target_confidence"] = float(p.max(1).values.mean())
         rec.update({f"score/{k}": v for k, v in score_all(ctx).items()})
         if self.target_val is not None:  # the user's few labeled target images: selection and report
             tv = evaluate_model(net, self.target_val, task, dev).scores

@@ -1,0 +1,71 @@
+"""Unsupervised model selection: validators that score a checkpoint without target labels.
+
+Each validator maps what the trainer can see at an evaluation (source validation accuracy, the
+model's outputs and features on the unlabeled target adaptation split, its outputs on augmented
+copies of a fixed target sample, other candidates' outputs) to a score, higher is better. One
+validator is one module of this package, registered by name in :data:`VALIDATORS`. Every registered
+validator is computed at every evaluation and logged as ``score/<name>`` in ``metrics.jsonl``, so
+benchmarks can check how well each one's pick matches the (hidden) target accuracy. ``--select
+NAME`` ships the checkpoint with the best score; ``last`` ships the end.
+
+Confidence scores (``entropy``, ``info_max``, ``snd``, ``bnm``) reward confident, clustered
+outputs whether or not the classes line up, so a method that aligns the wrong classes can score
+best. ``dev`` and ``reverse`` check the target predictions against labeled source images through
+the model's features; ``agreement`` checks them against a source-only model. Built for dense
+outputs, where DEV and reverse validation have no per-image source rows: ``aug_consistency``
+(stable under flips, rescaling and colour change), ``majority`` (agrees with the other candidates'
+vote) and ``info_max_prior`` (information maximisation against the source label marginal, since
+background rightly dominates frames). A validator that cannot score a context (no target data, no
+per-image source labels for a dense task, no reference model, no other candidates) raises
+``ValueError`` and is left out of that evaluation's record.
+"""
+from __future__ import annotations
+
+import re
+
+from .context import VALIDATORS, EvalContext, label_agreement, label_confusion, mean_iou, target_probs
+
+# registration order is the order of ``edgeda methods --validators`` and of every score record
+from . import source_val, entropy, info_max, snd, bnm, dev, reverse, agreement  # noqa: E402,F401  (isort: skip)
+from . import aug_consistency, majority, info_max_prior  # noqa: E402,F401  (isort: skip)
+
+__all__ = ["VALIDATORS", "EvalContext", "describe", "label_agreement", "label_confusion", "mean_iou", "score_all",
+           "score_candidates", "selector_names", "target_probs"]
+
+
+_SENTENCE_END = re.compile(r"(?<!\bal)(?<!\be\.g)(?<!\bi\.e)\.(?=\s+[A-Z(`]|$)")
+
+
+def describe(name: str) -> str:
+    """The first sentence of a validator's docstring, on one line (what ``edgeda methods --validators`` prints)."""
+    doc = " ".join((VALIDATORS.get(name).__doc__ or "").split())
+    m = _SENTENCE_END.search(doc)
+    return doc[: m.end()] if m else doc
+
+
+def selector_names() -> list[str]:
+    """``last``, every validator, and ``target_val`` (a small labeled target set, ``--target-val``)."""
+    return ["last", *VALIDATORS, "target_val"]
+
+
+def score_all(ctx: EvalContext) -> dict[str, float]:
+    """Every validator's score of ``ctx``; those that cannot score it are left out."""
+    out = {}
+    for name, fn in VALIDATORS.items():
+        try:
+            out[name] = float(fn(ctx))
+        except (ValueError, RuntimeError):
+            continue  # a validator that cannot score this context (e.g. no target data) is left out
+    return out
+
+
+def score_candidates(contexts: dict[str, EvalContext]) -> dict[str, dict[str, float]]:
+    """Every validator's score of each candidate, where the candidates were evaluated on the same target
+    rows (same domain, same seed): each context receives the other candidates' target logits as its
+    ``peer_logits`` (what ``majority`` votes with), then :func:`score_all` scores it."""
+    out = {}
+    for name, ctx in contexts.items():
+        ctx.peer_logits = {o: c.target_logits for o, c in contexts.items()
+                           if o != name and c.target_logits is not None}
+        out[name] = score_all(ctx)
+    return out

@@ -1,0 +1,37 @@
+"""The ``majority`` validator."""
+from __future__ import annotations
+
+import torch
+
+from .context import VALIDATORS, EvalContext, label_agreement, label_confusion, mean_iou, target_probs
+
+
+def majority_vote(logits: list[torch.Tensor]) -> torch.Tensor:
+    """Per row, the class most of ``logits`` (each (N, K)) predict; ties go to the class with the larger
+    summed probability."""
+    k = logits[0].shape[1]
+    votes = sum(torch.nn.functional.one_hot(z.argmax(1), k).double() for z in logits)
+    soft = sum(z.float().softmax(1).double() for z in logits) / (len(logits) + 1)  # < 1: only breaks ties
+    return (votes + soft).argmax(1)
+
+
+@VALIDATORS.register("majority")
+def majority(ctx: EvalContext, min_peers: int = 2) -> float:
+    """Agreement with the other candidates' majority vote on the same target rows (pixel-wise for dense
+    tasks): the mIoU between the candidate's labeling and the vote for dense tasks, the fraction of
+    rows where they agree for classification; each candidate is compared with the vote of the others.
+
+    Can detect: a candidate that went its own way when the others agree (collapse, a class swap one
+    method introduced). Cannot detect: errors most candidates share (the vote then rewards them), and it
+    ranks by consensus, so a lone candidate that truly fixed the shift scores low. Needs at least two
+    other candidates scored on the same rows (``--method auto`` and the shift suites pass them through
+    :func:`edgeda.training.validators.score_candidates`)."""
+    peers = [z for z in ctx.peer_logits.values() if z is not None]
+    if len(peers) < min_peers:
+        raise ValueError(f"needs the target predictions of at least {min_peers} other candidates")
+    p = target_probs(ctx)
+    if any(z.shape != p.shape for z in peers):
+        raise ValueError("the candidates' target rows differ in shape")
+    vote = majority_vote(peers)
+    conf = label_confusion(p.argmax(1), vote, p.shape[1])
+    return mean_iou(conf) if ctx.dense else label_agreement(conf)

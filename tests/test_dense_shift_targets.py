@@ -250,3 +250,20 @@ def test_few_label_regret_and_miou_from_frame_counts():
             {"target": "t", "seed": 0, "candidate": "x@init", "_arrays": good}]
     fl = dense_shifts.few_labels(runs, ks=(1,), draws=5)
     assert fl["1"]["mean_regret"] == 0 and fl["1"]["draws"] == 5  # the perfect candidate wins on any frame
+
+
+def test_majority_from_stored_class_maps_marks_the_odd_candidate_out():
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+    import dense_shifts
+
+    maps = np.random.default_rng(0).integers(0, 3, (2, 4, 4)).astype(np.uint8)
+
+    def run(m):
+        return {"map_frames": [0, 1], "_arrays": {"maps": m, "inter": np.zeros((2, 3), np.int64)}}
+
+    scores = dense_shifts.majority_scores({"a": run(maps), "b": run(maps), "odd": run((maps + 1) % 3)})
+    if scores:  # the majority validator is registered
+        assert scores["odd"] < min(scores["a"], scores["b"])

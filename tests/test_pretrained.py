@@ -457,3 +457,59 @@ def test_same_outputs_as_the_public_model(name, tmp_path):
     diff = (out - ref).abs().max().item()
     print(f"{name}: max abs diff {diff:.3g}")
     assert out.shape == ref.shape and diff <= 1e-4
+
+
+def test_mmsegmentation_1x_encoder_names_load(tmp_path):
+    """mmsegmentation 1.x MixVisionTransformer names: fused in_proj (q, k, v) and 1x1-conv FFN."""
+    hub = checkpoint(segformer_b0_shapes(classes=19))
+    mm = {}
+    for k, v in hub.items():
+        if not k.startswith("segformer.encoder."):
+            continue
+        parts = k[len("segformer.encoder."):].split(".")
+        if parts[0] == "patch_embeddings":
+            mm[f"backbone.layers.{parts[1]}.0.{ {'proj': 'projection', 'layer_norm': 'norm'}[parts[2]]}.{parts[3]}"] = v
+        elif parts[0] == "layer_norm":
+            mm[f"backbone.layers.{parts[1]}.2.{parts[2]}"] = v
+        else:
+            i, j, rest = parts[1], parts[2], ".".join(parts[3:])
+            for a, b in (("layer_norm_1.", "norm1."), ("layer_norm_2.", "norm2."), ("attention.output.dense.", "attn.attn.out_proj."),
+                         ("attention.self.sr.", "attn.sr."), ("attention.self.layer_norm.", "attn.norm."),
+                         ("mlp.dwconv.dwconv.", "ffn.layers.1."), ("mlp.dense1.", "ffn.layers.0."), ("mlp.dense2.", "ffn.layers.4.")):
+                if rest.startswith(a):
+                    w = v[:, :, None, None] if rest.startswith(("mlp.dense1.weight", "mlp.dense2.weight")) else v
+                    mm[f"backbone.layers.{i}.1.{j}.{b}{rest[len(a):]}"] = w
+            if rest == "attention.self.query.weight":
+                p = k.rsplit(".", 2)[0]
+                for kind in ("weight", "bias"):
+                    mm[f"backbone.layers.{i}.1.{j}.attn.attn.in_proj_{kind}"] = torch.cat(
+                        [hub[f"{p}.{n}.{kind}"] for n in ("query", "key", "value")])
+    save_file(mm, str(tmp_path / "mit.safetensors"))
+    m = make_dense_model("segformer", 19, "logits", variant="b0")
+    rep = load_pretrained(m, tmp_path / "mit.safetensors")
+    assert rep["kind"] == "encoder only" and rep["unexpected"] == []
+    sd = m.state_dict()
+    for k in ("segformer.encoder.block.2.1.attention.self.value.bias", "segformer.encoder.block.0.0.mlp.dense2.weight",
+              "segformer.encoder.patch_embeddings.3.layer_norm.weight"):
+        assert torch.equal(sd[k], hub[k]), k
+
+
+def test_training_records_the_weights_and_slows_the_encoder(tmp_path):
+    from conftest import stripe_scenes
+
+    from edgeda.training import train
+
+    x, y = stripe_scenes(8, 32, 32, 0)
+    np.savez(tmp_path / "src.npz", x=x, y=y, classes=np.array(["bg", "square", "stripe"]))
+    donor = make_dense_model("lraspp_mobilenet_v3_small", 5, "logits", width=0.5)
+    torch.save(donor.state_dict(), tmp_path / "donor.pth")
+    logs = []
+    res = train(method="source_only", source=str(tmp_path / "src.npz"), target="", iters=1, batch_size=4, image_size=[32, 32],
+                backbone="lraspp_mobilenet_v3_small", backbone_kwargs={"width": 0.5},
+                backbone_weights=str(tmp_path / "donor.pth"), out=str(tmp_path / "run"), device="cpu", log=logs.append,
+                progress=False)
+    mf = json.loads((res.bundle / "manifest.json").read_text())
+    rec = mf["training"]["init_weights"]
+    assert rec["file"] == "donor.pth" and len(rec["sha256"]) == 64 and rec["kind"] == "whole model"
+    assert mf["method"]["options"]["encoder_lr"] == 0.1
+    assert any("re-initialised" in line for line in logs)

@@ -11,8 +11,9 @@ class SourceOnly(Method):
 
     Loss: the task's supervised loss on source, L = CE(C(x_s), y_s) (per pixel with ignore index
     255 for segmentation; scale-invariant log loss or L1 on valid pixels for depth).
-    Option ``encoder_lr`` scales the learning rate of a dense model's encoder (e.g. 0.1 with
-    ``--backbone-weights``). Defaults: the trainer's optimizer and schedule.
+    Option ``encoder_lr`` scales the learning rate of the encoder (a dense model's ``encoder``, a
+    classifier's ``features``): 1.0, or 0.1 when ``--backbone-weights`` start it from pre-trained
+    weights (an explicit ``--option encoder_lr`` wins). Defaults: the trainer's optimizer and schedule.
     """
 
     summary = "no adaptation: the task's supervised loss on labeled source images (the baseline)"

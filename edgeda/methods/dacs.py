@@ -67,8 +67,9 @@ class DACS(Method):
     * ``rare_class_sampling`` (on): source images are drawn by class, P(c) = softmax((1 - f_c) / T),
       T = ``rcs_temperature`` 0.01, f_c the class's share of source pixels; an image *contains* c when
       more than ``rcs_min_share`` 0.0015 of its pixels are c (DAFormer's 3000 px of a GTA label map).
-      The trainer counts the source classes once and the stream draws with the weights
-      (:mod:`edgeda.training.sampling`); DAFormer's re-crop until the class is in the crop is not done.
+      The trainer counts the source classes once before training (every source label is read once)
+      and the stream draws with the weights (:mod:`edgeda.training.sampling`), deterministically per
+      seed and resumably; DAFormer's re-crop until the class is in the crop is not done.
     * ``warmup`` (0.0375 = DAFormer's 1500 of 40k iterations): every learning rate of the student's
       optimizer is scaled linearly from 1e-6 to 1 over that share of training, on top of the
       trainer's schedule. ``encoder_lr`` (1; with ``--backbone-weights`` the trainer's pre-trained
@@ -85,8 +86,8 @@ class DACS(Method):
     trained towards the teacher's pseudo-labels of the unmasked image, weighted by w_t
     (``lambda_mic`` 1). ``mask_patch`` 0 scales MIC's 64 px at 512-px crops: 64 * min(H, W) / 512.
 
-    Choices: the teacher predicts in eval mode (its averaged BatchNorm statistics; the papers keep
-    their teacher in train mode with dropout off); w_t is per target image (DACS and DAFormer use one
+    Choices: the teacher predicts in eval mode (its averaged BatchNorm statistics; DAFormer's code
+    runs its teacher in training mode with dropout and drop-path off); w_t is per target image (DACS and DAFormer use one
     share for the whole batch, the mean of these); the source, mixed and masked batches are separate
     forward passes (BatchNorm sees each alone) summed into one update; source image i is mixed onto
     target image i. What ships is the student, as in the DACS, DAFormer and MIC code, which evaluate
@@ -96,8 +97,9 @@ class DACS(Method):
     from ``--init`` or the pre-trained weights, whatever the order they were loaded in.
 
     CPU budget: nothing is scaled except what the image size scales (the blur kernel, MIC's patch:
-    8 px at 64x128 and 64x64); a step costs about three forward/backward passes of the segmenter
-    (source, mixed, teacher forward), ~2-3 source-only steps. The benchmark rows run it at their own
+    8 px at 64x128 and 64x64). A step is two forward/backward passes of the segmenter (source, mixed)
+    and a teacher forward: measured side by side (lraspp width 1.0, 64x128, batch 8, one thread, a
+    shared 2-core CPU) 2.0-2.5x a source-only step, 3-4x with ``mic``. The benchmark rows run it at their own
     settings (syn_seg: lraspp width 1.0, 64x128, batch 8, 1200 iterations from the source-only
     bundle with ``--init``; digits_seg: deeplab resnet18 width 0.25, 64x64, batch 16, Adam 1e-3,
     3000 iterations); it also trains from scratch and with any dense backbone.

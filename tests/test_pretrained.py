@@ -175,7 +175,7 @@ def to_transformers5(state):
 
 
 def to_original(state):
-    """The same tensors under the original SegFormer / mmsegmentation 0.x names (kv stacked)."""
+    """The same tensors under the original SegFormer release's names (kv stacked)."""
     out = {}
     for k, v in state.items():
         n = k.replace("segformer.encoder.", "backbone.")
@@ -267,6 +267,26 @@ def test_deeplabv3_and_fcn_resnet50_have_torchvision_names():
 def test_segformer_b0_has_hub_names():
     m = make_dense_model("segformer", 150, "logits", variant="b0")
     _expect_same_names(m, segformer_b0_shapes())
+
+
+@pytest.mark.parametrize("name", ["large", "large-os32", "small", "segformer"])
+def test_encoder_levels_match_feature_info(name):
+    from edgeda.models.mobilenetv3 import MobileNetV3Features
+    from edgeda.models.segformer import SegformerEncoder
+
+    enc = {"large": lambda: MobileNetV3Features("large", width=0.5, dilated=True),
+           "large-os32": lambda: MobileNetV3Features("large", width=0.5),
+           "small": lambda: MobileNetV3Features("small", width=0.5, dilated=True),
+           "segformer": lambda: SegformerEncoder("b0")}[name]().eval()
+    with torch.no_grad():
+        levels = enc.forward_intermediates(torch.randn(1, 3, 64, 96))
+        final = enc.forward_features(torch.randn(1, 3, 64, 96))
+    assert list(levels)[-1] == "out" and set(levels) == set(enc.feature_info)
+    assert final.shape[1] == enc.out_channels
+    for key, t in levels.items():
+        info = enc.feature_info[key]
+        assert t.shape[1] == info["channels"] and (t.shape[2] * info["stride"], t.shape[3] * info["stride"]) == (64, 96), key
+    assert enc.feature_info["out"]["stride"] == (32 if name in ("large-os32", "segformer") else 16)
 
 
 # --------------------------------------------------------------------------------------- loading
@@ -459,8 +479,8 @@ def test_same_outputs_as_the_public_model(name, tmp_path):
     assert out.shape == ref.shape and diff <= 1e-4
 
 
-def test_mmsegmentation_1x_encoder_names_load(tmp_path):
-    """mmsegmentation 1.x MixVisionTransformer names: fused in_proj (q, k, v) and 1x1-conv FFN."""
+def test_mmsegmentation_encoder_names_load(tmp_path):
+    """mmsegmentation MixVisionTransformer names: fused in_proj (q, k, v) and 1x1-conv FFN."""
     hub = checkpoint(segformer_b0_shapes(classes=19))
     mm = {}
     for k, v in hub.items():

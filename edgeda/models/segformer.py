@@ -23,8 +23,9 @@ deepest level to the shallowest, ``linear_fuse`` (1x1 conv, no bias) + ``batch_n
 (0.1) and the ``classifier`` 1x1 conv. The model upsamples its stride-4 logits to the input size.
 
 LayerNorms use eps 1e-5 and GELU is exact, as the Hub models. Other layouts of the same weights are
-renamed by :func:`to_hub_names` (see there): transformers 5, and the original SegFormer release /
-mmsegmentation (0.x names, and the 1.x encoder names).
+renamed by :func:`to_hub_names` (see there): transformers 5, the original SegFormer release
+(``patch_embed1``, ``block1``, ``attn.kv``), and mmsegmentation's ``MixVisionTransformer`` encoder
+(``backbone.layers.*``).
 """
 from __future__ import annotations
 
@@ -282,7 +283,7 @@ def _minus_one(m: re.Match) -> str:
 
 
 def _original_key(key: str) -> str | None:
-    """The original SegFormer release / mmsegmentation 0.x name -> the Hub name (None: not that layout).
+    """The original SegFormer release's name (NVlabs, ``backbone.`` optional) -> the Hub name (None: not that layout).
     ``kv`` (keys and values stacked) is split by the caller."""
     k = re.sub(r"^(backbone\.)?", "", key) if not key.startswith("decode_head.") else key
     rules = (
@@ -313,7 +314,7 @@ def _original_key(key: str) -> str | None:
 
 
 def _mmseg1_key(key: str) -> str | None:
-    """mmsegmentation 1.x ``MixVisionTransformer`` names -> Hub names (None: not that layout).
+    """mmsegmentation ``MixVisionTransformer`` names -> Hub names (None: not that layout).
     ``in_proj`` (queries, keys, values stacked) is split by the caller."""
     m = re.match(r"^(?:backbone\.)?layers\.(\d+)\.(\d)\.(.*)$", key)
     if m is None:
@@ -344,13 +345,13 @@ def to_hub_names(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
       ``layernorm_before``/``_after`` -> ``layer_norm_1``/``_2``, ``mlp.fc1``/``fc2`` -> ``mlp.dense1``/``dense2``),
       ``segformer.stages.{i}.patch_embeddings``/``layer_norm`` -> ``segformer.encoder.patch_embeddings.{i}``/``layer_norm.{i}``,
       ``decode_head.linear_projections`` -> ``decode_head.linear_c``;
-    * original release and mmsegmentation 0.x (``backbone.`` optional): ``patch_embed{n}`` ->
+    * the original SegFormer release (``backbone.`` optional): ``patch_embed{n}`` ->
       ``patch_embeddings.{n-1}``, ``block{n}.{j}`` -> ``block.{n-1}.{j}`` with ``norm1``/``norm2``,
       ``attn.q``, ``attn.kv`` (split in half: keys, then values), ``attn.proj``, ``attn.sr``,
       ``attn.norm``, ``mlp.fc1``/``fc2``; ``norm{n}`` -> ``layer_norm.{n-1}``; ``decode_head.linear_c{n}``
       -> ``linear_c.{n-1}``, ``linear_fuse.conv``/``.bn`` -> ``linear_fuse``/``batch_norm``,
       ``linear_pred`` -> ``classifier`` (``conv_seg`` is unused);
-    * mmsegmentation 1.x encoder (``backbone.layers.{i}.{0: patch embedding ``projection``/``norm``,
+    * mmsegmentation's ``MixVisionTransformer`` encoder (``backbone.layers.{i}.{0: patch embedding ``projection``/``norm``,
       1: blocks, 2: norm}``; ``attn.attn.in_proj_*`` split in thirds, ``attn.attn.out_proj``,
       ``ffn.layers.0/1/4`` as 1x1 convs -> linears). Its decoder (``SegformerHead``: convs with
       BatchNorm) is another architecture and is not mapped.

@@ -89,3 +89,15 @@ def test_selection_benchmark_scoring():
     assert good["picked_target_acc"] == 0.8 and good["regret_points"] == 0 and good["spearman_mean"] == pytest.approx(1)
     assert bad["picked_target_acc"] == 0.5 and bad["regret_points"] == 30.0
     assert last["picked_target_acc"] == 0.6
+
+
+def test_trainer_scores_the_dense_validators_and_selects_by_aug_consistency(tmp_path):
+    """Every evaluation fills the augmented passes and the source label marginal, so ``aug_consistency``
+    and ``info_max_prior`` are logged and selectable; ``majority`` needs other candidates and is left out."""
+    cfg = tiny_config(tmp_path, method="source_only", select="aug_consistency", iters=4, eval_every=2)
+    res = Trainer(cfg, progress=False, log=None).run()
+    for h in res.history:
+        assert 0.0 <= h["score/aug_consistency"] <= 1.0 and "score/info_max_prior" in h and "score/majority" not in h
+    scores = {h["iteration"]: h["score/aug_consistency"] for h in res.history}
+    best = max(scores, key=lambda i: (scores[i], i))
+    assert load_bundle(res.bundle).manifest["training"]["selection"] == {"selector": "aug_consistency", "iteration": best}

@@ -148,6 +148,9 @@ def train_auto(cfg, *, methods=None, adapt_methods=None, selector: str | None = 
     record = score_candidates_on(bundles, domains, reference, "cpu", cfg.seed)
     for entry in record.values():  # one key name whatever the reference is called
         entry["disagreement_with_source_only"] = entry.pop(f"disagreement_with_{reference}", None)
+    if not any(selector in r["scores"] for r in record.values()):
+        raise EdgedaError(f"the validator {selector!r} cannot score {domains.task} candidates here "
+                          f"(see `edgeda methods --validators`); the candidates are in {cand_dir}")
     chosen = max(record, key=lambda n: (record[n]["scores"].get(selector, float("-inf")), n == reference))
     if chosen != reference:
         warning = transfer_warning(record[chosen]["scores"], record[reference]["scores"],

@@ -17,7 +17,8 @@ the rules, never by a rule. The recommended rule has the largest gap between its
 above (Youden's J), among rules that fire on picks below more often than on picks above; ties go to
 the rule with more checks that fire on these runs (a check that adds no fire here still covers failures
 they lack, such as a class swap, which only ``agreement`` can see), then to fewer checks that never fire. Results go to
-``benchmarks/results/warning.json``; ``edgeda.trust.WARNING_RULE`` is set from it by hand.
+``benchmarks/results/warning.json`` and the README block between the ``warning-table`` markers;
+``edgeda.trust.WARNING_RULE`` is set from it by hand.
 """
 from __future__ import annotations
 
@@ -29,6 +30,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from readme_tables import replace_block  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 DEFAULT_SOURCES = (RESULTS / "shifts", RESULTS / "dense_shifts", RESULTS / "dense_shifts.json")
@@ -186,7 +190,9 @@ def main() -> None:
     res = calibrate(records)
     res["date"] = dt.date.today().isoformat()
     Path(args.out).write_text(json.dumps(res, indent=1))
-    print(report(res))
+    md = report(res)
+    print(md)
+    replace_block("warning-table", md)
     print(f"wrote {args.out}")
 
 

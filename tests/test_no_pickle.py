@@ -1,12 +1,12 @@
-"""Nothing in the package unpickles: no torch.load, pickle/dill/joblib loads, weights_only=False,
-or np.load without allow_pickle=False. Bundles and checkpoints are safetensors + JSON only."""
+"""Nothing in the package unpickles: no pickle/dill/joblib loads, weights_only=False, torch.load
+without weights_only=True (it reads users' .pth checkpoints: tensors and plain containers only), or
+np.load without allow_pickle=False. Bundles and checkpoints are safetensors + JSON only."""
 import ast
 import re
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parent.parent / "edgeda"
 FORBIDDEN = [
-    (re.compile(r"\btorch\.load\s*\("), "torch.load unpickles"),
     (re.compile(r"\btorch\.jit\.load\s*\("), "TorchScript archives carry pickles"),
     (re.compile(r"\b(c?pickle|dill|joblib|marshal|shelve)\.loads?\s*\("), "unpickling"),
     (re.compile(r"\bUnpickler\b"), "unpickling"),
@@ -51,7 +51,23 @@ def test_every_np_load_refuses_pickles():
     assert not bad, f"np.load without allow_pickle=False at {', '.join(bad)}"
 
 
+def test_every_torch_load_is_weights_only():
+    """Each torch.load call passes weights_only=True explicitly (checked on the syntax tree), and only
+    the pre-trained weights reader calls it."""
+    bad, where = [], set()
+    for f in _sources():
+        for node in ast.walk(ast.parse(f.read_text())):
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "load" \
+                    and isinstance(node.func.value, ast.Name) and node.func.value.id == "torch":
+                where.add(str(f.relative_to(PACKAGE.parent)))
+                v = {k.arg: k.value for k in node.keywords}.get("weights_only")
+                if not (isinstance(v, ast.Constant) and v.value is True):
+                    bad.append(f"{f.relative_to(PACKAGE.parent)}:{node.lineno}")
+    assert not bad, f"torch.load without weights_only=True at {', '.join(bad)}"
+    assert where <= {"edgeda/models/weights.py"}, where
+
+
 def test_the_scan_catches_what_it_should():
-    text = "x = torch.load(p)\nimport pickle\ny = pickle.loads(b)\nnp.load(f, allow_pickle=True)\n"
+    text = "x = torch.load(p, weights_only=False)\nimport pickle\ny = pickle.loads(b)\nnp.load(f, allow_pickle=True)\n"
     hits = [why for pattern, why in FORBIDDEN if pattern.search(text)]
     assert len(hits) >= 4

@@ -122,6 +122,9 @@ class _SelectOption(click.Option):
 @click.option("--init", help="initial weights of the task network (a bundle, e.g. a source-only one, or .safetensors)")
 @click.option("--option", "options", multiple=True, help="method option key=value (repeatable)")
 @click.option("--ema", type=float, help="ship an exponential moving average of the weights with this decay (e.g. 0.999; 0: off)")
+@click.option("--amp", type=click.Choice(["on", "off", "bf16", "fp16"]),
+              help="mixed precision: on = CUDA autocast, bf16 where supported (default); bf16 also autocasts on the CPU")
+@click.option("--channels-last", is_flag=True, default=None, help="NHWC memory format for networks and batches")
 @click.option("--skip-nonfinite", is_flag=True, default=None, help="skip steps whose loss or gradients are NaN/inf instead of stopping")
 @click.option("--out", help="run folder (checkpoints, metrics.jsonl, model.edgeda)")
 @click.option("--config", "config_file", type=click.Path(dir_okay=False), help="YAML/JSON config; flags override it")
@@ -129,8 +132,8 @@ class _SelectOption(click.Option):
 @click.option("--json", "as_json", is_flag=True, help="print the result as JSON")
 @handle_errors
 def train(method, task, source, target, target_test, target_val, iters, batch_size, lr, backbone, backbone_weights, backbone_options, image_size,
-          task_loss, workers, eval_every, select, seed, device, init, options, ema, skip_nonfinite, out, config_file,
-          resume, as_json) -> None:
+          task_loss, workers, eval_every, select, seed, device, init, options, ema, amp, channels_last, skip_nonfinite, out,
+          config_file, resume, as_json) -> None:
     """Train a model with an adaptation method and write a bundle."""
     from .config import load_config_file, make_config, parse_option
     from .training import train as run_train
@@ -141,7 +144,8 @@ def train(method, task, source, target, target_test, target_val, iters, batch_si
                      backbone_weights=backbone_weights, image_size=_parse_size(image_size), task_loss=task_loss,
                      workers=workers,
                      batch_size=batch_size, lr=lr, backbone=backbone, eval_every=eval_every, select=select, seed=seed,
-                     device=device, init=init, out=out, skip_nonfinite=skip_nonfinite, ema=ema)
+                     device=device, init=init, out=out, skip_nonfinite=skip_nonfinite, ema=ema, amp=amp,
+                     channels_last=channels_last)
     if options:
         overrides["options"] = dict(parse_option(o) for o in options)
     if backbone_options:

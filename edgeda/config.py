@@ -42,7 +42,8 @@ class TrainConfig:
     select: str = "last"  # model selection, never on target labels: last | a validator (checked by the trainer)
     seed: int = 0
     device: str = "auto"
-    amp: bool = True
+    amp: bool | str = True  # True: autocast on CUDA (bf16 where supported); False: off; bf16: also on the CPU; fp16
+    channels_last: bool = False  # NHWC memory format for the networks and input batches (opt-in)
     source_n: int | None = None  # images rendered for a generated source (None: the domain's default)
     val_fraction: float = 0.1  # held-out source validation for sources without a val split
     augment_shift: int = 2
@@ -62,6 +63,10 @@ class TrainConfig:
             raise EdgedaError(f"unknown lr_schedule {self.lr_schedule!r}; valid: constant, cosine, dann")
         if not 0.0 <= self.ema < 1.0:
             raise EdgedaError(f"--ema {self.ema}: the decay must be in [0, 1) (0 turns weight averaging off; e.g. 0.999)")
+        amp = {"on": True, "true": True, "auto": True, "off": False, "false": False}.get(str(self.amp).lower(), self.amp)
+        if amp not in (True, False, "bf16", "fp16"):
+            raise EdgedaError(f"--amp {self.amp!r}: valid: on (CUDA autocast, the default), off, bf16, fp16")
+        self.amp = amp
         if self.channels not in (1, 3):
             raise EdgedaError("channels must be 1 or 3")
         from .task import TASKS

@@ -48,19 +48,30 @@ class NonFiniteLoss(ArithmeticError):
 
 class Engine:
     """Runs one optimisation update: AMP autocast + loss scaling on CUDA, and gradient averaging
-    across ranks under ``torchrun`` (so methods with several optimizers need no DDP wrapper)."""
+    across ranks under ``torchrun`` (so methods with several optimizers need no DDP wrapper).
 
-    def __init__(self, device: torch.device | str = "cpu", amp: bool = False, world_size: int = 1):
+    ``amp``: True (the default) autocasts on CUDA only, in bf16 where the GPU has it, else in fp16
+    with loss scaling; False turns it off; ``"bf16"`` (opt-in) autocasts in bf16 on the CPU too;
+    ``"fp16"`` forces fp16 with loss scaling (CUDA only)."""
+
+    def __init__(self, device: torch.device | str = "cpu", amp: bool | str = False, world_size: int = 1):
         self.device = torch.device(device)
-        self.amp = bool(amp) and self.device.type == "cuda"
-        self.dtype = torch.bfloat16 if self.amp and torch.cuda.is_bf16_supported() else torch.float16
+        if amp == "bf16":
+            self.amp, self.dtype = self.device.type in ("cuda", "cpu"), torch.bfloat16
+        elif amp == "fp16":
+            if self.device.type != "cuda":
+                raise EdgedaError("--amp fp16 needs a CUDA device; on the CPU use --amp bf16")
+            self.amp, self.dtype = True, torch.float16
+        else:
+            self.amp = bool(amp) and self.device.type == "cuda"
+            self.dtype = torch.bfloat16 if self.amp and torch.cuda.is_bf16_supported() else torch.float16
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp and self.dtype == torch.float16)
         self.world_size = world_size
 
     def autocast(self):
         if not self.amp:
             return contextlib.nullcontext()
-        return torch.autocast(device_type="cuda", dtype=self.dtype)
+        return torch.autocast(device_type=self.device.type, dtype=self.dtype)
 
     def backward_step(self, loss: torch.Tensor, optimizers: list[torch.optim.Optimizer], retain_graph: bool = False) -> None:
         finite = bool(torch.isfinite(loss.detach()).all())

@@ -63,6 +63,13 @@ def lr_factor(schedule: str, progress: float) -> float:
     return 1.0
 
 
+def _channels_last(batch):
+    """``batch`` with its 4-D images in channels-last (NHWC) memory order (``--channels-last``)."""
+    if batch is not None and batch.x.dim() == 4:
+        batch.x = batch.x.contiguous(memory_format=torch.channels_last)
+    return batch
+
+
 def select_checkpoint(selector: str, history: list[dict]) -> int | None:
     """Iteration to ship under ``selector`` (None: the last); reads only ``score/*``, never target labels."""
     evals = [h for h in history if f"score/{selector}" in h]
@@ -137,6 +144,8 @@ class Trainer:
             target, spec, device, bs = self.domains.target, self.task, self.device, 16 if self.task_def.dense else 256
             self.method.attach_target_images(lambda: (x for x, _, _ in eval_batches(target, spec, device, bs, labels=False)),
                                              seed=cfg.seed)
+        if cfg.channels_last:  # opt-in: NHWC weights (and batches, in the loop) for the convolution kernels
+            self.method.nets.to(memory_format=torch.channels_last)
         if self.dist.enabled:
             distributed.broadcast_module(self.method.nets)
             torch.manual_seed(cfg.seed * 7919 + self.dist.rank)  # per-rank noise (dropout, GAN z) after a shared init
@@ -380,6 +389,8 @@ class Trainer:
                 t0 = time.perf_counter()
                 source = self.source_stream.next()
                 target = self.target_stream.next() if self.target_stream is not None else None
+                if cfg.channels_last:
+                    source, target = _channels_last(source), _channels_last(target)
                 buffers = [b.clone() for b in self.method.nets.buffers()] if cfg.skip_nonfinite else None
                 try:
                     losses = self.method.step(source, target)

@@ -84,6 +84,8 @@ from .registry import ARCHITECTURES, build
 from .resnet import ENCODERS as RESNETS
 
 ARCHS = ("unet", "deeplab", "lraspp")
+# further archs built by other classes (the public-checkpoint layouts of public_dense register here)
+OTHER_ARCHS: dict[str, type] = {}
 OUTPUTS = ("logits", "depth")
 
 
@@ -374,9 +376,7 @@ class DenseModel(nn.Module):
                  decoder: bool = True, min_depth: float = 0.1, max_depth: float = 80.0, dropout: float = 0.1):
         super().__init__()
         if arch not in ARCHS:
-            from .public_dense import PUBLIC_ARCHS
-
-            raise EdgedaError(f"unknown dense arch {arch!r}; valid: {', '.join(ARCHS + tuple(PUBLIC_ARCHS))}")
+            raise EdgedaError(f"unknown dense arch {arch!r}; valid: {', '.join(ARCHS + tuple(OTHER_ARCHS))}")
         check_dense_args(num_outputs, output, channels, width, dropout, min_depth, max_depth)
         if encoder_kwargs is not None and not isinstance(encoder_kwargs, dict):
             raise EdgedaError(f"dense_model encoder_kwargs must be a dict, not {type(encoder_kwargs).__name__}")
@@ -459,12 +459,8 @@ class DenseModel(nn.Module):
 @ARCHITECTURES.register("dense_model")
 def dense_model(**kwargs) -> DenseModel:
     """A :class:`DenseModel`; the archs in the layouts of public checkpoints (torchvision's
-    segmentation models, SegFormer) are built by :mod:`edgeda.models.public_dense`."""
-    from .public_dense import PUBLIC_ARCHS, PublicDenseModel
-
-    if kwargs.get("arch") in PUBLIC_ARCHS:
-        return PublicDenseModel(**kwargs)
-    return DenseModel(**kwargs)
+    segmentation models, SegFormer) are built by the class :mod:`edgeda.models.public_dense` registers."""
+    return OTHER_ARCHS.get(kwargs.get("arch"), DenseModel)(**kwargs)
 
 
 def make_dense_model(arch: str, num_outputs: int, output: str, channels: int = 3, **kw) -> DenseModel:

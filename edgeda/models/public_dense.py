@@ -43,7 +43,7 @@ from torch import nn
 
 from ..errors import EdgedaError
 from . import segformer as sf
-from .dense import DenseModel, _scaled, check_dense_args
+from .dense import OTHER_ARCHS, DenseModel, _scaled, check_dense_args
 from .mobilenetv3 import MobileNetV3Features
 from .resnet import ENCODERS as RESNETS
 
@@ -210,3 +210,6 @@ class PublicDenseModel(DenseModel):
     def convert_checkpoint(self, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Other layouts of the same weights renamed to this model's (SegFormer: :func:`~edgeda.models.segformer.to_hub_names`)."""
         return sf.to_hub_names(state) if self.arch == "segformer" else state
+
+
+OTHER_ARCHS.update(dict.fromkeys(PUBLIC_ARCHS, PublicDenseModel))

@@ -71,7 +71,8 @@ def cmd_env(args) -> int:
                     compute_capability=f"{props.major}.{props.minor}", gpu_memory_gib=round(props.total_memory / 2**30, 1),
                     multiprocessors=props.multi_processor_count, bf16=torch.cuda.is_bf16_supported())
         try:
-            info["nccl"] = ".".join(map(str, torch.cuda.nccl.version()))
+            v = torch.cuda.nccl.version()
+            info["nccl"] = ".".join(map(str, v)) if isinstance(v, (tuple, list)) else str(v)
         except Exception as e:  # noqa: BLE001 - informational
             info["nccl"] = f"unavailable ({e})"
     smi = _run(["nvidia-smi", "--query-gpu=name,driver_version,memory.total", "--format=csv,noheader"])
@@ -232,7 +233,15 @@ def cmd_torchrun(args) -> int:
     env = {**os.environ, "EDGEDA_CACHE": os.environ.get("EDGEDA_CACHE", str(args.work / "cache")),
            "NCCL_DEBUG": "WARN", "OMP_NUM_THREADS": "2"}
     t0 = time.perf_counter()
-    res = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=args.timeout)
+    try:
+        res = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=args.timeout)
+    except subprocess.TimeoutExpired as e:  # a hang in NCCL set-up: said so, not waited for
+        out = (e.stdout or b"") + (e.stderr or b"")
+        text = out.decode(errors="replace") if isinstance(out, bytes) else str(out)
+        _write(args.out / "distributed.json", {"date": _now(), "processes": 2, "backend": "nccl", "status": "timed out",
+                                               "reason": f"no result within {args.timeout:.0f} s", "output_tail": text[-4000:]})
+        print(f"2-process NCCL torchrun on one GPU: no result within {args.timeout:.0f} s (stopped)")
+        return 1
     wall = time.perf_counter() - t0
     text = res.stdout + res.stderr
     result = {"date": _now(), "processes": 2, "gpus": torch.cuda.device_count(), "backend": "nccl",
@@ -404,7 +413,7 @@ def main(argv=None) -> int:
     ap.add_argument("--work", type=Path, default=Path("/tmp/edgeda-gpu-check"))
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "gpu")
     ap.add_argument("--dry-run", action="store_true")
-    ap.add_argument("--timeout", type=float, default=120, help="torchrun: seconds before it is stopped")
+    ap.add_argument("--timeout", type=float, default=55, help="torchrun: seconds before it is stopped (under its step's cap)")
     ap.add_argument("--config", type=Path, help=argparse.SUPPRESS)
     args, _ = ap.parse_known_args(argv)
     if args.command == "torchrun-worker":

@@ -85,5 +85,6 @@ def import_cmd(file, arch, num_classes, channels, backbone_options, out, as_json
         return
     for line in describe(rep):
         click.echo(line)
+    opts = "".join(f" --backbone-option {o}" for o in backbone_options)
     click.echo(f"{arch} with {rep['num_classes']} classes: {rep['check']['loaded']} tensors written to {rep['out']} "
-               f"(sha256 of the source {rep['sha256'][:12]}...); use it with --backbone {arch} --backbone-weights {rep['out']}")
+               f"(sha256 of the source {rep['sha256'][:12]}...); use it with --backbone {arch}{opts} --backbone-weights {rep['out']}")

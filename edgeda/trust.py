@@ -153,11 +153,12 @@ def transfer_warning(candidate: dict, reference: dict, disagree: float | None, *
             + ". Label 5-20 target images per class and pass them as --target-val to check (and select) with labels.")
 
 
-def score_model(net, domains, spec, device="cpu", seed: int = 0, reference_rows=None):
+def score_model(net, domains, spec, device="cpu", seed: int = 0, reference_rows=None, hflip: bool = True):
     """(validator scores, target rows) of a trained network on ``domains`` — what the trainer records
-    at an evaluation, computed the same way for every ``--method auto`` candidate."""
+    at an evaluation, computed the same way for every ``--method auto`` candidate (``hflip``: the run's
+    ``augment_hflip``, whether ``aug_consistency`` checks flips of dense frames)."""
     from .training.evaluate import evaluation_context
     from .training.selection import score_all
 
-    ctx, _, out = evaluation_context(net, domains, spec, device, seed=seed, reference_rows=reference_rows)
+    ctx, _, out = evaluation_context(net, domains, spec, device, seed=seed, reference_rows=reference_rows, hflip=hflip)
     return score_all(ctx), (out.rows if out is not None else None)

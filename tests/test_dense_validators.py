@@ -102,6 +102,14 @@ def test_aug_consistency_maps_a_flip_back_exactly():
     assert all(torch.equal(conf[a], again[a]) for a in conf)  # same seed, same copies
 
 
+def test_flips_are_checked_only_where_training_treats_them_as_label_preserving():
+    from edgeda.training.evaluate import consistency_augmentations
+
+    assert consistency_augmentations(dense=True) == ("flip", "rescale", "colour")
+    assert "flip" not in consistency_augmentations(dense=True, hflip=False)  # digits, text
+    assert "flip" not in consistency_augmentations(dense=False)  # a mirrored digit or sign is another class
+
+
 def test_majority_ranks_the_consensus_above_a_collapsed_candidate():
     y = truth()
     cands = {"perfect": onehot(y), "a": onehot(noisy(y, 0.2, 1)), "b": onehot(noisy(y, 0.2, 2)),

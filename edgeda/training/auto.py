@@ -56,11 +56,12 @@ def available_methods(names, task: str, log=print) -> list[str]:
 
 
 def score_candidates_on(bundles: dict, domains, reference: str, device: str = "cpu", seed: int = 0,
-                        target_test: bool = True) -> dict[str, dict]:
+                        target_test: bool = True, hflip: bool = True) -> dict[str, dict]:
     """Every validator's score of each candidate bundle (``{name: path}``) on the same target rows, what a
     shift suite stores: ``{name: {"bundle", "scores", "disagreement_with_<reference>", "target_test"}}``.
     ``agreement`` is measured against ``reference``'s rows and ``majority`` against the other candidates'
-    vote (:func:`edgeda.training.validators.score_candidates`). ``target_test`` (the task's headline
+    vote (:func:`edgeda.training.validators.score_candidates`); ``hflip``: the runs' ``augment_hflip``
+    (whether ``aug_consistency`` checks flips of dense frames). ``target_test`` (the task's headline
     score on the labeled target test split, where there is one) is for reports only."""
     from ..bundle import load_bundle
     from .evaluate import evaluate_model, evaluation_context
@@ -75,7 +76,7 @@ def score_candidates_on(bundles: dict, domains, reference: str, device: str = "c
         if domains.target is not None else None
     contexts, record = {}, {}
     for name, (net, spec) in nets.items():
-        ctx, _, out = evaluation_context(net, domains, spec, device, seed=seed, reference_rows=ref_rows)
+        ctx, _, out = evaluation_context(net, domains, spec, device, seed=seed, reference_rows=ref_rows, hflip=hflip)
         contexts[name] = ctx
         entry = {"bundle": str(bundles[name])}
         if out is not None and out.rows is not None and ref_rows is not None:
@@ -145,7 +146,7 @@ def train_auto(cfg, *, methods=None, adapt_methods=None, selector: str | None = 
                           device=cfg.device, seed=cfg.seed, threads=None)
                 bundles[name] = r.bundle
         reference = "source_only"
-    record = score_candidates_on(bundles, domains, reference, "cpu", cfg.seed)
+    record = score_candidates_on(bundles, domains, reference, "cpu", cfg.seed, hflip=cfg.augment_hflip)
     for entry in record.values():  # one key name whatever the reference is called
         entry["disagreement_with_source_only"] = entry.pop(f"disagreement_with_{reference}", None)
     if not any(selector in r["scores"] for r in record.values()):

@@ -202,6 +202,14 @@ def augmentation_confusion(model: torch.nn.Module, domain, spec: TaskSpec, devic
     return confs
 
 
+def consistency_augmentations(dense: bool, hflip: bool = True) -> tuple[str, ...]:
+    """The augmentations ``aug_consistency`` checks: those training itself treats as label-preserving.
+    A zoom and a colour change always; a horizontal flip only for dense tasks trained with flips
+    (``augment_hflip``, off for mirror-sensitive content such as digits and text), never for
+    classification (a mirrored digit or sign is another class, or none)."""
+    return (("flip",) if dense and hflip else ()) + ("rescale", "colour")
+
+
 def label_marginal(scores: dict | None) -> torch.Tensor | None:
     """Class frequencies (K,) of the labels behind a task's scores (the row sums of their confusion
     matrix): on source validation, the source label marginal ``info_max_prior`` measures against."""
@@ -213,12 +221,13 @@ def label_marginal(scores: dict | None) -> torch.Tensor | None:
 
 
 def evaluation_context(model: torch.nn.Module, domains, spec: TaskSpec, device="cpu", *, seed: int = 0,
-                       reference_rows: torch.Tensor | None = None, augment: bool = True
+                       reference_rows: torch.Tensor | None = None, augment: bool = True, hflip: bool = True
                        ) -> tuple[EvalContext, dict, EvalOutput | None]:
     """(the validators' context, the source-validation scores, the target pass) of ``model`` on a run's
     ``domains``: source validation (with per-image rows and features for classification), the target
     rows (a fixed pixel sample per image for dense tasks, from ``seed``), the source label marginal,
-    the augmented passes of :func:`augmentation_confusion` (``augment``) and ``reference_rows`` (a
+    the augmented passes of :func:`augmentation_confusion` (``augment``; flips only where ``hflip`` and
+:func:`consistency_augmentations` allow) and ``reference_rows`` (a
     source-only model's target rows, same seed). What the trainer records at every evaluation and what
     ``--method auto`` and the benchmarks score candidates with."""
     t = task_of(spec)
@@ -234,7 +243,8 @@ def evaluation_context(model: torch.nn.Module, domains, spec: TaskSpec, device="
         ctx.target_logits, ctx.target_features = out.rows, out.features
         ctx.reference_logits = reference_rows
         if augment:
-            ctx.augmented_confusion = augmentation_confusion(model, domains.target, spec, device, seed=seed)
+            ctx.augmented_confusion = augmentation_confusion(model, domains.target, spec, device, seed=seed,
+                                                             augmentations=consistency_augmentations(t.dense, hflip))
     return ctx, sv.scores, out
 
 

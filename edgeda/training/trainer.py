@@ -277,7 +277,8 @@ class Trainer:
             # same seed: the same pixel sample for dense rows
             self._reference_rows = evaluate_model(self.reference.to(dev), d.target, task, dev, labels=False,
                                                   rows=True, seed=self.cfg.seed).rows
-        ctx, val, out = evaluation_context(net, d, task, dev, seed=self.cfg.seed, reference_rows=self._reference_rows)
+        ctx, val, out = evaluation_context(net, d, task, dev, seed=self.cfg.seed, reference_rows=self._reference_rows,
+                                           hflip=self.cfg.augment_hflip)
         rec.update({f"source_val_{k}": val[v] for k, v in t.record_keys.items()})
         if out is not None and out.rows is not None and len(out.rows) and task.num_classes:
             p = out.rows.softmax(1)

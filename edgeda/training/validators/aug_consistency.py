@@ -10,6 +10,9 @@ def aug_consistency(ctx: EvalContext) -> float:
     agrees with its prediction on a flipped, a rescaled and a colour-jittered copy of each, mapped
     back to the original frame, as the mean over augmentations of the mIoU between the two labelings.
 
+    Flips are checked only where training treats them as label-preserving (dense tasks trained with
+    ``augment_hflip``; not digits, text or classification, see
+    :func:`edgeda.training.evaluate.consistency_augmentations`).
     The mean runs over all K classes, a class that neither labeling uses counting 0: a model
     collapsed onto one class is perfectly stable but scores 1/K, and plain label agreement (which a
     constant classifier maximises) is not used for classification either. Can detect: predictions

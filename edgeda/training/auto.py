@@ -158,7 +158,7 @@ def train_auto(cfg, *, methods=None, adapt_methods=None, selector: str | None = 
                                    record[chosen].get("disagreement_with_source_only"))
     elif dense:
         warning = (f"warning: no candidate beats continued source-only training ({reference}) by {selector}; "
-                   f"shipping {reference}. Label 5-20 target images per class and pass them as --target-val to check.")
+                   f"shipping {reference}. Label 5-20 target frames and pass them as --target-val to check with labels.")
     else:
         warning = None
     result = {"selector": selector, "chosen": chosen, "reference": reference, "candidates": record,

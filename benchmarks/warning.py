@@ -100,6 +100,28 @@ def pick_pairs(records: list[dict], selector: str | None = None) -> list[dict]:
     return pairs
 
 
+# what each check of edgeda.trust.WARNING_CHECKS reads: a rule is applicable to a pick where one of its
+# checks has its scores for both models (a rule that is nowhere applicable is not measured, only listed)
+CHECK_NEEDS = {"disagreement": ("<disagreement>",), "split": (), "agreement": ("agreement",),
+               "confidence": ("entropy", "info_max", "bnm", "info_max_prior"), "majority": ("majority",),
+               "consistency": ("aug_consistency",)}
+
+
+def applicable(pair: dict, rule: str) -> bool:
+    from edgeda.trust import WARNING_RULES
+
+    for check in WARNING_RULES[rule]:
+        needs = CHECK_NEEDS.get(check, ())
+        if not needs:
+            return True
+        for n in needs:
+            if n == "<disagreement>" and pair["disagreement"] is not None:
+                return True
+            if n in pair["pick_scores"] and n in pair["reference_scores"]:
+                return True
+    return False
+
+
 def fire_rates(pairs: list[dict], rule: str) -> dict:
     from edgeda.trust import warning_reasons
 
@@ -114,6 +136,7 @@ def fire_rates(pairs: list[dict], rule: str) -> dict:
     for k, v in bins.items():
         out[k] = {"n": len(v), "fired": sum(v), "rate": (sum(v) / len(v)) if v else None}
     n_fired = sum(out[k]["fired"] for k in ("below", "neutral", "above"))
+    out["applicable"] = sum(applicable(p, rule) for p in pairs)
     out["precision_below"] = out["below"]["fired"] / n_fired if n_fired else None
     rb, ra = out["below"]["rate"], out["above"]["rate"]
     out["youden_j"] = (rb or 0.0) - (ra or 0.0) if rb is not None or ra is not None else None
@@ -127,7 +150,7 @@ def recommend(rates: dict, pairs: list[dict]) -> str:
 
     fired = {c for c in {c for cs in WARNING_RULES.values() for c in cs}
              if any(_fires(p, c) for p in pairs)}
-    ok = [r for r, v in rates.items() if v["youden_j"] is not None and v["youden_j"] > 0]
+    ok = [r for r, v in rates.items() if v["youden_j"] is not None and v["youden_j"] > 0 and v["applicable"]]
     if not ok:
         return "none"
     return max(ok, key=lambda r: (round(rates[r]["youden_j"], 9), len(set(WARNING_RULES[r]) & fired),
@@ -164,11 +187,18 @@ def report(res: dict) -> str:
     lines = [f"{res['runs']} runs ({', '.join(res['suites'])}), {res['pairs']} candidate picks vs the source-only reference",
              "", "| rule | fires below (gain < -1 pt) | within 1 pt | above (> +1 pt) | above by > 5 pts | precision | J |",
              "|---|---|---|---|---|---|---|"]
+    unscored = []
     for rule, v in sorted(res["rules"].items(), key=lambda kv: -(kv[1]["youden_j"] or -9)):
+        if not v["applicable"]:
+            unscored.append(rule)
+            continue
         prec = "-" if v["precision_below"] is None else f"{100 * v['precision_below']:.0f}%"
         j = "-" if v["youden_j"] is None else f"{v['youden_j']:+.2f}"
         lines.append(f"| {rule} | {_pct(v['below'])} | {_pct(v['neutral'])} | {_pct(v['above'])} | "
                      f"{_pct(v['clearly_above'])} | {prec} | {j} |")
+    if unscored:
+        lines += ["", "Not measurable on these runs (the validators they read are not stored): "
+                  + ", ".join(f"`{r}`" for r in unscored) + "."]
     cur = res["current_rule"]
     lines += ["", f"On each validator's own picks, rule `{cur}`:", "",
               "| selector | picks | fires below | within 1 pt | above |", "|---|---|---|---|---|"]

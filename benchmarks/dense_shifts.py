@@ -238,9 +238,10 @@ def run_one(profile: str, name: str, candidate: str, seed: int, results: Path) -
         domains = load_domains(make_config(None, {**cfg, "out": str(out)}), True)
         start = load_bundle(cfg["init"]) if cfg.get("init") else None
         ref_rows = None
+        hflip = bool(cfg.get("augment_hflip", True))  # aug_consistency checks flips only where training used them
         if start is not None:  # the seed's source-only bundle: agreement's and the disagreement's reference
-            _, ref_rows = score_model(start.module(start.primary), domains, spec, "cpu", seed)
-        scores, rows = score_model(net, domains, spec, "cpu", seed, reference_rows=ref_rows)
+            _, ref_rows = score_model(start.module(start.primary), domains, spec, "cpu", seed, hflip=hflip)
+        scores, rows = score_model(net, domains, spec, "cpu", seed, reference_rows=ref_rows, hflip=hflip)
         counts = frame_counts(net, domains.target_test, spec)
         idx, maps = class_maps(net, domains.target, spec)
         rec = {"target": name, "row": row, "candidate": candidate, "seed": seed, "profile": profile, "config": cfg,

@@ -402,17 +402,23 @@ class DenseModel(nn.Module):
             base = {"width": width, "output_stride": 16 if output_stride is None else output_stride}
             self.encoder = MobileNetV3Encoder(channels, **{**base, **ekw})
             self.head = LRASPPHead(self.encoder, num_outputs, width, dropout)
+        self._set_outputs(arch, num_outputs, output, min_depth, max_depth,
+                          [m for name, m in self.head.named_modules() if name.endswith("classifier") and isinstance(m, nn.Conv2d)])
+
+    def _set_outputs(self, arch: str, num_outputs: int, output: str, min_depth: float, max_depth: float,
+                     final: list[nn.Module]) -> None:
+        """Record what the model predicts; a depth model's ``final`` layers start at zero, so that its first
+        prediction is the middle of the (log) depth range: see the module docstring."""
         self.arch = arch
         self.num_outputs = num_outputs
         self.output = output
         self.output_name = output
         self.feature_channels = self.encoder.out_channels
         self.min_depth, self.max_depth = float(min_depth), float(max_depth)
-        if output == "depth":  # start at the middle of the range: see the module docstring
-            for name, m in self.head.named_modules():
-                if name.endswith("classifier") and isinstance(m, nn.Conv2d):
-                    nn.init.zeros_(m.weight)
-                    nn.init.zeros_(m.bias)
+        if output == "depth":
+            for m in final:
+                nn.init.zeros_(m.weight)
+                nn.init.zeros_(m.bias)
 
     def _run(self, x: torch.Tensor, log_output: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         feats = self.encoder.forward_intermediates(x)

@@ -172,17 +172,8 @@ class PublicDenseModel(DenseModel):
                 final.append("aux_classifier.4")
             self._parts = ("backbone", "classifier")
         self._final = final
-        self.arch = arch
-        self.num_outputs = num_outputs
-        self.output = output
-        self.output_name = output
-        self.feature_channels = self.encoder.out_channels
-        self.min_depth, self.max_depth = float(min_depth), float(max_depth)
-        if output == "depth":  # start at the middle of the range, as DenseModel does
-            modules = dict(self.named_modules())
-            for name in final:
-                nn.init.zeros_(modules[name].weight)
-                nn.init.zeros_(modules[name].bias)
+        modules = dict(self.named_modules())
+        self._set_outputs(arch, num_outputs, output, min_depth, max_depth, [modules[name] for name in final])
 
     @staticmethod
     def _backbone(arch: str, enc: str, channels: int, width: float, output_stride: int | None) -> nn.Module:

@@ -46,3 +46,13 @@ def softmax_stats(logits: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarra
     logp = z - np.log(np.exp(z).sum(1, keepdims=True))
     p = np.exp(logp)
     return p.argmax(1), p.max(1), -(p * logp).sum(1)
+
+
+def kl_to_prior(mean_p: torch.Tensor, prior) -> float:
+    """KL(mean_p || prior) of a predicted class marginal against a class prior (K,) (normalised here):
+    the diversity term of information maximisation measured against a known class mix rather than
+    uniformity (the ``info_max_prior`` validator, ``edgeda adapt``'s selection of the written state)."""
+    pi = torch.as_tensor(prior, dtype=torch.float64).flatten()
+    pi = (pi / pi.sum()).clamp_min(1e-12)
+    m = torch.as_tensor(mean_p, dtype=torch.float64).flatten()
+    return float((m * (m.clamp_min(1e-12).log() - pi.log())).sum())

@@ -45,7 +45,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from ..scores import probs_entropy
+from ..scores import kl_to_prior, probs_entropy
 
 PRESENT_FRACTION = 1e-3  # a class counts as predicted when it takes at least this share of the rows
 SWALLOW_FRACTION = 0.98  # a frame is swallowed by one class when it covers more than this share
@@ -114,8 +114,7 @@ class PredictionStats:
         if prior is None:
             diversity = float(probs_entropy(mean_p, 0))
         else:
-            prior = torch.as_tensor(prior, dtype=torch.float64).clamp_min(1e-12)
-            diversity = -float((mean_p * (mean_p.clamp_min(1e-12).log() - prior.log())).sum())
+            diversity = -kl_to_prior(mean_p, prior)
         out = {
             "finite": True,
             "n": int(self.n),

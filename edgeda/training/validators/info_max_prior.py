@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from ...scores import probs_entropy
+from ...scores import kl_to_prior, probs_entropy
 from .context import VALIDATORS, EvalContext, target_probs
 
 
@@ -14,10 +14,7 @@ def information_maximisation_prior(p: torch.Tensor, prior: torch.Tensor) -> floa
     pi = torch.as_tensor(prior, dtype=torch.float64).flatten()
     if pi.numel() != p.shape[1]:
         raise ValueError(f"the class prior has {pi.numel()} entries for {p.shape[1]} classes")
-    pi = (pi / pi.sum()).clamp_min(1e-12)
-    m = p.double().mean(0).clamp_min(1e-12)
-    kl = float((m * (m.log() - pi.log())).sum())
-    return -kl - float(probs_entropy(p.double()).mean())
+    return -kl_to_prior(p.double().mean(0), pi) - float(probs_entropy(p.double()).mean())
 
 
 @VALIDATORS.register("info_max_prior")

@@ -65,7 +65,7 @@ class LazyGroup(click.Group):
         return cmd
 
 
-@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
 @click.version_option(package_name="edgeda")
 def main() -> None:
     """edgeda: synthetic-to-real domain adaptation that ships to the edge."""
@@ -96,56 +96,89 @@ class _SelectOption(click.Option):
         return record and (record[0], record[1].replace("{choices}", " | ".join(selector_names())))
 
 
+def _default(name: str):
+    """The TrainConfig default of ``name``, shown by ``--help``. A flag left at its default counts as
+    not given (see :func:`_given`), so a config file's value or a resumed run's stands."""
+    from .config import TrainConfig
+
+    return getattr(TrainConfig, name)
+
+
+def _given(ctx: click.Context, values: dict) -> dict:
+    """``values`` with those the user did not type on the command line set to None."""
+    from click.core import ParameterSource
+
+    return {k: (v if ctx.get_parameter_source(k) not in (None, ParameterSource.DEFAULT) else None)
+            for k, v in values.items()}
+
+
 @main.command()
-@click.option("--method", help="adaptation method (see `edgeda methods`), or auto: train several, ship the best by a validator")
+@click.option("--method", default=_default("method"), show_default=True,
+              help="adaptation method (see `edgeda methods`), or auto: train several, ship the best by a validator")
 @click.option("--task", type=click.Choice(["classification", "segmentation", "depth"]),
-              help="what the model predicts (default: inferred from the source data)")
-@click.option("--source", help="labeled source domain: built-in name, folder or .npz")
-@click.option("--target", help="unlabeled target domain: built-in name, folder or .npz")
-@click.option("--target-test", help="labeled target test domain, for reporting only")
-@click.option("--target-val", help="a few labeled target images (5-20 per class): --select target_val and a report with a 95% interval")
-@click.option("--iters", type=int, help="training iterations")
-@click.option("--batch-size", type=int, help="images per domain per step")
-@click.option("--lr", type=float, help="base learning rate")
-@click.option("--backbone", help="network: dtn, resnet_small, resnet18/34/50 (classification); unet, deeplab, lraspp (dense)")
-@click.option("--backbone-weights", type=click.Path(dir_okay=False), help="pre-trained weights, whole model or encoder (.safetensors, or .pth/.pt/.bin read with weights_only; torchvision / Hugging Face names)")
+              show_default="inferred from the source data", help="what the model predicts")
+@click.option("--source", default=_default("source"), show_default=True, help="labeled source domain: built-in name, folder or .npz")
+@click.option("--target", show_default="handwritten when the source is syndigits, else none",
+              help="unlabeled target domain: built-in name, folder or .npz (needed by methods that adapt to it)")
+@click.option("--target-test", show_default="the target's test split where it is built in, else none",
+              help="labeled target test domain, for reporting only")
+@click.option("--target-val", show_default="none",
+              help="a few labeled target images (5-20 per class): --select target_val and a report with a 95% interval")
+@click.option("--iters", type=int, default=_default("iters"), show_default=True, help="training iterations")
+@click.option("--batch-size", type=int, default=_default("batch_size"), show_default=True, help="images per domain per step")
+@click.option("--lr", type=float, default=_default("lr"), show_default=True, help="base learning rate")
+@click.option("--backbone", show_default="dtn for classification, lraspp for segmentation and depth",
+              help="network: dtn, resnet_small, resnet18/34/50 (classification); unet, deeplab, lraspp (dense)")
+@click.option("--backbone-weights", type=click.Path(dir_okay=False), show_default="none", help="pre-trained weights, whole model or encoder (.safetensors, or .pth/.pt/.bin read with weights_only; torchvision / Hugging Face names)")
 @click.option("--backbone-option", "backbone_options", multiple=True,
               help="network setting key=value (repeatable), e.g. width=0.5, encoder=resnet18")
-@click.option("--image-size", help="model input size: a side (32) or H,W (128,256); default: the data's")
-@click.option("--task-loss", help="the task's supervised loss (depth: silog | l1)")
-@click.option("--workers", type=int, help="DataLoader workers for dense data read from disk")
-@click.option("--eval-every", type=int, help="evaluate and log every N iterations")
-@click.option("--select", cls=_SelectOption,
-              help="model selection without target labels (see `edgeda methods --validators`): {choices}")
-@click.option("--seed", type=int)
-@click.option("--device", help="auto | cpu | cuda[:N]")
-@click.option("--init", help="initial weights of the task network (a bundle, e.g. a source-only one, or .safetensors)")
-@click.option("--option", "options", multiple=True, help="method option key=value (repeatable)")
-@click.option("--ema", type=float, help="ship an exponential moving average of the weights with this decay (e.g. 0.999; 0: off)")
-@click.option("--amp", type=click.Choice(["on", "off", "bf16", "fp16"]),
-              help="mixed precision: on = CUDA autocast, bf16 where supported (default); bf16 also autocasts on the CPU")
-@click.option("--channels-last", is_flag=True, default=None, help="NHWC memory format for networks and batches")
-@click.option("--skip-nonfinite", is_flag=True, default=None, help="skip steps whose loss or gradients are NaN/inf instead of stopping")
-@click.option("--out", help="run folder (checkpoints, metrics.jsonl, model.edgeda)")
+@click.option("--image-size", show_default="a built-in domain's own size (syndigits 32, digitscenes 64, synscenes 128,256); "
+              "for folders and .npz files 32 (classification) or 128 (segmentation, depth)",
+              help="model input size: a side (32) or H,W (128,256); images are resized to it")
+@click.option("--task-loss", show_default="silog for depth", help="the task's supervised loss (depth: silog | l1)")
+@click.option("--workers", type=int, show_default="0 for data in memory, a few for folders",
+              help="DataLoader workers for dense data read from disk")
+@click.option("--eval-every", type=int, default=_default("eval_every"), show_default=True, help="evaluate and log every N iterations")
+@click.option("--checkpoint-every", type=int, default=_default("checkpoint_every"), show_default=True,
+              help="write a checkpoint every N iterations (and at the end), for --resume")
+@click.option("--select", cls=_SelectOption, default=_default("select"), show_default=True,
+              help="which evaluated iteration to ship (see `edgeda methods --validators`): {choices}; all but "
+                   "target_val are label-free, target_val scores the --target-val images")
+@click.option("--seed", type=int, default=_default("seed"), show_default=True)
+@click.option("--device", default=_default("device"), show_default=True, help="auto | cpu | cuda[:N]")
+@click.option("--init", show_default="none",
+              help="initial weights of the task network (a bundle, e.g. a source-only one, or .safetensors)")
+@click.option("--option", "options", multiple=True, help="method option key=value (repeatable; see `edgeda methods NAME`)")
+@click.option("--ema", type=float, show_default="0 (off)",
+              help="ship an exponential moving average of the weights with this decay (e.g. 0.999; 0: off)")
+@click.option("--amp", type=click.Choice(["on", "off", "bf16", "fp16"]), show_default="on",
+              help="mixed precision: on = CUDA autocast, bf16 where supported; bf16 also autocasts on the CPU")
+@click.option("--channels-last", is_flag=True, default=None, show_default="off", help="NHWC memory format for networks and batches")
+@click.option("--skip-nonfinite", is_flag=True, default=None, show_default="off",
+              help="skip steps whose loss or gradients are NaN/inf instead of stopping")
+@click.option("--out", default=_default("out"), show_default=True, help="run folder (checkpoints, config.json, metrics.jsonl, model.edgeda)")
 @click.option("--config", "config_file", type=click.Path(dir_okay=False), help="YAML/JSON config; flags override it")
-@click.option("--resume", is_flag=True, help="continue from the last checkpoint in --out")
+@click.option("--resume", is_flag=True,
+              help="continue the run in --out with its own settings (its config.json) from its last intact checkpoint; "
+                   "only --iters, --eval-every, --checkpoint-every, --device, --workers and --skip-nonfinite may change")
 @click.option("--json", "as_json", is_flag=True, help="print the result as JSON")
 @handle_errors
 def train(method, task, source, target, target_test, target_val, iters, batch_size, lr, backbone, backbone_weights, backbone_options, image_size,
-          task_loss, workers, eval_every, select, seed, device, init, options, ema, amp, channels_last, skip_nonfinite, out,
+          task_loss, workers, eval_every, checkpoint_every, select, seed, device, init, options, ema, amp, channels_last, skip_nonfinite, out,
           config_file, resume, as_json) -> None:
     """Train a model with an adaptation method and write a bundle."""
     from .config import load_config_file, make_config, parse_option
     from .training import train as run_train
 
     file_values = load_config_file(config_file) if config_file else {}
-    overrides = dict(method=method, task=task, source=source, target=target, target_test=target_test, iters=iters,
+    overrides = _given(click.get_current_context(), dict(method=method, task=task, source=source, target=target, target_test=target_test, iters=iters,
                      target_val=target_val,
                      backbone_weights=backbone_weights, image_size=_parse_size(image_size), task_loss=task_loss,
                      workers=workers,
-                     batch_size=batch_size, lr=lr, backbone=backbone, eval_every=eval_every, select=select, seed=seed,
+                     batch_size=batch_size, lr=lr, backbone=backbone, eval_every=eval_every, checkpoint_every=checkpoint_every, select=select, seed=seed,
                      device=device, init=init, out=out, skip_nonfinite=skip_nonfinite, ema=ema, amp=amp,
-                     channels_last=channels_last)
+                     channels_last=channels_last))
+    method = overrides["method"]
     if options:
         overrides["options"] = dict(parse_option(o) for o in options)
     if backbone_options:
@@ -167,7 +200,15 @@ def train(method, task, source, target, target_test, target_val, iters, batch_si
             click.echo(auto["transfer_warning"])
         click.echo(f"bundle: {auto['bundle']}")
         return
-    cfg = make_config(file_values, overrides)
+    if resume:  # the run stored in --out continues with its own settings; only safe ones may change
+        from .config import resume_config
+
+        given = {**file_values, **{k: v for k, v in overrides.items() if v is not None}}
+        if not given.get("out"):
+            raise EdgedaError("--resume needs --out DIR, the folder of the run to continue")
+        cfg = resume_config(given["out"], given)
+    else:
+        cfg = make_config(file_values, overrides)
     result = run_train(cfg, resume=resume, progress=not as_json and sys.stderr.isatty(), log=None if as_json else click.echo)
     if result.bundle is None:  # a torchrun rank other than 0: rank 0 reports
         return
@@ -196,12 +237,12 @@ def train(method, task, source, target, target_test, target_val, iters, batch_si
 
 @main.command("eval")
 @click.argument("bundle", type=click.Path())
-@click.option("--data", help="labeled domain spec (default: the bundle's target test split)")
+@click.option("--data", show_default="the bundle's target test split", help="labeled domain spec")
 @click.option("--confusion", "confusion_png", type=click.Path(dir_okay=False), help="write the confusion matrix PNG here")
 @click.option("--samples", "samples_png", type=click.Path(dir_okay=False),
               help="dense bundles: write image | truth | prediction | error panels here")
-@click.option("--device", default="auto")
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--device", default="auto", help="where the model runs: auto (CUDA where available, else CPU) | cpu | cuda[:N]")
+@click.option("--json", "as_json", is_flag=True, help="print the scores as JSON")
 @handle_errors
 def eval_cmd(bundle, data, confusion_png, samples_png, device, as_json) -> None:
     """The task's scores of a bundle on a labeled domain: accuracy / mIoU and per-class IoU /
@@ -250,16 +291,17 @@ def methods(name, task, validators, as_json) -> None:
     """List the registered adaptation methods and the tasks each adapts; with NAME, that method's
     options (type, default, choices)."""
     if validators:
-        from .training.validators import VALIDATORS, describe
+        import textwrap
 
-        rows = {n: describe(n) for n in VALIDATORS}
-        rows = {"last": "the last checkpoint", **rows}
+        from .training.validators import describe, selector_names
+
+        rows = {n: describe(n, full=True) for n in selector_names()}
         if as_json:
             emit_json(rows)
             return
-        width = max(map(len, rows))
+        click.echo("--select choices (all label-free except target_val):")
         for n, doc in rows.items():
-            click.echo(f"{n.ljust(width)}  {doc}")
+            click.echo(f"\n{n}\n" + textwrap.fill(doc, width=100, initial_indent="  ", subsequent_indent="  "))
         return
     from .adapt import ADAPT_METHODS
     from .methods import METHODS
@@ -281,15 +323,23 @@ def methods(name, task, validators, as_json) -> None:
             click.echo(f"  {s['name']} = {s['default']!r} ({s['type']}){choices}" + (f"  {s['help']}" if s["help"] else ""))
         return
     rows = {name: {"summary": cls.describe(), "tasks": list(cls.tasks), "uses_target": cls.uses_target,
-                   "options": cls.defaults}
+                   "options": cls.defaults, "command": "train"}
             for name, cls in METHODS.items() if task is None or task in cls.tasks}
+    on_device = {name: {"summary": cls.describe(), "tasks": list(cls.tasks), "uses_target": True,
+                        "options": cls.defaults, "command": "adapt"}
+                 for name, cls in ADAPT_METHODS.items() if task is None or task in cls.tasks}
     if as_json:
-        emit_json(rows)
+        emit_json({**rows, **{n: r for n, r in on_device.items() if n not in rows}})
         return
-    width = max((len(n) for n in rows), default=4)
+    width = max((len(n) for n in [*rows, *on_device]), default=4)
+    click.echo("training (edgeda train --method NAME):")
     for name, r in rows.items():
-        click.echo(f"{name.ljust(width)}  [{', '.join(r['tasks'])}]  {r['summary']}")
-    click.echo("options of one method: edgeda methods NAME")
+        click.echo(f"  {name.ljust(width)}  [{', '.join(r['tasks'])}]  {r['summary']}")
+    if on_device:
+        click.echo("on the device, source-free (edgeda adapt --method NAME; default shot):")
+        for name, r in on_device.items():
+            click.echo(f"  {name.ljust(width)}  [{', '.join(r['tasks'])}]  {r['summary']}")
+    click.echo("options of one method: edgeda methods NAME; model selection: edgeda methods --validators")
 
 
 @main.group()
@@ -301,8 +351,9 @@ def data() -> None:
 @click.argument("spec")
 @click.option("--out", default="preview.png", type=click.Path(dir_okay=False), show_default=True)
 @click.option("--n", default=64, show_default=True, help="images in the grid")
-@click.option("--size", default=32, show_default=True)
-@click.option("--channels", default=3, show_default=True)
+@click.option("--size", default=32, show_default=True,
+              help="side in pixels images are resized to (classification data; built-in dense domains use their own size)")
+@click.option("--channels", default=3, show_default=True, type=click.IntRange(1, 3), help="1 (grey) or 3 (RGB)")
 @handle_errors
 def preview(spec, out, n, size, channels) -> None:
     """Write a labelled grid of images from a domain SPEC (dense data: image | mask overlay | depth rows)."""

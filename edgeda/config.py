@@ -16,7 +16,7 @@ from .errors import EdgedaError
 class TrainConfig:
     method: str = "dann"
     source: str = "syndigits"
-    target: str | None = "handwritten"
+    target: str | None = None  # None: ``handwritten`` for the built-in ``syndigits`` source (its pair), else no target
     target_test: str | None = None  # default: "<name>:test" for a built-in target, else none
     target_val: str | None = None  # a few labeled target images: selection (--select target_val) and a report only
     out: str = "runs/edgeda"
@@ -127,6 +127,55 @@ def make_config(file_values: dict | None = None, overrides: dict[str, Any] | Non
         return TrainConfig(**merged).validate()
     except TypeError as e:
         raise EdgedaError(f"invalid configuration: {e}") from None
+
+
+#: Settings that ``--resume`` may change: they extend or watch a run without changing what it
+#: learns from (``iters`` extends the budget; the LR schedule then spans the new length).
+RESUME_SAFE = ("iters", "eval_every", "checkpoint_every", "device", "workers", "skip_nonfinite", "out")
+
+
+def resume_config(out: str | Path, given: dict[str, Any]) -> TrainConfig:
+    """The configuration of the run stored in ``out`` (its ``config.json``), with the settings in
+    ``given`` (flags or file values the user set; None: not given) applied where ``--resume`` may
+    change them (:data:`RESUME_SAFE`). A given setting outside those that differs from the run's
+    is one clear error: the run continues with its own settings or not at all."""
+    path = Path(out) / "config.json"
+    if not path.is_file():
+        raise EdgedaError(f"--resume: {out} holds no run to continue (no config.json); start the run without --resume")
+    try:
+        saved = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise EdgedaError(f"--resume: cannot read the run's settings {path} ({e})") from None
+    names = {f.name for f in dataclasses.fields(TrainConfig)}
+    unknown = set(k for k, v in given.items() if v is not None) - names
+    if unknown:
+        raise EdgedaError(f"unknown config option(s) {', '.join(sorted(unknown))}; valid: {', '.join(sorted(names))}")
+    saved = {k: v for k, v in saved.items() if k in names}
+    changed = []
+    for k, v in given.items():
+        if v is None or k in RESUME_SAFE:
+            continue
+        old = saved.get(k)
+        if isinstance(v, dict) and isinstance(old, dict):  # options: the given keys must keep their values
+            diff = {ok: ov for ok, ov in v.items() if old.get(ok) != ov}
+            if diff:
+                changed.append(f"{k} {diff!r} (run: {({ok: old.get(ok) for ok in diff})!r})")
+        elif _plain(v) != _plain(old):
+            changed.append(f"{k}={v!r} (run: {old!r})")
+    if changed:
+        raise EdgedaError(f"--resume continues the run in {out} with its own settings; these differ from it: "
+                          f"{'; '.join(changed)}. Only {', '.join('--' + n.replace('_', '-') for n in RESUME_SAFE if n != 'out')} "
+                          "may change on --resume (or start a new run in another --out)")
+    merged = {**saved, **{k: v for k, v in given.items() if v is not None and k in RESUME_SAFE}, "out": str(out)}
+    try:
+        return TrainConfig(**merged).validate()
+    except TypeError as e:
+        raise EdgedaError(f"--resume: the run's settings in {path} are not valid: {e}") from None
+
+
+def _plain(v):
+    """Tuples and lists compare alike (JSON has lists only)."""
+    return [_plain(x) for x in v] if isinstance(v, (list, tuple)) else v
 
 
 def parse_option(text: str) -> tuple[str, Any]:

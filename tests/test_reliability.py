@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from click.testing import CliRunner
 
 from edgeda.bundle import Bundle
@@ -158,14 +159,16 @@ def _npz_domains(folder):
             "--target-test", str(folder / "tgt.npz")]
 
 
-def test_kill_9_during_training_then_resume(tmp_path):
-    """A real `edgeda train` killed after its second checkpoint resumes from it and ships a verified bundle."""
+def test_kill_9_then_resume_with_out_alone_continues_the_run_as_stored(tmp_path):
+    """A real non-default `edgeda train` (method, iterations, checkpoint interval, seed from a config
+    file) killed with SIGKILL resumes with `--resume --out DIR` alone: the run's own settings, the same
+    weights as the uninterrupted run, and a changed learning setting is refused."""
     cfg = tmp_path / "c.yaml"
-    cfg.write_text("backbone_kwargs: {width: 8, out_dim: 32}\nbatch_size: 8\ncheckpoint_every: 5\neval_every: 1000\n"
-                   "iters: 400\ndevice: cpu\n")
+    cfg.write_text("backbone_kwargs: {width: 8, out_dim: 32}\nbatch_size: 8\neval_every: 1000\nlr: 0.02\n"
+                   "iters: 300\nseed: 3\ndevice: cpu\n")
     out = tmp_path / "run"
-    args = [sys.executable, "-m", "edgeda", "train", "--method", "dann", "--config", str(cfg), "--out", str(out),
-            *_npz_domains(tmp_path)]
+    args = [sys.executable, "-m", "edgeda", "train", "--method", "source_only", "--config", str(cfg), "--checkpoint-every", "5",
+            "--out", str(out), *_npz_domains(tmp_path)]
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.time() + 120
@@ -179,13 +182,41 @@ def test_kill_9_during_training_then_resume(tmp_path):
     from edgeda.training.checkpoint import load_latest
 
     killed_at = load_latest(out / "checkpoints")[0]
-    assert killed_at >= 10
-    res = CliRunner().invoke(main, [*args[3:], "--resume", "--iters", str(killed_at + 10)])  # same command, in-process
-    assert res.exit_code == 0, res.output
-    assert f"resumed from iteration {killed_at}" in res.output
+    assert 10 <= killed_at < 300
+    res = CliRunner().invoke(main, ["train", "--resume", "--out", str(out), "--lr", "0.05"])
+    assert res.exit_code == 2 and "lr=0.05 (run: 0.02)" in res.output and "Traceback" not in res.output
+    # the resumed and the uninterrupted run as the killed one ran: their own processes, one thread
+    res = subprocess.run([sys.executable, "-m", "edgeda", "train", "--resume", "--out", str(out)], env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    assert f"resumed from iteration {killed_at}" in res.stdout
     info = json.loads((out / "summary.json").read_text())
-    assert Bundle(info["bundle"]).manifest["training"]["iterations"] == killed_at + 10
+    training = Bundle(info["bundle"]).manifest["training"]
+    assert training["iterations"] == 300 and training["config"]["method"] == "source_only"
+    assert training["config"]["checkpoint_every"] == 5 and training["config"]["lr"] == 0.02
     assert "target_test_acc" in info["metrics"]
+    straight = subprocess.run([*args, "--out", str(tmp_path / "straight")], env=env, capture_output=True, text=True,
+                              timeout=300)  # the last --out counts
+    assert straight.returncode == 0, straight.stderr
+    from safetensors.torch import load_file
+
+    a = load_file(str(out / "model.edgeda" / "classifier.safetensors"))
+    b = load_file(str(tmp_path / "straight" / "model.edgeda" / "classifier.safetensors"))
+    assert a.keys() == b.keys() and all(torch.allclose(a[k].float(), b[k].float(), atol=1e-4) for k in a)
+
+
+def test_resume_may_extend_iterations_but_needs_a_run(tmp_path):
+    res = CliRunner().invoke(main, ["train", "--resume", "--out", str(tmp_path / "none")])
+    assert res.exit_code == 2 and "holds no run to continue" in res.output
+    base = ["train", "--method", "source_only", "--backbone-option", "width=8", "--backbone-option", "out_dim=32",
+            "--batch-size", "8", "--iters", "4", "--checkpoint-every", "2", "--device", "cpu", *_npz_domains(tmp_path),
+            "--out", str(tmp_path / "r")]
+    assert CliRunner().invoke(main, base).exit_code == 0
+    res = CliRunner().invoke(main, ["train", "--resume", "--out", str(tmp_path / "r"), "--iters", "6", "--json"])
+    assert res.exit_code == 0, res.output
+    assert Bundle(json.loads(res.output)["bundle"]).manifest["training"]["iterations"] == 6
+    res = CliRunner().invoke(main, ["train", "--resume", "--out", str(tmp_path / "r"), "--iters", "3"])
+    assert res.exit_code == 2 and "beyond --iters 3" in res.output
 
 
 # -- non-finite losses through the CLI ------------------------------------------------------------

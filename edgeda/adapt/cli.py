@@ -13,16 +13,17 @@ from ..cli import emit_json, handle_errors
 @click.option("--target-dir", required=True, type=click.Path(),
               help="folder of this device's unlabeled images (or an .npz); read at the bundle's input size")
 @click.option("--out", required=True, type=click.Path(), help="where to write the adapted bundle (a new path)")
-@click.option("--method", default="3cgan", show_default=True,
-              help="3cgan | shot | tent | cotta (each adapts classification and segmentation bundles)")
-@click.option("--iters", type=int, help="iterations (default: the method's own); 0 = until the --minutes budget ends")
+@click.option("--method", default="shot", show_default=True,
+              help="shot | tent | cotta | 3cgan (each adapts classification and segmentation bundles; tent is the "
+                   "cheapest, 3cgan the most expensive; see `edgeda methods`)")
+@click.option("--iters", type=int, show_default="the method's own", help="iterations; 0 = until the --minutes budget ends")
 @click.option("--minutes", type=float,
               help="wall-clock ceiling for the whole run, set-up and writing included; it stops the method's "
                    "iterations early but never adds any (use --iters 0 to run until it ends)")
 @click.option("--memory-mb", type=float,
               help="peak memory budget; picks the batch size (and precision on CUDA; for dense frames also the "
                    "training crop, evaluation stays on full frames)")
-@click.option("--batch", type=int, help="target images per step (default 64, 8 for dense frames; upper bound under --memory-mb)")
+@click.option("--batch", type=int, show_default="64, 8 for dense frames", help="target images per step (upper bound under --memory-mb)")
 @click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda[:N]")
 @click.option("--export", "do_export", is_flag=True, help="re-export ONNX (and TensorRT where installed) into the new bundle")
 @click.option("--labels", help="labeled domain spec used only to report accuracy (mIoU for segmentation) before and after")
@@ -32,7 +33,7 @@ from ..cli import emit_json, handle_errors
                    "segmentation its diversity term is measured against the shipped model's class marginal), "
                    "or the last; the shipped state is always a candidate")
 @click.option("--seed", default=0, show_default=True)
-@click.option("--threads", type=int, help="CPU threads for torch (default: one per core)")
+@click.option("--threads", type=int, show_default="one per core", help="CPU threads for torch")
 @click.option("--json", "as_json", is_flag=True, help="print the result as JSON")
 @handle_errors
 def adapt(bundle, target_dir, out, method, iters, minutes, memory_mb, batch, device, do_export, labels, options,
@@ -65,7 +66,8 @@ def adapt(bundle, target_dir, out, method, iters, minutes, memory_mb, batch, dev
     b, a = r.before, r.after
     if r.collapsed:
         click.secho(f"warning: {r.message}", fg="yellow", err=True)
-    click.echo(f"{method}: {r.iterations} iterations in {r.wall_time_s:.0f}s ({r.stopped_because}); "
+    why = {"iterations": "the planned iterations done"}.get(r.stopped_because, r.stopped_because)
+    click.echo(f"{method}: {r.iterations} iterations in {r.wall_time_s:.0f}s (stopped: {why}); "
                f"peak RSS {r.peak_rss_mb:.0f} MiB" + (f", peak CUDA {r.peak_cuda_mb:.0f} MiB" if r.peak_cuda_mb else ""))
     sel = r.manifest["selection"]
     if sel["rule"] == "info_max":
@@ -80,7 +82,7 @@ def adapt(bundle, target_dir, out, method, iters, minutes, memory_mb, batch, dev
                    "(labels used for this report only)")
     skipped = r.manifest["target"]["files_skipped"]
     if skipped:
-        click.echo(f"  skipped {skipped} unreadable target files (listed in the manifest)")
+        click.echo(f"  skipped {skipped} target files (listed with the reason in the manifest)")
     click.echo(f"bundle: {r.bundle}")
     if r.collapsed:
         sys.exit(3)

@@ -107,7 +107,7 @@ def _load_labels(labels: str, spec: TaskSpec):
     return lab
 
 
-def adapt(bundle: str | Path, target_dir: str | Path, out: str | Path, *, method: str = "3cgan",
+def adapt(bundle: str | Path, target_dir: str | Path, out: str | Path, *, method: str = "shot",
           iters: int | None = None, minutes: float | None = None, memory_mb: float | None = None,
           batch: int | None = None, device: str = "auto", export: bool = False, labels: str | None = None,
           options: dict | None = None, seed: int = 0, check_every: int | None = None, monitor_n: int | None = None,

@@ -84,8 +84,10 @@ class DenseDomain:
         if task == "depth" and not self.has_depth:
             raise DataError(f"domain {self.name!r} has no depth maps (a folder needs depth/ beside images/, "
                             "an .npz needs 'depth' of shape (N, H, W))")
+        if task != "segmentation" or num_classes is None or self.num_classes is None:
+            return
         fits = self.num_classes == num_classes or (self.classes_from_ids and self.num_classes < num_classes)
-        if task == "segmentation" and num_classes is not None and self.num_classes is not None and not fits:
+        if not fits:
             raise DataError(f"domain {self.name!r} names {self.num_classes} classes, the task has {num_classes}")
 
 

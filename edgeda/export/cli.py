@@ -23,17 +23,17 @@ def parse_batch(text: str) -> tuple[int, int, int]:
 
 @click.command()
 @click.argument("bundle", type=click.Path())
-@click.option("--out", help="write a new bundle here (default: update BUNDLE in place, atomically)")
+@click.option("--out", show_default="update BUNDLE in place, atomically", help="write a new bundle here")
 @click.option("--precision", type=click.Choice(["fp32", "fp16", "int8"]), default="fp32", show_default=True)
-@click.option("--data", help="domain for the parity/accuracy check (default: the bundle's target test split)")
-@click.option("--calib", help="target images for int8 calibration (default: the bundle's target adapt split)")
+@click.option("--data", show_default="the bundle's target test split", help="labeled domain for the parity and accuracy check")
+@click.option("--calib", show_default="the bundle's target adapt split", help="target images for int8 calibration")
 @click.option("--trt", "build_trt", is_flag=True, help="also build a TensorRT engine (needs TensorRT and a GPU)")
 @click.option("--batch", default="1,8,32", show_default=True, help="TensorRT optimization profile min,opt,max")
 @click.option("--workspace-mb", default=1024, show_default=True, help="TensorRT workspace limit")
 @click.option("--plugins", type=click.Path(dir_okay=False), help="libedgeda_plugins.so: fuse edgeda plugins into the engine")
-@click.option("--exporter", type=click.Choice(["auto", "dynamo", "torchscript"]),
-              help="ONNX exporter (default auto: torch.export-based where it works and matches, else TorchScript)")
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--exporter", type=click.Choice(["auto", "dynamo", "torchscript"]), show_default="auto",
+              help="ONNX exporter; auto: torch.export-based where it works and matches, else TorchScript")
+@click.option("--json", "as_json", is_flag=True, help="print the export record (paths, exporter, parity, scores) as JSON")
 @handle_errors
 def export(bundle, out, precision, data, calib, build_trt, batch, workspace_mb, plugins, exporter, as_json) -> None:
     """ONNX (+ fp16/int8, + TensorRT) of every deployable, parity-checked against PyTorch."""
@@ -56,7 +56,7 @@ def export(bundle, out, precision, data, calib, build_trt, batch, workspace_mb, 
 @click.option("--device", default="cpu", show_default=True, help="cpu | cuda (ort/torch)")
 @click.option("--batch-size", default=64, show_default=True)
 @click.option("--out", type=click.Path(dir_okay=False), help="preds.csv or preds.json")
-@click.option("--out-dir", type=click.Path(file_okay=False), help="dense bundles: folder for the mask / depth PNGs (default: predictions/)")
+@click.option("--out-dir", type=click.Path(file_okay=False), show_default="predictions/", help="dense bundles: folder for the mask / depth PNGs")
 @click.option("--json", "as_json", is_flag=True, help="print the predictions as JSON")
 @click.option("--plugins", type=click.Path(dir_okay=False), help="libedgeda_plugins.so, for engines built with --plugins")
 @handle_errors

@@ -72,6 +72,10 @@ def resolve_size(cfg: TrainConfig) -> tuple[int, int]:
     return task_of("segmentation" if dense else "classification").default_size
 
 
+#: The target a built-in source is paired with when ``--target`` is not given.
+DEFAULT_TARGETS = {"syndigits": "handwritten"}
+
+
 def load_domains(cfg: TrainConfig, needs_target: bool) -> Domains:
     """Load and check every domain before any training starts (one clear error otherwise)."""
     size = resolve_size(cfg)
@@ -96,6 +100,8 @@ def load_domains(cfg: TrainConfig, needs_target: bool) -> Domains:
         source.require_usable(labeled=True, num_classes=num_classes)
 
     target = target_test = None
+    if cfg.target is None:  # only the built-in pair has a default target; recorded in the run's config
+        cfg.target = DEFAULT_TARGETS.get((src_builtin or ("",))[0])
     if cfg.target:
         target = load_domain(cfg.target, labeled=False, split="adapt" if _has_split(cfg.target, "adapt") else None, **kw)
         if dense and isinstance(target, Domain):
@@ -103,6 +109,9 @@ def load_domains(cfg: TrainConfig, needs_target: bool) -> Domains:
         _same_kind(target, "target", dense)
         if needs_target:
             _require(target, None, labeled=False)
+    if needs_target and target is None:
+        raise DataError(f"method {cfg.method!r} adapts to a target domain: give --target (unlabeled images of the "
+                        f"domain to adapt to), or use --method source_only")
     test_spec = cfg.target_test
     if test_spec is None and cfg.target:
         test_spec = _default_test_split(cfg.target)
@@ -115,8 +124,6 @@ def load_domains(cfg: TrainConfig, needs_target: bool) -> Domains:
                 f"classes differ between source ({', '.join(source.classes)}) and target test "
                 f"({', '.join(target_test.classes)}); use the same class list in both"
             )
-    elif needs_target and target is None:
-        raise DataError(f"method {cfg.method!r} needs a target domain (--target)")
     return Domains(source, source_val, target, target_test, task, size)
 
 

@@ -363,6 +363,9 @@ class Trainer:
                 self.log(f"no checkpoint in {self.ckpt_dir}; starting from scratch")
             else:
                 start = self._restore(latest[1] if latest else self._load_chosen(chosen))
+                if start > cfg.iters:
+                    raise EdgedaError(f"cannot resume: the checkpoint in {self.ckpt_dir} is at iteration {start}, "
+                                      f"beyond --iters {cfg.iters} (give --iters {start} or more)")
                 self.log(f"resumed from iteration {start}")
         elif self.dist.is_main and self.ckpt_dir.exists():
             shutil.rmtree(self.ckpt_dir)
@@ -524,7 +527,10 @@ def train(config: TrainConfig | None = None, *, resume: bool = False, progress: 
     >>> result = edgeda.train(method="dann", source="syndigits", target="handwritten", iters=2000, out="runs/dann")
     >>> result.bundle, result.metrics["target_test_acc"]
     """
-    from ..config import make_config
+    from ..config import make_config, resume_config
 
-    cfg = make_config(config.to_dict() if config else None, overrides)
+    if resume and config is None and overrides.get("out"):  # the stored run's own settings
+        cfg = resume_config(overrides["out"], overrides)
+    else:
+        cfg = make_config(config.to_dict() if config else None, overrides)
     return Trainer(cfg, progress=progress, log=log, reference=reference).run(resume=resume)

@@ -36,16 +36,29 @@ __all__ = ["VALIDATORS", "EvalContext", "describe", "label_agreement", "label_co
 _SENTENCE_END = re.compile(r"(?<!\bal)(?<!\be\.g)(?<!\bi\.e)\.(?=\s+[A-Z(`]|$)")
 
 
-def describe(name: str) -> str:
-    """The first sentence of a validator's docstring, on one line (what ``edgeda methods --validators`` prints)."""
+#: ``--select`` choices that are not validators, with what they ship.
+OTHER_SELECTORS = {
+    "last": "The last evaluated iteration (no selection).",
+    "target_val": "The task's score on the few labeled target images given with --target-val (5-20 per class): "
+                  "selection with target labels, the user's own small validation set, never the test split.",
+}
+
+
+def describe(name: str, full: bool = False) -> str:
+    """The first sentence of a selector's description on one line, or with ``full`` the whole of it
+    (paragraphs of the docstring joined; what ``edgeda methods --validators`` prints)."""
+    if name in OTHER_SELECTORS:
+        return OTHER_SELECTORS[name]
     doc = " ".join((VALIDATORS.get(name).__doc__ or "").split())
+    if full:
+        return doc
     m = _SENTENCE_END.search(doc)
     return doc[: m.end()] if m else doc
 
 
 def selector_names() -> list[str]:
     """``last``, every validator, and ``target_val`` (a small labeled target set, ``--target-val``)."""
-    return ["last", *VALIDATORS, "target_val"]
+    return ["last", *VALIDATORS, *(n for n in OTHER_SELECTORS if n != "last")]
 
 
 def score_all(ctx: EvalContext) -> dict[str, float]:

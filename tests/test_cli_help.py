@@ -1,0 +1,60 @@
+"""What `--help` and `edgeda methods` tell a user: every default, every on-device method, every
+`--select` choice; and the defaults that belong to one kind of data only."""
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from edgeda.cli import main
+
+
+def _help(*cmd):
+    res = CliRunner().invoke(main, [*cmd, "--help"], terminal_width=400)
+    assert res.exit_code == 0, res.output
+    return " ".join(res.output.split())
+
+
+def test_train_help_shows_every_default():
+    out = _help("train")
+    for text in ("--method TEXT adaptation method", "[default: dann]", "[default: runs/edgeda]", "[default: 2000]",
+                 "[default: (handwritten when the source is syndigits, else none)]", "--checkpoint-every", "[default: 500]",
+                 "for folders and .npz files 32 (classification) or 128 (segmentation, depth)"):
+        assert text in out, text
+    assert "without target labels" not in out and "target_val scores the --target-val images" in out
+
+
+@pytest.mark.parametrize("cmd, texts", [
+    (("eval",), ("--device TEXT where the model runs", "[default: auto]", "--json print the scores as JSON")),
+    (("export",), ("--json print the export record",)),
+    (("data", "preview"), ("--size INTEGER side in pixels", "[default: 32]", "1 (grey) or 3 (RGB)")),
+    (("adapt",), ("[default: shot]",)),
+])
+def test_help_of_other_commands(cmd, texts):
+    out = _help(*cmd)
+    for text in texts:
+        assert text in out, text
+
+
+def test_methods_lists_on_device_methods_and_every_selector():
+    out = CliRunner().invoke(main, ["methods"]).output
+    device = out[out.index("on the device"):]
+    assert all(f"  {m} " in device for m in ("3cgan", "shot", "tent", "cotta"))
+    assert "  dann " in out[:out.index("on the device")]
+    out = CliRunner().invoke(main, ["methods", "--validators"]).output
+    assert "\ntarget_val\n" in out and "\nsnd\n" in out and "At most ``max_n`` images are scored" in " ".join(out.split())
+
+
+def test_a_dense_source_needs_no_unrelated_default_target(tmp_path):
+    from edgeda.config import make_config
+    from edgeda.errors import DataError
+    from edgeda.training.domains import load_domains
+
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "seg.npz", x=rng.integers(0, 255, (6, 16, 16, 3), dtype=np.uint8),
+             y=rng.integers(0, 3, (6, 16, 16)).astype(np.int64))
+    cfg = make_config(None, {"source": str(tmp_path / "seg.npz"), "method": "source_only", "image_size": 16})
+    d = load_domains(cfg, needs_target=False)
+    assert d.task == "segmentation" and d.target is None and d.target_test is None and cfg.target is None
+    cfg = make_config(None, {"source": str(tmp_path / "seg.npz"), "image_size": 16})  # dann adapts to a target
+    with pytest.raises(DataError, match="give --target") as e:
+        load_domains(cfg, needs_target=True)
+    assert "handwritten" not in str(e.value)

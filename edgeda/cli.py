@@ -33,6 +33,20 @@ def emit_json(obj) -> None:
     click.echo(json.dumps(obj, indent=2, default=str))
 
 
+def _print_skipped(report: dict, echo, what: str = "", listed: int = 5) -> None:
+    """``skipped N files``, then the first few with the reason (``report``: ``LoadReport.to_dict()``)."""
+    for w in report.get("warnings", []):
+        echo(f"  warning: {what}{w}")
+    n = report.get("skipped", 0)
+    if not n:
+        return
+    echo(f"  {what}skipped {n} file{'s' if n != 1 else ''}" + (":" if report.get("skipped_files") else ""))
+    for f in report.get("skipped_files", [])[:listed]:
+        echo(f"    {f['path']}: {f['reason']}")
+    if n > listed:
+        echo(f"    ... {n - listed} more" + (" (listed in the manifest)" if what else ""))
+
+
 # Commands that live with their subsystem, imported only when used (keeps `edgeda --help` fast
 # and lets each subsystem own its command): name -> "module:attribute".
 LAZY_COMMANDS = {
@@ -264,15 +278,18 @@ def eval_cmd(bundle, data, confusion_png, samples_png, device, as_json) -> None:
         click.echo(f"{m['bundle']} on {m['data']}: accuracy {m['accuracy']:.1%} (n={m['n']}{extra})")
         click.echo("  per class: " + "  ".join(f"{k}:{'-' if v is None else f'{v:.0%}'}" for k, v in m["per_class"].items()))
     elif "miou" in m:
-        click.echo(f"{m['bundle']} on {m['data']}: mIoU {m['miou']:.1%}, pixel accuracy {m['pixel_accuracy']:.1%} "
-                   f"({m['n_pixels']} labelled pixels)")
-        click.echo("  IoU per class: " + "  ".join(f"{k}:{'-' if v is None else f'{v:.0%}'}" for k, v in m["per_class_iou"].items()))
+        k = len(m["per_class_iou"])
+        click.echo(f"{m['bundle']} on {m['data']}: mIoU {m['miou']:.1%} over {m['n_classes_labelled']} "
+                   f"class{'es' if m['n_classes_labelled'] != 1 else ''} labelled "
+                   f"in the test split (of {k}), pixel accuracy {m['pixel_accuracy']:.1%} ({m['n_pixels']:,} labelled pixels)")
+        truth = m.get("per_class_truth_pixels", {})
+        click.echo("  IoU per class: " + "  ".join(
+            f"{c}:{'no truth pixels' if not truth.get(c) else f'{v:.0%}'}" for c, v in m["per_class_iou"].items()))
     else:
         click.echo(f"{m['bundle']} on {m['data']}: abs rel {m['abs_rel']:.3f}, sq rel {m['sq_rel']:.3f}, RMSE {m['rmse']:.2f} m, "
                    f"RMSE log {m['rmse_log']:.3f}, delta<1.25 {m['delta1']:.1%}, <1.25^2 {m['delta2']:.1%}, "
                    f"<1.25^3 {m['delta3']:.1%} ({m['n_images']} images, {m['n_pixels']} valid pixels)")
-    if m["load_report"]["skipped"]:
-        click.echo(f"  skipped {m['load_report']['skipped']} unreadable files")
+    _print_skipped(m["load_report"], click.echo)
     if m.get("confusion_png"):
         click.echo(f"confusion matrix: {m['confusion_png']}")
     if m.get("eval_samples_png"):
@@ -367,8 +384,7 @@ def preview(spec, out, n, size, channels) -> None:
         path = preview_dense(dom, out, min(n, 16))
         classes = f", classes: {', '.join(dom.classes)}" if dom.classes else ""
         click.echo(f"{dom.name}: {dom.report.summary()}{classes}; preview written to {path}")
-        for p, reason in dom.report.skipped[:10]:
-            click.echo(f"  skipped {p}: {reason}")
+        _print_skipped(dom.report.to_dict(), click.echo, listed=10)
         return
 
     labeled = True
@@ -380,8 +396,7 @@ def preview(spec, out, n, size, channels) -> None:
     dom.require_usable(labeled=False)
     path = preview_grid(dom, out, n)
     click.echo(f"{dom.name}: {dom.report.summary()}{'' if labeled else ' (unlabeled)'}; grid written to {path}")
-    for p, reason in dom.report.skipped[:10]:
-        click.echo(f"  skipped {p}: {reason}")
+    _print_skipped(dom.report.to_dict(), click.echo, listed=10)
 
 
 if __name__ == "__main__":

@@ -187,19 +187,42 @@ def test_decode_failures_raise_and_the_dataset_replaces_them(tmp_path):
     (tmp_path / "images/i2.png").write_bytes(raw[: len(raw) // 2])  # header fine, pixels truncated
     (tmp_path / "classes.txt").write_text("a\nb\nc\n")
     d = load_dense_folder(tmp_path, labeled=True)
-    assert len(d) == 3  # both faults pass the header checks
-    with pytest.raises(ValueError, match="class id 7"):
-        d.sample(1)
+    assert [p.stem for p, _, _ in d.items] == ["i0", "i2"]  # the out-of-range mask is skipped at load, counted
+    assert d.report.loaded == 2 and d.report.skipped == [
+        (str(tmp_path / "masks/i1.png"), "mask: mask has class id 7, beyond the 3 classes named in classes.txt")]
     with pytest.raises(ValueError):
-        d.sample(2)
-    ds = DenseDataset(d, (16, 16), 3, train=True, seed=1)
+        d.sample(1)  # the truncated image passes the header check and fails when decoded
+    items = [d.items[0], (tmp_path / "images/i1.png", tmp_path / "masks/i1.png", None), d.items[1]]
+    raw_dom = FileDenseDomain("raw", items, classes=d.classes)  # built without the load-time scan
+    with pytest.raises(ValueError, match="class id 7"):
+        raw_dom.sample(1)
+    ds = DenseDataset(raw_dom, (16, 16), 3, train=True, seed=1)
     for k, want in ((0, 0), (1, 0), (2, 0), (3, 0)):
         item = ds[k]
         assert int(item["index"]) == want and int(item["replaced"]) == int(k % 3 != 0)
         assert torch.all(item["mask"] == 0)
-    bad = FileDenseDomain("bad", d.items[1:], classes=d.classes)
+    bad = FileDenseDomain("bad", items[1:], classes=d.classes)
     with pytest.raises(DataError, match="none of the 2 samples"):
         DenseDataset(bad, (8, 8), 3, train=False)[0]
+
+
+def test_jpeg_masks_are_refused_and_empty_class_folders_named(tmp_path):
+    from edgeda.data.files import load_folder
+
+    save(tmp_path / "seg/images/a.png", image(seed=1))
+    save(tmp_path / "seg/images/b.png", image(seed=2))
+    save(tmp_path / "seg/masks/a.png", np.zeros((10, 12), np.uint8))
+    Image.fromarray(np.zeros((10, 12), np.uint8)).save(tmp_path / "seg/masks/b.jpg")
+    d = load_dense_folder(tmp_path / "seg", labeled=True)
+    assert len(d) == 1 and len(d.report.skipped) == 1
+    path, reason = d.report.skipped[0]
+    assert path.endswith("b.jpg") and "JPEG mask refused" in reason and "PNG" in reason
+    for c in ("cat", "dog"):
+        save(tmp_path / f"cls/{c}/x.png", image(seed=3))
+    (tmp_path / "cls/empty").mkdir()
+    dom = load_folder(tmp_path / "cls", labeled=True, size=(8, 8), channels=3)
+    assert dom.classes == ["cat", "dog", "empty"] and len(dom.report.warnings) == 1
+    assert "'empty' has no usable images" in dom.report.warnings[0] and dom.report.to_dict()["warnings"]
 
 
 def test_no_classes_txt_infers_k_and_skips_undecodable_masks(tmp_path):

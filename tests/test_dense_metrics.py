@@ -35,14 +35,15 @@ def test_segmentation_scores_by_hand():
     assert np.array_equal(m.matrix.numpy(), want)
     assert s["confusion"] == want.tolist()
     # c0: tp 1, fp 1 (a c2 pixel), fn 1 -> 1/3; c1: tp 2, fp 1, fn 0 -> 2/3;
-    # c2: tp 0, fn 2 -> 0; c3: only predicted (fp 1) -> 0; c4: in neither truth nor prediction -> None
+    # c2: tp 0, fn 2 -> 0; c3: only predicted (fp 1), never labelled -> None; c4: in neither -> None
     iou = s["per_class_iou"]
     assert iou["c0"] == pytest.approx(1 / 3)
     assert iou["c1"] == pytest.approx(2 / 3)
     assert iou["c2"] == 0.0
-    assert iou["c3"] == 0.0
-    assert iou["c4"] is None
-    assert s["miou"] == pytest.approx((1 / 3 + 2 / 3 + 0 + 0) / 4)  # c4 left out of the mean
+    assert iou["c3"] is None and iou["c4"] is None
+    assert s["miou"] == pytest.approx((1 / 3 + 2 / 3 + 0) / 3)  # the classes labelled in the data only
+    assert s["n_classes_labelled"] == 3
+    assert s["per_class_truth_pixels"] == {"c0": 2, "c1": 2, "c2": 2, "c3": 0, "c4": 0}
     assert s["pixel_accuracy"] == pytest.approx(3 / 6)
     assert s["n_pixels"] == 6
     assert s["mean_class_accuracy"] == pytest.approx((1 / 2 + 1 + 0) / 3)  # classes with support only
@@ -107,7 +108,26 @@ def test_segmentation_task_scores_logits_through_argmax():
     task.update(m, logits, torch.tensor([[[0, 2, 2, 255]]]))
     s = task.scores(m, spec)
     assert s["pixel_accuracy"] == pytest.approx(2 / 3)
-    assert s["per_class_iou"] == {"a": 1.0, "b": 0.0, "c": pytest.approx(1 / 2)}
+    assert s["per_class_iou"] == {"a": 1.0, "b": None, "c": pytest.approx(1 / 2)}  # b: predicted, never labelled
+
+
+def test_miou_counts_only_classes_labelled_in_the_whole_split():
+    """A class predicted but never labelled does not pull the mean down, whichever image predicts it;
+    a labelled class the model misses everywhere counts as 0."""
+    truth = torch.tensor([[0, 0, 1, 1], [0, 1, 1, 255]])
+    quiet = torch.tensor([[0, 0, 1, 1], [0, 1, 1, 0]])
+    loud = torch.tensor([[0, 2, 1, 1], [3, 1, 1, 4]])  # predicts the unlabelled classes 2 and 3 (4 on ignore)
+    a, b = ConfusionMeter(5), ConfusionMeter(5)
+    a.update(quiet, truth)
+    b.update(loud, truth)
+    sa, sb = segmentation_scores(a.matrix, CLASSES), segmentation_scores(b.matrix, CLASSES)
+    assert sa["n_classes_labelled"] == sb["n_classes_labelled"] == 2
+    assert sa["miou"] == 1.0 and sb["miou"] == pytest.approx((1 / 3 + 1) / 2)
+    assert sb["per_class_iou"]["c2"] is None and sb["per_class_truth_pixels"]["c2"] == 0
+    missed = ConfusionMeter(3)
+    missed.update(torch.tensor([0, 0, 0]), torch.tensor([0, 0, 2]))
+    s = segmentation_scores(missed.matrix, CLASSES[:3])
+    assert s["per_class_iou"]["c2"] == 0.0 and s["n_classes_labelled"] == 2 and s["miou"] == pytest.approx(2 / 6)
 
 
 # -- depth -------------------------------------------------------------------------------------

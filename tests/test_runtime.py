@@ -22,17 +22,35 @@ def test_input_spec_is_applied_like_training(tmp_path):
     np.testing.assert_allclose(x, ref.numpy(), atol=1e-6)
 
 
-def test_torch_and_ort_runners_agree(tmp_path):
+def test_torch_and_ort_runners_agree(tmp_path, monkeypatch):
+    import tempfile
+
     b = Bundle(tiny_bundle(tmp_path / "m.edgeda"))
     assert {"torch", "ort", "trt"} <= set(RUNNERS)
     images = np.random.default_rng(1).integers(0, 256, (7, 32, 32, 3), dtype=np.uint8)
     a = make_runner("torch", b).predict(images)
-    o = make_runner("ort", b)  # the bundle has no ONNX yet: exported on first use
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp))
+    o = make_runner("ort", b)  # the bundle has no ONNX yet: exported on first use, into a temporary folder
+    assert list(tmp.iterdir()) == []  # removed as soon as the session holds the graph
     np.testing.assert_allclose(o.predict(images), a, atol=1e-4)
     assert o.describe()["providers"] == ["CPUExecutionProvider"]
     cls, conf, ent = softmax_stats(a)
     assert (cls == a.argmax(1)).all() and ((conf > 0) & (conf <= 1)).all() and (ent >= 0).all()
     assert (ent <= np.log(10) + 1e-9).all()
+
+
+def test_a_temporary_onnx_export_is_removed_when_its_block_ends(tmp_path, monkeypatch):
+    import tempfile
+
+    from edgeda.export.runtime import onnx_file
+
+    b = Bundle(tiny_bundle(tmp_path / "m.edgeda"))
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    with onnx_file(b, "fp32") as path:
+        assert path.is_file() and [p.name[:12] for p in tmp_path.glob("edgeda-onnx-*")] == ["edgeda-onnx-"]
+    assert not path.exists() and not list(tmp_path.glob("edgeda-onnx-*"))
 
 
 def test_runner_errors_are_one_sentence(tmp_path):

@@ -114,27 +114,41 @@ def _check_split(name: str, split: str, valid) -> None:
 
 
 def _cached_dense(key: str, render: Callable[[], dict], shapes: dict) -> dict:
-    """Arrays rendered by ``render()`` (a dict of name -> array), cached under ``cache_dir()/key``;
-    a cache entry that cannot be read or holds other shapes is rendered again."""
+    """Arrays rendered by ``render()`` (a dict of name -> array), cached under ``cache_dir()`` as one
+    ``.npy`` file per array in a folder named by ``key`` (without ``.npz``) and memory-mapped copy-on-write:
+    pages are read when used, so a run that never touches an array (depth in a segmentation run, the
+    masks of an unlabeled split) never loads it. A ``key`` ``.npz`` written by earlier versions is
+    converted once; a cache entry that cannot be read or holds other shapes is rendered again."""
     import zipfile
 
-    path = cache_dir() / key
-    if path.exists():
-        try:
-            with np.load(path, allow_pickle=False) as z:
-                arrays = {k: z[k] for k in shapes}
-            if all(arrays[k].shape == s for k, s in shapes.items()):
-                return arrays
-        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
-            pass  # a damaged cache entry is re-rendered
-    arrays = render()
+    folder = cache_dir() / key.removesuffix(".npz")
     try:
-        with atomic_path(path) as tmp:
-            with open(tmp, "wb") as f:
-                np.savez(f, **arrays)
+        arrays = {k: np.load(folder / f"{k}.npy", mmap_mode="c", allow_pickle=False) for k in shapes}
+        if all(arrays[k].shape == s for k, s in shapes.items()):
+            return arrays
+    except (OSError, ValueError, EOFError):
+        pass  # absent or damaged: read the older archive or render
+    arrays = None
+    old = cache_dir() / key
+    if old.exists():
+        try:
+            with np.load(old, allow_pickle=False) as z:
+                arrays = {k: z[k] for k in shapes}
+            if not all(arrays[k].shape == s for k, s in shapes.items()):
+                arrays = None
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
+            arrays = None  # a damaged cache entry is re-rendered
+    if arrays is None:
+        arrays = render()
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        for k, a in arrays.items():
+            with atomic_path(folder / f"{k}.npy") as tmp:
+                with open(tmp, "wb") as f:
+                    np.save(f, np.ascontiguousarray(a), allow_pickle=False)
+        return {k: np.load(folder / f"{k}.npy", mmap_mode="c", allow_pickle=False) for k in shapes}
     except OSError:
-        pass  # caching is an optimisation only
-    return arrays
+        return arrays  # caching is an optimisation only
 
 
 def _dense_size(size) -> tuple[int, int]:

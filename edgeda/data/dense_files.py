@@ -13,9 +13,11 @@ the id, ``RGB``/``RGBA`` are read only when classes.txt gives a colour per class
 unknown colours -> 255 = ignore). Depth comes out as float32 metres; non-finite or negative
 values become 0 = invalid.
 
-Bad data never crashes a load, as in :mod:`edgeda.data.files`: at index time only headers are
-read, and an unreadable header, a missing mask or depth map, or a mask/depth whose size differs
-from its image skips that sample with its reason in ``report.skipped``. A file that only fails
+Bad data never crashes a load, as in :mod:`edgeda.data.files`: at index time image and depth
+headers are read and every mask is decoded once, and an unreadable header, a missing mask or depth
+map, a JPEG mask (lossy: its ids are wrong along every edge), a mask with class ids beyond the
+classes, or a mask/depth whose size differs from its image skips that sample with its reason in
+``report.skipped``. A file that only fails
 when decoded makes ``sample(i)`` raise ``ValueError``; the dense dataset then uses the next sample.
 """
 from __future__ import annotations
@@ -39,6 +41,7 @@ MAX_DENSE_CLASSES = 255  # ids 0..254: masks are uint8 and 255 is the ignore lab
 _ID_MODES = ("1", "L", "P", "I;16", "I;16B", "I;16L", "I;16N", "I")
 _RGB_MODES = ("RGB", "RGBA")
 _DEPTH_PNG_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
+LOSSY_SUFFIXES = (".jpg", ".jpeg")  # masks must hold exact ids
 _NPZ_ERRORS = (OSError, ValueError, EOFError, TypeError, KeyError, AttributeError, zipfile.BadZipFile,
                zipfile.LargeZipFile, NotImplementedError, RuntimeError, MemoryError, struct.error)
 
@@ -279,6 +282,10 @@ def load_dense_folder(root: Path, *, labeled: bool) -> DenseDomain:
         if use_depth and d is None:
             report.skip(str(img), f"no depth map (expected depth/{key}.png or .npy)")
             continue
+        if m is not None and m.suffix.lower() in LOSSY_SUFFIXES:
+            report.skip(str(m), "JPEG mask refused: lossy compression changes the class ids along every edge "
+                                "(save masks as PNG)")
+            continue
         try:
             hw = _guarded(_header, img, "image", None)
         except ValueError as e:
@@ -303,8 +310,9 @@ def load_dense_folder(root: Path, *, labeled: bool) -> DenseDomain:
     for p in list(masks.values()) + list(depths.values()):
         report.skip(str(p), "no image of the same name")
     from_ids = use_masks and classes is None
-    if from_ids:
-        items, classes = _scan_masks(items, report)
+    if use_masks:  # every mask decoded once: ids beyond the classes are skipped and counted here, not later
+        items, found = _scan_masks(items, report, classes, palette)
+        classes = found if from_ids else classes
     report.loaded = len(items)
     dom = FileDenseDomain(str(root), items, classes=classes, palette=palette, has_masks=use_masks,
                           has_depth=use_depth, report=report)
@@ -312,14 +320,16 @@ def load_dense_folder(root: Path, *, labeled: bool) -> DenseDomain:
     return dom
 
 
-def _scan_masks(items, report: LoadReport):
+def _scan_masks(items, report: LoadReport, classes: list[str] | None = None, palette: np.ndarray | None = None):
+    """(items whose masks decode with ids in range, class names "0".."K-1" from the largest id)."""
     kept, top = [], -1
     for item in items:
         try:
-            ids = _guarded(_read_mask, item[1], None)
-            _ids_to_uint8(ids, None)
+            ids = _guarded(_read_mask, item[1], palette)
+            _ids_to_uint8(ids, None if classes is None else len(classes))
         except ValueError as e:
-            report.skip(str(item[1]), f"mask: {e}")
+            named = " named in classes.txt" if classes is not None and "beyond" in str(e) else ""
+            report.skip(str(item[1]), f"mask: {e}{named}")
             continue
         valid = ids[ids != IGNORE_INDEX]
         if valid.size:

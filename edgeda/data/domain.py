@@ -14,9 +14,13 @@ class LoadReport:
 
     loaded: int = 0
     skipped: list[tuple[str, str]] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)  # what loaded but may not be what the user meant
 
     def skip(self, path: str, reason: str) -> None:
         self.skipped.append((path, reason))
+
+    def warn(self, message: str) -> None:
+        self.warnings.append(message)
 
     def summary(self) -> str:
         if not self.skipped:
@@ -28,6 +32,7 @@ class LoadReport:
             "loaded": self.loaded,
             "skipped": len(self.skipped),
             "skipped_files": [{"path": p, "reason": r} for p, r in self.skipped[:max_listed]],
+            **({"warnings": list(self.warnings)} if self.warnings else {}),
         }
 
 

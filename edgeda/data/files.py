@@ -103,6 +103,12 @@ def load_folder(root: Path, *, labeled: bool, size: tuple[int, int], channels: i
         images.append(img)
         labels.append(y)
     report.loaded = len(images)
+    if labeled:  # a class without images keeps its index (class lists must match across domains) but says so
+        counts = np.bincount(np.asarray(labels, np.int64), minlength=len(classes)) if labels else np.zeros(len(classes), int)
+        for name, c in zip(classes, counts):
+            if c == 0:
+                report.warn(f"class folder {name!r} has no usable images: the class keeps its index, "
+                            "but no image of it is trained on or scored")
     arr = np.stack(images) if images else np.zeros((0, *size, channels), np.uint8)
     return Domain(
         name=str(root),

@@ -12,6 +12,9 @@ export``); a bundle without them gets them exported into a temporary folder on f
 """
 from __future__ import annotations
 
+import atexit
+import contextlib
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -100,15 +103,30 @@ class TorchRunner(Runner):
             return out
 
 
-def ensure_onnx(bundle: Bundle, precision: str, deployable: str | None = None, calib: str | None = None) -> Path:
-    """The bundle's ONNX for ``precision`` (of its task network unless ``deployable`` is named),
-    exported into a temporary folder when the bundle has none."""
+@contextlib.contextmanager
+def onnx_file(bundle: Bundle, precision: str, deployable: str | None = None, calib: str | None = None):
+    """``with onnx_file(bundle, "fp32") as path``: the bundle's ONNX for ``precision`` (of its task
+    network unless ``deployable`` is named); a bundle without one is exported into a temporary folder
+    that is removed when the block ends (ONNX Runtime holds the graph in memory once its session exists)."""
     deployable = deployable or bundle.primary
     rel = onnx_name(deployable, precision)
     if rel in bundle.manifest["files"]:
-        return bundle.file(rel)
+        yield bundle.file(rel)
+        return
     folder = Path(tempfile.mkdtemp(prefix="edgeda-onnx-"))
-    return export_deployable_onnx(bundle, deployable, precision, folder, calib=calib)
+    try:
+        yield export_deployable_onnx(bundle, deployable, precision, folder, calib=calib)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def ensure_onnx(bundle: Bundle, precision: str, deployable: str | None = None, calib: str | None = None) -> Path:
+    """The bundle's ONNX for ``precision`` as a path that stays until the process exits: a temporary
+    export (bundles without ONNX) is removed at exit. Prefer :func:`onnx_file`, which removes it sooner."""
+    stack = contextlib.ExitStack()
+    path = stack.enter_context(onnx_file(bundle, precision, deployable, calib))
+    atexit.register(stack.close)
+    return path
 
 
 @RUNNERS.register("ort")
@@ -133,8 +151,9 @@ class OrtRunner(Runner):
         if missing:
             raise MissingDependency(f"ONNX Runtime here lacks {', '.join(missing)} (has {', '.join(available)}); "
                                     f"install onnxruntime-gpu for CUDA/TensorRT")
-        self.path = ensure_onnx(bundle, precision)
-        self.session = ort_session(self.path, providers, threads)
+        with onnx_file(bundle, precision) as path:  # a temporary export is gone once the session holds it
+            self.path = path
+            self.session = ort_session(path, providers, threads)
         self.providers = self.session.get_providers()
         self.input = self.session.get_inputs()[0].name
 

@@ -78,23 +78,29 @@ def classification_scores(matrix, classes=None) -> dict:
 
 
 def segmentation_scores(matrix, classes=None) -> dict:
-    """IoU_c = TP / (TP + FP + FN) per class; mIoU averages the classes that occur in the truth or
-    the prediction (a class absent from both has no IoU and is left out, shown as None)."""
+    """IoU_c = TP / (TP + FP + FN) per class; mIoU averages the classes labelled in the data scored
+    (those with truth pixels in the whole split). A class with no truth pixels has no IoU (None), even
+    where the model predicts it: a class the data never labels cannot be scored, and counting it as 0
+    would make the mean depend on which unlabelled classes a model happens to predict.
+    ``n_classes_labelled`` is the number of classes in the mean."""
     conf = np.asarray(matrix, np.int64)
     k = conf.shape[0]
     tp = np.diag(conf).astype(np.float64)
     union = conf.sum(0) + conf.sum(1) - tp
-    iou = np.where(union > 0, tp / np.maximum(union, 1), np.nan)
+    support = conf.sum(1)
+    labelled = support > 0
+    iou = np.where(labelled, tp / np.maximum(union, 1), np.nan)
     n = int(conf.sum())
     names = _names(classes, k)
-    support = conf.sum(1)
     return {
-        "miou": float(np.nanmean(iou)) if np.isfinite(iou).any() else float("nan"),
+        "miou": float(np.nanmean(iou)) if labelled.any() else float("nan"),
+        "n_classes_labelled": int(labelled.sum()),
         "pixel_accuracy": float(tp.sum() / n) if n else float("nan"),
-        "mean_class_accuracy": float(np.nanmean(np.where(support > 0, tp / np.maximum(support, 1), np.nan)))
-        if (support > 0).any() else float("nan"),
+        "mean_class_accuracy": float(np.nanmean(np.where(labelled, tp / np.maximum(support, 1), np.nan)))
+        if labelled.any() else float("nan"),
         "n_pixels": n,
         "per_class_iou": {names[i]: (None if np.isnan(v) else float(v)) for i, v in enumerate(iou)},
+        "per_class_truth_pixels": {names[i]: int(support[i]) for i in range(k)},
         "confusion": conf.tolist(),
     }
 

@@ -27,16 +27,39 @@ class Domains:
     image_size: tuple[int, int] = (32, 32)
 
     def summary(self) -> dict:
+        """What the manifest records: names, sizes, and every domain's skipped files with the reason."""
         d = {"source": self.source.name, "source_n": len(self.source), "source_val_n": len(self.source_val)}
         for k in ("target", "target_test"):
             dom = getattr(self, k)
             if dom is not None:
                 d[k], d[f"{k}_n"] = dom.name, len(dom)
-                if dom.report.skipped:
-                    d[f"{k}_skipped"] = len(dom.report.skipped)
-        if self.source.report.skipped:
-            d["source_skipped"] = len(self.source.report.skipped)
+        for k, dom in self.loaded():
+            if dom.report.skipped:
+                rep = dom.report.to_dict()
+                d[f"{k}_skipped"], d[f"{k}_skipped_files"] = rep["skipped"], rep["skipped_files"]
+            if dom.report.warnings:
+                d[f"{k}_warnings"] = list(dom.report.warnings)
         return d
+
+    def loaded(self):
+        """(role, domain) of each domain loaded from its own spec (the source's validation part shares
+        the source's files and report)."""
+        return [(k, getattr(self, k)) for k in ("source", "target", "target_test") if getattr(self, k) is not None]
+
+    def skip_lines(self, listed: int = 5) -> list[str]:
+        """Per domain with skipped files: the count and the first ``listed`` with the reason (what
+        training prints before it starts, as ``edgeda data preview`` does)."""
+        lines = []
+        for k, dom in self.loaded():
+            skipped = dom.report.skipped
+            lines += [f"warning: {k.replace('_', ' ')} {dom.name}: {w}" for w in dom.report.warnings]
+            if not skipped:
+                continue
+            lines.append(f"{k.replace('_', ' ')} {dom.name}: {dom.report.summary()} (listed in the manifest):")
+            lines += [f"  {p}: {reason}" for p, reason in skipped[:listed]]
+            if len(skipped) > listed:
+                lines.append(f"  ... {len(skipped) - listed} more")
+        return lines
 
 
 def resolve_task(cfg: TrainConfig, source) -> str:

@@ -99,6 +99,8 @@ class Trainer:
         method_cls = METHODS.get(cfg.method)
         seed_everything(cfg.seed)
         self.domains = load_domains(cfg, method_cls.uses_target)
+        for line in self.domains.skip_lines():
+            self.log(line)
         src = self.domains.source
         if self.domains.task not in method_cls.tasks:
             from ..methods.base import methods_for
@@ -291,6 +293,7 @@ class Trainer:
             rec["score/target_val"] = t.selection_score(tv)
         if d.target_test is not None:  # for the report only; never used for selection
             test = evaluate_model(net, d.target_test, task, dev).scores
+            self._test_scores[iteration] = test  # the bundle's full report, if this iteration ships
             rec.update({f"target_test_{k}": test[v] for k, v in t.record_keys.items()})
         if self.dist.is_main:
             was_training = net.training
@@ -352,6 +355,7 @@ class Trainer:
         t_start = time.perf_counter()
         self._build()
         self.history: list[dict] = []
+        self._test_scores: dict[int, dict] = {}  # iteration -> full target test scores of this process's evaluations
         self.best = BestState()
         self.skipped_steps = 0
         start = 0
@@ -465,8 +469,9 @@ class Trainer:
             selected = self.best.tag
         final = next((h for h in self.history if h["iteration"] == selected), self.history[-1] if self.history else {})
         metrics = {k: v for k, v in final.items() if not k.startswith("train/") and k != "lr"}
-        if self.domains.target_test is not None:
-            full = evaluate_model(modules[self.primary], self.domains.target_test, self.task, self.device).scores
+        if self.domains.target_test is not None:  # the shipped weights were scored at their evaluation
+            full = self._test_scores.get(selected) or evaluate_model(modules[self.primary], self.domains.target_test,
+                                                                     self.task, self.device).scores
             per_class = full.get("per_class", full.get("per_class_iou"))
             if per_class is not None:
                 metrics["target_test_per_class"] = per_class

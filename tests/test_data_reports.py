@@ -1,0 +1,65 @@
+"""Files that training and evaluation skip are said, with the reason, and listed in the manifest."""
+import json
+
+import numpy as np
+from click.testing import CliRunner
+from PIL import Image
+
+from edgeda.bundle import Bundle
+from edgeda.cli import main
+
+TINY = ["--backbone-option", "width=8", "--backbone-option", "out_dim=32", "--batch-size", "4", "--iters", "2",
+        "--image-size", "16", "--device", "cpu"]
+
+
+def test_training_prints_and_records_skipped_files_and_empty_classes(tmp_path, write_png):
+    src = tmp_path / "src"
+    for c, v in (("a", 40), ("b", 200)):
+        for i in range(4):
+            write_png(src / c / f"{i}.png", value=v + i)
+    buf = (src / "a" / "0.png").read_bytes()
+    Image.fromarray(np.full((10, 12, 3), 90, np.uint8)).save(src / "a" / "cut.jpg")
+    (src / "a" / "cut.jpg").write_bytes((src / "a" / "cut.jpg").read_bytes()[:60])  # truncated JPEG
+    (src / "b" / "junk.png").write_bytes(b"not an image" + buf[:10])
+    (src / "empty").mkdir()
+    res = CliRunner().invoke(main, ["train", "--method", "source_only", "--source", str(src), "--out", str(tmp_path / "r"),
+                                    *TINY])
+    assert res.exit_code == 0, res.output
+    out = res.output
+    assert "source " in out and "2 files skipped" in out and "cut.jpg" in out and "junk.png" in out
+    assert "warning: source" in out and "'empty' has no usable images" in out
+    domains = Bundle(tmp_path / "r" / "model.edgeda").manifest["training"]["domains"]
+    assert domains["source_skipped"] == 2 and {f["path"].rsplit("/", 1)[-1] for f in domains["source_skipped_files"]} == \
+        {"cut.jpg", "junk.png"}
+    assert all(f["reason"] for f in domains["source_skipped_files"]) and "empty" in domains["source_warnings"][0]
+
+
+def test_eval_names_the_reasons_of_skipped_dense_files(tmp_path):
+    """A segmentation folder with an out-of-range id, a JPEG mask and an image without a mask: eval
+    says how many it skipped and why, and scores only the rest."""
+    from edgeda.bundle import write_bundle
+    from edgeda.models import build
+    from edgeda.task import TaskSpec
+
+    root = tmp_path / "seg"
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(4):
+        Image.fromarray(rng.integers(0, 255, (16, 16, 3), dtype=np.uint8)).save(root / "images" / f"{i}.png")
+    for i, top in ((0, 2), (1, 9)):  # 9: beyond the 3 classes
+        Image.fromarray(np.full((16, 16), top, np.uint8)).save(root / "masks" / f"{i}.png")
+    Image.fromarray(np.zeros((16, 16), np.uint8)).save(root / "masks" / "2.jpg")
+    (root / "classes.txt").write_text("a\nb\nc\n")
+    spec = TaskSpec(3, ["a", "b", "c"], task="segmentation", image_size=(16, 16))
+    net = build("dense_model", arch="lraspp", num_outputs=3, output="logits", channels=3, width=0.25).eval()
+    b = write_bundle(tmp_path / "m.edgeda", {"model": net}, spec)
+    res = CliRunner().invoke(main, ["eval", str(b), "--data", str(root), "--json"])
+    assert res.exit_code == 0, res.output
+    m = json.loads(res.output)
+    reasons = {f["path"].rsplit("/", 1)[-1]: f["reason"] for f in m["load_report"]["skipped_files"]}
+    assert m["load_report"]["loaded"] == 1 and set(reasons) == {"1.png", "2.jpg", "3.png"}
+    assert "class id 9" in reasons["1.png"] and "JPEG" in reasons["2.jpg"] and "no mask" in reasons["3.png"]
+    res = CliRunner().invoke(main, ["eval", str(b), "--data", str(root)])
+    assert "skipped 3 files:" in res.output and "class id 9" in res.output and "unreadable" not in res.output
+    assert "over 1 class labelled in the test split (of 3)" in res.output and "b:no truth pixels" in res.output

@@ -183,6 +183,11 @@ def test_export_cli_json_reports_precision_summary(tmp_path):
     out = json.loads(r.output)
     assert out["precisions"]["fp32"]["target_accuracy"] is not None
     assert "onnx/classifier.fp32.onnx" in out["files"]
+    assert out["scored_images"] == 797  # every image of handwritten:test (fewer than the 2000 checked)
+    r = CliRunner().invoke(main, ["export", str(src), "--out", str(tmp_path / "p.edgeda")])
+    assert r.exit_code == 0, r.output
+    assert f"ONNX classifier fp32: {tmp_path / 'p.edgeda' / 'onnx' / 'classifier.fp32.onnx'} (" in r.output
+    assert " exporter, opset " in r.output and "scored on 797 images of handwritten:test:" in r.output
     r = CliRunner().invoke(main, ["export", str(src), "--plugins", "x.so"])
     assert r.exit_code == 2 and "--trt" in r.output
 

@@ -128,15 +128,32 @@ def test_split_names_and_errors():
 def test_cache_reloads_identically_and_survives_damage(spec):
     first = load_domain(spec, labeled=True, n=3, size=(32, 48), seed=5)
     name, split = spec.split(":")
-    files = list(cache_dir().glob(f"{name}-v*-{split}-*-n3-32x48-c3.npz"))
-    assert len(files) == 1
-    for damage in (b"not an npz file", files[0].read_bytes()[:300]):
+    folders = list(cache_dir().glob(f"{name}-v*-{split}-*-n3-32x48-c3"))
+    assert len(folders) == 1 and (folders[0] / "x.npy").is_file()
+    again = load_domain(spec, labeled=True, n=3, size=(32, 48), seed=5)
+    assert isinstance(again.images, np.memmap)  # read from the cache, pages loaded when used
+    x = folders[0] / "x.npy"
+    for damage in (b"not an npy file", x.read_bytes()[:300]):
         again = load_domain(spec, labeled=True, n=3, size=(32, 48), seed=5)
         np.testing.assert_array_equal(first.images, again.images)
         np.testing.assert_array_equal(first.masks, again.masks)
-        files[0].write_bytes(damage)
+        x.unlink()  # a new damaged file (live memory maps of the old one stay valid, as after edgeda's atomic writes)
+        x.write_bytes(damage)
         repaired = load_domain(spec, labeled=True, n=3, size=(32, 48), seed=5)
         np.testing.assert_array_equal(first.images, repaired.images)
         np.testing.assert_array_equal(first.masks, repaired.masks)
         if first.depth is not None:
             np.testing.assert_array_equal(first.depth, repaired.depth)
+    # a cache written as one .npz by earlier versions is converted, not rendered again
+    import shutil
+
+    arrays = {k.stem: np.load(k) for k in folders[0].glob("*.npy")}
+    shutil.rmtree(folders[0])
+    np.savez(folders[0].with_name(folders[0].name + ".npz"), **arrays)
+    from edgeda.data import builtin
+
+    calls = []
+    real = builtin._cached_dense
+    converted = real(folders[0].name + ".npz", lambda: calls.append(1), {k: a.shape for k, a in arrays.items()})
+    assert not calls and (folders[0] / "x.npy").is_file()
+    np.testing.assert_array_equal(converted["x"], first.images)

@@ -142,11 +142,16 @@ def export_bundle(bundle: str | Path, out: str | Path | None = None, *, precisio
                                           workspace_mb, plugins, add, log)
             record["deployables"][name] = entry
             _log_entry(log, name, entry)
+        n_scored = 0 if images is None else len(images)
+        if record["precisions"]:
+            record["scored_images"] = n_scored
+            first = " (the first ones; `edgeda eval` scores every image)" if n_scored == n_check else ""
+            log(f"  scored on {n_scored} images of {spec}{first}:")
         for p, r in record["precisions"].items():
             agree = r.get("top1_agreement_with_fp32", r.get("pixel_agreement_with_fp32"))
             what = ("target accuracy {:.1%}".format(r["target_accuracy"]) if "target_accuracy" in r
                     else task.format_scores(r["target_scores"]))
-            log(f"  {p}: {what} on {spec}" + (f", agreement with fp32 {agree:.1%}" if agree is not None else ""))
+            log(f"  {p}: {what}" + (f", agreement with fp32 {agree:.1%}" if agree is not None else ""))
         merged = json.loads(json.dumps(b.manifest.get("export", {})))
         for name, entry in record["deployables"].items():
             old = merged.setdefault("deployables", {}).setdefault(name, {})
@@ -161,6 +166,10 @@ def export_bundle(bundle: str | Path, out: str | Path | None = None, *, precisio
         dst = update_bundle(b.path, out, add_files=add, manifest_updates={"export": merged})
     record["bundle"] = str(dst)
     record["files"] = sorted(add)
+    for name, entry in record["deployables"].items():
+        for p, rel in entry["files"].items():
+            how = f"{entry['exporter']} exporter, opset {entry['opset']}" if p == "fp32" else f"{p} from the fp32 graph"
+            log(f"ONNX {name} {p}: {Path(dst) / rel} ({how})")
     log(f"bundle: {dst}")
     return record
 

@@ -111,6 +111,8 @@ class Bundle:
     def __init__(self, path: str | Path, verify: bool = True):
         self.path = Path(path)
         mf = self.path / MANIFEST
+        if not self.path.exists():
+            raise BundleError(f"{self.path} does not exist (a bundle is the model.edgeda folder a training run writes)")
         if not mf.is_file():
             raise BundleError(f"{self.path} is not an edgeda bundle (no {MANIFEST})")
         try:

@@ -7,4 +7,3 @@ scripts/setup.sh
 OUT=${OUT:-runs/dann-demo}
 edgeda train --method dann --source syndigits --target handwritten --config configs/digits-cpu.yaml --out "$OUT" "$@"
 edgeda eval "$OUT/model.edgeda" --data handwritten:test
-echo "bundle: $OUT/model.edgeda"

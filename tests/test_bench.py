@@ -43,7 +43,8 @@ def test_bench_cli_writes_json_and_plot(tmp_path):
     assert r.exit_code == 0, r.output
     data = json.loads((tmp_path / "b.json").read_text())
     assert data["results"][0]["latency_ms"]["n"] == 4 and (tmp_path / "b.png").stat().st_size > 1000
-    assert "median" in r.output
+    assert "median" in r.output and "input 3x32x32 (CxHxW)" in r.output
+    assert data["input"] == {"channels": 3, "height": 32, "width": 32}
     r = CliRunner().invoke(main, ["bench", str(src), "--backend", "torch", "--precision", "int8", "--iters", "2"])
     assert r.exit_code == 2 and "no configuration could run" in r.output
 

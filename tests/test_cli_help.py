@@ -58,3 +58,10 @@ def test_a_dense_source_needs_no_unrelated_default_target(tmp_path):
     with pytest.raises(DataError, match="give --target") as e:
         load_domains(cfg, needs_target=True)
     assert "handwritten" not in str(e.value)
+
+
+@pytest.mark.parametrize("cmd", [["eval"], ["predict", "--input", "."], ["bench"], ["export"],
+                                 ["adapt", "--target-dir", ".", "--out", "o.edgeda"]])
+def test_a_missing_bundle_path_says_it_does_not_exist(cmd, tmp_path):
+    res = CliRunner().invoke(main, [cmd[0], str(tmp_path / "nope.edgeda"), *cmd[1:]])
+    assert res.exit_code == 2 and "nope.edgeda does not exist" in res.output and "Traceback" not in res.output

@@ -148,7 +148,7 @@ def test_task_the_source_cannot_supply(tmp_path):
     seg = write_npz(tmp_path / "seg.npz", 8)
     with pytest.raises(DataError, match="--task depth") as e:
         _domains(tmp_path, seg, task="depth")
-    assert "segmentation" in str(e.value)
+    assert "has segmentation masks, no depth maps" in str(e.value) and "--task segmentation" in str(e.value)
     rng = np.random.default_rng(0)
     cls = tmp_path / "cls.npz"
     np.savez(cls, x=rng.integers(0, 255, (10, 32, 32, 3)).astype(np.uint8), y=np.arange(10) % 2)

@@ -165,6 +165,8 @@ class _AdaptRun:
         if batch is not None and batch < 2:
             raise EdgedaError("--batch must be at least 2 (BatchNorm needs batch statistics)")
         method_cls = ADAPT_METHODS.get(method)
+        if not bundle.exists():
+            raise BundleError(f"{bundle} does not exist (a bundle is the model.edgeda folder a training run writes)")
         if not (bundle / "manifest.json").is_file():
             raise BundleError(f"{bundle} is not an edgeda bundle (no manifest.json)")
         _check_paths(bundle, target_dir, out)

@@ -14,6 +14,11 @@ def _list(text: str, kind=str) -> list:
         raise EdgedaError(f"expected a comma-separated list, got {text!r}") from None
 
 
+def _resolution(res: dict) -> str:
+    i = res.get("input") or {}
+    return f"{i.get('channels', '?')}x{i.get('height', '?')}x{i.get('width', '?')} (CxHxW)"
+
+
 @click.command()
 @click.argument("bundle", type=click.Path())
 @click.option("--backend", default="torch,ort", show_default=True, help="comma-separated: torch, ort, trt")
@@ -54,7 +59,8 @@ def bench(bundle, backend, batch, precision, warmup, iters, seconds, threads, de
         emit_json(res)
         return
     m = res["machine"]
-    click.echo(f"\n{m.get('gpu') or m['cpu']}, {m['cores']} cores, threads={threads or 'default'}; latency in ms per batch")
+    click.echo(f"\n{m.get('gpu') or m['cpu']}, {m['cores']} cores, threads={threads or 'default'}; input "
+               f"{_resolution(res)}; latency in ms per batch")
     click.echo(table(res))
     if json_out:
         click.echo(f"json: {write_json(res, json_out)}")

@@ -179,6 +179,7 @@ def bench(bundle, backends: Sequence[str] = ("torch", "ort"), batches: Sequence[
         "bundle": str(b.path),
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "machine": machine_info(),
+        "input": {"channels": int(task.channels), "height": int(task.image_size[0]), "width": int(task.image_size[1])},
         "settings": {"backends": list(backends), "batches": list(batches), "precisions": list(precisions),
                      "warmup": warmup, "iters": iters, "seconds": seconds, "threads": threads, "device": device,
                      "rounds": rounds, "timed": "runner.forward on a normalised float32 host batch -> host logits",

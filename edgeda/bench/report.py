@@ -48,7 +48,9 @@ def plot(result: dict, path: str | Path) -> Path:
     ax.set_yscale("log")
     ax.set_ylabel("latency per batch (ms, log)")
     m = result.get("machine", {})
-    ax.set_title(f"{Path(result['bundle']).name} on {m.get('gpu') or m.get('cpu', '?')} "
+    i = result.get("input") or {}
+    size = f", input {i['channels']}x{i['height']}x{i['width']}" if i else ""
+    ax.set_title(f"{Path(result['bundle']).name} on {m.get('gpu') or m.get('cpu', '?')}{size} "
                  f"(whiskers p1-p99)", fontsize=9)
     ax.grid(axis="y", alpha=0.3)
     return save_figure(fig, path)

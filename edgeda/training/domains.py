@@ -72,8 +72,13 @@ def resolve_task(cfg: TrainConfig, source) -> str:
     kinds = [t for t in ("segmentation", "depth") if source.labeled_for(t)]
     if cfg.task is not None:
         if cfg.task not in kinds:
-            have = " and ".join(kinds) or "no labels"
-            raise DataError(f"--task {cfg.task}: the source {source.name!r} has {have}")
+            have = " and ".join({"segmentation": "segmentation masks", "depth": "depth maps"}[k] for k in kinds) or "no labels"
+            need = {"segmentation": "masks/ beside images/ (PNG class ids), or an .npz with 'y' (N, H, W)",
+                    "depth": "depth/ beside images/ (16-bit PNG millimetres or .npy metres), or an .npz with 'depth' (N, H, W)"}
+            other = f"; train it with --task {kinds[0]}" if kinds else ""
+            raise DataError(f"--task {cfg.task}: the source {source.name!r} has {have}, no "
+                            f"{'depth maps' if cfg.task == 'depth' else 'segmentation masks'} (a folder needs "
+                            f"{need[cfg.task]}){other}")
         return cfg.task
     if len(kinds) == 1:
         return kinds[0]

@@ -2,7 +2,9 @@
 
 Loading never executes code: weights are safetensors, architectures are JSON records rebuilt
 through :func:`edgeda.models.rebuild`. Every file is listed in the manifest with its sha256 and
-checked on load; paths must stay inside the bundle; unknown newer format versions are refused.
+checked on load, and the manifest's own content is covered by ``manifest_sha256`` (format version
+2; version-1 bundles load with a warning); paths must stay inside the bundle; unknown newer format
+versions are refused.
 Writes are atomic: the bundle is assembled in a temporary directory and renamed into place.
 """
 from __future__ import annotations
@@ -18,8 +20,25 @@ from .task import TaskSpec
 from .utils import atomic_dir, sha256_file
 
 FORMAT = "edgeda-bundle"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the manifest carries the checksum of its own content (``manifest_sha256``)
 MANIFEST = "manifest.json"
+MANIFEST_CHECKSUM = "manifest_sha256"
+
+
+class BundleWarning(UserWarning):
+    """Something about a bundle the user should know that does not stop it loading."""
+
+
+def manifest_checksum(manifest: dict) -> str:
+    """sha256 of the manifest's content (every field but the checksum itself) as canonical JSON:
+    the classes, input spec, architectures, method, training record, metrics and file checksums.
+    An edited manifest (a renamed class, another architecture) no longer matches, as an edited
+    weight file no longer matches its sha256."""
+    import hashlib
+
+    content = json.loads(json.dumps({k: v for k, v in manifest.items() if k != MANIFEST_CHECKSUM}))
+    text = json.dumps(content, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def _version() -> str:
@@ -102,6 +121,8 @@ def _finish_manifest(folder: Path, manifest: dict) -> None:
             rel = f.relative_to(folder).as_posix()
             files[rel] = {"sha256": sha256_file(f), "bytes": f.stat().st_size}
     manifest["files"] = files
+    manifest["format_version"] = FORMAT_VERSION  # rewritten manifests (export, adapt) are sealed anew
+    manifest[MANIFEST_CHECKSUM] = manifest_checksum(manifest)
     (folder / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
 
 
@@ -123,11 +144,28 @@ class Bundle:
             raise BundleError(f"cannot read {mf}: {e.strerror or e}") from None
         check_manifest(self.manifest)
         if verify:
+            self.verify_manifest()
             self.verify()
         try:
             self.task = TaskSpec.from_dict(self.manifest["task"])
         except (TypeError, ValueError, KeyError, OverflowError) as e:
             raise BundleError(f"bundle {self.path} has a malformed task record ({str(e)[:200]})") from None
+
+    def verify_manifest(self) -> None:
+        """Refuse a manifest whose content does not match its own checksum. Bundles written before
+        manifests carried one (format version 1) load with a warning: their weight files are still
+        checked, their manifest cannot be."""
+        m = self.manifest
+        if m["format_version"] < 2:
+            import warnings
+
+            warnings.warn(f"bundle {self.path} was written by an edgeda before manifests were checksummed (format "
+                          "version 1): its weight files are verified, an edit of its manifest would not be noticed; "
+                          "rewrite it (e.g. `edgeda export BUNDLE`) to seal it", BundleWarning, stacklevel=3)
+            return
+        if m.get(MANIFEST_CHECKSUM) != manifest_checksum(m):
+            raise BundleError(f"bundle {self.path}: manifest.json does not match its checksum (edited or corrupt); "
+                              "its classes, input spec and architecture cannot be trusted")
 
     def verify(self) -> None:
         root = self.path.resolve()

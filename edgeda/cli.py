@@ -14,9 +14,25 @@ import click
 from .errors import EdgedaError
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None):
+    """edgeda's own warnings as one line on stderr (others as Python prints them)."""
+    from .bundle import BundleWarning
+
+    if issubclass(category, BundleWarning):
+        click.secho(f"warning: {message}", fg="yellow", err=True)
+    else:
+        _python_showwarning(message, category, filename, lineno, file, line)
+
+
 def handle_errors(fn):
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
+        import warnings
+
+        if warnings.showwarning is not _show_warning:
+            global _python_showwarning
+            _python_showwarning = warnings.showwarning
+            warnings.showwarning = _show_warning
         try:
             return fn(*args, **kwargs)
         except EdgedaError as e:

@@ -29,11 +29,39 @@ def _bundle(tmp_path, name="m.edgeda"):
     return write_bundle(tmp_path / name, {"classifier": clf}, TaskSpec(num_classes=3, classes=["a", "b", "c"]))
 
 
-def _edit_manifest(bundle, edit):
+def _edit_manifest(bundle, edit, seal=True):
+    """Edit the manifest; with ``seal`` also rewrite its checksum, as a hostile writer could, so that
+    the checks behind the checksum are what is tested."""
+    from edgeda.bundle import manifest_checksum
+
     mf = bundle / "manifest.json"
     m = json.loads(mf.read_text())
     edit(m)
+    if seal:
+        m["manifest_sha256"] = manifest_checksum(m)
     mf.write_text(json.dumps(m))
+
+
+def test_an_edited_manifest_is_refused_like_an_edited_weight_file(tmp_path):
+    b = _bundle(tmp_path)
+    assert Bundle(b).manifest["format_version"] == 2 and len(Bundle(b).manifest["manifest_sha256"]) == 64
+    _edit_manifest(b, lambda m: m["task"]["classes"].__setitem__(1, "renamed"), seal=False)
+    res = CliRunner().invoke(main, ["eval", str(b), "--data", "x.npz"])
+    assert res.exit_code == 2 and "manifest.json does not match its checksum" in res.output
+    _edit_manifest(b, lambda m: m.pop("manifest_sha256"), seal=False)  # removing the checksum does not help
+    with pytest.raises(BundleError, match="does not match its checksum"):
+        Bundle(b)
+
+
+def test_a_bundle_from_before_manifest_checksums_loads_with_a_warning(tmp_path):
+    from edgeda.bundle import BundleWarning
+
+    b = _bundle(tmp_path)
+    _edit_manifest(b, lambda m: (m.pop("manifest_sha256"), m.__setitem__("format_version", 1)), seal=False)
+    with pytest.warns(BundleWarning, match="before manifests were checksummed"):
+        assert Bundle(b).module("classifier") is not None
+    res = CliRunner().invoke(main, ["predict", str(b), "--input", str(tmp_path / "none")])
+    assert "warning: bundle" in res.output and "Traceback" not in res.output
 
 
 # -- bundles from elsewhere ---------------------------------------------------------------------------

@@ -3,7 +3,7 @@
 # print where the bundle went. Extra arguments go to `edgeda train` (e.g. --iters 500).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-scripts/setup.sh
+source scripts/setup.sh  # sets PY: the Python that holds edgeda (a project .venv where pip may not install)
 OUT=${OUT:-runs/dann-demo}
-edgeda train --method dann --source syndigits --target handwritten --config configs/digits-cpu.yaml --out "$OUT" "$@"
-edgeda eval "$OUT/model.edgeda" --data handwritten:test
+"$PY" -m edgeda train --method dann --source syndigits --target handwritten --config configs/digits-cpu.yaml --out "$OUT" "$@"
+"$PY" -m edgeda eval "$OUT/model.edgeda" --data handwritten:test

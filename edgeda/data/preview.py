@@ -32,19 +32,23 @@ def preview_grid(domain: Domain, path: str | Path, n: int = 64, cols: int = 8, s
 
 
 def preview_dense(domain, path: str | Path, n: int = 8) -> Path:
-    """Rows of image | mask overlay | depth (whichever the domain has) for the first ``n`` samples."""
-    from PIL import Image
+    """Rows of image | mask overlay | depth (whichever the domain has) for the first ``n`` samples,
+    with column headers, the class colours and the depth colour bar."""
+    from ..tasks.draw import save_figure
 
-    from ..tasks.draw import colourise_depth, colourise_mask, overlay
+    return save_figure(preview_dense_figure(domain, n), path)
+
+
+def preview_dense_figure(domain, n: int = 8):
+    from ..tasks.draw import colourise_depth, colourise_mask, overlay, panel_figure
     from .dense import default_palette
 
     pal = domain.palette if domain.palette is not None else default_palette(domain.num_classes or 1)
-    rows, skipped = [], 0
+    rows = []
     for i in range(min(n, len(domain))):
         try:
             s = domain.sample(i)
         except ValueError:
-            skipped += 1
             continue
         img = s.image if s.image.shape[2] == 3 else np.repeat(s.image, 3, axis=2)
         row = [img]
@@ -55,13 +59,7 @@ def preview_dense(domain, path: str | Path, n: int = 8) -> Path:
         rows.append(np.concatenate(row, axis=1))
     if not rows:
         raise ValueError(f"no readable sample among the first {n} of {domain.name}")
-    width = max(r.shape[1] for r in rows)
-    canvas = np.full((sum(r.shape[0] + 2 for r in rows), width, 3), 255, np.uint8)
-    y = 0
-    for r in rows:
-        canvas[y:y + r.shape[0], :r.shape[1]] = r
-        y += r.shape[0] + 2
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(canvas).save(path)
-    return path
+    headers = ["image"] + (["mask"] if domain.has_masks else []) + (["depth"] if domain.has_depth else [])
+    classes = list(domain.classes) if domain.has_masks and domain.classes else None
+    return panel_figure(None, rows, headers, domain.name, classes=classes,
+                        palette=pal[:len(classes)] if classes else None, depth=domain.has_depth)

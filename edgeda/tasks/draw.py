@@ -79,13 +79,15 @@ def segmentation_row(spec: TaskSpec, image: np.ndarray, pred: np.ndarray, truth:
 
 
 def save_panels(spec: TaskSpec, images, preds, truths, path: str | Path, title: str = "") -> Path:
-    """A PNG grid, one row per sample: image | truth | prediction | error (or image | prediction)."""
+    """A PNG grid, one row per sample: image | truth | prediction | error (or image | prediction),
+    with column headers and the key to its colours (classes and errors, or the depth colour bar)."""
     from .base import task_of
 
     draw = task_of(spec).draw_row
     rows = [np.concatenate(draw(spec, im, p, None if truths is None else truths[i]), axis=1)
             for i, (im, p) in enumerate(zip(images, preds))]
-    return _save_rows(rows, path, title)
+    headers = ["image", "truth", "prediction", "error"] if truths is not None else ["image", "prediction"]
+    return save_figure(panel_figure(spec, rows, headers, title, errors=truths is not None), path)
 
 
 def _dense_view(spec: TaskSpec, image: np.ndarray, dense: np.ndarray) -> list[np.ndarray]:
@@ -135,4 +137,92 @@ def _save_rows(rows: list[np.ndarray], path: str | Path, title: str) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     pil.save(path)
+    return path
+
+
+def stack_rows(rows: list[np.ndarray], gap: int = 2) -> np.ndarray:
+    """Rows of panels (each (H, W, 3) uint8) stacked on white, ``gap`` pixels apart."""
+    if not rows:
+        raise ValueError("no samples to draw")
+    width = max(r.shape[1] for r in rows)
+    canvas = np.full((sum(r.shape[0] for r in rows) + gap * (len(rows) - 1), width, 3), 255, np.uint8)
+    y = 0
+    for r in rows:
+        canvas[y:y + r.shape[0], :r.shape[1]] = r
+        y += r.shape[0] + gap
+    return canvas
+
+
+def panel_figure(spec: TaskSpec | None, rows: list[np.ndarray], headers: list[str], title: str = "", *,
+                 errors: bool = False, classes: list[str] | None = None, palette: np.ndarray | None = None,
+                 depth: bool | None = None):
+    """A matplotlib figure of panel rows: a header over each column, and under the panels the key to
+    their colours: one swatch per class (segmentation), the error colours (red wrong, grey ignored,
+    black right), or the depth colour bar (near bright, far dark). Sized so that the headers and the
+    key fit at the default size; returned unsaved (:func:`edgeda.utils.save_figure` writes it)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Patch
+
+    canvas = stack_rows(rows)
+    depth = (spec is not None and spec.task == "depth") if depth is None else depth
+    if classes is None and spec is not None and not depth:
+        classes = list(spec.classes or [str(i) for i in range(spec.num_classes)])
+        palette = palette_of(spec)
+    n_cols = max(1, len(headers))
+    col_in = max(1.6, min(3.2, canvas.shape[1] / n_cols / 60))  # each column at least 1.6 in wide
+    width = max(6.4, col_in * n_cols)
+    img_h = width * canvas.shape[0] / canvas.shape[1]
+    swatches = [Patch(facecolor=np.asarray(c) / 255, edgecolor="0.3", label=n)
+                for n, c in zip(classes or [], palette if palette is not None else [])]
+    per_row = max(1, int(width / 1.7))  # legend columns of about 1.7 in (names up to ~18 characters at 7 pt)
+    class_h = (0.22 + 0.2 * -(-len(swatches) // per_row)) if swatches else 0.0
+    error_h = 0.42 if errors and not depth else 0.0
+    bar_h = 0.62 if depth else 0.0
+    key_h = class_h + error_h + bar_h + 0.1
+    head_h = 0.3 + (0.3 if title else 0)
+    total = img_h + head_h + key_h
+    fig = plt.figure(figsize=(width, total))
+    ax = fig.add_axes((0.0, key_h / total, 1.0, img_h / total))
+    ax.imshow(canvas, interpolation="nearest", aspect="auto")
+    ax.set_axis_off()
+    panel_w = canvas.shape[1] / n_cols
+    for i, h in enumerate(headers):
+        fig.text((i + 0.5) * panel_w / canvas.shape[1], (key_h + img_h + 0.06) / total, h, ha="center", va="bottom",
+                 fontsize=9)
+    if title:
+        fig.text(0.5, 1 - 0.05 / total, title if len(title) <= 12 * width else title[:int(12 * width) - 1] + "…",
+                 ha="center", va="top", fontsize=8)
+    top = key_h  # inches from the bottom: each key is placed under the previous one
+    legend = dict(loc="upper center", fontsize=7, frameon=False, handlelength=1.0, columnspacing=1.0,
+                  title_fontsize=7, borderaxespad=0.0, borderpad=0.1, labelspacing=0.3)
+    if swatches:
+        fig.legend(handles=swatches, bbox_to_anchor=(0.5, top / total), ncol=min(per_row, len(swatches)),
+                   title="classes", **legend)
+        top -= class_h
+    if error_h:
+        keys = [Patch(facecolor=(1, 40 / 255, 40 / 255), label="wrong"),
+                Patch(facecolor=(90 / 255,) * 3, label="ignored (255)"), Patch(facecolor="black", label="right")]
+        fig.legend(handles=keys, bbox_to_anchor=(0.5, top / total), ncol=3, title="error", **legend)
+        top -= error_h
+    if bar_h:
+        cax = fig.add_axes((0.3, (top - 0.4) / total, 0.4, 0.12 / total))
+        sm = plt.cm.ScalarMappable(cmap="magma", norm=matplotlib.colors.Normalize(0, 1))
+        cb = fig.colorbar(sm, cax=cax, orientation="horizontal")
+        cb.set_ticks([0, 1], labels=["far", "near"])
+        cb.ax.tick_params(labelsize=7)
+        cax.set_title("depth (inverse depth, per image)" + ("; error: relative, red = 50 %+" if errors else ""), fontsize=7)
+    return fig
+
+
+def save_figure(fig, path: str | Path) -> Path:
+    """Save a figure laid out by hand (no tight_layout) and close it."""
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
     return path

@@ -267,7 +267,21 @@ def classification_metrics(pred: np.ndarray, labels: np.ndarray, num_classes: in
     return classification_scores(conf, classes)
 
 
-def plot_confusion(metrics: dict, classes: list[str], path: str | Path, title: str = "") -> Path:
+def format_count(n: float) -> str:
+    """A count as the cells of a confusion matrix show it, one format at every size: 950, 44.3k, 1.2M."""
+    n = float(n)
+    for div, unit in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(n) >= div:
+            v = n / div
+            return f"{v:.0f}{unit}" if v >= 100 else f"{v:.1f}{unit}"
+    return f"{n:.0f}"
+
+
+def confusion_figure(metrics: dict, classes: list[str], title: str = ""):
+    """The confusion matrix (rows: truth, columns: prediction, shaded by the row's share, cells with
+    counts in one format), sized so that class names, counts and the title fit; returned unsaved."""
+    import textwrap
+
     import matplotlib
 
     matplotlib.use("Agg")
@@ -276,20 +290,31 @@ def plot_confusion(metrics: dict, classes: list[str], path: str | Path, title: s
     conf = np.asarray(metrics["confusion"], dtype=np.float64)
     norm = conf / np.maximum(conf.sum(1, keepdims=True), 1)
     k = len(classes)
-    fig, ax = plt.subplots(figsize=(1.0 + 0.5 * k, 0.8 + 0.5 * k))
+    longest = max((len(str(c)) for c in classes), default=1)
+    label_in = 0.3 + 0.065 * longest  # room for the class names at 8 pt
+    cell = 0.42
+    side = max(2.2, cell * k)
+    width, height = side + label_in + 1.0, side + label_in + 1.2
+    fig, ax = plt.subplots(figsize=(width, height))
     ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
     if k <= 20:
+        size = 7 if k <= 12 else 5.5
         for i in range(k):
             for j in range(k):
                 if conf[i, j]:
-                    ax.text(j, i, int(conf[i, j]) if conf[i, j] < 1e5 else f"{conf[i, j]:.0e}", ha="center",
-                            va="center", fontsize=6, color="white" if norm[i, j] > 0.5 else "black")
-    ax.set_xticks(range(k), classes, rotation=90 if k > 10 else 0)
-    ax.set_yticks(range(k), classes)
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
+                    ax.text(j, i, format_count(conf[i, j]), ha="center", va="center", fontsize=size,
+                            color="white" if norm[i, j] > 0.5 else "black")
+    ax.set_xticks(range(k), classes, rotation=90, fontsize=8)
+    ax.set_yticks(range(k), classes, fontsize=8)
+    ax.set_xlabel("predicted", fontsize=9)
+    ax.set_ylabel("true", fontsize=9)
     if not title:
         title = (f"accuracy {metrics['accuracy']:.1%} (n={metrics['n']})" if "accuracy" in metrics
                  else f"mIoU {metrics['miou']:.1%}")
-    ax.set_title(title)
-    return save_figure(fig, path)
+    ax.set_title("\n".join(textwrap.wrap(title, max(20, int(width * 12)))), fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def plot_confusion(metrics: dict, classes: list[str], path: str | Path, title: str = "") -> Path:
+    return save_figure(confusion_figure(metrics, classes, title), path)

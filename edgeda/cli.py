@@ -253,7 +253,8 @@ def train(method, task, source, target, target_test, target_val, iters, batch_si
     t = task_of(result.task)
     key, name = next(iter(t.record_keys.items()))
     fmt = (lambda v: f"{v:.1%}") if t.higher_is_better else (lambda v: f"{v:.3f}")
-    click.echo(f"\n{cfg.method} ({result.task}): {cfg.source} -> {cfg.target}, {cfg.iters} iterations in {result.wall_time:.0f}s")
+    click.echo(f"\n{cfg.method} ({result.task}): {cfg.source} -> {cfg.target or '(no target)'}, {cfg.iters} iterations in "
+               f"{result.wall_time:.0f}s")
     click.echo(f"  source val {name}  {fmt(m.get(f'source_val_{key}', float('nan')))}")
     if f"target_test_{key}" in m:
         click.echo(f"  target test {name} {fmt(m[f'target_test_{key}'])} (reported only; selection used {cfg.select})")

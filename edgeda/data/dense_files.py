@@ -320,20 +320,36 @@ def load_dense_folder(root: Path, *, labeled: bool) -> DenseDomain:
     return dom
 
 
+def _mask_top(path: Path, palette: np.ndarray | None, limit: int | None) -> int:
+    """The largest class id of a mask (-1: none but ignore); ValueError if unreadable or out of range."""
+    ids = _guarded(_read_mask, path, palette)
+    _ids_to_uint8(ids, limit)
+    valid = ids[ids != IGNORE_INDEX]
+    return int(valid.max()) if valid.size else -1
+
+
 def _scan_masks(items, report: LoadReport, classes: list[str] | None = None, palette: np.ndarray | None = None):
-    """(items whose masks decode with ids in range, class names "0".."K-1" from the largest id)."""
-    kept, top = [], -1
-    for item in items:
+    """(items whose masks decode with ids in range, class names "0".."K-1" from the largest id).
+    The masks are decoded on a few threads (the PNG decoder releases the GIL), in the items' order."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    limit = None if classes is None else len(classes)
+
+    def check(item):
         try:
-            ids = _guarded(_read_mask, item[1], palette)
-            _ids_to_uint8(ids, None if classes is None else len(classes))
+            return _mask_top(item[1], palette, limit)
         except ValueError as e:
-            named = " named in classes.txt" if classes is not None and "beyond" in str(e) else ""
-            report.skip(str(item[1]), f"mask: {e}{named}")
+            return e
+
+    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+        results = list(pool.map(check, items))
+    kept, top = [], -1
+    for item, r in zip(items, results):
+        if isinstance(r, ValueError):
+            named = " named in classes.txt" if classes is not None and "beyond" in str(r) else ""
+            report.skip(str(item[1]), f"mask: {r}{named}")
             continue
-        valid = ids[ids != IGNORE_INDEX]
-        if valid.size:
-            top = max(top, int(valid.max()))
+        top = max(top, r)
         kept.append(item)
     return kept, ([str(k) for k in range(top + 1)] if top >= 0 else None)
 

@@ -79,8 +79,10 @@ def test_dense_translation_grid_has_source_translated_and_target_columns(tmp_pat
     with torch.no_grad():
         png = m.visualize(tmp_path, 7, src, tgt)
     im = np.asarray(Image.open(png))
-    # 3 rows of 32 px (+2 px gaps, 14 px title); columns: source, translated, target, each 48 px
-    assert im.shape[:2] == (14 + 3 * 32 + 2 * 2, 3 * 48)
+    # 3 rows of 32 px (+2 px gaps, 14 px title, 12 px column headers); columns: source, translated, target, each 48 px
+    assert im.shape[:2] == (14 + 12 + 3 * 32 + 2 * 2, 3 * 48)
+    header = im[14:26]
+    assert all((header[:, i * 48:(i + 1) * 48] < 128).any() for i in range(3))  # a label over every column
 
 
 @pytest.mark.parametrize("method,options", [("suit", {"g_width": 8, "d_width": 8, "g_blocks": 1}),

@@ -108,23 +108,32 @@ def save_translation_grid(spec: TaskSpec, source_panels: list[np.ndarray], sourc
     (no target labels). Up to ``rows`` rows."""
     n = min([rows, len(source_truth)] + [len(p) for p in source_panels]
             + ([len(target_images), len(target_preds)] if target_images is not None else []))
-    out = []
+    out, widths = [], []
     for i in range(n):
-        row = [v for panel in source_panels for v in _dense_view(spec, panel[i], source_truth[i])]
+        views = [v for panel in source_panels for v in _dense_view(spec, panel[i], source_truth[i])]
         if target_images is not None:
-            row += _dense_view(spec, target_images[i], target_preds[i])
-        out.append(np.concatenate(row, axis=1))
-    return _save_rows(out, path, title)
+            views += _dense_view(spec, target_images[i], target_preds[i])
+        widths = [v.shape[1] for v in views]
+        out.append(np.concatenate(views, axis=1))
+    names = ["source"] + ["translated"] * (len(source_panels) - 1)
+    if spec.task == "depth":  # each image is followed by its depth (truth for source panels, prediction for target)
+        headers = [h for name in names for h in (name, "truth")] + (["target", "prediction"] if target_images is not None else [])
+    else:
+        headers = [f"{name}+truth" for name in names] + (["target+pred."] if target_images is not None else [])
+    return _save_rows(out, path, title, list(zip(headers, widths)))
 
 
-def _save_rows(rows: list[np.ndarray], path: str | Path, title: str) -> Path:
+def _save_rows(rows: list[np.ndarray], path: str | Path, title: str, headers: list[tuple[str, int]] | None = None) -> Path:
+    """Rows of panels as a PNG at their own pixel size: the title, then ``headers`` ((label, panel
+    width) per column) in a band above the panels."""
     from PIL import Image, ImageDraw
 
     if not rows:
         raise ValueError("no samples to draw")
     width = max(r.shape[1] for r in rows)
     gap = 2
-    head = 14 if title else 0
+    title_h = 14 if title else 0
+    head = title_h + (12 if headers else 0)
     h = sum(r.shape[0] for r in rows) + gap * (len(rows) - 1) + head
     canvas = np.full((h, width, 3), 255, np.uint8)
     y = head
@@ -132,8 +141,14 @@ def _save_rows(rows: list[np.ndarray], path: str | Path, title: str) -> Path:
         canvas[y:y + r.shape[0], :r.shape[1]] = r
         y += r.shape[0] + gap
     pil = Image.fromarray(canvas)
+    draw = ImageDraw.Draw(pil)
     if title:
-        ImageDraw.Draw(pil).text((2, 1), title, fill=(0, 0, 0))
+        draw.text((2, 1), title, fill=(0, 0, 0))
+    x = 0
+    for label, w in headers or []:
+        tw = draw.textlength(label)
+        draw.text((x + max(0, (w - tw) / 2), title_h), label, fill=(0, 0, 0))
+        x += w
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     pil.save(path)

@@ -43,7 +43,9 @@ class Segmentation(Task):
         return segmentation_scores(meter.matrix, spec.classes)
 
     def format_scores(self, scores):
-        return f"mIoU {scores['miou']:.1%}, pixel accuracy {scores['pixel_accuracy']:.1%}"
+        n = scores.get("n_classes_labelled")
+        over = f" over {n} labelled class{'es' if n != 1 else ''}" if n is not None else ""
+        return f"mIoU {scores['miou']:.1%}{over}, pixel accuracy {scores['pixel_accuracy']:.1%}"
 
     def validator_rows(self, output, generator, per_image=64):
         n, k, h, w = output.shape

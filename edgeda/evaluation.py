@@ -41,7 +41,8 @@ def evaluate_bundle(bundle: str | Path | Bundle, data: str | None = None, *, con
             raise DataError(f"{spec} names the classes {', '.join(dom.classes)}, the bundle {', '.join(task.classes)}")
     dev = choose_device(device)
     model = b.module(b.primary, str(dev))
-    metrics = evaluate_model(model, dom, task, dev).scores
+    not_decoded: list[int] = []
+    metrics = evaluate_model(model, dom, task, dev, not_decoded=not_decoded).scores
     if "accuracy" in metrics and "confusion" in metrics:  # how far a small labeled set can be trusted
         from .trust import confusion_interval
 
@@ -49,7 +50,18 @@ def evaluate_bundle(bundle: str | Path | Bundle, data: str | None = None, *, con
     metrics["data"] = spec
     metrics["bundle"] = str(b.path)
     metrics["task"] = task.task
-    metrics["load_report"] = dom.report.to_dict()
+    report = dom.report.to_dict()
+    for i in not_decoded:  # files whose headers were fine but whose pixels fail to decode: not scored, said
+        try:
+            dom.sample(i)
+            reason = "could not be decoded when read"
+        except ValueError as e:
+            reason = f"could not be decoded when read: {e}"
+        path = dom.items[i][0] if hasattr(dom, "items") else f"sample {i}"
+        report["skipped"] += 1
+        report["skipped_files"].append({"path": str(path), "reason": reason})
+    report["loaded"] -= len(not_decoded)
+    metrics["load_report"] = report
     grid = b.manifest.get("metrics", {}).get("samples_png")
     if grid:  # pixel-level methods: the last training sample grid (source | refined / generated)
         metrics["samples_png"] = grid

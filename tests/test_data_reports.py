@@ -47,8 +47,11 @@ def test_eval_names_the_reasons_of_skipped_dense_files(tmp_path):
     rng = np.random.default_rng(0)
     for i in range(4):
         Image.fromarray(rng.integers(0, 255, (16, 16, 3), dtype=np.uint8)).save(root / "images" / f"{i}.png")
-    for i, top in ((0, 2), (1, 9)):  # 9: beyond the 3 classes
+    for i, top in ((0, 2), (1, 9), (4, 1)):  # 9: beyond the 3 classes
         Image.fromarray(np.full((16, 16), top, np.uint8)).save(root / "masks" / f"{i}.png")
+    Image.fromarray(rng.integers(0, 255, (16, 16, 3), dtype=np.uint8)).save(root / "images" / "4.png")
+    raw = (root / "images" / "4.png").read_bytes()
+    (root / "images" / "4.png").write_bytes(raw[:len(raw) // 2])  # a readable header, truncated pixels
     Image.fromarray(np.zeros((16, 16), np.uint8)).save(root / "masks" / "2.jpg")
     (root / "classes.txt").write_text("a\nb\nc\n")
     spec = TaskSpec(3, ["a", "b", "c"], task="segmentation", image_size=(16, 16))
@@ -58,8 +61,9 @@ def test_eval_names_the_reasons_of_skipped_dense_files(tmp_path):
     assert res.exit_code == 0, res.output
     m = json.loads(res.output)
     reasons = {f["path"].rsplit("/", 1)[-1]: f["reason"] for f in m["load_report"]["skipped_files"]}
-    assert m["load_report"]["loaded"] == 1 and set(reasons) == {"1.png", "2.jpg", "3.png"}
+    assert m["load_report"]["loaded"] == 1 and set(reasons) == {"1.png", "2.jpg", "3.png", "4.png"}
     assert "class id 9" in reasons["1.png"] and "JPEG" in reasons["2.jpg"] and "no mask" in reasons["3.png"]
+    assert "could not be decoded when read" in reasons["4.png"] and m["n_pixels"] == 16 * 16  # one image scored
     res = CliRunner().invoke(main, ["eval", str(b), "--data", str(root)])
-    assert "skipped 3 files:" in res.output and "class id 9" in res.output and "unreadable" not in res.output
+    assert "skipped 4 files:" in res.output and "class id 9" in res.output and "unreadable" not in res.output
     assert "over 1 class labelled in the test split (of 3)" in res.output and "b:no truth pixels" in res.output

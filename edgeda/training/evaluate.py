@@ -36,9 +36,11 @@ class EvalOutput:
     features: torch.Tensor | None = None  # (N, d) classifier features
 
 
-def eval_batches(domain, spec: TaskSpec, device, batch_size: int, *, labels: bool, workers: int | None = None
-                 ) -> Iterator[tuple[torch.Tensor, torch.Tensor | None, np.ndarray]]:
-    """(normalised images on ``device``, labels on CPU or None, uint8 NHWC images) in domain order."""
+def eval_batches(domain, spec: TaskSpec, device, batch_size: int, *, labels: bool, workers: int | None = None,
+                 not_decoded: list | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor | None, np.ndarray]]:
+    """(normalised images on ``device``, labels on CPU or None, uint8 NHWC images) in domain order.
+    Samples of a dense domain that fail only when decoded are left out; ``not_decoded`` (a list)
+    receives their indices."""
     if isinstance(domain, Domain):
         for i in range(0, len(domain), batch_size):
             raw = np.ascontiguousarray(domain.images[i:i + batch_size])
@@ -56,8 +58,12 @@ def eval_batches(domain, spec: TaskSpec, device, batch_size: int, *, labels: boo
     key = task_of(spec).label_key
     loader = DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=workers,
                         generator=torch.Generator().manual_seed(0))  # leaves the global RNG alone
+    pos = 0
     for item in loader:
         keep = item["replaced"] == 0  # an undecodable sample stands in as a copy of the next one: not scored twice
+        if not_decoded is not None:
+            not_decoded.extend(pos + int(j) for j in torch.nonzero(~keep).flatten())
+        pos += len(keep)
         if not bool(keep.any()):
             continue
         raw = item["image"][keep]
@@ -68,7 +74,7 @@ def eval_batches(domain, spec: TaskSpec, device, batch_size: int, *, labels: boo
 @torch.no_grad()
 def evaluate_model(model: torch.nn.Module, domain, spec: TaskSpec, device="cpu", *, labels: bool = True,
                    rows: bool = False, features: bool = False, batch_size: int | None = None, seed: int = 0,
-                   rows_per_image: int = 64) -> EvalOutput:
+                   rows_per_image: int = 64, not_decoded: list | None = None) -> EvalOutput:
     """One pass of ``model`` (eval mode; its mode is restored) over ``domain``.
 
     ``labels``: score against the domain's labels; ``rows``: collect the validators' logit rows
@@ -83,7 +89,7 @@ def evaluate_model(model: torch.nn.Module, domain, spec: TaskSpec, device="cpu",
     gen = torch.Generator().manual_seed(seed)
     row_chunks, feat_chunks = [], []
     try:
-        for x, y, _ in eval_batches(domain, spec, device, batch_size, labels=labels):
+        for x, y, _ in eval_batches(domain, spec, device, batch_size, labels=labels, not_decoded=not_decoded):
             if features:
                 f, out = model.features_and_logits(x)
                 feat_chunks.append(f.float().cpu())

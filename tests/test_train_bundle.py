@@ -192,3 +192,24 @@ def test_top_level_functions_survive_their_subpackages_being_imported():
                       ("adapt", "edgeda.adapt.runner"), ("train", "edgeda.training.trainer")):
         importlib.import_module(sub)  # binds edgeda.<name> to the subpackage
         assert callable(getattr(edgeda, name)), name
+
+
+def test_the_shipped_iteration_is_scored_on_the_test_split_once(tmp_path, monkeypatch):
+    """The bundle's full test report reuses the scores of the evaluation that ships, rather than a
+    second pass over the test split; a selected earlier iteration is scored from its own evaluation."""
+    import edgeda.training.trainer as trainer_module
+
+    calls = []
+    real = trainer_module.evaluate_model
+
+    def counting(model, domain, *a, **k):
+        calls.append(domain.name)
+        return real(model, domain, *a, **k)
+
+    monkeypatch.setattr(trainer_module, "evaluate_model", counting)
+    tr = Trainer(tiny_config(tmp_path, method="source_only", iters=4, eval_every=2), progress=False, log=None)
+    res = tr.run()
+    test_name = tr.domains.target_test.name
+    assert calls.count(test_name) == 2  # one per evaluation, none more at the end
+    assert res.metrics["target_test_acc"] == res.history[-1]["target_test_acc"]
+    assert res.metrics["target_test_scores"]["accuracy"] == res.history[-1]["target_test_acc"]

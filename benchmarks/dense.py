@@ -51,6 +51,9 @@ PAIRS = {
                    "upper_source": "handwritten-scenes:adapt", "test": "handwritten-scenes:test"},
     "syn_seg": {"source": "synscenes", "target": "synscenes:photo", "task": "segmentation",
                 "upper_source": "synscenes:photo", "test": "synscenes:photo-test"},
+    # the same pair with SegFormer-B0 (the model DAFormer adapts with), randomly initialised on the CPU profile
+    "syn_seg_segformer": {"source": "synscenes", "target": "synscenes:photo", "task": "segmentation",
+                          "upper_source": "synscenes:photo", "test": "synscenes:photo-test"},
     "syn_depth": {"source": "synscenes", "target": "synscenes:photo", "task": "depth",
                   "upper_source": "synscenes:photo", "test": "synscenes:photo-test"},
 }
@@ -60,17 +63,23 @@ PROFILES = {
                        "batch_size": 16, "iters": 3000, "optimizer": "adam", "lr": 1e-3, "lr_schedule": "constant",
                        "augment_hflip": False},
         "syn_seg": {"backbone": "lraspp", "backbone_kwargs": {"width": 1.0}, "image_size": [64, 128], "batch_size": 8, "iters": 1200},
+        "syn_seg_segformer": {"backbone": "segformer", "backbone_kwargs": {"variant": "b0"}, "image_size": [64, 128],
+                              "batch_size": 8, "iters": 1200},
         "syn_depth": {"backbone": "lraspp", "backbone_kwargs": {"width": 1.0}, "image_size": [64, 128], "batch_size": 8, "iters": 1200},
     },
     "gpu": {
         "digits_seg": {"backbone": "unet", "backbone_kwargs": {"width": 1.0}, "image_size": [128, 128], "batch_size": 16, "iters": 20000},
         "syn_seg": {"backbone": "deeplab", "backbone_kwargs": {"encoder": "resnet50"}, "image_size": [256, 512], "batch_size": 8, "iters": 20000},
+        "syn_seg_segformer": {"backbone": "segformer", "backbone_kwargs": {"variant": "b0"}, "image_size": [256, 512],
+                              "batch_size": 8, "iters": 20000},
         "syn_depth": {"backbone": "deeplab", "backbone_kwargs": {"encoder": "resnet50"}, "image_size": [256, 512], "batch_size": 8, "iters": 20000},
     },
     "quick": {
         "digits_seg": {"backbone": "unet", "backbone_kwargs": {"width": 0.125}, "image_size": [32, 32], "batch_size": 4, "iters": 6, "source_n": 32,
                        "augment_hflip": False},
         "syn_seg": {"backbone": "lraspp", "backbone_kwargs": {"width": 0.5}, "image_size": [32, 64], "batch_size": 4, "iters": 6, "source_n": 32},
+        "syn_seg_segformer": {"backbone": "segformer", "backbone_kwargs": {"variant": "b0"}, "image_size": [32, 64], "batch_size": 4,
+                              "iters": 6, "source_n": 32},
         "syn_depth": {"backbone": "lraspp", "backbone_kwargs": {"width": 0.5}, "image_size": [32, 64], "batch_size": 4, "iters": 6, "source_n": 32},
     },
 }

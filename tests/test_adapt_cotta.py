@@ -136,6 +136,16 @@ class _Pointwise(nn.Module):
         return torch.cat([torch.zeros_like(z1), z1], 1)
 
 
+def test_flip_auto_mirrors_only_what_the_shipped_model_was_trained_to_see_mirrored():
+    spec = TaskSpec(3, list(CLASSES), task="segmentation", image_size=(32, 32))
+    torch.manual_seed(0)
+    model = task_of(spec).build_model(spec, "lraspp", {"width": 0.25})
+    assert CoTTA(model, spec).flip  # unknown training settings: a scene mirrors into a scene
+    assert CoTTA(model, spec, trained_with={"augment_hflip": True}).flip
+    assert not CoTTA(model, spec, trained_with={"augment_hflip": False}).flip  # digit scenes
+    assert CoTTA(model, spec, options={"flip": "on"}, trained_with={"augment_hflip": False}).flip
+
+
 def test_flip_average_maps_the_mirrored_prediction_back_to_the_frame():
     x = torch.full((1, 3, 2, 6), -1.0)
     x[..., :2] = 1.0  # the left third is class 1

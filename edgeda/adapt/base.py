@@ -50,7 +50,10 @@ class AdaptMethod(Configurable):
     classifier_passes: ClassVar[float] = 1.0
 
     def __init__(self, classifier: nn.Module, task: TaskSpec, *, options: dict | None = None,
-                 engine: Engine | None = None, seed: int = 0):
+                 engine: Engine | None = None, seed: int = 0, trained_with: dict | None = None):
+        # the shipped model's training settings (the bundle manifest's ``training.config``; empty when
+        # unknown): what the model has seen, e.g. whether mirrored frames are images of the same classes
+        self.trained_with = dict(trained_with or {})
         if task.dense:
             options = {**self.dense_defaults, **(options or {})}
         self.opts = self.resolve_options(options)

@@ -40,8 +40,12 @@ each one a teacher pass); for segmentation scales 0.75, 1.0, 1.5 x flip = 6 pass
 2x2 map at output stride 16). Segmentation lr 5e-4: the paper adapts SegFormer at its training
 rate scaled by the batch ratio (6e-5 x 1/8); edgeda's dense bundles train with Adam 1e-3 at 16
 frames and adapt at 8. ``flip`` = auto mirrors segmentation frames (a mirrored scene is a scene)
-but not classifier inputs (digits and signs mirror into other glyphs; the paper flips CIFAR
-objects); ``on``/``off`` force it.
+when the shipped model was trained with horizontal flips (its manifest's ``augment_hflip``), and
+never classifier inputs (digits and signs mirror into other glyphs; the paper flips CIFAR objects):
+a model that never saw mirrored digit scenes reads their mirrored digits as other glyphs or
+background, and averaging those copies into the targets pulls towards background (on
+digitscenes -> handwritten-scenes, seed 0, the collapse monitor's "one class swallowed the frame"
+criterion fired at iteration 150 with mirrors and at 200 without); ``on``/``off`` force it.
 
 Memory: the teacher and the anchor are two more copies of the weights (in the resident memory the
 runner measures); only the student's forward keeps activations for backward: the anchor's and the
@@ -166,7 +170,7 @@ class CoTTA(AdaptMethod):
         "anchor_threshold": "shipped-model confidence below which targets are augmentation-averaged (segmentation 0.69)",
         "augmentations": "classification: augmented copies averaged by the teacher",
         "scales": "segmentation: input scales averaged by the teacher (with flips)",
-        "flip": "mirror the augmented copies: auto = segmentation only",
+        "flip": "mirror the augmented copies: auto = segmentation bundles trained with flips",
         "adabn": "re-estimate the BatchNorm statistics on the target images before the first step",
     }
     default_iters = 200
@@ -182,7 +186,10 @@ class CoTTA(AdaptMethod):
         if o["augmentations"] < 1:
             raise EdgedaError(f"cotta augmentations must be at least 1, not {o['augmentations']}")
         self.scales = _scales(o["scales"])
-        self.flip = o["flip"] == "on" or (o["flip"] == "auto" and self.task.dense)
+        # auto: mirror where a mirrored frame is a frame of the same classes to the shipped model, i.e.
+        # segmentation bundles trained with horizontal flips (not digit or text scenes trained without)
+        self.flip = o["flip"] == "on" or (o["flip"] == "auto" and self.task.dense
+                                          and bool(self.trained_with.get("augment_hflip", True)))
         clf = self.classifier
         clf.requires_grad_(True)
         self.mean_teacher = _ShippedTeacher(clf, alpha=float(o["alpha"]))

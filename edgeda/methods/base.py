@@ -172,7 +172,7 @@ class Method(Configurable):
 
     def task_loss_of(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """The task's supervised loss (cross-entropy; per-pixel for segmentation; depth: ``--task-loss``)."""
-        return task_of(self.task).loss(output, target, self.task_loss)
+        return task_of(self.task).model_loss(self.classifier, output, target, self.task_loss)
 
     def make_optimizer(self, params, lr_mult: float = 1.0, name: str | None = None) -> torch.optim.Optimizer:
         """An optimizer over ``params`` (tensors, or groups ``{"params": ..., "lr_mult": m}`` so that a

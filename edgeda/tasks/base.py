@@ -40,6 +40,65 @@ class Task:
     default_size: ClassVar[tuple[int, int]] = (128, 128)
     losses: ClassVar[tuple[str, ...]] = ()
     label_key: ClassVar[str] = "mask"  # what a dense sample's labels are called ("mask" or "depth")
+    output: ClassVar[str] = "logits"  # what the task network outputs (TaskSpec.output)
+    has_classes: ClassVar[bool] = True  # a spec needs at least one class (depth: none)
+    class_logits: ClassVar[bool] = True  # outputs are class logits per image or per pixel (what the
+    # label-free validators' rows and the augmentation-consistency check read)
+    inferred: ClassVar[bool] = False  # chosen from what a dense source carries when --task is not given
+    # evaluation settings of a model's own post-processing (COCO evaluation keeps low-score boxes)
+    postprocess_options: ClassVar[dict] = {"score_thresh": 0.05, "iou_thresh": 0.5, "max_det": 100}
+
+    # -- data ----------------------------------------------------------------------------------
+    def labeled_by(self, domain) -> bool:
+        """Whether ``domain`` carries this task's labels (for ``--task`` inference and checks)."""
+        return bool(getattr(domain, "labeled_for", lambda t: False)(self.name))
+
+    def stream(self, domain, spec: TaskSpec, batch_size: int, device, seed: int, *, labeled: bool, cfg,
+               weights=None, rank: int = 0, world_size: int = 1):
+        """The trainer's infinite, resumable batch stream over ``domain`` (``next() -> Batch``):
+        for dense tasks samples decoded and augmented by DataLoader workers (:class:`DenseStream`)."""
+        from ..training.dense_stream import DenseStream
+
+        return DenseStream(domain, spec, batch_size, device, seed, labeled=labeled, workers=cfg.workers,
+                           hflip=cfg.augment_hflip, weights=weights, rank=rank, world_size=world_size)
+
+    def eval_batches(self, domain, spec: TaskSpec, device, batch_size: int, *, labels: bool, workers: int | None = None):
+        """(normalised images on ``device``, labels on CPU or None, uint8 NHWC images) over
+        ``domain`` in order, un-augmented (:func:`edgeda.training.evaluate.eval_batches`)."""
+        from ..training.evaluate import dense_eval_batches
+
+        return dense_eval_batches(domain, spec, device, batch_size, labels=labels, workers=workers, key=self.label_key)
+
+    def labels_to(self, labels, device):
+        """A batch's labels moved to ``device`` (a tensor here; per-image records for some tasks)."""
+        return to_device(labels, device)
+
+    # -- model outputs -------------------------------------------------------------------------
+    def model_loss(self, model, output, target, kind: str | None = None) -> torch.Tensor:
+        """The supervised loss of ``model``'s ``output`` against ``target``: the model's own ``loss``
+        (``model.loss(output, target)["loss"]``) where it has one (a detector: the matching of boxes to
+        anchors or locations lives in the network), else the task's :meth:`loss`."""
+        own = getattr(model, "loss", None)
+        if callable(own):
+            return own(output, target)["loss"]
+        return self.loss(output, target, kind)
+
+    def infer(self, model, x: torch.Tensor):
+        """What evaluation, selection and drawing read of ``model`` on ``x`` (eval mode, no gradient):
+        the float outputs, or the model's ``postprocess`` of them where it has one (a detector's
+        decoded, non-maximum-suppressed boxes, with :attr:`postprocess_options`)."""
+        out = model(x)
+        post = getattr(model, "postprocess", None)
+        if callable(post):  # decoding and non-maximum suppression belong to the network that made the output
+            return post(out, **self.postprocess_options)
+        return out.float()
+
+    def sample_panels(self, spec: TaskSpec, model, x, labels, raw, path, title: str = ""):
+        """A PNG of image | truth | prediction (| error) rows for the first images of a batch."""
+        from .draw import save_panels
+
+        pred = self.decide(self.infer(model, x)).cpu().numpy()
+        return save_panels(spec, raw, pred, None if labels is None else labels.numpy(), path, title)
 
     # -- training ------------------------------------------------------------------------------
     def make_spec(self, domain, *, image_size, channels: int, mean=None, std=None) -> TaskSpec:
@@ -96,3 +155,14 @@ class Task:
         m = self.meter(spec)
         self.update(m, torch.from_numpy(np.asarray(outputs, np.float32)), torch.from_numpy(np.asarray(labels)))
         return self.scores(m, spec)
+
+
+def to_device(value, device):
+    """Tensors moved to ``device``, inside lists, tuples and dicts too (per-image label records)."""
+    if isinstance(value, torch.Tensor):
+        return value.to(device)
+    if isinstance(value, dict):
+        return {k: to_device(v, device) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(to_device(v, device) for v in value)
+    return value

@@ -29,6 +29,13 @@ class Classification(Task):
         return TaskSpec(num_classes=k, classes=classes, task=self.name, image_size=image_size, channels=channels,
                         mean=mean, std=std)
 
+    def stream(self, domain, spec, batch_size, device, seed, *, labeled, cfg, weights=None, rank=0, world_size=1):
+        """In-memory images on the training device, shifted and contrast-jittered per batch (:class:`BatchStream`)."""
+        from ..training.streams import BatchStream
+
+        return BatchStream(domain, spec, batch_size, device, seed, labeled=labeled, shift=cfg.augment_shift,
+                           contrast=cfg.augment_contrast, weights=weights, rank=rank, world_size=world_size)
+
     def loss(self, output, target, kind=None):
         return F.cross_entropy(output.float(), target)
 

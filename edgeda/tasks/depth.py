@@ -47,6 +47,10 @@ class Depth(Task):
     higher_is_better = False
     losses = ("silog", "l1")
     label_key = "depth"
+    output = "depth"
+    has_classes = False
+    class_logits = False
+    inferred = True
 
     def make_spec(self, domain, *, image_size, channels, mean=None, std=None, depth_range=DEFAULT_RANGE) -> TaskSpec:
         return TaskSpec(num_classes=0, classes=[], task=self.name, image_size=image_size, channels=channels,

@@ -18,6 +18,7 @@ class Segmentation(Task):
     headline = "miou"
     record_keys = {"miou": "miou", "pixel_acc": "pixel_accuracy"}
     losses = ("ce",)
+    inferred = True
 
     def make_spec(self, domain, *, image_size, channels, mean=None, std=None) -> TaskSpec:
         from ..data.dense import default_palette

@@ -46,12 +46,15 @@ def resolve_task(cfg: TrainConfig, source) -> str:
             raise DataError(f"--task {cfg.task} needs per-pixel labels, but {source.name!r} has one label per image "
                             "(a dense folder has images/ with masks/ or depth/)")
         return "classification"
-    kinds = [t for t in ("segmentation", "depth") if source.labeled_for(t)]
+    from ..tasks import TASKS, task_of
+
     if cfg.task is not None:
-        if cfg.task not in kinds:
+        if not task_of(cfg.task).labeled_by(source):
+            kinds = [t for t in TASKS if task_of(t).dense and task_of(t).labeled_by(source)]
             have = " and ".join(kinds) or "no labels"
             raise DataError(f"--task {cfg.task}: the source {source.name!r} has {have}")
         return cfg.task
+    kinds = [t for t in TASKS if task_of(t).inferred and task_of(t).labeled_by(source)]
     if len(kinds) == 1:
         return kinds[0]
     if not kinds:
@@ -68,8 +71,9 @@ def resolve_size(cfg: TrainConfig) -> tuple[int, int]:
     own = default_size(cfg.source)
     if own is not None:
         return own
-    dense = cfg.task in ("segmentation", "depth") or is_dense_spec(cfg.source)
-    return task_of("segmentation" if dense else "classification").default_size
+    if cfg.task is not None:
+        return task_of(cfg.task).default_size
+    return task_of("segmentation" if is_dense_spec(cfg.source) else "classification").default_size
 
 
 def load_domains(cfg: TrainConfig, needs_target: bool) -> Domains:
@@ -79,7 +83,10 @@ def load_domains(cfg: TrainConfig, needs_target: bool) -> Domains:
     src_builtin = split_builtin(cfg.source)
     source = load_domain(cfg.source, labeled=True, split="train", n=cfg.source_n, **kw)
     task = resolve_task(cfg, source)
-    dense = task != "classification"
+    from ..tasks import task_of
+
+    tk = task_of(task)
+    dense = tk.dense
     _require(source, task if dense else None, labeled=True)
     if src_builtin and src_builtin[1] is None and _has_split(src_builtin[0], "val"):
         val_n = None if cfg.source_n is None or dense else max(200, min(2000, cfg.source_n // 5))

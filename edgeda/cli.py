@@ -96,10 +96,28 @@ class _SelectOption(click.Option):
         return record and (record[0], record[1].replace("{choices}", " | ".join(selector_names())))
 
 
+class _TaskOption(click.Option):
+    """``--task``: any registered task, listed when help is shown and checked when the command runs
+    (the registry imports torch, which plain commands should not pay for)."""
+
+    def get_help_record(self, ctx):
+        from .task import known_tasks
+
+        record = super().get_help_record(ctx)
+        return record and (record[0], record[1].replace("{choices}", " | ".join(known_tasks())))
+
+
+def _check_task(task):
+    from .task import known_tasks
+
+    if task is not None and task not in known_tasks():
+        raise EdgedaError(f"unknown --task {task!r}; valid: {', '.join(known_tasks())}")
+    return task
+
+
 @main.command()
 @click.option("--method", help="adaptation method (see `edgeda methods`), or auto: train several, ship the best by a validator")
-@click.option("--task", type=click.Choice(["classification", "segmentation", "depth"]),
-              help="what the model predicts (default: inferred from the source data)")
+@click.option("--task", cls=_TaskOption, help="what the model predicts: {choices} (default: inferred from the source data)")
 @click.option("--source", help="labeled source domain: built-in name, folder or .npz")
 @click.option("--target", help="unlabeled target domain: built-in name, folder or .npz")
 @click.option("--target-test", help="labeled target test domain, for reporting only")
@@ -217,19 +235,12 @@ def eval_cmd(bundle, data, confusion_png, samples_png, device, as_json) -> None:
     if as_json:
         emit_json(m)
         return
-    if "accuracy" in m:
-        iv = m.get("interval")
-        extra = f", 95% bootstrap interval {iv['low']:.1%}-{iv['high']:.1%}" if iv else ""
-        click.echo(f"{m['bundle']} on {m['data']}: accuracy {m['accuracy']:.1%} (n={m['n']}{extra})")
-        click.echo("  per class: " + "  ".join(f"{k}:{'-' if v is None else f'{v:.0%}'}" for k, v in m["per_class"].items()))
-    elif "miou" in m:
-        click.echo(f"{m['bundle']} on {m['data']}: mIoU {m['miou']:.1%}, pixel accuracy {m['pixel_accuracy']:.1%} "
-                   f"({m['n_pixels']} labelled pixels)")
-        click.echo("  IoU per class: " + "  ".join(f"{k}:{'-' if v is None else f'{v:.0%}'}" for k, v in m["per_class_iou"].items()))
-    else:
-        click.echo(f"{m['bundle']} on {m['data']}: abs rel {m['abs_rel']:.3f}, sq rel {m['sq_rel']:.3f}, RMSE {m['rmse']:.2f} m, "
-                   f"RMSE log {m['rmse_log']:.3f}, delta<1.25 {m['delta1']:.1%}, <1.25^2 {m['delta2']:.1%}, "
-                   f"<1.25^3 {m['delta3']:.1%} ({m['n_images']} images, {m['n_pixels']} valid pixels)")
+    from .tasks import task_of
+
+    lines = task_of(m["task"]).eval_lines(m)
+    click.echo(f"{m['bundle']} on {m['data']}: {lines[0]}")
+    for line in lines[1:]:
+        click.echo(f"  {line}")
     if m["load_report"]["skipped"]:
         click.echo(f"  skipped {m['load_report']['skipped']} unreadable files")
     if m.get("confusion_png"):
@@ -242,13 +253,14 @@ def eval_cmd(bundle, data, confusion_png, samples_png, device, as_json) -> None:
 
 @main.command()
 @click.argument("name", required=False)
-@click.option("--task", type=click.Choice(["classification", "segmentation", "depth"]), help="only methods for this task")
+@click.option("--task", cls=_TaskOption, help="only methods for this task: {choices}")
 @click.option("--validators", is_flag=True, help="list the label-free validators for --select instead")
 @click.option("--json", "as_json", is_flag=True)
 @handle_errors
 def methods(name, task, validators, as_json) -> None:
     """List the registered adaptation methods and the tasks each adapts; with NAME, that method's
     options (type, default, choices)."""
+    _check_task(task)
     if validators:
         from .training.validators import VALIDATORS, describe
 

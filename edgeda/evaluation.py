@@ -66,10 +66,8 @@ def _samples(model, dom, task, dev, path, title):
     import torch
 
     from .tasks import task_of
-    from .tasks.draw import save_panels
     from .training.evaluate import eval_batches
 
     x, y, raw = next(eval_batches(dom, task, dev, 6, labels=True))
     with torch.no_grad():
-        pred = task_of(task).decide(model(x).float()).cpu().numpy()
-    return save_panels(task, raw, pred, None if y is None else y.numpy(), path, title)
+        return task_of(task).sample_panels(task, model, x, y, raw, path, title)

@@ -97,8 +97,18 @@ class Task:
         """A PNG of image | truth | prediction (| error) rows for the first images of a batch."""
         from .draw import save_panels
 
-        pred = self.decide(self.infer(model, x)).cpu().numpy()
-        return save_panels(spec, raw, pred, None if labels is None else labels.numpy(), path, title)
+        pred = self.infer(model, x)
+        if isinstance(pred, torch.Tensor):
+            pred = self.decide(pred).cpu().numpy()
+        truth = labels.numpy() if isinstance(labels, torch.Tensor) else labels
+        return save_panels(spec, raw, to_device(pred, "cpu"), truth, path, title)
+
+    def draw_row(self, spec: TaskSpec, image: np.ndarray, pred, truth=None) -> list[np.ndarray]:
+        """The panels of one sample: image | truth | prediction (| error). Here: box records
+        (``{"boxes", "labels"[, "scores"]}``) drawn on the image."""
+        from .draw import boxes_row
+
+        return boxes_row(spec, image, pred, truth)
 
     # -- training ------------------------------------------------------------------------------
     def make_spec(self, domain, *, image_size, channels: int, mean=None, std=None) -> TaskSpec:
@@ -132,6 +142,15 @@ class Task:
 
     def format_scores(self, scores: dict) -> str:
         raise NotImplementedError
+
+    def eval_lines(self, scores: dict) -> list[str]:
+        """What ``edgeda eval`` prints: the headline line, then one line per per-class table."""
+        lines = [self.format_scores(scores)]
+        for key, table in scores.items():
+            if key.startswith("per_class") and isinstance(table, dict):
+                cells = "  ".join(f"{k}:{'-' if v is None else f'{v:.3f}'}" for k, v in table.items())
+                lines.append(f"{key.replace('_', ' ')}: {cells}")
+        return lines
 
     def validator_rows(self, output: torch.Tensor, generator: torch.Generator, per_image: int = 64) -> torch.Tensor | None:
         """Rows of class logits (M, K) that label-free validators score: one per image for

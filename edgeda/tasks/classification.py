@@ -54,6 +54,12 @@ class Classification(Task):
     def format_scores(self, scores):
         return f"accuracy {scores['accuracy']:.1%} (n={scores['n']})"
 
+    def eval_lines(self, scores):
+        iv = scores.get("interval")
+        extra = f", 95% bootstrap interval {iv['low']:.1%}-{iv['high']:.1%}" if iv else ""
+        return [f"accuracy {scores['accuracy']:.1%} (n={scores['n']}{extra})",
+                "per class: " + "  ".join(f"{k}:{'-' if v is None else f'{v:.0%}'}" for k, v in scores["per_class"].items())]
+
     def validator_rows(self, output, generator, per_image=64):
         return output.float()
 

@@ -46,6 +46,10 @@ class Segmentation(Task):
     def format_scores(self, scores):
         return f"mIoU {scores['miou']:.1%}, pixel accuracy {scores['pixel_accuracy']:.1%}"
 
+    def eval_lines(self, scores):
+        return [f"mIoU {scores['miou']:.1%}, pixel accuracy {scores['pixel_accuracy']:.1%} ({scores['n_pixels']} labelled pixels)",
+                "IoU per class: " + "  ".join(f"{k}:{'-' if v is None else f'{v:.0%}'}" for k, v in scores["per_class_iou"].items())]
+
     def validator_rows(self, output, generator, per_image=64):
         n, k, h, w = output.shape
         idx = torch.randint(0, h * w, (n, per_image), generator=generator).to(output.device)

@@ -114,17 +114,23 @@ class DetectionMeter:
         pad[:len(mine)] = mine
         parts = [torch.zeros_like(pad) for _ in range(world)]
         dist.all_gather(parts, pad)
-        merged, offset = [], 0
-        for part, n in zip(parts, sizes):
-            a = part[:int(n.item())].cpu().numpy().copy()
-            a[:, 1] += offset  # image numbers unique across ranks
-            offset += int(a[a[:, 0] == 0, 1].max() - offset + 1) if (a[:, 0] == 0).any() else 0
-            merged.append(a)
-        self._unpack(np.concatenate(merged) if merged else np.zeros((0, 8)))
+        self._unpack(join_packed([part[:int(n.item())].cpu().numpy() for part, n in zip(parts, sizes)]))
         return self
 
     def compute(self) -> dict:
         return coco_scores(self.preds, self.truths, self.classes)
+
+
+def join_packed(parts: list[np.ndarray]) -> np.ndarray:
+    """The packed records of several meters (ranks) as one, image numbers renumbered in order."""
+    out, offset = [], 0
+    for a in parts:
+        a = np.array(a, np.float64).reshape(-1, 8)
+        images = np.unique(a[a[:, 0] == 0, 1])
+        a[:, 1] = offset + np.searchsorted(images, a[:, 1])
+        offset += len(images)
+        out.append(a)
+    return np.concatenate(out) if out else np.zeros((0, 8))
 
 
 def _quiet(fn, *args):

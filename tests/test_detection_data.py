@@ -68,6 +68,8 @@ def test_coco_loader_keeps_good_boxes_and_counts_each_bad_kind(tmp_path):
     np.testing.assert_array_equal(b.crowd, [[0, 0, 4, 4]])
     np.testing.assert_array_equal(b.crowd_labels, [0])
     assert c.boxes.shape == (0, 4) and c.labels.shape == (0,)
+    _, targets = collate_detection([b, b])  # the meter sees crowd regions; losses read boxes and labels
+    assert targets[0]["crowd"].tolist() == [[0, 0, 4, 4]] and "crowd" not in a.target()
     assert _count(dom, "outside") == 1 and _count(dom, "degenerate") == 1
     assert _count(dom, "unknown category id 9") == 1 and _count(dom, "unknown image id 99") == 1
     assert _count(dom, "four numbers") == 1 and _count(dom, "unreadable image") == 1

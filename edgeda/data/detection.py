@@ -16,7 +16,8 @@ Contract (the models, the trainer and the metrics code against it):
   then uses the next sample, as the dense dataset does.
 * :func:`collate_detection` -- a list of samples of one size -> (images (B, C, H, W) float32,
   normalised as every edgeda input: ``uint8 / 255``, then ``(x - mean) / std``; targets: a list of
-  ``{"boxes": float32 (N, 4), "labels": int64 (N,)}``).
+  ``{"boxes": float32 (N, 4), "labels": int64 (N,)}``, with ``crowd`` / ``crowd_labels`` added only for
+  an image that has crowd regions).
 
 Where the data comes from: the built-in generated domains (:mod:`edgeda.data.detection_builtin`),
 COCO JSON and YOLO folders, and any image folder as unlabeled target data
@@ -63,9 +64,15 @@ class DetectionSample:
             raise ValueError(f"{len(self.boxes)} boxes but {len(self.labels)} labels")
 
     def target(self) -> dict:
-        """``{"boxes": float32 tensor (N, 4), "labels": int64 tensor (N,)}``."""
-        return {"boxes": torch.from_numpy(np.ascontiguousarray(self.boxes, np.float32)),
-                "labels": torch.from_numpy(np.ascontiguousarray(self.labels, np.int64))}
+        """``{"boxes": float32 tensor (N, 4), "labels": int64 tensor (N,)}``, plus ``crowd`` (M, 4) and
+        ``crowd_labels`` (M,) when the image has crowd regions (losses read only boxes and labels; the
+        detection meter ignores detections on crowd regions)."""
+        out = {"boxes": torch.from_numpy(np.ascontiguousarray(self.boxes, np.float32)),
+               "labels": torch.from_numpy(np.ascontiguousarray(self.labels, np.int64))}
+        if len(self.crowd):
+            out["crowd"] = torch.from_numpy(np.ascontiguousarray(self.crowd, np.float32))
+            out["crowd_labels"] = torch.from_numpy(np.ascontiguousarray(self.crowd_labels, np.int64))
+        return out
 
 
 # ---- boxes ---------------------------------------------------------------------------------

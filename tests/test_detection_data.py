@@ -245,3 +245,19 @@ def test_builtin_detection_domains_share_the_segmentation_images():
     assert street.classes == ["person", "rider", "car", "truck", "bus", "bicycle"]
     target = load_domain("synscenes:fog", labeled=False, size=(48, 96), n=2, task="detection")
     assert not target.labeled and target.sample(0).boxes.shape == (0, 4)
+
+
+def test_a_coco_file_without_categories_or_with_a_wrong_size_is_reported(tmp_path):
+    _png(tmp_path / "a.png")
+    (tmp_path / "c.json").write_text(json.dumps({"images": [{"id": 1, "file_name": "a.png", "width": 30,
+                                                             "height": 10}]}))
+    dom = load_domain(str(tmp_path / "c.json"), labeled=True, task="detection")
+    assert len(dom) == 0 and _count(dom, "the json says 30x10") == 1
+    with pytest.raises(DataError, match="no usable images"):
+        dom.require_usable(task="detection")
+    (tmp_path / "c.json").write_text(json.dumps({"images": [{"id": 1, "file_name": "a.png"}], "annotations": []}))
+    with pytest.raises(DataError, match="names no classes"):
+        load_domain(str(tmp_path / "c.json"), labeled=True, task="detection").require_usable(task="detection")
+    (tmp_path / "c.json").write_text("{not json")
+    with pytest.raises(DataError, match="not a readable JSON"):
+        load_domain(str(tmp_path / "c.json"), labeled=True, task="detection")

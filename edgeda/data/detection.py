@@ -193,6 +193,8 @@ class DetectionDomain:
         if not self.has_boxes:
             raise DataError(f"domain {self.name!r} has no box annotations (give a COCO .json or a YOLO folder with "
                             "images/, labels/ and classes.txt)")
+        if not self.classes:
+            raise DataError(f"domain {self.name!r} names no classes (COCO 'categories', or classes.txt in a YOLO folder)")
         if num_classes is not None and self.num_classes is not None:
             fits = self.num_classes == num_classes or (self.classes_from_ids and self.num_classes < num_classes)
             if not fits:

@@ -20,10 +20,11 @@ Without classes.txt the classes are named ``0..K-1``, K = 1 + the largest id see
 **Bad data never crashes a load** (as in :mod:`edgeda.data.files`): only image headers are read at
 load time; each problem is skipped and recorded with its reason in ``report.skipped`` as
 ``(path, reason)``, the path naming the file and, for one annotation, ``file#annotation <id>`` or
-``file:<line>``. Skipped: unreadable images (and images named in a json but absent), boxes entirely
-outside their image or of zero or negative width or height or not finite (boxes partly outside are
-clipped to the image and kept), unknown class ids, malformed annotations and label lines, YOLO
-images without a label file, label files without an image. A file that only fails when decoded
+``file:<line>``. Skipped: unreadable images (and images named in a json but absent), images whose
+size differs from the json's ``width``/``height`` (its boxes would not fit), boxes entirely outside
+their image or of zero or negative width or height or not finite (boxes partly outside are clipped
+to the image and kept), unknown class ids, malformed annotations and label lines, YOLO images
+without a label file, label files without an image. A file that only fails when decoded
 makes ``sample(i)`` raise ``ValueError``; the detection dataset then uses the next sample.
 """
 from __future__ import annotations

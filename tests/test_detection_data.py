@@ -59,6 +59,7 @@ def test_coco_loader_keeps_good_boxes_and_counts_each_bad_kind(tmp_path):
     root = _coco(tmp_path)
     dom = load_domain(str(root / "instances.json"), labeled=True, task="detection")
     assert dom.classes == ["cat", "dog"] and dom.labeled and len(dom) == 3 and dom.report.loaded == 3
+    assert dom.category_ids == [3, 7] and dom.image_ids == [1, 2, 5]
     a, b, c = (dom.sample(i) for i in range(3))
     np.testing.assert_array_equal(a.boxes, [[2, 1, 7, 5], [15, 5, 20, 10]])
     np.testing.assert_array_equal(a.labels, [1, 0])

@@ -6,7 +6,8 @@ import torch
 
 from edgeda.task import TaskSpec
 from edgeda.tasks import task_of
-from edgeda.tasks.detection_metrics import DetectionMeter, coco_scores, compare_detections, join_packed, unpad
+from edgeda.tasks.detection_metrics import (DetectionMeter, coco_results, coco_scores, compare_detections, join_packed,
+                                            unpad)
 
 A, B = [0, 0, 10, 10], [20, 20, 30, 30]
 B_SHIFTED = [22, 20, 32, 30]  # 2 px right of B: intersection 80, union 120, IoU exactly 2/3
@@ -122,3 +123,8 @@ def test_task_through_the_registry(tmp_path):
     assert row["n_detections"] == 2 and row["n_drawn"] == 1 and row["detections"][0]["class"] == "cat"
     assert row["detections"][0]["box"] == [2.0, 1.0, 6.0, 5.0]
     assert (tmp_path / "out" / "im.boxes.png").is_file()
+
+
+def test_results_records_use_the_source_json_ids():
+    recs = coco_results([_det([[2, 1, 7, 5]], [0.5], [1]), _det([], [], [])], image_ids=[17, 18], category_ids=[3, 7])
+    assert recs == [{"image_id": 17, "category_id": 7, "bbox": [2.0, 1.0, 5.0, 4.0], "score": 0.5}]

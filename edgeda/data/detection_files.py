@@ -4,7 +4,8 @@
 ``annotations/``). Keys: ``images`` (``id``, ``file_name``, optional ``width``/``height``),
 ``annotations`` (``image_id``, ``bbox`` = ``[x, y, w, h]`` in pixels, ``category_id``, optional
 ``iscrowd``) and ``categories`` (``id``, ``name``). Categories are sorted by id and numbered
-``0..K-1`` in that order; their names are kept. ``file_name`` is looked up beside the json, in
+``0..K-1`` in that order; their names are kept, and the domain's ``category_ids[k]`` and
+``image_ids[i]`` give back the json's ids (for a results file the json's own tools can score). ``file_name`` is looked up beside the json, in
 ``images/`` beside it, and (for the ``annotations/`` layout) in the folder above and its ``images/``.
 An image with no annotation is kept as an image without objects. ``iscrowd: 1`` annotations are
 kept apart as crowd regions (``DetectionSample.crowd``): never trained on, and ignored at
@@ -206,7 +207,10 @@ def load_coco(path: Path, *, labeled: bool = True) -> FileDetectionDomain:
         else:
             items.append((rec["path"], rec["hw"], None, None, None, None))
     report.loaded = len(items)
-    return FileDetectionDomain(str(path), items, classes=classes if labeled else None, has_boxes=labeled, report=report)
+    dom = FileDetectionDomain(str(path), items, classes=classes if labeled else None, has_boxes=labeled, report=report)
+    dom.image_ids = list(order)  # the json's id of each kept image, in domain order
+    dom.category_ids = sorted(cat_index, key=cat_index.get)  # the json's id of class k
+    return dom
 
 
 def _coco_annotation(path: Path, n: int, a, images: dict, cat_index: dict, report: LoadReport) -> None:

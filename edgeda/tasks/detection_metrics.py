@@ -197,6 +197,21 @@ def coco_scores(preds: list[dict], truths: list[dict], classes: list[str]) -> di
             **out}
 
 
+def coco_results(detections: list[dict], image_ids=None, category_ids=None) -> list[dict]:
+    """COCO results records (``image_id``, ``category_id``, ``bbox`` = [x, y, w, h], ``score``) of
+    per-image detections, as ``edgeda predict`` writes them. ``image_ids[i]`` / ``category_ids[k]``:
+    the ids of a COCO source (its domain's ``image_ids`` / ``category_ids``); default ``i`` and ``k``."""
+    out = []
+    for i, d in enumerate(detections):
+        d = as_detections(d)
+        iid = image_ids[i] if image_ids is not None else i
+        for box, s, lab in zip(_xywh(d["boxes"]), d["scores"], d["labels"]):
+            cid = category_ids[int(lab)] if category_ids is not None else int(lab)
+            out.append({"image_id": iid, "category_id": cid, "bbox": [round(v, 3) for v in box],
+                        "score": round(float(s), 5)})
+    return out
+
+
 # ---- export parity -------------------------------------------------------------------------
 def unpad(boxes, scores, labels, count) -> list[dict]:
     """A padded, fixed-size detection output (boxes (B, D, 4), scores (B, D), labels (B, D), count

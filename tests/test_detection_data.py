@@ -127,6 +127,9 @@ def test_any_image_folder_is_unlabeled_target_data(tmp_path):
     with pytest.raises(DataError, match="no box annotations"):
         dom.require_usable(task="detection")
     assert dom.sample(0).boxes.shape == (0, 4)
+    _png(tmp_path / "seg" / "images" / "a.png")
+    _png(tmp_path / "seg" / "masks" / "a.png")  # a segmentation folder: its masks are no target images
+    assert len(load_domain(str(tmp_path / "seg"), labeled=False, task="detection")) == 1
 
 
 def _sample(boxes, labels=None, h=10, w=20):

@@ -61,7 +61,8 @@ class DetectionSample:
         self.crowd = np.asarray(self.crowd, np.float32).reshape(-1, 4)
         self.crowd_labels = np.asarray(self.crowd_labels, np.int64).reshape(-1)
         if len(self.boxes) != len(self.labels) or len(self.crowd) != len(self.crowd_labels):
-            raise ValueError(f"{len(self.boxes)} boxes but {len(self.labels)} labels")
+            raise ValueError(f"{len(self.boxes)} boxes but {len(self.labels)} labels (or {len(self.crowd)} crowd "
+                             f"regions but {len(self.crowd_labels)} labels)")
 
     def target(self) -> dict:
         """``{"boxes": float32 tensor (N, 4), "labels": int64 tensor (N,)}``, plus ``crowd`` (M, 4) and

@@ -334,11 +334,12 @@ def load_yolo(root: Path, *, labeled: bool = True) -> FileDetectionDomain:
 
 # ---- any image folder ----------------------------------------------------------------------
 def load_image_folder(root: Path) -> FileDetectionDomain:
-    """Every image under ``root`` (recursive), unlabeled; unreadable headers are skipped."""
+    """Every image under ``root`` (recursive; under ``root/images`` only where it exists, so a
+    segmentation folder's masks are not taken for images), unlabeled; unreadable headers are skipped."""
     root = Path(root)
     report = LoadReport()
     items = []
-    for img in list_images(root):
+    for img in list_images(root / "images" if (root / "images").is_dir() else root):
         hw = _image_size(img, report)
         if hw is not None:
             items.append((img, hw, None, None, None, None))

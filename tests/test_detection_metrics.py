@@ -128,3 +128,22 @@ def test_task_through_the_registry(tmp_path):
 def test_results_records_use_the_source_json_ids():
     recs = coco_results([_det([[2, 1, 7, 5]], [0.5], [1]), _det([], [], [])], image_ids=[17, 18], category_ids=[3, 7])
     assert recs == [{"image_id": 17, "category_id": 7, "bbox": [2.0, 1.0, 5.0, 4.0], "score": 0.5}]
+
+
+def test_sample_panels_draw_truth_and_predicted_boxes(tmp_path):
+    from PIL import Image
+
+    class Fixed(torch.nn.Module):
+        def forward(self, x):
+            return x
+
+        def postprocess(self, out, **kw):
+            return [_det([[2, 2, 20, 20]], [0.9], [1]) for _ in out]
+
+    spec = TaskSpec(2, ["a", "b"], task="detection", image_size=(32, 32))
+    raw = np.zeros((2, 32, 32, 3), np.uint8)
+    path = task_of("detection").sample_panels(spec, Fixed(), torch.zeros(2, 3, 32, 32), [_truth([A], [0])] * 2, raw,
+                                              tmp_path / "p.png")
+    img = np.asarray(Image.open(path))
+    assert img.shape[1] == 3 * 32 and img.shape[0] >= 2 * 32
+    assert img[:32, 32:64].any() and img[:32, 64:].any() and not img[:32, :32].any()  # image | truth | prediction

@@ -114,6 +114,12 @@ class Detection(Task):
         return self.scores(m, spec)
 
     # -- drawing and predict -------------------------------------------------------------------
+    def sample_panels(self, spec, model, x, labels, raw, path, title: str = ""):
+        """image | truth boxes | predicted boxes with scores, one row per image of the batch."""
+        from .draw import save_panels
+
+        return save_panels(spec, raw, self.decide(self.infer(model, x)), labels, path, title)
+
     def draw_row(self, spec, image, pred, truth=None):
         from .draw import boxes_row
 

@@ -81,7 +81,8 @@ def test_merged_and_gathered_meters_score_like_one_meter():
             s["per_class_ap"] == pytest.approx(ref["per_class_ap"]) and s["n_images"] == 3
 
     gathered = DetectionMeter(2)
-    gathered._unpack(join_packed([a._pack().numpy(), b._pack().numpy()]))  # what all_reduce does with the ranks' tensors
+    # what all_reduce does with the ranks' tensors
+    gathered._unpack(join_packed([a._pack().numpy(), b._pack().numpy()]))
     assert same(gathered.compute()) and len(gathered) == 3
     assert same(a.merge(b).compute())
     assert whole.all_reduce() is whole  # no process group: nothing to gather

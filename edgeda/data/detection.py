@@ -195,7 +195,8 @@ class DetectionDomain:
             raise DataError(f"domain {self.name!r} has no box annotations (give a COCO .json or a YOLO folder with "
                             "images/, labels/ and classes.txt)")
         if not self.classes:
-            raise DataError(f"domain {self.name!r} names no classes (COCO 'categories', or classes.txt in a YOLO folder)")
+            raise DataError(f"domain {self.name!r} names no classes (COCO 'categories', or classes.txt in a "
+                            "YOLO folder)")
         if num_classes is not None and self.num_classes is not None:
             fits = self.num_classes == num_classes or (self.classes_from_ids and self.num_classes < num_classes)
             if not fits:
@@ -316,7 +317,8 @@ def load_detection_domain(spec: str, *, labeled: bool, size=None, channels: int 
     if builtin is not None:
         name, spec_split = builtin
         if name not in DETECTION_BUILTINS:
-            raise DataError(f"built-in domain {name!r} has no boxes; detection built-ins: {', '.join(DETECTION_BUILTINS)}")
+            raise DataError(f"built-in domain {name!r} has no boxes; detection built-ins: "
+                            f"{', '.join(DETECTION_BUILTINS)}")
         loader = DETECTION_BUILTINS.get(name)
         kw = {"size": tuple(size) if size is not None else loader.default_size, "channels": 3, "n": n, "seed": seed}
         chosen = spec_split or split

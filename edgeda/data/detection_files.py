@@ -5,8 +5,9 @@
 ``annotations`` (``image_id``, ``bbox`` = ``[x, y, w, h]`` in pixels, ``category_id``, optional
 ``iscrowd``) and ``categories`` (``id``, ``name``). Categories are sorted by id and numbered
 ``0..K-1`` in that order; their names are kept, and the domain's ``category_ids[k]`` and
-``image_ids[i]`` give back the json's ids (for a results file the json's own tools can score). ``file_name`` is looked up beside the json, in
-``images/`` beside it, and (for the ``annotations/`` layout) in the folder above and its ``images/``.
+``image_ids[i]`` give back the json's ids (for a results file the json's own tools can score).
+``file_name`` is looked up beside the json, in ``images/`` beside it, and (for the ``annotations/``
+layout) in the folder above and its ``images/``.
 An image with no annotation is kept as an image without objects. ``iscrowd: 1`` annotations are
 kept apart as crowd regions (``DetectionSample.crowd``): never trained on, and ignored at
 evaluation as pycocotools ignores them.
@@ -118,7 +119,8 @@ def _read_json(path: Path) -> dict:
     except DataError:
         raise
     except (OSError, UnicodeDecodeError, ValueError, RecursionError) as e:
-        raise DataError(f"{path} is not a readable JSON file ({type(e).__name__}: {str(e).splitlines()[0][:120]})") from None
+        first = (str(e).splitlines() or [""])[0][:120]
+        raise DataError(f"{path} is not a readable JSON file ({type(e).__name__}: {first})") from None
     if not isinstance(data, dict) or not isinstance(data.get("images"), list):
         raise DataError(f"{path} is not COCO: it needs a top-level object with an 'images' list")
     for key in ("annotations", "categories"):

@@ -93,7 +93,8 @@ class DetectionMeter:
         for i in np.unique(packed[packed[:, 0] == 0, 1]):
             rows = packed[packed[:, 1] == i]
             part = {k: rows[rows[:, 0] == k] for k in (1, 2, 3)}
-            self.preds.append({"boxes": part[1][:, 2:6], "scores": part[1][:, 6], "labels": part[1][:, 7].astype(np.int64)})
+            self.preds.append({"boxes": part[1][:, 2:6], "scores": part[1][:, 6],
+                               "labels": part[1][:, 7].astype(np.int64)})
             self.truths.append({"boxes": part[2][:, 2:6], "scores": np.ones(len(part[2])),
                                 "labels": part[2][:, 7].astype(np.int64), "crowd": part[3][:, 2:6],
                                 "crowd_labels": part[3][:, 7].astype(np.int64)})

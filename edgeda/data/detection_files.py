@@ -257,6 +257,8 @@ def is_yolo_folder(path: Path) -> bool:
 def _yolo_lines(label: Path, hw: tuple[int, int], k: int | None, report: LoadReport):
     """Parse one label file: (boxes, labels) of its good lines, or None when the file is unreadable."""
     try:
+        if not label.is_file():  # a FIFO or device could block forever
+            raise OSError("not a regular file")
         text = label.read_text(encoding="utf-8-sig")
     except (OSError, UnicodeDecodeError) as e:
         report.skip(str(label), f"unreadable label file ({type(e).__name__})")

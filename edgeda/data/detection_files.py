@@ -165,7 +165,7 @@ def load_coco(path: Path, *, labeled: bool = True) -> FileDetectionDomain:
         path = found
     data = _read_json(path)
     report = LoadReport()
-    cat_index, classes = _coco_categories(path, data.get("categories", []) or [])
+    cat_index, classes = _coco_categories(path, data.get("categories", []) or []) if labeled else ({}, [])
     if labeled and not classes and data.get("annotations"):
         raise DataError(f"{path} has annotations but no 'categories'")
     images: dict[int, dict] = {}

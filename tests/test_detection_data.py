@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 
 from edgeda.data import load_domain
-from edgeda.data.detection import DetectionSample, collate_detection, instance_boxes
+from edgeda.data.detection import DetectionSample, box_mask, collate_detection, instance_boxes
 from edgeda.data.detection_transforms import (DetectionDataset, crop, hflip, letterbox, random_scale_crop, resize_to,
                                               to_original)
 from edgeda.errors import DataError
@@ -265,3 +265,13 @@ def test_a_coco_file_without_categories_or_with_a_wrong_size_is_reported(tmp_pat
     (tmp_path / "c.json").write_text("{not json")
     with pytest.raises(DataError, match="not a readable JSON"):
         load_domain(str(tmp_path / "c.json"), labeled=True, task="detection")
+
+
+def test_box_mask_marks_the_pixels_whose_centres_lie_in_a_box():
+    m = box_mask(np.array([[1, 0, 3, 2], [2.6, 3.4, 4.4, 5]]), 6, 5)
+    expected = np.zeros((6, 5), np.uint8)
+    expected[0:2, 1:3] = 255
+    expected[3:5, 3:4] = 255  # column centre 3.5 in [2.6, 4.4); row centres 3.5 and 4.5 in [3.4, 5)
+    np.testing.assert_array_equal(m, expected)
+    rows, cols = np.nonzero(box_mask(np.array([[3, 2, 7, 5]]), 10, 10))  # integer boxes: exactly their pixels
+    assert [cols.min(), rows.min(), cols.max() + 1, rows.max() + 1] == [3, 2, 7, 5]

@@ -111,6 +111,17 @@ def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.where(union > 0, inter / np.where(union > 0, union, 1), 0.0)
 
 
+def box_mask(boxes: np.ndarray, h: int, w: int) -> np.ndarray:
+    """(H, W) uint8 foreground mask of the boxes: 255 on every pixel whose centre lies inside one
+    (the mask the foreground/background-aware translators take from box labels), 0 elsewhere."""
+    out = np.zeros((h, w), np.uint8)
+    for x1, y1, x2, y2 in clip_boxes(boxes, h, w):
+        c0, c1 = int(np.ceil(x1 - 0.5)), int(np.ceil(x2 - 0.5))  # pixel c is inside when x1 <= c + 0.5 < x2
+        r0, r1 = int(np.ceil(y1 - 0.5)), int(np.ceil(y2 - 0.5))
+        out[r0:r1, c0:c1] = 255
+    return out
+
+
 def instance_boxes(instances: np.ndarray, min_side: float = MIN_BOX_SIDE,
                    min_pixels: int = MIN_VISIBLE_PIXELS) -> tuple[np.ndarray, np.ndarray]:
     """Boxes of the visible pixels of each instance of an (H, W) integer map (0 = no instance):

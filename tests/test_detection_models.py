@@ -12,7 +12,7 @@ from edgeda.models.detection.losses import fcos_assign, ssd_loss, ssd_match
 
 TINY = {
     "ssdlite": dict(width=0.25),
-    "fcos": dict(backbone="resnet18", width=8, fpn_channels=32, num_convs=1),
+    "fcos": dict(backbone="resnet18", width=8, fpn_channels=64, num_convs=1),
 }
 
 
@@ -214,6 +214,6 @@ def test_public_layout_names_and_shapes():
 
 def test_bad_arguments_are_one_sentence():
     for kw in (dict(arch="yolo"), dict(arch="fcos", backbone="vgg16"), dict(arch="ssdlite", num_classes=0),
-               dict(arch="ssdlite", image_size=(16, 16)), dict(arch="fcos", fpn_channels=40)):
+               dict(arch="ssdlite", image_size=(16, 16)), dict(arch="fcos", fpn_channels=40), dict(arch="fcos", fpn_channels=32)):
         with pytest.raises(EdgedaError):
             build("detector", **{"num_classes": 2, "image_size": 64, **kw})

@@ -14,7 +14,7 @@ Building
 ``arch="fcos"``
     :class:`~edgeda.models.detection.fcos.FCOS`; ``backbone`` ``"resnet50"`` (default, torchvision's
     ``fcos_resnet50_fpn``), ``"resnet18"``, ``"mobilenet_v3_large"``; ``width`` (ResNet base width, 64;
-    MobileNet multiplier, 1.0), ``fpn_channels`` (256; a multiple of 32), ``num_convs`` (4).
+    MobileNet multiplier, 1.0), ``fpn_channels`` (256; a multiple of 32, at least 64), ``num_convs`` (4).
 
 Contract
 --------

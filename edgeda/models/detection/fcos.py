@@ -145,8 +145,9 @@ class FCOS(Detector):
         check_common(num_classes, channels)
         if backbone not in BACKBONES:
             raise EdgedaError(f"fcos backbone must be one of {', '.join(BACKBONES)}, not {backbone!r}")
-        if not isinstance(fpn_channels, int) or isinstance(fpn_channels, bool) or fpn_channels < 32 or fpn_channels % 32:
-            raise EdgedaError(f"fcos fpn_channels must be a positive multiple of 32 (GroupNorm has 32 groups), not {fpn_channels!r}")
+        if not isinstance(fpn_channels, int) or isinstance(fpn_channels, bool) or fpn_channels < 64 or fpn_channels % 32:
+            # GroupNorm has 32 groups; with 32 channels a 1x1 level (P7 of a small input) at batch 1 has one value per group
+            raise EdgedaError(f"fcos fpn_channels must be a multiple of 32 and at least 64, not {fpn_channels!r}")
         if not isinstance(num_convs, int) or isinstance(num_convs, bool) or num_convs < 0:
             raise EdgedaError(f"fcos num_convs must be a non-negative integer, not {num_convs!r}")
         self._init_common(num_classes, image_size)

@@ -217,3 +217,27 @@ def test_bad_arguments_are_one_sentence():
                dict(arch="ssdlite", image_size=(16, 16)), dict(arch="fcos", fpn_channels=40), dict(arch="fcos", fpn_channels=32)):
         with pytest.raises(EdgedaError):
             build("detector", **{"num_classes": 2, "image_size": 64, **kw})
+
+
+@pytest.mark.parametrize("arch", sorted(TINY))
+def test_whole_checkpoint_loads_and_other_class_count_reinitialises_head(arch, tmp_path):
+    from safetensors.torch import save_file
+
+    from edgeda.models.weights import load_pretrained, read_state_dict
+
+    src = _model(arch, k=4).eval()
+    state = {k: v for k, v in src.state_dict().items() if not k.endswith("num_batches_tracked")}  # as frozen-BN files
+    save_file(state, str(tmp_path / "det.safetensors"))
+    assert type(src).classes_in_checkpoint(read_state_dict(tmp_path / "det.safetensors")) == 4
+    same = build("detector", arch=arch, num_classes=4, image_size=(64, 64), **TINY[arch]).eval()
+    report = load_pretrained(same, tmp_path / "det.safetensors")
+    assert report["kind"] == "whole model" and not report["missing"] and not report["unexpected"]
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        a, b = src(x), same(x)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    other = build("detector", arch=arch, num_classes=2, image_size=(64, 64), **TINY[arch]).eval()
+    report = load_pretrained(other, tmp_path / "det.safetensors")
+    assert sorted(report["missing"]) == sorted(other.output_keys()) and report["reinitialised"]
+    with torch.no_grad():
+        assert torch.equal(other(x)["bbox_regression"], a["bbox_regression"])

@@ -48,7 +48,11 @@ outputs; dataset class ``c`` is column ``c + 1``.
 
 ``image_size`` arguments matter only when the input size differs from the build size; a mismatch between
 the outputs' anchor count and the size is an error. Attributes: ``num_classes``, ``image_size``,
-``nms_iou``, ``arch``, ``encoder`` (the trunk), ``output_keys()`` (the class-count-dependent tensors).
+``nms_iou``, ``arch``, ``encoder`` (``backbone``: the trunk with SSDLite's extra layers or FCOS's pyramid),
+``output_keys()`` (the class-count-dependent tensors) and ``classes_in_checkpoint(state)`` (``K`` of a checkpoint in
+the same layout), so :func:`edgeda.models.weights.load_pretrained` loads torchvision's whole-model checkpoints
+(``ssdlite320_mobilenet_v3_large_coco``, ``fcos_resnet50_fpn_coco``; with another class count the output layers
+stay initialised).
 """
 from __future__ import annotations
 

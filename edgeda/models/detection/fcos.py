@@ -156,7 +156,8 @@ class FCOS(Detector):
 
     @property
     def encoder(self) -> nn.Module:
-        return self.backbone.body
+        """``backbone`` (trunk and pyramid): the module a whole-model checkpoint's ``backbone.*`` tensors fill."""
+        return self.backbone
 
     def features(self, images: torch.Tensor) -> list[torch.Tensor]:
         """P3 .. P7 (strides 8 .. 128), ``fpn_channels`` channels each."""
@@ -187,3 +188,9 @@ class FCOS(Detector):
     def output_keys(self) -> list[str]:
         """The class-count-dependent tensors (a checkpoint with another class count leaves them initialised)."""
         return ["head.classification_head.cls_logits.weight", "head.classification_head.cls_logits.bias"]
+
+    @staticmethod
+    def classes_in_checkpoint(state: dict) -> int | None:
+        """``K`` of a checkpoint in this layout (its logits have ``K + 1`` rows), None without a head."""
+        w = state.get("head.classification_head.cls_logits.weight")
+        return None if w is None else int(w.shape[0]) - 1

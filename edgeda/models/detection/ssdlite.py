@@ -175,6 +175,12 @@ class SSDLite(Detector):
         anchors, _ = self._anchors_for(outputs, image_size)
         return ssd_loss(outputs, targets, anchors)
 
+    @staticmethod
+    def classes_in_checkpoint(state: dict) -> int | None:
+        """``K`` of a checkpoint in this layout (6 boxes x ``K + 1`` logits per cell), None without a head."""
+        w = state.get("head.classification_head.module_list.0.1.weight")
+        return None if w is None else int(w.shape[0]) // 6 - 1
+
     def output_keys(self) -> list[str]:
         """The class-count-dependent tensors (a checkpoint with another class count leaves them initialised)."""
         return [f"head.classification_head.module_list.{i}.1.{p}"

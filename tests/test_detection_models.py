@@ -162,6 +162,10 @@ def test_contract_shapes_decode_postprocess(arch):
         m.decode(out, image_size=(64, 64))
     again = rebuild(arch_of(m))
     assert list(again.state_dict()) == list(m.state_dict())
+    trunk, rest = m.param_groups(1.0, 0.1)
+    assert trunk["lr"] == 0.1 and rest["lr"] == 1.0
+    assert len(trunk["params"]) + len(rest["params"]) == len(list(m.parameters())) and trunk["params"] and rest["params"]
+    assert {id(p) for p in trunk["params"]} == {id(p) for p in m.trunk.parameters()}
 
 
 @pytest.mark.parametrize("arch", sorted(TINY))

@@ -46,6 +46,12 @@ outputs; dataset class ``c`` is column ``c + 1``.
     the list of multi-scale maps the heads see (SSDLite: six levels, strides 16 .. 512; FCOS: P3 .. P7),
     for image-level adversarial alignment.
 
+``model.param_groups(lr, encoder_lr_mult=1.0)``
+    the trunk (MobileNetV3 / ResNet) at ``lr * encoder_lr_mult``, the rest (extra layers, pyramid, heads) at ``lr``.
+``model.checkpoint_mean`` / ``model.checkpoint_std``
+    the normalisation torchvision's checkpoints expect (SSDLite 0.5 / 0.5, i.e. ``[-1, 1]``; FCOS ImageNet's):
+    the task's mean and std should equal them when such weights are loaded.
+
 ``image_size`` arguments matter only when the input size differs from the build size; a mismatch between
 the outputs' anchor count and the size is an error. Attributes: ``num_classes``, ``image_size``,
 ``nms_iou``, ``arch``, ``encoder`` (``backbone``: the trunk with SSDLite's extra layers or FCOS's pyramid),

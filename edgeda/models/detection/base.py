@@ -34,6 +34,9 @@ class Detector(nn.Module):
 
     arch: str = ""
     nms_iou: float = 0.5
+    # the input normalisation torchvision's checkpoints of this detector were trained with
+    checkpoint_mean: tuple[float, ...] = (0.485, 0.456, 0.406)
+    checkpoint_std: tuple[float, ...] = (0.229, 0.224, 0.225)
 
     def _init_common(self, num_classes: int, image_size) -> None:
         self.num_classes = num_classes
@@ -48,6 +51,18 @@ class Detector(nn.Module):
         if key not in self._anchor_cache:
             self._anchor_cache[key] = self._make_anchors(size).to(device)
         return self._anchor_cache[key]
+
+    @property
+    def trunk(self) -> nn.Module:
+        """The classification network the detector is built on (what an ImageNet checkpoint covers)."""
+        raise NotImplementedError
+
+    def param_groups(self, lr: float, encoder_lr_mult: float = 1.0) -> list[dict]:
+        """Optimizer parameter groups: the trunk at ``lr * encoder_lr_mult``, everything else at ``lr``."""
+        trunk = list(self.trunk.parameters())
+        ids = {id(p) for p in trunk}
+        rest = [p for p in self.parameters() if id(p) not in ids]
+        return [{"params": trunk, "lr": lr * encoder_lr_mult}, {"params": rest, "lr": lr}]
 
     def _anchors_for(self, outputs: dict[str, torch.Tensor], image_size) -> tuple[torch.Tensor, tuple[int, int]]:
         size = self.image_size if image_size is None else image_size_of(image_size)

@@ -159,6 +159,10 @@ class FCOS(Detector):
         """``backbone`` (trunk and pyramid): the module a whole-model checkpoint's ``backbone.*`` tensors fill."""
         return self.backbone
 
+    @property
+    def trunk(self) -> nn.Module:
+        return self.backbone.body
+
     def features(self, images: torch.Tensor) -> list[torch.Tensor]:
         """P3 .. P7 (strides 8 .. 128), ``fpn_channels`` channels each."""
         return self.backbone(images)

@@ -131,6 +131,8 @@ class SSDLite(Detector):
 
     arch = "ssdlite"
     nms_iou = 0.55
+    checkpoint_mean = (0.5, 0.5, 0.5)
+    checkpoint_std = (0.5, 0.5, 0.5)
 
     def __init__(self, num_classes: int, channels: int = 3, image_size=(320, 320), backbone: str = "mobilenet_v3_large",
                  width: float = 1.0, reduced_tail: bool = True):
@@ -153,6 +155,10 @@ class SSDLite(Detector):
     @property
     def encoder(self) -> nn.Module:
         return self.backbone
+
+    @property
+    def trunk(self) -> nn.Module:
+        return self.backbone.features
 
     def features(self, images: torch.Tensor) -> list[torch.Tensor]:
         """The six maps the heads see (strides 16, 32, 64, 128, 256, 512)."""

@@ -245,3 +245,25 @@ def test_whole_checkpoint_loads_and_other_class_count_reinitialises_head(arch, t
     assert sorted(report["missing"]) == sorted(other.output_keys()) and report["reinitialised"]
     with torch.no_grad():
         assert torch.equal(other(x)["bbox_regression"], a["bbox_regression"])
+
+
+def test_imagenet_trunk_checkpoint_loads_into_ssdlite(tmp_path):
+    from safetensors.torch import save_file
+
+    from edgeda.models import load_backbone_weights
+
+    kw = dict(arch="ssdlite", num_classes=2, image_size=(64, 64), width=0.25, reduced_tail=False)
+    torch.manual_seed(1)
+    src = build("detector", **kw)
+    # MobileNetV3's own names (features.13.block.1 is this layout's backbone.features.1.0.1) plus a classifier
+    state = {f"features.{k}": v for k, v in src.trunk.state_dict().items()}
+    assert "features.13.block.1.0.weight" in state and "features.16.0.weight" in state
+    state["classifier.0.weight"] = torch.zeros(8, 8)
+    save_file(state, str(tmp_path / "mobilenet.safetensors"))
+    torch.manual_seed(2)
+    dst = build("detector", **kw)
+    report = load_backbone_weights(dst.trunk, tmp_path / "mobilenet.safetensors")
+    assert report["unexpected"] == ["classifier.0.weight"] and report["missing"] == []
+    a, b = src.state_dict(), dst.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a if k.startswith("backbone.features."))
+    assert not torch.equal(a["backbone.extra.0.0.0.weight"], b["backbone.extra.0.0.0.weight"])

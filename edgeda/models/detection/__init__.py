@@ -46,6 +46,10 @@ outputs; dataset class ``c`` is column ``c + 1``.
     the list of multi-scale maps the heads see (SSDLite: six levels, strides 16 .. 512; FCOS: P3 .. P7),
     for image-level adversarial alignment.
 
+``model.trunk``
+    the classification network in its own public layout, sharing the detector's parameters: an ImageNet
+    checkpoint of it (torchvision ``resnet50`` / ``resnet18`` / ``mobilenet_v3_large``; for SSDLite with
+    ``reduced_tail=False``) loads with :func:`edgeda.models.weights.load_backbone_weights` ``(model.trunk, path)``.
 ``model.param_groups(lr, encoder_lr_mult=1.0)``
     the trunk (MobileNetV3 / ResNet) at ``lr * encoder_lr_mult``, the rest (extra layers, pyramid, heads) at ``lr``.
 ``model.checkpoint_mean`` / ``model.checkpoint_std``

@@ -54,7 +54,7 @@ class Detector(nn.Module):
 
     @property
     def trunk(self) -> nn.Module:
-        """The classification network the detector is built on (what an ImageNet checkpoint covers)."""
+        """The classification network the detector is built on, in its public layout (what an ImageNet checkpoint covers)."""
         raise NotImplementedError
 
     def param_groups(self, lr: float, encoder_lr_mult: float = 1.0) -> list[dict]:

@@ -88,6 +88,12 @@ class SSDLiteBackbone(nn.Module):
             cin = d
         self.extra = nn.ModuleList(extra)
         self.out_channels = [split[0].out_channels, trunk[-1].out_channels, *depth]
+        self._trunk = (trunk,)  # the same layers in MobileNetV3's own order (a tuple: not registered twice)
+
+    def trunk(self) -> nn.Sequential:
+        """MobileNetV3-Large's ``features`` in its own layout (``{i}.block.*``), sharing this backbone's layers:
+        an ImageNet ``mobilenet_v3_large`` checkpoint (``features.*``) loads into it (with ``reduced_tail=False``)."""
+        return nn.Sequential(*self._trunk[0])
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         out = []
@@ -158,7 +164,7 @@ class SSDLite(Detector):
 
     @property
     def trunk(self) -> nn.Module:
-        return self.backbone.features
+        return self.backbone.trunk()
 
     def features(self, images: torch.Tensor) -> list[torch.Tensor]:
         """The six maps the heads see (strides 16, 32, 64, 128, 256, 512)."""

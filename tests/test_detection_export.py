@@ -139,7 +139,7 @@ def test_efficient_nms_rewrite_refusals(tmp_path):
     assert {p.key: p.value for p in model.metadata_props}["edgeda_pre_nms_topk"] == str(144 * 3)  # all 144 anchors x 3
     helper.set_model_props(model, {**{p.key: p.value for p in model.metadata_props}, "edgeda_pre_nms_topk": "5000"})
     onnx.save(model, str(tmp_path / "big.onnx"))
-    with pytest.raises(EdgedaError, match="4096"):
+    with pytest.raises(EdgedaError, match="3840"):
         to_efficient_nms(tmp_path / "big.onnx", tmp_path / "x.onnx")
     plain = helper.make_model(helper.make_graph([], "g", [], []))
     onnx.save(plain, str(tmp_path / "plain.onnx"))

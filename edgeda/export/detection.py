@@ -27,7 +27,7 @@ shipped in ``libnvinfer_plugin`` of TensorRT 10.3 and 11.x; TensorRT 11 removed 
 this one) fed with the same candidates (scores transposed to (B, P, K)); its ``num_detections``
 (B, 1) is reshaped to (B,), so both files have the same outputs. ``background_class`` -1,
 ``box_coding`` 0 (corners), ``score_activation`` 0, ``class_agnostic`` 0. The plugin keeps at most
-4096 candidates, so ``pre_nms_topk`` must not exceed that. The rewritten graph is checked structurally
+4096 candidates and TensorRT's ``TopK`` takes ``k <= 3840``, so ``pre_nms_topk`` must not exceed 3840. The rewritten graph is checked structurally
 here; building an engine from it needs TensorRT and a GPU.
 """
 from __future__ import annotations
@@ -43,7 +43,7 @@ from ..errors import EdgedaError, MissingDependency
 from .onnx import MAX_IR_VERSION, OPSET, InputSpec, Signature, export_onnx, ort_session
 
 OUTPUTS = ("boxes", "scores", "classes", "num_detections")
-EFFICIENT_NMS_MAX_CANDIDATES = 4096
+TRT_MAX_CANDIDATES = 3840  # TensorRT TopK: k <= 3840 (EfficientNMS_TRT itself keeps up to 4096)
 
 
 class DecodedDetector(nn.Module):
@@ -275,9 +275,9 @@ def to_efficient_nms(onnx_in: str | Path, onnx_out: str | Path) -> Path:
     if "edgeda_max_det" not in props:
         raise EdgedaError(f"{onnx_in} was not written by export_detector_onnx (no edgeda_max_det in its metadata)")
     max_det, topk = int(props["edgeda_max_det"]), int(props["edgeda_pre_nms_topk"])
-    if topk > EFFICIENT_NMS_MAX_CANDIDATES:
-        raise EdgedaError(f"EfficientNMS_TRT keeps at most {EFFICIENT_NMS_MAX_CANDIDATES} candidates; this file has "
-                          f"pre_nms_topk {topk}: export again with pre_nms_topk <= {EFFICIENT_NMS_MAX_CANDIDATES}")
+    if topk > TRT_MAX_CANDIDATES:
+        raise EdgedaError(f"TensorRT's TopK takes at most {TRT_MAX_CANDIDATES} candidates; this file has pre_nms_topk "
+                          f"{topk}: export again with pre_nms_topk <= {TRT_MAX_CANDIDATES}")
     graph = gs.import_onnx(model)
     nms = [n for n in graph.nodes if n.op == "NonMaxSuppression"]
     if len(nms) != 1:

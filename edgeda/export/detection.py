@@ -27,8 +27,8 @@ shipped in ``libnvinfer_plugin`` of TensorRT 10.3 and 11.x; TensorRT 11 removed 
 this one) fed with the same candidates (scores transposed to (B, P, K)); its ``num_detections``
 (B, 1) is reshaped to (B,), so both files have the same outputs. ``background_class`` -1,
 ``box_coding`` 0 (corners), ``score_activation`` 0, ``class_agnostic`` 0. The plugin keeps at most
-4096 candidates and TensorRT's ``TopK`` takes ``k <= 3840``, so ``pre_nms_topk`` must not exceed 3840. The rewritten graph is checked structurally
-here; building an engine from it needs TensorRT and a GPU.
+4096 candidates and TensorRT's ``TopK`` takes ``k <= 3840``, so ``pre_nms_topk`` must not exceed 3840.
+The rewritten graph is checked structurally here; building an engine from it needs TensorRT and a GPU.
 """
 from __future__ import annotations
 

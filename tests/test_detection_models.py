@@ -57,6 +57,20 @@ def test_nms_greedy_chain_and_class_aware():
     assert B.batched_nms(torch.zeros(0, 4), torch.zeros(0), torch.zeros(0, dtype=torch.long), 0.5).numel() == 0
 
 
+def test_nms_long_chain_equals_box_by_box_greedy():
+    # 120 boxes 10 px wide shifted by 3 px, scores decreasing left to right: each overlaps its next neighbours
+    # (IoU 7/13 and 4/16), so suppression alternates along the chain (longer than the matrix rounds allow)
+    x = torch.arange(120, dtype=torch.float32) * 3
+    boxes = torch.stack([x, torch.zeros(120), x + 10, torch.full((120,), 10.0)], 1)
+    scores = torch.linspace(1.0, 0.1, 120)
+    keep = B.batched_nms(boxes, scores, torch.zeros(120, dtype=torch.long), 0.5)
+    kept = []
+    for i in range(120):  # the textbook loop
+        if all(float(B.box_iou(boxes[i:i + 1], boxes[j:j + 1])) <= 0.5 for j in kept):
+            kept.append(i)
+    assert keep.tolist() == kept == list(range(0, 120, 2))
+
+
 # ---------------------------------------------------------------------------------------- SSD
 
 

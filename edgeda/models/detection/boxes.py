@@ -17,7 +17,7 @@ Codings (the parametrisations of the two papers, as torchvision writes them):
 
 :func:`batched_nms` is the one class-aware non-maximum suppression of the package: greedy NMS (a box
 is dropped when a higher-scoring kept box of the same class overlaps it with IoU above the threshold),
-computed exactly as a fixed point over the pairwise suppression matrix rather than one box at a time.
+computed exactly as a fixed point over the pairwise suppression matrix (box by box only for long chains).
 """
 from __future__ import annotations
 
@@ -89,23 +89,29 @@ def decode_ltrb(rel: torch.Tensor, anchors: torch.Tensor) -> torch.Tensor:
                         ax + rel[..., 2] * aw, ay + rel[..., 3] * ah), dim=-1)
 
 
-def nms_keep_mask(suppress: torch.Tensor) -> torch.Tensor:
+def nms_keep_mask(suppress: torch.Tensor, max_rounds: int = 32) -> torch.Tensor:
     """Greedy NMS on boxes already sorted by decreasing score, given ``suppress[i, j]`` (``i < j``: box ``i``
     removes box ``j`` if ``i`` is kept). Returns the keep mask.
 
     The greedy result is the unique ``keep`` with ``keep[j] = not any(keep[i] and suppress[i, j] for i < j)``;
-    iterating that equation from "keep all" fixes one more leading entry per round, so it reaches the
-    answer in at most (longest chain of suppressions) rounds, each one matrix op.
+    iterating that equation from "keep all" fixes one more leading entry per round and usually settles in a
+    few rounds of one matrix op each. A longer chain of suppressions (boxes each overlapping only the next)
+    is finished box by box after ``max_rounds``.
     """
     n = suppress.shape[0]
     suppress = suppress.triu(1)
     keep = torch.ones(n, dtype=torch.bool, device=suppress.device)
-    for _ in range(n):
+    for _ in range(min(n, max_rounds)):
         new = ~(suppress & keep[:, None]).any(dim=0)
         if torch.equal(new, keep):
-            break
+            return keep
         keep = new
-    return keep
+    keep = torch.ones(n, dtype=torch.bool)
+    rows = suppress.cpu()
+    for i in range(n):
+        if keep[i]:
+            keep &= ~rows[i]
+    return keep.to(suppress.device)
 
 
 def batched_nms(boxes: torch.Tensor, scores: torch.Tensor, labels: torch.Tensor, iou_thresh: float) -> torch.Tensor:

@@ -41,7 +41,10 @@ outputs; dataset class ``c`` is column ``c + 1``.
     one dict per image, ``boxes`` (n, 4), ``scores`` (n,), ``labels`` (n,) int64 in ``0 .. K-1``, by
     decreasing score: the ``pre_nms_topk`` best (anchor, class) pairs above ``score_thresh``, class-aware
     NMS (:func:`~edgeda.models.detection.boxes.batched_nms`) at ``iou_thresh`` (default ``model.nms_iou``:
-    0.55 SSDLite, 0.6 FCOS, torchvision's values), at most ``max_det``.
+    0.55 SSDLite, 0.6 FCOS, torchvision's values), at most ``max_det``. (torchvision picks its pre-NMS
+    candidates per class for SSD and per level for FCOS; one ranking over all pairs is what the exported
+    graph and TensorRT's ``EfficientNMS_TRT`` compute. With ``pre_nms_topk`` above the number of
+    candidates the two agree.)
 ``model.features(images)``
     the list of multi-scale maps the heads see (SSDLite: six levels, strides 16 .. 512; FCOS: P3 .. P7),
     for image-level adversarial alignment.

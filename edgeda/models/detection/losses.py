@@ -11,7 +11,9 @@ SSD (Liu et al., "SSD: Single Shot MultiBox Detector", ECCV 2016)
     at least 0.5, and each ground truth takes its best anchor regardless; the loss is
     ``(sum_pos CE + sum_hardneg CE + sum_pos smoothL1(t, encode(g, a))) / N_pos`` where the hard
     negatives are each image's ``3 N_pos`` unmatched anchors of highest cross-entropy
-    (:func:`ssd_loss`); the box code is :func:`~edgeda.models.detection.boxes.encode_deltas`.
+    (:func:`ssd_loss`); the box code is :func:`~edgeda.models.detection.boxes.encode_deltas`. (When an
+    image has fewer than ``3 N_pos`` negatives, torchvision's ranking also counts some positives a second
+    time as negatives; here only negatives are mined. Otherwise the two losses are equal.)
 FCOS (Tian et al., "FCOS: Fully Convolutional One-Stage Object Detection", ICCV 2019)
     assignment (:func:`fcos_assign`): a point is positive for a box when it lies inside the box, within
     ``1.5`` strides (anchor sizes) of its centre ("centre sampling") and its largest side distance falls

@@ -151,7 +151,8 @@ def test_contract_shapes_decode_postprocess(arch):
     x = torch.randn(2, 3, 100, 70)
     with torch.no_grad():
         out = m(x)
-        feats = m.features(x)
+        feats, again = m.features_and_outputs(x)
+    assert all(torch.equal(out[k], again[k]) for k in out)
     a = m.anchors((100, 70))
     assert out["cls_logits"].shape == (2, a.shape[0], 4)
     assert out["bbox_regression"].shape == (2, a.shape[0], 4)

@@ -47,7 +47,7 @@ outputs; dataset class ``c`` is column ``c + 1``.
     candidates the two agree.)
 ``model.features(images)``
     the list of multi-scale maps the heads see (SSDLite: six levels, strides 16 .. 512; FCOS: P3 .. P7),
-    for image-level adversarial alignment.
+    for image-level adversarial alignment; ``model.features_and_outputs(images)`` gives both from one pass.
 
 ``model.trunk``
     the classification network in its own public layout, sharing the detector's parameters: an ImageNet

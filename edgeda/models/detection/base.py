@@ -30,7 +30,7 @@ def check_common(num_classes, channels) -> None:
 
 class Detector(nn.Module):
     """Base class: subclasses set ``num_classes``, ``image_size``, ``nms_iou`` and implement ``features``,
-    ``forward``, ``_make_anchors(image_size)``, ``decode`` and ``loss``."""
+    ``heads`` (feature maps -> raw outputs), ``_make_anchors(image_size)``, ``decode`` and ``loss``."""
 
     arch: str = ""
     nms_iou: float = 0.5
@@ -42,6 +42,14 @@ class Detector(nn.Module):
         self.num_classes = num_classes
         self.image_size = image_size_of(image_size)
         self._anchor_cache: dict = {}
+
+    def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        return self.heads(self.features(images))
+
+    def features_and_outputs(self, images: torch.Tensor) -> tuple[list[torch.Tensor], dict[str, torch.Tensor]]:
+        """The feature maps the heads see and the raw outputs, from one pass (for feature-level alignment)."""
+        feats = self.features(images)
+        return feats, self.heads(feats)
 
     def anchors(self, image_size=None, device=None) -> torch.Tensor:
         """``(A, 4)`` anchors (pixels, ``x1 y1 x2 y2``) for inputs of ``image_size`` (default: the build size), cached."""

@@ -167,8 +167,7 @@ class FCOS(Detector):
         """P3 .. P7 (strides 8 .. 128), ``fpn_channels`` channels each."""
         return self.backbone(images)
 
-    def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
-        feats = self.features(images)
+    def heads(self, feats: list[torch.Tensor]) -> dict[str, torch.Tensor]:
         reg, ctr = self.head.regression_head(feats)
         return {"cls_logits": self.head.classification_head(feats), "bbox_regression": reg, "bbox_ctrness": ctr}
 

@@ -170,8 +170,7 @@ class SSDLite(Detector):
         """The six maps the heads see (strides 16, 32, 64, 128, 256, 512)."""
         return self.backbone(images)
 
-    def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
-        feats = self.features(images)
+    def heads(self, feats: list[torch.Tensor]) -> dict[str, torch.Tensor]:
         return {"cls_logits": self.head.classification_head(feats), "bbox_regression": self.head.regression_head(feats)}
 
     def _make_anchors(self, image_size: tuple[int, int]) -> torch.Tensor:

@@ -66,6 +66,10 @@ the outputs' anchor count and the size is an error. Attributes: ``num_classes``,
 the same layout), so :func:`edgeda.models.weights.load_pretrained` loads torchvision's whole-model checkpoints
 (``ssdlite320_mobilenet_v3_large_coco``, ``fcos_resnet50_fpn_coco``; with another class count the output layers
 stay initialised).
+
+Export with decoding and NMS in the graph: :func:`edgeda.export.detection.export_detector_onnx`.
+Small models for CPU runs (tests use them at 64 x 64): ``ssdlite`` with ``width=0.25``-``0.5``;
+``fcos`` with ``backbone="resnet18", width=8``-``16, fpn_channels=64, num_convs=1``-``2``.
 """
 from __future__ import annotations
 

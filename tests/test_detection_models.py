@@ -207,6 +207,8 @@ def test_loss_decreases_and_empty_targets(arch):
     assert all(torch.isfinite(v) for v in parts.values())
     assert parts["bbox_regression"].item() == 0.0
     parts["loss"].backward()
+    with pytest.raises(EdgedaError, match="targets"):
+        m.loss(out, empty[:1])
     mixed = m.loss(m(x), [targets[0], empty[0]])
     assert torch.isfinite(mixed["loss"]) and mixed["bbox_regression"].item() > 0
 

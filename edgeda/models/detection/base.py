@@ -81,6 +81,11 @@ class Detector(nn.Module):
                               f"{anchors.shape[0]}: pass the input's image_size")
         return anchors, size
 
+    def _check_targets(self, outputs: dict[str, torch.Tensor], targets: list[dict]) -> None:
+        n = outputs["bbox_regression"].shape[0]
+        if len(targets) != n:
+            raise EdgedaError(f"the detector's loss got {len(targets)} targets for a batch of {n} images")
+
     @torch.no_grad()
     def postprocess(self, outputs: dict[str, torch.Tensor], score_thresh: float = 0.05, iou_thresh: float | None = None,
                     max_det: int = 100, pre_nms_topk: int = 1000, image_size=None) -> list[dict[str, torch.Tensor]]:

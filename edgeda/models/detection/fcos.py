@@ -186,6 +186,7 @@ class FCOS(Detector):
 
     def loss(self, outputs: dict[str, torch.Tensor], targets: list[dict], image_size=None) -> dict[str, torch.Tensor]:
         anchors, size = self._anchors_for(outputs, image_size)
+        self._check_targets(outputs, targets)
         return fcos_loss(outputs, targets, anchors, [h * w for h, w in self._grids(size)])
 
     def output_keys(self) -> list[str]:

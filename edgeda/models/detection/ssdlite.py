@@ -184,6 +184,7 @@ class SSDLite(Detector):
 
     def loss(self, outputs: dict[str, torch.Tensor], targets: list[dict], image_size=None) -> dict[str, torch.Tensor]:
         anchors, _ = self._anchors_for(outputs, image_size)
+        self._check_targets(outputs, targets)
         return ssd_loss(outputs, targets, anchors)
 
     @staticmethod

@@ -95,14 +95,15 @@ def nms_keep_mask(suppress: torch.Tensor, max_rounds: int = 32) -> torch.Tensor:
 
     The greedy result is the unique ``keep`` with ``keep[j] = not any(keep[i] and suppress[i, j] for i < j)``;
     iterating that equation from "keep all" fixes one more leading entry per round and usually settles in a
-    few rounds of one matrix op each. A longer chain of suppressions (boxes each overlapping only the next)
+    few rounds of one vector-matrix product each. A longer chain of suppressions (boxes each overlapping only the next)
     is finished box by box after ``max_rounds``.
     """
     n = suppress.shape[0]
     suppress = suppress.triu(1)
+    weights = suppress.float()  # a round is one vector-matrix product: how many kept boxes remove each box
     keep = torch.ones(n, dtype=torch.bool, device=suppress.device)
     for _ in range(min(n, max_rounds)):
-        new = ~(suppress & keep[:, None]).any(dim=0)
+        new = (keep.float() @ weights) == 0
         if torch.equal(new, keep):
             return keep
         keep = new

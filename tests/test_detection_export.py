@@ -141,6 +141,9 @@ def test_efficient_nms_rewrite_refusals(tmp_path):
     onnx.save(model, str(tmp_path / "big.onnx"))
     with pytest.raises(EdgedaError, match="3840"):
         to_efficient_nms(tmp_path / "big.onnx", tmp_path / "x.onnx")
+    export_detector_onnx(m, tmp_path / "low.onnx", score_thresh=0.001, max_det=5, check=False)
+    with pytest.raises(EdgedaError, match="0.007"):
+        to_efficient_nms(tmp_path / "low.onnx", tmp_path / "z.onnx")
     plain = helper.make_model(helper.make_graph([], "g", [], []))
     onnx.save(plain, str(tmp_path / "plain.onnx"))
     with pytest.raises(EdgedaError, match="export_detector_onnx"):

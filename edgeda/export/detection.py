@@ -28,7 +28,11 @@ this one) fed with the same candidates (scores transposed to (B, P, K)); its ``n
 (B, 1) is reshaped to (B,), so both files have the same outputs. ``background_class`` -1,
 ``box_coding`` 0 (corners), ``score_activation`` 0, ``class_agnostic`` 0. The plugin keeps at most
 4096 candidates and TensorRT's ``TopK`` takes ``k <= 3840``, so ``pre_nms_topk`` must not exceed 3840.
-The rewritten graph is checked structurally here; building an engine from it needs TensorRT and a GPU.
+Two differences from ONNX ``NonMaxSuppression`` only show at exact ties: the plugin keeps scores ``>=`` the
+threshold and suppresses at IoU ``>=`` the threshold (ONNX and the PyTorch NMS: ``>``). Below a score threshold
+of 0.007 the plugin switches to a kernel that ranks below-threshold scores instead of dropping them, so the
+rewrite needs ``score_thresh >= 0.007``. The rewritten graph is checked structurally here; building an
+engine from it needs TensorRT and a GPU.
 """
 from __future__ import annotations
 
@@ -44,6 +48,7 @@ from .onnx import MAX_IR_VERSION, OPSET, InputSpec, Signature, export_onnx, ort_
 
 OUTPUTS = ("boxes", "scores", "classes", "num_detections")
 TRT_MAX_CANDIDATES = 3840  # TensorRT TopK: k <= 3840 (EfficientNMS_TRT itself keeps up to 4096)
+TRT_MIN_SCORE_THRESH = 0.007  # below it EfficientNMS_TRT's dense kernel keeps below-threshold entries
 
 
 class DecodedDetector(nn.Module):
@@ -278,6 +283,10 @@ def to_efficient_nms(onnx_in: str | Path, onnx_out: str | Path) -> Path:
     if topk > TRT_MAX_CANDIDATES:
         raise EdgedaError(f"TensorRT's TopK takes at most {TRT_MAX_CANDIDATES} candidates; this file has pre_nms_topk "
                           f"{topk}: export again with pre_nms_topk <= {TRT_MAX_CANDIDATES}")
+    if float(props["edgeda_score_thresh"]) < TRT_MIN_SCORE_THRESH:
+        raise EdgedaError(f"EfficientNMS_TRT needs a score threshold of at least {TRT_MIN_SCORE_THRESH} (below it the plugin "
+                          f"ranks below-threshold scores instead of dropping them); this file has "
+                          f"{float(props['edgeda_score_thresh'])}: export again with a higher score_thresh")
     graph = gs.import_onnx(model)
     nms = [n for n in graph.nodes if n.op == "NonMaxSuppression"]
     if len(nms) != 1:

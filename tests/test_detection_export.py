@@ -134,16 +134,16 @@ def test_efficient_nms_rewrite_structure(tmp_path):
 
 def test_efficient_nms_rewrite_refusals(tmp_path):
     m = _model("ssdlite")
-    export_detector_onnx(m, tmp_path / "det.onnx", max_det=5, check=False)
-    model = onnx.load(str(tmp_path / "det.onnx"))
-    assert {p.key: p.value for p in model.metadata_props}["edgeda_pre_nms_topk"] == str(144 * 3)  # all 144 anchors x 3
-    helper.set_model_props(model, {**{p.key: p.value for p in model.metadata_props}, "edgeda_pre_nms_topk": "5000"})
-    onnx.save(model, str(tmp_path / "big.onnx"))
-    with pytest.raises(EdgedaError, match="3840"):
-        to_efficient_nms(tmp_path / "big.onnx", tmp_path / "x.onnx")
     export_detector_onnx(m, tmp_path / "low.onnx", score_thresh=0.001, max_det=5, check=False)
     with pytest.raises(EdgedaError, match="0.007"):
         to_efficient_nms(tmp_path / "low.onnx", tmp_path / "z.onnx")
+    model = onnx.load(str(tmp_path / "low.onnx"))
+    props = {p.key: p.value for p in model.metadata_props}
+    assert props["edgeda_pre_nms_topk"] == str(144 * 3)  # all 144 anchors x 3 classes
+    helper.set_model_props(model, {**props, "edgeda_pre_nms_topk": "5000", "edgeda_score_thresh": "0.05"})
+    onnx.save(model, str(tmp_path / "big.onnx"))
+    with pytest.raises(EdgedaError, match="3840"):
+        to_efficient_nms(tmp_path / "big.onnx", tmp_path / "x.onnx")
     plain = helper.make_model(helper.make_graph([], "g", [], []))
     onnx.save(plain, str(tmp_path / "plain.onnx"))
     with pytest.raises(EdgedaError, match="export_detector_onnx"):

@@ -28,7 +28,7 @@ def evaluate_bundle(bundle: str | Path | Bundle, data: str | None = None, *, con
     if spec is None:
         raise EdgedaError("no --data given and the bundle names no target test domain")
     task = b.task
-    dom = load_domain(spec, labeled=True, size=task.image_size, channels=task.channels)
+    dom = load_domain(spec, labeled=True, size=task.image_size, channels=task.channels, task=task.task)
     if isinstance(dom, Domain):
         if task.dense:
             raise DataError(f"{spec} has one label per image; this {task.task} bundle needs per-pixel labels")

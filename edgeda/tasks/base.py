@@ -46,7 +46,7 @@ class Task:
     # label-free validators' rows and the augmentation-consistency check read)
     inferred: ClassVar[bool] = False  # chosen from what a dense source carries when --task is not given
     # evaluation settings of a model's own post-processing (COCO evaluation keeps low-score boxes)
-    postprocess_options: ClassVar[dict] = {"score_thresh": 0.05, "iou_thresh": 0.5, "max_det": 100}
+    postprocess_options: ClassVar[dict] = {"score_thresh": 0.05, "max_det": 100}
 
     # -- data ----------------------------------------------------------------------------------
     def labeled_by(self, domain) -> bool:
@@ -56,17 +56,22 @@ class Task:
     def stream(self, domain, spec: TaskSpec, batch_size: int, device, seed: int, *, labeled: bool, cfg,
                weights=None, rank: int = 0, world_size: int = 1):
         """The trainer's infinite, resumable batch stream over ``domain`` (``next() -> Batch``):
-        for dense tasks samples decoded and augmented by DataLoader workers (:class:`DenseStream`)."""
-        from ..training.dense_stream import DenseStream
+        samples decoded and augmented by DataLoader workers, read the way the kind of domain needs
+        (:func:`edgeda.training.readers.reader_of`: stacked label maps, or one box record per image)."""
+        from ..training.readers import reader_of
 
-        return DenseStream(domain, spec, batch_size, device, seed, labeled=labeled, workers=cfg.workers,
-                           hflip=cfg.augment_hflip, weights=weights, rank=rank, world_size=world_size)
+        return reader_of(domain).stream(domain, spec, batch_size, device, seed, labeled=labeled, workers=cfg.workers,
+                                        hflip=cfg.augment_hflip, weights=weights, rank=rank, world_size=world_size)
 
     def eval_batches(self, domain, spec: TaskSpec, device, batch_size: int, *, labels: bool, workers: int | None = None):
         """(normalised images on ``device``, labels on CPU or None, uint8 NHWC images) over
         ``domain`` in order, un-augmented (:func:`edgeda.training.evaluate.eval_batches`)."""
         from ..training.evaluate import dense_eval_batches
+        from ..training.readers import reader_of
 
+        read = reader_of(domain).eval_batches
+        if read is not None:
+            return read(domain, spec, device, batch_size, labels=labels, workers=workers)
         return dense_eval_batches(domain, spec, device, batch_size, labels=labels, workers=workers, key=self.label_key)
 
     def labels_to(self, labels, device):

@@ -79,7 +79,7 @@ def resolve_size(cfg: TrainConfig) -> tuple[int, int]:
 def load_domains(cfg: TrainConfig, needs_target: bool) -> Domains:
     """Load and check every domain before any training starts (one clear error otherwise)."""
     size = resolve_size(cfg)
-    kw = {"size": size, "channels": cfg.channels, "seed": cfg.seed}
+    kw = {"size": size, "channels": cfg.channels, "seed": cfg.seed, "task": cfg.task}
     src_builtin = split_builtin(cfg.source)
     source = load_domain(cfg.source, labeled=True, split="train", n=cfg.source_n, **kw)
     task = resolve_task(cfg, source)

@@ -246,7 +246,11 @@ def evaluation_context(model: torch.nn.Module, domains, spec: TaskSpec, device="
         ctx.source_logits, ctx.source_features = sv.rows, sv.features
         ctx.source_labels = torch.as_tensor(np.asarray(domains.source_val.labels), dtype=torch.long)
     out = None
-    if domains.target is not None:
+    if domains.target is not None and not t.class_logits and t.dense:
+        # outputs that are not class logits give the validators no rows (nor features): no target pass
+        out = EvalOutput(rows=torch.zeros(0, max(spec.num_classes, 1)))
+        ctx.target_logits, ctx.target_features, ctx.reference_logits = out.rows, None, reference_rows
+    elif domains.target is not None:
         out = evaluate_model(model, domains.target, spec, device, labels=False, rows=True, features=not t.dense, seed=seed)
         ctx.target_logits, ctx.target_features = out.rows, out.features
         ctx.reference_logits = reference_rows

@@ -234,7 +234,8 @@ class Trainer:
         from ..data import load_domain
         from ..data.domain import Domain
 
-        dom = load_domain(self.cfg.target_val, labeled=True, size=self.task.image_size, channels=self.task.channels)
+        dom = load_domain(self.cfg.target_val, labeled=True, size=self.task.image_size, channels=self.task.channels,
+                          task=self.task.task)
         if isinstance(dom, Domain) != (not self.task_def.dense):
             raise EdgedaError(f"--target-val {self.cfg.target_val} is not {self.task.task} data")
         if isinstance(dom, Domain):

@@ -146,6 +146,7 @@ class Method(Configurable):
             raise EdgedaError(f"method {self.name!r} adapts {', '.join(self.tasks)} models, not {task.task}; "
                               f"methods for {task.task}: {', '.join(methods_for(task.task))}")
         self.opts = self.resolve_options(options)
+        self.given = set(options or {})  # the option names the user set (the rest are defaults)
         self.task = task
         self.backbone = backbone
         self.backbone_kwargs = dict(backbone_kwargs or {})

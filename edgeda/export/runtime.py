@@ -80,19 +80,22 @@ class TorchRunner(Runner):
         self.dtype = torch.float16 if precision == "fp16" else torch.float32
         self.model = self.model.to(self.dtype)
         self.device = str(self.dev)
+        from ..tasks import task_of
+
+        self.infer = task_of(bundle.task).infer  # float outputs, or a detector's post-processed boxes
 
     def forward(self, x):
         torch = self.torch
         with torch.inference_mode():
             if self.dev.type != "cuda":
-                return self.model(torch.from_numpy(x)).float().numpy()
+                return _numpy(self.infer(self.model, torch.from_numpy(x)))
             ev = [torch.cuda.Event(enable_timing=True) for _ in range(4)]
             ev[0].record()
             xd = torch.from_numpy(x).to(self.dev, non_blocking=False).to(self.dtype)
             ev[1].record()
-            y = self.model(xd)
+            y = self.infer(self.model, xd)
             ev[2].record()
-            out = y.float().cpu().numpy()
+            out = _numpy(y)
             ev[3].record()
             ev[3].synchronize()
             self.timings = {"h2d_ms": ev[0].elapsed_time(ev[1]), "compute_ms": ev[1].elapsed_time(ev[2]),
@@ -168,3 +171,12 @@ class TrtRunner(Runner):
         out = self.engine.run({self.input: x})[self.output]
         self.timings = dict(self.engine.timings)
         return np.asarray(out, np.float32)
+
+
+def _numpy(value):
+    """Tensors as float32 numpy arrays (a detector's per-image records: dicts of arrays)."""
+    if isinstance(value, dict):
+        return {k: _numpy(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_numpy(v) for v in value]
+    return (value.float() if value.is_floating_point() else value).cpu().numpy()

@@ -127,12 +127,15 @@ class TargetSet:
 
     @torch.no_grad()
     def predictions(self, model: nn.Module):
-        """(slice, output) of ``model`` (eval mode, its mode restored) over every image, batch by batch."""
+        """(slice, output) of ``model`` (eval mode, its mode restored) over every image, batch by batch:
+        float tensors, or a dict of them (a detector's raw outputs)."""
         was = model.training
         model.eval()
         try:
             for i in range(0, len(self.images), self.batch_size):
-                yield slice(i, i + self.batch_size), model(self.tensor(slice(i, i + self.batch_size))).float()
+                out = model(self.tensor(slice(i, i + self.batch_size)))
+                yield slice(i, i + self.batch_size), ({k: v.float() for k, v in out.items()} if isinstance(out, dict)
+                                                      else out.float())
         finally:
             model.train(was)
 

@@ -48,6 +48,7 @@ def adapt(bundle, target_dir, out, method, iters, minutes, memory_mb, batch, dev
     started = time.perf_counter()
     from ..config import parse_option
     from . import adapt as run_adapt
+    from .tasks import adaptation_of
 
     opts = dict(parse_option(o) for o in options) if options else None
     log = None if as_json else (lambda s: click.echo(s, err=True))
@@ -69,11 +70,11 @@ def adapt(bundle, target_dir, out, method, iters, minutes, memory_mb, batch, dev
                f"peak RSS {r.peak_rss_mb:.0f} MiB" + (f", peak CUDA {r.peak_cuda_mb:.0f} MiB" if r.peak_cuda_mb else ""))
     sel = r.manifest["selection"]
     if sel["rule"] == "info_max":
-        click.echo(f"  wrote the state with the highest information maximisation: {sel['written']}")
-    click.echo(f"  mean entropy     {b['mean_entropy']:.3f} -> {a['mean_entropy']:.3f}")
-    click.echo(f"  mean confidence  {b['mean_confidence']:.3f} -> {a['mean_confidence']:.3f}")
-    click.echo(f"  agreement with the shipped model {a['agreement_with_shipped']:.1%}; "
-               f"class histogram entropy {b['histogram_entropy']:.2f} -> {a['histogram_entropy']:.2f}")
+        score = {"info_max": "information maximisation",
+                 "confidence_minus_drift": "confidence minus score drift"}.get(sel.get("score", "info_max"), sel.get("score"))
+        click.echo(f"  wrote the state with the highest {score}: {sel['written']}")
+    for line in adaptation_of(r.manifest["task"]).summary_lines(b, a):
+        click.echo(line)
     if r.accuracy:
         metric = {"miou": "mIoU"}.get(r.accuracy["metric"], r.accuracy["metric"])
         click.echo(f"  {metric} on {r.accuracy['data']} {r.accuracy['before']:.1%} -> {r.accuracy['after']:.1%} "

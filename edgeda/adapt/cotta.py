@@ -47,9 +47,9 @@ Detection bundles: the targets are the teacher's class distributions per anchor 
 over the K classes and background; FCOS: the per-class sigmoids) and the loss their soft
 cross-entropy (FCOS: binary, per class) averaged over anchors; confidence is per anchor. Where the
 shipped model is unsure the teacher's scores are averaged over the frame and its mirror image, the
-mirrored anchors mapped back through the anchor layout (an anchor's mirrored box is another
-anchor's box on SSDLite's and FCOS's grids; a layout without that symmetry uses the unaugmented
-teacher scores). ``flip`` = auto mirrors detection frames as it does segmentation frames; no
+mirrored anchors mapped back through the anchor layout (SSDLite: an anchor's mirrored box is
+another anchor's box; FCOS's locations at ``j x stride`` have no such map, so FCOS uses the
+unaugmented teacher scores). ``flip`` = auto mirrors detection frames as it does segmentation frames; no
 rescaled copies (their anchor sets have no one-to-one map back). Defaults as for segmentation (lr
 5e-4, tau 0.69). Details: :mod:`edgeda.adapt.detection`.
 

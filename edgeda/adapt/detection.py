@@ -49,10 +49,13 @@ anchors (as CoTTA averages over pixels; the targets come from a teacher, not fro
 own confidence, so background anchors hold the student to the teacher rather than pulling toward
 a trivial minimum). Where the shipped model's anchor confidence is below the threshold the target
 is averaged over the teacher's pass on the frame and on its mirror image, the mirror's anchors
-mapped back by :func:`mirror_permutation` (anchor layouts that are symmetric about the vertical
-axis, SSDLite's and FCOS's on their grids: an anchor's mirrored box is another anchor's box).
-Where the layout is not symmetric the unaugmented teacher scores are the targets. Only flips: a
-rescaled frame has another anchor set with no one-to-one map back.
+mapped back by :func:`mirror_permutation`: that needs an anchor layout symmetric about the
+vertical axis (every anchor's mirrored box is another anchor's box). SSDLite's default boxes are
+centred in their cells and mirror exactly. FCOS's locations sit at ``j x stride`` (torchvision's
+convention), so the mirror of column 0 falls off the grid: no one-to-one map exists, and FCOS
+bundles take the unaugmented teacher scores as targets (a nearest-location map would pair
+locations a stride apart at the border). Only flips: a rescaled frame has another anchor set with
+no one-to-one map back.
 """
 from __future__ import annotations
 

@@ -84,3 +84,221 @@ def det(tmp_path_factory):
     for i, img in enumerate(xt):
         Image.fromarray(img).save(frames / f"f{i:02d}.png")
     return {"bundles": bundles, "frames": frames}
+
+
+def _state(path):
+    b = Bundle(path)
+    return {k: v.detach().clone() for k, v in b.module(b.primary).state_dict().items()}
+
+
+def _hashes(path):
+    import hashlib
+
+    return {f.name: hashlib.sha256(f.read_bytes()).hexdigest() for f in sorted(path.rglob("*")) if f.is_file()}
+
+
+def class_biases(model):
+    """The biases of the layers that output the class logits: SSDLite one conv per level (anchors x
+    (K+1) channels, column c at c, c+K+1, ...), FCOS ``cls_logits`` (K+1)."""
+    return [p for n, p in model.named_parameters()
+            if n == "head.classification_head.cls_logits.bias"
+            or (n.startswith("head.classification_head.module_list.") and n.endswith(".1.bias") and n.count(".") == 5)]
+
+
+# -- the parts, by hand ----------------------------------------------------------------------------
+
+class _Fake(torch.nn.Module):
+    def __init__(self, arch):
+        super().__init__()
+        self.arch = arch
+
+
+def test_anchor_entropy_and_probabilities_by_hand():
+    z = torch.tensor([[[0.0, 0.0, 0.0], [10.0, 0.0, 0.0]]])  # (B=1, A=2, K+1=3)
+    ssd, fcos = _Fake("ssdlite"), _Fake("fcos")
+    h = anchor_entropy(ssd, {"cls_logits": z})
+    assert h[0, 0].item() == pytest.approx(np.log(3), abs=1e-6)  # uniform over background and two classes
+    assert h[0, 1].item() < 1e-3
+    assert class_probs(ssd, {"cls_logits": z}).shape == (1, 2, 3)
+    # FCOS: column 0 is unused; the sum of the binary entropies of the K sigmoids
+    hf = anchor_entropy(fcos, {"cls_logits": z})
+    assert hf[0, 0].item() == pytest.approx(2 * np.log(2), abs=1e-6)
+    assert hf[0, 1].item() == pytest.approx(2 * np.log(2), abs=1e-6)  # column 0's 10 is ignored
+    assert class_probs(fcos, {"cls_logits": z}).shape == (1, 2, 2)
+
+
+def test_tent_detection_objective_weights_anchors_by_foreground():
+    """A sure-background anchor with a high-entropy tail weighs (almost) nothing; an anchor split
+    between two classes carries the objective."""
+    ta = adaptation_of("detection")
+    ssd = _Fake("ssdlite")
+    background = torch.tensor([12.0, 0.0, 0.0])  # p_bg ~ 0.99999
+    split = torch.tensor([-8.0, 0.0, 0.0])  # foreground, half class 0 half class 1: H ~ log 2
+    z = torch.stack([background] * 50 + [split])[None].requires_grad_(True)
+    loss = ta.entropy(ssd, {"cls_logits": z})
+    assert loss.item() == pytest.approx(np.log(2), abs=0.01)  # the split anchor's entropy
+    unweighted = anchor_entropy(ssd, {"cls_logits": z.detach()}).mean().item()
+    assert unweighted < 0.05  # what a plain mean over anchors would minimise: the background's
+    loss.backward()
+    assert z.grad[0, :50].abs().max() < 0.01 * z.grad[0, 50].abs().max()
+
+
+def test_mirror_permutation_by_hand_and_on_ssdlite_anchors():
+    anchors = torch.tensor([[0.0, 0, 4, 4], [6.0, 0, 10, 4], [2.0, 2, 8, 6]])
+    perm = mirror_permutation(anchors, 10.0)
+    assert perm.tolist() == [1, 0, 2]
+    assert mirror_permutation(torch.tensor([[0.0, 0, 4, 4], [5.0, 0, 9, 4]]), 10.0) is None  # no mirror partner
+    model = build("detector", arch="ssdlite", num_classes=2, channels=3, image_size=[SIZE, SIZE], **SMALL["ssdlite"])
+    a = model.anchors((SIZE, SIZE))
+    p = mirror_permutation(a, float(SIZE))
+    assert p is not None and torch.equal(p[p], torch.arange(len(a))) and int((p != torch.arange(len(a))).sum()) > 0
+    mirrored = torch.stack([SIZE - a[:, 2], a[:, 1], SIZE - a[:, 0], a[:, 3]], 1)
+    assert torch.allclose(a[p], mirrored, atol=1e-3)
+    fcos = build("detector", arch="fcos", num_classes=2, channels=3, image_size=[SIZE, SIZE], **SMALL["fcos"])
+    assert mirror_permutation(fcos.anchors((SIZE, SIZE)), float(SIZE)) is None  # locations at j x stride
+
+
+def _stats(mean_detections, top=0.5, detections=100, finite=True):
+    if not finite:
+        return {"finite": False, "n": 8}
+    return {"finite": True, "n": 8, "score_threshold": 0.3, "mean_detections": mean_detections,
+            "detections": detections, "class_histogram": [top, 1 - top], "top_class_fraction": max(top, 1 - top)}
+
+
+def test_detection_monitor_flags_vanishing_exploding_one_class_and_nan():
+    mon = DetectionMonitor(_stats(2.0, top=0.6), 2)
+    assert mon.check(_stats(2.0)) is None
+    assert mon.check(_stats(0.8)) is None  # fewer, not gone
+    assert "vanished" in mon.check(_stats(0.4))  # below 0.25 x 2
+    assert mon.check(_stats(7.5)) is None
+    assert "exploded" in mon.check(_stats(8.5))  # above max(4 x 2, 2 + 3)
+    assert "one class" in mon.check(_stats(2.0, top=0.95))
+    assert mon.check(_stats(2.0, top=0.95, detections=5)) is None  # too few detections to judge the classes
+    assert "NaN" in mon.check(_stats(0, finite=False))
+    lim = mon.limits()
+    assert lim["min_mean_detections"] == 0.5 and lim["max_mean_detections"] == 8.0 and lim["max_top_class_fraction"] == 0.9
+
+
+def test_detection_stats_count_after_nms_and_measure_drift():
+    model = build("detector", arch="ssdlite", num_classes=2, channels=3, image_size=[SIZE, SIZE], **SMALL["ssdlite"])
+    model.eval()
+    x = torch.zeros(2, 3, SIZE, SIZE)
+    with torch.no_grad():
+        out = model(x)
+        out["cls_logits"][..., 0] += 30.0  # every anchor sure background
+        quiet = DetectionStats(2)
+        quiet.update(model, {k: v.clone() for k, v in out.items()})
+        base = quiet.result()
+        loud_out = {k: v.clone() for k, v in out.items()}
+        loud_out["cls_logits"][..., 1] += 60.0  # every anchor sure of class 0
+        loud = DetectionStats(2)
+        counts = loud.update(model, loud_out)
+        res = loud.result(base["score_histogram"])
+    assert base["mean_detections"] == 0 and base["score_drift"] == 0.0
+    n_anchors = out["cls_logits"].shape[1]
+    assert 0 < res["mean_detections"] < n_anchors  # NMS merged the overlapping anchors
+    assert counts.tolist() == [int(res["mean_detections"])] * 2
+    assert res["class_histogram"] == [1.0, 0.0] and res["classes_present"] == 1
+    assert res["score_drift"] == pytest.approx(1.0) and res["mean_max_score"] == pytest.approx(1.0)
+    assert res["confidence_minus_drift"] == pytest.approx(0.0, abs=1e-6)
+    bad = DetectionStats(2)
+    bad.update(model, {**out, "cls_logits": out["cls_logits"] * float("nan")})
+    assert bad.result() == {"finite": False, "n": 2}
+
+
+# -- end to end ------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("arch,method", [("ssdlite", "tent"), ("ssdlite", "cotta"), ("fcos", "tent"),
+                                         ("fcos", "cotta")])
+def test_tent_and_cotta_adapt_a_detection_bundle_through_the_cli(det, tmp_path, arch, method):
+    from edgeda.cli import main
+
+    bundle = det["bundles"][arch]
+    before = _hashes(bundle)
+    out = tmp_path / "adapted.edgeda"
+    res = CliRunner().invoke(main, ["adapt", str(bundle), "--target-dir", str(det["frames"]), "--out", str(out),
+                                    "--method", method, "--iters", "6", "--batch", "4", "--select", "last",
+                                    "--threads", "1", "--json"])
+    assert res.exit_code == 0, res.output
+    rep = json.loads(res.output[res.output.index("{"):])
+    assert _hashes(bundle) == before  # the input bundle is untouched
+    assert rep["iterations"] == 6 and not rep["collapsed"]
+    a = Bundle(out).manifest["adaptation"]
+    assert a["task"] == "detection" and a["method"] == method and a["safety"]["per"] == "image"
+    assert a["selection"]["score"] == "confidence_minus_drift" and a["selection"]["selected_iteration"] == 6
+    assert a["budget"]["train_crop"] == [SIZE, SIZE]  # detection frames are never cropped
+    for s in (a["before"], a["after"]):
+        assert s["finite"] and s["n"] == 16 and len(s["class_histogram"]) == 2
+    assert a["before"]["mean_detections"] > 0.5  # the shipped detector detects the target squares
+    assert a["safety"]["limits"]["min_mean_detections"] == pytest.approx(0.25 * a["before"]["mean_detections"],
+                                                                         abs=1e-4)
+    model = Bundle(out).module()  # the written bundle loads and detects
+    with torch.no_grad():
+        dets = model.postprocess(model(torch.zeros(1, 3, SIZE, SIZE)))
+    assert set(dets[0]) == {"boxes", "scores", "labels"}
+    old, new = _state(bundle), _state(out)
+    changed = {k for k in old if old[k].is_floating_point() and not torch.equal(old[k], new[k])}
+    names = dict(model.named_modules())
+    bn = {f"{n}.{p}" for n, m in names.items() if isinstance(m, torch.nn.BatchNorm2d)
+          for p in ("weight", "bias", "running_mean", "running_var")}
+    affine = {f"{n}.{p}" for n, m in names.items() if isinstance(m, torch.nn.BatchNorm2d) for p in ("weight", "bias")}
+    if method == "tent":  # only BatchNorm: affine parameters trained, statistics re-estimated
+        assert changed <= bn and changed & affine
+    else:  # CoTTA's teacher ships: an EMA of a student that trains every weight
+        conv = {f"{n}.weight" for n, m in names.items() if isinstance(m, torch.nn.Conv2d)}
+        assert changed & conv
+
+
+class _DetectionCollapser(AdaptMethod):
+    """Test method: harmless for ``after`` steps, then shifts the class-logit biases of the detector:
+    ``mode`` = vanish (every anchor background) or explode (every anchor class 0)."""
+
+    name = "detection_collapse_probe"
+    defaults = {"mode": "vanish", "after": 3}
+    tasks = ("detection",)
+
+    def build(self):
+        self.steps = 0
+
+    def step(self, x, idx=None):
+        self.steps += 1
+        if self.steps > self.opts["after"]:
+            k1 = self.task.num_classes + 1
+            with torch.no_grad():
+                for b in class_biases(self.classifier):
+                    if self.classifier.arch == "fcos":  # sigmoids: every class off, or every class on
+                        b[1:] += -30.0 if self.opts["mode"] == "vanish" else 30.0
+                    else:  # softmax: background, or class 0, wins at every anchor
+                        b[0 if self.opts["mode"] == "vanish" else 1::k1] += 30.0
+        return {}
+
+
+@pytest.fixture
+def collapser():
+    with ADAPT_METHODS.registered("detection_collapse_probe", _DetectionCollapser):
+        yield
+
+
+@pytest.mark.parametrize("arch,mode", [("ssdlite", "vanish"), ("ssdlite", "explode"), ("fcos", "vanish"),
+                                       ("fcos", "explode")])
+def test_vanishing_and_exploding_detections_are_flagged_and_rolled_back(det, tmp_path, collapser, arch, mode):
+    bundle = det["bundles"][arch]
+    r = adapt(bundle, det["frames"], tmp_path / "o.edgeda", method="detection_collapse_probe", iters=20, batch=4,
+              check_every=2, options={"mode": mode}, threads=1)
+    assert r.collapsed and r.stopped_because == "collapse" and r.iterations == 4
+    assert ("vanished" if mode == "vanish" else "exploded") in r.message
+    a = Bundle(r.bundle).manifest["adaptation"]
+    assert a["safety"]["status"] == "rolled_back" and a["last_good_iteration"] == 2
+    shipped, written = _state(bundle), _state(r.bundle)
+    assert all(torch.equal(shipped[k], written[k]) for k in shipped)  # the rollback is the shipped model
+    assert a["after"]["mean_detections"] == pytest.approx(a["before"]["mean_detections"])
+
+
+def test_a_collapse_exits_3_from_the_cli(det, tmp_path, collapser):
+    from edgeda.cli import main
+
+    res = CliRunner().invoke(main, ["adapt", str(det["bundles"]["fcos"]), "--target-dir", str(det["frames"]), "--out",
+                                    str(tmp_path / "cli.edgeda"), "--method", "detection_collapse_probe", "--iters",
+                                    "10", "--batch", "4", "--option", "mode=explode", "--json"])
+    assert res.exit_code == 3, res.output
+    assert "exploded" in json.loads(res.output[res.output.index("{"):])["message"]

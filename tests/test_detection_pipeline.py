@@ -10,38 +10,16 @@ import torch
 
 import edgeda
 from edgeda.bundle import Bundle
+from conftest import box_scenes_coco
 
 S = 64
 MODELS = {"ssdlite": {"width": 0.25}, "fcos": {"backbone": "resnet18", "width": 8, "fpn_channels": 64, "num_convs": 1}}
 
 
-def _coco(folder, n=8, seed=0, shift=0):
-    """``n`` images with one or two objects each and their COCO json; ``shift`` brightens the background."""
-    from PIL import Image
-
-    rng = np.random.default_rng(seed)
-    folder.mkdir(parents=True)
-    images, anns = [], []
-    for i in range(n):
-        img = np.full((S, S, 3), 20 + shift, np.uint8)
-        for k in range(1 + i % 2):
-            cls = int(rng.integers(0, 2))
-            w, h = (16, 16) if cls == 0 else (24, 8)
-            x, y = int(rng.integers(0, S - w)), int(rng.integers(0, S - h))
-            img[y:y + h, x:x + w] = (230, 200, 40) if cls == 0 else (40, 200, 230)
-            anns.append({"id": len(anns) + 1, "image_id": i, "category_id": cls + 1, "bbox": [x, y, w, h],
-                         "area": w * h, "iscrowd": 0})
-        Image.fromarray(img).save(folder / f"{i:03d}.png")
-        images.append({"id": i, "file_name": f"{i:03d}.png", "width": S, "height": S})
-    cats = [{"id": 1, "name": "a"}, {"id": 2, "name": "b"}]
-    (folder / "annotations.json").write_text(json.dumps({"images": images, "annotations": anns, "categories": cats}))
-    return str(folder / "annotations.json")
-
-
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("det")
-    return {"source": _coco(tmp / "src", 12, 0), "target": _coco(tmp / "tgt", 8, 1, shift=60)}
+    return {"source": box_scenes_coco(tmp / "src", 12, 0, S), "target": box_scenes_coco(tmp / "tgt", 8, 1, S, shift=60)}
 
 
 def _train(tmp_path, data, method="source_only", arch="ssdlite", iters=2, **kw):

@@ -111,6 +111,20 @@ def ensure_onnx(bundle: Bundle, precision: str, deployable: str | None = None, c
     if rel in bundle.manifest["files"]:
         return bundle.file(rel)
     folder = Path(tempfile.mkdtemp(prefix="edgeda-onnx-"))
+    from .boxes_bundle import exports_postprocessing
+
+    module = bundle.module(deployable, "cpu")
+    if exports_postprocessing(module):  # a detector: decoding and NMS in the graph
+        if precision != "fp32":
+            raise EdgedaError(f"a {bundle.task.task} bundle runs in ONNX Runtime at fp32 only for now, not {precision}")
+        from ..tasks import task_of
+        from .detection import export_detector_onnx
+
+        opts = task_of(bundle.task).postprocess_options
+        path = folder / Path(rel).name
+        export_detector_onnx(module, path, tuple(bundle.task.image_size), score_thresh=opts.get("score_thresh", 0.05),
+                             max_det=opts.get("max_det", 100), check=False)
+        return path
     return export_deployable_onnx(bundle, deployable, precision, folder, calib=calib)
 
 
@@ -140,8 +154,16 @@ class OrtRunner(Runner):
         self.session = ort_session(self.path, providers, threads)
         self.providers = self.session.get_providers()
         self.input = self.session.get_inputs()[0].name
+        from .detection import OUTPUTS as BOX_OUTPUTS
+
+        # a graph ending in padded detections (NMS inside) gives one record per image, as the torch runner
+        self.boxes = [o.name for o in self.session.get_outputs()] == list(BOX_OUTPUTS)
 
     def forward(self, x):
+        if self.boxes:
+            from .detection import run_detector_ort
+
+            return run_detector_ort(self.session, x)
         return np.asarray(self.session.run(None, {self.input: x})[0], np.float32)
 
     def describe(self):

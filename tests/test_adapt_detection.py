@@ -9,6 +9,7 @@ import torch
 from click.testing import CliRunner
 from PIL import Image
 
+import edgeda
 from edgeda.adapt import ADAPT_METHODS, adapt
 from edgeda.adapt.base import AdaptMethod
 from edgeda.adapt.detection import (DetectionMonitor, DetectionStats, anchor_entropy, class_probs,
@@ -83,7 +84,17 @@ def det(tmp_path_factory):
     xt, _ = squares(16, 1, bright=0.8)
     for i, img in enumerate(xt):
         Image.fromarray(img).save(frames / f"f{i:02d}.png")
-    return {"bundles": bundles, "frames": frames}
+    yolo = root / "labeled"  # the same target, labeled as a YOLO folder (for the report only)
+    (yolo / "images").mkdir(parents=True)
+    (yolo / "labels").mkdir()
+    (yolo / "classes.txt").write_text("\n".join(CLASSES) + "\n")
+    xl, truth = squares(12, 2, bright=0.8)
+    for i, (img, t) in enumerate(zip(xl, truth)):
+        Image.fromarray(img).save(yolo / "images" / f"l{i:02d}.png")
+        rows = [f"{c} {(b[0] + b[2]) / 2 / SIZE} {(b[1] + b[3]) / 2 / SIZE} {(b[2] - b[0]) / SIZE} {(b[3] - b[1]) / SIZE}"
+                for b, c in zip(t["boxes"].tolist(), t["labels"].tolist())]
+        (yolo / "labels" / f"l{i:02d}.txt").write_text("\n".join(rows) + "\n")
+    return {"bundles": bundles, "frames": frames, "labeled": yolo}
 
 
 def _state(path):
@@ -218,9 +229,15 @@ def test_tent_and_cotta_adapt_a_detection_bundle_through_the_cli(det, tmp_path, 
     out = tmp_path / "adapted.edgeda"
     res = CliRunner().invoke(main, ["adapt", str(bundle), "--target-dir", str(det["frames"]), "--out", str(out),
                                     "--method", method, "--iters", "6", "--batch", "4", "--select", "last",
-                                    "--threads", "1", "--json"])
+                                    "--threads", "1", "--labels", str(det["labeled"]), "--json"])
     assert res.exit_code == 0, res.output
     rep = json.loads(res.output[res.output.index("{"):])
+    # the report's mAP (labels read only for it) is the task's COCO evaluation of the shipped and written models
+    acc = rep["accuracy"]
+    assert acc["metric"] == "map" and acc["n"] == 12
+    assert acc["before"] == pytest.approx(edgeda.evaluate(bundle, str(det["labeled"]), device="cpu")["map"], abs=1e-9)
+    assert acc["after"] == pytest.approx(edgeda.evaluate(out, str(det["labeled"]), device="cpu")["map"], abs=1e-9)
+    assert acc["before"] > 0.02  # the shipped detector finds some of the labeled squares
     assert _hashes(bundle) == before  # the input bundle is untouched
     assert rep["iterations"] == 6 and not rep["collapsed"]
     a = Bundle(out).manifest["adaptation"]

@@ -76,7 +76,7 @@ def adapt(bundle, target_dir, out, method, iters, minutes, memory_mb, batch, dev
     for line in adaptation_of(r.manifest["task"]).summary_lines(b, a):
         click.echo(line)
     if r.accuracy:
-        metric = {"miou": "mIoU"}.get(r.accuracy["metric"], r.accuracy["metric"])
+        metric = {"miou": "mIoU", "map": "mAP"}.get(r.accuracy["metric"], r.accuracy["metric"])
         click.echo(f"  {metric} on {r.accuracy['data']} {r.accuracy['before']:.1%} -> {r.accuracy['after']:.1%} "
                    "(labels used for this report only)")
     skipped = r.manifest["target"]["files_skipped"]

@@ -77,7 +77,8 @@ def _load_target(target_dir: Path, spec: TaskSpec):
     """(uint8 (N, H, W, C) images at the task's size, load report) of the unlabeled target."""
     from ..training.evaluate import eval_batches
 
-    dom = load_domain(str(target_dir), labeled=False, size=spec.image_size, channels=spec.channels)
+    # a task with its own data loader (detection) reads the folder with it: a COCO / YOLO tree's images
+    dom = load_domain(str(target_dir), labeled=False, size=spec.image_size, channels=spec.channels, task=spec.task)
     if isinstance(dom, Domain):  # a plain tree of images (or an images-only .npz), read at the task's size
         dom.require_usable(labeled=False)
         return dom.images, dom.report
@@ -92,7 +93,7 @@ def _load_target(target_dir: Path, spec: TaskSpec):
 
 def _load_labels(labels: str, spec: TaskSpec):
     """The labeled domain ``--labels`` names, checked against the bundle's task (reports only)."""
-    lab = load_domain(labels, labeled=True, size=spec.image_size, channels=spec.channels, split="test")
+    lab = load_domain(labels, labeled=True, size=spec.image_size, channels=spec.channels, split="test", task=spec.task)
     if task_of(spec).dense:
         if isinstance(lab, Domain):
             raise DataError(f"--labels {labels} has one label per image; this {spec.task} bundle needs per-pixel labels")

@@ -25,11 +25,13 @@ from ..cli import emit_json, handle_errors
 @click.option("--batch", type=int, help="target images per step (default 64, 8 for dense frames; upper bound under --memory-mb)")
 @click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda[:N]")
 @click.option("--export", "do_export", is_flag=True, help="re-export ONNX (and TensorRT where installed) into the new bundle")
-@click.option("--labels", help="labeled domain spec used only to report accuracy (mIoU for segmentation) before and after")
+@click.option("--labels", help="labeled domain spec used only to report accuracy (mIoU for segmentation, mAP for "
+                                    "detection) before and after")
 @click.option("--option", "options", multiple=True, help="method option key=value (repeatable)")
 @click.option("--select", default="info_max", show_default=True, type=click.Choice(["info_max", "last"]),
               help="which healthy state to write: highest information maximisation on the target images (for "
-                   "segmentation its diversity term is measured against the shipped model's class marginal), "
+                   "segmentation its diversity term is measured against the shipped model's class marginal; "
+                   "for detection the mean best anchor score minus the drift of the score distribution), "
                    "or the last; the shipped state is always a candidate")
 @click.option("--seed", default=0, show_default=True)
 @click.option("--threads", type=int, help="CPU threads for torch (default: one per core)")
@@ -41,7 +43,9 @@ def adapt(bundle, target_dir, out, method, iters, minutes, memory_mb, batch, dev
 
     The input bundle is never modified. If the run collapses (NaN, all predictions or pixels in one
     class, classes vanishing, exploding entropy) the last healthy state is written and the exit
-    code is 3. Segmentation bundles are monitored and selected per pixel; depth bundles are refused.
+    code is 3. Segmentation bundles are monitored and selected per pixel; detection bundles by their
+    detections per image (vanishing, exploding, one class) and score distribution; depth bundles
+    are refused.
     """
     import time
 

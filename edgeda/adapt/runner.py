@@ -9,7 +9,12 @@ What differs between tasks comes from the task object (:mod:`edgeda.tasks`) and 
 ``tasks``: a classification bundle adapts on the target images at its input size; a segmentation
 bundle reads the target frames at its (H, W), may train on random crops when ``--memory-mb``
 asks for it (:func:`~edgeda.adapt.budget.plan_dense`), and is monitored, selected and evaluated
-per pixel on full frames. A task no registered method adapts (depth today) is one error.
+per pixel on full frames. What adaptation itself does differently per task (statistics, collapse
+monitor, selection score, whether frames may be cropped, the methods' per-row objectives) comes
+from the task's :class:`~edgeda.adapt.tasks.TaskAdaptation`: a detection bundle (8 frames per step,
+never cropped: its anchors belong to the full frame) is monitored by its detections per image and
+selected by ``confidence_minus_drift`` (:mod:`edgeda.adapt.detection`). A task no registered
+method adapts (depth today) is one error.
 """
 from __future__ import annotations
 

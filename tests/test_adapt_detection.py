@@ -319,3 +319,27 @@ def test_a_collapse_exits_3_from_the_cli(det, tmp_path, collapser):
                                     "10", "--batch", "4", "--option", "mode=explode", "--json"])
     assert res.exit_code == 3, res.output
     assert "exploded" in json.loads(res.output[res.output.index("{"):])["message"]
+
+
+def test_cotta_detection_targets_average_the_mirror_where_the_bundle_trained_with_flips(det):
+    from edgeda.adapt.cotta import CoTTA
+
+    x = (torch.from_numpy(squares(2, 3)[0]).permute(0, 3, 1, 2).float() / 255 - 0.5) / 0.5
+    for arch in SMALL:
+        model = Bundle(det["bundles"][arch]).module()  # trained: its scores differ between anchors
+        flips = CoTTA(model, spec(), training={"config": {"augment_hflip": True}})
+        assert flips.flip
+        assert not CoTTA(model, spec(), training={"config": {"augment_hflip": False}}).flip
+        assert CoTTA(model, spec()).flip  # not recorded: on
+        t = flips.teacher.eval()
+        with torch.no_grad():
+            plain = class_probs(t, t(x))
+            got = flips.averaged_probs(x)
+            if arch == "ssdlite":  # mirrored frame's scores, anchors mapped back, averaged with the frame's
+                perm = mirror_permutation(t.anchors((SIZE, SIZE)), float(SIZE))
+                want = 0.5 * (plain + class_probs(t, t(x.flip(-1)))[:, perm])
+                assert torch.allclose(got, want, atol=1e-6) and not torch.allclose(got, plain, atol=1e-4)
+            else:  # no mirror map of FCOS's locations: the unaugmented teacher scores
+                assert torch.equal(got, plain)
+        y, share = flips.targets(x)
+        assert y.shape == plain.shape and 0.0 <= share <= 1.0

@@ -50,11 +50,12 @@ class AdaptMethod(Configurable):
     classifier_passes: ClassVar[float] = 1.0
 
     def __init__(self, classifier: nn.Module, task: TaskSpec, *, options: dict | None = None,
-                 engine: Engine | None = None, seed: int = 0):
+                 engine: Engine | None = None, seed: int = 0, training: dict | None = None):
         if task.dense:
             options = {**self.dense_defaults, **(options or {})}
         self.opts = self.resolve_options(options)
         self.task = task
+        self.shipped_training = training or {}  # the bundle's training record (its config: augmentations)
         self.engine = engine or Engine()
         self.device = self.engine.device
         self.classifier = classifier.to(self.device)

@@ -49,7 +49,8 @@ cross-entropy (FCOS: binary, per class) averaged over anchors; confidence is per
 shipped model is unsure the teacher's scores are averaged over the frame and its mirror image, the
 mirrored anchors mapped back through the anchor layout (SSDLite: an anchor's mirrored box is
 another anchor's box; FCOS's locations at ``j x stride`` have no such map, so FCOS uses the
-unaugmented teacher scores). ``flip`` = auto mirrors detection frames as it does segmentation frames; no
+unaugmented teacher scores). ``flip`` = auto mirrors detection frames where the bundle trained
+with flips (its training config's ``augment_hflip``; on when the bundle does not record it); no
 rescaled copies (their anchor sets have no one-to-one map back). Defaults as for segmentation (lr
 5e-4, tau 0.69). Details: :mod:`edgeda.adapt.detection`.
 
@@ -176,7 +177,7 @@ class CoTTA(AdaptMethod):
         "anchor_threshold": "shipped-model confidence below which targets are augmentation-averaged (segmentation 0.69)",
         "augmentations": "classification: augmented copies averaged by the teacher",
         "scales": "segmentation: input scales averaged by the teacher (with flips)",
-        "flip": "mirror the augmented copies: auto = segmentation only",
+        "flip": "mirror the augmented copies: auto = segmentation, detection where the bundle trained with flips",
         "adabn": "re-estimate the BatchNorm statistics on the target images before the first step",
     }
     default_iters = 200
@@ -192,8 +193,9 @@ class CoTTA(AdaptMethod):
         if o["augmentations"] < 1:
             raise EdgedaError(f"cotta augmentations must be at least 1, not {o['augmentations']}")
         self.scales = _scales(o["scales"])
-        self.flip = o["flip"] == "on" or (o["flip"] == "auto" and self.task.dense)
         self.objective = adaptation_of(self.task)
+        self.flip = o["flip"] == "on" or (o["flip"] == "auto" and self.task.dense
+                                          and self.objective.mirrors(self.shipped_training))
         clf = self.classifier
         clf.requires_grad_(True)
         self.mean_teacher = _ShippedTeacher(clf, alpha=float(o["alpha"]))

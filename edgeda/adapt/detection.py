@@ -79,7 +79,8 @@ CLASS_SCORES = {"ssdlite": "softmax", "fcos": "sigmoid"}
 def score_kind(model) -> str:
     kind = CLASS_SCORES.get(getattr(model, "arch", ""))
     if kind is None:
-        raise EdgedaError(f"no per-anchor class scores known for detector {getattr(model, 'arch', type(model).__name__)!r}")
+        name = getattr(model, "arch", type(model).__name__)
+        raise EdgedaError(f"no per-anchor class scores known for detector {name!r}")
     return kind
 
 
@@ -169,7 +170,9 @@ class DetectionStats:
         total = float(self.hist.sum())
         hist = self.hist / max(total, 1.0)
         sh = self.score_hist / max(float(self.score_hist.sum()), 1.0)
-        drift = 0.0 if reference is None else 0.5 * float((sh - torch.as_tensor(reference, dtype=torch.float64)).abs().sum())
+        drift = 0.0
+        if reference is not None:
+            drift = 0.5 * float((sh - torch.as_tensor(reference, dtype=torch.float64)).abs().sum())
         mean_max = self.max_score_sum / n
         counts = torch.tensor(self.counts, dtype=torch.float64)
         return {
@@ -218,7 +221,8 @@ class DetectionMonitor:
         """None when healthy, else one sentence saying what collapsed."""
         if not stats.get("finite", False):
             return "the model's outputs became NaN/inf"
-        if model is not None and not all(torch.isfinite(t).all() for t in model.state_dict().values() if t.is_floating_point()):
+        if model is not None and not all(torch.isfinite(t).all() for t in model.state_dict().values()
+                                         if t.is_floating_point()):
             return "the model's weights became NaN/inf"
         mean, base = stats["mean_detections"], self.baseline["mean_detections"]
         if mean < self.vanish_floor:
@@ -308,6 +312,11 @@ class DetectionAdaptation(TaskAdaptation):
         if score_kind(model) == "softmax":
             return -(targets * z.log_softmax(-1)).sum(-1).mean()
         return F.binary_cross_entropy_with_logits(z[..., 1:], targets, reduction="none").sum(-1).mean()
+
+    def mirrors(self, training):
+        """Where the bundle trained with random flips (``augment_hflip`` in its training config; on
+        when not recorded): a detector trained without them need not score a mirrored frame alike."""
+        return bool((training.get("config") or {}).get("augment_hflip", True))
 
     @torch.no_grad()
     def averaged_probs(self, method, x):

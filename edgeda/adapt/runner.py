@@ -213,7 +213,8 @@ class _AdaptRun:
         mon_ref = ref_pred[torch.from_numpy(mon_idx)]
         acc_before = _score(clf, lab, task, dev) if lab is not None else None
 
-        m: AdaptMethod = method_cls(clf, task, options=options, engine=Engine(dev), seed=seed)
+        m: AdaptMethod = method_cls(clf, task, options=options, engine=Engine(dev), seed=seed,
+                                    training=b.manifest.get("training", {}))
         batch_requested = batch
         batch = min(batch, n_images)
         fixed = current_rss_mb() + 4 * param_bytes([clf, *m.extra_modules().values()]) / 2**20

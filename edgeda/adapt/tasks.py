@@ -111,6 +111,11 @@ class TaskAdaptation:
     def soft_cross_entropy(self, model, outputs, targets: torch.Tensor) -> torch.Tensor:
         return soft_cross_entropy(outputs, targets)
 
+    def mirrors(self, training: dict) -> bool:
+        """Whether CoTTA's ``flip=auto`` may mirror this task's dense frames, given the bundle's
+        training record: always (a mirrored scene is a scene)."""
+        return True
+
     def averaged_probs(self, method, x: torch.Tensor):
         """CoTTA's augmentation-averaged teacher probabilities, or None: the method's own recipe."""
         return None

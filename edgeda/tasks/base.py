@@ -8,6 +8,7 @@ import torch
 
 from ..registry import Registry
 from ..task import TaskSpec
+from ..utils import to_device
 
 TASKS: Registry = Registry("task")
 _INSTANCES: dict = {}
@@ -180,13 +181,3 @@ class Task:
         self.update(m, torch.from_numpy(np.asarray(outputs, np.float32)), torch.from_numpy(np.asarray(labels)))
         return self.scores(m, spec)
 
-
-def to_device(value, device):
-    """Tensors moved to ``device``, inside lists, tuples and dicts too (per-image label records)."""
-    if isinstance(value, torch.Tensor):
-        return value.to(device)
-    if isinstance(value, dict):
-        return {k: to_device(v, device) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return type(value)(to_device(v, device) for v in value)
-    return value

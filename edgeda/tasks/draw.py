@@ -80,7 +80,7 @@ def segmentation_row(spec: TaskSpec, image: np.ndarray, pred: np.ndarray, truth:
 
 def save_panels(spec: TaskSpec, images, preds, truths, path: str | Path, title: str = "") -> Path:
     """A PNG grid, one row per sample: image | truth | prediction | error (or image | prediction)."""
-    from .base import task_of
+    from . import task_of  # the registry's package (this module is one of the tasks' helpers)
 
     draw = task_of(spec).draw_row
     rows = [np.concatenate(draw(spec, im, p, None if truths is None else truths[i]), axis=1)

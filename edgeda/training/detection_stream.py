@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from ..methods.base import Batch
-from ..tasks.base import to_device
+from ..utils import to_device
 from .dense_stream import DenseStream
 
 

@@ -52,7 +52,8 @@ def resolve_task(cfg: TrainConfig, source) -> str:
         if not task_of(cfg.task).labeled_by(source):
             kinds = [t for t in TASKS if task_of(t).dense and task_of(t).labeled_by(source)]
             have = " and ".join(kinds) or "no labels"
-            raise DataError(f"--task {cfg.task}: the source {source.name!r} has {have}")
+            raise DataError(f"--task {cfg.task}: the source {source.name!r} has {have} "
+                            f"(a {cfg.task} source needs {task_of(cfg.task).label_key} labels)")
         return cfg.task
     kinds = [t for t in TASKS if task_of(t).inferred and task_of(t).labeled_by(source)]
     if len(kinds) == 1:

@@ -25,7 +25,7 @@ from ..data.transforms import to_float_nchw
 from .validators import EvalContext, label_confusion
 from ..task import TaskSpec
 from ..tasks import task_of
-from ..tasks.base import to_device
+from ..utils import to_device
 from ..tasks.metrics import classification_scores
 from ..utils import save_figure
 

@@ -61,7 +61,7 @@ def run_config(profile: str, row: str, seed: int, upper: bool, method: str = "so
     cfg = {"method": method, "task": "detection", "seed": seed, "select": "last",
            "device": "cpu" if profile != "gpu" else "auto", "source": pair["upper_source"] if upper else pair["source"],
            "target": pair["target"], "target_test": pair["test"], **p}
-    cfg["eval_every"] = max(1, cfg["iters"] // 4)
+    cfg["eval_every"] = cfg["iters"] if profile == "quick" else max(1, cfg["iters"] // 4)
     cfg["checkpoint_every"] = cfg["iters"]
     return cfg
 

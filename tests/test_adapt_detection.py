@@ -343,3 +343,14 @@ def test_cotta_detection_targets_average_the_mirror_where_the_bundle_trained_wit
                 assert torch.equal(got, plain)
         y, share = flips.targets(x)
         assert y.shape == plain.shape and 0.0 <= share <= 1.0
+
+
+def test_every_task_an_adapt_method_supports_has_its_task_adaptation():
+    from edgeda.adapt.tasks import TaskAdaptation
+
+    tasks = {t for _, cls in ADAPT_METHODS.items() for t in cls.tasks}
+    assert "detection" in tasks
+    for t in tasks:
+        assert isinstance(adaptation_of(t), TaskAdaptation)
+    assert adaptation_of("detection").score_name == "confidence_minus_drift" and not adaptation_of("detection").crops
+    assert adaptation_of("segmentation").score_name == "info_max" and adaptation_of("segmentation").crops

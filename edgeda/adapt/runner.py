@@ -178,10 +178,10 @@ class _AdaptRun:
         b = Bundle(bundle)
         task = b.task
         tk = task_of(task)
-        ta = adaptation_of(task)  # what adaptation does differently for this task (monitor, selection, crops)
         if task.task not in method_cls.tasks:
             raise EdgedaError(f"adapt method {method!r} adapts {', '.join(method_cls.tasks)} bundles, not {task.task}; "
                               f"methods for {task.task} bundles: {', '.join(methods_for(task.task)) or 'none yet'}")
+        ta = adaptation_of(task)  # what adaptation does differently for this task (monitor, selection, crops)
         images, report = _load_target(target_dir, task)
         if len(images) < 2:
             raise DataError(f"{target_dir} has only {len(images)} usable image; adaptation needs at least 2")

@@ -123,7 +123,6 @@ class TaskAdaptation:
 
 TASK_ADAPTATIONS.register("classification")(TaskAdaptation)
 TASK_ADAPTATIONS.register("segmentation")(TaskAdaptation)
-TASK_ADAPTATIONS.register("depth")(TaskAdaptation)
 _INSTANCES: dict = {}
 
 

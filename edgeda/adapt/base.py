@@ -39,6 +39,8 @@ class AdaptMethod(Configurable):
     ``tasks`` names the tasks the method adapts. ``deployed`` is the model whose predictions the
     method stands behind: the runner monitors it, selects among its states and writes it (the
     classifier itself, unless a method predicts with another network, e.g. CoTTA's mean teacher).
+    ``self.shipped_training`` is the bundle's training record (``{}`` when built without one): what
+    the shipped model was trained with, e.g. whether its augmentations mirrored the images.
     """
 
     kind: ClassVar[str] = "adapt method"

@@ -186,6 +186,8 @@ def test_detection_monitor_flags_vanishing_exploding_one_class_and_nan():
     assert "one class" in mon.check(_stats(2.0, top=0.95))
     assert mon.check(_stats(2.0, top=0.95, detections=5)) is None  # too few detections to judge the classes
     assert "NaN" in mon.check(_stats(0, finite=False))
+    assert mon.check({**_stats(2.0), "score_drift": 0.4}) is None
+    assert "score distribution" in mon.check({**_stats(2.0), "score_drift": 0.6})
     lim = mon.limits()
     assert lim["min_mean_detections"] == 0.5 and lim["max_mean_detections"] == 8.0 and lim["max_top_class_fraction"] == 0.9
 

@@ -21,7 +21,10 @@ ten bins on [0, 1] and, against the shipped model's histogram, its total-variati
   (4x, +3 per image);
 * the class histogram of the detections collapsing onto one class: the top class's share above
   ``max(0.5, min(0.99, 1.5 x shipped top share), shipped top share + 0.01)``, judged once the
-  monitor images hold at least 20 detections (fewer make the share noise).
+  monitor images hold at least 20 detections (fewer make the share noise);
+* the anchor-score distribution moving away: ``score_drift`` above ``max_score_drift`` (0.5: half
+  of the anchors' best scores left their shipped bins, e.g. every anchor rising towards the
+  detection threshold while the count above it has not yet moved).
 
 **Selection** (``confidence_minus_drift``): ``mean_max_score - score_drift``, no labels. The first
 term rewards confident detections (what entropy minimisation and self-training raise); the second
@@ -201,6 +204,7 @@ class DetectionCriteria:
     explode_margin: float = 3.0
     max_top_fraction: float = 0.5
     min_detections_for_classes: int = MIN_DETECTIONS_FOR_CLASSES
+    max_score_drift: float = 0.5
 
 
 class DetectionMonitor:
@@ -236,11 +240,15 @@ class DetectionMonitor:
             top = max(range(self.k), key=lambda i: stats["class_histogram"][i])
             return (f"detections collapsed onto one class ({stats['top_class_fraction']:.0%} of them class {top}, "
                     f"limit {self.top_limit:.0%})")
+        if stats.get("score_drift", 0.0) > self.c.max_score_drift:
+            return (f"the anchor-score distribution moved away from the shipped model's (drift "
+                    f"{stats['score_drift']:.2f} > limit {self.c.max_score_drift:.2f})")
         return None
 
     def limits(self) -> dict:
         return {"min_mean_detections": round(self.vanish_floor, 4), "max_mean_detections": round(self.explode_limit, 4),
-                "max_top_class_fraction": round(self.top_limit, 4), "score_threshold": DETECTION_SCORE}
+                "max_top_class_fraction": round(self.top_limit, 4), "max_score_drift": self.c.max_score_drift,
+                "score_threshold": DETECTION_SCORE}
 
 
 @TASK_ADAPTATIONS.register("detection")

@@ -31,7 +31,9 @@ term rewards confident detections (what entropy minimisation and self-training r
 is the distance from the shipped score distribution, which grows when many anchors change their
 scores at once (detections appearing everywhere, or fading everywhere). The shipped state scores
 its own ``mean_max_score`` (drift 0), so an adapted state is written only when it gains more
-confidence than it moves the score distribution.
+confidence than it moves the score distribution. It is what ``--select info_max`` (the rule's name
+for every task) ranks; the manifest's selection record keeps its keys (``info_max_per_check``,
+``shipped_info_max``) and names the score in ``score``.
 
 **TENT** (:meth:`DetectionAdaptation.entropy`): the entropy of each anchor's class distribution --
 SSD: Shannon entropy of the K+1 softmax; FCOS: the sum over the K classes of the binary entropy

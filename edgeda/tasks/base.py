@@ -110,11 +110,9 @@ class Task:
         return save_panels(spec, raw, to_device(pred, "cpu"), truth, path, title)
 
     def draw_row(self, spec: TaskSpec, image: np.ndarray, pred, truth=None) -> list[np.ndarray]:
-        """The panels of one sample: image | truth | prediction (| error). Here: box records
-        (``{"boxes", "labels"[, "scores"]}``) drawn on the image."""
-        from .draw import boxes_row
-
-        return boxes_row(spec, image, pred, truth)
+        """The panels of one sample: image | truth | prediction (| error), (H, W, 3) uint8 each
+        (:mod:`edgeda.tasks.draw`: masks, depth, boxes)."""
+        raise NotImplementedError
 
     # -- training ------------------------------------------------------------------------------
     def make_spec(self, domain, *, image_size, channels: int, mean=None, std=None) -> TaskSpec:

@@ -10,8 +10,11 @@ per-class sigmoids of columns 1..K (independent binary decisions, background = e
 the model's own decoding and NMS from score ``DETECTION_SCORE`` (0.3): their mean count per image,
 the class histogram of the detections, their mean score; the mean over images of the best class
 score over all anchors (``mean_max_score``); the histogram of every anchor's best class score in
-ten bins on [0, 1] and, against the shipped model's histogram, its total-variation drift
-``0.5 sum_b |h_b - h_b^shipped|``.
+100 bins on [0, 1] and, against the shipped model's histogram, the drift of that distribution:
+its Wasserstein-1 distance ``sum_b |F_b - F_b^shipped| / 100`` (F the cumulative histograms), the
+mean distance the anchors' best scores moved. Unlike a bin-by-bin distance it does not jump when
+the many background anchors' scores cross a bin edge by a hair (as BatchNorm re-estimation alone
+makes them), and it is in score units, as ``mean_max_score`` is.
 
 **Collapse** (:class:`DetectionMonitor`), against the shipped model's statistics:
 
@@ -22,9 +25,9 @@ ten bins on [0, 1] and, against the shipped model's histogram, its total-variati
 * the class histogram of the detections collapsing onto one class: the top class's share above
   ``max(0.5, min(0.99, 1.5 x shipped top share), shipped top share + 0.01)``, judged once the
   monitor images hold at least 20 detections (fewer make the share noise);
-* the anchor-score distribution moving away: ``score_drift`` above ``max_score_drift`` (0.5: half
-  of the anchors' best scores left their shipped bins, e.g. every anchor rising towards the
-  detection threshold while the count above it has not yet moved).
+* the anchor-score distribution moving away: ``score_drift`` above ``max_score_drift`` (0.25: the
+  anchors' best scores moved by a quarter of the score range on average, e.g. every background
+  anchor rising towards the detection threshold while the count above it has not yet moved).
 
 **Selection** (``confidence_minus_drift``): ``mean_max_score - score_drift``, no labels. The first
 term rewards confident detections (what entropy minimisation and self-training raise); the second
@@ -75,7 +78,7 @@ from .tasks import TASK_ADAPTATIONS, TaskAdaptation
 
 DETECTION_SCORE = 0.3  # the monitor counts detections from this score
 MAX_DETECTIONS = 1000  # per image, so an explosion is counted rather than cut at the usual 100
-SCORE_BINS = 10
+SCORE_BINS = 100
 MIN_DETECTIONS_FOR_CLASSES = 20
 # how each detector family turns its class logits into per-anchor class probabilities
 CLASS_SCORES = {"ssdlite": "softmax", "fcos": "sigmoid"}
@@ -174,10 +177,12 @@ class DetectionStats:
         n = max(self.n, 1)
         total = float(self.hist.sum())
         hist = self.hist / max(total, 1.0)
-        sh = self.score_hist / max(float(self.score_hist.sum()), 1.0)
+        # rounded as stored, so the shipped histogram against its stored copy drifts by exactly 0
+        sh = torch.round(self.score_hist / max(float(self.score_hist.sum()), 1.0), decimals=6)
         drift = 0.0
         if reference is not None:
-            drift = 0.5 * float((sh - torch.as_tensor(reference, dtype=torch.float64)).abs().sum())
+            ref = torch.as_tensor(reference, dtype=torch.float64)
+            drift = float((sh.cumsum(0) - ref.cumsum(0)).abs().sum()) / SCORE_BINS  # Wasserstein-1 on [0, 1]
         mean_max = self.max_score_sum / n
         counts = torch.tensor(self.counts, dtype=torch.float64)
         return {
@@ -192,7 +197,7 @@ class DetectionStats:
             "classes_present": int((self.hist > 0).sum()),
             "mean_detection_score": self.det_score_sum / total if total else 0.0,
             "mean_max_score": mean_max,
-            "score_histogram": [round(float(v), 6) for v in sh],
+            "score_histogram": [float(v) for v in sh],
             "score_drift": drift,
             # the label-free selection of the written state (module doc)
             "confidence_minus_drift": mean_max - drift,
@@ -206,7 +211,7 @@ class DetectionCriteria:
     explode_margin: float = 3.0
     max_top_fraction: float = 0.5
     min_detections_for_classes: int = MIN_DETECTIONS_FOR_CLASSES
-    max_score_drift: float = 0.5
+    max_score_drift: float = 0.25
 
 
 class DetectionMonitor:

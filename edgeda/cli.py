@@ -126,6 +126,25 @@ class _SelectOption(click.Option):
         return record and (record[0], record[1].replace("{choices}", " | ".join(selector_names())))
 
 
+class _TaskOption(click.Option):
+    """``--task``: any registered task, listed when help is shown and checked when the command runs
+    (the registry imports torch, which plain commands should not pay for)."""
+
+    def get_help_record(self, ctx):
+        from .task import known_tasks
+
+        record = super().get_help_record(ctx)
+        return record and (record[0], record[1].replace("{choices}", " | ".join(known_tasks())))
+
+
+def _check_task(task):
+    from .task import known_tasks
+
+    if task is not None and task not in known_tasks():
+        raise EdgedaError(f"unknown --task {task!r}; valid: {', '.join(known_tasks())}")
+    return task
+
+
 def _default(name: str):
     """The TrainConfig default of ``name``, shown by ``--help``. A flag left at its default counts as
     not given (see :func:`_given`), so a config file's value or a resumed run's stands."""
@@ -145,8 +164,8 @@ def _given(ctx: click.Context, values: dict) -> dict:
 @main.command()
 @click.option("--method", default=_default("method"), show_default=True,
               help="adaptation method (see `edgeda methods`), or auto: train several, ship the best by a validator")
-@click.option("--task", type=click.Choice(["classification", "segmentation", "depth"]),
-              show_default="inferred from the source data", help="what the model predicts")
+@click.option("--task", cls=_TaskOption, show_default="inferred from the source data",
+              help="what the model predicts: {choices}")
 @click.option("--source", default=_default("source"), show_default=True, help="labeled source domain: built-in name, folder or .npz")
 @click.option("--target", show_default="handwritten when the source is syndigits, else none",
               help="unlabeled target domain: built-in name, folder or .npz (needed by methods that adapt to it)")
@@ -289,23 +308,12 @@ def eval_cmd(bundle, data, confusion_png, samples_png, device, as_json) -> None:
     if as_json:
         emit_json(m)
         return
-    if "accuracy" in m:
-        iv = m.get("interval")
-        extra = f", 95% bootstrap interval {iv['low']:.1%}-{iv['high']:.1%}" if iv else ""
-        click.echo(f"{m['bundle']} on {m['data']}: accuracy {m['accuracy']:.1%} (n={m['n']}{extra})")
-        click.echo("  per class: " + "  ".join(f"{k}:{'-' if v is None else f'{v:.0%}'}" for k, v in m["per_class"].items()))
-    elif "miou" in m:
-        k = len(m["per_class_iou"])
-        click.echo(f"{m['bundle']} on {m['data']}: mIoU {m['miou']:.1%} over {m['n_classes_labelled']} "
-                   f"class{'es' if m['n_classes_labelled'] != 1 else ''} labelled "
-                   f"in the test split (of {k}), pixel accuracy {m['pixel_accuracy']:.1%} ({m['n_pixels']:,} labelled pixels)")
-        truth = m.get("per_class_truth_pixels", {})
-        click.echo("  IoU per class: " + "  ".join(
-            f"{c}:{'no truth pixels' if not truth.get(c) else f'{v:.0%}'}" for c, v in m["per_class_iou"].items()))
-    else:
-        click.echo(f"{m['bundle']} on {m['data']}: abs rel {m['abs_rel']:.3f}, sq rel {m['sq_rel']:.3f}, RMSE {m['rmse']:.2f} m, "
-                   f"RMSE log {m['rmse_log']:.3f}, delta<1.25 {m['delta1']:.1%}, <1.25^2 {m['delta2']:.1%}, "
-                   f"<1.25^3 {m['delta3']:.1%} ({m['n_images']} images, {m['n_pixels']} valid pixels)")
+    from .tasks import task_of
+
+    lines = task_of(m["task"]).eval_lines(m)
+    click.echo(f"{m['bundle']} on {m['data']}: {lines[0]}")
+    for line in lines[1:]:
+        click.echo(f"  {line}")
     _print_skipped(m["load_report"], click.echo)
     if m.get("confusion_png"):
         click.echo(f"confusion matrix: {m['confusion_png']}")
@@ -317,13 +325,14 @@ def eval_cmd(bundle, data, confusion_png, samples_png, device, as_json) -> None:
 
 @main.command()
 @click.argument("name", required=False)
-@click.option("--task", type=click.Choice(["classification", "segmentation", "depth"]), help="only methods for this task")
+@click.option("--task", cls=_TaskOption, help="only methods for this task: {choices}")
 @click.option("--validators", is_flag=True, help="list the label-free validators for --select instead")
 @click.option("--json", "as_json", is_flag=True)
 @handle_errors
 def methods(name, task, validators, as_json) -> None:
     """List the registered adaptation methods and the tasks each adapts; with NAME, that method's
     options (type, default, choices)."""
+    _check_task(task)
     if validators:
         import textwrap
 

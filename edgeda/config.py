@@ -69,10 +69,10 @@ class TrainConfig:
         self.amp = amp
         if self.channels not in (1, 3):
             raise EdgedaError("channels must be 1 or 3")
-        from .task import TASKS
+        from .task import known_tasks
 
-        if self.task is not None and self.task not in TASKS:
-            raise EdgedaError(f"unknown --task {self.task!r}; valid: {', '.join(TASKS)}")
+        if self.task is not None and self.task not in known_tasks():
+            raise EdgedaError(f"unknown --task {self.task!r}; valid: {', '.join(known_tasks())}")
         if self.image_size is not None:
             size = [self.image_size] * 2 if isinstance(self.image_size, int) else list(self.image_size)
             if len(size) != 2 or not all(isinstance(v, int) and v >= 8 for v in size):

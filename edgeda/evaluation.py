@@ -28,7 +28,7 @@ def evaluate_bundle(bundle: str | Path | Bundle, data: str | None = None, *, con
     if spec is None:
         raise EdgedaError("no --data given and the bundle names no target test domain")
     task = b.task
-    dom = load_domain(spec, labeled=True, size=task.image_size, channels=task.channels)
+    dom = load_domain(spec, labeled=True, size=task.image_size, channels=task.channels, task=task.task)
     if isinstance(dom, Domain):
         if task.dense:
             raise DataError(f"{spec} has one label per image; this {task.task} bundle needs per-pixel labels")
@@ -78,10 +78,8 @@ def _samples(model, dom, task, dev, path, title):
     import torch
 
     from .tasks import task_of
-    from .tasks.draw import save_panels
     from .training.evaluate import eval_batches
 
     x, y, raw = next(eval_batches(dom, task, dev, 6, labels=True))
     with torch.no_grad():
-        pred = task_of(task).decide(model(x).float()).cpu().numpy()
-    return save_panels(task, raw, pred, None if y is None else y.numpy(), path, title)
+        return task_of(task).sample_panels(task, model, x, y, raw, path, title)

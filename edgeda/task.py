@@ -7,8 +7,19 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
-TASKS = ("classification", "segmentation", "depth")
-OUTPUTS = {"classification": "logits", "segmentation": "logits", "depth": "depth"}
+
+
+def known_tasks() -> tuple[str, ...]:
+    """The names in the task registry (:mod:`edgeda.tasks`): what ``task`` may be."""
+    from .tasks import TASKS
+
+    return tuple(TASKS)
+
+
+def _task(name: str):
+    from .tasks import task_of
+
+    return task_of(name)
 
 
 @dataclass
@@ -33,8 +44,8 @@ class TaskSpec:
     depth_range: tuple[float, float] | None = None
 
     def __post_init__(self) -> None:
-        if self.task not in TASKS:
-            raise ValueError(f"unknown task {self.task!r}; valid: {', '.join(TASKS)}")
+        if self.task not in known_tasks():
+            raise ValueError(f"unknown task {self.task!r}; valid: {', '.join(known_tasks())}")
         size = self.image_size
         if isinstance(size, int):
             size = (size, size)
@@ -42,7 +53,7 @@ class TaskSpec:
         if len(self.image_size) != 2 or min(self.image_size) < 1:
             raise ValueError(f"image_size must be (H, W) with positive sides, got {self.image_size}")
         self.classes = list(self.classes or [])
-        if self.task != "depth" and self.num_classes < 1:
+        if _task(self.task).has_classes and self.num_classes < 1:
             raise ValueError(f"a {self.task} task needs at least one class")
         if self.classes and len(self.classes) != self.num_classes:
             raise ValueError(f"{len(self.classes)} class names for {self.num_classes} classes")
@@ -64,12 +75,14 @@ class TaskSpec:
 
     @property
     def output(self) -> str:
-        """``"logits"`` (classification, segmentation) or ``"depth"`` (metric depth, metres)."""
-        return OUTPUTS[self.task]
+        """What the task network outputs (the task's ``output``): ``"logits"`` (classification,
+        segmentation), ``"depth"`` (metric depth, metres)."""
+        return _task(self.task).output
 
     @property
     def dense(self) -> bool:
-        return self.task != "classification"
+        """The task's ``dense``: data streamed per sample from disk (every task but classification)."""
+        return _task(self.task).dense
 
     def to_dict(self) -> dict:
         d = asdict(self)

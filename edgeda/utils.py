@@ -202,3 +202,16 @@ def save_figure(fig, path: str | os.PathLike, dpi: int = 110) -> Path:
     fig.savefig(path, dpi=dpi)
     plt.close(fig)
     return path
+
+
+def to_device(value, device):
+    """Tensors moved to ``device``, inside lists, tuples and dicts too (per-image label records)."""
+    import torch
+
+    if isinstance(value, torch.Tensor):
+        return value.to(device)
+    if isinstance(value, dict):
+        return {k: to_device(v, device) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(to_device(v, device) for v in value)
+    return value

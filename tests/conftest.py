@@ -71,6 +71,32 @@ EMBEDDED_DENSE_PAIRS = [("digitscenes", "handwritten-scenes", "handwritten-scene
                         ("synscenes", "synscenes:photo", "synscenes:photo-test")]
 
 
+def box_scenes_coco(folder, n=8, seed=0, size=64, shift=0):
+    """``n`` images of ``size`` with one or two objects each, a square (class "a") or a bar (class
+    "b") on a dark background (``shift`` brightens it), in a COCO folder; returns the json's path."""
+    import json
+
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True)
+    images, anns = [], []
+    for i in range(n):
+        img = np.full((size, size, 3), 20 + shift, np.uint8)
+        for _ in range(1 + i % 2):
+            cls = int(rng.integers(0, 2))
+            w, h = (size // 4, size // 4) if cls == 0 else (size * 3 // 8, size // 8)
+            x, y = int(rng.integers(0, size - w)), int(rng.integers(0, size - h))
+            img[y:y + h, x:x + w] = (230, 200, 40) if cls == 0 else (40, 200, 230)
+            anns.append({"id": len(anns) + 1, "image_id": i, "category_id": cls + 1, "bbox": [x, y, w, h],
+                         "area": w * h, "iscrowd": 0})
+        Image.fromarray(img).save(folder / f"{i:03d}.png")
+        images.append({"id": i, "file_name": f"{i:03d}.png", "width": size, "height": size})
+    cats = [{"id": 1, "name": "a"}, {"id": 2, "name": "b"}]
+    (folder / "annotations.json").write_text(json.dumps({"images": images, "annotations": anns, "categories": cats}))
+    return str(folder / "annotations.json")
+
+
 def train_on_embedded_pair(tmp_path, method, options, pair, iters=2):
     """A segmentation run of ``iters`` iterations on an embedded dense pair (32x64, tiny lraspp):
     returns the training result after checking every training loss stayed finite."""

@@ -141,9 +141,9 @@ def test_flip_auto_mirrors_only_what_the_shipped_model_was_trained_to_see_mirror
     torch.manual_seed(0)
     model = task_of(spec).build_model(spec, "lraspp", {"width": 0.25})
     assert CoTTA(model, spec).flip  # unknown training settings: a scene mirrors into a scene
-    assert CoTTA(model, spec, trained_with={"augment_hflip": True}).flip
-    assert not CoTTA(model, spec, trained_with={"augment_hflip": False}).flip  # digit scenes
-    assert CoTTA(model, spec, options={"flip": "on"}, trained_with={"augment_hflip": False}).flip
+    assert CoTTA(model, spec, training={"config": {"augment_hflip": True}}).flip
+    assert not CoTTA(model, spec, training={"config": {"augment_hflip": False}}).flip  # digit scenes
+    assert CoTTA(model, spec, options={"flip": "on"}, training={"config": {"augment_hflip": False}}).flip
 
 
 def test_flip_average_maps_the_mirrored_prediction_back_to_the_frame():

@@ -9,9 +9,34 @@ from edgeda.tasks import TASKS, task_of
 
 
 def _spec(name):
-    if name == "depth":
-        return TaskSpec(task="depth", image_size=(16, 24), depth_range=(0.1, 80.0))
-    return TaskSpec(3, ["a", "b", "c"], task=name, image_size=(16, 24) if name != "classification" else (16, 16))
+    kind = task_of(name).label_key
+    if not task_of(name).has_classes:
+        return TaskSpec(task=name, image_size=(16, 24), depth_range=(0.1, 80.0))
+    size = (16, 16) if kind == "labels" else (64, 64) if kind == "boxes" else (16, 24)
+    return TaskSpec(3, ["a", "b", "c"], task=name, image_size=size)
+
+
+def _example(name, g):
+    """(a perfect output, its target, a worse output) for a task, by the kind of labels it learns from."""
+    kind = task_of(name).label_key
+    if kind == "labels":
+        target = torch.randint(0, 3, (8,), generator=g)
+        perfect = torch.nn.functional.one_hot(target, 3).float() * 10
+        return perfect, target, perfect.flip(0)
+    if kind == "mask":
+        target = torch.randint(0, 3, (2, 16, 24), generator=g)
+        perfect = torch.nn.functional.one_hot(target, 3).permute(0, 3, 1, 2).float() * 10
+        return perfect, target, perfect.flip(0)
+    if kind == "boxes":  # per-image records; the worse set gives each image the other one's boxes
+        target = [{"boxes": torch.tensor([[4.0, 6.0, 30.0, 40.0], [34.0, 10.0, 60.0, 24.0]]), "labels": torch.tensor([0, 2])},
+                  {"boxes": torch.tensor([[10.0, 30.0, 50.0, 62.0]]), "labels": torch.tensor([1])}]
+        perfect = [{**t, "scores": torch.full((len(t["labels"]),), 0.9)} for t in target]
+        return perfect, target, perfect[::-1]
+    target = torch.rand(2, 16, 24, generator=g) * 50 + 1
+    target[:, :4] = 0  # invalid rows
+    perfect = target[:, None].clone()
+    perfect[perfect == 0] = 7.0
+    return perfect, target, perfect.flip(0) * 1.7
 
 
 @pytest.mark.parametrize("name", list(TASKS))
@@ -20,24 +45,19 @@ def test_every_task_scores_its_own_outputs(name):
     task, spec = task_of(name), _spec(name)
     assert task.headline and task.record_keys and next(iter(task.record_keys.values())) == task.headline
     g = torch.Generator().manual_seed(0)
-    if name == "classification":
-        target = torch.randint(0, 3, (8,), generator=g)
-        perfect = torch.nn.functional.one_hot(target, 3).float() * 10
-    elif name == "segmentation":
-        target = torch.randint(0, 3, (2, 16, 24), generator=g)
-        perfect = torch.nn.functional.one_hot(target, 3).permute(0, 3, 1, 2).float() * 10
+    perfect, target, worse_output = _example(name, g)
+    if task.label_key == "boxes":  # a network that owns its loss: the loss of its raw outputs on these targets
+        model = task.build_model(spec, task.default_backbone, {"width": 0.25})
+        loss = task.model_loss(model, model(torch.zeros(2, 3, *spec.image_size)), target)
     else:
-        target = torch.rand(2, 16, 24, generator=g) * 50 + 1
-        target[:, :4] = 0  # invalid rows
-        perfect = target[:, None].clone()
-        perfect[perfect == 0] = 7.0
-    assert torch.isfinite(task.loss(perfect, target))
+        loss = task.loss(perfect, target)
+    assert torch.isfinite(loss)
     m = task.meter(spec)
     task.update(m, perfect, target)
     best = task.scores(m, spec)[task.headline]
     assert best == pytest.approx(1.0 if task.higher_is_better else 0.0, abs=1e-9)
     worse = task.meter(spec)
-    task.update(worse, perfect.flip(0) * (1.0 if name != "depth" else 1.7), target)
+    task.update(worse, worse_output, target)
     score = task.scores(worse, spec)[task.headline]
     assert (score < best) if task.higher_is_better else (score > best)
 

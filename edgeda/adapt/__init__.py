@@ -2,7 +2,9 @@
 
 Methods (one module each, registered in ``ADAPT_METHODS``): ``3cgan`` (Li et al., CVPR 2020),
 ``shot`` (Liang et al., ICML 2020), ``tent`` (Wang et al., ICLR 2021), ``cotta`` (Wang et al.,
-CVPR 2022). See :func:`adapt`.
+CVPR 2022). See :func:`adapt`. What adaptation does differently per task (statistics, collapse
+monitor, selection score, the methods' per-row objectives) is registered in ``TASK_ADAPTATIONS``
+(:mod:`edgeda.adapt.tasks`; detection bundles: :mod:`edgeda.adapt.detection`).
 """
 import importlib
 import pkgutil

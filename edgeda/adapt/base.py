@@ -39,6 +39,8 @@ class AdaptMethod(Configurable):
     ``tasks`` names the tasks the method adapts. ``deployed`` is the model whose predictions the
     method stands behind: the runner monitors it, selects among its states and writes it (the
     classifier itself, unless a method predicts with another network, e.g. CoTTA's mean teacher).
+    ``self.shipped_training`` is the bundle's training record (``{}`` when built without one): what
+    the shipped model was trained with, e.g. whether its augmentations mirrored the images.
     """
 
     kind: ClassVar[str] = "adapt method"
@@ -50,14 +52,12 @@ class AdaptMethod(Configurable):
     classifier_passes: ClassVar[float] = 1.0
 
     def __init__(self, classifier: nn.Module, task: TaskSpec, *, options: dict | None = None,
-                 engine: Engine | None = None, seed: int = 0, trained_with: dict | None = None):
-        # the shipped model's training settings (the bundle manifest's ``training.config``; empty when
-        # unknown): what the model has seen, e.g. whether mirrored frames are images of the same classes
-        self.trained_with = dict(trained_with or {})
+                 engine: Engine | None = None, seed: int = 0, training: dict | None = None):
         if task.dense:
             options = {**self.dense_defaults, **(options or {})}
         self.opts = self.resolve_options(options)
         self.task = task
+        self.shipped_training = training or {}  # the bundle's training record (its config: augmentations)
         self.engine = engine or Engine()
         self.device = self.engine.device
         self.classifier = classifier.to(self.device)
@@ -130,12 +130,15 @@ class TargetSet:
 
     @torch.no_grad()
     def predictions(self, model: nn.Module):
-        """(slice, output) of ``model`` (eval mode, its mode restored) over every image, batch by batch."""
+        """(slice, output) of ``model`` (eval mode, its mode restored) over every image, batch by batch:
+        float tensors, or a dict of them (a detector's raw outputs)."""
         was = model.training
         model.eval()
         try:
             for i in range(0, len(self.images), self.batch_size):
-                yield slice(i, i + self.batch_size), model(self.tensor(slice(i, i + self.batch_size))).float()
+                out = model(self.tensor(slice(i, i + self.batch_size)))
+                yield slice(i, i + self.batch_size), ({k: v.float() for k, v in out.items()} if isinstance(out, dict)
+                                                      else out.float())
         finally:
             model.train(was)
 

@@ -26,11 +26,13 @@ from ..cli import emit_json, handle_errors
 @click.option("--batch", type=int, show_default="64, 8 for dense frames", help="target images per step (upper bound under --memory-mb)")
 @click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda[:N]")
 @click.option("--export", "do_export", is_flag=True, help="re-export ONNX (and TensorRT where installed) into the new bundle")
-@click.option("--labels", help="labeled domain spec used only to report accuracy (mIoU for segmentation) before and after")
+@click.option("--labels", help="labeled domain spec used only to report accuracy (mIoU for segmentation, mAP for "
+                                    "detection) before and after")
 @click.option("--option", "options", multiple=True, help="method option key=value (repeatable)")
 @click.option("--select", default="info_max", show_default=True, type=click.Choice(["info_max", "last"]),
               help="which healthy state to write: highest information maximisation on the target images (for "
-                   "segmentation its diversity term is measured against the shipped model's class marginal), "
+                   "segmentation its diversity term is measured against the shipped model's class marginal; "
+                   "for detection the mean best anchor score minus the drift of the score distribution), "
                    "or the last; the shipped state is always a candidate")
 @click.option("--seed", default=0, show_default=True)
 @click.option("--threads", type=int, show_default="one per core", help="CPU threads for torch")
@@ -42,13 +44,16 @@ def adapt(bundle, target_dir, out, method, iters, minutes, memory_mb, batch, dev
 
     The input bundle is never modified. If the run collapses (NaN, all predictions or pixels in one
     class, classes vanishing, exploding entropy) the last healthy state is written and the exit
-    code is 3. Segmentation bundles are monitored and selected per pixel; depth bundles are refused.
+    code is 3. Segmentation bundles are monitored and selected per pixel; detection bundles by their
+    detections per image (vanishing, exploding, one class) and score distribution; depth bundles
+    are refused.
     """
     import time
 
     started = time.perf_counter()
     from ..config import parse_option
     from . import adapt as run_adapt
+    from .tasks import adaptation_of
 
     opts = dict(parse_option(o) for o in options) if options else None
     log = None if as_json else (lambda s: click.echo(s, err=True))
@@ -71,13 +76,13 @@ def adapt(bundle, target_dir, out, method, iters, minutes, memory_mb, batch, dev
                f"peak RSS {r.peak_rss_mb:.0f} MiB" + (f", peak CUDA {r.peak_cuda_mb:.0f} MiB" if r.peak_cuda_mb else ""))
     sel = r.manifest["selection"]
     if sel["rule"] == "info_max":
-        click.echo(f"  wrote the state with the highest information maximisation: {sel['written']}")
-    click.echo(f"  mean entropy     {b['mean_entropy']:.3f} -> {a['mean_entropy']:.3f}")
-    click.echo(f"  mean confidence  {b['mean_confidence']:.3f} -> {a['mean_confidence']:.3f}")
-    click.echo(f"  agreement with the shipped model {a['agreement_with_shipped']:.1%}; "
-               f"class histogram entropy {b['histogram_entropy']:.2f} -> {a['histogram_entropy']:.2f}")
+        score = {"info_max": "information maximisation",
+                 "confidence_minus_drift": "confidence minus score drift"}.get(sel.get("score", "info_max"), sel.get("score"))
+        click.echo(f"  wrote the state with the highest {score}: {sel['written']}")
+    for line in adaptation_of(r.manifest["task"]).summary_lines(b, a):
+        click.echo(line)
     if r.accuracy:
-        metric = {"miou": "mIoU"}.get(r.accuracy["metric"], r.accuracy["metric"])
+        metric = {"miou": "mIoU", "map": "mAP"}.get(r.accuracy["metric"], r.accuracy["metric"])
         click.echo(f"  {metric} on {r.accuracy['data']} {r.accuracy['before']:.1%} -> {r.accuracy['after']:.1%} "
                    "(labels used for this report only)")
     skipped = r.manifest["target"]["files_skipped"]

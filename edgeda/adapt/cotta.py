@@ -47,6 +47,17 @@ background, and averaging those copies into the targets pulls towards background
 digitscenes -> handwritten-scenes, seed 0, the collapse monitor's "one class swallowed the frame"
 criterion fired at iteration 150 with mirrors and at 200 without); ``on``/``off`` force it.
 
+Detection bundles: the targets are the teacher's class distributions per anchor (SSDLite: softmax
+over the K classes and background; FCOS: the per-class sigmoids) and the loss their soft
+cross-entropy (FCOS: binary, per class) averaged over anchors; confidence is per anchor. Where the
+shipped model is unsure the teacher's scores are averaged over the frame and its mirror image, the
+mirrored anchors mapped back through the anchor layout (SSDLite: an anchor's mirrored box is
+another anchor's box; FCOS's locations at ``j x stride`` have no such map, so FCOS uses the
+unaugmented teacher scores). ``flip`` = auto mirrors detection frames where the bundle trained
+with flips (its training config's ``augment_hflip``; on when the bundle does not record it); no
+rescaled copies (their anchor sets have no one-to-one map back). Defaults as for segmentation (lr
+5e-4, tau 0.69). Details: :mod:`edgeda.adapt.detection`.
+
 Memory: the teacher and the anchor are two more copies of the weights (in the resident memory the
 runner measures); only the student's forward keeps activations for backward: the anchor's and the
 teacher's passes (one copy at a time) run without gradients before it.
@@ -61,9 +72,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import EdgedaError
-from ..models.superpixels import soft_cross_entropy
 from ..training.mean_teacher import MeanTeacher
 from .base import ADAPT_METHODS, AdaptMethod, reestimate_bn
+from .tasks import adaptation_of
 
 
 class _ShippedTeacher(MeanTeacher):
@@ -170,11 +181,11 @@ class CoTTA(AdaptMethod):
         "anchor_threshold": "shipped-model confidence below which targets are augmentation-averaged (segmentation 0.69)",
         "augmentations": "classification: augmented copies averaged by the teacher",
         "scales": "segmentation: input scales averaged by the teacher (with flips)",
-        "flip": "mirror the augmented copies: auto = segmentation bundles trained with flips",
+        "flip": "mirror the augmented copies: auto = segmentation, detection where the bundle trained with flips",
         "adabn": "re-estimate the BatchNorm statistics on the target images before the first step",
     }
     default_iters = 200
-    tasks = ("classification", "segmentation")
+    tasks = ("classification", "segmentation", "detection")
     classifier_passes = 1.0  # only the student's forward keeps activations; anchor and teacher run under no_grad first
 
     def build(self) -> None:
@@ -186,10 +197,9 @@ class CoTTA(AdaptMethod):
         if o["augmentations"] < 1:
             raise EdgedaError(f"cotta augmentations must be at least 1, not {o['augmentations']}")
         self.scales = _scales(o["scales"])
-        # auto: mirror where a mirrored frame is a frame of the same classes to the shipped model, i.e.
-        # segmentation bundles trained with horizontal flips (not digit or text scenes trained without)
+        self.objective = adaptation_of(self.task)
         self.flip = o["flip"] == "on" or (o["flip"] == "auto" and self.task.dense
-                                          and bool(self.trained_with.get("augment_hflip", True)))
+                                          and self.objective.mirrors(self.shipped_training))
         clf = self.classifier
         clf.requires_grad_(True)
         self.mean_teacher = _ShippedTeacher(clf, alpha=float(o["alpha"]))
@@ -218,6 +228,9 @@ class CoTTA(AdaptMethod):
     @torch.no_grad()
     def averaged_probs(self, x: torch.Tensor) -> torch.Tensor:
         """The teacher's probabilities averaged over augmented copies of ``x``, in x's frame."""
+        own = self.objective.averaged_probs(self, x)  # a task with its own mapping back (detection: anchors)
+        if own is not None:
+            return own
         t = self.teacher.eval()
         if self.task.dense:
             return multiscale_flip_probs(t, x, self.scales, self.flip)
@@ -231,11 +244,13 @@ class CoTTA(AdaptMethod):
     def targets(self, x: torch.Tensor) -> tuple[torch.Tensor, float]:
         """(the soft targets y' (N, K[, H, W]), the share of images / pixels that took the averaged ones)."""
         self.anchor.eval()
-        unsure = self.anchor(x).float().softmax(1).max(1).values < self.opts["anchor_threshold"]
-        standard = self.mean_teacher.probs(x)
+        ob = self.objective
+        unsure = ob.confidence(self.anchor, self.anchor(x)) < self.opts["anchor_threshold"]
+        t = self.teacher.eval()
+        standard = ob.probs(t, t(x))
         if not bool(unsure.any()):
             return standard, 0.0
-        return torch.where(unsure.unsqueeze(1), self.averaged_probs(x), standard), float(unsure.float().mean())
+        return ob.blend(unsure, self.averaged_probs(x), standard), float(unsure.float().mean())
 
     def step(self, x: torch.Tensor, idx=None) -> dict[str, float]:
         y, share = self.targets(x)
@@ -243,7 +258,8 @@ class CoTTA(AdaptMethod):
         student.train()
         with self.autocast():
             logits = student(x)
-        loss = soft_cross_entropy(logits, y)  # -sum_c y'_c log p_c, mean over images or pixels
+        # -sum_c y'_c log p_c, mean over images, pixels or anchors
+        loss = self.objective.soft_cross_entropy(student, logits, y)
         self.update(loss, "student")
         self.mean_teacher.update(student)
         restored = stochastic_restore(student, self.source_state, float(self.opts["restore_p"]), self.generator)

@@ -9,7 +9,12 @@ What differs between tasks comes from the task object (:mod:`edgeda.tasks`) and 
 ``tasks``: a classification bundle adapts on the target images at its input size; a segmentation
 bundle reads the target frames at its (H, W), may train on random crops when ``--memory-mb``
 asks for it (:func:`~edgeda.adapt.budget.plan_dense`), and is monitored, selected and evaluated
-per pixel on full frames. A task no registered method adapts (depth today) is one error.
+per pixel on full frames. What adaptation itself does differently per task (statistics, collapse
+monitor, selection score, whether frames may be cropped, the methods' per-row objectives) comes
+from the task's :class:`~edgeda.adapt.tasks.TaskAdaptation`: a detection bundle (8 frames per step,
+never cropped: its anchors belong to the full frame) is monitored by its detections per image and
+selected by ``confidence_minus_drift`` (:mod:`edgeda.adapt.detection`). A task no registered
+method adapts (depth today) is one error.
 """
 from __future__ import annotations
 
@@ -33,7 +38,7 @@ from ..utils import choose_device, machine_info, seed_everything, sha256_file
 from .base import ADAPT_METHODS, AdaptMethod, TargetSet
 from .budget import (TimeBudget, activation_bytes_per_sample, current_rss_mb, param_bytes, peak_rss_mb, plan_batch,
                      plan_dense)
-from .safety import CollapseMonitor, PredictionStats
+from .tasks import adaptation_of
 
 SELECT_RULES = ("info_max", "last")
 
@@ -77,7 +82,8 @@ def _load_target(target_dir: Path, spec: TaskSpec):
     """(uint8 (N, H, W, C) images at the task's size, load report) of the unlabeled target."""
     from ..training.evaluate import eval_batches
 
-    dom = load_domain(str(target_dir), labeled=False, size=spec.image_size, channels=spec.channels)
+    # a task with its own data loader (detection) reads the folder with it: a COCO / YOLO tree's images
+    dom = load_domain(str(target_dir), labeled=False, size=spec.image_size, channels=spec.channels, task=spec.task)
     if isinstance(dom, Domain):  # a plain tree of images (or an images-only .npz), read at the task's size
         dom.require_usable(labeled=False)
         return dom.images, dom.report
@@ -92,7 +98,7 @@ def _load_target(target_dir: Path, spec: TaskSpec):
 
 def _load_labels(labels: str, spec: TaskSpec):
     """The labeled domain ``--labels`` names, checked against the bundle's task (reports only)."""
-    lab = load_domain(labels, labeled=True, size=spec.image_size, channels=spec.channels, split="test")
+    lab = load_domain(labels, labeled=True, size=spec.image_size, channels=spec.channels, split="test", task=spec.task)
     if task_of(spec).dense:
         if isinstance(lab, Domain):
             raise DataError(f"--labels {labels} has one label per image; this {spec.task} bundle needs per-pixel labels")
@@ -177,6 +183,7 @@ class _AdaptRun:
         if task.task not in method_cls.tasks:
             raise EdgedaError(f"adapt method {method!r} adapts {', '.join(method_cls.tasks)} bundles, not {task.task}; "
                               f"methods for {task.task} bundles: {', '.join(methods_for(task.task)) or 'none yet'}")
+        ta = adaptation_of(task)  # what adaptation does differently for this task (monitor, selection, crops)
         images, report = _load_target(target_dir, task)
         if len(images) < 2:
             raise DataError(f"{target_dir} has only {len(images)} usable image; adaptation needs at least 2")
@@ -199,9 +206,9 @@ class _AdaptRun:
         n_images = len(images)
 
         t = time.perf_counter()
-        before, ref_pred = _shipped_stats(target, clf, task.num_classes)
+        before, ref_pred = ta.shipped_stats(target, clf, task)
         stats_s = time.perf_counter() - t
-        monitor = CollapseMonitor(before, task.num_classes)
+        monitor = ta.monitor(before, task)
         rng = np.random.default_rng(seed)
         mon_idx = np.sort(rng.permutation(n_images)[:monitor_n])
         monitor_set = TargetSet(images[mon_idx], task, dev)
@@ -209,7 +216,7 @@ class _AdaptRun:
         acc_before = _score(clf, lab, task, dev) if lab is not None else None
 
         m: AdaptMethod = method_cls(clf, task, options=options, engine=Engine(dev), seed=seed,
-                                    trained_with=b.manifest.get("training", {}).get("config", {}))
+                                    training=b.manifest.get("training", {}))
         batch_requested = batch
         batch = min(batch, n_images)
         fixed = current_rss_mb() + 4 * param_bytes([clf, *m.extra_modules().values()]) / 2**20
@@ -217,7 +224,7 @@ class _AdaptRun:
             fixed += torch.cuda.memory_allocated(dev) / 2**20
         per_sample = _per_sample_mb(m, target.tensor(slice(0, 2)))
         frame = tuple(images.shape[1:3])
-        if tk.dense:
+        if tk.dense and ta.crops:
             batch, crop, precision, est_mb = plan_dense(batch, memory_mb, fixed_mb=fixed, per_sample_mb=per_sample,
                                                         size=frame, cuda=cuda)
         else:
@@ -236,12 +243,12 @@ class _AdaptRun:
 
     def check(self, it: int) -> str | None:
         model = self.m.deployed  # the network that will be written (CoTTA: its teacher), not necessarily the trained one
-        stats = _stats(self.monitor_set, model, self.mon_ref, self.task.num_classes, self.prior)
+        stats = self.ta.stats(self.monitor_set, model, self.mon_ref, self.task, self.prior)
         verdict = self.monitor.check(stats, model)
         if self.on_check is not None:
             self.on_check(it, stats, model)
         if verdict is None:
-            self.scores.append((it, round(stats["info_max"], 5)))
+            self.scores.append((it, round(self.ta.selection_score(stats), 5)))
         self.checks += 1
         return verdict
 
@@ -260,11 +267,10 @@ class _AdaptRun:
         self.scores: list[tuple[int, float]] = []  # (iteration, selection score) of every healthy check
         # the shipped state is always a candidate: written when every adapted state is unhealthy or scores lower
         # dense outputs: the selection's diversity term is relative to the shipped model's pixel-class
-        # marginal on the monitor frames (see edgeda.adapt.safety), so the shipped state scores -mean H(p)
-        shipped = _accumulate(self.monitor_set, m.deployed, self.mon_ref, self.task.num_classes)
-        self.prior = torch.tensor(shipped.result()["mean_probabilities"]) if self.tk.dense else None
-        shipped_stats = shipped.result(self.prior)
-        self.shipped_score = round(shipped_stats["info_max"], 5)
+        # marginal on the monitor frames (see edgeda.adapt.safety), so the shipped state scores -mean H(p);
+        # the task's adaptation says what the reference is (detection: the shipped anchor-score histogram)
+        shipped_stats, self.prior = self.ta.shipped_selection(self.monitor_set, m.deployed, self.mon_ref, self.task)
+        self.shipped_score = round(self.ta.selection_score(shipped_stats), 5)
         self.best = BestState(self.shipped_score if self.select == "info_max" else -float("inf"), "shipped",
                               m.state_snapshot())
         self.snapshot_name, self.good_iter, self.checks, it = "the shipped model", 0, 0, 0
@@ -311,7 +317,7 @@ class _AdaptRun:
                 if collapse is None:
                     self.keep(it, f"iteration {it}")
                     log(f"  iter {it}: " + " ".join(f"{k}={v:.3f}" for k, v in losses.items())
-                        + f" | info_max={self.scores[-1][1]:.3f}")
+                        + f" | {self.ta.score_name}={self.scores[-1][1]:.3f}")
             budget.record_step(time.perf_counter() - t)
         if collapse is None and it > self.good_iter:  # the steps since the last check are checked too
             collapse = self.check(it)
@@ -325,7 +331,7 @@ class _AdaptRun:
         else:
             message = (f"adapted for {it} iterations; stopped by the "
                        f"{'time budget' if stopped == 'time budget' else 'iteration count'}; wrote {self.snapshot_name}"
-                       f"{' (highest info_max on the monitor images)' if self.select == 'info_max' else ''}")
+                       f"{f' (highest {self.ta.score_name} on the monitor images)' if self.select == 'info_max' else ''}")
         self.it, self.stopped, self.message = it, stopped, message
 
     def finish(self) -> AdaptResult:
@@ -336,8 +342,7 @@ class _AdaptRun:
         clf = m.deployed  # what was monitored and selected is what is written
         clf.eval()
 
-        after = _stats(self.target, clf, self.ref_pred, task.num_classes,
-                       torch.tensor(self.before["mean_probabilities"]) if tk.dense else None)
+        after = self.ta.stats(self.target, clf, self.ref_pred, task, self.ta.prior(self.before, task))
         acc_after = _score(clf, lab, task, dev) if lab is not None else None
         accuracy = None if lab is None else {"data": labels, "metric": tk.headline, "before": self.acc_before,
                                              "after": acc_after, "n": len(lab)}
@@ -354,12 +359,12 @@ class _AdaptRun:
             "iterations_done": it, "stopped_because": stopped, "last_good_iteration": self.good_iter,
             "selection": {"rule": self.select, "selected_iteration": self.best.tag, "written": self.snapshot_name,
                           "info_max_per_check": self.scores,
-                          "shipped_info_max": self.shipped_score},
+                          "shipped_info_max": self.shipped_score, **self.ta.selection_record()},
             "setup_s": round(self.setup_s, 2),
             "target": {"dir": str(self.target_dir), "images_used": self.n_images, **_skips(self.report)},
             "safety": {"status": "rolled_back" if stopped == "collapse" else "ok", "message": message, "checks": self.checks,
                        "check_every": self.check_every, "monitor_images": len(self.mon_idx), "limits": self.monitor.limits(),
-                       "per": "pixel" if tk.dense else "image"},
+                       "per": self.ta.per(task)},
             "before": self.before, "after": after, "accuracy": accuracy,
             "device": str(dev), "torch_threads": torch.get_num_threads(), "machine": machine_info(),
         }
@@ -419,31 +424,3 @@ def _score(model, lab, spec: TaskSpec, dev) -> float:
 
     return float(evaluate_model(model, lab, spec, dev).scores[task_of(spec).headline])
 
-
-def _accumulate(target: TargetSet, model, reference_pred: torch.Tensor | None, num_classes: int) -> PredictionStats:
-    acc = PredictionStats(num_classes)
-    for sl, out in target.predictions(model):
-        acc.update(out, None if reference_pred is None else reference_pred[sl])
-    return acc
-
-
-def _stats(target: TargetSet, model, reference_pred: torch.Tensor | None, num_classes: int,
-           prior: torch.Tensor | None = None) -> dict:
-    """Prediction statistics of ``model`` over ``target`` (per image, or per pixel for dense outputs);
-    ``prior``: the class marginal ``info_max`` measures diversity against (None: uniform)."""
-    return _accumulate(target, model, reference_pred, num_classes).result(prior)
-
-
-def _shipped_stats(target: TargetSet, model, num_classes: int) -> tuple[dict, torch.Tensor]:
-    """(statistics, predicted classes (N,) or (N, H, W) on the CPU) of the shipped model in one pass;
-    for dense outputs ``info_max`` is relative to its own pixel-class marginal, as the selection's."""
-    acc, preds = PredictionStats(num_classes), []
-    dtype = torch.uint8 if num_classes <= 255 else torch.int32
-    for _, out in target.predictions(model):
-        pred = out.argmax(1)
-        acc.update(out, pred)
-        preds.append(pred.to("cpu", dtype))
-    res = acc.result()
-    if res.get("pixels"):
-        res = acc.result(torch.tensor(res["mean_probabilities"]))
-    return res, torch.cat(preds)

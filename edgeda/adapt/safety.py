@@ -36,6 +36,12 @@ from 14.9 to 3.9 (labels used only to see this). Relative to pi the shipped stat
 
 The runner snapshots the model after every healthy check and restores the last snapshot on
 collapse, so what it writes is never a collapsed model.
+
+Which statistics and monitor a bundle gets is its task's
+:class:`~edgeda.adapt.tasks.TaskAdaptation`: these for class logits per image or per pixel; a
+detector's outputs are boxes with per-anchor class scores, watched by their detections per image
+and score distribution (:class:`~edgeda.adapt.detection.DetectionStats`,
+:class:`~edgeda.adapt.detection.DetectionMonitor`).
 """
 from __future__ import annotations
 

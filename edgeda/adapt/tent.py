@@ -12,6 +12,15 @@ On a segmentation bundle the expectation runs over every pixel of the batch's fr
 crop the memory plan chose): ``E_{x, u}[ H(softmax(C(x)_u)) ]`` for pixel positions ``u``, as in
 the paper's segmentation experiments (GTA -> Cityscapes).
 
+On a detection bundle the entropy is that of each anchor's class distribution (SSDLite: the
+softmax over the K classes and background; FCOS: the sum of the binary entropies of the per-class
+sigmoids), averaged over anchors weighted by each anchor's foreground confidence, detached (SSD
+``1 - p_background``, FCOS the best class sigmoid): almost every anchor is background, and an
+unweighted mean is lowest when every anchor becomes surer background, which erases detections;
+the weights spend the gradient on anchors that may hold an object. Derivation and choices:
+:mod:`edgeda.adapt.detection`. BatchNorm affine parameters only, as for the other tasks (FCOS's
+heads normalise with GroupNorm, which stays as shipped; its trunk's BatchNorm layers adapt).
+
 The shipped model runs in eval mode, so the running statistics are first re-estimated on the
 target images (AdaBN) and keep following the target batches during adaptation (momentum
 ``bn_momentum``); the new bundle therefore deploys with target statistics.
@@ -24,8 +33,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..scores import entropy
 from .base import ADAPT_METHODS, AdaptMethod, bn_layers, reestimate_bn
+from .tasks import adaptation_of
 
 
 @ADAPT_METHODS.register("tent")
@@ -33,7 +42,7 @@ class Tent(AdaptMethod):
     summary = "TENT (Wang et al. 2021): entropy minimisation on BatchNorm affine parameters only"
     defaults = {"lr": 1e-3, "bn_momentum": 0.1}
     default_iters = 200
-    tasks = ("classification", "segmentation")
+    tasks = ("classification", "segmentation", "detection")
 
     def build(self) -> None:
         clf = self.classifier
@@ -53,6 +62,7 @@ class Tent(AdaptMethod):
 
             raise EdgedaError("tent needs a model with BatchNorm2d layers; this classifier has none (try --method shot)")
         self.optims["bn"] = torch.optim.Adam(params, lr=self.opts["lr"], betas=(0.9, 0.999))
+        self.objective = adaptation_of(self.task)
 
     def prepare(self, target) -> None:
         reestimate_bn(self.classifier, target.batches())
@@ -61,6 +71,7 @@ class Tent(AdaptMethod):
         self.classifier.train()
         with self.autocast():
             logits = self.classifier(x)
-        loss = entropy(logits).mean()  # per image, or per pixel for (N, K, H, W) logits
+        # per image, per pixel for (N, K, H, W) logits, per anchor (foreground-weighted) for a detector
+        loss = self.objective.entropy(self.classifier, logits)
         self.update(loss, "bn")
         return {"entropy": float(loss.detach())}

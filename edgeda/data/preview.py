@@ -63,3 +63,38 @@ def preview_dense_figure(domain, n: int = 8):
     classes = list(domain.classes) if domain.has_masks and domain.classes else None
     return panel_figure(None, rows, headers, domain.name, classes=classes,
                         palette=pal[:len(classes)] if classes else None, depth=domain.has_depth)
+
+
+def preview_detection(domain, path: str | Path, n: int = 8, cols: int = 4) -> Path:
+    """A grid of the first ``n`` decodable samples of a detection domain with their boxes and class
+    names drawn (crowd regions in grey); undecodable samples are left out."""
+    from PIL import Image
+
+    from ..tasks.draw import draw_boxes
+
+    names = domain.classes
+    tiles = []
+    for i in range(len(domain)):
+        if len(tiles) == n:
+            break
+        try:
+            s = domain.sample(i)
+        except ValueError:
+            continue
+        img = draw_boxes(s.image, s.boxes, s.labels, names=names, palette=domain.palette)
+        if len(s.crowd):
+            img = draw_boxes(img, s.crowd, np.zeros(len(s.crowd), int), names=["crowd"],
+                             palette=np.array([[128, 128, 128]], np.uint8))
+        tiles.append(img)
+    if not tiles:
+        raise ValueError(f"no readable sample among the images of {domain.name}")
+    th, tw = max(t.shape[0] for t in tiles), max(t.shape[1] for t in tiles)
+    rows = -(-len(tiles) // cols)
+    canvas = np.full((rows * (th + 2), min(cols, len(tiles)) * (tw + 2), 3), 255, np.uint8)
+    for k, t in enumerate(tiles):
+        r, c = divmod(k, cols)
+        canvas[r * (th + 2):r * (th + 2) + t.shape[0], c * (tw + 2):c * (tw + 2) + t.shape[1]] = t
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(canvas).save(path)
+    return path

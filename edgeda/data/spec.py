@@ -4,9 +4,16 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import DataError
+from ..registry import Registry
 from .builtin import BUILTIN_DOMAINS
+from .detection import load_detection_domain
 from .domain import Domain
 from .files import load_folder, load_npz
+
+# Loaders of the tasks whose data is neither one label per image nor per-pixel labels, by task name:
+# ``load_domain(spec, task=name)`` hands the spec to it (same keyword arguments as ``load_domain``).
+TASK_DOMAIN_LOADERS: Registry = Registry("task data loader")
+TASK_DOMAIN_LOADERS.register("detection")(load_detection_domain)
 
 
 def split_builtin(spec: str) -> tuple[str, str | None] | None:
@@ -55,6 +62,7 @@ def load_domain(
     split: str | None = None,
     n: int | None = None,
     seed: int = 0,
+    task: str | None = None,
 ) -> Domain:
     """Load a domain at the task's image size and channel count.
 
@@ -62,7 +70,14 @@ def load_domain(
     number of samples of a built-in domain (for rendered ones it is the number rendered). Dense
     data (a folder with ``images/``, an ``.npz`` with per-pixel ``y`` or ``depth``, a dense
     built-in) gives a :class:`~edgeda.data.dense.DenseDomain`, read at its stored size.
+
+    ``task``: a task whose data has its own loader in :data:`TASK_DOMAIN_LOADERS` reads the spec
+    with it -- for ``detection`` a :class:`~edgeda.data.detection.DetectionDomain` (the built-in
+    scenes with boxes, COCO, YOLO, or an image folder as unlabeled data).
     """
+    if task is not None and task in TASK_DOMAIN_LOADERS:
+        return TASK_DOMAIN_LOADERS.get(task)(spec, labeled=labeled, size=size, channels=channels, split=split, n=n,
+                                             seed=seed)
     builtin = split_builtin(spec)
     if builtin is not None:
         name, spec_split = builtin

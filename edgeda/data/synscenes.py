@@ -27,6 +27,13 @@ down: the horizon moves up the image), ``wide`` (horizontal field of view 100-11
 cars and people). ``fog``, ``night`` and ``rain`` draw the same world as ``photo`` for a seed, and
 ``high-cam`` and ``wide`` the same world through another camera, so masks of one seed differ only where
 the camera does.
+
+Instances (for detection): every car, truck, bus, person, rider and bicycle is one instance, made of
+its parts (a car's body, glass and tyres; a person's legs, torso and head; a cyclist is a bicycle
+instance and a rider instance). ``render(..., instances=True)`` also returns an (H, W) instance map
+from the same z-buffer (0 = no instance); drawing it consumes no random numbers, so images, masks
+and depth are exactly those of ``render(...)``. :func:`instance_boxes` turns a map into the boxes of
+the visible pixels of each instance (fully hidden objects have none; slivers are dropped).
 """
 from __future__ import annotations
 
@@ -44,6 +51,7 @@ PALETTE = np.array([(128, 64, 128), (244, 35, 232), (70, 70, 70), (102, 102, 156
                    np.uint8)
 (ROAD, WALK, BUILDING, WALL, FENCE, POLE, LIGHT, SIGN, VEG, TERRAIN, SKY, PERSON, RIDER, CAR, TRUCK, BUS, _TRAIN,
  _MOTORCYCLE, BICYCLE) = range(19)
+THING_CLASSES = (PERSON, RIDER, CAR, TRUCK, BUS, BICYCLE)  # the Cityscapes thing classes this renderer draws
 LOOKS = ("game", "photo")
 CONDITIONS = ("fog", "night", "rain", "high-cam", "wide", "suburb")  # variants of the photo look
 MAX_DEPTH = 80.0  # metres; farther surfaces get depth 0 (invalid), like sky
@@ -93,6 +101,15 @@ class _World:
         self.rng, self.look = rng, look
         self.lamps = []  # (x, y, z) of each street lamp's head (the night condition lights them)
         self.lo, self.hi, self.ell, self.cls, self.col, self.tex = [], [], [], [], [], []
+        self.inst, self.current, self.n_inst = [], 0, 0  # instance of each object (0 = none)
+
+    def begin_instance(self) -> None:
+        """The objects added from now on are parts of one new instance (until ``end_instance``)."""
+        self.n_inst += 1
+        self.current = self.n_inst
+
+    def end_instance(self) -> None:
+        self.current = 0
 
     def colour(self, cls: int) -> np.ndarray:
         opts = _COLOURS[cls]
@@ -104,6 +121,7 @@ class _World:
         self.lo.append((min(x), min(y), min(z)))
         self.hi.append((max(x), max(y), max(z)))
         self.ell.append(ell)
+        self.inst.append(self.current)
         self.cls.append(cls)
         self.tex.append(tex)
         self.col.append(self.colour(cls) if col is None else np.asarray(col, np.float32))
@@ -142,6 +160,7 @@ def _vehicle(w: _World, x: float, z: float, lane_w: float) -> tuple[float, float
     width = min(lane_w - 0.4, u(1.65, 1.9) if cls == CAR else u(2.3, 2.55))
     length = u(3.9, 4.8) if cls == CAR else u(6, 9) if cls == TRUCK else u(10, 12)
     col = w.colour(cls)
+    w.begin_instance()
     if cls == CAR:
         body, top = u(0.9, 1.05), u(1.4, 1.6)
         w.box((x - width / 2, x + width / 2), (0.3, body), (z, z + length), cls, col)
@@ -153,6 +172,7 @@ def _vehicle(w: _World, x: float, z: float, lane_w: float) -> tuple[float, float
         w.box((x - width / 2, x + width / 2), (0.35, u(2.8, 3.5)), (z, z + length), cls, col)
     for zc in (z + 0.8, z + length - 0.8):
         w.box((x - width / 2 + 0.03, x + width / 2 - 0.03), (0, 0.62), (zc - 0.33, zc + 0.33), cls, _TYRE)
+    w.end_instance()
     return x, width, length
 
 
@@ -227,18 +247,23 @@ def _layout(rng: np.random.Generator, look: str) -> tuple[_World, dict]:
         edge, outer, _ = walks[side]
         x, z, hp, y0 = edge + side * u(0.4, max(0.5, abs(outer - edge) - 0.3)), u(3, 50), u(1.55, 1.9), w.kerb
         legs = w.colour(PERSON)
+        w.begin_instance()
         for a, b in ((-0.2, -0.03), (0.03, 0.2)):
             w.box((x + a, x + b), (y0, y0 + 0.47 * hp), (z - 0.12, z + 0.12), PERSON, legs)
         w.box((x - 0.23, x + 0.23), (y0 + 0.47 * hp, y0 + 0.85 * hp), (z - 0.15, z + 0.15), PERSON)
         w.blob((x, y0 + hp - 0.11, z), (0.1, 0.12, 0.1), PERSON, _SKIN)
+        w.end_instance()
     if rng.random() < p["bikes"]:  # a cyclist near the right kerb
         x, z, col = w.road[1] - u(0.6, 1.0), u(8, 40), w.colour(BICYCLE)
+        w.begin_instance()
         for zc in (z, z + 1.05):
             w.blob((x, 0.34, zc), (0.03, 0.34, 0.34), BICYCLE, col)
         w.box((x - 0.03, x + 0.03), (0.35, 0.85), (z, z + 1.05), BICYCLE, col)
+        w.begin_instance()
         w.box((x - 0.15, x + 0.15), (0.6, 1.05), (z + 0.35, z + 0.65), RIDER)
         w.box((x - 0.2, x + 0.2), (1.05, 1.6), (z + 0.3, z + 0.6), RIDER)
         w.blob((x, 1.72, z + 0.45), (0.11, 0.12, 0.11), RIDER, _SKIN)
+        w.end_instance()
     return w, cam
 
 
@@ -535,25 +560,50 @@ def _rain_streaks(rng: np.random.Generator, img: np.ndarray) -> np.ndarray:
     return img * (1 - a) + 215 * a
 
 
-def render_one(rng: np.random.Generator, size: tuple[int, int], look: str = "game"):
+def render_one(rng: np.random.Generator, size: tuple[int, int], look: str = "game", instances: bool = False):
     """One scene: ((H, W, 3) uint8 image, (H, W) uint8 mask, (H, W) float32 depth in metres); ``look``
-    is one of ``LOOKS`` or a condition of the photo look (``CONDITIONS``)."""
+    is one of ``LOOKS`` or a condition of the photo look (``CONDITIONS``). ``instances``: also the
+    (H, W) uint16 instance map (0 = none; see the module doc), as a fourth element."""
     if look not in LOOKS + CONDITIONS:
         raise ValueError(f"synscenes has looks {', '.join(LOOKS + CONDITIONS)}, not {look!r}")
     w, cam = _layout(rng, look)
     O, D, R, f, cx, cy = _rays(cam, *size)
     zbuf, obj, nrm = _cast(w, O, D, R, f, cx, cy)
     mask, depth = _labels(w, O, D, zbuf, obj)
-    return _shade(w, rng, O, D, zbuf, obj, nrm, mask), mask, depth
+    image = _shade(w, rng, O, D, zbuf, obj, nrm, mask)
+    if not instances:
+        return image, mask, depth
+    inst = np.array([0] + w.inst, np.uint16)[np.maximum(obj, 0)]  # ground and sky: 0
+    return image, mask, depth, inst
 
 
-def render(n: int, seed: int, size: tuple[int, int] = (128, 256), look: str = "game", channels: int = 3):
+def instance_boxes(mask: np.ndarray, instances: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Detection targets of one scene: (boxes (N, 4) float32 x1 y1 x2 y2 around the visible pixels
+    of each instance, classes (N,) int64 as Cityscapes ids of ``CLASSES``), in instance order;
+    hidden instances and slivers (:func:`edgeda.data.detection.instance_boxes`) are left out."""
+    from .detection import instance_boxes as boxes_of
+
+    ids, boxes = boxes_of(instances)
+    if not len(ids):
+        return boxes, np.zeros(0, np.int64)
+    lut = np.zeros(int(instances.max()) + 1, np.int64)
+    lut[instances.ravel()] = mask.ravel()  # every pixel of an instance carries its class
+    return boxes, lut[ids]
+
+
+def render(n: int, seed: int, size: tuple[int, int] = (128, 256), look: str = "game", channels: int = 3,
+           instances: bool = False):
     """``n`` scenes: images (n, H, W, channels) uint8, masks (n, H, W) uint8, depth (n, H, W) float32;
-    scene ``i`` depends only on (``seed``, ``i``, ``size``, ``look``)."""
+    scene ``i`` depends only on (``seed``, ``i``, ``size``, ``look``). ``instances``: also the
+    instance maps (n, H, W) uint16, as a fourth element (the other three are unchanged)."""
     images = np.empty((n, *size, channels), np.uint8)
     masks = np.empty((n, *size), np.uint8)
     depth = np.empty((n, *size), np.float32)
+    inst = np.empty((n, *size), np.uint16) if instances else None
     for i in range(n):
-        img, masks[i], depth[i] = render_one(np.random.default_rng((seed, i)), size, look)
+        out = render_one(np.random.default_rng((seed, i)), size, look, instances)
+        img, masks[i], depth[i] = out[:3]
+        if instances:
+            inst[i] = out[3]
         images[i] = convert_channels(img, channels)
-    return images, masks, depth
+    return (images, masks, depth, inst) if instances else (images, masks, depth)

@@ -57,16 +57,17 @@ def export(bundle, out, precision, data, calib, build_trt, batch, workspace_mb, 
 @click.option("--batch-size", default=64, show_default=True)
 @click.option("--out", type=click.Path(dir_okay=False), help="preds.csv or preds.json")
 @click.option("--out-dir", type=click.Path(file_okay=False), show_default="predictions/", help="dense bundles: folder for the mask / depth PNGs")
+@click.option("--coco", "coco_out", type=click.Path(dir_okay=False), help="detection bundles: write COCO results JSON here")
 @click.option("--json", "as_json", is_flag=True, help="print the predictions as JSON")
 @click.option("--plugins", type=click.Path(dir_okay=False), help="libedgeda_plugins.so, for engines built with --plugins")
 @handle_errors
-def predict(bundle, input_, backend, precision, device, batch_size, out, out_dir, as_json, plugins) -> None:
+def predict(bundle, input_, backend, precision, device, batch_size, out, out_dir, coco_out, as_json, plugins) -> None:
     """Per image: class and confidence (classifiers), a colourised mask and overlay (segmentation) or
     a 16-bit and a colour-mapped depth PNG (depth); unreadable files are skipped and listed."""
     from .prediction import predict as run_predict
 
     res = run_predict(bundle, input_, backend=backend, precision=precision, out=out, out_dir=out_dir, batch_size=batch_size,
-                      device=device, progress=not as_json and sys.stderr.isatty(), plugin_library=plugins)
+                      device=device, progress=not as_json and sys.stderr.isatty(), plugin_library=plugins, coco_out=coco_out)
     if as_json:
         emit_json(res)
         return
@@ -77,12 +78,16 @@ def predict(bundle, input_, backend, precision, device, batch_size, out, out_dir
             elif "fraction" in r:
                 top = sorted(r["fraction"].items(), key=lambda kv: -kv[1])[:3]
                 click.echo(f"{r['path']}: " + ", ".join(f"{k} {v:.0%}" for k, v in top) + f" (confidence {r['mean_confidence']:.1%})")
+            elif "n_detections" in r:
+                top = ", ".join(f"{d['class']} {d['score']:.2f}" for d in r["detections"][:5])
+                click.echo(f"{r['path']}: {r['n_detections']} detections" + (f" ({top})" if top else ""))
             else:
                 click.echo(f"{r['path']}: depth {r['depth_min_m']:.1f}-{r['depth_max_m']:.1f} m (median {r['depth_median_m']:.1f})")
         if res["n"] > 20:
             click.echo(f"... {res['n'] - 20} more (use --out preds.csv)")
     click.echo(f"{res['n']} images predicted with {backend} ({precision})" + (f"; written to {res['out']}" if out else "")
-               + (f"; PNGs in {res['out_dir']}" if res.get("out_dir") else ""))
+               + (f"; PNGs in {res['out_dir']}" if res.get("out_dir") else "")
+               + (f"; COCO results in {res['coco_out']}" if res.get("coco_out") else ""))
     if res["skipped"]:
         click.echo(f"skipped {len(res['skipped'])} unreadable files:")
         for s in res["skipped"][:20]:

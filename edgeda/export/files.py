@@ -59,9 +59,9 @@ def load_images(spec: str, b: Bundle, n: int | None = None) -> tuple[np.ndarray,
 
     task = b.task
     try:
-        dom = load_domain(spec, labeled=True, size=task.image_size, channels=task.channels)
+        dom = load_domain(spec, labeled=True, size=task.image_size, channels=task.channels, task=task.task)
     except DataError:
-        dom = load_domain(spec, labeled=False, size=task.image_size, channels=task.channels)
+        dom = load_domain(spec, labeled=False, size=task.image_size, channels=task.channels, task=task.task)
     if task.dense and isinstance(dom, Domain):
         from ..data.dense import images_as_dense
 

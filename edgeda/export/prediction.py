@@ -20,9 +20,13 @@ from .runtime import make_runner
 
 def predict(bundle: str | Path, input: str | Path, *, backend: str = "ort", precision: str = "fp32",
             out: str | Path | None = None, out_dir: str | Path | None = None, batch_size: int = 64,
-            device: str = "cpu", progress: bool = False, plugin_library: str | Path | None = None) -> dict:
+            device: str = "cpu", progress: bool = False, plugin_library: str | Path | None = None,
+            coco_out: str | Path | None = None) -> dict:
     """Predict every image in ``input``; ``out_dir``: where dense bundles write their PNGs
-    (default ``predictions/`` beside ``out``, else in the working folder).
+    (default ``predictions/`` beside ``out``, else in the working folder). ``coco_out``: for box
+    predictions, a COCO results ``.json`` (``image_id`` = the image's position in the sorted input,
+    ``category_id`` = class index + 1 in the bundle's class order, ``bbox`` x y w h in the image's
+    own pixels, ``score``; ``file_name`` beside each).
 
     ``plugin_library``: libedgeda_plugins.so for a TensorRT engine built with ``--plugins``.
     """
@@ -41,6 +45,8 @@ def predict(bundle: str | Path, input: str | Path, *, backend: str = "ort", prec
         raise DataError(f"--input {src}: no such file or folder")
     if not files:
         raise DataError(f"--input {src} has no images (png, jpg, jpeg, bmp, webp)")
+    if coco_out is not None and Path(coco_out).suffix.lower() != ".json":
+        raise EdgedaError(f"--coco {coco_out}: use a .json file name")
     if out is not None and Path(out).suffix.lower() not in (".csv", ".json"):
         raise EdgedaError(f"--out {out}: use a .csv or .json file name")
     if task.dense:
@@ -82,6 +88,10 @@ def predict(bundle: str | Path, input: str | Path, *, backend: str = "ort", prec
               "skipped": skipped, "runner": runner.describe()}
     if task.dense:
         result["out_dir"] = str(out_dir)
+    if coco_out is not None:
+        results = coco_results(rows)
+        atomic_write_bytes(Path(coco_out), (json.dumps(results) + "\n").encode())
+        result["coco_out"], result["coco_n"] = str(coco_out), len(results)
     if out is not None:
         out = Path(out)
         if out.suffix.lower() == ".json":
@@ -100,12 +110,28 @@ def predict(bundle: str | Path, input: str | Path, *, backend: str = "ort", prec
     return result
 
 
+def coco_results(rows: list[dict]) -> list[dict]:
+    """COCO detection results of predict rows that list ``detections`` (``box`` x1 y1 x2 y2, ``label``, ``score``)."""
+    if rows and not all("detections" in r for r in rows):
+        raise EdgedaError("--coco writes box predictions; this bundle does not predict boxes")
+    res = []
+    for i, r in enumerate(rows):
+        for d in r["detections"]:
+            x1, y1, x2, y2 = d["box"]
+            res.append({"image_id": i, "file_name": r["path"], "category_id": int(d["label"]) + 1,
+                        "bbox": [round(x1, 2), round(y1, 2), round(x2 - x1, 2), round(y2 - y1, 2)],
+                        "score": d["score"]})
+    return res
+
+
 def _flatten(row: dict) -> dict:
     """CSV columns: nested dicts (class fractions) become ``fraction/<class>`` columns."""
     out = {}
     for k, v in row.items():
         if isinstance(v, dict):
             out.update({f"{k}/{kk}": vv for kk, vv in v.items()})
+        elif isinstance(v, list):  # per-detection records: one JSON cell
+            out[k] = json.dumps(v)
         else:
             out[k] = v
     return out

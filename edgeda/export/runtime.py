@@ -83,19 +83,22 @@ class TorchRunner(Runner):
         self.dtype = torch.float16 if precision == "fp16" else torch.float32
         self.model = self.model.to(self.dtype)
         self.device = str(self.dev)
+        from ..tasks import task_of
+
+        self.infer = task_of(bundle.task).infer  # float outputs, or a detector's post-processed boxes
 
     def forward(self, x):
         torch = self.torch
         with torch.inference_mode():
             if self.dev.type != "cuda":
-                return self.model(torch.from_numpy(x)).float().numpy()
+                return _numpy(self.infer(self.model, torch.from_numpy(x)))
             ev = [torch.cuda.Event(enable_timing=True) for _ in range(4)]
             ev[0].record()
             xd = torch.from_numpy(x).to(self.dev, non_blocking=False).to(self.dtype)
             ev[1].record()
-            y = self.model(xd)
+            y = self.infer(self.model, xd)
             ev[2].record()
-            out = y.float().cpu().numpy()
+            out = _numpy(y)
             ev[3].record()
             ev[3].synchronize()
             self.timings = {"h2d_ms": ev[0].elapsed_time(ev[1]), "compute_ms": ev[1].elapsed_time(ev[2]),
@@ -115,6 +118,21 @@ def onnx_file(bundle: Bundle, precision: str, deployable: str | None = None, cal
         return
     folder = Path(tempfile.mkdtemp(prefix="edgeda-onnx-"))
     try:
+        from .boxes_bundle import exports_postprocessing
+
+        module = bundle.module(deployable, "cpu")
+        if exports_postprocessing(module):  # a detector: decoding and NMS in the graph
+            if precision != "fp32":
+                raise EdgedaError(f"a {bundle.task.task} bundle runs in ONNX Runtime at fp32 only for now, not {precision}")
+            from ..tasks import task_of
+            from .detection import export_detector_onnx
+
+            opts = task_of(bundle.task).postprocess_options
+            path = folder / Path(rel).name
+            export_detector_onnx(module, path, tuple(bundle.task.image_size), score_thresh=opts.get("score_thresh", 0.05),
+                                 max_det=opts.get("max_det", 100), check=False)
+            yield path
+            return
         yield export_deployable_onnx(bundle, deployable, precision, folder, calib=calib)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
@@ -156,8 +174,16 @@ class OrtRunner(Runner):
             self.session = ort_session(path, providers, threads)
         self.providers = self.session.get_providers()
         self.input = self.session.get_inputs()[0].name
+        from .detection import OUTPUTS as BOX_OUTPUTS
+
+        # a graph ending in padded detections (NMS inside) gives one record per image, as the torch runner
+        self.boxes = [o.name for o in self.session.get_outputs()] == list(BOX_OUTPUTS)
 
     def forward(self, x):
+        if self.boxes:
+            from .detection import run_detector_ort
+
+            return run_detector_ort(self.session, x)
         return np.asarray(self.session.run(None, {self.input: x})[0], np.float32)
 
     def describe(self):
@@ -187,3 +213,12 @@ class TrtRunner(Runner):
         out = self.engine.run({self.input: x})[self.output]
         self.timings = dict(self.engine.timings)
         return np.asarray(out, np.float32)
+
+
+def _numpy(value):
+    """Tensors as float32 numpy arrays (a detector's per-image records: dicts of arrays)."""
+    if isinstance(value, dict):
+        return {k: _numpy(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_numpy(v) for v in value]
+    return (value.float() if value.is_floating_point() else value).cpu().numpy()

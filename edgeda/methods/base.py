@@ -146,6 +146,7 @@ class Method(Configurable):
             raise EdgedaError(f"method {self.name!r} adapts {', '.join(self.tasks)} models, not {task.task}; "
                               f"methods for {task.task}: {', '.join(methods_for(task.task))}")
         self.opts = self.resolve_options(options)
+        self.given = set(options or {})  # the option names the user set (the rest are defaults)
         self.task = task
         self.backbone = backbone
         self.backbone_kwargs = dict(backbone_kwargs or {})
@@ -172,7 +173,7 @@ class Method(Configurable):
 
     def task_loss_of(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """The task's supervised loss (cross-entropy; per-pixel for segmentation; depth: ``--task-loss``)."""
-        return task_of(self.task).loss(output, target, self.task_loss)
+        return task_of(self.task).model_loss(self.classifier, output, target, self.task_loss)
 
     def make_optimizer(self, params, lr_mult: float = 1.0, name: str | None = None) -> torch.optim.Optimizer:
         """An optimizer over ``params`` (tensors, or groups ``{"params": ..., "lr_mult": m}`` so that a

@@ -35,16 +35,30 @@ class DANN(Method):
     ``hidden`` channels, no dropout) on the encoder's final feature map, one domain logit per location,
     L = L_task(G(x_s), y_s) + w * mean_{h,w} [BCE(D(R_l(f_s)), 1) + BCE(D(R_l(f_t)), 0)], with the
     task's own source loss (per-pixel CE; depth: ``--task-loss``).
+
+    Detection (a network with its own loss and multi-scale ``features``): image-level alignment as in
+    Chen et al., "Domain Adaptive Faster R-CNN for Object Detection in the Wild", CVPR 2018 (their
+    image-level term; the instance-level one is not implemented), in the setting of Xu et al. 2019
+    (adversarial synthetic-to-real transfer of SSD detectors): one pixel-wise domain classifier per
+    feature level l of ``model.features``, L = L_det(x_s, y_s) + w * (1/|levels|) sum_l
+    mean_{h,w} [BCE(D_l(R(f_s^l)), 1) + BCE(D_l(R(f_t^l)), 0)], with ``hidden`` channels each (the
+    1024 of the classification default is cut to 256 for the many levels of a detector unless given).
     """
 
     summary = "domain-adversarial training with a gradient reversal layer (Ganin & Lempitsky 2015)"
-    tasks = ("classification", "segmentation", "depth")
+    tasks = ("classification", "segmentation", "depth", "detection")
     defaults = {"gamma": 10.0, "max_coeff": 1.0, "weight": 1.0, "hidden": 1024, "dropout": 0.0, "warmup": 0.0}
 
     def build(self) -> None:
         self.nets["classifier"] = self.make_classifier()
         self.dense = task_of(self.task).dense
-        if self.dense:
+        self.multi_scale = callable(getattr(self.classifier, "loss", None))  # a detector: levels of features
+        if self.multi_scale:
+            if self.opts["dropout"]:
+                raise EdgedaError("dann's per-level domain classifiers (detection) have no dropout; leave option dropout at 0")
+            hidden = int(self.opts["hidden"]) if "hidden" in self.given else 256
+            self.nets["domain"] = torch.nn.ModuleList(PixelDomainClassifier(c, hidden) for c in self._level_channels())
+        elif self.dense:
             if self.opts["dropout"]:
                 raise EdgedaError("dann's pixel-wise domain classifier (segmentation, depth) has no dropout; leave option dropout at 0")
             self.nets["domain"] = PixelDomainClassifier(self.classifier.feature_channels, int(self.opts["hidden"]))
@@ -54,9 +68,33 @@ class DANN(Method):
             )
         self.optims["main"] = self.make_optimizer(self.nets.parameters())
 
+    def _level_channels(self) -> list[int]:
+        h, w = self.task.image_size
+        was = self.classifier.training
+        self.classifier.eval()
+        with torch.no_grad():
+            feats = self.classifier.features(torch.zeros(1, self.task.channels, h, w))
+        self.classifier.train(was)
+        return [int(f.shape[1]) for f in feats]
+
+    def _detection_step(self, source: Batch, target: Batch, coeff: float) -> dict[str, float]:
+        ns = len(source)
+        model = self.classifier
+        with self.autocast():
+            feats = model.features(torch.cat([source.x, target.x]))
+            det_loss = self.task_loss_of(model(source.x), source.y)
+            parts = [pixel_domain_adversarial_loss(d, f[:ns], f[ns:], coeff) for d, f in zip(self.nets["domain"], feats)]
+            dom_loss = torch.stack([p[0] for p in parts]).mean()
+            dom_acc = torch.stack([p[1] for p in parts]).mean()
+            loss = det_loss + self.opts["weight"] * dom_loss
+        self.update(loss)
+        return {"loss/cls": det_loss.item(), "loss/domain": dom_loss.item(), "acc/domain": dom_acc.item(), "grl": coeff}
+
     def step(self, source: Batch, target: Batch | None) -> dict[str, float]:
         ns = len(source)
         coeff = dann_coefficient(self.progress, self.opts["gamma"], self.opts["max_coeff"], self.opts["warmup"])
+        if self.multi_scale:
+            return self._detection_step(source, target, coeff)
         with self.autocast():
             feats, logits = self.classifier.features_and_logits(torch.cat([source.x, target.x]))
             if self.dense:

@@ -1,5 +1,5 @@
 """Backbones, heads, discriminators, generators/refiners and small layers."""
-from . import backbones, classifier, conditional, dense, generators, mobilenetv3, patchgan, public_dense, resnet, segformer, spade  # noqa: F401  (register entries)
+from . import backbones, classifier, conditional, dense, detection, generators, mobilenetv3, patchgan, public_dense, resnet, segformer, spade  # noqa: F401  (register entries)
 from .classifier import Classifier
 from .dense import DenseModel, make_dense_model
 from .discriminators import DomainClassifier

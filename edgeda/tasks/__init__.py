@@ -1,4 +1,4 @@
-"""Tasks: what differs between classification, segmentation and depth, in one object each.
+"""Tasks: what differs between classification, segmentation, depth and detection, in one object each.
 
 The trainer, evaluation, selection, export, predict and bench ask the task object of a
 :class:`~edgeda.task.TaskSpec` (``task_of(spec)``) instead of testing its name. A task owns its
@@ -6,6 +6,6 @@ source loss, its streaming metric, the headline score, what label-free validator
 outputs, the parity comparison of an export, and how its outputs are drawn and written.
 """
 from .base import TASKS, Task, task_of
-from . import classification, depth, segmentation  # noqa: F401,E402  (register the tasks)
+from . import classification, depth, detection, segmentation  # noqa: F401,E402  (register the tasks)
 
 __all__ = ["TASKS", "Task", "task_of"]

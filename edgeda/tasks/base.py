@@ -8,6 +8,7 @@ import torch
 
 from ..registry import Registry
 from ..task import TaskSpec
+from ..utils import to_device
 
 TASKS: Registry = Registry("task")
 _INSTANCES: dict = {}
@@ -40,6 +41,81 @@ class Task:
     default_size: ClassVar[tuple[int, int]] = (128, 128)
     losses: ClassVar[tuple[str, ...]] = ()
     label_key: ClassVar[str] = "mask"  # what a dense sample's labels are called ("mask" or "depth")
+    output: ClassVar[str] = "logits"  # what the task network outputs (TaskSpec.output)
+    has_classes: ClassVar[bool] = True  # a spec needs at least one class (depth: none)
+    class_logits: ClassVar[bool] = True  # outputs are class logits per image or per pixel (what the
+    # label-free validators' rows and the augmentation-consistency check read)
+    inferred: ClassVar[bool] = False  # chosen from what a dense source carries when --task is not given
+    # evaluation settings of a model's own post-processing (COCO evaluation keeps low-score boxes)
+    postprocess_options: ClassVar[dict] = {"score_thresh": 0.05, "max_det": 100}
+
+    # -- data ----------------------------------------------------------------------------------
+    def labeled_by(self, domain) -> bool:
+        """Whether ``domain`` carries this task's labels (for ``--task`` inference and checks)."""
+        return bool(getattr(domain, "labeled_for", lambda t: False)(self.name))
+
+    def stream(self, domain, spec: TaskSpec, batch_size: int, device, seed: int, *, labeled: bool, cfg,
+               weights=None, rank: int = 0, world_size: int = 1):
+        """The trainer's infinite, resumable batch stream over ``domain`` (``next() -> Batch``):
+        samples decoded and augmented by DataLoader workers, read the way the kind of domain needs
+        (:func:`edgeda.training.readers.reader_of`: stacked label maps, or one box record per image)."""
+        from ..training.readers import reader_of
+
+        return reader_of(domain).stream(domain, spec, batch_size, device, seed, labeled=labeled, workers=cfg.workers,
+                                        hflip=cfg.augment_hflip, weights=weights, rank=rank, world_size=world_size)
+
+    def eval_batches(self, domain, spec: TaskSpec, device, batch_size: int, *, labels: bool, workers: int | None = None,
+                     not_decoded: list | None = None):
+        """(normalised images on ``device``, labels on CPU or None, uint8 NHWC images) over
+        ``domain`` in order, un-augmented (:func:`edgeda.training.evaluate.eval_batches`); the indices
+        of samples that fail only when decoded go to ``not_decoded`` where the reader reports them."""
+        from ..training.evaluate import dense_eval_batches
+        from ..training.readers import reader_of
+
+        read = reader_of(domain).eval_batches
+        if read is not None:
+            return read(domain, spec, device, batch_size, labels=labels, workers=workers)
+        return dense_eval_batches(domain, spec, device, batch_size, labels=labels, workers=workers, key=self.label_key,
+                                  not_decoded=not_decoded)
+
+    def labels_to(self, labels, device):
+        """A batch's labels moved to ``device`` (a tensor here; per-image records for some tasks)."""
+        return to_device(labels, device)
+
+    # -- model outputs -------------------------------------------------------------------------
+    def model_loss(self, model, output, target, kind: str | None = None) -> torch.Tensor:
+        """The supervised loss of ``model``'s ``output`` against ``target``: the model's own ``loss``
+        (``model.loss(output, target)["loss"]``) where it has one (a detector: the matching of boxes to
+        anchors or locations lives in the network), else the task's :meth:`loss`."""
+        own = getattr(model, "loss", None)
+        if callable(own):
+            return own(output, target)["loss"]
+        return self.loss(output, target, kind)
+
+    def infer(self, model, x: torch.Tensor):
+        """What evaluation, selection and drawing read of ``model`` on ``x`` (eval mode, no gradient):
+        the float outputs, or the model's ``postprocess`` of them where it has one (a detector's
+        decoded, non-maximum-suppressed boxes, with :attr:`postprocess_options`)."""
+        out = model(x)
+        post = getattr(model, "postprocess", None)
+        if callable(post):  # decoding and non-maximum suppression belong to the network that made the output
+            return post(out, **self.postprocess_options)
+        return out.float()
+
+    def sample_panels(self, spec: TaskSpec, model, x, labels, raw, path, title: str = ""):
+        """A PNG of image | truth | prediction (| error) rows for the first images of a batch."""
+        from .draw import save_panels
+
+        pred = self.infer(model, x)
+        if isinstance(pred, torch.Tensor):
+            pred = self.decide(pred).cpu().numpy()
+        truth = labels.numpy() if isinstance(labels, torch.Tensor) else labels
+        return save_panels(spec, raw, to_device(pred, "cpu"), truth, path, title)
+
+    def draw_row(self, spec: TaskSpec, image: np.ndarray, pred, truth=None) -> list[np.ndarray]:
+        """The panels of one sample: image | truth | prediction (| error), (H, W, 3) uint8 each
+        (:mod:`edgeda.tasks.draw`: masks, depth, boxes)."""
+        raise NotImplementedError
 
     # -- training ------------------------------------------------------------------------------
     def make_spec(self, domain, *, image_size, channels: int, mean=None, std=None) -> TaskSpec:
@@ -74,6 +150,15 @@ class Task:
     def format_scores(self, scores: dict) -> str:
         raise NotImplementedError
 
+    def eval_lines(self, scores: dict) -> list[str]:
+        """What ``edgeda eval`` prints: the headline line, then one line per per-class table."""
+        lines = [self.format_scores(scores)]
+        for key, table in scores.items():
+            if key.startswith("per_class") and isinstance(table, dict):
+                cells = "  ".join(f"{k}:{'-' if v is None else f'{v:.3f}'}" for k, v in table.items())
+                lines.append(f"{key.replace('_', ' ')}: {cells}")
+        return lines
+
     def validator_rows(self, output: torch.Tensor, generator: torch.Generator, per_image: int = 64) -> torch.Tensor | None:
         """Rows of class logits (M, K) that label-free validators score: one per image for
         classification, a fixed random sample of pixels per image for segmentation, none for depth."""
@@ -96,3 +181,4 @@ class Task:
         m = self.meter(spec)
         self.update(m, torch.from_numpy(np.asarray(outputs, np.float32)), torch.from_numpy(np.asarray(labels)))
         return self.scores(m, spec)
+

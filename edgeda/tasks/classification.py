@@ -29,6 +29,13 @@ class Classification(Task):
         return TaskSpec(num_classes=k, classes=classes, task=self.name, image_size=image_size, channels=channels,
                         mean=mean, std=std)
 
+    def stream(self, domain, spec, batch_size, device, seed, *, labeled, cfg, weights=None, rank=0, world_size=1):
+        """In-memory images on the training device, shifted and contrast-jittered per batch (:class:`BatchStream`)."""
+        from ..training.streams import BatchStream
+
+        return BatchStream(domain, spec, batch_size, device, seed, labeled=labeled, shift=cfg.augment_shift,
+                           contrast=cfg.augment_contrast, weights=weights, rank=rank, world_size=world_size)
+
     def loss(self, output, target, kind=None):
         return F.cross_entropy(output.float(), target)
 
@@ -46,6 +53,12 @@ class Classification(Task):
 
     def format_scores(self, scores):
         return f"accuracy {scores['accuracy']:.1%} (n={scores['n']})"
+
+    def eval_lines(self, scores):
+        iv = scores.get("interval")
+        extra = f", 95% bootstrap interval {iv['low']:.1%}-{iv['high']:.1%}" if iv else ""
+        return [f"accuracy {scores['accuracy']:.1%} (n={scores['n']}{extra})",
+                "per class: " + "  ".join(f"{k}:{'-' if v is None else f'{v:.0%}'}" for k, v in scores["per_class"].items())]
 
     def validator_rows(self, output, generator, per_image=64):
         return output.float()

@@ -47,6 +47,10 @@ class Depth(Task):
     higher_is_better = False
     losses = ("silog", "l1")
     label_key = "depth"
+    output = "depth"
+    has_classes = False
+    class_logits = False
+    inferred = True
 
     def make_spec(self, domain, *, image_size, channels, mean=None, std=None, depth_range=DEFAULT_RANGE) -> TaskSpec:
         return TaskSpec(num_classes=0, classes=[], task=self.name, image_size=image_size, channels=channels,
@@ -79,6 +83,12 @@ class Depth(Task):
 
     def format_scores(self, scores):
         return f"abs rel {scores['abs_rel']:.3f}, RMSE {scores['rmse']:.2f} m, delta<1.25 {scores['delta1']:.1%}"
+
+    def eval_lines(self, scores):
+        m = scores
+        return [f"abs rel {m['abs_rel']:.3f}, sq rel {m['sq_rel']:.3f}, RMSE {m['rmse']:.2f} m, "
+                f"RMSE log {m['rmse_log']:.3f}, delta<1.25 {m['delta1']:.1%}, <1.25^2 {m['delta2']:.1%}, "
+                f"<1.25^3 {m['delta3']:.1%} ({m['n_images']} images, {m['n_pixels']} valid pixels)"]
 
     def compare(self, ref, out):
         res = super().compare(ref, out)

@@ -81,7 +81,7 @@ def segmentation_row(spec: TaskSpec, image: np.ndarray, pred: np.ndarray, truth:
 def save_panels(spec: TaskSpec, images, preds, truths, path: str | Path, title: str = "") -> Path:
     """A PNG grid, one row per sample: image | truth | prediction | error (or image | prediction),
     with column headers and the key to its colours (classes and errors, or the depth colour bar)."""
-    from .base import task_of
+    from . import task_of  # the registry's package (this module is one of the tasks' helpers)
 
     draw = task_of(spec).draw_row
     rows = [np.concatenate(draw(spec, im, p, None if truths is None else truths[i]), axis=1)
@@ -241,3 +241,45 @@ def save_figure(fig, path: str | Path) -> Path:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def draw_boxes(image: np.ndarray, boxes, labels, scores=None, names=None, palette=None, width: int = 2) -> np.ndarray:
+    """(H, W, C) uint8 with each box (x1 y1 x2 y2, pixels) outlined in its class colour and labelled
+    ``name score``; a copy, RGB."""
+    from PIL import Image, ImageDraw
+
+    img = image if image.shape[2] == 3 else np.repeat(image, 3, axis=2)
+    pil = Image.fromarray(np.ascontiguousarray(img.astype(np.uint8)))
+    draw = ImageDraw.Draw(pil)
+    boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
+    labels = np.asarray(labels).reshape(-1).astype(int)
+    pal = np.asarray(palette if palette is not None else _box_palette(max(int(labels.max(initial=0)) + 1, 1)))
+    for i, (b, c) in enumerate(zip(boxes, labels)):
+        colour = tuple(int(v) for v in pal[c % len(pal)])
+        draw.rectangle([float(b[0]), float(b[1]), float(b[2]), float(b[3])], outline=colour, width=width)
+        text = names[c] if names is not None and c < len(names) else str(c)
+        if scores is not None:
+            text += f" {float(np.asarray(scores).reshape(-1)[i]):.2f}"
+        draw.text((float(b[0]) + 2, max(0.0, float(b[1]) - 11)), text, fill=colour)
+    return np.asarray(pil)
+
+
+def _box_palette(k: int) -> np.ndarray:
+    """Distinct, bright colours for ``k`` classes (HSV hues evenly spaced)."""
+    import colorsys
+
+    return (np.array([colorsys.hsv_to_rgb(i / max(k, 1), 0.9, 1.0) for i in range(k)]) * 255).astype(np.uint8)
+
+
+def boxes_row(spec: TaskSpec, image: np.ndarray, pred: dict, truth: dict | None = None) -> list[np.ndarray]:
+    """image | truth boxes | predicted boxes with scores, for one sample of a box task."""
+    def arr(v):
+        return np.asarray(v.detach().cpu() if hasattr(v, "detach") else v)
+
+    pal = _box_palette(max(spec.num_classes, 1))
+    row = [image if image.shape[2] == 3 else np.repeat(image, 3, axis=2)]
+    if truth is not None:
+        row.append(draw_boxes(image, arr(truth["boxes"]), arr(truth["labels"]), names=spec.classes, palette=pal))
+    scores = arr(pred["scores"]) if "scores" in pred else None
+    row.append(draw_boxes(image, arr(pred["boxes"]), arr(pred["labels"]), scores, names=spec.classes, palette=pal))
+    return row

@@ -18,6 +18,7 @@ class Segmentation(Task):
     headline = "miou"
     record_keys = {"miou": "miou", "pixel_acc": "pixel_accuracy"}
     losses = ("ce",)
+    inferred = True
 
     def make_spec(self, domain, *, image_size, channels, mean=None, std=None) -> TaskSpec:
         from ..data.dense import default_palette
@@ -46,6 +47,14 @@ class Segmentation(Task):
         n = scores.get("n_classes_labelled")
         over = f" over {n} labelled class{'es' if n != 1 else ''}" if n is not None else ""
         return f"mIoU {scores['miou']:.1%}{over}, pixel accuracy {scores['pixel_accuracy']:.1%}"
+
+    def eval_lines(self, scores):
+        k, n = len(scores["per_class_iou"]), scores["n_classes_labelled"]
+        truth = scores.get("per_class_truth_pixels", {})
+        return [f"mIoU {scores['miou']:.1%} over {n} class{'es' if n != 1 else ''} labelled in the test split (of {k}), "
+                f"pixel accuracy {scores['pixel_accuracy']:.1%} ({scores['n_pixels']:,} labelled pixels)",
+                "IoU per class: " + "  ".join(f"{c}:{'no truth pixels' if not truth.get(c) else f'{v:.0%}'}"
+                                             for c, v in scores["per_class_iou"].items())]
 
     def validator_rows(self, output, generator, per_image=64):
         n, k, h, w = output.shape

@@ -63,18 +63,23 @@ class DenseStream:
     def __init__(self, domain: DenseDomain, task: TaskSpec, batch_size: int, device: torch.device, seed: int, *,
                  labeled: bool, train: bool = True, workers: int | None = None, rank: int = 0, world_size: int = 1,
                  scale: tuple[float, float] = (0.5, 1.0), hflip: bool = True, weights: np.ndarray | None = None):
-        from ..data.dense_transforms import DenseDataset
-
         self.domain, self.task, self.batch_size, self.device = domain, task, batch_size, device
         self.labeled = labeled
         self.seed, self.rank, self.world_size = seed, rank, world_size
         self.workers = default_workers(domain) if workers is None else workers
-        self.dataset = DenseDataset(domain, task.image_size, task.channels, train=train, seed=seed, labels=labeled,
-                                    scale=scale, hflip=hflip)
+        self.dataset = self._dataset(domain, train=train, scale=scale, hflip=hflip)
         self.weights = None if weights is None else np.asarray(weights, np.float64) / np.sum(weights)
         self.epoch, self.pos = 0, 0
         self.replaced = 0  # samples that failed to decode and were replaced by the next good one
         self._iter = None
+
+    def _dataset(self, domain, *, train: bool, scale, hflip: bool):
+        from ..data.dense_transforms import DenseDataset
+
+        return DenseDataset(domain, self.task.image_size, self.task.channels, train=train, seed=self.seed,
+                            labels=self.labeled, scale=scale, hflip=hflip)
+
+    collate = None  # the DataLoader's default: a dict of stacked tensors
 
     def _shard_len(self) -> int:
         return len(epoch_order(len(self.domain), self.seed, self.epoch, self.rank, self.world_size, self.weights))
@@ -83,7 +88,7 @@ class DenseStream:
         sampler = _ResumableSampler(len(self.domain), self.seed, self.epoch, self.pos, self.rank, self.world_size,
                                     self.weights)
         loader = DataLoader(self.dataset, batch_size=self.batch_size, sampler=sampler, num_workers=self.workers,
-                            pin_memory=self.device.type == "cuda", persistent_workers=False,
+                            pin_memory=self.device.type == "cuda", persistent_workers=False, collate_fn=self.collate,
                             prefetch_factor=2 if self.workers else None,
                             # its own generator: making an iterator must not draw from the global RNG
                             # (dropout, GAN noise), or a resumed run would see other random numbers
@@ -99,6 +104,9 @@ class DenseStream:
             self.pos -= self._shard_len()
             self.epoch += 1
         self.replaced += int(item["replaced"].sum())
+        return self._batch(item)
+
+    def _batch(self, item) -> Batch:
         x = to_float_nchw(item["image"].to(self.device, non_blocking=True), self.task.mean, self.task.std)
         y = None
         if self.labeled:

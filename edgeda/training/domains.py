@@ -69,17 +69,25 @@ def resolve_task(cfg: TrainConfig, source) -> str:
             raise DataError(f"--task {cfg.task} needs per-pixel labels, but {source.name!r} has one label per image "
                             "(a dense folder has images/ with masks/ or depth/)")
         return "classification"
-    kinds = [t for t in ("segmentation", "depth") if source.labeled_for(t)]
+    from ..tasks import TASKS, task_of
+
     if cfg.task is not None:
-        if cfg.task not in kinds:
-            have = " and ".join({"segmentation": "segmentation masks", "depth": "depth maps"}[k] for k in kinds) or "no labels"
+        if not task_of(cfg.task).labeled_by(source):
+            kinds = [t for t in TASKS if task_of(t).dense and task_of(t).labeled_by(source)]
+            label_names = {"mask": "segmentation masks", "depth": "depth maps", "boxes": "boxes"}
+
+            def labels_of(t):
+                return label_names.get(task_of(t).label_key, f"{task_of(t).label_key} labels")
+
+            have = " and ".join(labels_of(t) for t in kinds) or "no labels"
             need = {"segmentation": "masks/ beside images/ (PNG class ids), or an .npz with 'y' (N, H, W)",
                     "depth": "depth/ beside images/ (16-bit PNG millimetres or .npy metres), or an .npz with 'depth' (N, H, W)"}
+            needs = f" (a folder needs {need[cfg.task]})" if cfg.task in need else ""
             other = f"; train it with --task {kinds[0]}" if kinds else ""
-            raise DataError(f"--task {cfg.task}: the source {source.name!r} has {have}, no "
-                            f"{'depth maps' if cfg.task == 'depth' else 'segmentation masks'} (a folder needs "
-                            f"{need[cfg.task]}){other}")
+            raise DataError(f"--task {cfg.task}: the source {source.name!r} has {have}, no {labels_of(cfg.task)}"
+                            f"{needs}{other}")
         return cfg.task
+    kinds = [t for t in TASKS if task_of(t).inferred and task_of(t).labeled_by(source)]
     if len(kinds) == 1:
         return kinds[0]
     if not kinds:
@@ -96,8 +104,9 @@ def resolve_size(cfg: TrainConfig) -> tuple[int, int]:
     own = default_size(cfg.source)
     if own is not None:
         return own
-    dense = cfg.task in ("segmentation", "depth") or is_dense_spec(cfg.source)
-    return task_of("segmentation" if dense else "classification").default_size
+    if cfg.task is not None:
+        return task_of(cfg.task).default_size
+    return task_of("segmentation" if is_dense_spec(cfg.source) else "classification").default_size
 
 
 #: The target a built-in source is paired with when ``--target`` is not given.
@@ -107,11 +116,14 @@ DEFAULT_TARGETS = {"syndigits": "handwritten"}
 def load_domains(cfg: TrainConfig, needs_target: bool) -> Domains:
     """Load and check every domain before any training starts (one clear error otherwise)."""
     size = resolve_size(cfg)
-    kw = {"size": size, "channels": cfg.channels, "seed": cfg.seed}
+    kw = {"size": size, "channels": cfg.channels, "seed": cfg.seed, "task": cfg.task}
     src_builtin = split_builtin(cfg.source)
     source = load_domain(cfg.source, labeled=True, split="train", n=cfg.source_n, **kw)
     task = resolve_task(cfg, source)
-    dense = task != "classification"
+    from ..tasks import task_of
+
+    tk = task_of(task)
+    dense = tk.dense
     _require(source, task if dense else None, labeled=True)
     if src_builtin and src_builtin[1] is None and _has_split(src_builtin[0], "val"):
         val_n = None if cfg.source_n is None or dense else max(200, min(2000, cfg.source_n // 5))

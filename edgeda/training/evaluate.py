@@ -25,6 +25,7 @@ from ..data.transforms import to_float_nchw
 from .validators import EvalContext, label_confusion
 from ..task import TaskSpec
 from ..tasks import task_of
+from ..utils import to_device
 from ..tasks.metrics import classification_scores
 from ..utils import save_figure
 
@@ -37,10 +38,11 @@ class EvalOutput:
 
 
 def eval_batches(domain, spec: TaskSpec, device, batch_size: int, *, labels: bool, workers: int | None = None,
-                 not_decoded: list | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor | None, np.ndarray]]:
-    """(normalised images on ``device``, labels on CPU or None, uint8 NHWC images) in domain order.
-    Samples of a dense domain that fail only when decoded are left out; ``not_decoded`` (a list)
-    receives their indices."""
+                 not_decoded: list | None = None) -> Iterator[tuple[torch.Tensor, object, np.ndarray]]:
+    """(normalised images on ``device``, labels on CPU or None, uint8 NHWC images) in domain order;
+    streamed domains are read the task's way (:meth:`edgeda.tasks.Task.eval_batches`). Samples of a
+    streamed domain that fail only when decoded are left out; ``not_decoded`` (a list) receives
+    their indices."""
     if isinstance(domain, Domain):
         for i in range(0, len(domain), batch_size):
             raw = np.ascontiguousarray(domain.images[i:i + batch_size])
@@ -48,6 +50,14 @@ def eval_batches(domain, spec: TaskSpec, device, batch_size: int, *, labels: boo
             y = torch.from_numpy(domain.labels[i:i + batch_size]) if labels and domain.labels is not None else None
             yield to_float_nchw(xb, spec.mean, spec.std), y, raw
         return
+    yield from task_of(spec).eval_batches(domain, spec, device, batch_size, labels=labels, workers=workers,
+                                          not_decoded=not_decoded)
+
+
+def dense_eval_batches(domain, spec: TaskSpec, device, batch_size: int, *, labels: bool, workers: int | None = None,
+                       key: str = "mask", not_decoded: list | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor | None, np.ndarray]]:
+    """:func:`eval_batches` of a dense domain: a ``DataLoader`` over its un-augmented samples, the
+    labels under ``key`` (``mask`` or ``depth``)."""
     from torch.utils.data import DataLoader
 
     from ..data.dense_transforms import DenseDataset
@@ -55,7 +65,6 @@ def eval_batches(domain, spec: TaskSpec, device, batch_size: int, *, labels: boo
 
     ds = DenseDataset(domain, spec.image_size, spec.channels, train=False, labels=labels)
     workers = default_workers(domain) if workers is None else workers
-    key = task_of(spec).label_key
     loader = DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=workers,
                         generator=torch.Generator().manual_seed(0))  # leaves the global RNG alone
     pos = 0
@@ -93,11 +102,11 @@ def evaluate_model(model: torch.nn.Module, domain, spec: TaskSpec, device="cpu",
             if features:
                 f, out = model.features_and_logits(x)
                 feat_chunks.append(f.float().cpu())
+                out = out.float()
             else:
-                out = model(x)
-            out = out.float()
+                out = task.infer(model, x)
             if meter is not None and y is not None:
-                task.update(meter, out.cpu(), y)
+                task.update(meter, to_device(out, "cpu"), y)
             if rows:
                 r = task.validator_rows(out, gen, rows_per_image)
                 if r is not None:
@@ -160,11 +169,11 @@ def augmentation_confusion(model: torch.nn.Module, domain, spec: TaskSpec, devic
     resized to the input size (a zoom), its prediction resized back onto the crop's region (pixels
     outside it are not compared); ``colour``: brightness, contrast and saturation factors in
     [0.75, 1.25], same frame. Classification compares the image labels. Cost: (1 + augmentations)
-    forward passes over the sample. None for tasks without classes (depth)."""
+    forward passes over the sample. None for tasks whose outputs are not class logits (depth)."""
     import torch.nn.functional as F
 
     task = task_of(spec)
-    if not spec.num_classes or domain is None or len(domain) == 0:
+    if not spec.num_classes or not task.class_logits or domain is None or len(domain) == 0:
         return None
     n_images = n_images or (32 if task.dense else 256)
     rng = np.random.default_rng([seed, 20251])
@@ -244,7 +253,11 @@ def evaluation_context(model: torch.nn.Module, domains, spec: TaskSpec, device="
         ctx.source_logits, ctx.source_features = sv.rows, sv.features
         ctx.source_labels = torch.as_tensor(np.asarray(domains.source_val.labels), dtype=torch.long)
     out = None
-    if domains.target is not None:
+    if domains.target is not None and not t.class_logits and t.dense:
+        # outputs that are not class logits give the validators no rows (nor features): no target pass
+        out = EvalOutput(rows=torch.zeros(0, max(spec.num_classes, 1)))
+        ctx.target_logits, ctx.target_features, ctx.reference_logits = out.rows, None, reference_rows
+    elif domains.target is not None:
         out = evaluate_model(model, domains.target, spec, device, labels=False, rows=True, features=not t.dense, seed=seed)
         ctx.target_logits, ctx.target_features = out.rows, out.features
         ctx.reference_logits = reference_rows

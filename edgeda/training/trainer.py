@@ -39,7 +39,6 @@ from .domains import Domains, load_domains  # noqa: F401  (Domains re-exported)
 from .evaluate import evaluate_model, evaluation_context
 from .progress import _format_eval, _Progress
 from .selection import score_all, selector_names
-from .streams import BatchStream
 
 
 @dataclass
@@ -171,14 +170,8 @@ class Trainer:
         return weigh(class_counts(domain, self.task.num_classes))
 
     def _stream(self, domain, seed: int, *, labeled: bool, shard: dict, weights=None):
-        cfg = self.cfg
-        if self.task_def.dense:
-            from .dense_stream import DenseStream
-
-            return DenseStream(domain, self.task, cfg.batch_size, self.device, seed, labeled=labeled,
-                               workers=cfg.workers, hflip=cfg.augment_hflip, weights=weights, **shard)
-        return BatchStream(domain, self.task, cfg.batch_size, self.device, seed, labeled=labeled,
-                           shift=cfg.augment_shift, contrast=cfg.augment_contrast, weights=weights, **shard)
+        return self.task_def.stream(domain, self.task, self.cfg.batch_size, self.device, seed, labeled=labeled,
+                                    cfg=self.cfg, weights=weights, **shard)
 
     def _rank_states(self) -> dict:
         """Data-stream and RNG states; under torchrun, every rank's (a collective), so rank 0's
@@ -243,7 +236,8 @@ class Trainer:
         from ..data import load_domain
         from ..data.domain import Domain
 
-        dom = load_domain(self.cfg.target_val, labeled=True, size=self.task.image_size, channels=self.task.channels)
+        dom = load_domain(self.cfg.target_val, labeled=True, size=self.task.image_size, channels=self.task.channels,
+                          task=self.task.task)
         if isinstance(dom, Domain) != (not self.task_def.dense):
             raise EdgedaError(f"--target-val {self.cfg.target_val} is not {self.task.task} data")
         if isinstance(dom, Domain):
@@ -309,14 +303,12 @@ class Trainer:
 
     def _dense_samples(self, net, iteration: int):
         """image | truth | prediction | error for the first target test (else source val) images."""
-        from ..tasks.draw import save_panels
         from .evaluate import eval_batches
 
         dom = self.domains.target_test or self.domains.source_val
         x, y, raw = next(eval_batches(dom, self.task, self.device, 4, labels=True))
-        pred = self.task_def.decide(net(x).float()).cpu().numpy()
-        return save_panels(self.task, raw, pred, None if y is None else y.numpy(),
-                           self.run_dir / "samples" / f"iter{iteration:06d}.png", f"{dom.name}, iteration {iteration}")
+        return self.task_def.sample_panels(self.task, net, x, y, raw, self.run_dir / "samples" / f"iter{iteration:06d}.png",
+                                           f"{dom.name}, iteration {iteration}")
 
     def _display_batches(self):
         """Fixed, un-augmented batches for sample grids: up to 8 source images per class, 16 target images."""
@@ -330,7 +322,7 @@ class Trainer:
                 if dom is None:
                     return None
                 x, y, _ = next(eval_batches(dom, self.task, self.device, min(n, len(dom)), labels=dom is self.domains.source_val))
-                return Batch(x, None if y is None else y.to(self.device))
+                return Batch(x, self.task_def.labels_to(y, self.device))
 
             return first(self.domains.source_val, 8), first(self.domains.target, 8)
 

@@ -1,0 +1,358 @@
+"""Detection domains: images with a list of boxes and class ids each (any count, including none).
+
+Contract (the models, the trainer and the metrics code against it):
+
+* :class:`DetectionSample` -- ``image`` (H, W, 3) uint8; ``boxes`` (N, 4) float32, ``x1 y1 x2 y2``
+  in pixels of that image (pixel ``(r, c)`` covers ``[c, c + 1) x [r, r + 1)``, so the box of
+  pixel columns ``c0..c1`` is ``x1 = c0, x2 = c1 + 1``); ``labels`` (N,) int64 in ``0..K-1``.
+  N may be 0. ``crowd`` (M, 4) / ``crowd_labels`` (M,) are COCO ``iscrowd`` regions: never a
+  training box, and at evaluation a detection on one is neither a hit nor a false positive (as
+  pycocotools does); empty for every other source of data.
+* :class:`DetectionDomain` -- ``name``, ``classes`` (K names, no background class), ``len()``,
+  ``sample(i)``, ``subset(idx, name)``, ``labeled``, ``require_usable(task=..., num_classes=...)``
+  and ``report`` (a :class:`~edgeda.data.domain.LoadReport`: images loaded, and every skipped file or
+  annotation as ``(path, reason)``; ``skipped`` is its list). ``sample(i)`` raises ``ValueError``
+  with a short reason when an image cannot be decoded; :class:`~edgeda.data.detection_transforms.DetectionDataset`
+  then uses the next sample, as the dense dataset does.
+* :func:`collate_detection` -- a list of samples of one size -> (images (B, C, H, W) float32,
+  normalised as every edgeda input: ``uint8 / 255``, then ``(x - mean) / std``; targets: a list of
+  ``{"boxes": float32 (N, 4), "labels": int64 (N,)}``, with ``crowd`` / ``crowd_labels`` added only for
+  an image that has crowd regions).
+
+Where the data comes from: the built-in generated domains (:mod:`edgeda.data.detection_builtin`),
+COCO JSON and YOLO folders, and any image folder as unlabeled target data
+(:mod:`edgeda.data.detection_files`). :func:`load_detection_domain` resolves a spec string.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from ..errors import DataError
+from .domain import LoadReport
+
+MIN_BOX_SIDE = 2.0  # pixels: a box narrower or lower than this (a sliver) is no object to detect
+MIN_VISIBLE_PIXELS = 4  # a rendered object showing fewer pixels than this is dropped
+
+
+def _empty_boxes() -> np.ndarray:
+    return np.zeros((0, 4), np.float32)
+
+
+def _empty_labels() -> np.ndarray:
+    return np.zeros((0,), np.int64)
+
+
+@dataclass
+class DetectionSample:
+    """One image and its objects (see the module doc for the conventions)."""
+
+    image: np.ndarray  # (H, W, 3) uint8 (a dataset converted to the task's channels may hold C = 1)
+    boxes: np.ndarray = field(default_factory=_empty_boxes)  # (N, 4) float32 x1 y1 x2 y2, pixels
+    labels: np.ndarray = field(default_factory=_empty_labels)  # (N,) int64 in 0..K-1
+    crowd: np.ndarray = field(default_factory=_empty_boxes)  # (M, 4) float32 iscrowd regions
+    crowd_labels: np.ndarray = field(default_factory=_empty_labels)  # (M,) int64
+
+    def __post_init__(self) -> None:
+        self.boxes = np.asarray(self.boxes, np.float32).reshape(-1, 4)
+        self.labels = np.asarray(self.labels, np.int64).reshape(-1)
+        self.crowd = np.asarray(self.crowd, np.float32).reshape(-1, 4)
+        self.crowd_labels = np.asarray(self.crowd_labels, np.int64).reshape(-1)
+        if len(self.boxes) != len(self.labels) or len(self.crowd) != len(self.crowd_labels):
+            raise ValueError(f"{len(self.boxes)} boxes but {len(self.labels)} labels (or {len(self.crowd)} crowd "
+                             f"regions but {len(self.crowd_labels)} labels)")
+
+    def target(self) -> dict:
+        """``{"boxes": float32 tensor (N, 4), "labels": int64 tensor (N,)}``, plus ``crowd`` (M, 4) and
+        ``crowd_labels`` (M,) when the image has crowd regions (losses read only boxes and labels; the
+        detection meter ignores detections on crowd regions)."""
+        out = {"boxes": torch.from_numpy(np.ascontiguousarray(self.boxes, np.float32)),
+               "labels": torch.from_numpy(np.ascontiguousarray(self.labels, np.int64))}
+        if len(self.crowd):
+            out["crowd"] = torch.from_numpy(np.ascontiguousarray(self.crowd, np.float32))
+            out["crowd_labels"] = torch.from_numpy(np.ascontiguousarray(self.crowd_labels, np.int64))
+        return out
+
+
+# ---- boxes ---------------------------------------------------------------------------------
+def clip_boxes(boxes: np.ndarray, h: int, w: int) -> np.ndarray:
+    """(N, 4) x1 y1 x2 y2 clipped to the image ``[0, w] x [0, h]``."""
+    b = np.asarray(boxes, np.float32).reshape(-1, 4).copy()
+    b[:, 0::2] = np.clip(b[:, 0::2], 0, w)
+    b[:, 1::2] = np.clip(b[:, 1::2], 0, h)
+    return b
+
+
+def box_sides(boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    b = np.asarray(boxes, np.float32).reshape(-1, 4)
+    return b[:, 2] - b[:, 0], b[:, 3] - b[:, 1]
+
+
+def keep_boxes(boxes: np.ndarray, min_side: float = MIN_BOX_SIDE) -> np.ndarray:
+    """(N,) bool: finite boxes whose width and height are both at least ``min_side`` pixels
+    (``min_side`` 0: any box of positive area)."""
+    b = np.asarray(boxes, np.float32).reshape(-1, 4)
+    bw, bh = box_sides(b)
+    ok = np.isfinite(b).all(1)
+    return ok & ((bw >= min_side) & (bh >= min_side) if min_side > 0 else (bw > 0) & (bh > 0))
+
+
+def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """(N, M) intersection over union of x1 y1 x2 y2 boxes (0 where a union is empty)."""
+    a = np.asarray(a, np.float64).reshape(-1, 4)
+    b = np.asarray(b, np.float64).reshape(-1, 4)
+    lt = np.maximum(a[:, None, :2], b[None, :, :2])
+    rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
+    inter = np.clip(rb - lt, 0, None).prod(2)
+    area = lambda x: np.clip(x[:, 2] - x[:, 0], 0, None) * np.clip(x[:, 3] - x[:, 1], 0, None)  # noqa: E731
+    union = area(a)[:, None] + area(b)[None, :] - inter
+    return np.where(union > 0, inter / np.where(union > 0, union, 1), 0.0)
+
+
+def box_mask(boxes: np.ndarray, h: int, w: int) -> np.ndarray:
+    """(H, W) uint8 foreground mask of the boxes: 255 on every pixel whose centre lies inside one
+    (the mask the foreground/background-aware translators take from box labels), 0 elsewhere."""
+    out = np.zeros((h, w), np.uint8)
+    for x1, y1, x2, y2 in clip_boxes(boxes, h, w):
+        c0, c1 = int(np.ceil(x1 - 0.5)), int(np.ceil(x2 - 0.5))  # pixel c is inside when x1 <= c + 0.5 < x2
+        r0, r1 = int(np.ceil(y1 - 0.5)), int(np.ceil(y2 - 0.5))
+        out[r0:r1, c0:c1] = 255
+    return out
+
+
+def instance_boxes(instances: np.ndarray, min_side: float = MIN_BOX_SIDE,
+                   min_pixels: int = MIN_VISIBLE_PIXELS) -> tuple[np.ndarray, np.ndarray]:
+    """Boxes of the visible pixels of each instance of an (H, W) integer map (0 = no instance):
+    (ids (N,) int64 ascending, boxes (N, 4) float32), each the tight box ``[c0, c1 + 1) x [r0, r1 + 1)``
+    around every pixel of that id. Instances with fewer than ``min_pixels`` pixels or a side below
+    ``min_side`` (slivers) are left out; an id with no pixel (a fully hidden object) has no box."""
+    inst = np.asarray(instances)
+    ids = np.unique(inst)
+    ids = ids[ids != 0]
+    if not len(ids):
+        return _empty_labels(), _empty_boxes()
+    rows, cols = np.nonzero(inst)
+    vals = inst[rows, cols]
+    order = np.searchsorted(ids, vals)
+    n = len(ids)
+    r0 = np.full(n, np.iinfo(np.int64).max)
+    c0 = np.full(n, np.iinfo(np.int64).max)
+    r1 = np.full(n, -1)
+    c1 = np.full(n, -1)
+    np.minimum.at(r0, order, rows)
+    np.minimum.at(c0, order, cols)
+    np.maximum.at(r1, order, rows)
+    np.maximum.at(c1, order, cols)
+    count = np.bincount(order, minlength=n)
+    boxes = np.stack([c0, r0, c1 + 1, r1 + 1], 1).astype(np.float32)
+    keep = (count >= min_pixels) & keep_boxes(boxes, min_side)
+    return ids[keep].astype(np.int64), boxes[keep]
+
+
+# ---- domains -------------------------------------------------------------------------------
+class DetectionDomain:
+    """Base of every detection domain (see the module doc). ``has_boxes``: the images carry box
+    labels (``labeled``); ``palette`` (K, 3) uint8 colours for drawing (None: a default one)."""
+
+    kind = "detection"
+    classes_from_ids = False  # True when class names were made up from the largest id seen
+
+    def __init__(self, name: str, *, classes: list[str] | None = None, has_boxes: bool = False,
+                 report: LoadReport | None = None, palette: np.ndarray | None = None):
+        self.name = name
+        self.classes = list(classes) if classes is not None else None
+        self.has_boxes = bool(has_boxes)
+        self.report = report or LoadReport()
+        self.palette = None if palette is None else np.asarray(palette, np.uint8).reshape(-1, 3)
+
+    def __len__(self) -> int:
+        raise NotImplementedError
+
+    def sample(self, i: int) -> DetectionSample:
+        raise NotImplementedError
+
+    def subset(self, idx, name: str | None = None) -> "DetectionDomain":
+        return _Subset(self, np.asarray(idx, np.int64).reshape(-1), name or self.name)
+
+    @property
+    def labeled(self) -> bool:
+        return self.has_boxes
+
+    @property
+    def skipped(self) -> list[tuple[str, str]]:
+        """Every skipped file or annotation as (path, reason) -- the load report's list."""
+        return self.report.skipped
+
+    @property
+    def num_classes(self) -> int | None:
+        return len(self.classes) if self.classes is not None else None
+
+    def labeled_for(self, task: str) -> bool:
+        return self.has_boxes and task == "detection"
+
+    def require_usable(self, *, task: str | None = None, num_classes: int | None = None) -> None:
+        """One clear :class:`DataError` if this domain cannot be trained or evaluated on for
+        ``task`` (``None``: used unlabeled)."""
+        if len(self) == 0:
+            extra = f" ({len(self.report.skipped)} files or annotations were skipped)" if self.report.skipped else ""
+            raise DataError(f"domain {self.name!r} has no usable images{extra}")
+        if task is None:
+            return
+        if task != "detection":
+            raise DataError(f"domain {self.name!r} holds detection data (boxes), not {task} labels")
+        if not self.has_boxes:
+            raise DataError(f"domain {self.name!r} has no box annotations (give a COCO .json or a YOLO folder with "
+                            "images/, labels/ and classes.txt)")
+        if not self.classes:
+            raise DataError(f"domain {self.name!r} names no classes (COCO 'categories', or classes.txt in a "
+                            "YOLO folder)")
+        if num_classes is not None and self.num_classes is not None:
+            fits = self.num_classes == num_classes or (self.classes_from_ids and self.num_classes < num_classes)
+            if not fits:
+                raise DataError(f"domain {self.name!r} names {self.num_classes} classes, the task has {num_classes}")
+
+
+class ArrayDetectionDomain(DetectionDomain):
+    """A detection domain held in memory: ``images`` (N, H, W, C) uint8 (or a list of (H, W, C)
+    arrays of any sizes), ``boxes`` / ``labels`` lists of per-image arrays (None: unlabeled)."""
+
+    def __init__(self, name: str, images, boxes=None, labels=None, *, classes: list[str] | None = None,
+                 report: LoadReport | None = None, palette: np.ndarray | None = None):
+        if isinstance(images, np.ndarray) and (images.ndim != 4 or images.dtype != np.uint8):
+            raise ValueError(f"detection images must be (N,H,W,C) uint8, got {images.shape} {images.dtype}")
+        n = len(images)
+        if (boxes is None) != (labels is None) or boxes is not None and not (len(boxes) == len(labels) == n):
+            raise ValueError("boxes and labels need one entry per image (or both None)")
+        super().__init__(name, classes=classes, has_boxes=boxes is not None,
+                         report=report or LoadReport(loaded=n), palette=palette)
+        self.images = images
+        self.boxes = None if boxes is None else [np.asarray(b, np.float32).reshape(-1, 4) for b in boxes]
+        self.labels = None if labels is None else [np.asarray(v, np.int64).reshape(-1) for v in labels]
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def sample(self, i: int) -> DetectionSample:
+        img = _three(self.images[i])
+        if self.boxes is None:
+            return DetectionSample(img)
+        return DetectionSample(img, self.boxes[i].copy(), self.labels[i].copy())
+
+
+def _three(img: np.ndarray) -> np.ndarray:
+    from .transforms import convert_channels
+
+    return convert_channels(np.asarray(img, np.uint8), 3)
+
+
+class _Subset(DetectionDomain):
+    def __init__(self, base: DetectionDomain, idx: np.ndarray, name: str):
+        super().__init__(name, classes=base.classes, has_boxes=base.has_boxes, report=base.report, palette=base.palette)
+        self.classes_from_ids = base.classes_from_ids
+        self.base, self.idx = base, idx
+
+    def __len__(self) -> int:
+        return len(self.idx)
+
+    def sample(self, i: int) -> DetectionSample:
+        return self.base.sample(int(self.idx[i]))
+
+
+def as_detection_images(dom) -> DetectionDomain:
+    """The images of any domain (a plain :class:`~edgeda.data.domain.Domain`, a dense domain) as an
+    unlabeled detection domain: any image set is valid unlabeled target data for detection."""
+    if isinstance(dom, DetectionDomain):
+        return dom if not dom.has_boxes else _Unlabeled(dom)
+    if hasattr(dom, "images") and isinstance(dom.images, np.ndarray):
+        return ArrayDetectionDomain(dom.name, dom.images, report=dom.report)
+    return _Unlabeled(dom)
+
+
+class _Unlabeled(DetectionDomain):
+    def __init__(self, base):
+        super().__init__(base.name, classes=getattr(base, "classes", None), report=base.report)
+        self.base = base
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def sample(self, i: int) -> DetectionSample:
+        return DetectionSample(_three(self.base.sample(i).image))
+
+
+# ---- batches -------------------------------------------------------------------------------
+def collate_detection(samples, mean=None, std=None) -> tuple[torch.Tensor, list[dict]]:
+    """Samples of one size -> (images (B, C, H, W) float32, targets). Images are normalised as
+    every edgeda input (``uint8 / 255``, then ``(x - mean) / std`` per channel; the defaults are the
+    :class:`~edgeda.task.TaskSpec` defaults, 0.5 and 0.5); ``targets[i]`` is
+    ``{"boxes": float32 (N_i, 4), "labels": int64 (N_i,)}``. Items may be :class:`DetectionSample`
+    or the dicts :class:`~edgeda.data.detection_transforms.DetectionDataset` yields."""
+    from .transforms import to_float_nchw
+
+    samples = [s["sample"] if isinstance(s, dict) else s for s in samples]
+    if not samples:
+        raise ValueError("collate_detection needs at least one sample")
+    shapes = {s.image.shape for s in samples}
+    if len(shapes) != 1:
+        raise ValueError(f"images of one batch must share a size, got {sorted(shapes)}")
+    c = samples[0].image.shape[2] if samples[0].image.ndim == 3 else 1
+    images = torch.from_numpy(np.stack([np.asarray(s.image, np.uint8).reshape(*s.image.shape[:2], c) for s in samples]))
+    x = to_float_nchw(images, tuple(mean or (0.5,) * c), tuple(std or (0.5,) * c))
+    return x, [s.target() for s in samples]
+
+
+def collate_items(items, mean=None, std=None) -> dict:
+    """What a detection stream's ``DataLoader`` yields: ``collate_detection`` of the dataset's dicts
+    plus their ``index``, ``replaced`` (int64 tensors) and ``resize`` records (a list)."""
+    x, targets = collate_detection(items, mean, std)
+    return {"x": x, "targets": targets,
+            "index": torch.tensor([int(it.get("index", -1)) for it in items], dtype=torch.int64),
+            "replaced": torch.tensor([int(it.get("replaced", 0)) for it in items], dtype=torch.int64),
+            "resize": [it.get("resize") for it in items]}
+
+
+def load_detection_domain(spec: str, *, labeled: bool, size=None, channels: int = 3, split: str | None = None,
+                          n: int | None = None, seed: int = 0) -> DetectionDomain:
+    """Resolve a spec for the detection task: a built-in (``digitscenes``, ``handwritten-scenes``,
+    ``synscenes`` with any of their splits, ``name:split``), a COCO ``.json`` (or a folder holding one),
+    a YOLO folder (``images/`` + ``labels/``), or any image folder (unlabeled). ``size`` is the
+    rendering size of a built-in (its default when None); user data comes at its stored size."""
+    from pathlib import Path
+
+    from .detection_builtin import DETECTION_BUILTINS
+    from .spec import split_builtin
+
+    builtin = split_builtin(spec)
+    if builtin is not None:
+        name, spec_split = builtin
+        if name not in DETECTION_BUILTINS:
+            raise DataError(f"built-in domain {name!r} has no boxes; detection built-ins: "
+                            f"{', '.join(DETECTION_BUILTINS)}")
+        loader = DETECTION_BUILTINS.get(name)
+        kw = {"size": tuple(size) if size is not None else loader.default_size, "channels": 3, "n": n, "seed": seed}
+        chosen = spec_split or split
+        try:
+            dom = loader(chosen, **kw) if chosen else loader(**kw)
+        except ValueError as e:
+            raise DataError(str(e)) from None
+        return dom if labeled else as_detection_images(dom)
+    from . import detection_files as files
+
+    path = Path(spec).expanduser()
+    if path.suffix.lower() == ".json":
+        if not path.is_file():
+            raise DataError(f"{spec}: no such COCO .json file")
+        return files.load_coco(path, labeled=labeled)
+    if path.suffix.lower() == ".npz" and path.is_file():
+        from .files import load_npz
+
+        hw = tuple(size) if size is not None else (256, 256)
+        return as_detection_images(load_npz(path, labeled=False, size=hw, channels=3))
+    if path.is_dir():
+        return files.load_detection_folder(path, labeled=labeled)
+    from .builtin import BUILTIN_DOMAINS
+
+    raise DataError(f"unknown domain {spec!r}: not a built-in name ({', '.join(BUILTIN_DOMAINS)}), a COCO .json, "
+                    "a YOLO folder or an image folder")

@@ -1,0 +1,158 @@
+"""Detection through the trainer, eval, predict and export, and the detection adaptation methods.
+
+Tiny COCO folders of bright squares (class "a") and bars (class "b") on a dark background keep
+each run to seconds on a CPU."""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import edgeda
+from edgeda.bundle import Bundle
+from conftest import box_scenes_coco
+
+S = 64
+MODELS = {"ssdlite": {"width": 0.25}, "fcos": {"backbone": "resnet18", "width": 8, "fpn_channels": 64, "num_convs": 1}}
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("det")
+    return {"source": box_scenes_coco(tmp / "src", 12, 0, S), "target": box_scenes_coco(tmp / "tgt", 8, 1, S, shift=60)}
+
+
+def _train(tmp_path, data, method="source_only", arch="ssdlite", iters=2, **kw):
+    return edgeda.train(method=method, task="detection", source=data["source"], target=data["target"],
+                        target_test=data["target"], image_size=[S, S], backbone=arch, backbone_kwargs=MODELS[arch],
+                        batch_size=4, iters=iters, eval_every=iters, checkpoint_every=iters, device="cpu", workers=0,
+                        out=str(tmp_path / "run"), progress=False, log=None, **kw)
+
+
+@pytest.mark.parametrize("arch", list(MODELS))
+def test_detector_trains_evaluates_predicts_and_exports(tmp_path, data, arch):
+    res = _train(tmp_path, data, arch=arch)
+    b = Bundle(res.bundle)
+    assert b.task.task == "detection" and b.task.classes == ["a", "b"]
+    assert 0.0 <= res.metrics["target_test_map"] <= 1.0 and "map50" in res.metrics["target_test_scores"]
+
+    from edgeda.evaluation import evaluate_bundle
+
+    m = evaluate_bundle(res.bundle, data["target"], samples_png=tmp_path / "s.png", device="cpu")
+    assert set(m["per_class_ap"]) == {"a", "b"} and (tmp_path / "s.png").is_file()
+    assert m["map"] == pytest.approx(res.metrics["target_test_map"], abs=1e-9)  # the same weights, the same split
+
+    from edgeda.export.prediction import predict
+
+    frames = data["target"].rsplit("/", 1)[0]
+    out = predict(res.bundle, frames, backend="torch", out=tmp_path / "p.csv", coco_out=tmp_path / "p.json")
+    assert out["n"] == 8 and (tmp_path / "p.csv").read_text().startswith("path,")
+    coco = json.loads((tmp_path / "p.json").read_text())
+    assert isinstance(coco, list) and all({"image_id", "category_id", "bbox", "score"} <= set(r) for r in coco)
+    assert all(r["category_id"] in (1, 2) for r in coco)  # the bundle's class ids back as COCO category ids
+    drawn = [r["boxes_png"] for r in out["predictions"]]
+    assert all(__import__("pathlib").Path(p).is_file() for p in drawn)
+
+    from edgeda.export.api import export_bundle
+
+    rec = export_bundle(res.bundle, tmp_path / "exported.edgeda", data=data["target"], log=None)
+    e = Bundle(rec["bundle"])
+    assert "onnx/model.fp32.onnx" in e.manifest["files"]
+    parity = e.manifest["export"]["deployables"]["model"]["parity_fp32"]
+    assert parity["real"]["images"] == 8 and parity["real"]["matched_fraction"] == 1.0
+    fp32 = e.manifest["export"]["precisions"]["fp32"]
+    assert fp32["target_map"] == pytest.approx(fp32["eager_map"], abs=1e-3)  # NMS in the graph scores as PyTorch's
+
+
+def test_detection_runs_refuse_a_source_without_boxes(tmp_path, data):
+    from PIL import Image
+
+    folder = tmp_path / "plain"
+    folder.mkdir()
+    for i in range(3):
+        Image.fromarray(np.zeros((S, S, 3), np.uint8)).save(folder / f"{i}.png")
+    with pytest.raises(edgeda.errors.EdgedaError, match="box"):
+        edgeda.train(method="source_only", task="detection", source=str(folder), iters=1, device="cpu",
+                     out=str(tmp_path / "r"), progress=False, log=None)
+
+
+# -- methods -----------------------------------------------------------------------------------
+def _method(name, arch="ssdlite", **options):
+    from edgeda.methods import METHODS
+    from edgeda.task import TaskSpec
+
+    spec = TaskSpec(2, ["a", "b"], task="detection", image_size=(S, S))
+    return METHODS.get(name)(spec, backbone=arch, backbone_kwargs=MODELS[arch], options=options)
+
+
+def _batch(seed, labeled=True):
+    from edgeda.methods.base import Batch
+
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(2, 3, S, S, generator=g)
+    y = [{"boxes": torch.tensor([[8.0, 8.0, 30.0, 28.0]]), "labels": torch.tensor([1])},
+         {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.long)}]
+    return Batch(x, y if labeled else None)
+
+
+@pytest.mark.parametrize("arch", list(MODELS))
+def test_mean_teacher_step_trains_the_student_and_moves_the_teacher(arch):
+    torch.manual_seed(0)
+    m = _method("mean_teacher", arch, burn_in=0.0, threshold=0.0, alpha=0.5)
+    m.train()
+    m.progress = 0.5
+    out = m.step(_batch(0), _batch(1, labeled=False))
+    assert np.isfinite(out["loss/src"]) and np.isfinite(out["loss/unsup"]) and out["pseudo/boxes_per_image"] > 0
+    first = {k: v.clone() for k, v in m.mean_teacher.teacher.state_dict().items()}
+    m.step(_batch(2), _batch(3, labeled=False))
+    moved = [k for k, v in m.mean_teacher.teacher.state_dict().items() if v.is_floating_point() and not torch.equal(v, first[k])]
+    assert moved  # the EMA teacher follows the student
+    student = m.classifier.state_dict()
+    assert any(not torch.equal(student[k], v) for k, v in m.mean_teacher.teacher.state_dict().items()
+               if v.is_floating_point())  # ... without being a copy of it
+
+
+def test_mean_teacher_burn_in_uses_only_the_source_loss():
+    m = _method("mean_teacher", burn_in=0.5)
+    m.train()
+    m.progress = 0.1
+    out = m.step(_batch(0), _batch(1, labeled=False))
+    assert set(out) == {"loss/src"} and m.mean_teacher.updates == 0
+
+
+def test_pseudo_boxes_keep_only_detections_above_the_threshold():
+    from edgeda.methods.mean_teacher import pseudo_boxes
+
+    m = _method("mean_teacher")
+    x = _batch(0).x
+    low = pseudo_boxes(m.classifier, x, 0.0)
+    assert sum(len(p["scores"]) for p in low) > 0
+    cut = float(torch.cat([p["scores"] for p in low]).median())
+    high = pseudo_boxes(m.classifier, x, cut)
+    kept = torch.cat([p["scores"] for p in high])
+    assert len(kept) < sum(len(p["scores"]) for p in low) and bool((kept >= cut).all())
+    assert all(set(p) == {"boxes", "labels", "scores"} and p["boxes"].shape[1] == 4 for p in high)
+
+
+def test_cutout_erases_patches_and_keeps_the_rest():
+    from edgeda.methods.mean_teacher import cutout
+
+    x = torch.ones(4, 3, S, S)
+    out = cutout(x, torch.Generator().manual_seed(0), p=1.0)
+    erased = (out == 0).float().mean().item()
+    assert 0.0 < erased < 0.5 and torch.equal(x, torch.ones(4, 3, S, S))
+
+
+@pytest.mark.parametrize("arch", list(MODELS))
+def test_dann_aligns_every_feature_level_of_a_detector(arch):
+    torch.manual_seed(0)
+    m = _method("dann", arch)
+    m.eval()
+    with torch.no_grad():
+        assert len(m.nets["domain"]) == len(m.classifier.features(torch.zeros(1, 3, S, S))) > 1
+    m.train()
+    m.progress = 0.5
+    before = [p.clone() for p in m.nets["domain"].parameters()]
+    out = m.step(_batch(0), _batch(1, labeled=False))
+    assert all(np.isfinite(out[k]) for k in ("loss/cls", "loss/domain")) and 0.0 <= out["acc/domain"] <= 1.0
+    assert any(not torch.equal(a, b) for a, b in zip(before, m.nets["domain"].parameters()))

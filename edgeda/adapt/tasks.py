@@ -129,8 +129,7 @@ _INSTANCES: dict = {}
 
 def adaptation_of(spec: TaskSpec | str) -> TaskAdaptation:
     """The registered :class:`TaskAdaptation` of a spec's task (one stateless instance each)."""
-    from . import detection  # noqa: F401 - registers the detection adaptation
-
+    # edgeda.adapt's package import registers every task's adaptation (edgeda.adapt.detection)
     name = spec if isinstance(spec, str) else spec.task
     if name not in _INSTANCES:
         _INSTANCES[name] = TASK_ADAPTATIONS.get(name)()

@@ -2,5 +2,6 @@
 from .builtin import BUILTIN_DOMAINS, DIGIT_CLASSES
 from .domain import Domain, LoadReport
 from .spec import is_builtin, load_domain, split_builtin
+from . import detection_spec  # noqa: E402,F401 - registers the detection loader
 
 __all__ = ["BUILTIN_DOMAINS", "DIGIT_CLASSES", "Domain", "LoadReport", "load_domain", "is_builtin", "split_builtin"]

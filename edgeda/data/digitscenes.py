@@ -25,7 +25,7 @@ writer's own ink. Where digits overlap, the label is the one drawn last.
 Boxes for detection (:func:`digit_boxes`): the digits of one image are distinct, so each label
 ``1 + d`` of a mask is one digit instance, and its box is the tight box around its labelled pixels
 -- the visible part of its ink (the part a later digit hides is not in it). Every placed digit
-keeps at least half its ink visible, slivers (see :func:`edgeda.data.detection.instance_boxes`)
+keeps at least half its ink visible, slivers (see :func:`edgeda.data.boxes.instance_boxes`)
 are dropped. Boxes come from the masks the renderers already return, so images and masks stay
 exactly what they were.
 """
@@ -191,7 +191,7 @@ def render_scene(rng: np.random.Generator, size: tuple[int, int], layers: list |
 def digit_boxes(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Detection targets of one digit-scene mask: (boxes (N, 4) float32 x1 y1 x2 y2 in pixels,
     labels (N,) int64 digit 0-9), one per digit with visible labelled pixels, in digit order."""
-    from .detection import instance_boxes
+    from .boxes import instance_boxes
 
     m = np.asarray(mask, np.uint8)
     ids, boxes = instance_boxes(np.where(m <= len(DIGITS), m, 0))

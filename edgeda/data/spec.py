@@ -6,14 +6,12 @@ from pathlib import Path
 from ..errors import DataError
 from ..registry import Registry
 from .builtin import BUILTIN_DOMAINS
-from .detection import load_detection_domain
 from .domain import Domain
 from .files import load_folder, load_npz
 
 # Loaders of the tasks whose data is neither one label per image nor per-pixel labels, by task name:
 # ``load_domain(spec, task=name)`` hands the spec to it (same keyword arguments as ``load_domain``).
 TASK_DOMAIN_LOADERS: Registry = Registry("task data loader")
-TASK_DOMAIN_LOADERS.register("detection")(load_detection_domain)
 
 
 def split_builtin(spec: str) -> tuple[str, str | None] | None:

@@ -580,8 +580,8 @@ def render_one(rng: np.random.Generator, size: tuple[int, int], look: str = "gam
 def instance_boxes(mask: np.ndarray, instances: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Detection targets of one scene: (boxes (N, 4) float32 x1 y1 x2 y2 around the visible pixels
     of each instance, classes (N,) int64 as Cityscapes ids of ``CLASSES``), in instance order;
-    hidden instances and slivers (:func:`edgeda.data.detection.instance_boxes`) are left out."""
-    from .detection import instance_boxes as boxes_of
+    hidden instances and slivers (:func:`edgeda.data.boxes.instance_boxes`) are left out."""
+    from .boxes import instance_boxes as boxes_of
 
     ids, boxes = boxes_of(instances)
     if not len(ids):

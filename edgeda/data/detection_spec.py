@@ -1,0 +1,53 @@
+"""Resolving a spec string to a detection domain (the detection task's data loader, registered in
+:data:`edgeda.data.spec.TASK_DOMAIN_LOADERS`)."""
+from __future__ import annotations
+
+from ..errors import DataError
+from .detection import DetectionDomain, as_detection_images
+from .spec import TASK_DOMAIN_LOADERS
+
+
+@TASK_DOMAIN_LOADERS.register("detection")
+def load_detection_domain(spec: str, *, labeled: bool, size=None, channels: int = 3, split: str | None = None,
+                          n: int | None = None, seed: int = 0) -> DetectionDomain:
+    """Resolve a spec for the detection task: a built-in (``digitscenes``, ``handwritten-scenes``,
+    ``synscenes`` with any of their splits, ``name:split``), a COCO ``.json`` (or a folder holding one),
+    a YOLO folder (``images/`` + ``labels/``), or any image folder (unlabeled). ``size`` is the
+    rendering size of a built-in (its default when None); user data comes at its stored size."""
+    from pathlib import Path
+
+    from .detection_builtin import DETECTION_BUILTINS
+    from .spec import split_builtin
+
+    builtin = split_builtin(spec)
+    if builtin is not None:
+        name, spec_split = builtin
+        if name not in DETECTION_BUILTINS:
+            raise DataError(f"built-in domain {name!r} has no boxes; detection built-ins: "
+                            f"{', '.join(DETECTION_BUILTINS)}")
+        loader = DETECTION_BUILTINS.get(name)
+        kw = {"size": tuple(size) if size is not None else loader.default_size, "channels": 3, "n": n, "seed": seed}
+        chosen = spec_split or split
+        try:
+            dom = loader(chosen, **kw) if chosen else loader(**kw)
+        except ValueError as e:
+            raise DataError(str(e)) from None
+        return dom if labeled else as_detection_images(dom)
+    from . import detection_files as files
+
+    path = Path(spec).expanduser()
+    if path.suffix.lower() == ".json":
+        if not path.is_file():
+            raise DataError(f"{spec}: no such COCO .json file")
+        return files.load_coco(path, labeled=labeled)
+    if path.suffix.lower() == ".npz" and path.is_file():
+        from .files import load_npz
+
+        hw = tuple(size) if size is not None else (256, 256)
+        return as_detection_images(load_npz(path, labeled=False, size=hw, channels=3))
+    if path.is_dir():
+        return files.load_detection_folder(path, labeled=labeled)
+    from .builtin import BUILTIN_DOMAINS
+
+    raise DataError(f"unknown domain {spec!r}: not a built-in name ({', '.join(BUILTIN_DOMAINS)}), a COCO .json, "
+                    "a YOLO folder or an image folder")

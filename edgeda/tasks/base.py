@@ -150,6 +150,10 @@ class Task:
     def format_scores(self, scores: dict) -> str:
         raise NotImplementedError
 
+    def panel_headers(self, with_truth: bool) -> list[str]:
+        """The column headers of this task's sample panels (one per panel of :meth:`draw_row`)."""
+        return ["image", "truth", "prediction", "error"] if with_truth else ["image", "prediction"]
+
     def eval_lines(self, scores: dict) -> list[str]:
         """What ``edgeda eval`` prints: the headline line, then one line per per-class table."""
         lines = [self.format_scores(scores)]

@@ -120,6 +120,9 @@ class Detection(Task):
 
         return save_panels(spec, raw, self.decide(self.infer(model, x)), labels, path, title)
 
+    def panel_headers(self, with_truth):
+        return ["image", "truth boxes", "predicted boxes"] if with_truth else ["image", "predicted boxes"]
+
     def draw_row(self, spec, image, pred, truth=None):
         from .draw import boxes_row
 

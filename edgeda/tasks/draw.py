@@ -86,8 +86,8 @@ def save_panels(spec: TaskSpec, images, preds, truths, path: str | Path, title: 
     draw = task_of(spec).draw_row
     rows = [np.concatenate(draw(spec, im, p, None if truths is None else truths[i]), axis=1)
             for i, (im, p) in enumerate(zip(images, preds))]
-    headers = ["image", "truth", "prediction", "error"] if truths is not None else ["image", "prediction"]
-    return save_figure(panel_figure(spec, rows, headers, title, errors=truths is not None), path)
+    headers = task_of(spec).panel_headers(truths is not None)
+    return save_figure(panel_figure(spec, rows, headers, title, errors="error" in headers), path)
 
 
 def _dense_view(spec: TaskSpec, image: np.ndarray, dense: np.ndarray) -> list[np.ndarray]:
@@ -276,7 +276,7 @@ def boxes_row(spec: TaskSpec, image: np.ndarray, pred: dict, truth: dict | None 
     def arr(v):
         return np.asarray(v.detach().cpu() if hasattr(v, "detach") else v)
 
-    pal = _box_palette(max(spec.num_classes, 1))
+    pal = palette_of(spec)  # the colours the sample panels' class legend shows
     row = [image if image.shape[2] == 3 else np.repeat(image, 3, axis=2)]
     if truth is not None:
         row.append(draw_boxes(image, arr(truth["boxes"]), arr(truth["labels"]), names=spec.classes, palette=pal))

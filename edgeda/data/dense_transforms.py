@@ -44,6 +44,26 @@ def resize_sample(s: DenseSample, size: tuple[int, int], channels: int | None = 
     return DenseSample(out, mask, depth)
 
 
+def scale_crop_window(rng: np.random.Generator, hw, size, scale, ratio_jitter) -> tuple[int, int, int, int]:
+    """(top, left, height, width) of a random crop window of a stored (H, W) image for output ``size``:
+    aspect H/W close to the output's (times a log-uniform factor in [1/(1+j), 1+j], j =
+    ``ratio_jitter``), a fraction in ``scale`` of the largest window of that aspect that fits, at a
+    uniform position. Draws, in order: fraction, aspect, top, left."""
+    lo, hi = float(scale[0]), float(scale[1])
+    if not 0 < lo <= hi:
+        raise ValueError(f"scale must satisfy 0 < low <= high, got {scale}")
+    H, W = hw
+    frac = rng.uniform(lo, hi)
+    j = np.log1p(max(float(ratio_jitter), 0.0))
+    aspect = size[0] / size[1] * float(np.exp(rng.uniform(-j, j)))
+    base_h = min(H, W * aspect)
+    ch = int(np.clip(round(frac * base_h), 1, H))
+    cw = int(np.clip(round(frac * base_h / aspect), 1, W))
+    top = int(rng.integers(0, H - ch + 1))
+    left = int(rng.integers(0, W - cw + 1))
+    return top, left, ch, cw
+
+
 def random_scale_crop(s: DenseSample, size: tuple[int, int], rng: np.random.Generator, *,
                       scale: tuple[float, float] = (0.5, 1.0), ratio_jitter: float = 0.1, hflip: bool = True,
                       channels: int | None = None) -> DenseSample:
@@ -55,18 +75,7 @@ def random_scale_crop(s: DenseSample, size: tuple[int, int], rng: np.random.Gene
     aspect that fits the stored image, at a uniformly random position. Random draws, in order:
     fraction, aspect, top, left, flip.
     """
-    lo, hi = float(scale[0]), float(scale[1])
-    if not 0 < lo <= hi:
-        raise ValueError(f"scale must satisfy 0 < low <= high, got {scale}")
-    H, W = s.image.shape[:2]
-    frac = rng.uniform(lo, hi)
-    j = np.log1p(max(float(ratio_jitter), 0.0))
-    aspect = size[0] / size[1] * float(np.exp(rng.uniform(-j, j)))
-    base_h = min(H, W * aspect)
-    ch = int(np.clip(round(frac * base_h), 1, H))
-    cw = int(np.clip(round(frac * base_h / aspect), 1, W))
-    top = int(rng.integers(0, H - ch + 1))
-    left = int(rng.integers(0, W - cw + 1))
+    top, left, ch, cw = scale_crop_window(rng, s.image.shape[:2], size, scale, ratio_jitter)
     flip = bool(rng.random() < 0.5) and hflip
 
     def cut(a):

@@ -21,6 +21,7 @@ from torch.utils.data import Dataset
 
 from ..errors import DataError
 from .detection import MIN_BOX_SIDE, DetectionDomain, DetectionSample, clip_boxes, keep_boxes
+from .dense_transforms import scale_crop_window
 from .transforms import convert_channels, resize_image
 
 
@@ -137,18 +138,7 @@ def random_scale_crop(s: DetectionSample, size: tuple[int, int], rng: np.random.
     top, left, flip). Boxes are clipped to the window; those with a side below ``min_side`` pixels
     at the output size are dropped.
     """
-    lo, hi = float(scale[0]), float(scale[1])
-    if not 0 < lo <= hi:
-        raise ValueError(f"scale must satisfy 0 < low <= high, got {scale}")
-    H, W = s.image.shape[:2]
-    frac = rng.uniform(lo, hi)
-    j = np.log1p(max(float(ratio_jitter), 0.0))
-    aspect = size[0] / size[1] * float(np.exp(rng.uniform(-j, j)))
-    base_h = min(H, W * aspect)
-    ch = int(np.clip(round(frac * base_h), 1, H))
-    cw = int(np.clip(round(frac * base_h / aspect), 1, W))
-    top = int(rng.integers(0, H - ch + 1))
-    left = int(rng.integers(0, W - cw + 1))
+    top, left, ch, cw = scale_crop_window(rng, s.image.shape[:2], size, scale, ratio_jitter)
     flip = bool(rng.random() < hflip_p)
     out = crop(s, top, left, ch, cw)
     if flip:

@@ -290,7 +290,7 @@ def train(method, task, source, target, target_test, target_val, iters, batch_si
 @click.option("--data", show_default="the bundle's target test split", help="labeled domain spec")
 @click.option("--confusion", "confusion_png", type=click.Path(dir_okay=False), help="write the confusion matrix PNG here")
 @click.option("--samples", "samples_png", type=click.Path(dir_okay=False),
-              help="dense bundles: write image | truth | prediction | error panels here")
+              help="dense and detection bundles: write sample panels (image | truth | prediction ...) here")
 @click.option("--device", default="auto", help="where the model runs: auto (CUDA where available, else CPU) | cpu | cuda[:N]")
 @click.option("--json", "as_json", is_flag=True, help="print the scores as JSON")
 @handle_errors
@@ -318,7 +318,7 @@ def eval_cmd(bundle, data, confusion_png, samples_png, device, as_json) -> None:
     if m.get("confusion_png"):
         click.echo(f"confusion matrix: {m['confusion_png']}")
     if m.get("eval_samples_png"):
-        click.echo(f"samples (image | truth | prediction | error): {m['eval_samples_png']}")
+        click.echo(f"samples ({' | '.join(task_of(m['task']).panel_headers(True))}): {m['eval_samples_png']}")
     if m.get("samples_png"):
         click.echo(f"sample grid (last training evaluation): {m['samples_png']}")
 

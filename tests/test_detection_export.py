@@ -148,3 +148,20 @@ def test_efficient_nms_rewrite_refusals(tmp_path):
     onnx.save(plain, str(tmp_path / "plain.onnx"))
     with pytest.raises(EdgedaError, match="export_detector_onnx"):
         to_efficient_nms(tmp_path / "plain.onnx", tmp_path / "y.onnx")
+
+
+def test_parity_counts_ties_at_the_max_det_cut_apart_from_misses():
+    from edgeda.export.detection import match_detections
+
+    def det(boxes, scores, labels):
+        return {"boxes": np.asarray(boxes, np.float32), "scores": np.asarray(scores, np.float32), "labels": np.asarray(labels)}
+
+    ref = [det([[0, 0, 10, 10], [20, 20, 30, 30], [40, 40, 50, 50]], [0.9, 0.3, 0.3], [0, 0, 0])]
+    tied = [det([[0, 0, 10, 10], [20, 20, 30, 30], [60, 60, 70, 70]], [0.9, 0.3, 0.3], [0, 0, 0])]  # other box at the cut
+    full = match_detections(ref, tied, max_det=3)
+    assert full["matched"] == 2 and full["at_cut"] == 1 and full["matched_fraction"] == 1.0
+    assert match_detections(ref, tied)["matched_fraction"] == pytest.approx(2 / 3)  # no max_det: a miss
+    assert match_detections(ref, tied, max_det=4)["at_cut"] == 0  # the list was not cut
+    wrong = [det([[0, 0, 10, 10], [60, 60, 70, 70], [40, 40, 50, 50]], [0.9, 0.3, 0.3], [1, 0, 0])]
+    r = match_detections(ref, wrong, max_det=3)  # the top detection's class differs: a miss whatever the cut
+    assert r["detections"] == 2 and r["matched"] == 1 and r["at_cut"] == 1

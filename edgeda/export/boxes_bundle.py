@@ -87,7 +87,9 @@ def export_postprocessing_bundle(b: Bundle, out=None, *, precision: str = "fp32"
         record["deployables"][name] = entry
         for kind, c in checks.items():
             log(f"  {name} fp32 ONNX (NMS in the graph) vs PyTorch ({kind}, {c['images']} images): "
-                f"{c['matched']}/{c['detections']} detections matched, max score diff {c['max_score_diff']:.1e}")
+                f"{c['matched']}/{c['detections']} detections matched"
+                + (f" ({c['at_cut']} more tied at the max_det cut)" if c.get("at_cut") else "")
+                + f", max score diff {c['max_score_diff']:.1e}")
         for p, r in record["precisions"].items():
             log(f"  {p}: {task.format_scores(r['target_scores'])} on {data} (eager {r['eager_' + task.headline]:.1%})")
         merged = {**b.manifest.get("export", {}), "deployables": {name: entry}, "precisions": record["precisions"],

@@ -52,7 +52,8 @@ def disagreement(candidate_logits: torch.Tensor, reference_logits: torch.Tensor)
     return float((candidate_logits.argmax(1) != reference_logits.argmax(1)).float().mean())
 
 
-def _scores(d: dict) -> dict[str, float]:
+def bare_scores(d: dict) -> dict[str, float]:
+    """The numeric validator scores of a record, by bare name (``score/entropy`` -> ``entropy``)."""
     return {k.removeprefix("score/"): float(v) for k, v in d.items()
             if isinstance(v, (int, float)) and not isinstance(v, bool) and (k.startswith("score/") or "/" not in k)}
 
@@ -125,7 +126,7 @@ def warning_reasons(candidate: dict, reference: dict, disagree: float | None, ru
                     **kw) -> list[str]:
     """The reasons ``rule``'s checks give for doubting that ``candidate`` beats ``reference`` (empty: none).
     Checks whose validators are missing from the scores stay silent."""
-    c, r = _scores(candidate), _scores(reference)
+    c, r = bare_scores(candidate), bare_scores(reference)
     out = []
     for name in WARNING_RULES[rule]:
         why = WARNING_CHECKS[name](c, r, disagree, **kw)
@@ -151,14 +152,3 @@ def transfer_warning(candidate: dict, reference: dict, disagree: float | None, *
         return None
     return ("warning: the shipped model may be worse than source-only on the target: " + "; ".join(reasons)
             + ". Label 5-20 target images per class and pass them as --target-val to check (and select) with labels.")
-
-
-def score_model(net, domains, spec, device="cpu", seed: int = 0, reference_rows=None, hflip: bool = True):
-    """(validator scores, target rows) of a trained network on ``domains`` — what the trainer records
-    at an evaluation, computed the same way for every ``--method auto`` candidate (``hflip``: the run's
-    ``augment_hflip``, whether ``aug_consistency`` checks flips of dense frames)."""
-    from .training.evaluate import evaluation_context
-    from .training.selection import score_all
-
-    ctx, _, out = evaluation_context(net, domains, spec, device, seed=seed, reference_rows=reference_rows, hflip=hflip)
-    return score_all(ctx), (out.rows if out is not None else None)

@@ -493,7 +493,7 @@ def test_backbone_weights_are_in_the_model_at_start(data, tmp_path):
     save_file({**state, "fc.weight": torch.randn(10, 8)}, str(file))
 
     tr, logs = _deeplab_trainer(data, tmp_path, file)
-    tr._build()
+    tr.setup()
     enc = tr.method.classifier.encoder.state_dict()
     for k, v in state.items():
         assert torch.equal(enc[k], v), k
@@ -515,4 +515,4 @@ def test_backbone_weights_of_wrong_shapes_are_refused(data, tmp_path):
     save_file({k: v.contiguous() for k, v in other.encoder.state_dict().items()}, str(file))
     tr, _ = _deeplab_trainer(data, tmp_path, file)
     with pytest.raises(EdgedaError, match="shape"):
-        tr._build()
+        tr.setup()

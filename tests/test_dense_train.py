@@ -169,11 +169,11 @@ def test_init_from_a_dense_bundle_loads_its_model(tmp_path):
     cfg = dict(method="advent", source=src, target=src, iters=2, batch_size=4, image_size=[32, 48], backbone="lraspp",
                backbone_kwargs={"width": 0.25}, device="cpu", init=str(res.bundle))
     tr = Trainer(make_config(None, {**cfg, "out": str(tmp_path / "adv")}), progress=False, log=None)
-    tr._build()  # what run() does first: the method, then --init
+    tr.setup()  # what run() does first: the method, then --init
     got = tr.method.classifier.state_dict()
     assert set(got) == set(shipped) and all(torch.equal(got[k], shipped[k]) for k in shipped)
     fresh = Trainer(make_config(None, {**cfg, "init": None, "out": str(tmp_path / "fresh")}), progress=False, log=None)
-    fresh._build()
+    fresh.setup()
     assert not all(torch.equal(fresh.method.classifier.state_dict()[k], shipped[k]) for k in shipped)
     with pytest.raises(EdgedaError, match="does not fit"):
         Trainer(make_config(None, {**cfg, "backbone_kwargs": {"width": 0.5}, "out": str(tmp_path / "wide")}),

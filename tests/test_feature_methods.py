@@ -93,7 +93,7 @@ def test_csg_key_is_pooled_with_the_students_attention_on_the_key_view(tmp_path,
 
     monkeypatch.setattr(csg_module, "attention_pool", recording_pool)
     tr = Trainer(tiny_config(tmp_path / "csg", method="csg", options={"pretrain": 0.0}), progress=False, log=None)
-    tr._build()
+    tr.setup()
     m = tr.method
     m.train()
     m._freeze_initial()
@@ -183,7 +183,7 @@ def test_coral_separate_bn_statistics_follow_the_target_only(tmp_path):
     stats = {}
     for bn in ("separate", "joint"):
         tr = Trainer(tiny_config(tmp_path / bn, method="coral", options={"bn": bn}), progress=False, log=None)
-        tr._build()
+        tr.setup()
         tr.method.train()
         reference = copy.deepcopy(tr.method.classifier)
         with torch.no_grad():  # what the target batch alone does to the statistics
@@ -202,7 +202,7 @@ def test_coral_separate_bn_statistics_follow_the_target_only(tmp_path):
 
 def test_csg_backbone_lr_scales_the_encoders_learning_rate_only(tmp_path):
     tr = Trainer(tiny_config(tmp_path / "csg", method="csg", options={"backbone_lr": 0.1}), progress=False, log=None)
-    tr._build()
+    tr.setup()
     m = tr.method
     enc, rest = m.optims["main"].param_groups
     assert {id(p) for p in enc["params"]} == {id(p) for p in m.classifier.features.parameters()}
@@ -281,7 +281,7 @@ def test_csg_anchor_pretrains_the_encoder_without_labels_then_freezes_it(tmp_pat
 
     tr = Trainer(tiny_config(tmp_path / "csg", method="csg", options={"anchor": anchor, "pretrain": 0.5}),
                  progress=False, log=None)
-    tr._build()
+    tr.setup()
     m = tr.method
     m.train()
     main = {id(p) for g in m.optims["main"].param_groups for p in g["params"]}

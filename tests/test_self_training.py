@@ -264,7 +264,7 @@ def test_feature_distance_only_with_pretrained_weights(tmp_path):
 
     src = _npz(tmp_path / "s.npz")
     plain = Trainer(_config(tmp_path, src, tmp_path / "a", iters=2), progress=False, log=None)
-    plain._build()
+    plain.setup()
     assert plain.method.pretrained_encoder is None
     enc = {k: v.clone() + 0.01 for k, v in plain.method.classifier.encoder.state_dict().items() if v.is_floating_point()}
     save_file(enc, str(tmp_path / "enc.safetensors"))
@@ -299,13 +299,13 @@ def test_dacs_resume_restores_the_teacher_and_continues_exactly(tmp_path):
     with pytest.raises(KeyboardInterrupt):
         Trainer(cut, progress=False, log=None).run(callback=stop)
     tr = Trainer(cut, progress=False, log=None)
-    tr._build()
+    tr.setup()
     saved = load_latest(tmp_path / "cut" / "checkpoints")[1]
     assert tr._restore(saved) == 2 and tr.method.mean_teacher.updates == 2
     teacher = tr.method.nets["teacher"].state_dict()
     student = tr.method.classifier.state_dict()
     fresh = Trainer(cut, progress=False, log=None)
-    fresh._build()
+    fresh.setup()
     assert any(not torch.equal(teacher[k], fresh.method.nets["teacher"].state_dict()[k]) for k in teacher)
     assert any(not torch.equal(teacher[k], student[k]) for k in teacher if teacher[k].is_floating_point())
     resumed = Trainer(cut, progress=False, log=None).run(resume=True)

@@ -197,16 +197,18 @@ def test_top_level_functions_survive_their_subpackages_being_imported():
 def test_the_shipped_iteration_is_scored_on_the_test_split_once(tmp_path, monkeypatch):
     """The bundle's full test report reuses the scores of the evaluation that ships, rather than a
     second pass over the test split; a selected earlier iteration is scored from its own evaluation."""
-    import edgeda.training.trainer as trainer_module
+    import edgeda.training.evaluator as evaluator_module
+    import edgeda.training.shipping as shipping_module
 
     calls = []
-    real = trainer_module.evaluate_model
+    real = evaluator_module.evaluate_model
 
     def counting(model, domain, *a, **k):
         calls.append(domain.name)
         return real(model, domain, *a, **k)
 
-    monkeypatch.setattr(trainer_module, "evaluate_model", counting)
+    monkeypatch.setattr(evaluator_module, "evaluate_model", counting)  # the periodic evaluations
+    monkeypatch.setattr(shipping_module, "evaluate_model", counting)  # the bundle's report
     tr = Trainer(tiny_config(tmp_path, method="source_only", iters=4, eval_every=2), progress=False, log=None)
     res = tr.run()
     test_name = tr.domains.target_test.name

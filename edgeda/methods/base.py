@@ -18,6 +18,7 @@ from ..errors import EdgedaError
 from ..task import TaskSpec
 from ..options import Configurable
 from ..tasks import task_of
+from .registry import methods_for
 
 
 @dataclass
@@ -289,11 +290,3 @@ class Method(Configurable):
             o.load_state_dict(state["optims"][k])
         if state.get("scaler"):
             self.engine.scaler.load_state_dict(state["scaler"])
-
-
-
-def methods_for(task: str) -> list[str]:
-    """Names of the registered methods that adapt ``task`` models."""
-    from .registry import METHODS
-
-    return [n for n, cls in METHODS.items() if task in cls.tasks]

@@ -2,3 +2,8 @@
 from ..registry import Registry
 
 METHODS: Registry = Registry("method")
+
+
+def methods_for(task: str) -> list[str]:
+    """Names of the registered methods that adapt ``task`` models."""
+    return [n for n, cls in METHODS.items() if task in cls.tasks]

@@ -4,7 +4,7 @@ from __future__ import annotations
 import time
 
 
-def _format_eval(rec: dict, task) -> str:
+def format_eval(rec: dict, task) -> str:
     key = next(iter(task.record_keys))
     fmt = (lambda v: f"{v:.1%}") if task.higher_is_better else (lambda v: f"{v:.3f}")
     name = "" if key == "acc" else f" {key}"
@@ -16,7 +16,7 @@ def _format_eval(rec: dict, task) -> str:
     return " | ".join(parts)
 
 
-class _Progress:
+class Progress:
     """A rich progress bar with the running losses and ETA; silent when disabled."""
 
     def __init__(self, enabled: bool, total: int, start: int, title: str):

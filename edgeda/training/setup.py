@@ -1,0 +1,74 @@
+"""The pieces a training run is built from: the method (with pre-trained weights or ``--init``),
+the user's labeled target images and the class-aware source sampling weights."""
+from __future__ import annotations
+
+import torch
+
+from ..data import load_domain
+from ..data.domain import Domain
+from ..errors import EdgedaError
+from ..methods import Engine, Method, OptimConfig
+from ..methods.registry import methods_for
+from ..models.weights import describe, load_pretrained, pretrained_options
+from . import distributed
+from .evaluate import eval_batches
+from .sampling import class_counts
+
+
+def check_method_fits(method_cls, method_name: str, task: str) -> None:
+    """One clear error when ``method_name`` does not adapt ``task`` models."""
+    if task not in method_cls.tasks:
+        raise EdgedaError(f"method {method_name!r} adapts {', '.join(method_cls.tasks)} models, and this source is "
+                          f"{task} data; methods for {task}: {', '.join(methods_for(task))} (--method)")
+
+
+def build_method(cfg, method_cls, spec, domains, *, device, dist, dense: bool, log) -> tuple[Method, dict | None]:
+    """(the method, a record of the pre-trained weights it started from or None), ready to train:
+    ``--backbone-weights`` or ``--init`` applied, the target images attached for methods that label
+    the whole target set, channels-last weights under ``--channels-last``, the same initial
+    weights on every torchrun rank."""
+    engine = Engine(device, amp=cfg.amp, world_size=dist.world_size)
+    optim = OptimConfig(cfg.optimizer, cfg.lr, cfg.momentum, cfg.weight_decay)
+    # a pre-trained encoder learns slower where the method offers encoder_lr
+    options = pretrained_options(method_cls, cfg.options) if cfg.backbone_weights else cfg.options
+    method: Method = method_cls(spec, backbone=cfg.backbone, backbone_kwargs=cfg.backbone_kwargs, options=options,
+                                optim=optim, engine=engine, task_loss=cfg.task_loss)
+    init_weights = None
+    if cfg.backbone_weights:  # pre-trained weights (whole model or encoder), applied at build time, never a download
+        rep = load_pretrained(method.classifier, cfg.backbone_weights)
+        for line in describe(rep):
+            log(f"backbone weights {line}")
+        init_weights = {"file": rep["file"], "sha256": rep["sha256"], "kind": rep["kind"], "head": rep["head"]}
+        method.backbone_weights_loaded()
+    if cfg.init and hasattr(method, "load_init"):
+        method.load_init(cfg.init)
+    if domains.target is not None and method_cls.uses_target:  # for methods that label the whole target set
+        target, bs = domains.target, 16 if dense else 256
+        method.attach_target_images(lambda: (x for x, _, _ in eval_batches(target, spec, device, bs, labels=False)),
+                                    seed=cfg.seed)
+    if cfg.channels_last:  # opt-in: NHWC weights (and batches, in the loop) for the convolution kernels
+        method.nets.to(memory_format=torch.channels_last)
+    if dist.enabled:
+        distributed.broadcast_module(method.nets)
+        torch.manual_seed(cfg.seed * 7919 + dist.rank)  # per-rank noise (dropout, GAN z) after a shared init
+    return method, init_weights
+
+
+def load_target_val(spec_text: str, spec, dense: bool):
+    """The user's few labeled target images (``--target-val``), checked against the run's task."""
+    dom = load_domain(spec_text, labeled=True, size=spec.image_size, channels=spec.channels, task=spec.task)
+    if isinstance(dom, Domain) != (not dense):
+        raise EdgedaError(f"--target-val {spec_text} is not {spec.task} data")
+    if isinstance(dom, Domain):
+        dom.require_usable(labeled=True, num_classes=spec.num_classes)
+    else:
+        dom.require_usable(task=spec.task, num_classes=spec.num_classes or None)
+    return dom
+
+
+def source_weights(method: Method, domain, spec):
+    """Per-image source sampling weights when the method asks for class-aware sampling, else None."""
+    weigh = method.source_sampling()
+    if weigh is None or not spec.num_classes:
+        return None
+    return weigh(class_counts(domain, spec.num_classes))

@@ -23,7 +23,7 @@ Dense rows (``--rows digits_seg,syn_seg``): TENT, SHOT, 3C-GAN and CoTTA from th
 of benchmarks/dense.py's ``cpu`` profile (``digitscenes -> handwritten-scenes``, DeepLab ResNet-18
 w0.25 at 64x64; ``synscenes -> synscenes:photo``, LR-ASPP at 64x128): the bundle its stored run
 names when it is still on disk, else one trained afresh with that row's ``run_config`` into
-``/tmp/edgeda-adapt-bench``. The unlabeled target split is written as a folder of PNG frames; the
+``edgeda-adapt-bench`` in the scratch folder (:mod:`scratch`). The unlabeled target split is written as a folder of PNG frames; the
 same budget and flags as above, each method's default iteration count for segmentation bundles
 (no ``--iters``: TENT 200, SHOT 300, 3C-GAN 500, its dense default, CoTTA 200); mIoU on the row's
 labeled test split (``--labels``, report only). CoTTA writes its mean teacher (the model the collapse
@@ -50,6 +50,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from adaptation import data_version  # noqa: E402
 from readme_tables import fmt_pct, replace_block  # noqa: E402
+from scratch import scratch  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 METHODS = ("tent", "shot", "3cgan", "cotta")
@@ -117,7 +118,7 @@ def run_one(method: str, seed: int, bundle: Path, target: Path, out: Path) -> di
 
 DENSE_ROWS = ("digits_seg", "syn_seg")
 DENSE_METHODS = ("tent", "shot", "3cgan", "cotta")
-DENSE_BUNDLES = Path("/tmp/edgeda-adapt-bench")
+DENSE_BUNDLES = scratch("edgeda-adapt-bench")
 
 
 def dense_bundle(row: str, seed: int) -> tuple[Path, dict]:

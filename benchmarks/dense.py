@@ -44,6 +44,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from readme_tables import replace_block  # noqa: E402
+from scratch import scratch  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 PAIRS = {
@@ -90,12 +91,12 @@ METHOD_SETTINGS: dict[str, dict[str, dict]] = {"cpu": {
     "gta_seg": {"options": {"lr_f": 1e-3, "g_width": 8, "d_width": 16}},
     "advent": {"options": {"d_width": 16}},  # the paper's 64-channel discriminator on 64x128 maps made a step ~6x a source-only one
     "adaptseg": {"options": {"d_width": 16}},  # the same discriminator as advent's, for the same reason
-    "t2net": {"iters": 400},
+    "t2net": {"iters": 400},  # a step takes 1.0 s vs source-only's 0.12 s (measured side by side): 1200 it. would be 20 min a run
     # suit: G + PatchGAN D + the segmenter twice a step (~4x a source-only step); label2image: the SPADE generator's
     # full-resolution blocks, ~9x; budgets that keep a run within ~8 minutes, as cyclegan's and t2net's
     "suit": {"iters": 600},
     "label2image": {"iters": 400},
-    "cyclegan": {"iters": 400},  # ~2.3 s a step at 64x128 (two generators, two discriminators): t2net's budget  # a step takes 1.0 s vs source-only's 0.12 s (measured side by side): 1200 it. would be 20 min a run
+    "cyclegan": {"iters": 400},  # ~2.3 s a step at 64x128 (two generators, two discriminators): t2net's budget
 }, "gpu": {}, "quick": {}}
 # Budget variants, run with ``--methods NAME@ITERS``: the method with the row's settings and its own, at
 # another iteration count, to compare methods at equal budgets where METHOD_SETTINGS shortens one.
@@ -186,7 +187,7 @@ def run_one(profile: str, row: str, seed: int, upper: bool, method: str = "sourc
     torch.set_num_threads(1)
     if cfg.get("init"):
         ensure_init_bundle(profile, row, seed)
-    out = Path("/tmp/edgeda-dense-bench") / profile / tag
+    out = scratch("edgeda-dense-bench") / profile / tag
     t0 = time.perf_counter()
     res = edgeda.train(out=str(out), progress=False, log=None, **cfg)
     wall = time.perf_counter() - t0
@@ -457,8 +458,8 @@ def seed0_bundle(profile: str, row: str, seed: int = 0) -> Path:
     cfg = run_config(profile, row, seed, False)
     stored = RESULTS / "dense" / profile / f"{row}-s{seed}.json"
     cands = [Path(json.loads(stored.read_text())["bundle"])] if stored.is_file() else []
-    cands.append(Path("/tmp/edgeda-adapt-bench") / f"{row}-s{seed}" / "model.edgeda")
-    local = Path("/tmp/edgeda-dense-bench") / profile / f"{row}-s{seed}-here"
+    cands.append(scratch("edgeda-adapt-bench") / f"{row}-s{seed}" / "model.edgeda")
+    local = scratch("edgeda-dense-bench") / profile / f"{row}-s{seed}-here"
     cands.append(local / "model.edgeda")
     for c in cands:
         man = c / "manifest.json"
@@ -471,7 +472,7 @@ def seed0_bundle(profile: str, row: str, seed: int = 0) -> Path:
 def init_bundle(profile: str, row: str, seed: int) -> Path:
     """Where ``NAME@init`` runs start from: a fixed path (it is part of the stored config) holding a
     copy of the seed's source-only bundle (:func:`seed0_bundle`), made on first use."""
-    return Path("/tmp/edgeda-dense-bench") / profile / "init" / f"{row}-s{seed}.edgeda"
+    return scratch("edgeda-dense-bench") / profile / "init" / f"{row}-s{seed}.edgeda"
 
 
 def ensure_init_bundle(profile: str, row: str, seed: int) -> None:
@@ -550,11 +551,11 @@ def overhead(rounds: int = 3, iters: int = 40) -> dict:
 
     torch.set_num_threads(1)
     cfg = run_config("cpu", "digits_seg", 0, False)
-    cfg.update(iters=iters, eval_every=10**9, checkpoint_every=10**9, out="/tmp/edgeda-dense-overhead", target_test=None)
+    cfg.update(iters=iters, eval_every=10**9, checkpoint_every=10**9, out=str(scratch("edgeda-dense-overhead")), target_test=None)
     bare, trainer = [], []
     for _ in range(rounds):
         tr = Trainer(make_config(None, cfg), progress=False, log=None)
-        tr._build()
+        tr.setup()
         m = tr.method
         batches = [tr.source_stream.next() for _ in range(iters)]
         m.train()
@@ -593,12 +594,12 @@ def eval_memory(sizes=(50, 150, 500)) -> dict:
         code = (
             "import json,sys,torch; sys.path.insert(0,%r); torch.set_num_threads(1)\n"
             "from edgeda.data import load_domain\nfrom edgeda.models import build\nfrom edgeda.task import TaskSpec\n"
-            "from edgeda.training.evaluate import evaluate_model\nfrom edgeda.bench.harness import _PeakRss, _rss_mb\n"
+            "from edgeda.training.evaluate import evaluate_model\nfrom edgeda.bench.harness import PeakRss, rss_mb\n"
             "d=load_domain('synscenes:photo', labeled=True, size=(64,128))\nd=d.subset(list(range(%d)))\n"
             "s=TaskSpec(19,d.classes,task='segmentation',image_size=(64,128))\n"
             "m=build('dense_model',arch='lraspp',num_outputs=19,output='logits',channels=3)\n"
-            "evaluate_model(m,d.subset([0,1]),s)\nbase=_rss_mb()\n"
-            "with _PeakRss() as p: evaluate_model(m,d,s,rows=True)\nprint(json.dumps({'base_mb':base,'peak_mb':p.peak}))"
+            "evaluate_model(m,d.subset([0,1]),s)\nbase=rss_mb()\n"
+            "with PeakRss() as p: evaluate_model(m,d,s,rows=True)\nprint(json.dumps({'base_mb':base,'peak_mb':p.peak}))"
         ) % (str(ROOT), n)
         res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
         rec = json.loads(res.stdout.strip().splitlines()[-1])

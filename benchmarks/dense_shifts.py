@@ -56,6 +56,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import dense  # noqa: E402
 from readme_tables import replace_block  # noqa: E402
+from scratch import scratch  # noqa: E402
 from shifts import recommended_validator  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
@@ -79,7 +80,7 @@ QUICK = {"targets": ("fog", "paper"), "candidates": ("source_only@init", "dann@i
 def results_dir(results: Path | None, quick: bool) -> Path:
     if results is not None:
         return Path(results)
-    return Path("/tmp/edgeda-dense-shifts/quick/results") if quick else RESULTS / "dense_shifts"
+    return scratch("edgeda-dense-shifts") / "quick" / "results" if quick else RESULTS / "dense_shifts"
 
 
 def target_specs(name: str, profile: str) -> tuple[str, str, str]:
@@ -90,7 +91,7 @@ def target_specs(name: str, profile: str) -> tuple[str, str, str]:
     from edgeda.data import load_domain
 
     size = tuple(dense.PROFILES[profile][row]["image_size"])
-    folder = Path("/tmp/edgeda-dense-shifts/quick/data")
+    folder = scratch("edgeda-dense-shifts") / "quick" / "data"
     folder.mkdir(parents=True, exist_ok=True)
     out = []
     for spec, n, labelled in ((adapt, QUICK["adapt_n"], False), (test, QUICK["test_n"], True)):
@@ -126,9 +127,9 @@ def _atomic(path: Path):
 
 
 def _lock_path(results: Path, name: str) -> Path:
-    """Lock files live under /tmp (processes sharing a results folder run on one machine), not among the results."""
+    """Lock files live in the scratch folder (processes sharing a results folder run on one machine), not among the results."""
     slug = "".join(ch if ch.isalnum() else "_" for ch in str(results.resolve()))
-    return Path("/tmp/edgeda-dense-shifts/locks") / slug / f"{name}.lock"
+    return scratch("edgeda-dense-shifts") / "locks" / slug / f"{name}.lock"
 
 
 @contextmanager
@@ -209,7 +210,8 @@ def run_one(profile: str, name: str, candidate: str, seed: int, results: Path) -
     from edgeda.bundle import load_bundle
     from edgeda.config import make_config
     from edgeda.training.domains import load_domains
-    from edgeda.trust import disagreement, score_model
+    from edgeda.training.selection import score_model
+    from edgeda.trust import disagreement
     from edgeda.utils import machine_info, sha256_file
 
     tag = f"{name}-{candidate}-s{seed}"
@@ -228,7 +230,7 @@ def run_one(profile: str, name: str, candidate: str, seed: int, results: Path) -
         row = TARGETS.get(name, EXTRA_TARGETS.get(name))[0]
         if cfg.get("init"):
             dense.ensure_init_bundle(profile, row, seed)
-        out = Path("/tmp/edgeda-dense-shifts") / profile / tag
+        out = scratch("edgeda-dense-shifts") / profile / tag
         print(f"{tag}: training ...", flush=True)
         t0 = time.perf_counter()
         res = edgeda.train(out=str(out), progress=False, log=None, **cfg)

@@ -35,6 +35,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from scratch import scratch  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 PAIRS = {
@@ -89,7 +92,7 @@ def run_one(profile: str, row: str, seed: int, upper: bool, method: str = "sourc
             return old
     torch.set_num_threads(1)
     t0 = time.perf_counter()
-    res = edgeda.train(out=str(Path("/tmp/edgeda-detection-bench") / profile / tag), progress=False, log=None, **cfg)
+    res = edgeda.train(out=str(scratch("edgeda-detection-bench") / profile / tag), progress=False, log=None, **cfg)
     wall = time.perf_counter() - t0
     m = res.metrics
     scores = m.get("target_test_scores") or {}

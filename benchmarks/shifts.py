@@ -44,6 +44,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from readme_tables import replace_block  # noqa: E402
+from scratch import scratch  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 RUNS = RESULTS / "shifts"
@@ -157,13 +158,13 @@ def run_one(name: str, seed: int, iters: int, adapt_iters: int) -> dict:
             return old
     import os
 
-    cache = Path(os.environ.get("EDGEDA_CACHE", "/tmp/ecache")) / "shift-targets"
+    cache = Path(os.environ.get("EDGEDA_CACHE") or scratch("ecache")) / "shift-targets"
     adapt_p, test_p = make_target(name, cache)
     cfg = make_config(None, dict(method="source_only", source="syndigits", target=str(adapt_p), target_test=str(test_p),
                                  iters=iters, batch_size=32, lr=0.01, backbone="dtn",
                                  backbone_kwargs={"width": 16, "out_dim": 128}, source_n=3000, eval_every=iters,
                                  checkpoint_every=100000, device="cpu", seed=seed, select="source_val",
-                                 out=str(Path("/tmp/edgeda-shifts") / f"{name}-s{seed}")))
+                                 out=str(scratch("edgeda-shifts") / f"{name}-s{seed}")))
     t0 = time.perf_counter()
     rec = train_auto(cfg, adapt_iters=adapt_iters, log=None)
     correct = _test_correct(rec, cfg)

@@ -123,17 +123,17 @@ def matmul_peak(device: torch.device, dtype: torch.dtype, sizes=(256, 512, 1024,
 def build(cfg: dict, variant: str, device: str, out: Path):
     """A built trainer for ``cfg`` under ``variant`` and a few batches drawn from its streams."""
     from edgeda.config import make_config
-    from edgeda.training.trainer import Trainer, _channels_last
+    from edgeda.training.trainer import Trainer, channels_last
 
     amp, cl, _ = VARIANTS.get(variant, VARIANTS["default"])  # threads=K: the default numerics
     full = {**cfg, "amp": amp, "channels_last": cl, "device": device, "out": str(out)}
     trainer = Trainer(make_config(None, full), progress=False, log=None)
-    trainer._build()
+    trainer.setup()
     batches = []
     for _ in range(3):
         s = trainer.source_stream.next()
         t = trainer.target_stream.next() if trainer.target_stream is not None else None
-        batches.append((_channels_last(s), _channels_last(t)) if cl else (s, t))
+        batches.append((channels_last(s), channels_last(t)) if cl else (s, t))
     trainer.method.train()
     return trainer.method, batches
 

@@ -44,7 +44,7 @@ def bare_loop(trainer, iters: int) -> list[float]:
     """Plain PyTorch: the DANN step written by hand, on batches drawn in advance."""
     from edgeda.models import dann_coefficient, gradient_reversal
 
-    trainer._build()
+    trainer.setup()
     m = trainer.method
     clf, disc, opt = m.nets["classifier"], m.nets["domain"], m.optims["main"]
     batches = [(trainer.source_stream.next(), trainer.target_stream.next()) for _ in range(iters)]

@@ -158,9 +158,9 @@ def recommend(rates: dict, pairs: list[dict]) -> str:
 
 
 def _fires(pair: dict, check: str) -> bool:
-    from edgeda.trust import WARNING_CHECKS, _scores
+    from edgeda.trust import WARNING_CHECKS, bare_scores
 
-    return bool(WARNING_CHECKS[check](_scores(pair["pick_scores"]), _scores(pair["reference_scores"]), pair["disagreement"]))
+    return bool(WARNING_CHECKS[check](bare_scores(pair["pick_scores"]), bare_scores(pair["reference_scores"]), pair["disagreement"]))
 
 
 def calibrate(records: list[dict]) -> dict:

@@ -47,7 +47,8 @@ def latency_stats(samples_ms: Sequence[float]) -> dict:
             "p95": float(q[2]), "p99": float(q[3]), "max": float(a.max()), "n": int(a.size)}
 
 
-def _rss_mb() -> float:
+def rss_mb() -> float:
+    """This process's resident memory now, MiB."""
     try:
         with open("/proc/self/statm") as f:
             import os
@@ -59,16 +60,16 @@ def _rss_mb() -> float:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
-class _PeakRss:
+class PeakRss:
     """Sample resident memory in a thread; ``peak`` is the highest value seen."""
 
     def __init__(self, every_s: float = 0.001):
-        self.every, self.peak, self._stop = every_s, _rss_mb(), threading.Event()
+        self.every, self.peak, self._stop = every_s, rss_mb(), threading.Event()
         self._t = threading.Thread(target=self._run, daemon=True)
 
     def _run(self):
         while not self._stop.is_set():
-            self.peak = max(self.peak, _rss_mb())
+            self.peak = max(self.peak, rss_mb())
             time.sleep(self.every)
 
     def __enter__(self):
@@ -78,7 +79,7 @@ class _PeakRss:
     def __exit__(self, *exc):
         self._stop.set()
         self._t.join()
-        self.peak = max(self.peak, _rss_mb())
+        self.peak = max(self.peak, rss_mb())
 
 
 def time_calls(fn: Callable[[], object], *, iters: int | None = None, seconds: float | None = None,
@@ -124,9 +125,9 @@ def bench(bundle, backends: Sequence[str] = ("torch", "ort"), batches: Sequence[
     for backend in backends:
         for precision in precisions:
             key = (backend, precision)
-            before = _rss_mb()
+            before = rss_mb()
             try:
-                with _PeakRss() as mem:
+                with PeakRss() as mem:
                     extra = {"plugin_library": plugin_library} if backend == "trt" else {}
                     runner = make_runner(backend, b, precision, device=device, threads=threads, **extra)
                     for batch in batches:

@@ -117,7 +117,7 @@ def test_cyclegan_target_semantic_loss_keeps_the_class_c_gives_the_target_image(
 def test_fgbg_without_masks_falls_back_to_the_plain_cycle():
     m = _method("fgbg_cyclegan")
     s, t = _batches()
-    s.mask = None
+    s.foreground = None
     assert "loss/fg_hue" not in m.step(s, t)
 
 
@@ -129,7 +129,7 @@ def test_fgbg_source_cycle_term_is_the_masked_terms_plus_the_full_cycle_when_ask
     s, _ = _batches()
     rec = s.x.flip(1) * 0.5  # hue and brightness both changed
     o = m.opts
-    want = cycle_loss(rec, s.x, 1 - s.mask) + o["hue"] / o["cycle"] * hue_loss(rec, s.x, s.mask)
+    want = cycle_loss(rec, s.x, 1 - s.foreground) + o["hue"] / o["cycle"] * hue_loss(rec, s.x, s.foreground)
     if full_cycle:
         want = want + (rec - s.x).abs().mean()
     torch.testing.assert_close(m.source_cycle_loss(rec, s.x, s), want)
@@ -237,7 +237,7 @@ def test_label2image_phases():
 def test_pixelda_without_masks_uses_the_whole_image_content_loss():
     m = _method("pixelda")
     s, t = _batches()
-    s.mask = None
+    s.foreground = None
     assert m.step(s, t)["loss/content"] >= 0
 
 

@@ -49,10 +49,7 @@ class PixelMethod(Method):
 
     def make_gan_optimizer(self, params) -> torch.optim.Optimizer:
         """Adam(lr_g, betas 0.5/0.999, no weight decay); the trainer's LR schedule still scales it."""
-        opt = self.make_optimizer(params, lr_mult=float(self.opts["lr_g"]) / self.optim_cfg.lr, name="adam")
-        for g in opt.param_groups:
-            g["weight_decay"] = 0.0
-        return opt
+        return self.make_adam(params, self.opts["lr_g"])
 
     # -- spaces and losses ----------------------------------------------------------------------
     def to_tanh(self, x: torch.Tensor) -> torch.Tensor:

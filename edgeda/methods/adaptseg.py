@@ -31,6 +31,7 @@ class AdaptSeg(AdvEnt):
     defaults = {k: AdvEnt.defaults[k] for k in ("lambda_adv", "lr_d", "d_width", "d_layers")}
     option_help = {k: AdvEnt.option_help[k] for k in ("lambda_adv", "lr_d", "d_width", "d_layers")}
     choices = {}
+    minent = False  # AdvEnt's adversarial loop only
 
     def aligned_map(self, logits: torch.Tensor) -> torch.Tensor:
         return torch.softmax(logits.float(), dim=1)

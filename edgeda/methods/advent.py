@@ -45,17 +45,19 @@ class AdvEnt(Method):
         "d_layers": "discriminator stride-2 conv stages before the output conv",
     }
 
+    @property
+    def minent(self) -> bool:
+        """``mode=minent``: entropy minimisation instead of the adversarial alignment."""
+        return self.opts["mode"] == "minent"
+
     def build(self) -> None:
         self.nets["classifier"] = self.make_classifier()
         self.optims["main"] = self.make_optimizer(self.classifier.parameters())
-        if self.opts.get("mode", "advent") == "advent":
+        if not self.minent:
             self.nets["discriminator"] = FullyConvDiscriminator(self.task.num_classes, int(self.opts["d_width"]),
                                                                 int(self.opts["d_layers"]))
-            opt = self.make_optimizer(self.nets["discriminator"].parameters(),
-                                      lr_mult=float(self.opts["lr_d"]) / self.optim_cfg.lr, name="adam")
-            for g in opt.param_groups:
-                g["betas"], g["weight_decay"] = (0.9, 0.99), 0.0
-            self.optims["discriminator"] = opt
+            self.optims["discriminator"] = self.make_adam(self.nets["discriminator"].parameters(), self.opts["lr_d"],
+                                                          (0.9, 0.99))
 
     def aligned_map(self, logits: torch.Tensor) -> torch.Tensor:
         """The per-pixel map the discriminator sees: the weighted self-information I."""
@@ -66,7 +68,7 @@ class AdvEnt(Method):
         with self.autocast():
             logits = self.classifier(torch.cat([source.x, target.x]))
             seg_loss = self.task_loss_of(logits[:ns], source.y)
-        if self.opts.get("mode", "advent") == "minent":
+        if self.minent:
             ent = entropy_map(logits[ns:]).mean()
             self.update(seg_loss + self.opts["lambda_ent"] * ent, "main")
             return {"loss/seg": seg_loss.item(), "loss/ent": ent.item()}

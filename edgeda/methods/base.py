@@ -23,11 +23,12 @@ from .registry import methods_for
 
 @dataclass
 class Batch:
-    """A batch on the training device: normalised images, labels (None for target), optional masks."""
+    """A batch on the training device: normalised images, labels (None for target; a dense task's
+    label maps), and for classification sources that have them the images' foreground masks."""
 
     x: torch.Tensor
     y: torch.Tensor | None = None
-    mask: torch.Tensor | None = None  # (N, 1, H, W) float in [0, 1], foreground = 1
+    foreground: torch.Tensor | None = None  # (N, 1, H, W) float in [0, 1], foreground = 1
 
     def __len__(self) -> int:
         return self.x.shape[0]
@@ -158,6 +159,9 @@ class Method(Configurable):
         self.nets = nn.ModuleDict()
         self.optims: dict[str, torch.optim.Optimizer] = {}
         self.build()
+        for name, opt in self.optims.items():  # the trainer's LR schedule scales each group's initial_lr
+            if any("initial_lr" not in g for g in opt.param_groups):
+                raise EdgedaError(f"method {self.name!r}: optimizer {name!r} was not made by make_optimizer / make_adam")
         self.nets.to(self.engine.device)
 
     # -- to implement -------------------------------------------------------------------------
@@ -176,9 +180,12 @@ class Method(Configurable):
         """The task's supervised loss (cross-entropy; per-pixel for segmentation; depth: ``--task-loss``)."""
         return task_of(self.task).model_loss(self.classifier, output, target, self.task_loss)
 
-    def make_optimizer(self, params, lr_mult: float = 1.0, name: str | None = None) -> torch.optim.Optimizer:
-        """An optimizer over ``params`` (tensors, or groups ``{"params": ..., "lr_mult": m}`` so that a
-        pre-trained encoder can learn slower) at the configured learning rate times ``lr_mult``."""
+    def make_optimizer(self, params, lr_mult: float = 1.0, name: str | None = None, *,
+                       betas: tuple[float, float] | None = None, weight_decay: float | None = None) -> torch.optim.Optimizer:
+        """The one optimizer factory: ``name`` (default the config's) over ``params`` (tensors, or groups
+        ``{"params": ..., "lr_mult": m}`` so that a pre-trained encoder can learn slower) at the
+        configured learning rate times ``lr_mult``; Adam's ``betas`` and the ``weight_decay`` default
+        to the config's. Each group records its ``initial_lr``, which the trainer's LR schedule scales."""
         c = self.optim_cfg
         lr = c.lr * lr_mult
         params = list(params)
@@ -188,7 +195,8 @@ class Method(Configurable):
         if chosen == "sgd":
             opt = torch.optim.SGD(params, lr=lr, momentum=c.momentum, weight_decay=c.weight_decay, nesterov=c.momentum > 0)
         elif chosen == "adam":
-            opt = torch.optim.Adam(params, lr=lr, betas=c.betas, weight_decay=c.weight_decay)
+            opt = torch.optim.Adam(params, lr=lr, betas=tuple(betas or c.betas),
+                                   weight_decay=c.weight_decay if weight_decay is None else weight_decay)
         else:
             where = f"asked for by method {self.name!r}" if name else "(the config's `optimizer`)"
             raise EdgedaError(f"unknown optimizer {chosen!r} {where}; valid: adam, sgd")
@@ -196,13 +204,13 @@ class Method(Configurable):
             g["initial_lr"] = g["lr"]
         return opt
 
-    def make_adam(self, params, lr: float, betas: tuple[float, float]) -> torch.optim.Optimizer:
-        """Adam at ``lr`` (still scaled by the trainer's LR schedule) with ``betas`` and no weight decay,
-        for a method's auxiliary networks (discriminators, generators, regressors)."""
-        opt = self.make_optimizer(params, lr_mult=float(lr) / self.optim_cfg.lr, name="adam")
-        for g in opt.param_groups:
-            g["betas"], g["weight_decay"] = tuple(betas), 0.0
-        return opt
+    def make_adam(self, params, lr: float | None = None, betas: tuple[float, float] | None = None,
+                  weight_decay: float = 0.0) -> torch.optim.Optimizer:
+        """Adam at ``lr`` (default: the configured learning rate; still scaled by the trainer's LR
+        schedule) with ``betas`` (default: the config's) and ``weight_decay`` (default none), for a
+        method's own networks (discriminators, generators, regressors)."""
+        lr_mult = 1.0 if lr is None else float(lr) / self.optim_cfg.lr
+        return self.make_optimizer(params, lr_mult=lr_mult, name="adam", betas=betas, weight_decay=weight_decay)
 
     @staticmethod
     def param_groups(model: nn.Module, encoder_lr: float = 1.0) -> list[dict]:

@@ -74,10 +74,7 @@ class FCNsInTheWild(Method):
         self.nets["domain"] = PixelDomainClassifier(self.classifier.feature_channels, int(o["hidden"]))
         self.nets["class_size"] = ClassSizeBounds(self.task.num_classes, int(o["stats_images"]), float(o["low"]), float(o["high"]))
         self.optims["main"] = self.make_optimizer(self.classifier.parameters())
-        opt = self.make_optimizer(self.nets["domain"].parameters(), lr_mult=float(o["lr_d"]) / self.optim_cfg.lr, name="adam")
-        for g in opt.param_groups:
-            g["weight_decay"] = 0.0
-        self.optims["domain"] = opt
+        self.optims["domain"] = self.make_adam(self.nets["domain"].parameters(), o["lr_d"])
 
     def step(self, source: Batch, target: Batch | None) -> dict[str, float]:
         ns, D, stats = len(source), self.nets["domain"], self.nets["class_size"]

@@ -43,9 +43,9 @@ class ForegroundBackgroundCycleGAN(CycleGANRefinement):
     defaults = {**CycleGANRefinement.defaults, "hue": 10.0, "full_cycle": False}
 
     def source_cycle_loss(self, reconstructed: torch.Tensor, original: torch.Tensor, source: Batch) -> torch.Tensor:
-        if source.mask is None or self.task.channels != 3:
+        if source.foreground is None or self.task.channels != 3:
             return cycle_loss(reconstructed, original)
-        fg = source.mask
+        fg = source.foreground
         bg = cycle_loss(reconstructed, original, 1.0 - fg)
         # hue_loss works on [-1, 1] images directly (the offset cancels); cycle weight is applied by the caller
         hue = hue_loss(reconstructed, original, fg)

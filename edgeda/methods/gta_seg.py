@@ -82,15 +82,9 @@ class GenerateToAdaptSeg(Method):
         self.nets["generator"] = FeatureImageGenerator(enc.out_channels, t.channels, enc.feature_info["out"]["stride"],
                                                        int(o["g_width"]), float(o["g_dropout"]))
         self.nets["discriminator"] = FourClassPatchDiscriminator(t.channels, t.num_classes, int(o["d_width"]), int(o["d_layers"]))
-        self.optims["f"] = self._adam(self.classifier.parameters(), float(o["lr_f"]), self.optim_cfg.weight_decay)
-        self.optims["g"] = self._adam(self.nets["generator"].parameters(), float(o["lr_gd"]), 0.0)
-        self.optims["d"] = self._adam(self.nets["discriminator"].parameters(), float(o["lr_gd"]), 0.0)
-
-    def _adam(self, params, lr: float, weight_decay: float) -> torch.optim.Optimizer:
-        opt = self.make_optimizer(params, lr_mult=lr / self.optim_cfg.lr, name="adam")
-        for g in opt.param_groups:
-            g["weight_decay"] = weight_decay
-        return opt
+        self.optims["f"] = self.make_adam(self.classifier.parameters(), o["lr_f"], weight_decay=self.optim_cfg.weight_decay)
+        self.optims["g"] = self.make_adam(self.nets["generator"].parameters(), o["lr_gd"])
+        self.optims["d"] = self.make_adam(self.nets["discriminator"].parameters(), o["lr_gd"])
 
     def to_tanh(self, x: torch.Tensor) -> torch.Tensor:
         return input_to_tanh(x, self.task.mean, self.task.std)

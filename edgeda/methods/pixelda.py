@@ -56,7 +56,7 @@ class PixelDA(PixelMethod):
         self.update(d_loss, "disc")
         with self.autocast():
             adv = self.gan(D(fake), True, generator=True)
-            content = masked_pairwise_mse(fake, xs, source.mask)
+            content = masked_pairwise_mse(fake, xs, source.foreground)
             logits = self.classifier(torch.cat([source.x, self.to_input(fake)])).float()
             ce_src = F.cross_entropy(logits[:ns], source.y)
             ce_gen = F.cross_entropy(logits[ns:], source.y)

@@ -83,10 +83,7 @@ class T2Net(PixelMethod):
         self.pool = ImagePool(int(o["pool"]), 1)
 
     def _adam(self, groups: list[dict]) -> torch.optim.Optimizer:
-        opt = self.make_optimizer(groups, name="adam")
-        for g in opt.param_groups:
-            g["betas"], g["weight_decay"] = (0.5, float(self.opts["beta2"])), 0.0
-        return opt
+        return self.make_adam(groups, betas=(0.5, self.opts["beta2"]))
 
     # -- losses -----------------------------------------------------------------------------------
     def task_l1(self, pred: torch.Tensor, depth: torch.Tensor, log_pred: bool = False) -> torch.Tensor:

@@ -77,7 +77,7 @@ class BatchStream:
                 x = random_translate(x, self.shift, self.generator)
         x = random_contrast(x, self.contrast, self.generator)
         y = self.labels.index_select(0, idx_dev) if self.labels is not None else None
-        return Batch(x=x, y=y, mask=mask)
+        return Batch(x=x, y=y, foreground=mask)
 
     def state_dict(self) -> dict:
         return {"perm": self.perm.clone(), "pos": self.pos, "generator": self.generator.get_state()}

@@ -30,7 +30,7 @@ The summary (``results/dense_shifts.json``, the README block between the ``dense
 markers): per target each candidate's mIoU and gain vs ``source_only@init``; per validator its pick's
 mIoU, how often the pick is below ``source_only@init`` and its regret vs the oracle; the default-validator
 rule (lowest mean regret among the validators whose pick is below source-only on at most 1 target in 8),
-which ``edgeda.training.auto`` takes as its dense default; ``--method auto`` with it vs the best single
+which ``edgeda.auto`` takes as its dense default; ``--method auto`` with it vs the best single
 candidate; few labels: k = 1, 2, 5, 10 labelled test frames drawn at random (20 draws), the pick by mIoU on
 them, its regret on the frames not drawn. ``records`` lists ``{target, seed, candidates: {name: {scores,
 target}}}`` for ``benchmarks/warning.py``.

@@ -9,13 +9,13 @@ crops of the real photographs scikit-learn ships, Gaussian blur, JPEG at quality
 rotation and scale, and three combinations. The adaptation split (1000 images) is used unlabeled;
 the test split (797) is labeled and read for this report only.
 
-Per target and seed, :func:`edgeda.training.auto.train_auto` trains source-only, DANN and MMD and adapts the
+Per target and seed, :func:`edgeda.auto.train_auto` trains source-only, DANN and MMD and adapts the
 source-only bundle with SHOT and TENT (source-free) on the same target images; every candidate is
 scored by every validator. Reported: each method's target accuracy and gain vs source-only; for
 each validator, the accuracy of its pick among the candidates, how often that pick is below
 source-only (negative transfer missed), and its regret vs the oracle (the best candidate by target
 labels). The validator with the lowest mean regret among those whose pick is below source-only on at
-most 1 target in 10 is the default of ``--method auto`` (``edgeda.training.auto.DEFAULT_SELECTOR``); the script prints it and how
+most 1 target in 10 is the default of ``--method auto`` (``edgeda.auto.DEFAULT_SELECTOR``); the script prints it and how
 ``--method auto`` with it compares to the best single method. Each candidate's per-image correctness
 on the test split is stored so the few-labels selection (``--select target_val``) can be measured:
 k labeled images per class drawn at random, the pick's regret on the images not drawn.
@@ -148,7 +148,7 @@ def make_target(name: str, folder: Path) -> tuple[Path, Path]:
 
 def run_one(name: str, seed: int, iters: int, adapt_iters: int) -> dict:
     from edgeda.config import make_config
-    from edgeda.training.auto import train_auto
+    from edgeda.auto import train_auto
     from edgeda.utils import machine_info
 
     path = RUNS / f"{name}-s{seed}.json"

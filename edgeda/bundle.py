@@ -15,7 +15,7 @@ import shutil
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from .errors import BundleError, EdgedaError
+from .errors import BundleError, BundleWarning, EdgedaError
 from .task import TaskSpec
 from .utils import atomic_dir, sha256_file
 
@@ -23,10 +23,6 @@ FORMAT = "edgeda-bundle"
 FORMAT_VERSION = 2  # 2: the manifest carries the checksum of its own content (``manifest_sha256``)
 MANIFEST = "manifest.json"
 MANIFEST_CHECKSUM = "manifest_sha256"
-
-
-class BundleWarning(UserWarning):
-    """Something about a bundle the user should know that does not stop it loading."""
 
 
 def manifest_checksum(manifest: dict) -> str:
@@ -211,6 +207,12 @@ class Bundle:
         from .tasks import task_of
 
         return task_of(self.task).deployable
+
+    @property
+    def target_test(self) -> str | None:
+        """The spec of the target test split the bundle was trained against (e.g. ``handwritten:test``),
+        if it names one: the default data of ``edgeda eval`` and of an export's parity check."""
+        return self.manifest.get("training", {}).get("domains", {}).get("target_test")
 
     @property
     def classifier(self):

@@ -5,62 +5,12 @@ machine-readable result on stdout.
 """
 from __future__ import annotations
 
-import functools
-import json
 import sys
 
 import click
 
+from .console import emit_json, handle_errors, print_skipped
 from .errors import EdgedaError
-
-
-def _show_warning(message, category, filename, lineno, file=None, line=None):
-    """edgeda's own warnings as one line on stderr (others as Python prints them)."""
-    from .bundle import BundleWarning
-
-    if issubclass(category, BundleWarning):
-        click.secho(f"warning: {message}", fg="yellow", err=True)
-    else:
-        _python_showwarning(message, category, filename, lineno, file, line)
-
-
-def handle_errors(fn):
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        import warnings
-
-        if warnings.showwarning is not _show_warning:
-            global _python_showwarning
-            _python_showwarning = warnings.showwarning
-            warnings.showwarning = _show_warning
-        try:
-            return fn(*args, **kwargs)
-        except EdgedaError as e:
-            click.secho(f"error: {e}", fg="red", err=True)
-            sys.exit(e.exit_code)
-        except KeyboardInterrupt:
-            click.secho("interrupted; the last checkpoint is kept (continue with --resume)", fg="yellow", err=True)
-            sys.exit(130)
-
-    return wrapper
-
-
-def emit_json(obj) -> None:
-    click.echo(json.dumps(obj, indent=2, default=str))
-
-
-def _print_skipped(report: dict, echo, what: str = "", listed: int = 5) -> None:
-    """``skipped N files``, then the first few with the reason (``report``: ``LoadReport.to_dict()``)."""
-    for w in report.get("warnings", []):
-        echo(f"  warning: {what}{w}")
-    n = report.get("skipped", 0)
-    if not n:
-        return
-    echo(f"  {what}skipped {n} file{'s' if n != 1 else ''}" + (":" if report.get("skipped_files") else ""))
-    for f in report.get("skipped_files", [])[:listed]:
-        echo(f"    {f['path']}: {f['reason']}")
-    if n > listed:
-        echo(f"    ... {n - listed} more" + (" (listed in the manifest)" if what else ""))
 
 
 # Commands that live with their subsystem, imported only when used (keeps `edgeda --help` fast
@@ -234,7 +184,7 @@ def train(method, task, source, target, target_test, target_val, iters, batch_si
         overrides["backbone_kwargs"] = {**file_values.get("backbone_kwargs", {}),
                                         **dict(parse_option(o) for o in backbone_options)}
     if method == "auto":  # source-only and a short list of methods; ship what the validator ranks best
-        from .training.auto import train_auto
+        from .auto import train_auto
 
         overrides["method"] = "source_only"
         auto = train_auto(make_config(file_values, overrides), log=None if as_json else click.echo)
@@ -314,7 +264,7 @@ def eval_cmd(bundle, data, confusion_png, samples_png, device, as_json) -> None:
     click.echo(f"{m['bundle']} on {m['data']}: {lines[0]}")
     for line in lines[1:]:
         click.echo(f"  {line}")
-    _print_skipped(m["load_report"], click.echo)
+    print_skipped(m["load_report"], click.echo)
     if m.get("confusion_png"):
         click.echo(f"confusion matrix: {m['confusion_png']}")
     if m.get("eval_samples_png"):
@@ -401,8 +351,8 @@ def data() -> None:
 def preview(spec, out, n, size, channels) -> None:
     """Write a labelled grid of images from a domain SPEC (dense data: image | mask overlay | depth rows)."""
     from .data import load_domain
-    from .data.preview import preview_dense, preview_grid
-    from .data.spec import default_size, is_dense_spec
+    from .tasks.preview import preview_dense, preview_grid
+    from .data.spec import DomainSpec, default_size, is_dense_spec
 
     if is_dense_spec(spec):  # built-in dense domains render at their own size; user data is shown as stored
         dom = load_domain(spec, labeled=True, size=default_size(spec) or (size, size), channels=channels)
@@ -410,19 +360,20 @@ def preview(spec, out, n, size, channels) -> None:
         path = preview_dense(dom, out, min(n, 16))
         classes = f", classes: {', '.join(dom.classes)}" if dom.classes else ""
         click.echo(f"{dom.name}: {dom.report.summary()}{classes}; preview written to {path}")
-        _print_skipped(dom.report.to_dict(), click.echo, listed=10)
+        print_skipped(dom.report.to_dict(), click.echo, listed=10)
         return
 
     labeled = True
     try:
-        dom = load_domain(spec, labeled=True, size=(size, size), channels=channels, n=max(n, 10) if "syndigits" in spec else None)
+        few = getattr(DomainSpec.parse(spec).loader, "renders_n", False)  # render only what the preview shows
+        dom = load_domain(spec, labeled=True, size=(size, size), channels=channels, n=max(n, 10) if few else None)
     except EdgedaError:
         labeled = False
         dom = load_domain(spec, labeled=False, size=(size, size), channels=channels)
-    dom.require_usable(labeled=False)
+    dom.require_usable()
     path = preview_grid(dom, out, n)
     click.echo(f"{dom.name}: {dom.report.summary()}{'' if labeled else ' (unlabeled)'}; grid written to {path}")
-    _print_skipped(dom.report.to_dict(), click.echo, listed=10)
+    print_skipped(dom.report.to_dict(), click.echo, listed=10)
 
 
 if __name__ == "__main__":

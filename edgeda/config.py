@@ -21,7 +21,7 @@ class TrainConfig:
     target_val: str | None = None  # a few labeled target images: selection (--select target_val) and a report only
     out: str = "runs/edgeda"
     task: str | None = None  # classification | segmentation | depth; None: inferred from the source data
-    backbone: str | None = None  # None: the task's default (dtn for classification, unet for dense tasks)
+    backbone: str | None = None  # None: the task's default_backbone (dtn; lraspp for dense maps; ssdlite for boxes)
     backbone_kwargs: dict = field(default_factory=dict)
     backbone_weights: str | None = None  # a .safetensors file of pre-trained encoder weights, applied at build time
     image_size: int | list | None = None  # side, or [H, W]; None: the task's (or built-in domain's) default

@@ -25,3 +25,7 @@ class TrainingDiverged(EdgedaError):
 
 class MissingDependency(EdgedaError):
     """An optional dependency (TensorRT, a GPU, ...) needed for the requested action is absent."""
+
+
+class BundleWarning(UserWarning):
+    """Something about a bundle the user should know that does not stop it loading."""

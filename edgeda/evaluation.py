@@ -4,17 +4,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from .bundle import Bundle
-from .data import load_domain
-from .data.domain import Domain
-from .errors import DataError, EdgedaError
-from .training.evaluate import evaluate_model, plot_confusion
+from .errors import EdgedaError
+from .tasks import load_for_task, task_of
+from .training.evaluate import eval_batches, evaluate_model, plot_confusion
 from .utils import choose_device
-
-
-def default_eval_spec(bundle: Bundle) -> str | None:
-    """The bundle's built-in target test split (e.g. ``handwritten:test``), if it has one."""
-    test = bundle.manifest.get("training", {}).get("domains", {}).get("target_test")
-    return test
 
 
 def evaluate_bundle(bundle: str | Path | Bundle, data: str | None = None, *, confusion_png: str | Path | None = None,
@@ -24,29 +17,18 @@ def evaluate_bundle(bundle: str | Path | Bundle, data: str | None = None, *, con
     and confusion for segmentation; abs rel, sq rel, RMSE, RMSE log and delta < 1.25^k for depth.
     ``samples_png`` (dense tasks): image | truth | prediction | error for the first images."""
     b = bundle if isinstance(bundle, Bundle) else Bundle(bundle)
-    spec = data or default_eval_spec(b)
+    spec = data or b.target_test
     if spec is None:
         raise EdgedaError("no --data given and the bundle names no target test domain")
     task = b.task
-    dom = load_domain(spec, labeled=True, size=task.image_size, channels=task.channels, task=task.task)
-    if isinstance(dom, Domain):
-        if task.dense:
-            raise DataError(f"{spec} has one label per image; this {task.task} bundle needs per-pixel labels")
-        dom.require_usable(labeled=True, num_classes=task.num_classes)
-    else:
-        if not task.dense:
-            raise DataError(f"{spec} is dense data; this bundle is a classifier")
-        dom.require_usable(task=task.task, num_classes=task.num_classes or None)
-        if dom.classes and task.classes and dom.classes != task.classes:
-            raise DataError(f"{spec} names the classes {', '.join(dom.classes)}, the bundle {', '.join(task.classes)}")
+    dom = load_for_task(spec, task, labeled=True)
     dev = choose_device(device)
     model = b.module(b.primary, str(dev))
     not_decoded: list[int] = []
     metrics = evaluate_model(model, dom, task, dev, not_decoded=not_decoded).scores
-    if "accuracy" in metrics and "confusion" in metrics:  # how far a small labeled set can be trusted
-        from .trust import confusion_interval
-
-        metrics["interval"] = confusion_interval(metrics["confusion"])
+    interval = task_of(task).interval(metrics)
+    if interval is not None:  # how far a small labeled set can be trusted
+        metrics["interval"] = interval
     metrics["data"] = spec
     metrics["bundle"] = str(b.path)
     metrics["task"] = task.task
@@ -76,9 +58,6 @@ def evaluate_bundle(bundle: str | Path | Bundle, data: str | None = None, *, con
 
 def _samples(model, dom, task, dev, path, title):
     import torch
-
-    from .tasks import task_of
-    from .training.evaluate import eval_batches
 
     x, y, raw = next(eval_batches(dom, task, dev, 6, labels=True))
     with torch.no_grad():

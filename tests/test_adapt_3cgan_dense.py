@@ -96,7 +96,7 @@ def test_3cgan_adapts_a_segmentation_bundle(seg, tmp_path):
 
 
 def test_3cgan_dense_steps_on_crops_with_layouts_cut_alike(seg, tmp_path, monkeypatch):
-    import edgeda.adapt.runner as runner
+    import edgeda.adapt.plan as runner
 
     monkeypatch.setattr(runner, "plan_dense", lambda b, mb, **kw: (2, (16, 24), "fp32", 1.0))
     seen = []

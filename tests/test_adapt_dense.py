@@ -202,7 +202,7 @@ def test_tent_and_shot_adapt_a_segmentation_bundle(seg, tmp_path, method):
 
 
 def test_memory_plan_crops_train_on_windows_and_evaluate_full_frames(seg, tmp_path, monkeypatch):
-    import edgeda.adapt.runner as runner
+    import edgeda.adapt.plan as runner
 
     seen = []
     monkeypatch.setattr(runner, "plan_dense", lambda b, mb, **kw: (2, (16, 24), "fp32", 1.0))  # as a tight budget would

@@ -95,7 +95,7 @@ def test_empty_and_unknown_domains(tmp_path):
     (tmp_path / "empty").mkdir()
     d = load_domain(str(tmp_path / "empty"), labeled=False)
     with pytest.raises(DataError, match="no usable images"):
-        d.require_usable(labeled=False)
+        d.require_usable()
     with pytest.raises(DataError, match="needs one subfolder per class"):
         load_domain(str(tmp_path / "empty"), labeled=True)
     with pytest.raises(DataError, match="unknown domain"):

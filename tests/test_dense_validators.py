@@ -216,7 +216,7 @@ def _tiny_scenes(tmp_path):
 def test_method_auto_segmentation_smoke(tmp_path, one_torch_thread):
     from edgeda.bundle import load_bundle
     from edgeda.config import make_config
-    from edgeda.training.auto import DEFAULT_DENSE_SELECTOR, DENSE_REFERENCE, train_auto
+    from edgeda.auto import DEFAULT_DENSE_SELECTOR, DENSE_REFERENCE, train_auto
 
     d = _tiny_scenes(tmp_path)
     cfg = make_config(None, dict(method="source_only", source=d["source"], target=d["target"], target_test=d["test"],

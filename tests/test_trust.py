@@ -73,7 +73,7 @@ def test_warning_fires_on_a_planted_class_swap():
 
 def test_method_auto_smoke(tmp_path):
     from edgeda.bundle import load_bundle
-    from edgeda.training.auto import train_auto
+    from edgeda.auto import train_auto
 
     cfg = tiny_config(tmp_path, method="source_only")
     res = train_auto(cfg, methods=("dann",), adapt_methods=("tent",), adapt_iters=2, log=None)

@@ -11,13 +11,14 @@ import pkgutil
 
 from .._callable import make_callable
 from .base import ADAPT_METHODS, AdaptMethod
+from .plan import AdaptOptions
 from .runner import AdaptResult, adapt
 
-_INFRA = {"base", "runner", "losses", "safety", "budget", "export", "cli"}
+_INFRA = {"base", "plan", "runner", "losses", "safety", "budget", "export", "cli"}
 for _info in pkgutil.iter_modules(__path__):
     if _info.name not in _INFRA and not _info.name.startswith("_"):
         importlib.import_module(f"{__name__}.{_info.name}")
 
-__all__ = ["adapt", "AdaptResult", "AdaptMethod", "ADAPT_METHODS"]
+__all__ = ["adapt", "AdaptOptions", "AdaptResult", "AdaptMethod", "ADAPT_METHODS"]
 
 make_callable(__name__, "edgeda.adapt.runner:adapt")

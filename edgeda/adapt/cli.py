@@ -5,7 +5,7 @@ import sys
 
 import click
 
-from ..cli import emit_json, handle_errors
+from ..console import emit_json, handle_errors
 
 
 @click.command()

@@ -12,9 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..data.dense import IGNORE_INDEX
 from ..scores import entropy
-
-IGNORE_INDEX = 255
 
 
 def kl_divergence(p_logits: torch.Tensor, q_logits: torch.Tensor) -> torch.Tensor:

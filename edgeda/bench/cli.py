@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import click
 
-from ..cli import emit_json, handle_errors
+from ..console import emit_json, handle_errors
 from ..errors import EdgedaError
 
 

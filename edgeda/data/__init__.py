@@ -1,7 +1,7 @@
 """Domains: built-in generators, user folders and ``.npz`` files, transforms."""
 from .builtin import BUILTIN_DOMAINS, DIGIT_CLASSES
 from .domain import Domain, LoadReport
-from .spec import is_builtin, load_domain, split_builtin
+from .spec import DomainSpec, load_domain
 from . import detection_spec  # noqa: E402,F401 - registers the detection loader
 
-__all__ = ["BUILTIN_DOMAINS", "DIGIT_CLASSES", "Domain", "LoadReport", "load_domain", "is_builtin", "split_builtin"]
+__all__ = ["BUILTIN_DOMAINS", "DIGIT_CLASSES", "Domain", "LoadReport", "DomainSpec", "load_domain"]

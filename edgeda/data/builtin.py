@@ -66,6 +66,10 @@ def syndigits(split: str = "train", *, size=(32, 32), channels=3, n: int | None 
     return Domain(f"syndigits:{split}", x, y, DIGIT_CLASSES, m, LoadReport(loaded=len(x)))
 
 
+syndigits.splits = tuple(_SYN_SPLIT_SEEDS)
+syndigits.renders_n = True  # renders as many images as asked for (``n``): a preview asks for few
+
+
 @BUILTIN_DOMAINS.register("handwritten")
 def handwritten(split: str = "adapt", *, size=(32, 32), channels=3, n: int | None = None, seed: int = 0) -> Domain:
     """Real handwritten digits bundled with scikit-learn (1797 8x8 scans, resized).
@@ -78,13 +82,16 @@ def handwritten(split: str = "adapt", *, size=(32, 32), channels=3, n: int | Non
     digits = load_digits()
     raw = np.clip(np.rint(digits.images * (255.0 / 16.0)), 0, 255).astype(np.uint8)
     order = np.random.default_rng(20240607).permutation(len(raw))
-    parts = {"adapt": order[:HANDWRITTEN_ADAPT], "test": order[HANDWRITTEN_ADAPT:], "all": np.arange(len(raw))}
+    parts = dict(zip(handwritten.splits, (order[:HANDWRITTEN_ADAPT], order[HANDWRITTEN_ADAPT:], np.arange(len(raw)))))
     if split not in parts:
         raise ValueError(f"handwritten has splits {sorted(parts)}, not {split!r}")
     idx = parts[split][:n] if n else parts[split]
     x = np.stack([prepare_image(raw[i][:, :, None], size, channels) for i in idx])
     y = digits.target[idx].astype(np.int64)
     return Domain(f"handwritten:{split}", x, y, DIGIT_CLASSES, None, LoadReport(loaded=len(x)))
+
+
+handwritten.splits = ("adapt", "test", "all")
 
 
 # Dense built-in domains (segmentation masks, and depth for synscenes): rendered at the requested

@@ -17,11 +17,11 @@ def load_detection_domain(spec: str, *, labeled: bool, size=None, channels: int 
     from pathlib import Path
 
     from .detection_builtin import DETECTION_BUILTINS
-    from .spec import split_builtin
+    from .spec import DomainSpec
 
-    builtin = split_builtin(spec)
-    if builtin is not None:
-        name, spec_split = builtin
+    parsed = DomainSpec.parse(spec)
+    if parsed.builtin:
+        name, spec_split = parsed.name, parsed.split
         if name not in DETECTION_BUILTINS:
             raise DataError(f"built-in domain {name!r} has no boxes; detection built-ins: "
                             f"{', '.join(DETECTION_BUILTINS)}")

@@ -78,17 +78,22 @@ class Domain:
             report=self.report,
         )
 
-    def require_usable(self, *, labeled: bool, num_classes: int | None = None) -> None:
-        """Raise one clear :class:`DataError` if this domain cannot be trained or evaluated on."""
+    def require_usable(self, *, task: str | None = None, num_classes: int | None = None) -> None:
+        """One clear :class:`DataError` if this domain cannot be trained or evaluated on for ``task``
+        (``None``: used unlabeled); the same signature as the dense and detection domains'."""
         if len(self) == 0:
             extra = f" ({len(self.report.skipped)} files were unreadable)" if self.report.skipped else ""
             raise DataError(f"domain {self.name!r} has no usable images{extra}")
-        if labeled and self.labels is None:
+        if task is None:
+            return
+        if task != "classification":
+            raise DataError(f"domain {self.name!r} has one label per image, not {task} labels")
+        if self.labels is None:
             raise DataError(
                 f"domain {self.name!r} has no labels, but labels are needed here "
                 "(use an ImageFolder layout with one subfolder per class, or an .npz with 'y')"
             )
-        if labeled and num_classes is not None and self.labels is not None:
+        if num_classes is not None:
             hi = int(self.labels.max())
             lo = int(self.labels.min())
             if lo < 0 or hi >= num_classes:

@@ -1,6 +1,7 @@
 """Resolve a domain spec string: a built-in name (optionally ``name:split``), a folder, or an ``.npz``."""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import DataError
@@ -14,28 +15,46 @@ from .files import load_folder, load_npz
 TASK_DOMAIN_LOADERS: Registry = Registry("task data loader")
 
 
-def split_builtin(spec: str) -> tuple[str, str | None] | None:
-    """``"handwritten:test"`` -> ``("handwritten", "test")``; None when ``spec`` is not built-in."""
-    name, _, split = spec.partition(":")
-    if name in BUILTIN_DOMAINS:
-        return name, split or None
-    return None
+@dataclass(frozen=True)
+class DomainSpec:
+    """A domain spec string, parsed once: a built-in domain (``name`` and an optional ``split``,
+    from ``"name:split"``), or user data at ``text`` (a folder or an ``.npz``)."""
+    text: str
+    name: str | None = None  # the built-in domain's name; None for user data
+    split: str | None = None  # the built-in split the spec names, if any
 
+    @classmethod
+    def parse(cls, text: str) -> "DomainSpec":
+        name, _, split = text.partition(":")
+        return cls(text, name, split or None) if name in BUILTIN_DOMAINS else cls(text)
 
-def is_builtin(spec: str) -> bool:
-    return split_builtin(spec) is not None
+    @property
+    def builtin(self) -> bool:
+        return self.name is not None
 
+    @property
+    def loader(self):
+        """The built-in domain's loader (None for user data); its attributes describe the domain
+        (``splits``, ``dense``, ``default_size``, ``renders_n``)."""
+        return BUILTIN_DOMAINS.get(self.name) if self.builtin else None
 
-def builtin_splits(name: str) -> tuple[str, ...]:
-    """The split names a built-in domain accepts (its loader's ``splits`` attribute)."""
-    return tuple(getattr(BUILTIN_DOMAINS.get(name), "splits", ()))
+    @property
+    def splits(self) -> tuple[str, ...]:
+        """The split names the built-in domain accepts (none for user data)."""
+        return tuple(getattr(self.loader, "splits", ()))
+
+    def has_split(self, split: str) -> bool:
+        return split in self.splits
+
+    def with_split(self, split: str) -> "DomainSpec":
+        return DomainSpec(f"{self.name}:{split}", self.name, split)
 
 
 def is_dense_spec(spec: str) -> bool:
     """Whether ``spec`` names dense data (per-pixel labels), decided without loading it."""
-    builtin = split_builtin(spec)
-    if builtin is not None:
-        return bool(getattr(BUILTIN_DOMAINS.get(builtin[0]), "dense", False))
+    parsed = DomainSpec.parse(spec)
+    if parsed.builtin:
+        return bool(getattr(parsed.loader, "dense", False))
     from .dense_files import is_dense_folder, npz_is_dense
 
     path = Path(spec).expanduser()
@@ -46,8 +65,7 @@ def is_dense_spec(spec: str) -> bool:
 
 def default_size(spec: str) -> tuple[int, int] | None:
     """The input size a built-in domain is made for (None for user data)."""
-    builtin = split_builtin(spec)
-    size = getattr(BUILTIN_DOMAINS.get(builtin[0]), "default_size", None) if builtin else None
+    size = getattr(DomainSpec.parse(spec).loader, "default_size", None)
     return tuple(size) if size else None
 
 
@@ -76,13 +94,12 @@ def load_domain(
     if task is not None and task in TASK_DOMAIN_LOADERS:
         return TASK_DOMAIN_LOADERS.get(task)(spec, labeled=labeled, size=size, channels=channels, split=split, n=n,
                                              seed=seed)
-    builtin = split_builtin(spec)
-    if builtin is not None:
-        name, spec_split = builtin
+    parsed = DomainSpec.parse(spec)
+    if parsed.builtin:
         kwargs = {"size": tuple(size), "channels": channels, "n": n, "seed": seed}
-        chosen = spec_split or split
+        chosen = parsed.split or split
         try:
-            return BUILTIN_DOMAINS.get(name)(chosen, **kwargs) if chosen else BUILTIN_DOMAINS.get(name)(**kwargs)
+            return parsed.loader(chosen, **kwargs) if chosen else parsed.loader(**kwargs)
         except ValueError as e:
             raise DataError(str(e)) from None
     path = Path(spec).expanduser()

@@ -10,6 +10,7 @@ import numpy as np
 
 from ..bundle import Bundle, update_bundle
 from ..errors import EdgedaError
+from ..tasks import task_of
 from .onnx import (Signature, compare_outputs, compare_runs, exporter_of, onnx_opset, ort_session, parity, run_ort,
                    signature_of)
 from .files import (PRECISIONS, calibration_images, export_deployable_onnx, load_images,
@@ -23,11 +24,6 @@ FP32_TOLERANCE = 1e-4
 
 def _quiet(*_a, **_k) -> None:
     pass
-
-
-def default_data_spec(b: Bundle) -> str | None:
-    """The bundle's target test split (labeled, for parity and accuracy), when it names one."""
-    return b.manifest.get("training", {}).get("domains", {}).get("target_test")
 
 
 def _inputs_for(sig: Signature, images: np.ndarray | None, n: int, seed: int) -> list[np.ndarray]:
@@ -45,8 +41,6 @@ def _task_scores(session, sig, images, labels, spec) -> dict:
     """The task's headline scores of an exported model on labeled images, streamed in batches:
     ``target_accuracy`` for classifiers, ``target_scores`` (mIoU, or the depth errors) for dense models."""
     import torch
-
-    from ..tasks import task_of
 
     task = task_of(spec)
     meter = task.meter(spec)
@@ -78,7 +72,7 @@ def export_bundle(bundle: str | Path, out: str | Path | None = None, *, precisio
     from .boxes_bundle import export_postprocessing_bundle, exports_postprocessing
 
     if exports_postprocessing(b.module(b.primary, "cpu")):  # decoding and NMS go into the graph
-        return export_postprocessing_bundle(b, out, precision=precision, data=data or default_data_spec(b), trt=trt,
+        return export_postprocessing_bundle(b, out, precision=precision, data=data or b.target_test, trt=trt,
                                             n_check=min(n_check, 64), exporter=exporter, log=log)
     if trt:  # fail before any work: one sentence naming what is missing
         from .trt import require_tensorrt, trt_major
@@ -86,12 +80,10 @@ def export_bundle(bundle: str | Path, out: str | Path | None = None, *, precisio
         trt_mod = require_tensorrt()
     if plugins is not None and not Path(plugins).is_file():
         raise EdgedaError(f"--plugins {plugins}: no such plugin library (build it: see kernels/README.md)")
-    from ..tasks import task_of
-
     task = task_of(b.task)
     if b.task.dense:
         n_check = min(n_check, 64)  # a dense check compares every pixel: 64 images are plenty
-    spec = data or default_data_spec(b)
+    spec = data or b.target_test
     images, labels = load_images(spec, b, n=n_check) if spec else (None, None)
     if spec is None:
         log("no --data given and the bundle names no built-in target test domain: parity on random inputs only")
@@ -106,69 +98,17 @@ def export_bundle(bundle: str | Path, out: str | Path | None = None, *, precisio
         for name in b.names:
             module = b.module(name)
             sig = signature_of(module, b.task)
-            cmp = task.compare if name == b.primary else (lambda r, o, sig=sig: compare_outputs(r, o, sig.classifies))
-            fp32 = export_deployable_onnx(b, name, "fp32", tmp, exporter=exporter)
-            sess = ort_session(fp32)
-            checks = {"random": parity(module, sess, sig, _inputs_for(sig, None, 17, seed=1), cmp)}
-            if images is not None:
-                checks["real"] = parity(module, sess, sig, _inputs_for(sig, images, n_check, seed=2), cmp)
-            worst = max(c["max_abs_diff"] for c in checks.values())
-            scale = max([1.0] + [c.get("max_abs_ref", 1.0) for c in checks.values()])
-            if worst > FP32_TOLERANCE * scale:
-                raise EdgedaError(f"ONNX parity failed for {name}: max abs diff {worst:.2e} > {FP32_TOLERANCE:.0e}"
-                                  f"{f' x {scale:.1f} (output scale)' if scale > 1 else ''} "
-                                  f"between PyTorch and ONNX Runtime; nothing was written")
-            entry = {"inputs": [i.name for i in sig.inputs], "outputs": sig.outputs, "opset": onnx_opset(fp32),
-                     "exporter": exporter_of(fp32),
-                     "parity_fp32": checks, "files": {"fp32": onnx_name(name, "fp32")}}
-            add[onnx_name(name, "fp32")] = fp32
-            precisions = ["fp32"] + ([precision] if precision != "fp32" else [])
-            if precision == "int8" and (sig.image_input is None or len(sig.inputs) != 1):
-                precisions = ["fp32"]
-                entry["int8"] = "skipped: not an image-input model"
-            for p in precisions[1:]:
-                path = export_deployable_onnx(b, name, p, tmp, calib_images=calib_images)
-                add[onnx_name(name, p)] = path
-                entry["files"][p] = onnx_name(name, p)
-                inp = _inputs_for(sig, images, n_check, seed=2)
-                other = ort_session(path)
-                entry[f"vs_fp32_{p}"] = compare_runs(lambda c: run_ort(sess, sig, c),
-                                                     lambda c, other=other: run_ort(other, sig, c), inp, cmp)
+            entry, precisions = _export_deployable(b, name, module, sig, precision, tmp, add, images=images,
+                                                   n_check=n_check, calib_images=calib_images, exporter=exporter)
             if name == b.primary and labels is not None:
-                for p in precisions:
-                    rec = record["precisions"].setdefault(p, {})
-                    rec.update(_task_scores(ort_session(tmp / onnx_name(name, p)), sig, images, labels, b.task))
-                    agree = entry.get(f"vs_fp32_{p}", {})
-                    for k in ("top1_agreement", "pixel_agreement"):
-                        if k in agree:
-                            rec[f"{k}_with_fp32"] = agree[k]
+                _score_precisions(record["precisions"], entry, precisions, tmp, name, sig, images, labels, b.task)
             if trt:
                 entry["trt"] = _build_trt(trt_mod, trt_major(trt_mod), b, name, precision, tmp, calib_images, batch,
                                           workspace_mb, plugins, add, log)
             record["deployables"][name] = entry
             _log_entry(log, name, entry)
-        n_scored = 0 if images is None else len(images)
-        if record["precisions"]:
-            record["scored_images"] = n_scored
-            first = " (the first ones; `edgeda eval` scores every image)" if n_scored == n_check else ""
-            log(f"  scored on {n_scored} images of {spec}{first}:")
-        for p, r in record["precisions"].items():
-            agree = r.get("top1_agreement_with_fp32", r.get("pixel_agreement_with_fp32"))
-            what = ("target accuracy {:.1%}".format(r["target_accuracy"]) if "target_accuracy" in r
-                    else task.format_scores(r["target_scores"]))
-            log(f"  {p}: {what}" + (f", agreement with fp32 {agree:.1%}" if agree is not None else ""))
-        merged = json.loads(json.dumps(b.manifest.get("export", {})))
-        for name, entry in record["deployables"].items():
-            old = merged.setdefault("deployables", {}).setdefault(name, {})
-            files = {**old.get("files", {}), **entry["files"]}
-            old.update(entry)
-            old["files"] = files
-        for p, r in record["precisions"].items():
-            merged.setdefault("precisions", {})[p] = r
-        merged["data"] = spec
-        if "calib" in record:
-            merged["calib"] = record["calib"]
-        dst = update_bundle(b.path, out, add_files=add, manifest_updates={"export": merged})
+        _log_scores(log, record, task, spec, 0 if images is None else len(images), n_check)
+        dst = update_bundle(b.path, out, add_files=add, manifest_updates={"export": merged_export(b.manifest, record)})
     record["bundle"] = str(dst)
     record["files"] = sorted(add)
     for name, entry in record["deployables"].items():
@@ -177,6 +117,85 @@ def export_bundle(bundle: str | Path, out: str | Path | None = None, *, precisio
             log(f"ONNX {name} {p}: {Path(dst) / rel} ({how})")
     log(f"bundle: {dst}")
     return record
+
+
+def _export_deployable(b: Bundle, name: str, module, sig: Signature, precision: str, tmp: Path,
+                       add: dict[str, Path], *, images, n_check: int, calib_images,
+                       exporter: str | None) -> tuple[dict, list[str]]:
+    """Deployable ``name`` to fp32 ONNX, parity-checked against PyTorch (random inputs, and the
+    data's images where given; one error above the tolerance), then to ``precision`` compared with
+    the fp32 graph. The files go to ``tmp`` and into ``add``; (the manifest entry, the precisions written)."""
+    cmp = task_of(b.task).compare if name == b.primary else (lambda r, o: compare_outputs(r, o, sig.classifies))
+    fp32 = export_deployable_onnx(b, name, "fp32", tmp, exporter=exporter)
+    sess = ort_session(fp32)
+    checks = {"random": parity(module, sess, sig, _inputs_for(sig, None, 17, seed=1), cmp)}
+    if images is not None:
+        checks["real"] = parity(module, sess, sig, _inputs_for(sig, images, n_check, seed=2), cmp)
+    worst = max(c["max_abs_diff"] for c in checks.values())
+    scale = max([1.0] + [c.get("max_abs_ref", 1.0) for c in checks.values()])
+    if worst > FP32_TOLERANCE * scale:
+        raise EdgedaError(f"ONNX parity failed for {name}: max abs diff {worst:.2e} > {FP32_TOLERANCE:.0e}"
+                          f"{f' x {scale:.1f} (output scale)' if scale > 1 else ''} "
+                          f"between PyTorch and ONNX Runtime; nothing was written")
+    entry = {"inputs": [i.name for i in sig.inputs], "outputs": sig.outputs, "opset": onnx_opset(fp32),
+             "exporter": exporter_of(fp32),
+             "parity_fp32": checks, "files": {"fp32": onnx_name(name, "fp32")}}
+    add[onnx_name(name, "fp32")] = fp32
+    precisions = ["fp32"] + ([precision] if precision != "fp32" else [])
+    if precision == "int8" and (sig.image_input is None or len(sig.inputs) != 1):
+        precisions = ["fp32"]
+        entry["int8"] = "skipped: not an image-input model"
+    for p in precisions[1:]:
+        path = export_deployable_onnx(b, name, p, tmp, calib_images=calib_images)
+        add[onnx_name(name, p)] = path
+        entry["files"][p] = onnx_name(name, p)
+        inp = _inputs_for(sig, images, n_check, seed=2)
+        other = ort_session(path)
+        entry[f"vs_fp32_{p}"] = compare_runs(lambda c: run_ort(sess, sig, c),
+                                             lambda c, other=other: run_ort(other, sig, c), inp, cmp)
+    return entry, precisions
+
+
+def _score_precisions(scores: dict, entry: dict, precisions: list[str], tmp: Path, name: str, sig: Signature,
+                      images, labels, spec) -> None:
+    """The task's scores of each precision's graph on the labeled images, and its agreement with fp32,
+    into ``scores`` (precision -> record)."""
+    for p in precisions:
+        rec = scores.setdefault(p, {})
+        rec.update(_task_scores(ort_session(tmp / onnx_name(name, p)), sig, images, labels, spec))
+        agree = entry.get(f"vs_fp32_{p}", {})
+        for k in ("top1_agreement", "pixel_agreement"):
+            if k in agree:
+                rec[f"{k}_with_fp32"] = agree[k]
+
+
+def _log_scores(log, record: dict, task, spec: str | None, n_scored: int, n_check: int) -> None:
+    if record["precisions"]:
+        record["scored_images"] = n_scored
+        first = " (the first ones; `edgeda eval` scores every image)" if n_scored == n_check else ""
+        log(f"  scored on {n_scored} images of {spec}{first}:")
+    for p, r in record["precisions"].items():
+        agree = r.get("top1_agreement_with_fp32", r.get("pixel_agreement_with_fp32"))
+        what = ("target accuracy {:.1%}".format(r["target_accuracy"]) if "target_accuracy" in r
+                else task.format_scores(r["target_scores"]))
+        log(f"  {p}: {what}" + (f", agreement with fp32 {agree:.1%}" if agree is not None else ""))
+
+
+def merged_export(manifest: dict, record: dict) -> dict:
+    """The bundle's ``export`` record with this export's merged in: per deployable its entry (the
+    files of earlier exports kept), per precision its scores, the data and calibration used."""
+    merged = json.loads(json.dumps(manifest.get("export", {})))
+    for name, entry in record["deployables"].items():
+        old = merged.setdefault("deployables", {}).setdefault(name, {})
+        files = {**old.get("files", {}), **entry["files"]}
+        old.update(entry)
+        old["files"] = files
+    for p, r in record["precisions"].items():
+        merged.setdefault("precisions", {})[p] = r
+    merged["data"] = record["data"]
+    if "calib" in record:
+        merged["calib"] = record["calib"]
+    return merged
 
 
 def _build_trt(trt_mod, major, b, name, precision, tmp, calib_images, batch, workspace_mb, plugins, add, log):

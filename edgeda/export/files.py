@@ -69,7 +69,7 @@ def load_images(spec: str, b: Bundle, n: int | None = None) -> tuple[np.ndarray,
     if isinstance(dom, Domain) == task.dense:
         raise DataError(f"{spec} is {'classification' if task.dense else 'dense'} data; the bundle is a {task.task} model")
     if isinstance(dom, Domain):
-        dom.require_usable(labeled=False)
+        dom.require_usable()
         images = dom.images[:n] if n else dom.images
         labels = None if dom.labels is None else dom.labels[:len(images)]
         return prepare_batch(images, task), labels

@@ -7,9 +7,11 @@ noise vector). A module may also carry its own
 ``onnx_signature`` attribute (a :class:`Signature`), which wins. Every input and output gets a
 dynamic batch axis named ``batch``.
 
-The exporter is PyTorch's TorchScript exporter (``dynamo=False``, opset 17) by default: torch
-2.13's default torch.export-based exporter needs ``onnxscript``, and the Jetson wheels (torch
-2.4--2.6) default to the TorchScript one anyway. ``dynamo=True`` is available where installed.
+The exporter (:func:`export_onnx`, opset 17) is chosen by ``auto`` by default: torch's
+torch.export-based exporter (``dynamo=True``, torch >= 2.9 with ``onnxscript``) where it is
+available and its graph matches PyTorch in ONNX Runtime, else the TorchScript exporter
+(``dynamo=False``; the Jetson wheels, torch 2.4--2.6, have only that one). ``EDGEDA_ONNX_EXPORTER``
+or ``--exporter dynamo|torchscript`` picks one; the one used is recorded in each file.
 """
 from __future__ import annotations
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-IGNORE_INDEX = 255
+from ..data.dense import IGNORE_INDEX
 
 
 def class_fractions(labels: torch.Tensor, num_classes: int, ignore_index: int = IGNORE_INDEX) -> torch.Tensor:

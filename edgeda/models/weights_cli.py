@@ -11,7 +11,7 @@ from pathlib import Path
 
 import click
 
-from ..cli import emit_json, handle_errors
+from ..console import emit_json, handle_errors
 from ..errors import EdgedaError
 
 

@@ -7,5 +7,6 @@ outputs, the parity comparison of an export, and how its outputs are drawn and w
 """
 from .base import TASKS, Task, task_of
 from . import classification, depth, detection, segmentation  # noqa: F401,E402  (register the tasks)
+from .loading import load_for_task  # noqa: E402
 
-__all__ = ["TASKS", "Task", "task_of"]
+__all__ = ["TASKS", "Task", "load_for_task", "task_of"]

@@ -6,6 +6,8 @@ from typing import ClassVar
 import numpy as np
 import torch
 
+from ..data.domain import Domain
+from ..errors import DataError
 from ..registry import Registry
 from ..task import TaskSpec
 from ..utils import to_device
@@ -48,11 +50,27 @@ class Task:
     inferred: ClassVar[bool] = False  # chosen from what a dense source carries when --task is not given
     # evaluation settings of a model's own post-processing (COCO evaluation keeps low-score boxes)
     postprocess_options: ClassVar[dict] = {"score_thresh": 0.05, "max_det": 100}
+    per_class_key: ClassVar[str | None] = None  # the scores' per-class table a bundle's report keeps apart
 
     # -- data ----------------------------------------------------------------------------------
     def labeled_by(self, domain) -> bool:
         """Whether ``domain`` carries this task's labels (for ``--task`` inference and checks)."""
         return bool(getattr(domain, "labeled_for", lambda t: False)(self.name))
+
+    def check_data(self, domain, spec: TaskSpec, *, labeled: bool, what: str, model: str = "bundle") -> None:
+        """One clear :class:`~edgeda.errors.DataError` unless ``domain`` is this task's kind of data
+        and usable: images, and where ``labeled`` this task's labels within ``spec``'s classes (the
+        same class list where both name one; class names the data made up from its label ids are
+        not names). ``what`` names the data in the message (a spec or
+        ``--labels SPEC``), ``model`` what it is checked for (``bundle``, ``run``). Dense tasks here;
+        classification overrides it."""
+        if isinstance(domain, Domain):
+            raise DataError(f"{what} has one label per image; this {spec.task} {model} needs per-pixel labels")
+        domain.require_usable(task=spec.task if labeled else None, num_classes=spec.num_classes or None)
+        named = domain.classes and not getattr(domain, "classes_from_ids", False)  # not names made from mask ids
+        if labeled and named and spec.classes and list(domain.classes) != list(spec.classes):
+            raise DataError(f"{what} names the classes {', '.join(domain.classes)}, the {model} "
+                            f"{', '.join(spec.classes)}")
 
     def stream(self, domain, spec: TaskSpec, batch_size: int, device, seed: int, *, labeled: bool, cfg,
                weights=None, rank: int = 0, world_size: int = 1):
@@ -149,6 +167,11 @@ class Task:
 
     def format_scores(self, scores: dict) -> str:
         raise NotImplementedError
+
+    def interval(self, scores: dict) -> dict | None:
+        """A 95% bootstrap interval of the headline score on a small labeled set, where the task has
+        one (classification accuracy, from the confusion matrix), else None."""
+        return None
 
     def panel_headers(self, with_truth: bool) -> list[str]:
         """The column headers of this task's sample panels (one per panel of :meth:`draw_row`)."""

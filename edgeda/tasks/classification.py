@@ -4,8 +4,11 @@ from __future__ import annotations
 import numpy as np
 import torch.nn.functional as F
 
+from ..data.domain import Domain
+from ..errors import DataError
 from ..task import TaskSpec
 from .base import TASKS, Task
+from ..trust import confusion_interval
 from .metrics import ConfusionMeter, classification_scores
 
 
@@ -17,6 +20,7 @@ class Classification(Task):
     deployable = "classifier"
     headline = "accuracy"
     record_keys = {"acc": "accuracy"}
+    per_class_key = "per_class"
     dense = False
     default_backbone = "dtn"
     default_size = (32, 32)
@@ -28,6 +32,11 @@ class Classification(Task):
         classes = domain.classes or [str(i) for i in range(k)]
         return TaskSpec(num_classes=k, classes=classes, task=self.name, image_size=image_size, channels=channels,
                         mean=mean, std=std)
+
+    def check_data(self, domain, spec, *, labeled, what, model="bundle"):
+        if not isinstance(domain, Domain):
+            raise DataError(f"{what} is dense data; this {model} is a classifier")
+        domain.require_usable(task=self.name if labeled else None, num_classes=spec.num_classes if labeled else None)
 
     def stream(self, domain, spec, batch_size, device, seed, *, labeled, cfg, weights=None, rank=0, world_size=1):
         """In-memory images on the training device, shifted and contrast-jittered per batch (:class:`BatchStream`)."""
@@ -50,6 +59,9 @@ class Classification(Task):
 
     def scores(self, meter, spec):
         return classification_scores(meter.matrix, spec.classes)
+
+    def interval(self, scores):
+        return confusion_interval(scores["confusion"]) if "confusion" in scores else None
 
     def format_scores(self, scores):
         return f"accuracy {scores['accuracy']:.1%} (n={scores['n']})"

@@ -5,12 +5,11 @@ from pathlib import Path
 
 import numpy as np
 
+from ..data.dense import default_palette
 from ..task import TaskSpec
 
 
 def palette_of(spec: TaskSpec) -> np.ndarray:
-    from ..data.dense import default_palette
-
     pal = np.asarray(spec.palette, np.uint8).reshape(-1, 3) if spec.palette else default_palette(spec.num_classes)
     return pal
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-IGNORE_INDEX = 255
+from ..data.dense import IGNORE_INDEX
 
 
 def _all_reduce_(t: torch.Tensor) -> torch.Tensor:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ..data.dense import default_palette
 from ..task import TaskSpec
 from .base import TASKS, Task
 from .metrics import IGNORE_INDEX, ConfusionMeter, segmentation_scores
@@ -17,12 +18,11 @@ class Segmentation(Task):
     name = "segmentation"
     headline = "miou"
     record_keys = {"miou": "miou", "pixel_acc": "pixel_accuracy"}
+    per_class_key = "per_class_iou"
     losses = ("ce",)
     inferred = True
 
     def make_spec(self, domain, *, image_size, channels, mean=None, std=None) -> TaskSpec:
-        from ..data.dense import default_palette
-
         classes = domain.classes or []
         palette = domain.palette if domain.palette is not None else default_palette(len(classes))
         return TaskSpec(num_classes=len(classes), classes=classes, task=self.name, image_size=image_size,

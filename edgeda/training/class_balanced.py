@@ -20,9 +20,8 @@ from __future__ import annotations
 
 import torch
 
+from ..data.dense import IGNORE_INDEX
 from ..errors import EdgedaError
-
-IGNORE_INDEX = 255
 
 
 def kept_count(n: int, proportion: float) -> int:

@@ -11,9 +11,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..config import TrainConfig
-from ..data import Domain, load_domain, split_builtin
+from ..data import Domain, load_domain
 from ..data.dense import images_as_dense
-from ..data.spec import builtin_splits, default_size, is_dense_spec
+from ..data.spec import DomainSpec, default_size, is_dense_spec
 from ..errors import DataError
 
 
@@ -117,17 +117,17 @@ def load_domains(cfg: TrainConfig, needs_target: bool) -> Domains:
     """Load and check every domain before any training starts (one clear error otherwise)."""
     size = resolve_size(cfg)
     kw = {"size": size, "channels": cfg.channels, "seed": cfg.seed, "task": cfg.task}
-    src_builtin = split_builtin(cfg.source)
+    src = DomainSpec.parse(cfg.source)
     source = load_domain(cfg.source, labeled=True, split="train", n=cfg.source_n, **kw)
     task = resolve_task(cfg, source)
     from ..tasks import task_of
 
     tk = task_of(task)
     dense = tk.dense
-    _require(source, task if dense else None, labeled=True)
-    if src_builtin and src_builtin[1] is None and _has_split(src_builtin[0], "val"):
+    source.require_usable(task=task)
+    if src.builtin and src.split is None and src.has_split("val"):
         val_n = None if cfg.source_n is None or dense else max(200, min(2000, cfg.source_n // 5))
-        source_val = load_domain(f"{src_builtin[0]}:val", labeled=True, n=val_n, **kw)
+        source_val = load_domain(src.with_split("val").text, labeled=True, n=val_n, **kw)
     else:
         if len(source) < 2:
             raise DataError(f"source domain {source.name!r} needs at least 2 images (train + validation)")
@@ -137,18 +137,19 @@ def load_domains(cfg: TrainConfig, needs_target: bool) -> Domains:
         source = source.subset(order[n_val:])
     num_classes = source.num_classes or (int(source.labels.max()) + 1 if not dense else None)
     if not dense:
-        source.require_usable(labeled=True, num_classes=num_classes)
+        source.require_usable(task=task, num_classes=num_classes)
 
     target = target_test = None
     if cfg.target is None:  # only the built-in pair has a default target; recorded in the run's config
-        cfg.target = DEFAULT_TARGETS.get((src_builtin or ("",))[0])
+        cfg.target = DEFAULT_TARGETS.get(src.name)
     if cfg.target:
-        target = load_domain(cfg.target, labeled=False, split="adapt" if _has_split(cfg.target, "adapt") else None, **kw)
+        target = load_domain(cfg.target, labeled=False, split="adapt" if DomainSpec.parse(cfg.target).has_split("adapt")
+                             else None, **kw)
         if dense and isinstance(target, Domain):
             target = images_as_dense(target)
         _same_kind(target, "target", dense)
         if needs_target:
-            _require(target, None, labeled=False)
+            target.require_usable()
     if needs_target and target is None:
         raise DataError(f"method {cfg.method!r} adapts to a target domain: give --target (unlabeled images of the "
                         f"domain to adapt to), or use --method source_only")
@@ -158,7 +159,7 @@ def load_domains(cfg: TrainConfig, needs_target: bool) -> Domains:
     if test_spec:
         target_test = load_domain(test_spec, labeled=True, **kw)
         _same_kind(target_test, "target test", dense)
-        _require(target_test, task if dense else None, labeled=True, num_classes=num_classes)
+        target_test.require_usable(task=task, num_classes=num_classes)
         if source.classes and target_test.classes and source.classes != target_test.classes:
             raise DataError(
                 f"classes differ between source ({', '.join(source.classes)}) and target test "
@@ -173,27 +174,10 @@ def _same_kind(dom, what: str, dense: bool) -> None:
                         f"is {'dense' if dense else 'classification'} data (give --target / --target-test of the same kind)")
 
 
-def _require(dom, task: str | None, *, labeled: bool, num_classes: int | None = None) -> None:
-    if isinstance(dom, Domain):
-        dom.require_usable(labeled=labeled, num_classes=num_classes)
-    else:
-        dom.require_usable(task=task if labeled else None, num_classes=num_classes)
-
-
 def _default_test_split(target: str) -> str | None:
     """``name`` -> ``name:test``; ``name:look`` -> ``name:look-test`` where the built-in has it."""
-    tb = split_builtin(target)
-    if not tb:
+    tb = DomainSpec.parse(target)
+    if not tb.builtin:
         return None
-    name, split = tb
-    want = "test" if split in (None, "adapt") else f"{split}-test"
-    return f"{name}:{want}" if _has_split(name, want) else None
-
-
-def _has_split(spec: str, split: str) -> bool:
-    b = split_builtin(spec)
-    if not b:
-        return False
-    known = builtin_splits(b[0]) or {"syndigits": ("train", "val", "test"),
-                                     "handwritten": ("adapt", "test", "all")}.get(b[0], ())
-    return split in known
+    want = "test" if tb.split in (None, "adapt") else f"{tb.split}-test"
+    return tb.with_split(want).text if tb.has_split(want) else None

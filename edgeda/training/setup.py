@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import torch
 
-from ..data import load_domain
-from ..data.domain import Domain
 from ..errors import EdgedaError
 from ..methods import Engine, Method, OptimConfig
 from ..methods.registry import methods_for
 from ..models.weights import describe, load_pretrained, pretrained_options
+from ..tasks import load_for_task
 from . import distributed
 from .evaluate import eval_batches
 from .sampling import class_counts
@@ -54,16 +53,9 @@ def build_method(cfg, method_cls, spec, domains, *, device, dist, dense: bool, l
     return method, init_weights
 
 
-def load_target_val(spec_text: str, spec, dense: bool):
+def load_target_val(spec_text: str, spec):
     """The user's few labeled target images (``--target-val``), checked against the run's task."""
-    dom = load_domain(spec_text, labeled=True, size=spec.image_size, channels=spec.channels, task=spec.task)
-    if isinstance(dom, Domain) != (not dense):
-        raise EdgedaError(f"--target-val {spec_text} is not {spec.task} data")
-    if isinstance(dom, Domain):
-        dom.require_usable(labeled=True, num_classes=spec.num_classes)
-    else:
-        dom.require_usable(task=spec.task, num_classes=spec.num_classes or None)
-    return dom
+    return load_for_task(spec_text, spec, labeled=True, what=f"--target-val {spec_text}", model="model")
 
 
 def source_weights(method: Method, domain, spec):

@@ -11,7 +11,7 @@ import torch
 
 from ..bundle import write_bundle
 from ..tracking import BestState
-from ..trust import confusion_interval, disagreement, transfer_warning
+from ..trust import disagreement, transfer_warning
 from ..utils import atomic_write_json, machine_info
 from .evaluate import evaluate_model
 from .selection import score_model
@@ -30,7 +30,7 @@ def restore_selected(modules: dict[str, torch.nn.Module], select: str, best: Bes
 
 
 def report_metrics(net: torch.nn.Module, selected: int, history: list[dict], domains, spec, device, *,
-                   test_scores: dict[int, dict], target_val=None, reference: torch.nn.Module | None = None,
+                   test_scores: dict[int, dict], task_def, target_val=None, reference: torch.nn.Module | None = None,
                    seed: int = 0, log=lambda s: None) -> dict:
     """The bundle's metrics for the shipped ``net``: its evaluation record, its full target test
     scores, a negative-transfer warning against ``reference`` and the interval of its
@@ -39,10 +39,10 @@ def report_metrics(net: torch.nn.Module, selected: int, history: list[dict], dom
     metrics = {k: v for k, v in final.items() if not k.startswith("train/") and k != "lr"}
     if domains.target_test is not None:  # the shipped weights were scored at their evaluation
         full = test_scores.get(selected) or evaluate_model(net, domains.target_test, spec, device).scores
-        per_class = full.get("per_class", full.get("per_class_iou"))
-        if per_class is not None:
-            metrics["target_test_per_class"] = per_class
-        metrics["target_test_scores"] = {k: v for k, v in full.items() if k not in ("confusion", "per_class", "per_class_iou")}
+        key = task_def.per_class_key
+        if key in full:
+            metrics["target_test_per_class"] = full[key]
+        metrics["target_test_scores"] = {k: v for k, v in full.items() if k not in ("confusion", key)}
     metrics["selected_iteration"] = selected
     if reference is not None and domains.target is not None:  # may this be a negative transfer?
         ref_scores, ref_rows = score_model(reference, domains, spec, device, seed)
@@ -51,9 +51,9 @@ def report_metrics(net: torch.nn.Module, selected: int, history: list[dict], dom
         if metrics["transfer_warning"]:
             log(metrics["transfer_warning"])
     if target_val is not None:
-        tv = evaluate_model(net, target_val, spec, device).scores
-        if "accuracy" in tv:
-            metrics["target_val_interval"] = confusion_interval(tv["confusion"])
+        interval = task_def.interval(evaluate_model(net, target_val, spec, device).scores)
+        if interval is not None:
+            metrics["target_val_interval"] = interval
     grids = [h["samples_png"] for h in history if "samples_png" in h]
     if grids:  # the last sample grid, whichever evaluation was selected
         metrics["samples_png"] = grids[-1]

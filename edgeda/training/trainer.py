@@ -128,7 +128,7 @@ class Trainer:
             raise EdgedaError(f"--task-loss {cfg.task_loss!r} is not a {cfg.task} loss; valid: {', '.join(self.task_def.losses)}")
         self.task = self.task_def.make_spec(src, image_size=self.domains.image_size, channels=cfg.channels,
                                             mean=cfg.mean, std=cfg.std)
-        self.target_val = load_target_val(cfg.target_val, self.task, self.task_def.dense) if cfg.target_val else None
+        self.target_val = load_target_val(cfg.target_val, self.task) if cfg.target_val else None
         if cfg.select == "target_val" and self.target_val is None:
             raise EdgedaError("--select target_val needs --target-val SPEC (a few labeled target images)")
         self.method, self.init_weights = build_method(cfg, method_cls, self.task, self.domains, device=self.device,
@@ -350,7 +350,8 @@ class Trainer:
         modules = self.shipped()
         selected = restore_selected(modules, cfg.select, self.best, self.history, cfg.iters)
         metrics = report_metrics(modules[self.primary], selected, self.history, self.domains, self.task, self.device,
-                                 test_scores=self.evaluator.test_scores, target_val=self.target_val,
+                                 test_scores=self.evaluator.test_scores, task_def=self.task_def,
+                                 target_val=self.target_val,
                                  reference=self.reference, seed=cfg.seed, log=self.log)
         bundle = write_run_bundle(
             self.run_dir, modules, self.task,

@@ -5,8 +5,11 @@ from pathlib import Path
 
 import numpy as np
 
+from ..data.dense import default_palette
+from ..data.domain import Domain
 from ..utils import save_figure
-from .domain import Domain
+from .draw import colourise_depth, colourise_mask, draw_boxes, overlay, panel_figure
+from .draw import save_figure as save_panel_figure
 
 
 def preview_grid(domain: Domain, path: str | Path, n: int = 64, cols: int = 8, seed: int = 0) -> Path:
@@ -34,15 +37,10 @@ def preview_grid(domain: Domain, path: str | Path, n: int = 64, cols: int = 8, s
 def preview_dense(domain, path: str | Path, n: int = 8) -> Path:
     """Rows of image | mask overlay | depth (whichever the domain has) for the first ``n`` samples,
     with column headers, the class colours and the depth colour bar."""
-    from ..tasks.draw import save_figure
-
-    return save_figure(preview_dense_figure(domain, n), path)
+    return save_panel_figure(preview_dense_figure(domain, n), path)
 
 
 def preview_dense_figure(domain, n: int = 8):
-    from ..tasks.draw import colourise_depth, colourise_mask, overlay, panel_figure
-    from .dense import default_palette
-
     pal = domain.palette if domain.palette is not None else default_palette(domain.num_classes or 1)
     rows = []
     for i in range(min(n, len(domain))):
@@ -69,8 +67,6 @@ def preview_detection(domain, path: str | Path, n: int = 8, cols: int = 4) -> Pa
     """A grid of the first ``n`` decodable samples of a detection domain with their boxes and class
     names drawn (crowd regions in grey); undecodable samples are left out."""
     from PIL import Image
-
-    from ..tasks.draw import draw_boxes
 
     names = domain.classes
     tiles = []

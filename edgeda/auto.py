@@ -16,7 +16,17 @@ from pathlib import Path
 
 import numpy as np
 
-from ..trust import disagreement, transfer_warning
+from .adapt.runner import adapt
+from .bundle import load_bundle, update_bundle
+from .config import make_config
+from .errors import EdgedaError
+from .methods import METHODS
+from .training.domains import load_domains
+from .training.evaluate import evaluate_model, evaluation_context
+from .training.selection import selector_names
+from .training.trainer import train
+from .training.validators import score_candidates
+from .trust import disagreement, transfer_warning
 
 AUTO_METHODS = ("dann", "mmd")  # trained like source-only, on the same data
 AUTO_ADAPT = ("shot", "tent")  # source-free, run on the source-only bundle with the same target images
@@ -44,8 +54,6 @@ def _write_target_images(domain, folder: Path) -> Path:
 
 def available_methods(names, task: str, log=print) -> list[str]:
     """``names`` that are registered training methods adapting ``task``; each one left out is noted."""
-    from ..methods import METHODS
-
     out = []
     for n in names:
         if n not in METHODS:
@@ -65,10 +73,6 @@ def score_candidates_on(bundles: dict, domains, reference: str, device: str = "c
     vote (:func:`edgeda.training.validators.score_candidates`); ``hflip``: the runs' ``augment_hflip``
     (whether ``aug_consistency`` checks flips of dense frames). ``target_test`` (the task's headline
     score on the labeled target test split, where there is one) is for reports only."""
-    from ..bundle import load_bundle
-    from .evaluate import evaluate_model, evaluation_context
-    from .validators import score_candidates
-
     nets = {}
     for name, path in bundles.items():
         b = load_bundle(path)
@@ -99,12 +103,6 @@ def train_auto(cfg, *, methods=None, adapt_methods=None, selector: str | None = 
     with every validator, ship the one ``selector`` ranks best (ties: the source-only candidate) to
     ``<out>/model.edgeda`` with every candidate's scores in its manifest (``metrics.auto``), and return
     that record. Target test labels, where present, are reported per candidate, never used."""
-    from ..bundle import update_bundle
-    from ..config import make_config
-    from ..errors import EdgedaError
-    from .selection import selector_names
-    from .trainer import load_domains, train
-
     log = log or (lambda s: None)
     base = cfg.to_dict()
     domains = load_domains(make_config(base, {"method": "source_only"}), True)
@@ -131,14 +129,12 @@ def train_auto(cfg, *, methods=None, adapt_methods=None, selector: str | None = 
     else:
         methods = available_methods(AUTO_METHODS if methods is None else methods, domains.task, log)
         adapt_methods = AUTO_ADAPT if adapt_methods is None else adapt_methods
-        from ..bundle import load_bundle
 
         bundles = {"source_only": run("source_only", "source_only")}
         ref = load_bundle(bundles["source_only"])
         for m in methods:  # the source-only model is each run's agreement reference, as in a plain train
             bundles[m] = run(m, m, reference_net=ref.module(ref.primary))
         if domains.target is not None and adapt_methods:
-            from ..adapt.runner import adapt
 
             images = _write_target_images(domains.target, out / "target_images")
             for a in adapt_methods:

@@ -43,7 +43,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from readme_tables import replace_block  # noqa: E402
+from readme_tables import METRIC_VALUES, replace_block  # noqa: E402
 from scratch import scratch  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
@@ -500,6 +500,7 @@ def precisions(profile: str, rows: list[str], rounds: int = 10, calls: int = 20)
     import torch
 
     from edgeda.errors import EdgedaError
+    from edgeda.tasks import task_of
 
     torch.set_num_threads(1)
     out = {}
@@ -511,8 +512,9 @@ def precisions(profile: str, rows: list[str], rounds: int = 10, calls: int = 20)
                 out[row] = {"failed": str(e)}
                 print(f"precisions {row}: failed: {e}", flush=True)
                 continue
-            print(f"precisions {row}: " + ", ".join(f"{p} {r.get('target_' + ('abs_rel' if PAIRS[row]['task'] == 'depth' else 'miou'))}"
-                                                  for p, r in out[row].items() if isinstance(r, dict)), flush=True)
+            head = task_of(PAIRS[row]["task"]).headline
+            print(f"precisions {row}: " + ", ".join(f"{p} {r.get('target_' + head)}" for p, r in out[row].items()
+                                                  if isinstance(r, dict)), flush=True)
     return out
 
 
@@ -520,8 +522,11 @@ def precision_table(prec: dict, machine: str) -> str:
     lines = [f"Each precision of the seed-0 source-only bundles (`edgeda export --precision`; int8 calibrated on the "
              f"target adaptation images), scored by ONNX Runtime on the target test split; batch-1 ORT latency, 1 thread, {machine}:", "",
              "| pair, task | precision | target score | agreement with fp32 | max abs diff vs fp32 | ms |", "|---|---|---|---|---|---|"]
+    from edgeda.tasks import task_of
+
     for row, r in prec.items():
-        depth = PAIRS[row]["task"] == "depth"
+        task = task_of(PAIRS[row]["task"])
+        metres = task.output == "depth"  # differences of metric depth maps, in metres
         if "failed" in r:
             lines.append(f"| {PAIRS[row]['source']} -> {PAIRS[row]['target']}, {PAIRS[row]['task']} | failed: {r['failed']} |||||")
             continue
@@ -529,11 +534,11 @@ def precision_table(prec: dict, machine: str) -> str:
             if p not in r:
                 continue
             q = r[p]
-            score = (f"abs rel {q['target_abs_rel']:.3f}" if depth else f"mIoU {100 * q['target_miou']:.1f} %")
+            score = METRIC_VALUES[task.headline](q[f"target_{task.headline}"])
             agree = "-" if p == "fp32" or q.get("pixel_agreement") is None else f"{100 * q['pixel_agreement']:.1f} %"
             diff = (f"{q['parity_max_abs_diff']:.1e} (PyTorch vs ORT)" if p == "fp32"
                     else f"{q['max_abs_diff_vs_fp32']:.3g}" if q.get("max_abs_diff_vs_fp32") is not None else "-")
-            if depth and p != "fp32" and q.get("max_rel_diff_vs_fp32") is not None:
+            if metres and p != "fp32" and q.get("max_rel_diff_vs_fp32") is not None:
                 diff += f" m (relative {q['max_rel_diff_vs_fp32']:.3g})"
             lines.append(f"| {PAIRS[row]['source']} -> {PAIRS[row]['target']}, {PAIRS[row]['task']} | {p} | {score} | {agree} | "
                          f"{diff} | {q['median_ms']:.2f} |")

@@ -26,6 +26,11 @@ def replace_block(name: str, markdown: str, readme: Path | None = None) -> bool:
     return True
 
 
+# How the tables name a task's headline metric (its key in the stored results) and show one value
+METRIC_LABELS = {"miou": "mIoU %", "abs_rel": "abs rel (lower is better)"}
+METRIC_VALUES = {"miou": lambda v: f"mIoU {100 * v:.1f} %", "abs_rel": lambda v: f"abs rel {v:.3f}"}
+
+
 def fmt_pct(mean: float | None, std: float | None = None) -> str:
     if mean is None:
         return "–"

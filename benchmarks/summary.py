@@ -17,7 +17,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from readme_tables import replace_block  # noqa: E402
+from readme_tables import METRIC_LABELS, replace_block  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 
@@ -56,7 +56,7 @@ def classification() -> list[str]:
 
 def dense(task: str) -> list[str]:
     rows = _load("dense.json").get("profiles", {}).get("cpu", {})
-    out = []
+    out, head = [], None
     for r in rows.values():
         if r["task"] != task:
             continue
@@ -71,7 +71,7 @@ def dense(task: str) -> list[str]:
             out.append(f"| {r['pair']} | {m} | {val} | {gain} | {upper} | {len(s['seeds'])} |")
     if not out:
         return []
-    name = "mIoU %" if task == "segmentation" else "abs rel (lower is better)"
+    name = METRIC_LABELS[head]  # the task's headline metric
     init = any(m.endswith("@init") for r in rows.values() if r["task"] == task for m in r["methods"])
     return [f"**{task.capitalize()}**, profile `cpu` (small models and images on 2 CPU cores), {name}"
             + (" (`NAME@init`: started from the seed's source-only bundle, compared with `source_only@init`, "

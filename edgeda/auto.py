@@ -21,6 +21,7 @@ from .bundle import load_bundle, update_bundle
 from .config import make_config
 from .errors import EdgedaError
 from .methods import METHODS
+from .tasks import task_of
 from .training.domains import load_domains
 from .training.evaluate import evaluate_model, evaluation_context
 from .training.selection import selector_names
@@ -106,7 +107,7 @@ def train_auto(cfg, *, methods=None, adapt_methods=None, selector: str | None = 
     log = log or (lambda s: None)
     base = cfg.to_dict()
     domains = load_domains(make_config(base, {"method": "source_only"}), True)
-    dense = domains.task != "classification"
+    dense = task_of(domains.task).dense
     default = DEFAULT_DENSE_SELECTOR if dense else DEFAULT_SELECTOR
     selector = selector or (cfg.select if cfg.select not in ("last", "target_val") else default)
     if selector not in selector_names() or selector in ("last", "target_val"):

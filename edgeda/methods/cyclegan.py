@@ -6,6 +6,7 @@ import torch
 from ..models.gan_utils import ImagePool, cycle_loss
 from ..errors import EdgedaError
 from ..models.norm import frozen_bn_statistics
+from ..tasks import task_of
 from ._pixel import PIXEL_DEFAULTS, PixelMethod
 from .base import Batch
 from .registry import METHODS
@@ -58,7 +59,7 @@ class CycleGANRefinement(PixelMethod):
                 "pool": 50, "semantic_target": 0.0}
 
     def build(self) -> None:
-        if self.task.task == "depth" and float(self.opts["semantic_target"]) > 0:
+        if not task_of(self.task).class_logits and self.opts["semantic_target"] > 0:
             raise EdgedaError(f"{self.name} option semantic_target needs class predictions; it is for classification, not {self.task.task}")
         self.nets["classifier"] = self.make_classifier()
         self.nets["refiner"] = self.make_refiner()        # G: source -> target

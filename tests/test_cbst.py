@@ -10,7 +10,7 @@ import edgeda
 from edgeda.errors import EdgedaError
 from edgeda.methods import METHODS, Batch
 from edgeda.task import TaskSpec
-from edgeda.training.class_balanced import (ConfidenceSample, class_confidence_thresholds, class_normalised_labels,
+from edgeda.methods.class_balanced import (ConfidenceSample, class_confidence_thresholds, class_normalised_labels,
                                             kept_count, round_at, round_proportion)
 from conftest import EMBEDDED_DENSE_PAIRS, export_and_predict, square_scenes
 

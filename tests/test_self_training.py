@@ -14,8 +14,8 @@ from edgeda.methods.dacs import thing_classes, warmup_factor, weighted_cross_ent
 from edgeda.models.mixing import (class_mix_masks, dacs_kernel_size, label_at_feature_scale, masked_feature_distance,
                                   mix, patch_keep_mask, strong_augment)
 from edgeda.task import TaskSpec
-from edgeda.training.mean_teacher import MeanTeacher, pseudo_labels
-from edgeda.training.sampling import class_counts, rare_class_probabilities, rare_class_weights
+from edgeda.models.mean_teacher import MeanTeacher, pseudo_labels
+from edgeda.data.sampling import class_counts, rare_class_probabilities, rare_class_weights
 from conftest import EMBEDDED_DENSE_PAIRS, export_and_predict, stripe_scenes, train_on_embedded_pair
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

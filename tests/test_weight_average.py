@@ -7,7 +7,7 @@ from conftest import tiny_config
 from edgeda.bundle import load_bundle
 from edgeda.errors import EdgedaError
 from edgeda.training import Trainer
-from edgeda.training.averaging import WeightAverage
+from edgeda.models.averaging import WeightAverage
 
 
 class Stop(Exception):

@@ -1,7 +1,7 @@
 """CoTTA: continual test-time domain adaptation (Wang, Fink, Van Gool & Dai, CVPR 2022).
 
 Three copies of the shipped network: the student theta (trained), the teacher theta' (an EMA of
-the student, :class:`~edgeda.training.mean_teacher.MeanTeacher`; it labels the targets and it is
+the student, :class:`~edgeda.models.mean_teacher.MeanTeacher`; it labels the targets and it is
 what ships, as the paper predicts with it) and the anchor theta_0 (the shipped weights, frozen;
 only its confidence is read). On a target batch x:
 
@@ -72,7 +72,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import EdgedaError
-from ..training.mean_teacher import MeanTeacher
+from ..models.mean_teacher import MeanTeacher
 from .base import ADAPT_METHODS, AdaptMethod, reestimate_bn
 from .tasks import adaptation_of
 

@@ -9,7 +9,7 @@ import pkgutil
 from .base import Batch, Engine, Method, OptimConfig
 from .registry import METHODS
 
-_INFRA = {"base", "registry", "losses"}
+_INFRA = {"base", "registry", "losses", "class_balanced"}
 for _info in pkgutil.iter_modules(__path__):
     if _info.name not in _INFRA and not _info.name.startswith("_"):
         importlib.import_module(f"{__name__}.{_info.name}")

@@ -226,7 +226,7 @@ class Method(Configurable):
     def source_sampling(self):
         """None (uniform: a shuffled permutation per epoch), or a function from the source images'
         per-class counts (N, K) to per-image sampling weights (N,), e.g.
-        :func:`edgeda.training.sampling.rare_class_weights`; the trainer counts and builds the stream."""
+        :func:`edgeda.data.sampling.rare_class_weights`; the trainer counts and builds the stream."""
         return None
 
     def backbone_weights_loaded(self) -> None:

@@ -5,8 +5,9 @@ import copy
 
 import torch
 
+from ..distributed import broadcast_module
 from ..errors import EdgedaError
-from ..training.class_balanced import (ConfidenceSample, class_normalised_labels, round_at, round_proportion)
+from .class_balanced import (ConfidenceSample, class_normalised_labels, round_at, round_proportion)
 from .base import Batch, Method
 from .registry import METHODS
 
@@ -19,7 +20,7 @@ class CBST(Method):
     Training runs in rounds. At the start of round r the current segmenter is frozen (a copy, eval
     mode) and predicts on every target adaptation image; for each class c the threshold t_c is the
     confidence of the most confident proportion p_r of the pixels predicted as c
-    (:mod:`edgeda.training.class_balanced`). During the round, with P the frozen model's softmax on
+    (:mod:`edgeda.methods.class_balanced`). During the round, with P the frozen model's softmax on
     the target batch,
 
         y_t = arg-max_c P_c / t_c  where max_c P_c / t_c >= 1, else ignored (255),
@@ -101,8 +102,6 @@ class CBST(Method):
         the target adaptation images (without them, e.g. outside the trainer, on ``target``)."""
         frozen = copy.deepcopy(self.classifier).eval().requires_grad_(False)
         if torch.distributed.is_available() and torch.distributed.is_initialized():
-            from ..training.distributed import broadcast_module
-
             broadcast_module(frozen)  # BatchNorm statistics drift apart between ranks: every rank labels with rank 0's
         seed = int(getattr(self, "target_seed", 0))
         sample = ConfidenceSample(self.task.num_classes, int(self.opts["pixels_per_image"]),

@@ -10,8 +10,8 @@ import torch.nn.functional as F
 from ..errors import EdgedaError
 from ..models.mixing import (class_mix_masks, label_at_feature_scale, masked_feature_distance, mix, patch_keep_mask,
                              strong_augment)
-from ..training.mean_teacher import MeanTeacher, pseudo_labels
-from ..training.sampling import rare_class_weights
+from ..models.mean_teacher import MeanTeacher, pseudo_labels
+from ..data.sampling import rare_class_weights
 from .base import Batch, Method
 from .registry import METHODS
 
@@ -48,7 +48,7 @@ class DACS(Method):
     Sampling", WACV 2021) with DAFormer's robustness pieces (Hoyer, Dai & Van Gool, "DAFormer",
     CVPR 2022) and MIC's masked-image consistency (Hoyer et al., "MIC", CVPR 2023) as options.
 
-    An EMA teacher T (:class:`~edgeda.training.mean_teacher.MeanTeacher`, alpha 0.99 with DACS's
+    An EMA teacher T (:class:`~edgeda.models.mean_teacher.MeanTeacher`, alpha 0.99 with DACS's
     warm-up 1 - 1/(t+1)) labels each target image: p_t = argmax T(x_t), w_t = share of its pixels
     with max softmax > tau. ClassMix pastes ceil(n/2) of the n classes of a source label y_s (mask M)
     onto the paired target image; with A the strong augmentation (colour jitter, Gaussian blur):
@@ -68,7 +68,7 @@ class DACS(Method):
       T = ``rcs_temperature`` 0.01, f_c the class's share of source pixels; an image *contains* c when
       more than ``rcs_min_share`` 0.0015 of its pixels are c (DAFormer's 3000 px of a GTA label map).
       The trainer counts the source classes once before training (every source label is read once)
-      and the stream draws with the weights (:mod:`edgeda.training.sampling`), deterministically per
+      and the stream draws with the weights (:mod:`edgeda.data.sampling`), deterministically per
       seed and resumably; DAFormer's re-crop until the class is in the crop is not done.
     * ``warmup`` (0.0375 = DAFormer's 1500 of 40k iterations): every learning rate of the student's
       optimizer is scaled linearly from 1e-6 to 1 over that share of training, on top of the

@@ -5,7 +5,7 @@ import torch
 
 from ..errors import EdgedaError
 from ..models.mixing import strong_augment
-from ..training.mean_teacher import MeanTeacher
+from ..models.mean_teacher import MeanTeacher
 from .base import Batch, Method
 from .registry import METHODS
 
@@ -50,7 +50,7 @@ class DetectionMeanTeacher(Method):
     adversarial branch is ``dann``); Tarvainen and Valpola 2017 for the teacher.
 
     The teacher T is an exponential moving average of the student S
-    (:class:`~edgeda.training.mean_teacher.MeanTeacher`, with its warm-up rate). On each weakly
+    (:class:`~edgeda.models.mean_teacher.MeanTeacher`, with its warm-up rate). On each weakly
     augmented target batch (the stream's random scale-crop and flip) T's detections scoring at least
     ``threshold`` after class-aware NMS become pseudo-boxes B_t; S sees a strong view A(x_t) (colour
     jitter, Gaussian blur, cutout; geometry unchanged, so B_t stays valid):

@@ -57,7 +57,7 @@ class _ResumableSampler(Sampler):
 class DenseStream:
     """``next()`` returns a :class:`Batch` with normalised images on ``device`` and, when
     ``labeled``, the task's per-pixel target in ``y``: class ids (N, H, W) int64 or depth (N, H, W).
-    ``weights`` (N,): draw images i.i.d. with these probabilities (:mod:`edgeda.training.sampling`)
+    ``weights`` (N,): draw images i.i.d. with these probabilities (:mod:`edgeda.data.sampling`)
     instead of visiting a permutation per epoch."""
 
     def __init__(self, domain: DenseDomain, task: TaskSpec, batch_size: int, device: torch.device, seed: int, *,

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import torch
 
+from .. import distributed
 from ..errors import EdgedaError
 from ..methods import Engine, Method, OptimConfig
 from ..methods.registry import methods_for
 from ..models.weights import describe, load_pretrained, pretrained_options
 from ..tasks import load_for_task
-from . import distributed
 from .evaluate import eval_batches
-from .sampling import class_counts
+from ..data.sampling import class_counts
 
 
 def check_method_fits(method_cls, method_name: str, task: str) -> None:

@@ -45,7 +45,7 @@ class BatchStream:
         self.generator = torch.Generator().manual_seed(seed)
         self.perm = torch.empty(0, dtype=torch.long)
         self.pos = 0
-        # per-image sampling weights (edgeda.training.sampling): i.i.d. weighted draws instead of permutations
+        # per-image sampling weights (edgeda.data.sampling): i.i.d. weighted draws instead of permutations
         self.weights = None if weights is None else torch.as_tensor(weights, dtype=torch.float64)
 
     def _refill(self) -> None:

@@ -22,6 +22,7 @@ from typing import Callable
 
 import torch
 
+from .. import distributed
 from ..config import TrainConfig, make_config, resume_config
 from ..errors import EdgedaError, TrainingDiverged
 from ..tracking import BestState
@@ -29,8 +30,7 @@ from ..methods import METHODS, Method
 from ..methods.base import NonFiniteLoss
 from ..tasks import task_of
 from ..utils import atomic_write_bytes, atomic_write_json, choose_device, seed_everything
-from . import distributed
-from .averaging import WeightAverage
+from ..models.averaging import WeightAverage
 from .checkpoint import load_checkpoint, load_latest, save_checkpoint
 from .domains import Domains, load_domains  # noqa: F401  (Domains re-exported)
 from .evaluator import Evaluator

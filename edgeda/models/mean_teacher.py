@@ -7,7 +7,7 @@ training on the server; CoTTA on the device; detection's mean-teacher self-train
 
 after the t-th student update (Tarvainen & Valpola 2017; the warm-up ``1 - 1/(t+1)`` is DACS's, so
 the first teachers follow the student closely). Floating-point buffers (BatchNorm statistics) are
-averaged the same way, integer buffers copied (:class:`~edgeda.training.averaging.WeightAverage`).
+averaged the same way, integer buffers copied (:class:`~edgeda.models.averaging.WeightAverage`).
 The teacher always predicts in eval mode (its averaged BatchNorm statistics) and never receives
 gradients.
 

@@ -202,7 +202,7 @@ class CoTTA(AdaptMethod):
                                           and self.objective.mirrors(self.shipped_training))
         clf = self.classifier
         clf.requires_grad_(True)
-        self.mean_teacher = _ShippedTeacher(clf, alpha=float(o["alpha"]))
+        self.mean_teacher = _ShippedTeacher(clf, alpha=o["alpha"])
         self.anchor = copy.deepcopy(clf).requires_grad_(False).eval()
         self.optims["student"] = torch.optim.Adam(clf.parameters(), lr=o["lr"], betas=(0.9, 0.999), weight_decay=0.0)
         self._prepared = False
@@ -235,10 +235,10 @@ class CoTTA(AdaptMethod):
         if self.task.dense:
             return multiscale_flip_probs(t, x, self.scales, self.flip)
         total = None
-        for _ in range(int(self.opts["augmentations"])):
+        for _ in range(self.opts["augmentations"]):
             p = t(cotta_augment(x, self.task.mean, self.task.std, self.generator, self.flip)).float().softmax(1)
             total = p if total is None else total + p
-        return total / int(self.opts["augmentations"])
+        return total / self.opts["augmentations"]
 
     @torch.no_grad()
     def targets(self, x: torch.Tensor) -> tuple[torch.Tensor, float]:
@@ -262,7 +262,7 @@ class CoTTA(AdaptMethod):
         loss = self.objective.soft_cross_entropy(student, logits, y)
         self.update(loss, "student")
         self.mean_teacher.update(student)
-        restored = stochastic_restore(student, self.source_state, float(self.opts["restore_p"]), self.generator)
+        restored = stochastic_restore(student, self.source_state, self.opts["restore_p"], self.generator)
         return {"consistency": float(loss.detach()), "averaged": share, "restored": restored}
 
     def state_snapshot(self) -> dict:

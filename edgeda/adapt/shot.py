@@ -178,7 +178,7 @@ class Shot(AdaptMethod):
         if self.dense:
             if first:
                 self.prior = mean_pixel_probabilities(self.classifier, target)
-            self.pseudo = pixel_pseudo_labels(self.classifier, target, int(self.opts["centroid_pixels"]), self.generator)
+            self.pseudo = pixel_pseudo_labels(self.classifier, target, self.opts["centroid_pixels"], self.generator)
         else:
             feats, logits = target.features_logits(self.classifier)
             if first:

@@ -206,8 +206,8 @@ class ThreeCGAN(AdaptMethod):
             return
         t, o = self.task, self.opts
         self.G = build("conditional_generator", num_classes=t.num_classes, channels=t.channels,
-                       image_size=t.image_size[0], z_dim=int(o["z_dim"]), width=int(o["g_width"])).to(self.device)
-        self.D = ImageDiscriminator(channels=t.channels, image_size=t.image_size[0], width=int(o["d_width"])).to(self.device)
+                       image_size=t.image_size[0], z_dim=o["z_dim"], width=o["g_width"]).to(self.device)
+        self.D = ImageDiscriminator(channels=t.channels, image_size=t.image_size[0], width=o["d_width"]).to(self.device)
         self.optims["G"] = torch.optim.Adam(self.G.parameters(), lr=o["lr_gan"], betas=(0.5, 0.999))
         self.optims["D"] = torch.optim.Adam(self.D.parameters(), lr=o["lr_gan"], betas=(0.5, 0.999))
         self.optims["C"] = torch.optim.Adam(self.classifier.parameters(), lr=o["lr"], betas=(0.9, 0.999))
@@ -222,10 +222,10 @@ class ThreeCGAN(AdaptMethod):
             from ..errors import EdgedaError
 
             raise EdgedaError(f"3cgan portion must be in [0, 1), not {o['portion']}")
-        width = int(o["g_width"])
+        width = o["g_width"]
         self.G = build("label_map_generator", num_classes=t.num_classes, channels=t.channels, width=width,
-                       z_dim=int(o["z_dim"]), hidden=width, ignore_index=IGNORE_INDEX).to(self.device)
-        self.D = PatchDiscriminator(channels=t.channels, width=int(o["d_width"]), n_layers=int(o["d_layers"])).to(self.device)
+                       z_dim=o["z_dim"], hidden=width, ignore_index=IGNORE_INDEX).to(self.device)
+        self.D = PatchDiscriminator(channels=t.channels, width=o["d_width"], n_layers=o["d_layers"]).to(self.device)
         self.optims["G"] = torch.optim.Adam(self.G.parameters(), lr=o["lr_gan"], betas=(0.5, 0.999))
         self.optims["D"] = torch.optim.Adam(self.D.parameters(), lr=o["lr_gan"], betas=(0.5, 0.999))
         self.optims["C"] = torch.optim.Adam(self.classifier.parameters(), lr=o["lr"], betas=(0.9, 0.999))
@@ -242,7 +242,7 @@ class ThreeCGAN(AdaptMethod):
     def prepare(self, target) -> None:
         if self.task.dense and self.layouts is None:  # from the shipped weights, before anything moves
             self.layouts = shipped_layouts(self.classifier, self.source_state, target, self.opts["confidence"],
-                                           float(self.opts["portion"]))
+                                           self.opts["portion"])
         if self.opts["adabn"]:
             reestimate_bn(self.classifier, target.batches())
 

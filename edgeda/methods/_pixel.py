@@ -37,12 +37,12 @@ class PixelMethod(Method):
     # -- construction ---------------------------------------------------------------------------
     def make_refiner(self, noise_dim: int = 0) -> nn.Module:
         o, t = self.opts, self.task
-        return build("resnet_generator", channels=t.channels, width=int(o["g_width"]), n_blocks=int(o["g_blocks"]),
+        return build("resnet_generator", channels=t.channels, width=o["g_width"], n_blocks=int(o["g_blocks"]),
                      n_down=1, kernel=int(o["g_kernel"]), noise_dim=noise_dim, image_size=t.image_size[0])
 
     def make_discriminator(self) -> nn.Module:
         try:
-            return PatchDiscriminator(self.task.channels, int(self.opts["d_width"]), int(self.opts["d_layers"]),
+            return PatchDiscriminator(self.task.channels, self.opts["d_width"], int(self.opts["d_layers"]),
                                       augment=str(self.opts["d_augment"] or ""))
         except ValueError as e:
             raise EdgedaError(f"{self.name} option d_augment: {e}") from None
@@ -67,7 +67,7 @@ class PixelMethod(Method):
     def update(self, loss: torch.Tensor, *optim_names: str, retain_graph: bool = False) -> None:
         """As :meth:`Method.update`, and a loss above ``max_loss`` counts as diverged (before any change)."""
         value = float(loss.detach())
-        if value > float(self.opts["max_loss"]):
+        if value > self.opts["max_loss"]:
             raise NonFiniteLoss(f"exploded: {value:.4g} > max_loss {self.opts['max_loss']:g} "
                                 f"(updating {', '.join(optim_names) or 'all'})")
         super().update(loss, *optim_names, retain_graph=retain_graph)

@@ -54,8 +54,8 @@ class AdvEnt(Method):
         self.nets["classifier"] = self.make_classifier()
         self.optims["main"] = self.make_optimizer(self.classifier.parameters())
         if not self.minent:
-            self.nets["discriminator"] = FullyConvDiscriminator(self.task.num_classes, int(self.opts["d_width"]),
-                                                                int(self.opts["d_layers"]))
+            self.nets["discriminator"] = FullyConvDiscriminator(self.task.num_classes, self.opts["d_width"],
+                                                                self.opts["d_layers"])
             self.optims["discriminator"] = self.make_adam(self.nets["discriminator"].parameters(), self.opts["lr_d"],
                                                           (0.9, 0.99))
 

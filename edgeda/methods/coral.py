@@ -61,6 +61,6 @@ class DeepCORAL(Method):
             cls_loss = F.cross_entropy(logits[:ns].float(), source.y)
             z = feats if self.opts["on"] == "features" else logits
             align = coral(z[:ns], z[ns:])
-            loss = cls_loss + float(self.opts["weight"]) * align
+            loss = cls_loss + self.opts["weight"] * align
         self.update(loss)
         return {"loss/cls": cls_loss.item(), "loss/coral": align.item()}

@@ -69,14 +69,14 @@ class CycleGANRefinement(PixelMethod):
         self.optims["classifier"] = self.make_optimizer(self.classifier.parameters())
         self.optims["gen"] = self.make_gan_optimizer(list(self.nets["refiner"].parameters()) + list(self.nets["inverse"].parameters()))
         self.optims["disc"] = self.make_gan_optimizer(list(self.nets["disc_t"].parameters()) + list(self.nets["disc_s"].parameters()))
-        self.pool_t, self.pool_s = ImagePool(int(self.opts["pool"]), 1), ImagePool(int(self.opts["pool"]), 2)
+        self.pool_t, self.pool_s = ImagePool(self.opts["pool"], 1), ImagePool(self.opts["pool"], 2)
 
     def source_cycle_loss(self, reconstructed: torch.Tensor, original: torch.Tensor, source: Batch) -> torch.Tensor:
         """||F(G(x_s)) - x_s||_1; the fore/background variant overrides this."""
         return cycle_loss(reconstructed, original)
 
     def step(self, source: Batch, target: Batch | None) -> dict[str, float]:
-        if self.progress >= float(self.opts["gan_fraction"]):
+        if self.progress >= self.opts["gan_fraction"]:
             return self.task_step(source)
         o = self.opts
         G, Fi, Dt, Ds = self.nets["refiner"], self.nets["inverse"], self.nets["disc_t"], self.nets["disc_s"]
@@ -88,17 +88,17 @@ class CycleGANRefinement(PixelMethod):
             sem = self.task_loss_of(self.classifier(self.to_input(fake_t)), source.y)
             g_loss = adv + o["cycle"] * cyc + o["semantic"] * sem
             sem_t = None
-            if float(o["semantic_target"]) > 0:  # F(x_t) keeps the class C gives x_t
+            if o["semantic_target"] > 0:  # F(x_t) keeps the class C gives x_t
                 clf = self.classifier
                 with frozen_bn_statistics(clf):
                     with torch.no_grad():
                         pseudo = clf(target.x).argmax(1)
                     sem_t = self.task_loss_of(clf(self.to_input(fake_s)), pseudo)
-                g_loss = g_loss + float(o["semantic_target"]) * sem_t
+                g_loss = g_loss + o["semantic_target"] * sem_t
             idt = None
-            if float(o["identity"]) > 0:  # a generator fed an image of its output domain leaves it alone
+            if o["identity"] > 0:  # a generator fed an image of its output domain leaves it alone
                 idt = cycle_loss(G(xt), xt) + cycle_loss(Fi(xs), xs)
-                g_loss = g_loss + float(o["identity"]) * float(o["cycle"]) * idt
+                g_loss = g_loss + o["identity"] * o["cycle"] * idt
         self.update(g_loss, "gen")  # C's gradients from sem are dropped: its own update zeroes them first
         with self.autocast():
             ce_src = self.task_loss_of(self.classifier(source.x), source.y)

@@ -56,15 +56,15 @@ class DANN(Method):
         if self.multi_scale:
             if self.opts["dropout"]:
                 raise EdgedaError("dann's per-level domain classifiers (detection) have no dropout; leave option dropout at 0")
-            hidden = int(self.opts["hidden"]) if "hidden" in self.given else 256
+            hidden = self.opts["hidden"] if "hidden" in self.given else 256
             self.nets["domain"] = torch.nn.ModuleList(PixelDomainClassifier(c, hidden) for c in self._level_channels())
         elif self.dense:
             if self.opts["dropout"]:
                 raise EdgedaError("dann's pixel-wise domain classifier (segmentation, depth) has no dropout; leave option dropout at 0")
-            self.nets["domain"] = PixelDomainClassifier(self.classifier.feature_channels, int(self.opts["hidden"]))
+            self.nets["domain"] = PixelDomainClassifier(self.classifier.feature_channels, self.opts["hidden"])
         else:
             self.nets["domain"] = DomainClassifier(
-                self.nets["classifier"].feature_dim, int(self.opts["hidden"]), float(self.opts["dropout"])
+                self.nets["classifier"].feature_dim, self.opts["hidden"], self.opts["dropout"]
             )
         self.optims["main"] = self.make_optimizer(self.nets.parameters())
 

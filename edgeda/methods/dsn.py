@@ -44,7 +44,7 @@ class DomainSeparation(Method):
             self.nets[name] = BACKBONES.get(self.backbone)(channels=t.channels, image_size=t.image_size[0], **self.backbone_kwargs)
         width = int(self.backbone_kwargs.get("width", 16)) if self.backbone == "dtn" else 16
         self.nets["decoder"] = FeatureDecoder(dim, t.channels, t.image_size[0], width)
-        self.nets["domain"] = DomainClassifier(dim, int(self.opts["hidden"]))
+        self.nets["domain"] = DomainClassifier(dim, self.opts["hidden"])
         self.optims["main"] = self.make_optimizer(self.nets.parameters())
 
     def step(self, source: Batch, target: Batch | None) -> dict[str, float]:

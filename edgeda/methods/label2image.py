@@ -58,12 +58,12 @@ class Label2Image(PixelMethod):
         self.nets["classifier"] = self.make_classifier()
         if t.dense:
             self.nets["generator"] = build("label_map_generator", num_classes=t.num_classes, channels=t.channels,
-                                           z_dim=int(o["z_dim"]), width=int(o["g_width"]))
-            self.nets["disc"] = PatchDiscriminator(t.channels, int(o["d_width"]), 3)
+                                           z_dim=o["z_dim"], width=o["g_width"])
+            self.nets["disc"] = PatchDiscriminator(t.channels, o["d_width"], 3)
         else:
             self.nets["generator"] = build("conditional_generator", num_classes=t.num_classes, channels=t.channels,
-                                           image_size=t.image_size[0], z_dim=int(o["z_dim"]), width=int(o["g_width"]))
-            self.nets["disc"] = ImageDiscriminator(t.channels, t.image_size[0], int(o["d_width"]))
+                                           image_size=t.image_size[0], z_dim=o["z_dim"], width=o["g_width"])
+            self.nets["disc"] = ImageDiscriminator(t.channels, t.image_size[0], o["d_width"])
         self.optims["classifier"] = self.make_optimizer(self.classifier.parameters())
         self.optims["generator"] = self.make_gan_optimizer(self.nets["generator"].parameters())
         self.optims["disc"] = self.make_gan_optimizer(self.nets["disc"].parameters())
@@ -84,10 +84,10 @@ class Label2Image(PixelMethod):
         o, p = self.opts, self.progress
         out: dict[str, float] = {}
         fake = y = None
-        if p >= float(o["phase1"]):
+        if p >= o["phase1"]:
             fake, y, gan_out = self.gan_step(source, target)
             out.update(gan_out)
-        if p < float(o["phase1"]) or p >= float(o["phase2"]):
+        if p < o["phase1"] or p >= o["phase2"]:
             with self.autocast():
                 ce_src = self.task_loss_of(self.classifier(source.x), source.y)
                 loss = ce_src

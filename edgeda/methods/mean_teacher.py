@@ -82,22 +82,22 @@ class DetectionMeanTeacher(Method):
         for key in ("threshold", "jitter_p", "blur_p", "cutout_p"):
             if not 0.0 <= float(o[key]) <= 1.0:
                 raise EdgedaError(f"method 'mean_teacher' option {key}={o[key]} must lie in [0, 1]")
-        if not 0.0 <= float(o["burn_in"]) < 1.0:
+        if not 0.0 <= o["burn_in"] < 1.0:
             raise EdgedaError(f"method 'mean_teacher' option burn_in={o['burn_in']} must lie in [0, 1)")
         self.nets["classifier"] = self.make_classifier()
         if not callable(getattr(self.classifier, "postprocess", None)):
             raise EdgedaError("method 'mean_teacher' needs a detector (a network with postprocess and loss)")
-        self.optims["main"] = self.make_optimizer(self.param_groups(self.classifier, float(o["encoder_lr"])))
-        self.mean_teacher = MeanTeacher(self.classifier, float(o["alpha"]))
+        self.optims["main"] = self.make_optimizer(self.param_groups(self.classifier, o["encoder_lr"]))
+        self.mean_teacher = MeanTeacher(self.classifier, o["alpha"])
         self.nets["teacher"] = self.mean_teacher.teacher  # moved, saved and restored with the student
         self.started = False
         self._generator = torch.Generator().manual_seed((torch.initial_seed() * 7919 + 29) % 2**63)
 
     def strong(self, x: torch.Tensor) -> torch.Tensor:
         o = self.opts
-        x = strong_augment(x, self.task.mean, self.task.std, self._generator, jitter_p=float(o["jitter_p"]),
-                           jitter_strength=float(o["jitter_strength"]), blur_p=float(o["blur_p"]))
-        return cutout(x, self._generator, p=float(o["cutout_p"]))
+        x = strong_augment(x, self.task.mean, self.task.std, self._generator, jitter_p=o["jitter_p"],
+                           jitter_strength=o["jitter_strength"], blur_p=o["blur_p"])
+        return cutout(x, self._generator, p=o["cutout_p"])
 
     def step(self, source: Batch, target: Batch | None) -> dict[str, float]:
         o = self.opts
@@ -105,17 +105,17 @@ class DetectionMeanTeacher(Method):
         with self.autocast():
             loss_src = self.task_loss_of(student(source.x), source.y)
         out = {"loss/src": loss_src.item()}
-        if self.progress < float(o["burn_in"]):
+        if self.progress < o["burn_in"]:
             self.update(loss_src, "main")
             return out
         if not self.started:  # the teacher starts from the burnt-in student
             self.mean_teacher.teacher.load_state_dict(student.state_dict())
             self.mean_teacher.updates = 0
             self.started = True
-        pseudo = pseudo_boxes(self.mean_teacher.teacher, target.x, float(o["threshold"]), int(o["max_pseudo"]))
+        pseudo = pseudo_boxes(self.mean_teacher.teacher, target.x, o["threshold"], o["max_pseudo"])
         with self.autocast():
             loss_unsup = student.loss(student(self.strong(target.x)), pseudo)["classification"]
-        loss = loss_src + float(o["lambda_unsup"]) * loss_unsup
+        loss = loss_src + o["lambda_unsup"] * loss_unsup
         self.update(loss, "main")
         self.mean_teacher.update(student)
         n = sum(len(p["labels"]) for p in pseudo)

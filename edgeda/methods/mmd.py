@@ -53,6 +53,6 @@ class MultiKernelMMD(Method):
             cls_loss = F.cross_entropy(logits[:ns].float(), source.y)
             reps = {"features": feats, "logits": logits}
             mmd = sum(multi_kernel_mmd(reps[k][:ns], reps[k][ns:]) for k in sorted(self.layers))
-            loss = cls_loss + float(self.opts["weight"]) * coeff * mmd
+            loss = cls_loss + self.opts["weight"] * coeff * mmd
         self.update(loss)
         return {"loss/cls": cls_loss.item(), "loss/mmd": mmd.item(), "mmd_coeff": coeff}

@@ -35,14 +35,14 @@ class PixelDA(PixelMethod):
 
     def build(self) -> None:
         self.nets["classifier"] = self.make_classifier()
-        self.nets["refiner"] = self.make_refiner(noise_dim=int(self.opts["noise_dim"]))
+        self.nets["refiner"] = self.make_refiner(noise_dim=self.opts["noise_dim"])
         self.nets["disc"] = self.make_discriminator()
         self.optims["classifier"] = self.make_optimizer(self.classifier.parameters())
         self.optims["refiner"] = self.make_gan_optimizer(self.nets["refiner"].parameters())
         self.optims["disc"] = self.make_gan_optimizer(self.nets["disc"].parameters())
 
     def refine(self, xs_tanh: torch.Tensor) -> torch.Tensor:
-        nz = int(self.opts["noise_dim"])
+        nz = self.opts["noise_dim"]
         z = torch.rand(len(xs_tanh), nz, device=xs_tanh.device) * 2 - 1 if nz else None
         return self.nets["refiner"](xs_tanh, z)
 

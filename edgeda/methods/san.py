@@ -75,9 +75,9 @@ class StructuralAdaptation(Method):
         if self.low_level not in levels:
             raise EdgedaError(f"method 'san' option low_level={self.low_level!r}; valid for this encoder: {', '.join(levels)}")
         high = self.classifier.feature_channels
-        self.nets["generator"] = ConditionalFeatureGenerator(info[self.low_level]["channels"], high, int(o["g_width"]),
-                                                             int(o["g_blocks"]), int(o["noise_channels"]))
-        self.nets["discriminator"] = PixelDomainClassifier(high, int(o["d_width"]))
+        self.nets["generator"] = ConditionalFeatureGenerator(info[self.low_level]["channels"], high, o["g_width"],
+                                                             o["g_blocks"], o["noise_channels"])
+        self.nets["discriminator"] = PixelDomainClassifier(high, o["d_width"])
         self.optims["main"] = self.make_optimizer(self.classifier.parameters())
         for name, lr in (("generator", o["lr_g"]), ("discriminator", o["lr_d"])):
             self.optims[name] = self.make_adam(self.nets[name].parameters(), lr, (0.5, 0.999))
@@ -91,7 +91,7 @@ class StructuralAdaptation(Method):
 
     def step(self, source: Batch, target: Batch | None) -> dict[str, float]:
         ns, G, D = len(source), self.nets["generator"], self.nets["discriminator"]
-        lam = float(self.opts["lambda_task"])
+        lam = self.opts["lambda_task"]
         with self.autocast():
             feats = self.classifier.encoder.forward_intermediates(torch.cat([source.x, target.x]))
             f_s, f_t = feats["out"][:ns], feats["out"][ns:]

@@ -87,6 +87,6 @@ class TwoStream(Method):
             cls_loss = F.cross_entropy(logits_s.float(), source.y)
             mmd = multi_kernel_mmd(fs, ft)
             reg, slope = self.weight_regulariser()
-            loss = cls_loss + float(o["weight_reg"]) * reg + float(o["mmd_weight"]) * mmd
+            loss = cls_loss + o["weight_reg"] * reg + o["mmd_weight"] * mmd
         self.update(loss)
         return {"loss/cls": cls_loss.item(), "loss/mmd": mmd.item(), "loss/weight_reg": reg.item(), "mean_a": slope}

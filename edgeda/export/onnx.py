@@ -29,6 +29,7 @@ from torch import nn
 from ..errors import EdgedaError, MissingDependency
 from ..registry import Registry
 from ..task import TaskSpec
+from ..tasks.base import argmax_agreement, output_difference
 
 OPSET = 17
 MAX_IR_VERSION = 10  # ONNX Runtime 1.31 refuses IR > 13; TensorRT 10.3's parser reads up to 10
@@ -288,10 +289,12 @@ def run_torch(module: nn.Module, inputs: list[np.ndarray], batch_size: int = 256
 
 
 def compare_outputs(ref: np.ndarray, out: np.ndarray, classifies: bool) -> dict:
-    """Max abs difference and (for logits) top-1 agreement of ``out`` with ``ref``."""
-    res = {"n": int(len(ref)), "max_abs_diff": float(np.abs(ref.astype(np.float64) - out).max()) if len(ref) else 0.0}
+    """Parity of a deployable that is not the task network (a refiner, a generator): max abs
+    difference and, for logits, top-1 agreement of ``out`` with ``ref`` (the task network's parity
+    is its task's :meth:`~edgeda.tasks.Task.compare`, from the same pieces)."""
+    res = output_difference(ref, out)
     if classifies and len(ref):
-        res["top1_agreement"] = float((ref.argmax(1) == out.argmax(1)).mean())
+        res["top1_agreement"] = argmax_agreement(ref, out)
     return res
 
 

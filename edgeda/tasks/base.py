@@ -16,6 +16,16 @@ TASKS: Registry = Registry("task")
 _INSTANCES: dict = {}
 
 
+def output_difference(ref: np.ndarray, out: np.ndarray) -> dict:
+    """Export parity of two output arrays: ``n`` and the largest absolute difference (in float64)."""
+    return {"n": int(len(ref)), "max_abs_diff": float(np.abs(ref.astype(np.float64) - out).max()) if len(ref) else 0.0}
+
+
+def argmax_agreement(ref: np.ndarray, out: np.ndarray) -> float:
+    """The share of rows (images, or pixels of dense maps) whose arg-max over axis 1 is the same."""
+    return float((ref.argmax(1) == out.argmax(1)).mean())
+
+
 def task_of(spec: TaskSpec | str) -> "Task":
     """The task object of a spec (or of a task name); tasks hold no state, one instance each."""
     name = spec if isinstance(spec, str) else spec.task
@@ -199,9 +209,7 @@ class Task:
     # -- export --------------------------------------------------------------------------------
     def compare(self, ref: np.ndarray, out: np.ndarray) -> dict:
         """Export parity: max abs difference, plus top-1 / pixel agreement where outputs are logits."""
-        res = {"n": int(len(ref)), "max_abs_diff": float(np.abs(ref.astype(np.float64) - out).max()) if len(ref) else 0.0,
-               "max_abs_ref": float(np.abs(ref).max()) if len(ref) else 0.0}
-        return res
+        return {**output_difference(ref, out), "max_abs_ref": float(np.abs(ref).max()) if len(ref) else 0.0}
 
     def ort_scores(self, outputs: np.ndarray, labels: np.ndarray, spec: TaskSpec) -> dict:
         """Scores of exported-model outputs (N, ...) against labels, for the per-precision report."""

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from ..data.domain import Domain
 from ..errors import DataError
 from ..task import TaskSpec
-from .base import TASKS, Task
+from .base import TASKS, Task, argmax_agreement
 from ..trust import confusion_interval
 from .metrics import ConfusionMeter, classification_scores
 
@@ -78,7 +78,7 @@ class Classification(Task):
     def compare(self, ref, out):
         res = super().compare(ref, out)
         if len(ref):
-            res["top1_agreement"] = float((ref.argmax(1) == out.argmax(1)).mean())
+            res["top1_agreement"] = argmax_agreement(ref, out)
         return res
 
     def ort_scores(self, outputs, labels, spec):

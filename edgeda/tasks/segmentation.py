@@ -6,7 +6,7 @@ import torch.nn.functional as F
 
 from ..data.dense import default_palette
 from ..task import TaskSpec
-from .base import TASKS, Task
+from .base import TASKS, Task, argmax_agreement
 from .metrics import IGNORE_INDEX, ConfusionMeter, segmentation_scores
 
 
@@ -65,7 +65,7 @@ class Segmentation(Task):
     def compare(self, ref, out):
         res = super().compare(ref, out)
         if len(ref):
-            res["pixel_agreement"] = float((ref.argmax(1) == out.argmax(1)).mean())
+            res["pixel_agreement"] = argmax_agreement(ref, out)
         return res
 
     def draw_row(self, spec, image, pred, truth=None):

@@ -3,7 +3,7 @@ pairs, with the target-trained upper bound; COCO mAP@.5 and mAP@[.5:.95] and wal
 
     python benchmarks/detection.py [--profile cpu|gpu|quick] [--rows digits_det,syn_det]
                                    [--methods source_only,mean_teacher,dann] [--seeds 0,1,2] [--no-upper]
-                                   [--table-only]
+                                   [--latency [--latency-only]] [--table-only]
 
 | row | pair | cpu profile | gpu profile |
 |---|---|---|---|
@@ -21,7 +21,18 @@ labelled adaptation split (``handwritten-scenes:adapt``, ``synscenes:photo``), s
 ``quick`` is a smoke profile (64 iterations) for checking the script, not for the table.
 Every run is stored under ``benchmarks/results/detection/<profile>/`` (a run with the same config
 is not repeated) and the summary in ``benchmarks/results/detection.json``; the markdown table is
-written to ``benchmarks/results/detection-<profile>.md``.
+written to ``benchmarks/results/detection-<profile>.md`` (for the cpu profile also to benchmarks/README.md).
+
+Latency (``--latency``; ``--latency-only`` skips the training runs): each detector of
+``LATENCY_MODELS`` at each input size of the profile's rows, with the row's class count, exported
+with decoding and NMS in the graph (:func:`edgeda.export.detection.export_detector_onnx`, the
+graph ``edgeda export`` ships), timed in ONNX Runtime against PyTorch eager (the model, then its
+``postprocess``: decoding and the one PyTorch NMS, with the same ``score_thresh`` 0.05, ``max_det``
+100 and ``pre_nms_topk`` 1000), at batch 1 and 8, one thread each, in interleaved rounds (every
+configuration in each round, so contention from other jobs hits all alike); medians and p90 of the
+per-call times. The eager forward pass alone is timed in the same rounds, to show what the NMS costs.
+Untrained weights: every (anchor, class) pair scores above 0.05, so NMS always sees the full 1000
+candidates, the heaviest case. Target: ORT at batch 1 <= 0.6x eager.
 """
 from __future__ import annotations
 
@@ -35,6 +46,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
 RESULTS = ROOT / "benchmarks" / "results"
 PAIRS = {
@@ -56,6 +68,14 @@ PROFILES = {
                         "batch_size": 8, "iters": 20000, "lr": 0.01, "lr_schedule": "cosine"}},
 }
 METHODS = ("source_only", "mean_teacher", "dann")
+# the detectors timed by --latency: the cpu rows' ssdlite, and fcos scaled to the same budget (a
+# MobileNetV3-Large trunk at width 0.5, a 64-channel FPN, two convs per head; the gpu row's fcos is resnet50)
+LATENCY_MODELS = {
+    "ssdlite w0.5": {"arch": "ssdlite", "width": 0.5},
+    "fcos mobilenet_v3_large w0.5 fpn64": {"arch": "fcos", "backbone": "mobilenet_v3_large", "width": 0.5,
+                                           "fpn_channels": 64, "num_convs": 2},
+}
+CLASSES = {"digits_det": 10, "syn_det": 6}
 
 
 def run_config(profile: str, row: str, seed: int, upper: bool, method: str = "source_only") -> dict:
@@ -162,6 +182,95 @@ def table(profile: str, summary: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def latency(profile: str, rows: list[str], rounds: int = 12, batches=(1, 8)) -> dict:
+    """ORT (NMS in the graph) vs PyTorch eager (model + postprocess) per detector, input size and batch;
+    see the module docstring."""
+    import tempfile
+
+    import numpy as np
+    import torch
+
+    from edgeda.export.detection import export_detector_onnx
+    from edgeda.models import build
+    from edgeda.utils import machine_info
+
+    torch.set_num_threads(1)
+    post = {"score_thresh": 0.05, "max_det": 100, "pre_nms_topk": 1000}
+    calls = {1: 5, 8: 2}  # calls per configuration and round (batch 8 takes ~8x longer)
+    rng = np.random.default_rng(0)
+    out: dict = {"models": {}, "rounds": rounds, "calls_per_round": {str(b): calls.get(b, 1) for b in batches},
+                 "postprocess": post, "threads": 1, "machine": machine_info(), "date": dt.date.today().isoformat()}
+    with tempfile.TemporaryDirectory() as tmp, torch.inference_mode():
+        for row in rows:
+            size = tuple(PROFILES[profile][row]["image_size"])
+            for name, kw in LATENCY_MODELS.items():
+                kw = dict(kw)
+                model = build("detector", num_classes=CLASSES[row], channels=3, image_size=list(size), **kw).eval()
+                with torch.inference_mode(False):
+                    rep = export_detector_onnx(model, Path(tmp) / "det.onnx", size, **post)
+                from edgeda.export.onnx import ort_session
+
+                sess = ort_session(rep["path"], threads=1)
+                fns = {}
+                for b in batches:
+                    x = rng.standard_normal((b, 3, *size)).astype(np.float32)
+                    xt = torch.from_numpy(x)
+                    fns[(b, "eager")] = lambda xt=xt: model.postprocess(model(xt), **post)
+                    fns[(b, "ort")] = lambda x=x: sess.run(None, {"image": x})
+                    fns[(b, "forward")] = lambda xt=xt: model(xt)
+                times = {k: [] for k in fns}
+                for f in fns.values():  # warm-up
+                    f(), f()
+                for _ in range(rounds):
+                    for (b, kind), f in fns.items():
+                        for _ in range(calls.get(b, 1)):
+                            t = time.perf_counter()
+                            f()
+                            times[(b, kind)].append(1000 * (time.perf_counter() - t))
+                key = f"{name} {size[0]}x{size[1]}"
+                rec = {"row": row, "num_classes": CLASSES[row], "image_size": list(size), "num_anchors": rep["num_anchors"],
+                       "parity": rep["parity"], "batches": {}}
+                for b in batches:
+                    med = {k: statistics.median(times[(b, k)]) for k in ("eager", "ort", "forward")}
+                    p90 = {k: float(np.percentile(times[(b, k)], 90)) for k in ("eager", "ort", "forward")}
+                    rec["batches"][str(b)] = {"eager_median_ms": med["eager"], "ort_median_ms": med["ort"],
+                                              "eager_forward_median_ms": med["forward"], "eager_p90_ms": p90["eager"],
+                                              "ort_p90_ms": p90["ort"], "eager_forward_p90_ms": p90["forward"],
+                                              "ratio_ort_vs_eager": med["ort"] / med["eager"],
+                                              "ratio_ort_vs_eager_forward": med["ort"] / med["forward"],
+                                              "samples": len(times[(b, "ort")])}
+                    print(f"latency {key} batch {b}: eager {med['eager']:.2f} ms (forward {med['forward']:.2f}), "
+                          f"ort {med['ort']:.2f} ms, ratio {med['ort'] / med['eager']:.2f}", flush=True)
+                out["models"][key] = rec
+    return out
+
+
+def latency_table(lat: dict | None) -> str:
+    if not lat or not lat.get("models"):
+        return "Detection latency not measured yet (`python benchmarks/detection.py --latency`)."
+    m = lat["machine"]
+    rounds, calls = lat["rounds"], lat["calls_per_round"]
+    lines = [f"Detectors exported with decoding and NMS in the graph, ONNX Runtime vs PyTorch eager (model + "
+             f"postprocess: decoding and NMS; score > {lat['postprocess']['score_thresh']}, {lat['postprocess']['pre_nms_topk']} "
+             f"candidates, max {lat['postprocess']['max_det']} detections), untrained weights (NMS sees all "
+             f"{lat['postprocess']['pre_nms_topk']} candidates), 1 thread each, {rounds} interleaved rounds "
+             f"({', '.join(f'{c} calls at batch {b}' for b, c in calls.items())} per round), median (p90) ms per call. "
+             f"Machine: {m.get('cpu')} ({m.get('cores')} cores, shared with other jobs), torch {m.get('torch')}, "
+             f"onnxruntime {m.get('onnxruntime')}, {lat['date']}.", "",
+             "| detector, input (classes) | batch | PyTorch eager (model + NMS) | eager forward only | ORT (NMS in graph) "
+             "| ORT / eager (target <= 0.6 at batch 1) | ORT / eager forward |", "|---|---|---|---|---|---|---|"]
+    for key, r in lat["models"].items():
+        for b, t in r["batches"].items():
+            lines.append(f"| {key} ({r['num_classes']}) | {b} | {t['eager_median_ms']:.2f} ({t['eager_p90_ms']:.2f}) | "
+                         f"{t['eager_forward_median_ms']:.2f} ({t['eager_forward_p90_ms']:.2f}) | {t['ort_median_ms']:.2f} "
+                         f"({t['ort_p90_ms']:.2f}) | {t['ratio_ort_vs_eager']:.2f} | {t['ratio_ort_vs_eager_forward']:.2f} |")
+    b1 = [r["batches"]["1"]["ratio_ort_vs_eager"] for r in lat["models"].values() if "1" in r["batches"]]
+    if b1:
+        lines += ["", f"Batch 1: ORT / eager {min(b1):.2f} - {max(b1):.2f} over the {len(b1)} detector-size pairs "
+                  f"(target <= 0.6: {'met' if max(b1) <= 0.6 else 'not met'} on every pair)."]
+    return "\n".join(lines) + "\n"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--profile", default="cpu", choices=sorted(PROFILES))
@@ -170,12 +279,15 @@ def main() -> None:
     ap.add_argument("--methods", default=",".join(METHODS))
     ap.add_argument("--no-upper", action="store_true", help="skip the target-trained upper bounds")
     ap.add_argument("--table-only", action="store_true", help="rebuild the summary and table from stored runs")
+    ap.add_argument("--latency", action="store_true", help="also time each detector, ORT (NMS in graph) vs eager")
+    ap.add_argument("--latency-only", action="store_true", help="time the detectors; no training runs")
+    ap.add_argument("--rounds", type=int, default=12, help="interleaved latency rounds")
     a = ap.parse_args()
     rows = [r for r in a.rows.split(",") if r]
     unknown = [r for r in rows if r not in PAIRS]
     if unknown:
         raise SystemExit(f"unknown rows {', '.join(unknown)}; valid: {', '.join(PAIRS)}")
-    if not a.table_only:
+    if not a.table_only and not a.latency_only:
         seeds = [int(s) for s in a.seeds.split(",") if s]
         for row in rows:
             for seed in seeds:
@@ -183,14 +295,23 @@ def main() -> None:
                     run_one(a.profile, row, seed, False, method)
             if not a.no_upper:
                 run_one(a.profile, row, 0, True)
+    lat = latency(a.profile, rows, a.rounds) if (a.latency or a.latency_only) and not a.table_only else None
     summary = summarise(a.profile)
     path = RESULTS / "detection.json"
     stored = json.loads(path.read_text()) if path.is_file() else {}
-    stored[a.profile] = {"rows": summary, "date": dt.date.today().isoformat()}
+    old = stored.get(a.profile, {})
+    stored[a.profile] = {"rows": summary, "date": old.get("date") if a.latency_only or a.table_only else dt.date.today().isoformat(),
+                         **({"latency": lat or old["latency"]} if lat or old.get("latency") else {})}
     RESULTS.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(stored, indent=1) + "\n")
     md = RESULTS / f"detection-{a.profile}.md"
-    md.write_text(table(a.profile, summary))
+    lat_md = latency_table(stored[a.profile].get("latency"))
+    md.write_text(table(a.profile, summary) + "\n" + lat_md)
+    if a.profile == "cpu":
+        from readme_tables import replace_block
+
+        replace_block("detection-table", table(a.profile, summary))
+        replace_block("detection-latency-table", lat_md)
     print(md.read_text())
 
 

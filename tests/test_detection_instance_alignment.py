@@ -35,6 +35,11 @@ def test_roi_align_averages_bilinear_samples_of_each_bin():
     # the first sample (-0.5 + 8 / 8 = 0.5) stays inside, so no border clamping: bin means 1.5 and 5.5
     assert torch.allclose(pooled[0, 0] - 100, torch.tensor([[1.5, 5.5], [1.5, 5.5]]))
 
+    # strides per axis (8 down, 16 across): x = 32 .. 64 is column 1.5 .. 3.5, one bin, samples 2 and 3
+    pooled, _ = roi_align(feature[:1, :, :, :4], [torch.tensor([[32.0, 8.0, 64.0, 40.0]])], stride=(8.0, 16.0),
+                          output_size=1, sampling=2)
+    assert torch.allclose(pooled[0, :2, 0, 0], torch.tensor([2.5, 2.5]))  # rows 0.5 .. 4.5: samples 1.5, 3.5
+
 
 def test_boxes_go_to_the_coarsest_level_they_span_two_cells_of():
     from edgeda.models.detection.instance_alignment import assign_levels

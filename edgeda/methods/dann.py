@@ -130,13 +130,13 @@ class DANN(Method):
     def _instance_terms(self, source: Batch, feats: list[torch.Tensor], image_logits: list[torch.Tensor], coeff: float):
         """(L_ins, L_cst, logged values) over the source's ground-truth boxes and the target's detections."""
         model, ns, k = self.classifier, len(source), int(self.opts["instance_boxes"])
-        h = self.task.image_size[0]
-        strides = [h / f.shape[-2] for f in feats]
+        h, w = self.task.image_size
+        strides = [(h / f.shape[-2], w / f.shape[-1]) for f in feats]  # per axis (odd sizes round the maps up)
         with torch.no_grad():
             dets = model.postprocess(model.heads([f[ns:].detach() for f in feats]), max_det=k,
                                      score_thresh=float(self.opts["instance_score"]))
         boxes = [y["boxes"][:k] for y in source.y] + [d["boxes"] for d in dets]
-        levels = [assign_levels(b, strides) for b in boxes]
+        levels = [assign_levels(b, [(sy * sx) ** 0.5 for sy, sx in strides]) for b in boxes]
         losses, logits, image_prob, domain = [], [], [], []
         for lvl, (f, disc) in enumerate(zip(feats, self.nets["instance_domain"])):
             pooled, image_of = roi_align(f, [b[lv == lvl] for b, lv in zip(boxes, levels)], strides[lvl], POOL, POOL)

@@ -30,14 +30,16 @@ from torch import nn
 from ..layers import gradient_reversal
 
 
-def roi_align(feature: torch.Tensor, boxes: list[torch.Tensor], stride: float, output_size: int = 2,
+def roi_align(feature: torch.Tensor, boxes: list[torch.Tensor], stride, output_size: int = 2,
               sampling: int = 2) -> tuple[torch.Tensor, torch.Tensor]:
     """Pool ``feature`` (N, C, h, w) under each image's ``boxes[i]`` ((n_i, 4) ``x1 y1 x2 y2`` input pixels;
-    the map is the input at 1/``stride``) to (sum n_i, C, P, P), with the image index of each row.
+    the map is the input at 1/``stride``, a number or ``(stride_y, stride_x)``) to (sum n_i, C, P, P), with
+    the image index of each row.
 
     A sample at input pixel coordinate x reads the map at x / stride - 0.5 in index units (pixel
     centres at integers), bilinearly; samples beyond the map read its border."""
     n, c, h, w = feature.shape
+    sy, sx = (float(stride), float(stride)) if isinstance(stride, (int, float)) else (float(stride[0]), float(stride[1]))
     rows, image_of = [], []
     p, r = int(output_size), int(sampling)
     # sample offsets within a box, as fractions of its size: bin k, sample s at (k + (s + 0.5) / r) / P
@@ -51,8 +53,8 @@ def roi_align(feature: torch.Tensor, boxes: list[torch.Tensor], stride: float, o
         ys = b[:, 1:2] + frac[None] * (b[:, 3:4] - b[:, 1:2])
         # grid_sample (align_corners=False) puts -1 at the left edge of pixel 0: u = x / stride - 0.5 maps to
         # (2 u + 1) / w - 1 = 2 x / (stride w) - 1
-        gx = 2 * xs / (stride * w) - 1
-        gy = 2 * ys / (stride * h) - 1
+        gx = 2 * xs / (sx * w) - 1
+        gy = 2 * ys / (sy * h) - 1
         grid = torch.stack([gx[:, None, :].expand(-1, gy.shape[1], -1), gy[:, :, None].expand(-1, -1, gx.shape[1])], -1)
         src = feature[i:i + 1].expand(len(b), -1, -1, -1)
         s = F.grid_sample(src, grid.to(feature.dtype), mode="bilinear", padding_mode="border", align_corners=False)

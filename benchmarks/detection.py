@@ -1,9 +1,10 @@
-"""Detection benchmark: source-only, mean-teacher self-training and DANN on the embedded detection
+"""Detection benchmark: source-only, mean-teacher self-training, DANN (image level, and with the
+instance level) and translate-then-train (CycleGAN, fore/background CycleGAN) on the embedded detection
 pairs, with the target-trained upper bound; COCO mAP@.5 and mAP@[.5:.95] and wall time per run.
 
     python benchmarks/detection.py [--profile cpu|gpu|quick] [--rows digits_det,syn_det]
-                                   [--methods source_only,mean_teacher,dann] [--seeds 0,1,2] [--no-upper]
-                                   [--latency [--latency-only]] [--table-only]
+                                   [--methods source_only,mean_teacher,dann,...] [--seeds 0,1,2] [--no-upper]
+                                   [--latency [--latency-only]] [--precisions] [--no-train] [--table-only]
 
 | row | pair | cpu profile | gpu profile |
 |---|---|---|---|
@@ -16,7 +17,10 @@ target), evaluated four times. The CPU iteration count is a budget, not a measur
 are not mirror-symmetric, so the digit row trains without horizontal flips (as the dense digit row). Method defaults are the papers' scaled to this budget and stated in
 each method's docstring: ``mean_teacher`` threshold 0.8, EMA 0.99 (0.9996 in the papers, over
 tens of thousands of iterations), burn-in 30 % of training; ``dann`` gamma 10, per-level domain
-classifiers of 256 channels. The upper bound is the same model and budget trained on the target's
+classifiers of 256 channels; ``dann_instance`` is ``dann`` with option ``instance=1`` (Chen et al.
+2018's instance-level classifier under boxes and the consistency term, 16 instances per image);
+``cyclegan`` and ``fgbg_cyclegan`` translate for the first half of the iterations and train the
+detector on translated sources for the second (``fgbg_cyclegan``'s foreground: the source boxes). The upper bound is the same model and budget trained on the target's
 labelled adaptation split (``handwritten-scenes:adapt``, ``synscenes:photo``), seed 0 only.
 ``quick`` is a smoke profile (64 iterations) for checking the script, not for the table.
 Every run is stored under ``benchmarks/results/detection/<profile>/`` (a run with the same config
@@ -33,6 +37,12 @@ configuration in each round, so contention from other jobs hits all alike); medi
 per-call times. The eager forward pass alone is timed in the same rounds, to show what the NMS costs.
 Untrained weights: every (anchor, class) pair scores above 0.05, so NMS always sees the full 1000
 candidates, the heaviest case. Target: ORT at batch 1 <= 0.6x eager.
+
+Precisions (``--precisions``; ``--no-train`` skips the method runs): each row's seed-0 source-only
+bundle (the stored run's when it is on this machine, else the same config trained again) exported at
+fp16 and int8 (calibrated on the first 128 target adaptation images) beside fp32, every precision
+scored with COCO mAP on the whole target test split by the export itself, its agreement with the fp32
+file, and batch-1 ORT latency per precision.
 """
 from __future__ import annotations
 
@@ -67,7 +77,9 @@ PROFILES = {
             "syn_det": {"backbone": "fcos", "backbone_kwargs": {"backbone": "resnet50"}, "image_size": [512, 1024],
                         "batch_size": 8, "iters": 20000, "lr": 0.01, "lr_schedule": "cosine"}},
 }
-METHODS = ("source_only", "mean_teacher", "dann")
+METHODS = ("source_only", "mean_teacher", "dann", "dann_instance", "cyclegan", "fgbg_cyclegan")
+# rows that run a method with options other than its defaults: row name -> (method, options)
+VARIANTS = {"dann_instance": ("dann", {"instance": 1.0})}
 # the detectors timed by --latency: the cpu rows' ssdlite, and fcos scaled to the same budget (a
 # MobileNetV3-Large trunk at width 0.5, a 64-channel FPN, two convs per head; the gpu row's fcos is resnet50)
 LATENCY_MODELS = {
@@ -80,9 +92,12 @@ CLASSES = {"digits_det": 10, "syn_det": 6}
 
 def run_config(profile: str, row: str, seed: int, upper: bool, method: str = "source_only") -> dict:
     p, pair = PROFILES[profile][row], PAIRS[row]
+    method, options = VARIANTS.get(method, (method, None))
     cfg = {"method": method, "task": "detection", "seed": seed, "select": "last",
            "device": "cpu" if profile != "gpu" else "auto", "source": pair["upper_source"] if upper else pair["source"],
            "target": pair["target"], "target_test": pair["test"], **p}
+    if options:
+        cfg["options"] = dict(options)
     cfg["eval_every"] = cfg["iters"] if profile == "quick" else max(1, cfg["iters"] // 4)
     cfg["checkpoint_every"] = cfg["iters"]
     return cfg
@@ -245,6 +260,103 @@ def latency(profile: str, rows: list[str], rounds: int = 12, batches=(1, 8)) -> 
     return out
 
 
+def seed0_bundle(profile: str, row: str) -> tuple[Path, str]:
+    """The row's stored seed-0 source-only bundle when the one on this machine is that run's (its target
+    test mAP equals the stored record's), else the same config trained here; (bundle, where it came from)."""
+    import edgeda
+
+    stored = RESULTS / "detection" / profile / f"{run_tag(row, 'source_only', 0)}.json"
+    if stored.is_file():
+        rec = json.loads(stored.read_text())
+        man = Path(rec["bundle"]) / "manifest.json"
+        if man.is_file() and rec["config"] == run_config(profile, row, 0, False):
+            got = json.loads(man.read_text()).get("metrics", {}).get("target_test_map")
+            if got is not None and rec["target_test"]["map"] is not None and abs(got - rec["target_test"]["map"]) < 1e-9:
+                return Path(rec["bundle"]), "the stored seed-0 run"
+    local = Path("/tmp/edgeda-detection-bench") / profile / f"{run_tag(row, 'source_only', 0)}-here"
+    if not (local / "model.edgeda" / "manifest.json").is_file():
+        print(f"training the seed-0 source-only {row} bundle ...", flush=True)
+        edgeda.train(out=str(local), progress=False, log=None, **run_config(profile, row, 0, False))
+    return local / "model.edgeda", "the seed-0 source-only config trained again here"
+
+
+def precisions(profile: str, rows: list[str], rounds: int = 10, calls: int = 5) -> dict:
+    """Each row's seed-0 source-only bundle exported at fp16 and int8 (calibrated on the first 128 target
+    adaptation images) beside fp32 by ``edgeda export``'s detection path, every precision scored with COCO
+    mAP on the whole target test split and compared with the fp32 file; batch-1 ORT latency per precision
+    (1 thread, interleaved rounds)."""
+    import tempfile
+
+    import numpy as np
+
+    from edgeda.bundle import Bundle
+    from edgeda.export.boxes_bundle import export_postprocessing_bundle
+    from edgeda.export.onnx import ort_session
+    from edgeda.utils import machine_info
+
+    out: dict = {"rows": {}, "machine": machine_info(), "date": dt.date.today().isoformat(), "rounds": rounds, "calls": calls}
+    for row in rows:
+        bundle, origin = seed0_bundle(profile, row)
+        pair = PAIRS[row]
+        r: dict = {"bundle": str(bundle), "origin": origin, "precisions": {}}
+        with tempfile.TemporaryDirectory() as tmp:
+            files = {}
+            for p in ("fp16", "int8"):
+                rec = export_postprocessing_bundle(Bundle(bundle), Path(tmp) / f"{p}.edgeda", precision=p, data=pair["test"],
+                                                   calib=pair["target"] if p == "int8" else None, n_check=10 ** 6,
+                                                   log=lambda m: print(m, flush=True))
+                entry = rec["deployables"]["model"]
+                for q in ("fp32", p):
+                    sc = rec["precisions"][q]
+                    r["precisions"][q] = {"map": sc["target_map"], "map50": sc["target_scores"]["map50"], "n_images": sc["n"],
+                                          "eager_fp32_map": sc["eager_map"]}
+                    files[q] = Path(rec["bundle"]) / "onnx" / f"model.{q}.onnx"
+                r["precisions"][p]["vs_fp32"] = entry[f"vs_fp32_{p}"]
+                r["precisions"]["fp32"]["parity_real"] = entry["parity_fp32"]["real"]
+                if "calib" in rec:
+                    r["calib"] = rec["calib"]
+            h, w = PROFILES[profile][row]["image_size"]
+            x = np.random.default_rng(1).standard_normal((1, 3, h, w)).astype(np.float32)
+            sess = {p: ort_session(f, threads=1) for p, f in files.items()}
+            times = {p: [] for p in sess}
+            for s_ in sess.values():
+                s_.run(None, {"image": x})
+            for _ in range(rounds):
+                for p, s_ in sess.items():
+                    for _ in range(calls):
+                        t = time.perf_counter()
+                        s_.run(None, {"image": x})
+                        times[p].append(1000 * (time.perf_counter() - t))
+            for p, v in times.items():
+                r["precisions"][p]["ort_b1_median_ms"] = statistics.median(v)
+        out["rows"][row] = r
+    return out
+
+
+def precision_table(prec: dict | None) -> str:
+    if not prec or not prec.get("rows"):
+        return ""
+    m = prec["machine"]
+    lines = [f"Each row's seed-0 source-only bundle at each precision (`edgeda export --precision`; int8: Q/DQ convolutions "
+             f"calibrated on the first target adaptation images, decoding and NMS in float32), COCO mAP on the whole target "
+             f"test split as ONNX Runtime computes it; agreement: share of the fp32 file's detections found at the "
+             f"precision (same class, IoU >= 0.5; in brackets also within 0.01 in score); batch-1 ORT latency, 1 thread, "
+             f"{prec['rounds']} interleaved rounds, median. Machine: {m.get('cpu')}, {prec['date']}.", "",
+             "| pair | precision | mAP@.5 % | mAP % | agreement with fp32 | ORT batch 1 ms |", "|---|---|---|---|---|---|"]
+    for row, r in prec["rows"].items():
+        for p in ("fp32", "fp16", "int8"):
+            q = r["precisions"].get(p)
+            if q is None:
+                continue
+            a = q.get("vs_fp32")
+            agree = "-" if a is None else f"{100 * a['matched_fraction']:.1f} % ({100 * a['matched_fraction_within_score_tol']:.1f} %)"
+            lines.append(f"| {PAIRS[row]['source']} -> {PAIRS[row]['target']} | {p} | {100 * q['map50']:.1f} | "
+                         f"{100 * q['map']:.1f} | {agree} | {q['ort_b1_median_ms']:.2f} |")
+    origins = sorted({r["origin"] for r in prec["rows"].values()})
+    lines += ["", f"Bundles: {'; '.join(origins)}."]
+    return "\n".join(lines) + "\n"
+
+
 def latency_table(lat: dict | None) -> str:
     if not lat or not lat.get("models"):
         return "Detection latency not measured yet (`python benchmarks/detection.py --latency`)."
@@ -281,13 +393,17 @@ def main() -> None:
     ap.add_argument("--table-only", action="store_true", help="rebuild the summary and table from stored runs")
     ap.add_argument("--latency", action="store_true", help="also time each detector, ORT (NMS in graph) vs eager")
     ap.add_argument("--latency-only", action="store_true", help="time the detectors; no training runs")
+    ap.add_argument("--no-train", action="store_true", help="no method runs (with --precisions or --latency)")
     ap.add_argument("--rounds", type=int, default=12, help="interleaved latency rounds")
+    ap.add_argument("--precisions", action="store_true",
+                    help="export each row's seed-0 source-only bundle at fp16 and int8 and score every precision")
     a = ap.parse_args()
     rows = [r for r in a.rows.split(",") if r]
     unknown = [r for r in rows if r not in PAIRS]
     if unknown:
         raise SystemExit(f"unknown rows {', '.join(unknown)}; valid: {', '.join(PAIRS)}")
-    if not a.table_only and not a.latency_only:
+    ran = not (a.table_only or a.latency_only or a.no_train)  # method runs: the rows' date changes
+    if ran:
         seeds = [int(s) for s in a.seeds.split(",") if s]
         for row in rows:
             for seed in seeds:
@@ -296,16 +412,20 @@ def main() -> None:
             if not a.no_upper:
                 run_one(a.profile, row, 0, True)
     lat = latency(a.profile, rows, a.rounds) if (a.latency or a.latency_only) and not a.table_only else None
+    prec = precisions(a.profile, rows) if a.precisions and not a.table_only else None
     summary = summarise(a.profile)
     path = RESULTS / "detection.json"
     stored = json.loads(path.read_text()) if path.is_file() else {}
     old = stored.get(a.profile, {})
-    stored[a.profile] = {"rows": summary, "date": old.get("date") if a.latency_only or a.table_only else dt.date.today().isoformat(),
-                         **({"latency": lat or old["latency"]} if lat or old.get("latency") else {})}
+    stored[a.profile] = {"rows": summary, "date": dt.date.today().isoformat() if ran else old.get("date"),
+                         **({"latency": lat or old["latency"]} if lat or old.get("latency") else {}),
+                         **({"precisions": prec or old["precisions"]} if prec or old.get("precisions") else {})}
     RESULTS.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(stored, indent=1) + "\n")
     md = RESULTS / f"detection-{a.profile}.md"
     lat_md = latency_table(stored[a.profile].get("latency"))
+    prec_md = precision_table(stored[a.profile].get("precisions"))
+    lat_md += ("\n" + prec_md) if prec_md else ""
     md.write_text(table(a.profile, summary) + "\n" + lat_md)
     if a.profile == "cpu":
         from readme_tables import replace_block

@@ -72,8 +72,8 @@ def export_bundle(bundle: str | Path, out: str | Path | None = None, *, precisio
     from .boxes_bundle import export_postprocessing_bundle, exports_postprocessing
 
     if exports_postprocessing(b.module(b.primary, "cpu")):  # decoding and NMS go into the graph
-        return export_postprocessing_bundle(b, out, precision=precision, data=data or b.target_test, trt=trt,
-                                            n_check=min(n_check, 64), exporter=exporter, log=log)
+        return export_postprocessing_bundle(b, out, precision=precision, data=data or b.target_test, calib=calib,
+                                            trt=trt, n_check=min(n_check, 64), exporter=exporter, log=log)
     if trt:  # fail before any work: one sentence naming what is missing
         from .trt import require_tensorrt, trt_major
 

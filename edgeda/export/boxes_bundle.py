@@ -4,7 +4,15 @@ box decoding and non-maximum suppression in the graph, parity-checked against Py
 The graph is :func:`edgeda.export.detection.export_detector_onnx`'s (padded ``boxes``, ``scores``,
 ``classes`` and ``num_detections``, dynamic batch). Parity: on random inputs (the export's own check)
 and, with labeled data, on real images, where the exported and the eager detections are also scored
-with the task's metric (COCO mAP). Precision fp32 only for now.
+with the task's metric (COCO mAP).
+
+Precisions: the fp32 file always, with its parity against PyTorch; ``fp16`` or ``int8`` (calibrated on
+target images: ``calib``, else the bundle's target adaptation split) beside it, the network and decoding
+at that precision and the NMS unchanged (:func:`~edgeda.export.detection.export_detector_onnx`). With
+labeled data every precision is scored with COCO mAP on the same images (``precisions[p]["target_map"]``
+and ``target_scores``) and compared with the fp32 file (``vs_fp32_<p>``: the share of fp32 detections
+with one of the same class at IoU >= 0.5, and with one that also scores within 0.01 of it). TensorRT
+engines of detection bundles are not built yet.
 """
 from __future__ import annotations
 
@@ -23,6 +31,8 @@ from .files import onnx_name
 # untrained or barely trained detector), the last places kept under max_det and some NMS decisions
 # can fall either way in two implementations; a real export error misses far more.
 MIN_MATCHED = 0.98
+SCORE_TOL = 0.01  # a reduced-precision detection "keeps its score" within this of the fp32 one
+CALIB_IMAGES = 128  # target images an int8 detector export calibrates on (as for the dense tasks)
 
 
 def exports_postprocessing(module) -> bool:
@@ -30,72 +40,132 @@ def exports_postprocessing(module) -> bool:
     return callable(getattr(module, "postprocess", None)) and callable(getattr(module, "decode", None))
 
 
+def calibration_images(b: Bundle, calib: str | None = None, n: int = CALIB_IMAGES) -> tuple[np.ndarray, str]:
+    """(the first ``n`` images of ``calib`` -- else of the bundle's target adaptation split -- normalised at
+    the bundle's input (N, C, H, W) float32, the spec they came from); no labels are read."""
+    from ..data import load_domain
+    from ..training.evaluate import eval_batches
+    from .files import default_calib_spec
+
+    spec = calib or default_calib_spec(b)
+    if spec is None:
+        raise EdgedaError("int8 export needs calibration images: pass --calib SPEC (target images)")
+    dom = load_domain(spec, labeled=False, size=b.task.image_size, channels=b.task.channels, task=b.task.task)
+    xs, got = [], 0
+    for x, _, _ in eval_batches(dom, b.task, "cpu", 16, labels=False):
+        xs.append(x.numpy())
+        got += len(x)
+        if got >= n:
+            break
+    if not xs:
+        raise EdgedaError(f"--calib {spec}: no readable images to calibrate int8 on")
+    return np.concatenate(xs)[:n], spec
+
+
 def export_postprocessing_bundle(b: Bundle, out=None, *, precision: str = "fp32", data: str | None = None,
-                                 trt: bool = False, n_check: int = 64, exporter: str | None = None,
-                                 log: Callable[[str], None] = print) -> dict:
+                                 calib: str | None = None, trt: bool = False, n_check: int = 64,
+                                 exporter: str | None = None, log: Callable[[str], None] = print) -> dict:
     import torch
 
     from ..data import load_domain
     from ..tasks import task_of
     from ..training.evaluate import eval_batches
-    from .detection import detection_parity, export_detector_onnx, merge_parity, run_detector_ort
+    from .detection import detection_parity, export_detector_onnx, match_detections, merge_parity, run_detector_ort
+    from .files import PRECISIONS
     from .onnx import ort_session
 
-    if precision != "fp32" or trt:
-        raise EdgedaError(f"a {b.task.task} bundle exports fp32 ONNX with NMS in the graph; "
-                          "fp16, int8 and TensorRT engines of it are not available yet (use --precision fp32, no --trt)")
+    if trt:
+        raise EdgedaError(f"a {b.task.task} bundle exports ONNX with NMS in the graph (fp32, fp16, int8); "
+                          "TensorRT engines of it are not available yet (leave out --trt)")
+    if precision not in PRECISIONS:
+        raise EdgedaError(f"unknown precision {precision!r}; valid: {', '.join(PRECISIONS)}")
     task = task_of(b.task)
     name = b.primary
     model = b.module(name, "cpu").eval()
     opts = dict(task.postprocess_options)
+    post = {"score_thresh": opts.get("score_thresh", 0.05), "max_det": opts.get("max_det", 100)}
     record: dict = {"data": data, "precisions": {}, "deployables": {}}
+    precisions = ["fp32"] + ([precision] if precision != "fp32" else [])
     with tempfile.TemporaryDirectory(prefix="edgeda-export-") as tmp:
-        path = Path(tmp) / Path(onnx_name(name, "fp32")).name
-        rep = export_detector_onnx(model, path, tuple(b.task.image_size), score_thresh=opts.get("score_thresh", 0.05),
-                                   max_det=opts.get("max_det", 100), exporter=exporter)
+        paths = {p: Path(tmp) / Path(onnx_name(name, p)).name for p in precisions}
+        rep = export_detector_onnx(model, paths["fp32"], tuple(b.task.image_size), exporter=exporter, **post)
+        calib_images = None
+        if precision == "int8":
+            calib_images, cspec = calibration_images(b, calib)
+            record["calib"] = {"data": cspec, "n": int(len(calib_images))}
+        for p in precisions[1:]:
+            export_detector_onnx(model, paths[p], tuple(b.task.image_size), exporter=exporter, precision=p,
+                                 calib_images=calib_images, **post)
         checks = {"random": rep["parity"]}
+        vs_fp32: dict = {}
         if data:
             dom = load_domain(data, labeled=True, size=b.task.image_size, channels=b.task.channels, task=b.task.task)
-            sess = ort_session(path)
-            parts, m_ort, m_eager, seen = [], task.meter(b.task), task.meter(b.task), 0
+            sess = {p: ort_session(f) for p, f in paths.items()}
+            parts, seen = [], 0
+            meters = {p: task.meter(b.task) for p in precisions}
+            m_eager = task.meter(b.task)
+            agree = {k: [] for p in precisions[1:] for k in (p, p + "/score")}
             for x, y, _ in eval_batches(dom, b.task, "cpu", 16, labels=True):
                 x = x[: max(0, n_check - seen)]
                 if not len(x):
                     break
                 seen += len(x)
                 xn = x.numpy()
-                parts.append(detection_parity(model, sess, xn, score_thresh=opts.get("score_thresh", 0.05),
-                                              max_det=opts.get("max_det", 100)))
+                parts.append(detection_parity(model, sess["fp32"], xn, **post))
+                dets = {p: run_detector_ort(s, xn) for p, s in sess.items()}
+                for p in precisions[1:]:
+                    agree[p].append(match_detections(dets["fp32"], dets[p], iou_min=0.5, score_tol=1.0))
+                    agree[p + "/score"].append(match_detections(dets["fp32"], dets[p], iou_min=0.5, score_tol=SCORE_TOL))
                 if y is not None:
                     y = y[:len(x)]
-                    task.update(m_ort, run_detector_ort(sess, xn), y)
+                    for p in precisions:
+                        task.update(meters[p], dets[p], y)
                     with torch.no_grad():
                         task.update(m_eager, task.infer(model, x), y)
             checks["real"] = merge_parity(parts)
-            if len(m_ort):
-                s_ort, s_eager = task.scores(m_ort, b.task), task.scores(m_eager, b.task)
-                record["precisions"]["fp32"] = {"target_" + task.headline: s_ort[task.headline],
-                                                "target_scores": {k: v for k, v in s_ort.items() if not isinstance(v, (dict, list))},
-                                                "eager_" + task.headline: s_eager[task.headline], "n": seen}
+            for p in precisions[1:]:
+                m, ms = merge_parity(agree[p]), merge_parity(agree[p + "/score"])
+                vs_fp32[p] = {"n": m["images"], "fp32_detections": m["detections"], "matched_fraction": m["matched_fraction"],
+                              "matched_fraction_within_score_tol": ms["matched_fraction"], "score_tol": SCORE_TOL}
+            if len(m_eager):
+                s_eager = task.scores(m_eager, b.task)
+                for p in precisions:
+                    s_p = task.scores(meters[p], b.task)
+                    record["precisions"][p] = {"target_" + task.headline: s_p[task.headline],
+                                               "target_scores": {k: v for k, v in s_p.items() if not isinstance(v, (dict, list))},
+                                               "eager_" + task.headline: s_eager[task.headline], "n": seen}
+                    if p in vs_fp32:
+                        record["precisions"][p]["detection_agreement_with_fp32"] = vs_fp32[p]["matched_fraction"]
         worst = min(c["matched_fraction"] for c in checks.values())
         if worst < MIN_MATCHED:
             raise EdgedaError(f"ONNX parity failed for {name}: {worst:.1%} of the PyTorch detections have an exported one "
                               "with IoU >= 0.99, the same class and a score within 1e-4; nothing was written")
         entry = {"inputs": ["image"], "outputs": ["boxes", "scores", "classes", "num_detections"], "nms": {
             k: rep[k] for k in ("num_anchors", "max_det", "pre_nms_topk", "score_thresh", "iou_thresh")},
-            "parity_fp32": checks, "files": {"fp32": onnx_name(name, "fp32")}}
+            "parity_fp32": checks, "files": {p: onnx_name(name, p) for p in precisions}}
+        for p, v in vs_fp32.items():
+            entry[f"vs_fp32_{p}"] = v
         record["deployables"][name] = entry
         for kind, c in checks.items():
             log(f"  {name} fp32 ONNX (NMS in the graph) vs PyTorch ({kind}, {c['images']} images): "
                 f"{c['matched']}/{c['detections']} detections matched"
                 + (f" ({c['at_cut']} more tied at the max_det cut)" if c.get("at_cut") else "")
                 + f", max score diff {c['max_score_diff']:.1e}")
+        for p, v in vs_fp32.items():
+            log(f"  {name} {p} vs fp32 ONNX ({v['n']} images): {v['matched_fraction']:.1%} of the fp32 detections "
+                f"found (same class, IoU >= 0.5), {v['matched_fraction_within_score_tol']:.1%} also within "
+                f"{SCORE_TOL:g} in score")
         for p, r in record["precisions"].items():
-            log(f"  {p}: {task.format_scores(r['target_scores'])} on {data} (eager {r['eager_' + task.headline]:.1%})")
-        merged = {**b.manifest.get("export", {}), "deployables": {name: entry}, "precisions": record["precisions"],
-                  "data": data}
-        dst = update_bundle(b.path, out, add_files={onnx_name(name, "fp32"): path}, manifest_updates={"export": merged})
+            log(f"  {p}: {task.format_scores(r['target_scores'])} on {data} (eager fp32 {r['eager_' + task.headline]:.1%})")
+        old = b.manifest.get("export", {})
+        files = {**old.get("deployables", {}).get(name, {}).get("files", {}), **entry["files"]}
+        merged = {**old, "deployables": {name: {**old.get("deployables", {}).get(name, {}), **entry, "files": files}},
+                  "precisions": {**old.get("precisions", {}), **record["precisions"]}, "data": data}
+        if "calib" in record:
+            merged["calib"] = record["calib"]
+        dst = update_bundle(b.path, out, add_files={onnx_name(name, p): f for p, f in paths.items()},
+                            manifest_updates={"export": merged})
     record["bundle"] = str(dst)
-    record["files"] = [onnx_name(name, "fp32")]
+    record["files"] = [onnx_name(name, p) for p in precisions]
     log(f"bundle: {dst}")
     return record

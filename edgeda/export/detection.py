@@ -158,18 +158,29 @@ def _nms_nodes(num_anchors: int, num_classes: int, *, score_thresh: float, iou_t
 
 def export_detector_onnx(model: nn.Module, path: str | Path, image_size=None, *, score_thresh: float = 0.05,
                          iou_thresh: float | None = None, max_det: int = 100, pre_nms_topk: int = 1000,
-                         opset: int = OPSET, exporter: str | None = None, check: bool = True) -> dict:
+                         opset: int = OPSET, exporter: str | None = None, check: bool = True,
+                         precision: str = "fp32", calib_images: np.ndarray | None = None) -> dict:
     """Write ``path``: the detector with decoding and NMS in the graph (see the module docstring).
 
     ``image_size`` (H, W) defaults to the model's; ``iou_thresh`` to its ``nms_iou``. With ``check`` the
     file is compared with :meth:`postprocess` in ONNX Runtime on random images at batch 1 and 2 (the result
-    of :func:`detection_parity`). Returns ``{"path", "num_anchors", "num_classes", "max_det", "pre_nms_topk",
-    "score_thresh", "iou_thresh", "parity"}``."""
+    of :func:`detection_parity`; fp32 only). Returns ``{"path", "num_anchors", "num_classes", "max_det",
+    "pre_nms_topk", "score_thresh", "iou_thresh", "precision", "parity"}``.
+
+    ``precision`` changes the network and its decoding, never the NMS (which reads float32 boxes and scores):
+    ``fp16`` converts the decoded graph with :func:`edgeda.export.quantize.to_float16` (its output cast back to
+    float32); ``int8`` quantizes its convolutions with :func:`edgeda.export.quantize.quantize_int8` (Q/DQ,
+    calibrated on ``calib_images``, (N, C, H, W) normalised target images) and leaves the decoding in float32:
+    int8 box coordinates in pixels, concatenated with scores in [0, 1] under one scale, would lose the scores."""
     import onnx
     from onnx import helper
 
     from ..models.detection.base import image_size_of
 
+    if precision not in ("fp32", "fp16", "int8"):
+        raise EdgedaError(f"unknown precision {precision!r}; valid: fp32, fp16, int8")
+    if precision == "int8" and calib_images is None:
+        raise EdgedaError("an int8 detector export needs calibration images (target images)")
     size = model.image_size if image_size is None else image_size_of(image_size)
     iou = float(model.nms_iou if iou_thresh is None else iou_thresh)
     if not (isinstance(max_det, int) and max_det >= 1 and isinstance(pre_nms_topk, int) and pre_nms_topk >= 1):
@@ -181,6 +192,14 @@ def export_detector_onnx(model: nn.Module, path: str | Path, image_size=None, *,
     sig = Signature([InputSpec("image", (channels, *size), "image")], ["decoded"])
     with tempfile.TemporaryDirectory() as tmp:
         head = export_onnx(DecodedDetector(model, size), sig, Path(tmp) / "decoded.onnx", opset=opset, exporter=exporter)
+        if precision == "fp16":
+            from .quantize import to_float16_file
+
+            head = to_float16_file(head, Path(tmp) / "decoded.fp16.onnx")
+        elif precision == "int8":
+            from .quantize import quantize_int8
+
+            head = quantize_int8(head, Path(tmp) / "decoded.int8.onnx", calib_images, "image", op_types=("Conv",))
         graph_model = onnx.load(str(head))
     nodes, inits, outputs = _nms_nodes(num_anchors, k, score_thresh=float(score_thresh), iou_thresh=iou,
                                        max_det=max_det, pre_nms_topk=pre_nms_topk)
@@ -192,14 +211,16 @@ def export_detector_onnx(model: nn.Module, path: str | Path, image_size=None, *,
     props = {p.key: p.value for p in graph_model.metadata_props}
     props.update({"edgeda_detector": getattr(model, "arch", type(model).__name__), "edgeda_num_classes": str(k),
                   "edgeda_score_thresh": repr(float(score_thresh)), "edgeda_iou_thresh": repr(iou),
-                  "edgeda_max_det": str(max_det), "edgeda_pre_nms_topk": str(min(pre_nms_topk, num_anchors * k))})
+                  "edgeda_max_det": str(max_det), "edgeda_pre_nms_topk": str(min(pre_nms_topk, num_anchors * k)),
+                  "edgeda_precision": precision})
     helper.set_model_props(graph_model, props)
     graph_model.ir_version = min(graph_model.ir_version, MAX_IR_VERSION)
     onnx.checker.check_model(graph_model, full_check=True)
     onnx.save(graph_model, str(path))
     report = {"path": str(path), "num_anchors": num_anchors, "num_classes": k, "max_det": max_det,
-              "pre_nms_topk": min(pre_nms_topk, num_anchors * k), "score_thresh": float(score_thresh), "iou_thresh": iou}
-    if check:
+              "pre_nms_topk": min(pre_nms_topk, num_anchors * k), "score_thresh": float(score_thresh), "iou_thresh": iou,
+              "precision": precision}
+    if check and precision == "fp32":
         rng = np.random.default_rng(0)
         images = rng.standard_normal((3, channels, *size)).astype(np.float32)
         sess = ort_session(path)

@@ -122,15 +122,15 @@ def onnx_file(bundle: Bundle, precision: str, deployable: str | None = None, cal
 
         module = bundle.module(deployable, "cpu")
         if exports_postprocessing(module):  # a detector: decoding and NMS in the graph
-            if precision != "fp32":
-                raise EdgedaError(f"a {bundle.task.task} bundle runs in ONNX Runtime at fp32 only for now, not {precision}")
             from ..tasks import task_of
+            from .boxes_bundle import calibration_images
             from .detection import export_detector_onnx
 
             opts = task_of(bundle.task).postprocess_options
             path = folder / Path(rel).name
             export_detector_onnx(module, path, tuple(bundle.task.image_size), score_thresh=opts.get("score_thresh", 0.05),
-                                 max_det=opts.get("max_det", 100), check=False)
+                                 max_det=opts.get("max_det", 100), check=False, precision=precision,
+                                 calib_images=calibration_images(bundle, calib)[0] if precision == "int8" else None)
             yield path
             return
         yield export_deployable_onnx(bundle, deployable, precision, folder, calib=calib)

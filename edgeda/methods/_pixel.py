@@ -99,9 +99,17 @@ class PixelMethod(Method):
 
         if source is None or source.y is None:
             return None
+        task = task_of(self.task)
+        own_grid = getattr(task, "translation_grid", None)  # a task whose labels are not per-pixel maps draws its own
+        if own_grid is not None:
+            tgt = pred = None
+            if target is not None:
+                pred = task.decide(task.infer(self.classifier, target.x))
+                tgt = _to_uint8(self.to_tanh(target.x))
+            return own_grid(self.task, [_to_uint8(p) for p in panels], source.y, tgt, pred, path, title)
         tgt = pred = None
         if target is not None:
-            pred = task_of(self.task).decide(self.classifier(target.x).float()).cpu().numpy()
+            pred = task.decide(self.classifier(target.x).float()).cpu().numpy()
             tgt = _to_uint8(self.to_tanh(target.x))
         return save_translation_grid(self.task, [_to_uint8(p) for p in panels], source.y.cpu().numpy(), tgt, pred,
                                      path, title)

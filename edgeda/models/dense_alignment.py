@@ -78,13 +78,15 @@ class FullyConvDiscriminator(nn.Module):
 
 
 def pixel_domain_adversarial_loss(
-    discriminator: nn.Module, source_maps: torch.Tensor, target_maps: torch.Tensor, coeff: float
-) -> tuple[torch.Tensor, torch.Tensor]:
+    discriminator: nn.Module, source_maps: torch.Tensor, target_maps: torch.Tensor, coeff: float,
+    return_logits: bool = False,
+) -> tuple[torch.Tensor, ...]:
     """DANN's domain loss per pixel through gradient reversal.
 
     L_d = mean over pixels of BCE(D(R_c(f_s)), 1) and BCE(D(R_c(f_t)), 0), R_c identity forward and
     -c * grad backward, so D minimises L_d and the encoder maximises it in one backward pass.
-    Shapes: maps (Ns, C, h, w) and (Nt, C, h, w). Returns (loss, per-pixel domain accuracy of D).
+    Shapes: maps (Ns, C, h, w) and (Nt, C, h, w). Returns (loss, per-pixel domain accuracy of D), and
+    with ``return_logits`` also D's logits (Ns + Nt, 1, h, w), source first.
 
     >>> loss, acc = pixel_domain_adversarial_loss(PixelDomainClassifier(576), fs, ft, coeff=0.3)  # dense_gan's
     """
@@ -94,4 +96,4 @@ def pixel_domain_adversarial_loss(
     labels[: len(source_maps)] = 1.0
     loss = F.binary_cross_entropy_with_logits(logits, labels)
     acc = ((logits > 0).float() == labels).float().mean()
-    return loss, acc
+    return (loss, acc, logits) if return_logits else (loss, acc)

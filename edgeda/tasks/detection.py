@@ -20,6 +20,10 @@ What the task owns (the trainer, evaluation, export and predict call these, neve
   class and score per box, not a distribution) None: validators then have nothing to score.
 * predict -- :meth:`Detection.prediction_row` draws the boxes with class and score on the image,
   writes ``<stem>.boxes.png`` and returns a JSON-ready row (boxes in the image's own pixels).
+* translate-then-train -- :meth:`Detection.foreground_mask` (the pixels under the boxes, the
+  foreground of fore/background-aware translation) and :meth:`Detection.translation_grid` (the
+  sample grid of an image-translation method: source and translated images with the truth boxes,
+  the target image with the model's boxes).
 * export parity -- :meth:`Detection.compare`: boxes matched by IoU >= 0.99 and class, score
   differences (:func:`~edgeda.tasks.detection_metrics.compare_detections`).
 """
@@ -157,6 +161,40 @@ class Detection(Task):
                 for b, s, c in zip(boxes, scores, labels)]
         return {"n_detections": len(dets), "n_drawn": int(shown.sum()),
                 "max_score": round(float(scores.max()), 5) if len(scores) else None, "detections": dets, **files}
+
+    # -- translate-then-train ------------------------------------------------------------------
+    def foreground_mask(self, targets, size, device=None) -> torch.Tensor:
+        """``(N, 1, H, W)`` 1 under each image's boxes, 0 elsewhere (boxes give no finer outline)."""
+        from ..models.detection.boxes import boxes_to_mask
+
+        return boxes_to_mask(targets, size, device)
+
+    def translation_grid(self, spec, source_panels, source_truth, target_images, target_preds, path, title="", rows=4):
+        """One row per sample: each source panel (source, translated, ... (N, H, W, C) uint8) with the
+        truth boxes | the target image with the model's boxes scoring at least ``DRAW_MIN_SCORE``."""
+        from .draw import _save_rows, draw_boxes, palette_of
+
+        def arr(v):
+            return np.asarray(v.detach().cpu() if hasattr(v, "detach") else v)
+
+        pal = palette_of(spec)
+        n = min([rows, len(source_truth)] + [len(p) for p in source_panels]
+                + ([len(target_images), len(target_preds)] if target_images is not None else []))
+        out, widths = [], []
+        for i in range(n):
+            t = source_truth[i]
+            views = [draw_boxes(p[i], arr(t["boxes"]), arr(t["labels"]), names=spec.classes, palette=pal)
+                     for p in source_panels]
+            if target_images is not None:
+                d = target_preds[i]
+                keep = arr(d["scores"]) >= DRAW_MIN_SCORE
+                views.append(draw_boxes(target_images[i], arr(d["boxes"])[keep], arr(d["labels"])[keep],
+                                        arr(d["scores"])[keep], names=spec.classes, palette=pal))
+            widths = [v.shape[1] for v in views]
+            out.append(np.concatenate(views, axis=1))
+        headers = ["source+truth"] + ["translated+truth"] * (len(source_panels) - 1)
+        headers += ["target+pred."] if target_images is not None else []
+        return _save_rows(out, path, title, list(zip(headers, widths)))
 
     # -- export --------------------------------------------------------------------------------
     def compare(self, ref, out):

@@ -125,3 +125,22 @@ def batched_nms(boxes: torch.Tensor, scores: torch.Tensor, labels: torch.Tensor,
     b, lab = boxes[order].float(), labels[order]
     suppress = (box_iou(b, b) > iou_thresh) & (lab[:, None] == lab[None, :])
     return order[nms_keep_mask(suppress)]
+
+
+def boxes_to_mask(targets: list[dict], size: tuple[int, int], device=None) -> torch.Tensor:
+    """``(N, 1, H, W)`` float masks, 1 on every pixel whose centre lies inside one of the image's boxes
+    (``targets[i]["boxes"]`` (n, 4) ``x1 y1 x2 y2`` input pixels, any n including 0), 0 elsewhere: the
+    foreground of a box-labelled image where no segmentation exists."""
+    h, w = int(size[0]), int(size[1])
+    dev = torch.device("cpu") if device is None else torch.device(device)
+    ys = torch.arange(h, device=dev, dtype=torch.float32) + 0.5
+    xs = torch.arange(w, device=dev, dtype=torch.float32) + 0.5
+    out = torch.zeros(len(targets), 1, h, w, device=dev)
+    for i, t in enumerate(targets):
+        b = torch.as_tensor(t["boxes"], dtype=torch.float32, device=dev).reshape(-1, 4)
+        if not len(b):
+            continue
+        in_y = (ys[None, :] >= b[:, 1:2]) & (ys[None, :] <= b[:, 3:4])  # (n, H)
+        in_x = (xs[None, :] >= b[:, 0:1]) & (xs[None, :] <= b[:, 2:3])  # (n, W)
+        out[i, 0] = (in_y[:, :, None] & in_x[:, None, :]).any(0).float()
+    return out

@@ -57,9 +57,13 @@ def classification() -> list[str]:
 def dense(task: str) -> list[str]:
     rows = _load("dense.json").get("profiles", {}).get("cpu", {})
     out, head = [], None
+    shared = [r["pair"] for r in rows.values() if r["task"] == task]
     for r in rows.values():
         if r["task"] != task:
             continue
+        kw = r["config"].get("backbone_kwargs", {})
+        pair = r["pair"] if shared.count(r["pair"]) == 1 else (  # two models on one pair: name the model
+            f"{r['pair']} ({r['config']['backbone']}{' ' + str(kw['variant']) if 'variant' in kw else ''})")
         for m, s in r["methods"].items():
             head = next(iter(s["target"]))
             v, g = s["target"][head], s["gain_vs_source_only"]
@@ -68,7 +72,7 @@ def dense(task: str) -> list[str]:
             gain = "" if m == "source_only" or g[0] is None else (f"{100 * g[0]:+.1f}" if pct else f"{g[0]:+.3f}")
             up = r["upper"][head][0] if r.get("upper") and m == "source_only" else None
             upper = "" if up is None else (f"{100 * up:.1f}" if pct else f"{up:.3f}")
-            out.append(f"| {r['pair']} | {m} | {val} | {gain} | {upper} | {len(s['seeds'])} |")
+            out.append(f"| {pair} | {m} | {val} | {gain} | {upper} | {len(s['seeds'])} |")
     if not out:
         return []
     name = METRIC_LABELS[head]  # the task's headline metric

@@ -216,7 +216,7 @@ def _tiny_scenes(tmp_path):
 def test_method_auto_segmentation_smoke(tmp_path, one_torch_thread):
     from edgeda.bundle import load_bundle
     from edgeda.config import make_config
-    from edgeda.auto import DENSE_FALLBACK_SELECTOR, DENSE_REFERENCE, train_auto
+    from edgeda.auto import DEFAULT_DENSE_SELECTOR, DENSE_REFERENCE, train_auto
 
     d = _tiny_scenes(tmp_path)
     cfg = make_config(None, dict(method="source_only", source=d["source"], target=d["target"], target_test=d["test"],
@@ -226,9 +226,7 @@ def test_method_auto_segmentation_smoke(tmp_path, one_torch_thread):
     logs = []
     res = train_auto(cfg, methods=("dann", "no_such_method"), log=logs.append)
     assert any("skipping no_such_method" in line for line in logs)
-    assert set(res["candidates"]) == {DENSE_REFERENCE, "dann@init"} 
-    # two candidates: no pixel-wise vote of others to agree with, so the default falls back and says so
-    assert res["selector"] == DENSE_FALLBACK_SELECTOR and any("needs at least three" in line for line in logs)
+    assert set(res["candidates"]) == {DENSE_REFERENCE, "dann@init"}  and res["selector"] == DEFAULT_DENSE_SELECTOR
     for c in res["candidates"].values():
         assert {"aug_consistency", "info_max_prior", "agreement", "source_val"} <= set(c["scores"])
         assert c["target_test"] is not None

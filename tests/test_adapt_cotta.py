@@ -1,7 +1,6 @@
 """CoTTA on the device (stochastic restoration, the EMA teacher, augmentation averaging mapped back
 to the frame, the teacher as the monitored and written model) and the method fixes that follow the
-authors' code: dense SHOT's shipped-marginal prior, SHOT's weight decay, TENT on BatchNorm2d only,
-FDA's entropy at the head's resolution."""
+authors' code: dense SHOT's shipped-marginal prior, SHOT's weight decay, TENT on BatchNorm2d only."""
 import json
 import math
 
@@ -276,22 +275,3 @@ def test_tent_adapts_batchnorm2d_only(clf, tmp_path):
     assert all(torch.equal(written[k], shipped[k]) for k in bn1)  # the BatchNorm1d after the FC layer: as shipped
     assert any(not torch.equal(written[k], shipped[k]) for k in bn2)
     assert all(torch.equal(written[k], shipped[k]) for k in shipped if k not in bn2)
-
-
-def test_fda_entropy_is_taken_at_the_heads_resolution(monkeypatch):
-    import edgeda.methods.fda as fda
-    from edgeda.methods import METHODS, Batch
-
-    seen = []
-    real = fda.entropy_map
-    monkeypatch.setattr(fda, "entropy_map", lambda z: seen.append(tuple(z.shape)) or real(z))
-    spec = TaskSpec(2, ["bg", "fg"], task="segmentation", image_size=(32, 48))
-    m = METHODS.get("fda")(spec, backbone="lraspp", backbone_kwargs={"width": 0.25}, options={"beta": 0.1})
-    g = torch.Generator().manual_seed(0)
-    src = Batch(torch.randn(2, 3, 32, 48, generator=g), torch.randint(0, 2, (2, 32, 48), generator=g))
-    tgt = Batch(torch.randn(2, 3, 32, 48, generator=g))
-    m.progress = 0.5
-    m.step(src, tgt)
-    assert seen == [(2, 2, 4, 6)]  # the stride-8 head of the 32 x 48 frames, not the upsampled 32 x 48 map
-    head, out = fda.head_and_output(m.classifier.eval(), tgt.x)
-    assert torch.allclose(out, m.classifier(tgt.x), atol=1e-6) and head.shape[-2:] == (4, 6)

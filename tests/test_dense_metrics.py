@@ -130,6 +130,21 @@ def test_miou_counts_only_classes_labelled_in_the_whole_split():
     assert s["per_class_iou"]["c2"] == 0.0 and s["n_classes_labelled"] == 2 and s["miou"] == pytest.approx(2 / 6)
 
 
+def test_miou_by_hand_with_ignore_and_absent_classes():
+    truth = torch.tensor([[0, 0, 1, 255], [1, 1, 2, 255]])
+    pred = torch.tensor([[0, 1, 1, 3], [1, 0, 2, 0]])
+    m = ConfusionMeter(4)
+    m.update(pred[:1], truth[:1])  # streamed in two chunks
+    m.update(pred[1:], truth[1:])
+    s = segmentation_scores(m.matrix, list("abcd"))
+    # class a: tp 1, fp 1, fn 1 -> 1/3; b: tp 2, fp 1, fn 1 -> 1/2; c: 1/1; d: absent from truth and prediction
+    # (the 3 predicted on an ignored pixel does not count) -> None, left out of the mean
+    assert s["per_class_iou"] == {"a": pytest.approx(1 / 3), "b": pytest.approx(0.5), "c": 1.0, "d": None}
+    assert s["miou"] == pytest.approx((1 / 3 + 0.5 + 1) / 3)
+    assert s["pixel_accuracy"] == pytest.approx(4 / 6) and s["n_pixels"] == 6
+
+
+
 # -- depth -------------------------------------------------------------------------------------
 
 def _two_images():
@@ -247,6 +262,23 @@ def test_depth_task_meter_leaves_out_truth_beyond_the_range():
     task.update(m, torch.tensor([[[[2.0, 1.0]]]]), truth)  # (N, 1, H, W) output
     r = task.scores(m, spec)
     assert r["n_pixels"] == 1 and r["abs_rel"] == 0.0
+
+
+def test_depth_metrics_by_hand_on_valid_pixels_per_image():
+    truth = torch.tensor([[[2.0, 0.0], [4.0, 0.0]], [[0.0, 0.0], [0.0, 0.0]], [[1.0, 1.0], [1.0, 1.0]]])
+    pred = torch.tensor([[[1.0, 9.0], [4.0, 9.0]], [[5.0, 5.0], [5.0, 5.0]], [[1.0, 1.0], [1.0, 1.0]]])
+    m = DepthMeter()
+    m.update(pred, truth)
+    r = m.compute()
+    # image 1: valid (2 -> 1), (4 -> 4): abs rel (0.5 + 0) / 2; image 2 has no valid pixel; image 3 perfect
+    assert r["n_images"] == 2 and r["n_pixels"] == 6
+    assert r["abs_rel"] == pytest.approx((0.25 + 0.0) / 2)
+    assert r["sq_rel"] == pytest.approx(((1 / 2) / 2 + 0) / 2)
+    assert r["rmse"] == pytest.approx((np.sqrt(0.5) + 0) / 2)
+    assert r["rmse_log"] == pytest.approx((np.sqrt(np.log(2) ** 2 / 2) + 0) / 2)
+    # ratio 2 is outside 1.25^3 = 1.95 as well
+    assert r["delta1"] == pytest.approx((0.5 + 1) / 2) and r["delta3"] == pytest.approx((0.5 + 1) / 2)
+
 
 
 # -- losses ------------------------------------------------------------------------------------

@@ -1,20 +1,25 @@
-"""Feature- and model-level methods (coral, mmd, dsn, two_stream, csg): their losses on hand-made
-tensors against values worked out by hand, a short training run each, and their bundles."""
+"""Feature- and model-level methods on classification (coral, mmd, dsn, two_stream, csg, dann): their
+losses on hand-made tensors against values worked out by hand, a short training run each, their bundles,
+and one DANN step written out."""
+import copy
 import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from conftest import tiny_config
 from edgeda.bundle import load_bundle
 from edgeda.evaluation import evaluate_bundle
+from edgeda.methods import METHODS, Batch
 from edgeda.methods.losses import difference_loss, info_nce, nt_xent, scale_invariant_mse
 from edgeda.models.alignment import coral, multi_kernel_mmd
 from edgeda.models.augment import rand_augment
 from edgeda.models.pooling import attention_pool
+from edgeda.task import TaskSpec
 from edgeda.training import Trainer
 
-METHODS = ["coral", "mmd", "dsn", "two_stream", "csg"]
+FEATURE_METHODS = ["coral", "mmd", "dsn", "two_stream", "csg"]
 
 
 def test_coral_hand_value_and_identical_distributions():
@@ -83,7 +88,6 @@ def test_attention_pool_can_take_its_weights_from_another_map():
 
 def test_csg_key_is_pooled_with_the_students_attention_on_the_key_view(tmp_path, monkeypatch):
     import edgeda.methods.csg as csg_module
-    from edgeda.methods.base import Batch
 
     calls = []
 
@@ -122,7 +126,35 @@ def test_two_stream_linear_fit_recovers_transform():
     assert a.item() == pytest.approx(1.5, rel=1e-4) and b.item() == pytest.approx(-0.2, abs=1e-4)
 
 
-@pytest.mark.parametrize("method", METHODS)
+def test_classification_dann_is_unchanged():
+    """One step equals the classification DANN written out: CE + domain BCE through the GRL on pooled features."""
+    from edgeda.models import DomainClassifier, dann_coefficient
+    from edgeda.methods.losses import domain_adversarial_loss
+
+    spec = TaskSpec(3, ["a", "b", "c"], task="classification", image_size=(16, 16))
+    torch.manual_seed(0)
+    m = METHODS.get("dann")(spec, backbone="dtn", backbone_kwargs={"width": 2, "out_dim": 16}, options={"hidden": 8})
+    assert type(m.nets["domain"]) is DomainClassifier
+    ref = copy.deepcopy(m.nets)
+    opt = torch.optim.SGD(ref.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4, nesterov=True)
+    g = torch.Generator().manual_seed(1)
+    xs, xt, ys = torch.randn(4, 3, 16, 16, generator=g), torch.randn(4, 3, 16, 16, generator=g), torch.tensor([0, 1, 2, 1])
+    m.progress = 0.4
+    out = m.step(Batch(xs, ys), Batch(xt))
+    coeff = dann_coefficient(0.4)
+    feats, logits = ref["classifier"].features_and_logits(torch.cat([xs, xt]))
+    cls = F.cross_entropy(logits[:4], ys)
+    dom, _ = domain_adversarial_loss(ref["domain"], feats[:4], feats[4:], coeff)
+    opt.zero_grad()
+    (cls + dom).backward()
+    opt.step()
+    assert out["loss/cls"] == pytest.approx(cls.item(), rel=1e-5) and out["loss/domain"] == pytest.approx(dom.item(), rel=1e-5)
+    for a, b in zip(m.nets.parameters(), ref.parameters()):
+        assert torch.allclose(a, b, atol=1e-6)
+
+
+
+@pytest.mark.parametrize("method", FEATURE_METHODS)
 def test_method_trains_and_bundle_evaluates(tmp_path, method):
     tr = Trainer(tiny_config(tmp_path, method=method, eval_every=6), progress=False, log=None)
     res = tr.run()
@@ -174,10 +206,6 @@ def test_frozen_bn_statistics_normalises_per_batch_and_keeps_running_statistics(
 
 
 def test_coral_separate_bn_statistics_follow_the_target_only(tmp_path):
-    import copy
-
-    from edgeda.methods.base import Batch
-
     torch.manual_seed(0)
     xs, ys, xt = torch.randn(8, 3, 32, 32) + 2, torch.randint(0, 10, (8,)), torch.randn(8, 3, 32, 32)
     stats = {}
@@ -277,8 +305,6 @@ def test_anchor_photos_bundled_and_from_a_folder(tmp_path, write_png):
 
 @pytest.mark.parametrize("anchor", ["photos", "source_ssl"])
 def test_csg_anchor_pretrains_the_encoder_without_labels_then_freezes_it(tmp_path, anchor):
-    import copy
-
     tr = Trainer(tiny_config(tmp_path / "csg", method="csg", options={"anchor": anchor, "pretrain": 0.5}),
                  progress=False, log=None)
     tr.setup()
@@ -287,8 +313,6 @@ def test_csg_anchor_pretrains_the_encoder_without_labels_then_freezes_it(tmp_pat
     main = {id(p) for g in m.optims["main"].param_groups for p in g["params"]}
     assert not main & {id(p) for p in m.nets["proj_anchor"].parameters()}
     before = copy.deepcopy(m.classifier.state_dict())
-    from edgeda.methods.base import Batch
-
     batch = Batch(torch.randn(8, 3, 32, 32), torch.randint(0, 10, (8,)))
     assert set(m.step(batch, None)) == {"loss/anchor"}  # the source labels are not used yet
     after = copy.deepcopy(m.classifier.state_dict())

@@ -1,4 +1,6 @@
-"""Pixel-level methods: a short training run each, what ships, sample grids, two-stage schedules, divergence."""
+"""Pixel-level methods on classification (pixelda, cyclegan, fgbg_cyclegan, suit, label2image): a short
+training run each, what ships, sample grids, two-stage schedules, the loss terms against their
+definitions, batch-norm statistics, and divergence."""
 import json
 
 import pytest

@@ -1,6 +1,6 @@
-"""T2Net on the depth task: its losses (edge-aware smoothness, identity on real images, feature-GAN
-targets), depth metrics on a sparse map, and train -> evaluate -> export -> predict of a T2Net bundle;
-cyclegan (GeneSIS-RT) on depth ships the same way."""
+"""Methods on the depth task. T2Net: its losses (edge-aware smoothness, identity on real images,
+feature-GAN targets), depth metrics on a sparse map, and train -> evaluate -> export -> predict of a
+T2Net bundle; cyclegan (GeneSIS-RT) on depth ships the same way; dense DANN trains on depth."""
 import numpy as np
 import pytest
 import torch
@@ -127,3 +127,16 @@ def test_cyclegan_on_depth_ships_model_and_refiner(tmp_path):
     assert set(edgeda.load_bundle(res.bundle).names) == {"model", "refiner"}
     with pytest.raises(EdgedaError, match="semantic_target"):
         METHODS.get("cyclegan")(SPEC, backbone="lraspp", backbone_kwargs={"width": 0.25}, options={"semantic_target": 1.0})
+
+
+def test_dense_dann_trains_on_depth(tmp_path):
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 255, (10, 32, 48, 3)).astype(np.uint8)
+    depth = (rng.random((10, 32, 48)) * 20 + 1).astype(np.float32)
+    np.savez(tmp_path / "d.npz", x=x, depth=depth)
+    res = edgeda.train(method="dann", options={"hidden": 16}, source=str(tmp_path / "d.npz"), target=str(tmp_path / "d.npz"),
+                       target_test=str(tmp_path / "d.npz"), task="depth", iters=2, eval_every=2, checkpoint_every=2,
+                       batch_size=4, image_size=[32, 48], backbone="lraspp", backbone_kwargs={"width": 0.25},
+                       out=str(tmp_path / "run"), device="cpu", progress=False, log=None)
+    assert res.task == "depth" and "abs_rel" in edgeda.evaluate(res.bundle, str(tmp_path / "d.npz"))
+

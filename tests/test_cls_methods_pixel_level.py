@@ -237,10 +237,23 @@ def test_label2image_phases():
 
 
 def test_pixelda_without_masks_uses_the_whole_image_content_loss():
+    from edgeda.models.gan_utils import masked_pairwise_mse
+
+    # the whole-image content loss is the variance of the change: +1 on half of the values costs 1/4
+    x = torch.rand(2, 3, 8, 8)
+    half = x.clone()
+    half[:, :, :4] += 1.0
+    assert masked_pairwise_mse(half, x).item() == pytest.approx(0.25, rel=1e-5)
     m = _method("pixelda")
     s, t = _batches()
     s.foreground = None
-    assert m.step(s, t)["loss/content"] >= 0
+    refined, refine = [], m.refine
+    m.refine = lambda xs: refined.append((xs, refine(xs))) or refined[-1][1]
+    got = m.step(s, t)["loss/content"]
+    xs, fake = refined[0]
+    change = (fake - xs).detach().flatten(1)
+    want = change.var(dim=1, unbiased=False).mean().item()  # over every pixel of each image
+    assert got == pytest.approx(want, rel=1e-4) and want > 1e-4
 
 
 def test_exploding_loss_stops_the_run_with_a_clear_message_and_keeps_the_checkpoint(tmp_path, monkeypatch):

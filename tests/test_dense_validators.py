@@ -160,7 +160,7 @@ def test_warning_fires_on_a_below_source_pick_and_not_on_a_clearly_better_one():
     # a source-free adaptation that gained: confidence up, source-validation and reverse down (they always
     # fall for a model adapted away from the source), most confident predictions kept
     better = {"entropy": -0.4, "info_max": 1.9, "bnm": 0.09, "agreement": 0.93, "source_val": 0.46, "reverse": 0.39, "dev": -0.45}
-    assert transfer_warning(worse, REF, 0.85) is not None
+    assert transfer_warning(worse, REF, 0.85).startswith("warning: the shipped model may be worse than source-only")
     assert transfer_warning(better, REF, 0.28) is None
     assert transfer_warning({f"score/{k}": v for k, v in better.items()}, {f"score/{k}": v for k, v in REF.items()}, 0.3) is None
     # the first rule fired on this clearly better pick: the validators "split"
@@ -229,7 +229,7 @@ def test_method_auto_segmentation_smoke(tmp_path, one_torch_thread):
     assert set(res["candidates"]) == {DENSE_REFERENCE, "dann@init"}  and res["selector"] == DEFAULT_DENSE_SELECTOR
     for c in res["candidates"].values():
         assert {"aug_consistency", "info_max_prior", "agreement", "source_val"} <= set(c["scores"])
-        assert c["target_test"] is not None
+        assert 0.0 <= c["target_test"] <= 1.0  # the test mIoU, reported only
     manifest = load_bundle(res["bundle"]).manifest
     auto = manifest["metrics"]["auto"]
     assert auto["chosen"] == res["chosen"] and set(auto["candidates"]) == set(res["candidates"])

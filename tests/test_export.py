@@ -10,6 +10,7 @@ from torch import nn
 from edgeda.bundle import Bundle, write_bundle
 from edgeda.cli import main
 from edgeda.errors import EdgedaError
+from edgeda.evaluation import evaluate_bundle
 from edgeda.export import api
 from edgeda.export.onnx import ort_session, run_torch, signature_of
 from edgeda.export.quantize import to_float16
@@ -181,7 +182,8 @@ def test_export_cli_json_reports_precision_summary(tmp_path):
     r = CliRunner().invoke(main, ["export", str(src), "--out", str(tmp_path / "o.edgeda"), "--json"])
     assert r.exit_code == 0, r.output
     out = json.loads(r.output)
-    assert out["precisions"]["fp32"]["target_accuracy"] is not None
+    eager = evaluate_bundle(src, device="cpu")  # PyTorch on the same test split
+    assert abs(out["precisions"]["fp32"]["target_accuracy"] - eager["accuracy"]) <= 2 / 797
     assert "onnx/classifier.fp32.onnx" in out["files"]
     assert out["scored_images"] == 797  # every image of handwritten:test (fewer than the 2000 checked)
     r = CliRunner().invoke(main, ["export", str(src), "--out", str(tmp_path / "p.edgeda")])

@@ -195,10 +195,10 @@ class SSDLite(Detector):
 
     @classmethod
     def options_for_checkpoint(cls, state: dict, options: dict) -> dict:
-        """``reduced_tail`` from the checkpoint's final 1x1 conv (``features.16`` of a MobileNetV3-Large
-        classifier, ``backbone.features.1.3`` of this layout) when not given: its input width is the last
-        stage's, 160 (full, an ImageNet trunk: torchvision builds SSDLite on it with the full tail) or
-        80 (reduced, the COCO checkpoint), times ``width``."""
+        """``reduced_tail=False`` when not given and the checkpoint's final 1x1 conv (``features.16`` of a
+        MobileNetV3-Large classifier, ``backbone.features.1.3`` of this layout) reads the full last stage
+        (160 channels times ``width``; an ImageNet trunk, on which torchvision builds SSDLite with the full
+        tail); the reduced one (80, the COCO checkpoint's) is the default."""
         from ..weights import _candidates
 
         options = dict(options)
@@ -208,8 +208,9 @@ class SSDLite(Detector):
         full, reduced = divisible8(160 * width), divisible8(80 * width)
         for key, t in state.items():
             forms = _candidates(key)
-            if t.dim() == 4 and ("16.0.weight" in forms or "features.1.3.0.weight" in forms) and t.shape[1] in (full, reduced):
-                options["reduced_tail"] = bool(t.shape[1] == reduced)
+            if t.dim() == 4 and ("16.0.weight" in forms or "features.1.3.0.weight" in forms):
+                if t.shape[1] == full and full != reduced:
+                    options["reduced_tail"] = False
                 break
         return options
 

@@ -52,7 +52,8 @@ def test_predict_writes_the_coco_sources_own_category_ids(tmp_path):
     assert spec.classes == ["square", "bar", "pillar"] and spec.category_ids == list(IDS)
     assert Bundle(res.bundle).manifest["task"]["category_ids"] == list(IDS)
 
-    out = predict(res.bundle, tmp_path / "coco", backend="torch", coco_out=tmp_path / "results.json")
+    out = predict(res.bundle, tmp_path / "coco", backend="torch", coco_out=tmp_path / "results.json",
+                  out_dir=tmp_path / "drawn")
     results = json.loads((tmp_path / "results.json").read_text())
     assert out["coco_n"] == len(results) > 0
     assert {r["category_id"] for r in results} <= set(IDS)

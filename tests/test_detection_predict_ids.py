@@ -102,3 +102,25 @@ def test_a_yolo_source_records_no_ids(tmp_path):
     dom = load_domain(str(root), labeled=True, task="detection")
     spec = task_of("detection").make_spec(dom, image_size=(S, S), channels=3)
     assert spec.category_ids is None and spec.classes == ["x", "y"]
+
+
+def test_coco_images_number_the_results_by_the_annotation_files_ids(tmp_path):
+    from edgeda.errors import DataError
+    from edgeda.export.prediction import coco_image_ids, coco_results
+
+    root = tmp_path / "frames"
+    (root / "a").mkdir(parents=True)
+    ann = tmp_path / "ann.json"
+    ann.write_text(json.dumps({"images": [{"id": 501, "file_name": "a/x.png"}, {"id": 77, "file_name": "other/y.png"},
+                                          {"id": 9, "file_name": "z.png"}, {"id": 10, "file_name": "b/z.png"}]}))
+    files = [root / "a" / "x.png", root / "y.png", root / "z.png", root / "q.png"]
+    ids = coco_image_ids(ann, files, root)
+    # by path under the input folder; by file name when that name is listed once; unlisted -> None
+    assert ids == [501, 77, 9, None]
+    rows = [{"path": str(f), "detections": [{"box": [1.0, 2.0, 5.0, 8.0], "label": 0, "score": 0.9}]} for f in files]
+    res = coco_results(rows, [3], ids)
+    assert [r["image_id"] for r in res] == [501, 77, 9]
+    assert res[0]["bbox"] == [1.0, 2.0, 4.0, 6.0] and res[0]["category_id"] == 3
+    (tmp_path / "bad.json").write_text("{}")
+    with pytest.raises(DataError, match="--coco-images"):
+        coco_image_ids(tmp_path / "bad.json", files, root)

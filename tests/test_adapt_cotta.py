@@ -295,3 +295,13 @@ def test_fda_entropy_is_taken_at_the_heads_resolution(monkeypatch):
     assert seen == [(2, 2, 4, 6)]  # the stride-8 head of the 32 x 48 frames, not the upsampled 32 x 48 map
     head, out = fda.head_and_output(m.classifier.eval(), tgt.x)
     assert torch.allclose(out, m.classifier(tgt.x), atol=1e-6) and head.shape[-2:] == (4, 6)
+
+
+def test_downscaled_copies_only_where_the_frame_keeps_a_128_pixel_side():
+    from edgeda.adapt.cotta import usable_scales
+
+    assert usable_scales((0.75, 1.0, 1.5), (64, 64)) == (1.0, 1.5)
+    assert usable_scales((0.75, 1.0, 1.5), (64, 128)) == (1.0, 1.5)
+    assert usable_scales((0.5, 0.75, 1.0, 1.5), (256, 512)) == (0.5, 0.75, 1.0, 1.5)
+    assert usable_scales((0.25, 0.5, 1.0), (256, 512)) == (0.5, 1.0)
+    assert usable_scales((0.5,), (64, 64)) == (1.0,)  # nothing usable: the frame itself

@@ -25,8 +25,9 @@ def predict(bundle: str | Path, input: str | Path, *, backend: str = "ort", prec
     """Predict every image in ``input``; ``out_dir``: where dense bundles write their PNGs
     (default ``predictions/`` beside ``out``, else in the working folder). ``coco_out``: for box
     predictions, a COCO results ``.json`` (``image_id`` = the image's position in the sorted input,
-    ``category_id`` = class index + 1 in the bundle's class order, ``bbox`` x y w h in the image's
-    own pixels, ``score``; ``file_name`` beside each).
+    ``category_id`` = the category id of the COCO json the bundle was trained on (its task's
+    ``category_ids``), else class index + 1 in the bundle's class order, ``bbox`` x y w h in the
+    image's own pixels, ``score``; ``file_name`` beside each).
 
     ``plugin_library``: libedgeda_plugins.so for a TensorRT engine built with ``--plugins``.
     """
@@ -89,7 +90,7 @@ def predict(bundle: str | Path, input: str | Path, *, backend: str = "ort", prec
     if task.dense:
         result["out_dir"] = str(out_dir)
     if coco_out is not None:
-        results = coco_results(rows)
+        results = coco_results(rows, b.task.category_ids)
         atomic_write_bytes(Path(coco_out), (json.dumps(results) + "\n").encode())
         result["coco_out"], result["coco_n"] = str(coco_out), len(results)
     if out is not None:
@@ -110,15 +111,18 @@ def predict(bundle: str | Path, input: str | Path, *, backend: str = "ort", prec
     return result
 
 
-def coco_results(rows: list[dict]) -> list[dict]:
-    """COCO detection results of predict rows that list ``detections`` (``box`` x1 y1 x2 y2, ``label``, ``score``)."""
+def coco_results(rows: list[dict], category_ids: list[int] | None = None) -> list[dict]:
+    """COCO detection results of predict rows that list ``detections`` (``box`` x1 y1 x2 y2, ``label``, ``score``);
+    ``category_ids[k]``: the id of class ``k`` (a COCO source's own ids), default ``k + 1``."""
     if rows and not all("detections" in r for r in rows):
         raise EdgedaError("--coco writes box predictions; this bundle does not predict boxes")
     res = []
     for i, r in enumerate(rows):
         for d in r["detections"]:
             x1, y1, x2, y2 = d["box"]
-            res.append({"image_id": i, "file_name": r["path"], "category_id": int(d["label"]) + 1,
+            k = int(d["label"])
+            cid = category_ids[k] if category_ids is not None and 0 <= k < len(category_ids) else k + 1
+            res.append({"image_id": i, "file_name": r["path"], "category_id": cid,
                         "bbox": [round(x1, 2), round(y1, 2), round(x2 - x1, 2), round(y2 - y1, 2)],
                         "score": d["score"]})
     return res

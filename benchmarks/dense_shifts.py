@@ -426,6 +426,10 @@ def table(s: dict, profile: str = "cpu") -> str:
                   f"at most 1 target in 8): `{a['validator']}`. With it, `--method auto` averages {100 * a['miou']:.1f} % vs "
                   f"{100 * a['best_single_miou']:.1f} % for the best single candidate (`{a['best_single_candidate']}`); worst "
                   f"target vs source-only: {100 * a['worst_gain_vs_source_only']:+.1f} points."]
+        if a.get("without"):
+            lines += ["", "Each candidate's worth in `--method auto` (left out, the default validator re-chosen by the same rule): "
+                      + "; ".join(f"without `{m}` auto averages {100 * w['miou']:.1f} % ({100 * w['change']:+.1f}, `{w['validator']}`)"
+                                  for m, w in a["without"].items()) + "."]
     if s.get("few_labels"):
         lines += ["", "Selection by mIoU on k labelled target test frames (`--target-val`; random draws, regret measured on "
                   "the test frames not drawn):", "", "| labelled frames | draws within 1 point of the best | mean regret (points) |",
@@ -435,11 +439,30 @@ def table(s: dict, profile: str = "cpu") -> str:
     return "\n".join(lines)
 
 
+def summarise_suite(runs: list[dict]) -> tuple[dict, list[dict]]:
+    """:func:`summarise` over every candidate, plus whether each candidate is worth its cost in ``--method
+    auto``: ``without[m]`` re-runs the summary with ``m`` left out (``majority`` recomputed over the
+    remaining class maps, the default validator re-chosen by the same rule) and records what auto then
+    averages. A candidate earns its training run when leaving it out lowers auto's mean mIoU."""
+    recs = records(runs)
+    s = summarise(recs, runs)
+    if s.get("auto"):
+        without = {}
+        for m in s["methods"]:
+            if m == REFERENCE or len(s["methods"]) < 3:
+                continue
+            rest = [r for r in runs if r["candidate"] != m]
+            a = summarise(records(rest), rest).get("auto")
+            if a:
+                without[m] = {"validator": a["validator"], "miou": a["miou"], "change": a["miou"] - s["auto"]["miou"]}
+        s["auto"]["without"] = without
+    return s, recs
+
+
 def write_summary(results: Path, profile: str, summary_path: Path, readme: bool) -> dict:
     with _lock(_lock_path(results, "summary"), wait=True):
         runs = load_runs(results, profile)
-        recs = records(runs)
-        s = summarise(recs, runs)
+        s, recs = summarise_suite(runs)
         md = table(s, profile)
         with _atomic(summary_path) as tmp:
             Path(tmp).write_text(json.dumps({"summary": s, "records": recs, "profile": profile, "table": md,

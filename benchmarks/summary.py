@@ -1,16 +1,19 @@
-"""The README's results summary: one small table per task, from the benchmark JSONs.
+"""The README's results summary: one short table per task, from the benchmark JSONs.
 
     python benchmarks/summary.py
 
 Reads ``benchmarks/results/adaptation.json`` (classification, source-using methods),
-``adapt.json`` (on-device, source-free), ``shifts.json`` (the shift suite) and ``dense.json``
-(segmentation and depth) and writes the block between the ``results-summary`` markers of the
-README. The full tables, how each number is produced and the selection rule are in
-``benchmarks/README.md``.
+``adapt.json`` (on-device, source-free), ``dense.json`` (segmentation and depth) and
+``detection.json`` (detection), and writes the block between the ``results-summary`` markers of the
+README: per task, source-only (with the target-trained upper bound where one is stored) and the few
+best rows by the task's headline metric. Every row, the machines, budgets and how each number is
+produced are in ``benchmarks/README.md``; how the benchmark settings were chosen, in
+``benchmarks/DECISIONS.md``.
 """
 from __future__ import annotations
 
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -20,6 +23,12 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from readme_tables import METRIC_LABELS, replace_block  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
+BEST = 2  # trained rows shown per pair next to source-only (classification: BEST + 2 over both kinds)
+HEAD = ["| pair | method | target {metric} | vs source-only | target-trained upper bound | seeds |",
+        "|---|---|---|---|---|---|"]
+# Row names of the on-device (adapt.json) and detection (detection.json) benchmarks
+DENSE_PAIRS = {"digits_seg": "digitscenes -> handwritten-scenes", "syn_seg": "synscenes -> synscenes:photo"}
+DET_PAIRS = {"digits_det": "digitscenes -> handwritten-scenes", "syn_det": "synscenes -> synscenes:photo"}
 
 
 def _load(name: str) -> dict:
@@ -27,84 +36,113 @@ def _load(name: str) -> dict:
     return json.loads(p.read_text()) if p.is_file() else {}
 
 
+def _head(metric: str) -> list[str]:
+    return [HEAD[0].format(metric=metric), HEAD[1]]
+
+
+def _row(pair: str, method: str, value: str, gain: str = "", upper: str = "", seeds: int | str = "") -> str:
+    return f"| {pair} | {method} | {value} | {gain} | {upper} | {seeds} |"
+
+
+def _is_source_only(method: str) -> bool:
+    return method.split("@")[0] == "source_only"
+
+
 def classification() -> list[str]:
     a, d = _load("adaptation.json"), _load("adapt.json")
     rows = a.get("rows", {})
     if "source_only" not in rows:
         return []
-    base = rows["source_only"]["target_test_acc"]["mean"]
-    best = sorted((r["target_test_acc"]["mean"], m) for m, r in rows.items() if m != "source_only")[::-1]
-    lines = [f"**Classification**, {a['pair']['source']} -> {a['pair']['target']} (real handwritten digits), "
-             f"profile `{a['profile']}`, mean of {len(rows['source_only']['seeds'])} seeds, target accuracy %:", "",
-             "| | target acc % | vs source-only |", "|---|---|---|",
-             f"| source-only | {100 * base:.1f} | |"]
-    for acc, m in best[:3]:
-        lines.append(f"| {m} (training, source + target) | {100 * acc:.1f} | {100 * (acc - base):+.1f} |")
-    for m, r in sorted(d.get("rows", {}).items()):
-        if "accuracy_after" in r:
-            lines.append(f"| {m} (on the device, from the source-only bundle) | {100 * r['accuracy_after']['mean']:.1f} | "
-                         f"{100 * (r['accuracy_after']['mean'] - r['accuracy_before']['mean']):+.1f} vs the shipped model |")
-    s = _load("shifts.json").get("summary")
-    if s:
-        a = s["auto"]
-        lines += ["", f"Shift suite ({s['runs']} real-digit targets under capture conditions): `--method auto` with "
-                  f"`{s['recommended_validator']}` {100 * a['acc']:.1f} % on average vs source-only "
-                  f"{100 * s['methods']['source_only']['acc']:.1f} %, worst target "
-                  f"{100 * a['worst_gain_vs_source_only']:+.1f} points vs source-only."]
+    pair = f"{a['pair']['source']} -> {a['pair']['target']}"
+    so = rows["source_only"]
+    base = so["target_test_acc"]["mean"]
+    cands = [(r["target_test_acc"]["mean"], m, r["target_test_acc"]["mean"] - base, len(r["seeds"]), "")
+             for m, r in rows.items() if m != "source_only"]
+    cands += [(r["accuracy_after"]["mean"], f"{m} (`edgeda adapt`)",
+               r["accuracy_after"]["mean"] - r["accuracy_before"]["mean"], len(r["seeds"]), " vs shipped")
+              for m, r in d.get("rows", {}).items() if "accuracy_after" in r]
+    lines = [f"**Classification** (profile `{a['profile']}`, target accuracy %; `edgeda adapt` rows: source-free, "
+             "from the source-only bundle, gain against it):", "", *_head("acc %"),
+             _row(pair, "source_only", f"{100 * base:.1f}", seeds=len(so["seeds"]))]
+    for acc, m, gain, n, vs in sorted(cands, reverse=True)[:BEST + 2]:
+        lines.append(_row(pair, m, f"{100 * acc:.1f}", f"{100 * gain:+.1f}{vs}", seeds=n))
     return lines
+
+
+def _pair_name(r: dict, rows: dict, task: str) -> str:
+    shared = [x["pair"] for x in rows.values() if x["task"] == task and len(x["methods"]) > 1]
+    if shared.count(r["pair"]) == 1:
+        return r["pair"]
+    kw = r["config"].get("backbone_kwargs", {})  # two models on one pair: name the model
+    return f"{r['pair']} ({r['config']['backbone']}{' ' + str(kw['variant']) if 'variant' in kw else ''})"
 
 
 def dense(task: str) -> list[str]:
     rows = _load("dense.json").get("profiles", {}).get("cpu", {})
+    device = _load("adapt.json").get("dense", {}) if task == "segmentation" else {}
     out, head = [], None
-    shared = [r["pair"] for r in rows.values() if r["task"] == task]
-    for r in rows.values():
-        if r["task"] != task:
+    for key, r in rows.items():
+        if r["task"] != task or len(r["methods"]) < 2:  # a source-only row alone shows no adaptation
             continue
-        kw = r["config"].get("backbone_kwargs", {})
-        pair = r["pair"] if shared.count(r["pair"]) == 1 else (  # two models on one pair: name the model
-            f"{r['pair']} ({r['config']['backbone']}{' ' + str(kw['variant']) if 'variant' in kw else ''})")
-        for m, s in r["methods"].items():
-            head = next(iter(s["target"]))
-            v, g = s["target"][head], s["gain_vs_source_only"]
-            pct = head != "abs_rel"
-            val = f"{100 * v[0]:.1f}" if pct else f"{v[0]:.3f}"
-            gain = "" if m == "source_only" or g[0] is None else (f"{100 * g[0]:+.1f}" if pct else f"{g[0]:+.3f}")
-            up = r["upper"][head][0] if r.get("upper") and m == "source_only" else None
-            upper = "" if up is None else (f"{100 * up:.1f}" if pct else f"{up:.3f}")
-            out.append(f"| {pair} | {m} | {val} | {gain} | {upper} | {len(s['seeds'])} |")
+        pair = _pair_name(r, rows, task)
+        head = next(iter(r["methods"]["source_only"]["target"]))
+        pct, lower = head != "abs_rel", head == "abs_rel"
+
+        def fmt(v, signed=False):
+            return (f"{100 * v:+.1f}" if signed else f"{100 * v:.1f}") if pct else (f"{v:+.3f}" if signed else f"{v:.3f}")
+
+        so = r["methods"]["source_only"]
+        up = r["upper"][head][0] if r.get("upper") else None
+        out.append(_row(pair, "source_only", fmt(so["target"][head][0]), upper="" if up is None else fmt(up),
+                        seeds=len(so["seeds"])))
+        if "source_only@init" in r["methods"]:
+            s = r["methods"]["source_only@init"]
+            out.append(_row(pair, "source_only@init", fmt(s["target"][head][0]), seeds=len(s["seeds"])))
+        most = max(len(s["seeds"]) for s in r["methods"].values())
+        cands = [(s["target"][head][0], m, s) for m, s in r["methods"].items()
+                 if not _is_source_only(m) and len(s["seeds"]) >= min(3, most)]
+        for v, m, s in sorted(cands, reverse=not lower)[:BEST]:
+            g = s["gain_vs_source_only"][0]
+            out.append(_row(pair, m, fmt(v), "" if g is None else fmt(g, True), seeds=len(s["seeds"])))
+        dev = [(s["miou_after"]["mean"], m, s) for m, s in device.get(key, {}).get("methods", {}).items()]
+        if dev:  # the best source-free adaptation of the seed's source-only bundle, on the device
+            v, m, s = max(dev)
+            out.append(_row(pair, f"{m} (`edgeda adapt`)", fmt(v), f"{s['gain_points']['mean']:+.1f} vs shipped",
+                            seeds=len(s["seeds"])))
     if not out:
         return []
-    name = METRIC_LABELS[head]  # the task's headline metric
-    init = any(m.endswith("@init") for r in rows.values() if r["task"] == task for m in r["methods"])
-    return [f"**{task.capitalize()}**, profile `cpu` (small models and images on 2 CPU cores), {name}"
-            + (" (`NAME@init`: started from the seed's source-only bundle, compared with `source_only@init`, "
-               "source-only training continued as long, on the same machine and seed)" if init else "") + ":", "",
-            f"| pair | method | target {name} | vs source-only | target-trained upper bound | seeds |",
-            "|---|---|---|---|---|---|", *out]
+    name = METRIC_LABELS[head]
+    return [f"**{task.capitalize()}** (profile `cpu`, {name}; `NAME@init`: started from the seed's source-only "
+            "bundle, gain against `source_only@init`, source-only training continued as long"
+            + ("; `edgeda adapt` rows: source-free, gain against the shipped source-only bundle" if device else "")
+            + "):", "", *_head(name), *out]
 
 
-def dense_adapt() -> list[str]:
-    """On-device, source-free adaptation of the seed's source-only segmentation bundle (``adapt.json``)."""
-    pairs = {"digits_seg": "digitscenes -> handwritten-scenes", "syn_seg": "synscenes -> synscenes:photo"}
+def detection() -> list[str]:
+    rows = _load("detection.json").get("cpu", {}).get("rows", {})
     out = []
-    for row, r in _load("adapt.json").get("dense", {}).items():
-        if not isinstance(r, dict):
+    for key, r in rows.items():
+        if "source_only" not in r:
             continue
-        for m, s in r.get("methods", {}).items():
-            out.append(f"| {pairs.get(row, row)} | {m} | {100 * s['miou_before']['mean']:.1f} | {100 * s['miou_after']['mean']:.1f} | "
-                       f"{s['gain_points']['mean']:+.1f} | {len(s['seeds'])} |")
+        pair, so = DET_PAIRS.get(key, key), r["source_only"]
+        up = r.get("upper", {}).get("map50", {}).get("mean")
+        out.append(_row(pair, "source_only", f"{100 * so['map50']['mean']:.1f}",
+                        upper="" if up is None else f"{100 * up:.1f}", seeds=len(so["seeds"])))
+        cands = [(s["map50"]["mean"], m, s) for m, s in r.items() if m not in ("source_only", "upper")]
+        for v, m, s in sorted(cands, reverse=True)[:BEST]:
+            g = s["map50"]["gain_over_source_only"]
+            out.append(_row(pair, m, f"{100 * v:.1f}", "" if g is None else f"{100 * g:+.1f}", seeds=len(s["seeds"])))
     if not out:
         return []
-    return ["**Segmentation on the device** (`edgeda adapt`, no source data, from the source-only bundle; "
-            "`--minutes 10 --memory-mb 2048`, 1 thread), mIoU %:", "",
-            "| pair | method | shipped | adapted | gain | seeds |", "|---|---|---|---|---|---|", *out]
+    return ["**Detection** (profile `cpu`, COCO mAP@.5 % on the target test split):", "", *_head("mAP@.5 %"), *out]
 
 
 def main() -> None:
-    blocks = [b for b in (classification(), dense("segmentation"), dense_adapt(), dense("depth")) if b]
+    blocks = [b for b in (classification(), dense("segmentation"), dense("depth"), detection()) if b]
     md = "\n\n".join("\n".join(b) for b in blocks) if blocks else "No benchmark results stored yet."
-    md += "\n\nFull tables, the machines, how each number is produced and the selection rule: [benchmarks/README.md](benchmarks/README.md)."
+    md += ("\n\nEvery row, the budgets, the machines and how each number is produced: "
+           "[benchmarks/README.md](benchmarks/README.md); how the benchmark settings were chosen: "
+           "[benchmarks/DECISIONS.md](benchmarks/DECISIONS.md).")
     print(md)
     replace_block("results-summary", md)
 

@@ -20,10 +20,10 @@ class TrainConfig:
     target_test: str | None = None  # default: "<name>:test" for a built-in target, else none
     target_val: str | None = None  # a few labeled target images: selection (--select target_val) and a report only
     out: str = "runs/edgeda"
-    task: str | None = None  # classification | segmentation | depth; None: inferred from the source data
+    task: str | None = None  # classification | segmentation | depth | detection; None: inferred from the source data
     backbone: str | None = None  # None: the task's default_backbone (dtn; lraspp for dense maps; ssdlite for boxes)
     backbone_kwargs: dict = field(default_factory=dict)
-    backbone_weights: str | None = None  # a .safetensors file of pre-trained encoder weights, applied at build time
+    backbone_weights: str | None = None  # .safetensors/.pth/.pt/.bin, whole model or encoder, at build
     image_size: int | list | None = None  # side, or [H, W]; None: the task's (or built-in domain's) default
     channels: int = 3
     mean: list | None = None  # per-channel input normalisation; None: 0.5 (as for the built-in domains)

@@ -29,7 +29,8 @@ class TaskSpec:
     Images enter models as (N, channels, H, W) float32: uint8 / 255, then (x - mean) / std,
     in ``color_order`` channel order, at ``image_size`` = (H, W). Depth has no classes
     (``num_classes`` 0); ``palette`` colours segmentation classes; ``depth_range`` is the
-    (min, max) metric depth in metres a depth model outputs.
+    (min, max) metric depth in metres a depth model outputs; ``category_ids`` (detection from a
+    COCO json) the json's category id of each class, in class order (None: the source had none).
     """
 
     num_classes: int = 0
@@ -42,6 +43,7 @@ class TaskSpec:
     color_order: str = "RGB"
     palette: list[list[int]] | None = None
     depth_range: tuple[float, float] | None = None
+    category_ids: list[int] | None = None
 
     def __post_init__(self) -> None:
         if self.task not in known_tasks():
@@ -72,6 +74,11 @@ class TaskSpec:
             self.palette = [[int(c) for c in rgb] for rgb in self.palette]
         if self.depth_range is not None:
             self.depth_range = (float(self.depth_range[0]), float(self.depth_range[1]))
+        if self.category_ids is not None:
+            ids = list(self.category_ids)
+            if len(ids) != self.num_classes or not all(isinstance(i, int) and not isinstance(i, bool) for i in ids):
+                raise ValueError(f"category_ids must be one integer id per class ({self.num_classes}), got {ids!r}")
+            self.category_ids = ids
 
     @property
     def output(self) -> str:
@@ -91,10 +98,12 @@ class TaskSpec:
         d["output"] = self.output
         if self.depth_range is not None:
             d["depth_range"] = list(self.depth_range)
+        if self.category_ids is None:
+            del d["category_ids"]  # only detection sources from a COCO json have them
         return d
 
     @classmethod
     def from_dict(cls, d: dict) -> "TaskSpec":
         keys = ("num_classes", "classes", "task", "image_size", "channels", "mean", "std", "color_order", "palette",
-                "depth_range")
+                "depth_range", "category_ids")
         return cls(**{k: d[k] for k in keys if k in d})

@@ -172,6 +172,16 @@ def test_classification_augmentation_keeps_pixels_in_range_and_varies():
     assert not torch.allclose(a, b) and not torch.allclose(a, x)
 
 
+def test_downscaled_copies_only_where_the_frame_keeps_a_128_pixel_side():
+    from edgeda.adapt.cotta import usable_scales
+
+    assert usable_scales((0.75, 1.0, 1.5), (64, 64)) == (1.0, 1.5)
+    assert usable_scales((0.75, 1.0, 1.5), (64, 128)) == (1.0, 1.5)
+    assert usable_scales((0.5, 0.75, 1.0, 1.5), (256, 512)) == (0.5, 0.75, 1.0, 1.5)
+    assert usable_scales((0.25, 0.5, 1.0), (256, 512)) == (0.5, 1.0)
+    assert usable_scales((0.5,), (64, 64)) == (1.0,)  # nothing usable: the frame itself
+
+
 # -- the runs --------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("kind", ["seg", "clf"])

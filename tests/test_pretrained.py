@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import json
 import pickle
+import sys
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -429,51 +431,78 @@ def test_segformer_b0_forward_shape_and_onnx_parity(tmp_path):
 
 # ---------------------------------------------------------------- equivalence with the public code
 
+PUBLIC = ["lraspp_mobilenet_v3_large", "deeplabv3_resnet50", "deeplabv3_mobilenet_v3_large", "fcn_resnet50",
+          "mobilenet_v3_large", "segformer", "segformer_hub"]  # segformer_hub: save_pretrained's file (Hub names)
+AUX = ("deeplabv3_resnet50", "deeplabv3_mobilenet_v3_large", "fcn_resnet50")
+
+
 def _public(name):
     """The public model with random weights (torchvision / transformers), or skip where not importable."""
-    if name == "segformer":
+    if name.startswith("segformer"):
         transformers = pytest.importorskip("transformers", reason="transformers is not installed here")
-        cfg = transformers.SegformerConfig(num_labels=7)  # MiT-B0 defaults
-        return transformers.SegformerForSemanticSegmentation(cfg)
-    models = pytest.importorskip("torchvision.models", reason="torchvision is not installed here (it needs the CUDA torch build)")
+        # other tests put benchmarks/ on sys.path, where benchmarks/kernels.py would shadow the ``kernels``
+        # package transformers imports with its model code
+        saved, bench = sys.path[:], str(Path(__file__).resolve().parent.parent / "benchmarks")
+        sys.path[:] = [p for p in sys.path if p != bench]
+        try:
+            model_cls = transformers.SegformerForSemanticSegmentation
+        finally:
+            sys.path[:] = saved
+        return model_cls(transformers.SegformerConfig(num_labels=7))  # MiT-B0 defaults
+    try:  # a torchvision built for another torch build raises a RuntimeError (``torchvision::nms``), not an ImportError
+        import torchvision.models as models
+    except Exception as e:  # noqa: BLE001
+        pytest.skip(f"torchvision is not importable here (it needs the torch build it was made for): {type(e).__name__}")
     seg = models.segmentation
     build_fn = {"lraspp_mobilenet_v3_large": seg.lraspp_mobilenet_v3_large, "deeplabv3_resnet50": seg.deeplabv3_resnet50,
-                "fcn_resnet50": seg.fcn_resnet50, "mobilenet_v3_large": models.mobilenet_v3_large}[name]
+                "deeplabv3_mobilenet_v3_large": seg.deeplabv3_mobilenet_v3_large, "fcn_resnet50": seg.fcn_resnet50,
+                "mobilenet_v3_large": models.mobilenet_v3_large}[name]
     kw = {"weights": None, "num_classes": 7}
     if name != "mobilenet_v3_large":
         kw["weights_backbone"] = None
-    if name in ("deeplabv3_resnet50", "fcn_resnet50"):
+    if name in AUX:
         kw["aux_loss"] = True
     return build_fn(**kw)
 
 
-@pytest.mark.parametrize("name", ["lraspp_mobilenet_v3_large", "deeplabv3_resnet50", "fcn_resnet50", "mobilenet_v3_large", "segformer"])
-def test_same_outputs_as_the_public_model(name, tmp_path):
-    torch.manual_seed(0)
+def compare_with_public(name, folder, seed=0):
+    """The public model ``name`` with random weights (random BatchNorm statistics too), saved to ``folder``
+    and loaded into edgeda's model with :func:`load_pretrained`; both run in eval mode on one random
+    input. Returns (load report, edgeda's output, the public output)."""
+    torch.manual_seed(seed)
     public = _public(name).eval()
     with torch.no_grad():  # random, non-trivial BatchNorm statistics
         for mod in public.modules():
             if isinstance(mod, torch.nn.BatchNorm2d):
                 mod.running_mean.uniform_(-0.2, 0.2)
                 mod.running_var.uniform_(0.5, 2.0)
-    file = tmp_path / "public.pth"
-    torch.save(public.state_dict(), file)
+    if name == "segformer_hub":  # transformers writes the Hub names (segformer.encoder.block.*)
+        public.save_pretrained(folder)
+        file = folder / "model.safetensors"
+    else:  # the module's own names (transformers 5: segformer.stages.*)
+        file = folder / "public.pth"
+        torch.save(public.state_dict(), file)
     if name == "mobilenet_v3_large":
         ours = build("classifier", backbone=name, num_classes=7, channels=3, image_size=64)
     else:
-        ours = make_dense_model(name, 7, "logits", **({"aux": True} if name in ("deeplabv3_resnet50", "fcn_resnet50") else {}))
+        ours = make_dense_model(name.split("_hub")[0], 7, "logits", **({"aux": True} if name in AUX else {}))
     rep = load_pretrained(ours, file)
-    assert rep["missing"] == [] and rep["unexpected"] == [], rep
     ours.eval()
     x = torch.randn(2, 3, 96, 128)
     with torch.no_grad():
-        if name == "segformer":
+        if name.startswith("segformer"):
             ref = torch.nn.functional.interpolate(public(pixel_values=x).logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
         elif name == "mobilenet_v3_large":
             ref = public(x)
         else:
             ref = public(x)["out"]
-        out = ours(x)
+        return rep, ours(x), ref
+
+
+@pytest.mark.parametrize("name", PUBLIC)
+def test_same_outputs_as_the_public_model(name, tmp_path):
+    rep, out, ref = compare_with_public(name, tmp_path)
+    assert rep["missing"] == [] and rep["unexpected"] == [], rep
     diff = (out - ref).abs().max().item()
     print(f"{name}: max abs diff {diff:.3g}")
     assert out.shape == ref.shape and diff <= 1e-4

@@ -75,6 +75,7 @@ class DetectionDomain:
 
     kind = "detection"
     classes_from_ids = False  # True when class names were made up from the largest id seen
+    category_ids: list[int] | None = None  # a COCO json's id of each class (None: the source has no such ids)
 
     def __init__(self, name: str, *, classes: list[str] | None = None, has_boxes: bool = False,
                  report: LoadReport | None = None, palette: np.ndarray | None = None):
@@ -168,6 +169,7 @@ class _Subset(DetectionDomain):
     def __init__(self, base: DetectionDomain, idx: np.ndarray, name: str):
         super().__init__(name, classes=base.classes, has_boxes=base.has_boxes, report=base.report, palette=base.palette)
         self.classes_from_ids = base.classes_from_ids
+        self.category_ids = base.category_ids
         self.base, self.idx = base, idx
 
     def __len__(self) -> int:

@@ -58,16 +58,20 @@ def export(bundle, out, precision, data, calib, build_trt, batch, workspace_mb, 
 @click.option("--out", type=click.Path(dir_okay=False), help="preds.csv or preds.json")
 @click.option("--out-dir", type=click.Path(file_okay=False), show_default="predictions/", help="dense bundles: folder for the mask / depth PNGs")
 @click.option("--coco", "coco_out", type=click.Path(dir_okay=False), help="detection bundles: write COCO results JSON here")
+@click.option("--coco-images", type=click.Path(exists=True, dir_okay=False),
+              help="with --coco: a COCO annotation file listing the input images; image_id taken from it (by file name)")
 @click.option("--json", "as_json", is_flag=True, help="print the predictions as JSON")
 @click.option("--plugins", type=click.Path(dir_okay=False), help="libedgeda_plugins.so, for engines built with --plugins")
 @handle_errors
-def predict(bundle, input_, backend, precision, device, batch_size, out, out_dir, coco_out, as_json, plugins) -> None:
+def predict(bundle, input_, backend, precision, device, batch_size, out, out_dir, coco_out, coco_images, as_json,
+            plugins) -> None:
     """Per image: class and confidence (classifiers), a colourised mask and overlay (segmentation) or
     a 16-bit and a colour-mapped depth PNG (depth); unreadable files are skipped and listed."""
     from .prediction import predict as run_predict
 
     res = run_predict(bundle, input_, backend=backend, precision=precision, out=out, out_dir=out_dir, batch_size=batch_size,
-                      device=device, progress=not as_json and sys.stderr.isatty(), plugin_library=plugins, coco_out=coco_out)
+                      device=device, progress=not as_json and sys.stderr.isatty(), plugin_library=plugins, coco_out=coco_out,
+                      coco_images=coco_images)
     if as_json:
         emit_json(res)
         return
@@ -88,6 +92,9 @@ def predict(bundle, input_, backend, precision, device, batch_size, out, out_dir
     click.echo(f"{res['n']} images predicted with {backend} ({precision})" + (f"; written to {res['out']}" if out else "")
                + (f"; PNGs in {res['out_dir']}" if res.get("out_dir") else "")
                + (f"; COCO results in {res['coco_out']}" if res.get("coco_out") else ""))
+    if res.get("coco_unlisted"):
+        click.echo(f"{len(res['coco_unlisted'])} images are not listed in --coco-images and were left out of the COCO "
+                   f"results, e.g. {res['coco_unlisted'][0]}")
     if res["skipped"]:
         click.echo(f"skipped {len(res['skipped'])} unreadable files:")
         for s in res["skipped"][:20]:

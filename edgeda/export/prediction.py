@@ -21,12 +21,16 @@ from .runtime import make_runner
 def predict(bundle: str | Path, input: str | Path, *, backend: str = "ort", precision: str = "fp32",
             out: str | Path | None = None, out_dir: str | Path | None = None, batch_size: int = 64,
             device: str = "cpu", progress: bool = False, plugin_library: str | Path | None = None,
-            coco_out: str | Path | None = None) -> dict:
+            coco_out: str | Path | None = None, coco_images: str | Path | None = None) -> dict:
     """Predict every image in ``input``; ``out_dir``: where dense bundles write their PNGs
     (default ``predictions/`` beside ``out``, else in the working folder). ``coco_out``: for box
     predictions, a COCO results ``.json`` (``image_id`` = the image's position in the sorted input,
-    ``category_id`` = class index + 1 in the bundle's class order, ``bbox`` x y w h in the image's
-    own pixels, ``score``; ``file_name`` beside each).
+    ``category_id`` = the category id of the COCO json the bundle was trained on (its task's
+    ``category_ids``), else class index + 1 in the bundle's class order, ``bbox`` x y w h in the
+    image's own pixels, ``score``; ``file_name`` beside each). ``coco_images``: a COCO annotation file
+    whose ``images`` the input's files are (matched by their path under ``input``, else by file name):
+    ``image_id`` is then that file's id, so pycocotools scores the results against it; an input image
+    it does not list is left out of the results and counted.
 
     ``plugin_library``: libedgeda_plugins.so for a TensorRT engine built with ``--plugins``.
     """
@@ -47,6 +51,8 @@ def predict(bundle: str | Path, input: str | Path, *, backend: str = "ort", prec
         raise DataError(f"--input {src} has no images (png, jpg, jpeg, bmp, webp)")
     if coco_out is not None and Path(coco_out).suffix.lower() != ".json":
         raise EdgedaError(f"--coco {coco_out}: use a .json file name")
+    if coco_images is not None and coco_out is None:
+        raise EdgedaError("--coco-images numbers the images of the COCO results: give --coco FILE.json too")
     if out is not None and Path(out).suffix.lower() not in (".csv", ".json"):
         raise EdgedaError(f"--out {out}: use a .csv or .json file name")
     if task.dense:
@@ -89,9 +95,12 @@ def predict(bundle: str | Path, input: str | Path, *, backend: str = "ort", prec
     if task.dense:
         result["out_dir"] = str(out_dir)
     if coco_out is not None:
-        results = coco_results(rows)
+        ids = coco_image_ids(coco_images, [Path(r["path"]) for r in rows], root) if coco_images is not None else None
+        results = coco_results(rows, b.task.category_ids, ids)
         atomic_write_bytes(Path(coco_out), (json.dumps(results) + "\n").encode())
         result["coco_out"], result["coco_n"] = str(coco_out), len(results)
+        if ids is not None:
+            result["coco_unlisted"] = [r["path"] for r, i in zip(rows, ids) if i is None]
     if out is not None:
         out = Path(out)
         if out.suffix.lower() == ".json":
@@ -110,15 +119,47 @@ def predict(bundle: str | Path, input: str | Path, *, backend: str = "ort", prec
     return result
 
 
-def coco_results(rows: list[dict]) -> list[dict]:
-    """COCO detection results of predict rows that list ``detections`` (``box`` x1 y1 x2 y2, ``label``, ``score``)."""
+def coco_image_ids(annotations: str | Path, files: list[Path], root: Path) -> list[int | None]:
+    """The ``images[].id`` of each file in a COCO annotation file, matched by the file's path under
+    ``root`` (as ``file_name`` is written), else by its name when that name is listed once; None where
+    the file is not listed."""
+    path = Path(annotations)
+    try:
+        images = json.loads(path.read_text())["images"]
+        by_path = {str(Path(im["file_name"]).as_posix()): int(im["id"]) for im in images}
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise DataError(f"--coco-images {path}: not a readable COCO annotation file with images (file_name, id): {e}") from e
+    names: dict[str, list[int]] = {}
+    for name, i in by_path.items():
+        names.setdefault(Path(name).name, []).append(i)
+    out = []
+    for f in files:
+        rel = f.relative_to(root).as_posix() if f.is_relative_to(root) else f.name
+        i = by_path.get(rel)
+        if i is None and len(names.get(f.name, ())) == 1:
+            i = names[f.name][0]
+        out.append(i)
+    return out
+
+
+def coco_results(rows: list[dict], category_ids: list[int] | None = None,
+                 image_ids: list[int | None] | None = None) -> list[dict]:
+    """COCO detection results of predict rows that list ``detections`` (``box`` x1 y1 x2 y2, ``label``, ``score``);
+    ``category_ids[k]``: the id of class ``k`` (a COCO source's own ids), default ``k + 1``; ``image_ids[i]``:
+    the id of row ``i`` (None: left out), default ``i``."""
     if rows and not all("detections" in r for r in rows):
         raise EdgedaError("--coco writes box predictions; this bundle does not predict boxes")
     res = []
     for i, r in enumerate(rows):
+        if image_ids is not None:
+            if image_ids[i] is None:
+                continue
+            i = image_ids[i]
         for d in r["detections"]:
             x1, y1, x2, y2 = d["box"]
-            res.append({"image_id": i, "file_name": r["path"], "category_id": int(d["label"]) + 1,
+            k = int(d["label"])
+            cid = category_ids[k] if category_ids is not None and 0 <= k < len(category_ids) else k + 1
+            res.append({"image_id": i, "file_name": r["path"], "category_id": cid,
                         "bbox": [round(x1, 2), round(y1, 2), round(x2 - x1, 2), round(y2 - y1, 2)],
                         "score": d["score"]})
     return res

@@ -14,7 +14,10 @@ torchvision classifier's ``fc`` -> ``head``), then stripped of wrapper prefixes 
 -- so an encoder-only checkpoint (torchvision ImageNet classifiers, ``nvidia/mit-b0``) is recognised
 by its prefix. Then:
 
-* the encoder must be complete: a missing encoder tensor is an error that lists them;
+* the encoder must be complete: a missing encoder tensor is an error that lists them (a model whose
+  encoder-only checkpoints cover less than its ``encoder`` names that part with
+  ``model.encoder_only_keys()``: a detector's classification trunk, without SSDLite's extra layers or
+  FCOS's pyramid);
 * whole-model checkpoints (some tensor lands outside the encoder) must also supply every head
   tensor, except the class-count-dependent output layers (``model.output_keys()``): where their
   shape differs (another class count) they keep their initialisation and the report says so;
@@ -144,14 +147,17 @@ def _pairs(model: nn.Module, source: dict, target: dict, prefix: str):
 
 
 def checkpoint_classes(model: nn.Module, path: str | Path) -> int | None:
-    """The class count of the output layer a checkpoint holds for ``model``'s layout (None: encoder only)."""
+    """The class count of the output layer a checkpoint holds for ``model``'s layout (None: encoder only);
+    ``model.classes_in_checkpoint(state)`` decides where the model has it (a detector: ``K`` without the
+    background column, from SSDLite's 6 boxes x ``K + 1`` logits per cell)."""
     target = model.state_dict()
-    outputs = list(getattr(model, "output_keys", lambda: [])())
     _, prefix = _encoder_prefix(model)
-    for _, name, tensor in _pairs(model, read_state_dict(path), target, prefix):
-        if outputs and name == outputs[0]:
-            return int(tensor.shape[0])
-    return None
+    named = {name: tensor for _, name, tensor in _pairs(model, read_state_dict(path), target, prefix) if name is not None}
+    own = getattr(model, "classes_in_checkpoint", None)
+    if own is not None:
+        return own(named)
+    outputs = list(getattr(model, "output_keys", lambda: [])())
+    return int(named[outputs[0]].shape[0]) if outputs and outputs[0] in named else None
 
 
 def load_pretrained(model: nn.Module, path: str | Path) -> dict:
@@ -181,9 +187,11 @@ def load_pretrained(model: nn.Module, path: str | Path) -> dict:
         matched[name] = tensor.to(dtype=want.dtype)
     required = [k for k in target if not k.endswith(_OPTIONAL_SUFFIX)]
     missing = [k for k in required if k not in matched]
-    enc_missing = [k for k in missing if k.startswith(prefix)]
+    core_of = getattr(model, "encoder_only_keys", None)
+    core = set(core_of()) if core_of is not None else {k for k in target if k.startswith(prefix)}
+    enc_missing = [k for k in missing if k in core]
     if enc_missing:
-        found = sum(1 for k in required if k.startswith(prefix) and k in matched)
+        found = sum(1 for k in required if k in core and k in matched)
         raise EdgedaError(f"backbone weights file {path} supplies {found} of the encoder's "
                           f"{found + len(enc_missing)} tensors; missing: {_listing(enc_missing)} (is it the weights of this architecture?)")
     whole = any(not k.startswith(prefix) for k in matched) or bool(reinitialised)
@@ -196,11 +204,26 @@ def load_pretrained(model: nn.Module, path: str | Path) -> dict:
                 else "loaded" if not missing else "partly loaded; left at its initialisation: " + _listing(missing))
     else:
         head = "at its initialisation (an encoder-only checkpoint)"
+        beyond = [k for k in missing if k.startswith(prefix) and k not in core]
+        if beyond:  # a detector's extra layers or pyramid
+            head += f", as are the {len(beyond)} encoder tensors beyond the trunk"
     with torch.no_grad():
         model.load_state_dict(matched, strict=False)
     return {"file": path.name, "sha256": sha256_file(path), "kind": "whole model" if whole else "encoder only",
             "loaded": len(matched), "missing": missing, "unexpected": unexpected, "reinitialised": reinitialised,
             "head": head}
+
+
+def options_for_weights(arch: str, options: dict | None, path: str | Path) -> dict:
+    """``options`` (build settings of the detector ``arch``) completed with what the checkpoint at ``path``
+    implies (SSDLite's ``reduced_tail``: false for an ImageNet MobileNetV3 trunk, whose last stage is
+    full width); given settings stay, and other architectures get ``options`` unchanged."""
+    from .detection import DETECTORS
+
+    options = dict(options or {})
+    if arch not in DETECTORS:
+        return options
+    return DETECTORS[arch].options_for_checkpoint(read_state_dict(path), options)
 
 
 def describe(report: dict) -> list[str]:

@@ -16,19 +16,24 @@ from ..errors import EdgedaError
 
 
 def build_for_import(arch: str, num_classes: int, channels: int, options: dict):
-    """A dense model (``lraspp_mobilenet_v3_large``, ``segformer``, ``deeplab`` ...) or a classifier
-    on a registered backbone (``resnet50``, ``mobilenet_v3_large`` ...) of ``arch``."""
+    """A dense model (``lraspp_mobilenet_v3_large``, ``segformer``, ``deeplab`` ...), a detector
+    (``ssdlite``, ``fcos``: ``num_classes`` without the background class, so torchvision's 91-way COCO
+    heads are 90 classes) or a classifier on a registered backbone (``resnet50``, ``mobilenet_v3_large`` ...)
+    of ``arch``."""
     from . import BACKBONES, build
     from .dense import ARCHS
+    from .detection import DETECTORS
     from .public_dense import PUBLIC_ARCHS
 
     if arch in ARCHS or arch in PUBLIC_ARCHS:
         return build("dense_model", arch=arch, num_outputs=num_classes, output="logits", channels=channels, **options)
+    if arch in DETECTORS:
+        return build("detector", arch=arch, num_classes=num_classes, channels=channels, **options)
     if arch in BACKBONES:
         return build("classifier", backbone=arch, num_classes=num_classes, channels=channels, image_size=224,
                      backbone_kwargs=options)
     raise EdgedaError(f"unknown --arch {arch!r}; dense: {', '.join(ARCHS + tuple(PUBLIC_ARCHS))}; "
-                      f"classification backbones: {', '.join(BACKBONES)}")
+                      f"detectors: {', '.join(DETECTORS)}; classification backbones: {', '.join(BACKBONES)}")
 
 
 def import_weights(file: str | Path, arch: str, out: str | Path, num_classes: int | None = None, channels: int = 3,
@@ -37,12 +42,12 @@ def import_weights(file: str | Path, arch: str, out: str | Path, num_classes: in
     ``out``, ``num_classes`` and the check of the written file."""
     from safetensors.torch import save_file
 
-    from .weights import checkpoint_classes, load_pretrained
+    from .weights import checkpoint_classes, load_pretrained, options_for_weights
 
     out = Path(out)
     if out.suffix != ".safetensors":
         raise EdgedaError(f"--out {out}: the converted weights are written as .safetensors")
-    options = dict(options or {})
+    options = options_for_weights(arch, dict(options or {}), file)
     if num_classes is None:
         num_classes = checkpoint_classes(build_for_import(arch, 1, channels, options), file)
         if num_classes is None:
@@ -56,7 +61,8 @@ def import_weights(file: str | Path, arch: str, out: str | Path, num_classes: in
     check = load_pretrained(build_for_import(arch, num_classes, channels, options), out)
     if check["missing"] or check["unexpected"] or check["reinitialised"]:
         raise EdgedaError(f"the written file {out} does not load back cleanly into {arch}")
-    return {**report, "arch": arch, "num_classes": num_classes, "out": str(out), "check": {"loaded": check["loaded"]}}
+    return {**report, "arch": arch, "num_classes": num_classes, "options": options, "out": str(out),
+            "check": {"loaded": check["loaded"]}}
 
 
 @click.group()
@@ -67,8 +73,9 @@ def weights() -> None:
 @weights.command("import")
 @click.argument("file", type=click.Path(dir_okay=False))
 @click.option("--arch", required=True, help="e.g. lraspp_mobilenet_v3_large, deeplabv3_resnet50, fcn_resnet50, segformer, "
-                                             "resnet50, mobilenet_v3_large")
-@click.option("--num-classes", type=int, help="classes of the model (default: the checkpoint's; needed for encoder-only files)")
+                                             "resnet50, mobilenet_v3_large, ssdlite, fcos")
+@click.option("--num-classes", type=int, help="classes of the model (default: the checkpoint's; needed for encoder-only files; "
+                                              "detectors count no background: torchvision's COCO heads are 90)")
 @click.option("--channels", type=int, default=3, show_default=True, help="input channels (1: RGB first conv summed)")
 @click.option("--backbone-option", "backbone_options", multiple=True, help="architecture setting key=value, e.g. variant=b2")
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="the .safetensors file to write")
@@ -85,6 +92,10 @@ def import_cmd(file, arch, num_classes, channels, backbone_options, out, as_json
         return
     for line in describe(rep):
         click.echo(line)
-    opts = "".join(f" --backbone-option {o}" for o in backbone_options)
+    opts = "".join(f" --backbone-option {k}={str(v).lower() if isinstance(v, bool) else v}" for k, v in rep["options"].items())
+    from .detection import DETECTORS
+
+    task = "--task detection " if arch in DETECTORS else ""
     click.echo(f"{arch} with {rep['num_classes']} classes: {rep['check']['loaded']} tensors written to {rep['out']} "
-               f"(sha256 of the source {rep['sha256'][:12]}...); use it with --backbone {arch}{opts} --backbone-weights {rep['out']}")
+               f"(sha256 of the source {rep['sha256'][:12]}...); use it with {task}--backbone {arch}{opts} "
+               f"--backbone-weights {rep['out']}")

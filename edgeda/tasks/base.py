@@ -156,6 +156,11 @@ class Task:
     def build_model(self, spec: TaskSpec, backbone: str, backbone_kwargs: dict | None = None):
         raise NotImplementedError
 
+    def options_for_weights(self, backbone: str, backbone_kwargs: dict | None, path) -> dict:
+        """``backbone_kwargs`` completed with the build settings the pre-trained file at ``path``
+        (``--backbone-weights``) implies; given settings stay. Default: unchanged."""
+        return dict(backbone_kwargs or {})
+
     # -- evaluation ----------------------------------------------------------------------------
     def meter(self, spec: TaskSpec):
         raise NotImplementedError

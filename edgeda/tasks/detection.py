@@ -2,7 +2,8 @@
 
 What the task owns (the trainer, evaluation, export and predict call these, never the name):
 
-* spec and model -- ``make_spec`` keeps the domain's K class names (no background class);
+* spec and model -- ``make_spec`` keeps the domain's K class names (no background class) and,
+  for a COCO json source, its category ids (``category_ids``: predict's results file carries them);
   ``build_model`` builds ``build("detector", arch=backbone, num_classes=K, channels=C,
   image_size=(H, W), **backbone_kwargs)`` (default ``ssdlite``).
 * loss -- the matching of boxes to anchors or locations lives in the detector, so the supervised
@@ -69,9 +70,11 @@ class Detection(Task):
         palette = getattr(domain, "palette", None)
         if palette is not None and len(palette) != len(classes):
             palette = None  # drawing picks distinct colours
+        ids = getattr(domain, "category_ids", None)  # a COCO json's own ids, for predict's results file
         return TaskSpec(num_classes=len(classes), classes=classes, task=self.name, image_size=image_size,
                         channels=channels, mean=mean, std=std,
-                        palette=None if palette is None else np.asarray(palette).tolist())
+                        palette=None if palette is None else np.asarray(palette).tolist(),
+                        category_ids=[int(i) for i in ids] if ids is not None and len(ids) == len(classes) else None)
 
     def loss(self, output, target, kind=None):
         raise EdgedaError("the detection loss is the detector's own (model.loss(outputs, targets)); "
@@ -82,6 +85,13 @@ class Detection(Task):
 
         return build("detector", arch=backbone, num_classes=spec.num_classes, channels=spec.channels,
                      image_size=list(spec.image_size), **dict(backbone_kwargs or {}))
+
+    def options_for_weights(self, backbone, backbone_kwargs, path):
+        """SSDLite's ``reduced_tail`` from the file when not given (false for an ImageNet MobileNetV3 trunk,
+        as torchvision builds SSDLite on one; :func:`edgeda.models.weights.options_for_weights`)."""
+        from ..models.weights import options_for_weights
+
+        return options_for_weights(backbone, backbone_kwargs, path)
 
     # -- evaluation ----------------------------------------------------------------------------
     def meter(self, spec):

@@ -9,7 +9,7 @@ from ..errors import EdgedaError
 from ..methods import Engine, Method, OptimConfig
 from ..methods.registry import methods_for
 from ..models.weights import describe, load_pretrained, pretrained_options
-from ..tasks import load_for_task
+from ..tasks import load_for_task, task_of
 from .evaluate import eval_batches
 from ..data.sampling import class_counts
 
@@ -30,6 +30,12 @@ def build_method(cfg, method_cls, spec, domains, *, device, dist, dense: bool, l
     optim = OptimConfig(cfg.optimizer, cfg.lr, cfg.momentum, cfg.weight_decay)
     # a pre-trained encoder learns slower where the method offers encoder_lr
     options = pretrained_options(method_cls, cfg.options) if cfg.backbone_weights else cfg.options
+    if cfg.backbone_weights:  # build settings the file implies (SSDLite on an ImageNet trunk: the full last stage)
+        kwargs = task_of(spec.task).options_for_weights(cfg.backbone, cfg.backbone_kwargs, cfg.backbone_weights)
+        for k, v in kwargs.items():
+            if k not in (cfg.backbone_kwargs or {}):
+                log(f"backbone weights: {cfg.backbone} built with {k}={v} to fit {cfg.backbone_weights}")
+        cfg.backbone_kwargs = kwargs
     method: Method = method_cls(spec, backbone=cfg.backbone, backbone_kwargs=cfg.backbone_kwargs, options=options,
                                 optim=optim, engine=engine, task_loss=cfg.task_loss)
     init_weights = None
@@ -38,6 +44,11 @@ def build_method(cfg, method_cls, spec, domains, *, device, dist, dense: bool, l
         for line in describe(rep):
             log(f"backbone weights {line}")
         init_weights = {"file": rep["file"], "sha256": rep["sha256"], "kind": rep["kind"], "head": rep["head"]}
+        want = getattr(method.classifier, "checkpoint_mean", None), getattr(method.classifier, "checkpoint_std", None)
+        if want[0] is not None and (tuple(spec.mean), tuple(spec.std)) != (tuple(want[0]), tuple(want[1])):
+            log(f"backbone weights: the public {cfg.backbone} checkpoints expect inputs normalised with mean "
+                f"{list(want[0])} and std {list(want[1])}; this run uses {list(spec.mean)} and {list(spec.std)} "
+                "(mean and std in a --config file)")
         method.backbone_weights_loaded()
     if cfg.init and hasattr(method, "load_init"):
         method.load_init(cfg.init)

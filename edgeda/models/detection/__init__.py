@@ -65,7 +65,10 @@ the outputs' anchor count and the size is an error. Attributes: ``num_classes``,
 ``output_keys()`` (the class-count-dependent tensors) and ``classes_in_checkpoint(state)`` (``K`` of a checkpoint in
 the same layout), so :func:`edgeda.models.weights.load_pretrained` loads torchvision's whole-model checkpoints
 (``ssdlite320_mobilenet_v3_large_coco``, ``fcos_resnet50_fpn_coco``; with another class count the output layers
-stay initialised).
+stay initialised). It also loads an ImageNet checkpoint of the trunk into the whole detector
+(``checkpoint_key`` maps the trunk's own names to the detector's, ``encoder_only_keys()`` is what such a file
+must cover; the extra layers, pyramid and heads stay initialised), and ``options_for_checkpoint(state, options)``
+gives the build settings a file implies (SSDLite on a full-tail ImageNet MobileNetV3: ``reduced_tail=False``).
 
 Export with decoding and NMS in the graph: :func:`edgeda.export.detection.export_detector_onnx`.
 Small models for CPU runs (tests use them at 64 x 64): ``ssdlite`` with ``width=0.25``-``0.5``;

@@ -65,6 +65,37 @@ class Detector(nn.Module):
         """The classification network the detector is built on, in its public layout (what an ImageNet checkpoint covers)."""
         raise NotImplementedError
 
+    # -- pre-trained weights (:func:`edgeda.models.weights.load_pretrained`) ----------------------
+    def _trunk_names(self) -> dict[str, str]:
+        """The trunk's own tensor names (``13.block.1.0.weight``, ``layer1.0.conv1.weight``) -> this
+        model's (``backbone.features.1.0.1.0.weight``, ``backbone.body.layer1.0.conv1.weight``): the
+        same tensors, so the map follows from their identity."""
+        names = self.__dict__.get("_trunk_name_map")
+        if names is None:
+            mine = {id(t): n for n, t in self.state_dict(keep_vars=True).items()}
+            names = {n: mine[id(t)] for n, t in self.trunk.state_dict(keep_vars=True).items() if id(t) in mine}
+            self.__dict__["_trunk_name_map"] = names
+        return names
+
+    def checkpoint_key(self, key: str) -> str:
+        """A tensor name of an ImageNet classifier checkpoint of the trunk (torchvision ``mobilenet_v3_large``:
+        ``features.{i}.*``; ``resnet50``: ``conv1``, ``layer1`` ..) as this model names it; other keys unchanged."""
+        from ..weights import _candidates
+
+        names = self._trunk_names()
+        return next((names[f] for f in _candidates(key) if f in names), key)
+
+    def encoder_only_keys(self) -> list[str]:
+        """What an encoder-only checkpoint must supply: the trunk (SSDLite's extra layers and FCOS's
+        pyramid are the detector's own and start at their initialisation)."""
+        return list(self._trunk_names().values())
+
+    @classmethod
+    def options_for_checkpoint(cls, state: dict, options: dict) -> dict:
+        """Build options that make this detector fit a checkpoint's tensors (``options``: the given
+        ones, never overridden); by default ``options`` unchanged."""
+        return dict(options)
+
     def param_groups(self, lr: float, encoder_lr_mult: float = 1.0) -> list[dict]:
         """Optimizer parameter groups: the trunk at ``lr * encoder_lr_mult``, everything else at ``lr``."""
         trunk = list(self.trunk.parameters())

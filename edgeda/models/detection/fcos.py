@@ -21,12 +21,15 @@ Points: one per location of P3 .. P7, anchor squares of sizes 8 .. 128
 (:func:`~edgeda.models.detection.anchors.fcos_points`). Scores: ``sqrt(sigmoid(cls) * sigmoid(ctrness))``
 per class, as torchvision's FCOS ranks detections. NMS IoU 0.6. The backbone's BatchNorm is trainable
 (torchvision freezes it when it starts from ImageNet weights; its COCO checkpoint has no
-``num_batches_tracked``, which the loaders treat as optional). ``width`` is the ResNet base width (64) or
+``num_batches_tracked``, which the loaders treat as optional). The published COCO file names the
+pyramid's convs as torchvision did before 0.13 (``inner_blocks.{i}.weight``); ``convert_checkpoint``
+renames them. ``width`` is the ResNet base width (64) or
 the MobileNet multiplier (1.0), ``num_convs`` the tower depth (4).
 """
 from __future__ import annotations
 
 import math
+import re
 
 import torch
 from torch import nn
@@ -43,6 +46,8 @@ from .losses import fcos_loss
 BACKBONES = ("resnet50", "resnet18", "mobilenet_v3_large")
 ANCHOR_SIZES = (8, 16, 32, 64, 128)
 PRIOR = 0.01
+# a pre-0.13 torchvision pyramid conv (``...fpn.inner_blocks.0.weight``): the conv became ``inner_blocks.0.0``
+LEGACY_FPN = re.compile(r"^(.*fpn\.(?:inner|layer)_blocks\.\d+)\.(weight|bias)$")
 
 
 class FCOSBody(nn.Module):
@@ -192,6 +197,12 @@ class FCOS(Detector):
     def output_keys(self) -> list[str]:
         """The class-count-dependent tensors (a checkpoint with another class count leaves them initialised)."""
         return ["head.classification_head.cls_logits.weight", "head.classification_head.cls_logits.bias"]
+
+    @staticmethod
+    def convert_checkpoint(state: dict) -> dict:
+        """The pyramid's names before torchvision 0.13 (``backbone.fpn.inner_blocks.{i}.weight``, as the
+        published ``fcos_resnet50_fpn_coco`` file still has them) -> today's (``inner_blocks.{i}.0.weight``)."""
+        return {LEGACY_FPN.sub(r"\1.0.\2", k): v for k, v in state.items()}
 
     @staticmethod
     def classes_in_checkpoint(state: dict) -> int | None:

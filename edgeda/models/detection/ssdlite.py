@@ -193,6 +193,27 @@ class SSDLite(Detector):
         w = state.get("head.classification_head.module_list.0.1.weight")
         return None if w is None else int(w.shape[0]) // 6 - 1
 
+    @classmethod
+    def options_for_checkpoint(cls, state: dict, options: dict) -> dict:
+        """``reduced_tail=False`` when not given and the checkpoint's final 1x1 conv (``features.16`` of a
+        MobileNetV3-Large classifier, ``backbone.features.1.3`` of this layout) reads the full last stage
+        (160 channels times ``width``; an ImageNet trunk, on which torchvision builds SSDLite with the full
+        tail); the reduced one (80, the COCO checkpoint's) is the default."""
+        from ..weights import _candidates
+
+        options = dict(options)
+        if "reduced_tail" in options:
+            return options
+        width = options.get("width", 1.0)
+        full, reduced = divisible8(160 * width), divisible8(80 * width)
+        for key, t in state.items():
+            forms = _candidates(key)
+            if t.dim() == 4 and ("16.0.weight" in forms or "features.1.3.0.weight" in forms):
+                if t.shape[1] == full and full != reduced:
+                    options["reduced_tail"] = False
+                break
+        return options
+
     def output_keys(self) -> list[str]:
         """The class-count-dependent tensors (a checkpoint with another class count leaves them initialised)."""
         return [f"head.classification_head.module_list.{i}.1.{p}"

@@ -3,7 +3,7 @@
 #   setup       scripts/setup.sh (keeps an installed torch; offline: falls back to the source tree)
 #   env         torch / CUDA / driver / GPU / NCCL / nvcc / onnxruntime, and that TensorRT is absent
 #   kernels     builds the torch extension of kernels/, runs tests/test_kernels.py and
-#               tests/test_kernel_build.py, then benchmarks/kernels.py (bandwidth vs a device copy
+#               tests/test_kernel_build.py, then benchmarks/kernel_speed.py (bandwidth vs a device copy
 #               timed in the same run; speed-up vs unfused PyTorch)
 #   train       CPU-profile DANN, source-only segmentation (lraspp) and PixelDA: short CUDA runs
 #               with the trainer's AMP (bf16 where the GPU has it) vs short CPU runs, iterations/s
@@ -105,7 +105,7 @@ if [ $HAVE_CUDA = 1 ]; then
   step kernels-build 200 "$PY" -c "import time; t = time.time(); from edgeda import kernels; kernels.extension(); \
 print(f'built the edgeda CUDA extension for sm_${ARCH/./} in {time.time() - t:.0f} s')"
   step kernels-tests 120 "$PY" -m pytest -q -p no:cacheprovider tests/test_kernels.py tests/test_kernel_build.py
-  step kernels-bench 60 "$PY" benchmarks/kernels.py --out "$RESULTS/kernels.json"
+  step kernels-bench 60 "$PY" benchmarks/kernel_speed.py --out "$RESULTS/kernels.json"
 else
   for s in kernels-build kernels-tests kernels-bench; do skip $s "no CUDA"; done
 fi

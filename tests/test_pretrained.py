@@ -7,9 +7,7 @@ from __future__ import annotations
 
 import json
 import pickle
-import sys
 import warnings
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -440,14 +438,7 @@ def _public(name):
     """The public model with random weights (torchvision / transformers), or skip where not importable."""
     if name.startswith("segformer"):
         transformers = pytest.importorskip("transformers", reason="transformers is not installed here")
-        # other tests put benchmarks/ on sys.path, where benchmarks/kernels.py would shadow the ``kernels``
-        # package transformers imports with its model code
-        saved, bench = sys.path[:], str(Path(__file__).resolve().parent.parent / "benchmarks")
-        sys.path[:] = [p for p in sys.path if p != bench]
-        try:
-            model_cls = transformers.SegformerForSemanticSegmentation
-        finally:
-            sys.path[:] = saved
+        model_cls = transformers.SegformerForSemanticSegmentation
         return model_cls(transformers.SegformerConfig(num_labels=7))  # MiT-B0 defaults
     try:  # a torchvision built for another torch build raises a RuntimeError (``torchvision::nms``), not an ImportError
         import torchvision.models as models

@@ -10,7 +10,7 @@ kernel's bandwidth over the copy's. Writes ``benchmarks/results/kernels.json`` w
 Targets: preprocess and instnorm_act >= 0.70 of copy bandwidth at the largest sizes; every fused
 kernel >= 2x faster than its unfused reference.
 
-    python benchmarks/kernels.py [--out benchmarks/results/kernels.json] [--quick]
+    python benchmarks/kernel_speed.py [--out benchmarks/results/kernels.json] [--quick]
 
 Without CUDA it prints one line and exits with code 2.
 """
@@ -63,7 +63,7 @@ def main(argv=None) -> int:
     parser.add_argument("--quick", action="store_true", help="smallest sizes only (smoke run)")
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():
-        print("benchmarks/kernels.py: no CUDA device visible to torch; nothing measured.")
+        print("benchmarks/kernel_speed.py: no CUDA device visible to torch; nothing measured.")
         return 2
     from edgeda import kernels
     from edgeda.errors import MissingDependency
@@ -71,7 +71,7 @@ def main(argv=None) -> int:
     try:
         kernels.extension()
     except MissingDependency as exc:
-        print(f"benchmarks/kernels.py: {exc}")
+        print(f"benchmarks/kernel_speed.py: {exc}")
         return 2
 
     rows = []

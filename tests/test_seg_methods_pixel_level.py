@@ -18,11 +18,13 @@ from conftest import (EMBEDDED_DENSE_PAIRS, export_and_predict, seg_batches, seg
 
 
 def _spec(k=3):
+    """Three classes for the image-translation methods (FDA's tests use two)."""
     return seg_spec(k)
 
 
 def _batches(n=2, k=3, seed=0):
-    return seg_batches(n, k, seed, ignore_rows=4)  # an ignored band
+    """Two images a domain, with an ignored band: the first four rows of every source mask."""
+    return seg_batches(n, k, seed, ignore_rows=4)
 
 
 # ------------------------------------------------------------------------------------------- fda

@@ -103,7 +103,9 @@ def dense(task: str) -> list[str]:
                  if not _is_source_only(m) and len(s["seeds"]) >= min(3, most)]
         for v, m, s in sorted(cands, reverse=not lower)[:BEST]:
             g = s["gain_vs_source_only"][0]
-            out.append(_row(pair, m, fmt(v), "" if g is None else fmt(g, True), seeds=len(s["seeds"])))
+            # a row without source_only@init pairs its @init runs with plain source_only: say so
+            vs = " vs source_only" if m.endswith("@init") and "source_only@init" not in r["methods"] else ""
+            out.append(_row(pair, m, fmt(v), "" if g is None else fmt(g, True) + vs, seeds=len(s["seeds"])))
         dev = [(s["miou_after"]["mean"], m, s) for m, s in device.get(key, {}).get("methods", {}).items()]
         if dev:  # the best source-free adaptation of the seed's source-only bundle, on the device
             v, m, s = max(dev)

@@ -177,17 +177,26 @@ def method_options(cfg: dict) -> dict:
     return {**METHODS.get(cfg["method"]).defaults, **cfg.get("options", {})}
 
 
+def _task_options(cfg: dict, options: dict | None) -> dict | None:
+    """``options`` less those of the run's method that apply only to other tasks."""
+    from edgeda.methods import METHODS
+
+    if options is None:
+        return None
+    return METHODS.get(cfg["method"]).options_for_task(options, cfg.get("task", "classification"))
+
+
 def staleness(r: dict, profile: str) -> str | None:
     """Why a stored run no longer stands for this profile (None: it does): another renderer, another
     profile setting, other resolved method options (each run stores every option its method used,
-    so adding or changing an option makes earlier runs stale), or a start from another run that has
-    changed."""
+    so adding or changing an option makes earlier runs stale, unless the method declares it for
+    other tasks only: ``option_tasks``), or a start from another run that has changed."""
     if r.get("data_version") != data_version():  # rendered with an older syndigits: not comparable
         return f"made with {r.get('data_version', 'an unversioned renderer')}, not {data_version()}"
     cfg = run_config(profile, r["method"], r["seed"])
     if candidates.settled(r.get("config")) != cfg:
         return f"made with another {profile} profile setting"
-    if r.get("method_options") != method_options(cfg):
+    if _task_options(cfg, r.get("method_options")) != _task_options(cfg, method_options(cfg)):
         return "made with other method option defaults" if "method_options" in r else "its method options were not recorded"
     want = expected_init(profile, cfg, r["seed"])
     if want is not None:  # started from another method's run: that one's settings count too

@@ -65,7 +65,14 @@ class Configurable:
     defaults: ClassVar[dict] = {}
     choices: ClassVar[dict] = {}
     option_help: ClassVar[dict] = {}
+    option_tasks: ClassVar[dict] = {}  # option -> the tasks it applies to (absent: every task)
     kind: ClassVar[str] = "method"
+
+    @classmethod
+    def options_for_task(cls, options: dict, task: str) -> dict:
+        """``options`` without those that only apply to other tasks (an option added for detection
+        changes nothing a classification run did)."""
+        return {k: v for k, v in options.items() if task in cls.option_tasks.get(k, (task,))}
 
     @classmethod
     def resolve_options(cls, given: dict | None) -> dict:
@@ -88,7 +95,8 @@ class Configurable:
     def option_specs(cls) -> list[dict]:
         """One row per option: name, type, default, choices, help (what ``edgeda methods NAME`` shows)."""
         return [{"name": k, "type": type(v).__name__ if v is not None else "any", "default": v,
-                 "choices": list(cls.choices[k]) if k in cls.choices else None, "help": cls.option_help.get(k, "")}
+                 "choices": list(cls.choices[k]) if k in cls.choices else None,
+                 "help": cls.option_help.get(k, "") + (f" ({', '.join(cls.option_tasks[k])} only)" if k in cls.option_tasks else "")}
                 for k, v in cls.defaults.items()]
 
     @classmethod

@@ -41,6 +41,13 @@ def test_stored_benchmark_runs_go_stale_when_renderer_profile_or_method_defaults
     assert "option defaults" in adaptation.staleness(run, "cpu")
     fresh = {**run, "method_options": adaptation.method_options(cfg)}
     assert adaptation.staleness(fresh, "cpu") is None
+    # ... unless the method declares it for another task only: a classification run did not use it
+    monkeypatch.setattr(coral, "option_tasks", {"newopt": ("detection",)})
+    assert adaptation.staleness(run, "cpu") is None
+    monkeypatch.setattr(coral, "defaults", {**coral.defaults, "newopt": 2})
+    assert adaptation.staleness(fresh, "cpu") is None  # its value does not matter here either
+    monkeypatch.setattr(coral, "option_tasks", {"newopt": ("classification", "detection")})
+    assert "option defaults" in adaptation.staleness(fresh, "cpu")
 
 
 def test_candidate_settings_are_parsed_merged_and_judged_by_info_max_only():

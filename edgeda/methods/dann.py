@@ -73,6 +73,8 @@ class DANN(Method):
     defaults = {"gamma": 10.0, "max_coeff": 1.0, "weight": 1.0, "hidden": 1024, "dropout": 0.0, "warmup": 0.0,
                 "instance": 0.0, "consistency": 1.0, "instance_boxes": 16, "instance_score": 0.05,
                 "instance_hidden": 256}
+    option_tasks = {k: ("detection",) for k in ("instance", "consistency", "instance_boxes", "instance_score",
+                                                 "instance_hidden")}
 
     def build(self) -> None:
         self.nets["classifier"] = self.make_classifier()

@@ -169,6 +169,32 @@ def train_on_square_npz(tmp_path, method, options):
     return res
 
 
+def check_embedded_bundle(res, pair, tmp_path):
+    """The bundle of a run on an embedded dense pair ships only the model and evaluates to an mIoU
+    with a per-class table; on synscenes it also exports (fp32 parity checked) and predicts."""
+    import edgeda
+
+    b = edgeda.load_bundle(res.bundle)
+    assert sorted(b.manifest["deployables"]) == ["model"]
+    ev = edgeda.evaluate(res.bundle, pair[2])
+    assert 0.0 <= ev["miou"] <= 1.0 and "per_class_iou" in ev
+    if pair[0] == "synscenes":
+        export_and_predict(res.bundle, tmp_path)
+
+
+def assert_running_stats_follow(model, reference):
+    """Every BatchNorm running mean / variance of ``model`` equals ``reference``'s (the statistics a
+    chosen batch alone would give); returns the first of them."""
+    import torch
+
+    got, want = model.state_dict(), reference.state_dict()
+    keys = [k for k in want if k.endswith(("running_mean", "running_var"))]
+    assert keys
+    for k in keys:
+        torch.testing.assert_close(got[k], want[k])
+    return got[keys[0]].clone()
+
+
 def export_and_predict(bundle, tmp_path, size=(32, 64)):
     """Export a dense bundle (the exporter checks fp32 parity against PyTorch per deployable) and
     predict two frames with the exported bundle: what a user does with any trained bundle."""

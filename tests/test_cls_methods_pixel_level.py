@@ -6,7 +6,7 @@ import json
 import pytest
 import torch
 
-from conftest import tiny_config
+from conftest import assert_running_stats_follow, tiny_config
 from edgeda.bundle import Bundle
 from edgeda.errors import TrainingDiverged
 from edgeda.methods import METHODS, Batch
@@ -153,12 +153,7 @@ def test_suit_separate_bn_statistics_follow_the_translated_images_only():
             fake = m.to_input(G(m.to_tanh(s.x)))
             reference(fake if bn == "separate" else torch.cat([s.x, fake]))
         m.step(s, t)
-        got, want = m.classifier.state_dict(), reference.state_dict()
-        keys = [k for k in want if k.endswith(("running_mean", "running_var"))]
-        assert keys
-        for k in keys:
-            torch.testing.assert_close(got[k], want[k])
-        stats[bn] = got[keys[0]].clone()
+        stats[bn] = assert_running_stats_follow(m.classifier, reference)
     assert not torch.equal(stats["separate"], stats["joint"])
     with pytest.raises(Exception, match="bn="):
         _method("suit", bn="both")

@@ -22,7 +22,7 @@ from edgeda.models.dense_alignment import pixel_domain_adversarial_loss
 from edgeda.models.dense_gan import (SOURCE_FAKE, SOURCE_REAL, TARGET_FAKE, TARGET_REAL, FeatureImageGenerator,
                                      FourClassPatchDiscriminator, PixelDomainClassifier, four_class_loss, patch_targets)
 from edgeda.models.structural import ConditionalFeatureGenerator
-from conftest import (EMBEDDED_DENSE_PAIRS, export_and_predict, seg_batches, seg_spec, smoke_run_on_embedded_pair,
+from conftest import (EMBEDDED_DENSE_PAIRS, check_embedded_bundle, seg_batches, seg_spec, smoke_run_on_embedded_pair,
                       square_npz, train_on_embedded_pair, train_on_square_npz)
 
 
@@ -287,9 +287,4 @@ def test_method_smoke_run_on_the_embedded_dense_pairs(tmp_path, method, options,
 @pytest.mark.parametrize("pair", EMBEDDED_DENSE_PAIRS, ids=["digits", "synscenes"])
 def test_method_trains_on_the_embedded_pair_and_its_bundle_evaluates(tmp_path, method, options, pair):
     res = train_on_embedded_pair(tmp_path, method, options, pair, iters=3)
-    b = edgeda.load_bundle(res.bundle)
-    assert sorted(b.manifest["deployables"]) == ["model"]
-    ev = edgeda.evaluate(res.bundle, pair[2])
-    assert 0.0 <= ev["miou"] <= 1.0 and "per_class_iou" in ev
-    if pair[0] == "synscenes":  # it exports (fp32 parity checked) and predicts like any other bundle
-        export_and_predict(res.bundle, tmp_path)
+    check_embedded_bundle(res, pair, tmp_path)

@@ -24,7 +24,7 @@ from edgeda.models.mixing import (class_mix_masks, dacs_kernel_size, label_at_fe
 from edgeda.models.superpixels import (LabelDistributionRegressor, class_fractions, label_distribution_kl, landmark_labels,
                                        predicted_label_distribution, slic_superpixels, soft_cross_entropy)
 from edgeda.task import TaskSpec
-from conftest import (EMBEDDED_DENSE_PAIRS, export_and_predict, seg_batches, seg_spec, square_scenes, stripe_scenes,
+from conftest import (EMBEDDED_DENSE_PAIRS, check_embedded_bundle, export_and_predict, seg_batches, seg_spec, square_scenes, stripe_scenes,
                       train_on_embedded_pair)
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -614,9 +614,4 @@ def test_cda_is_source_only_in_warmup_then_adds_the_target_terms():
 def test_method_trains_on_the_embedded_pair_and_its_bundle_evaluates(tmp_path, method, options, pair):
     res = train_on_embedded_pair(tmp_path, method, options, pair, iters=3)
     assert res.history[-1]["train/cda/on"] > 0  # the target terms ran (iterations 2 and 3 of 3)
-    b = edgeda.load_bundle(res.bundle)
-    assert sorted(b.manifest["deployables"]) == ["model"]
-    ev = edgeda.evaluate(res.bundle, pair[2])
-    assert 0.0 <= ev["miou"] <= 1.0 and "per_class_iou" in ev
-    if pair[0] == "synscenes":  # it exports (fp32 parity checked) and predicts like any other bundle
-        export_and_predict(res.bundle, tmp_path)
+    check_embedded_bundle(res, pair, tmp_path)

@@ -134,6 +134,51 @@ def test_pseudo_boxes_keep_only_detections_above_the_threshold():
     assert all(set(p) == {"boxes", "labels", "scores"} and p["boxes"].shape[1] == 4 for p in high)
 
 
+def _dets(scores, labels):
+    n = len(scores)
+    return {"boxes": torch.arange(4 * n, dtype=torch.float32).reshape(n, 4), "scores": torch.tensor(scores),
+            "labels": torch.tensor(labels, dtype=torch.long)}
+
+
+def test_rate_matched_thresholds_keep_the_source_boxes_per_image():
+    from edgeda.methods.mean_teacher import RateMatchedThresholds
+
+    r = RateMatchedThresholds(3, floor=0.5, ceiling=0.8)
+    assert torch.equal(r.thresholds(), torch.full((3,), 0.8))  # nothing seen yet: the fixed threshold
+    r.observe_source([{"labels": torch.tensor([0, 0, 1])}, {"labels": torch.tensor([0])}])  # 1.5, 0.5, 0 per image
+    kept = r.select([_dets([0.9, 0.7, 0.6, 0.95], [0, 0, 0, 1]), _dets([0.55, 0.52, 0.3], [0, 1, 1])])
+    # class 0: 3 wanted over 2 images -> the 3rd best of (0.9, 0.7, 0.6, 0.55); class 1: 1 wanted -> 0.95,
+    # capped at 0.8; class 2: none in the source -> the cap
+    assert torch.allclose(r.thresholds(), torch.tensor([0.6, 0.8, 0.8]))
+    assert kept[0]["scores"].tolist() == pytest.approx([0.9, 0.7, 0.6, 0.95]) and len(kept[1]["scores"]) == 0
+    assert all(set(k) == {"boxes", "scores", "labels"} and k["boxes"].shape == (len(k["scores"]), 4) for k in kept)
+    r.observe_source([{"labels": torch.tensor([0, 0, 0, 0, 0, 0])}] * 2)  # 14 / 4 = 3.5 per image: 7 wanted, 4 scored
+    assert float(r.thresholds()[0]) == pytest.approx(0.5)  # the floor
+
+
+def test_rate_matched_thresholds_forget_old_images_and_survive_a_checkpoint():
+    from edgeda.methods.mean_teacher import RateMatchedThresholds
+    from edgeda.training.checkpoint import flatten_state, unflatten_state
+
+    r = RateMatchedThresholds(2, floor=0.1, ceiling=0.9, window=2)
+    r.observe_source([{"labels": torch.tensor([1])}])
+    r.select([_dets([0.8], [1]), _dets([0.7], [1]), _dets([0.2], [1])])
+    assert len(r.recent) == 2 and float(r.thresholds()[1]) == pytest.approx(0.2)  # 2 wanted of (0.7, 0.2): 0.8 is gone
+    tensors = {}
+    state = unflatten_state(flatten_state(r.state_dict(), tensors), tensors)
+    back = RateMatchedThresholds(2, floor=0.1, ceiling=0.9, window=2)
+    back.load_state_dict(state)
+    assert torch.equal(back.thresholds(), r.thresholds()) and back.source_images == 1
+
+
+def test_mean_teacher_without_the_rate_prior_uses_the_fixed_threshold():
+    m = _method("mean_teacher", rate_prior=False, threshold=0.8)
+    m.thresholds.observe_source([{"labels": torch.tensor([0, 0, 0])}])
+    m.thresholds.select([_dets([0.6, 0.7], [0, 0])])
+    assert torch.allclose(m.thresholds.thresholds(), torch.full((m.task.num_classes,), 0.8))
+    assert torch.allclose(_method("mean_teacher").thresholds.thresholds(), torch.full((m.task.num_classes,), 0.8))
+
+
 def test_cutout_erases_patches_and_keeps_the_rest():
     from edgeda.methods.mean_teacher import cutout
 

@@ -6,6 +6,7 @@ handwritten adapt split, 3 seeds, evaluated on handwritten:test.
     python benchmarks/adapt.py --table-only
     python benchmarks/adapt.py --rows digits_seg,syn_seg --seeds 0   # only the dense rows
     python benchmarks/adapt.py --rows digits_seg,syn_seg --methods cotta --seeds 0,1,2   # CoTTA's dense rows
+    python benchmarks/adapt.py --rows digits_det,syn_det --methods tent,cotta --seeds 0   # detection rows
 
 Per seed, the source-only bundle is trained with the `cpu` profile of benchmarks/adaptation.py
 (or reused from that benchmark's run folder). The 1000 `handwritten:adapt` images are written as
@@ -31,11 +32,21 @@ monitor watched). The table counts the runs that ended on a collapse (rolled bac
 Results: ``benchmarks/results/adapt/dense/<row>-<method>-s<seed>.json``, summarised under
 ``"dense"`` in ``adapt.json`` and in a second table in the same README block, next to the
 source-using methods' stored mIoU from benchmarks/dense.py.
+
+Detection rows (``--rows digits_det,syn_det``): TENT and CoTTA, the source-free methods that take
+detection bundles, from the source-only bundle of benchmarks/detection.py's ``cpu`` profile (SSDLite
+w0.5; ``digitscenes -> handwritten-scenes`` at 128x128, ``synscenes -> synscenes:photo`` at 128x256),
+found or trained the same way; same budget and flags, each method's default iteration count; COCO
+mAP@[.5:.95] (the task's headline) on the row's labeled test split (report only). The collapse monitor
+watches the detections per image and the score distribution. Results:
+``benchmarks/results/adapt/detection/<row>-<method>-s<seed>.json``, summarised under ``"detection"`` in
+``adapt.json`` and in a third table next to the source-using methods of benchmarks/detection.py.
 """
 from __future__ import annotations
 
 import argparse
 import datetime as dt
+import importlib
 import json
 import os
 import statistics
@@ -119,15 +130,29 @@ def run_one(method: str, seed: int, bundle: Path, target: Path, out: Path) -> di
 DENSE_ROWS = ("digits_seg", "syn_seg")
 DENSE_METHODS = ("tent", "shot", "3cgan", "cotta")
 DENSE_BUNDLES = scratch("edgeda-adapt-bench")
+DET_ROWS = ("digits_det", "syn_det")
+DET_METHODS = ("tent", "cotta")
+# per kind of row: the benchmark whose cpu-profile source-only bundle is adapted, the methods, and the
+# headline score's key and name in the tables
+KINDS = {"dense": {"rows": DENSE_ROWS, "bench": "dense", "methods": DENSE_METHODS, "score": "miou", "label": "mIoU"},
+         "detection": {"rows": DET_ROWS, "bench": "detection", "methods": DET_METHODS, "score": "map",
+                       "label": "mAP@[.5:.95]"}}
+
+
+def kind_of(row: str) -> dict:
+    return next(k for k in KINDS.values() if row in k["rows"])
+
+
+def _bench(row: str):
+    return importlib.import_module(kind_of(row)["bench"])
 
 
 def dense_bundle(row: str, seed: int) -> tuple[Path, dict]:
-    """(source-only bundle, its stored benchmarks/dense.py record or {}) for a dense row and seed."""
-    from dense import run_config
-
-    stored = RESULTS / "dense" / "cpu" / f"{row}-s{seed}.json"
+    """(source-only bundle, its stored record of benchmarks/dense.py or detection.py, or {}) for a row and seed."""
+    bench = _bench(row)
+    stored = RESULTS / bench.__name__ / "cpu" / f"{row}-s{seed}.json"
     rec = json.loads(stored.read_text()) if stored.is_file() else {}
-    cfg = run_config("cpu", row, seed, False)
+    cfg = bench.run_config("cpu", row, seed, False)
     cand = Path(rec.get("bundle", "")) if rec.get("config") == cfg else None
     if cand is not None and (cand / "manifest.json").is_file():
         return cand, rec
@@ -147,10 +172,9 @@ def write_dense_target(row: str, folder: Path, size) -> int:
     """The row's unlabeled target split as PNG frames at the bundle's size."""
     from PIL import Image
 
-    from dense import PAIRS
     from edgeda.data import load_domain
 
-    dom = load_domain(PAIRS[row]["target"], labeled=False, size=tuple(size), channels=3)
+    dom = load_domain(_bench(row).PAIRS[row]["target"], labeled=False, size=tuple(size), channels=3)
     folder.mkdir(parents=True, exist_ok=True)
     for i in range(len(dom)):
         Image.fromarray(dom.sample(i).image).save(folder / f"{i:04d}.png")
@@ -169,8 +193,7 @@ def _adapt_json(cmd: list[str]) -> tuple[dict, tuple]:
 
 
 def run_one_dense(row: str, method: str, seed: int, bundle: Path, target: Path, out: Path) -> dict:
-    from dense import PAIRS
-
+    PAIRS, score = _bench(row).PAIRS, kind_of(row)["score"]
     cmd = [sys.executable, "-m", "edgeda", "adapt", str(bundle), "--target-dir", str(target), "--out", str(out),
            "--method", method, "--minutes", str(MINUTES), "--memory-mb", str(MEMORY_MB), "--labels",
            PAIRS[row]["test"], "--seed", str(seed), "--threads", str(THREADS), "--json"]
@@ -179,7 +202,7 @@ def run_one_dense(row: str, method: str, seed: int, bundle: Path, target: Path, 
     return {
         "row": row, "method": method, "seed": seed, "command": " ".join(cmd[1:]), "bundle": str(bundle),
         "parent_manifest_sha256": a["parent"]["manifest_sha256"],
-        "miou_before": r["accuracy"]["before"], "miou_after": r["accuracy"]["after"],
+        f"{score}_before": r["accuracy"]["before"], f"{score}_after": r["accuracy"]["after"],
         "gain_points": 100 * (r["accuracy"]["after"] - r["accuracy"]["before"]),
         "iterations": r["iterations"], "stopped_because": r["stopped_because"], "collapsed": r["collapsed"],
         "selection": {k: a["selection"].get(k) for k in ("rule", "selected_iteration", "written")},
@@ -191,20 +214,22 @@ def run_one_dense(row: str, method: str, seed: int, bundle: Path, target: Path, 
     }
 
 
-def summarise_dense() -> dict:
+def summarise_dense(kind: str = "dense") -> dict:
+    k = KINDS[kind]
+    score = k["score"]
     rows = {}
-    for row in DENSE_ROWS:
+    for row in k["rows"]:
         per = {}
-        for method in DENSE_METHODS:
-            rs = sorted((json.loads(f.read_text()) for f in (RESULTS / "adapt" / "dense").glob(f"{row}-{method}-s*.json")),
+        for method in k["methods"]:
+            rs = sorted((json.loads(f.read_text()) for f in (RESULTS / "adapt" / kind).glob(f"{row}-{method}-s*.json")),
                         key=lambda r: r["seed"])
             if not rs:
                 continue
-            before, after = [r["miou_before"] for r in rs], [r["miou_after"] for r in rs]
+            before, after = [r[f"{score}_before"] for r in rs], [r[f"{score}_after"] for r in rs]
             per[method] = {
                 "seeds": [r["seed"] for r in rs],
-                "miou_before": {"mean": statistics.fmean(before), "std": statistics.pstdev(before), "per_seed": before},
-                "miou_after": {"mean": statistics.fmean(after), "std": statistics.pstdev(after), "per_seed": after},
+                f"{score}_before": {"mean": statistics.fmean(before), "std": statistics.pstdev(before), "per_seed": before},
+                f"{score}_after": {"mean": statistics.fmean(after), "std": statistics.pstdev(after), "per_seed": after},
                 "gain_points": {"mean": statistics.fmean(r["gain_points"] for r in rs),
                                 "min": min(r["gain_points"] for r in rs), "per_seed": [r["gain_points"] for r in rs]},
                 "iterations": [r["iterations"] for r in rs], "wall_time_s": [r["wall_time_s"] for r in rs],
@@ -214,30 +239,47 @@ def summarise_dense() -> dict:
                 "collapsed": [r["collapsed"] for r in rs], "load_average": [r["load_average_before"][0] for r in rs],
                 "machine": rs[0]["machine"],
             }
-        # the source-using methods as benchmarks/dense.py summarised them (its current-config runs only)
-        dense_summary = json.loads((RESULTS / "dense.json").read_text()) if (RESULTS / "dense.json").is_file() else {}
-        dense_row = dense_summary.get("profiles", {}).get("cpu", {}).get(row, {})
-        source_using = {m: {"mean": st["target"]["miou"][0], "n": len(st["seeds"])}
-                        for m, st in dense_row.get("methods", {}).items() if not m.startswith("source_only")}
+        source_using = source_using_dense(row) if kind == "dense" else source_using_detection(row)
         if per:
             rows[row] = {"methods": per, "source_using": source_using}
     return rows
 
 
-def markdown_dense(rows: dict) -> str:
+def source_using_dense(row: str) -> dict:
+    """The source-using methods as benchmarks/dense.py summarised them (its current-config runs only)."""
+    dense_summary = json.loads((RESULTS / "dense.json").read_text()) if (RESULTS / "dense.json").is_file() else {}
+    dense_row = dense_summary.get("profiles", {}).get("cpu", {}).get(row, {})
+    return {m: {"mean": st["target"]["miou"][0], "n": len(st["seeds"])}
+            for m, st in dense_row.get("methods", {}).items() if not m.startswith("source_only")}
+
+
+def source_using_detection(row: str) -> dict:
+    """The source-using methods' mAP@[.5:.95] as benchmarks/detection.py summarised them (cpu profile)."""
+    det = json.loads((RESULTS / "detection.json").read_text()) if (RESULTS / "detection.json").is_file() else {}
+    methods = det.get("cpu", {}).get("rows", {}).get(row, {})
+    return {m: {"mean": st["map"]["mean"], "n": st["map"]["n"]} for m, st in methods.items()
+            if m not in ("source_only", "upper") and st.get("map", {}).get("mean") is not None}
+
+
+def markdown_dense(rows: dict, kind: str = "dense") -> str:
     if not rows:
         return ""
-    from dense import PAIRS
-
+    k = KINDS[kind]
+    PAIRS, score, label = importlib.import_module(k["bench"]).PAIRS, k["score"], k["label"]
     m0 = next(iter(next(iter(rows.values()))["methods"].values()))["machine"]
+    intro = ("Dense rows: `edgeda adapt` on a PNG folder of the row's unlabeled target frames, from the source-only "
+             "segmentation bundle of `benchmarks/dense.py` (cpu profile) of the same seed; mIoU on the labeled test split "
+             "(labels used for this report only), per pixel on full frames" if kind == "dense" else
+             "Detection rows: `edgeda adapt` on a PNG folder of the row's unlabeled target frames, from the source-only "
+             "detection bundle of `benchmarks/detection.py` (cpu profile) of the same seed; COCO mAP@[.5:.95] on the "
+             "labeled test split (labels used for this report only); the collapse monitor watches detections per image "
+             "and the score distribution")
     lines = [
         "",
-        f"Dense rows: `edgeda adapt` on a PNG folder of the row's unlabeled target frames, from the source-only "
-        f"segmentation bundle of `benchmarks/dense.py` (cpu profile) of the same seed; mIoU on the labeled test split "
-        f"(labels used for this report only), per pixel on full frames; same budget, defaults and selection as above. "
+        f"{intro}; same budget, defaults and selection as above. "
         f"Machine: {m0.get('gpu') or m0['cpu']}, {m0['cores']} cores (shared).",
         "",
-        "| pair | method | source data | mIoU % before | mIoU % after | gain (points) | collapse exits | iterations | written state | wall time (s) | CPU time (s) | peak RSS (MiB) | seeds |",
+        f"| pair | method | source data | {label} % before | {label} % after | gain (points) | collapse exits | iterations | written state | wall time (s) | CPU time (s) | peak RSS (MiB) | seeds |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row, r in rows.items():
@@ -245,15 +287,15 @@ def markdown_dense(rows: dict) -> str:
         for m, v in r["methods"].items():
             g = v["gain_points"]
             lines.append(
-                f"| {pair} | {m} (source-free) | none | {fmt_pct(v['miou_before']['mean'], v['miou_before']['std'])} | "
-                f"{fmt_pct(v['miou_after']['mean'], v['miou_after']['std'])} | {g['mean']:+.1f} (min {g['min']:+.1f}) | "
+                f"| {pair} | {m} (source-free) | none | {fmt_pct(v[f'{score}_before']['mean'], v[f'{score}_before']['std'])} | "
+                f"{fmt_pct(v[f'{score}_after']['mean'], v[f'{score}_after']['std'])} | {g['mean']:+.1f} (min {g['min']:+.1f}) | "
                 f"{sum(v['collapsed'])}/{len(v['collapsed'])} | {'/'.join(str(i) for i in v['iterations'])} | "
                 f"{'/'.join('–' if i is None else str(i) for i in v['selected_iteration'])} | "
                 f"{'/'.join(f'{t:.0f}' for t in v['wall_time_s'])} | "
                 f"{'/'.join('–' if c is None else f'{c:.0f}' for c in v['cpu_time_s'])} | {v['peak_rss_mb']:.0f} | "
                 f"{len(v['seeds'])} |")
         for m, v in sorted(r["source_using"].items()):
-            lines.append(f"| {pair} | {m} (trained with source, `benchmarks/dense.py`) | yes | – | "
+            lines.append(f"| {pair} | {m} (trained with source, `benchmarks/{k['bench']}.py`) | yes | – | "
                          f"{fmt_pct(v['mean'])} | – | – | – | – | – | – | – | {v['n']} |")
     return "\n".join(lines)
 
@@ -295,7 +337,7 @@ def summarise() -> dict:
     src = RESULTS / "adaptation.json"
     source_using = json.loads(src.read_text())["rows"] if src.exists() else {}
     return {"pair": "syndigits -> handwritten", "budget": {"minutes": MINUTES, "memory_mb": MEMORY_MB}, "rows": rows,
-            "dense": summarise_dense(),
+            "dense": summarise_dense(), "detection": summarise_dense("detection"),
             "source_using": {m: {"target_test_acc": r["target_test_acc"], "iters": r["iters"]} for m, r in source_using.items()},
             "generated": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
 
@@ -339,15 +381,16 @@ def markdown(s: dict) -> str:
         lines.append("")
         lines.append("Source-using methods (DANN etc.) on the same pair and test split: see the adaptation accuracy "
                      "table above (`benchmarks/results/adaptation.json` had no rows when this table was written).")
-    return "\n".join(lines) + "\n" + markdown_dense(s.get("dense", {}))
+    return "\n".join(lines) + "\n" + markdown_dense(s.get("dense", {})) + markdown_dense(s.get("detection", {}), "detection")
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--methods", default=",".join(METHODS))
     ap.add_argument("--seeds", default="0,1,2")
-    ap.add_argument("--rows", default="classification," + ",".join(DENSE_ROWS),
-                    help="classification (syndigits -> handwritten) and/or dense rows: " + ", ".join(DENSE_ROWS))
+    ap.add_argument("--rows", default="classification," + ",".join(DENSE_ROWS + DET_ROWS),
+                    help="classification (syndigits -> handwritten) and/or dense and detection rows: "
+                    + ", ".join(DENSE_ROWS + DET_ROWS))
     ap.add_argument("--force", action="store_true")
     ap.add_argument("--table-only", action="store_true")
     ap.add_argument("--runs-dir", default=os.environ.get("EDGEDA_BENCH_RUNS", "runs/bench-adapt"))
@@ -384,10 +427,11 @@ def main(argv=None) -> int:
 def run_dense(rows: list[str], args) -> None:
     from edgeda.bundle import Bundle
 
-    folder = RESULTS / "adapt" / "dense"
-    folder.mkdir(parents=True, exist_ok=True)
-    dense_methods = [m for m in args.methods.split(",") if m in DENSE_METHODS]
-    for row in (r for r in rows if r in DENSE_ROWS):
+    for row in (r for r in rows if r in DENSE_ROWS + DET_ROWS):
+        kind = "dense" if row in DENSE_ROWS else "detection"
+        folder = RESULTS / "adapt" / kind
+        folder.mkdir(parents=True, exist_ok=True)
+        dense_methods = [m for m in args.methods.split(",") if m in KINDS[kind]["methods"]]
         with tempfile.TemporaryDirectory(prefix=f"edgeda-adapt-{row}-") as tmp:
             target = Path(tmp) / "frames"
             for seed in (int(s) for s in args.seeds.split(",")):
@@ -403,7 +447,8 @@ def run_dense(rows: list[str], args) -> None:
                     out = Path(args.runs_dir) / f"{row}-{m}-s{seed}.edgeda"
                     r = run_one_dense(row, m, seed, bundle, target, out)
                     (folder / f"{row}-{m}-s{seed}.json").write_text(json.dumps(r, indent=1) + "\n")
-                    print(f"  mIoU {r['miou_before']:.3f} -> {r['miou_after']:.3f} in {r['wall_time_s']:.0f}s, "
+                    sc = KINDS[kind]["score"]
+                    print(f"  {KINDS[kind]['label']} {r[f'{sc}_before']:.3f} -> {r[f'{sc}_after']:.3f} in {r['wall_time_s']:.0f}s, "
                           f"{r['iterations']} iterations, peak RSS {r['peak_rss_mb']:.0f} MiB", flush=True)
 
 

@@ -44,7 +44,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from readme_tables import METRIC_VALUES, replace_block  # noqa: E402
-from scratch import scratch  # noqa: E402
+from scratch import copy_once, scratch  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 PAIRS = {
@@ -476,22 +476,8 @@ def init_bundle(profile: str, row: str, seed: int) -> Path:
 
 
 def ensure_init_bundle(profile: str, row: str, seed: int) -> None:
-    """Make the starting bundle of ``NAME@init`` runs. Several runs of this script may ask for the same
-    one at once: a lock beside it lets one train it while the others wait for it."""
-    import fcntl
-
-    dst = init_bundle(profile, row, seed)
-    if (dst / "manifest.json").is_file():
-        return
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    with open(dst.with_name(dst.name + ".lock"), "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if (dst / "manifest.json").is_file():  # made by another run while this one waited
-            return
-        src = seed0_bundle(profile, row, seed)
-        tmp = dst.with_name(dst.name + f".tmp{time.time_ns()}")
-        shutil.copytree(src, tmp)
-        tmp.rename(dst)  # atomic: a bundle there is always whole
+    """Make the starting bundle of ``NAME@init`` runs (once, whole, under a lock: :func:`scratch.copy_once`)."""
+    copy_once(init_bundle(profile, row, seed), lambda: seed0_bundle(profile, row, seed))
 
 
 def precisions(profile: str, rows: list[str], rounds: int = 10, calls: int = 20) -> dict:

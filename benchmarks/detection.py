@@ -25,6 +25,12 @@ classifiers of 256 channels; ``dann_instance`` is ``dann`` with option ``instanc
 ``cyclegan`` and ``fgbg_cyclegan`` translate for the first half of the iterations and train the
 detector on translated sources for the second (``fgbg_cyclegan``'s foreground: the source boxes). The upper bound is the same model and budget trained on the target's
 labelled adaptation split (``handwritten-scenes:adapt``, ``synscenes:photo``), seed 0 only.
+``NAME@init`` rows (e.g. ``--methods source_only@init,mean_teacher@init``) start from the seed's
+source-only bundle (``--init``; the stored run's bundle where it is on this machine, else the same
+config trained again, copied once to a fixed path under the scratch folder) and train for the row's
+iterations; their gain is paired with ``source_only@init``, source-only training continued as long
+(the dense rows' rule). ``mean_teacher`` started from a bundle has no burn-in: the bundle is the
+papers' burn-in stage.
 ``quick`` is a smoke profile (64 iterations) for checking the script, not for the table.
 Every run is stored under ``benchmarks/results/detection/<profile>/`` (a run with the same config
 is not repeated) and the summary in ``benchmarks/results/detection.json``; the markdown table is
@@ -61,7 +67,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from scratch import scratch  # noqa: E402
+from scratch import copy_once, scratch  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 PAIRS = {
@@ -97,12 +103,15 @@ CLASSES = {"digits_det": 10, "syn_det": 6}
 
 def run_config(profile: str, row: str, seed: int, upper: bool, method: str = "source_only") -> dict:
     p, pair = PROFILES[profile][row], PAIRS[row]
-    method, options = VARIANTS.get(method, (method, None))
+    name, at_init = method.removesuffix("@init"), method.endswith("@init")
+    method, options = VARIANTS.get(name, (name, None))
     cfg = {"method": method, "task": "detection", "seed": seed, "select": "last",
            "device": "cpu" if profile != "gpu" else "auto", "source": pair["upper_source"] if upper else pair["source"],
            "target": pair["target"], "target_test": pair["test"], **p}
     if options:
         cfg["options"] = dict(options)
+    if at_init:
+        cfg["init"] = str(init_bundle(profile, row, seed))
     cfg["eval_every"] = cfg["iters"] if profile == "quick" else max(1, cfg["iters"] // 4)
     cfg["checkpoint_every"] = cfg["iters"]
     return cfg
@@ -116,7 +125,7 @@ def run_one(profile: str, row: str, seed: int, upper: bool, method: str = "sourc
     import torch
 
     import edgeda
-    from edgeda.utils import machine_info
+    from edgeda.utils import machine_info, sha256_file
 
     folder = RESULTS / "detection" / profile
     tag = run_tag(row, method, seed, upper)
@@ -128,6 +137,8 @@ def run_one(profile: str, row: str, seed: int, upper: bool, method: str = "sourc
             print(f"{tag}: stored", flush=True)
             return old
     torch.set_num_threads(1)
+    if cfg.get("init"):
+        copy_once(Path(cfg["init"]), lambda: seed_bundle(profile, row, seed)[0])
     t0 = time.perf_counter()
     res = edgeda.train(out=str(scratch("edgeda-detection-bench") / profile / tag), progress=False, log=None, **cfg)
     wall = time.perf_counter() - t0
@@ -139,6 +150,8 @@ def run_one(profile: str, row: str, seed: int, upper: bool, method: str = "sourc
            "target_test": {"map": scores.get("map"), "map50": scores.get("map50"), "map75": scores.get("map75")},
            "per_class_ap50": m.get("target_test_per_class") or scores.get("per_class_ap50"),
            "history": [{k: v for k, v in h.items() if k != "samples_png"} for h in res.history], "bundle": str(res.bundle)}
+    if cfg.get("init"):  # which starting bundle this run's gain is paired on
+        rec["init_weights_sha256"] = {f.name: sha256_file(f) for f in sorted(Path(cfg["init"]).glob("*.safetensors"))}
     folder.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(rec, indent=1) + "\n")
     print(f"{tag}: mAP@.5 {rec['target_test']['map50']}, mAP {rec['target_test']['map']} in {wall:.0f}s", flush=True)
@@ -163,9 +176,12 @@ def summarise(profile: str) -> dict:
     out = {}
     for row, methods in rows.items():
         out[row] = {}
-        ref = {r["seed"]: r for r in methods.get("source_only", [])}
         for key, runs in methods.items():
-            stats = {}
+            # NAME@init against source_only@init (source-only training continued as long) on the same seed,
+            # source_only@init against the source-only run it continued, the rest against source-only
+            ref_key = "source_only@init" if key.endswith("@init") and key != "source_only@init" else "source_only"
+            ref = {r["seed"]: r for r in methods.get(ref_key, [])}
+            stats = {"reference": ref_key}
             for metric in ("map50", "map"):
                 mean, std, n = _mean_std([r["target_test"][metric] for r in runs])
                 gains = [r["target_test"][metric] - ref[r["seed"]]["target_test"][metric] for r in runs
@@ -186,10 +202,12 @@ def _pct(v):
 
 def table(profile: str, summary: dict) -> str:
     lines = [f"Detection, {profile} profile (COCO mAP on the target test split, %; mean over seeds; "
-             "gain: paired with source-only on the same seed)", "",
+             "gain: paired with source-only on the same seed; NAME@init: started from the seed's source-only bundle, "
+             "its gain paired with source_only@init, source-only training continued as long)", "",
              "| row | method | seeds | mAP@.5 | gain mAP@.5 | mAP@[.5:.95] | gain mAP | wall s |", "|---|---|---|---|---|---|---|---|"]
     for row, methods in summary.items():
-        order = [m for m in (*METHODS, "upper") if m in methods] + sorted(set(methods) - set(METHODS) - {"upper"})
+        order = [m for m in (*METHODS, "upper") if m in methods] + sorted(
+            set(methods) - set(METHODS) - {"upper"}, key=lambda m: (m != "source_only@init", m))
         for key in order:
             s = methods[key]
             name = "target-trained (upper bound)" if key == "upper" else key
@@ -265,24 +283,31 @@ def latency(profile: str, rows: list[str], rounds: int = 12, batches=(1, 8)) -> 
     return out
 
 
-def seed0_bundle(profile: str, row: str) -> tuple[Path, str]:
-    """The row's stored seed-0 source-only bundle when the one on this machine is that run's (its target
-    test mAP equals the stored record's), else the same config trained here; (bundle, where it came from)."""
+def seed_bundle(profile: str, row: str, seed: int = 0) -> tuple[Path, str]:
+    """The row's stored source-only bundle of ``seed`` when the one on this machine is that run's (its
+    target test mAP equals the stored record's), else the same config trained here; (bundle, where it
+    came from)."""
     import edgeda
 
-    stored = RESULTS / "detection" / profile / f"{run_tag(row, 'source_only', 0)}.json"
+    stored = RESULTS / "detection" / profile / f"{run_tag(row, 'source_only', seed)}.json"
     if stored.is_file():
         rec = json.loads(stored.read_text())
         man = Path(rec["bundle"]) / "manifest.json"
-        if man.is_file() and rec["config"] == run_config(profile, row, 0, False):
+        if man.is_file() and rec["config"] == run_config(profile, row, seed, False):
             got = json.loads(man.read_text()).get("metrics", {}).get("target_test_map")
             if got is not None and rec["target_test"]["map"] is not None and abs(got - rec["target_test"]["map"]) < 1e-9:
-                return Path(rec["bundle"]), "the stored seed-0 run"
-    local = scratch("edgeda-detection-bench") / profile / f"{run_tag(row, 'source_only', 0)}-here"
+                return Path(rec["bundle"]), f"the stored seed-{seed} run"
+    local = scratch("edgeda-detection-bench") / profile / f"{run_tag(row, 'source_only', seed)}-here"
     if not (local / "model.edgeda" / "manifest.json").is_file():
-        print(f"training the seed-0 source-only {row} bundle ...", flush=True)
-        edgeda.train(out=str(local), progress=False, log=None, **run_config(profile, row, 0, False))
-    return local / "model.edgeda", "the seed-0 source-only config trained again here"
+        print(f"training the seed-{seed} source-only {row} bundle ...", flush=True)
+        edgeda.train(out=str(local), progress=False, log=None, **run_config(profile, row, seed, False))
+    return local / "model.edgeda", f"the seed-{seed} source-only config trained again here"
+
+
+def init_bundle(profile: str, row: str, seed: int) -> Path:
+    """Where ``NAME@init`` runs start from: a fixed path (it is part of the stored config) holding a
+    copy of the seed's source-only bundle (:func:`seed_bundle`), made on first use."""
+    return scratch("edgeda-detection-bench") / profile / "init" / f"{row}-s{seed}.edgeda"
 
 
 def precisions(profile: str, rows: list[str], rounds: int = 10, calls: int = 5) -> dict:
@@ -301,7 +326,7 @@ def precisions(profile: str, rows: list[str], rounds: int = 10, calls: int = 5) 
 
     out: dict = {"rows": {}, "machine": machine_info(), "date": dt.date.today().isoformat(), "rounds": rounds, "calls": calls}
     for row in rows:
-        bundle, origin = seed0_bundle(profile, row)
+        bundle, origin = seed_bundle(profile, row)
         pair = PAIRS[row]
         r: dict = {"bundle": str(bundle), "origin": origin, "precisions": {}}
         with tempfile.TemporaryDirectory() as tmp:

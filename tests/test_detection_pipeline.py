@@ -120,6 +120,16 @@ def test_mean_teacher_burn_in_uses_only_the_source_loss():
     assert set(out) == {"loss/src"} and m.mean_teacher.updates == 0
 
 
+def test_mean_teacher_started_from_a_bundle_has_no_burn_in(tmp_path, data):
+    res = _train(tmp_path, data)  # a trained detector: the burn-in stage --init stands for
+    m = _method("mean_teacher", burn_in=0.5, threshold=0.0, alpha=0.5)
+    m.load_init(str(res.bundle))
+    m.train()
+    m.progress = 0.1
+    out = m.step(_batch(0), _batch(1, labeled=False))
+    assert "loss/unsup" in out and m.mean_teacher.updates == 1
+
+
 def test_pseudo_boxes_keep_only_detections_above_the_threshold():
     from edgeda.methods.mean_teacher import pseudo_boxes
 

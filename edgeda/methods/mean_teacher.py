@@ -136,7 +136,9 @@ class DetectionMeanTeacher(Method):
     pseudo-boxes, anchors matched to no pseudo-box counting as background, with no box regression
     on pseudo-labels (Adaptive Teacher: teacher scores say little about box precision). Burn-in:
     for the first ``burn_in`` share of training only L_det is used; the teacher then starts from the
-    student's weights and follows it by EMA.
+    student's weights and follows it by EMA. Started from a trained bundle (``--init``, e.g. the
+    source-only one) there is no burn-in: that bundle is the papers' burn-in stage (a detector
+    trained on the source), and the teacher starts from it at the first iteration.
 
     Thresholds (``rate_prior``, on by default): the papers' fixed score threshold assumes a teacher
     that scores its true detections above it. On a CPU budget it did not: on digitscenes ->
@@ -175,7 +177,7 @@ class DetectionMeanTeacher(Method):
         self.optims["main"] = self.make_optimizer(self.param_groups(self.classifier, o["encoder_lr"]))
         self.mean_teacher = MeanTeacher(self.classifier, o["alpha"])
         self.nets["teacher"] = self.mean_teacher.teacher  # moved, saved and restored with the student
-        self.started = False
+        self.started, self.initialised = False, False
         floor = min(o["floor"], o["threshold"]) if o["rate_prior"] else o["threshold"]
         self.thresholds = RateMatchedThresholds(self.task.num_classes, floor, o["threshold"])
         self._generator = torch.Generator().manual_seed((torch.initial_seed() * 7919 + 29) % 2**63)
@@ -193,7 +195,7 @@ class DetectionMeanTeacher(Method):
             loss_src = self.task_loss_of(student(source.x), source.y)
         out = {"loss/src": loss_src.item()}
         self.thresholds.observe_source(source.y)
-        if self.progress < o["burn_in"]:
+        if not self.initialised and self.progress < o["burn_in"]:
             self.update(loss_src, "main")
             return out
         if not self.started:  # the teacher starts from the burnt-in student
@@ -212,6 +214,11 @@ class DetectionMeanTeacher(Method):
                     "teacher/rate": self.mean_teacher.rate(),
                     "pseudo/threshold_mean": float(self.thresholds.thresholds().mean())})
         return out
+
+    def load_init(self, path: str) -> None:
+        """``--init``: the loaded detector is the burnt-in one (class doc); no burn-in follows."""
+        super().load_init(path)
+        self.initialised = True
 
     def state_dict(self) -> dict:
         return {**super().state_dict(), "teacher_updates": self.mean_teacher.updates, "started": self.started,

@@ -13,21 +13,25 @@ What is compared (:func:`compare_detector`):
 * detections: torchvision's ``postprocess_detections`` against edgeda's ``postprocess`` with the same
   score threshold, NMS IoU and detection cap. torchvision ranks its pre-NMS candidates per class (SSD) or
   per level (FCOS), edgeda over all (anchor, class) pairs, so both take every candidate above the
-  threshold (torchvision's ``topk_candidates`` raised to the anchor count, edgeda's ``pre_nms_topk`` to
+  threshold (torchvision's ``topk_candidates`` raised to anchors x classes, edgeda's ``pre_nms_topk`` to
   anchors x classes), where they agree. Detections are matched by class and IoU.
 
-The random checkpoints get wider output layers (class logits, box regression, centerness drawn with
-standard deviation 0.1 or 0.3, biases too) so that a random model has confident, varied detections
-rather than a flat score; for FCOS the background column (0) gets bias -20: torchvision's FCOS reports
-it as label 0 where it scores, edgeda (whose FCOS never assigns column 0) leaves it out.
+The random checkpoints: torchvision's own initialisation, then BatchNorm statistics measured on random
+inputs and perturbed (``calibrate_batchnorm``: with torchvision's unit statistics a random MobileNetV3's
+signal dies out, the outputs no longer depend on the input and exactly tied scores make NMS's choice
+arbitrary). SSDLite's head keeps its initialisation; its score threshold is 0.5 (torchvision's 0.001
+lets ~19k (anchor, class) pairs per image into NMS). FCOS's class logits get weights of standard
+deviation 0.05 (its focal-loss prior bias kept) so that some points pass its 0.2 threshold, its box
+regression bias +1 (so that the ReLU leaves boxes, not points), and its background column (0) bias -20:
+torchvision's FCOS reports that column as label 0 where it scores, edgeda's FCOS leaves it out.
 
 :func:`end_to_end` runs each library's own preprocessing at a non-native size instead: a uint8 image,
 edgeda's ``resize_to`` (PIL bilinear, antialiased when shrinking, rounded to uint8) and normalisation
 against torchvision's transform (float bilinear interpolation without antialiasing); it reports how far
 apart the two input tensors are and how the detections (in the stored image's pixels) compare.
 
-The sensitivity tests break edgeda's model in a patched copy (box coder weights, anchor offsets, a head
-scale, the score) and check that the comparison fails.
+The sensitivity tests break edgeda's model for one test each (monkeypatched: box coder weights, anchor
+offsets, a head output scale, the score) and check that the comparison fails.
 """
 from __future__ import annotations
 
@@ -211,10 +215,10 @@ def _image(shape, seed=2):
 
 
 @torch.no_grad()
-def end_to_end(name, folder, seed=0):
-    """Detections on one uint8 image of a non-native size through each library's own preprocessing
-    (see the module docstring), boxes in the image's pixels; also the max abs diff of the two
-    preprocessed inputs (normalised units)."""
+def end_to_end(name, folder, seed=0, image=None):
+    """Detections on one uint8 image of ``image`` = (H, W) pixels (by default a non-native size,
+    ``END_TO_END``) through each library's own preprocessing (see the module docstring), boxes in the
+    image's pixels; also the max abs diff of the two preprocessed inputs (normalised units)."""
     from edgeda.data.detection import DetectionSample
     from edgeda.data.detection_transforms import resize_to, to_original
     from edgeda.data.transforms import to_float_nchw
@@ -222,7 +226,7 @@ def end_to_end(name, folder, seed=0):
     e = END_TO_END[name]
     public = public_detector(name, seed, **e["kwargs"])
     ours, _ = edgeda_detector(name, public, folder)
-    img = _image(e["image"])
+    img = _image(e["image"] if image is None else image)
     empty = np.zeros((0, 4), np.float32)
     sample, info = resize_to(DetectionSample(img, empty, np.zeros(0, np.int64), empty, np.zeros(0, np.int64)), ours.image_size)
     s = SETTINGS[name]
@@ -234,7 +238,7 @@ def end_to_end(name, folder, seed=0):
     ref_input = public.transform([t])[0].tensors
     public.topk_candidates = ours.anchors().shape[0] * PUBLIC_CLASSES
     ref = public([t])
-    row = {"image": list(e["image"]), "input": list(ours.image_size),
+    row = {"image": list(img.shape[:2]), "input": list(ours.image_size),
            "input_max_abs_diff": (x - ref_input).abs().max().item() if x.shape == ref_input.shape else None,
            "input_shapes": [list(x.shape), list(ref_input.shape)]}
     row.update(detection_agreement(out, ref))

@@ -441,6 +441,8 @@ def torchvision_models():
     """``torchvision.models``, or skip where it does not import."""
     try:  # a torchvision built for another torch build raises a RuntimeError (``torchvision::nms``), not an ImportError
         import torchvision.models as models
+    except ModuleNotFoundError:
+        pytest.skip("torchvision is not installed here")
     except Exception as e:  # noqa: BLE001
         pytest.skip(f"torchvision is not importable here (it needs the torch build it was made for): {type(e).__name__}")
     return models

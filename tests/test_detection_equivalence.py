@@ -251,14 +251,26 @@ def _triple(v):
 
 # ------------------------------------------------------------------------------------------ tests
 
-@pytest.fixture(scope="module", params=DETECTION)
-def pair(request, tmp_path_factory):
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    """Each detector pair built once per module (the bug tests reuse it)."""
+    store = {}
+
+    def get(name):
+        if name not in store:
+            public = public_detector(name)
+            ours, rep = edgeda_detector(name, public, tmp_path_factory.mktemp(name))
+            x = random_input(name)
+            store[name] = (name, public, ours, rep, x, reference(public, x))
+        return store[name]
+
+    return get
+
+
+@pytest.fixture(params=DETECTION)
+def pair(request, built):
     """(name, public model, edgeda model, load report, input, the public outputs) for one detector."""
-    name = request.param
-    public = public_detector(name)
-    ours, rep = edgeda_detector(name, public, tmp_path_factory.mktemp(name))
-    x = random_input(name)
-    return name, public, ours, rep, x, reference(public, x)
+    return built(request.param)
 
 
 def test_detector_checkpoint_loads_with_nothing_missing_or_unexpected(pair):

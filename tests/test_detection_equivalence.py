@@ -63,7 +63,7 @@ END_TO_END = {  # image (H, W) and the public model's settings for its own prepr
 
 
 def public_detector(name, seed=0, **kwargs):
-    """torchvision's detector with random weights, random BatchNorm statistics and wider output layers
+    """torchvision's detector with random weights and BatchNorm statistics, FCOS's output layers adjusted
     (see the module docstring), in eval mode; skips where torchvision does not import."""
     torch.manual_seed(seed)
     public = _public(name, num_classes=PUBLIC_CLASSES, **kwargs)

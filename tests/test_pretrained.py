@@ -434,21 +434,34 @@ PUBLIC = ["lraspp_mobilenet_v3_large", "deeplabv3_resnet50", "deeplabv3_mobilene
 AUX = ("deeplabv3_resnet50", "deeplabv3_mobilenet_v3_large", "fcn_resnet50")
 
 
-def _public(name):
-    """The public model with random weights (torchvision / transformers), or skip where not importable."""
+DETECTION = ("ssdlite320_mobilenet_v3_large", "fcos_resnet50_fpn")  # tests/test_detection_equivalence.py
+
+
+def torchvision_models():
+    """``torchvision.models``, or skip where it does not import."""
+    try:  # a torchvision built for another torch build raises a RuntimeError (``torchvision::nms``), not an ImportError
+        import torchvision.models as models
+    except ModuleNotFoundError:
+        pytest.skip("torchvision is not installed here")
+    except Exception as e:  # noqa: BLE001
+        pytest.skip(f"torchvision is not importable here (it needs the torch build it was made for): {type(e).__name__}")
+    return models
+
+
+def _public(name, num_classes=7, **kwargs):
+    """The public model with random weights (torchvision / transformers), or skip where not importable.
+    ``num_classes`` is the public model's count (a torchvision detector's includes its background column)."""
     if name.startswith("segformer"):
         transformers = pytest.importorskip("transformers", reason="transformers is not installed here")
         model_cls = transformers.SegformerForSemanticSegmentation
-        return model_cls(transformers.SegformerConfig(num_labels=7))  # MiT-B0 defaults
-    try:  # a torchvision built for another torch build raises a RuntimeError (``torchvision::nms``), not an ImportError
-        import torchvision.models as models
-    except Exception as e:  # noqa: BLE001
-        pytest.skip(f"torchvision is not importable here (it needs the torch build it was made for): {type(e).__name__}")
-    seg = models.segmentation
+        return model_cls(transformers.SegformerConfig(num_labels=num_classes))  # MiT-B0 defaults
+    models = torchvision_models()
+    seg, det = models.segmentation, models.detection
     build_fn = {"lraspp_mobilenet_v3_large": seg.lraspp_mobilenet_v3_large, "deeplabv3_resnet50": seg.deeplabv3_resnet50,
                 "deeplabv3_mobilenet_v3_large": seg.deeplabv3_mobilenet_v3_large, "fcn_resnet50": seg.fcn_resnet50,
-                "mobilenet_v3_large": models.mobilenet_v3_large}[name]
-    kw = {"weights": None, "num_classes": 7}
+                "mobilenet_v3_large": models.mobilenet_v3_large, "ssdlite320_mobilenet_v3_large": det.ssdlite320_mobilenet_v3_large,
+                "fcos_resnet50_fpn": det.fcos_resnet50_fpn}[name]
+    kw = {"weights": None, "num_classes": num_classes, **kwargs}
     if name != "mobilenet_v3_large":
         kw["weights_backbone"] = None
     if name in AUX:
@@ -456,28 +469,64 @@ def _public(name):
     return build_fn(**kw)
 
 
-def compare_with_public(name, folder, seed=0):
-    """The public model ``name`` with random weights (random BatchNorm statistics too), saved to ``folder``
-    and loaded into edgeda's model with :func:`load_pretrained`; both run in eval mode on one random
-    input. Returns (load report, edgeda's output, the public output)."""
-    torch.manual_seed(seed)
-    public = _public(name).eval()
-    with torch.no_grad():  # random, non-trivial BatchNorm statistics
-        for mod in public.modules():
+def randomise_batchnorm(model):
+    """Random, non-trivial BatchNorm statistics (in place), so that a wrong eps or a swapped mean / var shows."""
+    with torch.no_grad():
+        for mod in model.modules():
             if isinstance(mod, torch.nn.BatchNorm2d):
                 mod.running_mean.uniform_(-0.2, 0.2)
                 mod.running_var.uniform_(0.5, 2.0)
-    if name == "segformer_hub":  # transformers writes the Hub names (segformer.encoder.block.*)
+    return model
+
+
+def calibrate_batchnorm(model, run, seed=0):
+    """BatchNorm statistics measured on the activations ``run()`` produces (train mode, one cumulative pass),
+    then scaled at random (means shifted by up to 0.1 standard deviations, variances times 0.8 .. 1.25) and
+    the affine parameters drawn near 1 and 0: a deep random network whose signal neither dies out (its
+    outputs would not depend on the input) nor explodes. ``model`` is left in eval mode."""
+    g = torch.Generator().manual_seed(seed)
+    bns = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    momenta = [m.momentum for m in bns]
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None
+    model.train()
+    with torch.no_grad():
+        run()
+        for m, momentum in zip(bns, momenta):
+            m.momentum = momentum
+            c = m.num_features
+            m.running_mean += (torch.rand(c, generator=g) - 0.5) * 0.2 * m.running_var.sqrt()
+            m.running_var *= 0.8 + 0.45 * torch.rand(c, generator=g)
+            m.weight.copy_(0.8 + 0.4 * torch.rand(c, generator=g))
+            m.bias.copy_(0.05 * torch.randn(c, generator=g))
+    return model.eval()
+
+
+def load_public_into(ours, public, folder, hub=False):
+    """Save ``public``'s weights to a file in ``folder`` (its state dict with ``torch.save``; with ``hub``, what
+    transformers' ``save_pretrained`` writes) and load that file into ``ours`` with :func:`load_pretrained`,
+    as a user's ``--backbone-weights`` file is loaded. Returns the load report."""
+    if hub:  # transformers writes the Hub names (segformer.encoder.block.*)
         public.save_pretrained(folder)
         file = folder / "model.safetensors"
     else:  # the module's own names (transformers 5: segformer.stages.*)
         file = folder / "public.pth"
         torch.save(public.state_dict(), file)
+    return load_pretrained(ours, file)
+
+
+def compare_with_public(name, folder, seed=0):
+    """The public model ``name`` with random weights (random BatchNorm statistics too), saved to ``folder``
+    and loaded into edgeda's model with :func:`load_pretrained`; both run in eval mode on one random
+    input. Returns (load report, edgeda's output, the public output)."""
+    torch.manual_seed(seed)
+    public = randomise_batchnorm(_public(name).eval())
     if name == "mobilenet_v3_large":
         ours = build("classifier", backbone=name, num_classes=7, channels=3, image_size=64)
     else:
         ours = make_dense_model(name.split("_hub")[0], 7, "logits", **({"aux": True} if name in AUX else {}))
-    rep = load_pretrained(ours, file)
+    rep = load_public_into(ours, public, folder, hub=name == "segformer_hub")
     ours.eval()
     x = torch.randn(2, 3, 96, 128)
     with torch.no_grad():

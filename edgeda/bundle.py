@@ -16,7 +16,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from .errors import BundleError, BundleWarning, EdgedaError
-from .task import TaskSpec
+from .tasks.spec import TaskSpec
 from .utils import atomic_dir, sha256_file
 
 FORMAT = "edgeda-bundle"

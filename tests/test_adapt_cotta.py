@@ -18,7 +18,7 @@ from edgeda.adapt.base import TargetSet
 from edgeda.adapt.cotta import CoTTA, cotta_augment, multiscale_flip_probs, stochastic_restore
 from edgeda.adapt.shot import mean_pixel_probabilities
 from edgeda.bundle import Bundle
-from edgeda.task import TaskSpec
+from edgeda.tasks.spec import TaskSpec
 from edgeda.tasks import task_of
 
 CLASSES = ("bg", "square", "stripe")

@@ -322,7 +322,7 @@ def prediction_stats_uniform(stats):
 
 def test_depth_bundle_is_one_error_naming_the_methods(tmp_path):
     from edgeda.bundle import write_bundle
-    from edgeda.task import TaskSpec
+    from edgeda.tasks.spec import TaskSpec
     from edgeda.tasks import task_of
 
     spec = TaskSpec(task="depth", image_size=(32, 32), channels=3, depth_range=(0.1, 80.0))

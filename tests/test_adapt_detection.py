@@ -17,7 +17,7 @@ from edgeda.adapt.detection import (DetectionMonitor, DetectionStats, anchor_ent
 from edgeda.adapt.tasks import adaptation_of
 from edgeda.bundle import Bundle, write_bundle
 from edgeda.models import build
-from edgeda.task import TaskSpec
+from edgeda.tasks.spec import TaskSpec
 
 CLASSES = ["red", "green"]
 SIZE = 64

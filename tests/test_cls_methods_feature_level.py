@@ -16,7 +16,7 @@ from edgeda.methods.losses import difference_loss, info_nce, nt_xent, scale_inva
 from edgeda.models.alignment import coral, multi_kernel_mmd
 from edgeda.models.augment import rand_augment
 from edgeda.models.pooling import attention_pool
-from edgeda.task import TaskSpec
+from edgeda.tasks.spec import TaskSpec
 from edgeda.training import Trainer
 
 FEATURE_METHODS = ["coral", "mmd", "dsn", "two_stream", "csg"]

@@ -10,7 +10,7 @@ from conftest import assert_running_stats_follow, tiny_config
 from edgeda.bundle import Bundle
 from edgeda.errors import TrainingDiverged
 from edgeda.methods import METHODS, Batch
-from edgeda.task import TaskSpec
+from edgeda.tasks.spec import TaskSpec
 from edgeda.training import Trainer
 
 TINY = {"g_width": 4, "g_blocks": 1, "g_kernel": 3, "d_width": 4, "d_layers": 1}

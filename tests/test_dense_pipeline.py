@@ -480,7 +480,7 @@ def _same_batches(a, b):
 @pytest.mark.parametrize("kind", ["array", "folder"])
 def test_dense_stream_resumes_at_the_same_batch(kind, tmp_path):
     from edgeda.data import load_domain
-    from edgeda.task import TaskSpec
+    from edgeda.tasks.spec import TaskSpec
     from edgeda.training.dense_stream import DenseStream
 
     if kind == "array":
@@ -545,7 +545,7 @@ def test_dense_run_resume_gives_the_same_weights(data, tmp_path):
 
 def test_dense_stream_resumes_across_an_epoch_boundary(tmp_path):
     from edgeda.data import load_domain
-    from edgeda.task import TaskSpec
+    from edgeda.tasks.spec import TaskSpec
     from edgeda.training.dense_stream import DenseStream
 
     dom = load_domain(_square_npz(tmp_path / "s.npz", 10, 32, 48), labeled=True)

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from edgeda.data.dense import ArrayDenseDomain
-from edgeda.task import TaskSpec
+from edgeda.tasks.spec import TaskSpec
 from edgeda.training.evaluate import augmentation_confusion, label_marginal
 from edgeda.training.selection import VALIDATORS, EvalContext, label_confusion, score_all, score_candidates, selector_names
 from edgeda.training.validators.info_max_prior import information_maximisation_prior

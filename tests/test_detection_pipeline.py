@@ -79,7 +79,7 @@ def test_detection_runs_refuse_a_source_without_boxes(tmp_path, data):
 # -- methods -----------------------------------------------------------------------------------
 def _method(name, arch="ssdlite", **options):
     from edgeda.methods import METHODS
-    from edgeda.task import TaskSpec
+    from edgeda.tasks.spec import TaskSpec
 
     spec = TaskSpec(2, ["a", "b"], task="detection", image_size=(S, S))
     return METHODS.get(name)(spec, backbone=arch, backbone_kwargs=MODELS[arch], options=options)

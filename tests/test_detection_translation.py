@@ -14,7 +14,7 @@ MODELS = {"ssdlite": {"width": 0.25}, "fcos": {"backbone": "resnet18", "width": 
 
 def _method(name, arch="ssdlite", **options):
     from edgeda.methods import METHODS
-    from edgeda.task import TaskSpec
+    from edgeda.tasks.spec import TaskSpec
 
     spec = TaskSpec(2, ["a", "b"], task="detection", image_size=(S, S))
     return METHODS.get(name)(spec, backbone=arch, backbone_kwargs=MODELS[arch], options={"g_width": 8, **options})

@@ -17,7 +17,7 @@ from edgeda.export.quantize import to_float16
 from edgeda.export.trt import check_engine_metadata
 from edgeda.models import build
 from edgeda.models.registry import ARCHITECTURES
-from edgeda.task import TaskSpec
+from edgeda.tasks.spec import TaskSpec
 
 DOMAINS = {"target": "handwritten:adapt", "target_test": "handwritten:test"}
 

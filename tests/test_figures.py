@@ -10,7 +10,7 @@ from matplotlib.text import Text  # noqa: E402
 
 from edgeda.data.dense import ArrayDenseDomain  # noqa: E402
 from edgeda.tasks.preview import preview_dense_figure  # noqa: E402
-from edgeda.task import TaskSpec  # noqa: E402
+from edgeda.tasks.spec import TaskSpec  # noqa: E402
 from edgeda.tasks.draw import panel_figure  # noqa: E402
 from edgeda.tasks.base import task_of  # noqa: E402
 from edgeda.training.evaluate import confusion_figure, format_count  # noqa: E402

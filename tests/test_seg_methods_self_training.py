@@ -23,7 +23,7 @@ from edgeda.models.mixing import (class_mix_masks, dacs_kernel_size, label_at_fe
                                   mix, patch_keep_mask, strong_augment)
 from edgeda.models.superpixels import (LabelDistributionRegressor, class_fractions, label_distribution_kl, landmark_labels,
                                        predicted_label_distribution, slic_superpixels, soft_cross_entropy)
-from edgeda.task import TaskSpec
+from edgeda.tasks.spec import TaskSpec
 from conftest import (EMBEDDED_DENSE_PAIRS, check_embedded_bundle, export_and_predict, seg_batches, seg_spec, square_scenes, stripe_scenes,
                       train_on_embedded_pair)
 

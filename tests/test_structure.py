@@ -97,7 +97,7 @@ def test_no_import_cycles():
 LAYERS = [
     {"errors", "registry", "options", "utils", "scores", "tracking", "trust", "_callable", "kernels", "console",
      "distributed"},
-    {"task", "config"},
+    {"config"},
     {"data"},
     {"models"},
     {"tasks"},
@@ -112,7 +112,7 @@ LAYERS = [
 # The imports that still go up a layer, each for a reason; a new one fails the test, and so does
 # one listed here that is gone (take it off the list).
 UPWARD = {
-    ("edgeda.task", "edgeda.tasks"): "TaskSpec asks the task registry for the known task names",
+    ("edgeda.config", "edgeda.tasks.spec"): "the config checks --task against the task registry's names",
     ("edgeda.tasks.base", "edgeda.training.evaluate"): "a task reads its evaluation batches with the trainer's loaders",
     ("edgeda.tasks.base", "edgeda.training.readers"): "a task builds its training stream from the trainer's readers",
     ("edgeda.tasks.classification", "edgeda.training.streams"): "the in-memory classification stream",

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from edgeda.errors import EdgedaError
-from edgeda.task import TaskSpec
+from edgeda.tasks.spec import TaskSpec
 from edgeda.tasks import TASKS, task_of
 
 

@@ -20,7 +20,7 @@ from ..errors import EdgedaError
 from ..options import Configurable
 from ..methods.base import Engine
 from ..registry import Registry
-from ..task import TaskSpec
+from ..tasks.spec import TaskSpec
 
 ADAPT_METHODS: Registry = Registry("source-free adaptation method")
 

@@ -19,7 +19,7 @@ from ..data import load_domain
 from ..data.domain import Domain
 from ..errors import BundleError, DataError, EdgedaError
 from ..methods.base import Engine
-from ..task import TaskSpec
+from ..tasks.spec import TaskSpec
 from ..tasks import load_for_task, task_of
 from ..training.evaluate import eval_batches, evaluate_model
 from ..utils import choose_device, seed_everything, sha256_file

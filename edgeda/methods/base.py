@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from ..errors import EdgedaError
-from ..task import TaskSpec
+from ..tasks.spec import TaskSpec
 from ..options import Configurable
 from ..tasks import task_of
 from .registry import methods_for

@@ -9,7 +9,7 @@ import torch
 from ..data.domain import Domain
 from ..errors import DataError
 from ..registry import Registry
-from ..task import TaskSpec
+from .spec import TaskSpec
 from ..utils import to_device
 
 TASKS: Registry = Registry("task")

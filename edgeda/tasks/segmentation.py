@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from ..data.dense import default_palette
-from ..task import TaskSpec
+from .spec import TaskSpec
 from .base import TASKS, Task, argmax_agreement
 from .metrics import IGNORE_INDEX, ConfusionMeter, segmentation_scores
 

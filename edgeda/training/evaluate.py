@@ -23,7 +23,7 @@ import torch
 from ..data.domain import Domain
 from ..data.transforms import to_float_nchw
 from .validators import EvalContext, label_confusion
-from ..task import TaskSpec
+from ..tasks.spec import TaskSpec
 from ..tasks import task_of
 from ..utils import to_device
 from ..tasks.metrics import classification_scores

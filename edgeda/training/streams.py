@@ -14,7 +14,7 @@ import torch
 from ..data.domain import Domain
 from ..data.transforms import random_contrast, random_translate, to_float_nchw
 from ..methods.base import Batch
-from ..task import TaskSpec
+from ..tasks.spec import TaskSpec
 
 
 class BatchStream:

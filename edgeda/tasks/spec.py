@@ -11,13 +11,13 @@ from dataclasses import asdict, dataclass, field
 
 def known_tasks() -> tuple[str, ...]:
     """The names in the task registry (:mod:`edgeda.tasks`): what ``task`` may be."""
-    from .tasks import TASKS
+    from . import TASKS
 
     return tuple(TASKS)
 
 
 def _task(name: str):
-    from .tasks import task_of
+    from . import task_of
 
     return task_of(name)
 

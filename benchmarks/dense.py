@@ -599,7 +599,7 @@ def eval_memory(sizes=(50, 150, 500)) -> dict:
         code = (
             "import json,sys,torch; sys.path.insert(0,%r); torch.set_num_threads(1)\n"
             "from edgeda.data import load_domain\nfrom edgeda.models import build\nfrom edgeda.tasks.spec import TaskSpec\n"
-            "from edgeda.training.evaluate import evaluate_model\nfrom edgeda.bench.harness import PeakRss, rss_mb\n"
+            "from edgeda.training.model_eval import evaluate_model\nfrom edgeda.bench.harness import PeakRss, rss_mb\n"
             "d=load_domain('synscenes:photo', labeled=True, size=(64,128))\nd=d.subset(list(range(%d)))\n"
             "s=TaskSpec(19,d.classes,task='segmentation',image_size=(64,128))\n"
             "m=build('dense_model',arch='lraspp',num_outputs=19,output='logits',channels=3)\n"

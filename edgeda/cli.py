@@ -249,7 +249,7 @@ def eval_cmd(bundle, data, confusion_png, samples_png, device, as_json) -> None:
     depth errors, with a confusion matrix PNG (and sample panels for dense tasks)."""
     from pathlib import Path
 
-    from .evaluation import evaluate_bundle
+    from .bundle_eval import evaluate_bundle
 
     stem = str(Path(bundle).with_suffix(""))
     confusion_png = confusion_png or stem + "-confusion.png"

@@ -80,7 +80,7 @@ def test_tent_adapts_skips_corrupt_files_keeps_input_and_exports(shipped, tmp_pa
     old, new = _state(bundle), _state(out)
     assert torch.equal(old["head.weight"], new["head.weight"])
     assert not all(torch.equal(old[k], new[k]) for k in old if "running_mean" in k)
-    from edgeda.evaluation import evaluate_bundle
+    from edgeda.bundle_eval import evaluate_bundle
 
     ev = evaluate_bundle(out, "handwritten:test", device="cpu")
     assert ev["n"] == 797 and abs(ev["accuracy"] - r.accuracy["after"]) < 1e-9

@@ -204,7 +204,7 @@ def test_cotta_cli_writes_a_bundle_that_evaluates(request, tmp_path, kind):
         ev = edgeda.evaluate(out, d["test"], device="cpu")
         assert 0.0 <= ev["miou"] <= 1.0
     else:
-        from edgeda.evaluation import evaluate_bundle
+        from edgeda.bundle_eval import evaluate_bundle
 
         ev = evaluate_bundle(out, "handwritten:test", device="cpu")
         assert ev["n"] == 797 and 0.0 <= ev["accuracy"] <= 1.0

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from conftest import assert_running_stats_follow, tiny_config
 from edgeda.bundle import load_bundle
-from edgeda.evaluation import evaluate_bundle
+from edgeda.bundle_eval import evaluate_bundle
 from edgeda.methods import METHODS, Batch
 from edgeda.methods.losses import difference_loss, info_nce, nt_xent, scale_invariant_mse
 from edgeda.models.alignment import coral, multi_kernel_mmd

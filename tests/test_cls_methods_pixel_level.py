@@ -36,7 +36,7 @@ def test_short_training_run_ships_classifier_and_generator_with_sample_grids(tmp
     history = [json.loads(line) for line in (res.run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [h["samples_png"] for h in history] == [str(g) for g in grids]
     assert all(torch.isfinite(v.float()).all() for v in b.module(shipped).state_dict().values())
-    from edgeda.evaluation import evaluate_bundle
+    from edgeda.bundle_eval import evaluate_bundle
 
     assert evaluate_bundle(b, device="cpu")["samples_png"] == str(grids[-1])
 

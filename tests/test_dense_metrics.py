@@ -397,7 +397,7 @@ def _no_per_image_arrays(scores, n):
 @pytest.mark.parametrize("task_name", ["segmentation", "depth"])
 def test_evaluation_state_does_not_grow_with_images(task_name, monkeypatch):
     from edgeda.data.dense import ArrayDenseDomain
-    from edgeda.training.evaluate import evaluate_model
+    from edgeda.training.model_eval import evaluate_model
 
     torch.manual_seed(0)
     spec = _seg_spec(3) if task_name == "segmentation" else _depth_spec()

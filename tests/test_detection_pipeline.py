@@ -36,7 +36,7 @@ def test_detector_trains_evaluates_predicts_and_exports(tmp_path, data, arch):
     assert b.task.task == "detection" and b.task.classes == ["a", "b"]
     assert 0.0 <= res.metrics["target_test_map"] <= 1.0 and "map50" in res.metrics["target_test_scores"]
 
-    from edgeda.evaluation import evaluate_bundle
+    from edgeda.bundle_eval import evaluate_bundle
 
     m = evaluate_bundle(res.bundle, data["target"], samples_png=tmp_path / "s.png", device="cpu")
     assert set(m["per_class_ap"]) == {"a", "b"} and (tmp_path / "s.png").is_file()

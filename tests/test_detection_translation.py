@@ -97,7 +97,7 @@ def test_translate_then_train_on_the_digit_pair_trains_evaluates_exports_and_pre
     from PIL import Image
 
     from edgeda.data import load_domain
-    from edgeda.evaluation import evaluate_bundle
+    from edgeda.bundle_eval import evaluate_bundle
     from edgeda.export.api import export_bundle
     from edgeda.export.prediction import predict
 

@@ -10,7 +10,7 @@ from torch import nn
 from edgeda.bundle import Bundle, write_bundle
 from edgeda.cli import main
 from edgeda.errors import EdgedaError
-from edgeda.evaluation import evaluate_bundle
+from edgeda.bundle_eval import evaluate_bundle
 from edgeda.export import api
 from edgeda.export.onnx import ort_session, run_torch, signature_of
 from edgeda.export.quantize import to_float16

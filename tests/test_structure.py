@@ -104,7 +104,7 @@ LAYERS = [
     {"bundle"},
     {"methods"},
     {"training"},
-    {"evaluation", "export", "adapt", "bench"},
+    {"bundle_eval", "export", "adapt", "bench"},
     {"auto"},
     {"cli", "__main__"},
 ]
@@ -113,7 +113,7 @@ LAYERS = [
 # one listed here that is gone (take it off the list).
 UPWARD = {
     ("edgeda.config", "edgeda.tasks.spec"): "the config checks --task against the task registry's names",
-    ("edgeda.tasks.base", "edgeda.training.evaluate"): "a task reads its evaluation batches with the trainer's loaders",
+    ("edgeda.tasks.base", "edgeda.training.model_eval"): "a task reads its evaluation batches with the trainer's loaders",
     ("edgeda.tasks.base", "edgeda.training.readers"): "a task builds its training stream from the trainer's readers",
     ("edgeda.tasks.classification", "edgeda.training.streams"): "the in-memory classification stream",
 }

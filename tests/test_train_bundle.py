@@ -11,7 +11,7 @@ from conftest import tiny_config
 from edgeda.bundle import Bundle, load_bundle
 from edgeda.cli import main
 from edgeda.errors import BundleError, DataError, TrainingDiverged
-from edgeda.evaluation import evaluate_bundle
+from edgeda.bundle_eval import evaluate_bundle
 from edgeda.training import Trainer
 
 DIGITS = [str(i) for i in range(10)]

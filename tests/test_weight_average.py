@@ -57,7 +57,7 @@ def test_trainer_ships_and_evaluates_the_average_not_the_live_weights(tmp_path):
         torch.testing.assert_close(bundle[k], avg[k].cpu(), rtol=0, atol=0)
     assert any(not torch.equal(avg[k], live[k]) for k in live if live[k].dtype.is_floating_point)
     # the reported accuracy is the shipped (averaged) model's
-    from edgeda.training.evaluate import evaluate_classifier
+    from edgeda.training.model_eval import evaluate_classifier
 
     acc = evaluate_classifier(tr.average.modules["classifier"], tr.domains.target_test, tr.task, "cpu")["accuracy"]
     assert res.metrics["target_test_acc"] == acc

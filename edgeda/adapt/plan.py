@@ -21,7 +21,7 @@ from ..errors import BundleError, DataError, EdgedaError
 from ..methods.base import Engine
 from ..tasks.spec import TaskSpec
 from ..tasks import load_for_task, task_of
-from ..training.evaluate import eval_batches, evaluate_model
+from ..training.model_eval import eval_batches, evaluate_model
 from ..utils import choose_device, seed_everything, sha256_file
 from .base import ADAPT_METHODS, AdaptMethod, TargetSet
 from .budget import activation_bytes_per_sample, current_rss_mb, param_bytes, plan_batch, plan_dense

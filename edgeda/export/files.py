@@ -55,7 +55,7 @@ def load_images(spec: str, b: Bundle, n: int | None = None) -> tuple[np.ndarray,
     from ..data import load_domain
     from ..data.domain import Domain
     from ..tasks import task_of
-    from ..training.evaluate import eval_batches
+    from ..training.model_eval import eval_batches
 
     task = b.task
     try:

@@ -95,9 +95,9 @@ class Task:
     def eval_batches(self, domain, spec: TaskSpec, device, batch_size: int, *, labels: bool, workers: int | None = None,
                      not_decoded: list | None = None):
         """(normalised images on ``device``, labels on CPU or None, uint8 NHWC images) over
-        ``domain`` in order, un-augmented (:func:`edgeda.training.evaluate.eval_batches`); the indices
+        ``domain`` in order, un-augmented (:func:`edgeda.training.model_eval.eval_batches`); the indices
         of samples that fail only when decoded go to ``not_decoded`` where the reader reports them."""
-        from ..training.evaluate import dense_eval_batches
+        from ..training.model_eval import dense_eval_batches
         from ..training.readers import reader_of
 
         read = reader_of(domain).eval_batches

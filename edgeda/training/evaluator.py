@@ -14,7 +14,7 @@ import torch
 from ..data.transforms import to_float_nchw
 from ..methods.base import Batch
 from ..scores import probs_entropy
-from .evaluate import eval_batches, evaluate_model, evaluation_context
+from .model_eval import eval_batches, evaluate_model, evaluation_context
 from .selection import score_all
 
 

@@ -10,7 +10,7 @@ from ..methods import Engine, Method, OptimConfig
 from ..methods.registry import methods_for
 from ..models.weights import describe, load_pretrained, pretrained_options
 from ..tasks import load_for_task, task_of
-from .evaluate import eval_batches
+from .model_eval import eval_batches
 from ..data.sampling import class_counts
 
 

@@ -6,7 +6,7 @@ from pathlib import Path
 from .bundle import Bundle
 from .errors import EdgedaError
 from .tasks import load_for_task, task_of
-from .training.evaluate import eval_batches, evaluate_model, plot_confusion
+from .training.model_eval import eval_batches, evaluate_model, plot_confusion
 from .utils import choose_device
 
 

@@ -20,6 +20,7 @@ from ..errors import EdgedaError
 from ..options import Configurable
 from ..methods.base import Engine
 from ..registry import Registry
+from ..tasks import task_of
 from ..tasks.spec import TaskSpec
 
 ADAPT_METHODS: Registry = Registry("source-free adaptation method")
@@ -53,7 +54,7 @@ class AdaptMethod(Configurable):
 
     def __init__(self, classifier: nn.Module, task: TaskSpec, *, options: dict | None = None,
                  engine: Engine | None = None, seed: int = 0, training: dict | None = None):
-        if task.dense:
+        if task_of(task).dense:
             options = {**self.dense_defaults, **(options or {})}
         self.opts = self.resolve_options(options)
         self.task = task
@@ -107,7 +108,7 @@ class TargetSet:
 
     def __init__(self, images, task: TaskSpec, device, batch_size: int | None = None):
         self.images, self.task, self.device = images, task, torch.device(device)
-        self.batch_size = batch_size or (16 if task.dense else 256)
+        self.batch_size = batch_size or (16 if task_of(task).dense else 256)
 
     def __len__(self) -> int:
         return len(self.images)

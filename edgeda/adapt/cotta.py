@@ -77,6 +77,7 @@ from torch import nn
 
 from ..errors import EdgedaError
 from ..models.mean_teacher import MeanTeacher
+from ..tasks import task_of
 from .base import ADAPT_METHODS, AdaptMethod, reestimate_bn
 from .tasks import adaptation_of
 
@@ -217,7 +218,7 @@ class CoTTA(AdaptMethod):
             raise EdgedaError(f"cotta augmentations must be at least 1, not {o['augmentations']}")
         self.scales = _scales(o["scales"])
         self.objective = adaptation_of(self.task)
-        self.flip = o["flip"] == "on" or (o["flip"] == "auto" and self.task.dense
+        self.flip = o["flip"] == "on" or (o["flip"] == "auto" and task_of(self.task).dense
                                           and self.objective.mirrors(self.shipped_training))
         clf = self.classifier
         clf.requires_grad_(True)
@@ -251,7 +252,7 @@ class CoTTA(AdaptMethod):
         if own is not None:
             return own
         t = self.teacher.eval()
-        if self.task.dense:
+        if task_of(self.task).dense:
             return multiscale_flip_probs(t, x, usable_scales(self.scales, x.shape[-2:]), self.flip)
         total = None
         for _ in range(self.opts["augmentations"]):

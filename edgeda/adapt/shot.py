@@ -56,6 +56,7 @@ import torch.nn.functional as F
 from .base import ADAPT_METHODS, AdaptMethod, hypothesis_layers, pixel_features
 from .losses import class_balanced_cross_entropy, pixel_information_maximisation_terms
 from ..scores import information_maximisation_terms
+from ..tasks import task_of
 
 
 def _augmented(features: torch.Tensor) -> torch.Tensor:
@@ -156,7 +157,7 @@ class Shot(AdaptMethod):
 
     def build(self) -> None:
         clf, o = self.classifier, self.opts
-        self.dense = self.task.dense
+        self.dense = task_of(self.task).dense
         if self.dense:
             frozen = {id(p) for m in hypothesis_layers(clf) for p in m.parameters()}
             for p in clf.parameters():

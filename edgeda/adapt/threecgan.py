@@ -99,6 +99,7 @@ from ..models import build
 from ..models.conditional import ImageDiscriminator, gan_loss, input_to_tanh, tanh_to_input
 from ..models.norm import frozen_bn_statistics
 from ..models.patchgan import PatchDiscriminator
+from ..tasks import task_of
 from .base import ADAPT_METHODS, AdaptMethod, reestimate_bn
 from .losses import IGNORE_INDEX, class_balanced_cross_entropy, virtual_adversarial_loss
 
@@ -201,7 +202,7 @@ class ThreeCGAN(AdaptMethod):
     tasks = ("classification", "segmentation")
 
     def build(self) -> None:
-        if self.task.dense:
+        if task_of(self.task).dense:
             self._build_dense()
             return
         t, o = self.task, self.opts
@@ -235,12 +236,12 @@ class ThreeCGAN(AdaptMethod):
         self.classifier_passes = 3.0 + (2.0 if o["lambda_vat"] > 0 else 0.0)
 
     def extra_modules(self):
-        if self.task.dense:
+        if task_of(self.task).dense:
             return {"generator": _FrameProbe(self.G), "discriminator": self.D}
         return {"generator": self.G, "discriminator": self.D}
 
     def prepare(self, target) -> None:
-        if self.task.dense and self.layouts is None:  # from the shipped weights, before anything moves
+        if task_of(self.task).dense and self.layouts is None:  # from the shipped weights, before anything moves
             self.layouts = shipped_layouts(self.classifier, self.source_state, target, self.opts["confidence"],
                                            self.opts["portion"])
         if self.opts["adabn"]:
@@ -294,7 +295,7 @@ class ThreeCGAN(AdaptMethod):
         return {k: float(v.detach()) for k, v in logged.items()}
 
     def step(self, x: torch.Tensor, idx=None) -> dict[str, float]:
-        if self.task.dense:
+        if task_of(self.task).dense:
             return self._step_dense(x, idx)
         o, C, t = self.opts, self.classifier, self.task
         self.G.train()

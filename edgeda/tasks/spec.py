@@ -86,11 +86,6 @@ class TaskSpec:
         segmentation), ``"depth"`` (metric depth, metres)."""
         return _task(self.task).output
 
-    @property
-    def dense(self) -> bool:
-        """The task's ``dense``: data streamed per sample from disk (every task but classification)."""
-        return _task(self.task).dense
-
     def to_dict(self) -> dict:
         d = asdict(self)
         d["image_size"] = list(self.image_size)

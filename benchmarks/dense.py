@@ -566,7 +566,7 @@ def overhead(rounds: int = 3, iters: int = 40) -> dict:
         m.train()
         for b in batches:
             t = time.perf_counter()
-            loss = m.task_loss_of(m.classifier(b.x), b.y)
+            loss = m.task_loss_of(m.model(b.x), b.y)
             m.optims["main"].zero_grad(set_to_none=True)
             loss.backward()
             m.optims["main"].step()

@@ -235,7 +235,7 @@ class _PixelCollapser(AdaptMethod):
         self.steps += 1
         if self.steps >= 3:
             with torch.no_grad():
-                for conv in hypothesis_layers(self.classifier):
+                for conv in hypothesis_layers(self.model):
                     conv.bias[0] = 1e4
         return {}
 
@@ -279,7 +279,7 @@ class _LogitShift(AdaptMethod):
 
     def prepare(self, target):
         with torch.no_grad():
-            for conv in hypothesis_layers(self.classifier):
+            for conv in hypothesis_layers(self.model):
                 conv.weight.mul_(float(self.opts["scale"]))
                 conv.bias.mul_(float(self.opts["scale"]))
                 conv.bias[0] += float(self.opts["background"])

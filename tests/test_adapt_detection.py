@@ -291,8 +291,8 @@ class _DetectionCollapser(AdaptMethod):
         if self.steps > self.opts["after"]:
             k1 = self.task.num_classes + 1
             with torch.no_grad():
-                for b in class_biases(self.classifier):
-                    if self.classifier.arch == "fcos":  # sigmoids: every class off, or every class on
+                for b in class_biases(self.model):
+                    if self.model.arch == "fcos":  # sigmoids: every class off, or every class on
                         b[1:] += -30.0 if self.opts["mode"] == "vanish" else 30.0
                     else:  # softmax: background, or class 0, wins at every anchor
                         b[0 if self.opts["mode"] == "vanish" else 1::k1] += 30.0

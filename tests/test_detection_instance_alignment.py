@@ -146,7 +146,7 @@ def test_instance_weights_change_the_update_of_the_detector():
         m.train()
         m.progress = 0.5
         m.step(_batch(0), _batch(1, labeled=False))
-        return torch.cat([p.detach().flatten() for p in m.classifier.trunk.parameters()])
+        return torch.cat([p.detach().flatten() for p in m.model.trunk.parameters()])
 
     torch.manual_seed(0)
     a = trunk_after(instance=1.0)

@@ -78,11 +78,11 @@ def test_translation_methods_train_a_detector_on_translated_sources(name, arch):
 
     m.progress = 0.9  # stage 2: G frozen, the detector learns on G(x_s) with the source boxes
     g_frozen = [p.clone() for p in m.nets["refiner"].parameters()]
-    d_before = [p.clone() for p in m.classifier.parameters()]
+    d_before = [p.clone() for p in m.model.parameters()]
     out = m.step(_batch(2), _batch(3, labeled=False))
     assert set(out) == {"loss/cls_refined"} and np.isfinite(out["loss/cls_refined"])
     assert all(torch.equal(a, b) for a, b in zip(g_frozen, m.nets["refiner"].parameters()))
-    assert any(not torch.equal(a, b) for a, b in zip(d_before, m.classifier.parameters()))
+    assert any(not torch.equal(a, b) for a, b in zip(d_before, m.model.parameters()))
     assert set(m.deployables()) == {"model", "refiner"}
 
 

@@ -50,9 +50,9 @@ def test_trainer_ships_and_evaluates_the_average_not_the_live_weights(tmp_path):
     res = tr.run()
     shipped = load_bundle(res.bundle)
     assert shipped.manifest["training"]["weight_average"] == {"kind": "ema", "decay": 0.9}
-    live = tr.method.classifier.state_dict()
+    live = tr.method.model.state_dict()
     avg = tr.average.modules["classifier"].state_dict()
-    bundle = shipped.classifier.state_dict()
+    bundle = shipped.model.state_dict()
     for k in avg:
         torch.testing.assert_close(bundle[k], avg[k].cpu(), rtol=0, atol=0)
     assert any(not torch.equal(avg[k], live[k]) for k in live if live[k].dtype.is_floating_point)

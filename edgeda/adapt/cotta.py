@@ -206,7 +206,7 @@ class CoTTA(AdaptMethod):
     }
     default_iters = 200
     tasks = ("classification", "segmentation", "detection")
-    classifier_passes = 1.0  # only the student's forward keeps activations; anchor and teacher run under no_grad first
+    model_passes = 1.0  # only the student's forward keeps activations; anchor and teacher run under no_grad first
 
     def build(self) -> None:
         o = self.opts
@@ -220,7 +220,7 @@ class CoTTA(AdaptMethod):
         self.objective = adaptation_of(self.task)
         self.flip = o["flip"] == "on" or (o["flip"] == "auto" and task_of(self.task).dense
                                           and self.objective.mirrors(self.shipped_training))
-        clf = self.classifier
+        clf = self.model
         clf.requires_grad_(True)
         self.mean_teacher = _ShippedTeacher(clf, alpha=o["alpha"])
         self.anchor = copy.deepcopy(clf).requires_grad_(False).eval()
@@ -240,8 +240,8 @@ class CoTTA(AdaptMethod):
             return
         self._prepared = True
         if self.opts["adabn"]:
-            reestimate_bn(self.classifier, target.batches())
-            state = self.classifier.state_dict()
+            reestimate_bn(self.model, target.batches())
+            state = self.model.state_dict()
             self.teacher.load_state_dict(state)
             self.anchor.load_state_dict(state)
 
@@ -274,7 +274,7 @@ class CoTTA(AdaptMethod):
 
     def step(self, x: torch.Tensor, idx=None) -> dict[str, float]:
         y, share = self.targets(x)
-        student = self.classifier
+        student = self.model
         student.train()
         with self.autocast():
             logits = student(x)
@@ -288,8 +288,8 @@ class CoTTA(AdaptMethod):
     def state_snapshot(self) -> dict:
         """The student and the teacher (the one written)."""
         return copy.deepcopy({name: {k: v.detach().cpu() for k, v in m.state_dict().items()}
-                              for name, m in (("student", self.classifier), ("teacher", self.teacher))})
+                              for name, m in (("student", self.model), ("teacher", self.teacher))})
 
     def restore(self, snapshot: dict) -> None:
-        self.classifier.load_state_dict(snapshot["student"])
+        self.model.load_state_dict(snapshot["student"])
         self.teacher.load_state_dict(snapshot["teacher"])

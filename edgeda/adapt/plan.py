@@ -216,7 +216,7 @@ def load_labels(labels: str, spec: TaskSpec):
 
 def per_sample_mb(m: AdaptMethod, x2: torch.Tensor) -> float:
     """Activation memory of one image through the method's networks (a two-image probe), MiB."""
-    per = activation_bytes_per_sample(m.classifier, x2) * m.classifier_passes
+    per = activation_bytes_per_sample(m.model, x2) * m.model_passes
     for mod in m.extra_modules().values():
         if hasattr(mod, "sample"):
             y = torch.zeros(len(x2), dtype=torch.long, device=x2.device)

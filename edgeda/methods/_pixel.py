@@ -75,7 +75,7 @@ class PixelMethod(Method):
 
     # -- what ships and what a person sees --------------------------------------------------------
     def deployables(self) -> dict[str, nn.Module]:
-        return {task_of(self.task).deployable: self.classifier, "refiner": self.nets["refiner"]}
+        return {task_of(self.task).deployable: self.model, "refiner": self.nets["refiner"]}
 
     def display_panels(self, source: Batch, target: Batch | None) -> list[torch.Tensor]:
         """Panels of the sample grid, in tanh space: source | refined source."""
@@ -102,12 +102,12 @@ class PixelMethod(Method):
         if own_grid is not None:
             tgt = pred = None
             if target is not None:
-                pred = task.decide(task.infer(self.classifier, target.x))
+                pred = task.decide(task.infer(self.model, target.x))
                 tgt = _to_uint8(self.to_tanh(target.x))
             return own_grid(self.task, [_to_uint8(p) for p in panels], source.y, tgt, pred, path, title)
         tgt = pred = None
         if target is not None:
-            pred = task.decide(self.classifier(target.x).float()).cpu().numpy()
+            pred = task.decide(self.model(target.x).float()).cpu().numpy()
             tgt = _to_uint8(self.to_tanh(target.x))
         return save_translation_grid(self.task, [_to_uint8(p) for p in panels], source.y.cpu().numpy(), tgt, pred,
                                      path, title)

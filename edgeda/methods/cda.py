@@ -74,9 +74,9 @@ class CurriculumDA(Method):
         o = self.opts
         if not 0.0 < o["landmark_fraction"] <= 1.0:
             raise EdgedaError(f"method 'cda' option landmark_fraction={o['landmark_fraction']} must be in (0, 1]")
-        self.nets["classifier"] = self.make_classifier()
-        self.nets["label_distribution"] = LabelDistributionRegressor(self.classifier.feature_channels, self.task.num_classes)
-        self.optims["main"] = self.make_optimizer(self.classifier.parameters())
+        self.nets["model"] = self.make_model()
+        self.nets["label_distribution"] = LabelDistributionRegressor(self.model.feature_channels, self.task.num_classes)
+        self.optims["main"] = self.make_optimizer(self.model.parameters())
         self.optims["label_distribution"] = self.make_adam(self.nets["label_distribution"].parameters(), o["lr_r"], (0.9, 0.999))
 
     def pixels(self, x: torch.Tensor) -> torch.Tensor:
@@ -88,7 +88,7 @@ class CurriculumDA(Method):
     def step(self, source: Batch, target: Batch | None) -> dict[str, float]:
         o, ns = self.opts, len(source)
         with self.autocast():
-            feats, logits = self.classifier.features_and_logits(torch.cat([source.x, target.x]))
+            feats, logits = self.model.features_and_logits(torch.cat([source.x, target.x]))
             seg = self.task_loss_of(logits[:ns], source.y)
         r_logits = self.nets["label_distribution"](feats.detach())
         q_t = r_logits[ns:].detach().softmax(1)

@@ -92,8 +92,8 @@ def display_batches(domains, task_def, spec, device) -> tuple[Batch | None, Batc
         x = torch.from_numpy(np.ascontiguousarray(dom.images[idx])).to(device)
         y = torch.from_numpy(dom.labels[idx]).to(device) if dom.labels is not None else None
         m = None
-        if dom.masks is not None:
-            m = torch.from_numpy(dom.masks[idx]).to(device).unsqueeze(1).float() / 255
+        if dom.foreground is not None:
+            m = torch.from_numpy(dom.foreground[idx]).to(device).unsqueeze(1).float() / 255
         return Batch(to_float_nchw(x, spec.mean, spec.std), y, m)
 
     sv = domains.source_val

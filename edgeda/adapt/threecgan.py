@@ -101,7 +101,8 @@ from ..models.norm import frozen_bn_statistics
 from ..models.patchgan import PatchDiscriminator
 from ..tasks import task_of
 from .base import ADAPT_METHODS, AdaptMethod, reestimate_bn
-from .losses import IGNORE_INDEX, class_balanced_cross_entropy, virtual_adversarial_loss
+from ..data.dense import IGNORE_INDEX
+from .losses import class_balanced_cross_entropy, virtual_adversarial_loss
 
 DENSE_ITERS = 500
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import torch
 
+from ..data.dense import IGNORE_INDEX
 from ..errors import EdgedaError
 from ..models.superpixels import (LabelDistributionRegressor, class_fractions, label_distribution_kl, landmark_labels,
                                   predicted_label_distribution, slic_superpixels, soft_cross_entropy)
@@ -101,7 +102,7 @@ class CurriculumDA(Method):
         kl = label_distribution_kl(q_t, predicted_label_distribution(logits[ns:]))
         segments = slic_superpixels(self.pixels(target.x), o["n_segments"], o["compactness"])
         y_sp = landmark_labels(segments, logits[ns:].detach().float().softmax(1), o["landmark_fraction"])
-        labelled = y_sp != 255
+        labelled = y_sp != IGNORE_INDEX
         sp = self.task_loss_of(logits[ns:], y_sp) if bool(labelled.any()) else logits.new_zeros(()).float()
         self.update(seg + o["lambda_kl"] * kl + o["lambda_sp"] * sp, "main")
         return {**out, "loss/kl": kl.item(), "loss/sp": sp.item(), "sp/landmark_pixels": labelled.float().mean().item(),

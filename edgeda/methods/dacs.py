@@ -11,11 +11,11 @@ from ..errors import EdgedaError
 from ..models.mixing import (class_mix_masks, label_at_feature_scale, masked_feature_distance, mix, patch_keep_mask,
                              strong_augment)
 from ..models.mean_teacher import MeanTeacher, pseudo_labels
+from ..data.dense import IGNORE_INDEX
 from ..data.sampling import rare_class_weights
 from .base import Batch, Method
 from .registry import METHODS
 
-IGNORE = 255
 # DAFormer's feature-distance classes on Cityscapes: traffic light, traffic sign and the eight object classes
 THING_NAMES = {"traffic light", "traffic sign", "person", "rider", "car", "truck", "bus", "train", "motorcycle", "bicycle"}
 BACKGROUND_NAMES = {"background", "void", "unlabeled", "unlabelled", "other"}
@@ -38,7 +38,7 @@ def warmup_factor(progress: float, share: float, start: float = 1e-6) -> float:
 
 def weighted_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """mean_{n,h,w} weight * CE(logits, labels), ignored (255) pixels counting 0 (DACS's pixel-weighted loss)."""
-    ce = F.cross_entropy(logits.float(), labels.long(), ignore_index=IGNORE, reduction="none")
+    ce = F.cross_entropy(logits.float(), labels.long(), ignore_index=IGNORE_INDEX, reduction="none")
     return (ce * weight).mean()
 
 

@@ -360,7 +360,7 @@ def latency(profile: str, rounds: int = 15, calls: int = 20) -> dict:
 
     from edgeda.export.onnx import export_onnx, ort_session, signature_of
     from edgeda.models import build
-    from edgeda.task import TaskSpec
+    from edgeda.tasks.spec import TaskSpec
 
     torch.set_num_threads(1)
     out = {"models": {}, "int8": {}}
@@ -552,7 +552,7 @@ def overhead(rounds: int = 3, iters: int = 40) -> dict:
         m.train()
         for b in batches:
             t = time.perf_counter()
-            loss = m.task_loss_of(m.classifier(b.x), b.y)
+            loss = m.task_loss_of(m.model(b.x), b.y)
             m.optims["main"].zero_grad(set_to_none=True)
             loss.backward()
             m.optims["main"].step()
@@ -584,8 +584,8 @@ def eval_memory(sizes=(50, 150, 500)) -> dict:
     for n in sizes:
         code = (
             "import json,sys,torch; sys.path.insert(0,%r); torch.set_num_threads(1)\n"
-            "from edgeda.data import load_domain\nfrom edgeda.models import build\nfrom edgeda.task import TaskSpec\n"
-            "from edgeda.training.evaluate import evaluate_model\nfrom edgeda.bench.harness import PeakRss, rss_mb\n"
+            "from edgeda.data import load_domain\nfrom edgeda.models import build\nfrom edgeda.tasks.spec import TaskSpec\n"
+            "from edgeda.training.model_eval import evaluate_model\nfrom edgeda.bench.harness import PeakRss, rss_mb\n"
             "d=load_domain('synscenes:photo', labeled=True, size=(64,128))\nd=d.subset(list(range(%d)))\n"
             "s=TaskSpec(19,d.classes,task='segmentation',image_size=(64,128))\n"
             "m=build('dense_model',arch='lraspp',num_outputs=19,output='logits',channels=3)\n"

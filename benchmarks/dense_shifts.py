@@ -161,7 +161,7 @@ def frame_counts(net, domain, spec) -> dict[str, np.ndarray]:
     import torch
 
     from edgeda.tasks import task_of
-    from edgeda.training.evaluate import eval_batches
+    from edgeda.training.model_eval import eval_batches
 
     k, task = spec.num_classes, task_of(spec)
     inter, union, support = [], [], []
@@ -192,7 +192,7 @@ def class_maps(net, domain, spec, n: int = MAP_FRAMES) -> tuple[np.ndarray, np.n
     """(frame indices, predicted class maps (n, H, W) uint8) on a fixed sample of the adaptation split."""
     import torch
 
-    from edgeda.training.evaluate import eval_batches
+    from edgeda.training.model_eval import eval_batches
 
     idx = np.sort(np.random.default_rng(20251205).choice(len(domain), min(n, len(domain)), replace=False))
     maps = []

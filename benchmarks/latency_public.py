@@ -102,7 +102,7 @@ def measure(models: list[str], sizes: list[tuple[int, int]], rounds: int, calls:
     from edgeda.export.onnx import export_onnx, ort_session, signature_of
     from edgeda.export.quantize import quantize_int8
     from edgeda.models import build
-    from edgeda.task import TaskSpec
+    from edgeda.tasks.spec import TaskSpec
 
     torch.set_num_threads(1)
     rows = {}

@@ -118,7 +118,7 @@ class AdaptTarget:
         from edgeda.data import load_domain
         from edgeda.models import build
         from edgeda.bundle import write_bundle
-        from edgeda.task import TaskSpec
+        from edgeda.tasks.spec import TaskSpec
         from edgeda.utils import sha256_file
 
         work.mkdir(parents=True, exist_ok=True)

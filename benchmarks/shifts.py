@@ -183,7 +183,7 @@ def _test_correct(rec: dict, cfg) -> dict[str, str]:
     """Per candidate, one '0'/'1' per target test image (is its prediction right): what the few-labels
     selection below draws from."""
     from edgeda.bundle import load_bundle
-    from edgeda.training.evaluate import evaluate_model
+    from edgeda.training.model_eval import evaluate_model
     from edgeda.training.domains import load_domains
 
     test = load_domains(cfg, True).target_test

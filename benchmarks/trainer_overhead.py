@@ -46,7 +46,7 @@ def bare_loop(trainer, iters: int) -> list[float]:
 
     trainer.setup()
     m = trainer.method
-    clf, disc, opt = m.nets["classifier"], m.nets["domain"], m.optims["main"]
+    clf, disc, opt = m.nets["model"], m.nets["domain"], m.optims["main"]
     batches = [(trainer.source_stream.next(), trainer.target_stream.next()) for _ in range(iters)]
     m.train()
     times = []

@@ -9,7 +9,7 @@ _LAZY = {
     "train": ("edgeda.training.trainer", "train"),
     "TrainConfig": ("edgeda.config", "TrainConfig"),
     "load_bundle": ("edgeda.bundle", "load_bundle"),
-    "evaluate": ("edgeda.evaluation", "evaluate_bundle"),
+    "evaluate": ("edgeda.bundle_eval", "evaluate_bundle"),
     "load_domain": ("edgeda.data.spec", "load_domain"),
     "export": ("edgeda.export.api", "export_bundle"),
     "predict": ("edgeda.export.prediction", "predict"),

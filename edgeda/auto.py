@@ -23,7 +23,7 @@ from .errors import EdgedaError
 from .methods import METHODS
 from .tasks import task_of
 from .training.domains import load_domains
-from .training.evaluate import evaluate_model, evaluation_context
+from .training.model_eval import evaluate_model, evaluation_context
 from .training.selection import selector_names
 from .training.trainer import train
 from .training.validators import score_candidates

@@ -16,7 +16,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from .errors import BundleError, BundleWarning, EdgedaError
-from .task import TaskSpec
+from .tasks.spec import TaskSpec
 from .utils import atomic_dir, sha256_file
 
 FORMAT = "edgeda-bundle"
@@ -215,8 +215,8 @@ class Bundle:
         return self.manifest.get("training", {}).get("domains", {}).get("target_test")
 
     @property
-    def classifier(self):
-        """The task network (the classifier of a classification bundle, the dense model otherwise)."""
+    def model(self):
+        """The task network (the ``classifier`` of a classification bundle, the dense ``model`` otherwise)."""
         return self.module(self.primary)
 
     def file(self, rel: str) -> Path:

@@ -81,14 +81,14 @@ class _TaskOption(click.Option):
     (the registry imports torch, which plain commands should not pay for)."""
 
     def get_help_record(self, ctx):
-        from .task import known_tasks
+        from .tasks.spec import known_tasks
 
         record = super().get_help_record(ctx)
         return record and (record[0], record[1].replace("{choices}", " | ".join(known_tasks())))
 
 
 def _check_task(task):
-    from .task import known_tasks
+    from .tasks.spec import known_tasks
 
     if task is not None and task not in known_tasks():
         raise EdgedaError(f"unknown --task {task!r}; valid: {', '.join(known_tasks())}")
@@ -249,7 +249,7 @@ def eval_cmd(bundle, data, confusion_png, samples_png, device, as_json) -> None:
     depth errors, with a confusion matrix PNG (and sample panels for dense tasks)."""
     from pathlib import Path
 
-    from .evaluation import evaluate_bundle
+    from .bundle_eval import evaluate_bundle
 
     stem = str(Path(bundle).with_suffix(""))
     confusion_png = confusion_png or stem + "-confusion.png"

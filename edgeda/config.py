@@ -69,7 +69,7 @@ class TrainConfig:
         self.amp = amp
         if self.channels not in (1, 3):
             raise EdgedaError("channels must be 1 or 3")
-        from .task import known_tasks
+        from .tasks.spec import known_tasks
 
         if self.task is not None and self.task not in known_tasks():
             raise EdgedaError(f"unknown --task {self.task!r}; valid: {', '.join(known_tasks())}")

@@ -66,17 +66,6 @@ def barrier(info: DistInfo) -> None:
         dist.barrier()
 
 
-def all_true(flag: bool, info: DistInfo, device) -> bool:
-    """True on every rank only if ``flag`` is true on every rank (a collective)."""
-    if not info.enabled:
-        return flag
-    import torch.distributed as dist
-
-    t = torch.tensor([1 if flag else 0], device=device)
-    dist.all_reduce(t, op=dist.ReduceOp.MIN)
-    return bool(t.item())
-
-
 def _collective_device(info: DistInfo, device) -> torch.device:
     """Where collective tensors must live: the rank's GPU under NCCL, else the CPU."""
     import torch.distributed as dist

@@ -79,7 +79,7 @@ SEG_CLASSES = ("bg", "fg", "sky")
 
 def seg_spec(k=2, size=(32, 48)):
     """A segmentation task of ``k`` classes, for method steps on hand-made batches."""
-    from edgeda.task import TaskSpec
+    from edgeda.tasks.spec import TaskSpec
 
     return TaskSpec(k, list(SEG_CLASSES[:k]), task="segmentation", image_size=size)
 

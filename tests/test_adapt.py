@@ -80,7 +80,7 @@ def test_tent_adapts_skips_corrupt_files_keeps_input_and_exports(shipped, tmp_pa
     old, new = _state(bundle), _state(out)
     assert torch.equal(old["head.weight"], new["head.weight"])
     assert not all(torch.equal(old[k], new[k]) for k in old if "running_mean" in k)
-    from edgeda.evaluation import evaluate_bundle
+    from edgeda.bundle_eval import evaluate_bundle
 
     ev = evaluate_bundle(out, "handwritten:test", device="cpu")
     assert ev["n"] == 797 and abs(ev["accuracy"] - r.accuracy["after"]) < 1e-9
@@ -117,9 +117,9 @@ class _Collapser(AdaptMethod):
         if self.steps >= 3:
             with torch.no_grad():
                 if self.opts["mode"] == "nan":
-                    self.classifier.head.weight.fill_(float("nan"))
+                    self.model.head.weight.fill_(float("nan"))
                 else:
-                    self.classifier.head.bias[0] = 1e4
+                    self.model.head.bias[0] = 1e4
         return {}
 
 
@@ -156,7 +156,7 @@ class _Sharpener(AdaptMethod):
     def step(self, x, idx=None):
         self.steps += 1
         with torch.no_grad():
-            for p in self.classifier.head.parameters():
+            for p in self.model.head.parameters():
                 p.mul_(2.0 if self.steps <= 2 else 0.9)
         return {}
 
@@ -304,7 +304,7 @@ class _Worsener(AdaptMethod):
 
     def _flatten(self):
         with torch.no_grad():
-            for p in self.classifier.head.parameters():
+            for p in self.model.head.parameters():
                 p.mul_(0.8)
 
     def step(self, x, idx=None):

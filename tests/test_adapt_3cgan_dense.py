@@ -61,7 +61,7 @@ def test_dense_defaults_overlay_and_explicit_options_win(seg):
     b = Bundle(seg["bundle"])
     m = ThreeCGAN(b.module(b.primary), b.task, options={"g_width": 8, "lambda_vat": "0"})
     assert m.opts["g_width"] == 8 and m.opts["lambda_vat"] == 0.0 and m.opts["z_dim"] == 32  # the dense z
-    assert m.default_iters < ThreeCGAN.default_iters and m.classifier_passes == 3.0
+    assert m.default_iters < ThreeCGAN.default_iters and m.model_passes == 3.0
     assert m.G.num_classes == len(CLASSES)
     with pytest.raises(EdgedaError, match="confidence"):
         ThreeCGAN(b.module(b.primary), b.task, options={"confidence": 1.5})

@@ -18,7 +18,7 @@ from edgeda.adapt.base import TargetSet
 from edgeda.adapt.cotta import CoTTA, cotta_augment, multiscale_flip_probs, stochastic_restore
 from edgeda.adapt.shot import mean_pixel_probabilities
 from edgeda.bundle import Bundle
-from edgeda.task import TaskSpec
+from edgeda.tasks.spec import TaskSpec
 from edgeda.tasks import task_of
 
 CLASSES = ("bg", "square", "stripe")
@@ -107,7 +107,7 @@ def test_teacher_is_the_ema_of_the_updated_student_and_restoration_follows():
     before = {k: v.clone() for k, v in m.teacher.state_dict().items()}
     out = m.step(x)
     assert out["averaged"] == 1.0  # every pixel is below a threshold of 1: all targets averaged
-    student = m.classifier.state_dict()
+    student = m.model.state_dict()
     moved = 0
     for k, t in m.teacher.state_dict().items():
         if t.is_floating_point():
@@ -116,9 +116,9 @@ def test_teacher_is_the_ema_of_the_updated_student_and_restoration_follows():
     assert moved  # the student did move, and the teacher with it
     # with p = 1 every student weight is back at the shipped value after the step; the teacher is not
     m1, _ = _dense_cotta({"alpha": 0.9, "restore_p": 1.0})
-    shipped = _params(m1.classifier)
+    shipped = _params(m1.model)
     m1.step(x)
-    assert all(torch.equal(p, shipped[k]) for k, p in m1.classifier.named_parameters())
+    assert all(torch.equal(p, shipped[k]) for k, p in m1.model.named_parameters())
     assert any(not torch.equal(p, shipped[k]) for k, p in m1.teacher.named_parameters())
 
 
@@ -204,7 +204,7 @@ def test_cotta_cli_writes_a_bundle_that_evaluates(request, tmp_path, kind):
         ev = edgeda.evaluate(out, d["test"], device="cpu")
         assert 0.0 <= ev["miou"] <= 1.0
     else:
-        from edgeda.evaluation import evaluate_bundle
+        from edgeda.bundle_eval import evaluate_bundle
 
         ev = evaluate_bundle(out, "handwritten:test", device="cpu")
         assert ev["n"] == 797 and 0.0 <= ev["accuracy"] <= 1.0

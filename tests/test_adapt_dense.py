@@ -235,7 +235,7 @@ class _PixelCollapser(AdaptMethod):
         self.steps += 1
         if self.steps >= 3:
             with torch.no_grad():
-                for conv in hypothesis_layers(self.classifier):
+                for conv in hypothesis_layers(self.model):
                     conv.bias[0] = 1e4
         return {}
 
@@ -279,7 +279,7 @@ class _LogitShift(AdaptMethod):
 
     def prepare(self, target):
         with torch.no_grad():
-            for conv in hypothesis_layers(self.classifier):
+            for conv in hypothesis_layers(self.model):
                 conv.weight.mul_(float(self.opts["scale"]))
                 conv.bias.mul_(float(self.opts["scale"]))
                 conv.bias[0] += float(self.opts["background"])
@@ -322,7 +322,7 @@ def prediction_stats_uniform(stats):
 
 def test_depth_bundle_is_one_error_naming_the_methods(tmp_path):
     from edgeda.bundle import write_bundle
-    from edgeda.task import TaskSpec
+    from edgeda.tasks.spec import TaskSpec
     from edgeda.tasks import task_of
 
     spec = TaskSpec(task="depth", image_size=(32, 32), channels=3, depth_range=(0.1, 80.0))

@@ -17,7 +17,7 @@ from edgeda.adapt.detection import (DetectionMonitor, DetectionStats, anchor_ent
 from edgeda.adapt.tasks import adaptation_of
 from edgeda.bundle import Bundle, write_bundle
 from edgeda.models import build
-from edgeda.task import TaskSpec
+from edgeda.tasks.spec import TaskSpec
 
 CLASSES = ["red", "green"]
 SIZE = 64
@@ -291,8 +291,8 @@ class _DetectionCollapser(AdaptMethod):
         if self.steps > self.opts["after"]:
             k1 = self.task.num_classes + 1
             with torch.no_grad():
-                for b in class_biases(self.classifier):
-                    if self.classifier.arch == "fcos":  # sigmoids: every class off, or every class on
+                for b in class_biases(self.model):
+                    if self.model.arch == "fcos":  # sigmoids: every class off, or every class on
                         b[1:] += -30.0 if self.opts["mode"] == "vanish" else 30.0
                     else:  # softmax: background, or class 0, wins at every anchor
                         b[0 if self.opts["mode"] == "vanish" else 1::k1] += 30.0

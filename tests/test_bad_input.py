@@ -216,7 +216,7 @@ def test_bad_npz_through_train_cli(tmp_path):
 def _bundle(tmp_path, classes=("a", "b", "c")):
     from edgeda.bundle import write_bundle
     from edgeda.models import build
-    from edgeda.task import TaskSpec
+    from edgeda.tasks.spec import TaskSpec
 
     clf = build("classifier", backbone="dtn", num_classes=len(classes), channels=3, image_size=32,
                 backbone_kwargs={"width": 8, "out_dim": 32})

@@ -10,13 +10,13 @@ import torch.nn.functional as F
 
 from conftest import assert_running_stats_follow, tiny_config
 from edgeda.bundle import load_bundle
-from edgeda.evaluation import evaluate_bundle
+from edgeda.bundle_eval import evaluate_bundle
 from edgeda.methods import METHODS, Batch
 from edgeda.methods.losses import difference_loss, info_nce, nt_xent, scale_invariant_mse
 from edgeda.models.alignment import coral, multi_kernel_mmd
 from edgeda.models.augment import rand_augment
 from edgeda.models.pooling import attention_pool
-from edgeda.task import TaskSpec
+from edgeda.tasks.spec import TaskSpec
 from edgeda.training import Trainer
 
 FEATURE_METHODS = ["coral", "mmd", "dsn", "two_stream", "csg"]
@@ -142,7 +142,7 @@ def test_classification_dann_is_unchanged():
     m.progress = 0.4
     out = m.step(Batch(xs, ys), Batch(xt))
     coeff = dann_coefficient(0.4)
-    feats, logits = ref["classifier"].features_and_logits(torch.cat([xs, xt]))
+    feats, logits = ref["model"].features_and_logits(torch.cat([xs, xt]))
     cls = F.cross_entropy(logits[:4], ys)
     dom, _ = domain_adversarial_loss(ref["domain"], feats[:4], feats[4:], coeff)
     opt.zero_grad()
@@ -167,9 +167,9 @@ def test_method_trains_and_bundle_evaluates(tmp_path, method):
     m = evaluate_bundle(res.bundle, device="cpu")
     assert m["accuracy"] == pytest.approx(res.metrics["target_test_acc"], abs=1e-9)
     if method == "two_stream":  # ships the target stream, which has drifted from the source stream
-        src, tgt = tr.method.nets["source"].state_dict(), tr.method.classifier.state_dict()
+        src, tgt = tr.method.nets["source"].state_dict(), tr.method.model.state_dict()
         assert any(not torch.equal(src[k], tgt[k]) for k in src)
-        torch.testing.assert_close(b.classifier.state_dict()["head.weight"], tgt["head.weight"].cpu())
+        torch.testing.assert_close(b.model.state_dict()["head.weight"], tgt["head.weight"].cpu())
 
 
 def test_csg_init_freezes_the_given_encoder(tmp_path):
@@ -177,11 +177,11 @@ def test_csg_init_freezes_the_given_encoder(tmp_path):
     tr = Trainer(tiny_config(tmp_path / "csg", method="csg", init=str(base.bundle), eval_every=6), progress=False, log=None)
     res = tr.run()
     assert "train/loss/nce" in res.history[0]  # contrastive from the first step: no pretraining phase
-    init = load_bundle(base.bundle).classifier.features.state_dict()
+    init = load_bundle(base.bundle).model.features.state_dict()
     frozen = tr.method.nets["frozen"].state_dict()
     for k, v in init.items():
         torch.testing.assert_close(frozen[k], v)  # E_0 stays the initial encoder, BN statistics included
-    assert not torch.equal(tr.method.classifier.features.state_dict()["fc.2.weight"], init["fc.2.weight"])
+    assert not torch.equal(tr.method.model.features.state_dict()["fc.2.weight"], init["fc.2.weight"])
 
 
 def test_frozen_bn_statistics_normalises_per_batch_and_keeps_running_statistics():
@@ -213,11 +213,11 @@ def test_coral_separate_bn_statistics_follow_the_target_only(tmp_path):
         tr = Trainer(tiny_config(tmp_path / bn, method="coral", options={"bn": bn}), progress=False, log=None)
         tr.setup()
         tr.method.train()
-        reference = copy.deepcopy(tr.method.classifier)
+        reference = copy.deepcopy(tr.method.model)
         with torch.no_grad():  # what the target batch alone does to the statistics
             reference(xt if bn == "separate" else torch.cat([xs, xt]))
         tr.method.step(Batch(xs, ys), Batch(xt))
-        stats[bn] = assert_running_stats_follow(tr.method.classifier, reference)
+        stats[bn] = assert_running_stats_follow(tr.method.model, reference)
     assert not torch.equal(stats["separate"], stats["joint"])
     with pytest.raises(Exception, match="bn="):
         Trainer(tiny_config(tmp_path / "bad", method="coral", iters=1, options={"bn": "both"}), progress=False, log=None).run()
@@ -228,8 +228,8 @@ def test_csg_backbone_lr_scales_the_encoders_learning_rate_only(tmp_path):
     tr.setup()
     m = tr.method
     enc, rest = m.optims["main"].param_groups
-    assert {id(p) for p in enc["params"]} == {id(p) for p in m.classifier.features.parameters()}
-    assert id(m.classifier.head.weight) in {id(p) for p in rest["params"]}
+    assert {id(p) for p in enc["params"]} == {id(p) for p in m.model.features.parameters()}
+    assert id(m.model.head.weight) in {id(p) for p in rest["params"]}
     assert id(next(m.nets["proj"].parameters())) in {id(p) for p in rest["params"]}
     assert enc["lr"] == pytest.approx(0.1 * rest["lr"]) and enc["initial_lr"] == pytest.approx(0.1 * rest["initial_lr"])
     with pytest.raises(Exception, match="backbone_lr="):
@@ -307,10 +307,10 @@ def test_csg_anchor_pretrains_the_encoder_without_labels_then_freezes_it(tmp_pat
     m.train()
     main = {id(p) for g in m.optims["main"].param_groups for p in g["params"]}
     assert not main & {id(p) for p in m.nets["proj_anchor"].parameters()}
-    before = copy.deepcopy(m.classifier.state_dict())
+    before = copy.deepcopy(m.model.state_dict())
     batch = Batch(torch.randn(8, 3, 32, 32), torch.randint(0, 10, (8,)))
     assert set(m.step(batch, None)) == {"loss/anchor"}  # the source labels are not used yet
-    after = copy.deepcopy(m.classifier.state_dict())
+    after = copy.deepcopy(m.model.state_dict())
     assert torch.equal(after["head.weight"], before["head.weight"])  # the task head waits
     assert not torch.equal(after["features.fc.2.weight"], before["features.fc.2.weight"])
     m.progress = 0.5

@@ -10,7 +10,7 @@ from conftest import assert_running_stats_follow, tiny_config
 from edgeda.bundle import Bundle
 from edgeda.errors import TrainingDiverged
 from edgeda.methods import METHODS, Batch
-from edgeda.task import TaskSpec
+from edgeda.tasks.spec import TaskSpec
 from edgeda.training import Trainer
 
 TINY = {"g_width": 4, "g_blocks": 1, "g_kernel": 3, "d_width": 4, "d_layers": 1}
@@ -36,7 +36,7 @@ def test_short_training_run_ships_classifier_and_generator_with_sample_grids(tmp
     history = [json.loads(line) for line in (res.run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [h["samples_png"] for h in history] == [str(g) for g in grids]
     assert all(torch.isfinite(v.float()).all() for v in b.module(shipped).state_dict().values())
-    from edgeda.evaluation import evaluate_bundle
+    from edgeda.bundle_eval import evaluate_bundle
 
     assert evaluate_bundle(b, device="cpu")["samples_png"] == str(grids[-1])
 
@@ -68,10 +68,10 @@ def test_cyclegan_trains_the_gan_then_the_classifier_on_translated_images(name):
     assert any(not torch.equal(before[k], v) for k, v in m.nets["refiner"].state_dict().items())
     m.progress = 0.6  # stage 2: the refiner is frozen, only the classifier learns
     frozen = {k: v.clone() for k, v in m.nets["refiner"].state_dict().items()}
-    clf = {k: v.clone() for k, v in m.classifier.state_dict().items()}
+    clf = {k: v.clone() for k, v in m.model.state_dict().items()}
     assert set(m.step(s, t)) == {"loss/cls_refined"}
     assert all(torch.equal(frozen[k], v) for k, v in m.nets["refiner"].state_dict().items())
-    assert any(not torch.equal(clf[k], v) for k, v in m.classifier.state_dict().items())
+    assert any(not torch.equal(clf[k], v) for k, v in m.model.state_dict().items())
 
 
 @pytest.mark.parametrize("name", ["cyclegan", "fgbg_cyclegan"])
@@ -101,7 +101,7 @@ def test_cyclegan_target_semantic_loss_keeps_the_class_c_gives_the_target_image(
     torch.manual_seed(0)
     plain = _method(name)  # the same networks, without the term
     m.progress = plain.progress = 0.1
-    C = m.classifier
+    C = m.model
     with torch.no_grad():  # the networks before this step's update, C on each batch's own statistics
         ref = copy.deepcopy(C)
         pseudo = ref(t.x).argmax(1)
@@ -113,7 +113,7 @@ def test_cyclegan_target_semantic_loss_keeps_the_class_c_gives_the_target_image(
     running = [k for k in C.state_dict() if k.endswith(("running_mean", "running_var"))]
     assert running
     for k in running:  # the term's passes leave C's running statistics alone
-        torch.testing.assert_close(C.state_dict()[k], plain.classifier.state_dict()[k])
+        torch.testing.assert_close(C.state_dict()[k], plain.model.state_dict()[k])
 
 
 def test_fgbg_without_masks_falls_back_to_the_plain_cycle():
@@ -147,13 +147,13 @@ def test_suit_separate_bn_statistics_follow_the_translated_images_only():
     for bn in ("separate", "joint"):
         torch.manual_seed(0)
         m = _method("suit", bn=bn)
-        reference = copy.deepcopy(m.classifier)
+        reference = copy.deepcopy(m.model)
         G = copy.deepcopy(m.nets["refiner"])
         with torch.no_grad():  # what the translated batch alone (or the mixed one) does to the statistics
             fake = m.to_input(G(m.to_tanh(s.x)))
             reference(fake if bn == "separate" else torch.cat([s.x, fake]))
         m.step(s, t)
-        stats[bn] = assert_running_stats_follow(m.classifier, reference)
+        stats[bn] = assert_running_stats_follow(m.model, reference)
     assert not torch.equal(stats["separate"], stats["joint"])
     with pytest.raises(Exception, match="bn="):
         _method("suit", bn="both")
@@ -165,14 +165,14 @@ def test_suit_target_bn_statistics_follow_the_real_target_images_only():
     s, t = _batches(8)
     torch.manual_seed(0)
     m = _method("suit", bn="target")
-    before = {k: v.clone() for k, v in m.classifier.state_dict().items() if k.endswith(("running_mean", "running_var"))}
+    before = {k: v.clone() for k, v in m.model.state_dict().items() if k.endswith(("running_mean", "running_var"))}
     assert before
     m.step(s, t)
-    reference = copy.deepcopy(m.classifier)  # the updated weights, the statistics from before the step
+    reference = copy.deepcopy(m.model)  # the updated weights, the statistics from before the step
     reference.load_state_dict({**reference.state_dict(), **before})
     with torch.no_grad():
         reference(t.x)  # the real target batch alone
-    got, want = m.classifier.state_dict(), reference.state_dict()
+    got, want = m.model.state_dict(), reference.state_dict()
     for k in before:
         torch.testing.assert_close(got[k], want[k])
     assert any(not torch.equal(got[k], before[k]) for k in before)
@@ -187,12 +187,12 @@ def test_suit_per_player_objectives_give_each_player_only_its_own_terms(objectiv
     s, t = _batches(8)
     torch.manual_seed(0)
     m = _method("suit", objectives=objectives)
-    G, C, D = m.nets["refiner"], m.classifier, m.nets["disc"]
+    G, C, D = m.nets["refiner"], m.model, m.nets["disc"]
     got, want = {}, {}
     real_update = m.update
 
     def spy(loss, *names, **kw):
-        if "classifier" in names:  # the G + C step (D has just been updated, as in the method)
+        if "model" in names:  # the G + C step (D has just been updated, as in the method)
             for who, net in (("G", G), ("C", C)):
                 got[who] = torch.autograd.grad(loss, list(net.parameters()), retain_graph=True, allow_unused=True)
             with frozen_bn_statistics(C):  # the paper's split, computed independently
@@ -223,10 +223,10 @@ def test_label2image_phases():
     s, t = _batches(8)
     m.progress = 0.0
     assert set(m.step(s, t)) == {"loss/cls_src"}
-    clf = {k: v.clone() for k, v in m.classifier.state_dict().items()}
+    clf = {k: v.clone() for k, v in m.model.state_dict().items()}
     m.progress = 0.4  # phase 2: only G and D, the classifier is the fixed teacher
     assert set(m.step(s, t)) == {"loss/d", "loss/g_adv", "loss/semantic"}
-    assert all(torch.equal(clf[k], v) for k, v in m.classifier.state_dict().items())
+    assert all(torch.equal(clf[k], v) for k, v in m.model.state_dict().items())
     m.progress = 0.8
     assert {"loss/cls_gen", "loss/target_entropy", "loss/semantic"} <= set(m.step(s, t))
 

@@ -39,7 +39,7 @@ def test_eval_names_the_reasons_of_skipped_dense_files(tmp_path):
     says how many it skipped and why, and scores only the rest."""
     from edgeda.bundle import write_bundle
     from edgeda.models import build
-    from edgeda.task import TaskSpec
+    from edgeda.tasks.spec import TaskSpec
 
     root = tmp_path / "seg"
     (root / "images").mkdir(parents=True)

@@ -362,14 +362,14 @@ def test_segmentation_validator_rows_shape_determinism_and_content():
 # -- evaluation memory -------------------------------------------------------------------------
 
 def _seg_spec(k=3, size=(32, 32)):
-    from edgeda.task import TaskSpec
+    from edgeda.tasks.spec import TaskSpec
 
     return TaskSpec(num_classes=k, classes=list("abc")[:k] if k <= 3 else [str(i) for i in range(k)],
                     task="segmentation", image_size=size)
 
 
 def _depth_spec(max_depth=80.0, size=(32, 32)):
-    from edgeda.task import TaskSpec
+    from edgeda.tasks.spec import TaskSpec
 
     return TaskSpec(task="depth", image_size=size, depth_range=(0.1, max_depth))
 
@@ -397,7 +397,7 @@ def _no_per_image_arrays(scores, n):
 @pytest.mark.parametrize("task_name", ["segmentation", "depth"])
 def test_evaluation_state_does_not_grow_with_images(task_name, monkeypatch):
     from edgeda.data.dense import ArrayDenseDomain
-    from edgeda.training.evaluate import evaluate_model
+    from edgeda.training.model_eval import evaluate_model
 
     torch.manual_seed(0)
     spec = _seg_spec(3) if task_name == "segmentation" else _depth_spec()

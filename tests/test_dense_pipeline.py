@@ -480,7 +480,7 @@ def _same_batches(a, b):
 @pytest.mark.parametrize("kind", ["array", "folder"])
 def test_dense_stream_resumes_at_the_same_batch(kind, tmp_path):
     from edgeda.data import load_domain
-    from edgeda.task import TaskSpec
+    from edgeda.tasks.spec import TaskSpec
     from edgeda.training.dense_stream import DenseStream
 
     if kind == "array":
@@ -545,7 +545,7 @@ def test_dense_run_resume_gives_the_same_weights(data, tmp_path):
 
 def test_dense_stream_resumes_across_an_epoch_boundary(tmp_path):
     from edgeda.data import load_domain
-    from edgeda.task import TaskSpec
+    from edgeda.tasks.spec import TaskSpec
     from edgeda.training.dense_stream import DenseStream
 
     dom = load_domain(_square_npz(tmp_path / "s.npz", 10, 32, 48), labeled=True)
@@ -597,16 +597,16 @@ def test_init_from_a_dense_bundle_loads_its_model(tmp_path):
 
     src = _square_npz(tmp_path / "src.npz", 16, 32, 48)
     res = _square_train(tmp_path, src, src, None, iters=2)
-    shipped = edgeda.load_bundle(res.bundle).classifier.state_dict()
+    shipped = edgeda.load_bundle(res.bundle).model.state_dict()
     cfg = dict(method="advent", source=src, target=src, iters=2, batch_size=4, image_size=[32, 48], backbone="lraspp",
                backbone_kwargs={"width": 0.25}, device="cpu", init=str(res.bundle))
     tr = Trainer(make_config(None, {**cfg, "out": str(tmp_path / "adv")}), progress=False, log=None)
     tr.setup()  # what run() does first: the method, then --init
-    got = tr.method.classifier.state_dict()
+    got = tr.method.model.state_dict()
     assert set(got) == set(shipped) and all(torch.equal(got[k], shipped[k]) for k in shipped)
     fresh = Trainer(make_config(None, {**cfg, "init": None, "out": str(tmp_path / "fresh")}), progress=False, log=None)
     fresh.setup()
-    assert not all(torch.equal(fresh.method.classifier.state_dict()[k], shipped[k]) for k in shipped)
+    assert not all(torch.equal(fresh.method.model.state_dict()[k], shipped[k]) for k in shipped)
     with pytest.raises(EdgedaError, match="does not fit"):
         Trainer(make_config(None, {**cfg, "backbone_kwargs": {"width": 0.5}, "out": str(tmp_path / "wide")}),
                 progress=False, log=None).run()
@@ -644,7 +644,7 @@ def test_backbone_weights_are_in_the_model_at_start(data, tmp_path):
 
     tr, logs = _deeplab_trainer(data, tmp_path, file)
     tr.setup()
-    enc = tr.method.classifier.encoder.state_dict()
+    enc = tr.method.model.encoder.state_dict()
     for k, v in state.items():
         assert torch.equal(enc[k], v), k
     assert any("tensors loaded" in line and "1 unused" in line for line in logs)

@@ -154,7 +154,7 @@ def test_target_val_selects_dense_models_by_miou_on_a_few_labelled_frames(tmp_pa
 
     import edgeda
     from edgeda.bundle import load_bundle
-    from edgeda.training.evaluate import evaluate_model
+    from edgeda.training.model_eval import evaluate_model
 
     test = load_domain("handwritten-scenes:paper-test", labeled=True, n=3, size=(32, 32))
     adapt = load_domain("handwritten-scenes:paper", labeled=True, n=8, size=(32, 32))

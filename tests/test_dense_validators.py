@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from edgeda.data.dense import ArrayDenseDomain
-from edgeda.task import TaskSpec
-from edgeda.training.evaluate import augmentation_confusion, label_marginal
+from edgeda.tasks.spec import TaskSpec
+from edgeda.training.model_eval import augmentation_confusion, label_marginal
 from edgeda.training.selection import VALIDATORS, EvalContext, label_confusion, score_all, score_candidates, selector_names
 from edgeda.training.validators.info_max_prior import information_maximisation_prior
 from edgeda.trust import WARNING_RULE, WARNING_RULES, transfer_warning, warning_reasons
@@ -102,7 +102,7 @@ def test_aug_consistency_maps_a_flip_back_exactly():
 
 
 def test_flips_are_checked_only_where_training_treats_them_as_label_preserving():
-    from edgeda.training.evaluate import consistency_augmentations
+    from edgeda.training.model_eval import consistency_augmentations
 
     assert consistency_augmentations(dense=True) == ("flip", "rescale", "colour")
     assert "flip" not in consistency_augmentations(dense=True, hflip=False)  # digits, text

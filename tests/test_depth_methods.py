@@ -11,7 +11,7 @@ import edgeda
 from edgeda.methods import METHODS
 from edgeda.methods.losses import edge_aware_smoothness
 from edgeda.errors import EdgedaError
-from edgeda.task import TaskSpec
+from edgeda.tasks.spec import TaskSpec
 from edgeda.tasks.metrics import DepthMeter
 
 SPEC = TaskSpec(num_classes=0, classes=[], task="depth", image_size=(32, 64), channels=3, depth_range=(0.1, 80.0))

@@ -85,7 +85,7 @@ def test_consistency_is_zero_only_when_image_and_instance_levels_agree():
 
 def _method(arch="ssdlite", **options):
     from edgeda.methods import METHODS
-    from edgeda.task import TaskSpec
+    from edgeda.tasks.spec import TaskSpec
 
     spec = TaskSpec(2, ["a", "b"], task="detection", image_size=(S, S))
     return METHODS.get("dann")(spec, backbone=arch, backbone_kwargs=MODELS[arch], options=options)
@@ -131,7 +131,7 @@ def test_dann_without_the_option_is_image_level_only():
 
 def test_dann_instance_option_is_refused_outside_detection():
     from edgeda.methods import METHODS
-    from edgeda.task import TaskSpec
+    from edgeda.tasks.spec import TaskSpec
 
     with pytest.raises(edgeda.errors.EdgedaError, match="instance"):
         METHODS.get("dann")(TaskSpec(10, [str(i) for i in range(10)]), options={"instance": 1.0})
@@ -146,7 +146,7 @@ def test_instance_weights_change_the_update_of_the_detector():
         m.train()
         m.progress = 0.5
         m.step(_batch(0), _batch(1, labeled=False))
-        return torch.cat([p.detach().flatten() for p in m.classifier.trunk.parameters()])
+        return torch.cat([p.detach().flatten() for p in m.model.trunk.parameters()])
 
     torch.manual_seed(0)
     a = trunk_after(instance=1.0)

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from edgeda.task import TaskSpec
+from edgeda.tasks.spec import TaskSpec
 from edgeda.tasks import task_of
 from edgeda.tasks.detection_metrics import (DetectionMeter, coco_results, coco_scores, compare_detections, join_packed,
                                             unpad)

@@ -36,7 +36,7 @@ def test_detector_trains_evaluates_predicts_and_exports(tmp_path, data, arch):
     assert b.task.task == "detection" and b.task.classes == ["a", "b"]
     assert 0.0 <= res.metrics["target_test_map"] <= 1.0 and "map50" in res.metrics["target_test_scores"]
 
-    from edgeda.evaluation import evaluate_bundle
+    from edgeda.bundle_eval import evaluate_bundle
 
     m = evaluate_bundle(res.bundle, data["target"], samples_png=tmp_path / "s.png", device="cpu")
     assert set(m["per_class_ap"]) == {"a", "b"} and (tmp_path / "s.png").is_file()
@@ -79,7 +79,7 @@ def test_detection_runs_refuse_a_source_without_boxes(tmp_path, data):
 # -- methods -----------------------------------------------------------------------------------
 def _method(name, arch="ssdlite", **options):
     from edgeda.methods import METHODS
-    from edgeda.task import TaskSpec
+    from edgeda.tasks.spec import TaskSpec
 
     spec = TaskSpec(2, ["a", "b"], task="detection", image_size=(S, S))
     return METHODS.get(name)(spec, backbone=arch, backbone_kwargs=MODELS[arch], options=options)
@@ -107,7 +107,7 @@ def test_mean_teacher_step_trains_the_student_and_moves_the_teacher(arch):
     m.step(_batch(2), _batch(3, labeled=False))
     moved = [k for k, v in m.mean_teacher.teacher.state_dict().items() if v.is_floating_point() and not torch.equal(v, first[k])]
     assert moved  # the EMA teacher follows the student
-    student = m.classifier.state_dict()
+    student = m.model.state_dict()
     assert any(not torch.equal(student[k], v) for k, v in m.mean_teacher.teacher.state_dict().items()
                if v.is_floating_point())  # ... without being a copy of it
 
@@ -135,10 +135,10 @@ def test_pseudo_boxes_keep_only_detections_above_the_threshold():
 
     m = _method("mean_teacher")
     x = _batch(0).x
-    low = pseudo_boxes(m.classifier, x, 0.0)
+    low = pseudo_boxes(m.model, x, 0.0)
     assert sum(len(p["scores"]) for p in low) > 0
     cut = float(torch.cat([p["scores"] for p in low]).median())
-    high = pseudo_boxes(m.classifier, x, cut)
+    high = pseudo_boxes(m.model, x, cut)
     kept = torch.cat([p["scores"] for p in high])
     assert len(kept) < sum(len(p["scores"]) for p in low) and bool((kept >= cut).all())
     assert all(set(p) == {"boxes", "labels", "scores"} and p["boxes"].shape[1] == 4 for p in high)
@@ -204,7 +204,7 @@ def test_dann_aligns_every_feature_level_of_a_detector(arch):
     m = _method("dann", arch)
     m.eval()
     with torch.no_grad():
-        assert len(m.nets["domain"]) == len(m.classifier.features(torch.zeros(1, 3, S, S))) > 1
+        assert len(m.nets["domain"]) == len(m.model.features(torch.zeros(1, 3, S, S))) > 1
     m.train()
     m.progress = 0.5
     before = [p.clone() for p in m.nets["domain"].parameters()]

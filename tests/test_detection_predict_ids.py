@@ -73,7 +73,7 @@ def test_predict_writes_the_coco_sources_own_category_ids(tmp_path):
 
 def test_results_fall_back_to_class_index_plus_one_without_ids():
     from edgeda.export.prediction import coco_results
-    from edgeda.task import TaskSpec
+    from edgeda.tasks.spec import TaskSpec
 
     rows = [{"path": "a.png", "detections": [{"box": [1, 2, 5, 6], "score": 0.9, "label": 0},
                                              {"box": [0, 0, 3, 3], "score": 0.4, "label": 2}]}]

@@ -14,7 +14,7 @@ MODELS = {"ssdlite": {"width": 0.25}, "fcos": {"backbone": "resnet18", "width": 
 
 def _method(name, arch="ssdlite", **options):
     from edgeda.methods import METHODS
-    from edgeda.task import TaskSpec
+    from edgeda.tasks.spec import TaskSpec
 
     spec = TaskSpec(2, ["a", "b"], task="detection", image_size=(S, S))
     return METHODS.get(name)(spec, backbone=arch, backbone_kwargs=MODELS[arch], options={"g_width": 8, **options})
@@ -78,11 +78,11 @@ def test_translation_methods_train_a_detector_on_translated_sources(name, arch):
 
     m.progress = 0.9  # stage 2: G frozen, the detector learns on G(x_s) with the source boxes
     g_frozen = [p.clone() for p in m.nets["refiner"].parameters()]
-    d_before = [p.clone() for p in m.classifier.parameters()]
+    d_before = [p.clone() for p in m.model.parameters()]
     out = m.step(_batch(2), _batch(3, labeled=False))
     assert set(out) == {"loss/cls_refined"} and np.isfinite(out["loss/cls_refined"])
     assert all(torch.equal(a, b) for a, b in zip(g_frozen, m.nets["refiner"].parameters()))
-    assert any(not torch.equal(a, b) for a, b in zip(d_before, m.classifier.parameters()))
+    assert any(not torch.equal(a, b) for a, b in zip(d_before, m.model.parameters()))
     assert set(m.deployables()) == {"model", "refiner"}
 
 
@@ -97,7 +97,7 @@ def test_translate_then_train_on_the_digit_pair_trains_evaluates_exports_and_pre
     from PIL import Image
 
     from edgeda.data import load_domain
-    from edgeda.evaluation import evaluate_bundle
+    from edgeda.bundle_eval import evaluate_bundle
     from edgeda.export.api import export_bundle
     from edgeda.export.prediction import predict
 

@@ -47,14 +47,14 @@ def _register_two_optimizer_method():
         summary = "test only: alternating discriminator / classifier updates"
 
         def build(self):
-            self.nets["classifier"] = self.make_classifier()
-            self.nets["disc"] = DomainClassifier(self.nets["classifier"].feature_dim, 16)
+            self.nets["model"] = self.make_model()
+            self.nets["disc"] = DomainClassifier(self.nets["model"].feature_dim, 16)
             self.optims["disc"] = self.make_optimizer(self.nets["disc"].parameters(), name="adam")
-            self.optims["clf"] = self.make_optimizer(self.nets["classifier"].parameters())
+            self.optims["clf"] = self.make_optimizer(self.nets["model"].parameters())
 
         def step(self, source, target):
-            fs, logits = self.classifier.features_and_logits(source.x)
-            ft, _ = self.classifier.features_and_logits(target.x)
+            fs, logits = self.model.features_and_logits(source.x)
+            ft, _ = self.model.features_and_logits(target.x)
             d = self.nets["disc"]
             d_loss = F.binary_cross_entropy_with_logits(d(fs.detach()), torch.ones(len(fs))) + \
                 F.binary_cross_entropy_with_logits(d(ft.detach()), torch.zeros(len(ft)))
@@ -141,7 +141,7 @@ def test_two_ranks_keep_identical_parameters_and_write_one_bundle(runs):
     assert [json.loads(x)["iteration"] for x in lines] == [2, 4]  # logged once, not once per rank
     shipped = Bundle(run / "model.edgeda").module("classifier").state_dict()
     for k, v in shipped.items():
-        torch.testing.assert_close(v, r0[f"classifier.{k}"], rtol=0, atol=0)
+        torch.testing.assert_close(v, r0[f"model.{k}"], rtol=0, atol=0)
 
 
 def test_ranks_train_on_different_shards(runs):

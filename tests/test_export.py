@@ -10,14 +10,14 @@ from torch import nn
 from edgeda.bundle import Bundle, write_bundle
 from edgeda.cli import main
 from edgeda.errors import EdgedaError
-from edgeda.evaluation import evaluate_bundle
+from edgeda.bundle_eval import evaluate_bundle
 from edgeda.export import api
 from edgeda.export.onnx import ort_session, run_torch, signature_of
 from edgeda.export.quantize import to_float16
 from edgeda.export.trt import check_engine_metadata
 from edgeda.models import build
 from edgeda.models.registry import ARCHITECTURES
-from edgeda.task import TaskSpec
+from edgeda.tasks.spec import TaskSpec
 
 DOMAINS = {"target": "handwritten:adapt", "target_test": "handwritten:test"}
 

@@ -10,10 +10,10 @@ from matplotlib.text import Text  # noqa: E402
 
 from edgeda.data.dense import ArrayDenseDomain  # noqa: E402
 from edgeda.tasks.preview import preview_dense_figure  # noqa: E402
-from edgeda.task import TaskSpec  # noqa: E402
+from edgeda.tasks.spec import TaskSpec  # noqa: E402
 from edgeda.tasks.draw import panel_figure  # noqa: E402
 from edgeda.tasks.base import task_of  # noqa: E402
-from edgeda.training.evaluate import confusion_figure, format_count  # noqa: E402
+from edgeda.training.model_eval import confusion_figure, format_count  # noqa: E402
 
 NAMES = ["road", "sidewalk", "building", "wall", "fence", "pole", "traffic light", "traffic sign", "vegetation",
          "terrain", "sky", "person", "rider", "car", "truck", "bus", "train", "motorcycle", "bicycle"]

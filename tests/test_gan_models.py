@@ -10,7 +10,7 @@ from edgeda.models.gan_utils import (ImagePool, cycle_loss, diff_augment, hue, h
                                      write_sample_grid)
 from edgeda.models.patchgan import PatchDiscriminator
 from edgeda.models.spade import SPADE, LabelMapGenerator, one_hot_map
-from edgeda.task import TaskSpec
+from edgeda.tasks.spec import TaskSpec
 
 
 @pytest.mark.parametrize("size", [28, 30, 32, 64])

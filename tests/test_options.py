@@ -50,7 +50,7 @@ def test_methods_command_shows_one_methods_options():
 
 def test_an_unknown_optimizer_is_named_with_where_it_came_from():
     from edgeda.methods import METHODS, OptimConfig
-    from edgeda.task import TaskSpec
+    from edgeda.tasks.spec import TaskSpec
 
     spec = TaskSpec(10, [str(i) for i in range(10)])
     with pytest.raises(EdgedaError, match="unknown optimizer 'adamw' \\(the config's `optimizer`\\); valid: adam, sgd"):

@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parent.parent
 def _bundle(tmp_path, name="m.edgeda"):
     from edgeda.bundle import write_bundle
     from edgeda.models import build
-    from edgeda.task import TaskSpec
+    from edgeda.tasks.spec import TaskSpec
 
     clf = build("classifier", backbone="dtn", num_classes=3, channels=3, image_size=32,
                 backbone_kwargs={"width": 8, "out_dim": 32})
@@ -155,7 +155,7 @@ import sys, torch
 sys.path.insert(0, {root!r})
 from edgeda.bundle import write_bundle
 from edgeda.models import build
-from edgeda.task import TaskSpec
+from edgeda.tasks.spec import TaskSpec
 torch.manual_seed(0)
 clf = build("classifier", backbone="dtn", num_classes=3, channels=3, image_size=32, backbone_kwargs={{"width": 16, "out_dim": 64}})
 task = TaskSpec(num_classes=3, classes=["a", "b", "c"])

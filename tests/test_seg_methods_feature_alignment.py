@@ -34,11 +34,11 @@ def test_dense_dann_reverses_the_domain_gradient_into_the_encoder():
     m = METHODS.get("dann")(seg_spec(), backbone="lraspp", backbone_kwargs={"width": 0.25}, options={"hidden": 16})
     assert isinstance(m.nets["domain"], PixelDomainClassifier)
     src, tgt = seg_batches()
-    enc, dom = m.classifier.encoder, m.nets["domain"]
+    enc, dom = m.model.encoder, m.nets["domain"]
 
     def grads(coeff):
         m.nets.zero_grad(set_to_none=True)
-        feats, _ = m.classifier.features_and_logits(torch.cat([src.x, tgt.x]))
+        feats, _ = m.model.features_and_logits(torch.cat([src.x, tgt.x]))
         loss, _ = pixel_domain_adversarial_loss(dom, feats[:4], feats[4:], coeff)
         loss.backward()
         return ([p.grad.clone() for p in enc.parameters() if p.grad is not None],
@@ -48,7 +48,7 @@ def test_dense_dann_reverses_the_domain_gradient_into_the_encoder():
     enc_rev, dom_rev = grads(0.5)
     # the same loss without reversal: what descending the domain loss would do
     m.nets.zero_grad(set_to_none=True)
-    feats, _ = m.classifier.features_and_logits(torch.cat([src.x, tgt.x]))
+    feats, _ = m.model.features_and_logits(torch.cat([src.x, tgt.x]))
     logits = dom(feats)
     labels = torch.zeros_like(logits)
     labels[:4] = 1
@@ -102,7 +102,7 @@ def test_san_discriminator_sees_target_features_and_transformed_source():
     assert m.optims["discriminator"].param_groups[0]["lr"] == pytest.approx(2e-4)
     src, tgt = seg_batches()
     with torch.no_grad():  # the encoder has no dropout: the same batch gives the same maps
-        ref = m.classifier.encoder.forward_intermediates(torch.cat([src.x, tgt.x]))["out"]
+        ref = m.model.encoder.forward_intermediates(torch.cat([src.x, tgt.x]))["out"]
     seen = []
     m.nets["discriminator"].register_forward_hook(lambda mod, inp, out: seen.append(inp[0].detach().clone()))
     out = m.step(src, tgt)
@@ -117,7 +117,7 @@ def test_san_discriminator_sees_target_features_and_transformed_source():
 def test_san_task_loss_reaches_the_generator_and_the_adversarial_loss_not_the_encoder():
     torch.manual_seed(0)
     m = METHODS.get("san")(seg_spec(), backbone="lraspp", backbone_kwargs={"width": 0.25}, options={"d_width": 16})
-    G, D, enc = m.nets["generator"], m.nets["discriminator"], m.classifier.encoder
+    G, D, enc = m.nets["generator"], m.nets["discriminator"], m.model.encoder
     src, _ = seg_batches()
     m.nets.eval()
 

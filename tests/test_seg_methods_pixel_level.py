@@ -82,8 +82,8 @@ def test_fda_entropy_is_taken_at_the_heads_resolution(monkeypatch):
     m.progress = 0.5
     m.step(src, tgt)
     assert seen == [(2, 2, 4, 6)]  # the stride-8 head of the 32 x 48 frames, not the upsampled 32 x 48 map
-    head, out = fda.head_and_output(m.classifier.eval(), tgt.x)
-    assert torch.allclose(out, m.classifier(tgt.x), atol=1e-6) and head.shape[-2:] == (4, 6)
+    head, out = fda.head_and_output(m.model.eval(), tgt.x)
+    assert torch.allclose(out, m.model(tgt.x), atol=1e-6) and head.shape[-2:] == (4, 6)
 
 
 
@@ -99,7 +99,7 @@ def test_suit_dense_losses_are_per_pixel_and_it_ships_model_and_refiner():
     # the task term on source images is the per-pixel cross-entropy with 255 ignored
     with torch.no_grad():
         m.nets.eval()
-        logits = m.classifier(src.x)
+        logits = m.model(src.x)
         expected = torch.nn.functional.cross_entropy(logits, src.y, ignore_index=255)
         assert m.task_loss_of(logits, src.y).item() == pytest.approx(expected.item(), rel=1e-6)
     m.nets.train()

@@ -23,7 +23,7 @@ from edgeda.models.mixing import (class_mix_masks, dacs_kernel_size, label_at_fe
                                   mix, patch_keep_mask, strong_augment)
 from edgeda.models.superpixels import (LabelDistributionRegressor, class_fractions, label_distribution_kl, landmark_labels,
                                        predicted_label_distribution, slic_superpixels, soft_cross_entropy)
-from edgeda.task import TaskSpec
+from edgeda.tasks.spec import TaskSpec
 from conftest import (EMBEDDED_DENSE_PAIRS, check_embedded_bundle, export_and_predict, seg_batches, seg_spec, square_scenes, stripe_scenes,
                       train_on_embedded_pair)
 
@@ -122,14 +122,14 @@ def test_dacs_teacher_copies_the_student_first_then_averages():
     with torch.no_grad():  # a teacher built before --init must not label the first batch
         for p in m.nets["teacher"].parameters():
             p.add_(1.0)
-    before = {k: v.clone() for k, v in m.classifier.state_dict().items()}
+    before = {k: v.clone() for k, v in m.model.state_dict().items()}
     m.step(s, t)
-    student, teacher = m.classifier.state_dict(), m.nets["teacher"].state_dict()
+    student, teacher = m.model.state_dict(), m.nets["teacher"].state_dict()
     # first update: rate 0, the teacher is the student
     assert all(torch.equal(student[k], teacher[k]) for k in student)
     after_first = {k: v.clone() for k, v in teacher.items()}
     m.step(*_dacs_batches(1))
-    student = m.classifier.state_dict()
+    student = m.model.state_dict()
     for k, v in m.nets["teacher"].state_dict().items():
         if v.dtype.is_floating_point:  # rate 1/2
             assert torch.allclose(v, 0.5 * after_first[k] + 0.5 * student[k], atol=1e-6), k
@@ -277,7 +277,7 @@ def test_feature_distance_only_with_pretrained_weights(tmp_path):
     plain = Trainer(_dacs_config(tmp_path, src, tmp_path / "a", iters=2), progress=False, log=None)
     plain.setup()
     assert plain.method.pretrained_encoder is None
-    enc = {k: v.clone() + 0.01 for k, v in plain.method.classifier.encoder.state_dict().items() if v.is_floating_point()}
+    enc = {k: v.clone() + 0.01 for k, v in plain.method.model.encoder.state_dict().items() if v.is_floating_point()}
     save_file(enc, str(tmp_path / "enc.safetensors"))
     res = Trainer(_dacs_config(tmp_path, src, tmp_path / "b", iters=2, backbone_weights=str(tmp_path / "enc.safetensors")),
                   progress=False, log=None).run()
@@ -314,7 +314,7 @@ def test_dacs_resume_restores_the_teacher_and_continues_exactly(tmp_path):
     saved = load_latest(tmp_path / "cut" / "checkpoints")[1]
     assert tr._restore(saved) == 2 and tr.method.mean_teacher.updates == 2
     teacher = tr.method.nets["teacher"].state_dict()
-    student = tr.method.classifier.state_dict()
+    student = tr.method.model.state_dict()
     fresh = Trainer(cut, progress=False, log=None)
     fresh.setup()
     assert any(not torch.equal(teacher[k], fresh.method.nets["teacher"].state_dict()[k]) for k in teacher)
@@ -443,7 +443,7 @@ def test_a_round_freezes_the_model_and_trains_on_its_pseudo_labels():
     frozen = {k: v.clone() for k, v in m.frozen.state_dict().items()}
     m.step(src, tgt)
     assert all(torch.equal(frozen[k], v) for k, v in m.frozen.state_dict().items())  # fixed within the round
-    assert not all(torch.equal(frozen[k], v) for k, v in m.classifier.state_dict().items())
+    assert not all(torch.equal(frozen[k], v) for k, v in m.model.state_dict().items())
     assert not m.frozen.training and not any(p.requires_grad for p in m.frozen.parameters())
     m.progress = 0.7
     assert m.step(src, tgt)["cbst/proportion"] == pytest.approx(0.25) and m.round == 1

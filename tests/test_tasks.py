@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from edgeda.errors import EdgedaError
-from edgeda.task import TaskSpec
+from edgeda.tasks.spec import TaskSpec
 from edgeda.tasks import TASKS, task_of
 
 
@@ -64,7 +64,7 @@ def test_every_task_scores_its_own_outputs(name):
 
 def test_task_spec_checks_and_round_trips():
     s = TaskSpec(task="depth", image_size=(16, 24), depth_range=(0.5, 40))
-    assert s.num_classes == 0 and s.output == "depth" and s.dense
+    assert s.num_classes == 0 and s.output == "depth" and task_of(s).dense
     back = TaskSpec.from_dict(s.to_dict())
     assert back == s and back.image_size == (16, 24)
     with pytest.raises(ValueError):

@@ -11,7 +11,7 @@ from conftest import tiny_config
 from edgeda.bundle import Bundle, load_bundle
 from edgeda.cli import main
 from edgeda.errors import BundleError, DataError, TrainingDiverged
-from edgeda.evaluation import evaluate_bundle
+from edgeda.bundle_eval import evaluate_bundle
 from edgeda.training import Trainer
 
 DIGITS = [str(i) for i in range(10)]
@@ -43,10 +43,10 @@ def test_bundle_outputs_match_trained_model(tmp_path):
     cfg = tiny_config(tmp_path, method="source_only")
     tr = Trainer(cfg, progress=False, log=None)
     res = tr.run()
-    model = tr.method.classifier.eval()
+    model = tr.method.model.eval()
     x = torch.randn(5, 3, 32, 32)
     with torch.no_grad():
-        torch.testing.assert_close(load_bundle(res.bundle).classifier(x), model(x), rtol=0, atol=0)
+        torch.testing.assert_close(load_bundle(res.bundle).model(x), model(x), rtol=0, atol=0)
 
 
 def test_tampered_bundle_is_refused(tmp_path):
@@ -101,7 +101,7 @@ def test_nonfinite_loss_stops_with_iteration_and_keeps_checkpoint(tmp_path, monk
     calls["n"] = 0
     res = Trainer(tiny_config(tmp_path / "skip", method="source_only", iters=6, skip_nonfinite=True), progress=False, log=None).run()
     assert res.skipped_steps == 1
-    assert all(torch.isfinite(v.float()).all() for v in load_bundle(res.bundle).classifier.state_dict().values())
+    assert all(torch.isfinite(v.float()).all() for v in load_bundle(res.bundle).model.state_dict().values())
 
 
 def test_finite_loss_with_nonfinite_gradient_is_refused_before_the_update(tmp_path, monkeypatch):
@@ -115,7 +115,7 @@ def test_finite_loss_with_nonfinite_gradient_is_refused_before_the_update(tmp_pa
         calls["n"] += 1
         if calls["n"] != 4:
             return orig(self, s, t)
-        w = self.classifier.head.weight
+        w = self.model.head.weight
         before = w.detach().clone()
         self.update((w - w.detach()).abs().sum().sqrt())  # value 0, d/dw = inf * sign(0) -> NaN/inf
         assert torch.equal(w, before)  # not reached when the update is refused
@@ -128,7 +128,7 @@ def test_finite_loss_with_nonfinite_gradient_is_refused_before_the_update(tmp_pa
     res = Trainer(tiny_config(tmp_path / "skip", method="source_only", iters=6, skip_nonfinite=True),
                   progress=False, log=None).run()
     assert res.skipped_steps == 1
-    assert all(torch.isfinite(v.float()).all() for v in load_bundle(res.bundle).classifier.state_dict().values())
+    assert all(torch.isfinite(v.float()).all() for v in load_bundle(res.bundle).model.state_dict().values())
 
 
 def test_mismatched_classes_between_source_and_target_is_a_clear_error(tmp_path, write_png):
@@ -188,7 +188,7 @@ def test_edgeda_train_is_callable_twice_in_one_process(tmp_path):
         assert b.manifest["method"]["name"] == "source_only" and b.manifest["task"]["classes"] == DIGITS
         assert b.manifest["training"]["init_weights"] is None and b.manifest["training"]["iterations"] == 2
         assert evaluate_bundle(b, device="cpu")["accuracy"] == pytest.approx(res.metrics["target_test_acc"], abs=1e-9)
-    wa, wb = (load_bundle(r.bundle).classifier.state_dict() for r in (first, second))
+    wa, wb = (load_bundle(r.bundle).model.state_dict() for r in (first, second))
     assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)  # same seed, same weights
 
 

@@ -45,9 +45,9 @@ def test_bf16_and_channels_last_training_runs_and_ships_fp32(tmp_path):
                  progress=False, log=None)
     res = tr.run()
     assert tr.method.engine.amp and tr.method.engine.dtype == torch.bfloat16
-    convs = [m for m in tr.method.classifier.modules() if isinstance(m, torch.nn.Conv2d)]
+    convs = [m for m in tr.method.model.modules() if isinstance(m, torch.nn.Conv2d)]
     assert convs and all(c.weight.is_contiguous(memory_format=torch.channels_last) for c in convs)
-    assert all(p.dtype == torch.float32 for p in tr.method.classifier.parameters())
+    assert all(p.dtype == torch.float32 for p in tr.method.model.parameters())
     assert 0.0 <= res.metrics["source_val_acc"] <= 1.0
 
 

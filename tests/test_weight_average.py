@@ -50,14 +50,14 @@ def test_trainer_ships_and_evaluates_the_average_not_the_live_weights(tmp_path):
     res = tr.run()
     shipped = load_bundle(res.bundle)
     assert shipped.manifest["training"]["weight_average"] == {"kind": "ema", "decay": 0.9}
-    live = tr.method.classifier.state_dict()
+    live = tr.method.model.state_dict()
     avg = tr.average.modules["classifier"].state_dict()
-    bundle = shipped.classifier.state_dict()
+    bundle = shipped.model.state_dict()
     for k in avg:
         torch.testing.assert_close(bundle[k], avg[k].cpu(), rtol=0, atol=0)
     assert any(not torch.equal(avg[k], live[k]) for k in live if live[k].dtype.is_floating_point)
     # the reported accuracy is the shipped (averaged) model's
-    from edgeda.training.evaluate import evaluate_classifier
+    from edgeda.training.model_eval import evaluate_classifier
 
     acc = evaluate_classifier(tr.average.modules["classifier"], tr.domains.target_test, tr.task, "cpu")["accuracy"]
     assert res.metrics["target_test_acc"] == acc

@@ -20,7 +20,8 @@ from ..errors import EdgedaError
 from ..options import Configurable
 from ..methods.base import Engine
 from ..registry import Registry
-from ..task import TaskSpec
+from ..tasks import task_of
+from ..tasks.spec import TaskSpec
 
 ADAPT_METHODS: Registry = Registry("source-free adaptation method")
 
@@ -31,14 +32,14 @@ class AdaptMethod(Configurable):
     """Base class. Subclasses set ``name``, ``summary``, ``defaults`` (options with their values,
     overridable as ``key=value``), ``default_iters`` and implement :meth:`build` and :meth:`step`.
 
-    ``self.classifier`` is the model that ships (the dense model of a segmentation bundle);
+    ``self.model`` is the model that ships (the dense model of a segmentation bundle);
     ``self.source_state`` a frozen copy of the shipped weights; ``self.progress`` in [0, 1] is set
     by the runner (iterations or time, whichever is further along); ``self.window`` is the crop
     ``(top, left, height, width)`` of the frames in the batch being stepped on (None: full frames),
     also set by the runner; ``self.engine`` runs every update (non-finite check, AMP on CUDA).
     ``tasks`` names the tasks the method adapts. ``deployed`` is the model whose predictions the
     method stands behind: the runner monitors it, selects among its states and writes it (the
-    classifier itself, unless a method predicts with another network, e.g. CoTTA's mean teacher).
+    model itself, unless a method predicts with another network, e.g. CoTTA's mean teacher).
     ``self.shipped_training`` is the bundle's training record (``{}`` when built without one): what
     the shipped model was trained with, e.g. whether its augmentations mirrored the images.
     """
@@ -48,20 +49,20 @@ class AdaptMethod(Configurable):
     dense_defaults: ClassVar[dict] = {}
     default_iters: ClassVar[int] = 500
     tasks: ClassVar[tuple[str, ...]] = ("classification",)
-    # forward passes of the classifier per step whose activations are kept for backward (memory plan)
-    classifier_passes: ClassVar[float] = 1.0
+    # forward passes of the model per step whose activations are kept for backward (memory plan)
+    model_passes: ClassVar[float] = 1.0
 
-    def __init__(self, classifier: nn.Module, task: TaskSpec, *, options: dict | None = None,
+    def __init__(self, model: nn.Module, task: TaskSpec, *, options: dict | None = None,
                  engine: Engine | None = None, seed: int = 0, training: dict | None = None):
-        if task.dense:
+        if task_of(task).dense:
             options = {**self.dense_defaults, **(options or {})}
         self.opts = self.resolve_options(options)
         self.task = task
         self.shipped_training = training or {}  # the bundle's training record (its config: augmentations)
         self.engine = engine or Engine()
         self.device = self.engine.device
-        self.classifier = classifier.to(self.device)
-        self.source_state = {k: v.detach().clone() for k, v in classifier.state_dict().items()}
+        self.model = model.to(self.device)
+        self.source_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
         self.progress = 0.0
         self.window: tuple[int, int, int, int] | None = None
         self.generator = torch.Generator().manual_seed(seed)
@@ -84,21 +85,21 @@ class AdaptMethod(Configurable):
         return False
 
     def extra_modules(self) -> dict[str, nn.Module]:
-        """Modules trained besides the classifier (for the memory plan and reports)."""
+        """Modules trained besides the model (for the memory plan and reports)."""
         return {}
 
     @property
     def deployed(self) -> nn.Module:
         """The network that is monitored, selected and written into the new bundle."""
-        return self.classifier
+        return self.model
 
     # -- shared helpers -----------------------------------------------------------------------
     def state_snapshot(self) -> dict:
-        """What rollback restores: the classifier's weights and buffers (BatchNorm statistics)."""
-        return copy.deepcopy({k: v.detach().cpu() for k, v in self.classifier.state_dict().items()})
+        """What rollback restores: the model's weights and buffers (BatchNorm statistics)."""
+        return copy.deepcopy({k: v.detach().cpu() for k, v in self.model.state_dict().items()})
 
     def restore(self, snapshot: dict) -> None:
-        self.classifier.load_state_dict(snapshot)
+        self.model.load_state_dict(snapshot)
 
 
 class TargetSet:
@@ -107,7 +108,7 @@ class TargetSet:
 
     def __init__(self, images, task: TaskSpec, device, batch_size: int | None = None):
         self.images, self.task, self.device = images, task, torch.device(device)
-        self.batch_size = batch_size or (16 if task.dense else 256)
+        self.batch_size = batch_size or (16 if task_of(task).dense else 256)
 
     def __len__(self) -> int:
         return len(self.images)

@@ -77,6 +77,7 @@ from torch import nn
 
 from ..errors import EdgedaError
 from ..models.mean_teacher import MeanTeacher
+from ..tasks import task_of
 from .base import ADAPT_METHODS, AdaptMethod, reestimate_bn
 from .tasks import adaptation_of
 
@@ -205,7 +206,7 @@ class CoTTA(AdaptMethod):
     }
     default_iters = 200
     tasks = ("classification", "segmentation", "detection")
-    classifier_passes = 1.0  # only the student's forward keeps activations; anchor and teacher run under no_grad first
+    model_passes = 1.0  # only the student's forward keeps activations; anchor and teacher run under no_grad first
 
     def build(self) -> None:
         o = self.opts
@@ -217,9 +218,9 @@ class CoTTA(AdaptMethod):
             raise EdgedaError(f"cotta augmentations must be at least 1, not {o['augmentations']}")
         self.scales = _scales(o["scales"])
         self.objective = adaptation_of(self.task)
-        self.flip = o["flip"] == "on" or (o["flip"] == "auto" and self.task.dense
+        self.flip = o["flip"] == "on" or (o["flip"] == "auto" and task_of(self.task).dense
                                           and self.objective.mirrors(self.shipped_training))
-        clf = self.classifier
+        clf = self.model
         clf.requires_grad_(True)
         self.mean_teacher = _ShippedTeacher(clf, alpha=o["alpha"])
         self.anchor = copy.deepcopy(clf).requires_grad_(False).eval()
@@ -239,8 +240,8 @@ class CoTTA(AdaptMethod):
             return
         self._prepared = True
         if self.opts["adabn"]:
-            reestimate_bn(self.classifier, target.batches())
-            state = self.classifier.state_dict()
+            reestimate_bn(self.model, target.batches())
+            state = self.model.state_dict()
             self.teacher.load_state_dict(state)
             self.anchor.load_state_dict(state)
 
@@ -251,7 +252,7 @@ class CoTTA(AdaptMethod):
         if own is not None:
             return own
         t = self.teacher.eval()
-        if self.task.dense:
+        if task_of(self.task).dense:
             return multiscale_flip_probs(t, x, usable_scales(self.scales, x.shape[-2:]), self.flip)
         total = None
         for _ in range(self.opts["augmentations"]):
@@ -273,7 +274,7 @@ class CoTTA(AdaptMethod):
 
     def step(self, x: torch.Tensor, idx=None) -> dict[str, float]:
         y, share = self.targets(x)
-        student = self.classifier
+        student = self.model
         student.train()
         with self.autocast():
             logits = student(x)
@@ -287,8 +288,8 @@ class CoTTA(AdaptMethod):
     def state_snapshot(self) -> dict:
         """The student and the teacher (the one written)."""
         return copy.deepcopy({name: {k: v.detach().cpu() for k, v in m.state_dict().items()}
-                              for name, m in (("student", self.classifier), ("teacher", self.teacher))})
+                              for name, m in (("student", self.model), ("teacher", self.teacher))})
 
     def restore(self, snapshot: dict) -> None:
-        self.classifier.load_state_dict(snapshot["student"])
+        self.model.load_state_dict(snapshot["student"])
         self.teacher.load_state_dict(snapshot["teacher"])

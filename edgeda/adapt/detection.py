@@ -73,7 +73,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import BundleError, EdgedaError
-from ..task import TaskSpec
+from ..tasks.spec import TaskSpec
 from .tasks import TASK_ADAPTATIONS, TaskAdaptation
 
 DETECTION_SCORE = 0.3  # the monitor counts detections from this score

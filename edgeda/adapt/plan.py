@@ -19,9 +19,9 @@ from ..data import load_domain
 from ..data.domain import Domain
 from ..errors import BundleError, DataError, EdgedaError
 from ..methods.base import Engine
-from ..task import TaskSpec
+from ..tasks.spec import TaskSpec
 from ..tasks import load_for_task, task_of
-from ..training.evaluate import eval_batches, evaluate_model
+from ..training.model_eval import eval_batches, evaluate_model
 from ..utils import choose_device, seed_everything, sha256_file
 from .base import ADAPT_METHODS, AdaptMethod, TargetSet
 from .budget import activation_bytes_per_sample, current_rss_mb, param_bytes, plan_batch, plan_dense
@@ -216,7 +216,7 @@ def load_labels(labels: str, spec: TaskSpec):
 
 def per_sample_mb(m: AdaptMethod, x2: torch.Tensor) -> float:
     """Activation memory of one image through the method's networks (a two-image probe), MiB."""
-    per = activation_bytes_per_sample(m.classifier, x2) * m.classifier_passes
+    per = activation_bytes_per_sample(m.model, x2) * m.model_passes
     for mod in m.extra_modules().values():
         if hasattr(mod, "sample"):
             y = torch.zeros(len(x2), dtype=torch.long, device=x2.device)

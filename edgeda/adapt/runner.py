@@ -83,8 +83,8 @@ def adapt(bundle: str | Path, target_dir: str | Path, out: str | Path, *, log: C
     (written when every adapted state is unhealthy or, under ``info_max``, scores lower than it).
 
     ``started_at``: a ``time.perf_counter()`` value to count the budget from (the CLI passes its own
-    start, so imports count too); ``on_check(iteration, stats, classifier)``: called after every
-    check (progress reporting, diagnostics; ``classifier`` is the method's ``deployed`` network, the
+    start, so imports count too); ``on_check(iteration, stats, model)``: called after every
+    check (progress reporting, diagnostics; ``model`` is the method's ``deployed`` network, the
     one written). Returns an :class:`AdaptResult`; the adaptation record is also in the new
     bundle's manifest under ``"adaptation"``.
 

@@ -56,6 +56,7 @@ import torch.nn.functional as F
 from .base import ADAPT_METHODS, AdaptMethod, hypothesis_layers, pixel_features
 from .losses import class_balanced_cross_entropy, pixel_information_maximisation_terms
 from ..scores import information_maximisation_terms
+from ..tasks import task_of
 
 
 def _augmented(features: torch.Tensor) -> torch.Tensor:
@@ -155,8 +156,8 @@ class Shot(AdaptMethod):
     tasks = ("classification", "segmentation")
 
     def build(self) -> None:
-        clf, o = self.classifier, self.opts
-        self.dense = self.task.dense
+        clf, o = self.model, self.opts
+        self.dense = task_of(self.task).dense
         if self.dense:
             frozen = {id(p) for m in hypothesis_layers(clf) for p in m.parameters()}
             for p in clf.parameters():
@@ -177,10 +178,10 @@ class Shot(AdaptMethod):
         first = self.prior is None and self.opts["diversity_prior"] == "shipped"  # the first call: the shipped model
         if self.dense:
             if first:
-                self.prior = mean_pixel_probabilities(self.classifier, target)
-            self.pseudo = pixel_pseudo_labels(self.classifier, target, self.opts["centroid_pixels"], self.generator)
+                self.prior = mean_pixel_probabilities(self.model, target)
+            self.pseudo = pixel_pseudo_labels(self.model, target, self.opts["centroid_pixels"], self.generator)
         else:
-            feats, logits = target.features_logits(self.classifier)
+            feats, logits = target.features_logits(self.model)
             if first:
                 self.prior = F.softmax(logits, 1).mean(0)
             self.pseudo = centroid_pseudo_labels(feats, logits).to(self.device)
@@ -200,7 +201,7 @@ class Shot(AdaptMethod):
         return y.to(self.device).long()
 
     def step(self, x: torch.Tensor, idx: torch.Tensor | None = None) -> dict[str, float]:
-        clf, o = self.classifier, self.opts
+        clf, o = self.model, self.opts
         clf.train()
         scale = (1 + 10 * self.progress) ** -0.75
         for g in self.optims["features"].param_groups:

@@ -19,7 +19,7 @@ import torch
 from ..models.superpixels import soft_cross_entropy
 from ..registry import Registry
 from ..scores import entropy
-from ..task import TaskSpec
+from ..tasks.spec import TaskSpec
 from ..tasks import task_of
 from .safety import CollapseMonitor, PredictionStats
 

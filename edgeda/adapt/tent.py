@@ -45,7 +45,7 @@ class Tent(AdaptMethod):
     tasks = ("classification", "segmentation", "detection")
 
     def build(self) -> None:
-        clf = self.classifier
+        clf = self.model
         for p in clf.parameters():
             p.requires_grad_(False)
         params = []
@@ -65,13 +65,13 @@ class Tent(AdaptMethod):
         self.objective = adaptation_of(self.task)
 
     def prepare(self, target) -> None:
-        reestimate_bn(self.classifier, target.batches())
+        reestimate_bn(self.model, target.batches())
 
     def step(self, x: torch.Tensor, idx=None) -> dict[str, float]:
-        self.classifier.train()
+        self.model.train()
         with self.autocast():
-            logits = self.classifier(x)
+            logits = self.model(x)
         # per image, per pixel for (N, K, H, W) logits, per anchor (foreground-weighted) for a detector
-        loss = self.objective.entropy(self.classifier, logits)
+        loss = self.objective.entropy(self.model, logits)
         self.update(loss, "bn")
         return {"entropy": float(loss.detach())}

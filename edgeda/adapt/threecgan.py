@@ -99,8 +99,10 @@ from ..models import build
 from ..models.conditional import ImageDiscriminator, gan_loss, input_to_tanh, tanh_to_input
 from ..models.norm import frozen_bn_statistics
 from ..models.patchgan import PatchDiscriminator
+from ..tasks import task_of
 from .base import ADAPT_METHODS, AdaptMethod, reestimate_bn
-from .losses import IGNORE_INDEX, class_balanced_cross_entropy, virtual_adversarial_loss
+from ..data.dense import IGNORE_INDEX
+from .losses import class_balanced_cross_entropy, virtual_adversarial_loss
 
 DENSE_ITERS = 500
 
@@ -197,11 +199,11 @@ class ThreeCGAN(AdaptMethod):
                    "g_width": "generator width (segmentation default 16)",
                    "z_dim": "noise dimension (segmentation default 32)"}
     default_iters = 1500
-    classifier_passes = 5.0  # target clean + VAT (2) + generated (G step and C step)
+    model_passes = 5.0  # target clean + VAT (2) + generated (G step and C step)
     tasks = ("classification", "segmentation")
 
     def build(self) -> None:
-        if self.task.dense:
+        if task_of(self.task).dense:
             self._build_dense()
             return
         t, o = self.task, self.opts
@@ -210,7 +212,7 @@ class ThreeCGAN(AdaptMethod):
         self.D = ImageDiscriminator(channels=t.channels, image_size=t.image_size[0], width=o["d_width"]).to(self.device)
         self.optims["G"] = torch.optim.Adam(self.G.parameters(), lr=o["lr_gan"], betas=(0.5, 0.999))
         self.optims["D"] = torch.optim.Adam(self.D.parameters(), lr=o["lr_gan"], betas=(0.5, 0.999))
-        self.optims["C"] = torch.optim.Adam(self.classifier.parameters(), lr=o["lr"], betas=(0.9, 0.999))
+        self.optims["C"] = torch.optim.Adam(self.model.parameters(), lr=o["lr"], betas=(0.9, 0.999))
 
     def _build_dense(self) -> None:
         t, o = self.task, self.opts
@@ -228,23 +230,23 @@ class ThreeCGAN(AdaptMethod):
         self.D = PatchDiscriminator(channels=t.channels, width=o["d_width"], n_layers=o["d_layers"]).to(self.device)
         self.optims["G"] = torch.optim.Adam(self.G.parameters(), lr=o["lr_gan"], betas=(0.5, 0.999))
         self.optims["D"] = torch.optim.Adam(self.D.parameters(), lr=o["lr_gan"], betas=(0.5, 0.999))
-        self.optims["C"] = torch.optim.Adam(self.classifier.parameters(), lr=o["lr"], betas=(0.9, 0.999))
+        self.optims["C"] = torch.optim.Adam(self.model.parameters(), lr=o["lr"], betas=(0.9, 0.999))
         self.layouts: torch.Tensor | None = None
         self.default_iters = DENSE_ITERS
         # target clean + generated (G step and C step) (+ VAT's two)
-        self.classifier_passes = 3.0 + (2.0 if o["lambda_vat"] > 0 else 0.0)
+        self.model_passes = 3.0 + (2.0 if o["lambda_vat"] > 0 else 0.0)
 
     def extra_modules(self):
-        if self.task.dense:
+        if task_of(self.task).dense:
             return {"generator": _FrameProbe(self.G), "discriminator": self.D}
         return {"generator": self.G, "discriminator": self.D}
 
     def prepare(self, target) -> None:
-        if self.task.dense and self.layouts is None:  # from the shipped weights, before anything moves
-            self.layouts = shipped_layouts(self.classifier, self.source_state, target, self.opts["confidence"],
+        if task_of(self.task).dense and self.layouts is None:  # from the shipped weights, before anything moves
+            self.layouts = shipped_layouts(self.model, self.source_state, target, self.opts["confidence"],
                                            self.opts["portion"])
         if self.opts["adabn"]:
-            reestimate_bn(self.classifier, target.batches())
+            reestimate_bn(self.model, target.batches())
 
     def layout_stats(self) -> dict:
         """Label-free facts about the layouts: the confident fraction of pixels and each class's share of them."""
@@ -284,7 +286,7 @@ class ThreeCGAN(AdaptMethod):
     def _c_update(self, l_gen, ent, vat, logged: dict) -> dict[str, float]:
         """The classifier's (segmenter's) update: the ramped generated-pair loss, the weight
         regulariser towards the shipped weights and the clustering term; returns the step's losses."""
-        o, C = self.opts, self.classifier
+        o, C = self.opts, self.model
         l_w = weight_regularizer(C, self.source_state)
         ramp = min(1.0, self.progress / o["gen_warmup"]) if o["gen_warmup"] > 0 else 1.0
         c_loss = (o["lambda_gen"] * ramp * l_gen + o["lambda_w"] * l_w
@@ -294,9 +296,9 @@ class ThreeCGAN(AdaptMethod):
         return {k: float(v.detach()) for k, v in logged.items()}
 
     def step(self, x: torch.Tensor, idx=None) -> dict[str, float]:
-        if self.task.dense:
+        if task_of(self.task).dense:
             return self._step_dense(x, idx)
-        o, C, t = self.opts, self.classifier, self.task
+        o, C, t = self.opts, self.model, self.task
         self.G.train()
         self.D.train()
         y, z = self._sample(len(x))
@@ -327,7 +329,7 @@ class ThreeCGAN(AdaptMethod):
         return self._c_update(l_gen, ent, vat, {"d": d_loss, "g_adv": g_adv, "sem": l_sem})
 
     def _step_dense(self, x: torch.Tensor, idx=None) -> dict[str, float]:
-        o, C, t = self.opts, self.classifier, self.task
+        o, C, t = self.opts, self.model, self.task
         self.G.train()
         self.D.train()
         m = self._batch_layouts(idx, len(x))

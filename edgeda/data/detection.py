@@ -205,7 +205,7 @@ class _Unlabeled(DetectionDomain):
 def collate_detection(samples, mean=None, std=None) -> tuple[torch.Tensor, list[dict]]:
     """Samples of one size -> (images (B, C, H, W) float32, targets). Images are normalised as
     every edgeda input (``uint8 / 255``, then ``(x - mean) / std`` per channel; the defaults are the
-    :class:`~edgeda.task.TaskSpec` defaults, 0.5 and 0.5); ``targets[i]`` is
+    :class:`~edgeda.tasks.spec.TaskSpec` defaults, 0.5 and 0.5); ``targets[i]`` is
     ``{"boxes": float32 (N_i, 4), "labels": int64 (N_i,)}``. Items may be :class:`DetectionSample`
     or the dicts :class:`~edgeda.data.detection_transforms.DetectionDataset` yields."""
     from .transforms import to_float_nchw

@@ -25,11 +25,11 @@ import numpy as np
 from ..registry import Registry
 from ..utils import atomic_path
 from . import builtin as dense
+from .builtin import DIGIT_CLASSES
 from .detection import ArrayDetectionDomain
 from .domain import LoadReport
 
 DETECTION_BUILTINS: Registry[Callable[..., ArrayDetectionDomain]] = Registry("built-in detection domain")
-DIGIT_CLASSES = [str(d) for d in range(10)]
 SYNSCENES_DETECTION_VERSION = 1  # bump when the boxes drawn from a synscenes render change
 
 

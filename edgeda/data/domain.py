@@ -41,14 +41,14 @@ class Domain:
     """Images of one domain, already at the task's size and channel count.
 
     ``images``: (N, H, W, C) uint8. ``labels``: (N,) int64 or None (unlabeled).
-    ``masks``: optional (N, H, W) uint8 foreground masks (255 = object), for pixel-level methods.
+    ``foreground``: optional (N, H, W) uint8 foreground masks (255 = object), for pixel-level methods.
     """
 
     name: str
     images: np.ndarray
     labels: np.ndarray | None = None
     classes: list[str] | None = None
-    masks: np.ndarray | None = None
+    foreground: np.ndarray | None = None
     report: LoadReport = field(default_factory=LoadReport)
 
     def __post_init__(self) -> None:
@@ -74,7 +74,7 @@ class Domain:
             images=self.images[idx],
             labels=None if self.labels is None else self.labels[idx],
             classes=self.classes,
-            masks=None if self.masks is None else self.masks[idx],
+            foreground=None if self.foreground is None else self.foreground[idx],
             report=self.report,
         )
 

@@ -9,7 +9,6 @@ foreground mask of the centre digit comes along for pixel-level methods.
 from __future__ import annotations
 
 import functools
-import os
 from pathlib import Path
 
 import numpy as np
@@ -129,7 +128,3 @@ def render(n: int, seed: int, size: int = 32, channels: int = 3, distractors: bo
         images[i] = convert_channels(img, channels)
         masks[i] = mask
     return images, labels, masks
-
-
-def font_names() -> list[str]:
-    return [os.path.basename(p) for p in digit_fonts()]

@@ -81,7 +81,7 @@ def export_bundle(bundle: str | Path, out: str | Path | None = None, *, precisio
     if plugins is not None and not Path(plugins).is_file():
         raise EdgedaError(f"--plugins {plugins}: no such plugin library (build it: see kernels/README.md)")
     task = task_of(b.task)
-    if b.task.dense:
+    if task.dense:
         n_check = min(n_check, 64)  # a dense check compares every pixel: 64 images are plenty
     spec = data or b.target_test
     images, labels = load_images(spec, b, n=n_check) if spec else (None, None)
@@ -216,7 +216,7 @@ def _build_trt(trt_mod, major, b, name, precision, tmp, calib_images, batch, wor
     plan = tmp / plan_name(name, precision)
     meta = build_engine(src, plan, precision=precision, batch=batch, workspace_mb=workspace_mb,
                         calib=calib_images, timing_cache=tmp / "trt" / "timing.cache", plugin_library=plugins,
-                        spatial=b.task.image_size if b.task.dense else None)
+                        spatial=b.task.image_size if task_of(b.task).dense else None)
     for f in plan.parent.iterdir():
         if f.name.startswith(plan.name) or f.name == "timing.cache":
             add[f"trt/{f.name}"] = f

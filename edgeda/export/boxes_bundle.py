@@ -44,7 +44,7 @@ def calibration_images(b: Bundle, calib: str | None = None, n: int = CALIB_IMAGE
     """(the first ``n`` images of ``calib`` -- else of the bundle's target adaptation split -- normalised at
     the bundle's input (N, C, H, W) float32, the spec they came from); no labels are read."""
     from ..data import load_domain
-    from ..training.evaluate import eval_batches
+    from ..training.model_eval import eval_batches
     from .files import default_calib_spec
 
     spec = calib or default_calib_spec(b)
@@ -69,7 +69,7 @@ def export_postprocessing_bundle(b: Bundle, out=None, *, precision: str = "fp32"
 
     from ..data import load_domain
     from ..tasks import task_of
-    from ..training.evaluate import eval_batches
+    from ..training.model_eval import eval_batches
     from .detection import detection_parity, export_detector_onnx, match_detections, merge_parity, run_detector_ort
     from .files import PRECISIONS
     from .onnx import ort_session

@@ -42,10 +42,12 @@ def default_calib_spec(b: Bundle) -> str | None:
 def calibration_images(b: Bundle, calib: str | None = None, n: int | None = None) -> tuple[np.ndarray, str]:
     """(int8 calibration images at the bundle's input, the spec they came from): ``calib`` or the
     bundle's target adaptation split; up to ``n`` (default 128 for dense models, 512 otherwise)."""
+    from ..tasks import task_of
+
     spec = calib or default_calib_spec(b)
     if spec is None:
         raise EdgedaError("int8 export needs calibration images: pass --calib SPEC (target images)")
-    images, _ = load_images(spec, b, n=n or (128 if b.task.dense else 512))
+    images, _ = load_images(spec, b, n=n or (128 if task_of(b.task).dense else 512))
     return images, spec
 
 
@@ -55,19 +57,20 @@ def load_images(spec: str, b: Bundle, n: int | None = None) -> tuple[np.ndarray,
     from ..data import load_domain
     from ..data.domain import Domain
     from ..tasks import task_of
-    from ..training.evaluate import eval_batches
+    from ..training.model_eval import eval_batches
 
     task = b.task
     try:
         dom = load_domain(spec, labeled=True, size=task.image_size, channels=task.channels, task=task.task)
     except DataError:
         dom = load_domain(spec, labeled=False, size=task.image_size, channels=task.channels, task=task.task)
-    if task.dense and isinstance(dom, Domain):
+    dense = task_of(task).dense
+    if dense and isinstance(dom, Domain):
         from ..data.dense import images_as_dense
 
         dom = images_as_dense(dom)
-    if isinstance(dom, Domain) == task.dense:
-        raise DataError(f"{spec} is {'classification' if task.dense else 'dense'} data; the bundle is a {task.task} model")
+    if isinstance(dom, Domain) == dense:
+        raise DataError(f"{spec} is {'classification' if dense else 'dense'} data; the bundle is a {task.task} model")
     if isinstance(dom, Domain):
         dom.require_usable()
         images = dom.images[:n] if n else dom.images

@@ -28,7 +28,7 @@ from torch import nn
 
 from ..errors import EdgedaError, MissingDependency
 from ..registry import Registry
-from ..task import TaskSpec
+from ..tasks.spec import TaskSpec
 from ..tasks.base import argmax_agreement, output_difference
 
 OPSET = 17

@@ -12,7 +12,6 @@ export``); a bundle without them gets them exported into a temporary folder on f
 """
 from __future__ import annotations
 
-import atexit
 import contextlib
 import shutil
 import tempfile
@@ -136,15 +135,6 @@ def onnx_file(bundle: Bundle, precision: str, deployable: str | None = None, cal
         yield export_deployable_onnx(bundle, deployable, precision, folder, calib=calib)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
-
-
-def ensure_onnx(bundle: Bundle, precision: str, deployable: str | None = None, calib: str | None = None) -> Path:
-    """The bundle's ONNX for ``precision`` as a path that stays until the process exits: a temporary
-    export (bundles without ONNX) is removed at exit. Prefer :func:`onnx_file`, which removes it sooner."""
-    stack = contextlib.ExitStack()
-    path = stack.enter_context(onnx_file(bundle, precision, deployable, calib))
-    atexit.register(stack.close)
-    return path
 
 
 @RUNNERS.register("ort")

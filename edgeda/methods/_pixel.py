@@ -15,6 +15,7 @@ from ..models import build
 from ..models.conditional import gan_loss, input_to_tanh, tanh_to_input
 from ..models.gan_utils import write_sample_grid
 from ..models.patchgan import PatchDiscriminator
+from ..tasks import task_of
 from .base import Batch, Method, NonFiniteLoss
 
 # Options every pixel-level method takes (sized for 32x32 digits on a CPU).
@@ -74,9 +75,7 @@ class PixelMethod(Method):
 
     # -- what ships and what a person sees --------------------------------------------------------
     def deployables(self) -> dict[str, nn.Module]:
-        from ..tasks import task_of
-
-        return {task_of(self.task).deployable: self.classifier, "refiner": self.nets["refiner"]}
+        return {task_of(self.task).deployable: self.model, "refiner": self.nets["refiner"]}
 
     def display_panels(self, source: Batch, target: Batch | None) -> list[torch.Tensor]:
         """Panels of the sample grid, in tanh space: source | refined source."""
@@ -86,7 +85,7 @@ class PixelMethod(Method):
     def visualize(self, folder, iteration: int, source: Batch, target: Batch | None):
         panels = self.display_panels(source, target)
         path = Path(folder) / f"samples_{iteration:06d}.png"
-        if self.task.dense:
+        if task_of(self.task).dense:
             return self.dense_grid(path, panels, source, target, f"iteration {iteration}")
         return write_sample_grid(path, panels, source.y)
 
@@ -94,7 +93,6 @@ class PixelMethod(Method):
         """Dense sample grid: each panel (source | translated ...) with the source truth overlaid |
         target image with the task model's prediction overlaid."""
         from ..models.gan_utils import _to_uint8
-        from ..tasks import task_of
         from ..tasks.draw import save_translation_grid
 
         if source is None or source.y is None:
@@ -104,12 +102,12 @@ class PixelMethod(Method):
         if own_grid is not None:
             tgt = pred = None
             if target is not None:
-                pred = task.decide(task.infer(self.classifier, target.x))
+                pred = task.decide(task.infer(self.model, target.x))
                 tgt = _to_uint8(self.to_tanh(target.x))
             return own_grid(self.task, [_to_uint8(p) for p in panels], source.y, tgt, pred, path, title)
         tgt = pred = None
         if target is not None:
-            pred = task.decide(self.classifier(target.x).float()).cpu().numpy()
+            pred = task.decide(self.model(target.x).float()).cpu().numpy()
             tgt = _to_uint8(self.to_tanh(target.x))
         return save_translation_grid(self.task, [_to_uint8(p) for p in panels], source.y.cpu().numpy(), tgt, pred,
                                      path, title)

@@ -51,8 +51,8 @@ class AdvEnt(Method):
         return self.opts["mode"] == "minent"
 
     def build(self) -> None:
-        self.nets["classifier"] = self.make_classifier()
-        self.optims["main"] = self.make_optimizer(self.classifier.parameters())
+        self.nets["model"] = self.make_model()
+        self.optims["main"] = self.make_optimizer(self.model.parameters())
         if not self.minent:
             self.nets["discriminator"] = FullyConvDiscriminator(self.task.num_classes, self.opts["d_width"],
                                                                 self.opts["d_layers"])
@@ -66,7 +66,7 @@ class AdvEnt(Method):
     def step(self, source: Batch, target: Batch | None) -> dict[str, float]:
         ns = len(source)
         with self.autocast():
-            logits = self.classifier(torch.cat([source.x, target.x]))
+            logits = self.model(torch.cat([source.x, target.x]))
             seg_loss = self.task_loss_of(logits[:ns], source.y)
         if self.minent:
             ent = entropy_map(logits[ns:]).mean()

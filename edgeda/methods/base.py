@@ -15,10 +15,28 @@ import torch
 from torch import nn
 
 from ..errors import EdgedaError
-from ..task import TaskSpec
+from ..tasks.spec import TaskSpec
 from ..options import Configurable
 from ..tasks import task_of
 from .registry import methods_for
+
+
+def task_network_renamed(state: dict) -> dict:
+    """A method state (:meth:`Method.state_dict`) with the task network under its current name:
+    checkpoints written before it was called ``model`` hold it as ``nets["classifier"]`` (tensor
+    keys ``classifier.*``) and, in methods that name its optimizer after it, ``optims["classifier"]``.
+    Those become ``model.*`` and ``optims["model"]``; every other key, and a state that already
+    uses ``model``, stays as it is. The given dict is not changed."""
+    nets, optims = state.get("nets"), state.get("optims")
+    old = "classifier."
+    if nets is not None and any(k.startswith(old) for k in nets) and not any(k.startswith("model.") for k in nets):
+        renamed = type(nets)()
+        for k, v in nets.items():
+            renamed["model." + k[len(old):] if k.startswith(old) else k] = v
+        state = {**state, "nets": renamed}
+    if optims is not None and "classifier" in optims and "model" not in optims:
+        state = {**state, "optims": {("model" if k == "classifier" else k): v for k, v in optims.items()}}
+    return state
 
 
 @dataclass
@@ -172,13 +190,13 @@ class Method(Configurable):
         raise NotImplementedError
 
     # -- shared helpers -----------------------------------------------------------------------
-    def make_classifier(self) -> nn.Module:
+    def make_model(self) -> nn.Module:
         """The task network (a classifier, or a dense encoder + head), built from the task spec."""
         return task_of(self.task).build_model(self.task, self.backbone, self.backbone_kwargs)
 
     def task_loss_of(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """The task's supervised loss (cross-entropy; per-pixel for segmentation; depth: ``--task-loss``)."""
-        return task_of(self.task).model_loss(self.classifier, output, target, self.task_loss)
+        return task_of(self.task).model_loss(self.model, output, target, self.task_loss)
 
     def make_optimizer(self, params, lr_mult: float = 1.0, name: str | None = None, *,
                        betas: tuple[float, float] | None = None, weight_decay: float | None = None) -> torch.optim.Optimizer:
@@ -260,24 +278,25 @@ class Method(Configurable):
         if (p / "manifest.json").is_file():
             from ..bundle import Bundle
 
-            state = Bundle(p).classifier.state_dict()
+            state = Bundle(p).model.state_dict()
         elif p.suffix == ".safetensors" and p.is_file():
             state = load_file(str(p))
         else:
             raise EdgedaError(f"--init {path}: expected an edgeda bundle directory or a .safetensors file")
         try:
-            self.classifier.load_state_dict(state)
+            self.model.load_state_dict(state)
         except RuntimeError as e:
-            raise EdgedaError(f"--init {path} does not fit this classifier: {str(e).splitlines()[0]}") from None
+            raise EdgedaError(f"--init {path} does not fit this model: {str(e).splitlines()[0]}") from None
 
     @property
-    def classifier(self) -> nn.Module:
-        return self.nets["classifier"]
+    def model(self) -> nn.Module:
+        """The task network (``nets["model"]``): a classifier, a segmenter, a depth model or a detector."""
+        return self.nets["model"]
 
     def deployables(self) -> dict[str, nn.Module]:
         """What ships: always the task network (``"classifier"``: features + head; ``"model"`` for
         dense tasks); pixel-level methods add ``"refiner"``."""
-        return {task_of(self.task).deployable: self.classifier}
+        return {task_of(self.task).deployable: self.model}
 
     def train(self) -> None:
         self.nets.train()
@@ -293,6 +312,7 @@ class Method(Configurable):
         }
 
     def load_state_dict(self, state: dict) -> None:
+        state = task_network_renamed(state)
         self.nets.load_state_dict(state["nets"])
         for k, o in self.optims.items():
             o.load_state_dict(state["optims"][k])

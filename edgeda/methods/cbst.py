@@ -75,8 +75,8 @@ class CBST(Method):
                 raise EdgedaError(f"method 'cbst' option {key}={o[key]} must be in (0, 1]")
         if o["warmup"] >= 1.0:
             raise EdgedaError(f"method 'cbst' option warmup={o['warmup']} must be below 1 (a fraction of training)")
-        self.nets["classifier"] = self.make_classifier()
-        self.optims["main"] = self.make_optimizer(self.classifier.parameters())
+        self.nets["model"] = self.make_model()
+        self.optims["main"] = self.make_optimizer(self.model.parameters())
         self.from_init = False
         self.round = -1
         self.thresholds = torch.ones(self.task.num_classes)
@@ -100,7 +100,7 @@ class CBST(Method):
     def start_round(self, round_index: int, target: Batch | None = None) -> None:
         """Freeze the current segmenter and set this round's class thresholds from its predictions on
         the target adaptation images (without them, e.g. outside the trainer, on ``target``)."""
-        frozen = copy.deepcopy(self.classifier).eval().requires_grad_(False)
+        frozen = copy.deepcopy(self.model).eval().requires_grad_(False)
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             broadcast_module(frozen)  # BatchNorm statistics drift apart between ranks: every rank labels with rank 0's
         seed = int(getattr(self, "target_seed", 0))
@@ -124,14 +124,14 @@ class CBST(Method):
         ns = len(source)
         if r < 0:  # warm-up: the source task alone
             with self.autocast():
-                seg = self.task_loss_of(self.classifier(source.x), source.y)
+                seg = self.task_loss_of(self.model(source.x), source.y)
             self.update(seg)
             return {"loss/seg": seg.item(), "cbst/round": -1.0}
         with torch.no_grad(), self.autocast():
             probs = self.frozen(target.x).float().softmax(1)
         labels, kept = class_normalised_labels(probs, self.thresholds)
         with self.autocast():
-            logits = self.classifier(torch.cat([source.x, target.x]))
+            logits = self.model(torch.cat([source.x, target.x]))
             seg = self.task_loss_of(logits[:ns], source.y)
             tgt = self.task_loss_of(logits[ns:], labels) if bool(kept.any()) else logits.new_zeros(()).float()
         self.update(seg + self.opts["lambda_target"] * tgt)
@@ -154,5 +154,5 @@ class CBST(Method):
             self.thresholds = state["cbst_thresholds"].float().cpu()
         self.frozen = None
         if "cbst_frozen" in state:
-            self.frozen = copy.deepcopy(self.classifier).eval().requires_grad_(False)
+            self.frozen = copy.deepcopy(self.model).eval().requires_grad_(False)
             self.frozen.load_state_dict(state["cbst_frozen"])

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import torch
 
+from ..data.dense import IGNORE_INDEX
 from ..errors import EdgedaError
 from ..models.superpixels import (LabelDistributionRegressor, class_fractions, label_distribution_kl, landmark_labels,
                                   predicted_label_distribution, slic_superpixels, soft_cross_entropy)
@@ -74,9 +75,9 @@ class CurriculumDA(Method):
         o = self.opts
         if not 0.0 < o["landmark_fraction"] <= 1.0:
             raise EdgedaError(f"method 'cda' option landmark_fraction={o['landmark_fraction']} must be in (0, 1]")
-        self.nets["classifier"] = self.make_classifier()
-        self.nets["label_distribution"] = LabelDistributionRegressor(self.classifier.feature_channels, self.task.num_classes)
-        self.optims["main"] = self.make_optimizer(self.classifier.parameters())
+        self.nets["model"] = self.make_model()
+        self.nets["label_distribution"] = LabelDistributionRegressor(self.model.feature_channels, self.task.num_classes)
+        self.optims["main"] = self.make_optimizer(self.model.parameters())
         self.optims["label_distribution"] = self.make_adam(self.nets["label_distribution"].parameters(), o["lr_r"], (0.9, 0.999))
 
     def pixels(self, x: torch.Tensor) -> torch.Tensor:
@@ -88,7 +89,7 @@ class CurriculumDA(Method):
     def step(self, source: Batch, target: Batch | None) -> dict[str, float]:
         o, ns = self.opts, len(source)
         with self.autocast():
-            feats, logits = self.classifier.features_and_logits(torch.cat([source.x, target.x]))
+            feats, logits = self.model.features_and_logits(torch.cat([source.x, target.x]))
             seg = self.task_loss_of(logits[:ns], source.y)
         r_logits = self.nets["label_distribution"](feats.detach())
         q_t = r_logits[ns:].detach().softmax(1)
@@ -101,7 +102,7 @@ class CurriculumDA(Method):
         kl = label_distribution_kl(q_t, predicted_label_distribution(logits[ns:]))
         segments = slic_superpixels(self.pixels(target.x), o["n_segments"], o["compactness"])
         y_sp = landmark_labels(segments, logits[ns:].detach().float().softmax(1), o["landmark_fraction"])
-        labelled = y_sp != 255
+        labelled = y_sp != IGNORE_INDEX
         sp = self.task_loss_of(logits[ns:], y_sp) if bool(labelled.any()) else logits.new_zeros(()).float()
         self.update(seg + o["lambda_kl"] * kl + o["lambda_sp"] * sp, "main")
         return {**out, "loss/kl": kl.item(), "loss/sp": sp.item(), "sp/landmark_pixels": labelled.float().mean().item(),

@@ -44,13 +44,13 @@ class DeepCORAL(Method):
                    "bn": "source and target through BatchNorm together or each with its own batch statistics"}
 
     def build(self) -> None:
-        self.nets["classifier"] = self.make_classifier()
+        self.nets["model"] = self.make_model()
         self.optims["main"] = self.make_optimizer(self.nets.parameters())
 
     def step(self, source: Batch, target: Batch | None) -> dict[str, float]:
         ns = len(source)
         with self.autocast():
-            clf = self.classifier
+            clf = self.model
             if self.opts["bn"] == "separate":
                 with frozen_bn_statistics(clf):
                     feats_s, logits_s = clf.features_and_logits(source.x)

@@ -129,8 +129,8 @@ class CSG(Method):
 
     def build(self) -> None:
         o = self.opts
-        clf = self.make_classifier()
-        self.nets["classifier"] = clf
+        clf = self.make_model()
+        self.nets["model"] = clf
         t = self.task
         self.n_layers = o["layers"]
         with torch.no_grad():
@@ -176,7 +176,7 @@ class CSG(Method):
 
     @torch.no_grad()
     def _freeze_initial(self) -> None:
-        self.nets["frozen"].load_state_dict(self.classifier.features.state_dict())
+        self.nets["frozen"].load_state_dict(self.model.features.state_dict())
         for j in range(self.n_layers):
             proj, ema, _ = self._keys(j)
             self.nets[ema].load_state_dict(self.nets[proj].state_dict())
@@ -204,7 +204,7 @@ class CSG(Method):
         n = len(x)
         views = [rand_augment(v, t.mean, t.std, ANCHOR_OPS, ANCHOR_MAGNITUDE) for v in pairs]
         with self.autocast():  # both views in one batch, as SimCLR normalises them
-            z = self.nets["proj_anchor"](self.classifier.features(torch.cat(views)))
+            z = self.nets["proj_anchor"](self.model.features(torch.cat(views)))
             loss = nt_xent(z[:n], z[n:], ANCHOR_TEMPERATURE)
         self.update(loss, "anchor")
         return {"loss/anchor": loss.item()}
@@ -223,14 +223,14 @@ class CSG(Method):
         xa = self.augment(source.x)
         started = bool(self.nets["queue"].started)
         with self.autocast():
-            maps, feats = feature_maps(self.classifier.features, xa, n)
-            cls_loss = F.cross_entropy(self.classifier.head(feats).float(), source.y)
+            maps, feats = feature_maps(self.model.features, xa, n)
+            cls_loss = F.cross_entropy(self.model.head(feats).float(), source.y)
             if started:
                 with torch.no_grad():  # key view a'(x): frozen maps, pooled with the student's attention on a'(x)
                     xk = self.augment(source.x)
                     frozen_maps = feature_maps(self.nets["frozen"], xk, n)[0]
-                    with frozen_bn_statistics(self.classifier):
-                        attn_maps = feature_maps(self.classifier.features, xk, n)[0]
+                    with frozen_bn_statistics(self.model):
+                        attn_maps = feature_maps(self.model.features, xk, n)[0]
                 nces, keys = [], []
                 for j, (fmap, fmap0, fmap_a) in enumerate(zip(reversed(maps), reversed(frozen_maps), reversed(attn_maps))):
                     proj, ema, queue = self._keys(j)

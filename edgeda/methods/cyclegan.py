@@ -68,12 +68,12 @@ class CycleGANRefinement(PixelMethod):
         if self.opts["semantic_target"] > 0 and not task_of(self.task).class_logits:
             raise EdgedaError(f"{self.name} option semantic_target needs class predictions; it is for classification "
                               f"and segmentation, not {self.task.task}")
-        self.nets["classifier"] = self.make_classifier()
+        self.nets["model"] = self.make_model()
         self.nets["refiner"] = self.make_refiner()        # G: source -> target
         self.nets["inverse"] = self.make_refiner()        # F: target -> source
         self.nets["disc_t"] = self.make_discriminator()
         self.nets["disc_s"] = self.make_discriminator()
-        self.optims["classifier"] = self.make_optimizer(self.classifier.parameters())
+        self.optims["model"] = self.make_optimizer(self.model.parameters())
         self.optims["gen"] = self.make_gan_optimizer(list(self.nets["refiner"].parameters()) + list(self.nets["inverse"].parameters()))
         self.optims["disc"] = self.make_gan_optimizer(list(self.nets["disc_t"].parameters()) + list(self.nets["disc_s"].parameters()))
         self.pool_t, self.pool_s = ImagePool(self.opts["pool"], 1), ImagePool(self.opts["pool"], 2)
@@ -92,11 +92,11 @@ class CycleGANRefinement(PixelMethod):
             fake_t, fake_s = G(xs), Fi(xt)
             adv = self.gan(Dt(fake_t), True, generator=True) + self.gan(Ds(fake_s), True, generator=True)
             cyc = self.source_cycle_loss(Fi(fake_t), xs, source) + cycle_loss(G(fake_s), xt)
-            sem = self.task_loss_of(self.classifier(self.to_input(fake_t)), source.y)
+            sem = self.task_loss_of(self.model(self.to_input(fake_t)), source.y)
             g_loss = adv + o["cycle"] * cyc + o["semantic"] * sem
             sem_t = None
             if o["semantic_target"] > 0:  # F(x_t) keeps the class C gives x_t
-                clf = self.classifier
+                clf = self.model
                 with frozen_bn_statistics(clf):
                     with torch.no_grad():
                         pseudo = clf(target.x).argmax(1)
@@ -108,8 +108,8 @@ class CycleGANRefinement(PixelMethod):
                 g_loss = g_loss + o["identity"] * o["cycle"] * idt
         self.update(g_loss, "gen")  # C's gradients from sem are dropped: its own update zeroes them first
         with self.autocast():
-            ce_src = self.task_loss_of(self.classifier(source.x), source.y)
-        self.update(ce_src, "classifier")
+            ce_src = self.task_loss_of(self.model(source.x), source.y)
+        self.update(ce_src, "model")
         with self.autocast():
             d_loss = 0.5 * (self.gan(Dt(xt), True) + self.gan(Dt(self.pool_t.query(fake_t)), False)
                             + self.gan(Ds(xs), True) + self.gan(Ds(self.pool_s.query(fake_s)), False))
@@ -126,6 +126,6 @@ class CycleGANRefinement(PixelMethod):
         with torch.no_grad(), self.autocast():
             refined = self.to_input(self.nets["refiner"](self.to_tanh(source.x)))
         with self.autocast():
-            loss = self.task_loss_of(self.classifier(refined), source.y)
-        self.update(loss, "classifier")
+            loss = self.task_loss_of(self.model(refined), source.y)
+        self.update(loss, "model")
         return {"loss/cls_refined": loss.item()}

@@ -11,11 +11,11 @@ from ..errors import EdgedaError
 from ..models.mixing import (class_mix_masks, label_at_feature_scale, masked_feature_distance, mix, patch_keep_mask,
                              strong_augment)
 from ..models.mean_teacher import MeanTeacher, pseudo_labels
+from ..data.dense import IGNORE_INDEX
 from ..data.sampling import rare_class_weights
 from .base import Batch, Method
 from .registry import METHODS
 
-IGNORE = 255
 # DAFormer's feature-distance classes on Cityscapes: traffic light, traffic sign and the eight object classes
 THING_NAMES = {"traffic light", "traffic sign", "person", "rider", "car", "truck", "bus", "train", "motorcycle", "bicycle"}
 BACKGROUND_NAMES = {"background", "void", "unlabeled", "unlabelled", "other"}
@@ -38,7 +38,7 @@ def warmup_factor(progress: float, share: float, start: float = 1e-6) -> float:
 
 def weighted_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """mean_{n,h,w} weight * CE(logits, labels), ignored (255) pixels counting 0 (DACS's pixel-weighted loss)."""
-    ce = F.cross_entropy(logits.float(), labels.long(), ignore_index=IGNORE, reduction="none")
+    ce = F.cross_entropy(logits.float(), labels.long(), ignore_index=IGNORE_INDEX, reduction="none")
     return (ce * weight).mean()
 
 
@@ -143,9 +143,9 @@ class DACS(Method):
                 raise EdgedaError(f"method 'dacs' option {key}={o[key]} must lie in [0, 1]")
         if not 0.0 <= o["warmup"] < 1.0:
             raise EdgedaError(f"method 'dacs' option warmup={o['warmup']} must lie in [0, 1)")
-        self.nets["classifier"] = self.make_classifier()
-        self.optims["main"] = self.make_optimizer(self.param_groups(self.classifier, o["encoder_lr"]))
-        self.mean_teacher = MeanTeacher(self.classifier, o["alpha"])
+        self.nets["model"] = self.make_model()
+        self.optims["main"] = self.make_optimizer(self.param_groups(self.model, o["encoder_lr"]))
+        self.mean_teacher = MeanTeacher(self.model, o["alpha"])
         self.nets["teacher"] = self.mean_teacher.teacher  # moved, saved and restored with the student
         self.pretrained_encoder: torch.nn.Module | None = None
         self._things = torch.tensor(thing_classes(self.task.classes, self.task.num_classes), dtype=torch.long)
@@ -161,10 +161,10 @@ class DACS(Method):
 
     def backbone_weights_loaded(self) -> None:
         if self.opts["feature_distance"] and self.opts["lambda_fd"] > 0:
-            if not hasattr(self.classifier, "features_and_logits"):
+            if not hasattr(self.model, "features_and_logits"):
                 raise EdgedaError("dacs feature_distance needs a dense model with features_and_logits; "
                                   "pass --option feature_distance=false")
-            encoder = self.classifier.encoder
+            encoder = self.model.encoder
             self.pretrained_encoder = copy.deepcopy(encoder).requires_grad_(False).eval()
 
     # -- the update -------------------------------------------------------------------------------
@@ -186,7 +186,7 @@ class DACS(Method):
 
     def step(self, source: Batch, target: Batch | None) -> dict[str, float]:
         o = self.opts
-        student = self.classifier
+        student = self.model
         if self.mean_teacher.updates == 0:  # start from the weights the student starts from (--init, pre-trained)
             self.mean_teacher.teacher.load_state_dict(student.state_dict())
         warm = warmup_factor(self.progress, o["warmup"])

@@ -77,9 +77,9 @@ class DANN(Method):
                                                  "instance_hidden")}
 
     def build(self) -> None:
-        self.nets["classifier"] = self.make_classifier()
+        self.nets["model"] = self.make_model()
         self.dense = task_of(self.task).dense
-        self.multi_scale = callable(getattr(self.classifier, "loss", None))  # a detector: levels of features
+        self.multi_scale = callable(getattr(self.model, "loss", None))  # a detector: levels of features
         if self.multi_scale:
             if self.opts["dropout"]:
                 raise EdgedaError("dann's per-level domain classifiers (detection) have no dropout; leave option dropout at 0")
@@ -94,25 +94,25 @@ class DANN(Method):
         elif self.dense:
             if self.opts["dropout"]:
                 raise EdgedaError("dann's pixel-wise domain classifier (segmentation, depth) has no dropout; leave option dropout at 0")
-            self.nets["domain"] = PixelDomainClassifier(self.classifier.feature_channels, self.opts["hidden"])
+            self.nets["domain"] = PixelDomainClassifier(self.model.feature_channels, self.opts["hidden"])
         else:
             self.nets["domain"] = DomainClassifier(
-                self.nets["classifier"].feature_dim, self.opts["hidden"], self.opts["dropout"]
+                self.nets["model"].feature_dim, self.opts["hidden"], self.opts["dropout"]
             )
         self.optims["main"] = self.make_optimizer(self.nets.parameters())
 
     def _level_channels(self) -> list[int]:
         h, w = self.task.image_size
-        was = self.classifier.training
-        self.classifier.eval()
+        was = self.model.training
+        self.model.eval()
         with torch.no_grad():
-            feats = self.classifier.features(torch.zeros(1, self.task.channels, h, w))
-        self.classifier.train(was)
+            feats = self.model.features(torch.zeros(1, self.task.channels, h, w))
+        self.model.train(was)
         return [int(f.shape[1]) for f in feats]
 
     def _detection_step(self, source: Batch, target: Batch, coeff: float) -> dict[str, float]:
         ns = len(source)
-        model = self.classifier
+        model = self.model
         instance = float(self.opts["instance"]) > 0
         with self.autocast():
             feats = model.features(torch.cat([source.x, target.x]))
@@ -131,7 +131,7 @@ class DANN(Method):
 
     def _instance_terms(self, source: Batch, feats: list[torch.Tensor], image_logits: list[torch.Tensor], coeff: float):
         """(L_ins, L_cst, logged values) over the source's ground-truth boxes and the target's detections."""
-        model, ns, k = self.classifier, len(source), int(self.opts["instance_boxes"])
+        model, ns, k = self.model, len(source), int(self.opts["instance_boxes"])
         h, w = self.task.image_size
         strides = [(h / f.shape[-2], w / f.shape[-1]) for f in feats]  # per axis (odd sizes round the maps up)
         with torch.no_grad():
@@ -167,7 +167,7 @@ class DANN(Method):
         if self.multi_scale:
             return self._detection_step(source, target, coeff)
         with self.autocast():
-            feats, logits = self.classifier.features_and_logits(torch.cat([source.x, target.x]))
+            feats, logits = self.model.features_and_logits(torch.cat([source.x, target.x]))
             if self.dense:
                 cls_loss = self.task_loss_of(logits[:ns], source.y)
                 dom_loss, dom_acc = pixel_domain_adversarial_loss(self.nets["domain"], feats[:ns], feats[ns:], coeff)

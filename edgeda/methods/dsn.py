@@ -38,8 +38,8 @@ class DomainSeparation(Method):
 
     def build(self) -> None:
         t = self.task
-        self.nets["classifier"] = self.make_classifier()
-        dim = self.nets["classifier"].feature_dim
+        self.nets["model"] = self.make_model()
+        dim = self.nets["model"].feature_dim
         for name in ("private_source", "private_target"):
             self.nets[name] = BACKBONES.get(self.backbone)(channels=t.channels, image_size=t.image_size[0], **self.backbone_kwargs)
         width = int(self.backbone_kwargs.get("width", 16)) if self.backbone == "dtn" else 16
@@ -51,7 +51,7 @@ class DomainSeparation(Method):
         ns, o = len(source), self.opts
         coeff = dann_coefficient(self.progress, o["grl_gamma"])
         with self.autocast():
-            shared, logits = self.classifier.features_and_logits(torch.cat([source.x, target.x]))
+            shared, logits = self.model.features_and_logits(torch.cat([source.x, target.x]))
             cls_loss = F.cross_entropy(logits[:ns].float(), source.y)
             hp_s, hp_t = self.nets["private_source"](source.x), self.nets["private_target"](target.x)
             rec_s = self.nets["decoder"](shared[:ns] + hp_s)

@@ -70,17 +70,17 @@ class FCNsInTheWild(Method):
 
     def build(self) -> None:
         o = self.opts
-        self.nets["classifier"] = self.make_classifier()
-        self.nets["domain"] = PixelDomainClassifier(self.classifier.feature_channels, o["hidden"])
+        self.nets["model"] = self.make_model()
+        self.nets["domain"] = PixelDomainClassifier(self.model.feature_channels, o["hidden"])
         self.nets["class_size"] = ClassSizeBounds(self.task.num_classes, o["stats_images"], o["low"], o["high"])
-        self.optims["main"] = self.make_optimizer(self.classifier.parameters())
+        self.optims["main"] = self.make_optimizer(self.model.parameters())
         self.optims["domain"] = self.make_adam(self.nets["domain"].parameters(), o["lr_d"])
 
     def step(self, source: Batch, target: Batch | None) -> dict[str, float]:
         ns, D, stats = len(source), self.nets["domain"], self.nets["class_size"]
         stats.observe(source.y)
         with self.autocast():
-            feats, logits = self.classifier.features_and_logits(torch.cat([source.x, target.x]))
+            feats, logits = self.model.features_and_logits(torch.cat([source.x, target.x]))
             d_loss = domain_loss(D(feats[:ns].detach()), D(feats[ns:].detach()))
         self.update(d_loss, "domain")
         with self.autocast():

@@ -64,8 +64,8 @@ class FDA(Method):
 
     def build(self) -> None:
         low_frequency_band(*self.task.image_size, self.opts["beta"])  # checks beta
-        self.nets["classifier"] = self.make_classifier()
-        self.optims["main"] = self.make_optimizer(self.classifier.parameters())
+        self.nets["model"] = self.make_model()
+        self.optims["main"] = self.make_optimizer(self.model.parameters())
         self._generator = torch.Generator().manual_seed(0)
 
     def translate(self, source_x: torch.Tensor, target_x: torch.Tensor) -> torch.Tensor:
@@ -82,7 +82,7 @@ class FDA(Method):
         with torch.no_grad():
             x_s2t = self.translate(source.x, target.x)
         with self.autocast():
-            head, logits = head_and_output(self.classifier, torch.cat([x_s2t, target.x]))
+            head, logits = head_and_output(self.model, torch.cat([x_s2t, target.x]))
             seg_loss = self.task_loss_of(logits[:ns], source.y)
         ent = charbonnier_penalty(entropy_map(head[ns:]), self.opts["eta"]).mean()  # at the head's resolution
         on = 1.0 if self.progress >= self.opts["entropy_start"] else 0.0

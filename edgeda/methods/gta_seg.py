@@ -77,12 +77,12 @@ class GenerateToAdaptSeg(Method):
 
     def build(self) -> None:
         o, t = self.opts, self.task
-        self.nets["classifier"] = self.make_classifier()
-        enc = self.classifier.encoder
+        self.nets["model"] = self.make_model()
+        enc = self.model.encoder
         self.nets["generator"] = FeatureImageGenerator(enc.out_channels, t.channels, enc.feature_info["out"]["stride"],
                                                        o["g_width"], o["g_dropout"])
         self.nets["discriminator"] = FourClassPatchDiscriminator(t.channels, t.num_classes, o["d_width"], o["d_layers"])
-        self.optims["f"] = self.make_adam(self.classifier.parameters(), o["lr_f"], weight_decay=self.optim_cfg.weight_decay)
+        self.optims["f"] = self.make_adam(self.model.parameters(), o["lr_f"], weight_decay=self.optim_cfg.weight_decay)
         self.optims["g"] = self.make_adam(self.nets["generator"].parameters(), o["lr_gd"])
         self.optims["d"] = self.make_adam(self.nets["discriminator"].parameters(), o["lr_gd"])
 
@@ -94,7 +94,7 @@ class GenerateToAdaptSeg(Method):
         G, D = self.nets["generator"], self.nets["discriminator"]
         real_s, real_t = self.to_tanh(source.x), self.to_tanh(target.x)
         with self.autocast():
-            feats, logits = self.classifier.features_and_logits(torch.cat([source.x, target.x]))
+            feats, logits = self.model.features_and_logits(torch.cat([source.x, target.x]))
             fake = G(feats.detach(), size)
             # D: within-domain real/fake of both domains, and the auxiliary labelling of real source
             kinds, labels_real = D(torch.cat([real_s, real_t, fake.detach()]))
@@ -129,7 +129,7 @@ class GenerateToAdaptSeg(Method):
         for b in (source, target):
             if b is None:
                 continue
-            feats, _ = self.classifier.features_and_logits(b.x)
+            feats, _ = self.model.features_and_logits(b.x)
             panels += [self.to_tanh(b.x), G(feats, b.x.shape[-2:])]
         n = min(len(p) for p in panels)
         return write_sample_grid(Path(folder) / f"samples_{iteration:06d}.png", [p[:n] for p in panels], None)

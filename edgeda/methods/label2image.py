@@ -55,8 +55,8 @@ class Label2Image(PixelMethod):
 
     def build(self) -> None:
         t, o = self.task, self.opts
-        self.nets["classifier"] = self.make_classifier()
-        if t.dense:
+        self.nets["model"] = self.make_model()
+        if task_of(t).dense:
             self.nets["generator"] = build("label_map_generator", num_classes=t.num_classes, channels=t.channels,
                                            z_dim=o["z_dim"], width=o["g_width"])
             self.nets["disc"] = PatchDiscriminator(t.channels, o["d_width"], 3)
@@ -64,21 +64,21 @@ class Label2Image(PixelMethod):
             self.nets["generator"] = build("conditional_generator", num_classes=t.num_classes, channels=t.channels,
                                            image_size=t.image_size[0], z_dim=o["z_dim"], width=o["g_width"])
             self.nets["disc"] = ImageDiscriminator(t.channels, t.image_size[0], o["d_width"])
-        self.optims["classifier"] = self.make_optimizer(self.classifier.parameters())
+        self.optims["model"] = self.make_optimizer(self.model.parameters())
         self.optims["generator"] = self.make_gan_optimizer(self.nets["generator"].parameters())
         self.optims["disc"] = self.make_gan_optimizer(self.nets["disc"].parameters())
 
     def deployables(self) -> dict[str, nn.Module]:
-        return {task_of(self.task).deployable: self.classifier, "generator": self.nets["generator"]}
+        return {task_of(self.task).deployable: self.model, "generator": self.nets["generator"]}
 
     def _teacher_logits(self, x: torch.Tensor) -> torch.Tensor:
         """C in eval mode (BatchNorm running statistics) so generated batches do not shift it."""
-        was = self.classifier.training
-        self.classifier.eval()
+        was = self.model.training
+        self.model.eval()
         try:
-            return self.classifier(x).float()
+            return self.model(x).float()
         finally:
-            self.classifier.train(was)
+            self.model.train(was)
 
     def step(self, source: Batch, target: Batch | None) -> dict[str, float]:
         o, p = self.opts, self.progress
@@ -89,22 +89,22 @@ class Label2Image(PixelMethod):
             out.update(gan_out)
         if p < o["phase1"] or p >= o["phase2"]:
             with self.autocast():
-                ce_src = self.task_loss_of(self.classifier(source.x), source.y)
+                ce_src = self.task_loss_of(self.model(source.x), source.y)
                 loss = ce_src
                 out["loss/cls_src"] = ce_src.item()
                 if fake is not None:
-                    logits = self.classifier(torch.cat([self.to_input(fake.detach()), target.x])).float()
+                    logits = self.model(torch.cat([self.to_input(fake.detach()), target.x])).float()
                     ce_gen = self.task_loss_of(logits[: len(y)], y)
                     ent = entropy(logits[len(y):]).mean()
                     loss = loss + o["gen_weight"] * ce_gen + o["reg"] * ent
                     out.update({"loss/cls_gen": ce_gen.item(), "loss/target_entropy": ent.item()})
-            self.update(loss, "classifier")
+            self.update(loss, "model")
         return out
 
     def sample(self, source: Batch) -> tuple[torch.Tensor, torch.Tensor]:
         """(G(y, z), y): y uniform over classes, or the source masks as layouts (dense tasks)."""
         G = self.nets["generator"]
-        if not self.task.dense:
+        if not task_of(self.task).dense:
             return G.sample(len(source))
         z = torch.randn(len(source), G.z_dim, device=source.x.device)
         return G(source.y, z), source.y

@@ -171,11 +171,11 @@ class DetectionMeanTeacher(Method):
                 raise EdgedaError(f"method 'mean_teacher' option {key}={o[key]} must lie in [0, 1]")
         if not 0.0 <= o["burn_in"] < 1.0:
             raise EdgedaError(f"method 'mean_teacher' option burn_in={o['burn_in']} must lie in [0, 1)")
-        self.nets["classifier"] = self.make_classifier()
-        if not callable(getattr(self.classifier, "postprocess", None)):
+        self.nets["model"] = self.make_model()
+        if not callable(getattr(self.model, "postprocess", None)):
             raise EdgedaError("method 'mean_teacher' needs a detector (a network with postprocess and loss)")
-        self.optims["main"] = self.make_optimizer(self.param_groups(self.classifier, o["encoder_lr"]))
-        self.mean_teacher = MeanTeacher(self.classifier, o["alpha"])
+        self.optims["main"] = self.make_optimizer(self.param_groups(self.model, o["encoder_lr"]))
+        self.mean_teacher = MeanTeacher(self.model, o["alpha"])
         self.nets["teacher"] = self.mean_teacher.teacher  # moved, saved and restored with the student
         self.started, self.initialised = False, False
         floor = min(o["floor"], o["threshold"]) if o["rate_prior"] else o["threshold"]
@@ -190,7 +190,7 @@ class DetectionMeanTeacher(Method):
 
     def step(self, source: Batch, target: Batch | None) -> dict[str, float]:
         o = self.opts
-        student = self.classifier
+        student = self.model
         with self.autocast():
             loss_src = self.task_loss_of(student(source.x), source.y)
         out = {"loss/src": loss_src.item()}

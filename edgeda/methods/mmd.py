@@ -42,14 +42,14 @@ class MultiKernelMMD(Method):
 
     def build(self) -> None:
         self.layers = set(self.opts["layers"].split("+"))
-        self.nets["classifier"] = self.make_classifier()
+        self.nets["model"] = self.make_model()
         self.optims["main"] = self.make_optimizer(self.nets.parameters())
 
     def step(self, source: Batch, target: Batch | None) -> dict[str, float]:
         ns = len(source)
         coeff = dann_coefficient(self.progress) if self.opts["ramp"] else 1.0
         with self.autocast():
-            feats, logits = self.classifier.features_and_logits(torch.cat([source.x, target.x]))
+            feats, logits = self.model.features_and_logits(torch.cat([source.x, target.x]))
             cls_loss = F.cross_entropy(logits[:ns].float(), source.y)
             reps = {"features": feats, "logits": logits}
             mmd = sum(multi_kernel_mmd(reps[k][:ns], reps[k][ns:]) for k in sorted(self.layers))

@@ -34,10 +34,10 @@ class PixelDA(PixelMethod):
     defaults = {**PIXEL_DEFAULTS, "adv": 1.0, "task": 1.0, "content": 1.0, "noise_dim": 10}
 
     def build(self) -> None:
-        self.nets["classifier"] = self.make_classifier()
+        self.nets["model"] = self.make_model()
         self.nets["refiner"] = self.make_refiner(noise_dim=self.opts["noise_dim"])
         self.nets["disc"] = self.make_discriminator()
-        self.optims["classifier"] = self.make_optimizer(self.classifier.parameters())
+        self.optims["model"] = self.make_optimizer(self.model.parameters())
         self.optims["refiner"] = self.make_gan_optimizer(self.nets["refiner"].parameters())
         self.optims["disc"] = self.make_gan_optimizer(self.nets["disc"].parameters())
 
@@ -57,10 +57,10 @@ class PixelDA(PixelMethod):
         with self.autocast():
             adv = self.gan(D(fake), True, generator=True)
             content = masked_pairwise_mse(fake, xs, source.foreground)
-            logits = self.classifier(torch.cat([source.x, self.to_input(fake)])).float()
+            logits = self.model(torch.cat([source.x, self.to_input(fake)])).float()
             ce_src = F.cross_entropy(logits[:ns], source.y)
             ce_gen = F.cross_entropy(logits[ns:], source.y)
             loss = o["adv"] * adv + o["content"] * content + o["task"] * (ce_src + ce_gen)
-        self.update(loss, "refiner", "classifier")
+        self.update(loss, "refiner", "model")
         return {"loss/d": d_loss.item(), "loss/g_adv": adv.item(), "loss/content": content.item(),
                 "loss/cls_src": ce_src.item(), "loss/cls_gen": ce_gen.item()}

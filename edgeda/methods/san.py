@@ -68,17 +68,17 @@ class StructuralAdaptation(Method):
 
     def build(self) -> None:
         o = self.opts
-        self.nets["classifier"] = self.make_classifier()
-        info = self.classifier.encoder.feature_info
+        self.nets["model"] = self.make_model()
+        info = self.model.encoder.feature_info
         levels = [k for k in info if k != "out"]
         self.low_level = o["low_level"] or levels[0]
         if self.low_level not in levels:
             raise EdgedaError(f"method 'san' option low_level={self.low_level!r}; valid for this encoder: {', '.join(levels)}")
-        high = self.classifier.feature_channels
+        high = self.model.feature_channels
         self.nets["generator"] = ConditionalFeatureGenerator(info[self.low_level]["channels"], high, o["g_width"],
                                                              o["g_blocks"], o["noise_channels"])
         self.nets["discriminator"] = PixelDomainClassifier(high, o["d_width"])
-        self.optims["main"] = self.make_optimizer(self.classifier.parameters())
+        self.optims["main"] = self.make_optimizer(self.model.parameters())
         for name, lr in (("generator", o["lr_g"]), ("discriminator", o["lr_d"])):
             self.optims[name] = self.make_adam(self.nets[name].parameters(), lr, (0.5, 0.999))
 
@@ -87,13 +87,13 @@ class StructuralAdaptation(Method):
         f_s + residual: (2 N_s, K, H, W) at input size ``size``."""
         both = {k: torch.cat([v, v]) for k, v in feats.items()}
         both["out"] = torch.cat([feats["out"], feats["out"] + residual])
-        return F.interpolate(self.classifier.head(both), size=size, mode="bilinear", align_corners=False)
+        return F.interpolate(self.model.head(both), size=size, mode="bilinear", align_corners=False)
 
     def step(self, source: Batch, target: Batch | None) -> dict[str, float]:
         ns, G, D = len(source), self.nets["generator"], self.nets["discriminator"]
         lam = self.opts["lambda_task"]
         with self.autocast():
-            feats = self.classifier.encoder.forward_intermediates(torch.cat([source.x, target.x]))
+            feats = self.model.encoder.forward_intermediates(torch.cat([source.x, target.x]))
             f_s, f_t = feats["out"][:ns], feats["out"][ns:]
             residual = G(feats[self.low_level][:ns].detach(), size=f_s.shape[-2:])
             fake = f_s.detach() + residual

@@ -23,11 +23,11 @@ class SourceOnly(Method):
     defaults: dict = {"encoder_lr": 1.0}
 
     def build(self) -> None:
-        self.nets["classifier"] = self.make_classifier()
-        self.optims["main"] = self.make_optimizer(self.param_groups(self.classifier, self.opts["encoder_lr"]))
+        self.nets["model"] = self.make_model()
+        self.optims["main"] = self.make_optimizer(self.param_groups(self.model, self.opts["encoder_lr"]))
 
     def step(self, source: Batch, target: Batch | None) -> dict[str, float]:
         with self.autocast():
-            loss = self.task_loss_of(self.classifier(source.x), source.y)
+            loss = self.task_loss_of(self.model(source.x), source.y)
         self.update(loss)
         return {"loss/cls": loss.item()}

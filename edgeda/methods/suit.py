@@ -64,10 +64,10 @@ class SUIT(PixelMethod):
     tasks = ("classification", "segmentation")
 
     def build(self) -> None:
-        self.nets["classifier"] = self.make_classifier()
+        self.nets["model"] = self.make_model()
         self.nets["refiner"] = self.make_refiner()
         self.nets["disc"] = self.make_discriminator()
-        self.optims["classifier"] = self.make_optimizer(self.classifier.parameters())
+        self.optims["model"] = self.make_optimizer(self.model.parameters())
         self.optims["refiner"] = self.make_gan_optimizer(self.nets["refiner"].parameters())
         self.optims["disc"] = self.make_gan_optimizer(self.nets["disc"].parameters())
 
@@ -87,7 +87,7 @@ class SUIT(PixelMethod):
             ce_src = self.task_loss_of(logits[:ns], source.y)
             ce_gen = self.task_loss_of(logits[ns:], source.y)
             if per_player:  # G's terms through C with C's weights constant (and its statistics untouched)
-                with constant_parameters(self.classifier), frozen_bn_statistics(self.classifier):
+                with constant_parameters(self.model), frozen_bn_statistics(self.model):
                     feats_g, logits_g = self._classify(source.x, refined)
                 semantic = self.task_loss_of(logits_g[ns:], source.y)
                 content = F.mse_loss(feats_g[ns:].float(), feats_g[:ns].float())
@@ -95,16 +95,16 @@ class SUIT(PixelMethod):
                 semantic = ce_gen
                 content = F.mse_loss(feats[ns:].float(), feats[:ns].float())
             loss = o["adv"] * adv + o["semantic"] * semantic + o["content"] * content + ce_src + ce_gen
-        self.update(loss, "refiner", "classifier")
+        self.update(loss, "refiner", "model")
         if o["bn"] == "target":  # the running statistics inference uses: real target batches only
             with torch.no_grad(), self.autocast():
-                self.classifier(target.x)
+                self.model(target.x)
         return {"loss/d": d_loss.item(), "loss/g_adv": adv.item(), "loss/cls_src": ce_src.item(),
                 "loss/cls_gen": ce_gen.item(), "loss/content": content.item()}
 
     def _classify(self, x_source: torch.Tensor, x_refined: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """C's (features, logits) of [x_s; G(x_s)], normalised as ``bn`` says."""
-        clf = self.classifier
+        clf = self.model
         if self.opts["bn"] in ("separate", "target"):
             with frozen_bn_statistics(clf):
                 feats_s, logits_s = clf.features_and_logits(x_source)

@@ -71,13 +71,13 @@ class T2Net(PixelMethod):
 
     def build(self) -> None:
         o = self.opts
-        self.nets["classifier"] = self.make_classifier()               # T
+        self.nets["model"] = self.make_model()               # T
         self.nets["refiner"] = self.make_refiner()                     # G
         self.nets["disc_t"] = self.make_discriminator()                # D_T on images
-        self.nets["disc_f"] = FeatureMapDiscriminator(self.classifier.feature_channels, o["df_width"])  # D_f
+        self.nets["disc_f"] = FeatureMapDiscriminator(self.model.feature_channels, o["df_width"])  # D_f
         base = self.optim_cfg.lr
         self.optims["main"] = self._adam([{"params": list(self.nets["refiner"].parameters()), "lr_mult": o["lr_trans"] / base},
-                                          {"params": list(self.classifier.parameters()), "lr_mult": o["lr_task"] / base}])
+                                          {"params": list(self.model.parameters()), "lr_mult": o["lr_task"] / base}])
         self.optims["disc"] = self._adam([{"params": list(self.nets["disc_t"].parameters()) + list(self.nets["disc_f"].parameters()),
                                            "lr_mult": o["lr_trans"] / base}])
         self.pool = ImagePool(o["pool"], 1)
@@ -89,7 +89,7 @@ class T2Net(PixelMethod):
     def task_l1(self, pred: torch.Tensor, depth: torch.Tensor, log_pred: bool = False) -> torch.Tensor:
         """||s(T(G(x_s))) - s(y_s)||_1 on valid pixels (y_s > 0), log-depth scaled to [-1, 1] over the
         range; ``log_pred``: ``pred`` is already log-depth."""
-        lo, hi = float(self.classifier.min_depth), float(self.classifier.max_depth)
+        lo, hi = float(self.model.min_depth), float(self.model.max_depth)
         valid = depth > 0
         if not bool(valid.any()):
             return pred.sum() * 0.0
@@ -111,7 +111,7 @@ class T2Net(PixelMethod):
 
     def step(self, source: Batch, target: Batch | None) -> dict[str, float]:
         o = self.opts
-        G, T, Dt = self.nets["refiner"], self.classifier, self.nets["disc_t"]
+        G, T, Dt = self.nets["refiner"], self.model, self.nets["disc_t"]
         ns = len(source)
         xs, xt = self.to_tanh(source.x), self.to_tanh(target.x)
         with self.autocast():
@@ -144,7 +144,7 @@ class T2Net(PixelMethod):
             return None
         xs = self.to_tanh(source.x)
         fake = self.nets["refiner"](xs)
-        pred = self.classifier(self.to_input(fake))[:, 0].float().cpu().numpy()
+        pred = self.model(self.to_input(fake))[:, 0].float().cpu().numpy()
         truth = source.y.float().cpu().numpy()
         img, tr = _to_uint8(xs), _to_uint8(fake)
         rows = []

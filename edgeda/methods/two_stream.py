@@ -18,7 +18,7 @@ class TwoStream(Method):
 
     Rozantsev, Salzmann & Fua, "Beyond Sharing Weights for Deep Domain Adaptation", TPAMI 2019.
 
-    Source stream S (``nets["source"]``) and target stream T (``nets["classifier"]``, shipped) start
+    Source stream S (``nets["source"]``) and target stream T (``nets["model"]``, shipped) start
     from the same initial weights. For every weight/bias tensor l (conv, linear and BatchNorm
     affine) with n_l entries and per-layer scalars a_l, b_l:
         r_l = ||a_l W^S_l + b_l - W^T_l||^2
@@ -49,14 +49,14 @@ class TwoStream(Method):
     choices = {"reg": ("exp", "square")}
 
     def build(self) -> None:
-        self.nets["classifier"] = self.make_classifier()
-        self.nets["source"] = copy.deepcopy(self.nets["classifier"])  # same start: T = S at iteration 0
+        self.nets["model"] = self.make_model()
+        self.nets["source"] = copy.deepcopy(self.nets["model"])  # same start: T = S at iteration 0
         self.pairs = self._tied_parameters()
         self.optims["main"] = self.make_optimizer(self.nets.parameters())
 
     def _tied_parameters(self) -> list[tuple[str, nn.Parameter, nn.Parameter]]:
         src = dict(self.nets["source"].named_parameters())
-        return [(name, src[name], p) for name, p in self.nets["classifier"].named_parameters()]
+        return [(name, src[name], p) for name, p in self.nets["model"].named_parameters()]
 
     @staticmethod
     def linear_fit(ws: torch.Tensor, wt: torch.Tensor, ridge: float = 1e-4) -> tuple[torch.Tensor, torch.Tensor]:
@@ -83,7 +83,7 @@ class TwoStream(Method):
         o = self.opts
         with self.autocast():
             fs, logits_s = self.nets["source"].features_and_logits(source.x)
-            ft = self.classifier.features(target.x)
+            ft = self.model.features(target.x)
             cls_loss = F.cross_entropy(logits_s.float(), source.y)
             mmd = multi_kernel_mmd(fs, ft)
             reg, slope = self.weight_regulariser()

@@ -3,7 +3,7 @@
 Shared by Label2Image-DA (Li et al. 2020) and 3C-GAN model adaptation (Li et al., CVPR 2020):
 G maps a class label and noise to an image; D tells real (target) images from generated ones.
 Generated images are in [-1, 1] per channel ("tanh space"); :func:`tanh_to_input` maps them to
-the normalised input space of a :class:`~edgeda.task.TaskSpec` so the classifier can consume them.
+the normalised input space of a :class:`~edgeda.tasks.spec.TaskSpec` so the classifier can consume them.
 """
 from __future__ import annotations
 

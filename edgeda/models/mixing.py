@@ -21,7 +21,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-IGNORE = 255
+from ..data.dense import IGNORE_INDEX
 
 
 def _rand(generator: torch.Generator | None, *shape) -> torch.Tensor:
@@ -29,7 +29,7 @@ def _rand(generator: torch.Generator | None, *shape) -> torch.Tensor:
 
 
 def class_mix_masks(labels: torch.Tensor, generator: torch.Generator | None = None,
-                    ignore_index: int = IGNORE) -> torch.Tensor:
+                    ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
     """(N, 1, H, W) float masks: 1 on the pixels of ceil(n_i / 2) of the n_i classes present in
     ``labels[i]`` (N, H, W) (the ignore label is not a class), chosen without replacement."""
     masks = torch.zeros(labels.shape[0], 1, *labels.shape[1:], device=labels.device)
@@ -141,7 +141,7 @@ def patch_keep_mask(n: int, size: tuple[int, int], patch: int, ratio: float,
 
 
 def label_at_feature_scale(labels: torch.Tensor, size: tuple[int, int], num_classes: int, min_ratio: float = 0.75,
-                           ignore_index: int = IGNORE) -> torch.Tensor:
+                           ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
     """Labels (N, H, W) brought to a feature map's ``size`` (h, w): each feature pixel takes the class
     that covers at least ``min_ratio`` of its labelled block of the image, else ``ignore_index``."""
     onehot = F.one_hot(torch.where(labels == ignore_index, num_classes, labels).long(), num_classes + 1)

@@ -21,10 +21,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..data.dense import IGNORE_INDEX
 from .registry import ARCHITECTURES
 
 
-def one_hot_map(masks: torch.Tensor, num_classes: int, ignore_index: int = 255) -> torch.Tensor:
+def one_hot_map(masks: torch.Tensor, num_classes: int, ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
     """(N, H, W) integer masks -> (N, C, H, W) float one-hot maps; ``ignore_index`` pixels are all zero.
     A float (N, C, H, W) input is returned as it is (soft layouts, e.g. softmax outputs)."""
     if masks.dim() == 4:
@@ -83,7 +84,7 @@ class LabelMapGenerator(nn.Module):
     """
 
     def __init__(self, num_classes: int, channels: int = 3, width: int = 32, n_up: int = 3, z_dim: int = 32,
-                 hidden: int = 32, ignore_index: int = 255):
+                 hidden: int = 32, ignore_index: int = IGNORE_INDEX):
         super().__init__()
         if n_up < 0 or width < 1:
             raise ValueError(f"n_up must be >= 0 and width >= 1, got {n_up}, {width}")

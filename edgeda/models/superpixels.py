@@ -29,7 +29,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import MissingDependency
-from .class_size import IGNORE_INDEX, class_fractions
+from ..data.dense import IGNORE_INDEX
+from .class_size import class_fractions
 
 __all__ = ["LabelDistributionRegressor", "class_fractions", "label_distribution_kl", "landmark_labels",
            "predicted_label_distribution", "slic_superpixels", "soft_cross_entropy"]

@@ -1,7 +1,7 @@
 """Tasks: what differs between classification, segmentation, depth and detection, in one object each.
 
 The trainer, evaluation, selection, export, predict and bench ask the task object of a
-:class:`~edgeda.task.TaskSpec` (``task_of(spec)``) instead of testing its name. A task owns its
+:class:`~edgeda.tasks.spec.TaskSpec` (``task_of(spec)``) instead of testing its name. A task owns its
 source loss, its streaming metric, the headline score, what label-free validators see of its
 outputs, the parity comparison of an export, and how its outputs are drawn and written.
 """

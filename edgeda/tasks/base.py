@@ -9,7 +9,7 @@ import torch
 from ..data.domain import Domain
 from ..errors import DataError
 from ..registry import Registry
-from ..task import TaskSpec
+from .spec import TaskSpec
 from ..utils import to_device
 
 TASKS: Registry = Registry("task")
@@ -48,7 +48,8 @@ class Task:
     headline: ClassVar[str] = ""
     record_keys: ClassVar[dict[str, str]] = {}
     higher_is_better: ClassVar[bool] = True
-    dense: ClassVar[bool] = True
+    dense: ClassVar[bool] = True  # data read per sample from a dense domain, outputs per image region (maps,
+    # boxes); False: classification, one label per image, held in memory
     default_backbone: ClassVar[str] = "lraspp"  # the edge model Jetson users deploy; light enough for a CPU
     default_size: ClassVar[tuple[int, int]] = (128, 128)
     losses: ClassVar[tuple[str, ...]] = ()
@@ -95,9 +96,9 @@ class Task:
     def eval_batches(self, domain, spec: TaskSpec, device, batch_size: int, *, labels: bool, workers: int | None = None,
                      not_decoded: list | None = None):
         """(normalised images on ``device``, labels on CPU or None, uint8 NHWC images) over
-        ``domain`` in order, un-augmented (:func:`edgeda.training.evaluate.eval_batches`); the indices
+        ``domain`` in order, un-augmented (:func:`edgeda.training.model_eval.eval_batches`); the indices
         of samples that fail only when decoded go to ``not_decoded`` where the reader reports them."""
-        from ..training.evaluate import dense_eval_batches
+        from ..training.model_eval import dense_eval_batches
         from ..training.readers import reader_of
 
         read = reader_of(domain).eval_batches

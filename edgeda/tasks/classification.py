@@ -6,7 +6,7 @@ import torch.nn.functional as F
 
 from ..data.domain import Domain
 from ..errors import DataError
-from ..task import TaskSpec
+from .spec import TaskSpec
 from .base import TASKS, Task, argmax_agreement
 from ..trust import confusion_interval
 from .metrics import ConfusionMeter, classification_scores

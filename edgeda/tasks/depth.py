@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 
 from ..errors import EdgedaError
-from ..task import TaskSpec
+from .spec import TaskSpec
 from .base import TASKS, Task
 from .metrics import DepthMeter
 

@@ -34,7 +34,7 @@ import numpy as np
 import torch
 
 from ..errors import EdgedaError
-from ..task import TaskSpec
+from .spec import TaskSpec
 from .base import TASKS, Task
 from .detection_metrics import DetectionMeter, as_detections, compare_detections, unpad
 

@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 
 from ..data.dense import default_palette
-from ..task import TaskSpec
+from .spec import TaskSpec
 
 
 def palette_of(spec: TaskSpec) -> np.ndarray:

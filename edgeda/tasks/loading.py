@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from ..data import load_domain
-from ..task import TaskSpec
+from .spec import TaskSpec
 from .base import task_of
 
 

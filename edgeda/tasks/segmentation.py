@@ -5,9 +5,10 @@ import torch
 import torch.nn.functional as F
 
 from ..data.dense import default_palette
-from ..task import TaskSpec
+from .spec import TaskSpec
 from .base import TASKS, Task, argmax_agreement
-from .metrics import IGNORE_INDEX, ConfusionMeter, segmentation_scores
+from ..data.dense import IGNORE_INDEX
+from .metrics import ConfusionMeter, segmentation_scores
 
 
 @TASKS.register("segmentation")

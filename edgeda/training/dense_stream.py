@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader, Sampler
 from ..data.dense import ArrayDenseDomain, DenseDomain
 from ..data.transforms import to_float_nchw
 from ..methods.base import Batch
-from ..task import TaskSpec
+from ..tasks.spec import TaskSpec
 from ..tasks import task_of
 
 

@@ -14,7 +14,7 @@ import torch
 from ..data.transforms import to_float_nchw
 from ..methods.base import Batch
 from ..scores import probs_entropy
-from .evaluate import eval_batches, evaluate_model, evaluation_context
+from .model_eval import eval_batches, evaluate_model, evaluation_context
 from .selection import score_all
 
 
@@ -92,8 +92,8 @@ def display_batches(domains, task_def, spec, device) -> tuple[Batch | None, Batc
         x = torch.from_numpy(np.ascontiguousarray(dom.images[idx])).to(device)
         y = torch.from_numpy(dom.labels[idx]).to(device) if dom.labels is not None else None
         m = None
-        if dom.masks is not None:
-            m = torch.from_numpy(dom.masks[idx]).to(device).unsqueeze(1).float() / 255
+        if dom.foreground is not None:
+            m = torch.from_numpy(dom.foreground[idx]).to(device).unsqueeze(1).float() / 255
         return Batch(to_float_nchw(x, spec.mean, spec.std), y, m)
 
     sv = domains.source_val

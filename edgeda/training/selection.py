@@ -2,7 +2,7 @@
 this module keeps the names importable from here)."""
 from __future__ import annotations
 
-from .evaluate import evaluation_context
+from .model_eval import evaluation_context
 from .validators import (VALIDATORS, EvalContext, label_agreement, label_confusion, mean_iou,  # noqa: F401
                          score_all, score_candidates, selector_names, target_probs)
 from .validators.agreement import agreement  # noqa: F401

@@ -10,7 +10,7 @@ from ..methods import Engine, Method, OptimConfig
 from ..methods.registry import methods_for
 from ..models.weights import describe, load_pretrained, pretrained_options
 from ..tasks import load_for_task, task_of
-from .evaluate import eval_batches
+from .model_eval import eval_batches
 from ..data.sampling import class_counts
 
 
@@ -40,11 +40,11 @@ def build_method(cfg, method_cls, spec, domains, *, device, dist, dense: bool, l
                                 optim=optim, engine=engine, task_loss=cfg.task_loss)
     init_weights = None
     if cfg.backbone_weights:  # pre-trained weights (whole model or encoder), applied at build time, never a download
-        rep = load_pretrained(method.classifier, cfg.backbone_weights)
+        rep = load_pretrained(method.model, cfg.backbone_weights)
         for line in describe(rep):
             log(f"backbone weights {line}")
         init_weights = {"file": rep["file"], "sha256": rep["sha256"], "kind": rep["kind"], "head": rep["head"]}
-        want = getattr(method.classifier, "checkpoint_mean", None), getattr(method.classifier, "checkpoint_std", None)
+        want = getattr(method.model, "checkpoint_mean", None), getattr(method.model, "checkpoint_std", None)
         if want[0] is not None and (tuple(spec.mean), tuple(spec.std)) != (tuple(want[0]), tuple(want[1])):
             log(f"backbone weights: the public {cfg.backbone} checkpoints expect inputs normalised with mean "
                 f"{list(want[0])} and std {list(want[1])}; this run uses {list(spec.mean)} and {list(spec.std)} "

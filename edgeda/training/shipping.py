@@ -13,7 +13,7 @@ from ..bundle import write_bundle
 from ..tracking import BestState
 from ..trust import disagreement, transfer_warning
 from ..utils import atomic_write_json, machine_info
-from .evaluate import evaluate_model
+from .model_eval import evaluate_model
 from .selection import score_model
 
 

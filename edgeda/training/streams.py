@@ -14,7 +14,7 @@ import torch
 from ..data.domain import Domain
 from ..data.transforms import random_contrast, random_translate, to_float_nchw
 from ..methods.base import Batch
-from ..task import TaskSpec
+from ..tasks.spec import TaskSpec
 
 
 class BatchStream:
@@ -41,7 +41,7 @@ class BatchStream:
         self.rank, self.world_size = rank, world_size
         self.images = torch.from_numpy(np.ascontiguousarray(domain.images)).to(device)
         self.labels = torch.from_numpy(domain.labels).to(device) if labeled and domain.labels is not None else None
-        self.masks = torch.from_numpy(domain.masks).to(device) if domain.masks is not None else None
+        self.foreground = torch.from_numpy(domain.foreground).to(device) if domain.foreground is not None else None
         self.generator = torch.Generator().manual_seed(seed)
         self.perm = torch.empty(0, dtype=torch.long)
         self.pos = 0
@@ -67,8 +67,8 @@ class BatchStream:
         idx_dev = idx.to(self.device)
         x = to_float_nchw(self.images.index_select(0, idx_dev), self.task.mean, self.task.std)
         mask = None
-        if self.masks is not None:
-            mask = self.masks.index_select(0, idx_dev).unsqueeze(1).float().div_(255.0)
+        if self.foreground is not None:
+            mask = self.foreground.index_select(0, idx_dev).unsqueeze(1).float().div_(255.0)
         if self.shift:
             if mask is not None:  # shift image and mask together
                 both = random_translate(torch.cat([x, mask], 1), self.shift, self.generator)

@@ -12,14 +12,14 @@ def aug_consistency(ctx: EvalContext) -> float:
 
     Flips are checked only where training treats them as label-preserving (dense tasks trained with
     ``augment_hflip``; not digits, text or classification, see
-    :func:`edgeda.training.evaluate.consistency_augmentations`).
+    :func:`edgeda.training.model_eval.consistency_augmentations`).
     The mean runs over all K classes, a class that neither labeling uses counting 0: a model
     collapsed onto one class is perfectly stable but scores 1/K, and plain label agreement (which a
     constant classifier maximises) is not used for classification either. Can detect: predictions
     that rest on cues a flip, a scale or a colour change destroy (brittle alignment, noisy pseudo-label
     fits). Cannot detect: a model that is stably wrong (a consistent class swap), or one that
     consistently predicts classes the target never shows. Needs the evaluation's augmented passes
-    (``EvalContext.augmented_confusion``, filled by :func:`edgeda.training.evaluate.augmentation_confusion`)."""
+    (``EvalContext.augmented_confusion``, filled by :func:`edgeda.training.model_eval.augmentation_confusion`)."""
     confs = ctx.augmented_confusion
     if not confs:
         raise ValueError("needs the model's predictions on augmented target images")

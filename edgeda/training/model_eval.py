@@ -23,10 +23,9 @@ import torch
 from ..data.domain import Domain
 from ..data.transforms import to_float_nchw
 from .validators import EvalContext, label_confusion
-from ..task import TaskSpec
+from ..tasks.spec import TaskSpec
 from ..tasks import task_of
 from ..utils import to_device
-from ..tasks.metrics import classification_scores
 from ..utils import save_figure
 
 
@@ -271,19 +270,6 @@ def evaluate_classifier(model: torch.nn.Module, domain, task: TaskSpec, device="
     """The task's scores of ``model`` on a labeled ``domain`` (accuracy for classifiers, mIoU or
     depth errors for dense models)."""
     return evaluate_model(model, domain, task, device).scores
-
-
-def predict_features(model: torch.nn.Module, images: np.ndarray, task: TaskSpec, device="cpu", batch_size: int = 256):
-    """(features (N, d), logits (N, K)) of a classifier on in-memory images, on CPU, in eval mode."""
-    dom = Domain("images", images)
-    out = evaluate_model(model, dom, task, device, labels=False, rows=True, features=True, batch_size=batch_size)
-    return out.features, out.rows
-
-
-def classification_metrics(pred: np.ndarray, labels: np.ndarray, num_classes: int, classes: list[str] | None = None) -> dict:
-    conf = np.zeros((num_classes, num_classes), np.int64)
-    np.add.at(conf, (labels, pred), 1)
-    return classification_scores(conf, classes)
 
 
 def format_count(n: float) -> str:

@@ -11,13 +11,13 @@ from dataclasses import asdict, dataclass, field
 
 def known_tasks() -> tuple[str, ...]:
     """The names in the task registry (:mod:`edgeda.tasks`): what ``task`` may be."""
-    from .tasks import TASKS
+    from . import TASKS
 
     return tuple(TASKS)
 
 
 def _task(name: str):
-    from .tasks import task_of
+    from . import task_of
 
     return task_of(name)
 
@@ -85,11 +85,6 @@ class TaskSpec:
         """What the task network outputs (the task's ``output``): ``"logits"`` (classification,
         segmentation), ``"depth"`` (metric depth, metres)."""
         return _task(self.task).output
-
-    @property
-    def dense(self) -> bool:
-        """The task's ``dense``: data streamed per sample from disk (every task but classification)."""
-        return _task(self.task).dense
 
     def to_dict(self) -> dict:
         d = asdict(self)

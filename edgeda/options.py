@@ -6,10 +6,12 @@ A method declares ``defaults`` (name -> default value; its type is the option's 
 (name -> one line). Values given as text (``--option key=value``, a config file) are converted to
 the default's type; a wrong name, an unconvertible value or a value outside its choices is one
 :class:`~edgeda.errors.EdgedaError` naming what is valid. ``edgeda methods NAME`` prints the table.
+The converted values are an :class:`Options`: read-only, read as ``opts.lr`` (or ``opts["lr"]``).
 """
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from collections.abc import Mapping
+from typing import Any, ClassVar, Iterator
 
 from .errors import EdgedaError
 
@@ -56,6 +58,61 @@ def convert(default: Any, value: Any, key: str, owner: str) -> Any:
     return value
 
 
+class Options(Mapping):
+    """A method's converted option values, read-only: ``opts.lr`` or ``opts["lr"]``. It is a
+    mapping, so ``dict(opts)`` (manifests, JSON) gives the plain values. An unknown name is an
+    AttributeError (a KeyError through ``[]``) naming the valid options."""
+
+    def __init__(self, values: Mapping, owner: str = "options"):
+        object.__setattr__(self, "_values", dict(values))
+        object.__setattr__(self, "_owner", owner)
+
+    def _unknown(self, key) -> str:
+        return f"{self._owner} has no option {key!r}; valid: {', '.join(sorted(self._values)) or '(none)'}"
+
+    def __getattr__(self, key: str) -> Any:
+        if key.startswith("_"):  # copy / pickle probe for dunders before the instance has its state
+            raise AttributeError(key)
+        try:
+            return self._values[key]
+        except KeyError:
+            raise AttributeError(self._unknown(key)) from None
+
+    def __getitem__(self, key: str) -> Any:
+        try:
+            return self._values[key]
+        except KeyError:
+            raise KeyError(self._unknown(key)) from None
+
+    def __setattr__(self, key: str, value: Any) -> None:
+        raise AttributeError(f"{self._owner} options are read-only (set {key} when building the method)")
+
+    def __delattr__(self, key: str) -> None:
+        raise AttributeError(f"{self._owner} options are read-only")
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._values)
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._values
+
+    def __dir__(self):
+        return [*super().__dir__(), *self._values]
+
+    def __repr__(self) -> str:
+        return f"Options({self._values!r})"
+
+    def replace(self, **changes: Any) -> "Options":
+        """A copy with ``changes`` (names it already has; the values as given, not converted)."""
+        unknown = set(changes) - set(self._values)
+        if unknown:
+            raise AttributeError(self._unknown(", ".join(sorted(unknown))))
+        return Options({**self._values, **changes}, self._owner)
+
+
 class Configurable:
     """What every method has, training or on-device: typed options, a one-line description, and
     the update / autocast helpers over its engine (``self.engine``, ``self.optims``)."""
@@ -75,8 +132,9 @@ class Configurable:
         return {k: v for k, v in options.items() if task in cls.option_tasks.get(k, (task,))}
 
     @classmethod
-    def resolve_options(cls, given: dict | None) -> dict:
-        """The defaults updated by ``given``, each value checked and converted."""
+    def resolve_options(cls, given: dict | None) -> Options:
+        """The defaults updated by ``given``, each value checked and converted (once: the methods read
+        them as they are)."""
         owner = f"{cls.kind} {cls.name!r}"
         unknown = set(given or {}) - set(cls.defaults)
         if unknown:
@@ -89,7 +147,7 @@ class Configurable:
             if allowed is not None and v not in allowed:
                 raise EdgedaError(f"{owner} option {k}={v!r}; valid: {', '.join(map(str, allowed))}")
             out[k] = v
-        return out
+        return Options(out, owner)
 
     @classmethod
     def option_specs(cls) -> list[dict]:

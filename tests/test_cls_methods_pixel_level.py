@@ -259,7 +259,7 @@ def test_exploding_loss_stops_the_run_with_a_clear_message_and_keeps_the_checkpo
     def blow_up(self, s, t):  # at step 3 the content loss weight jumps: a finite but exploding loss
         calls["n"] += 1
         if calls["n"] == 3:
-            self.opts["content"] = 1e9
+            self.opts = self.opts.replace(content=1e9)
         return orig(self, s, t)
 
     monkeypatch.setattr(SUIT, "step", blow_up)

@@ -1,9 +1,13 @@
 """Typed method options, one spec for training and on-device methods."""
+import copy
+import json
+import pickle
+
 import pytest
 from click.testing import CliRunner
 
 from edgeda.errors import EdgedaError
-from edgeda.options import Configurable
+from edgeda.options import Configurable, Options
 
 
 class Probe(Configurable):
@@ -55,3 +59,84 @@ def test_an_unknown_optimizer_is_named_with_where_it_came_from():
     spec = TaskSpec(10, [str(i) for i in range(10)])
     with pytest.raises(EdgedaError, match="unknown optimizer 'adamw' \\(the config's `optimizer`\\); valid: adam, sgd"):
         METHODS.get("source_only")(spec, backbone_kwargs={"width": 8, "out_dim": 32}, optim=OptimConfig("adamw"))
+
+
+def test_options_read_as_attributes_and_keys_typed_once():
+    o = Probe.resolve_options({"n": "4", "w": "2"})
+    assert isinstance(o, Options)
+    assert o.n == o["n"] == 4 and type(o.n) is int and type(o.w) is float and o.on is True and o.free is None
+    assert list(o) == list(Probe.defaults) and len(o) == len(Probe.defaults) and "mode" in o and "nope" not in o
+    assert dict(o) == {"on": True, "n": 4, "w": 2.0, "mode": "a", "free": None}
+    assert Options(dict(o), "x") == o and json.loads(json.dumps(dict(o))) == dict(o)
+    assert copy.deepcopy(o) == o and pickle.loads(pickle.dumps(o)) == o
+    assert getattr(o, "nope", "absent") == "absent" and o.get("nope", 7) == 7
+
+
+def test_an_unknown_option_name_is_an_error_naming_the_valid_ones():
+    o = Probe.resolve_options({})
+    with pytest.raises(AttributeError, match="method 'probe' has no option 'lr'; valid: free, mode, n, on, w"):
+        o.lr
+    with pytest.raises(KeyError, match="has no option 'lr'; valid: free, mode, n, on, w"):
+        o["lr"]
+
+
+def test_options_are_read_only_and_replace_makes_a_copy():
+    o = Probe.resolve_options({})
+    with pytest.raises(AttributeError, match="read-only"):
+        o.n = 5
+    with pytest.raises(TypeError):
+        o["n"] = 5
+    p = o.replace(n=5)
+    assert p.n == 5 and o.n == 3
+    with pytest.raises(AttributeError, match="has no option 'nope'"):
+        o.replace(nope=1)
+
+
+def _specs():
+    from edgeda.tasks.spec import TaskSpec
+
+    return {"classification": (TaskSpec(10, [str(i) for i in range(10)]), "dtn", {"width": 8, "out_dim": 32}),
+            "segmentation": (TaskSpec(2, ["bg", "fg"], task="segmentation", image_size=(32, 32)), "lraspp", {"width": 0.25}),
+            "depth": (TaskSpec(task="depth", image_size=(32, 32), depth_range=(0.1, 80.0)), "lraspp", {"width": 0.25}),
+            "detection": (TaskSpec(2, ["a", "b"], task="detection", image_size=(64, 64)), "ssdlite", {"width": 0.25})}
+
+
+def test_every_method_optimizer_records_initial_lr_on_every_param_group():
+    """The LR schedule scales each group's ``initial_lr``: every optimizer of every registered method,
+    training or on-device, comes from the one factory that records it."""
+    from edgeda.adapt import ADAPT_METHODS
+    from edgeda.methods import METHODS
+    from edgeda.tasks import task_of
+
+    specs = _specs()
+    seen = {"train": 0, "adapt": 0}
+    for name, cls in METHODS.items():
+        for task in cls.tasks:
+            spec, backbone, kwargs = specs[task]
+            m = cls(spec, backbone=backbone, backbone_kwargs=kwargs)
+            for opt_name, opt in m.optims.items():
+                assert all("initial_lr" in g for g in opt.param_groups), (name, task, opt_name)
+                seen["train"] += 1
+    for name, cls in ADAPT_METHODS.items():
+        for task in cls.tasks:
+            spec, backbone, kwargs = specs[task]
+            m = cls(task_of(spec).build_model(spec, backbone, kwargs), spec)
+            for opt_name, opt in m.optims.items():
+                assert all("initial_lr" in g and g["initial_lr"] == g["lr"] for g in opt.param_groups), (name, task, opt_name)
+                seen["adapt"] += 1
+    assert seen["train"] >= len(list(METHODS.items())) and seen["adapt"] >= len(list(ADAPT_METHODS.items()))
+
+
+def test_the_lr_schedule_names_an_optimizer_without_initial_lr():
+    import torch
+
+    from edgeda.methods.base import build_optimizer, scheduled_lr
+
+    w = torch.nn.Parameter(torch.zeros(2))
+    opt = build_optimizer([{"params": [w], "lr": 0.5}], "adam", 0.1, betas=(0.5, 0.999))
+    assert opt.param_groups[0]["initial_lr"] == 0.5 and opt.defaults["betas"] == (0.5, 0.999)
+    scheduled_lr("g", opt, 0.1)
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.05)
+    bare = torch.optim.SGD([w], lr=0.1)
+    with pytest.raises(EdgedaError, match="method 'x': optimizer 'disc' param group 0 has no initial_lr"):
+        scheduled_lr("disc", bare, 0.5, "method 'x'")

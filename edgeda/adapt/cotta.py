@@ -76,6 +76,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import EdgedaError
+from ..methods.base import build_optimizer
 from ..models.mean_teacher import MeanTeacher
 from ..tasks import task_of
 from .base import ADAPT_METHODS, AdaptMethod, reestimate_bn
@@ -210,21 +211,21 @@ class CoTTA(AdaptMethod):
 
     def build(self) -> None:
         o = self.opts
-        if not 0.0 <= o["restore_p"] <= 1.0:
-            raise EdgedaError(f"cotta restore_p must be in [0, 1], not {o['restore_p']}")
-        if not 0.0 <= o["anchor_threshold"] <= 1.0:
-            raise EdgedaError(f"cotta anchor_threshold must be in [0, 1], not {o['anchor_threshold']}")
-        if o["augmentations"] < 1:
-            raise EdgedaError(f"cotta augmentations must be at least 1, not {o['augmentations']}")
-        self.scales = _scales(o["scales"])
+        if not 0.0 <= o.restore_p <= 1.0:
+            raise EdgedaError(f"cotta restore_p must be in [0, 1], not {o.restore_p}")
+        if not 0.0 <= o.anchor_threshold <= 1.0:
+            raise EdgedaError(f"cotta anchor_threshold must be in [0, 1], not {o.anchor_threshold}")
+        if o.augmentations < 1:
+            raise EdgedaError(f"cotta augmentations must be at least 1, not {o.augmentations}")
+        self.scales = _scales(o.scales)
         self.objective = adaptation_of(self.task)
-        self.flip = o["flip"] == "on" or (o["flip"] == "auto" and task_of(self.task).dense
+        self.flip = o.flip == "on" or (o.flip == "auto" and task_of(self.task).dense
                                           and self.objective.mirrors(self.shipped_training))
         clf = self.model
         clf.requires_grad_(True)
-        self.mean_teacher = _ShippedTeacher(clf, alpha=o["alpha"])
+        self.mean_teacher = _ShippedTeacher(clf, alpha=o.alpha)
         self.anchor = copy.deepcopy(clf).requires_grad_(False).eval()
-        self.optims["student"] = torch.optim.Adam(clf.parameters(), lr=o["lr"], betas=(0.9, 0.999), weight_decay=0.0)
+        self.optims["student"] = build_optimizer(clf.parameters(), "adam", o.lr, betas=(0.9, 0.999))
         self._prepared = False
 
     @property
@@ -239,7 +240,7 @@ class CoTTA(AdaptMethod):
         if self._prepared:
             return
         self._prepared = True
-        if self.opts["adabn"]:
+        if self.opts.adabn:
             reestimate_bn(self.model, target.batches())
             state = self.model.state_dict()
             self.teacher.load_state_dict(state)
@@ -255,17 +256,17 @@ class CoTTA(AdaptMethod):
         if task_of(self.task).dense:
             return multiscale_flip_probs(t, x, usable_scales(self.scales, x.shape[-2:]), self.flip)
         total = None
-        for _ in range(self.opts["augmentations"]):
+        for _ in range(self.opts.augmentations):
             p = t(cotta_augment(x, self.task.mean, self.task.std, self.generator, self.flip)).float().softmax(1)
             total = p if total is None else total + p
-        return total / self.opts["augmentations"]
+        return total / self.opts.augmentations
 
     @torch.no_grad()
     def targets(self, x: torch.Tensor) -> tuple[torch.Tensor, float]:
         """(the soft targets y' (N, K[, H, W]), the share of images / pixels that took the averaged ones)."""
         self.anchor.eval()
         ob = self.objective
-        unsure = ob.confidence(self.anchor, self.anchor(x)) < self.opts["anchor_threshold"]
+        unsure = ob.confidence(self.anchor, self.anchor(x)) < self.opts.anchor_threshold
         t = self.teacher.eval()
         standard = ob.probs(t, t(x))
         if not bool(unsure.any()):
@@ -282,7 +283,7 @@ class CoTTA(AdaptMethod):
         loss = self.objective.soft_cross_entropy(student, logits, y)
         self.update(loss, "student")
         self.mean_teacher.update(student)
-        restored = stochastic_restore(student, self.source_state, self.opts["restore_p"], self.generator)
+        restored = stochastic_restore(student, self.source_state, self.opts.restore_p, self.generator)
         return {"consistency": float(loss.detach()), "averaged": share, "restored": restored}
 
     def state_snapshot(self) -> dict:

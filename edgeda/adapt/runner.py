@@ -227,7 +227,7 @@ class AdaptationLoop:
                                              "after": acc_after, "n": len(lab)}
         peak_cuda = torch.cuda.max_memory_allocated(dev) / 2**20 if dev.type == "cuda" else None
         record = {
-            "method": opts.method, "summary": m.describe(), "options": m.opts, "source_free": True, "seed": opts.seed,
+            "method": opts.method, "summary": m.describe(), "options": dict(m.opts), "source_free": True, "seed": opts.seed,
             "task": task.task,
             "parent": {"path": str(p.bundle_path), "manifest_sha256": p.hashes_before.get("manifest.json"),
                        "method": b.manifest.get("method", {}).get("name"), "metrics": b.manifest.get("metrics", {})},

@@ -53,6 +53,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ..methods.base import build_optimizer
 from .base import ADAPT_METHODS, AdaptMethod, hypothesis_layers, pixel_features
 from .losses import class_balanced_cross_entropy, pixel_information_maximisation_terms
 from ..scores import information_maximisation_terms
@@ -163,23 +164,22 @@ class Shot(AdaptMethod):
             for p in clf.parameters():
                 p.requires_grad_(id(p) not in frozen)
             groups = [{"params": [p for p in g["params"] if p.requires_grad], "lr": g["lr"], "base_lr": g["lr"]}
-                      for g in clf.param_groups(o["lr"], o["encoder_lr_mult"])]
+                      for g in clf.param_groups(o.lr, o.encoder_lr_mult)]
         else:
             for p in clf.head.parameters():
                 p.requires_grad_(False)
-            groups = [{"params": list(clf.features.parameters()), "lr": o["lr"], "base_lr": o["lr"]}]
-        self.optims["features"] = torch.optim.SGD(groups, lr=o["lr"], momentum=o["momentum"],
-                                                  weight_decay=o["weight_decay"], nesterov=o["momentum"] > 0)
+            groups = [{"params": list(clf.features.parameters()), "lr": o.lr, "base_lr": o.lr}]
+        self.optims["features"] = build_optimizer(groups, "sgd", o.lr, momentum=o.momentum, weight_decay=o.weight_decay)
         self.pseudo: torch.Tensor | None = None
         self.prior: torch.Tensor | None = None
         self._last_refresh = 0
 
     def prepare(self, target) -> None:
-        first = self.prior is None and self.opts["diversity_prior"] == "shipped"  # the first call: the shipped model
+        first = self.prior is None and self.opts.diversity_prior == "shipped"  # the first call: the shipped model
         if self.dense:
             if first:
                 self.prior = mean_pixel_probabilities(self.model, target)
-            self.pseudo = pixel_pseudo_labels(self.model, target, self.opts["centroid_pixels"], self.generator)
+            self.pseudo = pixel_pseudo_labels(self.model, target, self.opts.centroid_pixels, self.generator)
         else:
             feats, logits = target.features_logits(self.model)
             if first:
@@ -187,7 +187,7 @@ class Shot(AdaptMethod):
             self.pseudo = centroid_pseudo_labels(feats, logits).to(self.device)
 
     def refresh_due(self, iteration: int, epoch_iters: int) -> bool:
-        every = max(1, round(self.opts["refresh_epochs"] * epoch_iters))
+        every = max(1, round(self.opts.refresh_epochs * epoch_iters))
         if iteration - self._last_refresh >= every:
             self._last_refresh = iteration
             return True
@@ -210,7 +210,7 @@ class Shot(AdaptMethod):
             logits = clf(x)
         if self.dense:
             ent, div_img, div = pixel_information_maximisation_terms(logits, prior=self.prior)
-            loss = ent - (o["div_image"] * div_img + o["div_batch"] * div)
+            loss = ent - (o.div_image * div_img + o.div_batch * div)
             out = {"entropy": float(ent.detach()), "div_image": float(div_img.detach()), "diversity": float(div.detach())}
         else:
             if self.prior is None:
@@ -219,10 +219,10 @@ class Shot(AdaptMethod):
                 ent, _, div = pixel_information_maximisation_terms(logits[:, :, None, None], prior=self.prior)
             loss = ent - div
             out = {"entropy": float(ent.detach()), "diversity": float(div.detach())}
-        if o["beta"] > 0 and self.pseudo is not None and idx is not None:
+        if o.beta > 0 and self.pseudo is not None and idx is not None:
             y = self._labels(idx)
             ce = class_balanced_cross_entropy(logits, y) if self.dense else F.cross_entropy(logits.float(), y)
-            loss = loss + o["beta"] * ce
+            loss = loss + o.beta * ce
             out["pseudo_ce"] = float(ce.detach())
         self.update(loss, "features")
         return out

@@ -33,6 +33,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..methods.base import build_optimizer
 from .base import ADAPT_METHODS, AdaptMethod, bn_layers, reestimate_bn
 from .tasks import adaptation_of
 
@@ -50,7 +51,7 @@ class Tent(AdaptMethod):
             p.requires_grad_(False)
         params = []
         for m in bn_layers(clf):
-            m.momentum = self.opts["bn_momentum"]
+            m.momentum = self.opts.bn_momentum
             if not isinstance(m, nn.BatchNorm2d):  # the paper adapts the convolutional BatchNorm layers only
                 continue
             for p in (m.weight, m.bias):
@@ -61,7 +62,7 @@ class Tent(AdaptMethod):
             from ..errors import EdgedaError
 
             raise EdgedaError("tent needs a model with BatchNorm2d layers; this classifier has none (try --method shot)")
-        self.optims["bn"] = torch.optim.Adam(params, lr=self.opts["lr"], betas=(0.9, 0.999))
+        self.optims["bn"] = build_optimizer(params, "adam", self.opts.lr, betas=(0.9, 0.999))
         self.objective = adaptation_of(self.task)
 
     def prepare(self, target) -> None:

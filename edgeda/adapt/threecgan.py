@@ -94,6 +94,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..methods.base import build_optimizer
 from ..methods.losses import entropy
 from ..models import build
 from ..models.conditional import ImageDiscriminator, gan_loss, input_to_tanh, tanh_to_input
@@ -208,33 +209,33 @@ class ThreeCGAN(AdaptMethod):
             return
         t, o = self.task, self.opts
         self.G = build("conditional_generator", num_classes=t.num_classes, channels=t.channels,
-                       image_size=t.image_size[0], z_dim=o["z_dim"], width=o["g_width"]).to(self.device)
-        self.D = ImageDiscriminator(channels=t.channels, image_size=t.image_size[0], width=o["d_width"]).to(self.device)
-        self.optims["G"] = torch.optim.Adam(self.G.parameters(), lr=o["lr_gan"], betas=(0.5, 0.999))
-        self.optims["D"] = torch.optim.Adam(self.D.parameters(), lr=o["lr_gan"], betas=(0.5, 0.999))
-        self.optims["C"] = torch.optim.Adam(self.model.parameters(), lr=o["lr"], betas=(0.9, 0.999))
+                       image_size=t.image_size[0], z_dim=o.z_dim, width=o.g_width).to(self.device)
+        self.D = ImageDiscriminator(channels=t.channels, image_size=t.image_size[0], width=o.d_width).to(self.device)
+        self.optims["G"] = build_optimizer(self.G.parameters(), "adam", o.lr_gan, betas=(0.5, 0.999))
+        self.optims["D"] = build_optimizer(self.D.parameters(), "adam", o.lr_gan, betas=(0.5, 0.999))
+        self.optims["C"] = build_optimizer(self.model.parameters(), "adam", o.lr, betas=(0.9, 0.999))
 
     def _build_dense(self) -> None:
         t, o = self.task, self.opts
-        if not 0.0 <= o["confidence"] <= 1.0:
+        if not 0.0 <= o.confidence <= 1.0:
             from ..errors import EdgedaError
 
-            raise EdgedaError(f"3cgan confidence must be in [0, 1], not {o['confidence']}")
-        if not 0.0 <= o["portion"] < 1.0:
+            raise EdgedaError(f"3cgan confidence must be in [0, 1], not {o.confidence}")
+        if not 0.0 <= o.portion < 1.0:
             from ..errors import EdgedaError
 
-            raise EdgedaError(f"3cgan portion must be in [0, 1), not {o['portion']}")
-        width = o["g_width"]
+            raise EdgedaError(f"3cgan portion must be in [0, 1), not {o.portion}")
+        width = o.g_width
         self.G = build("label_map_generator", num_classes=t.num_classes, channels=t.channels, width=width,
-                       z_dim=o["z_dim"], hidden=width, ignore_index=IGNORE_INDEX).to(self.device)
-        self.D = PatchDiscriminator(channels=t.channels, width=o["d_width"], n_layers=o["d_layers"]).to(self.device)
-        self.optims["G"] = torch.optim.Adam(self.G.parameters(), lr=o["lr_gan"], betas=(0.5, 0.999))
-        self.optims["D"] = torch.optim.Adam(self.D.parameters(), lr=o["lr_gan"], betas=(0.5, 0.999))
-        self.optims["C"] = torch.optim.Adam(self.model.parameters(), lr=o["lr"], betas=(0.9, 0.999))
+                       z_dim=o.z_dim, hidden=width, ignore_index=IGNORE_INDEX).to(self.device)
+        self.D = PatchDiscriminator(channels=t.channels, width=o.d_width, n_layers=o.d_layers).to(self.device)
+        self.optims["G"] = build_optimizer(self.G.parameters(), "adam", o.lr_gan, betas=(0.5, 0.999))
+        self.optims["D"] = build_optimizer(self.D.parameters(), "adam", o.lr_gan, betas=(0.5, 0.999))
+        self.optims["C"] = build_optimizer(self.model.parameters(), "adam", o.lr, betas=(0.9, 0.999))
         self.layouts: torch.Tensor | None = None
         self.default_iters = DENSE_ITERS
         # target clean + generated (G step and C step) (+ VAT's two)
-        self.model_passes = 3.0 + (2.0 if o["lambda_vat"] > 0 else 0.0)
+        self.model_passes = 3.0 + (2.0 if o.lambda_vat > 0 else 0.0)
 
     def extra_modules(self):
         if task_of(self.task).dense:
@@ -243,9 +244,9 @@ class ThreeCGAN(AdaptMethod):
 
     def prepare(self, target) -> None:
         if task_of(self.task).dense and self.layouts is None:  # from the shipped weights, before anything moves
-            self.layouts = shipped_layouts(self.model, self.source_state, target, self.opts["confidence"],
-                                           self.opts["portion"])
-        if self.opts["adabn"]:
+            self.layouts = shipped_layouts(self.model, self.source_state, target, self.opts.confidence,
+                                           self.opts.portion)
+        if self.opts.adabn:
             reestimate_bn(self.model, target.batches())
 
     def layout_stats(self) -> dict:
@@ -272,7 +273,7 @@ class ThreeCGAN(AdaptMethod):
 
     def _d_step(self, real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
         """One discriminator update: real target images vs (detached) generated ones."""
-        kind = self.opts["gan_loss"]
+        kind = self.opts.gan_loss
         with self.autocast():
             d_loss = gan_loss(self.D(real), True, kind) + gan_loss(self.D(fake.detach()), False, kind)
         self.update(d_loss, "D")
@@ -281,16 +282,16 @@ class ThreeCGAN(AdaptMethod):
     def _g_adv(self, fake: torch.Tensor) -> torch.Tensor:
         """The generator's adversarial loss on D's logits for ``fake``."""
         d_fake = self.D(fake)
-        return -d_fake.float().mean() if self.opts["gan_loss"] == "hinge" else gan_loss(d_fake, True, self.opts["gan_loss"])
+        return -d_fake.float().mean() if self.opts.gan_loss == "hinge" else gan_loss(d_fake, True, self.opts.gan_loss)
 
     def _c_update(self, l_gen, ent, vat, logged: dict) -> dict[str, float]:
         """The classifier's (segmenter's) update: the ramped generated-pair loss, the weight
         regulariser towards the shipped weights and the clustering term; returns the step's losses."""
         o, C = self.opts, self.model
         l_w = weight_regularizer(C, self.source_state)
-        ramp = min(1.0, self.progress / o["gen_warmup"]) if o["gen_warmup"] > 0 else 1.0
-        c_loss = (o["lambda_gen"] * ramp * l_gen + o["lambda_w"] * l_w
-                  + o["lambda_clu"] * (ent + o["lambda_vat"] * vat))
+        ramp = min(1.0, self.progress / o.gen_warmup) if o.gen_warmup > 0 else 1.0
+        c_loss = (o.lambda_gen * ramp * l_gen + o.lambda_w * l_w
+                  + o.lambda_clu * (ent + o.lambda_vat * vat))
         self.update(c_loss, "C")
         logged = {**logged, "gen": l_gen, "w": l_w, "ent": ent, "vat": vat}
         return {k: float(v.detach()) for k, v in logged.items()}
@@ -314,7 +315,7 @@ class ThreeCGAN(AdaptMethod):
         with self.autocast():
             g_adv = self._g_adv(fake)
             l_sem = F.cross_entropy(C(tanh_to_input(fake, t.mean, t.std)).float(), y)
-            g_loss = g_adv + o["lambda_sem"] * l_sem
+            g_loss = g_adv + o.lambda_sem * l_sem
         self.update(g_loss, "G")
 
         # C: learn from generated pairs, stay near the source weights, cluster the target
@@ -325,7 +326,7 @@ class ThreeCGAN(AdaptMethod):
             logits_t = C(x)
             ent = entropy(logits_t).mean()
             with frozen_bn_statistics(C):
-                vat = virtual_adversarial_loss(C, x, logits_t, radius=o["vat_radius"], generator=self.generator)
+                vat = virtual_adversarial_loss(C, x, logits_t, radius=o.vat_radius, generator=self.generator)
         return self._c_update(l_gen, ent, vat, {"d": d_loss, "g_adv": g_adv, "sem": l_sem})
 
     def _step_dense(self, x: torch.Tensor, idx=None) -> dict[str, float]:
@@ -350,7 +351,7 @@ class ThreeCGAN(AdaptMethod):
             with self.autocast():
                 g_adv = self._g_adv(fake)
                 l_sem = self._pixel_ce(C(tanh_to_input(fake, t.mean, t.std)), m)
-                g_loss = g_adv + o["lambda_sem"] * l_sem
+                g_loss = g_adv + o.lambda_sem * l_sem
             self.update(g_loss, "G")
         finally:
             for p in frozen:
@@ -363,8 +364,8 @@ class ThreeCGAN(AdaptMethod):
             logits_t = C(x)
             ent = entropy(logits_t).mean()  # per pixel
             vat = torch.zeros((), device=x.device)
-            if o["lambda_vat"] > 0:
-                radius = o["vat_radius"] * math.sqrt(x[0].numel() / (32 * 32 * t.channels))
+            if o.lambda_vat > 0:
+                radius = o.vat_radius * math.sqrt(x[0].numel() / (32 * 32 * t.channels))
                 with frozen_bn_statistics(C):
                     vat = virtual_adversarial_loss(C, x, logits_t, radius=radius, generator=self.generator)
         return self._c_update(l_gen, ent, vat, {"d": d_loss, "g_adv": g_adv, "sem": l_sem})
@@ -375,6 +376,6 @@ class ThreeCGAN(AdaptMethod):
         (each class's mean, then the mean over classes) with ``class_balance``, else the pixel mean."""
         if not bool((layout != IGNORE_INDEX).any()):
             return logits.float().sum() * 0.0
-        if self.opts["class_balance"]:
+        if self.opts.class_balance:
             return class_balanced_cross_entropy(logits, layout)
         return F.cross_entropy(logits.float(), layout, ignore_index=IGNORE_INDEX)

@@ -82,8 +82,8 @@ def export_postprocessing_bundle(b: Bundle, out=None, *, precision: str = "fp32"
     task = task_of(b.task)
     name = b.primary
     model = b.module(name, "cpu").eval()
-    opts = dict(task.postprocess_options)
-    post = {"score_thresh": opts.get("score_thresh", 0.05), "max_det": opts.get("max_det", 100)}
+    opts = task.postprocess_options
+    post = {"score_thresh": opts["score_thresh"], "max_det": opts["max_det"]}
     record: dict = {"data": data, "precisions": {}, "deployables": {}}
     precisions = ["fp32"] + ([precision] if precision != "fp32" else [])
     with tempfile.TemporaryDirectory(prefix="edgeda-export-") as tmp:

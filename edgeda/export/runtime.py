@@ -127,8 +127,8 @@ def onnx_file(bundle: Bundle, precision: str, deployable: str | None = None, cal
 
             opts = task_of(bundle.task).postprocess_options
             path = folder / Path(rel).name
-            export_detector_onnx(module, path, tuple(bundle.task.image_size), score_thresh=opts.get("score_thresh", 0.05),
-                                 max_det=opts.get("max_det", 100), check=False, precision=precision,
+            export_detector_onnx(module, path, tuple(bundle.task.image_size), score_thresh=opts["score_thresh"],
+                                 max_det=opts["max_det"], check=False, precision=precision,
                                  calib_images=calibration_images(bundle, calib)[0] if precision == "int8" else None)
             yield path
             return

@@ -38,19 +38,19 @@ class PixelMethod(Method):
     # -- construction ---------------------------------------------------------------------------
     def make_refiner(self, noise_dim: int = 0) -> nn.Module:
         o, t = self.opts, self.task
-        return build("resnet_generator", channels=t.channels, width=o["g_width"], n_blocks=int(o["g_blocks"]),
-                     n_down=1, kernel=int(o["g_kernel"]), noise_dim=noise_dim, image_size=t.image_size[0])
+        return build("resnet_generator", channels=t.channels, width=o.g_width, n_blocks=o.g_blocks,
+                     n_down=1, kernel=o.g_kernel, noise_dim=noise_dim, image_size=t.image_size[0])
 
     def make_discriminator(self) -> nn.Module:
         try:
-            return PatchDiscriminator(self.task.channels, self.opts["d_width"], int(self.opts["d_layers"]),
-                                      augment=str(self.opts["d_augment"] or ""))
+            return PatchDiscriminator(self.task.channels, self.opts.d_width, self.opts.d_layers,
+                                      augment=self.opts.d_augment)
         except ValueError as e:
             raise EdgedaError(f"{self.name} option d_augment: {e}") from None
 
     def make_gan_optimizer(self, params) -> torch.optim.Optimizer:
         """Adam(lr_g, betas 0.5/0.999, no weight decay); the trainer's LR schedule still scales it."""
-        return self.make_adam(params, self.opts["lr_g"])
+        return self.make_adam(params, self.opts.lr_g)
 
     # -- spaces and losses ----------------------------------------------------------------------
     def to_tanh(self, x: torch.Tensor) -> torch.Tensor:
@@ -60,7 +60,7 @@ class PixelMethod(Method):
         return tanh_to_input(x, self.task.mean, self.task.std)
 
     def gan(self, logits: torch.Tensor, real: bool, generator: bool = False) -> torch.Tensor:
-        kind = self.opts["gan"]
+        kind = self.opts.gan
         if generator and kind == "hinge":
             return -logits.float().mean()
         return gan_loss(logits, real, kind)
@@ -68,8 +68,8 @@ class PixelMethod(Method):
     def update(self, loss: torch.Tensor, *optim_names: str, retain_graph: bool = False) -> None:
         """As :meth:`Method.update`, and a loss above ``max_loss`` counts as diverged (before any change)."""
         value = float(loss.detach())
-        if value > self.opts["max_loss"]:
-            raise NonFiniteLoss(f"exploded: {value:.4g} > max_loss {self.opts['max_loss']:g} "
+        if value > self.opts.max_loss:
+            raise NonFiniteLoss(f"exploded: {value:.4g} > max_loss {self.opts.max_loss:g} "
                                 f"(updating {', '.join(optim_names) or 'all'})")
         super().update(loss, *optim_names, retain_graph=retain_graph)
 

@@ -48,15 +48,15 @@ class AdvEnt(Method):
     @property
     def minent(self) -> bool:
         """``mode=minent``: entropy minimisation instead of the adversarial alignment."""
-        return self.opts["mode"] == "minent"
+        return self.opts.mode == "minent"
 
     def build(self) -> None:
         self.nets["model"] = self.make_model()
         self.optims["main"] = self.make_optimizer(self.model.parameters())
         if not self.minent:
-            self.nets["discriminator"] = FullyConvDiscriminator(self.task.num_classes, self.opts["d_width"],
-                                                                self.opts["d_layers"])
-            self.optims["discriminator"] = self.make_adam(self.nets["discriminator"].parameters(), self.opts["lr_d"],
+            self.nets["discriminator"] = FullyConvDiscriminator(self.task.num_classes, self.opts.d_width,
+                                                                self.opts.d_layers)
+            self.optims["discriminator"] = self.make_adam(self.nets["discriminator"].parameters(), self.opts.lr_d,
                                                           (0.9, 0.99))
 
     def aligned_map(self, logits: torch.Tensor) -> torch.Tensor:
@@ -70,7 +70,7 @@ class AdvEnt(Method):
             seg_loss = self.task_loss_of(logits[:ns], source.y)
         if self.minent:
             ent = entropy_map(logits[ns:]).mean()
-            self.update(seg_loss + self.opts["lambda_ent"] * ent, "main")
+            self.update(seg_loss + self.opts.lambda_ent * ent, "main")
             return {"loss/seg": seg_loss.item(), "loss/ent": ent.item()}
 
         d = self.nets["discriminator"]
@@ -79,7 +79,7 @@ class AdvEnt(Method):
         with self.autocast():
             out_t = d(info[ns:]).float()
         adv = F.binary_cross_entropy_with_logits(out_t, torch.zeros_like(out_t))  # target made to look like source
-        self.update(seg_loss + self.opts["lambda_adv"] * adv, "main")
+        self.update(seg_loss + self.opts.lambda_adv * adv, "main")
         d.requires_grad_(True)
         with self.autocast():
             out = d(info.detach()).float()

@@ -61,6 +61,35 @@ class OptimConfig:
     betas: tuple[float, float] = (0.5, 0.999)
 
 
+def build_optimizer(params, name: str, lr: float, *, momentum: float = 0.0, weight_decay: float = 0.0,
+                    betas: tuple[float, float] = (0.9, 0.999), where: str = "") -> torch.optim.Optimizer:
+    """The one optimizer factory, for training methods (:meth:`Method.make_optimizer`) and on-device
+    methods alike: ``name`` (``"sgd"``, Nesterov when ``momentum`` > 0, or ``"adam"`` with ``betas``)
+    over ``params`` (tensors, or groups; a group's own ``lr`` wins) at ``lr``. Every param group
+    records its ``initial_lr``: the learning rate an LR schedule scales."""
+    if name == "sgd":
+        opt = torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=momentum > 0)
+    elif name == "adam":
+        opt = torch.optim.Adam(params, lr=lr, betas=tuple(betas), weight_decay=weight_decay)
+    else:
+        raise EdgedaError(f"unknown optimizer {name!r}{' ' + where if where else ''}; valid: adam, sgd")
+    for g in opt.param_groups:
+        g["initial_lr"] = g["lr"]
+    return opt
+
+
+def scheduled_lr(optim_name: str, opt: torch.optim.Optimizer, factor: float, owner: str = "") -> None:
+    """Set every param group of ``opt`` to its ``initial_lr`` times ``factor`` (the LR schedule); a
+    group without ``initial_lr`` (an optimizer not made by :func:`build_optimizer`) is an error
+    naming the optimizer."""
+    for i, g in enumerate(opt.param_groups):
+        if "initial_lr" not in g:
+            raise EdgedaError(f"{owner + ': ' if owner else ''}optimizer {optim_name!r} param group {i} has no "
+                              "initial_lr for the LR schedule to scale (build optimizers with build_optimizer, "
+                              "make_optimizer or make_adam)")
+        g["lr"] = g["initial_lr"] * factor
+
+
 class NonFiniteLoss(ArithmeticError):
     """Raised before this update changes any parameter when its loss, or (without AMP loss scaling,
     which skips such steps itself) one of its gradients, is NaN or infinite."""
@@ -179,7 +208,8 @@ class Method(Configurable):
         self.build()
         for name, opt in self.optims.items():  # the trainer's LR schedule scales each group's initial_lr
             if any("initial_lr" not in g for g in opt.param_groups):
-                raise EdgedaError(f"method {self.name!r}: optimizer {name!r} was not made by make_optimizer / make_adam")
+                raise EdgedaError(f"method {self.name!r}: optimizer {name!r} was not made by make_optimizer / make_adam "
+                                  "(build_optimizer), so its param groups have no initial_lr for the LR schedule")
         self.nets.to(self.engine.device)
 
     # -- to implement -------------------------------------------------------------------------
@@ -200,27 +230,20 @@ class Method(Configurable):
 
     def make_optimizer(self, params, lr_mult: float = 1.0, name: str | None = None, *,
                        betas: tuple[float, float] | None = None, weight_decay: float | None = None) -> torch.optim.Optimizer:
-        """The one optimizer factory: ``name`` (default the config's) over ``params`` (tensors, or groups
-        ``{"params": ..., "lr_mult": m}`` so that a pre-trained encoder can learn slower) at the
-        configured learning rate times ``lr_mult``; Adam's ``betas`` and the ``weight_decay`` default
-        to the config's. Each group records its ``initial_lr``, which the trainer's LR schedule scales."""
+        """``name`` (default the config's) over ``params`` (tensors, or groups ``{"params": ...,
+        "lr_mult": m}`` so that a pre-trained encoder can learn slower) at the configured learning
+        rate times ``lr_mult``; Adam's ``betas`` and the ``weight_decay`` default to the config's.
+        Built by :func:`build_optimizer`, so each group records its ``initial_lr``, which the
+        trainer's LR schedule scales."""
         c = self.optim_cfg
         lr = c.lr * lr_mult
         params = list(params)
         if params and isinstance(params[0], dict):
             params = [{**g, "lr": lr * g.pop("lr_mult")} if "lr_mult" in g else g for g in (dict(g) for g in params)]
-        chosen = name or c.name
-        if chosen == "sgd":
-            opt = torch.optim.SGD(params, lr=lr, momentum=c.momentum, weight_decay=c.weight_decay, nesterov=c.momentum > 0)
-        elif chosen == "adam":
-            opt = torch.optim.Adam(params, lr=lr, betas=tuple(betas or c.betas),
-                                   weight_decay=c.weight_decay if weight_decay is None else weight_decay)
-        else:
-            where = f"asked for by method {self.name!r}" if name else "(the config's `optimizer`)"
-            raise EdgedaError(f"unknown optimizer {chosen!r} {where}; valid: adam, sgd")
-        for g in opt.param_groups:
-            g["initial_lr"] = g["lr"]
-        return opt
+        where = f"asked for by method {self.name!r}" if name else "(the config's `optimizer`)"
+        return build_optimizer(params, name or c.name, lr, momentum=c.momentum,
+                               weight_decay=c.weight_decay if weight_decay is None else weight_decay,
+                               betas=tuple(betas or c.betas), where=where)
 
     def make_adam(self, params, lr: float | None = None, betas: tuple[float, float] | None = None,
                   weight_decay: float = 0.0) -> torch.optim.Optimizer:

@@ -68,13 +68,13 @@ class CBST(Method):
 
     def build(self) -> None:
         o = self.opts
-        if o["rounds"] < 1:
-            raise EdgedaError(f"method 'cbst' option rounds={o['rounds']} must be at least 1")
+        if o.rounds < 1:
+            raise EdgedaError(f"method 'cbst' option rounds={o.rounds} must be at least 1")
         for key in ("p_start", "p_max"):
-            if not 0.0 < float(o[key]) <= 1.0:
+            if not 0.0 < o[key] <= 1.0:
                 raise EdgedaError(f"method 'cbst' option {key}={o[key]} must be in (0, 1]")
-        if o["warmup"] >= 1.0:
-            raise EdgedaError(f"method 'cbst' option warmup={o['warmup']} must be below 1 (a fraction of training)")
+        if o.warmup >= 1.0:
+            raise EdgedaError(f"method 'cbst' option warmup={o.warmup} must be below 1 (a fraction of training)")
         self.nets["model"] = self.make_model()
         self.optims["main"] = self.make_optimizer(self.model.parameters())
         self.from_init = False
@@ -88,12 +88,12 @@ class CBST(Method):
 
     @property
     def warmup(self) -> float:
-        w = self.opts["warmup"]
+        w = self.opts.warmup
         return w if w >= 0 else (0.0 if self.from_init else 1 / 3)
 
     def proportion(self, round_index: int) -> float:
         o = self.opts
-        return round_proportion(round_index, o["p_start"], o["p_step"], o["p_max"])
+        return round_proportion(round_index, o.p_start, o.p_step, o.p_max)
 
     # -- rounds -----------------------------------------------------------------------------------
     @torch.no_grad()
@@ -104,7 +104,7 @@ class CBST(Method):
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             broadcast_module(frozen)  # BatchNorm statistics drift apart between ranks: every rank labels with rank 0's
         seed = int(getattr(self, "target_seed", 0))
-        sample = ConfidenceSample(self.task.num_classes, self.opts["pixels_per_image"],
+        sample = ConfidenceSample(self.task.num_classes, self.opts.pixels_per_image,
                                   torch.Generator().manual_seed(seed * 1009 + round_index))
         batches = self.target_images() if self.target_images is not None else ([target.x] if target is not None else [])
         for x in batches:
@@ -118,7 +118,7 @@ class CBST(Method):
     def step(self, source: Batch, target: Batch | None) -> dict[str, float]:
         if target is None:
             raise EdgedaError("cbst trains on target images: give --target")
-        r = round_at(self.progress, self.opts["rounds"], self.warmup)
+        r = round_at(self.progress, self.opts.rounds, self.warmup)
         if r >= 0 and (r != self.round or self.frozen is None):
             self.start_round(r, target)
         ns = len(source)
@@ -134,7 +134,7 @@ class CBST(Method):
             logits = self.model(torch.cat([source.x, target.x]))
             seg = self.task_loss_of(logits[:ns], source.y)
             tgt = self.task_loss_of(logits[ns:], labels) if bool(kept.any()) else logits.new_zeros(()).float()
-        self.update(seg + self.opts["lambda_target"] * tgt)
+        self.update(seg + self.opts.lambda_target * tgt)
         return {"loss/seg": seg.item(), "loss/target": tgt.item(), "cbst/round": float(r),
                 "cbst/proportion": self.proportion(r), "cbst/labelled": kept.float().mean().item()}
 

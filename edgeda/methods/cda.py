@@ -73,12 +73,12 @@ class CurriculumDA(Method):
 
     def build(self) -> None:
         o = self.opts
-        if not 0.0 < o["landmark_fraction"] <= 1.0:
-            raise EdgedaError(f"method 'cda' option landmark_fraction={o['landmark_fraction']} must be in (0, 1]")
+        if not 0.0 < o.landmark_fraction <= 1.0:
+            raise EdgedaError(f"method 'cda' option landmark_fraction={o.landmark_fraction} must be in (0, 1]")
         self.nets["model"] = self.make_model()
         self.nets["label_distribution"] = LabelDistributionRegressor(self.model.feature_channels, self.task.num_classes)
         self.optims["main"] = self.make_optimizer(self.model.parameters())
-        self.optims["label_distribution"] = self.make_adam(self.nets["label_distribution"].parameters(), o["lr_r"], (0.9, 0.999))
+        self.optims["label_distribution"] = self.make_adam(self.nets["label_distribution"].parameters(), o.lr_r, (0.9, 0.999))
 
     def pixels(self, x: torch.Tensor) -> torch.Tensor:
         """Model inputs back to [0, 1] pixel values (what SLIC segments)."""
@@ -96,14 +96,14 @@ class CurriculumDA(Method):
         r_loss = soft_cross_entropy(r_logits[:ns], class_fractions(source.y, self.task.num_classes))
         self.update(r_loss, "label_distribution")
         out = {"loss/seg": seg.item(), "loss/label_distribution": r_loss.item()}
-        if self.progress < o["warmup"]:
+        if self.progress < o.warmup:
             self.update(seg, "main")
             return {**out, "cda/on": 0.0}
         kl = label_distribution_kl(q_t, predicted_label_distribution(logits[ns:]))
-        segments = slic_superpixels(self.pixels(target.x), o["n_segments"], o["compactness"])
-        y_sp = landmark_labels(segments, logits[ns:].detach().float().softmax(1), o["landmark_fraction"])
+        segments = slic_superpixels(self.pixels(target.x), o.n_segments, o.compactness)
+        y_sp = landmark_labels(segments, logits[ns:].detach().float().softmax(1), o.landmark_fraction)
         labelled = y_sp != IGNORE_INDEX
         sp = self.task_loss_of(logits[ns:], y_sp) if bool(labelled.any()) else logits.new_zeros(()).float()
-        self.update(seg + o["lambda_kl"] * kl + o["lambda_sp"] * sp, "main")
+        self.update(seg + o.lambda_kl * kl + o.lambda_sp * sp, "main")
         return {**out, "loss/kl": kl.item(), "loss/sp": sp.item(), "sp/landmark_pixels": labelled.float().mean().item(),
                 "cda/on": 1.0}

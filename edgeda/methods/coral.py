@@ -51,7 +51,7 @@ class DeepCORAL(Method):
         ns = len(source)
         with self.autocast():
             clf = self.model
-            if self.opts["bn"] == "separate":
+            if self.opts.bn == "separate":
                 with frozen_bn_statistics(clf):
                     feats_s, logits_s = clf.features_and_logits(source.x)
                 feats_t, logits_t = clf.features_and_logits(target.x)
@@ -59,8 +59,8 @@ class DeepCORAL(Method):
             else:
                 feats, logits = clf.features_and_logits(torch.cat([source.x, target.x]))
             cls_loss = F.cross_entropy(logits[:ns].float(), source.y)
-            z = feats if self.opts["on"] == "features" else logits
+            z = feats if self.opts.on == "features" else logits
             align = coral(z[:ns], z[ns:])
-            loss = cls_loss + self.opts["weight"] * align
+            loss = cls_loss + self.opts.weight * align
         self.update(loss)
         return {"loss/cls": cls_loss.item(), "loss/coral": align.item()}

@@ -132,7 +132,7 @@ class CSG(Method):
         clf = self.make_model()
         self.nets["model"] = clf
         t = self.task
-        self.n_layers = o["layers"]
+        self.n_layers = o.layers
         with torch.no_grad():
             was = clf.training
             clf.eval()
@@ -142,11 +142,11 @@ class CSG(Method):
         heads = []
         for j, fmap in enumerate(reversed(maps)):
             proj, ema, queue = self._keys(j)
-            self.nets[proj] = ProjectionHead(fmap.shape[1], o["proj_hidden"], o["proj_dim"])
+            self.nets[proj] = ProjectionHead(fmap.shape[1], o.proj_hidden, o.proj_dim)
             self.nets[ema] = copy.deepcopy(self.nets[proj]).requires_grad_(False)
-            self.nets[queue] = NegativeQueue(o["queue"], o["proj_dim"])
+            self.nets[queue] = NegativeQueue(o.queue, o.proj_dim)
             heads += list(self.nets[proj].parameters())
-        bb = o["backbone_lr"]
+        bb = o.backbone_lr
         if bb <= 0:
             raise EdgedaError(f"csg option backbone_lr={bb}: must be > 0 (a factor on the learning rate)")
         if bb == 1.0:
@@ -155,15 +155,15 @@ class CSG(Method):
             self.optims["main"] = self.make_optimizer([
                 {"params": list(clf.features.parameters()), "lr_mult": bb},
                 {"params": list(clf.head.parameters()) + heads}])
-        self.anchor = str(o["anchor"])
+        self.anchor = o.anchor
         self.anchor_images = None
         if self.anchor != "source":  # self-supervised pre-training of E_0 on unlabeled images
-            if o["pretrain"] <= 0:
+            if o.pretrain <= 0:
                 raise EdgedaError(f"csg option anchor={self.anchor} pre-trains the initial encoder on those images "
                                   "during the first `pretrain` fraction of the budget: pretrain must be > 0")
             if self.anchor != "source_ssl":
                 self.anchor_images = anchor_photos(self.anchor, t.channels)
-            self.nets["proj_anchor"] = ProjectionHead(feats.shape[1], o["proj_hidden"], o["proj_dim"])
+            self.nets["proj_anchor"] = ProjectionHead(feats.shape[1], o.proj_hidden, o.proj_dim)
             self.optims["anchor"] = self.make_optimizer(list(clf.features.parameters())
                                                         + list(self.nets["proj_anchor"].parameters()))
 
@@ -187,7 +187,7 @@ class CSG(Method):
         self.nets["frozen"].eval()  # E_0 is fixed, BatchNorm statistics included
 
     def augment(self, x: torch.Tensor) -> torch.Tensor:
-        return rand_augment(x, self.task.mean, self.task.std, self.opts["n_ops"], self.opts["magnitude"])
+        return rand_augment(x, self.task.mean, self.task.std, self.opts.n_ops, self.opts.magnitude)
 
     def anchor_step(self, x: torch.Tensor) -> dict[str, float]:
         """One SimCLR step of the encoder: on two views of the source images ``x`` (labels unused) for
@@ -211,11 +211,11 @@ class CSG(Method):
 
     def step(self, source: Batch, target: Batch | None) -> dict[str, float]:
         o, n = self.opts, self.n_layers
-        if not bool(self.nets["queue"].started) and self.progress >= o["pretrain"]:
+        if not bool(self.nets["queue"].started) and self.progress >= o.pretrain:
             what = ("the source-only model trained" if self.anchor == "source" else
                     "the encoder pre-trained on the source images without their labels" if self.anchor_images is None else
                     f"the encoder pre-trained without labels on {len(self.anchor_images)} anchor images")
-            print(f"csg: no --init; freezing {what} for the first {float(o['pretrain']):.0%} "
+            print(f"csg: no --init; freezing {what} for the first {o.pretrain:.0%} "
                   "of the budget as the initial encoder (the paper uses ImageNet weights)", file=sys.stderr)
             self._freeze_initial()
         if not bool(self.nets["queue"].started) and self.anchor != "source":
@@ -237,15 +237,15 @@ class CSG(Method):
                     q = self.nets[proj](attention_pool(fmap))
                     with torch.no_grad():
                         keys.append(self.nets[ema](attention_pool(fmap0, attention_from=fmap_a)))
-                    nces.append(info_nce(q, keys[-1], self.nets[queue].keys.clone(), o["temperature"]))
+                    nces.append(info_nce(q, keys[-1], self.nets[queue].keys.clone(), o.temperature))
                 nce = torch.stack(nces).sum()
         if not started:  # source-only phase before the initial encoder exists
             self.update(cls_loss, "main")
             return {"loss/cls": cls_loss.item()}
-        loss = cls_loss + o["weight"] * nce
+        loss = cls_loss + o.weight * nce
         self.update(loss, "main")
         with torch.no_grad():
-            m = o["momentum"]
+            m = o.momentum
             for j, k in enumerate(keys):
                 proj, ema, queue = self._keys(j)
                 for pe, p in zip(self.nets[ema].parameters(), self.nets[proj].parameters()):

@@ -65,7 +65,7 @@ class CycleGANRefinement(PixelMethod):
                 "pool": 50, "semantic_target": 0.0}
 
     def build(self) -> None:
-        if self.opts["semantic_target"] > 0 and not task_of(self.task).class_logits:
+        if self.opts.semantic_target > 0 and not task_of(self.task).class_logits:
             raise EdgedaError(f"{self.name} option semantic_target needs class predictions; it is for classification "
                               f"and segmentation, not {self.task.task}")
         self.nets["model"] = self.make_model()
@@ -76,14 +76,14 @@ class CycleGANRefinement(PixelMethod):
         self.optims["model"] = self.make_optimizer(self.model.parameters())
         self.optims["gen"] = self.make_gan_optimizer(list(self.nets["refiner"].parameters()) + list(self.nets["inverse"].parameters()))
         self.optims["disc"] = self.make_gan_optimizer(list(self.nets["disc_t"].parameters()) + list(self.nets["disc_s"].parameters()))
-        self.pool_t, self.pool_s = ImagePool(self.opts["pool"], 1), ImagePool(self.opts["pool"], 2)
+        self.pool_t, self.pool_s = ImagePool(self.opts.pool, 1), ImagePool(self.opts.pool, 2)
 
     def source_cycle_loss(self, reconstructed: torch.Tensor, original: torch.Tensor, source: Batch) -> torch.Tensor:
         """||F(G(x_s)) - x_s||_1; the fore/background variant overrides this."""
         return cycle_loss(reconstructed, original)
 
     def step(self, source: Batch, target: Batch | None) -> dict[str, float]:
-        if self.progress >= self.opts["gan_fraction"]:
+        if self.progress >= self.opts.gan_fraction:
             return self.task_step(source)
         o = self.opts
         G, Fi, Dt, Ds = self.nets["refiner"], self.nets["inverse"], self.nets["disc_t"], self.nets["disc_s"]
@@ -93,19 +93,19 @@ class CycleGANRefinement(PixelMethod):
             adv = self.gan(Dt(fake_t), True, generator=True) + self.gan(Ds(fake_s), True, generator=True)
             cyc = self.source_cycle_loss(Fi(fake_t), xs, source) + cycle_loss(G(fake_s), xt)
             sem = self.task_loss_of(self.model(self.to_input(fake_t)), source.y)
-            g_loss = adv + o["cycle"] * cyc + o["semantic"] * sem
+            g_loss = adv + o.cycle * cyc + o.semantic * sem
             sem_t = None
-            if o["semantic_target"] > 0:  # F(x_t) keeps the class C gives x_t
+            if o.semantic_target > 0:  # F(x_t) keeps the class C gives x_t
                 clf = self.model
                 with frozen_bn_statistics(clf):
                     with torch.no_grad():
                         pseudo = clf(target.x).argmax(1)
                     sem_t = self.task_loss_of(clf(self.to_input(fake_s)), pseudo)
-                g_loss = g_loss + o["semantic_target"] * sem_t
+                g_loss = g_loss + o.semantic_target * sem_t
             idt = None
-            if o["identity"] > 0:  # a generator fed an image of its output domain leaves it alone
+            if o.identity > 0:  # a generator fed an image of its output domain leaves it alone
                 idt = cycle_loss(G(xt), xt) + cycle_loss(Fi(xs), xs)
-                g_loss = g_loss + o["identity"] * o["cycle"] * idt
+                g_loss = g_loss + o.identity * o.cycle * idt
         self.update(g_loss, "gen")  # C's gradients from sem are dropped: its own update zeroes them first
         with self.autocast():
             ce_src = self.task_loss_of(self.model(source.x), source.y)

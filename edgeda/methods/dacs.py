@@ -139,13 +139,13 @@ class DACS(Method):
     def build(self) -> None:
         o = self.opts
         for key in ("threshold", "jitter_p", "blur_p", "mask_ratio"):
-            if not 0.0 <= float(o[key]) <= 1.0:
+            if not 0.0 <= o[key] <= 1.0:
                 raise EdgedaError(f"method 'dacs' option {key}={o[key]} must lie in [0, 1]")
-        if not 0.0 <= o["warmup"] < 1.0:
-            raise EdgedaError(f"method 'dacs' option warmup={o['warmup']} must lie in [0, 1)")
+        if not 0.0 <= o.warmup < 1.0:
+            raise EdgedaError(f"method 'dacs' option warmup={o.warmup} must lie in [0, 1)")
         self.nets["model"] = self.make_model()
-        self.optims["main"] = self.make_optimizer(self.param_groups(self.model, o["encoder_lr"]))
-        self.mean_teacher = MeanTeacher(self.model, o["alpha"])
+        self.optims["main"] = self.make_optimizer(self.param_groups(self.model, o.encoder_lr))
+        self.mean_teacher = MeanTeacher(self.model, o.alpha)
         self.nets["teacher"] = self.mean_teacher.teacher  # moved, saved and restored with the student
         self.pretrained_encoder: torch.nn.Module | None = None
         self._things = torch.tensor(thing_classes(self.task.classes, self.task.num_classes), dtype=torch.long)
@@ -154,13 +154,13 @@ class DACS(Method):
 
     # -- hooks the trainer calls ----------------------------------------------------------------
     def source_sampling(self):
-        if not self.opts["rare_class_sampling"]:
+        if not self.opts.rare_class_sampling:
             return None
-        return functools.partial(rare_class_weights, temperature=self.opts["rcs_temperature"],
-                                 min_share=self.opts["rcs_min_share"])
+        return functools.partial(rare_class_weights, temperature=self.opts.rcs_temperature,
+                                 min_share=self.opts.rcs_min_share)
 
     def backbone_weights_loaded(self) -> None:
-        if self.opts["feature_distance"] and self.opts["lambda_fd"] > 0:
+        if self.opts.feature_distance and self.opts.lambda_fd > 0:
             if not hasattr(self.model, "features_and_logits"):
                 raise EdgedaError("dacs feature_distance needs a dense model with features_and_logits; "
                                   "pass --option feature_distance=false")
@@ -169,19 +169,19 @@ class DACS(Method):
 
     # -- the update -------------------------------------------------------------------------------
     def mask_patch(self) -> int:
-        given = self.opts["mask_patch"]
+        given = self.opts.mask_patch
         return given if given > 0 else max(1, round(64 * min(self.task.image_size) / 512))
 
     def augment(self, x: torch.Tensor) -> torch.Tensor:
         o = self.opts
-        return strong_augment(x, self.task.mean, self.task.std, self._generator, jitter_p=o["jitter_p"],
-                              jitter_strength=o["jitter_strength"], blur_p=o["blur_p"])
+        return strong_augment(x, self.task.mean, self.task.std, self._generator, jitter_p=o.jitter_p,
+                              jitter_strength=o.jitter_strength, blur_p=o.blur_p)
 
     def _feature_distance(self, features: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
             self.pretrained_encoder.eval()
             reference = self.pretrained_encoder.forward_intermediates(x)["out"]
-        small = label_at_feature_scale(y, features.shape[-2:], self.task.num_classes, self.opts["fd_min_ratio"])
+        small = label_at_feature_scale(y, features.shape[-2:], self.task.num_classes, self.opts.fd_min_ratio)
         return masked_feature_distance(features, reference, torch.isin(small, self._things.to(small.device)))
 
     def step(self, source: Batch, target: Batch | None) -> dict[str, float]:
@@ -189,7 +189,7 @@ class DACS(Method):
         student = self.model
         if self.mean_teacher.updates == 0:  # start from the weights the student starts from (--init, pre-trained)
             self.mean_teacher.teacher.load_state_dict(student.state_dict())
-        warm = warmup_factor(self.progress, o["warmup"])
+        warm = warmup_factor(self.progress, o.warmup)
         for g in self.optims["main"].param_groups:  # the trainer set lr = initial_lr * schedule this iteration
             g["lr"] = g["lr"] * warm
 
@@ -204,11 +204,11 @@ class DACS(Method):
         out = {"loss/src": loss_src.item()}
         if fd_on:
             fd = self._feature_distance(features, source.x, source.y)
-            loss = loss + o["lambda_fd"] * fd
+            loss = loss + o.lambda_fd * fd
             out["loss/fd"] = fd.item()
 
         probs = self.mean_teacher.probs(target.x)
-        plabel, confident, w_t = pseudo_labels(probs, o["threshold"])
+        plabel, confident, w_t = pseudo_labels(probs, o.threshold)
         n = min(len(source), len(target))
         mask = class_mix_masks(source.y[:n], self._generator)
         x_mix = self.augment(mix(mask, source.x[:n], target.x[:n]))
@@ -221,14 +221,14 @@ class DACS(Method):
         out.update({"loss/mix": loss_mix.item(), "pseudo/weight": w_t.mean().item(),
                     "pseudo/confident": confident.float().mean().item(), "mix/pasted": mask.mean().item()})
 
-        if o["mic"]:
-            keep = patch_keep_mask(len(target), tuple(target.x.shape[-2:]), self.mask_patch(), o["mask_ratio"],
+        if o.mic:
+            keep = patch_keep_mask(len(target), tuple(target.x.shape[-2:]), self.mask_patch(), o.mask_ratio,
                                    self._generator).to(target.x.device)
             with self.autocast():
                 logits_k = student(self.augment(target.x) * keep)
             weight = w_t.view(-1, 1, 1).expand(-1, *plabel.shape[1:])
             loss_mic = weighted_cross_entropy(logits_k, plabel, weight)
-            loss = loss + o["lambda_mic"] * loss_mic
+            loss = loss + o.lambda_mic * loss_mic
             out["loss/mic"] = loss_mic.item()
 
         self.update(loss, "main")

@@ -81,23 +81,23 @@ class DANN(Method):
         self.dense = task_of(self.task).dense
         self.multi_scale = callable(getattr(self.model, "loss", None))  # a detector: levels of features
         if self.multi_scale:
-            if self.opts["dropout"]:
+            if self.opts.dropout:
                 raise EdgedaError("dann's per-level domain classifiers (detection) have no dropout; leave option dropout at 0")
-            hidden = self.opts["hidden"] if "hidden" in self.given else 256
+            hidden = self.opts.hidden if "hidden" in self.given else 256
             channels = self._level_channels()
             self.nets["domain"] = torch.nn.ModuleList(PixelDomainClassifier(c, hidden) for c in channels)
-            if float(self.opts["instance"]) > 0:
+            if self.opts.instance > 0:
                 self.nets["instance_domain"] = torch.nn.ModuleList(
-                    InstanceDomainClassifier(c * POOL * POOL, int(self.opts["instance_hidden"])) for c in channels)
-        elif float(self.opts["instance"]) > 0:
+                    InstanceDomainClassifier(c * POOL * POOL, self.opts.instance_hidden) for c in channels)
+        elif self.opts.instance > 0:
             raise EdgedaError("dann option instance (instance-level alignment under boxes) is for detection")
         elif self.dense:
-            if self.opts["dropout"]:
+            if self.opts.dropout:
                 raise EdgedaError("dann's pixel-wise domain classifier (segmentation, depth) has no dropout; leave option dropout at 0")
-            self.nets["domain"] = PixelDomainClassifier(self.model.feature_channels, self.opts["hidden"])
+            self.nets["domain"] = PixelDomainClassifier(self.model.feature_channels, self.opts.hidden)
         else:
             self.nets["domain"] = DomainClassifier(
-                self.nets["model"].feature_dim, self.opts["hidden"], self.opts["dropout"]
+                self.nets["model"].feature_dim, self.opts.hidden, self.opts.dropout
             )
         self.optims["main"] = self.make_optimizer(self.nets.parameters())
 
@@ -113,7 +113,7 @@ class DANN(Method):
     def _detection_step(self, source: Batch, target: Batch, coeff: float) -> dict[str, float]:
         ns = len(source)
         model = self.model
-        instance = float(self.opts["instance"]) > 0
+        instance = self.opts.instance > 0
         with self.autocast():
             feats = model.features(torch.cat([source.x, target.x]))
             det_loss = self.task_loss_of(model(source.x), source.y)
@@ -121,22 +121,22 @@ class DANN(Method):
                      for d, f in zip(self.nets["domain"], feats)]
             dom_loss = torch.stack([p[0] for p in parts]).mean()
             dom_acc = torch.stack([p[1] for p in parts]).mean()
-            loss = det_loss + self.opts["weight"] * dom_loss
+            loss = det_loss + self.opts.weight * dom_loss
             out = {}
             if instance:
                 ins, cst, out = self._instance_terms(source, feats, [p[2] for p in parts], coeff)
-                loss = loss + self.opts["weight"] * (float(self.opts["instance"]) * ins + float(self.opts["consistency"]) * cst)
+                loss = loss + self.opts.weight * (self.opts.instance * ins + self.opts.consistency * cst)
         self.update(loss)
         return {"loss/cls": det_loss.item(), "loss/domain": dom_loss.item(), "acc/domain": dom_acc.item(), "grl": coeff, **out}
 
     def _instance_terms(self, source: Batch, feats: list[torch.Tensor], image_logits: list[torch.Tensor], coeff: float):
         """(L_ins, L_cst, logged values) over the source's ground-truth boxes and the target's detections."""
-        model, ns, k = self.model, len(source), int(self.opts["instance_boxes"])
+        model, ns, k = self.model, len(source), self.opts.instance_boxes
         h, w = self.task.image_size
         strides = [(h / f.shape[-2], w / f.shape[-1]) for f in feats]  # per axis (odd sizes round the maps up)
         with torch.no_grad():
             dets = model.postprocess(model.heads([f[ns:].detach() for f in feats]), max_det=k,
-                                     score_thresh=float(self.opts["instance_score"]))
+                                     score_thresh=self.opts.instance_score)
         boxes = [y["boxes"][:k] for y in source.y] + [d["boxes"] for d in dets]
         levels = [assign_levels(b, [(sy * sx) ** 0.5 for sy, sx in strides]) for b in boxes]
         losses, logits, image_prob, domain = [], [], [], []
@@ -163,7 +163,7 @@ class DANN(Method):
 
     def step(self, source: Batch, target: Batch | None) -> dict[str, float]:
         ns = len(source)
-        coeff = dann_coefficient(self.progress, self.opts["gamma"], self.opts["max_coeff"], self.opts["warmup"])
+        coeff = dann_coefficient(self.progress, self.opts.gamma, self.opts.max_coeff, self.opts.warmup)
         if self.multi_scale:
             return self._detection_step(source, target, coeff)
         with self.autocast():
@@ -174,7 +174,7 @@ class DANN(Method):
             else:
                 cls_loss = F.cross_entropy(logits[:ns].float(), source.y)
                 dom_loss, dom_acc = domain_adversarial_loss(self.nets["domain"], feats[:ns], feats[ns:], coeff)
-            loss = cls_loss + self.opts["weight"] * dom_loss
+            loss = cls_loss + self.opts.weight * dom_loss
         self.update(loss)
         return {"loss/cls": cls_loss.item(), "loss/domain": dom_loss.item(), "acc/domain": dom_acc.item(), "grl": coeff}
 

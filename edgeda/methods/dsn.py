@@ -44,12 +44,12 @@ class DomainSeparation(Method):
             self.nets[name] = BACKBONES.get(self.backbone)(channels=t.channels, image_size=t.image_size[0], **self.backbone_kwargs)
         width = int(self.backbone_kwargs.get("width", 16)) if self.backbone == "dtn" else 16
         self.nets["decoder"] = FeatureDecoder(dim, t.channels, t.image_size[0], width)
-        self.nets["domain"] = DomainClassifier(dim, self.opts["hidden"])
+        self.nets["domain"] = DomainClassifier(dim, self.opts.hidden)
         self.optims["main"] = self.make_optimizer(self.nets.parameters())
 
     def step(self, source: Batch, target: Batch | None) -> dict[str, float]:
         ns, o = len(source), self.opts
-        coeff = dann_coefficient(self.progress, o["grl_gamma"])
+        coeff = dann_coefficient(self.progress, o.grl_gamma)
         with self.autocast():
             shared, logits = self.model.features_and_logits(torch.cat([source.x, target.x]))
             cls_loss = F.cross_entropy(logits[:ns].float(), source.y)
@@ -59,7 +59,7 @@ class DomainSeparation(Method):
             recon = scale_invariant_mse(source.x, rec_s) + scale_invariant_mse(target.x, rec_t)
             diff = difference_loss(shared[:ns], hp_s) + difference_loss(shared[ns:], hp_t)
             sim, dom_acc = domain_adversarial_loss(self.nets["domain"], shared[:ns], shared[ns:], coeff)
-            loss = cls_loss + o["alpha"] * recon + o["beta"] * diff + o["gamma"] * sim
+            loss = cls_loss + o.alpha * recon + o.beta * diff + o.gamma * sim
         self.update(loss)
         return {"loss/cls": cls_loss.item(), "loss/recon": recon.item(), "loss/difference": diff.item(),
                 "loss/similarity": sim.item(), "acc/domain": dom_acc.item(), "grl": coeff}

@@ -71,10 +71,10 @@ class FCNsInTheWild(Method):
     def build(self) -> None:
         o = self.opts
         self.nets["model"] = self.make_model()
-        self.nets["domain"] = PixelDomainClassifier(self.model.feature_channels, o["hidden"])
-        self.nets["class_size"] = ClassSizeBounds(self.task.num_classes, o["stats_images"], o["low"], o["high"])
+        self.nets["domain"] = PixelDomainClassifier(self.model.feature_channels, o.hidden)
+        self.nets["class_size"] = ClassSizeBounds(self.task.num_classes, o.stats_images, o.low, o.high)
         self.optims["main"] = self.make_optimizer(self.model.parameters())
-        self.optims["domain"] = self.make_adam(self.nets["domain"].parameters(), o["lr_d"])
+        self.optims["domain"] = self.make_adam(self.nets["domain"].parameters(), o.lr_d)
 
     def step(self, source: Batch, target: Batch | None) -> dict[str, float]:
         ns, D, stats = len(source), self.nets["domain"], self.nets["class_size"]
@@ -87,11 +87,11 @@ class FCNsInTheWild(Method):
             d_s, d_t = D(feats[:ns]), D(feats[ns:])
             inv = domain_loss(d_s, d_t, inverted=True)
             seg = self.task_loss_of(logits[:ns], source.y)
-            if stats.count >= self.opts["min_stats"]:
+            if stats.count >= self.opts.min_stats:
                 size = size_constraint_loss(logits[ns:], *stats.bounds())
             else:
                 size = logits.new_zeros(())
-            loss = seg + self.opts["w_adv"] * inv + self.opts["w_size"] * size
+            loss = seg + self.opts.w_adv * inv + self.opts.w_size * size
         self.update(loss, "main")
         with torch.no_grad():
             acc = 0.5 * ((d_s > 0).float().mean() + (d_t <= 0).float().mean())

@@ -63,7 +63,7 @@ class FDA(Method):
     }
 
     def build(self) -> None:
-        low_frequency_band(*self.task.image_size, self.opts["beta"])  # checks beta
+        low_frequency_band(*self.task.image_size, self.opts.beta)  # checks beta
         self.nets["model"] = self.make_model()
         self.optims["main"] = self.make_optimizer(self.model.parameters())
         self._generator = torch.Generator().manual_seed(0)
@@ -74,7 +74,7 @@ class FDA(Method):
         order = torch.randint(0, len(target_x), (len(source_x),), generator=self._generator).to(target_x.device)
         xs = (input_to_tanh(source_x, self.task.mean, self.task.std) + 1) / 2  # [0, 1] pixels
         xt = (input_to_tanh(target_x[order], self.task.mean, self.task.std) + 1) / 2
-        swapped = fourier_amplitude_swap(xs, xt, self.opts["beta"])
+        swapped = fourier_amplitude_swap(xs, xt, self.opts.beta)
         return tanh_to_input(swapped * 2 - 1, self.task.mean, self.task.std)
 
     def step(self, source: Batch, target: Batch | None) -> dict[str, float]:
@@ -84,9 +84,9 @@ class FDA(Method):
         with self.autocast():
             head, logits = head_and_output(self.model, torch.cat([x_s2t, target.x]))
             seg_loss = self.task_loss_of(logits[:ns], source.y)
-        ent = charbonnier_penalty(entropy_map(head[ns:]), self.opts["eta"]).mean()  # at the head's resolution
-        on = 1.0 if self.progress >= self.opts["entropy_start"] else 0.0
-        self.update(seg_loss + on * self.opts["lambda_ent"] * ent)
+        ent = charbonnier_penalty(entropy_map(head[ns:]), self.opts.eta).mean()  # at the head's resolution
+        on = 1.0 if self.progress >= self.opts.entropy_start else 0.0
+        self.update(seg_loss + on * self.opts.lambda_ent * ent)
         return {"loss/seg": seg_loss.item(), "loss/ent": ent.item(), "ent/on": on}
 
     def state_dict(self) -> dict:

@@ -66,8 +66,8 @@ class ForegroundBackgroundCycleGAN(CycleGANRefinement):
         # hue_loss works on [-1, 1] images directly (the offset cancels); cycle weight is applied by the caller
         hue = hue_loss(reconstructed, original, fg)
         self._last_hue = hue.detach()
-        masked = bg + self.opts["hue"] / self.opts["cycle"] * hue
-        if self.opts["full_cycle"]:
+        masked = bg + self.opts.hue / self.opts.cycle * hue
+        if self.opts.full_cycle:
             return cycle_loss(reconstructed, original) + masked
         return masked
 

@@ -80,11 +80,11 @@ class GenerateToAdaptSeg(Method):
         self.nets["model"] = self.make_model()
         enc = self.model.encoder
         self.nets["generator"] = FeatureImageGenerator(enc.out_channels, t.channels, enc.feature_info["out"]["stride"],
-                                                       o["g_width"], o["g_dropout"])
-        self.nets["discriminator"] = FourClassPatchDiscriminator(t.channels, t.num_classes, o["d_width"], o["d_layers"])
-        self.optims["f"] = self.make_adam(self.model.parameters(), o["lr_f"], weight_decay=self.optim_cfg.weight_decay)
-        self.optims["g"] = self.make_adam(self.nets["generator"].parameters(), o["lr_gd"])
-        self.optims["d"] = self.make_adam(self.nets["discriminator"].parameters(), o["lr_gd"])
+                                                       o.g_width, o.g_dropout)
+        self.nets["discriminator"] = FourClassPatchDiscriminator(t.channels, t.num_classes, o.d_width, o.d_layers)
+        self.optims["f"] = self.make_adam(self.model.parameters(), o.lr_f, weight_decay=self.optim_cfg.weight_decay)
+        self.optims["g"] = self.make_adam(self.nets["generator"].parameters(), o.lr_gd)
+        self.optims["d"] = self.make_adam(self.nets["discriminator"].parameters(), o.lr_gd)
 
     def to_tanh(self, x: torch.Tensor) -> torch.Tensor:
         return input_to_tanh(x, self.task.mean, self.task.std)
@@ -109,7 +109,7 @@ class GenerateToAdaptSeg(Method):
             kinds_fake, _ = D(fake)
             g_adv = adversarial_loss("g", dict(zip(("source-fake", "target-fake"), kinds_fake.split([ns, nt]))))
             rec = F.l1_loss(fake.float(), torch.cat([real_s, real_t]).float())
-            loss_g = g_adv + self.opts["rec_weight"] * 2 * rec  # the two domains' L1 terms
+            loss_g = g_adv + self.opts.rec_weight * 2 * rec  # the two domains' L1 terms
         self.update(loss_g, "g")
         with self.autocast():
             # F (and C): segmentation, auxiliary labelling of the reconstruction, cross-domain adversarial
@@ -117,7 +117,7 @@ class GenerateToAdaptSeg(Method):
             f_adv = adversarial_loss("f", dict(zip(("source-fake", "target-fake"), kinds_f.split([ns, nt]))))
             seg = self.task_loss_of(logits[:ns], source.y)
             f_aux = self.task_loss_of(labels_f[:ns], source.y)
-            loss_f = seg + self.opts["alpha"] * f_aux + self.opts["beta"] * f_adv
+            loss_f = seg + self.opts.alpha * f_aux + self.opts.beta * f_adv
         self.update(loss_f, "f")
         return {"loss/seg": seg.item(), "loss/d_adv": d_adv.item(), "loss/d_aux": d_aux.item(), "loss/g_adv": g_adv.item(),
                 "loss/rec": rec.item(), "loss/f_adv": f_adv.item(), "loss/f_aux": f_aux.item()}

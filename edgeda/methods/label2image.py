@@ -58,12 +58,12 @@ class Label2Image(PixelMethod):
         self.nets["model"] = self.make_model()
         if task_of(t).dense:
             self.nets["generator"] = build("label_map_generator", num_classes=t.num_classes, channels=t.channels,
-                                           z_dim=o["z_dim"], width=o["g_width"])
-            self.nets["disc"] = PatchDiscriminator(t.channels, o["d_width"], 3)
+                                           z_dim=o.z_dim, width=o.g_width)
+            self.nets["disc"] = PatchDiscriminator(t.channels, o.d_width, 3)
         else:
             self.nets["generator"] = build("conditional_generator", num_classes=t.num_classes, channels=t.channels,
-                                           image_size=t.image_size[0], z_dim=o["z_dim"], width=o["g_width"])
-            self.nets["disc"] = ImageDiscriminator(t.channels, t.image_size[0], o["d_width"])
+                                           image_size=t.image_size[0], z_dim=o.z_dim, width=o.g_width)
+            self.nets["disc"] = ImageDiscriminator(t.channels, t.image_size[0], o.d_width)
         self.optims["model"] = self.make_optimizer(self.model.parameters())
         self.optims["generator"] = self.make_gan_optimizer(self.nets["generator"].parameters())
         self.optims["disc"] = self.make_gan_optimizer(self.nets["disc"].parameters())
@@ -84,10 +84,10 @@ class Label2Image(PixelMethod):
         o, p = self.opts, self.progress
         out: dict[str, float] = {}
         fake = y = None
-        if p >= o["phase1"]:
+        if p >= o.phase1:
             fake, y, gan_out = self.gan_step(source, target)
             out.update(gan_out)
-        if p < o["phase1"] or p >= o["phase2"]:
+        if p < o.phase1 or p >= o.phase2:
             with self.autocast():
                 ce_src = self.task_loss_of(self.model(source.x), source.y)
                 loss = ce_src
@@ -96,7 +96,7 @@ class Label2Image(PixelMethod):
                     logits = self.model(torch.cat([self.to_input(fake.detach()), target.x])).float()
                     ce_gen = self.task_loss_of(logits[: len(y)], y)
                     ent = entropy(logits[len(y):]).mean()
-                    loss = loss + o["gen_weight"] * ce_gen + o["reg"] * ent
+                    loss = loss + o.gen_weight * ce_gen + o.reg * ent
                     out.update({"loss/cls_gen": ce_gen.item(), "loss/target_entropy": ent.item()})
             self.update(loss, "model")
         return out
@@ -119,7 +119,7 @@ class Label2Image(PixelMethod):
         with self.autocast():
             adv = self.gan(D(fake), True, generator=True)
             sem = self.task_loss_of(self._teacher_logits(self.to_input(fake)), y)
-            g_loss = adv + self.opts["semantic"] * sem
+            g_loss = adv + self.opts.semantic * sem
         self.update(g_loss, "generator")
         return fake, y, {"loss/d": d_loss.item(), "loss/g_adv": adv.item(), "loss/semantic": sem.item()}
 

@@ -167,26 +167,26 @@ class DetectionMeanTeacher(Method):
     def build(self) -> None:
         o = self.opts
         for key in ("threshold", "floor", "jitter_p", "blur_p", "cutout_p"):
-            if not 0.0 <= float(o[key]) <= 1.0:
+            if not 0.0 <= o[key] <= 1.0:
                 raise EdgedaError(f"method 'mean_teacher' option {key}={o[key]} must lie in [0, 1]")
-        if not 0.0 <= o["burn_in"] < 1.0:
-            raise EdgedaError(f"method 'mean_teacher' option burn_in={o['burn_in']} must lie in [0, 1)")
+        if not 0.0 <= o.burn_in < 1.0:
+            raise EdgedaError(f"method 'mean_teacher' option burn_in={o.burn_in} must lie in [0, 1)")
         self.nets["model"] = self.make_model()
         if not callable(getattr(self.model, "postprocess", None)):
             raise EdgedaError("method 'mean_teacher' needs a detector (a network with postprocess and loss)")
-        self.optims["main"] = self.make_optimizer(self.param_groups(self.model, o["encoder_lr"]))
-        self.mean_teacher = MeanTeacher(self.model, o["alpha"])
+        self.optims["main"] = self.make_optimizer(self.param_groups(self.model, o.encoder_lr))
+        self.mean_teacher = MeanTeacher(self.model, o.alpha)
         self.nets["teacher"] = self.mean_teacher.teacher  # moved, saved and restored with the student
         self.started, self.initialised = False, False
-        floor = min(o["floor"], o["threshold"]) if o["rate_prior"] else o["threshold"]
-        self.thresholds = RateMatchedThresholds(self.task.num_classes, floor, o["threshold"])
+        floor = min(o.floor, o.threshold) if o.rate_prior else o.threshold
+        self.thresholds = RateMatchedThresholds(self.task.num_classes, floor, o.threshold)
         self._generator = torch.Generator().manual_seed((torch.initial_seed() * 7919 + 29) % 2**63)
 
     def strong(self, x: torch.Tensor) -> torch.Tensor:
         o = self.opts
-        x = strong_augment(x, self.task.mean, self.task.std, self._generator, jitter_p=o["jitter_p"],
-                           jitter_strength=o["jitter_strength"], blur_p=o["blur_p"])
-        return cutout(x, self._generator, p=o["cutout_p"])
+        x = strong_augment(x, self.task.mean, self.task.std, self._generator, jitter_p=o.jitter_p,
+                           jitter_strength=o.jitter_strength, blur_p=o.blur_p)
+        return cutout(x, self._generator, p=o.cutout_p)
 
     def step(self, source: Batch, target: Batch | None) -> dict[str, float]:
         o = self.opts
@@ -195,7 +195,7 @@ class DetectionMeanTeacher(Method):
             loss_src = self.task_loss_of(student(source.x), source.y)
         out = {"loss/src": loss_src.item()}
         self.thresholds.observe_source(source.y)
-        if not self.initialised and self.progress < o["burn_in"]:
+        if not self.initialised and self.progress < o.burn_in:
             self.update(loss_src, "main")
             return out
         if not self.started:  # the teacher starts from the burnt-in student
@@ -203,10 +203,10 @@ class DetectionMeanTeacher(Method):
             self.mean_teacher.updates = 0
             self.started = True
         pseudo = self.thresholds.select(
-            pseudo_boxes(self.mean_teacher.teacher, target.x, self.thresholds.floor, o["max_pseudo"]))
+            pseudo_boxes(self.mean_teacher.teacher, target.x, self.thresholds.floor, o.max_pseudo))
         with self.autocast():
             loss_unsup = student.loss(student(self.strong(target.x)), pseudo)["classification"]
-        loss = loss_src + o["lambda_unsup"] * loss_unsup
+        loss = loss_src + o.lambda_unsup * loss_unsup
         self.update(loss, "main")
         self.mean_teacher.update(student)
         n = sum(len(p["labels"]) for p in pseudo)

@@ -41,18 +41,18 @@ class MultiKernelMMD(Method):
                    "ramp": "ramp the weight up with DANN's schedule"}
 
     def build(self) -> None:
-        self.layers = set(self.opts["layers"].split("+"))
+        self.layers = set(self.opts.layers.split("+"))
         self.nets["model"] = self.make_model()
         self.optims["main"] = self.make_optimizer(self.nets.parameters())
 
     def step(self, source: Batch, target: Batch | None) -> dict[str, float]:
         ns = len(source)
-        coeff = dann_coefficient(self.progress) if self.opts["ramp"] else 1.0
+        coeff = dann_coefficient(self.progress) if self.opts.ramp else 1.0
         with self.autocast():
             feats, logits = self.model.features_and_logits(torch.cat([source.x, target.x]))
             cls_loss = F.cross_entropy(logits[:ns].float(), source.y)
             reps = {"features": feats, "logits": logits}
             mmd = sum(multi_kernel_mmd(reps[k][:ns], reps[k][ns:]) for k in sorted(self.layers))
-            loss = cls_loss + self.opts["weight"] * coeff * mmd
+            loss = cls_loss + self.opts.weight * coeff * mmd
         self.update(loss)
         return {"loss/cls": cls_loss.item(), "loss/mmd": mmd.item(), "mmd_coeff": coeff}

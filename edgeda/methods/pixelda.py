@@ -35,14 +35,14 @@ class PixelDA(PixelMethod):
 
     def build(self) -> None:
         self.nets["model"] = self.make_model()
-        self.nets["refiner"] = self.make_refiner(noise_dim=self.opts["noise_dim"])
+        self.nets["refiner"] = self.make_refiner(noise_dim=self.opts.noise_dim)
         self.nets["disc"] = self.make_discriminator()
         self.optims["model"] = self.make_optimizer(self.model.parameters())
         self.optims["refiner"] = self.make_gan_optimizer(self.nets["refiner"].parameters())
         self.optims["disc"] = self.make_gan_optimizer(self.nets["disc"].parameters())
 
     def refine(self, xs_tanh: torch.Tensor) -> torch.Tensor:
-        nz = self.opts["noise_dim"]
+        nz = self.opts.noise_dim
         z = torch.rand(len(xs_tanh), nz, device=xs_tanh.device) * 2 - 1 if nz else None
         return self.nets["refiner"](xs_tanh, z)
 
@@ -60,7 +60,7 @@ class PixelDA(PixelMethod):
             logits = self.model(torch.cat([source.x, self.to_input(fake)])).float()
             ce_src = F.cross_entropy(logits[:ns], source.y)
             ce_gen = F.cross_entropy(logits[ns:], source.y)
-            loss = o["adv"] * adv + o["content"] * content + o["task"] * (ce_src + ce_gen)
+            loss = o.adv * adv + o.content * content + o.task * (ce_src + ce_gen)
         self.update(loss, "refiner", "model")
         return {"loss/d": d_loss.item(), "loss/g_adv": adv.item(), "loss/content": content.item(),
                 "loss/cls_src": ce_src.item(), "loss/cls_gen": ce_gen.item()}

@@ -71,15 +71,15 @@ class StructuralAdaptation(Method):
         self.nets["model"] = self.make_model()
         info = self.model.encoder.feature_info
         levels = [k for k in info if k != "out"]
-        self.low_level = o["low_level"] or levels[0]
+        self.low_level = o.low_level or levels[0]
         if self.low_level not in levels:
             raise EdgedaError(f"method 'san' option low_level={self.low_level!r}; valid for this encoder: {', '.join(levels)}")
         high = self.model.feature_channels
-        self.nets["generator"] = ConditionalFeatureGenerator(info[self.low_level]["channels"], high, o["g_width"],
-                                                             o["g_blocks"], o["noise_channels"])
-        self.nets["discriminator"] = PixelDomainClassifier(high, o["d_width"])
+        self.nets["generator"] = ConditionalFeatureGenerator(info[self.low_level]["channels"], high, o.g_width,
+                                                             o.g_blocks, o.noise_channels)
+        self.nets["discriminator"] = PixelDomainClassifier(high, o.d_width)
         self.optims["main"] = self.make_optimizer(self.model.parameters())
-        for name, lr in (("generator", o["lr_g"]), ("discriminator", o["lr_d"])):
+        for name, lr in (("generator", o.lr_g), ("discriminator", o.lr_d)):
             self.optims[name] = self.make_adam(self.nets[name].parameters(), lr, (0.5, 0.999))
 
     def transformed_logits(self, feats: dict[str, torch.Tensor], residual: torch.Tensor, size) -> torch.Tensor:
@@ -91,7 +91,7 @@ class StructuralAdaptation(Method):
 
     def step(self, source: Batch, target: Batch | None) -> dict[str, float]:
         ns, G, D = len(source), self.nets["generator"], self.nets["discriminator"]
-        lam = self.opts["lambda_task"]
+        lam = self.opts.lambda_task
         with self.autocast():
             feats = self.model.encoder.forward_intermediates(torch.cat([source.x, target.x]))
             f_s, f_t = feats["out"][:ns], feats["out"][ns:]

@@ -24,7 +24,7 @@ class SourceOnly(Method):
 
     def build(self) -> None:
         self.nets["model"] = self.make_model()
-        self.optims["main"] = self.make_optimizer(self.param_groups(self.model, self.opts["encoder_lr"]))
+        self.optims["main"] = self.make_optimizer(self.param_groups(self.model, self.opts.encoder_lr))
 
     def step(self, source: Batch, target: Batch | None) -> dict[str, float]:
         with self.autocast():

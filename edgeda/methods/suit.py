@@ -79,7 +79,7 @@ class SUIT(PixelMethod):
             fake = G(xs)
             d_loss = 0.5 * (self.gan(D(xt), True) + self.gan(D(fake.detach()), False))
         self.update(d_loss, "disc")
-        per_player = self.opts["objectives"] == "per_player"
+        per_player = self.opts.objectives == "per_player"
         with self.autocast():
             adv = self.gan(D(fake), True, generator=True)
             refined = self.to_input(fake)
@@ -94,9 +94,9 @@ class SUIT(PixelMethod):
             else:
                 semantic = ce_gen
                 content = F.mse_loss(feats[ns:].float(), feats[:ns].float())
-            loss = o["adv"] * adv + o["semantic"] * semantic + o["content"] * content + ce_src + ce_gen
+            loss = o.adv * adv + o.semantic * semantic + o.content * content + ce_src + ce_gen
         self.update(loss, "refiner", "model")
-        if o["bn"] == "target":  # the running statistics inference uses: real target batches only
+        if o.bn == "target":  # the running statistics inference uses: real target batches only
             with torch.no_grad(), self.autocast():
                 self.model(target.x)
         return {"loss/d": d_loss.item(), "loss/g_adv": adv.item(), "loss/cls_src": ce_src.item(),
@@ -105,10 +105,10 @@ class SUIT(PixelMethod):
     def _classify(self, x_source: torch.Tensor, x_refined: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """C's (features, logits) of [x_s; G(x_s)], normalised as ``bn`` says."""
         clf = self.model
-        if self.opts["bn"] in ("separate", "target"):
+        if self.opts.bn in ("separate", "target"):
             with frozen_bn_statistics(clf):
                 feats_s, logits_s = clf.features_and_logits(x_source)
-            with frozen_bn_statistics(clf) if self.opts["bn"] == "target" else contextlib.nullcontext():
+            with frozen_bn_statistics(clf) if self.opts.bn == "target" else contextlib.nullcontext():
                 feats_g, logits_g = clf.features_and_logits(x_refined)
             return torch.cat([feats_s, feats_g]), torch.cat([logits_s, logits_g])
         return clf.features_and_logits(torch.cat([x_source, x_refined]))

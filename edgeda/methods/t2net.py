@@ -74,16 +74,16 @@ class T2Net(PixelMethod):
         self.nets["model"] = self.make_model()               # T
         self.nets["refiner"] = self.make_refiner()                     # G
         self.nets["disc_t"] = self.make_discriminator()                # D_T on images
-        self.nets["disc_f"] = FeatureMapDiscriminator(self.model.feature_channels, o["df_width"])  # D_f
+        self.nets["disc_f"] = FeatureMapDiscriminator(self.model.feature_channels, o.df_width)  # D_f
         base = self.optim_cfg.lr
-        self.optims["main"] = self._adam([{"params": list(self.nets["refiner"].parameters()), "lr_mult": o["lr_trans"] / base},
-                                          {"params": list(self.model.parameters()), "lr_mult": o["lr_task"] / base}])
+        self.optims["main"] = self._adam([{"params": list(self.nets["refiner"].parameters()), "lr_mult": o.lr_trans / base},
+                                          {"params": list(self.model.parameters()), "lr_mult": o.lr_task / base}])
         self.optims["disc"] = self._adam([{"params": list(self.nets["disc_t"].parameters()) + list(self.nets["disc_f"].parameters()),
-                                           "lr_mult": o["lr_trans"] / base}])
-        self.pool = ImagePool(o["pool"], 1)
+                                           "lr_mult": o.lr_trans / base}])
+        self.pool = ImagePool(o.pool, 1)
 
     def _adam(self, groups: list[dict]) -> torch.optim.Optimizer:
-        return self.make_adam(groups, betas=(0.5, self.opts["beta2"]))
+        return self.make_adam(groups, betas=(0.5, self.opts.beta2))
 
     # -- losses -----------------------------------------------------------------------------------
     def task_l1(self, pred: torch.Tensor, depth: torch.Tensor, log_pred: bool = False) -> torch.Tensor:
@@ -122,8 +122,8 @@ class T2Net(PixelMethod):
             rec = self.identity_loss(xt)
             task = self.task_l1(log_depth[:ns], source.y, log_pred=True)
             smooth = edge_aware_smoothness(log_depth[ns:], xt, log_depth=True)
-            loss = (adv + o["lambda_f"] * adv_f + o["lambda_r"] * rec + o["lambda_t"] * task
-                    + o["lambda_s"] * smooth)
+            loss = (adv + o.lambda_f * adv_f + o.lambda_r * rec + o.lambda_t * task
+                    + o.lambda_s * smooth)
         self.update(loss, "main")
         with self.autocast():
             d_img = 0.5 * (self.gan(Dt(xt), True) + self.gan(Dt(self.pool.query(fake)), False))

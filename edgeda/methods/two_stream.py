@@ -74,7 +74,7 @@ class TwoStream(Method):
         for _, ws, wt in self.pairs:
             a, b = self.linear_fit(ws, wt)
             r = (a * ws + b - wt).pow(2).sum()
-            term = torch.expm1(r) if self.opts["reg"] == "exp" else r
+            term = torch.expm1(r) if self.opts.reg == "exp" else r
             total = term if total is None else total + term
             slopes.append(float(a))
         return total, sum(slopes) / len(slopes)
@@ -87,6 +87,6 @@ class TwoStream(Method):
             cls_loss = F.cross_entropy(logits_s.float(), source.y)
             mmd = multi_kernel_mmd(fs, ft)
             reg, slope = self.weight_regulariser()
-            loss = cls_loss + o["weight_reg"] * reg + o["mmd_weight"] * mmd
+            loss = cls_loss + o.weight_reg * reg + o.mmd_weight * mmd
         self.update(loss)
         return {"loss/cls": cls_loss.item(), "loss/mmd": mmd.item(), "loss/weight_reg": reg.item(), "mean_a": slope}

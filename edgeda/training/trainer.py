@@ -27,7 +27,7 @@ from ..config import TrainConfig, make_config, resume_config
 from ..errors import EdgedaError, TrainingDiverged
 from ..tracking import BestState
 from ..methods import METHODS, Method
-from ..methods.base import NonFiniteLoss
+from ..methods.base import NonFiniteLoss, scheduled_lr
 from ..tasks import task_of
 from ..utils import atomic_write_bytes, atomic_write_json, choose_device, seed_everything
 from ..models.averaging import WeightAverage
@@ -294,9 +294,8 @@ class Trainer:
         cfg = self.cfg
         progress = it / cfg.iters
         factor = lr_factor(cfg.lr_schedule, progress)
-        for opt in self.method.optims.values():
-            for g in opt.param_groups:
-                g["lr"] = g["initial_lr"] * factor
+        for name, opt in self.method.optims.items():
+            scheduled_lr(name, opt, factor, f"method {self.method.name!r}")
         self.method.progress = progress
         t0 = time.perf_counter()
         source = self.source_stream.next()
@@ -355,7 +354,7 @@ class Trainer:
                                  reference=self.reference, seed=cfg.seed, log=self.log)
         bundle = write_run_bundle(
             self.run_dir, modules, self.task,
-            method={"name": cfg.method, "options": self.method.opts, "uses_target": self.method.uses_target},
+            method={"name": cfg.method, "options": dict(self.method.opts), "uses_target": self.method.uses_target},
             training={
                 "config": cfg.to_dict(), "domains": self.domains.summary(), "iterations": cfg.iters,
                 "selection": {"selector": cfg.select, "iteration": selected}, "wall_time_s": round(wall, 2),

@@ -64,6 +64,9 @@ class Options(Mapping):
     AttributeError (a KeyError through ``[]``) naming the valid options."""
 
     def __init__(self, values: Mapping, owner: str = "options"):
+        shadowed = sorted(k for k in values if hasattr(Options, k))
+        if shadowed:  # opts.items would be the mapping's method, not the option
+            raise EdgedaError(f"{owner} option names {', '.join(shadowed)} are taken by the options object; rename them")
         object.__setattr__(self, "_values", dict(values))
         object.__setattr__(self, "_owner", owner)
 

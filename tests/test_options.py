@@ -90,6 +90,8 @@ def test_options_are_read_only_and_replace_makes_a_copy():
     assert p.n == 5 and o.n == 3
     with pytest.raises(AttributeError, match="has no option 'nope'"):
         o.replace(nope=1)
+    with pytest.raises(EdgedaError, match="option names items, keys are taken"):
+        Options({"keys": 1, "items": 2, "lr": 3}, "method 'x'")
 
 
 def _specs():

@@ -11,7 +11,7 @@ from collections import Counter
 from pathlib import Path
 
 import numpy as np
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
@@ -84,6 +84,7 @@ arrays = hnp.arrays(
 
 @FAST
 @given(st.dictionaries(st.sampled_from(["x", "y", "classes", "other"]), arrays, max_size=4), st.booleans())
+@example({"x": np.zeros((0, 1, 1), np.uint8), "y": np.zeros((0, 0, 0), np.uint8)}, False)  # no images: a DataError
 def test_npz_loader_raises_only_data_errors(contents, labeled):
     EXAMPLES["npz"] += 1
     buf = io.BytesIO()

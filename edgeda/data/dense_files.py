@@ -376,6 +376,8 @@ def load_dense_npz(path: Path, *, labeled: bool) -> ArrayDenseDomain:
         x = x[:, :, :, None]
     if x.ndim != 4 or x.shape[3] not in (1, 3, 4) or x.shape[1] == 0 or x.shape[2] == 0:
         raise DataError(f"{path}: 'x' must have shape (N,H,W) or (N,H,W,C) with C in 1/3/4, got {arr['x'].shape}")
+    if x.shape[0] == 0:
+        raise DataError(f"{path}: 'x' holds no images")
     x = x[..., :3]
     nhw = x.shape[:3]
     y, depth, classes, palette = arr.get("y"), arr.get("depth"), None, None

@@ -312,7 +312,7 @@ def test_dacs_resume_restores_the_teacher_and_continues_exactly(tmp_path):
     tr = Trainer(cut, progress=False, log=None)
     tr.setup()
     saved = load_latest(tmp_path / "cut" / "checkpoints")[1]
-    assert tr._restore(saved) == 2 and tr.method.mean_teacher.updates == 2
+    assert tr.restore(saved) == 2 and tr.method.mean_teacher.updates == 2
     teacher = tr.method.nets["teacher"].state_dict()
     student = tr.method.model.state_dict()
     fresh = Trainer(cut, progress=False, log=None)

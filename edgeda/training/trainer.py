@@ -178,7 +178,7 @@ class Trainer:
             except (OSError, ValueError) as e:
                 raise EdgedaError(f"rank {self.dist.rank} cannot read checkpoint {chosen} in {self.ckpt_dir} ({e}); "
                                   "with several machines, --out must be on a filesystem every rank can read") from None
-        start = self._restore(state)
+        start = self.restore(state)
         if start > self.cfg.iters:
             raise EdgedaError(f"cannot resume: the checkpoint in {self.ckpt_dir} is at iteration {start}, "
                               f"beyond --iters {self.cfg.iters} (give --iters {start} or more)")
@@ -209,7 +209,9 @@ class Trainer:
             "average": self.average.state_dict() if self.average is not None else None,
         }
 
-    def _restore(self, state: dict) -> int:
+    def restore(self, state: dict) -> int:
+        """Load a checkpoint ``state`` (after :meth:`setup`; the run's settings must match the saved
+        ones); the iteration it continues from."""
         saved = state["config"]
         for key in ("method", "task", "backbone", "source", "target", "batch_size", "seed", "image_size", "channels"):
             if saved.get(key) != getattr(self.cfg, key):

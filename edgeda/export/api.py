@@ -11,10 +11,11 @@ import numpy as np
 from ..bundle import Bundle, update_bundle
 from ..errors import EdgedaError
 from ..tasks import task_of
+from .boxes_bundle import export_postprocessing_bundle, exports_postprocessing
+from .files import PRECISIONS, calibration_images, export_deployable_onnx, load_images, onnx_name, plan_name
 from .onnx import (Signature, compare_outputs, compare_runs, exporter_of, onnx_opset, ort_session, parity, run_ort,
                    signature_of)
-from .files import (PRECISIONS, calibration_images, export_deployable_onnx, load_images,
-                    onnx_name, plan_name)
+from .trt import build_engine, require_tensorrt, trt_major
 
 # fp32 parity: max |PyTorch - ORT| <= 1e-4, scaled by the output's magnitude where it exceeds 1
 # (float32 rounding through a deep network grows with the size of its outputs: a depth in metres or
@@ -69,14 +70,11 @@ def export_bundle(bundle: str | Path, out: str | Path | None = None, *, precisio
     if precision not in PRECISIONS:
         raise EdgedaError(f"unknown precision {precision!r}; valid: {', '.join(PRECISIONS)}")
     b = Bundle(bundle)
-    from .boxes_bundle import export_postprocessing_bundle, exports_postprocessing
 
     if exports_postprocessing(b.module(b.primary, "cpu")):  # decoding and NMS go into the graph
         return export_postprocessing_bundle(b, out, precision=precision, data=data or b.target_test, calib=calib,
                                             trt=trt, n_check=min(n_check, 64), exporter=exporter, log=log)
     if trt:  # fail before any work: one sentence naming what is missing
-        from .trt import require_tensorrt, trt_major
-
         trt_mod = require_tensorrt()
     if plugins is not None and not Path(plugins).is_file():
         raise EdgedaError(f"--plugins {plugins}: no such plugin library (build it: see kernels/README.md)")
@@ -199,8 +197,6 @@ def merged_export(manifest: dict, record: dict) -> dict:
 
 
 def _build_trt(trt_mod, major, b, name, precision, tmp, calib_images, batch, workspace_mb, plugins, add, log):
-    from .trt import build_engine
-
     # 10.x: fp32 graph + builder flags (+ calibrator); 11.x: strongly typed, the precision's own graph.
     src = tmp / onnx_name(name, "fp32" if major < 11 else precision)
     if plugins is not None and name == b.primary:

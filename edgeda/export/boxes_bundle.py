@@ -23,8 +23,12 @@ from typing import Callable
 import numpy as np
 
 from ..bundle import Bundle, update_bundle
+from ..data import load_domain
 from ..errors import EdgedaError
-from .files import onnx_name
+from ..tasks import task_of
+from .detection import detection_parity, export_detector_onnx, match_detections, merge_parity, run_detector_ort
+from .files import PRECISIONS, default_calib_spec, onnx_name
+from .onnx import ort_session
 
 # share of the PyTorch detections that need an exported one of the same class with IoU >= 0.99 and a
 # score within 1e-4 (fp32). Not all: where candidates score equally to float rounding (common in an
@@ -43,9 +47,7 @@ def exports_postprocessing(module) -> bool:
 def calibration_images(b: Bundle, calib: str | None = None, n: int = CALIB_IMAGES) -> tuple[np.ndarray, str]:
     """(the first ``n`` images of ``calib`` -- else of the bundle's target adaptation split -- normalised at
     the bundle's input (N, C, H, W) float32, the spec they came from); no labels are read."""
-    from ..data import load_domain
     from ..training.model_eval import eval_batches
-    from .files import default_calib_spec
 
     spec = calib or default_calib_spec(b)
     if spec is None:
@@ -67,12 +69,7 @@ def export_postprocessing_bundle(b: Bundle, out=None, *, precision: str = "fp32"
                                  exporter: str | None = None, log: Callable[[str], None] = print) -> dict:
     import torch
 
-    from ..data import load_domain
-    from ..tasks import task_of
     from ..training.model_eval import eval_batches
-    from .detection import detection_parity, export_detector_onnx, match_detections, merge_parity, run_detector_ort
-    from .files import PRECISIONS
-    from .onnx import ort_session
 
     if trt:
         raise EdgedaError(f"a {b.task.task} bundle exports ONNX with NMS in the graph (fp32, fp16, int8); "

@@ -44,7 +44,10 @@ import torch
 from torch import nn
 
 from ..errors import EdgedaError, MissingDependency
+from ..models.detection.base import image_size_of
+from ..models.detection.boxes import box_iou
 from .onnx import MAX_IR_VERSION, OPSET, InputSpec, Signature, export_onnx, ort_session
+from .quantize import quantize_int8, to_float16_file
 
 OUTPUTS = ("boxes", "scores", "classes", "num_detections")
 TRT_MAX_CANDIDATES = 3840  # TensorRT TopK: k <= 3840 (EfficientNMS_TRT itself keeps up to 4096)
@@ -175,8 +178,6 @@ def export_detector_onnx(model: nn.Module, path: str | Path, image_size=None, *,
     import onnx
     from onnx import helper
 
-    from ..models.detection.base import image_size_of
-
     if precision not in ("fp32", "fp16", "int8"):
         raise EdgedaError(f"unknown precision {precision!r}; valid: fp32, fp16, int8")
     if precision == "int8" and calib_images is None:
@@ -193,12 +194,8 @@ def export_detector_onnx(model: nn.Module, path: str | Path, image_size=None, *,
     with tempfile.TemporaryDirectory() as tmp:
         head = export_onnx(DecodedDetector(model, size), sig, Path(tmp) / "decoded.onnx", opset=opset, exporter=exporter)
         if precision == "fp16":
-            from .quantize import to_float16_file
-
             head = to_float16_file(head, Path(tmp) / "decoded.fp16.onnx")
         elif precision == "int8":
-            from .quantize import quantize_int8
-
             head = quantize_int8(head, Path(tmp) / "decoded.int8.onnx", calib_images, "image", op_types=("Conv",))
         graph_model = onnx.load(str(head))
     nodes, inits, outputs = _nms_nodes(num_anchors, k, score_thresh=float(score_thresh), iou_thresh=iou,
@@ -247,8 +244,6 @@ def match_detections(ref: list[dict], out: list[dict], iou_min: float = 0.99, sc
     image whose reference list is full was cut at its ``max_det``-th score: detections scoring within
     ``score_tol`` of that cut may be exchanged with equally scored candidates by either implementation,
     so an unmatched one there is counted in ``at_cut``, not as a miss."""
-    from ..models.detection.boxes import box_iou
-
     total = matched = count_equal = at_cut = 0
     worst_score = 0.0
     for r, o in zip(ref, out):

@@ -8,16 +8,20 @@ from pathlib import Path
 import numpy as np
 
 from ..bundle import Bundle
+from ..data import load_domain
+from ..data.dense import images_as_dense
+from ..data.domain import Domain
+from ..data.transforms import prepare_image
 from ..errors import DataError, EdgedaError
+from ..tasks import task_of
 from .onnx import export_onnx, signature_of
+from .quantize import quantize_int8, to_float16_file
 
 PRECISIONS = ("fp32", "fp16", "int8")
 
 
 def prepare_batch(images, task) -> np.ndarray:
     """A list/array of (H, W, C) uint8 images -> (N, C, H, W) float32 in the task's input space."""
-    from ..data.transforms import prepare_image
-
     arr = np.stack([prepare_image(np.asarray(im), tuple(task.image_size), task.channels) for im in images]) \
         if len(images) else np.zeros((0, *task.image_size, task.channels), np.uint8)
     x = arr.transpose(0, 3, 1, 2).astype(np.float32) / np.float32(255.0)
@@ -42,8 +46,6 @@ def default_calib_spec(b: Bundle) -> str | None:
 def calibration_images(b: Bundle, calib: str | None = None, n: int | None = None) -> tuple[np.ndarray, str]:
     """(int8 calibration images at the bundle's input, the spec they came from): ``calib`` or the
     bundle's target adaptation split; up to ``n`` (default 128 for dense models, 512 otherwise)."""
-    from ..tasks import task_of
-
     spec = calib or default_calib_spec(b)
     if spec is None:
         raise EdgedaError("int8 export needs calibration images: pass --calib SPEC (target images)")
@@ -54,9 +56,6 @@ def calibration_images(b: Bundle, calib: str | None = None, n: int | None = None
 def load_images(spec: str, b: Bundle, n: int | None = None) -> tuple[np.ndarray, np.ndarray | None]:
     """(N, C, H, W) normalised float32 images of ``spec`` at the bundle's input size, first ``n``,
     and their labels when it has them (class ids; for dense data masks or depth, resized alike)."""
-    from ..data import load_domain
-    from ..data.domain import Domain
-    from ..tasks import task_of
     from ..training.model_eval import eval_batches
 
     task = b.task
@@ -66,8 +65,6 @@ def load_images(spec: str, b: Bundle, n: int | None = None) -> tuple[np.ndarray,
         dom = load_domain(spec, labeled=False, size=task.image_size, channels=task.channels, task=task.task)
     dense = task_of(task).dense
     if dense and isinstance(dom, Domain):
-        from ..data.dense import images_as_dense
-
         dom = images_as_dense(dom)
     if isinstance(dom, Domain) == dense:
         raise DataError(f"{spec} is {'classification' if dense else 'dense'} data; the bundle is a {task.task} model")
@@ -95,8 +92,6 @@ def export_deployable_onnx(b: Bundle, name: str, precision: str, folder: str | P
                            calib: str | None = None, calib_images: np.ndarray | None = None,
                            exporter: str | None = None) -> Path:
     """Write ``<folder>/onnx/<name>.<precision>.onnx`` (fp32 first where another precision needs it)."""
-    from .quantize import quantize_int8, to_float16_file
-
     folder = Path(folder)
     (folder / "onnx").mkdir(parents=True, exist_ok=True)
     module = b.module(name)

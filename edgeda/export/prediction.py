@@ -14,7 +14,10 @@ import json
 from pathlib import Path
 
 from ..bundle import Bundle
+from ..data.files import list_images, read_image
 from ..errors import DataError, EdgedaError
+from ..tasks import task_of
+from ..utils import atomic_write_bytes
 from .runtime import make_runner
 
 
@@ -34,10 +37,6 @@ def predict(bundle: str | Path, input: str | Path, *, backend: str = "ort", prec
 
     ``plugin_library``: libedgeda_plugins.so for a TensorRT engine built with ``--plugins``.
     """
-    from ..data.files import list_images, read_image
-    from ..tasks import task_of
-    from ..utils import atomic_write_bytes
-
     b = Bundle(bundle)
     task = task_of(b.task)
     src = Path(input)

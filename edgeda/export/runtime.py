@@ -23,7 +23,12 @@ from ..bundle import Bundle
 from ..errors import EdgedaError, MissingDependency
 from ..registry import Registry
 from ..scores import softmax_stats  # noqa: F401  (part of the runtime API)
+from ..tasks import task_of
+from ..utils import choose_device
+from .detection import OUTPUTS as BOX_OUTPUTS, run_detector_ort
 from .files import PRECISIONS, export_deployable_onnx, onnx_name, plan_name, prepare_batch
+from .onnx import ort_session
+from .trt import TrtEngine, require_tensorrt
 
 RUNNERS: Registry[type] = Registry("backend")
 
@@ -68,8 +73,6 @@ class TorchRunner(Runner):
         super().__init__(bundle, precision, device=device, threads=threads)
         import torch
 
-        from ..utils import choose_device
-
         self.torch = torch
         self.dev = choose_device(device)
         if precision == "int8":
@@ -82,7 +85,6 @@ class TorchRunner(Runner):
         self.dtype = torch.float16 if precision == "fp16" else torch.float32
         self.model = self.model.to(self.dtype)
         self.device = str(self.dev)
-        from ..tasks import task_of
 
         self.infer = task_of(bundle.task).infer  # float outputs, or a detector's post-processed boxes
 
@@ -147,8 +149,6 @@ class OrtRunner(Runner):
         super().__init__(bundle, precision, device=device, threads=threads)
         import onnxruntime as ort
 
-        from .onnx import ort_session
-
         available = ort.get_available_providers()
         if providers is None:
             wanted = ["CPUExecutionProvider"]
@@ -164,15 +164,12 @@ class OrtRunner(Runner):
             self.session = ort_session(path, providers, threads)
         self.providers = self.session.get_providers()
         self.input = self.session.get_inputs()[0].name
-        from .detection import OUTPUTS as BOX_OUTPUTS
 
         # a graph ending in padded detections (NMS inside) gives one record per image, as the torch runner
         self.boxes = [o.name for o in self.session.get_outputs()] == list(BOX_OUTPUTS)
 
     def forward(self, x):
         if self.boxes:
-            from .detection import run_detector_ort
-
             return run_detector_ort(self.session, x)
         return np.asarray(self.session.run(None, {self.input: x})[0], np.float32)
 
@@ -188,7 +185,6 @@ class TrtRunner(Runner):
 
     def __init__(self, bundle, precision="fp32", *, device="cuda", threads=None, plugin_library=None):
         super().__init__(bundle, precision, device="cuda", threads=threads)
-        from .trt import TrtEngine, require_tensorrt
 
         require_tensorrt()
         rel = plan_name(bundle.primary, precision)

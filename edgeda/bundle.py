@@ -15,7 +15,10 @@ import shutil
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from . import __version__
 from .errors import BundleError, BundleWarning, EdgedaError
+from .models import arch_of, rebuild
+from .tasks import task_of
 from .tasks.spec import TaskSpec
 from .utils import atomic_dir, sha256_file
 
@@ -38,8 +41,6 @@ def manifest_checksum(manifest: dict) -> str:
 
 
 def _version() -> str:
-    from . import __version__
-
     return __version__
 
 
@@ -72,9 +73,6 @@ def write_bundle(
     extra_files: dict[str, Path] | None = None,
 ) -> Path:
     """Write ``modules`` (name -> nn.Module built via :func:`edgeda.models.build`) as a bundle."""
-    from .models import arch_of
-    from .tasks import task_of
-
     primary = task_of(task).deployable
     if primary not in modules:
         raise ValueError(f"a {task.task} bundle always ships its task network {primary!r}")
@@ -181,8 +179,6 @@ class Bundle:
     def module(self, name: str | None = None, device: str = "cpu"):
         from safetensors.torch import load_file
 
-        from .models import rebuild
-
         name = name or self.primary
         entry = self.manifest["deployables"].get(name)
         if entry is None:
@@ -204,8 +200,6 @@ class Bundle:
     @property
     def primary(self) -> str:
         """The name of the task network: ``classifier``, or ``model`` for dense tasks."""
-        from .tasks import task_of
-
         return task_of(self.task).deployable
 
     @property
@@ -230,8 +224,6 @@ def _check_arch_size(arch: dict, weights_bytes: int) -> None:
     whose kwargs ask for an enormous model fails here instead of exhausting the machine's memory.
     Weights are stored at 2 bytes per element at least (fp16/bf16)."""
     import torch
-
-    from .models import rebuild
 
     with torch.device("meta"):
         probe = rebuild(arch)

@@ -9,6 +9,7 @@ import sys
 
 import click
 
+from .config import TrainConfig, load_config_file, make_config, parse_option, resume_config
 from .console import emit_json, handle_errors, print_skipped
 from .errors import EdgedaError
 
@@ -98,8 +99,6 @@ def _check_task(task):
 def _default(name: str):
     """The TrainConfig default of ``name``, shown by ``--help``. A flag left at its default counts as
     not given (see :func:`_given`), so a config file's value or a resumed run's stands."""
-    from .config import TrainConfig
-
     return getattr(TrainConfig, name)
 
 
@@ -166,7 +165,6 @@ def train(method, task, source, target, target_test, target_val, iters, batch_si
           task_loss, workers, eval_every, checkpoint_every, select, seed, device, init, options, ema, amp, channels_last, skip_nonfinite, out,
           config_file, resume, as_json) -> None:
     """Train a model with an adaptation method and write a bundle."""
-    from .config import load_config_file, make_config, parse_option
     from .training import train as run_train
 
     file_values = load_config_file(config_file) if config_file else {}
@@ -200,8 +198,6 @@ def train(method, task, source, target, target_test, target_val, iters, batch_si
         click.echo(f"bundle: {auto['bundle']}")
         return
     if resume:  # the run stored in --out continues with its own settings; only safe ones may change
-        from .config import resume_config
-
         given = {**file_values, **{k: v for k, v in overrides.items() if v is not None}}
         if not given.get("out"):
             raise EdgedaError("--resume needs --out DIR, the folder of the run to continue")

@@ -12,6 +12,8 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
+from .errors import MissingDependency
+
 
 def fsync_dir(path: Path) -> None:
     try:
@@ -128,8 +130,6 @@ def seed_everything(seed: int) -> None:
 
 def choose_device(name: str = "auto"):
     import torch
-
-    from .errors import MissingDependency
 
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")

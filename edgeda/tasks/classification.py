@@ -6,10 +6,12 @@ import torch.nn.functional as F
 
 from ..data.domain import Domain
 from ..errors import DataError
-from .spec import TaskSpec
-from .base import TASKS, Task, argmax_agreement
+from ..models import build
+from ..scores import softmax_stats
 from ..trust import confusion_interval
+from .base import TASKS, Task, argmax_agreement
 from .metrics import ConfusionMeter, classification_scores
+from .spec import TaskSpec
 
 
 @TASKS.register("classification")
@@ -49,8 +51,6 @@ class Classification(Task):
         return F.cross_entropy(output.float(), target)
 
     def build_model(self, spec, backbone, backbone_kwargs=None):
-        from ..models import build
-
         return build("classifier", backbone=backbone, num_classes=spec.num_classes, channels=spec.channels,
                      image_size=spec.image_size[0], backbone_kwargs=dict(backbone_kwargs or {}))
 
@@ -85,8 +85,6 @@ class Classification(Task):
         return {"accuracy": float((np.asarray(outputs).argmax(1) == np.asarray(labels)).mean())}
 
     def prediction_row(self, spec, output, image, stem):
-        from ..scores import softmax_stats
-
         cls, conf, ent = (v[0] for v in softmax_stats(np.asarray(output, np.float32)[None]))
         c = int(cls)
         return {"class": c, "class_name": spec.classes[c] if c < len(spec.classes) else str(c),

@@ -4,9 +4,10 @@ from __future__ import annotations
 import torch
 
 from ..errors import EdgedaError
-from .spec import TaskSpec
+from ..models import build
 from .base import TASKS, Task
 from .metrics import DepthMeter
+from .spec import TaskSpec
 
 DEFAULT_RANGE = (0.1, 80.0)
 
@@ -66,8 +67,6 @@ class Depth(Task):
         raise EdgedaError(f"unknown depth loss {kind!r}; valid: {', '.join(self.losses)}")
 
     def build_model(self, spec, backbone, backbone_kwargs=None):
-        from ..models import build
-
         lo, hi = spec.depth_range or DEFAULT_RANGE
         kw = {"min_depth": lo, "max_depth": hi, **dict(backbone_kwargs or {})}
         return build("dense_model", arch=backbone, num_outputs=1, output="depth", channels=spec.channels, **kw)

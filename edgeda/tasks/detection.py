@@ -33,10 +33,14 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from ..data.detection_transforms import Resized, to_original
 from ..errors import EdgedaError
-from .spec import TaskSpec
+from ..models import build
+from ..models.detection.boxes import boxes_to_mask
+from ..models.weights import options_for_weights
 from .base import TASKS, Task
 from .detection_metrics import DetectionMeter, as_detections, compare_detections, unpad
+from .spec import TaskSpec
 
 VALIDATOR_MIN_SCORE = 0.3  # a detection counts as confident for the label-free validators from this score
 DRAW_MIN_SCORE = 0.3  # predict draws detections from this score (the row lists every one)
@@ -81,16 +85,12 @@ class Detection(Task):
                           "call task.model_loss(model, outputs, targets)")
 
     def build_model(self, spec, backbone, backbone_kwargs=None):
-        from ..models import build
-
         return build("detector", arch=backbone, num_classes=spec.num_classes, channels=spec.channels,
                      image_size=list(spec.image_size), **dict(backbone_kwargs or {}))
 
     def options_for_weights(self, backbone, backbone_kwargs, path):
         """SSDLite's ``reduced_tail`` from the file when not given (false for an ImageNet MobileNetV3 trunk,
         as torchvision builds SSDLite on one; :func:`edgeda.models.weights.options_for_weights`)."""
-        from ..models.weights import options_for_weights
-
         return options_for_weights(backbone, backbone_kwargs, path)
 
     # -- evaluation ----------------------------------------------------------------------------
@@ -148,7 +148,6 @@ class Detection(Task):
         :class:`~edgeda.data.detection_transforms.Resized`; None: a plain resize to the input size)."""
         from PIL import Image
 
-        from ..data.detection_transforms import Resized, to_original
         from .draw import draw_boxes
 
         h, w = image.shape[:2]
@@ -175,8 +174,6 @@ class Detection(Task):
     # -- translate-then-train ------------------------------------------------------------------
     def foreground_mask(self, targets, size, device=None) -> torch.Tensor:
         """``(N, 1, H, W)`` 1 under each image's boxes, 0 elsewhere (boxes give no finer outline)."""
-        from ..models.detection.boxes import boxes_to_mask
-
         return boxes_to_mask(targets, size, device)
 
     def translation_grid(self, spec, source_panels, source_truth, target_images, target_preds, path, title="", rows=4):

@@ -25,6 +25,8 @@ import io
 import numpy as np
 import torch
 
+from ..data.detection import box_iou
+
 MATCH_IOU = 0.99  # export parity: an exported box matches the eager one at IoU >= this, same class
 
 
@@ -229,8 +231,6 @@ def compare_detections(ref: list[dict], out: list[dict], iou: float = MATCH_IOU)
     that IoU is at least ``iou``. Returns ``n`` (images), ``n_ref``, ``n_out``, ``matched``,
     ``unmatched_ref``, ``unmatched_out``, ``match_rate`` (matched / max(n_ref, n_out), 1 when both are
     empty), ``min_iou`` of the matched pairs, ``max_score_diff`` over them (also as ``max_abs_diff``)."""
-    from ..data.detection import box_iou
-
     if len(ref) != len(out):
         raise ValueError(f"{len(ref)} reference images but {len(out)} compared ones")
     n_ref = n_out = matched = 0

@@ -4,11 +4,11 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..data.dense import default_palette
-from .spec import TaskSpec
+from ..data.dense import IGNORE_INDEX, default_palette
+from ..models import build
 from .base import TASKS, Task, argmax_agreement
-from ..data.dense import IGNORE_INDEX
 from .metrics import ConfusionMeter, segmentation_scores
+from .spec import TaskSpec
 
 
 @TASKS.register("segmentation")
@@ -33,8 +33,6 @@ class Segmentation(Task):
         return F.cross_entropy(output.float(), target, ignore_index=IGNORE_INDEX)
 
     def build_model(self, spec, backbone, backbone_kwargs=None):
-        from ..models import build
-
         return build("dense_model", arch=backbone, num_outputs=spec.num_classes, output="logits",
                      channels=spec.channels, **dict(backbone_kwargs or {}))
 

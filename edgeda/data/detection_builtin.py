@@ -25,9 +25,12 @@ import numpy as np
 from ..registry import Registry
 from ..utils import atomic_path
 from . import builtin as dense
+from . import synscenes as ss
 from .builtin import DIGIT_CLASSES
 from .detection import ArrayDetectionDomain
+from .digitscenes import digit_boxes, scene_palette
 from .domain import LoadReport
+from .synscenes import CLASSES, PALETTE, THING_CLASSES
 
 DETECTION_BUILTINS: Registry[Callable[..., ArrayDetectionDomain]] = Registry("built-in detection domain")
 SYNSCENES_DETECTION_VERSION = 1  # bump when the boxes drawn from a synscenes render change
@@ -45,8 +48,6 @@ def _register(name: str, dense_loader):
 
 
 def _from_digit_masks(dom, name: str) -> ArrayDetectionDomain:
-    from .digitscenes import digit_boxes, scene_palette
-
     boxes, labels = zip(*(digit_boxes(m) for m in dom.masks)) if len(dom.masks) else ((), ())
     out = ArrayDetectionDomain(name, dom.images, list(boxes), list(labels), classes=DIGIT_CLASSES,
                                report=LoadReport(loaded=len(dom.images)), palette=scene_palette()[1:])
@@ -70,8 +71,6 @@ def handwritten_scenes(split: str = "adapt", *, size=(64, 64), channels=3, n: in
 
 
 def _synscenes_classes():
-    from .synscenes import CLASSES, PALETTE, THING_CLASSES
-
     return [CLASSES[c] for c in THING_CLASSES], PALETTE[list(THING_CLASSES)]
 
 
@@ -81,8 +80,6 @@ SYNSCENES_CLASSES = _synscenes_classes()[0]
 def render_synscenes_boxes(n: int, seed: int, size, look: str) -> dict:
     """``x`` (n, H, W, 3) uint8, ``b`` (M, 4) float32 boxes, ``l`` (M,) int64 labels (indices into
     :data:`SYNSCENES_CLASSES`) and ``c`` (n,) int64 boxes per image, images in order."""
-    from . import synscenes as ss
-
     images, masks, _, inst = ss.render(n, seed, tuple(size), look, 3, instances=True)
     to_label = np.full(len(ss.CLASSES), -1, np.int64)
     to_label[list(ss.THING_CLASSES)] = np.arange(len(ss.THING_CLASSES))
@@ -123,8 +120,6 @@ def _cached_boxes(key: str, n: int, hw: tuple[int, int], render: Callable[[], di
 def synscenes(split: str = "train", *, size=(128, 256), channels=3, n: int | None = None, seed: int = 0):
     """Procedural street scenes, boxes of the visible part of each person, rider, car, truck, bus
     and bicycle (see the module doc)."""
-    from . import synscenes as ss
-
     dense._check_split("synscenes", split, dense.synscenes.splits)
     h, w = dense._dense_size(size)
     look, base_seed, default_n = dense._SYNSCENES_SPLITS[split]

@@ -20,8 +20,8 @@ import numpy as np
 from torch.utils.data import Dataset
 
 from ..errors import DataError
-from .detection import MIN_BOX_SIDE, DetectionDomain, DetectionSample, clip_boxes, keep_boxes
 from .dense_transforms import scale_crop_window
+from .detection import MIN_BOX_SIDE, DetectionDomain, DetectionSample, clip_boxes, collate_items, keep_boxes
 from .transforms import convert_channels, resize_image
 
 
@@ -203,7 +203,5 @@ class DetectionDataset(Dataset):
 
 def collate(items, mean=None, std=None) -> dict:
     """:func:`edgeda.data.detection.collate_items` (re-exported beside the dataset it batches)."""
-    from .detection import collate_items
-
     return collate_items(items, mean, std)
 

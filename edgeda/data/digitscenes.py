@@ -36,6 +36,10 @@ import functools
 import numpy as np
 from PIL import Image, ImageFilter
 
+from .boxes import instance_boxes
+from .dense import default_palette
+from .files import read_image
+from .photos import bundled_photo_paths
 from .syndigits import DIGITS, _draw_digit, _font, digit_fonts
 from .transforms import convert_channels
 
@@ -50,8 +54,6 @@ HANDWRITTEN_LOOKS = ("photo", "paper", "board", "noisy")
 
 def scene_palette() -> np.ndarray:
     """(11, 3) uint8: black background, then one distinct colour per digit."""
-    from .dense import default_palette
-
     return np.concatenate([np.zeros((1, 3), np.uint8), default_palette(10)])
 
 
@@ -191,8 +193,6 @@ def render_scene(rng: np.random.Generator, size: tuple[int, int], layers: list |
 def digit_boxes(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Detection targets of one digit-scene mask: (boxes (N, 4) float32 x1 y1 x2 y2 in pixels,
     labels (N,) int64 digit 0-9), one per digit with visible labelled pixels, in digit order."""
-    from .boxes import instance_boxes
-
     m = np.asarray(mask, np.uint8)
     ids, boxes = instance_boxes(np.where(m <= len(DIGITS), m, 0))
     return boxes, ids - 1
@@ -230,9 +230,6 @@ def scan_indices(split: str) -> np.ndarray:
 
 @functools.lru_cache(maxsize=1)
 def _photos() -> tuple[np.ndarray, ...]:
-    from .files import read_image
-    from .photos import bundled_photo_paths
-
     found = tuple(convert_channels(read_image(p), 3) for p in bundled_photo_paths())
     if not found:
         raise ValueError("handwritten-scenes needs the photographs shipped with scikit-learn or matplotlib")

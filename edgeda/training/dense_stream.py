@@ -17,10 +17,11 @@ import torch
 from torch.utils.data import DataLoader, Sampler
 
 from ..data.dense import ArrayDenseDomain, DenseDomain
+from ..data.dense_transforms import DenseDataset
 from ..data.transforms import to_float_nchw
 from ..methods.base import Batch
-from ..tasks.spec import TaskSpec
 from ..tasks import task_of
+from ..tasks.spec import TaskSpec
 
 
 def default_workers(domain: DenseDomain) -> int:
@@ -74,8 +75,6 @@ class DenseStream:
         self._iter = None
 
     def _dataset(self, domain, *, train: bool, scale, hflip: bool):
-        from ..data.dense_transforms import DenseDataset
-
         return DenseDataset(domain, self.task.image_size, self.task.channels, train=train, seed=self.seed,
                             labels=self.labeled, scale=scale, hflip=hflip)
 

@@ -15,6 +15,8 @@ from typing import Iterator
 import numpy as np
 import torch
 
+from ..data.detection import ArrayDetectionDomain, collate_items
+from ..data.detection_transforms import DetectionDataset
 from ..methods.base import Batch
 from ..utils import to_device
 from .dense_stream import DenseStream
@@ -25,8 +27,6 @@ def _workers(domain, workers):
     if workers is not None:
         return workers
     import os
-
-    from ..data.detection import ArrayDetectionDomain
 
     return 0 if isinstance(domain, ArrayDetectionDomain) else max(1, min(4, (os.cpu_count() or 2) - 1))
 
@@ -39,8 +39,6 @@ class DetectionStream(DenseStream):
         super().__init__(domain, task, batch_size, device, seed, labeled=labeled, workers=_workers(domain, workers), **kw)
 
     def _dataset(self, domain, *, train, scale, hflip):
-        from ..data.detection_transforms import DetectionDataset
-
         self.collate = functools.partial(_collate, mean=self.task.mean, std=self.task.std)
         return DetectionDataset(domain, self.task.image_size, self.task.channels, train=train, seed=self.seed,
                                 labels=self.labeled, scale=scale, hflip=hflip)
@@ -51,8 +49,6 @@ class DetectionStream(DenseStream):
 
 
 def _collate(items, mean, std):
-    from ..data.detection import collate_items
-
     return collate_items(items, mean, std)
 
 
@@ -61,8 +57,6 @@ def detection_eval_batches(domain, spec, device, batch_size: int, *, labels: boo
     """(normalised images on ``device``, per-image targets on CPU or None, uint8 NHWC images at the
     input size) over ``domain`` in order, resized to the input size with their boxes."""
     from torch.utils.data import DataLoader
-
-    from ..data.detection_transforms import DetectionDataset
 
     ds = DetectionDataset(domain, spec.image_size, spec.channels, train=False, labels=labels)
     loader = DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=_workers(domain, workers),

@@ -15,6 +15,7 @@ from ..data import Domain, load_domain
 from ..data.dense import images_as_dense
 from ..data.spec import DomainSpec, default_size, is_dense_spec
 from ..errors import DataError
+from ..tasks import TASKS, task_of
 
 
 @dataclass
@@ -69,7 +70,6 @@ def resolve_task(cfg: TrainConfig, source) -> str:
             raise DataError(f"--task {cfg.task} needs per-pixel labels, but {source.name!r} has one label per image "
                             "(a dense folder has images/ with masks/ or depth/)")
         return "classification"
-    from ..tasks import TASKS, task_of
 
     if cfg.task is not None:
         if not task_of(cfg.task).labeled_by(source):
@@ -96,8 +96,6 @@ def resolve_task(cfg: TrainConfig, source) -> str:
 
 
 def resolve_size(cfg: TrainConfig) -> tuple[int, int]:
-    from ..tasks import task_of
-
     if cfg.image_size is not None:
         s = cfg.image_size
         return (s, s) if isinstance(s, int) else (int(s[0]), int(s[1]))
@@ -120,7 +118,6 @@ def load_domains(cfg: TrainConfig, needs_target: bool) -> Domains:
     src = DomainSpec.parse(cfg.source)
     source = load_domain(cfg.source, labeled=True, split="train", n=cfg.source_n, **kw)
     task = resolve_task(cfg, source)
-    from ..tasks import task_of
 
     tk = task_of(task)
     dense = tk.dense

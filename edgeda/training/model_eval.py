@@ -20,13 +20,13 @@ from typing import Iterator
 import numpy as np
 import torch
 
+from ..data.dense_transforms import DenseDataset
 from ..data.domain import Domain
 from ..data.transforms import to_float_nchw
-from .validators import EvalContext, label_confusion
-from ..tasks.spec import TaskSpec
 from ..tasks import task_of
-from ..utils import to_device
-from ..utils import save_figure
+from ..tasks.spec import TaskSpec
+from ..utils import save_figure, to_device
+from .validators import EvalContext, label_confusion
 
 
 @dataclass
@@ -59,7 +59,6 @@ def dense_eval_batches(domain, spec: TaskSpec, device, batch_size: int, *, label
     labels under ``key`` (``mask`` or ``depth``)."""
     from torch.utils.data import DataLoader
 
-    from ..data.dense_transforms import DenseDataset
     from .dense_stream import default_workers
 
     ds = DenseDataset(domain, spec.image_size, spec.channels, train=False, labels=labels)

@@ -10,6 +10,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
+from ..data.detection import DetectionDomain
+from .dense_stream import DenseStream
+from .detection_stream import DetectionStream, detection_eval_batches
+
 
 @dataclass(frozen=True)
 class Reader:
@@ -18,10 +22,6 @@ class Reader:
 
 
 def _readers():
-    from ..data.detection import DetectionDomain
-    from .dense_stream import DenseStream
-    from .detection_stream import DetectionStream, detection_eval_batches
-
     return [(DetectionDomain, Reader(DetectionStream, detection_eval_batches)),
             (object, Reader(DenseStream, None))]
 

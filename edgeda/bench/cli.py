@@ -5,6 +5,8 @@ import click
 
 from ..console import emit_json, handle_errors
 from ..errors import EdgedaError
+from .harness import bench as run_bench, write_json
+from .report import plot, table
 
 
 def _list(text: str, kind=str) -> list:
@@ -37,10 +39,6 @@ def _resolution(res: dict) -> str:
 def bench(bundle, backend, batch, precision, warmup, iters, seconds, threads, device, rounds, json_out, plot_out,
           plugins) -> None:
     """Latency percentiles, throughput and memory per backend x precision x batch."""
-    from .harness import bench as run_bench
-    from .harness import write_json
-    from .report import plot, table
-
     if iters is not None and seconds is not None:
         raise EdgedaError("give --iters or --seconds, not both")
     batches = _list(batch, int)

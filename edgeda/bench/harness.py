@@ -18,6 +18,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from ..errors import EdgedaError
+from ..utils import atomic_write_json, machine_info
 
 STATS = ("min", "mean", "median", "p90", "p95", "p99", "max")
 
@@ -109,7 +110,6 @@ def bench(bundle, backends: Sequence[str] = ("torch", "ort"), batches: Sequence[
     """Benchmark every (backend, precision, batch); returns the JSON-ready result."""
     from ..bundle import Bundle
     from ..export.runtime import make_runner
-    from ..utils import machine_info
 
     log = log or (lambda _m: None)
     if iters is None and seconds is None:
@@ -197,7 +197,5 @@ def _peak_process_rss() -> float:
 
 
 def write_json(result: dict, path: str | Path) -> Path:
-    from ..utils import atomic_write_json
-
     atomic_write_json(path, result)
     return Path(path)

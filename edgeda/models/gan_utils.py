@@ -18,6 +18,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..utils import atomic_path
+
 
 class ImagePool:
     """Return a batch where each image is, with probability 1/2 once the pool is full, swapped for an
@@ -122,8 +124,6 @@ def write_sample_grid(path: str | Path, panels: list[torch.Tensor], labels: torc
     images when ``labels`` is None). Up to ``per_class`` images of each class per panel.
     """
     from PIL import Image
-
-    from ..utils import atomic_path
 
     if labels is None:
         groups = [np.arange(panels[0].shape[0])[:per_class]]

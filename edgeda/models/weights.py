@@ -38,6 +38,7 @@ import torch
 from torch import nn
 
 from ..errors import EdgedaError
+from ..utils import sha256_file
 
 PREFIXES = ("module.", "backbone.", "encoder.", "features.", "segformer.", "model.")
 _OPTIONAL_SUFFIX = "num_batches_tracked"
@@ -162,8 +163,6 @@ def checkpoint_classes(model: nn.Module, path: str | Path) -> int | None:
 
 def load_pretrained(model: nn.Module, path: str | Path) -> dict:
     """Load a whole-model or encoder-only checkpoint into ``model`` (in place); see the module docstring."""
-    from ..utils import sha256_file
-
     path = Path(path)
     source = read_state_dict(path)
     target = model.state_dict()

@@ -13,6 +13,11 @@ import click
 
 from ..console import emit_json, handle_errors
 from ..errors import EdgedaError
+from . import BACKBONES, build
+from .dense import ARCHS
+from .detection import DETECTORS
+from .public_dense import PUBLIC_ARCHS
+from .weights import checkpoint_classes, describe, load_pretrained, options_for_weights
 
 
 def build_for_import(arch: str, num_classes: int, channels: int, options: dict):
@@ -20,11 +25,6 @@ def build_for_import(arch: str, num_classes: int, channels: int, options: dict):
     (``ssdlite``, ``fcos``: ``num_classes`` without the background class, so torchvision's 91-way COCO
     heads are 90 classes) or a classifier on a registered backbone (``resnet50``, ``mobilenet_v3_large`` ...)
     of ``arch``."""
-    from . import BACKBONES, build
-    from .dense import ARCHS
-    from .detection import DETECTORS
-    from .public_dense import PUBLIC_ARCHS
-
     if arch in ARCHS or arch in PUBLIC_ARCHS:
         return build("dense_model", arch=arch, num_outputs=num_classes, output="logits", channels=channels, **options)
     if arch in DETECTORS:
@@ -41,8 +41,6 @@ def import_weights(file: str | Path, arch: str, out: str | Path, num_classes: in
     """Convert ``file`` for ``arch`` and write ``out`` (``.safetensors``); returns the load report plus
     ``out``, ``num_classes`` and the check of the written file."""
     from safetensors.torch import save_file
-
-    from .weights import checkpoint_classes, load_pretrained, options_for_weights
 
     out = Path(out)
     if out.suffix != ".safetensors":
@@ -84,7 +82,6 @@ def weights() -> None:
 def import_cmd(file, arch, num_classes, channels, backbone_options, out, as_json) -> None:
     """Convert FILE (.safetensors, .pth, .pt, .bin) into edgeda's names for --arch, check the load, print what matched."""
     from ..config import parse_option
-    from .weights import describe
 
     rep = import_weights(file, arch, out, num_classes, channels, dict(parse_option(o) for o in backbone_options))
     if as_json:
@@ -93,7 +90,6 @@ def import_cmd(file, arch, num_classes, channels, backbone_options, out, as_json
     for line in describe(rep):
         click.echo(line)
     opts = "".join(f" --backbone-option {k}={str(v).lower() if isinstance(v, bool) else v}" for k, v in rep["options"].items())
-    from .detection import DETECTORS
 
     task = "--task detection " if arch in DETECTORS else ""
     click.echo(f"{arch} with {rep['num_classes']} classes: {rep['check']['loaded']} tensors written to {rep['out']} "

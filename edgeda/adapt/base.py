@@ -16,9 +16,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..data.transforms import to_float_nchw
 from ..errors import EdgedaError
-from ..options import Configurable
 from ..methods.base import Engine
+from ..options import Configurable
 from ..registry import Registry
 from ..tasks import task_of
 from ..tasks.spec import TaskSpec
@@ -115,8 +116,6 @@ class TargetSet:
 
     def tensor(self, idx, window: tuple[int, int, int, int] | None = None) -> torch.Tensor:
         """Normalised NCHW float batch of the images at ``idx`` on the device (cropped to ``window``)."""
-        from ..data.transforms import to_float_nchw
-
         arr = self.images[idx]
         if window is not None:
             top, left, h, w = window

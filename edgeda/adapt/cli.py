@@ -5,7 +5,10 @@ import sys
 
 import click
 
+from ..config import parse_option
 from ..console import emit_json, handle_errors
+from . import adapt as run_adapt
+from .tasks import adaptation_of
 
 
 @click.command()
@@ -51,9 +54,6 @@ def adapt(bundle, target_dir, out, method, iters, minutes, memory_mb, batch, dev
     import time
 
     started = time.perf_counter()
-    from ..config import parse_option
-    from . import adapt as run_adapt
-    from .tasks import adaptation_of
 
     opts = dict(parse_option(o) for o in options) if options else None
     log = None if as_json else (lambda s: click.echo(s, err=True))

@@ -10,11 +10,11 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
+from ..export.api import export_bundle
+
 
 def reexport(bundle_path: str | Path, log=None) -> dict:
     """Add ONNX files to the (new) bundle in place; return a short report for the adaptation record."""
-    from ..export.api import export_bundle
-
     record = export_bundle(bundle_path, log=log)
     report = {"onnx": record.get("files", []), "tensorrt": _tensorrt_note()}
     if log:

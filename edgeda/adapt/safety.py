@@ -51,6 +51,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from ..errors import BundleError
 from ..scores import kl_to_prior, probs_entropy
 
 PRESENT_FRACTION = 1e-3  # a class counts as predicted when it takes at least this share of the rows
@@ -167,8 +168,6 @@ class CollapseMonitor:
 
     def __init__(self, baseline: dict, num_classes: int, criteria: CollapseCriteria | None = None):
         if not baseline.get("finite", False):
-            from ..errors import BundleError
-
             raise BundleError("the shipped model already produces NaN/inf on the target images; nothing to adapt from")
         self.baseline = baseline
         self.k = num_classes

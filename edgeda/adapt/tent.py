@@ -33,6 +33,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..errors import EdgedaError
 from ..methods.base import build_optimizer
 from .base import ADAPT_METHODS, AdaptMethod, bn_layers, reestimate_bn
 from .tasks import adaptation_of
@@ -59,8 +60,6 @@ class Tent(AdaptMethod):
                     p.requires_grad_(True)
                     params.append(p)
         if not params:
-            from ..errors import EdgedaError
-
             raise EdgedaError("tent needs a model with BatchNorm2d layers; this classifier has none (try --method shot)")
         self.optims["bn"] = build_optimizer(params, "adam", self.opts.lr, betas=(0.9, 0.999))
         self.objective = adaptation_of(self.task)

@@ -94,6 +94,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..data.dense import IGNORE_INDEX
+from ..errors import EdgedaError
 from ..methods.base import build_optimizer
 from ..methods.losses import entropy
 from ..models import build
@@ -102,7 +104,6 @@ from ..models.norm import frozen_bn_statistics
 from ..models.patchgan import PatchDiscriminator
 from ..tasks import task_of
 from .base import ADAPT_METHODS, AdaptMethod, reestimate_bn
-from ..data.dense import IGNORE_INDEX
 from .losses import class_balanced_cross_entropy, virtual_adversarial_loss
 
 DENSE_ITERS = 500
@@ -218,12 +219,8 @@ class ThreeCGAN(AdaptMethod):
     def _build_dense(self) -> None:
         t, o = self.task, self.opts
         if not 0.0 <= o.confidence <= 1.0:
-            from ..errors import EdgedaError
-
             raise EdgedaError(f"3cgan confidence must be in [0, 1], not {o.confidence}")
         if not 0.0 <= o.portion < 1.0:
-            from ..errors import EdgedaError
-
             raise EdgedaError(f"3cgan portion must be in [0, 1), not {o.portion}")
         width = o.g_width
         self.G = build("label_map_generator", num_classes=t.num_classes, channels=t.channels, width=width,

@@ -13,9 +13,10 @@ from torch import nn
 from ..errors import EdgedaError
 from ..models import build
 from ..models.conditional import gan_loss, input_to_tanh, tanh_to_input
-from ..models.gan_utils import write_sample_grid
+from ..models.gan_utils import _to_uint8, write_sample_grid
 from ..models.patchgan import PatchDiscriminator
 from ..tasks import task_of
+from ..tasks.draw import save_translation_grid
 from .base import Batch, Method, NonFiniteLoss
 
 # Options every pixel-level method takes (sized for 32x32 digits on a CPU).
@@ -92,9 +93,6 @@ class PixelMethod(Method):
     def dense_grid(self, path: Path, panels: list[torch.Tensor], source: Batch, target: Batch | None, title: str = ""):
         """Dense sample grid: each panel (source | translated ...) with the source truth overlaid |
         target image with the task model's prediction overlaid."""
-        from ..models.gan_utils import _to_uint8
-        from ..tasks.draw import save_translation_grid
-
         if source is None or source.y is None:
             return None
         task = task_of(self.task)

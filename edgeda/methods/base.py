@@ -14,10 +14,11 @@ from typing import ClassVar
 import torch
 from torch import nn
 
+from ..bundle import Bundle
 from ..errors import EdgedaError
-from ..tasks.spec import TaskSpec
 from ..options import Configurable
 from ..tasks import task_of
+from ..tasks.spec import TaskSpec
 from .registry import methods_for
 
 
@@ -299,8 +300,6 @@ class Method(Configurable):
 
         p = Path(path)
         if (p / "manifest.json").is_file():
-            from ..bundle import Bundle
-
             state = Bundle(p).model.state_dict()
         elif p.suffix == ".safetensors" and p.is_file():
             state = load_file(str(p))

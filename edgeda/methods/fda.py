@@ -6,6 +6,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..models.conditional import input_to_tanh, tanh_to_input
+from ..models.dense import DenseModel
 from ..models.dense_alignment import charbonnier_penalty, entropy_map
 from ..models.fourier import fourier_amplitude_swap, low_frequency_band
 from .base import Batch, Method
@@ -17,8 +18,6 @@ def head_and_output(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, to
     segmentation model, from one forward: for :class:`~edgeda.models.dense.DenseModel` the head's
     output and its bilinear upsampling (what ``forward`` computes); any other model gives its
     output twice."""
-    from ..models.dense import DenseModel
-
     if isinstance(model, DenseModel) and model.output == "logits":
         head = model.head(model.forward_intermediates(x))
         return head, F.interpolate(head, size=x.shape[-2:], mode="bilinear", align_corners=False)

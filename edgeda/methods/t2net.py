@@ -8,7 +8,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..models.gan_utils import ImagePool, cycle_loss
+from ..models.gan_utils import ImagePool, _to_uint8, cycle_loss
+from ..tasks.draw import colourise_depth
 from ._pixel import PIXEL_DEFAULTS, PixelMethod
 from .base import Batch
 from .losses import edge_aware_smoothness
@@ -136,9 +137,6 @@ class T2Net(PixelMethod):
     def visualize(self, folder, iteration: int, source: Batch, target: Batch | None):
         """Source validation rows: image | translated G(x) | predicted depth T(G(x)) | truth."""
         from PIL import Image
-
-        from ..models.gan_utils import _to_uint8
-        from ..tasks.draw import colourise_depth
 
         if source is None or source.y is None:
             return None

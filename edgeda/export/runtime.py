@@ -25,7 +25,8 @@ from ..registry import Registry
 from ..scores import softmax_stats  # noqa: F401  (part of the runtime API)
 from ..tasks import task_of
 from ..utils import choose_device
-from .detection import OUTPUTS as BOX_OUTPUTS, run_detector_ort
+from .boxes_bundle import calibration_images, exports_postprocessing
+from .detection import OUTPUTS as BOX_OUTPUTS, export_detector_onnx, run_detector_ort
 from .files import PRECISIONS, export_deployable_onnx, onnx_name, plan_name, prepare_batch
 from .onnx import ort_session
 from .trt import TrtEngine, require_tensorrt
@@ -119,14 +120,8 @@ def onnx_file(bundle: Bundle, precision: str, deployable: str | None = None, cal
         return
     folder = Path(tempfile.mkdtemp(prefix="edgeda-onnx-"))
     try:
-        from .boxes_bundle import exports_postprocessing
-
         module = bundle.module(deployable, "cpu")
         if exports_postprocessing(module):  # a detector: decoding and NMS in the graph
-            from ..tasks import task_of
-            from .boxes_bundle import calibration_images
-            from .detection import export_detector_onnx
-
             opts = task_of(bundle.task).postprocess_options
             path = folder / Path(rel).name
             export_detector_onnx(module, path, tuple(bundle.task.image_size), score_thresh=opts["score_thresh"],

@@ -145,6 +145,37 @@ def test_flip_auto_mirrors_only_what_the_shipped_model_was_trained_to_see_mirror
     assert CoTTA(model, spec, options={"flip": "on"}, training={"config": {"augment_hflip": False}}).flip
 
 
+def test_balanced_soft_cross_entropy_weighs_each_target_class_alike():
+    from edgeda.adapt.losses import class_balanced_cross_entropy, class_balanced_soft_cross_entropy
+
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(2, 3, 4, 5, generator=g)
+    labels = torch.zeros(2, 4, 5, dtype=torch.long)
+    labels[0, 0, :2] = 1  # two object pixels among 40
+    labels[1, 3, 4] = 2
+    onehot = torch.nn.functional.one_hot(labels, 3).permute(0, 3, 1, 2).float()
+    # one-hot targets: the hard class-balanced loss
+    assert torch.allclose(class_balanced_soft_cross_entropy(logits, onehot), class_balanced_cross_entropy(logits, labels))
+    # by hand: per-pixel soft CE, mean within each arg-max class, then over the 3 classes
+    soft = 0.7 * onehot + 0.1
+    ce = -(soft * logits.log_softmax(1)).sum(1)
+    want = torch.stack([ce[labels == k].mean() for k in range(3)]).mean()
+    assert torch.allclose(class_balanced_soft_cross_entropy(logits, soft), want)
+    # the plain mean would weigh background 37 to 3
+    assert not torch.allclose(ce.mean(), want)
+
+
+def test_balance_auto_is_on_for_segmentation_only(clf):
+    spec = TaskSpec(3, list(CLASSES), task="segmentation", image_size=(32, 32))
+    torch.manual_seed(0)
+    model = task_of(spec).build_model(spec, "lraspp", {"width": 0.25})
+    assert CoTTA(model, spec).balanced
+    assert not CoTTA(model, spec, options={"balance": "off"}).balanced
+    b = Bundle(clf["bundle"])
+    assert not CoTTA(b.module(b.primary), b.task).balanced
+    assert CoTTA(b.module(b.primary), b.task, options={"balance": "on"}).balanced
+
+
 def test_flip_average_maps_the_mirrored_prediction_back_to_the_frame():
     x = torch.full((1, 3, 2, 6), -1.0)
     x[..., :2] = 1.0  # the left third is class 1

@@ -265,6 +265,7 @@ class DetectionAdaptation(TaskAdaptation):
 
     score_name = "confidence_minus_drift"
     crops = False
+    balances = False  # anchors are mostly background by design; their loss stays the per-anchor mean
 
     def accumulate(self, target, model, reference_pred, spec: TaskSpec) -> DetectionStats:
         acc = DetectionStats(spec.num_classes)
@@ -322,7 +323,7 @@ class DetectionAdaptation(TaskAdaptation):
     def blend(self, unsure, averaged, standard):
         return torch.where(unsure.unsqueeze(-1), averaged, standard)
 
-    def soft_cross_entropy(self, model, outputs, targets):
+    def soft_cross_entropy(self, model, outputs, targets, balanced=False):
         z = outputs["cls_logits"].float()
         if score_kind(model) == "softmax":
             return -(targets * z.log_softmax(-1)).sum(-1).mean()

@@ -4,7 +4,8 @@
 clustering regulariser) only needs target images and the model being adapted; SHOT's
 information-maximisation terms are :func:`edgeda.scores.information_maximisation_terms` for one
 prediction per image and :func:`pixel_information_maximisation_terms` per pixel;
-:func:`class_balanced_cross_entropy` is the self-training term on per-pixel pseudo-labels.
+:func:`class_balanced_cross_entropy` is the self-training term on per-pixel pseudo-labels and
+:func:`class_balanced_soft_cross_entropy` its form for soft targets (CoTTA on segmentation).
 """
 from __future__ import annotations
 
@@ -92,6 +93,28 @@ def class_balanced_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, ign
     if not bool(valid.any()):
         return logits.sum() * 0.0
     lab, ce = lab[valid], ce[valid]
+    sums = torch.zeros(k, device=ce.device, dtype=ce.dtype).scatter_add(0, lab, ce)
+    counts = torch.bincount(lab, minlength=k)
+    present = counts > 0
+    return (sums[present] / counts[present]).mean()
+
+
+def class_balanced_soft_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """The soft cross-entropy -sum_c y_c log p_c of each row (image or pixel) averaged per class of
+    the targets' arg-max, then over the classes present:
+
+        L = (1 / |K'|) sum_{k in K'} mean_{i : argmax y_i = k} (-sum_c y_ic log p_ic)
+
+    ``logits`` and ``targets`` (N, K[, H, W]), ``targets`` rows summing to 1. With one class per
+    row this is :func:`class_balanced_cross_entropy`; a class covering few pixels weighs as much
+    as the background, so self-training on frames that are mostly background does not pull the
+    few object pixels into it.
+
+    >>> loss = class_balanced_soft_cross_entropy(student(x), teacher_probs)
+    """
+    k = logits.shape[1]
+    ce = -(targets.float() * F.log_softmax(logits.float(), 1)).sum(1).reshape(-1)
+    lab = targets.argmax(1).reshape(-1)
     sums = torch.zeros(k, device=ce.device, dtype=ce.dtype).scatter_add(0, lab, ce)
     counts = torch.bincount(lab, minlength=k)
     present = counts > 0

@@ -21,6 +21,7 @@ from ..registry import Registry
 from ..scores import entropy
 from ..tasks.spec import TaskSpec
 from ..tasks import task_of
+from .losses import class_balanced_soft_cross_entropy
 from .safety import CollapseMonitor, PredictionStats
 
 TASK_ADAPTATIONS: Registry = Registry("task adaptation")
@@ -34,6 +35,7 @@ class TaskAdaptation:
 
     score_name = "info_max"
     crops = True  # dense frames may train on crops when the memory plan asks for it
+    balances = True  # soft_cross_entropy can weigh each class of the targets alike (CoTTA's ``balance``)
 
     # -- statistics, monitoring, selection -------------------------------------------------------
     def accumulate(self, target, model, reference_pred, spec: TaskSpec) -> PredictionStats:
@@ -108,7 +110,12 @@ class TaskAdaptation:
     def blend(self, unsure: torch.Tensor, averaged: torch.Tensor, standard: torch.Tensor) -> torch.Tensor:
         return torch.where(unsure.unsqueeze(1), averaged, standard)
 
-    def soft_cross_entropy(self, model, outputs, targets: torch.Tensor) -> torch.Tensor:
+    def soft_cross_entropy(self, model, outputs, targets: torch.Tensor, balanced: bool = False) -> torch.Tensor:
+        """-sum_c y_c log p_c per image or pixel, averaged over them, or with ``balanced`` over each
+        class of the targets' arg-max and then over the classes
+        (:func:`~edgeda.adapt.losses.class_balanced_soft_cross_entropy`)."""
+        if balanced:
+            return class_balanced_soft_cross_entropy(outputs, targets)
         return soft_cross_entropy(outputs, targets)
 
     def mirrors(self, training: dict) -> bool:

@@ -73,7 +73,7 @@ def load_images(spec: str, b: Bundle, n: int | None = None) -> tuple[np.ndarray,
         labels = None if dom.labels is None else dom.labels[:len(images)]
         return prepare_batch(images, task), labels
     dom.require_usable(task=None)
-    labeled = dom.labeled_for(task.task)
+    labeled = tk.labeled_by(dom)
     xs, ys, got = [], [], 0
     for x, y, _ in eval_batches(dom, task, "cpu", 16, labels=labeled):
         xs.append(x.numpy())

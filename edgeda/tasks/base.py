@@ -55,6 +55,7 @@ class Task:
     default_size: ClassVar[tuple[int, int]] = (128, 128)
     losses: ClassVar[tuple[str, ...]] = ()
     label_key: ClassVar[str] = "mask"  # what a dense sample's labels are called ("mask" or "depth")
+    labels_flag: ClassVar[str | None] = "has_masks"  # the flag of a domain that carries this task's labels
     output: ClassVar[str] = "logits"  # what the task network outputs (TaskSpec.output)
     has_classes: ClassVar[bool] = True  # a spec needs at least one class (depth: none)
     class_logits: ClassVar[bool] = True  # outputs are class logits per image or per pixel (what the
@@ -85,8 +86,9 @@ class Task:
 
     # -- data ----------------------------------------------------------------------------------
     def labeled_by(self, domain) -> bool:
-        """Whether ``domain`` carries this task's labels (for ``--task`` inference and checks)."""
-        return bool(getattr(domain, "labeled_for", lambda t: False)(self.name))
+        """Whether ``domain`` carries this task's labels (for ``--task`` inference and checks): its
+        :attr:`labels_flag` (``has_masks``, ``has_depth``, ``has_boxes``) is set."""
+        return bool(self.labels_flag and getattr(domain, self.labels_flag, False))
 
     def reads(self, domain) -> bool:
         """Whether ``domain`` is this task's kind of data: read per sample (dense tasks) or per-image
@@ -98,7 +100,7 @@ class Task:
         holds per-image data and the task is dense, else ``domain`` itself."""
         return images_as_dense(domain) if self.dense and isinstance(domain, Domain) else domain
 
-    def class_count(self, domain) -> int | None:
+    def num_classes_of(self, domain) -> int | None:
         """The number of classes of ``domain``: the classes it names, else None (classification: else its
         largest label + 1)."""
         return domain.num_classes or None

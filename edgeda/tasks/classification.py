@@ -28,6 +28,7 @@ class Classification(Task):
     default_size = (32, 32)
     losses = ("ce",)
     label_key = "labels"
+    labels_flag = None  # per-image data is classification data by its kind (edgeda.training.domains.resolve_task)
     spatial_output = False
     mirror_invariant = False
     per_image_rows = True
@@ -42,11 +43,11 @@ class Classification(Task):
     calibration_images = 512
     parity_images = None
 
-    def class_count(self, domain):
+    def num_classes_of(self, domain):
         return domain.num_classes or int(domain.labels.max()) + 1
 
     def make_spec(self, domain, *, image_size, channels, mean=None, std=None) -> TaskSpec:
-        k = self.class_count(domain)
+        k = self.num_classes_of(domain)
         classes = domain.classes or [str(i) for i in range(k)]
         return TaskSpec(num_classes=k, classes=classes, task=self.name, image_size=image_size, channels=channels,
                         mean=mean, std=std)

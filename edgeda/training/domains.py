@@ -72,7 +72,7 @@ def resolve_task(cfg: TrainConfig, source) -> str:
 
     if cfg.task is not None:
         if not task_of(cfg.task).labeled_by(source):
-            kinds = [t for t in TASKS if task_of(t).reads(source) and task_of(t).labeled_by(source)]
+            kinds = [t for t in TASKS if task_of(t).labeled_by(source)]
             label_names = {"mask": "segmentation masks", "depth": "depth maps", "boxes": "boxes"}
 
             def labels_of(t):
@@ -131,7 +131,7 @@ def load_domains(cfg: TrainConfig, needs_target: bool) -> Domains:
         n_val = max(1, int(round(cfg.val_fraction * len(source))))
         source_val = source.subset(order[:n_val], f"{source.name} (val)")
         source = source.subset(order[n_val:])
-    num_classes = tk.class_count(source)
+    num_classes = tk.num_classes_of(source)
     if in_memory:
         source.require_usable(task=task, num_classes=num_classes)
 

@@ -49,8 +49,8 @@ class Task:
     headline: ClassVar[str] = ""
     record_keys: ClassVar[dict[str, str]] = {}
     higher_is_better: ClassVar[bool] = True
-    dense: ClassVar[bool] = True  # data read per sample from a dense domain, outputs per image region (maps,
-    # boxes); False: classification, one label per image, held in memory
+    dense: ClassVar[bool] = True  # data read per sample from a dense domain; False: classification, one label
+    # per image, held in memory (code outside edgeda.tasks reads the named decisions below, not this flag)
     default_backbone: ClassVar[str] = "lraspp"  # the edge model Jetson users deploy; light enough for a CPU
     default_size: ClassVar[tuple[int, int]] = (128, 128)
     losses: ClassVar[tuple[str, ...]] = ()

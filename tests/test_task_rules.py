@@ -47,3 +47,16 @@ def test_the_dense_scan_finds_a_planted_task_check(tmp_path):
         (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / rel).write_text(text)
     assert dense_attributes(tmp_path) == {("edgeda/training/x.py", "task_of(spec).dense"), ("benchmarks/z.py", "tk.dense")}
+
+
+
+def test_the_built_in_tasks_keep_their_defaults():
+    from edgeda.tasks import task_of
+
+    for name in ("classification", "segmentation", "depth", "detection"):
+        t, per_image = task_of(name), name == "classification"
+        sizes = (t.eval_batch_size, t.consistency_images, t.adapt_batch_size, t.monitor_images, t.calibration_images,
+                 t.parity_images)
+        assert sizes == ((256, 256, 64, 512, 512, None) if per_image else (16, 32, 8, 64, 128, 64)), name
+        assert {not t.spatial_output, not t.mirror_invariant, not t.draws_samples, not t.prediction_files,
+                not t.auto_from_init, t.per_image_rows, t.display_per_class} == {per_image}, name

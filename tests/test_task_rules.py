@@ -46,7 +46,8 @@ def test_the_dense_scan_finds_a_planted_task_check(tmp_path):
                       ("edgeda/tasks/y.py", "dense = self.dense\n"), ("benchmarks/z.py", "if tk.dense: pass\n")):
         (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / rel).write_text(text)
-    assert dense_attributes(tmp_path) == {("edgeda/training/x.py", "task_of(spec).dense"), ("benchmarks/z.py", "tk.dense")}
+    assert dense_attributes(tmp_path) == {("edgeda/training/x.py", "task_of(spec).dense"),
+                                          ("benchmarks/z.py", "tk.dense")}
 
 
 

@@ -14,7 +14,7 @@ from ..config import TrainConfig
 from ..data import Domain, load_domain
 from ..data.spec import DomainSpec, default_size, is_dense_spec
 from ..errors import DataError
-from ..tasks import TASKS, task_of
+from ..tasks import TASKS, Task, task_of
 
 
 @dataclass
@@ -163,7 +163,7 @@ def load_domains(cfg: TrainConfig, needs_target: bool) -> Domains:
     return Domains(source, source_val, target, target_test, task, size)
 
 
-def _same_kind(dom, what: str, task) -> None:
+def _same_kind(dom, what: str, task: Task) -> None:
     if not task.reads(dom):
         per_image = isinstance(dom, Domain)
         raise DataError(f"the {what} {dom.name!r} is {'classification' if per_image else 'dense'} data but the source "

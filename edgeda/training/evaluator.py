@@ -61,8 +61,8 @@ class Evaluator:
         return rec
 
     def draw_samples(self, iteration: int, net: torch.nn.Module, method):
-        """The method's own sample grid, else (tasks that draw samples: the dense ones) image | truth | prediction | error for
-        the first target test (else source validation) images; the path written, or None."""
+        """The method's own sample grid, else (where the task draws samples: the dense tasks) image | truth |
+        prediction | error for the first target test (else source validation) images; the path written, or None."""
         was_training = net.training
         method.eval()
         with torch.no_grad():

@@ -107,7 +107,7 @@ def train_auto(cfg, *, methods=None, adapt_methods=None, selector: str | None = 
     log = log or (lambda s: None)
     base = cfg.to_dict()
     domains = load_domains(make_config(base, {"method": "source_only"}), True)
-    dense = task_of(domains.task).dense
+    dense = task_of(domains.task).auto_from_init  # the dense recipe: candidates fine-tuned from source-only
     default = DEFAULT_DENSE_SELECTOR if dense else DEFAULT_SELECTOR
     selector = selector or (cfg.select if cfg.select not in ("last", "target_val") else default)
     if selector not in selector_names() or selector in ("last", "target_val"):

@@ -51,7 +51,7 @@ def evaluate_bundle(bundle: str | Path | Bundle, data: str | None = None, *, con
         title = f"{b.path.name} on {spec}: " + (f"{metrics['accuracy']:.1%}" if "accuracy" in metrics
                                                 else f"mIoU {metrics['miou']:.1%}")
         metrics["confusion_png"] = str(plot_confusion(metrics, task.classes, confusion_png, title))
-    if samples_png and task_of(task).dense:
+    if samples_png and task_of(task).draws_samples:
         metrics["eval_samples_png"] = str(_samples(model, dom, task, dev, samples_png, f"{b.path.name} on {spec}"))
     return metrics
 

@@ -104,9 +104,9 @@ def test_aug_consistency_maps_a_flip_back_exactly():
 def test_flips_are_checked_only_where_training_treats_them_as_label_preserving():
     from edgeda.training.model_eval import consistency_augmentations
 
-    assert consistency_augmentations(dense=True) == ("flip", "rescale", "colour")
-    assert "flip" not in consistency_augmentations(dense=True, hflip=False)  # digits, text
-    assert "flip" not in consistency_augmentations(dense=False)  # a mirrored digit or sign is another class
+    assert consistency_augmentations(mirror_invariant=True) == ("flip", "rescale", "colour")
+    assert "flip" not in consistency_augmentations(mirror_invariant=True, hflip=False)  # digits, text
+    assert "flip" not in consistency_augmentations(mirror_invariant=False)  # a mirrored digit or sign is another class
 
 
 def test_majority_ranks_the_consensus_above_a_collapsed_candidate():

@@ -55,7 +55,7 @@ class AdaptMethod(Configurable):
 
     def __init__(self, model: nn.Module, task: TaskSpec, *, options: dict | None = None,
                  engine: Engine | None = None, seed: int = 0, training: dict | None = None):
-        if task_of(task).dense:
+        if task_of(task).spatial_output:
             options = {**self.dense_defaults, **(options or {})}
         self.opts = self.resolve_options(options)
         self.task = task
@@ -109,7 +109,7 @@ class TargetSet:
 
     def __init__(self, images, task: TaskSpec, device, batch_size: int | None = None):
         self.images, self.task, self.device = images, task, torch.device(device)
-        self.batch_size = batch_size or (16 if task_of(task).dense else 256)
+        self.batch_size = batch_size or task_of(task).eval_batch_size
 
     def __len__(self) -> int:
         return len(self.images)

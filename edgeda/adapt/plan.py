@@ -119,8 +119,8 @@ def plan_adaptation(bundle: Path, target_dir: Path, out: Path, opts: AdaptOption
         raise DataError(f"{target_dir} has only {len(images)} usable image; adaptation needs at least 2")
     lab = load_labels(opts.labels, task) if opts.labels else None
     log(f"target: {report.summary()} from {target_dir}")
-    batch = opts.batch or (8 if tk.dense else 64)
-    monitor_n = opts.monitor_n or (64 if tk.dense else 512)
+    batch = opts.batch or tk.adapt_batch_size
+    monitor_n = opts.monitor_n or tk.monitor_images
 
     if opts.threads is not None:
         if opts.threads < 1:
@@ -154,7 +154,7 @@ def plan_adaptation(bundle: Path, target_dir: Path, out: Path, opts: AdaptOption
         fixed += torch.cuda.memory_allocated(dev) / 2**20
     per_sample = per_sample_mb(m, target.tensor(slice(0, 2)))
     frame = tuple(images.shape[1:3])
-    if tk.dense and ta.crops:
+    if tk.spatial_output and ta.crops:
         batch, crop, precision, est_mb = plan_dense(batch, opts.memory_mb, fixed_mb=fixed, per_sample_mb=per_sample,
                                                     size=frame, cuda=cuda)
     else:
@@ -200,7 +200,7 @@ def load_target(target_dir: Path, spec: TaskSpec):
     if isinstance(dom, Domain):  # a plain tree of images (or an images-only .npz), read at the task's size
         dom.require_usable()
         return dom.images, dom.report
-    if not task_of(spec).dense:
+    if not task_of(spec).reads(dom):
         raise DataError(f"{target_dir} is dense data (images/ with masks or depth); this bundle is a classifier")
     dom.require_usable()
     chunks = [raw for _, _, raw in eval_batches(dom, spec, "cpu", 16, labels=False, workers=0)]

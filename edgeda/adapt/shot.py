@@ -158,8 +158,8 @@ class Shot(AdaptMethod):
 
     def build(self) -> None:
         clf, o = self.model, self.opts
-        self.dense = task_of(self.task).dense
-        if self.dense:
+        self.pixelwise = task_of(self.task).spatial_output  # per-pixel SHOT (else per image)
+        if self.pixelwise:
             frozen = {id(p) for m in hypothesis_layers(clf) for p in m.parameters()}
             for p in clf.parameters():
                 p.requires_grad_(id(p) not in frozen)
@@ -176,7 +176,7 @@ class Shot(AdaptMethod):
 
     def prepare(self, target) -> None:
         first = self.prior is None and self.opts.diversity_prior == "shipped"  # the first call: the shipped model
-        if self.dense:
+        if self.pixelwise:
             if first:
                 self.prior = mean_pixel_probabilities(self.model, target)
             self.pseudo = pixel_pseudo_labels(self.model, target, self.opts.centroid_pixels, self.generator)
@@ -195,7 +195,7 @@ class Shot(AdaptMethod):
 
     def _labels(self, idx: torch.Tensor) -> torch.Tensor:
         y = self.pseudo[idx.to(self.pseudo.device)]
-        if self.dense and self.window is not None:
+        if self.pixelwise and self.window is not None:
             top, left, h, w = self.window
             y = y[:, top:top + h, left:left + w]
         return y.to(self.device).long()
@@ -208,7 +208,7 @@ class Shot(AdaptMethod):
             g["lr"] = g["base_lr"] * scale
         with self.autocast():
             logits = clf(x)
-        if self.dense:
+        if self.pixelwise:
             ent, div_img, div = pixel_information_maximisation_terms(logits, prior=self.prior)
             loss = ent - (o.div_image * div_img + o.div_batch * div)
             out = {"entropy": float(ent.detach()), "div_image": float(div_img.detach()), "diversity": float(div.detach())}
@@ -221,7 +221,7 @@ class Shot(AdaptMethod):
             out = {"entropy": float(ent.detach()), "diversity": float(div.detach())}
         if o.beta > 0 and self.pseudo is not None and idx is not None:
             y = self._labels(idx)
-            ce = class_balanced_cross_entropy(logits, y) if self.dense else F.cross_entropy(logits.float(), y)
+            ce = class_balanced_cross_entropy(logits, y) if self.pixelwise else F.cross_entropy(logits.float(), y)
             loss = loss + o.beta * ce
             out["pseudo_ce"] = float(ce.detach())
         self.update(loss, "features")

@@ -66,7 +66,7 @@ class TaskAdaptation:
     def prior(self, shipped: dict, spec: TaskSpec):
         """The class marginal ``info_max`` measures diversity against: the shipped model's mean
         pixel-class probabilities for dense outputs, None (uniform) per image."""
-        return torch.tensor(shipped["mean_probabilities"]) if task_of(spec).dense else None
+        return torch.tensor(shipped["mean_probabilities"]) if task_of(spec).spatial_output else None
 
     def shipped_selection(self, target, model, reference_pred, spec: TaskSpec) -> tuple[dict, object]:
         """(statistics of the shipped state on the monitor images, the prior later checks use)."""
@@ -81,7 +81,7 @@ class TaskAdaptation:
         return stats["info_max"]
 
     def per(self, spec: TaskSpec) -> str:
-        return "pixel" if task_of(spec).dense else "image"
+        return "pixel" if task_of(spec).spatial_output else "image"
 
     def selection_record(self) -> dict:
         """Extra keys of the manifest's selection record (none: ``info_max`` is the rule's name)."""

@@ -205,7 +205,7 @@ class ThreeCGAN(AdaptMethod):
     tasks = ("classification", "segmentation")
 
     def build(self) -> None:
-        if task_of(self.task).dense:
+        if task_of(self.task).spatial_output:
             self._build_dense()
             return
         t, o = self.task, self.opts
@@ -235,12 +235,12 @@ class ThreeCGAN(AdaptMethod):
         self.model_passes = 3.0 + (2.0 if o.lambda_vat > 0 else 0.0)
 
     def extra_modules(self):
-        if task_of(self.task).dense:
+        if task_of(self.task).spatial_output:
             return {"generator": _FrameProbe(self.G), "discriminator": self.D}
         return {"generator": self.G, "discriminator": self.D}
 
     def prepare(self, target) -> None:
-        if task_of(self.task).dense and self.layouts is None:  # from the shipped weights, before anything moves
+        if task_of(self.task).spatial_output and self.layouts is None:  # from the shipped weights, before anything moves
             self.layouts = shipped_layouts(self.model, self.source_state, target, self.opts.confidence,
                                            self.opts.portion)
         if self.opts.adabn:
@@ -294,7 +294,7 @@ class ThreeCGAN(AdaptMethod):
         return {k: float(v.detach()) for k, v in logged.items()}
 
     def step(self, x: torch.Tensor, idx=None) -> dict[str, float]:
-        if task_of(self.task).dense:
+        if task_of(self.task).spatial_output:
             return self._step_dense(x, idx)
         o, C, t = self.opts, self.model, self.task
         self.G.train()

@@ -107,9 +107,6 @@ class DetectionDomain:
     def num_classes(self) -> int | None:
         return len(self.classes) if self.classes is not None else None
 
-    def labeled_for(self, task: str) -> bool:
-        return self.has_boxes and task == "detection"
-
     def require_usable(self, *, task: str | None = None, num_classes: int | None = None) -> None:
         """One clear :class:`DataError` if this domain cannot be trained or evaluated on for
         ``task`` (``None``: used unlabeled)."""

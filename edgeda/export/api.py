@@ -48,11 +48,7 @@ def _task_scores(session, sig, images, labels, spec) -> dict:
     for i in range(0, len(images), 32):
         out = run_ort(session, sig, [images[i:i + 32]])
         task.update(meter, torch.from_numpy(out), torch.from_numpy(np.asarray(labels[i:i + 32])))
-    scores = task.scores(meter, spec)
-    if not task.dense:
-        return {"target_accuracy": scores["accuracy"]}
-    keep = {k: v for k, v in scores.items() if not isinstance(v, (dict, list))}
-    return {"target_scores": keep, "target_" + task.headline: scores[task.headline]}
+    return task.export_scores(task.scores(meter, spec))
 
 
 def export_bundle(bundle: str | Path, out: str | Path | None = None, *, precision: str = "fp32",
@@ -79,8 +75,8 @@ def export_bundle(bundle: str | Path, out: str | Path | None = None, *, precisio
     if plugins is not None and not Path(plugins).is_file():
         raise EdgedaError(f"--plugins {plugins}: no such plugin library (build it: see kernels/README.md)")
     task = task_of(b.task)
-    if task.dense:
-        n_check = min(n_check, 64)  # a dense check compares every pixel: 64 images are plenty
+    if task.parity_images is not None:
+        n_check = min(n_check, task.parity_images)  # a dense check compares every pixel: 64 images are plenty
     spec = data or b.target_test
     images, labels = load_images(spec, b, n=n_check) if spec else (None, None)
     if spec is None:
@@ -212,7 +208,7 @@ def _build_trt(trt_mod, major, b, name, precision, tmp, calib_images, batch, wor
     plan = tmp / plan_name(name, precision)
     meta = build_engine(src, plan, precision=precision, batch=batch, workspace_mb=workspace_mb,
                         calib=calib_images, timing_cache=tmp / "trt" / "timing.cache", plugin_library=plugins,
-                        spatial=b.task.image_size if task_of(b.task).dense else None)
+                        spatial=b.task.image_size if task_of(b.task).spatial_output else None)
     for f in plan.parent.iterdir():
         if f.name.startswith(plan.name) or f.name == "timing.cache":
             add[f"trt/{f.name}"] = f

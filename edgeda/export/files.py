@@ -9,7 +9,6 @@ import numpy as np
 
 from ..bundle import Bundle
 from ..data import load_domain
-from ..data.dense import images_as_dense
 from ..data.domain import Domain
 from ..data.transforms import prepare_image
 from ..errors import DataError, EdgedaError
@@ -49,7 +48,7 @@ def calibration_images(b: Bundle, calib: str | None = None, n: int | None = None
     spec = calib or default_calib_spec(b)
     if spec is None:
         raise EdgedaError("int8 export needs calibration images: pass --calib SPEC (target images)")
-    images, _ = load_images(spec, b, n=n or (128 if task_of(b.task).dense else 512))
+    images, _ = load_images(spec, b, n=n or task_of(b.task).calibration_images)
     return images, spec
 
 
@@ -63,18 +62,18 @@ def load_images(spec: str, b: Bundle, n: int | None = None) -> tuple[np.ndarray,
         dom = load_domain(spec, labeled=True, size=task.image_size, channels=task.channels, task=task.task)
     except DataError:
         dom = load_domain(spec, labeled=False, size=task.image_size, channels=task.channels, task=task.task)
-    dense = task_of(task).dense
-    if dense and isinstance(dom, Domain):
-        dom = images_as_dense(dom)
-    if isinstance(dom, Domain) == dense:
-        raise DataError(f"{spec} is {'classification' if dense else 'dense'} data; the bundle is a {task.task} model")
+    tk = task_of(task)
+    dom = tk.image_domain(dom)
+    if not tk.reads(dom):
+        raise DataError(f"{spec} is {'classification' if isinstance(dom, Domain) else 'dense'} data; "
+                        f"the bundle is a {task.task} model")
     if isinstance(dom, Domain):
         dom.require_usable()
         images = dom.images[:n] if n else dom.images
         labels = None if dom.labels is None else dom.labels[:len(images)]
         return prepare_batch(images, task), labels
     dom.require_usable(task=None)
-    labeled = dom.labeled_for(task.task)
+    labeled = tk.labeled_by(dom)
     xs, ys, got = [], [], 0
     for x, y, _ in eval_batches(dom, task, "cpu", 16, labels=labeled):
         xs.append(x.numpy())

@@ -54,7 +54,7 @@ def predict(bundle: str | Path, input: str | Path, *, backend: str = "ort", prec
         raise EdgedaError("--coco-images numbers the images of the COCO results: give --coco FILE.json too")
     if out is not None and Path(out).suffix.lower() not in (".csv", ".json"):
         raise EdgedaError(f"--out {out}: use a .csv or .json file name")
-    if task.dense:
+    if task.prediction_files:
         out_dir = Path(out_dir) if out_dir else (Path(out).parent if out else Path(".")) / "predictions"
         out_dir.mkdir(parents=True, exist_ok=True)
         batch_size = min(batch_size, 8)
@@ -80,7 +80,7 @@ def predict(bundle: str | Path, input: str | Path, *, backend: str = "ort", prec
                 outputs = runner.predict(images)
                 for f, img, o in zip(chunk, images, outputs):
                     row = {"path": str(f)}
-                    stem = out_dir / f.relative_to(root).with_suffix("") if task.dense else None
+                    stem = out_dir / f.relative_to(root).with_suffix("") if task.prediction_files else None
                     row.update(task.prediction_row(b.task, o, img, stem))
                     rows.append(row)
             if bar is not None:
@@ -91,7 +91,7 @@ def predict(bundle: str | Path, input: str | Path, *, backend: str = "ort", prec
         runner.close()
     result = {"bundle": str(b.path), "task": b.task.task, "backend": backend, "precision": precision, "n": len(rows),
               "skipped": skipped, "runner": runner.describe()}
-    if task.dense:
+    if task.prediction_files:
         result["out_dir"] = str(out_dir)
     if coco_out is not None:
         ids = coco_image_ids(coco_images, [Path(r["path"]) for r in rows], root) if coco_images is not None else None

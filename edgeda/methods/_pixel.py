@@ -86,7 +86,7 @@ class PixelMethod(Method):
     def visualize(self, folder, iteration: int, source: Batch, target: Batch | None):
         panels = self.display_panels(source, target)
         path = Path(folder) / f"samples_{iteration:06d}.png"
-        if task_of(self.task).dense:
+        if task_of(self.task).spatial_output:
             return self.dense_grid(path, panels, source, target, f"iteration {iteration}")
         return write_sample_grid(path, panels, source.y)
 

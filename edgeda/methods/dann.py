@@ -78,7 +78,7 @@ class DANN(Method):
 
     def build(self) -> None:
         self.nets["model"] = self.make_model()
-        self.dense = task_of(self.task).dense
+        self.pixelwise = task_of(self.task).spatial_output  # a domain classifier per pixel (else per image)
         self.multi_scale = callable(getattr(self.model, "loss", None))  # a detector: levels of features
         if self.multi_scale:
             if self.opts.dropout:
@@ -91,7 +91,7 @@ class DANN(Method):
                     InstanceDomainClassifier(c * POOL * POOL, self.opts.instance_hidden) for c in channels)
         elif self.opts.instance > 0:
             raise EdgedaError("dann option instance (instance-level alignment under boxes) is for detection")
-        elif self.dense:
+        elif self.pixelwise:
             if self.opts.dropout:
                 raise EdgedaError("dann's pixel-wise domain classifier (segmentation, depth) has no dropout; leave option dropout at 0")
             self.nets["domain"] = PixelDomainClassifier(self.model.feature_channels, self.opts.hidden)
@@ -168,7 +168,7 @@ class DANN(Method):
             return self._detection_step(source, target, coeff)
         with self.autocast():
             feats, logits = self.model.features_and_logits(torch.cat([source.x, target.x]))
-            if self.dense:
+            if self.pixelwise:
                 cls_loss = self.task_loss_of(logits[:ns], source.y)
                 dom_loss, dom_acc = pixel_domain_adversarial_loss(self.nets["domain"], feats[:ns], feats[ns:], coeff)
             else:

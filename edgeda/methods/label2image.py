@@ -56,7 +56,7 @@ class Label2Image(PixelMethod):
     def build(self) -> None:
         t, o = self.task, self.opts
         self.nets["model"] = self.make_model()
-        if task_of(t).dense:
+        if task_of(t).spatial_output:
             self.nets["generator"] = build("label_map_generator", num_classes=t.num_classes, channels=t.channels,
                                            z_dim=o.z_dim, width=o.g_width)
             self.nets["disc"] = PatchDiscriminator(t.channels, o.d_width, 3)
@@ -104,7 +104,7 @@ class Label2Image(PixelMethod):
     def sample(self, source: Batch) -> tuple[torch.Tensor, torch.Tensor]:
         """(G(y, z), y): y uniform over classes, or the source masks as layouts (dense tasks)."""
         G = self.nets["generator"]
-        if not task_of(self.task).dense:
+        if not task_of(self.task).spatial_output:
             return G.sample(len(source))
         z = torch.randn(len(source), G.z_dim, device=source.x.device)
         return G(source.y, z), source.y

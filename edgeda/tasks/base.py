@@ -6,6 +6,7 @@ from typing import ClassVar
 import numpy as np
 import torch
 
+from ..data.dense import images_as_dense
 from ..data.domain import Domain
 from ..errors import DataError
 from ..registry import Registry
@@ -48,12 +49,13 @@ class Task:
     headline: ClassVar[str] = ""
     record_keys: ClassVar[dict[str, str]] = {}
     higher_is_better: ClassVar[bool] = True
-    dense: ClassVar[bool] = True  # data read per sample from a dense domain, outputs per image region (maps,
-    # boxes); False: classification, one label per image, held in memory
+    dense: ClassVar[bool] = True  # data read per sample from a dense domain; False: classification, one label
+    # per image, held in memory (code outside edgeda.tasks reads the named decisions below, not this flag)
     default_backbone: ClassVar[str] = "lraspp"  # the edge model Jetson users deploy; light enough for a CPU
     default_size: ClassVar[tuple[int, int]] = (128, 128)
     losses: ClassVar[tuple[str, ...]] = ()
     label_key: ClassVar[str] = "mask"  # what a dense sample's labels are called ("mask" or "depth")
+    labels_flag: ClassVar[str | None] = "has_masks"  # the flag of a domain that carries this task's labels
     output: ClassVar[str] = "logits"  # what the task network outputs (TaskSpec.output)
     has_classes: ClassVar[bool] = True  # a spec needs at least one class (depth: none)
     class_logits: ClassVar[bool] = True  # outputs are class logits per image or per pixel (what the
@@ -62,11 +64,46 @@ class Task:
     # evaluation settings of a model's own post-processing (COCO evaluation keeps low-score boxes)
     postprocess_options: ClassVar[dict] = {"score_thresh": 0.05, "max_det": 100}
     per_class_key: ClassVar[str | None] = None  # the scores' per-class table a bundle's report keeps apart
+    # what the trainer, the evaluation, export, adaptation and the methods decide per task (the values
+    # here are the dense tasks'; classification overrides them)
+    spatial_output: ClassVar[bool] = True  # outputs and labels lie over the image (maps, boxes), not one per image
+    mirror_invariant: ClassVar[bool] = True  # a mirrored image's labels are its labels mirrored (not so for a
+    # mirrored digit or sign: another class, or none)
+    per_image_rows: ClassVar[bool] = False  # the validators' rows are one per image, with the model's features
+    # (sampled from each image's output otherwise)
+    display_per_class: ClassVar[bool] = False  # sample grids show up to 8 source images per class (else the first 8)
+    draws_samples: ClassVar[bool] = True  # :meth:`sample_panels` draws image | truth | prediction rows
+    prediction_files: ClassVar[bool] = True  # ``edgeda predict`` writes files per image to a predictions folder,
+    # at most 8 images per batch
+    auto_from_init: ClassVar[bool] = True  # ``--method auto`` trains its candidates with ``--init`` from a
+    # source-only bundle (else from scratch, plus source-free adaptation of the source-only model)
+    eval_batch_size: ClassVar[int] = 16  # images per forward pass when evaluating or labelling a domain
+    consistency_images: ClassVar[int] = 32  # target images the augmentation-consistency check draws
+    adapt_batch_size: ClassVar[int] = 8  # ``edgeda adapt``'s default ``--batch``
+    monitor_images: ClassVar[int] = 64  # ``edgeda adapt``'s default ``--monitor-n``
+    calibration_images: ClassVar[int] = 128  # int8 export's default number of calibration images
+    parity_images: ClassVar[int | None] = 64  # the most images export's parity check compares (None: no cap)
 
     # -- data ----------------------------------------------------------------------------------
     def labeled_by(self, domain) -> bool:
-        """Whether ``domain`` carries this task's labels (for ``--task`` inference and checks)."""
-        return bool(getattr(domain, "labeled_for", lambda t: False)(self.name))
+        """Whether ``domain`` carries this task's labels (for ``--task`` inference and checks): its
+        :attr:`labels_flag` (``has_masks``, ``has_depth``, ``has_boxes``) is set."""
+        return bool(self.labels_flag and getattr(domain, self.labels_flag, False))
+
+    def reads(self, domain) -> bool:
+        """Whether ``domain`` is this task's kind of data: read per sample (dense tasks) or per-image
+        data held in memory (classification)."""
+        return isinstance(domain, Domain) != self.dense
+
+    def image_domain(self, domain):
+        """Unlabeled ``domain`` as this task reads it: a dense domain of its images where ``domain``
+        holds per-image data and the task is dense, else ``domain`` itself."""
+        return images_as_dense(domain) if self.dense and isinstance(domain, Domain) else domain
+
+    def num_classes_of(self, domain) -> int | None:
+        """The number of classes of ``domain``: the classes it names, else None (classification: else its
+        largest label + 1)."""
+        return domain.num_classes or None
 
     def check_data(self, domain, spec: TaskSpec, *, labeled: bool, what: str, model: str = "bundle") -> None:
         """One clear :class:`~edgeda.errors.DataError` unless ``domain`` is this task's kind of data
@@ -169,6 +206,10 @@ class Task:
     def update(self, meter, output: torch.Tensor, target: torch.Tensor) -> None:
         meter.update(self.decide(output), target)
 
+    def unflip(self, output: torch.Tensor) -> torch.Tensor:
+        """The output for a horizontally mirrored image in the image's own frame (one per image: unchanged)."""
+        return output.flip(-1) if self.spatial_output else output
+
     def decide(self, output: torch.Tensor) -> torch.Tensor:
         """The prediction compared with labels: class ids (argmax over dim 1) or depth."""
         return output.argmax(1)
@@ -213,6 +254,12 @@ class Task:
         raise NotImplementedError
 
     # -- export --------------------------------------------------------------------------------
+    def export_scores(self, scores: dict) -> dict:
+        """What an export's per-precision record keeps of the scores of its model on labeled images:
+        the flat scores as ``target_scores`` and the headline as ``target_<headline>``."""
+        keep = {k: v for k, v in scores.items() if not isinstance(v, (dict, list))}
+        return {"target_scores": keep, "target_" + self.headline: scores[self.headline]}
+
     def compare(self, ref: np.ndarray, out: np.ndarray) -> dict:
         """Export parity: max abs difference, plus top-1 / pixel agreement where outputs are logits."""
         return {**output_difference(ref, out), "max_abs_ref": float(np.abs(ref).max()) if len(ref) else 0.0}

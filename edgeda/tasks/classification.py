@@ -28,9 +28,26 @@ class Classification(Task):
     default_size = (32, 32)
     losses = ("ce",)
     label_key = "labels"
+    labels_flag = None  # per-image data is classification data by its kind (edgeda.training.domains.resolve_task)
+    spatial_output = False
+    mirror_invariant = False
+    per_image_rows = True
+    display_per_class = True
+    draws_samples = False
+    prediction_files = False
+    auto_from_init = False
+    eval_batch_size = 256
+    consistency_images = 256
+    adapt_batch_size = 64
+    monitor_images = 512
+    calibration_images = 512
+    parity_images = None
+
+    def num_classes_of(self, domain):
+        return domain.num_classes or int(domain.labels.max()) + 1
 
     def make_spec(self, domain, *, image_size, channels, mean=None, std=None) -> TaskSpec:
-        k = domain.num_classes or int(domain.labels.max()) + 1
+        k = self.num_classes_of(domain)
         classes = domain.classes or [str(i) for i in range(k)]
         return TaskSpec(num_classes=k, classes=classes, task=self.name, image_size=image_size, channels=channels,
                         mean=mean, std=std)
@@ -80,6 +97,9 @@ class Classification(Task):
         if len(ref):
             res["top1_agreement"] = argmax_agreement(ref, out)
         return res
+
+    def export_scores(self, scores):
+        return {"target_accuracy": scores["accuracy"]}
 
     def ort_scores(self, outputs, labels, spec):
         return {"accuracy": float((np.asarray(outputs).argmax(1) == np.asarray(labels)).mean())}

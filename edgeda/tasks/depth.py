@@ -48,6 +48,7 @@ class Depth(Task):
     higher_is_better = False
     losses = ("silog", "l1")
     label_key = "depth"
+    labels_flag = "has_depth"
     output = "depth"
     has_classes = False
     class_logits = False

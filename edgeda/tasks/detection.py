@@ -63,6 +63,7 @@ class Detection(Task):
     default_size = (320, 320)  # SSDLite's input (torchvision's ssdlite320); built-ins render at their own size
     losses = ()
     label_key = "boxes"
+    labels_flag = "has_boxes"
     output = "detections"
     has_classes = True
     class_logits = False  # outputs are boxes with scores, not class logits per image or pixel

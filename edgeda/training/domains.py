@@ -12,10 +12,9 @@ import numpy as np
 
 from ..config import TrainConfig
 from ..data import Domain, load_domain
-from ..data.dense import images_as_dense
 from ..data.spec import DomainSpec, default_size, is_dense_spec
 from ..errors import DataError
-from ..tasks import TASKS, task_of
+from ..tasks import TASKS, Task, task_of
 
 
 @dataclass
@@ -66,14 +65,14 @@ class Domains:
 def resolve_task(cfg: TrainConfig, source) -> str:
     """The task the source data supports (``cfg.task`` when given, checked against the data)."""
     if isinstance(source, Domain):
-        if cfg.task not in (None, "classification"):
+        if cfg.task is not None and not task_of(cfg.task).reads(source):
             raise DataError(f"--task {cfg.task} needs per-pixel labels, but {source.name!r} has one label per image "
                             "(a dense folder has images/ with masks/ or depth/)")
         return "classification"
 
     if cfg.task is not None:
         if not task_of(cfg.task).labeled_by(source):
-            kinds = [t for t in TASKS if task_of(t).dense and task_of(t).labeled_by(source)]
+            kinds = [t for t in TASKS if task_of(t).labeled_by(source)]
             label_names = {"mask": "segmentation masks", "depth": "depth maps", "boxes": "boxes"}
 
             def labels_of(t):
@@ -120,10 +119,10 @@ def load_domains(cfg: TrainConfig, needs_target: bool) -> Domains:
     task = resolve_task(cfg, source)
 
     tk = task_of(task)
-    dense = tk.dense
+    in_memory = isinstance(source, Domain)  # per-image data (classification), else read per sample
     source.require_usable(task=task)
     if src.builtin and src.split is None and src.has_split("val"):
-        val_n = None if cfg.source_n is None or dense else max(200, min(2000, cfg.source_n // 5))
+        val_n = None if cfg.source_n is None or not in_memory else max(200, min(2000, cfg.source_n // 5))
         source_val = load_domain(src.with_split("val").text, labeled=True, n=val_n, **kw)
     else:
         if len(source) < 2:
@@ -132,8 +131,8 @@ def load_domains(cfg: TrainConfig, needs_target: bool) -> Domains:
         n_val = max(1, int(round(cfg.val_fraction * len(source))))
         source_val = source.subset(order[:n_val], f"{source.name} (val)")
         source = source.subset(order[n_val:])
-    num_classes = source.num_classes or (int(source.labels.max()) + 1 if not dense else None)
-    if not dense:
+    num_classes = tk.num_classes_of(source)
+    if in_memory:
         source.require_usable(task=task, num_classes=num_classes)
 
     target = target_test = None
@@ -142,9 +141,8 @@ def load_domains(cfg: TrainConfig, needs_target: bool) -> Domains:
     if cfg.target:
         target = load_domain(cfg.target, labeled=False, split="adapt" if DomainSpec.parse(cfg.target).has_split("adapt")
                              else None, **kw)
-        if dense and isinstance(target, Domain):
-            target = images_as_dense(target)
-        _same_kind(target, "target", dense)
+        target = tk.image_domain(target)
+        _same_kind(target, "target", tk)
         if needs_target:
             target.require_usable()
     if needs_target and target is None:
@@ -155,7 +153,7 @@ def load_domains(cfg: TrainConfig, needs_target: bool) -> Domains:
         test_spec = _default_test_split(cfg.target)
     if test_spec:
         target_test = load_domain(test_spec, labeled=True, **kw)
-        _same_kind(target_test, "target test", dense)
+        _same_kind(target_test, "target test", tk)
         target_test.require_usable(task=task, num_classes=num_classes)
         if source.classes and target_test.classes and source.classes != target_test.classes:
             raise DataError(
@@ -165,10 +163,11 @@ def load_domains(cfg: TrainConfig, needs_target: bool) -> Domains:
     return Domains(source, source_val, target, target_test, task, size)
 
 
-def _same_kind(dom, what: str, dense: bool) -> None:
-    if isinstance(dom, Domain) == dense:
-        raise DataError(f"the {what} {dom.name!r} is {'classification' if dense else 'dense'} data but the source "
-                        f"is {'dense' if dense else 'classification'} data (give --target / --target-test of the same kind)")
+def _same_kind(dom, what: str, task: Task) -> None:
+    if not task.reads(dom):
+        per_image = isinstance(dom, Domain)
+        raise DataError(f"the {what} {dom.name!r} is {'classification' if per_image else 'dense'} data but the source "
+                        f"is {'dense' if per_image else 'classification'} data (give --target / --target-test of the same kind)")
 
 
 def _default_test_split(target: str) -> str | None:

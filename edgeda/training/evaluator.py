@@ -61,13 +61,13 @@ class Evaluator:
         return rec
 
     def draw_samples(self, iteration: int, net: torch.nn.Module, method):
-        """The method's own sample grid, else (dense tasks) image | truth | prediction | error for
-        the first target test (else source validation) images; the path written, or None."""
+        """The method's own sample grid, else (where the task draws samples: the dense tasks) image | truth |
+        prediction | error for the first target test (else source validation) images; the path written, or None."""
         was_training = net.training
         method.eval()
         with torch.no_grad():
             png = method.visualize(self.samples_dir, iteration, *self.display)
-            if png is None and self.task_def.dense:
+            if png is None and self.task_def.draws_samples:
                 dom = self.domains.target_test or self.domains.source_val
                 x, y, raw = next(eval_batches(dom, self.spec, self.device, 4, labels=True))
                 png = self.task_def.sample_panels(self.spec, net, x, y, raw, self.samples_dir / f"iter{iteration:06d}.png",
@@ -79,7 +79,7 @@ class Evaluator:
 def display_batches(domains, task_def, spec, device) -> tuple[Batch | None, Batch | None]:
     """Fixed, un-augmented (source, target) batches for sample grids: up to 8 source images per
     class, 16 target images (dense tasks: 8 of each)."""
-    if task_def.dense:
+    if not task_def.display_per_class:
         def first(dom, n):
             if dom is None:
                 return None

@@ -89,7 +89,7 @@ def evaluate_model(model: torch.nn.Module, domain, spec: TaskSpec, device="cpu",
     features of a classifier (``features_and_logits``).
     """
     task = task_of(spec)
-    batch_size = batch_size or (256 if not task.dense else 16)
+    batch_size = batch_size or task.eval_batch_size
     was_training = model.training
     model.eval()
     meter = task.meter(spec) if labels else None
@@ -173,7 +173,7 @@ def augmentation_confusion(model: torch.nn.Module, domain, spec: TaskSpec, devic
     task = task_of(spec)
     if not spec.num_classes or not task.class_logits or domain is None or len(domain) == 0:
         return None
-    n_images = n_images or (32 if task.dense else 256)
+    n_images = n_images or task.consistency_images
     rng = np.random.default_rng([seed, 20251])
     idx = np.sort(rng.choice(len(domain), min(n_images, len(domain)), replace=False))
     sample = domain.subset(idx)
@@ -183,20 +183,20 @@ def augmentation_confusion(model: torch.nn.Module, domain, spec: TaskSpec, devic
     was_training = model.training
     model.eval()
     try:
-        for x, _, raw in eval_batches(sample, spec, device, batch_size or (16 if task.dense else 256), labels=False, workers=0):
+        for x, _, raw in eval_batches(sample, spec, device, batch_size or task.eval_batch_size, labels=False, workers=0):
             prm = _augment_params(len(x), gen, crop)
             base = model(x).float()
             lab = base.argmax(1)
             for a in augmentations:
                 if a == "flip":
                     out = model(x.flip(-1)).float()
-                    pairs = [(lab, (out.flip(-1) if task.dense else out).argmax(1))]
+                    pairs = [(lab, task.unflip(out).argmax(1))]
                 elif a == "rescale":
                     h, w = x.shape[-2:]
                     views = [F.interpolate(x[i:i + 1, :, t:t + ch, l:l + cw], size=(h, w), mode="bilinear", align_corners=False)
                              for i, (t, l, ch, cw) in enumerate(_crop_boxes(prm, crop, h, w))]
                     out = model(torch.cat(views)).float()
-                    if task.dense:
+                    if task.spatial_output:
                         ho, wo = base.shape[-2:]
                         pairs = []
                         for i, (t, l, ch, cw) in enumerate(_crop_boxes(prm, crop, ho, wo)):
@@ -215,12 +215,13 @@ def augmentation_confusion(model: torch.nn.Module, domain, spec: TaskSpec, devic
     return confs
 
 
-def consistency_augmentations(dense: bool, hflip: bool = True) -> tuple[str, ...]:
+def consistency_augmentations(mirror_invariant: bool, hflip: bool = True) -> tuple[str, ...]:
     """The augmentations ``aug_consistency`` checks: those training itself treats as label-preserving.
-    A zoom and a colour change always; a horizontal flip only for dense tasks trained with flips
+    A zoom and a colour change always; a horizontal flip only for tasks whose labels mirror with the
+    image (:attr:`~edgeda.tasks.base.Task.mirror_invariant`: the dense ones) trained with flips
     (``augment_hflip``, off for mirror-sensitive content such as digits and text), never for
     classification (a mirrored digit or sign is another class, or none)."""
-    return (("flip",) if dense and hflip else ()) + ("rescale", "colour")
+    return (("flip",) if mirror_invariant and hflip else ()) + ("rescale", "colour")
 
 
 def label_marginal(scores: dict | None) -> torch.Tensor | None:
@@ -244,24 +245,24 @@ def evaluation_context(model: torch.nn.Module, domains, spec: TaskSpec, device="
     source-only model's target rows, same seed). What the trainer records at every evaluation and what
     ``--method auto`` and the benchmarks score candidates with."""
     t = task_of(spec)
-    per_image = domains.target is not None and not t.dense and domains.source_val.labels is not None
+    per_image = domains.target is not None and t.per_image_rows and domains.source_val.labels is not None
     sv = evaluate_model(model, domains.source_val, spec, device, rows=per_image, features=per_image)
-    ctx = EvalContext(t.selection_score(sv.scores), dense=t.dense, source_prior=label_marginal(sv.scores))
+    ctx = EvalContext(t.selection_score(sv.scores), dense=not t.per_image_rows, source_prior=label_marginal(sv.scores))
     if per_image:  # labeled source rows for DEV and reverse validation
         ctx.source_logits, ctx.source_features = sv.rows, sv.features
         ctx.source_labels = torch.as_tensor(np.asarray(domains.source_val.labels), dtype=torch.long)
     out = None
-    if domains.target is not None and not t.class_logits and t.dense:
+    if domains.target is not None and not t.class_logits:
         # outputs that are not class logits give the validators no rows (nor features): no target pass
         out = EvalOutput(rows=torch.zeros(0, max(spec.num_classes, 1)))
         ctx.target_logits, ctx.target_features, ctx.reference_logits = out.rows, None, reference_rows
     elif domains.target is not None:
-        out = evaluate_model(model, domains.target, spec, device, labels=False, rows=True, features=not t.dense, seed=seed)
+        out = evaluate_model(model, domains.target, spec, device, labels=False, rows=True, features=t.per_image_rows, seed=seed)
         ctx.target_logits, ctx.target_features = out.rows, out.features
         ctx.reference_logits = reference_rows
         if augment:
             ctx.augmented_confusion = augmentation_confusion(model, domains.target, spec, device, seed=seed,
-                                                             augmentations=consistency_augmentations(t.dense, hflip))
+                                                             augmentations=consistency_augmentations(t.mirror_invariant, hflip))
     return ctx, sv.scores, out
 
 

@@ -21,7 +21,7 @@ def check_method_fits(method_cls, method_name: str, task: str) -> None:
                           f"{task} data; methods for {task}: {', '.join(methods_for(task))} (--method)")
 
 
-def build_method(cfg, method_cls, spec, domains, *, device, dist, dense: bool, log) -> tuple[Method, dict | None]:
+def build_method(cfg, method_cls, spec, domains, *, device, dist, log) -> tuple[Method, dict | None]:
     """(the method, a record of the pre-trained weights it started from or None), ready to train:
     ``--backbone-weights`` or ``--init`` applied, the target images attached for methods that label
     the whole target set, channels-last weights under ``--channels-last``, the same initial
@@ -53,7 +53,7 @@ def build_method(cfg, method_cls, spec, domains, *, device, dist, dense: bool, l
     if cfg.init and hasattr(method, "load_init"):
         method.load_init(cfg.init)
     if domains.target is not None and method_cls.uses_target:  # for methods that label the whole target set
-        target, bs = domains.target, 16 if dense else 256
+        target, bs = domains.target, task_of(spec.task).eval_batch_size
         method.attach_target_images(lambda: (x for x, _, _ in eval_batches(target, spec, device, bs, labels=False)),
                                     seed=cfg.seed)
     if cfg.channels_last:  # opt-in: NHWC weights (and batches, in the loop) for the convolution kernels

@@ -132,7 +132,7 @@ class Trainer:
         if cfg.select == "target_val" and self.target_val is None:
             raise EdgedaError("--select target_val needs --target-val SPEC (a few labeled target images)")
         self.method, self.init_weights = build_method(cfg, method_cls, self.task, self.domains, device=self.device,
-                                                      dist=self.dist, dense=self.task_def.dense, log=self.log)
+                                                      dist=self.dist, log=self.log)
         # --ema: what is evaluated, selected and shipped is the average of the deployables' weights
         self.average = WeightAverage(self.method.deployables(), cfg.ema) if cfg.ema else None
         self.evaluator = Evaluator(self.domains, self.task_def, self.task, self.device, seed=cfg.seed,

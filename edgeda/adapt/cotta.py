@@ -228,12 +228,12 @@ class CoTTA(AdaptMethod):
             raise EdgedaError(f"cotta augmentations must be at least 1, not {o.augmentations}")
         self.scales = _scales(o.scales)
         self.objective = adaptation_of(self.task)
-        self.flip = o.flip == "on" or (o.flip == "auto" and task_of(self.task).dense
+        self.flip = o.flip == "on" or (o.flip == "auto" and task_of(self.task).spatial_output
                                           and self.objective.mirrors(self.shipped_training))
         if o.balance == "on" and not self.objective.balances:
             raise EdgedaError(f"cotta balance=on is for class logits per image or pixel, not {self.task.task} bundles")
         self.balanced = o.balance == "on" or (o.balance == "auto" and self.objective.balances
-                                               and task_of(self.task).dense)
+                                               and task_of(self.task).spatial_output)
         clf = self.model
         clf.requires_grad_(True)
         self.mean_teacher = _ShippedTeacher(clf, alpha=o.alpha)
@@ -266,7 +266,7 @@ class CoTTA(AdaptMethod):
         if own is not None:
             return own
         t = self.teacher.eval()
-        if task_of(self.task).dense:
+        if task_of(self.task).spatial_output:
             return multiscale_flip_probs(t, x, usable_scales(self.scales, x.shape[-2:]), self.flip)
         total = None
         for _ in range(self.opts.augmentations):

@@ -7,7 +7,10 @@ Counts, over ``edgeda/`` (parsed with ``ast``, nothing imported or run):
 * functions and methods longer than 80 lines (decorators to last line), with the longest named;
 * classes with more than 12 methods of their own;
 * imports inside a function or method (``import``/``from`` below a ``def``), per folder, and how
-  many of them import edgeda's own modules (the ones that can hide a loop between layers).
+  many of them import edgeda's own modules (the ones that can hide a loop between layers);
+* outside ``edgeda/tasks/``: attributes named ``dense`` (the task flag, plus the few other things of
+  that name that ``tests/test_task_rules.py`` lists) and comparisons with a task's name
+  (``== "segmentation"``, ``in ("depth", ...)``): decisions made about a task instead of by it.
 
 Prints the counts and the worst offenders; ``--write`` also stores them in
 ``benchmarks/results/house.json`` with the commit measured, so a change can be compared with the
@@ -62,11 +65,37 @@ def _inner_imports(fn: ast.AST) -> tuple[int, int]:
     return count, own
 
 
+TASK_NAMES = {"classification", "segmentation", "depth", "detection"}
+
+
+def _names_a_task(node: ast.AST) -> bool:
+    """A string constant that is a task's name, or a tuple/list/set holding one."""
+    if isinstance(node, ast.Constant):
+        return node.value in TASK_NAMES
+    return isinstance(node, (ast.Tuple, ast.List, ast.Set)) and any(_names_a_task(e) for e in node.elts)
+
+
+def _task_decisions(tree: ast.AST) -> tuple[list[int], list[int]]:
+    """Line numbers of ``.dense`` attributes and of comparisons with a task name."""
+    dense, compares = [], []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Attribute) and node.attr == "dense":
+            dense.append(node.lineno)
+        elif isinstance(node, ast.Compare) and any(_names_a_task(n) for n in (node.left, *node.comparators)):
+            compares.append(node.lineno)
+    return dense, compares
+
+
 def measure(package: Path = PACKAGE) -> dict:
     long_functions, big_classes, imports_by_folder, own_imports = [], [], Counter(), 0
+    dense_attrs, name_compares = [], []
     for path in sorted(package.rglob("*.py")):
         rel = path.relative_to(package.parent).as_posix()
         tree = ast.parse(path.read_text(encoding="utf-8"), filename=rel)
+        if not rel.startswith("edgeda/tasks/"):
+            dense, compares = _task_decisions(tree)
+            dense_attrs += [f"{rel}:{n}" for n in dense]
+            name_compares += [f"{rel}:{n}" for n in compares]
         for fn in _functions(tree):
             if _length(fn) > LONG_FUNCTION:
                 long_functions.append({"where": f"{rel}:{fn.lineno}", "name": fn.name, "lines": _length(fn)})
@@ -84,7 +113,10 @@ def measure(package: Path = PACKAGE) -> dict:
             "function_level_imports": sum(imports_by_folder.values()),
             "function_level_imports_of_edgeda": own_imports,
             "function_level_imports_by_folder": dict(sorted(imports_by_folder.items())),
-            "long_functions": long_functions, "big_classes": big_classes}
+            "dense_attributes_outside_tasks": len(dense_attrs),
+            "task_name_compares_outside_tasks": len(name_compares),
+            "long_functions": long_functions, "big_classes": big_classes,
+            "dense_attributes_where": dense_attrs, "task_name_compares_where": name_compares}
 
 
 def _commit() -> str | None:
@@ -114,6 +146,10 @@ def main(argv: list[str] | None = None) -> int:
           f"({m['function_level_imports_of_edgeda']} of edgeda's own modules)")
     for folder, n in sorted(m["function_level_imports_by_folder"].items(), key=lambda kv: -kv[1])[:args.top]:
         print(f"  {n:4d}  {folder}")
+    print(f"outside edgeda/tasks: attributes named dense {m['dense_attributes_outside_tasks']}, "
+          f"task-name comparisons {m['task_name_compares_outside_tasks']}")
+    for where in m["task_name_compares_where"][:args.top]:
+        print(f"  compare  {where}")
     if args.write:
         RESULTS.write_text(json.dumps({"commit": _commit(), **m}, indent=2) + "\n")
         print(f"wrote {RESULTS.relative_to(ROOT)}")

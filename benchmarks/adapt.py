@@ -266,7 +266,13 @@ def markdown_dense(rows: dict, kind: str = "dense") -> str:
         return ""
     k = KINDS[kind]
     PAIRS, score, label = importlib.import_module(k["bench"]).PAIRS, k["score"], k["label"]
-    m0 = next(iter(next(iter(rows.values()))["methods"].values()))["machine"]
+    machines = {}  # machine -> the methods measured on it (the rows' runs may come from several)
+    for r in rows.values():
+        for m, v in r["methods"].items():
+            mc = v["machine"]
+            machines.setdefault(f"{mc.get('gpu') or mc['cpu']}, {mc['cores']} cores", []).append(m)
+    where = ("; ".join(f"{name} ({', '.join(sorted(set(ms)))})" for name, ms in machines.items())
+             if len(machines) > 1 else next(iter(machines)))
     intro = ("Dense rows: `edgeda adapt` on a PNG folder of the row's unlabeled target frames, from the source-only "
              "segmentation bundle of `benchmarks/dense.py` (cpu profile) of the same seed; mIoU on the labeled test split "
              "(labels used for this report only), per pixel on full frames" if kind == "dense" else
@@ -277,7 +283,7 @@ def markdown_dense(rows: dict, kind: str = "dense") -> str:
     lines = [
         "",
         f"{intro}; same budget, defaults and selection as above. "
-        f"Machine: {m0.get('gpu') or m0['cpu']}, {m0['cores']} cores (shared).",
+        f"Machine: {where} (shared).",
         "",
         f"| pair | method | source data | {label} % before | {label} % after | gain (points) | collapse exits | iterations | written state | wall time (s) | CPU time (s) | peak RSS (MiB) | seeds |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|",

@@ -145,8 +145,13 @@ class Configurable:
             raise EdgedaError(f"{owner} has no option {', '.join(sorted(unknown))}; valid: {valid}")
         out = {}
         for k, default in cls.defaults.items():
-            v = convert(default, (given or {}).get(k, default), k, owner)
+            raw = (given or {}).get(k, default)
+            v = convert(default, raw, k, owner)
             allowed = cls.choices.get(k)
+            if allowed is not None and isinstance(raw, bool) and isinstance(default, str):
+                # a config file or --option parsed on/off, yes/no as a boolean: the choice that spells it
+                words = [a for a in allowed if isinstance(a, str) and a.lower() in (_TRUE if raw else _FALSE)]
+                v = words[0] if len(words) == 1 else v
             if allowed is not None and v not in allowed:
                 raise EdgedaError(f"{owner} option {k}={v!r}; valid: {', '.join(map(str, allowed))}")
             out[k] = v

@@ -29,6 +29,8 @@ class Registry(Generic[T]):
             if name in self._entries:
                 raise ValueError(f"{self.kind} {name!r} is registered twice")
             self._entries[name] = obj
+            if isinstance(obj, type) and "name" not in vars(obj) and isinstance(getattr(obj, "name", None), str):
+                obj.name = name  # a class that declares a ``name`` (methods, tasks) is called by its registered one
             return obj
 
         return add

@@ -23,6 +23,26 @@ def test_values_take_the_type_of_their_default():
     assert Probe.resolve_options({"on": 1, "n": 5.0})["on"] is True
 
 
+def test_a_choice_parsed_as_a_boolean_is_the_choice_that_spells_it():
+    """``--option flip=off`` and a config file's ``balance: on`` reach the method parsed as YAML booleans."""
+    from edgeda.adapt import ADAPT_METHODS
+
+    cotta = ADAPT_METHODS.get("cotta")
+    o = cotta.resolve_options({"flip": False, "balance": True})
+    assert (o.flip, o.balance) == ("off", "on")
+    with pytest.raises(EdgedaError, match="option mode='True'; valid: a, b"):
+        Probe.resolve_options({"mode": True})  # no choice spells a boolean
+
+
+def test_registered_methods_are_named_in_their_errors():
+    from edgeda.adapt import ADAPT_METHODS
+    from edgeda.methods import METHODS
+
+    assert METHODS.get("dann").name == "dann" and ADAPT_METHODS.get("tent").name == "tent"
+    with pytest.raises(EdgedaError, match="adapt method 'tent' option balance='x'"):
+        ADAPT_METHODS.get("tent").resolve_options({"balance": "x"})
+
+
 @pytest.mark.parametrize("bad,match", [({"on": "maybe"}, "not a valid bool"), ({"n": 2.5}, "not a valid int"),
                                        ({"w": "x"}, "not a valid float"), ({"mode": "c"}, "valid: a, b"),
                                        ({"nope": 1}, "has no option nope; valid: free, mode, n, on, w")])

@@ -301,7 +301,7 @@ class DetectionAdaptation(TaskAdaptation):
         return {"score": self.score_name}
 
     # -- objectives ------------------------------------------------------------------------------
-    def entropy(self, model, outputs):
+    def entropy(self, model, outputs, balanced=False):
         """Foreground-weighted mean anchor entropy (module doc)."""
         h = anchor_entropy(model, outputs)
         with torch.no_grad():

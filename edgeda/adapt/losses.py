@@ -92,11 +92,7 @@ def class_balanced_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, ign
     valid = lab != ignore_index
     if not bool(valid.any()):
         return logits.sum() * 0.0
-    lab, ce = lab[valid], ce[valid]
-    sums = torch.zeros(k, device=ce.device, dtype=ce.dtype).scatter_add(0, lab, ce)
-    counts = torch.bincount(lab, minlength=k)
-    present = counts > 0
-    return (sums[present] / counts[present]).mean()
+    return per_class_mean(ce[valid], lab[valid], k)
 
 
 def class_balanced_soft_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -112,10 +108,14 @@ def class_balanced_soft_cross_entropy(logits: torch.Tensor, targets: torch.Tenso
 
     >>> loss = class_balanced_soft_cross_entropy(student(x), teacher_probs)
     """
-    k = logits.shape[1]
-    ce = -(targets.float() * F.log_softmax(logits.float(), 1)).sum(1).reshape(-1)
-    lab = targets.argmax(1).reshape(-1)
-    sums = torch.zeros(k, device=ce.device, dtype=ce.dtype).scatter_add(0, lab, ce)
-    counts = torch.bincount(lab, minlength=k)
+    ce = -(targets.float() * F.log_softmax(logits.float(), 1)).sum(1)
+    return per_class_mean(ce.reshape(-1), targets.argmax(1).reshape(-1), logits.shape[1])
+
+
+def per_class_mean(values: torch.Tensor, labels: torch.Tensor, k: int) -> torch.Tensor:
+    """The mean of ``values`` within each of the ``k`` classes of ``labels`` (both flat, same length),
+    then over the classes present: each class weighs alike however many rows it covers."""
+    sums = torch.zeros(k, device=values.device, dtype=values.dtype).scatter_add(0, labels.long(), values)
+    counts = torch.bincount(labels.long(), minlength=k)
     present = counts > 0
     return (sums[present] / counts[present]).mean()

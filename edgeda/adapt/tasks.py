@@ -21,7 +21,7 @@ from ..registry import Registry
 from ..scores import entropy
 from ..tasks.spec import TaskSpec
 from ..tasks import task_of
-from .losses import class_balanced_soft_cross_entropy
+from .losses import class_balanced_soft_cross_entropy, per_class_mean
 from .safety import CollapseMonitor, PredictionStats
 
 TASK_ADAPTATIONS: Registry = Registry("task adaptation")
@@ -35,7 +35,7 @@ class TaskAdaptation:
 
     score_name = "info_max"
     crops = True  # dense frames may train on crops when the memory plan asks for it
-    balances = True  # soft_cross_entropy can weigh each class of the targets alike (CoTTA's ``balance``)
+    balances = True  # entropy and soft_cross_entropy can weigh each class alike (TENT's and CoTTA's ``balance``)
 
     # -- statistics, monitoring, selection -------------------------------------------------------
     def accumulate(self, target, model, reference_pred, spec: TaskSpec) -> PredictionStats:
@@ -96,9 +96,14 @@ class TaskAdaptation:
                 f"class histogram entropy {b['histogram_entropy']:.2f} -> {a['histogram_entropy']:.2f}"]
 
     # -- objectives of the methods ---------------------------------------------------------------
-    def entropy(self, model, outputs) -> torch.Tensor:
-        """TENT's objective: mean Shannon entropy of the softmax rows (per image or per pixel)."""
-        return entropy(outputs).mean()
+    def entropy(self, model, outputs, balanced: bool = False) -> torch.Tensor:
+        """TENT's objective: mean Shannon entropy of the softmax rows (per image or per pixel), or with
+        ``balanced`` the mean within each predicted class, then over the classes
+        (:func:`~edgeda.adapt.losses.per_class_mean`)."""
+        h = entropy(outputs)
+        if not balanced:
+            return h.mean()
+        return per_class_mean(h.reshape(-1), outputs.detach().argmax(1).reshape(-1), outputs.shape[1])
 
     def probs(self, model, outputs) -> torch.Tensor:
         return outputs.float().softmax(1)

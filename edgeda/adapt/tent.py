@@ -35,6 +35,7 @@ from torch import nn
 
 from ..errors import EdgedaError
 from ..methods.base import build_optimizer
+from ..tasks import task_of
 from .base import ADAPT_METHODS, AdaptMethod, bn_layers, reestimate_bn
 from .tasks import adaptation_of
 
@@ -42,7 +43,10 @@ from .tasks import adaptation_of
 @ADAPT_METHODS.register("tent")
 class Tent(AdaptMethod):
     summary = "TENT (Wang et al. 2021): entropy minimisation on BatchNorm affine parameters only"
-    defaults = {"lr": 1e-3, "bn_momentum": 0.1}
+    defaults = {"lr": 1e-3, "bn_momentum": 0.1, "balance": "auto"}
+    choices = {"balance": ("auto", "on", "off")}
+    option_help = {"balance": "average the entropy within each predicted class, then over the classes: "
+                              "auto = segmentation"}
     default_iters = 200
     tasks = ("classification", "segmentation", "detection")
 
@@ -63,6 +67,10 @@ class Tent(AdaptMethod):
             raise EdgedaError("tent needs a model with BatchNorm2d layers; this classifier has none (try --method shot)")
         self.optims["bn"] = build_optimizer(params, "adam", self.opts.lr, betas=(0.9, 0.999))
         self.objective = adaptation_of(self.task)
+        if self.opts.balance == "on" and not self.objective.balances:
+            raise EdgedaError(f"tent balance=on is for class logits per image or pixel, not {self.task.task} bundles")
+        self.balanced = self.opts.balance == "on" or (self.opts.balance == "auto" and self.objective.balances
+                                                      and task_of(self.task).spatial_output)
 
     def prepare(self, target) -> None:
         reestimate_bn(self.model, target.batches())
@@ -72,6 +80,6 @@ class Tent(AdaptMethod):
         with self.autocast():
             logits = self.model(x)
         # per image, per pixel for (N, K, H, W) logits, per anchor (foreground-weighted) for a detector
-        loss = self.objective.entropy(self.model, logits)
+        loss = self.objective.entropy(self.model, logits, balanced=self.balanced)
         self.update(loss, "bn")
         return {"entropy": float(loss.detach())}

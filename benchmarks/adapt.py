@@ -7,6 +7,7 @@ handwritten adapt split, 3 seeds, evaluated on handwritten:test.
     python benchmarks/adapt.py --rows digits_seg,syn_seg --seeds 0   # only the dense rows
     python benchmarks/adapt.py --rows digits_seg,syn_seg --methods cotta --seeds 0,1,2   # CoTTA's dense rows
     python benchmarks/adapt.py --rows digits_det,syn_det --methods tent,cotta --seeds 0   # detection rows
+    python benchmarks/adapt.py --rows digits_seg,syn_seg --methods "tent[balance=off]"   # a default ablated
 
 Per seed, the source-only bundle is trained with the `cpu` profile of benchmarks/adaptation.py
 (or reused from that benchmark's run folder). The 1000 `handwritten:adapt` images are written as
@@ -46,6 +47,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import glob
 import importlib
 import json
 import os
@@ -143,6 +145,15 @@ def kind_of(row: str) -> dict:
     return next(k for k in KINDS.values() if row in k["rows"])
 
 
+def split_variant(name: str) -> tuple[str, list[str]]:
+    """``tent[balance=off,lr=0.01]`` -> ("tent", ["balance=off", "lr=0.01"]): a method run with
+    ``--option`` settings (an ablation of a default), stored and tabled under its full name."""
+    if not name.endswith("]") or "[" not in name:
+        return name, []
+    base, opts = name[:-1].split("[", 1)
+    return base, [o for o in opts.split(",") if o]
+
+
 def _bench(row: str):
     return importlib.import_module(kind_of(row)["bench"])
 
@@ -194,9 +205,12 @@ def _adapt_json(cmd: list[str]) -> tuple[dict, tuple]:
 
 def run_one_dense(row: str, method: str, seed: int, bundle: Path, target: Path, out: Path) -> dict:
     PAIRS, score = _bench(row).PAIRS, kind_of(row)["score"]
+    base, options = split_variant(method)
     cmd = [sys.executable, "-m", "edgeda", "adapt", str(bundle), "--target-dir", str(target), "--out", str(out),
-           "--method", method, "--minutes", str(MINUTES), "--memory-mb", str(MEMORY_MB), "--labels",
+           "--method", base, "--minutes", str(MINUTES), "--memory-mb", str(MEMORY_MB), "--labels",
            PAIRS[row]["test"], "--seed", str(seed), "--threads", str(THREADS), "--json"]
+    for o in options:
+        cmd += ["--option", o]
     r, load_before = _adapt_json(cmd)
     a = r["adaptation"]
     return {
@@ -220,9 +234,11 @@ def summarise_dense(kind: str = "dense") -> dict:
     rows = {}
     for row in k["rows"]:
         per = {}
-        for method in k["methods"]:
-            rs = sorted((json.loads(f.read_text()) for f in (RESULTS / "adapt" / kind).glob(f"{row}-{method}-s*.json")),
-                        key=lambda r: r["seed"])
+        stored = {f.name[len(row) + 1:].rsplit("-s", 1)[0] for f in (RESULTS / "adapt" / kind).glob(f"{row}-*-s*.json")}
+        variants = sorted(m for m in stored if split_variant(m)[1] and split_variant(m)[0] in k["methods"])
+        for method in (*k["methods"], *variants):
+            rs = sorted((json.loads(f.read_text()) for f in (RESULTS / "adapt" / kind).glob(f"{row}-{glob.escape(method)}-s*.json")
+                         if f.name.rsplit("-s", 1)[0] == f"{row}-{method}"), key=lambda r: r["seed"])
             if not rs:
                 continue
             before, after = [r[f"{score}_before"] for r in rs], [r[f"{score}_after"] for r in rs]
@@ -392,7 +408,9 @@ def markdown(s: dict) -> str:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--methods", default=",".join(METHODS))
+    ap.add_argument("--methods", default=",".join(METHODS),
+                    help="comma-separated; dense and detection rows also take NAME[KEY=VALUE,...], the method "
+                         "run with those --option settings (an ablation, tabled under that name)")
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--rows", default="classification," + ",".join(DENSE_ROWS + DET_ROWS),
                     help="classification (syndigits -> handwritten) and/or dense and detection rows: "
@@ -430,6 +448,19 @@ def main(argv=None) -> int:
     return 0
 
 
+def split_methods(text: str) -> list[str]:
+    """The comma-separated ``--methods``, commas inside a variant's brackets kept."""
+    out, depth, cur = [], 0, ""
+    for ch in text:
+        depth += (ch == "[") - (ch == "]")
+        if ch == "," and depth == 0:
+            out.append(cur)
+            cur = ""
+        else:
+            cur += ch
+    return [m for m in (*out, cur) if m]
+
+
 def run_dense(rows: list[str], args) -> None:
     from edgeda.bundle import Bundle
 
@@ -437,7 +468,7 @@ def run_dense(rows: list[str], args) -> None:
         kind = "dense" if row in DENSE_ROWS else "detection"
         folder = RESULTS / "adapt" / kind
         folder.mkdir(parents=True, exist_ok=True)
-        dense_methods = [m for m in args.methods.split(",") if m in KINDS[kind]["methods"]]
+        dense_methods = [m for m in split_methods(args.methods) if split_variant(m)[0] in KINDS[kind]["methods"]]
         with tempfile.TemporaryDirectory(prefix=f"edgeda-adapt-{row}-") as tmp:
             target = Path(tmp) / "frames"
             for seed in (int(s) for s in args.seeds.split(",")):

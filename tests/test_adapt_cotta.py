@@ -165,6 +165,21 @@ def test_balanced_soft_cross_entropy_weighs_each_target_class_alike():
     assert not torch.allclose(ce.mean(), want)
 
 
+def test_balanced_entropy_weighs_each_predicted_class_alike():
+    from edgeda.adapt.tasks import adaptation_of
+    from edgeda.scores import entropy
+
+    g = torch.Generator().manual_seed(1)
+    logits = torch.randn(2, 3, 4, 5, generator=g)
+    logits[:, 0] += 3.0  # mostly class 0
+    h, pred = entropy(logits), logits.argmax(1)
+    want = torch.stack([h[pred == k].mean() for k in range(3) if bool((pred == k).any())]).mean()
+    ta = adaptation_of("segmentation")
+    assert torch.allclose(ta.entropy(None, logits, balanced=True), want)
+    assert torch.allclose(ta.entropy(None, logits), h.mean())
+    assert not torch.allclose(h.mean(), want)
+
+
 def test_balance_auto_is_on_for_segmentation_only(clf):
     spec = TaskSpec(3, list(CLASSES), task="segmentation", image_size=(32, 32))
     torch.manual_seed(0)
@@ -174,6 +189,10 @@ def test_balance_auto_is_on_for_segmentation_only(clf):
     b = Bundle(clf["bundle"])
     assert not CoTTA(b.module(b.primary), b.task).balanced
     assert CoTTA(b.module(b.primary), b.task, options={"balance": "on"}).balanced
+    from edgeda.adapt.tent import Tent
+
+    assert Tent(model, spec).balanced and not Tent(model, spec, options={"balance": "off"}).balanced
+    assert not Tent(b.module(b.primary), b.task).balanced
 
 
 def test_flip_average_maps_the_mirrored_prediction_back_to_the_frame():

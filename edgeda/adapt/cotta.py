@@ -57,7 +57,8 @@ class of the teacher's arg-max and then over those classes
 gives its hard pseudo-labels. Not in the paper, whose Cityscapes -> ACDC frames have no class near
 90 % of the pixels; on digitscenes -> handwritten-scenes (about 89 % background) the per-pixel mean
 let the background absorb the digits, and the monitor's "one class swallowed the frame" stopped 2 of
-3 seeds at iteration 200 (``benchmarks/adapt.py``, before the option existed).
+3 seeds at iteration 200; balanced, none (``benchmarks/adapt.py``, the ``cotta`` and
+``cotta[balance=off]`` rows, side by side; on synscenes -> synscenes:photo neither collapses).
 
 Detection bundles: the targets are the teacher's class distributions per anchor (SSDLite: softmax
 over the K classes and background; FCOS: the per-class sigmoids) and the loss their soft

@@ -8,6 +8,7 @@ handwritten adapt split, 3 seeds, evaluated on handwritten:test.
     python benchmarks/adapt.py --rows digits_seg,syn_seg --methods cotta --seeds 0,1,2   # CoTTA's dense rows
     python benchmarks/adapt.py --rows digits_det,syn_det --methods tent,cotta --seeds 0   # detection rows
     python benchmarks/adapt.py --rows digits_seg,syn_seg --methods "tent[balance=off]"   # a default ablated
+    python benchmarks/adapt.py --rows dense_shifts --methods tent,cotta --seeds 0   # the dense shift suite's targets
 
 Per seed, the source-only bundle is trained with the `cpu` profile of benchmarks/adaptation.py
 (or reused from that benchmark's run folder). The 1000 `handwritten:adapt` images are written as
@@ -33,6 +34,15 @@ monitor watched). The table counts the runs that ended on a collapse (rolled bac
 Results: ``benchmarks/results/adapt/dense/<row>-<method>-s<seed>.json``, summarised under
 ``"dense"`` in ``adapt.json`` and in a second table in the same README block, next to the
 source-using methods' stored mIoU from benchmarks/dense.py.
+
+Dense shift rows (``--rows dense_shifts``, or one ``BASE@TARGET`` such as ``syn_seg@fog``): the same on the
+nine controlled targets of the dense shift suite (:mod:`dense_shifts`), each from the source-only bundle of
+its base row (the bundle that suite's candidates start from): its adaptation split written as the PNG
+folder, its test split for the report. Results: ``benchmarks/results/adapt/dense_shifts/``, under
+``"dense_shifts"`` in ``adapt.json`` and a fourth table next to that suite's seed-0 candidates.
+
+Method variants (``--methods "tent[balance=off]"``): a method with ``--option`` settings, stored and tabled
+under that name beside the default (ablations of a default, run side by side on one machine).
 
 Detection rows (``--rows digits_det,syn_det``): TENT and CoTTA, the source-free methods that take
 detection bundles, from the source-only bundle of benchmarks/detection.py's ``cpu`` profile (SSDLite
@@ -62,6 +72,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from adaptation import data_version  # noqa: E402
+from dense_shifts import TARGETS as SHIFT_TARGETS  # noqa: E402
 from readme_tables import fmt_pct, replace_block  # noqa: E402
 from scratch import scratch  # noqa: E402
 
@@ -134,15 +145,38 @@ DENSE_METHODS = ("tent", "shot", "3cgan", "cotta")
 DENSE_BUNDLES = scratch("edgeda-adapt-bench")
 DET_ROWS = ("digits_det", "syn_det")
 DET_METHODS = ("tent", "cotta")
+# the dense shift suite's targets (benchmarks/dense_shifts.py): BASE@TARGET adapts the BASE row's source-only
+# bundle to that target's frames (``--rows dense_shifts`` = all of them)
+SHIFT_ROWS = tuple(f"{base}@{name}" for name, (base, _, _) in SHIFT_TARGETS.items())
 # per kind of row: the benchmark whose cpu-profile source-only bundle is adapted, the methods, and the
 # headline score's key and name in the tables
 KINDS = {"dense": {"rows": DENSE_ROWS, "bench": "dense", "methods": DENSE_METHODS, "score": "miou", "label": "mIoU"},
          "detection": {"rows": DET_ROWS, "bench": "detection", "methods": DET_METHODS, "score": "map",
-                       "label": "mAP@[.5:.95]"}}
+                       "label": "mAP@[.5:.95]"},
+         "dense_shifts": {"rows": SHIFT_ROWS, "bench": "dense", "methods": DENSE_METHODS, "score": "miou",
+                          "label": "mIoU"}}
+
+
+def kind_name(row: str) -> str:
+    return next(name for name, k in KINDS.items() if row in k["rows"])
 
 
 def kind_of(row: str) -> dict:
-    return next(k for k in KINDS.values() if row in k["rows"])
+    return KINDS[kind_name(row)]
+
+
+def base_row(row: str) -> str:
+    """The benchmark row whose source-only bundle a row adapts (``syn_seg@fog`` -> ``syn_seg``)."""
+    return row.split("@", 1)[0]
+
+
+def pair_of(row: str) -> dict:
+    """``source``, ``target`` (the unlabeled frames adapted to) and ``test`` (labelled, report only) of a row."""
+    pairs = _bench(row).PAIRS
+    if row in SHIFT_ROWS:
+        _, target, test = SHIFT_TARGETS[row.split("@", 1)[1]]
+        return {"source": pairs[base_row(row)]["source"], "target": target, "test": test}
+    return pairs[row]
 
 
 def split_variant(name: str) -> tuple[str, list[str]]:
@@ -160,7 +194,7 @@ def _bench(row: str):
 
 def dense_bundle(row: str, seed: int) -> tuple[Path, dict]:
     """(source-only bundle, its stored record of benchmarks/dense.py or detection.py, or {}) for a row and seed."""
-    bench = _bench(row)
+    bench, row = _bench(row), base_row(row)
     stored = RESULTS / bench.__name__ / "cpu" / f"{row}-s{seed}.json"
     rec = json.loads(stored.read_text()) if stored.is_file() else {}
     cfg = bench.run_config("cpu", row, seed, False)
@@ -185,7 +219,7 @@ def write_dense_target(row: str, folder: Path, size) -> int:
 
     from edgeda.data import load_domain
 
-    dom = load_domain(_bench(row).PAIRS[row]["target"], labeled=False, size=tuple(size), channels=3)
+    dom = load_domain(pair_of(row)["target"], labeled=False, size=tuple(size), channels=3)
     folder.mkdir(parents=True, exist_ok=True)
     for i in range(len(dom)):
         Image.fromarray(dom.sample(i).image).save(folder / f"{i:04d}.png")
@@ -204,11 +238,11 @@ def _adapt_json(cmd: list[str]) -> tuple[dict, tuple]:
 
 
 def run_one_dense(row: str, method: str, seed: int, bundle: Path, target: Path, out: Path) -> dict:
-    PAIRS, score = _bench(row).PAIRS, kind_of(row)["score"]
+    score = kind_of(row)["score"]
     base, options = split_variant(method)
     cmd = [sys.executable, "-m", "edgeda", "adapt", str(bundle), "--target-dir", str(target), "--out", str(out),
            "--method", base, "--minutes", str(MINUTES), "--memory-mb", str(MEMORY_MB), "--labels",
-           PAIRS[row]["test"], "--seed", str(seed), "--threads", str(THREADS), "--json"]
+           pair_of(row)["test"], "--seed", str(seed), "--threads", str(THREADS), "--json"]
     for o in options:
         cmd += ["--option", o]
     r, load_before = _adapt_json(cmd)
@@ -255,7 +289,8 @@ def summarise_dense(kind: str = "dense") -> dict:
                 "collapsed": [r["collapsed"] for r in rs], "load_average": [r["load_average_before"][0] for r in rs],
                 "machine": rs[0]["machine"],
             }
-        source_using = source_using_dense(row) if kind == "dense" else source_using_detection(row)
+        source_using = {"dense": source_using_dense, "detection": source_using_detection,
+                        "dense_shifts": source_using_shift}[kind](row)
         if per:
             rows[row] = {"methods": per, "source_using": source_using}
     return rows
@@ -267,6 +302,15 @@ def source_using_dense(row: str) -> dict:
     dense_row = dense_summary.get("profiles", {}).get("cpu", {}).get(row, {})
     return {m: {"mean": st["target"]["miou"][0], "n": len(st["seeds"])}
             for m, st in dense_row.get("methods", {}).items() if not m.startswith("source_only")}
+
+
+def source_using_shift(row: str) -> dict:
+    """The ``NAME@init`` candidates of benchmarks/dense_shifts.py on the row's target (seed 0), as it
+    summarised them: trained with the source data from the same source-only bundle."""
+    f = RESULTS / "dense_shifts.json"
+    per = json.loads(f.read_text()).get("summary", {}).get("per_target", {}) if f.is_file() else {}
+    target = row.split("@", 1)[1]
+    return {m: {"mean": v["miou"], "n": 1} for m, v in per.get(f"{target} s0", {}).items()}
 
 
 def source_using_detection(row: str) -> dict:
@@ -281,7 +325,7 @@ def markdown_dense(rows: dict, kind: str = "dense") -> str:
     if not rows:
         return ""
     k = KINDS[kind]
-    PAIRS, score, label = importlib.import_module(k["bench"]).PAIRS, k["score"], k["label"]
+    score, label = k["score"], k["label"]
     machines = {}  # machine -> the methods measured on it (the rows' runs may come from several)
     for r in rows.values():
         for m, v in r["methods"].items():
@@ -292,6 +336,10 @@ def markdown_dense(rows: dict, kind: str = "dense") -> str:
     intro = ("Dense rows: `edgeda adapt` on a PNG folder of the row's unlabeled target frames, from the source-only "
              "segmentation bundle of `benchmarks/dense.py` (cpu profile) of the same seed; mIoU on the labeled test split "
              "(labels used for this report only), per pixel on full frames" if kind == "dense" else
+             "Dense shift rows: the same, on the targets of the dense shift suite (`benchmarks/dense_shifts.py`: "
+             "its adaptation split as the PNG folder, its test split for the report) from the source-only bundle "
+             "of the row's base pair; the source-using rows are that suite's seed-0 candidates started from the "
+             "same bundle" if kind == "dense_shifts" else
              "Detection rows: `edgeda adapt` on a PNG folder of the row's unlabeled target frames, from the source-only "
              "detection bundle of `benchmarks/detection.py` (cpu profile) of the same seed; COCO mAP@[.5:.95] on the "
              "labeled test split (labels used for this report only); the collapse monitor watches detections per image "
@@ -305,7 +353,7 @@ def markdown_dense(rows: dict, kind: str = "dense") -> str:
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row, r in rows.items():
-        pair = f"{PAIRS[row]['source']} -> {PAIRS[row]['target']}"
+        pair = f"{pair_of(row)['source']} -> {pair_of(row)['target']}"
         for m, v in r["methods"].items():
             g = v["gain_points"]
             lines.append(
@@ -360,6 +408,7 @@ def summarise() -> dict:
     source_using = json.loads(src.read_text())["rows"] if src.exists() else {}
     return {"pair": "syndigits -> handwritten", "budget": {"minutes": MINUTES, "memory_mb": MEMORY_MB}, "rows": rows,
             "dense": summarise_dense(), "detection": summarise_dense("detection"),
+            "dense_shifts": summarise_dense("dense_shifts"),
             "source_using": {m: {"target_test_acc": r["target_test_acc"], "iters": r["iters"]} for m, r in source_using.items()},
             "generated": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
 
@@ -403,7 +452,8 @@ def markdown(s: dict) -> str:
         lines.append("")
         lines.append("Source-using methods (DANN etc.) on the same pair and test split: see the adaptation accuracy "
                      "table above (`benchmarks/results/adaptation.json` had no rows when this table was written).")
-    return "\n".join(lines) + "\n" + markdown_dense(s.get("dense", {})) + markdown_dense(s.get("detection", {}), "detection")
+    return ("\n".join(lines) + "\n" + markdown_dense(s.get("dense", {})) + markdown_dense(s.get("detection", {}), "detection")
+            + markdown_dense(s.get("dense_shifts", {}), "dense_shifts"))
 
 
 def main(argv=None) -> int:
@@ -414,7 +464,7 @@ def main(argv=None) -> int:
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--rows", default="classification," + ",".join(DENSE_ROWS + DET_ROWS),
                     help="classification (syndigits -> handwritten) and/or dense and detection rows: "
-                    + ", ".join(DENSE_ROWS + DET_ROWS))
+                    + ", ".join(DENSE_ROWS + DET_ROWS) + "; dense_shifts (or one of " + ", ".join(SHIFT_ROWS) + ")")
     ap.add_argument("--force", action="store_true")
     ap.add_argument("--table-only", action="store_true")
     ap.add_argument("--runs-dir", default=os.environ.get("EDGEDA_BENCH_RUNS", "runs/bench-adapt"))
@@ -464,8 +514,9 @@ def split_methods(text: str) -> list[str]:
 def run_dense(rows: list[str], args) -> None:
     from edgeda.bundle import Bundle
 
-    for row in (r for r in rows if r in DENSE_ROWS + DET_ROWS):
-        kind = "dense" if row in DENSE_ROWS else "detection"
+    rows = [r for row in rows for r in (SHIFT_ROWS if row == "dense_shifts" else (row,))]
+    for row in (r for r in rows if r in DENSE_ROWS + DET_ROWS + SHIFT_ROWS):
+        kind = kind_name(row)
         folder = RESULTS / "adapt" / kind
         folder.mkdir(parents=True, exist_ok=True)
         dense_methods = [m for m in split_methods(args.methods) if split_variant(m)[0] in KINDS[kind]["methods"]]

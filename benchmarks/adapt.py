@@ -367,6 +367,14 @@ def markdown_dense(rows: dict, kind: str = "dense") -> str:
         for m, v in sorted(r["source_using"].items()):
             lines.append(f"| {pair} | {m} (trained with source, `benchmarks/{k['bench']}.py`) | yes | – | "
                          f"{fmt_pct(v['mean'])} | – | – | – | – | – | – | – | {v['n']} |")
+    if kind == "dense_shifts":
+        lines += ["", f"Over the {len(rows)} shift targets (per method: mean gain vs the shipped model, targets where "
+                  "it wrote a model below it, collapse exits):", ""]
+        for m in sorted({m for r in rows.values() for m in r["methods"]}):
+            gains = [r["methods"][m]["gain_points"]["mean"] for r in rows.values() if m in r["methods"]]
+            exits = sum(sum(r["methods"][m]["collapsed"]) for r in rows.values() if m in r["methods"])
+            lines.append(f"* {m}: {statistics.fmean(gains):+.1f} points, below on {sum(g < 0 for g in gains)} of "
+                         f"{len(gains)}, {exits} collapse exits")
     return "\n".join(lines)
 
 

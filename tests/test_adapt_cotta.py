@@ -335,3 +335,9 @@ def test_tent_adapts_batchnorm2d_only(clf, tmp_path):
     assert all(torch.equal(written[k], shipped[k]) for k in bn1)  # the BatchNorm1d after the FC layer: as shipped
     assert any(not torch.equal(written[k], shipped[k]) for k in bn2)
     assert all(torch.equal(written[k], shipped[k]) for k in shipped if k not in bn2)
+
+
+def test_without_a_method_each_task_adapts_with_its_default(seg, clf, tmp_path):
+    assert adapt(seg["bundle"], seg["frames"], tmp_path / "seg.edgeda", iters=2).method == "tent"
+    assert adapt(clf["bundle"], clf["frames"], tmp_path / "clf.edgeda", iters=2).method == "shot"
+    assert json.loads((tmp_path / "seg.edgeda" / "manifest.json").read_text())["adaptation"]["method"] == "tent"

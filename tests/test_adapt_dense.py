@@ -332,7 +332,7 @@ def test_depth_bundle_is_one_error_naming_the_methods(tmp_path):
     frames.mkdir()
     for i in range(3):
         Image.fromarray(_scene(1, i)[0][0]).save(frames / f"{i}.png")
-    for method in ("tent", "shot", "3cgan"):
+    for method in ("tent", "shot", "3cgan", None):  # None: the task's default, which depth has not
         with pytest.raises(EdgedaError, match="methods for depth bundles: none yet"):
             adapt(bundle, frames, tmp_path / "o.edgeda", method=method)
     from edgeda.cli import main

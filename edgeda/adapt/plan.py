@@ -33,7 +33,7 @@ SELECT_RULES = ("info_max", "last")
 @dataclass
 class AdaptOptions:
     """The settings of one ``adapt`` call besides its three paths; see :func:`edgeda.adapt.adapt`."""
-    method: str = "shot"
+    method: str | None = None  # None: the bundle task's default_adapt_method
     iters: int | None = None  # None: the method's default_iters; 0: until the minutes budget ends
     minutes: float | None = None
     memory_mb: float | None = None
@@ -100,7 +100,8 @@ class AdaptPlan:
 
 def plan_adaptation(bundle: Path, target_dir: Path, out: Path, opts: AdaptOptions, log) -> AdaptPlan:
     """Validate ``opts`` against the bundle and the target images and plan the run (see the module docstring)."""
-    method_cls = ADAPT_METHODS.get(opts.method)
+    if opts.method is not None:
+        ADAPT_METHODS.get(opts.method)  # an unknown name is the first error
     if not bundle.exists():
         raise BundleError(f"{bundle} does not exist (a bundle is the model.edgeda folder a training run writes)")
     if not (bundle / "manifest.json").is_file():
@@ -110,6 +111,13 @@ def plan_adaptation(bundle: Path, target_dir: Path, out: Path, opts: AdaptOption
     b = Bundle(bundle)
     task = b.task
     tk = task_of(task)
+    if opts.method is None:
+        if tk.default_adapt_method is None:
+            raise EdgedaError(f"{task.task} bundles are not adapted on the device; methods for {task.task} bundles: "
+                              f"{', '.join(adapt_methods_for(task.task)) or 'none yet'}")
+        opts.method = tk.default_adapt_method
+        log(f"method {opts.method}: the default for {task.task} bundles (--method picks another)")
+    method_cls = ADAPT_METHODS.get(opts.method)
     if task.task not in method_cls.tasks:
         raise EdgedaError(f"adapt method {opts.method!r} adapts {', '.join(method_cls.tasks)} bundles, not {task.task}; "
                           f"methods for {task.task} bundles: {', '.join(adapt_methods_for(task.task)) or 'none yet'}")

@@ -64,8 +64,8 @@ def adapt(bundle: str | Path, target_dir: str | Path, out: str | Path, *, log: C
           **settings) -> AdaptResult:
     """Adapt a shipped bundle to the unlabeled images in ``target_dir``; write the result to ``out``.
 
-    ``settings`` are the fields of :class:`~edgeda.adapt.plan.AdaptOptions`: ``method`` (default
-    ``shot``); ``iters``: iterations (default: the method's ``default_iters``; ``0``: until the
+    ``settings`` are the fields of :class:`~edgeda.adapt.plan.AdaptOptions`: ``method`` (default: the
+    bundle task's ``default_adapt_method``: ``shot`` for classification, ``tent`` for segmentation and detection); ``iters``: iterations (default: the method's ``default_iters``; ``0``: until the
     ``minutes`` budget ends); ``minutes``: wall-clock ceiling for the whole call (it ends the
     iterations early, never adds any); ``memory_mb``: peak-memory budget (picks the batch size /
     precision, and for dense frames the training crop); ``batch``: images per step (default 64, or

@@ -51,6 +51,7 @@ class Task:
     higher_is_better: ClassVar[bool] = True
     dense: ClassVar[bool] = True  # data read per sample from a dense domain; False: classification, one label
     # per image, held in memory (code outside edgeda.tasks reads the named decisions below, not this flag)
+    default_adapt_method: ClassVar[str | None] = None  # ``edgeda adapt`` without --method (None: not adapted)
     default_backbone: ClassVar[str] = "lraspp"  # the edge model Jetson users deploy; light enough for a CPU
     default_size: ClassVar[tuple[int, int]] = (128, 128)
     losses: ClassVar[tuple[str, ...]] = ()

@@ -60,6 +60,7 @@ class Detection(Task):
     higher_is_better = True
     dense = True  # streamed per sample from disk by DataLoader workers, like the per-pixel tasks
     default_backbone = "ssdlite"
+    default_adapt_method = "tent"  # of the two that adapt detectors (tent, cotta), the cheaper
     default_size = (320, 320)  # SSDLite's input (torchvision's ssdlite320); built-ins render at their own size
     losses = ()
     label_key = "boxes"

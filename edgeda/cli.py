@@ -325,7 +325,7 @@ def methods(name, task, validators, as_json) -> None:
     for name, r in rows.items():
         click.echo(f"  {name.ljust(width)}  [{', '.join(r['tasks'])}]  {r['summary']}")
     if on_device:
-        click.echo("on the device, source-free (edgeda adapt --method NAME; default shot):")
+        click.echo("on the device, source-free (edgeda adapt --method NAME; default: shot for classifiers, tent for segmentation and detection):")
         for name, r in on_device.items():
             click.echo(f"  {name.ljust(width)}  [{', '.join(r['tasks'])}]  {r['summary']}")
     click.echo("options of one method: edgeda methods NAME; model selection: edgeda methods --validators")

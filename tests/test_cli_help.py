@@ -26,7 +26,7 @@ def test_train_help_shows_every_default():
     (("eval",), ("--device TEXT where the model runs", "[default: auto]", "--json print the scores as JSON")),
     (("export",), ("--json print the export record",)),
     (("data", "preview"), ("--size INTEGER side in pixels", "[default: 32]", "1 (grey) or 3 (RGB)")),
-    (("adapt",), ("[default: shot]",)),
+    (("adapt",), ("[default: shot for classifiers, tent for segmentation and detection]",)),
 ])
 def test_help_of_other_commands(cmd, texts):
     out = _help(*cmd)

@@ -16,10 +16,9 @@ from .tasks import adaptation_of
 @click.option("--target-dir", required=True, type=click.Path(),
               help="folder of this device's unlabeled images (or an .npz); read at the bundle's input size")
 @click.option("--out", required=True, type=click.Path(), help="where to write the adapted bundle (a new path)")
-@click.option("--method", default=None,
-              help="shot | tent | cotta | 3cgan (each adapts classification and segmentation bundles, tent and cotta "
-                   "detection bundles; tent is the cheapest, 3cgan the most expensive; see `edgeda methods`)  "
-                   "[default: shot for classifiers, tent for segmentation and detection]")
+@click.option("--method", help="shot | tent | cotta | 3cgan (each adapts classification and segmentation bundles, tent "
+              "and cotta detection bundles; tent is the cheapest, 3cgan the most expensive; see `edgeda methods`)  "
+              "[default: shot for classifiers, tent for segmentation and detection]")
 @click.option("--iters", type=int, show_default="the method's own", help="iterations; 0 = until the --minutes budget ends")
 @click.option("--minutes", type=float,
               help="wall-clock ceiling for the whole run, set-up and writing included; it stops the method's "

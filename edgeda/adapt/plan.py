@@ -98,6 +98,22 @@ class AdaptPlan:
     n_images: int
 
 
+def _method_for(opts: AdaptOptions, task: str, log) -> type[AdaptMethod]:
+    """The method class that adapts ``task`` bundles: ``opts.method``, or where it is None the task's
+    ``default_adapt_method`` (filled into ``opts``); one error naming the task's methods otherwise."""
+    methods = ", ".join(adapt_methods_for(task)) or "none yet"
+    if opts.method is None:
+        if task_of(task).default_adapt_method is None:
+            raise EdgedaError(f"{task} bundles are not adapted on the device; methods for {task} bundles: {methods}")
+        opts.method = task_of(task).default_adapt_method
+        log(f"method {opts.method}: the default for {task} bundles (--method picks another)")
+    method_cls = ADAPT_METHODS.get(opts.method)
+    if task not in method_cls.tasks:
+        raise EdgedaError(f"adapt method {opts.method!r} adapts {', '.join(method_cls.tasks)} bundles, not {task}; "
+                          f"methods for {task} bundles: {methods}")
+    return method_cls
+
+
 def plan_adaptation(bundle: Path, target_dir: Path, out: Path, opts: AdaptOptions, log) -> AdaptPlan:
     """Validate ``opts`` against the bundle and the target images and plan the run (see the module docstring)."""
     if opts.method is not None:
@@ -111,16 +127,7 @@ def plan_adaptation(bundle: Path, target_dir: Path, out: Path, opts: AdaptOption
     b = Bundle(bundle)
     task = b.task
     tk = task_of(task)
-    if opts.method is None:
-        if tk.default_adapt_method is None:
-            raise EdgedaError(f"{task.task} bundles are not adapted on the device; methods for {task.task} bundles: "
-                              f"{', '.join(adapt_methods_for(task.task)) or 'none yet'}")
-        opts.method = tk.default_adapt_method
-        log(f"method {opts.method}: the default for {task.task} bundles (--method picks another)")
-    method_cls = ADAPT_METHODS.get(opts.method)
-    if task.task not in method_cls.tasks:
-        raise EdgedaError(f"adapt method {opts.method!r} adapts {', '.join(method_cls.tasks)} bundles, not {task.task}; "
-                          f"methods for {task.task} bundles: {', '.join(adapt_methods_for(task.task)) or 'none yet'}")
+    method_cls = _method_for(opts, task.task, log)
     ta = adaptation_of(task)
     images, report = load_target(target_dir, task)
     if len(images) < 2:

@@ -231,10 +231,7 @@ class CoTTA(AdaptMethod):
         self.objective = adaptation_of(self.task)
         self.flip = o.flip == "on" or (o.flip == "auto" and task_of(self.task).spatial_output
                                           and self.objective.mirrors(self.shipped_training))
-        if o.balance == "on" and not self.objective.balances:
-            raise EdgedaError(f"cotta balance=on is for class logits per image or pixel, not {self.task.task} bundles")
-        self.balanced = o.balance == "on" or (o.balance == "auto" and self.objective.balances
-                                               and task_of(self.task).spatial_output)
+        self.balanced = self.objective.balanced(o.balance, self.task, "cotta")
         clf = self.model
         clf.requires_grad_(True)
         self.mean_teacher = _ShippedTeacher(clf, alpha=o.alpha)

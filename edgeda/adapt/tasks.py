@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import torch
 
+from ..errors import EdgedaError
 from ..models.superpixels import soft_cross_entropy
 from ..registry import Registry
 from ..scores import entropy
@@ -114,6 +115,14 @@ class TaskAdaptation:
 
     def blend(self, unsure: torch.Tensor, averaged: torch.Tensor, standard: torch.Tensor) -> torch.Tensor:
         return torch.where(unsure.unsqueeze(1), averaged, standard)
+
+    def balanced(self, choice: str, spec: TaskSpec, method: str) -> bool:
+        """Whether a method's ``balance`` option (``auto`` | ``on`` | ``off``) weighs each class alike in
+        its loss on ``spec``'s bundles: ``auto`` where the outputs are per pixel; ``on`` where this task's
+        losses can (else one error)."""
+        if choice == "on" and not self.balances:
+            raise EdgedaError(f"{method} balance=on is for class logits per image or pixel, not {spec.task} bundles")
+        return choice == "on" or (choice == "auto" and self.balances and task_of(spec).spatial_output)
 
     def soft_cross_entropy(self, model, outputs, targets: torch.Tensor, balanced: bool = False) -> torch.Tensor:
         """-sum_c y_c log p_c per image or pixel, averaged over them, or with ``balanced`` over each

@@ -44,7 +44,6 @@ from torch import nn
 
 from ..errors import EdgedaError
 from ..methods.base import build_optimizer
-from ..tasks import task_of
 from .base import ADAPT_METHODS, AdaptMethod, bn_layers, reestimate_bn
 from .tasks import adaptation_of
 
@@ -76,10 +75,7 @@ class Tent(AdaptMethod):
             raise EdgedaError("tent needs a model with BatchNorm2d layers; this classifier has none (try --method shot)")
         self.optims["bn"] = build_optimizer(params, "adam", self.opts.lr, betas=(0.9, 0.999))
         self.objective = adaptation_of(self.task)
-        if self.opts.balance == "on" and not self.objective.balances:
-            raise EdgedaError(f"tent balance=on is for class logits per image or pixel, not {self.task.task} bundles")
-        self.balanced = self.opts.balance == "on" or (self.opts.balance == "auto" and self.objective.balances
-                                                      and task_of(self.task).spatial_output)
+        self.balanced = self.objective.balanced(self.opts.balance, self.task, "tent")
 
     def prepare(self, target) -> None:
         reestimate_bn(self.model, target.batches())

@@ -69,12 +69,17 @@ TARGETS = {
 # the rows' own targets, runnable by name (not in the default list: benchmarks/dense.py reports them)
 EXTRA_TARGETS = {"photo": ("syn_seg", "synscenes:photo", "synscenes:photo-test"),
                  "handwritten": ("digits_seg", "handwritten-scenes:adapt", "handwritten-scenes:test")}
-CANDIDATES = ("source_only@init", "dacs@init", "cbst@init", "dann@init", "suit@init")
+CANDIDATES = ("source_only@init", "dacs@init", "cbst@init", "dann@init", "suit@init", "source_only+tent")
 REFERENCE = "source_only@init"
+# ``source_only+METHOD`` candidates: the seed's source-only bundle adapted source-free by ``edgeda adapt --method
+# METHOD`` on the target's adaptation frames, with benchmarks/adapt.py's budget (10 minutes, 2048 MB, 1 thread;
+# the method's default iterations: the budget does not end them on this machine)
+ADAPT_SETTINGS = {"minutes": 10.0, "memory_mb": 2048, "threads": 1}
 MAP_FRAMES = 32  # adaptation frames whose predicted class maps are stored (what ``majority`` votes on)
 MAX_BELOW = 1 / 8  # the default validator's pick may be below source-only on at most this share of targets
 FEW_LABELS = (1, 2, 5, 10)
-QUICK = {"targets": ("fog", "paper"), "candidates": ("source_only@init", "dann@init"), "adapt_n": 12, "test_n": 6}
+QUICK = {"targets": ("fog", "paper"), "candidates": ("source_only@init", "dann@init", "source_only+tent"), "adapt_n": 12,
+         "test_n": 6, "adapt_iters": 4}
 
 
 def results_dir(results: Path | None, quick: bool) -> Path:
@@ -107,12 +112,61 @@ def target_specs(name: str, profile: str) -> tuple[str, str, str]:
     return row, out[0], out[1]
 
 
+def source_free(candidate: str) -> str | None:
+    """The on-device method of a ``source_only+METHOD`` candidate (None for a ``NAME@init`` one)."""
+    start, plus, method = candidate.partition("+")
+    if plus and start != "source_only":
+        raise SystemExit(f"{candidate}: a source-free candidate starts from the source-only bundle (source_only+METHOD)")
+    return method or None
+
+
 def run_config(profile: str, name: str, candidate: str, seed: int) -> dict:
-    """benchmarks/dense.py's config of ``candidate`` on the target's row, with this target."""
+    """benchmarks/dense.py's config of ``candidate`` on the target's row, with this target; for a
+    source-free candidate, its ``edgeda adapt`` settings and the bundle it starts from."""
     row, adapt, test = target_specs(name, profile)
-    cfg = dense.run_config(profile, row, seed, False, candidate)
+    if (method := source_free(candidate)) is not None:
+        cfg = {"adapt_method": method, "init": str(dense.init_bundle(profile, row, seed)), "seed": seed, **ADAPT_SETTINGS}
+        if profile == "quick":
+            cfg["iters"] = QUICK["adapt_iters"]
+    else:
+        cfg = dense.run_config(profile, row, seed, False, candidate)
     cfg.update(target=adapt, target_test=test)
     return cfg
+
+
+def write_frames(spec: str, folder: Path, size) -> int:
+    """A domain's images as a folder of PNG frames at ``size`` (what ``edgeda adapt --target-dir`` reads)."""
+    from PIL import Image
+
+    from edgeda.data import load_domain
+
+    dom = load_domain(spec, labeled=False, size=tuple(size), channels=3)
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(len(dom)):  # a dense domain's frames, or the images of an unlabeled .npz read as a plain domain
+        Image.fromarray(dom.sample(i).image if hasattr(dom, "sample") else dom.images[i]).save(folder / f"{i:04d}.png")
+    return len(dom)
+
+
+def train_candidate(profile: str, name: str, candidate: str, cfg: dict, out: Path) -> tuple[Path, dict]:
+    """Run one candidate; (its bundle, the training config whose data its scores are taken on)."""
+    import edgeda
+
+    if (method := source_free(candidate)) is None:
+        return Path(edgeda.train(out=str(out), progress=False, log=None, **cfg).bundle), cfg
+    from edgeda.adapt.runner import adapt
+
+    row = TARGETS.get(name, EXTRA_TARGETS.get(name))[0]
+    data = dense.run_config(profile, row, cfg["seed"], False, "source_only@init")  # the source and the row's settings
+    data.update(target=cfg["target"], target_test=cfg["target_test"])
+    frames = out / "frames"
+    if frames.exists():
+        import shutil
+
+        shutil.rmtree(frames)
+    write_frames(cfg["target"], frames, data["image_size"])
+    settings = {k: cfg[k] for k in ("minutes", "memory_mb", "threads", "seed", "iters") if k in cfg}
+    res = adapt(cfg["init"], frames, out / "model.edgeda", method=method, **settings)
+    return Path(res.bundle), data
 
 
 @contextmanager
@@ -206,7 +260,6 @@ def class_maps(net, domain, spec, n: int = MAP_FRAMES) -> tuple[np.ndarray, np.n
 def run_one(profile: str, name: str, candidate: str, seed: int, results: Path) -> dict | None:
     import torch
 
-    import edgeda
     from edgeda.bundle import load_bundle
     from edgeda.config import make_config
     from edgeda.training.domains import load_domains
@@ -233,25 +286,25 @@ def run_one(profile: str, name: str, candidate: str, seed: int, results: Path) -
         out = scratch("edgeda-dense-shifts") / profile / tag
         print(f"{tag}: training ...", flush=True)
         t0 = time.perf_counter()
-        res = edgeda.train(out=str(out), progress=False, log=None, **cfg)
+        bundle, data = train_candidate(profile, name, candidate, cfg, out)
         wall = time.perf_counter() - t0
-        b = load_bundle(res.bundle)
+        b = load_bundle(bundle)
         net, spec = b.module(b.primary), b.task
-        domains = load_domains(make_config(None, {**cfg, "out": str(out)}), True)
+        domains = load_domains(make_config(None, {**data, "out": str(out)}), True)
         start = load_bundle(cfg["init"]) if cfg.get("init") else None
         ref_rows = None
-        hflip = bool(cfg.get("augment_hflip", True))  # aug_consistency checks flips only where training used them
+        hflip = bool(data.get("augment_hflip", True))  # aug_consistency checks flips only where training used them
         if start is not None:  # the seed's source-only bundle: agreement's and the disagreement's reference
             _, ref_rows = score_model(start.module(start.primary), domains, spec, "cpu", seed, hflip=hflip)
         scores, rows = score_model(net, domains, spec, "cpu", seed, reference_rows=ref_rows, hflip=hflip)
         counts = frame_counts(net, domains.target_test, spec)
         idx, maps = class_maps(net, domains.target, spec)
         rec = {"target": name, "row": row, "candidate": candidate, "seed": seed, "profile": profile, "config": cfg,
-               "target_miou": miou(counts), "target_test": {k: res.metrics.get(f"target_test_{k}") for k in ("miou", "pixel_acc")},
+               "target_miou": miou(counts),
                "scores": scores, "disagreement_with_source_only": (disagreement(rows, ref_rows)
                                                                    if ref_rows is not None and rows is not None else None),
                "test_frames": int(len(counts["inter"])), "map_frames": idx.tolist(), "counts_npz": f"{tag}.npz",
-               "wall_s": round(wall, 1), "bundle": str(res.bundle), "machine": machine_info(),
+               "wall_s": round(wall, 1), "bundle": str(bundle), "machine": machine_info(),
                "date": dt.date.today().isoformat()}
         if start is not None:
             rec["init_weights_sha256"] = {f.name: sha256_file(f) for f in sorted(Path(cfg["init"]).glob("*.safetensors"))}
@@ -475,7 +528,7 @@ def write_summary(results: Path, profile: str, summary_path: Path, readme: bool)
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--targets", help=f"comma-separated (default: all of {', '.join(TARGETS)})")
-    ap.add_argument("--candidates", help=f"comma-separated NAME@init (default: {','.join(CANDIDATES)})")
+    ap.add_argument("--candidates", help=f"comma-separated NAME@init or source_only+NAME (default: {','.join(CANDIDATES)})")
     ap.add_argument("--seeds", default="0")
     ap.add_argument("--quick", action="store_true", help="tiny sizes, 2 targets, 2 candidates (a smoke test)")
     ap.add_argument("--results", type=Path, help="where runs are stored (default benchmarks/results/dense_shifts)")
@@ -489,11 +542,14 @@ def main(argv=None) -> dict:
     if unknown:
         raise SystemExit(f"unknown targets {', '.join(unknown)}; known: {', '.join({**TARGETS, **EXTRA_TARGETS})}")
     if not args.summary_only:
+        from edgeda.adapt import ADAPT_METHODS
         from edgeda.methods.registry import METHODS
 
-        missing = [c for c in cands if c.partition("@")[0] not in METHODS]
+        missing = [c for c in cands if (c.partition("@")[0] not in METHODS if source_free(c) is None
+                                        else source_free(c) not in ADAPT_METHODS)]
         if missing:
-            raise SystemExit(f"no method {', '.join(missing)} here; registered: {', '.join(METHODS)}")
+            raise SystemExit(f"no method {', '.join(missing)} here; training methods: {', '.join(METHODS)} "
+                             f"(as NAME@init); on-device methods: {', '.join(ADAPT_METHODS)} (as source_only+NAME)")
         todo = [(t, c, int(s)) for s in args.seeds.split(",") for t in targets for c in cands]
         t0 = time.perf_counter()
         for i, (t, c, s) in enumerate(todo, 1):

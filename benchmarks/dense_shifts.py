@@ -1,7 +1,7 @@
 """The dense shift suite: controlled segmentation targets made by the embedded generators, every
 candidate started from the seed's source-only bundle, every label-free validator, and few labels.
 
-    python benchmarks/dense_shifts.py [--targets fog,night,...] [--candidates source_only@init,...]
+    python benchmarks/dense_shifts.py [--targets fog,night,...] [--candidates source_only@init,source_only+tent,...]
                                       [--seeds 0] [--quick] [--summary-only] [--results DIR]
 
 Targets (no download, deterministic, cached like every built-in domain; ``NAME`` is the unlabeled
@@ -18,7 +18,9 @@ Each candidate (``NAME@init`` of ``benchmarks/dense.py``: the method started fro
 bundle of the row's profile, trained for its usual iterations with that row's settings and
 ``METHOD_SETTINGS``) adapts to each target's adaptation split; the run config, starting bundle and
 per-method settings are ``benchmarks/dense.py``'s (:func:`dense.run_config`, :func:`dense.ensure_init_bundle`),
-only the target changes. Per run (``results/dense_shifts/<target>-<candidate>-s<seed>.json``, skipped when
+only the target changes. A source-free candidate (``source_only+METHOD``, what ``--method auto`` adds for dense
+tasks) is that source-only bundle adapted by ``edgeda adapt --method METHOD`` on the target's adaptation frames
+(written as PNG files), with :data:`ADAPT_SETTINGS`; its scores are taken on the same data as the others'. Per run (``results/dense_shifts/<target>-<candidate>-s<seed>.json``, skipped when
 present with the same config; a lock beside it lets several processes share a target list): the test mIoU
 over the classes labelled in the test split, every label-free validator's score of the shipped model
 (``agreement`` against the starting bundle; ``majority`` needs every candidate and is computed in the

@@ -5,9 +5,10 @@ the reliability checks and the warning).
 Classification: source-only and :data:`AUTO_METHODS` from scratch, plus the source-only model adapted
 source-free with :data:`AUTO_ADAPT` on the same target images; ranked by :data:`DEFAULT_SELECTOR`.
 Dense tasks: source-only once, then ``source_only@init`` (source-only training continued for as long
-from that bundle) and each of :data:`DENSE_AUTO_METHODS` with ``--init`` from it for the same
-iterations; ranked by :data:`DEFAULT_DENSE_SELECTOR`, with a warning when no candidate beats continued
-source-only training by that score.
+from that bundle), each of :data:`DENSE_AUTO_METHODS` with ``--init`` from it for the same
+iterations, and the source-only bundle adapted source-free with :data:`DENSE_AUTO_ADAPT` on the
+target images; ranked by :data:`DEFAULT_DENSE_SELECTOR`, with a warning when no candidate beats
+continued source-only training by that score.
 """
 from __future__ import annotations
 
@@ -34,6 +35,9 @@ AUTO_ADAPT = ("shot", "tent")  # source-free, run on the source-only bundle with
 DEFAULT_SELECTOR = "info_max"  # the shift suite's most reliable (benchmarks/shifts.py recommended_validator)
 # dense candidates, each trained with --init from the source-only bundle; names not registered are skipped
 DENSE_AUTO_METHODS = ("dacs", "cbst", "dann")
+# dense source-free candidates (``source_only+NAME``): balanced TENT, the on-device segmentation default (~20-40 s on
+# the CPU profile; below the shipped model in 1 of 27 runs on the dense shift targets, benchmarks/adapt.py)
+DENSE_AUTO_ADAPT = ("tent",)
 DENSE_REFERENCE = "source_only@init"  # continued source-only training: the baseline every dense candidate must beat
 # From the dense shift suite (benchmarks/dense_shifts.py, 9 targets: 6 synscenes looks and cameras, 3 digit-scene
 # backgrounds): its rule (lowest mean regret among the validators whose pick is below continued source-only
@@ -44,13 +48,30 @@ DEFAULT_DENSE_SELECTOR = "agreement"
 
 
 def _write_target_images(domain, folder: Path) -> Path:
+    """The target domain's images (a plain domain's, a dense domain's frames) as PNG files in ``folder``."""
     from PIL import Image
 
     folder.mkdir(parents=True, exist_ok=True)
-    for i, img in enumerate(domain.images):
-        a = np.asarray(img)
+    for i in range(len(domain)):
+        a = np.asarray(domain.sample(i).image if hasattr(domain, "sample") else domain.images[i])
         Image.fromarray(a[..., 0] if a.ndim == 3 and a.shape[2] == 1 else a).save(folder / f"{i:05d}.png")
     return folder
+
+
+def _adapt_candidates(source_bundle: Path, domains, methods, cand_dir: Path, out: Path, cfg, iters, log) -> dict:
+    """``{"source_only+NAME": bundle}``: the source-only bundle adapted source-free by each of ``methods``
+    on the target images (none without a target)."""
+    if domains.target is None or not methods:
+        return {}
+    images = _write_target_images(domains.target, out / "target_images")
+    bundles = {}
+    for a in methods:
+        name = f"source_only+{a}"
+        log(f"auto: adapting source-only with {a} (source-free) ...")
+        r = adapt(source_bundle, images, cand_dir / f"{name}.edgeda", method=a, iters=iters, device=cfg.device,
+                  seed=cfg.seed, threads=None)
+        bundles[name] = r.bundle
+    return bundles
 
 
 def available_methods(names, task: str, log=print) -> list[str]:
@@ -126,24 +147,17 @@ def train_auto(cfg, *, methods=None, adapt_methods=None, selector: str | None = 
         bundles = {DENSE_REFERENCE: run(DENSE_REFERENCE, "source_only", init=str(source_bundle))}
         for m in methods:
             bundles[f"{m}@init"] = run(f"{m}@init", m, init=str(source_bundle))
+        bundles.update(_adapt_candidates(source_bundle, domains, DENSE_AUTO_ADAPT if adapt_methods is None else adapt_methods,
+                                         cand_dir, out, cfg, adapt_iters, log))
         reference = DENSE_REFERENCE
     else:
         methods = available_methods(AUTO_METHODS if methods is None else methods, domains.task, log)
-        adapt_methods = AUTO_ADAPT if adapt_methods is None else adapt_methods
-
         bundles = {"source_only": run("source_only", "source_only")}
         ref = load_bundle(bundles["source_only"])
         for m in methods:  # the source-only model is each run's agreement reference, as in a plain train
             bundles[m] = run(m, m, reference_net=ref.module(ref.primary))
-        if domains.target is not None and adapt_methods:
-
-            images = _write_target_images(domains.target, out / "target_images")
-            for a in adapt_methods:
-                name = f"source_only+{a}"
-                log(f"auto: adapting source-only with {a} (source-free) ...")
-                r = adapt(bundles["source_only"], images, cand_dir / f"{name}.edgeda", method=a, iters=adapt_iters,
-                          device=cfg.device, seed=cfg.seed, threads=None)
-                bundles[name] = r.bundle
+        bundles.update(_adapt_candidates(bundles["source_only"], domains, AUTO_ADAPT if adapt_methods is None else adapt_methods,
+                                         cand_dir, out, cfg, adapt_iters, log))
         reference = "source_only"
     record = score_candidates_on(bundles, domains, reference, "cpu", cfg.seed, hflip=cfg.augment_hflip)
     for entry in record.values():  # one key name whatever the reference is called

@@ -212,12 +212,15 @@ def test_dense_shift_suite_quick_profile_runs_stores_and_resumes(tmp_path, capsy
     assert s["targets"] == ["fog", "paper"] and s["runs"] == 2
     assert {r["target"] for r in recs} == {"fog", "paper"}
     for r in recs:
-        assert set(r["candidates"]) == {"source_only@init", "dann@init"}
+        assert set(r["candidates"]) == {"source_only@init", "dann@init", "source_only+tent"}
         for c in r["candidates"].values():
             assert 0 <= c["target"] <= 1 and {"source_val", "entropy", "info_max"} <= set(c["scores"])
     assert s["recommended_validator"] in s["validators"] and set(s["few_labels"]) <= {"1", "2", "5", "10"}
     files = sorted(runs.glob("*.json"))
-    assert [f.name for f in files] == [f"{t}-{c}-s0.json" for t in ("fog", "paper") for c in ("dann@init", "source_only@init")]
+    assert [f.name for f in files] == [f"{t}-{c}-s0.json" for t in ("fog", "paper")
+                                       for c in ("dann@init", "source_only+tent", "source_only@init")]
+    tent = json.loads((runs / "fog-source_only+tent-s0.json").read_text())
+    assert tent["config"]["adapt_method"] == "tent" and tent["config"]["init"].endswith("syn_seg-s0.edgeda")
     for f in files:
         with np.load(f.with_suffix(".npz"), allow_pickle=False) as z:
             assert z["maps"].dtype == np.uint8 and z["inter"].shape == z["union"].shape == z["support"].shape
@@ -227,7 +230,7 @@ def test_dense_shift_suite_quick_profile_runs_stores_and_resumes(tmp_path, capsy
     stamps = [f.stat().st_mtime_ns for f in files]
     capsys.readouterr()
     dense_shifts.main(["--quick", "--results", str(runs)])  # resumes: every run is stored
-    assert capsys.readouterr().out.count(": stored") == 4
+    assert capsys.readouterr().out.count(": stored") == 6
     assert [f.stat().st_mtime_ns for f in files] == stamps
 
 

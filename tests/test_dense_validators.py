@@ -224,9 +224,12 @@ def test_method_auto_segmentation_smoke(tmp_path, one_torch_thread):
                                  image_size=[32, 64], backbone="lraspp", backbone_kwargs={"width": 0.25},
                                  out=str(tmp_path / "run"), device="cpu", seed=0))
     logs = []
-    res = train_auto(cfg, methods=("dann", "no_such_method"), log=logs.append)
+    res = train_auto(cfg, methods=("dann", "no_such_method"), adapt_iters=2, log=logs.append)
     assert any("skipping no_such_method" in line for line in logs)
-    assert set(res["candidates"]) == {DENSE_REFERENCE, "dann@init"}  and res["selector"] == DEFAULT_DENSE_SELECTOR
+    assert set(res["candidates"]) == {DENSE_REFERENCE, "dann@init", "source_only+tent"}
+    assert res["selector"] == DEFAULT_DENSE_SELECTOR
+    tent = load_bundle(res["candidates"]["source_only+tent"]["bundle"]).manifest["adaptation"]
+    assert tent["method"] == "tent" and tent["parent"]["manifest_sha256"]  # the source-only bundle, adapted on the device
     for c in res["candidates"].values():
         assert {"aug_consistency", "info_max_prior", "agreement", "source_val"} <= set(c["scores"])
         assert 0.0 <= c["target_test"] <= 1.0  # the test mIoU, reported only

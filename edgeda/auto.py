@@ -45,6 +45,9 @@ DENSE_REFERENCE = "source_only@init"  # continued source-only training: the base
 # regret 1.5 points; auto 0.5 point under the best single candidate). ``majority`` (0 of 9 below, regret 1.5)
 # is the runner-up, nearly tied; ``info_max_prior`` (regret 1.2) picked below source-only on 4 of 9 targets.
 DEFAULT_DENSE_SELECTOR = "agreement"
+# a default validator that needs more candidates than a run has (``majority`` votes over at least two others)
+# gives way to the next one; a validator the user names never does
+SELECTOR_FALLBACK = {"majority": "agreement"}
 
 
 def _write_target_images(domain, folder: Path) -> Path:
@@ -130,6 +133,7 @@ def train_auto(cfg, *, methods=None, adapt_methods=None, selector: str | None = 
     domains = load_domains(make_config(base, {"method": "source_only"}), True)
     dense = task_of(domains.task).auto_from_init  # the dense recipe: candidates fine-tuned from source-only
     default = DEFAULT_DENSE_SELECTOR if dense else DEFAULT_SELECTOR
+    chosen_by_user = bool(selector) or cfg.select not in ("last", "target_val")
     selector = selector or (cfg.select if cfg.select not in ("last", "target_val") else default)
     if selector not in selector_names() or selector in ("last", "target_val"):
         raise EdgedaError(f"--method auto ranks candidates by a label-free validator; {selector!r} is not one")
@@ -162,6 +166,9 @@ def train_auto(cfg, *, methods=None, adapt_methods=None, selector: str | None = 
     record = score_candidates_on(bundles, domains, reference, "cpu", cfg.seed, hflip=cfg.augment_hflip)
     for entry in record.values():  # one key name whatever the reference is called
         entry["disagreement_with_source_only"] = entry.pop(f"disagreement_with_{reference}", None)
+    if not any(selector in r["scores"] for r in record.values()) and not chosen_by_user and selector in SELECTOR_FALLBACK:
+        log(f"auto: {selector} cannot rank {len(record)} candidates; ranking by {SELECTOR_FALLBACK[selector]}")
+        selector = SELECTOR_FALLBACK[selector]
     if not any(selector in r["scores"] for r in record.values()):
         raise EdgedaError(f"the validator {selector!r} cannot score {domains.task} candidates here "
                           f"(see `edgeda methods --validators`); the candidates are in {cand_dir}")

@@ -352,7 +352,7 @@ def preview(spec, out, n, size, channels) -> None:
 
     if is_dense_spec(spec):  # built-in dense domains render at their own size; user data is shown as stored
         dom = load_domain(spec, labeled=True, size=default_size(spec) or (size, size), channels=channels)
-        dom.require_usable(task=None)
+        dom.require_usable()
         path = preview_dense(dom, out, min(n, 16))
         classes = f", classes: {', '.join(dom.classes)}" if dom.classes else ""
         click.echo(f"{dom.name}: {dom.report.summary()}{classes}; preview written to {path}")

@@ -112,7 +112,7 @@ def test_folder_with_classes_txt_nested_names_and_jpg_images(tmp_path):
     assert d.has_masks and not d.has_depth and len(d) == 2 and d.report.loaded == 2 and not d.report.skipped
     s = d.sample([p.name for p, _, _ in d.items].index("x.jpg"))
     assert s.image.shape == (10, 12, 3) and s.mask.dtype == np.uint8 and np.array_equal(s.mask, m1)
-    d.require_usable(task="segmentation", num_classes=3)
+    d.require_usable(labels="masks", num_classes=3)
     unl = load_dense_folder(tmp_path, labeled=False)
     assert not unl.has_masks and unl.classes is None and unl.sample(0).mask is None
 
@@ -175,7 +175,7 @@ def test_rgb_mask_without_colours_and_8bit_depth_are_skipped(tmp_path):
     assert "colour" in reasons[str(tmp_path / "masks/a.png")]
     assert "16-bit" in reasons[str(tmp_path / "depth/b.png")]
     with pytest.raises(DataError, match="2 files were skipped"):
-        d.require_usable(task="segmentation")
+        d.require_usable(labels="masks")
 
 
 def test_decode_failures_raise_and_the_dataset_replaces_them(tmp_path):

@@ -189,13 +189,13 @@ def test_a_few_labelled_frames_need_not_show_every_class(tmp_path):
     np.savez(tmp_path / "few.npz", x=np.zeros((2, 8, 8, 3), np.uint8), y=y)
     few = load_domain(str(tmp_path / "few.npz"), labeled=True)
     assert few.num_classes == 4 and few.classes_from_ids
-    few.require_usable(task="segmentation", num_classes=11)
+    few.require_usable(labels="masks", num_classes=11)
     with pytest.raises(DataError, match="names 4 classes"):
-        few.require_usable(task="segmentation", num_classes=3)
+        few.require_usable(labels="masks", num_classes=3)
     np.savez(tmp_path / "named.npz", x=np.zeros((2, 8, 8, 3), np.uint8), y=y, classes=np.array(list("abcd")))
     named = load_domain(str(tmp_path / "named.npz"), labeled=True)
     with pytest.raises(DataError, match="names 4 classes"):
-        named.require_usable(task="segmentation", num_classes=11)
+        named.require_usable(labels="masks", num_classes=11)
 
 
 @pytest.mark.slow  # ~45 s on 2 shared cores once the quick starting bundles exist, ~2 min before

@@ -239,3 +239,23 @@ def test_method_auto_segmentation_smoke(tmp_path, one_torch_thread):
     assert all(auto["candidates"][n]["scores"] == res["candidates"][n]["scores"] for n in res["candidates"])
     if res["chosen"] == DENSE_REFERENCE:  # nothing beat continued source-only training: said so
         assert "no candidate beats" in res["transfer_warning"]
+
+
+def test_method_auto_default_validator_gives_way_when_it_cannot_rank(tmp_path, one_torch_thread, monkeypatch):
+    """A default that needs more candidates than the run has falls back to the next; a named one is refused."""
+    from edgeda import auto
+    from edgeda.config import make_config
+    from edgeda.errors import EdgedaError
+
+    d = _tiny_scenes(tmp_path)
+    kw = dict(method="source_only", source=d["source"], target=d["target"], task="segmentation", iters=1, eval_every=1,
+              checkpoint_every=1, batch_size=2, image_size=[32, 64], backbone="lraspp", backbone_kwargs={"width": 0.25},
+              device="cpu", seed=0)
+    monkeypatch.setattr(auto, "DEFAULT_DENSE_SELECTOR", "majority")
+    logs = []
+    res = auto.train_auto(make_config(None, dict(kw, out=str(tmp_path / "a"))), methods=(), adapt_methods=(), log=logs.append)
+    assert set(res["candidates"]) == {auto.DENSE_REFERENCE} and res["selector"] == auto.SELECTOR_FALLBACK["majority"]
+    assert any("majority cannot rank 1 candidates" in line for line in logs)
+    with pytest.raises(EdgedaError, match="'majority' cannot score"):
+        auto.train_auto(make_config(None, dict(kw, out=str(tmp_path / "b"), select="majority")), methods=(),
+                        adapt_methods=(), log=None)

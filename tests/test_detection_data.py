@@ -78,9 +78,9 @@ def test_coco_loader_keeps_good_boxes_and_counts_each_bad_kind(tmp_path):
     # the folder holding the json is the same domain
     again = load_domain(str(root), labeled=True, task="detection")
     assert len(again) == 3 and len(again.skipped) == 7
-    dom.require_usable(task="detection", num_classes=2)
+    dom.require_usable(labels="boxes", num_classes=2)
     with pytest.raises(DataError):
-        dom.require_usable(task="detection", num_classes=3)
+        dom.require_usable(labels="boxes", num_classes=3)
 
 
 def test_yolo_loader_keeps_good_boxes_and_counts_each_bad_kind(tmp_path):
@@ -125,7 +125,7 @@ def test_any_image_folder_is_unlabeled_target_data(tmp_path):
     assert len(dom) == 2 and not dom.labeled and len(dom.skipped) == 1
     dom.require_usable()
     with pytest.raises(DataError, match="no box annotations"):
-        dom.require_usable(task="detection")
+        dom.require_usable(labels="boxes")
     assert dom.sample(0).boxes.shape == (0, 4)
     _png(tmp_path / "seg" / "images" / "a.png")
     _png(tmp_path / "seg" / "masks" / "a.png")  # a segmentation folder: its masks are no target images
@@ -258,10 +258,10 @@ def test_a_coco_file_without_categories_or_with_a_wrong_size_is_reported(tmp_pat
     dom = load_domain(str(tmp_path / "c.json"), labeled=True, task="detection")
     assert len(dom) == 0 and _count(dom, "the json says 30x10") == 1
     with pytest.raises(DataError, match="no usable images"):
-        dom.require_usable(task="detection")
+        dom.require_usable(labels="boxes")
     (tmp_path / "c.json").write_text(json.dumps({"images": [{"id": 1, "file_name": "a.png"}], "annotations": []}))
     with pytest.raises(DataError, match="names no classes"):
-        load_domain(str(tmp_path / "c.json"), labeled=True, task="detection").require_usable(task="detection")
+        load_domain(str(tmp_path / "c.json"), labeled=True, task="detection").require_usable(labels="boxes")
     (tmp_path / "c.json").write_text("{not json")
     with pytest.raises(DataError, match="not a readable JSON"):
         load_domain(str(tmp_path / "c.json"), labeled=True, task="detection")

@@ -58,3 +58,30 @@ def test_the_built_in_tasks_keep_their_defaults():
         assert sizes == ((256, 256, 64, 512, 512, None) if per_image else (16, 32, 8, 64, 128, 64)), name
         assert {not t.spatial_output, not t.mirror_invariant, not t.draws_samples, not t.prediction_files,
                 not t.auto_from_init, t.per_image_rows, t.display_per_class} == {per_image}, name
+
+
+def test_each_task_asks_the_data_for_its_kind_of_labels(tmp_path):
+    """The data layer checks label kinds, never task names: each task names a kind the domains know,
+    and a domain asked for another kind's labels says what it holds and what was asked."""
+    import numpy as np
+    import pytest
+
+    from edgeda.data import load_domain
+    from edgeda.data.domain import LABEL_KINDS, Domain
+    from edgeda.errors import DataError
+    from edgeda.tasks import TASKS, task_of
+
+    assert {task_of(t).label_kind for t in TASKS} == set(LABEL_KINDS)
+    per_image = Domain("digits", np.zeros((2, 8, 8, 3), np.uint8), np.array([0, 1]))
+    per_image.require_usable(labels="classes", num_classes=2)
+    with pytest.raises(DataError, match="has one label per image, not segmentation masks"):
+        per_image.require_usable(labels="masks")
+    np.savez(tmp_path / "seg.npz", x=np.zeros((2, 8, 8, 3), np.uint8), y=np.zeros((2, 8, 8), np.uint8))
+    dense = load_domain(str(tmp_path / "seg.npz"), labeled=True)
+    dense.require_usable(labels="masks", num_classes=2)
+    with pytest.raises(DataError, match="holds per-pixel data, not box annotations"):
+        dense.require_usable(labels="boxes")
+    with pytest.raises(DataError, match="has no depth maps"):
+        dense.require_usable(labels="depth")
+    with pytest.raises(ValueError, match="unknown kind of labels 'segmentation'"):
+        dense.require_usable(labels="segmentation")

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import DataError
-from .domain import LoadReport
+from .domain import LoadReport, wrong_labels
 
 IGNORE_INDEX = 255
 
@@ -69,19 +69,23 @@ class DenseDomain:
     def num_classes(self) -> int | None:
         return len(self.classes) if self.classes is not None else None
 
-    def require_usable(self, *, task: str | None = None, num_classes: int | None = None) -> None:
-        """One clear :class:`DataError` if this domain cannot be trained or evaluated on for ``task``
-        (``None``: used unlabeled)."""
+    def require_usable(self, *, labels: str | None = None, num_classes: int | None = None) -> None:
+        """One clear :class:`DataError` if this domain cannot be used with the ``labels`` a task needs
+        (``masks`` or ``depth``; ``None``: used unlabeled) within ``num_classes``."""
         if len(self) == 0:
             extra = f" ({len(self.report.skipped)} files were skipped)" if self.report.skipped else ""
             raise DataError(f"domain {self.name!r} has no usable images{extra}")
-        if task == "segmentation" and not self.has_masks:
+        if labels is None:
+            return
+        if labels not in ("masks", "depth"):
+            raise wrong_labels(self, "holds per-pixel data", labels)
+        if labels == "masks" and not self.has_masks:
             raise DataError(f"domain {self.name!r} has no segmentation masks (a folder needs masks/ beside images/, "
                             "an .npz needs 'y' of shape (N, H, W))")
-        if task == "depth" and not self.has_depth:
+        if labels == "depth" and not self.has_depth:
             raise DataError(f"domain {self.name!r} has no depth maps (a folder needs depth/ beside images/, "
                             "an .npz needs 'depth' of shape (N, H, W))")
-        if task != "segmentation" or num_classes is None or self.num_classes is None:
+        if labels != "masks" or num_classes is None or self.num_classes is None:
             return
         fits = self.num_classes == num_classes or (self.classes_from_ids and self.num_classes < num_classes)
         if not fits:

@@ -9,7 +9,7 @@ Contract (the models, the trainer and the metrics code against it):
   training box, and at evaluation a detection on one is neither a hit nor a false positive (as
   pycocotools does); empty for every other source of data.
 * :class:`DetectionDomain` -- ``name``, ``classes`` (K names, no background class), ``len()``,
-  ``sample(i)``, ``subset(idx, name)``, ``labeled``, ``require_usable(task=..., num_classes=...)``
+  ``sample(i)``, ``subset(idx, name)``, ``labeled``, ``require_usable(labels=..., num_classes=...)``
   and ``report`` (a :class:`~edgeda.data.domain.LoadReport`: images loaded, and every skipped file or
   annotation as ``(path, reason)``; ``skipped`` is its list). ``sample(i)`` raises ``ValueError``
   with a short reason when an image cannot be decoded; :class:`~edgeda.data.detection_transforms.DetectionDataset`
@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from ..errors import DataError
-from .domain import LoadReport
+from .domain import LoadReport, wrong_labels
 
 from .boxes import (MIN_BOX_SIDE, MIN_VISIBLE_PIXELS, _empty_boxes, _empty_labels, box_iou, box_mask,  # noqa: F401
                     box_sides, clip_boxes, instance_boxes, keep_boxes)
@@ -107,16 +107,16 @@ class DetectionDomain:
     def num_classes(self) -> int | None:
         return len(self.classes) if self.classes is not None else None
 
-    def require_usable(self, *, task: str | None = None, num_classes: int | None = None) -> None:
-        """One clear :class:`DataError` if this domain cannot be trained or evaluated on for
-        ``task`` (``None``: used unlabeled)."""
+    def require_usable(self, *, labels: str | None = None, num_classes: int | None = None) -> None:
+        """One clear :class:`DataError` if this domain cannot be used with the ``labels`` a task needs
+        (``boxes``; ``None``: used unlabeled) within ``num_classes``."""
         if len(self) == 0:
             extra = f" ({len(self.report.skipped)} files or annotations were skipped)" if self.report.skipped else ""
             raise DataError(f"domain {self.name!r} has no usable images{extra}")
-        if task is None:
+        if labels is None:
             return
-        if task != "detection":
-            raise DataError(f"domain {self.name!r} holds detection data (boxes), not {task} labels")
+        if labels != "boxes":
+            raise wrong_labels(self, "holds detection data (boxes)", labels)
         if not self.has_boxes:
             raise DataError(f"domain {self.name!r} has no box annotations (give a COCO .json or a YOLO folder with "
                             "images/, labels/ and classes.txt)")

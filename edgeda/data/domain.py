@@ -7,6 +7,17 @@ import numpy as np
 
 from ..errors import DataError
 
+# the kinds of labels a domain can hold, as messages name them; a task asks for one (``Task.label_kind``)
+LABEL_KINDS = {"classes": "class labels (one per image)", "masks": "segmentation masks", "depth": "depth maps",
+               "boxes": "box annotations"}
+
+
+def wrong_labels(domain, holds: str, labels: str) -> DataError:
+    """The error for a domain of one kind asked for another kind's labels."""
+    if labels not in LABEL_KINDS:
+        raise ValueError(f"unknown kind of labels {labels!r}; known: {', '.join(LABEL_KINDS)}")
+    return DataError(f"domain {domain.name!r} {holds}, not {LABEL_KINDS[labels]}")
+
 
 @dataclass
 class LoadReport:
@@ -78,16 +89,17 @@ class Domain:
             report=self.report,
         )
 
-    def require_usable(self, *, task: str | None = None, num_classes: int | None = None) -> None:
-        """One clear :class:`DataError` if this domain cannot be trained or evaluated on for ``task``
-        (``None``: used unlabeled); the same signature as the dense and detection domains'."""
+    def require_usable(self, *, labels: str | None = None, num_classes: int | None = None) -> None:
+        """One clear :class:`DataError` if this domain cannot be used with the ``labels`` a task needs
+        (a kind of :data:`LABEL_KINDS`; ``None``: used unlabeled) within ``num_classes``; the same
+        signature as the dense and detection domains'."""
         if len(self) == 0:
             extra = f" ({len(self.report.skipped)} files were unreadable)" if self.report.skipped else ""
             raise DataError(f"domain {self.name!r} has no usable images{extra}")
-        if task is None:
+        if labels is None:
             return
-        if task != "classification":
-            raise DataError(f"domain {self.name!r} has one label per image, not {task} labels")
+        if labels != "classes":
+            raise wrong_labels(self, "has one label per image", labels)
         if self.labels is None:
             raise DataError(
                 f"domain {self.name!r} has no labels, but labels are needed here "

@@ -72,7 +72,7 @@ def load_images(spec: str, b: Bundle, n: int | None = None) -> tuple[np.ndarray,
         images = dom.images[:n] if n else dom.images
         labels = None if dom.labels is None else dom.labels[:len(images)]
         return prepare_batch(images, task), labels
-    dom.require_usable(task=None)
+    dom.require_usable()
     labeled = tk.labeled_by(dom)
     xs, ys, got = [], [], 0
     for x, y, _ in eval_batches(dom, task, "cpu", 16, labels=labeled):

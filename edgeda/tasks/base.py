@@ -57,6 +57,7 @@ class Task:
     losses: ClassVar[tuple[str, ...]] = ()
     label_key: ClassVar[str] = "mask"  # what a dense sample's labels are called ("mask" or "depth")
     labels_flag: ClassVar[str | None] = "has_masks"  # the flag of a domain that carries this task's labels
+    label_kind: ClassVar[str] = "masks"  # the labels it trains and scores on (edgeda.data.domain.LABEL_KINDS)
     output: ClassVar[str] = "logits"  # what the task network outputs (TaskSpec.output)
     has_classes: ClassVar[bool] = True  # a spec needs at least one class (depth: none)
     class_logits: ClassVar[bool] = True  # outputs are class logits per image or per pixel (what the
@@ -115,7 +116,7 @@ class Task:
         classification overrides it."""
         if isinstance(domain, Domain):
             raise DataError(f"{what} has one label per image; this {spec.task} {model} needs per-pixel labels")
-        domain.require_usable(task=spec.task if labeled else None, num_classes=spec.num_classes or None)
+        domain.require_usable(labels=self.label_kind if labeled else None, num_classes=spec.num_classes or None)
         named = domain.classes and not getattr(domain, "classes_from_ids", False)  # not names made from mask ids
         if labeled and named and spec.classes and list(domain.classes) != list(spec.classes):
             raise DataError(f"{what} names the classes {', '.join(domain.classes)}, the {model} "

@@ -30,6 +30,7 @@ class Classification(Task):
     losses = ("ce",)
     label_key = "labels"
     labels_flag = None  # per-image data is classification data by its kind (edgeda.training.domains.resolve_task)
+    label_kind = "classes"
     spatial_output = False
     mirror_invariant = False
     per_image_rows = True
@@ -56,7 +57,7 @@ class Classification(Task):
     def check_data(self, domain, spec, *, labeled, what, model="bundle"):
         if not isinstance(domain, Domain):
             raise DataError(f"{what} is dense data; this {model} is a classifier")
-        domain.require_usable(task=self.name if labeled else None, num_classes=spec.num_classes if labeled else None)
+        domain.require_usable(labels=self.label_kind if labeled else None, num_classes=spec.num_classes if labeled else None)
 
     def stream(self, domain, spec, batch_size, device, seed, *, labeled, cfg, weights=None, rank=0, world_size=1):
         """In-memory images on the training device, shifted and contrast-jittered per batch (:class:`BatchStream`)."""

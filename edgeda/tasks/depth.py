@@ -49,6 +49,7 @@ class Depth(Task):
     losses = ("silog", "l1")
     label_key = "depth"
     labels_flag = "has_depth"
+    label_kind = "depth"
     output = "depth"
     has_classes = False
     class_logits = False

@@ -65,6 +65,7 @@ class Detection(Task):
     losses = ()
     label_key = "boxes"
     labels_flag = "has_boxes"
+    label_kind = "boxes"
     output = "detections"
     has_classes = True
     class_logits = False  # outputs are boxes with scores, not class logits per image or pixel

@@ -120,7 +120,7 @@ def load_domains(cfg: TrainConfig, needs_target: bool) -> Domains:
 
     tk = task_of(task)
     in_memory = isinstance(source, Domain)  # per-image data (classification), else read per sample
-    source.require_usable(task=task)
+    source.require_usable(labels=tk.label_kind)
     if src.builtin and src.split is None and src.has_split("val"):
         val_n = None if cfg.source_n is None or not in_memory else max(200, min(2000, cfg.source_n // 5))
         source_val = load_domain(src.with_split("val").text, labeled=True, n=val_n, **kw)
@@ -133,7 +133,7 @@ def load_domains(cfg: TrainConfig, needs_target: bool) -> Domains:
         source = source.subset(order[n_val:])
     num_classes = tk.num_classes_of(source)
     if in_memory:
-        source.require_usable(task=task, num_classes=num_classes)
+        source.require_usable(labels=tk.label_kind, num_classes=num_classes)
 
     target = target_test = None
     if cfg.target is None:  # only the built-in pair has a default target; recorded in the run's config
@@ -154,7 +154,7 @@ def load_domains(cfg: TrainConfig, needs_target: bool) -> Domains:
     if test_spec:
         target_test = load_domain(test_spec, labeled=True, **kw)
         _same_kind(target_test, "target test", tk)
-        target_test.require_usable(task=task, num_classes=num_classes)
+        target_test.require_usable(labels=tk.label_kind, num_classes=num_classes)
         if source.classes and target_test.classes and source.classes != target_test.classes:
             raise DataError(
                 f"classes differ between source ({', '.join(source.classes)}) and target test "

@@ -72,7 +72,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from adaptation import data_version  # noqa: E402
-from dense_shifts import TARGETS as SHIFT_TARGETS  # noqa: E402
+from dense_shifts import TARGETS as SHIFT_TARGETS, write_frames  # noqa: E402
 from readme_tables import fmt_pct, replace_block  # noqa: E402
 from scratch import scratch  # noqa: E402
 
@@ -215,15 +215,7 @@ def dense_bundle(row: str, seed: int) -> tuple[Path, dict]:
 
 def write_dense_target(row: str, folder: Path, size) -> int:
     """The row's unlabeled target split as PNG frames at the bundle's size."""
-    from PIL import Image
-
-    from edgeda.data import load_domain
-
-    dom = load_domain(pair_of(row)["target"], labeled=False, size=tuple(size), channels=3)
-    folder.mkdir(parents=True, exist_ok=True)
-    for i in range(len(dom)):
-        Image.fromarray(dom.sample(i).image).save(folder / f"{i:04d}.png")
-    return len(dom)
+    return write_frames(pair_of(row)["target"], folder, size)
 
 
 def _adapt_json(cmd: list[str]) -> tuple[dict, tuple]:

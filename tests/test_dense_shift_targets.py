@@ -270,3 +270,21 @@ def test_majority_from_stored_class_maps_marks_the_odd_candidate_out():
     scores = dense_shifts.majority_scores({"a": run(maps), "b": run(maps), "odd": run((maps + 1) % 3)})
     if scores:  # the majority validator is registered
         assert scores["odd"] < min(scores["a"], scores["b"])
+
+
+def test_source_free_candidates_start_from_the_source_only_bundle():
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+    import dense_shifts
+
+    assert dense_shifts.source_free("source_only+tent") == "tent" and dense_shifts.source_free("dann@init") is None
+    with pytest.raises(SystemExit, match="starts from the source-only bundle"):
+        dense_shifts.source_free("dann+tent")
+    cfg = dense_shifts.run_config("cpu", "paper", "source_only+tent", 1)
+    assert cfg["adapt_method"] == "tent" and cfg["init"].endswith("digits_seg-s1.edgeda")
+    assert cfg["target"] == "handwritten-scenes:paper" and cfg["target_test"] == "handwritten-scenes:paper-test"
+    assert {k: cfg[k] for k in dense_shifts.ADAPT_SETTINGS} == dense_shifts.ADAPT_SETTINGS and "iters" not in cfg
+    with pytest.raises(SystemExit, match="on-device methods"):
+        dense_shifts.main(["--targets", "paper", "--candidates", "source_only+nothing", "--results", "/nonexistent"])

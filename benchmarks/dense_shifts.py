@@ -485,6 +485,12 @@ def table(s: dict, profile: str = "cpu") -> str:
             lines += ["", "Each candidate's worth in `--method auto` (left out, the default validator re-chosen by the same rule): "
                       + "; ".join(f"without `{m}` auto averages {100 * w['miou']:.1f} % ({100 * w['change']:+.1f}, `{w['validator']}`)"
                                   for m, w in a["without"].items()) + "."]
+    sh = s.get("as_shipped")
+    if sh:
+        lines += ["", f"`edgeda train --method auto` as shipped (its own candidates: {', '.join(f'`{m}`' for m in sh['candidates'])}; "
+                  f"ranked by `{sh['validator']}`): {100 * sh['miou']:.1f} % on average vs {100 * sh['best_single_miou']:.1f} % for "
+                  f"its best single candidate (`{sh['best_single_candidate']}`) and {100 * sh['oracle_miou']:.1f} % for the best pick "
+                  f"per target; below `{REFERENCE}` on {sh['below_source_only']} of {sh['runs']} targets."]
     if s.get("few_labels"):
         lines += ["", "Selection by mIoU on k labelled target test frames (`--target-val`; random draws, regret measured on "
                   "the test frames not drawn):", "", "| labelled frames | draws within 1 point of the best | mean regret (points) |",
@@ -492,6 +498,34 @@ def table(s: dict, profile: str = "cpu") -> str:
         for k, r in s["few_labels"].items():
             lines.append(f"| {k} | {100 * r['within_1_point']:.0f}% | {100 * r['mean_regret']:.1f} |")
     return "\n".join(lines)
+
+
+def as_shipped(runs: list[dict]) -> dict | None:
+    """What ``edgeda train --method auto`` ships on these targets: its own candidates only (``edgeda.auto``'s
+    lists; ``majority`` recomputed over them), ranked by its default dense validator (its fallback where that
+    cannot rank them), against the best of those candidates and against ``source_only@init``."""
+    from edgeda import auto
+
+    names = {auto.DENSE_REFERENCE, *(f"{m}@init" for m in auto.DENSE_AUTO_METHODS),
+             *(f"source_only+{m}" for m in auto.DENSE_AUTO_ADAPT)}
+    recs = [r for r in records([r for r in runs if r["candidate"] in names]) if REFERENCE in r["candidates"]]
+    per = []
+    for r in recs:
+        c, v = r["candidates"], auto.DEFAULT_DENSE_SELECTOR
+        if _pick(c, v) is None:
+            v = auto.SELECTOR_FALLBACK.get(v, v)
+        if (p := _pick(c, v)) is not None:
+            per.append({"target": r["target"], "seed": r["seed"], "validator": v, "pick": p, "miou": c[p]["target"],
+                        "gain_vs_source_only": c[p]["target"] - c[REFERENCE]["target"],
+                        "best": max(x["target"] for x in c.values())})
+    if not per:
+        return None
+    present = sorted({m for r in recs for m in r["candidates"]})
+    means = {m: statistics.fmean(r["candidates"][m]["target"] for r in recs if m in r["candidates"]) for m in present}
+    best = max(means, key=means.get)
+    return {"candidates": present, "validator": auto.DEFAULT_DENSE_SELECTOR, "miou": statistics.fmean(p["miou"] for p in per),
+            "best_single_candidate": best, "best_single_miou": means[best], "oracle_miou": statistics.fmean(p["best"] for p in per),
+            "below_source_only": sum(p["gain_vs_source_only"] < 0 for p in per), "runs": len(per), "per_run": per}
 
 
 def summarise_suite(runs: list[dict]) -> tuple[dict, list[dict]]:
@@ -511,6 +545,7 @@ def summarise_suite(runs: list[dict]) -> tuple[dict, list[dict]]:
             if a:
                 without[m] = {"validator": a["validator"], "miou": a["miou"], "change": a["miou"] - s["auto"]["miou"]}
         s["auto"]["without"] = without
+    s["as_shipped"] = as_shipped(runs)
     return s, recs
 
 

@@ -216,6 +216,9 @@ def test_dense_shift_suite_quick_profile_runs_stores_and_resumes(tmp_path, capsy
         for c in r["candidates"].values():
             assert 0 <= c["target"] <= 1 and {"source_val", "entropy", "info_max"} <= set(c["scores"])
     assert s["recommended_validator"] in s["validators"] and set(s["few_labels"]) <= {"1", "2", "5", "10"}
+    shipped = s["as_shipped"]  # edgeda.auto's own candidates among those run, ranked by its default validator
+    assert shipped["runs"] == 2 and set(shipped["candidates"]) == {"source_only@init", "dann@init", "source_only+tent"}
+    assert shipped["best_single_miou"] <= shipped["oracle_miou"] and shipped["miou"] <= shipped["oracle_miou"]
     files = sorted(runs.glob("*.json"))
     assert [f.name for f in files] == [f"{t}-{c}-s0.json" for t in ("fog", "paper")
                                        for c in ("dann@init", "source_only+tent", "source_only@init")]

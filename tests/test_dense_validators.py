@@ -259,3 +259,19 @@ def test_method_auto_default_validator_gives_way_when_it_cannot_rank(tmp_path, o
     with pytest.raises(EdgedaError, match="'majority' cannot score"):
         auto.train_auto(make_config(None, dict(kw, out=str(tmp_path / "b"), select="majority")), methods=(),
                         adapt_methods=(), log=None)
+
+
+def test_the_shipped_defaults_are_what_the_stored_suites_chose():
+    """edgeda's default validators are set by hand from the stored suite results: they must agree."""
+    import json
+    from pathlib import Path
+
+    from edgeda import auto
+
+    results = Path(__file__).resolve().parent.parent / "benchmarks" / "results"
+    shipped = json.loads((results / "dense_shifts.json").read_text())["summary"]["as_shipped"]
+    # the dense suite's rule on the candidates --method auto ranks (its own list), and what that stored run used
+    assert shipped["recommended_validator"] == shipped["validator"] == auto.DEFAULT_DENSE_SELECTOR
+    assert set(shipped["candidates"]) == {auto.DENSE_REFERENCE, *(f"{m}@init" for m in auto.DENSE_AUTO_METHODS),
+                                          *(f"source_only+{m}" for m in auto.DENSE_AUTO_ADAPT)}
+    assert json.loads((results / "shifts.json").read_text())["summary"]["recommended_validator"] == auto.DEFAULT_SELECTOR

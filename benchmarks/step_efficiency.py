@@ -18,11 +18,14 @@ the peak of its own dtype and thread count.
 Variants, in interleaved rounds (A B C D E, A B C D E, ...) so that load from other processes hits
 all alike: ``default`` (fp32, contiguous, ``--threads`` intra-op threads: torch's default, at most
 2), ``channels_last`` (``--channels-last``), ``bf16`` (``--amp bf16``), ``bf16+channels_last``, and
-``threads=K`` (the default numerics on the other thread count: 1 vs 2). On a machine whose cores
+``threads=K`` (the default numerics on the other thread count: 1 vs 2) and ``compile`` (the default
+numerics with every network of the method through ``torch.compile``, in place, so parameter names
+stay; its first step, compilation included, is timed apart, and the row says after how many steps
+the compiled step pays back that time: ``never`` where it is not faster). On a machine whose cores
 other jobs share, pass ``--threads 1``: a 2-thread step there waits for a descheduled thread, which
 swamps what the layout and dtype change.
 On CUDA (``--device cuda``, run by ``scripts/gpu_check.sh``) the variants are ``fp32`` (AMP off),
-``default`` (the trainer's AMP: bf16 autocast where the GPU has it) and ``channels_last``; times
+``default`` (the trainer's AMP: bf16 autocast where the GPU has it) and ``channels_last`` (``compile`` on request); times
 are taken after ``torch.cuda.synchronize()`` and the fp32 peak is a plain fp32 matmul (TF32 off,
 PyTorch's default).
 
@@ -34,6 +37,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import math
 import statistics
 import subprocess
 import sys
@@ -55,7 +59,9 @@ VARIANTS = {  # name -> (amp, channels_last, threads: None = the default count)
     "channels_last": (True, True, None),
     "bf16": ("bf16", False, None),
     "bf16+channels_last": ("bf16", True, None),
+    "compile": (True, False, None),  # the default numerics, every network through torch.compile (inductor)
 }
+COMPILED = {"compile"}
 
 
 def model_configs(small: bool = False) -> dict[str, dict]:
@@ -135,6 +141,9 @@ def build(cfg: dict, variant: str, device: str, out: Path):
         t = trainer.target_stream.next() if trainer.target_stream is not None else None
         batches.append((channels_last(s), channels_last(t)) if cl else (s, t))
     trainer.method.train()
+    if variant in COMPILED:
+        for net in trainer.method.nets.values():
+            net.compile()
     return trainer.method, batches
 
 
@@ -183,6 +192,7 @@ def run(args) -> dict:
         variants = ["fp32", "default", "channels_last"]
     else:
         variants = ["default", "channels_last", "bf16", "bf16+channels_last", f"threads={other_threads}"]
+        variants += [] if args.small else ["compile"]  # compilation takes minutes: not in smoke runs unless asked
     if device.type == "cuda":
         variants = [v for v in variants if not v.startswith("threads=")]
     unknown = [v for v in variants if v not in VARIANTS and not v.startswith("threads=")]
@@ -225,13 +235,14 @@ def run(args) -> dict:
 
     configs = model_configs(args.small)
     models = [m for m in args.models.split(",") if m]
-    built, flops = {}, {}
+    built, flops, first_step = {}, {}, {}
     with tempfile.TemporaryDirectory() as tmp:
         for m in models:
             for v in variants:
                 key = (m, v)
                 torch.set_num_threads(_threads(v, default_threads))
                 built[key] = build(configs[m], v, args.device, Path(tmp) / f"{m}-{v}")
+                first_step[key] = step_times(*built[key], 1, device)[0]  # compilation, for compiled variants
                 step_times(*built[key], args.warmup, device)  # kernel selection, allocator, caches
             torch.set_num_threads(default_threads)
             flops[m] = count_flops(*built[(m, variants[0])])
@@ -257,12 +268,17 @@ def run(args) -> dict:
             dtype = dtypes[(m, v)]
             peak = peaks.get(f"{dtype}@{th}") or peaks.get(f"{dtype}@{default_threads}")
             gflops = flops[m] / med / 1e9
+            extra = {}
+            if v in COMPILED:  # compile time = the first step's excess; pay-back = steps until the saving covers it
+                compile_s = max(0.0, first_step[(m, v)] - med)
+                saving = base - med
+                extra = {"compile_s": compile_s, "payback_steps": math.ceil(compile_s / saving) if saving > 0 else None}
             rows.append({"model": m, "variant": v, "threads": th, "compute_dtype": dtype, "channels_last": VARIANTS.get(v, VARIANTS["default"])[1],
                          "median_ms": 1000 * med, "mean_ms": 1000 * statistics.fmean(samples[(m, v)]),
                          "steps": len(samples[(m, v)]), "gflop_per_step": flops[m] / 1e9, "gflops": gflops,
                          "peak_gflops": peak["gflops"] if peak else None,
                          "efficiency": gflops / peak["gflops"] if peak else None,
-                         "speedup_vs_default": base / med})
+                         "speedup_vs_default": base / med, **extra})
     m_info = machine_info()
     return {
         "machine": {**m_info, "device": str(device), "cpu_flags_bf16": sorted({"avx512_bf16", "amx_bf16", "amx_tile"} & flags),
@@ -293,13 +309,16 @@ def markdown(res: dict) -> str:
         "same dtype and thread count. The cores were shared with other jobs while measured: the numbers are noisy, "
         "and only ratios within one model (same rounds) mean much.",
         "",
-        "| model | variant | threads | ms / step | GFLOP / step | GFLOP/s | % of peak | speed-up vs default |",
-        "|---|---|---|---|---|---|---|---|",
+        "| model | variant | threads | ms / step | GFLOP / step | GFLOP/s | % of peak | speed-up vs default | compile s (pays back after) |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in res["rows"]:
         eff = "–" if r["efficiency"] is None else f"{100 * r['efficiency']:.1f}"
+        comp = "–"
+        if "compile_s" in r:
+            comp = f"{r['compile_s']:.0f} ({'never' if r['payback_steps'] is None else str(r['payback_steps']) + ' steps'})"
         lines.append(f"| {r['model']} | {r['variant']} | {r['threads']} | {r['median_ms']:.1f} | {r['gflop_per_step']:.3f} | "
-                     f"{r['gflops']:.1f} | {eff} | {r['speedup_vs_default']:.2f} |")
+                     f"{r['gflops']:.1f} | {eff} | {r['speedup_vs_default']:.2f} | {comp} |")
     return "\n".join(lines)
 
 
@@ -310,7 +329,9 @@ def main(argv=None) -> int:
     ap.add_argument("--steps", type=int, default=4, help="timed steps per variant per round")
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--models", default="dann,lraspp_seg,deeplab_seg,lraspp_depth")
-    ap.add_argument("--variants", default=None, help="default: cpu: every variant but fp32; cuda: fp32,default,channels_last")
+    ap.add_argument("--variants", default=None,
+                    help="default: cpu: every variant but fp32 (and but compile with --small); cuda: fp32,default,channels_last "
+                         "(compile on request: its compilation does not fit the GPU check's time)")
     ap.add_argument("--threads", type=int, default=None,
                     help="intra-op threads of every variant but threads=K (default: torch's, at most 2, on the CPU)")
     ap.add_argument("--small", action="store_true", help="toy sizes (a smoke run of the code path)")

@@ -138,15 +138,9 @@ def run_config(profile: str, name: str, candidate: str, seed: int) -> dict:
 
 def write_frames(spec: str, folder: Path, size) -> int:
     """A domain's images as a folder of PNG frames at ``size`` (what ``edgeda adapt --target-dir`` reads)."""
-    from PIL import Image
+    from edgeda.data import load_domain, save_images
 
-    from edgeda.data import load_domain
-
-    dom = load_domain(spec, labeled=False, size=tuple(size), channels=3)
-    folder.mkdir(parents=True, exist_ok=True)
-    for i in range(len(dom)):  # a dense domain's frames, or the images of an unlabeled .npz read as a plain domain
-        Image.fromarray(dom.sample(i).image if hasattr(dom, "sample") else dom.images[i]).save(folder / f"{i:04d}.png")
-    return len(dom)
+    return save_images(load_domain(spec, labeled=False, size=tuple(size), channels=3), folder)
 
 
 def train_candidate(profile: str, name: str, candidate: str, cfg: dict, out: Path) -> tuple[Path, dict]:

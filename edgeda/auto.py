@@ -15,11 +15,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
-
 from .adapt.runner import adapt
 from .bundle import load_bundle, update_bundle
 from .config import make_config
+from .data import save_images
 from .errors import EdgedaError
 from .methods import METHODS
 from .tasks import task_of
@@ -52,23 +51,13 @@ DEFAULT_DENSE_SELECTOR = "majority"
 SELECTOR_FALLBACK = {"majority": "agreement"}
 
 
-def _write_target_images(domain, folder: Path) -> Path:
-    """The target domain's images (a plain domain's, a dense domain's frames) as PNG files in ``folder``."""
-    from PIL import Image
-
-    folder.mkdir(parents=True, exist_ok=True)
-    for i in range(len(domain)):
-        a = np.asarray(domain.sample(i).image if hasattr(domain, "sample") else domain.images[i])
-        Image.fromarray(a[..., 0] if a.ndim == 3 and a.shape[2] == 1 else a).save(folder / f"{i:05d}.png")
-    return folder
-
-
 def _adapt_candidates(source_bundle: Path, domains, methods, cand_dir: Path, out: Path, cfg, iters, log) -> dict:
     """``{"source_only+NAME": bundle}``: the source-only bundle adapted source-free by each of ``methods``
     on the target images (none without a target)."""
     if domains.target is None or not methods:
         return {}
-    images = _write_target_images(domains.target, out / "target_images")
+    images = out / "target_images"
+    save_images(domains.target, images)
     bundles = {}
     for a in methods:
         name = f"source_only+{a}"

@@ -115,3 +115,23 @@ def test_random_translate_moves_content_by_at_most_the_shift():
     assert ((r - 4).abs() <= 2).all() and ((c - 4).abs() <= 2).all()
     assert len(set(zip(r.tolist(), c.tolist()))) > 10  # shifts vary per image
     assert torch.allclose(y.sum((1, 2, 3)), torch.ones(64))  # nothing lost or duplicated
+
+
+def test_save_images_round_trips_plain_and_dense_domains(tmp_path):
+    from edgeda.data import save_images
+
+    x = np.random.default_rng(0).integers(0, 256, (5, 12, 10), dtype=np.uint8)  # grayscale
+    np.savez(tmp_path / "gray.npz", x=x, y=np.arange(5) % 2)
+    gray = load_domain(str(tmp_path / "gray.npz"), labeled=False, size=(12, 10), channels=1)
+    assert save_images(gray, tmp_path / "g") == 5
+    files = sorted((tmp_path / "g").iterdir())
+    assert [f.name for f in files] == [f"{i:05d}.png" for i in range(5)]
+    for i, f in enumerate(files):  # written in order, pixel for pixel
+        np.testing.assert_array_equal(np.asarray(Image.open(f)), x[i])
+    again = load_domain(str(tmp_path / "g"), labeled=False, channels=1, size=(12, 10))
+    assert len(again) == 5
+
+    dense = load_domain("synscenes:photo-test", labeled=False, size=(32, 64), channels=3)
+    n = save_images(dense, tmp_path / "d")
+    assert n == len(dense) and len(list((tmp_path / "d").iterdir())) == n
+    np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "d" / "00001.png")), dense.sample(1).image)

@@ -119,3 +119,17 @@ def load_domain(
         return load_folder(path, labeled=labeled, size=tuple(size), channels=channels)
     valid = ", ".join(BUILTIN_DOMAINS)
     raise DataError(f"unknown domain {spec!r}: not a built-in name ({valid}), a folder, or an .npz file")
+
+
+def save_images(domain, folder: Path) -> int:
+    """Write ``domain``'s images (a plain domain's, a dense or detection domain's frames) as numbered PNG
+    files in ``folder``, in order; the number written. What ``edgeda adapt --target-dir`` reads."""
+    import numpy as np
+    from PIL import Image
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(len(domain)):
+        a = np.asarray(domain.sample(i).image if hasattr(domain, "sample") else domain.images[i])
+        Image.fromarray(a[..., 0] if a.ndim == 3 and a.shape[2] == 1 else a).save(folder / f"{i:05d}.png")
+    return len(domain)

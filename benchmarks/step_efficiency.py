@@ -9,7 +9,9 @@ optimizer) on batches drawn beforehand from the trainer's own streams.
 
 FLOPs per step are counted once per model with ``torch.utils.flop_counter.FlopCounterMode``
 (matmul/convolution-family ops, forward and backward; element-wise work is not counted, so the
-figures are a lower bound on the work done). The peak is the fastest fp32 (and, where the CPU has
+figures are a lower bound on the work done), with a convolution backward counted as one forward
+convolution per gradient computed (:func:`conv_backward_flops`; torch's formula overcounts grouped
+convolutions). The peak is the fastest fp32 (and, where the CPU has
 AVX512-BF16 or AMX, bf16) square matmul at the size that maximises it (searched over a range of
 sizes once, then measured again at that size after every round, so it sees the same load as the
 steps; the best is kept), at each thread count used; a variant's efficiency is its GFLOP/s over
@@ -165,11 +167,23 @@ def _compute_dtype(engine) -> str:
     return "bf16" if engine.dtype == torch.bfloat16 else "fp16"
 
 
+def conv_backward_flops(grad_out_shape, x_shape, w_shape, _bias, _stride, _padding, _dilation, transposed,
+                        _output_padding, _groups, output_mask, out_shape=None, **kwargs) -> int:
+    """FLOPs of ``aten.convolution_backward``: each gradient it computes (input, weight) costs what the
+    forward convolution costs. torch's own formula counts the weight gradient of a grouped convolution
+    as if it were dense (``groups`` times too many: 38x the forward pass on the LR-ASPP step, whose
+    depthwise convolutions dominate), which made a step look faster than the machine's peak."""
+    from torch.utils.flop_counter import conv_flop_count
+
+    forward = conv_flop_count(list(x_shape), list(w_shape), list(grad_out_shape), transposed)
+    return forward * (int(bool(output_mask[0])) + int(bool(output_mask[1])))
+
+
 def count_flops(method, batches) -> int:
     from torch.utils.flop_counter import FlopCounterMode
 
     s, t = batches[0]
-    with FlopCounterMode(display=False) as counter:
+    with FlopCounterMode(display=False, custom_mapping={torch.ops.aten.convolution_backward: conv_backward_flops}) as counter:
         method.step(s, t)
     return int(counter.get_total_flops())
 

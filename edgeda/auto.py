@@ -8,7 +8,10 @@ Dense tasks: source-only once, then ``source_only@init`` (source-only training c
 from that bundle), each of :data:`DENSE_AUTO_METHODS` with ``--init`` from it for the same
 iterations, and the source-only bundle adapted source-free with :data:`DENSE_AUTO_ADAPT` on the
 target images; ranked by :data:`DEFAULT_DENSE_SELECTOR`, with a warning when no candidate beats
-continued source-only training by that score.
+continued source-only training by that score. Detection follows the dense recipe with its task's lists
+(:attr:`edgeda.tasks.Task.auto_methods`: ``mean_teacher`` and ``dann``, no source-free candidate), and
+the validators compare its candidates' boxes (``majority``: average precision against the boxes each
+other candidate is sure of).
 """
 from __future__ import annotations
 
@@ -23,7 +26,7 @@ from .errors import EdgedaError
 from .methods import METHODS
 from .tasks import task_of
 from .training.domains import load_domains
-from .training.model_eval import evaluate_model, evaluation_context
+from .training.model_eval import DETECTION_VALIDATOR_IMAGES, evaluate_model, evaluation_context
 from .training.selection import selector_names
 from .training.trainer import train
 from .training.validators import score_candidates
@@ -46,9 +49,10 @@ DENSE_REFERENCE = "source_only@init"  # continued source-only training: the base
 # targets where it was below continued source-only training (agreement with the source-only model rewards a
 # model that kept its predictions, and TENT's target statistics change many of them).
 DEFAULT_DENSE_SELECTOR = "majority"
-# a default validator that needs more candidates than a run has (``majority`` votes over at least two others)
-# gives way to the next one; a validator the user names never does
-SELECTOR_FALLBACK = {"majority": "agreement"}
+# a default validator that cannot rank a run's candidates gives way to the next one (``majority`` votes over at least
+# two others; a detector's box validators need a candidate sure of some box; ``source_val`` scores any labeled
+# source); a validator the user names never does
+SELECTOR_FALLBACK = {"majority": "agreement", "agreement": "source_val"}
 
 
 def _adapt_candidates(source_bundle: Path, domains, methods, cand_dir: Path, out: Path, cfg, iters, log) -> dict:
@@ -66,6 +70,11 @@ def _adapt_candidates(source_bundle: Path, domains, methods, cand_dir: Path, out
                   seed=cfg.seed, threads=None)
         bundles[name] = r.bundle
     return bundles
+
+
+def _first(*lists):
+    """The first of ``lists`` that is not None (the caller's, the task's, auto's default)."""
+    return next(x for x in lists if x is not None)
 
 
 def available_methods(names, task: str, log=print) -> list[str]:
@@ -94,18 +103,23 @@ def score_candidates_on(bundles: dict, domains, reference: str, device: str = "c
         b = load_bundle(path)
         nets[name] = (b.module(b.primary), b.task)
     ref_net, spec = nets[reference]
-    ref_rows = evaluate_model(ref_net, domains.target, spec, device, labels=False, rows=True, seed=seed).rows \
-        if domains.target is not None else None
+    task = task_of(spec)
+    boxes = task.output == "detections"  # detectors are compared by their boxes, not by class rows
+    ref = evaluate_model(ref_net, domains.target, spec, device, labels=False, rows=not boxes, seed=seed, detections=boxes,
+                         max_images=DETECTION_VALIDATOR_IMAGES if boxes else None) if domains.target is not None else None
+    ref_rows = ref.rows if ref is not None else None
     contexts, record = {}, {}
     for name, (net, spec) in nets.items():
-        ctx, _, out = evaluation_context(net, domains, spec, device, seed=seed, reference_rows=ref_rows, hflip=hflip)
+        ctx, _, out = evaluation_context(net, domains, spec, device, seed=seed, reference_rows=ref_rows, hflip=hflip,
+                                         detections=boxes, reference_detections=ref.detections if ref is not None else None)
         contexts[name] = ctx
         entry = {"bundle": str(bundles[name])}
         if out is not None and out.rows is not None and ref_rows is not None:
             entry[f"disagreement_with_{reference}"] = disagreement(out.rows, ref_rows)
         if target_test and domains.target_test is not None:  # reported only
             test = evaluate_model(net, domains.target_test, spec, device).scores
-            entry["target_test"] = test.get("accuracy", test.get("miou"))
+            entry["target_test"] = test.get(task.headline)
+            entry["target_test_scores"] = {k: v for k, v in test.items() if isinstance(v, (int, float))}
         record[name] = entry
     for name, scores in score_candidates(contexts).items():
         record[name]["scores"] = scores
@@ -122,7 +136,8 @@ def train_auto(cfg, *, methods=None, adapt_methods=None, selector: str | None = 
     log = log or (lambda s: None)
     base = cfg.to_dict()
     domains = load_domains(make_config(base, {"method": "source_only"}), True)
-    dense = task_of(domains.task).auto_from_init  # the dense recipe: candidates fine-tuned from source-only
+    task = task_of(domains.task)
+    dense = task.auto_from_init  # the dense recipe: candidates fine-tuned from source-only
     default = DEFAULT_DENSE_SELECTOR if dense else DEFAULT_SELECTOR
     chosen_by_user = bool(selector) or cfg.select not in ("last", "target_val")
     selector = selector or (cfg.select if cfg.select not in ("last", "target_val") else default)
@@ -137,27 +152,27 @@ def train_auto(cfg, *, methods=None, adapt_methods=None, selector: str | None = 
         return train(c, progress=False, log=None, reference=reference_net).bundle
 
     if dense:
-        methods = available_methods(DENSE_AUTO_METHODS if methods is None else methods, domains.task, log)
+        methods = available_methods(_first(methods, task.auto_methods, DENSE_AUTO_METHODS), domains.task, log)
         source_bundle = run("source_only", "source_only")
         bundles = {DENSE_REFERENCE: run(DENSE_REFERENCE, "source_only", init=str(source_bundle))}
         for m in methods:
             bundles[f"{m}@init"] = run(f"{m}@init", m, init=str(source_bundle))
-        bundles.update(_adapt_candidates(source_bundle, domains, DENSE_AUTO_ADAPT if adapt_methods is None else adapt_methods,
+        bundles.update(_adapt_candidates(source_bundle, domains, _first(adapt_methods, task.auto_adapt, DENSE_AUTO_ADAPT),
                                          cand_dir, out, cfg, adapt_iters, log))
         reference = DENSE_REFERENCE
     else:
-        methods = available_methods(AUTO_METHODS if methods is None else methods, domains.task, log)
+        methods = available_methods(_first(methods, task.auto_methods, AUTO_METHODS), domains.task, log)
         bundles = {"source_only": run("source_only", "source_only")}
         ref = load_bundle(bundles["source_only"])
         for m in methods:  # the source-only model is each run's agreement reference, as in a plain train
             bundles[m] = run(m, m, reference_net=ref.module(ref.primary))
-        bundles.update(_adapt_candidates(bundles["source_only"], domains, AUTO_ADAPT if adapt_methods is None else adapt_methods,
+        bundles.update(_adapt_candidates(bundles["source_only"], domains, _first(adapt_methods, task.auto_adapt, AUTO_ADAPT),
                                          cand_dir, out, cfg, adapt_iters, log))
         reference = "source_only"
     record = score_candidates_on(bundles, domains, reference, "cpu", cfg.seed, hflip=cfg.augment_hflip)
     for entry in record.values():  # one key name whatever the reference is called
         entry["disagreement_with_source_only"] = entry.pop(f"disagreement_with_{reference}", None)
-    if not any(selector in r["scores"] for r in record.values()) and not chosen_by_user and selector in SELECTOR_FALLBACK:
+    while not any(selector in r["scores"] for r in record.values()) and not chosen_by_user and selector in SELECTOR_FALLBACK:
         log(f"auto: {selector} cannot rank {len(record)} candidates; ranking by {SELECTOR_FALLBACK[selector]}")
         selector = SELECTOR_FALLBACK[selector]
     if not any(selector in r["scores"] for r in record.values()):

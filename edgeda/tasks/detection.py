@@ -70,6 +70,10 @@ class Detection(Task):
     has_classes = True
     class_logits = False  # outputs are boxes with scores, not class logits per image or pixel
     inferred = False  # detection data is read as such only when --task detection asks for it
+    # ``--method auto``: the detection methods that train from the source-only bundle; no source-free candidate
+    # (on the benchmark pairs on-device tent and cotta both write the shipped model: a copy of source-only)
+    auto_methods = ("mean_teacher", "dann")
+    auto_adapt = ()
 
     # -- training ------------------------------------------------------------------------------
     def make_spec(self, domain, *, image_size, channels, mean=None, std=None) -> TaskSpec:

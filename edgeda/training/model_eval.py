@@ -24,6 +24,7 @@ from ..data.dense_transforms import DenseDataset
 from ..data.domain import Domain
 from ..data.transforms import to_float_nchw
 from ..tasks import task_of
+from ..tasks.detection_metrics import as_detections
 from ..tasks.spec import TaskSpec
 from ..utils import save_figure, to_device
 from .validators import EvalContext, label_confusion
@@ -34,6 +35,7 @@ class EvalOutput:
     scores: dict | None = None
     rows: torch.Tensor | None = None  # (M, K) logits for label-free validators
     features: torch.Tensor | None = None  # (N, d) classifier features
+    detections: list[dict] | None = None  # a detector's decoded detections per image (numpy boxes, scores, labels)
 
 
 def eval_batches(domain, spec: TaskSpec, device, batch_size: int, *, labels: bool, workers: int | None = None,
@@ -81,12 +83,14 @@ def dense_eval_batches(domain, spec: TaskSpec, device, batch_size: int, *, label
 @torch.no_grad()
 def evaluate_model(model: torch.nn.Module, domain, spec: TaskSpec, device="cpu", *, labels: bool = True,
                    rows: bool = False, features: bool = False, batch_size: int | None = None, seed: int = 0,
-                   rows_per_image: int = 64, not_decoded: list | None = None) -> EvalOutput:
+                   rows_per_image: int = 64, not_decoded: list | None = None, detections: bool = False,
+                   max_images: int | None = None) -> EvalOutput:
     """One pass of ``model`` (eval mode; its mode is restored) over ``domain``.
 
     ``labels``: score against the domain's labels; ``rows``: collect the validators' logit rows
     (a fixed pixel sample per image for dense tasks, seeded by ``seed``); ``features``: collect the
-    features of a classifier (``features_and_logits``).
+    features of a classifier (``features_and_logits``); ``detections``: keep a detector's decoded
+    detections per image; ``max_images``: stop after the first that many images of the domain.
     """
     task = task_of(spec)
     batch_size = batch_size or task.eval_batch_size
@@ -94,9 +98,16 @@ def evaluate_model(model: torch.nn.Module, domain, spec: TaskSpec, device="cpu",
     model.eval()
     meter = task.meter(spec) if labels else None
     gen = torch.Generator().manual_seed(seed)
-    row_chunks, feat_chunks = [], []
+    row_chunks, feat_chunks, dets = [], [], []
+    seen = 0
     try:
         for x, y, _ in eval_batches(domain, spec, device, batch_size, labels=labels, not_decoded=not_decoded):
+            if max_images is not None:
+                if seen >= max_images:
+                    break
+                x = x[:max_images - seen]
+                y = y[:max_images - seen] if y is not None else None
+                seen += len(x)
             if features:
                 f, out = model.features_and_logits(x)
                 feat_chunks.append(f.float().cpu())
@@ -105,6 +116,8 @@ def evaluate_model(model: torch.nn.Module, domain, spec: TaskSpec, device="cpu",
                 out = task.infer(model, x)
             if meter is not None and y is not None:
                 task.update(meter, to_device(out, "cpu"), y)
+            if detections:
+                dets.extend(as_detections(d) for d in task.decide(to_device(out, "cpu")))
             if rows:
                 r = task.validator_rows(out, gen, rows_per_image)
                 if r is not None:
@@ -118,10 +131,13 @@ def evaluate_model(model: torch.nn.Module, domain, spec: TaskSpec, device="cpu",
         res.rows = torch.cat(row_chunks) if row_chunks else torch.zeros(0, max(spec.num_classes, 1))
     if features:
         res.features = torch.cat(feat_chunks) if feat_chunks else torch.zeros(0, 0)
+    if detections:
+        res.detections = dets
     return res
 
 
 AUGMENTATIONS = ("flip", "rescale", "colour")
+DETECTION_VALIDATOR_IMAGES = 256  # target images whose detections the box validators compare (in domain order)
 
 
 def _augment_params(n: int, gen: torch.Generator, crop: float) -> dict:
@@ -235,14 +251,18 @@ def label_marginal(scores: dict | None) -> torch.Tensor | None:
 
 
 def evaluation_context(model: torch.nn.Module, domains, spec: TaskSpec, device="cpu", *, seed: int = 0,
-                       reference_rows: torch.Tensor | None = None, augment: bool = True, hflip: bool = True
+                       reference_rows: torch.Tensor | None = None, augment: bool = True, hflip: bool = True,
+                       detections: bool = False, reference_detections: list[dict] | None = None
                        ) -> tuple[EvalContext, dict, EvalOutput | None]:
     """(the validators' context, the source-validation scores, the target pass) of ``model`` on a run's
     ``domains``: source validation (with per-image rows and features for classification), the target
     rows (a fixed pixel sample per image for dense tasks, from ``seed``), the source label marginal,
     the augmented passes of :func:`augmentation_confusion` (``augment``; flips only where ``hflip`` and
 :func:`consistency_augmentations` allow) and ``reference_rows`` (a
-    source-only model's target rows, same seed). What the trainer records at every evaluation and what
+    source-only model's target rows, same seed). A detector's target pass runs only with ``detections``
+    (the first :data:`DETECTION_VALIDATOR_IMAGES` target images, decoded, with the reference's
+    ``reference_detections`` on the same images): what ``--method auto`` compares detectors on; a
+    training run's evaluations skip it. What the trainer records at every evaluation and what
     ``--method auto`` and the benchmarks score candidates with."""
     t = task_of(spec)
     per_image = domains.target is not None and t.per_image_rows and domains.source_val.labels is not None
@@ -252,7 +272,12 @@ def evaluation_context(model: torch.nn.Module, domains, spec: TaskSpec, device="
         ctx.source_logits, ctx.source_features = sv.rows, sv.features
         ctx.source_labels = torch.as_tensor(np.asarray(domains.source_val.labels), dtype=torch.long)
     out = None
-    if domains.target is not None and not t.class_logits:
+    if domains.target is not None and detections and t.output == "detections":
+        out = evaluate_model(model, domains.target, spec, device, labels=False, detections=True,
+                             max_images=DETECTION_VALIDATOR_IMAGES)
+        ctx.target_detections, ctx.reference_detections = out.detections, reference_detections
+        ctx.classes = list(spec.classes)
+    elif domains.target is not None and not t.class_logits:
         # outputs that are not class logits give the validators no rows (nor features): no target pass
         out = EvalOutput(rows=torch.zeros(0, max(spec.num_classes, 1)))
         ctx.target_logits, ctx.target_features, ctx.reference_logits = out.rows, None, reference_rows

@@ -17,19 +17,22 @@ outputs, where DEV and reverse validation have no per-image source rows: ``aug_c
 vote) and ``info_max_prior`` (information maximisation against the source label marginal, since
 background rightly dominates frames). A validator that cannot score a context (no target data, no
 per-image source labels for a dense task, no reference model, no other candidates) raises
-``ValueError`` and is left out of that evaluation's record.
+``ValueError`` and is left out of that evaluation's record. For detectors, whose outputs are boxes
+rather than class rows, ``agreement`` and ``majority`` compare boxes (:func:`box_agreement`:
+average precision against the boxes the other detector is sure of) and ``source_val`` scores the
+source; the others cannot score them.
 """
 from __future__ import annotations
 
 import re
 
-from .context import VALIDATORS, EvalContext, label_agreement, label_confusion, mean_iou, target_probs
+from .context import VALIDATORS, EvalContext, box_agreement, label_agreement, label_confusion, mean_iou, target_probs
 
 # registration order is the order of ``edgeda methods --validators`` and of every score record
 from . import source_val, entropy, info_max, snd, bnm, dev, reverse, agreement  # noqa: E402,F401  (isort: skip)
 from . import aug_consistency, majority, info_max_prior  # noqa: E402,F401  (isort: skip)
 
-__all__ = ["VALIDATORS", "EvalContext", "describe", "label_agreement", "label_confusion", "mean_iou", "score_all",
+__all__ = ["VALIDATORS", "EvalContext", "box_agreement", "describe", "label_agreement", "label_confusion", "mean_iou", "score_all",
            "score_candidates", "selector_names", "target_probs"]
 
 
@@ -75,10 +78,13 @@ def score_all(ctx: EvalContext) -> dict[str, float]:
 def score_candidates(contexts: dict[str, EvalContext]) -> dict[str, dict[str, float]]:
     """Every validator's score of each candidate, where the candidates were evaluated on the same target
     rows (same domain, same seed): each context receives the other candidates' target logits as its
-    ``peer_logits`` (what ``majority`` votes with), then :func:`score_all` scores it."""
+    ``peer_logits`` (what ``majority`` votes with; a detector's ``peer_detections``), then
+    :func:`score_all` scores it."""
     out = {}
     for name, ctx in contexts.items():
         ctx.peer_logits = {o: c.target_logits for o, c in contexts.items()
                            if o != name and c.target_logits is not None}
+        ctx.peer_detections = {o: c.target_detections for o, c in contexts.items()
+                               if o != name and c.target_detections is not None}
         out[name] = score_all(ctx)
     return out

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from .context import VALIDATORS, EvalContext, target_probs
+from .context import VALIDATORS, EvalContext, box_agreement, target_probs
 
 
 @VALIDATORS.register("agreement")
@@ -14,7 +14,12 @@ def agreement(ctx: EvalContext, top_fraction: float = 0.3) -> float:
     predictions the source-only model was sure of (a class swap introduced by alignment). Cannot
     detect: the reference's own confident errors, which it rewards keeping; it caps the credit for
     fixing them. Needs the reference logits (``edgeda train --method auto`` and the shift suite
-    provide them); dense rows work the same way."""
+    provide them); dense rows work the same way. Detectors: the candidate's average precision at IoU 0.5
+    against the boxes the source-only detector is sure of (:func:`box_agreement`)."""
+    if ctx.target_detections is not None:
+        if ctx.reference_detections is None:
+            raise ValueError("needs the source-only detector's target detections")
+        return box_agreement(ctx.target_detections, ctx.reference_detections, ctx.classes or [])
     if ctx.reference_logits is None:
         raise ValueError("needs the source-only model's target predictions")
     p = target_probs(ctx)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 
 from ...registry import Registry
@@ -32,6 +33,12 @@ class EvalContext:
     augmented_confusion: dict[str, torch.Tensor] | None = None
     # the other candidates' logits on the same target rows, by candidate name (``majority``)
     peer_logits: dict[str, torch.Tensor] = field(default_factory=dict)
+    # detectors: per target image, the decoded detections (``boxes`` (n, 4), ``scores``, ``labels``) of the
+    # candidate, of the source-only reference and of the other candidates, on the same images
+    target_detections: list[dict] | None = None
+    reference_detections: list[dict] | None = None
+    peer_detections: dict[str, list[dict]] = field(default_factory=dict)
+    classes: list[str] | None = None  # the detector's class names (scores per class)
 
 
 def target_probs(ctx: EvalContext) -> torch.Tensor:
@@ -58,6 +65,34 @@ def mean_iou(conf: torch.Tensor, over_all_classes: bool = False) -> float:
     if not bool(used.any()):
         raise ValueError("no labelled rows to compare")
     return float((inter[used] / union[used]).mean())
+
+
+#: a detection at least this confident counts as a box another detector must find (the deployment threshold
+#: of the papers' detectors; what the mean teacher's pseudo-boxes start from)
+BOX_TRUTH_SCORE = 0.5
+
+
+def box_agreement(dets: list[dict], other: list[dict], classes: list[str], min_score: float = BOX_TRUTH_SCORE) -> float:
+    """How well ``dets`` find the boxes ``other`` is sure of, image by image: COCO AP at IoU 0.5
+    (pycocotools, per class then averaged over the classes ``other`` finds) of ``dets`` ranked by score,
+    with ``other``'s detections scoring at least ``min_score`` as the truth. Raises ``ValueError`` when
+    ``other`` is sure of no box on any image (nothing to agree with)."""
+    from ...tasks.detection_metrics import as_detections, coco_scores
+
+    if len(dets) != len(other):
+        raise ValueError(f"detections of {len(dets)} and {len(other)} images")
+    truths = []
+    for d in other:
+        d = as_detections(d)
+        keep = d["scores"] >= min_score
+        truths.append({"boxes": d["boxes"][keep], "labels": d["labels"][keep], "crowd": np.zeros((0, 4)),
+                       "crowd_labels": np.zeros(0, np.int64)})
+    if not any(len(t["boxes"]) for t in truths):
+        raise ValueError(f"the other detector finds no box scoring at least {min_score}")
+    ap = coco_scores([as_detections(d) for d in dets], truths, classes)["map50"]
+    if ap != ap:
+        raise ValueError("no average precision (no comparable boxes)")
+    return float(ap)
 
 
 def label_agreement(conf: torch.Tensor) -> float:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from .context import VALIDATORS, EvalContext, label_agreement, label_confusion, mean_iou, target_probs
+from .context import VALIDATORS, EvalContext, box_agreement, label_agreement, label_confusion, mean_iou, target_probs
 
 
 def majority_vote(logits: list[torch.Tensor]) -> torch.Tensor:
@@ -25,7 +25,21 @@ def majority(ctx: EvalContext, min_peers: int = 2) -> float:
     method introduced). Cannot detect: errors most candidates share (the vote then rewards them), and it
     ranks by consensus, so a lone candidate that truly fixed the shift scores low. Needs at least two
     other candidates scored on the same rows (``--method auto`` and the shift suites pass them through
-    :func:`edgeda.training.validators.score_candidates`)."""
+    :func:`edgeda.training.validators.score_candidates`).
+
+    Detectors have no rows to vote on: the candidate's mean, over the other candidates, of its
+    :func:`box_agreement` with each (its average precision at IoU 0.5 against the boxes that candidate
+    is sure of), so the boxes most candidates find count most; a candidate sure of no box is left out."""
+    if ctx.target_detections is not None:
+        scores = []
+        for dets in ctx.peer_detections.values():
+            try:
+                scores.append(box_agreement(ctx.target_detections, dets, ctx.classes or []))
+            except ValueError:
+                continue  # that candidate is sure of no box: nothing to agree with
+        if len(scores) < min_peers:
+            raise ValueError(f"needs the target detections of at least {min_peers} other candidates sure of some box")
+        return float(sum(scores) / len(scores))
     peers = [z for z in ctx.peer_logits.values() if z is not None]
     if len(peers) < min_peers:
         raise ValueError(f"needs the target predictions of at least {min_peers} other candidates")

@@ -22,8 +22,8 @@ all alike: ``default`` (fp32, contiguous, ``--threads`` intra-op threads: torch'
 2), ``channels_last`` (``--channels-last``), ``bf16`` (``--amp bf16``), ``bf16+channels_last``, and
 ``threads=K`` (the default numerics on the other thread count: 1 vs 2) and ``compile`` (the default
 numerics with every network of the method through ``torch.compile``, in place, so parameter names
-stay; its first step, compilation included, is timed apart, and the row says after how many steps
-the compiled step pays back that time: ``never`` where it is not faster). On a machine whose cores
+stay; its first step, compilation included and inductor's caches off, is timed apart, and the row
+says after how many steps the compiled step pays back that time: ``never`` where it is not faster). On a machine whose cores
 other jobs share, pass ``--threads 1``: a 2-thread step there waits for a descheduled thread, which
 swamps what the layout and dtype change.
 On CUDA (``--device cuda``, run by ``scripts/gpu_check.sh``) the variants are ``fp32`` (AMP off),
@@ -144,6 +144,9 @@ def build(cfg: dict, variant: str, device: str, out: Path):
         batches.append((channels_last(s), channels_last(t)) if cl else (s, t))
     trainer.method.train()
     if variant in COMPILED:
+        import torch._inductor.config as inductor_config
+
+        inductor_config.force_disable_caches = True  # time what a first run on a machine pays, not a cache hit
         for net in trainer.method.nets.values():
             net.compile()
     return trainer.method, batches

@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from .adapt import ADAPT_METHODS
 from .adapt.runner import adapt
 from .bundle import load_bundle, update_bundle
 from .config import make_config
@@ -58,6 +59,7 @@ SELECTOR_FALLBACK = {"majority": "agreement", "agreement": "source_val"}
 def _adapt_candidates(source_bundle: Path, domains, methods, cand_dir: Path, out: Path, cfg, iters, log) -> dict:
     """``{"source_only+NAME": bundle}``: the source-only bundle adapted source-free by each of ``methods``
     on the target images (none without a target)."""
+    methods = available_methods(methods, domains.task, log, registry=ADAPT_METHODS)
     if domains.target is None or not methods:
         return {}
     images = out / "target_images"
@@ -77,13 +79,14 @@ def _first(*lists):
     return next(x for x in lists if x is not None)
 
 
-def available_methods(names, task: str, log=print) -> list[str]:
-    """``names`` that are registered training methods adapting ``task``; each one left out is noted."""
+def available_methods(names, task: str, log=print, registry=METHODS) -> list[str]:
+    """``names`` that are registered methods adapting ``task`` (training methods, or with
+    ``registry=ADAPT_METHODS`` on-device ones); each one left out is noted."""
     out = []
     for n in names:
-        if n not in METHODS:
+        if n not in registry:
             log and log(f"auto: skipping {n} (no such method registered)")
-        elif task not in METHODS.get(n).tasks:
+        elif task not in registry.get(n).tasks:
             log and log(f"auto: skipping {n} (it does not adapt {task} models)")
         else:
             out.append(n)

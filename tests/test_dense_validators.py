@@ -275,3 +275,28 @@ def test_the_shipped_defaults_are_what_the_stored_suites_chose():
     assert set(shipped["candidates"]) == {auto.DENSE_REFERENCE, *(f"{m}@init" for m in auto.DENSE_AUTO_METHODS),
                                           *(f"source_only+{m}" for m in auto.DENSE_AUTO_ADAPT)}
     assert json.loads((results / "shifts.json").read_text())["summary"]["recommended_validator"] == auto.DEFAULT_SELECTOR
+
+
+def test_method_auto_depth_skips_what_cannot_adapt_depth_and_ranks_by_source_validation(tmp_path, one_torch_thread):
+    """Depth has no class rows for the validators and no on-device method: auto leaves out the candidates that
+    cannot adapt depth, says so, and ranks by source validation (the end of the fallback chain)."""
+    from edgeda.auto import DENSE_REFERENCE, train_auto
+    from edgeda.config import make_config
+    from edgeda.data.builtin import BUILTIN_DOMAINS
+
+    paths = {}
+    for key, split, n, labeled in (("source", "train", 12, True), ("target", "photo", 6, False), ("test", "photo-test", 6, True)):
+        dom = BUILTIN_DOMAINS.get("synscenes")(split, size=(32, 64), n=n)
+        arrays = {"x": dom.images, **({"depth": dom.depth.astype(np.float32)} if labeled else {})}
+        np.savez(tmp_path / f"{key}.npz", **arrays)
+        paths[key] = str(tmp_path / f"{key}.npz")
+    cfg = make_config(None, dict(method="source_only", source=paths["source"], target=paths["target"], target_test=paths["test"],
+                                 task="depth", iters=2, eval_every=2, checkpoint_every=2, batch_size=2, image_size=[32, 64],
+                                 backbone="lraspp", backbone_kwargs={"width": 0.25}, out=str(tmp_path / "run"), device="cpu"))
+    logs = []
+    res = train_auto(cfg, log=logs.append)
+    assert any("skipping tent (it does not adapt depth models)" in line for line in logs)
+    assert set(res["candidates"]) == {DENSE_REFERENCE, "dann@init"}
+    assert res["selector"] == "source_val" and any("ranking by source_val" in line for line in logs)
+    assert res["chosen"] == max(res["candidates"], key=lambda n: (res["candidates"][n]["scores"]["source_val"], n == DENSE_REFERENCE))
+    assert res["candidates"]["dann@init"]["target_test"] > 0  # abs rel, reported only

@@ -136,6 +136,7 @@ def _given(ctx: click.Context, values: dict) -> dict:
 @click.option("--task-loss", show_default="silog for depth", help="the task's supervised loss (depth: silog | l1)")
 @click.option("--workers", type=int, show_default="0 for data in memory, a few for folders",
               help="DataLoader workers for dense data read from disk")
+@click.option("--threads", type=int, show_default="one per core", help="CPU threads for torch (1 on a machine other jobs share)")
 @click.option("--eval-every", type=int, default=_default("eval_every"), show_default=True, help="evaluate and log every N iterations")
 @click.option("--checkpoint-every", type=int, default=_default("checkpoint_every"), show_default=True,
               help="write a checkpoint every N iterations (and at the end), for --resume")
@@ -158,11 +159,11 @@ def _given(ctx: click.Context, values: dict) -> dict:
 @click.option("--config", "config_file", type=click.Path(dir_okay=False), help="YAML/JSON config; flags override it")
 @click.option("--resume", is_flag=True,
               help="continue the run in --out with its own settings (its config.json) from its last intact checkpoint; "
-                   "only --iters, --eval-every, --checkpoint-every, --device, --workers and --skip-nonfinite may change")
+                   "only --iters, --eval-every, --checkpoint-every, --device, --workers, --threads and --skip-nonfinite may change")
 @click.option("--json", "as_json", is_flag=True, help="print the result as JSON")
 @handle_errors
 def train(method, task, source, target, target_test, target_val, iters, batch_size, lr, backbone, backbone_weights, backbone_options, image_size,
-          task_loss, workers, eval_every, checkpoint_every, select, seed, device, init, options, ema, amp, channels_last, skip_nonfinite, out,
+          task_loss, workers, threads, eval_every, checkpoint_every, select, seed, device, init, options, ema, amp, channels_last, skip_nonfinite, out,
           config_file, resume, as_json) -> None:
     """Train a model with an adaptation method and write a bundle."""
     from .training import train as run_train
@@ -171,7 +172,7 @@ def train(method, task, source, target, target_test, target_val, iters, batch_si
     overrides = _given(click.get_current_context(), dict(method=method, task=task, source=source, target=target, target_test=target_test, iters=iters,
                      target_val=target_val,
                      backbone_weights=backbone_weights, image_size=_parse_size(image_size), task_loss=task_loss,
-                     workers=workers,
+                     workers=workers, threads=threads,
                      batch_size=batch_size, lr=lr, backbone=backbone, eval_every=eval_every, checkpoint_every=checkpoint_every, select=select, seed=seed,
                      device=device, init=init, out=out, skip_nonfinite=skip_nonfinite, ema=ema, amp=amp,
                      channels_last=channels_last))

@@ -30,6 +30,7 @@ class TrainConfig:
     std: list | None = None
     task_loss: str | None = None  # the task's supervised loss (depth: silog | l1); None: the task's default
     workers: int | None = None  # DataLoader workers for dense data; None: 0 in memory, a few for folders
+    threads: int | None = None  # CPU threads for torch (None: torch's default, one per core)
     iters: int = 2000
     batch_size: int = 32  # per domain, per process
     optimizer: str = "sgd"
@@ -85,6 +86,8 @@ class TrainConfig:
             raise EdgedaError("--std values must be positive")
         if self.workers is not None and self.workers < 0:
             raise EdgedaError("--workers must be 0 or more")
+        if self.threads is not None and self.threads < 1:
+            raise EdgedaError("--threads must be at least 1")
         self.eval_every = max(1, min(self.eval_every, self.iters))
         self.checkpoint_every = max(1, self.checkpoint_every)
         return self
@@ -131,7 +134,7 @@ def make_config(file_values: dict | None = None, overrides: dict[str, Any] | Non
 
 #: Settings that ``--resume`` may change: they extend or watch a run without changing what it
 #: learns from (``iters`` extends the budget; the LR schedule then spans the new length).
-RESUME_SAFE = ("iters", "eval_every", "checkpoint_every", "device", "workers", "skip_nonfinite", "out")
+RESUME_SAFE = ("iters", "eval_every", "checkpoint_every", "device", "workers", "threads", "skip_nonfinite", "out")
 
 
 def resume_config(out: str | Path, given: dict[str, Any]) -> TrainConfig:

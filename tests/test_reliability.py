@@ -249,6 +249,27 @@ def test_resume_may_extend_iterations_but_needs_a_run(tmp_path):
     assert res.exit_code == 2 and "beyond --iters 3" in res.output
 
 
+def test_threads_set_torch_threads_may_change_on_resume_and_must_be_positive(tmp_path):
+    import torch
+
+    was = torch.get_num_threads()
+    try:
+        base = ["train", "--method", "source_only", "--backbone-option", "width=8", "--backbone-option", "out_dim=32",
+                "--batch-size", "8", "--iters", "2", "--checkpoint-every", "2", "--device", "cpu", *_npz_domains(tmp_path),
+                "--out", str(tmp_path / "r")]
+        torch.set_num_threads(2)
+        assert CliRunner().invoke(main, [*base, "--threads", "1"]).exit_code == 0
+        assert torch.get_num_threads() == 1
+        assert json.loads((tmp_path / "r" / "config.json").read_text())["threads"] == 1
+        res = CliRunner().invoke(main, ["train", "--resume", "--out", str(tmp_path / "r"), "--iters", "4", "--threads", "2"])
+        assert res.exit_code == 0, res.output
+        assert torch.get_num_threads() == 2
+        res = CliRunner().invoke(main, [*base[:-1], str(tmp_path / "z"), "--threads", "0"])
+        assert res.exit_code == 2 and "--threads must be at least 1" in res.output
+    finally:
+        torch.set_num_threads(was)
+
+
 # -- non-finite losses through the CLI ------------------------------------------------------------
 def test_nonfinite_loss_via_cli_stops_with_iteration_or_skips(tmp_path, monkeypatch):
     from edgeda.methods.source_only import SourceOnly

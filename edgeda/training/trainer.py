@@ -115,6 +115,8 @@ class Trainer:
         """Load the domains, build the method and the data streams (``run()`` does this first)."""
         cfg = self.cfg
         method_cls = METHODS.get(cfg.method)
+        if cfg.threads is not None:  # on a machine other jobs share, fewer threads than cores wait on each other less
+            torch.set_num_threads(cfg.threads)
         seed_everything(cfg.seed)
         self.domains = load_domains(cfg, method_cls.uses_target)
         for line in self.domains.skip_lines():

@@ -13,8 +13,8 @@ figures are a lower bound on the work done), with a convolution backward counted
 convolution per gradient computed (:func:`conv_backward_flops`; torch's formula overcounts grouped
 convolutions). The peak is the fastest fp32 (and, where the CPU has
 AVX512-BF16 or AMX, bf16) square matmul at the size that maximises it (searched over a range of
-sizes once, then measured again at that size after every round, so it sees the same load as the
-steps; the best is kept), at each thread count used; a variant's efficiency is its GFLOP/s over
+sizes before the first round and after every round, so it sees the same load as the steps; the
+best is kept), at each thread count used; a variant's efficiency is its GFLOP/s over
 the peak of its own dtype and thread count.
 
 Variants, in interleaved rounds (A B C D E, A B C D E, ...) so that load from other processes hits
@@ -230,19 +230,18 @@ def run(args) -> dict:
     peaks: dict[str, dict] = {}
 
     def measure_peaks() -> None:
-        """Every (dtype, threads) peak: over all ``sizes`` the first time, then again at the best size
-        in each round (interleaved with the steps, so the peak sees the same load); the best is kept."""
+        """Every (dtype, threads) peak over all ``sizes``, again in each round (interleaved with the steps,
+        so the peak sees the same load; a size slowed once by other jobs gets another chance); the best is kept."""
         for th in thread_counts:
             torch.set_num_threads(th)
             for name, dtype in dtypes_peak.items():
                 key = f"{name}@{th}"
+                m = matmul_peak(device, dtype, sizes)
                 if key not in peaks:
-                    peaks[key] = {**matmul_peak(device, dtype, sizes), "per_round": []}
-                    peaks[key]["per_round"].append(round(peaks[key]["gflops"], 2))
-                else:
-                    g = matmul_peak(device, dtype, (peaks[key]["n"],))["gflops"]
-                    peaks[key]["per_round"].append(round(g, 2))
-                    peaks[key]["gflops"] = max(peaks[key]["gflops"], g)
+                    peaks[key] = {**m, "per_round": []}
+                peaks[key]["per_round"].append(round(m["gflops"], 2))
+                if m["gflops"] > peaks[key]["gflops"]:
+                    peaks[key].update(gflops=m["gflops"], n=m["n"], per_size=m["per_size"])
         torch.set_num_threads(default_threads)
 
     measure_peaks()

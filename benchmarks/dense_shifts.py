@@ -492,6 +492,9 @@ def table(s: dict, profile: str = "cpu") -> str:
                   "|---|---|---|"]
         for k, r in s["few_labels"].items():
             lines.append(f"| {k} | {100 * r['within_1_point']:.0f}% | {100 * r['mean_regret']:.1f} |")
+    if s.get("left_out"):
+        lines += ["", "Left out of this summary until run on every target (their stored runs are kept): " + ", ".join(
+            f"`{c}` ({n} of {len(s['targets'])} targets)" for c, n in s["left_out"].items()) + "."]
     return "\n".join(lines)
 
 
@@ -527,13 +530,29 @@ def as_shipped(runs: list[dict]) -> dict | None:
             "below_source_only": sum(p["gain_vs_source_only"] < 0 for p in per), "runs": len(per), "per_run": per}
 
 
+def complete_candidates(runs: list[dict]) -> tuple[list[dict], dict[str, int]]:
+    """The runs of the candidates stored on every (target, seed) the reference is, and ``{candidate: number
+    of targets}`` of those left out (a candidate still being run would otherwise change the pool target by
+    target: the validators' picks and ``majority``'s vote compare candidates on each target)."""
+    cells = {(r["target"], r["seed"]) for r in runs if r["candidate"] == REFERENCE}
+    have = {}
+    for r in runs:
+        have.setdefault(r["candidate"], set()).add((r["target"], r["seed"]))
+    partial = {c: len({t for t, _ in got}) for c, got in have.items() if not cells <= got}
+    return [r for r in runs if r["candidate"] not in partial], partial
+
+
 def summarise_suite(runs: list[dict]) -> tuple[dict, list[dict]]:
-    """:func:`summarise` over every candidate, plus whether each candidate is worth its cost in ``--method
+    """:func:`summarise` over every candidate run on every target (:func:`complete_candidates`; the others
+    are named under ``left_out``), plus whether each candidate is worth its cost in ``--method
     auto``: ``without[m]`` re-runs the summary with ``m`` left out (``majority`` recomputed over the
     remaining class maps, the default validator re-chosen by the same rule) and records what auto then
     averages. A candidate earns its training run when leaving it out lowers auto's mean mIoU."""
+    runs, partial = complete_candidates(runs)
     recs = records(runs)
     s = summarise(recs, runs)
+    if partial:
+        s["left_out"] = dict(sorted(partial.items()))
     if s.get("auto"):
         without = {}
         for m in s["methods"]:

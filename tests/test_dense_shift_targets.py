@@ -291,3 +291,22 @@ def test_source_free_candidates_start_from_the_source_only_bundle():
     assert {k: cfg[k] for k in dense_shifts.ADAPT_SETTINGS} == dense_shifts.ADAPT_SETTINGS and "iters" not in cfg
     with pytest.raises(SystemExit, match="on-device methods"):
         dense_shifts.main(["--targets", "paper", "--candidates", "source_only+nothing", "--results", "/nonexistent"])
+
+
+def test_a_candidate_not_yet_run_on_every_target_is_left_out_of_the_summary_and_named():
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+    import dense_shifts
+
+    def run(t, c):
+        return {"target": t, "seed": 0, "candidate": c}
+
+    runs = [run(t, c) for t in ("fog", "night", "rain") for c in (dense_shifts.REFERENCE, "dacs@init")]
+    runs += [run("fog", "cda@init"), run("night", "cda@init")]
+    kept, partial = dense_shifts.complete_candidates(runs)
+    assert partial == {"cda@init": 2}
+    assert {r["candidate"] for r in kept} == {dense_shifts.REFERENCE, "dacs@init"} and len(kept) == 6
+    kept, partial = dense_shifts.complete_candidates(runs + [run("rain", "cda@init")])
+    assert partial == {} and len(kept) == 9

@@ -190,7 +190,7 @@ def train_auto(cfg, *, methods=None, adapt_methods=None, selector: str | None = 
                    f"shipping {reference}. Label 5-20 target frames and pass them as --target-val to check with labels.")
     else:
         warning = None
-    result = {"selector": selector, "chosen": chosen, "reference": reference, "candidates": record,
+    result = {"task": domains.task, "selector": selector, "chosen": chosen, "reference": reference, "candidates": record,
               "transfer_warning": warning}
     if dense:
         result["source_only_bundle"] = str(source_bundle)

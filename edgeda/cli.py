@@ -169,13 +169,12 @@ def train(method, task, source, target, target_test, target_val, iters, batch_si
     from .training import train as run_train
 
     file_values = load_config_file(config_file) if config_file else {}
-    overrides = _given(click.get_current_context(), dict(method=method, task=task, source=source, target=target, target_test=target_test, iters=iters,
-                     target_val=target_val,
-                     backbone_weights=backbone_weights, image_size=_parse_size(image_size), task_loss=task_loss,
-                     workers=workers, threads=threads,
-                     batch_size=batch_size, lr=lr, backbone=backbone, eval_every=eval_every, checkpoint_every=checkpoint_every, select=select, seed=seed,
-                     device=device, init=init, out=out, skip_nonfinite=skip_nonfinite, ema=ema, amp=amp,
-                     channels_last=channels_last))
+    overrides = _given(click.get_current_context(), dict(
+        method=method, task=task, source=source, target=target, target_test=target_test, target_val=target_val, iters=iters,
+        batch_size=batch_size, lr=lr, backbone=backbone, backbone_weights=backbone_weights, image_size=_parse_size(image_size),
+        task_loss=task_loss, workers=workers, threads=threads, eval_every=eval_every, checkpoint_every=checkpoint_every,
+        select=select, seed=seed, device=device, init=init, out=out, skip_nonfinite=skip_nonfinite, ema=ema, amp=amp,
+        channels_last=channels_last))
     method = overrides["method"]
     if options:
         overrides["options"] = dict(parse_option(o) for o in options)
@@ -189,14 +188,8 @@ def train(method, task, source, target, target_test, target_val, iters, batch_si
         auto = train_auto(make_config(file_values, overrides), log=None if as_json else click.echo)
         if as_json:
             emit_json(auto)
-            return
-        for name, c in auto["candidates"].items():
-            test = f", target test {c['target_test']:.1%} (reported only)" if c.get("target_test") is not None else ""
-            click.echo(f"  {name:<18} {auto['selector']} {c['scores'].get(auto['selector'], float('nan')):.4f}{test}")
-        click.echo(f"chosen by {auto['selector']}: {auto['chosen']}")
-        if auto["transfer_warning"]:
-            click.echo(auto["transfer_warning"])
-        click.echo(f"bundle: {auto['bundle']}")
+        else:
+            _print_auto(auto)
         return
     if resume:  # the run stored in --out continues with its own settings; only safe ones may change
         given = {**file_values, **{k: v for k, v in overrides.items() if v is not None}}
@@ -213,12 +206,35 @@ def train(method, task, source, target, target_test, target_val, iters, batch_si
     if as_json:
         emit_json(out)
         return
+    _print_run(cfg, result)
+
+
+def _score_format(task: str):
+    """How a task's headline score prints: a percentage where higher is better, else the error itself."""
+    from .tasks import task_of
+
+    return (lambda v: f"{v:.1%}") if task_of(task).higher_is_better else (lambda v: f"{v:.3f}")
+
+
+def _print_auto(auto: dict) -> None:
+    """``edgeda train --method auto``'s candidates, their scores, the pick and the warning."""
+    fmt = _score_format(auto["task"])
+    for name, c in auto["candidates"].items():
+        test = f", target test {fmt(c['target_test'])} (reported only)" if c.get("target_test") is not None else ""
+        click.echo(f"  {name:<18} {auto['selector']} {c['scores'].get(auto['selector'], float('nan')):.4f}{test}")
+    click.echo(f"chosen by {auto['selector']}: {auto['chosen']}")
+    if auto["transfer_warning"]:
+        click.echo(auto["transfer_warning"])
+    click.echo(f"bundle: {auto['bundle']}")
+
+
+def _print_run(cfg, result) -> None:
+    """A finished training run: its source-validation and (reported only) target-test headline scores."""
     from .tasks import task_of
 
     m = result.metrics
-    t = task_of(result.task)
-    key, name = next(iter(t.record_keys.items()))
-    fmt = (lambda v: f"{v:.1%}") if t.higher_is_better else (lambda v: f"{v:.3f}")
+    key, name = next(iter(task_of(result.task).record_keys.items()))
+    fmt = _score_format(result.task)
     click.echo(f"\n{cfg.method} ({result.task}): {cfg.source} -> {cfg.target or '(no target)'}, {cfg.iters} iterations in "
                f"{result.wall_time:.0f}s")
     click.echo(f"  source val {name}  {fmt(m.get(f'source_val_{key}', float('nan')))}")

@@ -12,6 +12,11 @@ continued source-only training by that score. Detection follows the dense recipe
 (:attr:`edgeda.tasks.Task.auto_methods`: ``mean_teacher`` and ``dann``, no source-free candidate), and
 the validators compare its candidates' boxes (``majority``: average precision against the boxes each
 other candidate is sure of).
+
+A run interrupted part-way loses nothing it finished: run again with the same settings and ``--out``, each
+candidate already made with the same settings (and from the same starting bundle) is reused, one that was
+training continues from its last checkpoint, and the rest are made (``candidates/NAME.auto.json`` records
+each candidate's settings and bundle).
 """
 from __future__ import annotations
 
@@ -32,6 +37,7 @@ from .training.selection import selector_names
 from .training.trainer import train
 from .training.validators import score_candidates
 from .trust import disagreement, transfer_warning
+from .utils import atomic_write_json, sha256_file
 
 AUTO_METHODS = ("dann", "mmd")  # trained like source-only, on the same data
 AUTO_ADAPT = ("shot", "tent")  # source-free, run on the source-only bundle with the same target images
@@ -67,11 +73,37 @@ def _adapt_candidates(source_bundle: Path, domains, methods, cand_dir: Path, out
     bundles = {}
     for a in methods:
         name = f"source_only+{a}"
-        log(f"auto: adapting source-only with {a} (source-free) ...")
-        r = adapt(source_bundle, images, cand_dir / f"{name}.edgeda", method=a, iters=iters, device=cfg.device,
-                  seed=cfg.seed, threads=None)
-        bundles[name] = r.bundle
+        settings = {"source_manifest_sha256": sha256_file(Path(source_bundle) / "manifest.json"), "method": a,
+                    "iters": iters, "device": cfg.device, "seed": cfg.seed, "target_images": len(domains.target)}
+        bundles[name] = _once(cand_dir / f"{name}.auto.json", settings, name, log, lambda: adapt(
+            source_bundle, images, cand_dir / f"{name}.edgeda", method=a, iters=iters, device=cfg.device,
+            seed=cfg.seed, threads=None).bundle, what=f"adapting source-only with {a} (source-free)")
     return bundles
+
+
+def _once(marker: Path, settings: dict, name: str, log, make, what: str, resume=None) -> Path:
+    """The bundle of candidate ``name``: made by ``make()`` (``resume()`` where an earlier ``--method auto`` run with
+    the same ``settings`` started it and was interrupted: a training run continues from its last checkpoint), or
+    reused where such a run finished it. ``marker`` records the settings and, once made, the bundle."""
+    want = json.loads(json.dumps(settings))
+    try:
+        rec = json.loads(marker.read_text()) if marker.is_file() else {}
+    except (OSError, ValueError):
+        rec = {}
+    same = rec.get("settings") == want
+    if same and rec.get("bundle") and (Path(rec["bundle"]) / "manifest.json").is_file():
+        log(f"auto: {name} was made with these settings by an earlier run; reusing {rec['bundle']}")
+        return Path(rec["bundle"])
+    if same and resume is not None:
+        log(f"auto: continuing {name} from where an earlier run stopped ...")
+        make = resume
+    else:
+        log(f"auto: {what} ...")
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(marker, {"settings": want, "bundle": None})
+    bundle = Path(make())
+    atomic_write_json(marker, {"settings": want, "bundle": str(bundle)})
+    return bundle
 
 
 def _first(*lists):
@@ -150,9 +182,13 @@ def train_auto(cfg, *, methods=None, adapt_methods=None, selector: str | None = 
     cand_dir = out / "candidates"
 
     def run(name, method, reference_net=None, **extra):
-        log(f"auto: training {name} ...")
         c = make_config(base, {"method": method, "out": str(cand_dir / name), **extra})
-        return train(c, progress=False, log=None, reference=reference_net).bundle
+        settings = {"config": c.to_dict()}
+        if extra.get("init"):  # a candidate started from a bundle is another run when that bundle changed
+            settings["init_manifest_sha256"] = sha256_file(Path(extra["init"]) / "manifest.json")
+        return _once(cand_dir / f"{name}.auto.json", settings, name, log,
+                     lambda: train(c, progress=False, log=None, reference=reference_net).bundle, what=f"training {name}",
+                     resume=lambda: train(c, resume=True, progress=False, log=None, reference=reference_net).bundle)
 
     if dense:
         methods = available_methods(_first(methods, task.auto_methods, DENSE_AUTO_METHODS), domains.task, log)

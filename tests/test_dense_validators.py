@@ -300,3 +300,37 @@ def test_method_auto_depth_skips_what_cannot_adapt_depth_and_ranks_by_source_val
     assert res["selector"] == "source_val" and any("ranking by source_val" in line for line in logs)
     assert res["chosen"] == max(res["candidates"], key=lambda n: (res["candidates"][n]["scores"]["source_val"], n == DENSE_REFERENCE))
     assert res["candidates"]["dann@init"]["target_test"] > 0  # abs rel, reported only
+
+
+def test_method_auto_run_again_reuses_finished_candidates_and_continues_an_interrupted_one(tmp_path, one_torch_thread):
+    from edgeda.auto import DENSE_REFERENCE, train_auto
+    from edgeda.config import make_config
+
+    d = _tiny_scenes(tmp_path)
+    base = dict(method="source_only", source=d["source"], target=d["target"], target_test=d["test"], task="segmentation",
+                iters=4, eval_every=2, checkpoint_every=2, batch_size=2, image_size=[32, 64], backbone="lraspp",
+                backbone_kwargs={"width": 0.25}, out=str(tmp_path / "run"), device="cpu", seed=0)
+    first = train_auto(make_config(None, base), methods=("dann",), adapt_iters=2, log=None)
+    cands = tmp_path / "run" / "candidates"
+    # the dann candidate was interrupted after its first checkpoint: its bundle and its record of it are gone
+    import shutil
+
+    shutil.rmtree(cands / "dann@init" / "model.edgeda")
+    marker = json.loads((cands / "dann@init.auto.json").read_text())
+    (cands / "dann@init.auto.json").write_text(json.dumps({**marker, "bundle": None}))
+    for c in (cands / "dann@init" / "checkpoints").glob("ckpt-0000004.*"):
+        c.unlink()
+    logs = []
+    again = train_auto(make_config(None, base), methods=("dann",), adapt_iters=2, log=logs.append)
+    assert any(f"{DENSE_REFERENCE} was made with these settings" in line for line in logs)
+    assert any("source_only+tent was made with these settings" in line for line in logs)
+    assert any("continuing dann@init from where an earlier run stopped" in line for line in logs)
+    assert not any(line.startswith("auto: training") for line in logs)
+    for name in (DENSE_REFERENCE, "source_only+tent"):  # reused: the same bundle, the same scores
+        assert again["candidates"][name]["scores"] == first["candidates"][name]["scores"]
+    assert (cands / "dann@init" / "model.edgeda" / "manifest.json").is_file()
+    # other settings: every candidate is made again
+    logs = []
+    train_auto(make_config(None, {**base, "iters": 2, "eval_every": 2}), methods=("dann",), adapt_iters=2, log=logs.append)
+    assert not any("made with these settings" in line or "continuing" in line for line in logs)
+    assert sum(line.startswith("auto: training") for line in logs) == 3

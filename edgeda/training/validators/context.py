@@ -7,6 +7,7 @@ import numpy as np
 import torch
 
 from ...registry import Registry
+from ...tasks.detection_metrics import as_detections, coco_scores
 
 VALIDATORS: Registry = Registry("validator")
 
@@ -77,8 +78,6 @@ def box_agreement(dets: list[dict], other: list[dict], classes: list[str], min_s
     (pycocotools, per class then averaged over the classes ``other`` finds) of ``dets`` ranked by score,
     with ``other``'s detections scoring at least ``min_score`` as the truth. Raises ``ValueError`` when
     ``other`` is sure of no box on any image (nothing to agree with)."""
-    from ...tasks.detection_metrics import as_detections, coco_scores
-
     if len(dets) != len(other):
         raise ValueError(f"detections of {len(dets)} and {len(other)} images")
     truths = []

@@ -239,13 +239,15 @@ def summarise(profile: str) -> dict:
             continue
         keys = list(methods["source_only"][0]["target_test"])
         def reference(m):
-            """(reference method, pairing key) for ``m``'s gain. ``@init`` runs pair on (machine, seed), their
-            starting bundle: against ``source_only@init``, and that one against the source-only run it continued;
-            the other runs pair on the seed against ``source_only``."""
+            """(reference method, pairing key) for ``m``'s gain. Every run pairs on (machine, seed): runs of one
+            seed on different machines differ, so a gain is only taken against a run of the same machine.
+            ``@init`` runs pair against ``source_only@init`` (and that one against the source-only run it
+            continued); the other runs against ``source_only``."""
+            same = lambda r: (r["machine"].get("cpu"), r["seed"])  # noqa: E731
             if not m.endswith("@init"):
-                return "source_only", lambda r: r["seed"]
+                return "source_only", same
             ref = "source_only@init" if m != "source_only@init" and "source_only@init" in methods else "source_only"
-            return ref, lambda r: (r["machine"].get("cpu"), r["seed"])
+            return ref, same
 
         def stats(runs):
             ref_method, key = reference(runs[0].get("method", "source_only"))
@@ -307,7 +309,8 @@ def table(profile: str, rows: dict) -> str:
              "report only; gain: the method minus source-only on the same seed (higher is better for mIoU, lower for "
              "abs rel); upper bound: source-only with the same model and budget trained on the target's labelled "
              "adaptation split (seed 0), evaluated on the same test split. Runs of one seed on different machines differ "
-             "(floating-point order): compare gains within a machine. NAME@ITERS: the method at another iteration "
+             "(floating-point order): a gain pairs runs of the same machine and seed, and a method run only where no "
+             "source-only run of its seed was made has none. NAME@ITERS: the method at another iteration "
              "count; NAME@task: a two-stage method whose task stage gets the row's iterations; NAME@init: started from "
              "the seed's source-only bundle, its gain against source_only@init (source-only training continued as "
              "long) where stored.", "",
@@ -328,7 +331,7 @@ def table(profile: str, rows: dict) -> str:
             short = "–" if upper is None or mean is None else (
                 f"{100 * (upper - mean):.1f} points" if pct else f"{mean - upper:+.3f}")
             g = s["gain_vs_source_only"]
-            gain = "–" if method == "source_only" or g[0] is None else (
+            gain = "–" if method == "source_only" else "not paired: no source-only run on its machine" if g[0] is None else (
                 f"{100 * g[0]:+.1f} ± {100 * g[1]:.1f}" if pct else f"{g[0]:+.3f} ± {g[1]:.3f}")
             its = s["config"]["iters"]
             others = ", ".join(f"{k} {_fmt(s['target'][k], k != 'rmse')}" + (" m" if k == "rmse" else "") for k in keys[1:])

@@ -211,3 +211,10 @@ def test_dense_init_gains_pair_on_the_machine_and_seed_of_the_starting_bundle(tm
     assert abs(s["source_only@init"]["target"]["miou"][0] - 0.15) < 1e-9
     # continued source-only training is compared with the source-only run of its own machine only
     assert abs(s["source_only@init"]["gain_vs_source_only"][0] - (0.10 - 0.15)) < 1e-9
+    # from-scratch runs pair on the machine too: a method run where no source-only run of its seed was made has no gain
+    store("dann", 0, 0.18, "Intel(R) Xeon(R) Processor")
+    store("fda", 0, 0.12, "AMD EPYC")
+    s = dense.summarise("cpu")["syn_seg"]["methods"]
+    assert abs(s["dann"]["gain_vs_source_only"][0] - 0.03) < 1e-9
+    assert s["fda"]["gain_vs_source_only"] == (None, None)
+    assert "not paired: no source-only run on its machine" in dense.table("cpu", dense.summarise("cpu"))

@@ -45,6 +45,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from readme_tables import METRIC_VALUES, replace_block  # noqa: E402
 from scratch import copy_once, scratch  # noqa: E402
+from edgeda.tasks import task_of  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 PAIRS = {
@@ -172,7 +173,6 @@ def run_one(profile: str, row: str, seed: int, upper: bool, method: str = "sourc
     import torch
 
     import edgeda
-    from edgeda.tasks import task_of
     from edgeda.utils import machine_info, sha256_file
 
     folder = run_folder(profile, method)
@@ -285,7 +285,7 @@ def per_class_table(profile: str, rows: dict) -> str:
     out = []
     for r in rows.values():
         classes = next((s["per_class"] for s in r["methods"].values() if s.get("per_class")), None)
-        if r["task"] != "segmentation" or not classes:
+        if not task_of(r["task"]).has_classes or not classes:
             continue
         out += [f"{r['pair']}, profile `{profile}`: target IoU % per class, mean over each method's seeds.", "",
                 "| method | " + " | ".join(classes) + " |", "|---" * (len(classes) + 1) + "|"]
@@ -323,8 +323,8 @@ def table(profile: str, rows: dict) -> str:
         for method, s in r["methods"].items():
             keys = list(s["target"])
             head = keys[0]
-            pct = head != "abs_rel"
-            name = "mIoU %" if head == "miou" else "abs rel"
+            pct = task_of(r["task"]).higher_is_better  # a score in % (mIoU), else an error (abs rel)
+            name = {"miou": "mIoU %"}.get(head, head.replace("_", " "))
             up = r["upper"][head] if (r["upper"] and method == "source_only") else (None, None)
             upper = r["upper"][head][0] if r["upper"] else None
             mean = s["target"][head][0]
@@ -489,8 +489,6 @@ def precisions(profile: str, rows: list[str], rounds: int = 10, calls: int = 20)
     import torch
 
     from edgeda.errors import EdgedaError
-    from edgeda.tasks import task_of
-
     torch.set_num_threads(1)
     out = {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -511,8 +509,6 @@ def precision_table(prec: dict, machine: str) -> str:
     lines = [f"Each precision of the seed-0 source-only bundles (`edgeda export --precision`; int8 calibrated on the "
              f"target adaptation images), scored by ONNX Runtime on the target test split; batch-1 ORT latency, 1 thread, {machine}:", "",
              "| pair, task | precision | target score | agreement with fp32 | max abs diff vs fp32 | ms |", "|---|---|---|---|---|---|"]
-    from edgeda.tasks import task_of
-
     for row, r in prec.items():
         task = task_of(PAIRS[row]["task"])
         metres = task.output == "depth"  # differences of metric depth maps, in metres

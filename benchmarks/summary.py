@@ -21,6 +21,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from readme_tables import METRIC_LABELS, replace_block  # noqa: E402
+from edgeda.tasks import task_of  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 BEST = 2  # trained rows shown per pair next to source-only (classification: BEST + 2 over both kinds)
@@ -86,7 +87,8 @@ def dense(task: str) -> list[str]:
             continue
         pair = _pair_name(r, rows, task)
         head = next(iter(r["methods"]["source_only"]["target"]))
-        pct, lower = head != "abs_rel", head == "abs_rel"
+        lower = not task_of(task).higher_is_better  # an error (abs rel): printed as is, lower is better
+        pct = not lower
 
         def fmt(v, signed=False):
             return (f"{100 * v:+.1f}" if signed else f"{100 * v:.1f}") if pct else (f"{v:+.3f}" if signed else f"{v:.3f}")

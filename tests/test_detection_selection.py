@@ -83,3 +83,7 @@ def test_method_auto_detection_smoke(tmp_path, one_torch_thread):
     # of them, else the run fell back to a validator that could rank (and said so)
     assert res["selector"] in ("majority", "agreement") or any("cannot rank" in line for line in logs)
     assert load_bundle(res["bundle"]).manifest["metrics"]["auto"]["chosen"] == res["chosen"]
+    if res["chosen"] != DENSE_REFERENCE:  # the transfer warning is calibrated on class outputs: silent for detectors
+        assert res["transfer_warning"] is None
+    else:
+        assert "no candidate beats" in res["transfer_warning"]

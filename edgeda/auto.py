@@ -14,7 +14,8 @@ the validators compare its candidates' boxes (``majority``: average precision ag
 other candidate is sure of).
 
 A run interrupted part-way loses nothing it finished: run again with the same settings and ``--out``, each
-candidate already made with the same settings (and from the same starting bundle) is reused, one that was
+candidate already made with the same settings (the same number of source and target images, the same starting
+bundle) is reused, one that was
 training continues from its last checkpoint, and the rest are made (``candidates/NAME.auto.json`` records
 each candidate's settings and bundle).
 """
@@ -181,9 +182,11 @@ def train_auto(cfg, *, methods=None, adapt_methods=None, selector: str | None = 
     out = Path(cfg.out)
     cand_dir = out / "candidates"
 
+    images_seen = {k: len(d) for k, d in (("source", domains.source), ("target", domains.target)) if d is not None}
+
     def run(name, method, reference_net=None, **extra):
         c = make_config(base, {"method": method, "out": str(cand_dir / name), **extra})
-        settings = {"config": c.to_dict()}
+        settings = {"config": c.to_dict(), "images": images_seen}  # same paths with files added or removed: made again
         if extra.get("init"):  # a candidate started from a bundle is another run when that bundle changed
             settings["init_manifest_sha256"] = sha256_file(Path(extra["init"]) / "manifest.json")
         return _once(cand_dir / f"{name}.auto.json", settings, name, log,

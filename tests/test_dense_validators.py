@@ -334,3 +334,10 @@ def test_method_auto_run_again_reuses_finished_candidates_and_continues_an_inter
     train_auto(make_config(None, {**base, "iters": 2, "eval_every": 2}), methods=("dann",), adapt_iters=2, log=logs.append)
     assert not any("made with these settings" in line or "continuing" in line for line in logs)
     assert sum(line.startswith("auto: training") for line in logs) == 3
+    # the same settings, but images removed from the target folder (file): made again too
+    with np.load(d["target"]) as z:
+        np.savez(d["target"], x=z["x"][:6])
+    logs = []
+    train_auto(make_config(None, {**base, "iters": 2, "eval_every": 2}), methods=("dann",), adapt_iters=2, log=logs.append)
+    assert sum(line.startswith("auto: training") for line in logs) == 3
+    assert any("auto: adapting source-only with tent" in line for line in logs)

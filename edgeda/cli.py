@@ -162,35 +162,35 @@ def _given(ctx: click.Context, values: dict) -> dict:
                    "only --iters, --eval-every, --checkpoint-every, --device, --workers, --threads and --skip-nonfinite may change")
 @click.option("--json", "as_json", is_flag=True, help="print the result as JSON")
 @handle_errors
-def train(method, task, source, target, target_test, target_val, iters, batch_size, lr, backbone, backbone_weights, backbone_options, image_size,
-          task_loss, workers, threads, eval_every, checkpoint_every, select, seed, device, init, options, ema, amp, channels_last, skip_nonfinite, out,
-          config_file, resume, as_json) -> None:
+def train(options, backbone_options, config_file, resume, as_json, **settings) -> None:
     """Train a model with an adaptation method and write a bundle."""
-    from .training import train as run_train
-
     file_values = load_config_file(config_file) if config_file else {}
-    overrides = _given(click.get_current_context(), dict(
-        method=method, task=task, source=source, target=target, target_test=target_test, target_val=target_val, iters=iters,
-        batch_size=batch_size, lr=lr, backbone=backbone, backbone_weights=backbone_weights, image_size=_parse_size(image_size),
-        task_loss=task_loss, workers=workers, threads=threads, eval_every=eval_every, checkpoint_every=checkpoint_every,
-        select=select, seed=seed, device=device, init=init, out=out, skip_nonfinite=skip_nonfinite, ema=ema, amp=amp,
-        channels_last=channels_last))
-    method = overrides["method"]
+    settings["image_size"] = _parse_size(settings["image_size"])
+    overrides = _given(click.get_current_context(), settings)
     if options:
         overrides["options"] = dict(parse_option(o) for o in options)
     if backbone_options:
         overrides["backbone_kwargs"] = {**file_values.get("backbone_kwargs", {}),
                                         **dict(parse_option(o) for o in backbone_options)}
-    if method == "auto":  # source-only and a short list of methods; ship what the validator ranks best
-        from .auto import train_auto
+    if (overrides["method"] or file_values.get("method")) == "auto":  # source-only and a short list of methods; ship what the validator ranks best
+        _train_auto(make_config(file_values, {**overrides, "method": "source_only"}), as_json)
+    else:
+        _train_one(file_values, overrides, resume, as_json)
 
-        overrides["method"] = "source_only"
-        auto = train_auto(make_config(file_values, overrides), log=None if as_json else click.echo)
-        if as_json:
-            emit_json(auto)
-        else:
-            _print_auto(auto)
-        return
+
+def _train_auto(cfg, as_json: bool) -> None:
+    from .auto import train_auto
+
+    auto = train_auto(cfg, log=None if as_json else click.echo)
+    if as_json:
+        emit_json(auto)
+    else:
+        _print_auto(auto)
+
+
+def _train_one(file_values: dict, overrides: dict, resume: bool, as_json: bool) -> None:
+    from .training import train as run_train
+
     if resume:  # the run stored in --out continues with its own settings; only safe ones may change
         given = {**file_values, **{k: v for k, v in overrides.items() if v is not None}}
         if not given.get("out"):
@@ -201,12 +201,11 @@ def train(method, task, source, target, target_test, target_val, iters, batch_si
     result = run_train(cfg, resume=resume, progress=not as_json and sys.stderr.isatty(), log=None if as_json else click.echo)
     if result.bundle is None:  # a torchrun rank other than 0: rank 0 reports
         return
-    out = {"bundle": str(result.bundle), "run_dir": str(result.run_dir), "metrics": result.metrics,
-           "wall_time_s": round(result.wall_time, 2), "skipped_steps": result.skipped_steps}
     if as_json:
-        emit_json(out)
-        return
-    _print_run(cfg, result)
+        emit_json({"bundle": str(result.bundle), "run_dir": str(result.run_dir), "metrics": result.metrics,
+                   "wall_time_s": round(result.wall_time, 2), "skipped_steps": result.skipped_steps})
+    else:
+        _print_run(cfg, result)
 
 
 def _score_format(task: str):

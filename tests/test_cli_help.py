@@ -65,3 +65,28 @@ def test_a_dense_source_needs_no_unrelated_default_target(tmp_path):
 def test_a_missing_bundle_path_says_it_does_not_exist(cmd, tmp_path):
     res = CliRunner().invoke(main, [cmd[0], str(tmp_path / "nope.edgeda"), *cmd[1:]])
     assert res.exit_code == 2 and "nope.edgeda does not exist" in res.output and "Traceback" not in res.output
+
+
+@pytest.mark.parametrize("where", ["flag", "config"])
+def test_method_auto_from_the_command_line_or_a_config_file_runs_auto(tmp_path, monkeypatch, where):
+    import edgeda.auto
+
+    seen = {}
+
+    def fake_auto(cfg, log=None):
+        seen["cfg"] = cfg
+        return {"task": "classification", "candidates": {}, "selector": "info_max", "chosen": "source_only",
+                "transfer_warning": None, "bundle": str(tmp_path / "model.edgeda")}
+
+    monkeypatch.setattr(edgeda.auto, "train_auto", fake_auto)
+    args = ["train", "--out", str(tmp_path / "run"), "--iters", "7"]
+    if where == "flag":
+        args += ["--method", "auto"]
+    else:
+        (tmp_path / "auto.yaml").write_text("method: auto\n")
+        args += ["--config", str(tmp_path / "auto.yaml")]
+    res = CliRunner().invoke(main, args)
+    assert res.exit_code == 0, res.output
+    # the candidates' base run is source-only; the other settings pass through
+    assert seen["cfg"].method == "source_only" and seen["cfg"].iters == 7
+    assert "chosen by info_max: source_only" in res.output

@@ -154,26 +154,7 @@ def bench(bundle, backends: Sequence[str] = ("torch", "ort"), batches: Sequence[
                                          timings=lambda: runner.timings)
             c["samples"] += samples
             c["splits"] += splits
-    results = []
-    for c in configs:
-        runner, mem_mb = runners[(c["backend"], c["precision"])]
-        stats = latency_stats(c["samples"])
-        row = {"backend": c["backend"], "precision": c["precision"], "batch": c["batch"],
-               "latency_ms": stats, "throughput_ips": c["batch"] / (stats["mean"] / 1e3),
-               "peak_rss_increase_mb": round(mem_mb, 1), "runner": runner.describe(),
-               "samples_ms": [round(v, 4) for v in c["samples"]]}
-        if c["splits"]:
-            row["split_ms"] = {k: latency_stats([s[k] for s in c["splits"]]) for k in c["splits"][0]}
-        if runner.device.startswith("cuda"):
-            try:
-                import torch
-
-                row["cuda_peak_allocated_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
-            except Exception:  # noqa: BLE001 - informational only
-                pass
-        results.append(row)
-        log(f"{c['backend']:>5} {c['precision']} b{c['batch']:<3} median {stats['median']:.3f} ms  "
-            f"p99 {stats['p99']:.3f} ms  {row['throughput_ips']:.0f} img/s")
+    results = [_result_row(c, *runners[(c["backend"], c["precision"])], log) for c in configs]
     for runner, _ in runners.values():
         runner.close()
     return {
@@ -188,6 +169,27 @@ def bench(bundle, backends: Sequence[str] = ("torch", "ort"), batches: Sequence[
         "results": results,
         "skipped": skipped,
     }
+
+
+def _result_row(c: dict, runner, mem_mb: float, log: Callable[[str], None]) -> dict:
+    """One (backend, precision, batch)'s latency statistics, throughput and memory."""
+    stats = latency_stats(c["samples"])
+    row = {"backend": c["backend"], "precision": c["precision"], "batch": c["batch"],
+           "latency_ms": stats, "throughput_ips": c["batch"] / (stats["mean"] / 1e3),
+           "peak_rss_increase_mb": round(mem_mb, 1), "runner": runner.describe(),
+           "samples_ms": [round(v, 4) for v in c["samples"]]}
+    if c["splits"]:
+        row["split_ms"] = {k: latency_stats([s[k] for s in c["splits"]]) for k in c["splits"][0]}
+    if runner.device.startswith("cuda"):
+        try:
+            import torch
+
+            row["cuda_peak_allocated_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
+        except Exception:  # noqa: BLE001 - informational only
+            pass
+    log(f"{c['backend']:>5} {c['precision']} b{c['batch']:<3} median {stats['median']:.3f} ms  "
+        f"p99 {stats['p99']:.3f} ms  {row['throughput_ips']:.0f} img/s")
+    return row
 
 
 def _peak_process_rss() -> float:

@@ -195,6 +195,15 @@ def _layout(rng: np.random.Generator, look: str) -> tuple[_World, dict]:
         w.box((edge, outer), (0, w.kerb), (-5, 600), WALK)
         walks[side] = (edge, outer, outer + side * u(*p["setback"]))
         _roadside(w, p, side, walks[side][2])
+    _street_furniture(w, rng, walks)
+    _greenery(w, rng, p, walks)
+    _traffic(w, rng, p, walks, n_lanes, lane, ego, cam)
+    return w, cam
+
+
+def _street_furniture(w: _World, rng: np.random.Generator, walks: dict) -> None:
+    """Street lamps, signs and traffic lights beside (or over) the road."""
+    u = rng.uniform
     for side in (-1, 1):  # street lamps
         if rng.random() < 0.7:
             x, gap, top, t, col = walks[side][0] + side * u(0.3, 0.6), u(15, 35), u(5, 9), u(0.16, 0.26), w.colour(POLE)
@@ -217,6 +226,11 @@ def _layout(rng: np.random.Generator, look: str) -> tuple[_World, dict]:
             w.box((x, walks[side][0] + side * 0.5), (top - 0.15, top), (z - 0.06, z + 0.06), POLE, col)
             top -= 1.05
         w.box((x - 0.17, x + 0.17), (top, top + 0.9), (z - 0.3, z), LIGHT)
+
+
+def _greenery(w: _World, rng: np.random.Generator, p: dict, walks: dict) -> None:
+    """Trees (a trunk and one to three crowns) and hedges behind the sidewalks."""
+    u = rng.uniform
     for _ in range(int(rng.integers(p["trees"][0], p["trees"][1] + 1))):
         side = int(rng.choice((-1, 1)))
         edge, outer, front = walks[side]
@@ -230,6 +244,12 @@ def _layout(rng: np.random.Generator, look: str) -> tuple[_World, dict]:
         side = int(rng.choice((-1, 1)))
         x, z = walks[side][1], u(2, 60)
         w.box((x + side * 0.2, x + side * u(0.8, 1.5)), (0, u(0.8, 1.6)), (z, z + u(4, 20)), VEG, tex=LEAVES)
+
+
+def _traffic(w: _World, rng: np.random.Generator, p: dict, walks: dict, n_lanes: int, lane: float, ego: int,
+             cam: dict) -> None:
+    """Vehicles in the lanes or parked at a kerb (never overlapping), people on the sidewalks, a cyclist."""
+    u = rng.uniform
     placed = []
     for _ in range(int(rng.integers(p["cars"][0], p["cars"][1] + 1))):
         for _ in range(6):
@@ -264,7 +284,6 @@ def _layout(rng: np.random.Generator, look: str) -> tuple[_World, dict]:
         w.box((x - 0.2, x + 0.2), (1.05, 1.6), (z + 0.3, z + 0.6), RIDER)
         w.blob((x, 1.72, z + 0.45), (0.11, 0.12, 0.11), RIDER, _SKIN)
         w.end_instance()
-    return w, cam
 
 
 # ---- geometry: rays, intersections, z-buffer -------------------------------------------------

@@ -67,10 +67,6 @@ def calibration_images(b: Bundle, calib: str | None = None, n: int = CALIB_IMAGE
 def export_postprocessing_bundle(b: Bundle, out=None, *, precision: str = "fp32", data: str | None = None,
                                  calib: str | None = None, trt: bool = False, n_check: int = 64,
                                  exporter: str | None = None, log: Callable[[str], None] = print) -> dict:
-    import torch
-
-    from ..training.model_eval import eval_batches
-
     if trt:
         raise EdgedaError(f"a {b.task.task} bundle exports ONNX with NMS in the graph (fp32, fp16, int8); "
                           "TensorRT engines of it are not available yet (leave out --trt)")
@@ -96,43 +92,8 @@ def export_postprocessing_bundle(b: Bundle, out=None, *, precision: str = "fp32"
         checks = {"random": rep["parity"]}
         vs_fp32: dict = {}
         if data:
-            dom = load_domain(data, labeled=True, size=b.task.image_size, channels=b.task.channels, task=b.task.task)
-            sess = {p: ort_session(f) for p, f in paths.items()}
-            parts, seen = [], 0
-            meters = {p: task.meter(b.task) for p in precisions}
-            m_eager = task.meter(b.task)
-            agree = {k: [] for p in precisions[1:] for k in (p, p + "/score")}
-            for x, y, _ in eval_batches(dom, b.task, "cpu", 16, labels=True):
-                x = x[: max(0, n_check - seen)]
-                if not len(x):
-                    break
-                seen += len(x)
-                xn = x.numpy()
-                parts.append(detection_parity(model, sess["fp32"], xn, **post))
-                dets = {p: run_detector_ort(s, xn) for p, s in sess.items()}
-                for p in precisions[1:]:
-                    agree[p].append(match_detections(dets["fp32"], dets[p], iou_min=0.5, score_tol=1.0))
-                    agree[p + "/score"].append(match_detections(dets["fp32"], dets[p], iou_min=0.5, score_tol=SCORE_TOL))
-                if y is not None:
-                    y = y[:len(x)]
-                    for p in precisions:
-                        task.update(meters[p], dets[p], y)
-                    with torch.no_grad():
-                        task.update(m_eager, task.infer(model, x), y)
-            checks["real"] = merge_parity(parts)
-            for p in precisions[1:]:
-                m, ms = merge_parity(agree[p]), merge_parity(agree[p + "/score"])
-                vs_fp32[p] = {"n": m["images"], "fp32_detections": m["detections"], "matched_fraction": m["matched_fraction"],
-                              "matched_fraction_within_score_tol": ms["matched_fraction"], "score_tol": SCORE_TOL}
-            if len(m_eager):
-                s_eager = task.scores(m_eager, b.task)
-                for p in precisions:
-                    s_p = task.scores(meters[p], b.task)
-                    record["precisions"][p] = {"target_" + task.headline: s_p[task.headline],
-                                               "target_scores": {k: v for k, v in s_p.items() if not isinstance(v, (dict, list))},
-                                               "eager_" + task.headline: s_eager[task.headline], "n": seen}
-                    if p in vs_fp32:
-                        record["precisions"][p]["detection_agreement_with_fp32"] = vs_fp32[p]["matched_fraction"]
+            checks["real"], vs_fp32, record["precisions"] = _check_on_data(
+                b, model, {p: ort_session(f) for p, f in paths.items()}, data, n_check, post)
         worst = min(c["matched_fraction"] for c in checks.values())
         if worst < MIN_MATCHED:
             raise EdgedaError(f"ONNX parity failed for {name}: {worst:.1%} of the PyTorch detections have an exported one "
@@ -143,26 +104,85 @@ def export_postprocessing_bundle(b: Bundle, out=None, *, precision: str = "fp32"
         for p, v in vs_fp32.items():
             entry[f"vs_fp32_{p}"] = v
         record["deployables"][name] = entry
-        for kind, c in checks.items():
-            log(f"  {name} fp32 ONNX (NMS in the graph) vs PyTorch ({kind}, {c['images']} images): "
-                f"{c['matched']}/{c['detections']} detections matched"
-                + (f" ({c['at_cut']} more tied at the max_det cut)" if c.get("at_cut") else "")
-                + f", max score diff {c['max_score_diff']:.1e}")
-        for p, v in vs_fp32.items():
-            log(f"  {name} {p} vs fp32 ONNX ({v['n']} images): {v['matched_fraction']:.1%} of the fp32 detections "
-                f"found (same class, IoU >= 0.5), {v['matched_fraction_within_score_tol']:.1%} also within "
-                f"{SCORE_TOL:g} in score")
-        for p, r in record["precisions"].items():
-            log(f"  {p}: {task.format_scores(r['target_scores'])} on {data} (eager fp32 {r['eager_' + task.headline]:.1%})")
-        old = b.manifest.get("export", {})
-        files = {**old.get("deployables", {}).get(name, {}).get("files", {}), **entry["files"]}
-        merged = {**old, "deployables": {name: {**old.get("deployables", {}).get(name, {}), **entry, "files": files}},
-                  "precisions": {**old.get("precisions", {}), **record["precisions"]}, "data": data}
-        if "calib" in record:
-            merged["calib"] = record["calib"]
+        _log_checks(name, checks, vs_fp32, record["precisions"], data, task, log)
+        merged = _merged_export_record(b.manifest.get("export", {}), name, entry, record)
         dst = update_bundle(b.path, out, add_files={onnx_name(name, p): f for p, f in paths.items()},
                             manifest_updates={"export": merged})
     record["bundle"] = str(dst)
     record["files"] = [onnx_name(name, p) for p in precisions]
     log(f"bundle: {dst}")
     return record
+
+
+def _check_on_data(b: Bundle, model, sessions: dict, data: str, n_check: int, post: dict) -> tuple[dict, dict, dict]:
+    """Parity and scores on the first ``n_check`` images of labeled ``data``: (the fp32 file's parity against
+    PyTorch, each reduced precision's agreement with the fp32 file, each precision's task scores)."""
+    import torch
+
+    from ..training.model_eval import eval_batches
+
+    task = task_of(b.task)
+    precisions = list(sessions)
+    dom = load_domain(data, labeled=True, size=b.task.image_size, channels=b.task.channels, task=b.task.task)
+    parts, seen = [], 0
+    meters = {p: task.meter(b.task) for p in precisions}
+    m_eager = task.meter(b.task)
+    agree = {k: [] for p in precisions[1:] for k in (p, p + "/score")}
+    for x, y, _ in eval_batches(dom, b.task, "cpu", 16, labels=True):
+        x = x[: max(0, n_check - seen)]
+        if not len(x):
+            break
+        seen += len(x)
+        xn = x.numpy()
+        parts.append(detection_parity(model, sessions["fp32"], xn, **post))
+        dets = {p: run_detector_ort(s, xn) for p, s in sessions.items()}
+        for p in precisions[1:]:
+            agree[p].append(match_detections(dets["fp32"], dets[p], iou_min=0.5, score_tol=1.0))
+            agree[p + "/score"].append(match_detections(dets["fp32"], dets[p], iou_min=0.5, score_tol=SCORE_TOL))
+        if y is not None:
+            y = y[:len(x)]
+            for p in precisions:
+                task.update(meters[p], dets[p], y)
+            with torch.no_grad():
+                task.update(m_eager, task.infer(model, x), y)
+    vs_fp32 = {}
+    for p in precisions[1:]:
+        m, ms = merge_parity(agree[p]), merge_parity(agree[p + "/score"])
+        vs_fp32[p] = {"n": m["images"], "fp32_detections": m["detections"], "matched_fraction": m["matched_fraction"],
+                      "matched_fraction_within_score_tol": ms["matched_fraction"], "score_tol": SCORE_TOL}
+    scored: dict = {}
+    if len(m_eager):
+        s_eager = task.scores(m_eager, b.task)
+        for p in precisions:
+            s_p = task.scores(meters[p], b.task)
+            scored[p] = {"target_" + task.headline: s_p[task.headline],
+                         "target_scores": {k: v for k, v in s_p.items() if not isinstance(v, (dict, list))},
+                         "eager_" + task.headline: s_eager[task.headline], "n": seen}
+            if p in vs_fp32:
+                scored[p]["detection_agreement_with_fp32"] = vs_fp32[p]["matched_fraction"]
+    return merge_parity(parts), vs_fp32, scored
+
+
+def _log_checks(name: str, checks: dict, vs_fp32: dict, scored: dict, data: str | None, task,
+                log: Callable[[str], None]) -> None:
+    for kind, c in checks.items():
+        log(f"  {name} fp32 ONNX (NMS in the graph) vs PyTorch ({kind}, {c['images']} images): "
+            f"{c['matched']}/{c['detections']} detections matched"
+            + (f" ({c['at_cut']} more tied at the max_det cut)" if c.get("at_cut") else "")
+            + f", max score diff {c['max_score_diff']:.1e}")
+    for p, v in vs_fp32.items():
+        log(f"  {name} {p} vs fp32 ONNX ({v['n']} images): {v['matched_fraction']:.1%} of the fp32 detections "
+            f"found (same class, IoU >= 0.5), {v['matched_fraction_within_score_tol']:.1%} also within "
+            f"{SCORE_TOL:g} in score")
+    for p, r in scored.items():
+        log(f"  {p}: {task.format_scores(r['target_scores'])} on {data} (eager fp32 {r['eager_' + task.headline]:.1%})")
+
+
+def _merged_export_record(old: dict, name: str, entry: dict, record: dict) -> dict:
+    """The manifest's ``export`` record after this export: earlier precisions' files and scores kept."""
+    files = {**old.get("deployables", {}).get(name, {}).get("files", {}), **entry["files"]}
+    merged = {**old, "deployables": {name: {**old.get("deployables", {}).get(name, {}), **entry, "files": files}},
+              "precisions": {**old.get("precisions", {}), **record["precisions"]}, "data": record["data"]}
+    if "calib" in record:
+        merged["calib"] = record["calib"]
+    return merged

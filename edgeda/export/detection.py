@@ -97,8 +97,23 @@ def _nms_nodes(num_anchors: int, num_classes: int, *, score_thresh: float, iou_t
         "nms/zero_f": np.array(0.0, np.float32), "nms/box_padding": np.zeros((m, 4), np.float32),
         "nms/class_padding": np.zeros((m,), np.int64), "nms/zero_i32": np.array(0, np.int32),
     }
+    nodes = _nms_select_nodes() + _nms_pad_nodes()
+    outputs = [
+        helper.make_tensor_value_info("boxes", TensorProto.FLOAT, ["batch", m, 4]),
+        helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["batch", m]),
+        helper.make_tensor_value_info("classes", TensorProto.INT32, ["batch", m]),
+        helper.make_tensor_value_info("num_detections", TensorProto.INT32, ["batch"]),
+    ]
+    return nodes, [numpy_helper.from_array(v, name) for name, v in inits.items()], outputs
+
+
+def _nms_select_nodes() -> list:
+    """``decoded`` -> the top candidates' boxes and per-class scores -> NonMaxSuppression -> each selection's
+    image, class, score and box (``nms/sel_*``)."""
+    from onnx import helper
+
     n = helper.make_node
-    nodes = [
+    return [
         n("Slice", ["decoded", "nms/box_start", "nms/box_end", "nms/axis2"], ["nms/boxes"], name="nms/slice_boxes"),
         n("Slice", ["decoded", "nms/box_end", "nms/score_end", "nms/axis2"], ["nms/scores"], name="nms/slice_scores"),
         n("Reshape", ["nms/scores", "nms/flat_shape"], ["nms/flat_scores"], name="nms/flatten"),
@@ -121,6 +136,15 @@ def _nms_nodes(num_anchors: int, num_classes: int, *, score_thresh: float, iou_t
         n("Gather", ["nms/selected", "nms/col_class"], ["nms/sel_class"], axis=1, name="nms/sel_class"),
         n("Gather", ["nms/selected", "nms/cols_batch_box"], ["nms/sel_image_box"], axis=1, name="nms/sel_image_box"),
         n("GatherND", ["nms/candidate_boxes", "nms/sel_image_box"], ["nms/sel_boxes"], name="nms/sel_boxes"),
+    ]
+
+
+def _nms_pad_nodes() -> list:
+    """The selections -> per image the ``max_det`` best, padded: the graph's four outputs."""
+    from onnx import TensorProto, helper
+
+    n = helper.make_node
+    return [
         # per image: the max_det best of its selections (other images' entries -1, padding -2)
         n("Shape", ["decoded"], ["nms/decoded_shape"], name="nms/shape"),
         n("Gather", ["nms/decoded_shape", "nms/zero_i"], ["nms/batch"], axis=0, name="nms/batch"),
@@ -150,13 +174,6 @@ def _nms_nodes(num_anchors: int, num_classes: int, *, score_thresh: float, iou_t
         n("ReduceSum", ["nms/valid_i64", "nms/ax1"], ["nms/count"], keepdims=0, name="nms/count"),
         n("Cast", ["nms/count"], ["num_detections"], to=TensorProto.INT32, name="nms/out_count"),
     ]
-    outputs = [
-        helper.make_tensor_value_info("boxes", TensorProto.FLOAT, ["batch", m, 4]),
-        helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["batch", m]),
-        helper.make_tensor_value_info("classes", TensorProto.INT32, ["batch", m]),
-        helper.make_tensor_value_info("num_detections", TensorProto.INT32, ["batch"]),
-    ]
-    return nodes, [numpy_helper.from_array(v, name) for name, v in inits.items()], outputs
 
 
 def export_detector_onnx(model: nn.Module, path: str | Path, image_size=None, *, score_thresh: float = 0.05,

@@ -39,7 +39,38 @@ def predict(bundle: str | Path, input: str | Path, *, backend: str = "ort", prec
     """
     b = Bundle(bundle)
     task = task_of(b.task)
-    src = Path(input)
+    files, root = _input_files(Path(input))
+    _check_output_names(out, coco_out, coco_images)
+    if task.prediction_files:
+        out_dir = Path(out_dir) if out_dir else (Path(out).parent if out else Path(".")) / "predictions"
+        out_dir.mkdir(parents=True, exist_ok=True)
+        batch_size = min(batch_size, 8)
+    runner = make_runner(backend, b, precision, device=device,
+                         **({"plugin_library": plugin_library} if backend == "trt" else {}))
+    try:
+        rows, skipped = _predict_files(b, task, runner, files, root, out_dir, batch_size, progress)
+    finally:
+        runner.close()
+    result = {"bundle": str(b.path), "task": b.task.task, "backend": backend, "precision": precision, "n": len(rows),
+              "skipped": skipped, "runner": runner.describe()}
+    if task.prediction_files:
+        result["out_dir"] = str(out_dir)
+    if coco_out is not None:
+        ids = coco_image_ids(coco_images, [Path(r["path"]) for r in rows], root) if coco_images is not None else None
+        results = coco_results(rows, b.task.category_ids, ids)
+        atomic_write_bytes(Path(coco_out), (json.dumps(results) + "\n").encode())
+        result["coco_out"], result["coco_n"] = str(coco_out), len(results)
+        if ids is not None:
+            result["coco_unlisted"] = [r["path"] for r, i in zip(rows, ids) if i is None]
+    if out is not None:
+        _write_table(Path(out), result, rows)
+        result["out"] = str(out)
+    result["predictions"] = rows
+    return result
+
+
+def _input_files(src: Path) -> tuple[list[Path], Path]:
+    """(the images to predict, the folder their output paths are relative to)."""
     if src.is_dir():
         files, root = list_images(src), src
     elif src.is_file():
@@ -48,18 +79,21 @@ def predict(bundle: str | Path, input: str | Path, *, backend: str = "ort", prec
         raise DataError(f"--input {src}: no such file or folder")
     if not files:
         raise DataError(f"--input {src} has no images (png, jpg, jpeg, bmp, webp)")
+    return files, root
+
+
+def _check_output_names(out, coco_out, coco_images) -> None:
     if coco_out is not None and Path(coco_out).suffix.lower() != ".json":
         raise EdgedaError(f"--coco {coco_out}: use a .json file name")
     if coco_images is not None and coco_out is None:
         raise EdgedaError("--coco-images numbers the images of the COCO results: give --coco FILE.json too")
     if out is not None and Path(out).suffix.lower() not in (".csv", ".json"):
         raise EdgedaError(f"--out {out}: use a .csv or .json file name")
-    if task.prediction_files:
-        out_dir = Path(out_dir) if out_dir else (Path(out).parent if out else Path(".")) / "predictions"
-        out_dir.mkdir(parents=True, exist_ok=True)
-        batch_size = min(batch_size, 8)
-    runner = make_runner(backend, b, precision, device=device,
-                         **({"plugin_library": plugin_library} if backend == "trt" else {}))
+
+
+def _predict_files(b: Bundle, task, runner, files: list[Path], root: Path, out_dir: Path | None, batch_size: int,
+                   progress: bool) -> tuple[list[dict], list[dict]]:
+    """(a row per readable image, the skipped files with their reasons), in ``batch_size`` chunks."""
     rows, skipped = [], []
     bar = None
     if progress:
@@ -77,45 +111,30 @@ def predict(bundle: str | Path, input: str | Path, *, backend: str = "ort", prec
                 except ValueError as e:
                     skipped.append({"path": str(f), "reason": str(e)})
             if images:
-                outputs = runner.predict(images)
-                for f, img, o in zip(chunk, images, outputs):
-                    row = {"path": str(f)}
+                for f, img, o in zip(chunk, images, runner.predict(images)):
                     stem = out_dir / f.relative_to(root).with_suffix("") if task.prediction_files else None
-                    row.update(task.prediction_row(b.task, o, img, stem))
-                    rows.append(row)
+                    rows.append({"path": str(f), **task.prediction_row(b.task, o, img, stem)})
             if bar is not None:
                 bar.update(len(files[i:i + batch_size]))
     finally:
         if bar is not None:
             bar.__exit__(None, None, None)
-        runner.close()
-    result = {"bundle": str(b.path), "task": b.task.task, "backend": backend, "precision": precision, "n": len(rows),
-              "skipped": skipped, "runner": runner.describe()}
-    if task.prediction_files:
-        result["out_dir"] = str(out_dir)
-    if coco_out is not None:
-        ids = coco_image_ids(coco_images, [Path(r["path"]) for r in rows], root) if coco_images is not None else None
-        results = coco_results(rows, b.task.category_ids, ids)
-        atomic_write_bytes(Path(coco_out), (json.dumps(results) + "\n").encode())
-        result["coco_out"], result["coco_n"] = str(coco_out), len(results)
-        if ids is not None:
-            result["coco_unlisted"] = [r["path"] for r, i in zip(rows, ids) if i is None]
-    if out is not None:
-        out = Path(out)
-        if out.suffix.lower() == ".json":
-            data = json.dumps({**result, "predictions": rows}, indent=2) + "\n"
-        else:
-            buf = io.StringIO()
-            flat = [_flatten(r) for r in rows]
-            fields = list(dict.fromkeys(k for r in flat for k in r))
-            w = csv.DictWriter(buf, fieldnames=fields)
-            w.writeheader()
-            w.writerows(flat)
-            data = buf.getvalue()
-        atomic_write_bytes(out, data.encode())
-        result["out"] = str(out)
-    result["predictions"] = rows
-    return result
+    return rows, skipped
+
+
+def _write_table(out: Path, result: dict, rows: list[dict]) -> None:
+    """The predictions as JSON (with the run's record) or as a flat CSV, by ``out``'s suffix."""
+    if out.suffix.lower() == ".json":
+        data = json.dumps({**result, "predictions": rows}, indent=2) + "\n"
+    else:
+        buf = io.StringIO()
+        flat = [_flatten(r) for r in rows]
+        fields = list(dict.fromkeys(k for r in flat for k in r))
+        w = csv.DictWriter(buf, fieldnames=fields)
+        w.writeheader()
+        w.writerows(flat)
+        data = buf.getvalue()
+    atomic_write_bytes(out, data.encode())
 
 
 def coco_image_ids(annotations: str | Path, files: list[Path], root: Path) -> list[int | None]:

@@ -75,14 +75,8 @@ def to_float16(model, keep_fp32: Iterable[str] = KEEP_FP32):
         for k, name in enumerate(node.input):
             if name in renamed_in and not stays_fp32(node, k):
                 node.input[k] = renamed_in[name]
-        if node.op_type == "Constant":
-            for a in node.attribute:
-                if a.name == "value" and a.t.data_type == F32:
-                    a.t.CopyFrom(numpy_helper.from_array(_half(numpy_helper.to_array(a.t)), a.t.name))
-        if node.op_type == "ConstantOfShape":
-            for a in node.attribute:
-                if a.name == "value" and a.t.data_type == F32:
-                    a.t.CopyFrom(numpy_helper.from_array(_half(numpy_helper.to_array(a.t)), a.t.name))
+        if node.op_type in ("Constant", "ConstantOfShape"):
+            _halve_value(node)
         if node.op_type == "Cast" and node.op_type not in keep:
             for a in node.attribute:
                 if a.name == "to" and a.i == F32:
@@ -97,26 +91,10 @@ def to_float16(model, keep_fp32: Iterable[str] = KEEP_FP32):
                 new_nodes.append(helper.make_node("Cast", [name], [cast], to=F32))
                 node.input[k] = cast
         if node.op_type in keep:
-            for k, name in enumerate(node.output):
-                if name in is_float:
-                    raw = f"{name}__fp32"
-                    node.output[k] = raw
-                    if name in out_names:  # stays float32: it is a graph output already
-                        new_nodes.append(helper.make_node("Identity", [raw], [name]))
-                        out_names.discard(name)
-                    else:
-                        new_nodes.append(helper.make_node("Cast", [raw], [name], to=F16))
+            new_nodes.extend(_float32_outputs(node, is_float, out_names))
         new_nodes.append(node)
     for out in list(out_names):
-        half = f"{out}__fp16"
-        for n in new_nodes:
-            for k, name in enumerate(n.output):
-                if name == out:
-                    n.output[k] = half
-            for k, name in enumerate(n.input):
-                if name == out:
-                    n.input[k] = half
-        new_nodes.append(helper.make_node("Cast", [half], [out], to=F32, name=f"{out}__to_fp32"))
+        _cast_output_back(new_nodes, out)
     del g.node[:]
     g.node.extend(new_nodes)
     del g.value_info[:]  # stale float32 annotations; shape inference re-derives them
@@ -126,6 +104,48 @@ def to_float16(model, keep_fp32: Iterable[str] = KEEP_FP32):
     model = onnx.shape_inference.infer_shapes(model, strict_mode=True)
     onnx.checker.check_model(model)
     return model
+
+
+def _halve_value(node) -> None:
+    """A Constant's or ConstantOfShape's float32 ``value`` becomes float16 (clipped to its range)."""
+    from onnx import TensorProto, numpy_helper
+
+    for a in node.attribute:
+        if a.name == "value" and a.t.data_type == TensorProto.FLOAT:
+            a.t.CopyFrom(numpy_helper.from_array(_half(numpy_helper.to_array(a.t)), a.t.name))
+
+
+def _float32_outputs(node, is_float: set, out_names: set) -> list:
+    """Renames the float outputs of a node that runs in float32 and returns the nodes that hand them on:
+    a Cast to float16, or an Identity where the output is a graph output (which then stays float32)."""
+    from onnx import TensorProto, helper
+
+    made = []
+    for k, name in enumerate(node.output):
+        if name in is_float:
+            raw = f"{name}__fp32"
+            node.output[k] = raw
+            if name in out_names:  # stays float32: it is a graph output already
+                made.append(helper.make_node("Identity", [raw], [name]))
+                out_names.discard(name)
+            else:
+                made.append(helper.make_node("Cast", [raw], [name], to=TensorProto.FLOAT16))
+    return made
+
+
+def _cast_output_back(nodes: list, out: str) -> None:
+    """Graph output ``out`` keeps its float32 type: its producer writes ``out__fp16`` and a Cast follows."""
+    from onnx import TensorProto, helper
+
+    half = f"{out}__fp16"
+    for n in nodes:
+        for k, name in enumerate(n.output):
+            if name == out:
+                n.output[k] = half
+        for k, name in enumerate(n.input):
+            if name == out:
+                n.input[k] = half
+    nodes.append(helper.make_node("Cast", [half], [out], to=TensorProto.FLOAT, name=f"{out}__to_fp32"))
 
 
 def to_float16_file(src: str | Path, dst: str | Path, keep_fp32: Iterable[str] = KEEP_FP32) -> Path:

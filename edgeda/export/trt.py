@@ -183,6 +183,43 @@ def _spatial_profile(rest: tuple, spatial, name: str):
     return (c, r32(h / 2), r32(w / 2)), (c, h, w), (c, max(r32(2 * h), h), max(r32(2 * w), w))
 
 
+def _optimization_profile(builder, network, batch: tuple[int, int, int], spatial: Sequence[int] | None):
+    """One profile over every input: the batch range, and for dynamic height and width the spatial one."""
+    b_min, b_opt, b_max = batch
+    profile = builder.create_optimization_profile()
+    for i in range(network.num_inputs):
+        t = network.get_input(i)
+        rest = tuple(t.shape)[1:]
+        if any(d < 0 for d in rest):
+            lo, opt, hi = _spatial_profile(rest, spatial, t.name)
+            profile.set_shape(t.name, (b_min, *lo), (b_opt, *opt), (b_max, *hi))
+        else:
+            profile.set_shape(t.name, (b_min, *rest), (b_opt, *rest), (b_max, *rest))
+    return profile
+
+
+def _engine_metadata(trt, network, onnx_path, precision: str, batch: tuple[int, int, int], workspace_mb: int,
+                     calibrated: bool, plugin_library) -> dict:
+    """The JSON written beside an engine: the TensorRT/CUDA/GPU identity it was built with and its options."""
+    major = trt_major(trt)
+    return {
+        "format": "edgeda-trt-engine",
+        **runtime_identity(trt),
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "options": {
+            "precision": precision, "batch": dict(zip(("min", "opt", "max"), batch)),
+            "workspace_mb": int(workspace_mb), "strongly_typed": major >= 11,
+            "builder_flags": ([] if major >= 11 else (["FP16"] if precision != "fp32" else [])
+                              + (["INT8"] if precision == "int8" else [])),
+            "int8_calibrator": "IInt8EntropyCalibrator2" if calibrated else None,
+            "plugin_library": Path(plugin_library).name if plugin_library else None,
+            "onnx": Path(onnx_path).name,
+        },
+        "inputs": [network.get_input(i).name for i in range(network.num_inputs)],
+        "outputs": [network.get_output(i).name for i in range(network.num_outputs)],
+    }
+
+
 def build_engine(onnx_path: str | Path, plan_path: str | Path, *, precision: str = "fp32",
                  batch: Sequence[int] = (1, 8, 32), workspace_mb: int = 1024, calib: np.ndarray | None = None,
                  timing_cache: str | Path | None = None, plugin_library: str | Path | None = None,
@@ -214,15 +251,7 @@ def build_engine(onnx_path: str | Path, plan_path: str | Path, *, precision: str
         raise EdgedaError(f"TensorRT could not parse {onnx_path}: {errors}")
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_mb) << 20)
-    profile = builder.create_optimization_profile()
-    for i in range(network.num_inputs):
-        t = network.get_input(i)
-        rest = tuple(t.shape)[1:]
-        if any(d < 0 for d in rest):
-            lo, opt, hi = _spatial_profile(rest, spatial, t.name)
-            profile.set_shape(t.name, (b_min, *lo), (b_opt, *opt), (b_max, *hi))
-        else:
-            profile.set_shape(t.name, (b_min, *rest), (b_opt, *rest), (b_max, *rest))
+    profile = _optimization_profile(builder, network, (b_min, b_opt, b_max), spatial)
     config.add_optimization_profile(profile)
     calib_cache = None
     if major < 11:
@@ -247,22 +276,8 @@ def build_engine(onnx_path: str | Path, plan_path: str | Path, *, precision: str
     plan_path.write_bytes(bytes(serialized))
     if timing_cache:
         Path(timing_cache).write_bytes(bytes(config.get_timing_cache().serialize()))
-    meta = {
-        "format": "edgeda-trt-engine",
-        **runtime_identity(trt),
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "options": {
-            "precision": precision, "batch": {"min": b_min, "opt": b_opt, "max": b_max},
-            "workspace_mb": int(workspace_mb), "strongly_typed": major >= 11,
-            "builder_flags": ([] if major >= 11 else (["FP16"] if precision != "fp32" else [])
-                              + (["INT8"] if precision == "int8" else [])),
-            "int8_calibrator": "IInt8EntropyCalibrator2" if calib_cache else None,
-            "plugin_library": Path(plugin_library).name if plugin_library else None,
-            "onnx": Path(onnx_path).name,
-        },
-        "inputs": [network.get_input(i).name for i in range(network.num_inputs)],
-        "outputs": [network.get_output(i).name for i in range(network.num_outputs)],
-    }
+    meta = _engine_metadata(trt, network, onnx_path, precision, (b_min, b_opt, b_max), workspace_mb,
+                            calib_cache is not None, plugin_library)
     Path(str(plan_path) + METADATA_SUFFIX).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
     return meta
 

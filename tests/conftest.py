@@ -223,3 +223,71 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(was)
+
+
+class _Rec:
+    """Records attribute calls; stands in for TensorRT objects whose behaviour is not under test."""
+
+    def __init__(self, name, log):
+        self._name, self._log = name, log
+
+    def __getattr__(self, k):
+        if k.startswith("__"):
+            raise AttributeError(k)
+        return _Rec(f"{self._name}.{k}", self._log)
+
+    def __call__(self, *a, **kw):
+        self._log.append((self._name, a))
+        return _Rec(self._name + "()", self._log)
+
+    def __bytes__(self):
+        return b"cache"
+
+
+def fake_tensorrt(version, log, input_shape=(-1, 3, 32, 32), outputs=("logits",)):
+    """A stand-in for the ``tensorrt`` module with the calls ``build_engine`` makes (not TensorRT itself):
+    ``log`` receives each call, and ``("parse", onnx_bytes)`` for the graph handed to the ONNX parser."""
+    import types
+
+    class Tensor:
+        name, shape = "image", tuple(input_shape)
+
+    class Network:
+        num_inputs, num_outputs = 1, len(outputs)
+
+        def get_input(self, i):
+            return Tensor()
+
+        def get_output(self, i):
+            return type("Out", (), {"name": outputs[i]})()
+
+    class Builder:
+        def __init__(self, logger):
+            pass
+
+        def create_network(self, flags):
+            log.append(("create_network", (flags,)))
+            return Network()
+
+        def create_builder_config(self):
+            return _Rec("config", log)
+
+        def create_optimization_profile(self):
+            return _Rec("profile", log)
+
+        def build_serialized_network(self, network, config):
+            return b"PLAN"
+
+    def parse(self, data):
+        log.append(("parse", data))
+        return True
+
+    trt = types.ModuleType("tensorrt")
+    trt.__version__ = version
+    trt.Logger = type("Logger", (), {"WARNING": 2, "__init__": lambda self, level: None})
+    trt.Builder = Builder
+    trt.OnnxParser = type("OnnxParser", (), {"__init__": lambda s, n, lg: None, "parse": parse, "num_errors": 0})
+    trt.MemoryPoolType, trt.BuilderFlag = _Rec("MemoryPoolType", log), _Rec("BuilderFlag", log)
+    trt.init_libnvinfer_plugins = _Rec("init_libnvinfer_plugins", log)
+    trt.IInt8EntropyCalibrator2 = type("IInt8EntropyCalibrator2", (), {"__init__": lambda self: None})
+    return trt

@@ -6,7 +6,7 @@ import torch
 
 import edgeda
 from edgeda.bundle import Bundle
-from conftest import box_scenes_coco
+from conftest import box_scenes_coco, fake_tensorrt
 
 S = 64
 FCOS = {"arch": "fcos", "backbone": "resnet18", "width": 8, "fpn_channels": 64, "num_convs": 1}
@@ -137,3 +137,83 @@ def test_an_unexported_bundle_runs_in_onnx_runtime_at_fp16(bundle):
     got = make_runner("ort", path, "fp16").predict(images)
     ref = make_runner("ort", path, "fp32").predict(images)
     assert len(got) == len(ref) == 2 and all(len(g["scores"]) == len(r["scores"]) for g, r in zip(got, ref))
+
+
+@pytest.mark.parametrize("version,precision,source,flags", [("10.3.0.30", "fp16", "fp32", ["FP16"]),
+                                                           ("11.1.0", "fp16", "fp16", []),
+                                                           ("11.1.0", "int8", "int8", [])])
+def test_trt_export_builds_from_the_efficient_nms_graph_with_a_stand_in_tensorrt(bundle, monkeypatch, version, precision,
+                                                                                  source, flags):
+    """Control flow only (no TensorRT here): ``--trt`` on a detector hands TensorRT's parser the graph with its NMS
+    rewritten for EfficientNMS_TRT (the fp32 graph plus builder flags on 10.x, the precision's own on 11.x), with
+    TensorRT's plugins registered first, and the engine and the rewritten graph land in the bundle."""
+    import io
+    import sys
+
+    import onnx
+
+    from edgeda.export import trt as T
+    from edgeda.export.api import export_bundle
+
+    path, tgt, tmp = bundle
+    log = []
+    monkeypatch.setitem(sys.modules, "tensorrt", fake_tensorrt(version, log, (-1, 3, S, S),
+                                                               ("boxes", "scores", "classes", "num_detections")))
+    monkeypatch.setattr(T, "gpu_info", lambda: {"gpu": "Stand-in GPU", "sm": "8.7", "cuda": "12.6"})
+    rec = export_bundle(path, tmp / f"trt-{version}-{precision}.edgeda", precision=precision, data=tgt, trt=True,
+                        batch=(1, 2, 4), calib=tgt if precision == "int8" else None, log=None)
+    e = Bundle(rec["bundle"])
+    entry = e.manifest["export"]["deployables"]["model"]["trt"]
+    assert entry["plan"] == f"trt/model.{precision}.plan" and entry["onnx"] == f"onnx/model.{source}.efficientnms.onnx"
+    assert {entry["plan"], entry["onnx"], f"trt/model.{precision}.plan.json"} <= set(e.manifest["files"])
+    assert entry["metadata"]["options"]["builder_flags"] == flags
+    parsed = [a for name, a in log if name == "parse"]
+    assert len(parsed) == 1
+    g = onnx.load_model(io.BytesIO(parsed[0])).graph
+    ops = [n.op_type for n in g.node]
+    assert ops.count("EfficientNMS_TRT") == 1 and "NonMaxSuppression" not in ops
+    assert [o.name for o in g.output] == ["boxes", "scores", "classes", "num_detections"]
+    meta = {p.key: p.value for p in onnx.load_model(io.BytesIO(parsed[0])).metadata_props}
+    assert meta["edgeda_precision"] == source
+    names = [name for name, _ in log]
+    assert names.index("init_libnvinfer_plugins") < names.index("parse")
+    assert [a for name, a in log if name == "profile.set_shape"] == [("image", (1, 3, S, S), (2, 3, S, S), (4, 3, S, S))]
+
+
+def test_trt_runner_reads_a_detector_engine_as_detections(bundle, monkeypatch):
+    """The runner of a detector's engine gives the same per-image records as ONNX Runtime's, from EfficientNMS_TRT's
+    padded outputs (its num_detections is (B, 1)). The engine is stood in for by the exported ONNX graph."""
+    import onnxruntime as ort
+
+    from edgeda.export import runtime as R
+    from edgeda.export.api import export_bundle
+    from edgeda.export.detection import OUTPUTS
+
+    path, tgt, tmp = bundle
+    rec = export_bundle(path, tmp / "for-trt-runner.edgeda", data=tgt, log=None)
+    fp32 = Bundle(rec["bundle"]).file("onnx/model.fp32.onnx")
+
+    class StandInEngine:
+        inputs, outputs = ["image"], list(OUTPUTS)
+        timings = {"h2d_ms": 0.0}
+
+        def __init__(self, plan, plugin_library=None):
+            self.session = ort.InferenceSession(str(fp32), providers=["CPUExecutionProvider"])
+
+        def run(self, feeds):
+            out = dict(zip(OUTPUTS, self.session.run(list(OUTPUTS), feeds)))
+            out["num_detections"] = out["num_detections"].reshape(-1, 1)
+            return out
+
+    monkeypatch.setattr(R, "require_tensorrt", lambda: None)
+    monkeypatch.setattr(R, "TrtEngine", StandInEngine)
+    b = Bundle(rec["bundle"])
+    b.manifest["files"]["trt/model.fp32.plan"] = "0" * 64  # the runner looks the plan up by name only
+    images = np.random.default_rng(1).integers(0, 255, (3, S, S, 3)).astype(np.uint8)
+    got = R.make_runner("trt", b, "fp32").predict(images)
+    ref = R.make_runner("ort", b, "fp32").predict(images)
+    assert len(got) == 3
+    for g, r in zip(got, ref):
+        assert g["labels"].dtype == np.int64 and g["boxes"].shape == r["boxes"].shape
+        np.testing.assert_array_equal(g["boxes"], r["boxes"])
+        np.testing.assert_array_equal(g["labels"], r["labels"])

@@ -10,6 +10,7 @@ from torch import nn
 from edgeda.bundle import Bundle, write_bundle
 from edgeda.cli import main
 from edgeda.errors import EdgedaError
+from conftest import fake_tensorrt
 from edgeda.bundle_eval import evaluate_bundle
 from edgeda.export import api
 from edgeda.export.onnx import ort_session, run_torch, signature_of
@@ -194,67 +195,6 @@ def test_export_cli_json_reports_precision_summary(tmp_path):
     assert r.exit_code == 2 and "--trt" in r.output
 
 
-class _Rec:
-    """Records attribute calls; stands in for TensorRT objects whose behaviour is not under test."""
-
-    def __init__(self, name, log):
-        self._name, self._log = name, log
-
-    def __getattr__(self, k):
-        if k.startswith("__"):
-            raise AttributeError(k)
-        return _Rec(f"{self._name}.{k}", self._log)
-
-    def __call__(self, *a, **kw):
-        self._log.append((self._name, a))
-        return _Rec(self._name + "()", self._log)
-
-    def __bytes__(self):
-        return b"cache"
-
-
-def _fake_tensorrt(version, log):
-    """A stand-in for the ``tensorrt`` module with the calls build_engine makes (not TensorRT itself)."""
-    import types
-
-    class Tensor:
-        name, shape = "image", (-1, 3, 32, 32)
-
-    class Network:
-        num_inputs = num_outputs = 1
-
-        def get_input(self, i):
-            return Tensor()
-
-        def get_output(self, i):
-            return type("Out", (), {"name": "logits"})()
-
-    class Builder:
-        def __init__(self, logger):
-            pass
-
-        def create_network(self, flags):
-            log.append(("create_network", (flags,)))
-            return Network()
-
-        def create_builder_config(self):
-            return _Rec("config", log)
-
-        def create_optimization_profile(self):
-            return _Rec("profile", log)
-
-        def build_serialized_network(self, network, config):
-            return b"PLAN"
-
-    trt = types.ModuleType("tensorrt")
-    trt.__version__ = version
-    trt.Logger = type("Logger", (), {"WARNING": 2, "__init__": lambda self, level: None})
-    trt.Builder = Builder
-    trt.OnnxParser = type("OnnxParser", (), {"__init__": lambda s, n, lg: None, "parse": lambda s, b: True, "num_errors": 0})
-    trt.MemoryPoolType, trt.BuilderFlag = _Rec("MemoryPoolType", log), _Rec("BuilderFlag", log)
-    return trt
-
-
 @pytest.mark.parametrize("version,flags", [("10.3.0.30", ["FP16"]), ("11.1.0", [])])
 def test_build_engine_call_sequence_for_10_and_11_with_a_stand_in_module(tmp_path, monkeypatch, version, flags):
     """Only the control flow is checked here (no TensorRT on CI): 10.x sets the FP16 builder flag,
@@ -264,7 +204,7 @@ def test_build_engine_call_sequence_for_10_and_11_with_a_stand_in_module(tmp_pat
     from edgeda.export import trt as T
 
     log = []
-    monkeypatch.setitem(sys.modules, "tensorrt", _fake_tensorrt(version, log))
+    monkeypatch.setitem(sys.modules, "tensorrt", fake_tensorrt(version, log))
     monkeypatch.setattr(T, "gpu_info", lambda: {"gpu": "Stand-in GPU", "sm": "8.7", "cuda": "12.6"})
     (tmp_path / "m.onnx").write_bytes(b"onnx")
     meta = T.build_engine(tmp_path / "m.onnx", tmp_path / "m.plan", precision="fp16", batch=(1, 4, 16),

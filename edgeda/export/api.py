@@ -12,10 +12,10 @@ from ..bundle import Bundle, update_bundle
 from ..errors import EdgedaError
 from ..tasks import task_of
 from .boxes_bundle import export_postprocessing_bundle, exports_postprocessing
-from .files import PRECISIONS, calibration_images, export_deployable_onnx, load_images, onnx_name, plan_name
+from .files import PRECISIONS, calibration_images, export_deployable_onnx, load_images, onnx_name
 from .onnx import (Signature, compare_outputs, compare_runs, exporter_of, onnx_opset, ort_session, parity, run_ort,
                    signature_of)
-from .trt import build_engine, require_tensorrt, trt_major
+from .trt import engine_into_bundle, require_tensorrt, trt_major
 
 # fp32 parity: max |PyTorch - ORT| <= 1e-4, scaled by the output's magnitude where it exceeds 1
 # (float32 rounding through a deep network grows with the size of its outputs: a depth in metres or
@@ -69,7 +69,8 @@ def export_bundle(bundle: str | Path, out: str | Path | None = None, *, precisio
 
     if exports_postprocessing(b.module(b.primary, "cpu")):  # decoding and NMS go into the graph
         return export_postprocessing_bundle(b, out, precision=precision, data=data or b.target_test, calib=calib,
-                                            trt=trt, n_check=min(n_check, 64), exporter=exporter, log=log)
+                                            trt=trt, batch=batch, workspace_mb=workspace_mb, plugins=plugins,
+                                            n_check=min(n_check, 64), exporter=exporter, log=log)
     if trt:  # fail before any work: one sentence naming what is missing
         trt_mod = require_tensorrt()
     if plugins is not None and not Path(plugins).is_file():
@@ -205,15 +206,9 @@ def _build_trt(trt_mod, major, b, name, precision, tmp, calib_images, batch, wor
         src = src.with_suffix(".plugins.onnx")
         onnx.save(rewritten, str(src))
         add[f"onnx/{src.name}"] = src
-    plan = tmp / plan_name(name, precision)
-    meta = build_engine(src, plan, precision=precision, batch=batch, workspace_mb=workspace_mb,
-                        calib=calib_images, timing_cache=tmp / "trt" / "timing.cache", plugin_library=plugins,
-                        spatial=b.task.image_size if task_of(b.task).spatial_output else None)
-    for f in plan.parent.iterdir():
-        if f.name.startswith(plan.name) or f.name == "timing.cache":
-            add[f"trt/{f.name}"] = f
-    log(f"  {name}: TensorRT {meta['tensorrt']} engine ({precision}) for {meta['gpu']} (SM {meta['sm']})")
-    return {"plan": plan_name(name, precision), "metadata": meta}
+    return engine_into_bundle(src, tmp, name, precision, batch=batch, workspace_mb=workspace_mb, calib=calib_images,
+                              plugin_library=plugins, add=add, log=log,
+                              spatial=b.task.image_size if task_of(b.task).spatial_output else None)
 
 
 def _agreement(c: dict) -> str:

@@ -31,8 +31,8 @@ this one) fed with the same candidates (scores transposed to (B, P, K)); its ``n
 Two differences from ONNX ``NonMaxSuppression`` only show at exact ties: the plugin keeps scores ``>=`` the
 threshold and suppresses at IoU ``>=`` the threshold (ONNX and the PyTorch NMS: ``>``). Below a score threshold
 of 0.007 the plugin switches to a kernel that ranks below-threshold scores instead of dropping them, so the
-rewrite needs ``score_thresh >= 0.007``. The rewritten graph is checked structurally here; building an
-engine from it needs TensorRT and a GPU.
+rewrite needs ``score_thresh >= 0.007``. ``edgeda export --trt`` builds the engine from the rewritten graph
+(:mod:`edgeda.export.boxes_bundle`); that needs TensorRT and a GPU, and has not run on one yet.
 """
 from __future__ import annotations
 
@@ -248,10 +248,25 @@ def export_detector_onnx(model: nn.Module, path: str | Path, image_size=None, *,
 
 def run_detector_ort(session, images: np.ndarray) -> list[dict[str, np.ndarray]]:
     """The padded outputs of an exported detector as one dict per image, cut to ``num_detections``."""
-    boxes, scores, classes, num = session.run(list(OUTPUTS), {"image": np.ascontiguousarray(images, np.float32)})
-    num = np.asarray(num).reshape(-1)
+    return padded_detections(*session.run(list(OUTPUTS), {"image": np.ascontiguousarray(images, np.float32)}))
+
+
+def padded_detections(boxes, scores, classes, num_detections) -> list[dict[str, np.ndarray]]:
+    """The graph's padded :data:`OUTPUTS` (from ONNX Runtime or a TensorRT engine: ``num_detections`` (B,)
+    or (B, 1)) as one dict per image, cut to its count; boxes and scores float32, labels int64."""
+    num = np.asarray(num_detections).reshape(-1)
+    boxes, scores, classes = np.asarray(boxes, np.float32), np.asarray(scores, np.float32), np.asarray(classes)
     return [{"boxes": boxes[i, :n], "scores": scores[i, :n], "labels": classes[i, :n].astype(np.int64)}
             for i, n in enumerate(num)]
+
+
+def require_graphsurgeon():
+    """The ``onnx_graphsurgeon`` module, or one sentence saying how to install it."""
+    try:
+        import onnx_graphsurgeon as gs
+    except ImportError:
+        raise MissingDependency("the TensorRT NMS rewrite needs onnx-graphsurgeon (pip install onnx-graphsurgeon)") from None
+    return gs
 
 
 def match_detections(ref: list[dict], out: list[dict], iou_min: float = 0.99, score_tol: float = 1e-4,
@@ -309,10 +324,7 @@ def detection_parity(model: nn.Module, session, images: np.ndarray, *, score_thr
 def to_efficient_nms(onnx_in: str | Path, onnx_out: str | Path) -> Path:
     """Rewrite an :func:`export_detector_onnx` file for TensorRT: its ``NonMaxSuppression`` and the padding
     after it become one ``EfficientNMS_TRT`` node with the same four outputs (see the module docstring)."""
-    try:
-        import onnx_graphsurgeon as gs
-    except ImportError:
-        raise MissingDependency("the TensorRT NMS rewrite needs onnx-graphsurgeon (pip install onnx-graphsurgeon)") from None
+    gs = require_graphsurgeon()
     import onnx
 
     model = onnx.load(str(onnx_in))

@@ -26,7 +26,7 @@ from ..scores import softmax_stats  # noqa: F401  (part of the runtime API)
 from ..tasks import task_of
 from ..utils import choose_device
 from .boxes_bundle import calibration_images, exports_postprocessing
-from .detection import OUTPUTS as BOX_OUTPUTS, export_detector_onnx, run_detector_ort
+from .detection import OUTPUTS as BOX_OUTPUTS, export_detector_onnx, padded_detections, run_detector_ort
 from .files import PRECISIONS, export_deployable_onnx, onnx_name, plan_name, prepare_batch
 from .onnx import ort_session
 from .trt import TrtEngine, require_tensorrt
@@ -189,11 +189,15 @@ class TrtRunner(Runner):
         self.engine = TrtEngine(bundle.file(rel), plugin_library)
         self.input = self.engine.inputs[0]
         self.output = next((o for o in ("logits", "depth") if o in self.engine.outputs), self.engine.outputs[0])
+        # a detector's engine ends in EfficientNMS_TRT's padded detections: one record per image, as ort's
+        self.boxes = set(self.engine.outputs) == set(BOX_OUTPUTS)
 
     def forward(self, x):
-        out = self.engine.run({self.input: x})[self.output]
+        out = self.engine.run({self.input: x})
         self.timings = dict(self.engine.timings)
-        return np.asarray(out, np.float32)
+        if self.boxes:
+            return padded_detections(*(out[k] for k in BOX_OUTPUTS))
+        return np.asarray(out[self.output], np.float32)
 
 
 def _numpy(value):

@@ -26,11 +26,12 @@ import datetime as _dt
 import json
 import os
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
 from ..errors import EdgedaError, MissingDependency
+from .files import plan_name
 
 INSTALL_HINT = ("install TensorRT's Python package (JetPack 6 ships it as python3-libnvinfer; "
                 "on x86-64: pip install tensorrt)")
@@ -240,8 +241,8 @@ def build_engine(onnx_path: str | Path, plan_path: str | Path, *, precision: str
         raise EdgedaError(f"--batch must be min,opt,max with 1 <= min <= opt <= max, got {b_min},{b_opt},{b_max}")
     plan_path = Path(plan_path)
     log = _Logger(trt).logger
+    trt.init_libnvinfer_plugins(log, "")  # TensorRT's own plugins (EfficientNMS_TRT of a detector graph)
     if plugin_library:
-        trt.init_libnvinfer_plugins(log, "")
         trt.get_plugin_registry().load_library(str(plugin_library))
     builder = trt.Builder(log)
     network = builder.create_network(0)  # never EXPLICIT_BATCH (removed in 11); 11 is always strongly typed
@@ -282,6 +283,21 @@ def build_engine(onnx_path: str | Path, plan_path: str | Path, *, precision: str
     return meta
 
 
+def engine_into_bundle(src: Path, tmp: Path, name: str, precision: str, *, batch: Sequence[int], workspace_mb: int,
+                       calib: np.ndarray | None, plugin_library, spatial: Sequence[int] | None, add: dict,
+                       log: Callable[[str], None]) -> dict:
+    """Build deployable ``name``'s engine from ``src`` into ``tmp/trt/`` and list its files (plan, metadata,
+    calibration cache, timing cache) in ``add`` under their bundle paths; returns the manifest entry."""
+    plan = tmp / plan_name(name, precision)
+    meta = build_engine(src, plan, precision=precision, batch=batch, workspace_mb=workspace_mb, calib=calib,
+                        timing_cache=tmp / "trt" / "timing.cache", plugin_library=plugin_library, spatial=spatial)
+    for f in plan.parent.iterdir():
+        if f.name.startswith(plan.name) or f.name == "timing.cache":
+            add[f"trt/{f.name}"] = f
+    log(f"  {name}: TensorRT {meta['tensorrt']} engine ({precision}) for {meta['gpu']} (SM {meta['sm']})")
+    return {"plan": plan_name(name, precision), "metadata": meta}
+
+
 # -- run ----------------------------------------------------------------------------------------
 def resolve_plugin_library(meta: dict, given: str | Path | None, engine: str | Path = "engine") -> Path | None:
     """The plugin library to load before deserializing an engine: ``given``, else the
@@ -314,6 +330,7 @@ class TrtEngine:
         self.trt, self.meta = trt, meta
         self.log = _Logger(trt).logger
         plugin_library = resolve_plugin_library(meta, plugin_library, plan)
+        trt.init_libnvinfer_plugins(self.log, "")
         if plugin_library:
             trt.get_plugin_registry().load_library(str(plugin_library))
         self.runtime = trt.Runtime(self.log)

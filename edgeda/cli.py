@@ -359,13 +359,26 @@ def data() -> None:
 @click.option("--size", default=32, show_default=True,
               help="side in pixels images are resized to (classification data; built-in dense domains use their own size)")
 @click.option("--channels", default=3, show_default=True, type=click.IntRange(1, 3), help="1 (grey) or 3 (RGB)")
+@click.option("--task", cls=_TaskOption, show_default="detection for a COCO .json or a YOLO folder, else by the data",
+              help="draw the data as this task reads it: {choices}")
 @handle_errors
-def preview(spec, out, n, size, channels) -> None:
-    """Write a labelled grid of images from a domain SPEC (dense data: image | mask overlay | depth rows)."""
+def preview(spec, out, n, size, channels, task) -> None:
+    """Write a labelled grid of images from a domain SPEC (dense data: image | mask overlay | depth rows;
+    detection data: the boxes with their class names)."""
     from .data import load_domain
-    from .tasks.preview import preview_dense, preview_grid
+    from .tasks.preview import preview_dense, preview_detection, preview_grid
+    from .data.detection_files import looks_like_detection_data
     from .data.spec import DomainSpec, default_size, is_dense_spec
 
+    _check_task(task)
+    if task == "detection" or (task is None and looks_like_detection_data(spec)):
+        dom = load_domain(spec, labeled=True, task="detection")
+        if not len(dom):
+            raise EdgedaError(f"{spec}: no usable image with boxes ({dom.report.summary()})")
+        path = preview_detection(dom, out, min(n, 16))
+        click.echo(f"{dom.name}: {dom.report.summary()}, classes: {', '.join(dom.classes)}; preview written to {path}")
+        print_skipped(dom.report.to_dict(), click.echo, listed=10)
+        return
     if is_dense_spec(spec):  # built-in dense domains render at their own size; user data is shown as stored
         dom = load_domain(spec, labeled=True, size=default_size(spec) or (size, size), channels=channels)
         dom.require_usable()

@@ -275,3 +275,31 @@ def test_box_mask_marks_the_pixels_whose_centres_lie_in_a_box():
     np.testing.assert_array_equal(m, expected)
     rows, cols = np.nonzero(box_mask(np.array([[3, 2, 7, 5]]), 10, 10))  # integer boxes: exactly their pixels
     assert [cols.min(), rows.min(), cols.max() + 1, rows.max() + 1] == [3, 2, 7, 5]
+
+
+def test_data_preview_draws_the_boxes_of_coco_yolo_and_builtin_detection_data(tmp_path):
+    """`edgeda data preview` recognises COCO and YOLO data by its form (and any detection spec with --task
+    detection) and draws each box in its class colour; the reply names the classes and skipped files."""
+    from click.testing import CliRunner
+
+    from edgeda.cli import main
+    from conftest import box_scenes_coco
+
+    coco = box_scenes_coco(tmp_path / "coco", 4, 0, 64)
+    yolo = tmp_path / "yolo"
+    (yolo / "labels").mkdir(parents=True)
+    (yolo / "classes.txt").write_text("person\ncar\n")
+    _png(yolo / "images" / "a.png", 40, 40, 0)
+    (yolo / "labels" / "a.txt").write_text("1 0.5 0.5 0.5 0.5\n")  # a car at [10, 10, 30, 30]
+    _png(yolo / "images" / "nolabel.png")
+    for spec, extra, classes in ((str(coco), [], "a, b"), (str(coco).rsplit("/", 1)[0], [], "a, b"),
+                                 (str(yolo), [], "person, car"), ("digitscenes:val", ["--task", "detection"], "0, 1")):
+        out = tmp_path / f"p{len(list(tmp_path.glob('p*.png')))}.png"
+        res = CliRunner().invoke(main, ["data", "preview", spec, "--out", str(out), "--n", "4", *extra])
+        assert res.exit_code == 0, res.output
+        assert f"classes: {classes}" in res.output and out.stat().st_size > 0
+    grid = np.asarray(Image.open(out.with_name("p2.png")).convert("RGB"))  # the YOLO preview: one black tile
+    tile = grid[:40, :40]
+    assert (tile.reshape(-1, 3).max(1) > 0).sum() > 40  # the box outline (and its label) drawn on the black image
+    assert "no label file" in CliRunner().invoke(main, ["data", "preview", str(yolo), "--out",
+                                                        str(tmp_path / "q.png")]).output

@@ -248,6 +248,15 @@ def _coco_annotation(path: Path, n: int, a, images: dict, cat_index: dict, repor
     rec["crowd_labels" if crowd else "labels"].append(cat_index[cid])
 
 
+def looks_like_detection_data(spec: str) -> bool:
+    """Whether a user spec is box data by its form alone: a COCO ``.json``, a folder holding one, or a YOLO
+    folder (built-in names and other folders: False)."""
+    path = Path(spec).expanduser()
+    if path.suffix.lower() == ".json":
+        return path.is_file()
+    return path.is_dir() and (is_yolo_folder(path) or find_coco_json(path) is not None)
+
+
 # ---- YOLO ----------------------------------------------------------------------------------
 def is_yolo_folder(path: Path) -> bool:
     path = Path(path)

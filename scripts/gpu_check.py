@@ -110,23 +110,26 @@ def cmd_env(args) -> int:
 
 
 def train_configs(dry_run: bool) -> dict[str, dict]:
-    """The CPU profiles' DANN classification, source-only segmentation and PixelDA, made short.
+    """The CPU profiles' DANN classification, source-only segmentation and detection, and PixelDA, made short.
 
     Sources are rendered smaller than the profiles' (2000 digits, 256 scenes) to keep the check
     within its budget; the networks, image sizes and batch sizes are the profiles' own."""
     import adaptation
     import dense
+    import detection
 
     dann = {**adaptation.run_config("cpu", "dann", 0), "source_n": 2000}
     pixelda = {k: v for k, v in adaptation.run_config("cpu", "pixelda", 0).items() if k != "init_from"}
     pixelda["source_n"] = 2000
     seg = {**dense.run_config("cpu", "syn_seg", 0, False, "source_only"), "source_n": 256}
+    det = {**detection.run_config("cpu", "syn_det", 0, False), "source_n": 256}
     if dry_run:  # the same code path at toy sizes
         dann.update(source_n=200, backbone_kwargs={"width": 4, "out_dim": 16}, batch_size=8)
         pixelda.update(source_n=200, backbone_kwargs={"width": 4, "out_dim": 16}, batch_size=8,
                        options={**pixelda.get("options", {}), "g_width": 4, "d_width": 4})
         seg.update(source_n=8, backbone_kwargs={"width": 0.5}, image_size=[32, 64], batch_size=2, workers=0)
-    return {"dann": dann, "source_only_seg": seg, "pixelda": pixelda}
+        det.update(source_n=8, backbone_kwargs={"width": 0.25}, image_size=[64, 64], batch_size=2, workers=0)
+    return {"dann": dann, "source_only_seg": seg, "source_only_det": det, "pixelda": pixelda}
 
 
 def timed_run(cfg: dict, device: str, iters: int, out: Path) -> dict:
@@ -169,10 +172,10 @@ def cmd_train(args) -> int:
     os.environ.setdefault("EDGEDA_CACHE", str(args.work / "cache"))
     cuda = _cuda()
     configs = train_configs(args.dry_run)
-    iters = {"cuda": {"dann": 300, "source_only_seg": 150, "pixelda": 150},
-             "cpu": {"dann": 40, "source_only_seg": 20, "pixelda": 20}}
+    iters = {"cuda": {"dann": 300, "source_only_seg": 150, "source_only_det": 100, "pixelda": 150},
+             "cpu": {"dann": 40, "source_only_seg": 20, "source_only_det": 10, "pixelda": 20}}
     if args.dry_run:
-        iters["cpu"] = {"dann": 3, "source_only_seg": 2, "pixelda": 2}
+        iters["cpu"] = {"dann": 3, "source_only_seg": 2, "source_only_det": 2, "pixelda": 2}
     rows, bundles, failures = [], {}, {}
     for name, cfg in configs.items():
         row = {"run": name, "method": cfg["method"], "task": cfg.get("task", "classification"),

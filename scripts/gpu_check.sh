@@ -5,12 +5,13 @@
 #   kernels     builds the torch extension of kernels/, runs tests/test_kernels.py and
 #               tests/test_kernel_build.py, then benchmarks/kernel_speed.py (bandwidth vs a device copy
 #               timed in the same run; speed-up vs unfused PyTorch)
-#   train       CPU-profile DANN, source-only segmentation (lraspp) and PixelDA: short CUDA runs
+#   train       CPU-profile DANN, source-only segmentation (lraspp) and detection (ssdlite) and
+#               PixelDA: short CUDA runs
 #               with the trainer's AMP (bf16 where the GPU has it) vs short CPU runs, iterations/s
 #   torchrun    2 processes on the one GPU with NCCL (NCCL may refuse two ranks on one GPU: said so)
 #   ort-gpu     pip install onnxruntime-gpu into a side folder (the machine may be offline: said so)
 #   bench       edgeda bench, PyTorch CUDA eager (CUDA events: H2D / compute / D2H) and ONNX
-#               Runtime's CUDA provider, on a classification and a segmentation bundle
+#               Runtime's CUDA provider, on a classification, a segmentation and a detection bundle
 #   step-efficiency  benchmarks/step_efficiency.py --device cuda: training-step GFLOP/s vs the
 #               measured matmul peak, fp32 / AMP / channels-last
 #   summary     one summary naming the GPU, CUDA and driver
@@ -110,7 +111,7 @@ else
   for s in kernels-build kernels-tests kernels-bench; do skip $s "no CUDA"; done
 fi
 
-pystep train 170 train
+pystep train 200 train
 if [ $HAVE_CUDA = 1 ]; then pystep torchrun 75 torchrun; else skip torchrun "no CUDA"; fi
 
 # ---- onnxruntime-gpu: into a side folder, so the installed onnxruntime stays as it is

@@ -30,10 +30,10 @@ def test_gpu_check_dry_run_runs_every_step_and_records_them(tmp_path):
     for name in ("setup", "env", "train", "bench", "step-efficiency"):
         assert status[name] == "ok", (name, status, out[-4000:])
     train = json.loads((tmp_path / "out" / "train.json").read_text())
-    assert {r["run"] for r in train["rows"]} == {"dann", "source_only_seg", "pixelda"}
+    assert {r["run"] for r in train["rows"]} == {"dann", "source_only_seg", "source_only_det", "pixelda"}
     assert all(r["cpu"]["iters_per_s"] > 0 and r["cuda"] == {"skipped": "no CUDA"} for r in train["rows"])
     bench = json.loads((tmp_path / "out" / "bench.json").read_text())
-    assert set(bench["results"]) == {"classification", "segmentation"}
+    assert set(bench["results"]) == {"classification", "segmentation", "detection"}
     assert "GPU check summary (DRY RUN" in out
     # everything that comes back from a GPU machine fits its limit of 8 files in $OUT
     assert len(list((tmp_path / "out").iterdir())) <= 8

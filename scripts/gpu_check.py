@@ -128,7 +128,9 @@ def train_configs(dry_run: bool) -> dict[str, dict]:
         pixelda.update(source_n=200, backbone_kwargs={"width": 4, "out_dim": 16}, batch_size=8,
                        options={**pixelda.get("options", {}), "g_width": 4, "d_width": 4})
         seg.update(source_n=8, backbone_kwargs={"width": 0.5}, image_size=[32, 64], batch_size=2, workers=0)
-        det.update(source_n=8, backbone_kwargs={"width": 0.25}, image_size=[64, 64], batch_size=2, workers=0)
+        # the digit pair: the same detection code path with far less to render than street scenes
+        det = {**detection.run_config("cpu", "digits_det", 0, False), "source_n": 8, "backbone_kwargs": {"width": 0.25},
+               "image_size": [64, 64], "batch_size": 2, "workers": 0}
     return {"dann": dann, "source_only_seg": seg, "source_only_det": det, "pixelda": pixelda}
 
 

@@ -284,3 +284,18 @@ def test_imagenet_trunk_checkpoint_loads_into_ssdlite(tmp_path):
     a, b = src.state_dict(), dst.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a if k.startswith("backbone.features."))
     assert not torch.equal(a["backbone.extra.0.0.0.weight"], b["backbone.extra.0.0.0.weight"])
+
+
+def test_class_aware_nms_equals_the_all_pairs_greedy_on_random_boxes_with_tied_scores():
+    """NMS runs class by class; the kept boxes and their order are those of greedy NMS over all pairs with the
+    class test in the suppression matrix (scores rounded so that ties occur)."""
+    g = torch.Generator().manual_seed(0)
+    for _ in range(100):
+        n, k = int(torch.randint(0, 300, (1,), generator=g)), int(torch.randint(1, 12, (1,), generator=g))
+        xy = torch.rand(n, 2, generator=g) * 60
+        boxes = torch.cat([xy, xy + torch.rand(n, 2, generator=g) * 30 + 0.5], 1)
+        scores, labels = torch.rand(n, generator=g).round(decimals=2), torch.randint(0, k, (n,), generator=g)
+        order = torch.argsort(scores, descending=True, stable=True)
+        b, lab = boxes[order], labels[order]
+        reference = order[B.nms_keep_mask((B.box_iou(b, b) > 0.5) & (lab[:, None] == lab[None, :]))]
+        assert torch.equal(B.batched_nms(boxes, scores, labels, 0.5), reference)

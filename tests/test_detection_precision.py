@@ -140,7 +140,6 @@ def test_an_unexported_bundle_runs_in_onnx_runtime_at_fp16(bundle):
 
 
 @pytest.mark.parametrize("version,precision,source,flags", [("10.3.0.30", "fp16", "fp32", ["FP16"]),
-                                                           ("11.1.0", "fp16", "fp16", []),
                                                            ("11.1.0", "int8", "int8", [])])
 def test_trt_export_builds_from_the_efficient_nms_graph_with_a_stand_in_tensorrt(bundle, monkeypatch, version, precision,
                                                                                   source, flags):

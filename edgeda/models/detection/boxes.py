@@ -123,8 +123,12 @@ def batched_nms(boxes: torch.Tensor, scores: torch.Tensor, labels: torch.Tensor,
         return torch.zeros(0, dtype=torch.long, device=boxes.device)
     order = torch.argsort(scores, descending=True, stable=True)
     b, lab = boxes[order].float(), labels[order]
-    suppress = (box_iou(b, b) > iou_thresh) & (lab[:, None] == lab[None, :])
-    return order[nms_keep_mask(suppress)]
+    keep = torch.zeros(len(order), dtype=torch.bool, device=boxes.device)
+    for c in torch.unique(lab):  # one class at a time: n_c^2 IoUs each instead of all n^2 pairs
+        idx = torch.nonzero(lab == c).squeeze(1)  # ascending: this class's boxes by decreasing score
+        bc = b[idx]
+        keep[idx] = nms_keep_mask(box_iou(bc, bc) > iou_thresh)
+    return order[keep]
 
 
 def boxes_to_mask(targets: list[dict], size: tuple[int, int], device=None) -> torch.Tensor:

@@ -365,39 +365,11 @@ def data() -> None:
 def preview(spec, out, n, size, channels, task) -> None:
     """Write a labelled grid of images from a domain SPEC (dense data: image | mask overlay | depth rows;
     detection data: the boxes with their class names)."""
-    from .data import load_domain
-    from .tasks.preview import preview_dense, preview_detection, preview_grid
-    from .data.detection_files import looks_like_detection_data
-    from .data.spec import DomainSpec, default_size, is_dense_spec
+    from .tasks.preview import preview_spec
 
     _check_task(task)
-    if task == "detection" or (task is None and looks_like_detection_data(spec)):
-        dom = load_domain(spec, labeled=True, task="detection")
-        if not len(dom):
-            raise EdgedaError(f"{spec}: no usable image with boxes ({dom.report.summary()})")
-        path = preview_detection(dom, out, min(n, 16))
-        click.echo(f"{dom.name}: {dom.report.summary()}, classes: {', '.join(dom.classes)}; preview written to {path}")
-        print_skipped(dom.report.to_dict(), click.echo, listed=10)
-        return
-    if is_dense_spec(spec):  # built-in dense domains render at their own size; user data is shown as stored
-        dom = load_domain(spec, labeled=True, size=default_size(spec) or (size, size), channels=channels)
-        dom.require_usable()
-        path = preview_dense(dom, out, min(n, 16))
-        classes = f", classes: {', '.join(dom.classes)}" if dom.classes else ""
-        click.echo(f"{dom.name}: {dom.report.summary()}{classes}; preview written to {path}")
-        print_skipped(dom.report.to_dict(), click.echo, listed=10)
-        return
-
-    labeled = True
-    try:
-        few = getattr(DomainSpec.parse(spec).loader, "renders_n", False)  # render only what the preview shows
-        dom = load_domain(spec, labeled=True, size=(size, size), channels=channels, n=max(n, 10) if few else None)
-    except EdgedaError:
-        labeled = False
-        dom = load_domain(spec, labeled=False, size=(size, size), channels=channels)
-    dom.require_usable()
-    path = preview_grid(dom, out, n)
-    click.echo(f"{dom.name}: {dom.report.summary()}{'' if labeled else ' (unlabeled)'}; grid written to {path}")
+    dom, path, what = preview_spec(spec, out, n=n, size=size, channels=channels, task=task)
+    click.echo(f"{dom.name}: {dom.report.summary()}{what}; preview written to {path}")
     print_skipped(dom.report.to_dict(), click.echo, listed=10)
 
 

@@ -7,6 +7,7 @@ import numpy as np
 
 from ..data.dense import default_palette
 from ..data.domain import Domain
+from ..errors import EdgedaError
 from ..utils import save_figure
 from .draw import colourise_depth, colourise_mask, draw_boxes, overlay, panel_figure
 from .draw import save_figure as save_panel_figure
@@ -94,3 +95,33 @@ def preview_detection(domain, path: str | Path, n: int = 8, cols: int = 4) -> Pa
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(canvas).save(path)
     return path
+
+
+def preview_spec(spec: str, path: str | Path, *, n: int = 64, size: int = 32, channels: int = 3,
+                 task: str | None = None) -> tuple[Domain, Path, str]:
+    """Load the domain ``spec`` as ``task`` reads it and write its preview to ``path``: detection data
+    (``task`` "detection", or a COCO ``.json`` / YOLO folder when ``task`` is None) as boxes with class
+    names, dense data (built-in dense domains at their own size, user data as stored) as image | mask |
+    depth rows, anything else as a grid of images with their class names. Returns the domain, the file
+    and what to say about the data (the class names, or that it is unlabeled)."""
+    from ..data import load_domain
+    from ..data.detection_files import looks_like_detection_data
+    from ..data.spec import DomainSpec, default_size, is_dense_spec
+
+    if task == "detection" or (task is None and looks_like_detection_data(spec)):
+        dom = load_domain(spec, labeled=True, task="detection")
+        if not len(dom):
+            raise EdgedaError(f"{spec}: no usable image with boxes ({dom.report.summary()})")
+        return dom, preview_detection(dom, path, min(n, 16)), f", classes: {', '.join(dom.classes)}"
+    if is_dense_spec(spec):
+        dom = load_domain(spec, labeled=True, size=default_size(spec) or (size, size), channels=channels)
+        dom.require_usable()
+        classes = f", classes: {', '.join(dom.classes)}" if dom.classes else ""
+        return dom, preview_dense(dom, path, min(n, 16)), classes
+    try:
+        few = getattr(DomainSpec.parse(spec).loader, "renders_n", False)  # render only what the grid shows
+        dom, what = load_domain(spec, labeled=True, size=(size, size), channels=channels, n=max(n, 10) if few else None), ""
+    except EdgedaError:
+        dom, what = load_domain(spec, labeled=False, size=(size, size), channels=channels), " (unlabeled)"
+    dom.require_usable()
+    return dom, preview_grid(dom, path, n), what

@@ -18,7 +18,7 @@ above (Youden's J), among rules that fire on picks below more often than on pick
 the rule with more checks that fire on these runs (a check that adds no fire here still covers failures
 they lack, such as a class swap, which only ``agreement`` can see), then to fewer checks that never fire. Results go to
 ``benchmarks/results/warning.json`` and the README block between the ``warning-table`` markers;
-``edgeda.trust.WARNING_RULE`` is set from it by hand.
+each task's ``Task.warning_rule`` is set by hand from its own suite's recommendation (``per_suite``).
 """
 from __future__ import annotations
 
@@ -39,6 +39,7 @@ DEFAULT_SOURCES = (RESULTS / "shifts", RESULTS / "dense_shifts", RESULTS / "dens
 REFERENCES = ("source_only@init", "source_only")
 NEUTRAL = 0.01  # gains within 1 point count as neither below nor above
 CLEAR = 0.05
+SUITE_TASKS = {"shifts": "classification", "dense_shifts": "segmentation"}  # the task of each suite's runs
 
 
 def _records_of(obj) -> list[dict]:
@@ -176,7 +177,23 @@ def calibrate(records: list[dict]) -> dict:
     return {"runs": len(records), "suites": sorted({r.get("suite", "?") for r in records}), "pairs": len(all_pairs),
             "neutral_band": NEUTRAL, "clear_gain": CLEAR, "rules": rates, "by_selector": by_selector,
             "recommended_rule": recommend(rates, all_pairs), "current_rule": WARNING_RULE,
-            "rule_checks": {k: list(v) for k, v in WARNING_RULES.items()}}
+            "per_suite": per_suite(records), "rule_checks": {k: list(v) for k, v in WARNING_RULES.items()}}
+
+
+def per_suite(records: list[dict]) -> dict:
+    """Each suite's own rates, recommendation and the rule its task uses (``Task.warning_rule``): a rule
+    that separates losses from gains on one task's runs may fire on the other task's gains."""
+    from edgeda.tasks import task_of
+    from edgeda.trust import WARNING_RULES
+
+    out = {}
+    for suite in sorted({r.get("suite", "?") for r in records}):
+        pairs = pick_pairs([r for r in records if r.get("suite") == suite])
+        rates = {rule: fire_rates(pairs, rule) for rule in WARNING_RULES}
+        task = SUITE_TASKS.get(suite)
+        out[suite] = {"task": task, "pairs": len(pairs), "rules": rates, "recommended_rule": recommend(rates, pairs),
+                      "current_rule": task_of(task).warning_rule if task else None}
+    return out
 
 
 def _pct(r: dict) -> str:
@@ -205,7 +222,17 @@ def report(res: dict) -> str:
     for v, s in res["by_selector"].items():
         r = s["rules"][cur]
         lines.append(f"| {v} | {s['picks']} | {_pct(r['below'])} | {_pct(r['neutral'])} | {_pct(r['above'])} |")
-    lines += ["", f"recommended rule: `{res['recommended_rule']}`; in use (edgeda.trust.WARNING_RULE): `{cur}`"]
+    lines += ["", f"recommended rule over all runs: `{res['recommended_rule']}`; edgeda.trust.WARNING_RULE (a caller naming "
+              f"no rule): `{cur}`", "", "Per suite (each task uses its own rule, `Task.warning_rule`):", "",
+              "| suite (task) | picks | rule | fires below | within 1 pt | above | above by > 5 pts | J |", "|---|---|---|---|---|---|---|---|"]
+    for suite, ps in res.get("per_suite", {}).items():
+        for rule, tag in ((ps["current_rule"], "in use"), (ps["recommended_rule"], "recommended")):
+            v = ps["rules"].get(rule)
+            if v is None or (tag == "recommended" and rule == ps["current_rule"]):
+                continue
+            j = "-" if v["youden_j"] is None else f"{v['youden_j']:+.2f}"
+            lines.append(f"| {suite} ({ps['task']}) | {ps['pairs']} | `{rule}` ({tag}) | {_pct(v['below'])} | "
+                         f"{_pct(v['neutral'])} | {_pct(v['above'])} | {_pct(v['clearly_above'])} | {j} |")
     return "\n".join(lines)
 
 

@@ -227,7 +227,7 @@ def train_auto(cfg, *, methods=None, adapt_methods=None, selector: str | None = 
         warning = None
     elif chosen != reference:
         warning = transfer_warning(record[chosen]["scores"], record[reference]["scores"],
-                                   record[chosen].get("disagreement_with_source_only"))
+                                   record[chosen].get("disagreement_with_source_only"), rule=task.warning_rule)
     elif dense:
         warning = (f"warning: no candidate beats continued source-only training ({reference}) by {selector}; "
                    f"shipping {reference}. Label 5-20 target frames and pass them as --target-val to check with labels.")

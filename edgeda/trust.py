@@ -117,8 +117,8 @@ WARNING_RULES = {
     "consistency": ("consistency",),
     "agreement_or_confidence_or_majority": ("agreement", "confidence", "majority"),
 }
-# benchmarks/warning.py: on the classification shift suite it fires on most candidates below source-only
-# and on none that gained more than 5 points (results in benchmarks/results/warning.json)
+# the rule when the caller names none; each task names its own (``Task.warning_rule``), which
+# benchmarks/warning.py recommends per shift suite (results in benchmarks/results/warning.json)
 WARNING_RULE = "agreement_or_confidence"
 
 
@@ -146,7 +146,9 @@ def transfer_warning(candidate: dict, reference: dict, disagree: float | None, *
     source-only model is surest of (``agreement`` below 0.5: a class swap), or when it is less
     confident and less diverse than source-only on every confidence score available (``entropy``,
     ``info_max``, ``bnm``, ``info_max_prior``). Validators splitting on a source-free method is not
-    evidence: source-validation scores fall for any model adapted away from the source."""
+    evidence: source-validation scores fall for any model adapted away from the source. Segmentation
+    passes its own rule (``Task.warning_rule``): ``consistency``, a pick whose predictions are less stable
+    than source-only's under flips, rescaling and colour change (``aug_consistency`` lower)."""
     reasons = warning_reasons(candidate, reference, disagree, rule, max_disagreement=max_disagreement, margin=margin)
     if not reasons:
         return None

@@ -193,6 +193,21 @@ def test_warning_calibration_reads_dense_records(tmp_path):
     assert r["below"] == {"n": 3, "fired": 3, "rate": 1.0} and r["above"]["fired"] == 0
     assert res["rules"]["confidence"]["precision_below"] == 1.0
     assert res["by_selector"]["info_max"]["picks"] == 3
+    assert res["per_suite"]["dense"]["pairs"] == 6 and res["per_suite"]["dense"]["task"] is None
+
+
+def test_segmentation_warns_on_a_pick_less_stable_than_source_only():
+    from edgeda.tasks import task_of
+
+    rule = task_of("segmentation").warning_rule
+    assert rule in WARNING_RULES and task_of("classification").warning_rule == WARNING_RULE
+    ref = {**REF, "aug_consistency": 0.80}
+    shaky = {**REF, "entropy": -0.4, "info_max": 1.9, "aug_consistency": 0.62}  # more confident, less stable
+    steady = {**REF, "aug_consistency": 0.85}
+    msg = transfer_warning(shaky, ref, 0.2, rule=rule)
+    assert msg and "less stable" in msg
+    assert transfer_warning(steady, ref, 0.2, rule=rule) is None
+    assert transfer_warning(shaky, ref, 0.2) is None  # the classification rule sees a more confident pick
 
 
 def _tiny_scenes(tmp_path):

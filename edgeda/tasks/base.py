@@ -81,6 +81,8 @@ class Task:
     # source-only bundle (else from scratch, plus source-free adaptation of the source-only model)
     auto_methods: ClassVar[tuple[str, ...] | None] = None  # its training candidates (None: edgeda.auto's lists)
     auto_adapt: ClassVar[tuple[str, ...] | None] = None  # its source-free candidates (None: edgeda.auto's lists)
+    # the transfer warning's rule (edgeda.trust.WARNING_RULES), chosen by benchmarks/warning.py on the task's shift suite
+    warning_rule: ClassVar[str] = "agreement_or_confidence"
     eval_batch_size: ClassVar[int] = 16  # images per forward pass when evaluating or labelling a domain
     consistency_images: ClassVar[int] = 32  # target images the augmentation-consistency check draws
     adapt_batch_size: ClassVar[int] = 8  # ``edgeda adapt``'s default ``--batch``

@@ -47,7 +47,8 @@ def report_metrics(net: torch.nn.Module, selected: int, history: list[dict], dom
     if reference is not None and domains.target is not None:  # may this be a negative transfer?
         ref_scores, ref_rows = score_model(reference, domains, spec, device, seed)
         scores, rows = score_model(net, domains, spec, device, seed, ref_rows)
-        metrics["transfer_warning"] = transfer_warning(scores, ref_scores, disagreement(rows, ref_rows))
+        metrics["transfer_warning"] = transfer_warning(scores, ref_scores, disagreement(rows, ref_rows),
+                                                       rule=task_def.warning_rule)
         if metrics["transfer_warning"]:
             log(metrics["transfer_warning"])
     if target_val is not None:

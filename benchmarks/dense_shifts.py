@@ -2,7 +2,7 @@
 candidate started from the seed's source-only bundle, every label-free validator, and few labels.
 
     python benchmarks/dense_shifts.py [--targets fog,night,...] [--candidates source_only@init,source_only+tent,...]
-                                      [--seeds 0] [--quick] [--summary-only] [--results DIR]
+                                      [--seeds 0] [--quick] [--summary-only | --no-summary] [--results DIR]
 
 Targets (no download, deterministic, cached like every built-in domain; ``NAME`` is the unlabeled
 adaptation split, ``NAME-test`` the labelled test split read for this report only):
@@ -588,6 +588,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--quick", action="store_true", help="tiny sizes, 2 targets, 2 candidates (a smoke test)")
     ap.add_argument("--results", type=Path, help="where runs are stored (default benchmarks/results/dense_shifts)")
     ap.add_argument("--summary-only", action="store_true")
+    ap.add_argument("--no-summary", action="store_true",
+                    help="store the runs only (several processes sharing a target list: let the last one summarise)")
     args = ap.parse_args(argv)
     profile = "quick" if args.quick else "cpu"
     results = results_dir(args.results, args.quick)
@@ -610,6 +612,9 @@ def main(argv=None) -> dict:
         for i, (t, c, s) in enumerate(todo, 1):
             print(f"[{i}/{len(todo)}, {time.perf_counter() - t0:.0f}s] {t} {c} seed {s}", flush=True)
             run_one(profile, t, c, s, results)
+    if args.no_summary:
+        print("runs stored; summary left to `--summary-only`", flush=True)
+        return {}
     summary_path = results.parent / "dense_shifts.json"
     out = write_summary(results, profile, summary_path, readme=not args.quick and args.results is None)
     print(out["table"])

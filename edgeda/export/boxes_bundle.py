@@ -26,15 +26,13 @@ import tempfile
 from pathlib import Path
 from typing import Callable, Sequence
 
-import numpy as np
-
 from ..bundle import Bundle, update_bundle
 from ..data import load_domain
 from ..errors import EdgedaError
 from ..tasks import task_of
 from .detection import (detection_parity, export_detector_onnx, match_detections, merge_parity, require_graphsurgeon,
                         run_detector_ort, to_efficient_nms)
-from .files import PRECISIONS, default_calib_spec, onnx_name
+from .files import PRECISIONS, calibration_images, onnx_name
 from .onnx import ort_session
 from .trt import engine_into_bundle, require_tensorrt, trt_major
 
@@ -44,32 +42,11 @@ from .trt import engine_into_bundle, require_tensorrt, trt_major
 # can fall either way in two implementations; a real export error misses far more.
 MIN_MATCHED = 0.98
 SCORE_TOL = 0.01  # a reduced-precision detection "keeps its score" within this of the fp32 one
-CALIB_IMAGES = 128  # target images an int8 detector export calibrates on (as for the dense tasks)
 
 
 def exports_postprocessing(module) -> bool:
     """Whether a bundle's network carries its own post-processing (decoding + NMS) into the graph."""
     return callable(getattr(module, "postprocess", None)) and callable(getattr(module, "decode", None))
-
-
-def calibration_images(b: Bundle, calib: str | None = None, n: int = CALIB_IMAGES) -> tuple[np.ndarray, str]:
-    """(the first ``n`` images of ``calib`` -- else of the bundle's target adaptation split -- normalised at
-    the bundle's input (N, C, H, W) float32, the spec they came from); no labels are read."""
-    from ..training.model_eval import eval_batches
-
-    spec = calib or default_calib_spec(b)
-    if spec is None:
-        raise EdgedaError("int8 export needs calibration images: pass --calib SPEC (target images)")
-    dom = load_domain(spec, labeled=False, size=b.task.image_size, channels=b.task.channels, task=b.task.task)
-    xs, got = [], 0
-    for x, _, _ in eval_batches(dom, b.task, "cpu", 16, labels=False):
-        xs.append(x.numpy())
-        got += len(x)
-        if got >= n:
-            break
-    if not xs:
-        raise EdgedaError(f"--calib {spec}: no readable images to calibrate int8 on")
-    return np.concatenate(xs)[:n], spec
 
 
 def export_postprocessing_bundle(b: Bundle, out=None, *, precision: str = "fp32", data: str | None = None,

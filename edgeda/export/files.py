@@ -48,19 +48,24 @@ def calibration_images(b: Bundle, calib: str | None = None, n: int | None = None
     spec = calib or default_calib_spec(b)
     if spec is None:
         raise EdgedaError("int8 export needs calibration images: pass --calib SPEC (target images)")
-    images, _ = load_images(spec, b, n=n or task_of(b.task).calibration_images)
+    images, _ = load_images(spec, b, n=n or task_of(b.task).calibration_images, labels=False)
     return images, spec
 
 
-def load_images(spec: str, b: Bundle, n: int | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+def load_images(spec: str, b: Bundle, n: int | None = None, *, labels: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
     """(N, C, H, W) normalised float32 images of ``spec`` at the bundle's input size, first ``n``,
-    and their labels when it has them (class ids; for dense data masks or depth, resized alike)."""
+    and their labels when it has them and ``labels`` is set (class ids; for dense data masks or depth,
+    resized alike)."""
     from ..training.model_eval import eval_batches
 
     task = b.task
-    try:
-        dom = load_domain(spec, labeled=True, size=task.image_size, channels=task.channels, task=task.task)
-    except DataError:
+    dom = None
+    if labels:  # without labels, every readable image counts (none is skipped for a bad annotation)
+        try:
+            dom = load_domain(spec, labeled=True, size=task.image_size, channels=task.channels, task=task.task)
+        except DataError:
+            pass
+    if dom is None:
         dom = load_domain(spec, labeled=False, size=task.image_size, channels=task.channels, task=task.task)
     tk = task_of(task)
     dom = tk.image_domain(dom)
@@ -70,10 +75,9 @@ def load_images(spec: str, b: Bundle, n: int | None = None) -> tuple[np.ndarray,
     if isinstance(dom, Domain):
         dom.require_usable()
         images = dom.images[:n] if n else dom.images
-        labels = None if dom.labels is None else dom.labels[:len(images)]
-        return prepare_batch(images, task), labels
+        return prepare_batch(images, task), (dom.labels[:len(images)] if labels and dom.labels is not None else None)
     dom.require_usable()
-    labeled = tk.labeled_by(dom)
+    labeled = labels and tk.labeled_by(dom)
     xs, ys, got = [], [], 0
     for x, y, _ in eval_batches(dom, task, "cpu", 16, labels=labeled):
         xs.append(x.numpy())
@@ -82,6 +86,8 @@ def load_images(spec: str, b: Bundle, n: int | None = None) -> tuple[np.ndarray,
         got += len(x)
         if n and got >= n:
             break
+    if not xs:
+        raise EdgedaError(f"{spec}: no readable images")
     images = np.concatenate(xs)[:n] if n else np.concatenate(xs)
     labels = np.concatenate(ys)[:len(images)] if ys and labeled and task_of(task).label_key else None
     return images, labels

@@ -25,9 +25,9 @@ from ..registry import Registry
 from ..scores import softmax_stats  # noqa: F401  (part of the runtime API)
 from ..tasks import task_of
 from ..utils import choose_device
-from .boxes_bundle import calibration_images, exports_postprocessing
+from .boxes_bundle import exports_postprocessing
 from .detection import OUTPUTS as BOX_OUTPUTS, export_detector_onnx, padded_detections, run_detector_ort
-from .files import PRECISIONS, export_deployable_onnx, onnx_name, plan_name, prepare_batch
+from .files import PRECISIONS, calibration_images, export_deployable_onnx, onnx_name, plan_name, prepare_batch
 from .onnx import ort_session
 from .trt import TrtEngine, require_tensorrt
 

@@ -75,6 +75,7 @@ def test_coco_loader_keeps_good_boxes_and_counts_each_bad_kind(tmp_path):
     assert _count(dom, "unknown category id 9") == 1 and _count(dom, "unknown image id 99") == 1
     assert _count(dom, "four numbers") == 1 and _count(dom, "unreadable image") == 1
     assert _count(dom, "is not there") == 1 and len(dom.skipped) == 7
+    assert dom.report.summary() == "3 images, 2 files skipped, 5 annotations skipped"  # files and entries apart
     # the folder holding the json is the same domain
     again = load_domain(str(root), labeled=True, task="detection")
     assert len(again) == 3 and len(again.skipped) == 7
@@ -115,6 +116,7 @@ def test_yolo_loader_keeps_good_boxes_and_counts_each_bad_kind(tmp_path):
     assert _count(dom, "needs 5 values") == 1 and _count(dom, "no label file") == 1
     assert _count(dom, "unreadable image") == 1 and _count(dom, "no image of the same name") == 1
     assert len(dom.skipped) == 8
+    assert dom.report.summary() == "2 images, 3 files skipped, 5 annotations skipped"
 
 
 def test_any_image_folder_is_unlabeled_target_data(tmp_path):

@@ -175,10 +175,10 @@ def load_coco(path: Path, *, labeled: bool = True) -> FileDetectionDomain:
         fname = im.get("file_name") if isinstance(im, dict) else None
         where = f"{path}#images[{n}]"
         if isinstance(iid, bool) or not isinstance(iid, (int, str)) or not isinstance(fname, str) or not fname:
-            report.skip(where, "image entry needs an 'id' and a 'file_name'")
+            report.skip(where, "image entry needs an 'id' and a 'file_name'", entry=True)
             continue
         if iid in images:
-            report.skip(where, f"image id {iid!r} is given twice")
+            report.skip(where, f"image id {iid!r} is given twice", entry=True)
             continue
         img_path = _resolve_file(path, fname)
         if not img_path.is_file():
@@ -219,29 +219,29 @@ def _coco_annotation(path: Path, n: int, a, images: dict, cat_index: dict, repor
     aid = a.get("id", n) if isinstance(a, dict) else n
     where = f"{path}#annotation {aid}"
     if not isinstance(a, dict):
-        report.skip(where, "annotation is not an object")
+        report.skip(where, "annotation is not an object", entry=True)
         return
     iid = a.get("image_id")
     if isinstance(iid, bool) or not isinstance(iid, (int, str)) or iid not in images:
-        report.skip(where, f"refers to unknown image id {iid!r}")
+        report.skip(where, f"refers to unknown image id {iid!r}", entry=True)
         return
     rec = images[iid]
     if rec["path"] is None:
         return  # its image was skipped (and counted) already
     cid = a.get("category_id")
     if isinstance(cid, bool) or not isinstance(cid, int) or cid not in cat_index:
-        report.skip(where, f"unknown category id {cid!r}")
+        report.skip(where, f"unknown category id {cid!r}", entry=True)
         return
     bbox = a.get("bbox")
     if not isinstance(bbox, (list, tuple)) or len(bbox) != 4 or \
             not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in bbox):
-        report.skip(where, "'bbox' must be four numbers [x, y, w, h]")
+        report.skip(where, "'bbox' must be four numbers [x, y, w, h]", entry=True)
         return
     x, y, w, h = (float(v) for v in bbox)
     H, W = rec["hw"]
     box, problem = _check_box(np.array([x, y, x + w, y + h], np.float64), H, W)
     if problem:
-        report.skip(where, problem)
+        report.skip(where, problem, entry=True)
         return
     crowd = bool(a.get("iscrowd", 0))
     rec["crowd" if crowd else "boxes"].append(box)
@@ -280,21 +280,21 @@ def _yolo_lines(label: Path, hw: tuple[int, int], k: int | None, report: LoadRep
             continue
         where = f"{label}:{ln}"
         if len(parts) != 5:
-            report.skip(where, f"a label line needs 5 values 'class cx cy w h', got {len(parts)}")
+            report.skip(where, f"a label line needs 5 values 'class cx cy w h', got {len(parts)}", entry=True)
             continue
         try:
             cls_f = float(parts[0])
             cx, cy, bw, bh = (float(v) for v in parts[1:])
         except ValueError:
-            report.skip(where, "a label line needs numbers 'class cx cy w h'")
+            report.skip(where, "a label line needs numbers 'class cx cy w h'", entry=True)
             continue
         if not math.isfinite(cls_f) or cls_f != int(cls_f) or cls_f < 0 or (k is not None and cls_f >= k):
-            report.skip(where, f"unknown class id {parts[0]}" + (f" (classes.txt names {k})" if k is not None else ""))
+            report.skip(where, f"unknown class id {parts[0]}" + (f" (classes.txt names {k})" if k is not None else ""), entry=True)
             continue
         box, problem = _check_box(np.array([(cx - bw / 2) * W, (cy - bh / 2) * H, (cx + bw / 2) * W,
                                             (cy + bh / 2) * H], np.float64), H, W)
         if problem:
-            report.skip(where, problem)
+            report.skip(where, problem, entry=True)
             continue
         boxes.append(box)
         labels.append(int(cls_f))

@@ -21,27 +21,36 @@ def wrong_labels(domain, holds: str, labels: str) -> DataError:
 
 @dataclass
 class LoadReport:
-    """What a loader saw: how many images it used and which files it skipped, with the reason."""
+    """What a loader saw: how many images it used and which files -- or entries inside annotation files
+    (a COCO json's image entries and annotations, a YOLO label line) -- it skipped, with the reason."""
 
     loaded: int = 0
     skipped: list[tuple[str, str]] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)  # what loaded but may not be what the user meant
+    skipped_entries: int = 0  # how many of ``skipped`` are entries inside a file, not whole files
 
-    def skip(self, path: str, reason: str) -> None:
+    def skip(self, path: str, reason: str, *, entry: bool = False) -> None:
         self.skipped.append((path, reason))
+        self.skipped_entries += int(entry)
 
     def warn(self, message: str) -> None:
         self.warnings.append(message)
 
     def summary(self) -> str:
-        if not self.skipped:
-            return f"{self.loaded} images"
-        return f"{self.loaded} images, {len(self.skipped)} files skipped"
+        files = len(self.skipped) - self.skipped_entries
+        parts = [f"{self.loaded} images"]
+        if files:
+            parts.append(f"{files} file{'s' if files != 1 else ''} skipped")
+        if self.skipped_entries:
+            n = self.skipped_entries
+            parts.append(f"{n} annotation{'s' if n != 1 else ''} skipped")
+        return ", ".join(parts)
 
     def to_dict(self, max_listed: int = 50) -> dict:
         return {
             "loaded": self.loaded,
             "skipped": len(self.skipped),
+            **({"skipped_annotations": self.skipped_entries} if self.skipped_entries else {}),
             "skipped_files": [{"path": p, "reason": r} for p, r in self.skipped[:max_listed]],
             **({"warnings": list(self.warnings)} if self.warnings else {}),
         }

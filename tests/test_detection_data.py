@@ -1,4 +1,4 @@
-"""Detection data: COCO and YOLO loaders with every bad-annotation kind, box transforms against
+"""Detection data: COCO, YOLO and Pascal VOC loaders with every bad-annotation kind, box transforms against
 hand-computed boxes, boxes that stay on their object, rendered boxes against instance pixels."""
 import json
 
@@ -117,6 +117,71 @@ def test_yolo_loader_keeps_good_boxes_and_counts_each_bad_kind(tmp_path):
     assert _count(dom, "unreadable image") == 1 and _count(dom, "no image of the same name") == 1
     assert len(dom.skipped) == 8
     assert dom.report.summary() == "2 images, 3 files skipped, 5 annotations skipped"
+
+
+def _voc_xml(path, filename, objects, size=(20, 10)):
+    objs = "".join(f"<object><name>{n}</name><difficult>{d}</difficult><bndbox>{bb}</bndbox></object>"
+                   if n is not None else f"<object><bndbox>{bb}</bndbox></object>" for n, d, bb in objects)
+    name = f"<filename>{filename}</filename>" if filename else ""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(f"<annotation>{name}<size><width>{size[0]}</width><height>{size[1]}</height><depth>3</depth></size>"
+                    f"{objs}</annotation>")
+
+
+def _bb(x1, y1, x2, y2):
+    return f"<xmin>{x1}</xmin><ymin>{y1}</ymin><xmax>{x2}</xmax><ymax>{y2}</ymax>"
+
+
+def test_voc_loader_keeps_good_boxes_and_counts_each_bad_kind(tmp_path):
+    from edgeda.data.detection_files import looks_like_detection_data
+
+    root = tmp_path / "voc"
+    ann = root / "Annotations"
+    _png(root / "JPEGImages" / "a.jpg")
+    _voc_xml(ann / "a.xml", "a.jpg", [
+        ("dog", 0, _bb(3, 2, 8, 6)),  # 1-based: [2, 1, 8, 6]
+        ("cat", 1, _bb(1, 1, 20, 10)),  # difficult: ignored region [0, 0, 20, 10]
+        ("cat", 0, _bb(15, 5, 25, 9)),  # partly outside: clipped to [14, 4, 20, 9]
+        ("bird", 0, _bb(3, 2, 8, 6)),  # not in classes.txt
+        (None, 0, _bb(3, 2, 8, 6)),  # no name
+        ("dog", 0, "<xmin>3</xmin><ymin>x</ymin><xmax>8</xmax><ymax>6</ymax>"),  # not numbers
+        ("dog", 0, _bb(8, 2, 3, 6)),  # degenerate
+        ("dog", 0, _bb(30, 2, 40, 6)),  # outside
+    ])
+    _png(root / "JPEGImages" / "empty.png")
+    _voc_xml(ann / "empty.xml", "empty.png", [])  # an image without objects
+    _png(ann / "beside.png")  # LabelImg: the image beside its xml, no <filename>
+    _voc_xml(ann / "beside.xml", None, [("cat", 0, _bb(2, 2, 4, 4))])
+    _voc_xml(ann / "again.xml", "a.jpg", [("dog", 0, _bb(3, 2, 8, 6))])  # a second file for a.jpg
+    _voc_xml(ann / "gone.xml", "gone.jpg", [])  # image not there
+    _png(root / "JPEGImages" / "small.png", w=12)
+    _voc_xml(ann / "small.xml", "small.png", [])  # <size> says 20x10
+    (ann / "broken.xml").write_text("<annotation><object>")
+    (ann / "other.xml").write_text("<svg></svg>")
+    (root / "classes.txt").write_text("cat\ndog\n")
+    assert looks_like_detection_data(str(root))
+    dom = load_domain(str(root), labeled=True, task="detection")
+    assert dom.classes == ["cat", "dog"] and len(dom) == 3
+    names = [p.name for p in dom.paths()]
+    a = dom.sample(names.index("a.jpg"))
+    np.testing.assert_allclose(a.boxes, [[2, 1, 8, 6], [14, 4, 20, 9]])
+    np.testing.assert_array_equal(a.labels, [1, 0])
+    np.testing.assert_allclose(a.crowd, [[0, 0, 20, 10]])
+    np.testing.assert_array_equal(a.crowd_labels, [0])
+    assert dom.sample(names.index("empty.png")).boxes.shape == (0, 4)
+    np.testing.assert_allclose(dom.sample(names.index("beside.png")).boxes, [[1, 1, 4, 4]])
+    assert _count(dom, "not in classes.txt") == 1 and _count(dom, "no <name>") == 1
+    assert _count(dom, "needs numbers") == 1 and _count(dom, "degenerate") == 1 and _count(dom, "outside") == 1
+    assert _count(dom, "annotated already") == 1 and _count(dom, "is not there") == 1
+    assert _count(dom, "the xml says 20x10") == 1 and _count(dom, "not readable XML") == 1
+    assert _count(dom, "not a VOC annotation") == 1
+    assert dom.report.summary() == "3 images, 5 files skipped, 5 annotations skipped"
+    # without classes.txt: the names seen, sorted; unlabeled: the images of JPEGImages/
+    (root / "classes.txt").unlink()
+    again = load_domain(str(root), labeled=True, task="detection")
+    assert again.classes == ["bird", "cat", "dog"]
+    np.testing.assert_array_equal(again.sample(names.index("a.jpg")).labels, [2, 1, 0])
+    assert len(load_domain(str(root), labeled=False, task="detection")) == 3
 
 
 def test_any_image_folder_is_unlabeled_target_data(tmp_path):

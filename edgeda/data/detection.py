@@ -20,7 +20,7 @@ Contract (the models, the trainer and the metrics code against it):
   an image that has crowd regions).
 
 Where the data comes from: the built-in generated domains (:mod:`edgeda.data.detection_builtin`),
-COCO JSON and YOLO folders, and any image folder as unlabeled target data
+COCO JSON, YOLO and Pascal VOC folders, and any image folder as unlabeled target data
 (:mod:`edgeda.data.detection_files`). :func:`edgeda.data.detection_spec.load_detection_domain` resolves a spec string.
 """
 from __future__ import annotations
@@ -118,8 +118,8 @@ class DetectionDomain:
         if labels != "boxes":
             raise wrong_labels(self, "holds detection data (boxes)", labels)
         if not self.has_boxes:
-            raise DataError(f"domain {self.name!r} has no box annotations (give a COCO .json or a YOLO folder with "
-                            "images/, labels/ and classes.txt)")
+            raise DataError(f"domain {self.name!r} has no box annotations (give a COCO .json, a YOLO folder with "
+                            "images/, labels/ and classes.txt, or a Pascal VOC folder with Annotations/)")
         if not self.classes:
             raise DataError(f"domain {self.name!r} names no classes (COCO 'categories', or classes.txt in a "
                             "YOLO folder)")

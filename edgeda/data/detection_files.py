@@ -1,4 +1,5 @@
-"""Detection user data: COCO JSON, YOLO folders, and any image folder (unlabeled).
+"""Detection user data: COCO JSON, YOLO folders, and any image folder (unlabeled); Pascal VOC folders
+are read by :mod:`edgeda.data.detection_voc`.
 
 **COCO** -- a ``.json`` file, or a folder holding exactly one ``*.json`` (at its top or in
 ``annotations/``). Keys: ``images`` (``id``, ``file_name``, optional ``width``/``height``),
@@ -249,12 +250,14 @@ def _coco_annotation(path: Path, n: int, a, images: dict, cat_index: dict, repor
 
 
 def looks_like_detection_data(spec: str) -> bool:
-    """Whether a user spec is box data by its form alone: a COCO ``.json``, a folder holding one, or a YOLO
-    folder (built-in names and other folders: False)."""
+    """Whether a user spec is box data by its form alone: a COCO ``.json``, a folder holding one, a YOLO
+    folder or a Pascal VOC folder (built-in names and other folders: False)."""
+    from .detection_voc import is_voc_folder
+
     path = Path(spec).expanduser()
     if path.suffix.lower() == ".json":
         return path.is_file()
-    return path.is_dir() and (is_yolo_folder(path) or find_coco_json(path) is not None)
+    return path.is_dir() and (is_yolo_folder(path) or is_voc_folder(path) or find_coco_json(path) is not None)
 
 
 # ---- YOLO ----------------------------------------------------------------------------------
@@ -361,10 +364,15 @@ def load_image_folder(root: Path) -> FileDetectionDomain:
 
 
 def load_detection_folder(root: Path, *, labeled: bool) -> DetectionDomain:
-    """A YOLO folder, a folder holding one COCO json, or (unlabeled) any image folder."""
+    """A YOLO folder, a Pascal VOC folder (:mod:`edgeda.data.detection_voc`), a folder holding one COCO json,
+    or (unlabeled) any image folder."""
+    from .detection_voc import is_voc_folder, load_voc
+
     root = Path(root)
     if is_yolo_folder(root):
         return load_yolo(root, labeled=labeled)
+    if is_voc_folder(root):
+        return load_voc(root, labeled=labeled)
     found = find_coco_json(root)
     if found is not None:
         return load_coco(found, labeled=labeled)

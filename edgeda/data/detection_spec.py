@@ -12,7 +12,8 @@ def load_detection_domain(spec: str, *, labeled: bool, size=None, channels: int 
                           n: int | None = None, seed: int = 0) -> DetectionDomain:
     """Resolve a spec for the detection task: a built-in (``digitscenes``, ``handwritten-scenes``,
     ``synscenes`` with any of their splits, ``name:split``), a COCO ``.json`` (or a folder holding one),
-    a YOLO folder (``images/`` + ``labels/``), or any image folder (unlabeled). ``size`` is the
+    a YOLO folder (``images/`` + ``labels/``), a Pascal VOC folder (``Annotations/*.xml`` + ``JPEGImages/``),
+    or any image folder (unlabeled). ``size`` is the
     rendering size of a built-in (its default when None); user data comes at its stored size."""
     from pathlib import Path
 
@@ -50,4 +51,4 @@ def load_detection_domain(spec: str, *, labeled: bool, size=None, channels: int 
     from .builtin import BUILTIN_DOMAINS
 
     raise DataError(f"unknown domain {spec!r}: not a built-in name ({', '.join(BUILTIN_DOMAINS)}), a COCO .json, "
-                    "a YOLO folder or an image folder")
+                    "a YOLO or Pascal VOC folder, or an image folder")

@@ -89,7 +89,7 @@ def load_domain(
 
     ``task``: a task whose data has its own loader in :data:`TASK_DOMAIN_LOADERS` reads the spec
     with it -- for ``detection`` a :class:`~edgeda.data.detection.DetectionDomain` (the built-in
-    scenes with boxes, COCO, YOLO, or an image folder as unlabeled data).
+    scenes with boxes, COCO, YOLO, Pascal VOC, or an image folder as unlabeled data).
     """
     if task is not None and task in TASK_DOMAIN_LOADERS:
         return TASK_DOMAIN_LOADERS.get(task)(spec, labeled=labeled, size=size, channels=channels, split=split, n=n,

@@ -1,0 +1,163 @@
+"""Pascal VOC detection data: one XML file per image, as the VOC datasets and LabelImg write them.
+
+**Layout** -- ``root/Annotations/<rel>.xml``; each file's ``<filename>`` is looked up in
+``root/JPEGImages/``, ``root/images/``, beside the XML file (LabelImg's default) and in ``root``;
+without a ``<filename>``, an image with the XML file's name is looked up in the same places.
+Each ``<object>`` has a ``<name>`` and a ``<bndbox>`` with ``xmin ymin xmax ymax``, VOC's 1-based pixel
+indices, read as the box ``[xmin - 1, ymin - 1, xmax, ymax]`` (the convention of the VOC devkit's
+readers, so a box covering the whole image is ``[0, 0, W, H]``). ``<difficult>1</difficult>`` objects
+are kept apart like COCO's crowd regions: never trained on, and ignored at evaluation, as the VOC
+evaluation ignores them. ``root/classes.txt`` (one name per line), when present, fixes the classes and
+their order; without it the classes are the names seen, sorted. An image without objects is kept as
+an image without objects.
+
+**Bad data never crashes a load**, as for COCO and YOLO (:mod:`edgeda.data.detection_files`): XML files
+that do not parse or are not VOC, XML files whose image is absent or unreadable or whose ``<size>``
+differs from the image, a second XML file for an image already annotated, and objects without a name,
+with a name not in ``classes.txt``, or with a box that is malformed, degenerate or entirely outside the
+image (boxes partly outside are clipped) are skipped and counted with the reason; one object is named
+``file#object <n>``. ``labeled=False`` reads the images of ``JPEGImages/`` (or ``images/``) only.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from xml.etree import ElementTree
+
+import numpy as np
+
+from ..errors import DataError
+from .dense_files import _walk, read_class_list
+from .detection_files import FileDetectionDomain, _check_box, _image_size, _stack, load_image_folder
+from .domain import LoadReport
+from .files import IMAGE_EXTENSIONS
+
+MAX_XML_BYTES = 10_000_000  # one image's annotation; a larger file is not VOC
+IMAGE_DIRS = ("JPEGImages", "images")
+
+
+def is_voc_folder(path) -> bool:
+    """A folder with an ``Annotations/`` folder holding at least one ``.xml`` file."""
+    ann = Path(path) / "Annotations"
+    return ann.is_dir() and any(p.suffix.lower() == ".xml" for p in ann.rglob("*.xml"))
+
+
+def _read_xml(path: Path) -> ElementTree.Element:
+    """The root ``<annotation>`` element; ValueError with a one-line reason when the file is not VOC XML."""
+    try:
+        if not path.is_file():  # a FIFO or device could block forever
+            raise ValueError("not a regular file")
+        if path.stat().st_size > MAX_XML_BYTES:
+            raise ValueError(f"larger than {MAX_XML_BYTES // 1_000_000} MB")
+        root = ElementTree.parse(path).getroot()
+    except (OSError, ElementTree.ParseError, RecursionError) as e:
+        raise ValueError(f"not readable XML ({type(e).__name__}: {(str(e).splitlines() or [''])[0][:100]})") from None
+    if root.tag != "annotation":
+        raise ValueError(f"not a VOC annotation (its root element is <{root.tag}>, not <annotation>)")
+    return root
+
+
+def _text(el: ElementTree.Element | None, tag: str) -> str | None:
+    found = el.find(tag) if el is not None else None
+    return found.text.strip() if found is not None and found.text and found.text.strip() else None
+
+
+def _number(el: ElementTree.Element | None, tag: str) -> float | None:
+    try:
+        return float(_text(el, tag))
+    except (TypeError, ValueError):
+        return None
+
+
+def _find_image(root: Path, xml: Path, name: str | None) -> Path | None:
+    places = [root / d for d in IMAGE_DIRS] + [xml.parent, root]
+    for where in places:
+        if name is not None:
+            if (where / name).is_file():
+                return where / name
+            continue
+        for ext in IMAGE_EXTENSIONS:
+            for cand in (where / f"{xml.stem}{ext}", where / f"{xml.stem}{ext.upper()}"):
+                if cand.is_file():
+                    return cand
+    return None
+
+
+def _objects(xml: Path, ann: ElementTree.Element, hw: tuple[int, int], index: dict[str, int], fixed: bool,
+             report: LoadReport) -> tuple[list, list, list, list]:
+    """(boxes, labels, difficult boxes, their labels) of one file's good objects; a name not in ``index``
+    is skipped when the classes are ``fixed`` (classes.txt), else added to it."""
+    H, W = hw
+    boxes, labels, hard, hard_labels = [], [], [], []
+    for n, obj in enumerate(ann.findall("object")):
+        where = f"{xml}#object {n}"
+        name = _text(obj, "name")
+        if name is None:
+            report.skip(where, "object has no <name>", entry=True)
+            continue
+        if name not in index:
+            if fixed:
+                report.skip(where, f"class {name!r} is not in classes.txt", entry=True)
+                continue
+            index[name] = len(index)
+        bb = obj.find("bndbox")
+        v = [_number(bb, t) for t in ("xmin", "ymin", "xmax", "ymax")]
+        if any(x is None for x in v):
+            report.skip(where, "<bndbox> needs numbers <xmin> <ymin> <xmax> <ymax>", entry=True)
+            continue
+        box, problem = _check_box(np.array([v[0] - 1, v[1] - 1, v[2], v[3]], np.float64), H, W)
+        if problem:
+            report.skip(where, problem, entry=True)
+            continue
+        difficult = _text(obj, "difficult") in {"1", "true", "True"}
+        (hard if difficult else boxes).append(box)
+        (hard_labels if difficult else labels).append(index[name])
+    return boxes, labels, hard, hard_labels
+
+
+def load_voc(root: Path, *, labeled: bool = True) -> FileDetectionDomain:
+    """A Pascal VOC folder (see the module doc)."""
+    root = Path(root)
+    if not labeled:
+        where = next((root / d for d in IMAGE_DIRS if (root / d).is_dir()), None)
+        if where is None:
+            raise DataError(f"{root} has no {' or '.join(IMAGE_DIRS)} folder of images")
+        return load_image_folder(where)
+    report = LoadReport()
+    fixed = (root / "classes.txt").is_file()
+    index = {n: k for k, n in enumerate(read_class_list(root / "classes.txt")[0])} if fixed else {}
+    items, used = [], {}
+    for xml in _walk(root / "Annotations", (".xml",)):
+        try:
+            ann = _read_xml(xml)
+        except ValueError as e:
+            report.skip(str(xml), str(e))
+            continue
+        img = _find_image(root, xml, _text(ann, "filename"))
+        if img is None:
+            report.skip(str(xml), f"its image {_text(ann, 'filename') or xml.stem + '.*'} is not there")
+            continue
+        if img in used:
+            report.skip(str(xml), f"{img.name} is annotated already by {used[img].name}")
+            continue
+        hw = _image_size(img, report)
+        if hw is None:
+            continue
+        size = ann.find("size")
+        dw, dh = _number(size, "width"), _number(size, "height")
+        if dw and dh and (int(dh), int(dw)) != hw:  # 0 or absent: tools that do not fill <size>
+            report.skip(str(img), f"image is {hw[1]}x{hw[0]}, the xml says {int(dw)}x{int(dh)}")
+            continue
+        used[img] = xml
+        b, lab, c, clab = _objects(xml, ann, hw, index, fixed, report)
+        items.append((img, hw, *_stack(b, lab), *_stack(c, clab)))
+    if not items and not report.skipped:
+        raise DataError(f"{root}/Annotations holds no .xml annotation file")
+    classes = list(index)
+    if not fixed:  # names seen, sorted: the same classes in the same order however the files are named
+        order = sorted(classes)
+        remap = np.array([order.index(n) for n in classes], np.int64)
+        items = [(p, hw, b, remap[lab] if len(lab) else lab, c, remap[clab] if len(clab) else clab)
+                 for p, hw, b, lab, c, clab in items]
+        classes = order
+    report.loaded = len(items)
+    return FileDetectionDomain(str(root), items, classes=classes or None, has_boxes=True, report=report)

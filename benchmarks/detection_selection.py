@@ -14,6 +14,9 @@ fallback where a row has too few candidates; per row, auto's mean over the seeds
 single candidate's. Target labels are read for this report only.
 
     python benchmarks/detection_selection.py [--rows syn_det,digits_det] [--seeds 0,1,2] [--train] [--table-only]
+
+A call scores the rows and seeds it is given whose candidates' bundles are on this machine; every other
+(row, seed) keeps its stored record.
 """
 from __future__ import annotations
 
@@ -168,8 +171,11 @@ def main(argv=None) -> int:
     else:
         from edgeda.utils import machine_info
 
-        records = [r for row in args.rows.split(",") for s in args.seeds.split(",")
-                   if (r := score_row(row, int(s), args.train)) is not None]
+        new = {(r["row"], r["seed"]): r for row in args.rows.split(",") for s in args.seeds.split(",")
+               if (r := score_row(row, int(s), args.train)) is not None}
+        # a (row, seed) not scored this time (not asked, or its bundles are not on this machine) keeps its stored record
+        old = json.loads(OUT.read_text())["records"] if OUT.is_file() else []
+        records = [new.pop((r["row"], r["seed"]), r) for r in old] + list(new.values())
         res = {"date": dt.date.today().isoformat(), "machine": machine_info()["cpu"], "records": records,
                "summary": summarise(records), "best_single": best_single(records)}
         OUT.write_text(json.dumps(res, indent=1) + "\n")

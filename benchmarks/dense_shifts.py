@@ -342,12 +342,12 @@ def majority_scores(cands: dict[str, dict]) -> dict[str, float]:
         return {}
     first = next(iter(cands.values()))
     k = int(first["_arrays"]["inter"].shape[1])  # the task's classes
-    rows = {n: torch.nn.functional.one_hot(torch.from_numpy(c["_arrays"]["maps"].astype(np.int64)).flatten(), k).float()
+    rows = {n: torch.nn.functional.one_hot(torch.from_numpy(c["_arrays"]["maps"].astype(np.int64)).flatten(), k).float() * 10
             for n, c in cands.items() if c["map_frames"] == first["map_frames"]}
     out = {}
     for n, z in rows.items():
         try:
-            ctx = EvalContext(0.0, target_logits=z * 10, dense=True, peer_logits={o: v * 10 for o, v in rows.items() if o != n})
+            ctx = EvalContext(0.0, target_logits=z, dense=True, peer_logits={o: v for o, v in rows.items() if o != n})
             out[n] = float(fn(ctx))
         except (TypeError, ValueError):
             continue

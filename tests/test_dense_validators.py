@@ -124,6 +124,26 @@ def test_majority_ranks_the_consensus_above_a_collapsed_candidate():
     assert "majority" not in score_all(EvalContext(0.5, target_logits=onehot(y)))
 
 
+def test_majority_vote_counts_votes_and_breaks_ties_by_summed_probability():
+    from edgeda.training.validators.majority import majority_vote
+
+    z = lambda rows: torch.tensor(rows, dtype=torch.float32).log()  # noqa: E731
+    a = z([[0.6, 0.3, 0.1], [0.5, 0.4, 0.1], [0.2, 0.7, 0.1]])
+    b = z([[0.5, 0.4, 0.1], [0.3, 0.6, 0.1], [0.1, 0.8, 0.1]])
+    c = z([[0.1, 0.2, 0.7], [0.1, 0.2, 0.7], [0.2, 0.1, 0.7]])
+    # row 0: 2 votes for class 0; row 1: one vote each, class 1 has the most probability (1.2); row 2: 2 for class 1
+    assert majority_vote([a, b, c]).tolist() == [0, 1, 1]
+    # more summed probability never beats a vote more: class 2 (1.1998) loses to class 0's two votes (1.1001)
+    e = z([[1e-4, 1e-4, 0.9998], [0.3, 0.3, 0.4], [0.3, 0.3, 0.4]])
+    assert majority_vote([a, b, e])[0].item() == 0
+    # the same as counting on every row, with ties everywhere (two peers, random classes)
+    g = torch.Generator().manual_seed(0)
+    peers = [torch.randn(4000, 5, generator=g) for _ in range(2)]
+    votes = sum(torch.nn.functional.one_hot(p.argmax(1), 5).double() for p in peers)
+    soft = sum(p.softmax(1).double() for p in peers) / 3
+    assert torch.equal(majority_vote(peers), (votes + soft).argmax(1))
+
+
 def test_info_max_prior_equals_the_formula_and_prefers_the_source_mix():
     p = torch.tensor([[0.7, 0.2, 0.1], [0.1, 0.8, 0.1]])
     pi = torch.tensor([0.5, 0.3, 0.2])

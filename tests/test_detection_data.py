@@ -152,6 +152,8 @@ def test_voc_loader_keeps_good_boxes_and_counts_each_bad_kind(tmp_path):
     _voc_xml(ann / "empty.xml", "empty.png", [])  # an image without objects
     _png(ann / "beside.png")  # LabelImg: the image beside its xml, no <filename>
     _voc_xml(ann / "beside.xml", None, [("cat", 0, _bb(2, 2, 4, 4))])
+    _png(root / "JPEGImages" / "noext.png")
+    _voc_xml(ann / "noext.xml", "noext", [])  # <filename> without its extension
     _voc_xml(ann / "again.xml", "a.jpg", [("dog", 0, _bb(3, 2, 8, 6))])  # a second file for a.jpg
     _voc_xml(ann / "gone.xml", "gone.jpg", [])  # image not there
     _png(root / "JPEGImages" / "small.png", w=12)
@@ -161,7 +163,7 @@ def test_voc_loader_keeps_good_boxes_and_counts_each_bad_kind(tmp_path):
     (root / "classes.txt").write_text("cat\ndog\n")
     assert looks_like_detection_data(str(root))
     dom = load_domain(str(root), labeled=True, task="detection")
-    assert dom.classes == ["cat", "dog"] and len(dom) == 3
+    assert dom.classes == ["cat", "dog"] and len(dom) == 4
     names = [p.name for p in dom.paths()]
     a = dom.sample(names.index("a.jpg"))
     np.testing.assert_allclose(a.boxes, [[2, 1, 8, 6], [14, 4, 20, 9]])
@@ -175,13 +177,13 @@ def test_voc_loader_keeps_good_boxes_and_counts_each_bad_kind(tmp_path):
     assert _count(dom, "annotated already") == 1 and _count(dom, "is not there") == 1
     assert _count(dom, "the xml says 20x10") == 1 and _count(dom, "not readable XML") == 1
     assert _count(dom, "not a VOC annotation") == 1
-    assert dom.report.summary() == "3 images, 5 files skipped, 5 annotations skipped"
+    assert dom.report.summary() == "4 images, 5 files skipped, 5 annotations skipped"
     # without classes.txt: the names seen, sorted; unlabeled: the images of JPEGImages/
     (root / "classes.txt").unlink()
     again = load_domain(str(root), labeled=True, task="detection")
     assert again.classes == ["bird", "cat", "dog"]
     np.testing.assert_array_equal(again.sample(names.index("a.jpg")).labels, [2, 1, 0])
-    assert len(load_domain(str(root), labeled=False, task="detection")) == 3
+    assert len(load_domain(str(root), labeled=False, task="detection")) == 4
 
 
 def test_any_image_folder_is_unlabeled_target_data(tmp_path):

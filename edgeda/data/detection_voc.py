@@ -2,7 +2,8 @@
 
 **Layout** -- ``root/Annotations/<rel>.xml``; each file's ``<filename>`` is looked up in
 ``root/JPEGImages/``, ``root/images/``, beside the XML file (LabelImg's default) and in ``root``;
-without a ``<filename>``, an image with the XML file's name is looked up in the same places.
+without a ``<filename>``, an image with the XML file's name is looked up in the same places, and
+last the file ``<path>`` names, where it exists.
 Each ``<object>`` has a ``<name>`` and a ``<bndbox>`` with ``xmin ymin xmax ymax``, VOC's 1-based pixel
 indices, read as the box ``[xmin - 1, ymin - 1, xmax, ymax]`` (the convention of the VOC devkit's
 readers, so a box covering the whole image is ``[0, 0, W, H]``). ``<difficult>1</difficult>`` objects
@@ -68,17 +69,21 @@ def _number(el: ElementTree.Element | None, tag: str) -> float | None:
         return None
 
 
-def _find_image(root: Path, xml: Path, name: str | None) -> Path | None:
-    places = [root / d for d in IMAGE_DIRS] + [xml.parent, root]
-    for where in places:
-        if name is not None:
-            if (where / name).is_file():
-                return where / name
-            continue
-        for ext in IMAGE_EXTENSIONS:
-            for cand in (where / f"{xml.stem}{ext}", where / f"{xml.stem}{ext.upper()}"):
-                if cand.is_file():
-                    return cand
+def _find_image(root: Path, xml: Path, name: str | None, path: str | None) -> Path | None:
+    """The image of one XML file: ``<filename>`` (with an image extension added where it has none, as some
+    exporters write it), else the XML file's own name, in the module doc's places; last ``<path>``, where
+    it names an existing file on this machine."""
+    if name is not None and Path(name).suffix.lower() in IMAGE_EXTENSIONS:
+        names = [name]
+    else:
+        base = name if name is not None else xml.stem
+        names = [f"{base}{e}" for ext in IMAGE_EXTENSIONS for e in (ext, ext.upper())]
+    for where in [root / d for d in IMAGE_DIRS] + [xml.parent, root]:
+        for n in names:
+            if (where / n).is_file():
+                return where / n
+    if path is not None and Path(path).is_file():
+        return Path(path)
     return None
 
 
@@ -132,7 +137,7 @@ def load_voc(root: Path, *, labeled: bool = True) -> FileDetectionDomain:
         except ValueError as e:
             report.skip(str(xml), str(e))
             continue
-        img = _find_image(root, xml, _text(ann, "filename"))
+        img = _find_image(root, xml, _text(ann, "filename"), _text(ann, "path"))
         if img is None:
             report.skip(str(xml), f"its image {_text(ann, 'filename') or xml.stem + '.*'} is not there")
             continue

@@ -143,6 +143,33 @@ def test_rgb_masks_map_by_colour_and_palette_masks_by_index(tmp_path):
     assert np.array_equal(d.sample(by["pal"]).mask, idx)
 
 
+def test_classes_txt_ids_map_a_datasets_own_mask_ids_to_the_classes(tmp_path):
+    from edgeda.data.dense_files import read_class_file
+
+    # Cityscapes / GTA5 label ids: road 7, sidewalk 8, car 26; every other id (0 unlabelled, 11 building) ignored
+    (tmp_path / "classes.txt").write_text("# name = label ids\nroad = 7\nsidewalk = 8, 9\ncar = 26\n")
+    names, pal, id_map = read_class_file(tmp_path / "classes.txt")
+    assert names == ["road", "sidewalk", "car"] and pal is None
+    assert [int(id_map[v]) for v in (7, 8, 9, 26, 0, 11)] == [0, 1, 1, 2, 255, 255]
+    ids = np.array([[7, 8, 9, 26, 0, 11]] * 10, np.uint8).repeat(2, 1)
+    save(tmp_path / "images/gta.png", image())
+    save(tmp_path / "masks/gta.png", ids, "P", palette=list(range(256)) * 3)  # GTA5: a palette PNG of label ids
+    big = np.full((10, 12), 1000, np.uint16)
+    big[:, :3] = 26
+    save(tmp_path / "images/wide.png", image(seed=1))
+    save(tmp_path / "masks/wide.png", big)  # 16-bit ids: 1000 is no class's
+    d = load_dense_folder(tmp_path, labeled=True)
+    assert d.classes == ["road", "sidewalk", "car"] and len(d) == 2 and not d.report.skipped
+    by = {p.stem: i for i, (p, _, _) in enumerate(d.items)}
+    assert d.sample(by["gta"]).mask[0].tolist() == [0, 0, 1, 1, 1, 1, 2, 2, 255, 255, 255, 255]
+    assert d.sample(by["wide"]).mask[0].tolist() == [2, 2, 2] + [255] * 9
+    # ids for some classes only, an id given to two classes, ids with colours: one clear error each
+    for text in ("road = 7\nsky\n", "road = 7\nsky = 7\n", "road 1 2 3 = 7\nsky 4 5 6 = 8\n", "road = x\n"):
+        (tmp_path / "classes.txt").write_text(text)
+        with pytest.raises(DataError):
+            read_class_file(tmp_path / "classes.txt")
+
+
 def test_bad_folder_files_are_skipped_and_reported(tmp_path):
     for k in range(5):
         save(tmp_path / f"images/i{k}.png", image(seed=k))

@@ -6,11 +6,15 @@ Folder layout (``rel`` is the path below each folder without its extension, so
     root/images/rel.<png|jpg|jpeg|bmp|webp>
     root/masks/rel.png          optional: class ids
     root/depth/rel.<png|npy>    optional: 16-bit PNG in millimetres, or .npy float metres
-    root/classes.txt            optional: one class per line, ``name`` or ``name r g b``
+    root/classes.txt            optional: one class per line, ``name``, ``name r g b`` or ``name = id id ...``
 
 Masks: modes ``L``/``1``/``I;16``/``I`` hold ids, ``P`` (palette PNG) holds the palette index as
 the id, ``RGB``/``RGBA`` are read only when classes.txt gives a colour per class (colour -> id,
-unknown colours -> 255 = ignore). Depth comes out as float32 metres; non-finite or negative
+unknown colours -> 255 = ignore). ``name = 7`` lines (every class then needs one) map the masks' own
+ids to the classes in the file's order, every id not named becoming 255 = ignore: masks labelled with
+other ids than the classes' 0..K-1 are read as they are, e.g. GTA5's and Cityscapes' label ids for the
+19 Cityscapes training classes (``road = 7``, ``sidewalk = 8``, ``building = 11``, ...), or a
+subset of a dataset's classes. Depth comes out as float32 metres; non-finite or negative
 values become 0 = invalid.
 
 Bad data never crashes a load, as in :mod:`edgeda.data.files`: at index time image and depth
@@ -109,8 +113,9 @@ def _header(path: Path, what: str, colours: np.ndarray | None) -> tuple[int, int
     return h, w
 
 
-def _read_mask(path: Path, colours: np.ndarray | None) -> np.ndarray:
-    """(H, W) int64 ids, not yet checked against the class count."""
+def _read_mask(path: Path, colours: np.ndarray | None, id_map: np.ndarray | None = None) -> np.ndarray:
+    """(H, W) int64 ids, not yet checked against the class count; ``id_map`` (:func:`read_class_file`)
+    turns the file's ids into class ids."""
     with _open_checked(path) as im:
         problem = _mode_problem("mask", im.mode, colours)
         if problem:
@@ -118,7 +123,11 @@ def _read_mask(path: Path, colours: np.ndarray | None) -> np.ndarray:
         if im.mode in _RGB_MODES:
             return _colours_to_ids(np.asarray(im.convert("RGB")), colours)
         im.load()
-        return np.asarray(im).astype(np.int64)  # mode P: the palette indices themselves
+        ids = np.asarray(im).astype(np.int64)  # mode P: the palette indices themselves
+    if id_map is None:
+        return ids
+    inside = (ids >= 0) & (ids < len(id_map))
+    return np.where(inside, id_map[np.where(inside, ids, 0)], IGNORE_INDEX).astype(np.int64)
 
 
 def _colours_to_ids(rgb: np.ndarray, colours: np.ndarray) -> np.ndarray:
@@ -163,12 +172,14 @@ def _ids_to_uint8(ids: np.ndarray, num_classes: int | None) -> np.ndarray:
 class FileDenseDomain(DenseDomain):
     """Samples decoded from disk on demand. ``items``: (image, mask or None, depth or None) paths.
 
-    ``palette`` (when given) is also the colour -> id map for RGB masks. ``has_masks`` /
-    ``has_depth`` default to "some item has one"; when true, every item must have one.
+    ``palette`` (when given) is also the colour -> id map for RGB masks; ``id_map`` (when given) maps the
+    ids of id masks to class ids (:func:`read_class_file`). ``has_masks`` / ``has_depth`` default to
+    "some item has one"; when true, every item must have one.
     """
 
     def __init__(self, name: str, items, *, classes: list[str] | None = None, palette: np.ndarray | None = None,
-                 has_masks: bool | None = None, has_depth: bool | None = None, report: LoadReport | None = None):
+                 has_masks: bool | None = None, has_depth: bool | None = None, report: LoadReport | None = None,
+                 id_map: np.ndarray | None = None):
         items = [(Path(i), None if m is None else Path(m), None if d is None else Path(d)) for i, m, d in items]
         has_masks = any(m is not None for _, m, _ in items) if has_masks is None else bool(has_masks)
         has_depth = any(d is not None for _, _, d in items) if has_depth is None else bool(has_depth)
@@ -177,6 +188,7 @@ class FileDenseDomain(DenseDomain):
         super().__init__(name, classes=classes, palette=palette, has_masks=has_masks, has_depth=has_depth,
                          report=report or LoadReport(loaded=len(items)))
         self.items = items
+        self.id_map = id_map
 
     def __len__(self) -> int:
         return len(self.items)
@@ -187,7 +199,7 @@ class FileDenseDomain(DenseDomain):
         hw = image.shape[:2]
         mask = depth = None
         if self.has_masks and mask_path is not None:
-            ids = _guarded(_read_mask, mask_path, self.palette)
+            ids = _guarded(_read_mask, mask_path, self.palette, self.id_map)
             if ids.shape != hw:
                 raise ValueError(f"mask is {ids.shape[1]}x{ids.shape[0]}, its image {hw[1]}x{hw[0]}")
             mask = _ids_to_uint8(ids, self.num_classes)
@@ -199,17 +211,35 @@ class FileDenseDomain(DenseDomain):
 
 
 def read_class_list(path: Path) -> tuple[list[str], np.ndarray | None]:
-    """classes.txt -> (names, (K, 3) uint8 colours or None). Lines: ``name`` or ``name r g b``
-    (names may contain spaces); blank lines and lines starting with ``#`` are ignored."""
+    """classes.txt -> (names, (K, 3) uint8 colours or None); see :func:`read_class_file`."""
+    names, colours, _ = read_class_file(path)
+    return names, colours
+
+
+MAX_MASK_ID = 65535  # the largest id a 16-bit mask holds: ``name = id`` ids must fit
+
+
+def read_class_file(path: Path) -> tuple[list[str], np.ndarray | None, np.ndarray | None]:
+    """classes.txt -> (names, (K, 3) uint8 colours or None, id map or None). Lines: ``name``, ``name r g b``
+    or ``name = id id ...`` (names may contain spaces, not ``=``); blank lines and lines starting with ``#``
+    are ignored. The id map, when the lines give ids, is a (MAX_MASK_ID + 1,) uint8 array: a mask's id ->
+    class id, 255 (ignore) for the ids no class names."""
     try:
         lines = Path(path).read_text(encoding="utf-8-sig").splitlines()
     except (OSError, UnicodeDecodeError) as e:
         raise DataError(f"{path} is not a readable UTF-8 text file ({type(e).__name__})") from None
-    names, colours = [], []
+    names, colours, ids = [], [], []
     for n, raw in enumerate(lines, 1):
         line = raw.strip()
         if not line or line.startswith("#"):
             continue
+        own = None
+        if "=" in line:
+            line, _, given = (x.strip() for x in line.partition("="))
+            vals = given.replace(",", " ").split()
+            if not line or not vals or not all(v.isdigit() and int(v) <= MAX_MASK_ID for v in vals):
+                raise DataError(f"{path} line {n}: write 'name = id id ...' with ids 0..{MAX_MASK_ID}, got {raw.strip()!r}")
+            own = [int(v) for v in vals]
         parts = line.split()
         rgb = None
         if len(parts) >= 4 and all(p.lstrip("-").isdigit() for p in parts[-3:]):
@@ -219,6 +249,7 @@ def read_class_list(path: Path) -> tuple[list[str], np.ndarray | None]:
             line = " ".join(parts[:-3])
         names.append(line)
         colours.append(rgb)
+        ids.append(own)
     if not names:
         raise DataError(f"{path} names no classes")
     if len(names) > MAX_DENSE_CLASSES:
@@ -229,12 +260,32 @@ def read_class_list(path: Path) -> tuple[list[str], np.ndarray | None]:
     given = [c is not None for c in colours]
     if any(given) and not all(given):
         raise DataError(f"{path}: give a colour (name r g b) for every class or for none")
-    if not all(given):
-        return names, None
+    return names, _palette_of(path, colours) if all(given) else None, _id_map(path, names, ids, any(given))
+
+
+def _palette_of(path: Path, colours: list) -> np.ndarray:
     pal = np.asarray(colours, np.uint8)
     if len({tuple(c) for c in pal.tolist()}) != len(pal):
         raise DataError(f"{path}: two classes share a colour, so RGB masks would be ambiguous")
-    return names, pal
+    return pal
+
+
+def _id_map(path: Path, names: list[str], ids: list, coloured: bool) -> np.ndarray | None:
+    if all(i is None for i in ids):
+        return None
+    if any(i is None for i in ids):
+        raise DataError(f"{path}: give the mask ids (name = id ...) of every class or of none")
+    if coloured:
+        raise DataError(f"{path}: a class list maps either colours (RGB masks) or ids (id masks), not both")
+    lut = np.full(MAX_MASK_ID + 1, IGNORE_INDEX, np.uint8)
+    owner: dict[int, str] = {}
+    for k, (name, own) in enumerate(zip(names, ids)):
+        for v in own:
+            if v in owner and owner[v] != name:
+                raise DataError(f"{path}: mask id {v} is given to both {owner[v]!r} and {name!r}")
+            owner[v] = name
+            lut[v] = k
+    return lut
 
 
 def _by_name(folder: Path, files: list[Path], report: LoadReport, what: str) -> dict[str, Path]:
@@ -266,9 +317,9 @@ def load_dense_folder(root: Path, *, labeled: bool) -> DenseDomain:
     if not img_dir.is_dir():
         raise DataError(f"{root} has no images/ folder (a dense folder holds images/ and optional masks/, depth/)")
     use_masks, use_depth = labeled and mask_dir.is_dir(), labeled and depth_dir.is_dir()
-    classes = palette = None
+    classes = palette = id_map = None
     if use_masks and (root / "classes.txt").is_file():
-        classes, palette = read_class_list(root / "classes.txt")
+        classes, palette, id_map = read_class_file(root / "classes.txt")
     report = LoadReport()
     images = _by_name(img_dir, list_images(img_dir), report, "image")
     masks = _by_name(mask_dir, list_images(mask_dir), report, "mask") if use_masks else {}
@@ -311,24 +362,25 @@ def load_dense_folder(root: Path, *, labeled: bool) -> DenseDomain:
         report.skip(str(p), "no image of the same name")
     from_ids = use_masks and classes is None
     if use_masks:  # every mask decoded once: ids beyond the classes are skipped and counted here, not later
-        items, found = _scan_masks(items, report, classes, palette)
+        items, found = _scan_masks(items, report, classes, palette, id_map)
         classes = found if from_ids else classes
     report.loaded = len(items)
     dom = FileDenseDomain(str(root), items, classes=classes, palette=palette, has_masks=use_masks,
-                          has_depth=use_depth, report=report)
+                          has_depth=use_depth, report=report, id_map=id_map)
     dom.classes_from_ids = from_ids
     return dom
 
 
-def _mask_top(path: Path, palette: np.ndarray | None, limit: int | None) -> int:
+def _mask_top(path: Path, palette: np.ndarray | None, limit: int | None, id_map: np.ndarray | None = None) -> int:
     """The largest class id of a mask (-1: none but ignore); ValueError if unreadable or out of range."""
-    ids = _guarded(_read_mask, path, palette)
+    ids = _guarded(_read_mask, path, palette, id_map)
     _ids_to_uint8(ids, limit)
     valid = ids[ids != IGNORE_INDEX]
     return int(valid.max()) if valid.size else -1
 
 
-def _scan_masks(items, report: LoadReport, classes: list[str] | None = None, palette: np.ndarray | None = None):
+def _scan_masks(items, report: LoadReport, classes: list[str] | None = None, palette: np.ndarray | None = None,
+                id_map: np.ndarray | None = None):
     """(items whose masks decode with ids in range, class names "0".."K-1" from the largest id).
     The masks are decoded on a few threads (the PNG decoder releases the GIL), in the items' order."""
     from concurrent.futures import ThreadPoolExecutor
@@ -337,7 +389,7 @@ def _scan_masks(items, report: LoadReport, classes: list[str] | None = None, pal
 
     def check(item):
         try:
-            return _mask_top(item[1], palette, limit)
+            return _mask_top(item[1], palette, limit, id_map)
         except ValueError as e:
             return e
 

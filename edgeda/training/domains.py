@@ -12,6 +12,7 @@ import numpy as np
 
 from ..config import TrainConfig
 from ..data import Domain, load_domain
+from ..data.detection_files import looks_like_detection_data
 from ..data.spec import DomainSpec, default_size, is_dense_spec
 from ..errors import DataError
 from ..tasks import TASKS, Task, task_of
@@ -64,6 +65,9 @@ class Domains:
 
 def resolve_task(cfg: TrainConfig, source) -> str:
     """The task the source data supports (``cfg.task`` when given, checked against the data)."""
+    if cfg.task is None and looks_like_detection_data(cfg.source):  # else its folders are taken for classes or images
+        raise DataError(f"{cfg.source} holds box annotations (COCO, YOLO or Pascal VOC): train a detector with "
+                        "--task detection")
     if isinstance(source, Domain):
         if cfg.task is not None and not task_of(cfg.task).reads(source):
             raise DataError(f"--task {cfg.task} needs per-pixel labels, but {source.name!r} has one label per image "

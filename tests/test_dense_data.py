@@ -170,6 +170,29 @@ def test_classes_txt_ids_map_a_datasets_own_mask_ids_to_the_classes(tmp_path):
             read_class_file(tmp_path / "classes.txt")
 
 
+def test_cityscapes_and_bdd_names_pair_by_their_shared_endings(tmp_path):
+    cs = tmp_path / "cs"
+    for city, n in (("aachen", 0), ("bonn", 1)):
+        save(cs / f"images/{city}/{city}_00000{n}_000019_leftImg8bit.png", image(seed=n))
+        save(cs / f"masks/{city}/{city}_00000{n}_000019_gtFine_labelIds.png", np.full((10, 12), 7 + n, np.uint8))
+    (cs / "classes.txt").write_text("road = 7\nsidewalk = 8\n")
+    d = load_dense_folder(cs, labeled=True)
+    assert len(d) == 2 and not d.report.skipped and "_gtFine_labelIds' (masks)" in d.report.warnings[0]
+    assert sorted(int(d.sample(i).mask[0, 0]) for i in range(2)) == [0, 1]  # each image got its own mask
+    bdd = tmp_path / "bdd"
+    for k in ("7d2f7975-e0c1c5a7", "7d4a9094-0455564b"):
+        save(bdd / f"images/{k}.jpg", image())
+        save(bdd / f"masks/{k}_train_id.png", np.zeros((10, 12), np.uint8))
+    assert len(load_dense_folder(bdd, labeled=True)) == 2
+    # names that match as they are never have endings dropped
+    plain = tmp_path / "plain"
+    for k in ("a_x", "b_x"):
+        save(plain / f"images/{k}.png", image())
+        save(plain / f"masks/{k}.png", np.zeros((10, 12), np.uint8))
+    p = load_dense_folder(plain, labeled=True)
+    assert len(p) == 2 and not p.report.warnings
+
+
 def test_bad_folder_files_are_skipped_and_reported(tmp_path):
     for k in range(5):
         save(tmp_path / f"images/i{k}.png", image(seed=k))

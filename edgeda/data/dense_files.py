@@ -1,7 +1,9 @@
 """Dense user data: folders of images with segmentation masks and/or depth maps, and ``.npz`` files.
 
 Folder layout (``rel`` is the path below each folder without its extension, so
-``images/a/x.jpg`` pairs with ``masks/a/x.png`` and ``depth/a/x.npy``)::
+``images/a/x.jpg`` pairs with ``masks/a/x.png`` and ``depth/a/x.npy``; where no name pairs as it is
+but each side's names share an ending from an underscore on, the endings are dropped and a warning
+says so: Cityscapes' ``a/x_leftImg8bit.png`` then pairs with ``a/x_gtFine_labelIds.png``)::
 
     root/images/rel.<png|jpg|jpeg|bmp|webp>
     root/masks/rel.png          optional: class ids
@@ -324,6 +326,8 @@ def load_dense_folder(root: Path, *, labeled: bool) -> DenseDomain:
     images = _by_name(img_dir, list_images(img_dir), report, "image")
     masks = _by_name(mask_dir, list_images(mask_dir), report, "mask") if use_masks else {}
     depths = _by_name(depth_dir, _walk(depth_dir, (".png", ".npy")), report, "depth map") if use_depth else {}
+    images, masks = _pair_by_shared_suffix(images, masks, report, "masks")
+    images, depths = _pair_by_shared_suffix(images, depths, report, "depth maps")
     items = []
     for key, img in images.items():
         m, d = masks.pop(key, None), depths.pop(key, None)
@@ -369,6 +373,35 @@ def load_dense_folder(root: Path, *, labeled: bool) -> DenseDomain:
                           has_depth=use_depth, report=report, id_map=id_map)
     dom.classes_from_ids = from_ids
     return dom
+
+
+def _shared_suffix(keys) -> str:
+    """The end every name in ``keys`` shares, from an underscore on (``_leftImg8bit``, ``_gtFine_labelIds``,
+    ``_train_id``); "" when there is none."""
+    stems = [k.rsplit("/", 1)[-1] for k in keys]
+    if len(stems) < 1:
+        return ""
+    common = os.path.commonprefix([t[::-1] for t in stems])[::-1]
+    cut = common.find("_")
+    return common[cut:] if cut >= 0 and all(len(t) > len(common[cut:]) for t in stems) else ""
+
+
+def _pair_by_shared_suffix(images: dict[str, Path], labels: dict[str, Path], report: LoadReport, what: str):
+    """``images`` and ``labels`` keyed alike when no name pairs as it is but every name of each side ends
+    in its own shared suffix (Cityscapes' ``x_leftImg8bit.png`` with ``x_gtFine_labelIds.png``, BDD100K's
+    ``x.jpg`` with ``x_train_id.png``): the suffixes are dropped from the keys, and a warning says so."""
+    if not images or not labels or images.keys() & labels.keys():
+        return images, labels
+    a, b = _shared_suffix(images), _shared_suffix(labels)
+    if not a and not b:
+        return images, labels
+    strip = lambda d, sfx: {k[:len(k) - len(sfx)] if sfx else k: v for k, v in d.items()}  # noqa: E731
+    ia, lb = strip(images, a), strip(labels, b)
+    if len(ia) != len(images) or len(lb) != len(labels) or not ia.keys() & lb.keys():
+        return images, labels
+    report.warn(f"no image and {what[:-1]} names matched as they are: paired without the endings "
+                f"{a!r} (images) and {b!r} ({what})")
+    return ia, lb
 
 
 def _mask_top(path: Path, palette: np.ndarray | None, limit: int | None, id_map: np.ndarray | None = None) -> int:

@@ -1,5 +1,6 @@
 """Dense data: joint transforms, folder and .npz loaders with their bad-file policy, the Dataset."""
 import pickle
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -163,6 +164,11 @@ def test_classes_txt_ids_map_a_datasets_own_mask_ids_to_the_classes(tmp_path):
     by = {p.stem: i for i, (p, _, _) in enumerate(d.items)}
     assert d.sample(by["gta"]).mask[0].tolist() == [0, 0, 1, 1, 1, 1, 2, 2, 255, 255, 255, 255]
     assert d.sample(by["wide"]).mask[0].tolist() == [2, 2, 2] + [255] * 9
+    # the shipped Cityscapes / GTA5 map names synscenes' classes in their order
+    from edgeda.data.synscenes import CLASSES
+
+    names, _, cs = read_class_file(Path(__file__).resolve().parents[1] / "configs/classes/cityscapes-label-ids.txt")
+    assert names == list(CLASSES) and [int(cs[v]) for v in (7, 26, 33, 0, 1, 34)] == [0, 13, 18, 255, 255, 255]
     # ids for some classes only, an id given to two classes, ids with colours: one clear error each
     for text in ("road = 7\nsky\n", "road = 7\nsky = 7\n", "road 1 2 3 = 7\nsky 4 5 6 = 8\n", "road = x\n"):
         (tmp_path / "classes.txt").write_text(text)

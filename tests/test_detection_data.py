@@ -133,7 +133,7 @@ def _bb(x1, y1, x2, y2):
 
 
 def test_voc_loader_keeps_good_boxes_and_counts_each_bad_kind(tmp_path):
-    from edgeda.data.detection_files import looks_like_detection_data
+    from edgeda.data.detection_spec import looks_like_detection_data
 
     root = tmp_path / "voc"
     ann = root / "Annotations"

@@ -249,17 +249,6 @@ def _coco_annotation(path: Path, n: int, a, images: dict, cat_index: dict, repor
     rec["crowd_labels" if crowd else "labels"].append(cat_index[cid])
 
 
-def looks_like_detection_data(spec: str) -> bool:
-    """Whether a user spec is box data by its form alone: a COCO ``.json``, a folder holding one, a YOLO
-    folder or a Pascal VOC folder (built-in names and other folders: False)."""
-    from .detection_voc import is_voc_folder
-
-    path = Path(spec).expanduser()
-    if path.suffix.lower() == ".json":
-        return path.is_file()
-    return path.is_dir() and (is_yolo_folder(path) or is_voc_folder(path) or find_coco_json(path) is not None)
-
-
 # ---- YOLO ----------------------------------------------------------------------------------
 def is_yolo_folder(path: Path) -> bool:
     path = Path(path)
@@ -361,20 +350,3 @@ def load_image_folder(root: Path) -> FileDetectionDomain:
             items.append((img, hw, None, None, None, None))
     report.loaded = len(items)
     return FileDetectionDomain(str(root), items, has_boxes=False, report=report)
-
-
-def load_detection_folder(root: Path, *, labeled: bool) -> DetectionDomain:
-    """A YOLO folder, a Pascal VOC folder (:mod:`edgeda.data.detection_voc`), a folder holding one COCO json,
-    or (unlabeled) any image folder."""
-    from .detection_voc import is_voc_folder, load_voc
-
-    root = Path(root)
-    if is_yolo_folder(root):
-        return load_yolo(root, labeled=labeled)
-    if is_voc_folder(root):
-        return load_voc(root, labeled=labeled)
-    found = find_coco_json(root)
-    if found is not None:
-        return load_coco(found, labeled=labeled)
-    return load_image_folder(root)
-

@@ -2,8 +2,12 @@
 :data:`edgeda.data.spec.TASK_DOMAIN_LOADERS`)."""
 from __future__ import annotations
 
+from pathlib import Path
+
 from ..errors import DataError
 from .detection import DetectionDomain, as_detection_images
+from .detection_files import find_coco_json, is_yolo_folder, load_coco, load_image_folder, load_yolo
+from .detection_voc import is_voc_folder, load_voc
 from .spec import TASK_DOMAIN_LOADERS
 
 
@@ -15,8 +19,6 @@ def load_detection_domain(spec: str, *, labeled: bool, size=None, channels: int 
     a YOLO folder (``images/`` + ``labels/``), a Pascal VOC folder (``Annotations/*.xml`` + ``JPEGImages/``),
     or any image folder (unlabeled). ``size`` is the
     rendering size of a built-in (its default when None); user data comes at its stored size."""
-    from pathlib import Path
-
     from .detection_builtin import DETECTION_BUILTINS
     from .spec import DomainSpec
 
@@ -34,21 +36,41 @@ def load_detection_domain(spec: str, *, labeled: bool, size=None, channels: int 
         except ValueError as e:
             raise DataError(str(e)) from None
         return dom if labeled else as_detection_images(dom)
-    from . import detection_files as files
-
     path = Path(spec).expanduser()
     if path.suffix.lower() == ".json":
         if not path.is_file():
             raise DataError(f"{spec}: no such COCO .json file")
-        return files.load_coco(path, labeled=labeled)
+        return load_coco(path, labeled=labeled)
     if path.suffix.lower() == ".npz" and path.is_file():
         from .files import load_npz
 
         hw = tuple(size) if size is not None else (256, 256)
         return as_detection_images(load_npz(path, labeled=False, size=hw, channels=3))
     if path.is_dir():
-        return files.load_detection_folder(path, labeled=labeled)
+        return load_detection_folder(path, labeled=labeled)
     from .builtin import BUILTIN_DOMAINS
 
     raise DataError(f"unknown domain {spec!r}: not a built-in name ({', '.join(BUILTIN_DOMAINS)}), a COCO .json, "
                     "a YOLO or Pascal VOC folder, or an image folder")
+
+
+def looks_like_detection_data(spec: str) -> bool:
+    """Whether a user spec is box data by its form alone: a COCO ``.json``, a folder holding one, a YOLO
+    folder or a Pascal VOC folder (built-in names and other folders: False)."""
+    path = Path(spec).expanduser()
+    if path.suffix.lower() == ".json":
+        return path.is_file()
+    return path.is_dir() and (is_yolo_folder(path) or is_voc_folder(path) or find_coco_json(path) is not None)
+
+
+def load_detection_folder(root: Path, *, labeled: bool) -> DetectionDomain:
+    """A YOLO folder, a Pascal VOC folder, a folder holding one COCO json, or (unlabeled) any image folder."""
+    root = Path(root)
+    if is_yolo_folder(root):
+        return load_yolo(root, labeled=labeled)
+    if is_voc_folder(root):
+        return load_voc(root, labeled=labeled)
+    found = find_coco_json(root)
+    if found is not None:
+        return load_coco(found, labeled=labeled)
+    return load_image_folder(root)

@@ -105,7 +105,7 @@ def preview_spec(spec: str, path: str | Path, *, n: int = 64, size: int = 32, ch
     depth rows, anything else as a grid of images with their class names. Returns the domain, the file
     and what to say about the data (the class names, or that it is unlabeled)."""
     from ..data import load_domain
-    from ..data.detection_files import looks_like_detection_data
+    from ..data.detection_spec import looks_like_detection_data
     from ..data.spec import DomainSpec, default_size, is_dense_spec
 
     if task == "detection" or (task is None and looks_like_detection_data(spec)):

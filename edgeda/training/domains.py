@@ -12,7 +12,7 @@ import numpy as np
 
 from ..config import TrainConfig
 from ..data import Domain, load_domain
-from ..data.detection_files import looks_like_detection_data
+from ..data.detection_spec import looks_like_detection_data
 from ..data.spec import DomainSpec, default_size, is_dense_spec
 from ..errors import DataError
 from ..tasks import TASKS, Task, task_of

@@ -178,17 +178,25 @@ def test_task_the_source_cannot_supply(tmp_path):
         _domains(tmp_path, str(cls), task="segmentation")
 
 
-def test_source_and_target_test_classes_must_agree(tmp_path):
+def test_source_and_target_test_classes_agree_by_name(tmp_path):
     src = write_npz(tmp_path / "src.npz", 8)
+    # the same names in another order: the target test's masks are read in the source's order
     other = write_npz(tmp_path / "other.npz", 8, classes=("bg", "stripe", "square"), seed=1)
+    d = _domains(tmp_path, src, target_test=other)
+    raw = np.load(other)["y"][0]
+    assert d.target_test.classes == list(CLASSES) == ["bg", "square", "stripe"]
+    swap = np.full(256, 255, np.uint8)
+    swap[:3] = [0, 2, 1]
+    np.testing.assert_array_equal(d.target_test.sample(0).mask, swap[raw])
+    assert any("by name" in w for w in d.target_test.report.warnings)
+    # no name in common: one clear error, in one line, from the training entry point too
+    alien = write_npz(tmp_path / "alien.npz", 8, classes=("sea", "boat", "sky"), seed=1)
     with pytest.raises(DataError) as e:
-        _domains(tmp_path, src, target_test=other)
+        _domains(tmp_path, src, target_test=alien)
     msg = str(e.value)
-    assert "classes differ" in msg and "bg, square, stripe" in msg and "bg, stripe, square" in msg
-    assert "\n" not in msg
-    # the same error, in one line, from the training entry point too
+    assert "classes differ" in msg and "bg, square, stripe" in msg and "sea, boat, sky" in msg and "\n" not in msg
     with pytest.raises(DataError, match="classes differ"):
-        _train(tmp_path / "run", src, "", other, iters=1)
+        _train(tmp_path / "run", src, "", alien, iters=1)
 
 
 def test_task_inference_and_class_agreement(tmp_path):

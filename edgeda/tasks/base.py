@@ -60,6 +60,10 @@ class Task:
     label_kind: ClassVar[str] = "masks"  # the labels it trains and scores on (edgeda.data.domain.LABEL_KINDS)
     output: ClassVar[str] = "logits"  # what the task network outputs (TaskSpec.output)
     has_classes: ClassVar[bool] = True  # a spec needs at least one class (depth: none)
+    # labelled data naming other classes than the model (a real test set's own list) is read with the model's,
+    # by name (edgeda.data.align); False: the class lists must be equal (classification: class folders,
+    # where a differing name is more often a typo than another dataset)
+    aligns_classes: ClassVar[bool] = True
     class_logits: ClassVar[bool] = True  # outputs are class logits per image or per pixel (what the
     # label-free validators' rows and the augmentation-consistency check read)
     inferred: ClassVar[bool] = False  # chosen from what a dense source carries when --task is not given

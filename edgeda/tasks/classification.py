@@ -24,6 +24,7 @@ class Classification(Task):
     record_keys = {"acc": "accuracy"}
     per_class_key = "per_class"
     dense = False
+    aligns_classes = False
     default_backbone = "dtn"
     default_adapt_method = "shot"  # the best stored on-device result on the classification pair and shift suite
     default_size = (32, 32)

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 from ..data import load_domain
+from ..data.align import align_classes
+from ..errors import DataError
 from .spec import TaskSpec
 from .base import task_of
 
@@ -10,9 +12,17 @@ def load_for_task(spec_text: str, task_spec: TaskSpec, *, labeled: bool, what: s
                   split: str | None = None, model: str = "bundle"):
     """The domain ``spec_text`` names, read at ``task_spec``'s size and channels and checked by the
     task (:meth:`~edgeda.tasks.Task.check_data`): its kind of data, usable, labeled for it where
-    ``labeled``, with the spec's classes. ``what``: how the message names the data (default the
-    spec); ``split``: a built-in domain's split; ``model``: what the data is for, in the message."""
+    ``labeled``, with the spec's classes (labelled data naming other classes is read with the spec's, by
+    name, where they share some: :func:`edgeda.data.align.align_classes`). ``what``: how the message
+    names the data (default the spec); ``split``: a built-in domain's split; ``model``: what the data is
+    for, in the message."""
     dom = load_domain(spec_text, labeled=labeled, size=task_spec.image_size, channels=task_spec.channels,
                       split=split, task=task_spec.task)
+    named = dom.classes and not getattr(dom, "classes_from_ids", False) and task_of(task_spec).aligns_classes
+    if labeled and named and task_spec.classes and list(dom.classes) != list(task_spec.classes):
+        try:  # scored on the classes both name (the rest left out, said in the load report's warnings)
+            dom, _ = align_classes(dom, list(task_spec.classes), what or spec_text)
+        except DataError:
+            pass  # no class in common: the task's check says what differs
     task_of(task_spec).check_data(dom, task_spec, labeled=labeled, what=what or spec_text, model=model)
     return dom

@@ -12,6 +12,7 @@ import numpy as np
 
 from ..config import TrainConfig
 from ..data import Domain, load_domain
+from ..data.align import align_classes
 from ..data.detection_spec import looks_like_detection_data
 from ..data.spec import DomainSpec, default_size, is_dense_spec
 from ..errors import DataError
@@ -158,13 +159,22 @@ def load_domains(cfg: TrainConfig, needs_target: bool) -> Domains:
     if test_spec:
         target_test = load_domain(test_spec, labeled=True, **kw)
         _same_kind(target_test, "target test", tk)
-        target_test.require_usable(labels=tk.label_kind, num_classes=num_classes)
         if source.classes and target_test.classes and source.classes != target_test.classes:
-            raise DataError(
-                f"classes differ between source ({', '.join(source.classes)}) and target test "
-                f"({', '.join(target_test.classes)}); use the same class list in both"
-            )
+            named = tk.aligns_classes and _names_classes(source) and _names_classes(target_test)
+            if named and set(source.classes) & set(target_test.classes):  # scored on the classes both name
+                target_test, _ = align_classes(target_test, source.classes, f"the target test {test_spec}")
+            else:
+                raise DataError(
+                    f"classes differ between source ({', '.join(source.classes)}) and target test "
+                    f"({', '.join(target_test.classes)}); use the same class list in both"
+                )
+        target_test.require_usable(labels=tk.label_kind, num_classes=num_classes)
     return Domains(source, source_val, target, target_test, task, size)
+
+
+def _names_classes(dom) -> bool:
+    """Whether ``dom``'s class names are names (not made up from its largest label id)."""
+    return bool(dom.classes) and not getattr(dom, "classes_from_ids", False)
 
 
 def _same_kind(dom, what: str, task: Task) -> None:

@@ -1,0 +1,76 @@
+"""Labelled data naming other classes than the model: read with the model's classes by name."""
+import numpy as np
+import pytest
+from PIL import Image
+
+from edgeda.data.align import align_classes
+from edgeda.data.dense import ArrayDenseDomain
+from edgeda.data.detection import DetectionSample
+from edgeda.data.domain import Domain
+from edgeda.errors import DataError
+
+
+def _detection_domain():
+    from edgeda.data.detection import DetectionDomain
+
+    class Two(DetectionDomain):
+        def __len__(self):
+            return 1
+
+        def sample(self, i):
+            return DetectionSample(np.zeros((8, 8, 3), np.uint8), [[0, 0, 2, 2], [1, 1, 3, 3], [2, 2, 4, 4]],
+                                   [0, 1, 2], [[0, 0, 8, 8]], [1])
+
+    dom = Two("coco", classes=["bird", "cat", "dog"], has_boxes=True)
+    dom.category_ids = [5, 9, 12]
+    return dom
+
+
+def test_boxes_of_other_classes_are_left_out_and_the_rest_renumbered():
+    dom, msg = align_classes(_detection_domain(), ["dog", "cat"], "test")
+    s = dom.sample(0)
+    np.testing.assert_array_equal(s.boxes, [[1, 1, 3, 3], [2, 2, 4, 4]])
+    assert s.labels.tolist() == [1, 0] and s.crowd_labels.tolist() == [1]  # cat -> 1, dog -> 0; bird gone
+    assert dom.classes == ["dog", "cat"] and dom.category_ids == [12, 9]  # the json's ids, in the model's order
+    assert "bird are left out" in msg and msg in dom.report.warnings
+    # a model class the data never names: no examples, said; its json ids are then unknown
+    dom, msg = align_classes(_detection_domain(), ["cat", "horse"], "test")
+    assert dom.sample(0).labels.tolist() == [0] and "horse have no examples" in msg and dom.category_ids is None
+
+
+def test_masks_and_class_labels_are_renumbered_by_name():
+    mask = np.array([[0, 1, 2, 255]], np.uint8)
+    dense = ArrayDenseDomain("d", np.zeros((1, 1, 4, 3), np.uint8), mask[None], classes=["sky", "road", "car"])
+    out, _ = align_classes(dense, ["road", "sky"], "d")
+    assert out.sample(0).mask.tolist() == [[1, 0, 255, 255]] and out.classes == ["road", "sky"]
+    cls = Domain("c", np.zeros((4, 2, 2, 3), np.uint8), np.array([0, 1, 2, 1]), ["a", "b", "c"])
+    out, _ = align_classes(cls, ["c", "a"], "c")
+    assert out.labels.tolist() == [1, 0] and len(out) == 2 and len(cls) == 4  # b's images left out
+    assert not cls.report.warnings  # the original is untouched
+    with pytest.raises(DataError, match="no class in common"):
+        align_classes(cls, ["x", "y"], "c")
+    same, msg = align_classes(cls, ["a", "b", "c"], "c")
+    assert same is cls and msg is None
+
+
+def test_a_target_test_with_more_classes_is_scored_on_the_sources(tmp_path):
+    from edgeda.config import make_config
+    from edgeda.training.domains import load_domains
+
+    def folder(root, classes, ids):
+        (root / "images").mkdir(parents=True)
+        (root / "masks").mkdir()
+        for k in range(2):
+            Image.fromarray(np.full((16, 16, 3), 40 * k, np.uint8)).save(root / "images" / f"{k}.png")
+            Image.fromarray(np.array(ids, np.uint8).repeat(4)[None].repeat(16, 0)).save(root / "masks" / f"{k}.png")
+        (root / "classes.txt").write_text("\n".join(classes) + "\n")
+
+    folder(tmp_path / "src", ["road", "car"], [0, 1, 0, 1])
+    folder(tmp_path / "test", ["sky", "car", "road"], [0, 1, 2, 1])
+    cfg = make_config(None, {"source": str(tmp_path / "src"), "target": str(tmp_path / "test" / "images"),
+                             "target_test": str(tmp_path / "test"), "task": "segmentation", "image_size": 16,
+                             "out": str(tmp_path / "run")})
+    d = load_domains(cfg, True)
+    assert d.target_test.classes == ["road", "car"]
+    assert d.target_test.sample(0).mask[0].tolist() == [255] * 4 + [1] * 4 + [0] * 4 + [1] * 4
+    assert any("sky are left out" in w for w in d.target_test.report.warnings)

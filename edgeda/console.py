@@ -51,7 +51,9 @@ def print_skipped(report: dict, echo, what: str = "", listed: int = 5) -> None:
     n = report.get("skipped", 0)
     if not n:
         return
-    echo(f"  {what}skipped {n} file{'s' if n != 1 else ''}" + (":" if report.get("skipped_files") else ""))
+    a = report.get("skipped_annotations", 0)  # entries inside annotation files, not whole files
+    counts = [f"{k} {w}{'s' if k != 1 else ''}" for k, w in ((n - a, "file"), (a, "annotation")) if k]
+    echo(f"  {what}skipped {' and '.join(counts)}" + (":" if report.get("skipped_files") else ""))
     for f in report.get("skipped_files", [])[:listed]:
         echo(f"    {f['path']}: {f['reason']}")
     if n > listed:

@@ -118,6 +118,9 @@ def _given(ctx: click.Context, values: dict) -> dict:
 @click.option("--source", default=_default("source"), show_default=True, help="labeled source domain: built-in name, folder or .npz")
 @click.option("--target", show_default="handwritten when the source is syndigits, else none",
               help="unlabeled target domain: built-in name, folder or .npz (needed by methods that adapt to it)")
+@click.option("--classes", show_default="all the source's",
+              help="train on these source classes only: comma-separated names (the others' images, pixels or boxes "
+                   "are left out; test data is scored on these)")
 @click.option("--target-test", show_default="the target's test split where it is built in, else none",
               help="labeled target test domain, for reporting only")
 @click.option("--target-val", show_default="none",

@@ -21,6 +21,8 @@ class TrainConfig:
     target_val: str | None = None  # a few labeled target images: selection (--select target_val) and a report only
     out: str = "runs/edgeda"
     task: str | None = None  # classification | segmentation | depth | detection; None: inferred from the source data
+    classes: list | None = None  # train on these source classes only, by name (the others' images, pixels or boxes
+    #                              left out); None: all the source's classes
     backbone: str | None = None  # None: the task's default_backbone (dtn; lraspp for dense maps; ssdlite for boxes)
     backbone_kwargs: dict = field(default_factory=dict)
     backbone_weights: str | None = None  # .safetensors/.pth/.pt/.bin, whole model or encoder, at build
@@ -58,6 +60,12 @@ class TrainConfig:
     def validate(self) -> "TrainConfig":
         if self.iters < 1:
             raise EdgedaError("--iters must be at least 1")
+        if self.classes is not None:
+            if isinstance(self.classes, str):
+                self.classes = [c.strip() for c in self.classes.split(",") if c.strip()]
+            self.classes = [str(c) for c in self.classes]
+            if not self.classes or len(set(self.classes)) != len(self.classes):
+                raise EdgedaError(f"--classes needs distinct class names, got {','.join(self.classes) or 'none'}")
         if self.batch_size < 1:
             raise EdgedaError("--batch-size must be at least 1")
         if self.lr_schedule not in ("dann", "cosine", "constant"):

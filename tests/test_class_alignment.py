@@ -74,3 +74,37 @@ def test_a_target_test_with_more_classes_is_scored_on_the_sources(tmp_path):
     assert d.target_test.classes == ["road", "car"]
     assert d.target_test.sample(0).mask[0].tolist() == [255] * 4 + [1] * 4 + [0] * 4 + [1] * 4
     assert any("sky are left out" in w for w in d.target_test.report.warnings)
+
+
+def test_train_on_some_source_classes_only(tmp_path):
+    from edgeda.config import make_config
+    from edgeda.training.domains import load_domains
+
+    cfg = make_config(None, {"source": "syndigits", "classes": "7,3", "source_n": 300, "out": str(tmp_path / "r")})
+    d = load_domains(cfg, True)
+    assert d.source.classes == ["7", "3"] and set(np.unique(d.source.labels)) <= {0, 1}
+    assert d.source_val.classes == ["7", "3"] and len(d.source) + len(d.source_val) < 300
+    # the target test (all ten digits) is scored on the two: its other digits left out
+    assert d.target_test.classes == ["7", "3"] and len(d.target_test) < 797
+    assert any("left out" in w for w in d.target_test.report.warnings)
+    with pytest.raises(DataError, match="no such class"):
+        load_domains(make_config(None, {"source": "syndigits", "classes": "7,x", "out": str(tmp_path / "r")}), True)
+
+
+def test_a_model_of_some_classes_evaluates_on_data_of_all(tmp_path):
+    from click.testing import CliRunner
+
+    from edgeda.cli import main
+
+    from edgeda.bundle import Bundle
+    from edgeda.config import make_config
+    from edgeda.training.trainer import Trainer
+
+    cfg = make_config(None, {"method": "source_only", "classes": ["1", "2"], "iters": 3, "source_n": 200,
+                             "eval_every": 3, "checkpoint_every": 3, "batch_size": 8, "out": str(tmp_path / "r"),
+                             "device": "cpu"})
+    result = Trainer(cfg, progress=False, log=None).run()
+    assert Bundle(result.bundle).task.classes == ["1", "2"]
+    res = CliRunner().invoke(main, ["eval", str(result.bundle), "--data", "handwritten:test"])
+    assert res.exit_code == 0, res.output
+    assert "left out of the scores" in res.output

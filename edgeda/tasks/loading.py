@@ -18,7 +18,9 @@ def load_for_task(spec_text: str, task_spec: TaskSpec, *, labeled: bool, what: s
     for, in the message."""
     dom = load_domain(spec_text, labeled=labeled, size=task_spec.image_size, channels=task_spec.channels,
                       split=split, task=task_spec.task)
-    named = dom.classes and not getattr(dom, "classes_from_ids", False) and task_of(task_spec).aligns_classes
+    named = dom.classes and not getattr(dom, "classes_from_ids", False)
+    if named and task_spec.classes and not task_of(task_spec).aligns_classes:  # only a model of some of its classes
+        named = set(task_spec.classes) < set(dom.classes)
     if labeled and named and task_spec.classes and list(dom.classes) != list(task_spec.classes):
         try:  # scored on the classes both name (the rest left out, said in the load report's warnings)
             dom, _ = align_classes(dom, list(task_spec.classes), what or spec_text)

@@ -126,9 +126,11 @@ def load_domains(cfg: TrainConfig, needs_target: bool) -> Domains:
     tk = task_of(task)
     in_memory = isinstance(source, Domain)  # per-image data (classification), else read per sample
     source.require_usable(labels=tk.label_kind)
+    source = _only_classes(source, cfg, f"the source {cfg.source}")
     if src.builtin and src.split is None and src.has_split("val"):
         val_n = None if cfg.source_n is None or not in_memory else max(200, min(2000, cfg.source_n // 5))
-        source_val = load_domain(src.with_split("val").text, labeled=True, n=val_n, **kw)
+        source_val = _only_classes(load_domain(src.with_split("val").text, labeled=True, n=val_n, **kw), cfg,
+                                   "the source's validation split")
     else:
         if len(source) < 2:
             raise DataError(f"source domain {source.name!r} needs at least 2 images (train + validation)")
@@ -160,8 +162,10 @@ def load_domains(cfg: TrainConfig, needs_target: bool) -> Domains:
         target_test = load_domain(test_spec, labeled=True, **kw)
         _same_kind(target_test, "target test", tk)
         if source.classes and target_test.classes and source.classes != target_test.classes:
-            named = tk.aligns_classes and _names_classes(source) and _names_classes(target_test)
-            if named and set(source.classes) & set(target_test.classes):  # scored on the classes both name
+            named = _names_classes(source) and _names_classes(target_test)
+            shared = set(source.classes) & set(target_test.classes)
+            # scored on the classes both name (classification: only a model trained on some of its classes)
+            if named and shared and (tk.aligns_classes or cfg.classes and shared == set(source.classes)):
                 target_test, _ = align_classes(target_test, source.classes, f"the target test {test_spec}")
             else:
                 raise DataError(
@@ -170,6 +174,17 @@ def load_domains(cfg: TrainConfig, needs_target: bool) -> Domains:
                 )
         target_test.require_usable(labels=tk.label_kind, num_classes=num_classes)
     return Domains(source, source_val, target, target_test, task, size)
+
+
+def _only_classes(dom, cfg: TrainConfig, what: str):
+    """``dom`` read with ``cfg.classes`` only (all of its classes when None); a clear error for a name it lacks."""
+    if not cfg.classes:
+        return dom
+    missing = [c for c in cfg.classes if c not in (dom.classes or [])]
+    if missing:
+        raise DataError(f"--classes {','.join(missing)}: {what} has no such class (its classes: "
+                        f"{', '.join(dom.classes or []) or 'none named'})")
+    return align_classes(dom, cfg.classes, what)[0]
 
 
 def _names_classes(dom) -> bool:

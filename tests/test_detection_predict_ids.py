@@ -124,3 +124,26 @@ def test_coco_images_number_the_results_by_the_annotation_files_ids(tmp_path):
     (tmp_path / "bad.json").write_text("{}")
     with pytest.raises(DataError, match="--coco-images"):
         coco_image_ids(tmp_path / "bad.json", files, root)
+
+
+def test_predict_writes_a_voc_folder_that_loads_back_as_labelled_data(tmp_path):
+    import edgeda
+    from edgeda.data import load_domain
+    from edgeda.export.prediction import predict
+
+    ann = _coco_scenes(tmp_path / "coco", n=4)
+    res = edgeda.train(method="source_only", task="detection", source=str(ann), image_size=[S, S], backbone="ssdlite",
+                       backbone_kwargs={"width": 0.25}, batch_size=2, iters=2, eval_every=2, checkpoint_every=2,
+                       device="cpu", workers=0, out=str(tmp_path / "run"), progress=False, log=None)
+    out = predict(res.bundle, tmp_path / "coco", backend="torch", voc_out=tmp_path / "voc", min_score=0.05,
+                  out_dir=tmp_path / "drawn")
+    kept = [[d for d in r["detections"] if d["score"] >= 0.05] for r in out["predictions"]]
+    assert out["voc_objects"] == sum(map(len, kept)) > 0
+    dom = load_domain(str(tmp_path / "voc"), labeled=True, task="detection")  # images found by their <path>
+    assert dom.classes == ["square", "bar", "pillar"] and len(dom) == 4 and not dom.report.skipped
+    for i, dets in enumerate(kept):
+        s = dom.sample(i)
+        want = np.array([[round(v) for v in d["box"]] for d in dets], np.float32).reshape(-1, 4)
+        want = np.clip(want, 0, S)
+        np.testing.assert_array_equal(s.boxes, want)
+        assert s.labels.tolist() == [d["label"] for d in dets]

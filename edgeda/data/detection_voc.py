@@ -166,3 +166,52 @@ def load_voc(root: Path, *, labeled: bool = True) -> FileDetectionDomain:
         classes = order
     report.loaded = len(items)
     return FileDetectionDomain(str(root), items, classes=classes or None, has_boxes=True, report=report)
+
+
+def write_voc(folder: Path, rows: list[dict], classes: list[str], root: Path, *, min_score: float = 0.5) -> int:
+    """Box predictions as a Pascal VOC folder that :func:`load_voc` (and LabelImg, CVAT) read back:
+    ``folder/Annotations/<rel>.xml`` per image (``rel``: its path under ``root``), with ``<filename>``, the
+    image's absolute ``<path>`` (so no image is copied), ``<size>`` and one ``<object>`` per detection scoring
+    at least ``min_score`` (pixel boxes written as VOC's 1-based indices), and ``folder/classes.txt`` with the
+    model's classes in order. ``rows``: ``edgeda predict`` rows (``path``, ``detections``). Returns the number
+    of objects written. For labelling real images faster: correct the boxes, then use the folder as
+    labelled data (``--target-val``, ``--target-test``)."""
+    from PIL import Image
+
+    from ..utils import atomic_write_bytes
+
+    folder = Path(folder)
+    n = 0
+    for r in rows:
+        img = Path(r["path"]).resolve()
+        with Image.open(img) as im:
+            w, h = im.size
+        ann = ElementTree.Element("annotation")
+        for tag, text in (("folder", img.parent.name), ("filename", img.name), ("path", str(img))):
+            ElementTree.SubElement(ann, tag).text = text
+        size = ElementTree.SubElement(ann, "size")
+        for tag, v in (("width", w), ("height", h), ("depth", 3)):
+            ElementTree.SubElement(size, tag).text = str(v)
+        for d in r["detections"]:
+            if d["score"] < min_score:
+                continue
+            x1, y1, x2, y2 = (int(round(v)) for v in d["box"])
+            x1, y1, x2, y2 = max(0, x1), max(0, y1), min(w, x2), min(h, y2)
+            if x2 <= x1 or y2 <= y1:
+                continue
+            obj = ElementTree.SubElement(ann, "object")
+            ElementTree.SubElement(obj, "name").text = str(d["class"])
+            ElementTree.SubElement(obj, "difficult").text = "0"
+            ElementTree.SubElement(obj, "score").text = f"{d['score']:.4f}"  # not VOC's: what the model thought
+            bb = ElementTree.SubElement(obj, "bndbox")
+            for tag, v in (("xmin", x1 + 1), ("ymin", y1 + 1), ("xmax", x2), ("ymax", y2)):
+                ElementTree.SubElement(bb, tag).text = str(v)
+            n += 1
+        ElementTree.indent(ann)
+        rel = img.relative_to(root.resolve()) if img.is_relative_to(root.resolve()) else Path(img.name)
+        out = folder / "Annotations" / rel.with_suffix(".xml")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(out, ElementTree.tostring(ann, encoding="utf-8") + b"\n")
+    folder.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(folder / "classes.txt", ("\n".join(classes) + "\n").encode())
+    return n

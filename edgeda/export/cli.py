@@ -60,18 +60,22 @@ def export(bundle, out, precision, data, calib, build_trt, batch, workspace_mb, 
 @click.option("--coco", "coco_out", type=click.Path(dir_okay=False), help="detection bundles: write COCO results JSON here")
 @click.option("--coco-images", type=click.Path(exists=True, dir_okay=False),
               help="with --coco: a COCO annotation file listing the input images; image_id taken from it (by file name)")
+@click.option("--voc", "voc_out", type=click.Path(file_okay=False),
+              help="detection bundles: write the boxes as a Pascal VOC folder (Annotations/*.xml, classes.txt) to "
+                   "correct in a labelling tool and use as labelled data")
+@click.option("--min-score", type=float, default=0.5, show_default=True, help="with --voc: the boxes written score at least this")
 @click.option("--json", "as_json", is_flag=True, help="print the predictions as JSON")
 @click.option("--plugins", type=click.Path(dir_okay=False), help="libedgeda_plugins.so, for engines built with --plugins")
 @handle_errors
-def predict(bundle, input_, backend, precision, device, batch_size, out, out_dir, coco_out, coco_images, as_json,
-            plugins) -> None:
+def predict(bundle, input_, backend, precision, device, batch_size, out, out_dir, coco_out, coco_images, voc_out,
+            min_score, as_json, plugins) -> None:
     """Per image: class and confidence (classifiers), a colourised mask and overlay (segmentation) or
     a 16-bit and a colour-mapped depth PNG (depth); unreadable files are skipped and listed."""
     from .prediction import predict as run_predict
 
     res = run_predict(bundle, input_, backend=backend, precision=precision, out=out, out_dir=out_dir, batch_size=batch_size,
                       device=device, progress=not as_json and sys.stderr.isatty(), plugin_library=plugins, coco_out=coco_out,
-                      coco_images=coco_images)
+                      coco_images=coco_images, voc_out=voc_out, min_score=min_score)
     if as_json:
         emit_json(res)
         return
@@ -91,7 +95,8 @@ def predict(bundle, input_, backend, precision, device, batch_size, out, out_dir
             click.echo(f"... {res['n'] - 20} more (use --out preds.csv)")
     click.echo(f"{res['n']} images predicted with {backend} ({precision})" + (f"; written to {res['out']}" if out else "")
                + (f"; PNGs in {res['out_dir']}" if res.get("out_dir") else "")
-               + (f"; COCO results in {res['coco_out']}" if res.get("coco_out") else ""))
+               + (f"; COCO results in {res['coco_out']}" if res.get("coco_out") else "")
+               + (f"; {res['voc_objects']} boxes as Pascal VOC in {res['voc_out']}" if res.get("voc_out") else ""))
     if res.get("coco_unlisted"):
         click.echo(f"{len(res['coco_unlisted'])} images are not listed in --coco-images and were left out of the COCO "
                    f"results, e.g. {res['coco_unlisted'][0]}")

@@ -24,7 +24,8 @@ from .runtime import make_runner
 def predict(bundle: str | Path, input: str | Path, *, backend: str = "ort", precision: str = "fp32",
             out: str | Path | None = None, out_dir: str | Path | None = None, batch_size: int = 64,
             device: str = "cpu", progress: bool = False, plugin_library: str | Path | None = None,
-            coco_out: str | Path | None = None, coco_images: str | Path | None = None) -> dict:
+            coco_out: str | Path | None = None, coco_images: str | Path | None = None, voc_out: str | Path | None = None,
+            min_score: float = 0.5) -> dict:
     """Predict every image in ``input``; ``out_dir``: where dense bundles write their PNGs
     (default ``predictions/`` beside ``out``, else in the working folder). ``coco_out``: for box
     predictions, a COCO results ``.json`` (``image_id`` = the image's position in the sorted input,
@@ -34,6 +35,9 @@ def predict(bundle: str | Path, input: str | Path, *, backend: str = "ort", prec
     whose ``images`` the input's files are (matched by their path under ``input``, else by file name):
     ``image_id`` is then that file's id, so pycocotools scores the results against it; an input image
     it does not list is left out of the results and counted.
+
+    ``voc_out``: for box predictions, a Pascal VOC folder of the detections scoring at least ``min_score``
+    (:func:`edgeda.data.detection_voc.write_voc`), to correct in a labelling tool and train or score on.
 
     ``plugin_library``: libedgeda_plugins.so for a TensorRT engine built with ``--plugins``.
     """
@@ -62,6 +66,14 @@ def predict(bundle: str | Path, input: str | Path, *, backend: str = "ort", prec
         result["coco_out"], result["coco_n"] = str(coco_out), len(results)
         if ids is not None:
             result["coco_unlisted"] = [r["path"] for r, i in zip(rows, ids) if i is None]
+    if voc_out is not None:
+        if rows and not all("detections" in r for r in rows):
+            raise EdgedaError("--voc writes box predictions; this bundle does not predict boxes")
+        from ..data.detection_voc import write_voc
+
+        names = b.task.classes or [str(k) for k in range(b.task.num_classes)]
+        result["voc_out"], result["voc_objects"] = str(voc_out), write_voc(Path(voc_out), rows, names, root,
+                                                                           min_score=min_score)
     if out is not None:
         _write_table(Path(out), result, rows)
         result["out"] = str(out)

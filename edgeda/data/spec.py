@@ -60,6 +60,8 @@ def is_dense_spec(spec: str) -> bool:
     path = Path(spec).expanduser()
     if path.suffix.lower() == ".npz":
         return path.is_file() and npz_is_dense(path)
+    if path.suffix.lower() == ".json":  # COCO: dense only as --task segmentation reads it
+        return False
     return path.is_dir() and is_dense_folder(path)
 
 
@@ -89,7 +91,8 @@ def load_domain(
 
     ``task``: a task whose data has its own loader in :data:`TASK_DOMAIN_LOADERS` reads the spec
     with it -- for ``detection`` a :class:`~edgeda.data.detection.DetectionDomain` (the built-in
-    scenes with boxes, COCO, YOLO, Pascal VOC, or an image folder as unlabeled data).
+    scenes with boxes, COCO, YOLO, Pascal VOC, or an image folder as unlabeled data). A COCO ``.json``
+    with ``task`` ``segmentation`` is its instance masks drawn as classes (:mod:`edgeda.data.coco_masks`).
     """
     if task is not None and task in TASK_DOMAIN_LOADERS:
         return TASK_DOMAIN_LOADERS.get(task)(spec, labeled=labeled, size=size, channels=channels, split=split, n=n,
@@ -103,6 +106,13 @@ def load_domain(
         except ValueError as e:
             raise DataError(str(e)) from None
     path = Path(spec).expanduser()
+    if path.suffix.lower() == ".json":
+        if task != "segmentation" or not path.is_file():
+            raise DataError(f"{spec}: a COCO .json is read with --task detection (its boxes) or --task segmentation "
+                            "(its instance masks drawn as classes)" if path.is_file() else f"{spec}: no such file")
+        from .coco_masks import load_coco_masks
+
+        return load_coco_masks(path, labeled=labeled)
     if path.suffix.lower() == ".npz":
         if not path.is_file():
             raise DataError(f"{spec}: no such .npz file")

@@ -113,8 +113,8 @@ def preview_spec(spec: str, path: str | Path, *, n: int = 64, size: int = 32, ch
         if not len(dom):
             raise EdgedaError(f"{spec}: no usable image with boxes ({dom.report.summary()})")
         return dom, preview_detection(dom, path, min(n, 16)), f", classes: {', '.join(dom.classes)}"
-    if is_dense_spec(spec):
-        dom = load_domain(spec, labeled=True, size=default_size(spec) or (size, size), channels=channels)
+    if is_dense_spec(spec) or task == "segmentation" and spec.lower().endswith(".json"):  # COCO instance masks
+        dom = load_domain(spec, labeled=True, size=default_size(spec) or (size, size), channels=channels, task=task)
         dom.require_usable()
         classes = f", classes: {', '.join(dom.classes)}" if dom.classes else ""
         return dom, preview_dense(dom, path, min(n, 16)), classes

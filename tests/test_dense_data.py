@@ -320,6 +320,14 @@ def test_depth_png_millimetres_npy_metres_and_sparse(tmp_path):
     for k in range(5):
         out = ds[k]["depth"].numpy()
         assert (out > 0).mean() < 0.15 and np.all(np.isin(out, sparse))
+    # KITTI's PNGs hold 256 values per metre: depth_units.txt says so (.npy metres are unaffected)
+    (tmp_path / "depth_units.txt").write_text("# KITTI\n256\n")
+    k = load_dense_folder(tmp_path, labeled=True)
+    assert k.sample(by["p"]).depth[3, 3] == pytest.approx(1500 / 256) and k.sample(by["n"]).depth[1, 1] == 3.25
+    for bad in ("0", "metres", "256 100"):
+        (tmp_path / "depth_units.txt").write_text(bad)
+        with pytest.raises(DataError, match="values per metre"):
+            load_dense_folder(tmp_path, labeled=True)
 
 
 # ---------------------------------------------------------------- npz

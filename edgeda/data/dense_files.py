@@ -8,6 +8,7 @@ says so: Cityscapes' ``a/x_leftImg8bit.png`` then pairs with ``a/x_gtFine_labelI
     root/images/rel.<png|jpg|jpeg|bmp|webp>
     root/masks/rel.png          optional: class ids
     root/depth/rel.<png|npy>    optional: 16-bit PNG in millimetres, or .npy float metres
+    root/depth_units.txt        optional: PNG depth values per metre, if not 1000 (KITTI 256, Virtual KITTI 100)
     root/classes.txt            optional: one class per line, ``name``, ``name r g b`` or ``name = id id ...``
 
 Masks: modes ``L``/``1``/``I;16``/``I`` hold ids, ``P`` (palette PNG) holds the palette index as
@@ -44,6 +45,8 @@ from .domain import LoadReport
 from .files import _DECODE_ERRORS, MAX_IMAGE_PIXELS, list_images, read_image
 
 MAX_DENSE_CLASSES = 255  # ids 0..254: masks are uint8 and 255 is the ignore label
+MAX_MASK_ID = 65535  # the largest id a 16-bit mask holds: ``name = id`` ids must fit
+DEPTH_UNITS = 1000.0  # 16-bit depth PNG values per metre: millimetres unless depth_units.txt says otherwise
 _ID_MODES = ("1", "L", "P", "I;16", "I;16B", "I;16L", "I;16N", "I")
 _RGB_MODES = ("RGB", "RGBA")
 _DEPTH_PNG_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
@@ -141,8 +144,8 @@ def _colours_to_ids(rgb: np.ndarray, colours: np.ndarray) -> np.ndarray:
     return np.where(sorted_keys[pos] == pix, order[pos], IGNORE_INDEX).astype(np.int64)
 
 
-def _read_depth(path: Path) -> np.ndarray:
-    """(H, W) float32 metres, 0 where invalid."""
+def _read_depth(path: Path, units: float = 1000.0) -> np.ndarray:
+    """(H, W) float32 metres, 0 where invalid; a PNG holds ``units`` per metre (millimetres by default)."""
     if path.suffix.lower() == ".npy":
         arr = np.load(path, allow_pickle=False)
         if arr.ndim == 3 and arr.shape[2] == 1:
@@ -156,7 +159,7 @@ def _read_depth(path: Path) -> np.ndarray:
             if problem:
                 raise ValueError(problem)
             im.load()
-            d = np.asarray(im).astype(np.float32) / 1000.0
+            d = np.asarray(im).astype(np.float32) / units
     d[~np.isfinite(d) | (d < 0)] = 0.0
     return d
 
@@ -191,6 +194,7 @@ class FileDenseDomain(DenseDomain):
                          report=report or LoadReport(loaded=len(items)))
         self.items = items
         self.id_map = id_map
+        self.depth_units = DEPTH_UNITS  # PNG depth values per metre (depth_units.txt)
 
     def __len__(self) -> int:
         return len(self.items)
@@ -206,7 +210,7 @@ class FileDenseDomain(DenseDomain):
                 raise ValueError(f"mask is {ids.shape[1]}x{ids.shape[0]}, its image {hw[1]}x{hw[0]}")
             mask = _ids_to_uint8(ids, self.num_classes)
         if self.has_depth and depth_path is not None:
-            depth = _guarded(_read_depth, depth_path)
+            depth = _guarded(_read_depth, depth_path, self.depth_units)
             if depth.shape != hw:
                 raise ValueError(f"depth is {depth.shape[1]}x{depth.shape[0]}, its image {hw[1]}x{hw[0]}")
         return DenseSample(image, mask, depth)
@@ -218,7 +222,6 @@ def read_class_list(path: Path) -> tuple[list[str], np.ndarray | None]:
     return names, colours
 
 
-MAX_MASK_ID = 65535  # the largest id a 16-bit mask holds: ``name = id`` ids must fit
 
 
 def read_class_file(path: Path) -> tuple[list[str], np.ndarray | None, np.ndarray | None]:
@@ -371,6 +374,8 @@ def load_dense_folder(root: Path, *, labeled: bool) -> DenseDomain:
     report.loaded = len(items)
     dom = FileDenseDomain(str(root), items, classes=classes, palette=palette, has_masks=use_masks,
                           has_depth=use_depth, report=report, id_map=id_map)
+    if use_depth and (root / "depth_units.txt").is_file():
+        dom.depth_units = read_depth_units(root / "depth_units.txt")
     dom.classes_from_ids = from_ids
     return dom
 
@@ -402,6 +407,21 @@ def _pair_by_shared_suffix(images: dict[str, Path], labels: dict[str, Path], rep
     report.warn(f"no image and {what[:-1]} names matched as they are: paired without the endings "
                 f"{a!r} (images) and {b!r} ({what})")
     return ia, lb
+
+
+def read_depth_units(path: Path) -> float:
+    """``depth_units.txt``: how many 16-bit PNG depth values make a metre (one number; KITTI 256, Virtual
+    KITTI 100 -- centimetres --, the default 1000 -- millimetres); ``#`` lines are comments."""
+    try:
+        words = [w for ln in Path(path).read_text(encoding="utf-8-sig").splitlines()
+                 if not ln.strip().startswith("#") for w in ln.split()]
+        units = float(words[0]) if len(words) == 1 else float("nan")
+    except (OSError, UnicodeDecodeError, ValueError):
+        units = float("nan")
+    if not np.isfinite(units) or units <= 0:
+        raise DataError(f"{path}: write one positive number, the depth PNG values per metre (KITTI 256, "
+                        "Virtual KITTI 100, millimetres 1000)")
+    return units
 
 
 def _mask_top(path: Path, palette: np.ndarray | None, limit: int | None, id_map: np.ndarray | None = None) -> int:

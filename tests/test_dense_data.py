@@ -190,6 +190,14 @@ def test_cityscapes_and_bdd_names_pair_by_their_shared_endings(tmp_path):
         save(bdd / f"images/{k}.jpg", image())
         save(bdd / f"masks/{k}_train_id.png", np.zeros((10, 12), np.uint8))
     assert len(load_dense_folder(bdd, labeled=True)) == 2
+    vk = tmp_path / "vkitti"  # Virtual KITTI: rgb_00001.jpg with depth_00001.png
+    for k in ("00001", "00002"):
+        save(vk / f"images/Camera_0/rgb_{k}.jpg", image())
+        save(vk / f"depth/Camera_0/depth_{k}.png", np.full((10, 12), int(k) * 100, np.uint16))
+    (vk / "depth_units.txt").write_text("100\n")
+    v = load_dense_folder(vk, labeled=True)
+    assert len(v) == 2 and "'rgb_'" in v.report.warnings[0]
+    assert sorted(float(v.sample(i).depth[0, 0]) for i in range(2)) == [1.0, 2.0]
     # names that match as they are never have endings dropped
     plain = tmp_path / "plain"
     for k in ("a_x", "b_x"):

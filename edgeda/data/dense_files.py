@@ -2,8 +2,9 @@
 
 Folder layout (``rel`` is the path below each folder without its extension, so
 ``images/a/x.jpg`` pairs with ``masks/a/x.png`` and ``depth/a/x.npy``; where no name pairs as it is
-but each side's names share an ending from an underscore on, the endings are dropped and a warning
-says so: Cityscapes' ``a/x_leftImg8bit.png`` then pairs with ``a/x_gtFine_labelIds.png``)::
+but each side's names share an ending from an underscore on (or a start up to one), those are dropped
+and a warning says so: Cityscapes' ``a/x_leftImg8bit.png`` then pairs with ``a/x_gtFine_labelIds.png``,
+Virtual KITTI's ``rgb_00001.jpg`` with ``depth_00001.png``)::
 
     root/images/rel.<png|jpg|jpeg|bmp|webp>
     root/masks/rel.png          optional: class ids
@@ -380,33 +381,46 @@ def load_dense_folder(root: Path, *, labeled: bool) -> DenseDomain:
     return dom
 
 
-def _shared_suffix(keys) -> str:
-    """The end every name in ``keys`` shares, from an underscore on (``_leftImg8bit``, ``_gtFine_labelIds``,
-    ``_train_id``); "" when there is none."""
+def _shared_affixes(keys) -> tuple[str, str]:
+    """(the start every name in ``keys`` shares, up to an underscore: ``rgb_``; the end they share, from an
+    underscore on: ``_leftImg8bit``, ``_gtFine_labelIds``, ``_train_id``); "" where there is none."""
     stems = [k.rsplit("/", 1)[-1] for k in keys]
-    if len(stems) < 1:
-        return ""
-    common = os.path.commonprefix([t[::-1] for t in stems])[::-1]
-    cut = common.find("_")
-    return common[cut:] if cut >= 0 and all(len(t) > len(common[cut:]) for t in stems) else ""
+    start = os.path.commonprefix(stems)
+    start = start[:start.rfind("_") + 1]
+    end = os.path.commonprefix([t[::-1] for t in stems])[::-1]
+    end = end[end.find("_"):] if "_" in end else ""
+    if any(len(t) <= len(start) + len(end) for t in stems):  # nothing would be left of some name
+        return "", ""
+    return start, end
 
 
 def _pair_by_shared_suffix(images: dict[str, Path], labels: dict[str, Path], report: LoadReport, what: str):
-    """``images`` and ``labels`` keyed alike when no name pairs as it is but every name of each side ends
-    in its own shared suffix (Cityscapes' ``x_leftImg8bit.png`` with ``x_gtFine_labelIds.png``, BDD100K's
-    ``x.jpg`` with ``x_train_id.png``): the suffixes are dropped from the keys, and a warning says so."""
+    """``images`` and ``labels`` keyed alike when no name pairs as it is but the names pair once each side's
+    shared ending (Cityscapes' ``x_leftImg8bit.png`` with ``x_gtFine_labelIds.png``, BDD100K's ``x.jpg`` with
+    ``x_train_id.png``) -- or, failing that, also its shared start (Virtual KITTI's ``rgb_00001.jpg`` with
+    ``depth_00001.png``) -- is dropped: the keys without them, and a warning saying so."""
     if not images or not labels or images.keys() & labels.keys():
         return images, labels
-    a, b = _shared_suffix(images), _shared_suffix(labels)
-    if not a and not b:
-        return images, labels
-    strip = lambda d, sfx: {k[:len(k) - len(sfx)] if sfx else k: v for k, v in d.items()}  # noqa: E731
-    ia, lb = strip(images, a), strip(labels, b)
-    if len(ia) != len(images) or len(lb) != len(labels) or not ia.keys() & lb.keys():
-        return images, labels
-    report.warn(f"no image and {what[:-1]} names matched as they are: paired without the endings "
-                f"{a!r} (images) and {b!r} ({what})")
-    return ia, lb
+    (pa, sa), (pb, sb) = _shared_affixes(images), _shared_affixes(labels)
+
+    def strip(d, start, end):
+        out = {}
+        for k, v in d.items():
+            head, _, stem = k.rpartition("/")
+            stem = stem[len(start):len(stem) - len(end)]
+            out[f"{head}/{stem}" if head else stem] = v
+        return out
+
+    for (a0, a1), (b0, b1) in ((("", sa), ("", sb)), ((pa, sa), (pb, sb))):
+        if not (a0 or a1 or b0 or b1):
+            continue
+        ia, lb = strip(images, a0, a1), strip(labels, b0, b1)
+        if len(ia) == len(images) and len(lb) == len(labels) and ia.keys() & lb.keys():
+            dropped = lambda x0, x1: " and ".join(repr(x) for x in (x0, x1) if x) or "nothing"  # noqa: E731
+            report.warn(f"no image and {what[:-1]} names matched as they are: paired without "
+                        f"{dropped(a0, a1)} (images) and {dropped(b0, b1)} ({what})")
+            return ia, lb
+    return images, labels
 
 
 def read_depth_units(path: Path) -> float:

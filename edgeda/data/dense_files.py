@@ -330,8 +330,8 @@ def load_dense_folder(root: Path, *, labeled: bool) -> DenseDomain:
     images = _by_name(img_dir, list_images(img_dir), report, "image")
     masks = _by_name(mask_dir, list_images(mask_dir), report, "mask") if use_masks else {}
     depths = _by_name(depth_dir, _walk(depth_dir, (".png", ".npy")), report, "depth map") if use_depth else {}
-    images, masks = _pair_by_shared_suffix(images, masks, report, "masks")
-    images, depths = _pair_by_shared_suffix(images, depths, report, "depth maps")
+    images, masks = _pair_by_shared_affixes(images, masks, report, "masks")
+    images, depths = _pair_by_shared_affixes(images, depths, report, "depth maps")
     items = []
     for key, img in images.items():
         m, d = masks.pop(key, None), depths.pop(key, None)
@@ -394,7 +394,7 @@ def _shared_affixes(keys) -> tuple[str, str]:
     return start, end
 
 
-def _pair_by_shared_suffix(images: dict[str, Path], labels: dict[str, Path], report: LoadReport, what: str):
+def _pair_by_shared_affixes(images: dict[str, Path], labels: dict[str, Path], report: LoadReport, what: str):
     """``images`` and ``labels`` keyed alike when no name pairs as it is but the names pair once each side's
     shared ending (Cityscapes' ``x_leftImg8bit.png`` with ``x_gtFine_labelIds.png``, BDD100K's ``x.jpg`` with
     ``x_train_id.png``) -- or, failing that, also its shared start (Virtual KITTI's ``rgb_00001.jpg`` with

@@ -245,6 +245,8 @@ def _print_run(cfg, result) -> None:
     if "target_val_interval" in m:
         iv = m["target_val_interval"]
         click.echo(f"  target val accuracy {iv['accuracy']:.1%} (95% bootstrap interval {iv['low']:.1%}-{iv['high']:.1%}, n={iv['n']})")
+    elif f"target_val_{key}" in m:  # dense and detection: the few labelled target images' score
+        click.echo(f"  target val {name}  {fmt(m[f'target_val_{key}'])} (the --target-val images; selection used {cfg.select})")
     if m.get("transfer_warning"):
         click.echo(m["transfer_warning"])
     click.echo(f"bundle: {result.bundle}")

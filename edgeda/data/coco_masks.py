@@ -18,7 +18,7 @@ import numpy as np
 
 from ..errors import DataError
 from .dense import IGNORE_INDEX, DenseDomain, DenseSample
-from .detection_files import _coco_categories, _image_size, _read_json, _resolve_file
+from .detection_files import _coco_categories, _read_json, coco_images
 from .domain import LoadReport
 from .files import read_image
 
@@ -95,25 +95,9 @@ def load_coco_masks(path: Path, *, labeled: bool = True) -> CocoMaskDomain:
     data = _read_json(path)
     report = LoadReport()
     cat_index, names = _coco_categories(path, data.get("categories", []) or [])
-    images: dict = {}
-    order = []
-    for n, im in enumerate(data["images"]):
-        iid = im.get("id") if isinstance(im, dict) else None
-        fname = im.get("file_name") if isinstance(im, dict) else None
-        if isinstance(iid, bool) or not isinstance(iid, (int, str)) or not isinstance(fname, str) or iid in images:
-            report.skip(f"{path}#images[{n}]", "image entry needs a new 'id' and a 'file_name'", entry=True)
-            continue
-        img = _resolve_file(path, fname)
-        hw = _image_size(img, report) if img.is_file() else None
-        if not img.is_file():
-            report.skip(str(img), "image named in the json is not there")
-        dw, dh = im.get("width"), im.get("height")
-        if hw is not None and isinstance(dw, (int, float)) and isinstance(dh, (int, float)) and (int(dh), int(dw)) != hw:
-            report.skip(str(img), f"image is {hw[1]}x{hw[0]}, the json says {int(dw)}x{int(dh)}")
-            hw = None
-        images[iid] = (img, hw, [])
-        if hw is not None:
-            order.append(iid)
+    images = {iid: (v[0], v[1], []) if v is not None else (None, None, [])
+              for iid, v in coco_images(path, data, report).items()}
+    order = [iid for iid, v in images.items() if v[1] is not None]
     drawn = 0
     for n, a in enumerate((data.get("annotations", []) or []) if labeled else []):
         where = f"{path}#annotation {a.get('id', n) if isinstance(a, dict) else n}"

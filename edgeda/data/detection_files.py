@@ -156,6 +156,37 @@ def _resolve_file(json_path: Path, name: str) -> Path:
     return base / name
 
 
+def coco_images(path: Path, data: dict, report: LoadReport) -> dict:
+    """``{image id: (image path, (H, W))}`` of a COCO json's ``images`` in their order, None for an image
+    that is absent, unreadable or of another size than the json says (skipped and counted as a file);
+    malformed and repeated entries are skipped and counted as entries, and not listed."""
+    images: dict = {}
+    for n, im in enumerate(data["images"]):
+        iid = im.get("id") if isinstance(im, dict) else None
+        fname = im.get("file_name") if isinstance(im, dict) else None
+        where = f"{path}#images[{n}]"
+        if isinstance(iid, bool) or not isinstance(iid, (int, str)) or not isinstance(fname, str) or not fname:
+            report.skip(where, "image entry needs an 'id' and a 'file_name'", entry=True)
+            continue
+        if iid in images:
+            report.skip(where, f"image id {iid!r} is given twice", entry=True)
+            continue
+        img_path = _resolve_file(path, fname)
+        images[iid] = None
+        if not img_path.is_file():
+            report.skip(str(img_path), "image named in the json is not there")
+            continue
+        hw = _image_size(img_path, report)
+        if hw is None:
+            continue
+        dw, dh = im.get("width"), im.get("height")
+        if isinstance(dw, (int, float)) and isinstance(dh, (int, float)) and (int(dh), int(dw)) != hw:
+            report.skip(str(img_path), f"image is {hw[1]}x{hw[0]}, the json says {int(dw)}x{int(dh)}")
+            continue
+        images[iid] = (img_path, hw)
+    return images
+
+
 def load_coco(path: Path, *, labeled: bool = True) -> FileDetectionDomain:
     """A COCO ``.json`` file or a folder holding one (see the module doc)."""
     path = Path(path)
@@ -169,34 +200,10 @@ def load_coco(path: Path, *, labeled: bool = True) -> FileDetectionDomain:
     cat_index, classes = _coco_categories(path, data.get("categories", []) or []) if labeled else ({}, [])
     if labeled and not classes and data.get("annotations"):
         raise DataError(f"{path} has annotations but no 'categories'")
-    images: dict[int, dict] = {}
-    order: list[int] = []
-    for n, im in enumerate(data["images"]):
-        iid = im.get("id") if isinstance(im, dict) else None
-        fname = im.get("file_name") if isinstance(im, dict) else None
-        where = f"{path}#images[{n}]"
-        if isinstance(iid, bool) or not isinstance(iid, (int, str)) or not isinstance(fname, str) or not fname:
-            report.skip(where, "image entry needs an 'id' and a 'file_name'", entry=True)
-            continue
-        if iid in images:
-            report.skip(where, f"image id {iid!r} is given twice", entry=True)
-            continue
-        img_path = _resolve_file(path, fname)
-        if not img_path.is_file():
-            report.skip(str(img_path), "image named in the json is not there")
-            images[iid] = {"path": None}
-            continue
-        hw = _image_size(img_path, report)
-        if hw is None:
-            images[iid] = {"path": None}
-            continue
-        dw, dh = im.get("width"), im.get("height")
-        if isinstance(dw, (int, float)) and isinstance(dh, (int, float)) and (int(dh), int(dw)) != hw:
-            report.skip(str(img_path), f"image is {hw[1]}x{hw[0]}, the json says {int(dw)}x{int(dh)}")
-            images[iid] = {"path": None}
-            continue
-        images[iid] = {"path": img_path, "hw": hw, "boxes": [], "labels": [], "crowd": [], "crowd_labels": []}
-        order.append(iid)
+    found = coco_images(path, data, report)
+    images = {iid: {"path": None} if v is None else {"path": v[0], "hw": v[1], "boxes": [], "labels": [], "crowd": [],
+                                                      "crowd_labels": []} for iid, v in found.items()}
+    order = [iid for iid, v in found.items() if v is not None]
     if labeled:
         for n, a in enumerate(data.get("annotations", []) or []):
             _coco_annotation(path, n, a, images, cat_index, report)

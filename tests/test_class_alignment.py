@@ -108,3 +108,39 @@ def test_a_model_of_some_classes_evaluates_on_data_of_all(tmp_path):
     res = CliRunner().invoke(main, ["eval", str(result.bundle), "--data", "handwritten:test"])
     assert res.exit_code == 0, res.output
     assert "left out of the scores" in res.output
+
+
+def _class_folders(root, names, per=2):
+    for k, name in enumerate(names):
+        (root / name).mkdir(parents=True)
+        for i in range(per):
+            Image.fromarray(np.full((8, 8, 3), 40 * k + i, np.uint8)).save(root / name / f"{i}.png")
+    return str(root)
+
+
+def _classifier_spec(classes):
+    from edgeda.tasks.spec import TaskSpec
+
+    return TaskSpec(num_classes=len(classes), classes=classes, task="classification", image_size=(8, 8), channels=3)
+
+
+def test_classification_folders_of_some_classes_are_read_by_name(tmp_path):
+    from edgeda.tasks.loading import load_for_task
+
+    spec = _classifier_spec(["ant", "bee", "cat"])
+    dom = load_for_task(_class_folders(tmp_path / "a", ["ant", "cat"]), spec, labeled=True)
+    assert dom.classes == ["ant", "bee", "cat"] and sorted(dom.labels.tolist()) == [0, 0, 2, 2]  # not 0, 0, 1, 1
+    numbered = _classifier_spec([str(i) for i in range(10)])
+    dom = load_for_task(_class_folders(tmp_path / "n", ["3", "5"]), numbered, labeled=True)
+    assert sorted(dom.labels.tolist()) == [3, 3, 5, 5]
+
+
+def test_classification_folders_naming_another_class_are_refused(tmp_path):
+    from edgeda.tasks.loading import load_for_task
+
+    with pytest.raises(DataError, match="names the classes ant, bee, cow, the bundle ant, bee, cat"):
+        load_for_task(_class_folders(tmp_path / "a", ["ant", "bee", "cow"]), _classifier_spec(["ant", "bee", "cat"]),
+                      labeled=True)
+    # ids written out on either side (an .npz without names) are compared as ids, as before
+    dom = load_for_task(_class_folders(tmp_path / "b", ["x", "y"]), _classifier_spec(["0", "1"]), labeled=True)
+    assert sorted(dom.labels.tolist()) == [0, 0, 1, 1]

@@ -67,3 +67,52 @@ def test_eval_names_the_reasons_of_skipped_dense_files(tmp_path):
     res = CliRunner().invoke(main, ["eval", str(b), "--data", str(root)])
     assert "skipped 4 files:" in res.output and "class id 9" in res.output and "unreadable" not in res.output
     assert "over 1 class labelled in the test split (of 3)" in res.output and "b:no truth pixels" in res.output
+
+
+def test_mac_and_hidden_entries_are_no_classes_images_or_skipped_files(tmp_path):
+    """A zip made on a Mac unpacks ``__MACOSX/`` and ``._name`` resource forks beside the data; Finder
+    writes ``.DS_Store``: none is a class, an image, a label file or a skipped file."""
+    import numpy as np
+    from PIL import Image
+
+    from edgeda.data import load_domain
+
+    def mac_litter(folder):
+        (folder / ".DS_Store").write_bytes(b"\0\0\0\1Bud1")
+        (folder / "._0.png").write_bytes(b"\0\5\26\7")
+
+    cls = tmp_path / "cls"
+    for name in ("cat", "dog"):
+        (cls / name).mkdir(parents=True)
+        Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(cls / name / "0.png")
+        mac_litter(cls / name)
+    (cls / "__MACOSX" / "cat").mkdir(parents=True)
+    (cls / "__MACOSX" / "cat" / "._0.png").write_bytes(b"\0\5\26\7")
+    dom = load_domain(str(cls), labeled=True, size=(8, 8), channels=3)
+    assert dom.classes == ["cat", "dog"] and len(dom) == 2 and not dom.report.skipped and not dom.report.warnings
+
+    dense = tmp_path / "dense"
+    for sub in ("images", "masks"):
+        (dense / sub).mkdir(parents=True)
+        Image.fromarray(np.zeros((8, 8), np.uint8)).save(dense / sub / "0.png")
+        mac_litter(dense / sub)
+    seg = load_domain(str(dense), labeled=True)
+    assert len(seg) == 1 and not seg.report.skipped
+
+    yolo = tmp_path / "yolo"
+    (yolo / "images").mkdir(parents=True)
+    (yolo / "labels").mkdir()
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(yolo / "images" / "0.png")
+    (yolo / "labels" / "0.txt").write_text("0 0.5 0.5 0.5 0.5\n")
+    (yolo / "labels" / "._0.txt").write_bytes(b"\0\5\26\7")
+    mac_litter(yolo / "images")
+    det = load_domain(str(yolo), labeled=True, task="detection")
+    assert len(det) == 1 and not det.report.skipped
+    # a COCO folder: its one json, not the "._" copy beside it
+    import json
+
+    from edgeda.data.detection_files import find_coco_json
+
+    (yolo / "images" / "ann.json").write_text(json.dumps({"images": [], "annotations": [], "categories": []}))
+    (yolo / "images" / "._ann.json").write_bytes(b"\0\5\26\7")
+    assert find_coco_json(yolo / "images").name == "ann.json"

@@ -186,17 +186,19 @@ def test_voc_loader_keeps_good_boxes_and_counts_each_bad_kind(tmp_path):
     assert len(load_domain(str(root), labeled=False, task="detection")) == 4
 
 
-def test_box_data_without_task_detection_is_not_read_as_class_folders(tmp_path):
+def test_box_data_without_task_is_read_as_detection_data_not_class_folders(tmp_path):
     from edgeda.config import make_config
     from edgeda.training.domains import load_domains
 
     root = tmp_path / "yolo"
-    _png(root / "images" / "x.png")
-    (root / "labels").mkdir()
-    (root / "labels" / "x.txt").write_text("0 0.5 0.5 0.5 0.4\n")
+    (root / "labels").mkdir(parents=True)
+    for name in ("x", "y"):
+        _png(root / "images" / f"{name}.png")
+        (root / "labels" / f"{name}.txt").write_text("0 0.5 0.5 0.5 0.4\n")
     cfg = make_config(None, {"source": str(root), "target": str(root / "images"), "out": str(tmp_path / "run")})
-    with pytest.raises(DataError, match="--task detection"):
-        load_domains(cfg, True)
+    d = load_domains(cfg, True)
+    assert d.task == "detection" == cfg.task and d.source.classes == ["0"] and d.source.has_boxes
+    assert any("training a detector (--task detection)" in line for line in d.skip_lines())
 
 
 def test_any_image_folder_is_unlabeled_target_data(tmp_path):

@@ -26,6 +26,24 @@ def class_index(have: list[str], want: list[str]) -> np.ndarray:
     return np.array([pos.get(n, -1) for n in have], np.int64)
 
 
+def names_classes(dom) -> bool:
+    """Whether ``dom``'s class names are names, not made up from its largest label id."""
+    return bool(dom.classes) and not getattr(dom, "classes_from_ids", False)
+
+
+def reads_by_name(dom, classes: list[str], *, any_shared: bool) -> bool:
+    """Whether labelled ``dom`` is read with a model's ``classes`` by name (:func:`align_classes`): it names
+    its classes, the two lists differ and share a name, and -- unless ``any_shared`` (dense and detection
+    tasks, whose test sets name other classes as a rule) -- one list holds every name of the other
+    (classification: folders of some of the model's classes, or the same classes in another order, or a
+    model of some of the data's). Two lists that each hold names the other lacks are more often a typo;
+    the task's check refuses them."""
+    if not (names_classes(dom) and classes) or list(dom.classes) == list(classes):
+        return False
+    have, want = set(dom.classes), set(classes)
+    return bool(have & want) and (any_shared or have <= want or want <= have)
+
+
 def align_classes(domain, classes: list[str], what: str):
     """(``domain`` read with ``classes``, a one-line message, also added to its load report's warnings) --
     the domain itself and None when its classes are already ``classes``; :class:`DataError` (naming the

@@ -43,7 +43,7 @@ from PIL import Image
 from ..errors import DataError
 from .dense import IGNORE_INDEX, ArrayDenseDomain, DenseDomain, DenseSample
 from .domain import LoadReport
-from .files import _DECODE_ERRORS, MAX_IMAGE_PIXELS, list_images, read_image
+from .files import _DECODE_ERRORS, MAX_IMAGE_PIXELS, list_images, read_image, walk_files
 
 MAX_DENSE_CLASSES = 255  # ids 0..254: masks are uint8 and 255 is the ignore label
 MAX_MASK_ID = 65535  # the largest id a 16-bit mask holds: ``name = id`` ids must fit
@@ -306,14 +306,6 @@ def _by_name(folder: Path, files: list[Path], report: LoadReport, what: str) -> 
     return out
 
 
-def _walk(root: Path, suffixes: tuple[str, ...]) -> list[Path]:
-    out = []
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=False, onerror=lambda e: None):
-        dirnames.sort()
-        out.extend(Path(dirpath) / fn for fn in sorted(filenames) if fn.lower().endswith(suffixes))
-    return out
-
-
 def load_dense_folder(root: Path, *, labeled: bool) -> DenseDomain:
     """``root/images`` with optional ``masks/``, ``depth/`` and ``classes.txt`` (see the module doc).
     ``labeled=False`` uses the images only. Without classes.txt every mask is decoded once to name
@@ -329,7 +321,7 @@ def load_dense_folder(root: Path, *, labeled: bool) -> DenseDomain:
     report = LoadReport()
     images = _by_name(img_dir, list_images(img_dir), report, "image")
     masks = _by_name(mask_dir, list_images(mask_dir), report, "mask") if use_masks else {}
-    depths = _by_name(depth_dir, _walk(depth_dir, (".png", ".npy")), report, "depth map") if use_depth else {}
+    depths = _by_name(depth_dir, walk_files(depth_dir, (".png", ".npy")), report, "depth map") if use_depth else {}
     images, masks = _pair_by_shared_affixes(images, masks, report, "masks")
     images, depths = _pair_by_shared_affixes(images, depths, report, "depth maps")
     items = []

@@ -39,10 +39,10 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import DataError
-from .dense_files import _by_name, _guarded, _header, _walk, read_class_list
+from .dense_files import _by_name, _guarded, _header, read_class_list
 from .detection import DetectionDomain, DetectionSample, _three
 from .domain import LoadReport
-from .files import list_images, read_image
+from .files import list_images, not_data, read_image, walk_files
 
 MAX_JSON_BYTES = 2_000_000_000
 _LABEL_SUFFIX = (".txt",)
@@ -102,7 +102,7 @@ def find_coco_json(root: Path) -> Path | None:
     """The one ``*.json`` of a COCO folder (at its top, else in ``annotations/``); None if none;
     DataError if several."""
     for where in (root, root / "annotations"):
-        found = sorted(p for p in where.glob("*.json") if p.is_file()) if where.is_dir() else []
+        found = sorted(p for p in where.glob("*.json") if p.is_file() and not not_data(p.name)) if where.is_dir() else []
         if len(found) > 1:
             raise DataError(f"{where} holds {len(found)} .json files ({', '.join(p.name for p in found[:4])}); "
                             "give the path of the COCO file to use")
@@ -311,7 +311,7 @@ def load_yolo(root: Path, *, labeled: bool = True) -> FileDetectionDomain:
     if labeled and (root / "classes.txt").is_file():
         classes, _ = read_class_list(root / "classes.txt")
     images = _by_name(img_dir, list_images(img_dir), report, "image")
-    labels = _by_name(lab_dir, _walk(lab_dir, _LABEL_SUFFIX), report, "label file") if labeled else {}
+    labels = _by_name(lab_dir, walk_files(lab_dir, _LABEL_SUFFIX), report, "label file") if labeled else {}
     labels.pop("classes", None)
     k = len(classes) if classes is not None else None
     items, top = [], -1

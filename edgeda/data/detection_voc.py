@@ -27,10 +27,10 @@ from xml.etree import ElementTree
 import numpy as np
 
 from ..errors import DataError
-from .dense_files import _walk, read_class_list
+from .dense_files import read_class_list
 from .detection_files import FileDetectionDomain, _check_box, _image_size, _stack, load_image_folder
 from .domain import LoadReport
-from .files import IMAGE_EXTENSIONS
+from .files import IMAGE_EXTENSIONS, not_data, walk_files
 
 MAX_XML_BYTES = 10_000_000  # one image's annotation; a larger file is not VOC
 IMAGE_DIRS = ("JPEGImages", "images")
@@ -39,7 +39,7 @@ IMAGE_DIRS = ("JPEGImages", "images")
 def is_voc_folder(path) -> bool:
     """A folder with an ``Annotations/`` folder holding at least one ``.xml`` file."""
     ann = Path(path) / "Annotations"
-    return ann.is_dir() and any(p.suffix.lower() == ".xml" for p in ann.rglob("*.xml"))
+    return ann.is_dir() and any(not not_data(p.name) for p in ann.rglob("*.xml"))
 
 
 def _read_xml(path: Path) -> ElementTree.Element:
@@ -131,7 +131,7 @@ def load_voc(root: Path, *, labeled: bool = True) -> FileDetectionDomain:
     fixed = (root / "classes.txt").is_file()
     index = {n: k for k, n in enumerate(read_class_list(root / "classes.txt")[0])} if fixed else {}
     items, used = [], {}
-    for xml in _walk(root / "Annotations", (".xml",)):
+    for xml in walk_files(root / "Annotations", (".xml",)):
         try:
             ann = _read_xml(xml)
         except ValueError as e:

@@ -70,6 +70,7 @@ class Domain:
     classes: list[str] | None = None
     foreground: np.ndarray | None = None
     report: LoadReport = field(default_factory=LoadReport)
+    classes_from_ids: bool = False  # True when ``classes`` are "0".."K-1" made up from the largest label
 
     def __post_init__(self) -> None:
         if self.images.ndim != 4 or self.images.dtype != np.uint8:
@@ -96,6 +97,7 @@ class Domain:
             classes=self.classes,
             foreground=None if self.foreground is None else self.foreground[idx],
             report=self.report,
+            classes_from_ids=self.classes_from_ids,
         )
 
     def require_usable(self, *, labels: str | None = None, num_classes: int | None = None) -> None:

@@ -29,15 +29,27 @@ _DECODE_ERRORS = (OSError, SyntaxError, EOFError, struct.error, IndexError, KeyE
                   Image.DecompressionBombError, Image.DecompressionBombWarning)
 
 
-def list_images(root: Path) -> list[Path]:
-    """Every image file under ``root`` (recursive, sorted); symlinked directories are not followed."""
+def not_data(name: str) -> bool:
+    """Whether a file or folder name is no data: hidden (``.DS_Store``, the ``._name`` resource forks
+    macOS writes beside each file on other disks, ``.git``) or the ``__MACOSX`` folder of a zip made on
+    a Mac. Such entries are passed over by every folder reader, not counted as skipped files or classes."""
+    return name.startswith(".") or name == "__MACOSX"
+
+
+def walk_files(root: Path, suffixes: tuple[str, ...]) -> list[Path]:
+    """Every file under ``root`` whose name ends with one of ``suffixes`` (lower case), recursive and
+    sorted, passing over :func:`not_data` entries; symlinked directories are not followed."""
     out = []
     for dirpath, dirnames, filenames in os.walk(root, followlinks=False, onerror=lambda e: None):
-        dirnames.sort()
-        for fn in sorted(filenames):
-            if fn.lower().endswith(IMAGE_EXTENSIONS):
-                out.append(Path(dirpath) / fn)
+        dirnames[:] = sorted(d for d in dirnames if not not_data(d))
+        out.extend(Path(dirpath) / fn for fn in sorted(filenames)
+                   if not not_data(fn) and fn.lower().endswith(suffixes))
     return out
+
+
+def list_images(root: Path) -> list[Path]:
+    """Every image file under ``root`` (:func:`walk_files`)."""
+    return walk_files(root, IMAGE_EXTENSIONS)
 
 
 def read_image(path: Path) -> np.ndarray:
@@ -79,9 +91,9 @@ def load_folder(root: Path, *, labeled: bool, size: tuple[int, int], channels: i
     if not root.is_dir():
         raise DataError(f"{root} is not a folder")
     report = LoadReport()
-    class_dirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.is_symlink() and not p.name.startswith("."))
+    class_dirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.is_symlink() and not not_data(p.name))
     if labeled:
-        loose = [p for p in root.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS]
+        loose = [p for p in root.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS and not not_data(p.name)]
         if not class_dirs:
             raise DataError(
                 f"{root} has no class subfolders; a labeled domain needs one subfolder per class (ImageFolder layout)"
@@ -167,4 +179,5 @@ def load_npz(path: Path, *, labeled: bool, size: tuple[int, int], channels: int)
         raise DataError(f"{path} has no labels 'y', but labels are needed here")
     images = np.stack([prepare_image(img, size, channels) for img in x]) if len(x) else np.zeros((0, *size, channels), np.uint8)
     report = LoadReport(loaded=len(images))
-    return Domain(name=str(path), images=images, labels=y, classes=classes, report=report)
+    return Domain(name=str(path), images=images, labels=y, classes=classes, report=report,
+                  classes_from_ids=y is not None and "classes" not in files)

@@ -110,7 +110,7 @@ class Label2Image(PixelMethod):
         return G(source.y, z), source.y
 
     def gan_step(self, source: Batch, target: Batch):
-        G, D = self.nets["generator"], self.nets["disc"]
+        D = self.nets["disc"]
         xt = self.to_tanh(target.x)
         with self.autocast():
             fake, y = self.sample(source)

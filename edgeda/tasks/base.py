@@ -6,6 +6,7 @@ from typing import ClassVar
 import numpy as np
 import torch
 
+from ..data.align import names_classes
 from ..data.dense import images_as_dense
 from ..data.domain import Domain
 from ..errors import DataError
@@ -125,8 +126,7 @@ class Task:
         if isinstance(domain, Domain):
             raise DataError(f"{what} has one label per image; this {spec.task} {model} needs per-pixel labels")
         domain.require_usable(labels=self.label_kind if labeled else None, num_classes=spec.num_classes or None)
-        named = domain.classes and not getattr(domain, "classes_from_ids", False)  # not names made from mask ids
-        if labeled and named and spec.classes and list(domain.classes) != list(spec.classes):
+        if labeled and names_classes(domain) and spec.classes and list(domain.classes) != list(spec.classes):
             raise DataError(f"{what} names the classes {', '.join(domain.classes)}, the {model} "
                             f"{', '.join(spec.classes)}")
 

@@ -14,6 +14,11 @@ from .metrics import ConfusionMeter, classification_scores
 from .spec import TaskSpec
 
 
+def _numbered(classes: list[str]) -> bool:
+    """Whether ``classes`` are the ids 0..K-1 written out (an .npz without names), not names to compare."""
+    return classes == [str(i) for i in range(len(classes))]
+
+
 @TASKS.register("classification")
 class Classification(Task):
     """Loss: cross-entropy. Metric: accuracy, per-class accuracy, confusion matrix."""
@@ -59,6 +64,10 @@ class Classification(Task):
         if not isinstance(domain, Domain):
             raise DataError(f"{what} is dense data; this {model} is a classifier")
         domain.require_usable(labels=self.label_kind if labeled else None, num_classes=spec.num_classes if labeled else None)
+        have, want = list(domain.classes or []), list(spec.classes or [])
+        if labeled and have and want and have != want and not (_numbered(have) or _numbered(want)):
+            raise DataError(f"{what} names the classes {', '.join(have)}, the {model} {', '.join(want)}: name its "
+                            f"folders as the {model}'s classes (folders of some of them are read by name)")
 
     def stream(self, domain, spec, batch_size, device, seed, *, labeled, cfg, weights=None, rank=0, world_size=1):
         """In-memory images on the training device, shifted and contrast-jittered per batch (:class:`BatchStream`)."""

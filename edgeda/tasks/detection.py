@@ -69,7 +69,7 @@ class Detection(Task):
     output = "detections"
     has_classes = True
     class_logits = False  # outputs are boxes with scores, not class logits per image or pixel
-    inferred = False  # detection data is read as such only when --task detection asks for it
+    inferred = False  # not chosen by labeled_by: box data is known by its form (training.domains.load_domains)
     # ``--method auto``: the detection methods that train from the source-only bundle; no source-free candidate
     # (on the benchmark pairs on-device tent and cotta both write the shipped model: a copy of source-only)
     auto_methods = ("mean_teacher", "dann")

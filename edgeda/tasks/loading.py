@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from ..data import load_domain
-from ..data.align import align_classes
+from ..data.align import align_classes, reads_by_name
 from ..errors import DataError
 from .spec import TaskSpec
 from .base import task_of
@@ -18,10 +18,7 @@ def load_for_task(spec_text: str, task_spec: TaskSpec, *, labeled: bool, what: s
     for, in the message."""
     dom = load_domain(spec_text, labeled=labeled, size=task_spec.image_size, channels=task_spec.channels,
                       split=split, task=task_spec.task)
-    named = dom.classes and not getattr(dom, "classes_from_ids", False)
-    if named and task_spec.classes and not task_of(task_spec).aligns_classes:  # only a model of some of its classes
-        named = set(task_spec.classes) < set(dom.classes)
-    if labeled and named and task_spec.classes and list(dom.classes) != list(task_spec.classes):
+    if labeled and reads_by_name(dom, list(task_spec.classes or []), any_shared=task_of(task_spec).aligns_classes):
         try:  # scored on the classes both name (the rest left out, said in the load report's warnings)
             dom, _ = align_classes(dom, list(task_spec.classes), what or spec_text)
         except DataError:

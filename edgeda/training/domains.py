@@ -12,7 +12,7 @@ import numpy as np
 
 from ..config import TrainConfig
 from ..data import Domain, load_domain
-from ..data.align import align_classes
+from ..data.align import align_classes, names_classes, reads_by_name
 from ..data.detection_spec import looks_like_detection_data
 from ..data.spec import DomainSpec, default_size, is_dense_spec
 from ..errors import DataError
@@ -66,9 +66,6 @@ class Domains:
 
 def resolve_task(cfg: TrainConfig, source) -> str:
     """The task the source data supports (``cfg.task`` when given, checked against the data)."""
-    if cfg.task is None and looks_like_detection_data(cfg.source):  # else its folders are taken for classes or images
-        raise DataError(f"{cfg.source} holds box annotations (COCO, YOLO or Pascal VOC): train a detector with "
-                        "--task detection")
     if isinstance(source, Domain):
         if cfg.task is not None and not task_of(cfg.task).reads(source):
             raise DataError(f"--task {cfg.task} needs per-pixel labels, but {source.name!r} has one label per image "
@@ -116,11 +113,19 @@ DEFAULT_TARGETS = {"syndigits": "handwritten"}
 
 
 def load_domains(cfg: TrainConfig, needs_target: bool) -> Domains:
-    """Load and check every domain before any training starts (one clear error otherwise)."""
+    """Load and check every domain before any training starts (one clear error otherwise). Box
+    annotations (a COCO json, a YOLO or Pascal VOC folder) given without ``--task`` are read as
+    detection data (set in ``cfg.task``, so the run's config records it), said in the source's warnings."""
+    inferred = cfg.task is None and looks_like_detection_data(cfg.source)  # else its folders are read as classes
+    if inferred:
+        cfg.task = "detection"
     size = resolve_size(cfg)
     kw = {"size": size, "channels": cfg.channels, "seed": cfg.seed, "task": cfg.task}
     src = DomainSpec.parse(cfg.source)
     source = load_domain(cfg.source, labeled=True, split="train", n=cfg.source_n, **kw)
+    if inferred:
+        json = " (--task segmentation reads a COCO json's instance masks)" if source.category_ids is not None else ""
+        source.report.warn(f"box annotations: training a detector (--task detection){json}")
     task = resolve_task(cfg, source)
 
     tk = task_of(task)
@@ -162,10 +167,8 @@ def load_domains(cfg: TrainConfig, needs_target: bool) -> Domains:
         target_test = load_domain(test_spec, labeled=True, **kw)
         _same_kind(target_test, "target test", tk)
         if source.classes and target_test.classes and source.classes != target_test.classes:
-            named = _names_classes(source) and _names_classes(target_test)
-            shared = set(source.classes) & set(target_test.classes)
-            # scored on the classes both name (classification: only a model trained on some of its classes)
-            if named and shared and (tk.aligns_classes or cfg.classes and shared == set(source.classes)):
+            # scored on the classes both name (classification: where one list holds all of the other's)
+            if names_classes(source) and reads_by_name(target_test, source.classes, any_shared=tk.aligns_classes):
                 target_test, _ = align_classes(target_test, source.classes, f"the target test {test_spec}")
             else:
                 raise DataError(
@@ -185,11 +188,6 @@ def _only_classes(dom, cfg: TrainConfig, what: str):
         raise DataError(f"--classes {','.join(missing)}: {what} has no such class (its classes: "
                         f"{', '.join(dom.classes or []) or 'none named'})")
     return align_classes(dom, cfg.classes, what)[0]
-
-
-def _names_classes(dom) -> bool:
-    """Whether ``dom``'s class names are names (not made up from its largest label id)."""
-    return bool(dom.classes) and not getattr(dom, "classes_from_ids", False)
 
 
 def _same_kind(dom, what: str, task: Task) -> None:

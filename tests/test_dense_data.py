@@ -207,6 +207,33 @@ def test_cityscapes_and_bdd_names_pair_by_their_shared_endings(tmp_path):
     assert len(p) == 2 and not p.report.warnings
 
 
+def test_gtfine_as_it_comes_reads_the_kind_of_mask_classes_txt_is_for(tmp_path):
+    """Cityscapes' gtFine (like ACDC and Dark Zurich) holds a colour, an instance-id and a label-id PNG per
+    frame: the label ids are read with a 'name = id' classes.txt, the colours with a colour one; a kind
+    that classes.txt cannot read (train ids, here absent) is one clear error naming the kinds."""
+    cs = tmp_path / "cs"
+    for city, n in (("aachen", 0), ("bonn", 1)):
+        stem = f"{city}/{city}_00000{n}_000019"
+        save(cs / f"images/{stem}_leftImg8bit.png", image(seed=n))
+        save(cs / f"masks/{stem}_gtFine_labelIds.png", np.full((10, 12), 7 + n, np.uint8))
+        save(cs / f"masks/{stem}_gtFine_instanceIds.png", np.full((10, 12), 26000 + n, np.uint16))
+        save(cs / f"masks/{stem}_gtFine_color.png", np.full((10, 12, 3), (128, 64, 128) if n == 0 else (244, 35, 232),
+                                                             np.uint8))
+    (cs / "masks/bonn/bonn_000009_000019_gtFine_labelIds.png").write_bytes(b"")  # a frame not among the images
+    (cs / "classes.txt").write_text("road = 7\nsidewalk = 8\n")
+    d = load_dense_folder(cs, labeled=True)
+    assert len(d) == 2 and "reading the _labelIds ones" in d.report.warnings[0]
+    assert sorted(int(d.sample(i).mask[0, 0]) for i in range(2)) == [0, 1]
+    assert [p for p, _ in d.report.skipped] == [str(cs / "masks/bonn/bonn_000009_000019_gtFine_labelIds.png")]
+    (cs / "classes.txt").write_text("road 128 64 128\nsidewalk 244 35 232\n")
+    d = load_dense_folder(cs, labeled=True)
+    assert "reading the _color ones" in d.report.warnings[0]
+    assert sorted(int(d.sample(i).mask[0, 0]) for i in range(2)) == [0, 1]
+    (cs / "classes.txt").unlink()
+    with pytest.raises(DataError, match=r"3 kinds of file per image \(_color, _instanceIds, _labelIds\)"):
+        load_dense_folder(cs, labeled=True)
+
+
 def test_bad_folder_files_are_skipped_and_reported(tmp_path):
     for k in range(5):
         save(tmp_path / f"images/i{k}.png", image(seed=k))

@@ -322,6 +322,7 @@ def load_dense_folder(root: Path, *, labeled: bool) -> DenseDomain:
     images = _by_name(img_dir, list_images(img_dir), report, "image")
     masks = _by_name(mask_dir, list_images(mask_dir), report, "mask") if use_masks else {}
     depths = _by_name(depth_dir, walk_files(depth_dir, (".png", ".npy")), report, "depth map") if use_depth else {}
+    masks = _one_kind_of_mask(images, masks, report, palette, id_map)
     images, masks = _pair_by_shared_affixes(images, masks, report, "masks")
     images, depths = _pair_by_shared_affixes(images, depths, report, "depth maps")
     items = []
@@ -384,6 +385,44 @@ def _shared_affixes(keys) -> tuple[str, str]:
     if any(len(t) <= len(start) + len(end) for t in stems):  # nothing would be left of some name
         return "", ""
     return start, end
+
+
+#: The mask files read where masks/ holds several kinds per image (Cityscapes' gtFine, ACDC, Dark Zurich:
+#: ``_labelIds``, ``_labelTrainIds``, ``_color``/``_labelColor``, ``_instanceIds``): by what classes.txt gives.
+_MASK_KINDS = {"colours": ("color", "colour"), "ids": ("labelids",), "classes": ("trainids", "train_id", "trainid")}
+
+
+def _one_kind_of_mask(images: dict[str, Path], masks: dict[str, Path], report: LoadReport, palette, id_map):
+    """``masks`` with one kind of file per image where masks/ holds several, told apart by what follows an
+    image's name (after the images' shared ending): the colour images where classes.txt gives colours, the
+    ``labelIds`` where it maps ids (``name = id``), else the ``trainIds``; a warning names the kind read.
+    ``masks`` itself where each image has one; :class:`DataError` naming the kinds where none is the one."""
+    if not images or not masks or images.keys() & masks.keys():
+        return masks
+    _, end = _shared_affixes(images)
+    frames = {k[:len(k) - len(end)] for k in images}
+    kind_of = {}
+    for key in masks:
+        cuts = [i for i, c in enumerate(key) if c == "_" and key[:i] in frames]
+        if cuts:
+            kind_of[key] = key[max(cuts):]
+    kinds = sorted(set(kind_of.values()))
+    if len(kinds) < 2:
+        return masks
+    given = "colours" if palette is not None else "ids" if id_map is not None else "classes"
+    chosen = [k for k in kinds if k.lower().endswith(_MASK_KINDS[given])]
+    shared = os.path.commonprefix(kinds)
+    shown = [k[shared.rfind("_"):] for k in kinds]  # the endings that tell the kinds apart: _color, _labelIds
+    if len(chosen) != 1:
+        raise DataError(f"masks/ holds {len(kinds)} kinds of file per image ({', '.join(shown)}) and classes.txt "
+                        f"{'gives colours' if given == 'colours' else 'maps ids' if given == 'ids' else 'names no ids'}"
+                        f": keep one kind in masks/ (Cityscapes-style: *_labelIds.png with a 'name = id' "
+                        f"classes.txt such as configs/classes/cityscapes-label-ids.txt, or *_labelTrainIds.png)")
+    report.warn(f"masks/ holds {len(kinds)} kinds of file per image ({', '.join(shown)}): reading the "
+                f"{shown[kinds.index(chosen[0])]} ones (classes.txt {'gives colours' if given == 'colours' else 'maps ids' if given == 'ids' else 'names the classes by id'})")
+    for key in masks.keys() - kind_of.keys():  # masks of frames not among the images: by their ending
+        kind_of[key] = next((k for k in sorted(kinds, key=len, reverse=True) if key.endswith(k)), chosen[0])
+    return {k: v for k, v in masks.items() if kind_of[k] == chosen[0]}
 
 
 def _pair_by_shared_affixes(images: dict[str, Path], labels: dict[str, Path], report: LoadReport, what: str):

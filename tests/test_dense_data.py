@@ -169,6 +169,9 @@ def test_classes_txt_ids_map_a_datasets_own_mask_ids_to_the_classes(tmp_path):
 
     names, _, cs = read_class_file(Path(__file__).resolve().parents[1] / "configs/classes/cityscapes-label-ids.txt")
     assert names == list(CLASSES) and [int(cs[v]) for v in (7, 26, 33, 0, 1, 34)] == [0, 13, 18, 255, 255, 255]
+    names, _, sy = read_class_file(Path(__file__).resolve().parents[1] / "configs/classes/synthia-ids.txt")
+    assert names == [c for c in CLASSES if c not in ("terrain", "truck", "train")]  # the 16-class protocol
+    assert [names[int(sy[v])] for v in (3, 8, 11)] == ["road", "car", "bicycle"] and int(sy[16]) == int(sy[22]) == 255
     # ids for some classes only, an id given to two classes, ids with colours: one clear error each
     for text in ("road = 7\nsky\n", "road = 7\nsky = 7\n", "road 1 2 3 = 7\nsky 4 5 6 = 8\n", "road = x\n"):
         (tmp_path / "classes.txt").write_text(text)
@@ -232,6 +235,46 @@ def test_gtfine_as_it_comes_reads_the_kind_of_mask_classes_txt_is_for(tmp_path):
     (cs / "classes.txt").unlink()
     with pytest.raises(DataError, match=r"3 kinds of file per image \(_color, _instanceIds, _labelIds\)"):
         load_dense_folder(cs, labeled=True)
+
+
+def _png_rgb16(path, arr):
+    """A 16-bit RGB PNG of ``arr`` (H, W, 3) written by hand, every row Paeth-filtered (as encoders choose
+    for natural content), so reading it exactly depends on the filter being undone."""
+    import struct
+    import zlib
+
+    raw = arr.astype(">u2").view(np.uint8).reshape(arr.shape[0], -1).astype(np.int64)
+    a = np.pad(raw, ((0, 0), (6, 0)))[:, :-6]  # the byte one pixel (6 bytes) to the left
+    b = np.pad(raw, ((1, 0), (0, 0)))[:-1]
+    c = np.pad(b, ((0, 0), (6, 0)))[:, :-6]
+    p = a + b - c
+    pa, pb, pc = abs(p - a), abs(p - b), abs(p - c)
+    pred = np.where((pa <= pb) & (pa <= pc), a, np.where(pb <= pc, b, c))
+    rows = np.concatenate([np.full((len(raw), 1), 4), (raw - pred) % 256], 1).astype(np.uint8)
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    head = struct.pack(">IIBBBBB", arr.shape[1], arr.shape[0], 16, 2, 0, 0, 0)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", head) + chunk(b"IDAT", zlib.compress(rows.tobytes()))
+                     + chunk(b"IEND", b""))
+
+
+def test_synthia_16_bit_colour_labels_are_read_by_their_first_channel(tmp_path):
+    """SYNTHIA's GT/LABELS are 16-bit colour PNGs, class id in the first channel, instance id in the
+    second; PIL alone reads them as 8 bits (the high byte: every id 0). Read exactly, with an id map."""
+    rng = np.random.default_rng(0)
+    ids = rng.choice([0, 1, 3, 8, 300], size=(10, 12))
+    arr = np.stack([ids, rng.integers(0, 60000, (10, 12)), np.zeros((10, 12), int)], -1)
+    for k in range(2):
+        save(tmp_path / f"images/{k:07d}.png", image(seed=k))
+        _png_rgb16(tmp_path / f"masks/{k:07d}.png", arr)
+    (tmp_path / "classes.txt").write_text("sky = 1\nroad = 3\ncar = 8\nother = 300\n")
+    d = load_dense_folder(tmp_path, labeled=True)
+    assert len(d) == 2 and not d.report.skipped
+    lut = {0: 255, 1: 0, 3: 1, 8: 2, 300: 3}
+    np.testing.assert_array_equal(d.sample(1).mask, np.vectorize(lut.get)(ids))
 
 
 def test_bad_folder_files_are_skipped_and_reported(tmp_path):

@@ -13,7 +13,8 @@ Virtual KITTI's ``rgb_00001.jpg`` with ``depth_00001.png``)::
     root/classes.txt            optional: one class per line, ``name``, ``name r g b`` or ``name = id id ...``
 
 Masks: modes ``L``/``1``/``I;16``/``I`` hold ids, ``P`` (palette PNG) holds the palette index as
-the id, ``RGB``/``RGBA`` are read only when classes.txt gives a colour per class (colour -> id,
+the id, 16-bit colour PNGs hold ids in their first channel (SYNTHIA's ``GT/LABELS``: class, instance),
+8-bit ``RGB``/``RGBA`` are read only when classes.txt gives a colour per class (colour -> id,
 unknown colours -> 255 = ignore). ``name = 7`` lines (every class then needs one) map the masks' own
 ids to the classes in the file's order, every id not named becoming 255 = ignore: masks labelled with
 other ids than the classes' 0..K-1 are read as they are, e.g. GTA5's and Cityscapes' label ids for the
@@ -48,7 +49,8 @@ from .files import _DECODE_ERRORS, MAX_IMAGE_PIXELS, list_images, read_image, wa
 MAX_DENSE_CLASSES = 255  # ids 0..254: masks are uint8 and 255 is the ignore label
 MAX_MASK_ID = 65535  # the largest id a 16-bit mask holds: ``name = id`` ids must fit
 DEPTH_UNITS = 1000.0  # 16-bit depth PNG values per metre: millimetres unless depth_units.txt says otherwise
-_ID_MODES = ("1", "L", "P", "I;16", "I;16B", "I;16L", "I;16N", "I")
+_WIDE_RGB_MODES = ("RGB;16", "RGBA;16")  # 16-bit colour PNGs: ids in the first channel (SYNTHIA's GT/LABELS)
+_ID_MODES = ("1", "L", "P", "I;16", "I;16B", "I;16L", "I;16N", "I") + _WIDE_RGB_MODES
 _RGB_MODES = ("RGB", "RGBA")
 _DEPTH_PNG_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
 LOSSY_SUFFIXES = (".jpg", ".jpeg")  # masks must hold exact ids
@@ -86,6 +88,30 @@ def _guarded(fn, path: Path, *args):
         raise ValueError(_short(f"{type(e).__name__}: {e}")) from None
 
 
+def _mode_of(im: Image.Image) -> str:
+    """``im``'s mode, or ``RGB;16`` / ``RGBA;16`` for a 16-bit colour PNG (which PIL reads as 8-bit RGB)."""
+    tile = getattr(im, "tile", None) or []
+    raw = tile[0][3] if len(tile) == 1 and len(tile[0]) == 4 else None
+    if im.format == "PNG" and raw in ("RGB;16B", "RGBA;16B"):
+        return raw[:-1]
+    return im.mode
+
+
+def _first_channel_16(path: Path) -> np.ndarray:
+    """(H, W) int64: the first channel of a 16-bit colour PNG, exactly. PIL decodes such a file to 8 bits
+    per sample, keeping each big-endian sample's first (high) byte; a second decode of the same data that
+    reads the samples as little-endian keeps the other (low) byte (PNG's row filters are undone before
+    either, so both are exact)."""
+    planes = []
+    for raw in ("16B", "16L"):
+        with _open_checked(path) as im:
+            codec, extents, offset, rawmode = im.tile[0]
+            im.tile = [(codec, extents, offset, rawmode.replace("16B", raw))]
+            im.load()
+            planes.append(np.asarray(im)[..., 0].astype(np.int64))
+    return planes[0] * 256 + planes[1]
+
+
 def _mode_problem(what: str, mode: str, colours: np.ndarray | None) -> str | None:
     if what == "mask" and mode in _RGB_MODES and colours is None:
         return f"{mode} mask needs a colour per class in classes.txt"
@@ -112,7 +138,7 @@ def _header(path: Path, what: str, colours: np.ndarray | None) -> tuple[int, int
             raise ValueError(f"depth .npy must be (H, W) numbers, got {shape} {dtype}")
         return int(shape[0]), int(shape[1])
     with _open_checked(path) as im:
-        mode, (w, h) = im.mode, im.size
+        mode, (w, h) = _mode_of(im), im.size
     problem = _mode_problem(what, mode, colours)
     if problem:
         raise ValueError(problem)
@@ -123,13 +149,17 @@ def _read_mask(path: Path, colours: np.ndarray | None, id_map: np.ndarray | None
     """(H, W) int64 ids, not yet checked against the class count; ``id_map`` (:func:`read_class_file`)
     turns the file's ids into class ids."""
     with _open_checked(path) as im:
-        problem = _mode_problem("mask", im.mode, colours)
+        mode = _mode_of(im)
+        problem = _mode_problem("mask", mode, colours)
         if problem:
             raise ValueError(problem)
-        if im.mode in _RGB_MODES:
+        if mode in _RGB_MODES:
             return _colours_to_ids(np.asarray(im.convert("RGB")), colours)
-        im.load()
-        ids = np.asarray(im).astype(np.int64)  # mode P: the palette indices themselves
+        if mode not in _WIDE_RGB_MODES:
+            im.load()
+            ids = np.asarray(im).astype(np.int64)  # mode P: the palette indices themselves
+    if mode in _WIDE_RGB_MODES:
+        ids = _first_channel_16(path)
     if id_map is None:
         return ids
     inside = (ids >= 0) & (ids < len(id_map))

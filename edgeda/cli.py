@@ -364,7 +364,7 @@ def data() -> None:
 @click.option("--size", default=32, show_default=True,
               help="side in pixels images are resized to (classification data; built-in dense domains use their own size)")
 @click.option("--channels", default=3, show_default=True, type=click.IntRange(1, 3), help="1 (grey) or 3 (RGB)")
-@click.option("--task", cls=_TaskOption, show_default="detection for a COCO .json or a YOLO or VOC folder, else by the data",
+@click.option("--task", cls=_TaskOption, show_default="detection for a COCO .json or a YOLO, VOC or KITTI folder, else by the data",
               help="draw the data as this task reads it: {choices}")
 @handle_errors
 def preview(spec, out, n, size, channels, task) -> None:

@@ -186,6 +186,48 @@ def test_voc_loader_keeps_good_boxes_and_counts_each_bad_kind(tmp_path):
     assert len(load_domain(str(root), labeled=False, task="detection")) == 4
 
 
+def test_kitti_loader_keeps_good_boxes_counts_each_bad_kind_and_ignores_dontcare(tmp_path):
+    from edgeda.data.detection_spec import looks_like_detection_data
+
+    root = tmp_path / "kitti"
+    lab = root / "label_2"
+    lab.mkdir(parents=True)
+    tail = "0.00 0 -1.58 {} 1.5 1.6 3.9 -3.1 1.7 13.4 1.5"
+    for name in ("000000", "000001", "000002", "000003"):
+        _png(root / "image_2" / f"{name}.png")
+    (lab / "000000.txt").write_text("\n".join([
+        "Car " + tail.format("2.5 1 10.5 8"),
+        "Pedestrian " + tail.format("12 0 15 9") + " 0.9",  # 16 fields: with a score
+        "DontCare -1 -1 -10 0 0 4 4 -1 -1 -1 -1000 -1000 -1000 -10",
+        "Car " + tail.format("25 1 30 8"),  # outside the 20x10 image
+        "Van " + tail.format("5 5 5 9"),  # degenerate
+        "Car 0 0",  # too few fields
+        "Car " + tail.format("a b c d"),  # not numbers
+    ]) + "\n")
+    (lab / "000001.txt").write_text("")  # an image without objects
+    (lab / "000009.txt").write_text("Car " + tail.format("1 1 5 5") + "\n")  # no image
+    (lab / "000003.txt").write_bytes(b"\xff\xfe\x00bad")  # not text
+    assert looks_like_detection_data(str(root))
+    dom = load_domain(str(root), labeled=True, task="detection")
+    assert dom.classes == ["Car", "Pedestrian"] and len(dom) == 2
+    s = dom.sample([p.stem for p in dom.paths()].index("000000"))
+    np.testing.assert_allclose(s.boxes, [[2.5, 1, 10.5, 8], [12, 0, 15, 9]])
+    assert s.labels.tolist() == [0, 1]
+    # DontCare: an ignored region for every class, as KITTI's evaluation ignores detections there
+    np.testing.assert_allclose(s.crowd, [[0, 0, 4, 4]] * 2)
+    assert s.crowd_labels.tolist() == [0, 1]
+    reasons = " | ".join(r for _, r in dom.report.skipped)
+    for part in ("no label file", "outside", "degenerate", "3 fields", "not four numbers", "no image of the same name",
+                 "not readable text"):
+        assert part in reasons, part
+    # classes.txt fixes the classes (Car only, the car pairs): other types are skipped and counted
+    (root / "classes.txt").write_text("Car\n")
+    car = load_domain(str(root), labeled=True, task="detection")
+    assert car.classes == ["Car"] and "type 'Pedestrian' is not in classes.txt" in " ".join(
+        r for _, r in car.report.skipped)
+    assert len(load_domain(str(root), labeled=False, task="detection")) == 4
+
+
 def test_box_data_without_task_is_read_as_detection_data_not_class_folders(tmp_path):
     from edgeda.config import make_config
     from edgeda.training.domains import load_domains

@@ -7,6 +7,7 @@ from pathlib import Path
 from ..errors import DataError
 from .detection import DetectionDomain, as_detection_images
 from .detection_files import find_coco_json, is_yolo_folder, load_coco, load_image_folder, load_yolo
+from .detection_kitti import is_kitti_folder, load_kitti
 from .detection_voc import is_voc_folder, load_voc
 from .spec import TASK_DOMAIN_LOADERS
 
@@ -17,7 +18,7 @@ def load_detection_domain(spec: str, *, labeled: bool, size=None, channels: int 
     """Resolve a spec for the detection task: a built-in (``digitscenes``, ``handwritten-scenes``,
     ``synscenes`` with any of their splits, ``name:split``), a COCO ``.json`` (or a folder holding one),
     a YOLO folder (``images/`` + ``labels/``), a Pascal VOC folder (``Annotations/*.xml`` + ``JPEGImages/``),
-    or any image folder (unlabeled). ``size`` is the
+    a KITTI object folder (``image_2/`` + ``label_2/``), or any image folder (unlabeled). ``size`` is the
     rendering size of a built-in (its default when None); user data comes at its stored size."""
     from .detection_builtin import DETECTION_BUILTINS
     from .spec import DomainSpec
@@ -51,25 +52,28 @@ def load_detection_domain(spec: str, *, labeled: bool, size=None, channels: int 
     from .builtin import BUILTIN_DOMAINS
 
     raise DataError(f"unknown domain {spec!r}: not a built-in name ({', '.join(BUILTIN_DOMAINS)}), a COCO .json, "
-                    "a YOLO or Pascal VOC folder, or an image folder")
+                    "a YOLO, Pascal VOC or KITTI folder, or an image folder")
 
 
 def looks_like_detection_data(spec: str) -> bool:
     """Whether a user spec is box data by its form alone: a COCO ``.json``, a folder holding one, a YOLO
-    folder or a Pascal VOC folder (built-in names and other folders: False)."""
+    folder, a Pascal VOC or a KITTI folder (built-in names and other folders: False)."""
     path = Path(spec).expanduser()
     if path.suffix.lower() == ".json":
         return path.is_file()
-    return path.is_dir() and (is_yolo_folder(path) or is_voc_folder(path) or find_coco_json(path) is not None)
+    return path.is_dir() and (is_yolo_folder(path) or is_voc_folder(path) or is_kitti_folder(path)
+                              or find_coco_json(path) is not None)
 
 
 def load_detection_folder(root: Path, *, labeled: bool) -> DetectionDomain:
-    """A YOLO folder, a Pascal VOC folder, a folder holding one COCO json, or (unlabeled) any image folder."""
+    """A YOLO, Pascal VOC or KITTI folder, a folder holding one COCO json, or (unlabeled) any image folder."""
     root = Path(root)
     if is_yolo_folder(root):
         return load_yolo(root, labeled=labeled)
     if is_voc_folder(root):
         return load_voc(root, labeled=labeled)
+    if is_kitti_folder(root):
+        return load_kitti(root, labeled=labeled)
     found = find_coco_json(root)
     if found is not None:
         return load_coco(found, labeled=labeled)

@@ -158,14 +158,19 @@ def load_voc(root: Path, *, labeled: bool = True) -> FileDetectionDomain:
     if not items and not report.skipped:
         raise DataError(f"{root}/Annotations holds no .xml annotation file")
     classes = list(index)
-    if not fixed:  # names seen, sorted: the same classes in the same order however the files are named
-        order = sorted(classes)
-        remap = np.array([order.index(n) for n in classes], np.int64)
-        items = [(p, hw, b, remap[lab] if len(lab) else lab, c, remap[clab] if len(clab) else clab)
-                 for p, hw, b, lab, c, clab in items]
-        classes = order
+    if not fixed:
+        items, classes = sorted_classes(items, classes)
     report.loaded = len(items)
     return FileDetectionDomain(str(root), items, classes=classes or None, has_boxes=True, report=report)
+
+
+def sorted_classes(items: list, classes: list[str]) -> tuple[list, list[str]]:
+    """(``items`` with their labels renumbered, ``classes`` sorted): the names seen, in the same order
+    however the files are named."""
+    order = sorted(classes)
+    remap = np.array([order.index(n) for n in classes], np.int64)
+    return [(p, hw, b, remap[lab] if len(lab) else lab, c, remap[clab] if len(clab) else clab)
+            for p, hw, b, lab, c, clab in items], order
 
 
 def write_voc(folder: Path, rows: list[dict], classes: list[str], root: Path, *, min_score: float = 0.5) -> int:

@@ -100,7 +100,7 @@ def preview_detection(domain, path: str | Path, n: int = 8, cols: int = 4) -> Pa
 def preview_spec(spec: str, path: str | Path, *, n: int = 64, size: int = 32, channels: int = 3,
                  task: str | None = None) -> tuple[Domain, Path, str]:
     """Load the domain ``spec`` as ``task`` reads it and write its preview to ``path``: detection data
-    (``task`` "detection", or a COCO ``.json`` / YOLO / VOC folder when ``task`` is None) as boxes with class
+    (``task`` "detection", or a COCO ``.json`` / YOLO / VOC / KITTI folder when ``task`` is None) as boxes with class
     names, dense data (built-in dense domains at their own size, user data as stored) as image | mask |
     depth rows, anything else as a grid of images with their class names. Returns the domain, the file
     and what to say about the data (the class names, or that it is unlabeled)."""

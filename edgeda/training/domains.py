@@ -114,7 +114,7 @@ DEFAULT_TARGETS = {"syndigits": "handwritten"}
 
 def load_domains(cfg: TrainConfig, needs_target: bool) -> Domains:
     """Load and check every domain before any training starts (one clear error otherwise). Box
-    annotations (a COCO json, a YOLO or Pascal VOC folder) given without ``--task`` are read as
+    annotations (a COCO json, a YOLO, Pascal VOC or KITTI folder) given without ``--task`` are read as
     detection data (set in ``cfg.task``, so the run's config records it), said in the source's warnings."""
     inferred = cfg.task is None and looks_like_detection_data(cfg.source)  # else its folders are read as classes
     if inferred:

@@ -436,3 +436,38 @@ def test_evaluation_state_does_not_grow_with_images(task_name, monkeypatch):
     else:
         assert st_small["sums"] == (len(DEPTH_KEYS),) and st_small["images"] == () and st_small["pixels"] == ()
         assert big.scores["n_images"] == 160
+
+
+def test_dense_labels_are_scored_at_their_stored_size():
+    """A test set stored larger than the model's input is scored at the labels' own resolution: the
+    logits resized onto them (bilinear), every stored pixel counted; depth likewise."""
+    import torch.nn.functional as F
+
+    from edgeda.data.dense import ArrayDenseDomain
+    from edgeda.tasks.spec import TaskSpec
+    from edgeda.training.model_eval import evaluate_model
+
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (3, 20, 24, 3), dtype=np.uint8)
+    masks = (images[..., 0] > 127).astype(np.uint8)
+    masks[:, 5, :] = 255  # ignored
+    spec = TaskSpec(num_classes=2, classes=["a", "b"], task="segmentation", image_size=(10, 12), channels=3,
+                    mean=[0.0] * 3, std=[1.0] * 3)
+
+    class Logits(torch.nn.Module):
+        def forward(self, x):
+            return torch.cat([0.5 - x[:, :1], x[:, :1] - 0.5], 1)
+
+    from edgeda.data.transforms import resize_image
+
+    res = evaluate_model(Logits(), ArrayDenseDomain("big", images, masks, classes=["a", "b"]), spec)
+    seg = task_of("segmentation")
+    assert res.scores["n_pixels"] == 3 * 19 * 24  # the stored pixels less the ignored row, not 3 * 10 * 12
+    x = torch.from_numpy(np.stack([resize_image(im, (10, 12)) for im in images])).float()
+    meter = ConfusionMeter(2)
+    logits = Logits()(x.permute(0, 3, 1, 2) / 255.0)
+    meter.update(F.interpolate(logits, size=(20, 24), mode="bilinear", align_corners=False).argmax(1),
+                 torch.from_numpy(masks.astype(np.int64)))
+    assert res.scores["confusion"] == segmentation_scores(meter.matrix, ["a", "b"])["confusion"]
+    assert seg.at_size(torch.zeros(1, 2, 10, 12), (10, 12)).shape == (1, 2, 10, 12)
+    assert seg.at_size(torch.zeros(1, 10, 12), (20, 24)).shape == (1, 20, 24)

@@ -100,8 +100,10 @@ class DenseDataset(Dataset):
     """
 
     def __init__(self, domain: DenseDomain, size: tuple[int, int], channels: int, *, train: bool, seed: int = 0,
-                 labels: bool = True, scale: tuple[float, float] = (0.5, 1.0), hflip: bool = True):
+                 labels: bool = True, scale: tuple[float, float] = (0.5, 1.0), hflip: bool = True,
+                 native: bool = False):
         self.domain = domain
+        self.native = bool(native) and not train  # also the labels at their stored size, ``native_<key>``
         self.size = (int(size[0]), int(size[1]))
         self.channels = int(channels)
         self.train, self.seed, self.hflip = bool(train), int(seed), bool(hflip)
@@ -143,6 +145,19 @@ class DenseDataset(Dataset):
             item["mask"] = torch.from_numpy(out.mask.astype(np.int64))
         if self.want_depth:
             item["depth"] = torch.from_numpy(np.ascontiguousarray(out.depth, dtype=np.float32))
+        if self.native and self.want_mask:
+            item["native_mask"] = torch.from_numpy(s.mask.astype(np.int64))
+        if self.native and self.want_depth:
+            item["native_depth"] = torch.from_numpy(np.ascontiguousarray(s.depth, dtype=np.float32))
         item["index"] = torch.tensor(used, dtype=torch.int64)
         item["replaced"] = torch.tensor(int(used != i), dtype=torch.int64)
         return item
+
+
+def collate_native(items: list[dict]) -> dict:
+    """A batch of :class:`DenseDataset` items: fields stacked, the ``native_*`` labels (stored sizes may
+    differ between samples) kept as lists."""
+    from torch.utils.data import default_collate
+
+    native = {k: [it.pop(k) for it in items] for k in list(items[0]) if k.startswith("native_")}
+    return {**default_collate(items), **native}

@@ -25,7 +25,7 @@ import numpy as np
 from ..errors import DataError
 from .dense_files import _by_name, read_class_list
 from .detection_files import FileDetectionDomain, _check_box, _image_size, _stack, load_image_folder
-from .detection_voc import sorted_classes
+from .detection_voc import class_id, sorted_classes
 from .domain import LoadReport
 from .files import list_images, walk_files
 
@@ -80,13 +80,10 @@ def _objects(label: Path, lines: list[str], hw: tuple[int, int], index: dict[str
         if kind == IGNORED_TYPE:
             ignored.append(box)
             continue
-        if kind not in index:
-            if fixed:
-                report.skip(where, f"type {kind!r} is not in classes.txt", entry=True)
-                continue
-            index[kind] = len(index)
-        boxes.append(box)
-        labels.append(index[kind])
+        k = class_id(index, kind, fixed, report, where, "type")
+        if k is not None:
+            boxes.append(box)
+            labels.append(k)
     return boxes, labels, ignored
 
 

@@ -99,11 +99,8 @@ def _objects(xml: Path, ann: ElementTree.Element, hw: tuple[int, int], index: di
         if name is None:
             report.skip(where, "object has no <name>", entry=True)
             continue
-        if name not in index:
-            if fixed:
-                report.skip(where, f"class {name!r} is not in classes.txt", entry=True)
-                continue
-            index[name] = len(index)
+        if class_id(index, name, fixed, report, where, "class") is None:
+            continue
         bb = obj.find("bndbox")
         v = [_number(bb, t) for t in ("xmin", "ymin", "xmax", "ymax")]
         if any(x is None for x in v):
@@ -162,6 +159,17 @@ def load_voc(root: Path, *, labeled: bool = True) -> FileDetectionDomain:
         items, classes = sorted_classes(items, classes)
     report.loaded = len(items)
     return FileDetectionDomain(str(root), items, classes=classes or None, has_boxes=True, report=report)
+
+
+def class_id(index: dict[str, int], name: str, fixed: bool, report: LoadReport, where: str, what: str) -> int | None:
+    """``name``'s class id in ``index``, added to it unless the classes are ``fixed`` (classes.txt): then a
+    name it lacks is skipped and counted (None)."""
+    if name not in index:
+        if fixed:
+            report.skip(where, f"{what} {name!r} is not in classes.txt", entry=True)
+            return None
+        index[name] = len(index)
+    return index[name]
 
 
 def sorted_classes(items: list, classes: list[str]) -> tuple[list, list[str]]:

@@ -141,10 +141,11 @@ class Task:
                                         hflip=cfg.augment_hflip, weights=weights, rank=rank, world_size=world_size)
 
     def eval_batches(self, domain, spec: TaskSpec, device, batch_size: int, *, labels: bool, workers: int | None = None,
-                     not_decoded: list | None = None):
+                     not_decoded: list | None = None, native: bool = False):
         """(normalised images on ``device``, labels on CPU or None, uint8 NHWC images) over
         ``domain`` in order, un-augmented (:func:`edgeda.training.model_eval.eval_batches`); the indices
-        of samples that fail only when decoded go to ``not_decoded`` where the reader reports them."""
+        of samples that fail only when decoded go to ``not_decoded`` where the reader reports them;
+        ``native``: per-pixel labels as a list at their stored sizes (readers of their own: as they read)."""
         from ..training.model_eval import dense_eval_batches
         from ..training.readers import reader_of
 
@@ -152,7 +153,7 @@ class Task:
         if read is not None:
             return read(domain, spec, device, batch_size, labels=labels, workers=workers)
         return dense_eval_batches(domain, spec, device, batch_size, labels=labels, workers=workers, key=self.label_key,
-                                  not_decoded=not_decoded)
+                                  not_decoded=not_decoded, native=native and self.spatial_output)
 
     def labels_to(self, labels, device):
         """A batch's labels moved to ``device`` (a tensor here; per-image records for some tasks)."""
@@ -219,6 +220,17 @@ class Task:
     def unflip(self, output: torch.Tensor) -> torch.Tensor:
         """The output for a horizontally mirrored image in the image's own frame (one per image: unchanged)."""
         return output.flip(-1) if self.spatial_output else output
+
+    def at_size(self, output: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
+        """A dense output (N, C, H, W) or (N, H, W) at another size ``hw``: bilinear, undoing the stretch that
+        brought the image to the model's input (logits before the argmax, as dense benchmarks upsample)."""
+        if tuple(output.shape[-2:]) == tuple(hw):
+            return output
+        import torch.nn.functional as F
+
+        flat = output.dim() == 3
+        out = F.interpolate(output[:, None] if flat else output, size=tuple(hw), mode="bilinear", align_corners=False)
+        return out[:, 0] if flat else out
 
     def decide(self, output: torch.Tensor) -> torch.Tensor:
         """The prediction compared with labels: class ids (argmax over dim 1) or depth."""

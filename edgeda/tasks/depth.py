@@ -105,14 +105,13 @@ class Depth(Task):
 
     def prediction_row(self, spec, output, image, stem):
         import numpy as np
-        import torch.nn.functional as F
         from PIL import Image
 
         from .draw import colourise_depth
 
         h, w = image.shape[:2]
-        d = F.interpolate(torch.from_numpy(np.asarray(output, np.float32)).reshape(1, 1, *output.shape[-2:]),
-                          size=(h, w), mode="bilinear", align_corners=False)[0, 0].numpy()
+        d = self.at_size(torch.from_numpy(np.asarray(output, np.float32)).reshape(1, 1, *output.shape[-2:]),
+                         (h, w))[0, 0].numpy()
         stem.parent.mkdir(parents=True, exist_ok=True)
         files = {"depth_png": f"{stem}.depth.png", "depth_color_png": f"{stem}.depth_color.png"}
         raw = np.rint(d * 1000.0)

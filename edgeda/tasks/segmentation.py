@@ -86,8 +86,7 @@ class Segmentation(Task):
         from .draw import colourise_mask, overlay, palette_of
 
         h, w = image.shape[:2]
-        logits = F.interpolate(torch.from_numpy(np.asarray(output, np.float32))[None], size=(h, w), mode="bilinear",
-                               align_corners=False)[0]
+        logits = self.at_size(torch.from_numpy(np.asarray(output, np.float32))[None], (h, w))[0]
         prob = logits.softmax(0)
         conf, ids = prob.max(0)
         ids = ids.numpy().astype(np.uint8)

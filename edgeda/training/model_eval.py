@@ -39,11 +39,12 @@ class EvalOutput:
 
 
 def eval_batches(domain, spec: TaskSpec, device, batch_size: int, *, labels: bool, workers: int | None = None,
-                 not_decoded: list | None = None) -> Iterator[tuple[torch.Tensor, object, np.ndarray]]:
+                 not_decoded: list | None = None, native: bool = False) -> Iterator[tuple[torch.Tensor, object, np.ndarray]]:
     """(normalised images on ``device``, labels on CPU or None, uint8 NHWC images) in domain order;
     streamed domains are read the task's way (:meth:`edgeda.tasks.Task.eval_batches`). Samples of a
     streamed domain that fail only when decoded are left out; ``not_decoded`` (a list) receives
-    their indices."""
+    their indices. ``native``: a dense domain's labels come as a list of per-image tensors at their
+    stored size (what :func:`evaluate_model` scores), not resized to the model's input."""
     if isinstance(domain, Domain):
         for i in range(0, len(domain), batch_size):
             raw = np.ascontiguousarray(domain.images[i:i + batch_size])
@@ -52,21 +53,25 @@ def eval_batches(domain, spec: TaskSpec, device, batch_size: int, *, labels: boo
             yield to_float_nchw(xb, spec.mean, spec.std), y, raw
         return
     yield from task_of(spec).eval_batches(domain, spec, device, batch_size, labels=labels, workers=workers,
-                                          not_decoded=not_decoded)
+                                          not_decoded=not_decoded, native=native)
 
 
 def dense_eval_batches(domain, spec: TaskSpec, device, batch_size: int, *, labels: bool, workers: int | None = None,
-                       key: str = "mask", not_decoded: list | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor | None, np.ndarray]]:
+                       key: str = "mask", not_decoded: list | None = None,
+                       native: bool = False) -> Iterator[tuple[torch.Tensor, object, np.ndarray]]:
     """:func:`eval_batches` of a dense domain: a ``DataLoader`` over its un-augmented samples, the
-    labels under ``key`` (``mask`` or ``depth``)."""
+    labels under ``key`` (``mask`` or ``depth``; with ``native``, a list of them at their stored sizes)."""
     from torch.utils.data import DataLoader
 
+    from ..data.dense_transforms import collate_native
     from .dense_stream import default_workers
 
-    ds = DenseDataset(domain, spec.image_size, spec.channels, train=False, labels=labels)
+    ds = DenseDataset(domain, spec.image_size, spec.channels, train=False, labels=labels, native=native)
     workers = default_workers(domain) if workers is None else workers
     loader = DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=workers,
+                        collate_fn=collate_native if native else None,
                         generator=torch.Generator().manual_seed(0))  # leaves the global RNG alone
+    key = f"native_{key}" if native else key
     pos = 0
     for item in loader:
         keep = item["replaced"] == 0  # an undecodable sample stands in as a copy of the next one: not scored twice
@@ -76,7 +81,9 @@ def dense_eval_batches(domain, spec: TaskSpec, device, batch_size: int, *, label
         if not bool(keep.any()):
             continue
         raw = item["image"][keep]
-        y = item[key][keep] if labels and key in item else None
+        y = None
+        if labels and key in item:
+            y = [v for v, k in zip(item[key], keep) if k] if native else item[key][keep]
         yield to_float_nchw(raw.to(device), spec.mean, spec.std), y, raw.numpy()
 
 
@@ -87,7 +94,9 @@ def evaluate_model(model: torch.nn.Module, domain, spec: TaskSpec, device="cpu",
                    max_images: int | None = None) -> EvalOutput:
     """One pass of ``model`` (eval mode; its mode is restored) over ``domain``.
 
-    ``labels``: score against the domain's labels; ``rows``: collect the validators' logit rows
+    ``labels``: score against the domain's labels -- per-pixel labels at their stored size, the output
+    resized onto them (:meth:`edgeda.tasks.Task.at_size`), as dense benchmarks score at the labels'
+    resolution; ``rows``: collect the validators' logit rows
     (a fixed pixel sample per image for dense tasks, seeded by ``seed``); ``features``: collect the
     features of a classifier (``features_and_logits``); ``detections``: keep a detector's decoded
     detections per image; ``max_images``: stop after the first that many images of the domain.
@@ -101,7 +110,8 @@ def evaluate_model(model: torch.nn.Module, domain, spec: TaskSpec, device="cpu",
     row_chunks, feat_chunks, dets = [], [], []
     seen = 0
     try:
-        for x, y, _ in eval_batches(domain, spec, device, batch_size, labels=labels, not_decoded=not_decoded):
+        for x, y, _ in eval_batches(domain, spec, device, batch_size, labels=labels, not_decoded=not_decoded,
+                                    native=labels):
             if max_images is not None:
                 if seen >= max_images:
                     break
@@ -115,7 +125,7 @@ def evaluate_model(model: torch.nn.Module, domain, spec: TaskSpec, device="cpu",
             else:
                 out = task.infer(model, x)
             if meter is not None and y is not None:
-                task.update(meter, to_device(out, "cpu"), y)
+                _score(task, meter, to_device(out, "cpu"), y)
             if detections:
                 dets.extend(as_detections(d) for d in task.decide(to_device(out, "cpu")))
             if rows:
@@ -134,6 +144,18 @@ def evaluate_model(model: torch.nn.Module, domain, spec: TaskSpec, device="cpu",
     if detections:
         res.detections = dets
     return res
+
+
+def _score(task, meter, out, y) -> None:
+    """Add a batch to ``meter``; ``y`` a list of per-pixel labels at their stored sizes: each image's output
+    brought to its labels' size first (one update where every size is the output's)."""
+    if not (isinstance(y, list) and all(isinstance(t, torch.Tensor) for t in y)):  # also a detector's records
+        task.update(meter, out, y)
+    elif all(tuple(t.shape[-2:]) == tuple(out.shape[-2:]) for t in y):
+        task.update(meter, out, torch.stack(y))
+    else:
+        for j, t in enumerate(y):
+            task.update(meter, task.at_size(out[j:j + 1], tuple(t.shape[-2:])), t[None])
 
 
 AUGMENTATIONS = ("flip", "rescale", "colour")

@@ -419,7 +419,9 @@ def _shared_affixes(keys) -> tuple[str, str]:
 
 #: The mask files read where masks/ holds several kinds per image (Cityscapes' gtFine, ACDC, Dark Zurich:
 #: ``_labelIds``, ``_labelTrainIds``, ``_color``/``_labelColor``, ``_instanceIds``): by what classes.txt gives.
-_MASK_KINDS = {"colours": ("color", "colour"), "ids": ("labelids",), "classes": ("trainids", "train_id", "trainid")}
+#: (what classes.txt gives, said as) -> the endings of the kind read.
+_MASK_KINDS = {"gives colours": ("color", "colour"), "maps ids": ("labelids",),
+               "names the classes by id (or is absent)": ("trainids", "train_id", "trainid")}
 
 
 def _one_kind_of_mask(images: dict[str, Path], masks: dict[str, Path], report: LoadReport, palette, id_map):
@@ -439,17 +441,16 @@ def _one_kind_of_mask(images: dict[str, Path], masks: dict[str, Path], report: L
     kinds = sorted(set(kind_of.values()))
     if len(kinds) < 2:
         return masks
-    given = "colours" if palette is not None else "ids" if id_map is not None else "classes"
+    given = list(_MASK_KINDS)[0 if palette is not None else 1 if id_map is not None else 2]
     chosen = [k for k in kinds if k.lower().endswith(_MASK_KINDS[given])]
     shared = os.path.commonprefix(kinds)
     shown = [k[shared.rfind("_"):] for k in kinds]  # the endings that tell the kinds apart: _color, _labelIds
     if len(chosen) != 1:
         raise DataError(f"masks/ holds {len(kinds)} kinds of file per image ({', '.join(shown)}) and classes.txt "
-                        f"{'gives colours' if given == 'colours' else 'maps ids' if given == 'ids' else 'names no ids'}"
-                        f": keep one kind in masks/ (Cityscapes-style: *_labelIds.png with a 'name = id' "
+                        f"{given}: keep one kind in masks/ (Cityscapes-style: *_labelIds.png with a 'name = id' "
                         f"classes.txt such as configs/classes/cityscapes-label-ids.txt, or *_labelTrainIds.png)")
     report.warn(f"masks/ holds {len(kinds)} kinds of file per image ({', '.join(shown)}): reading the "
-                f"{shown[kinds.index(chosen[0])]} ones (classes.txt {'gives colours' if given == 'colours' else 'maps ids' if given == 'ids' else 'names the classes by id'})")
+                f"{shown[kinds.index(chosen[0])]} ones (classes.txt {given})")
     for key in masks.keys() - kind_of.keys():  # masks of frames not among the images: by their ending
         kind_of[key] = next((k for k in sorted(kinds, key=len, reverse=True) if key.endswith(k)), chosen[0])
     return {k: v for k, v in masks.items() if kind_of[k] == chosen[0]}

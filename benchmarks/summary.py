@@ -1,13 +1,13 @@
-"""The README's results summary: one short table per task, from the benchmark JSONs.
+"""The results summary heading benchmarks/README.md: one short table per task, from the benchmark JSONs.
 
     python benchmarks/summary.py
 
 Reads ``benchmarks/results/adaptation.json`` (classification, source-using methods),
 ``adapt.json`` (on-device, source-free), ``dense.json`` (segmentation and depth) and
-``detection.json`` (detection), and writes the block between the ``results-summary`` markers of the
-README: per task, source-only (with the target-trained upper bound where one is stored) and the few
+``detection.json`` (detection), and writes the block between the ``results-summary`` markers of
+``benchmarks/README.md`` (the top-level README links to it): per task, source-only (with the target-trained upper bound where one is stored) and the few
 best rows by the task's headline metric. Every row, the machines, budgets and how each number is
-produced are in ``benchmarks/README.md``; how the benchmark settings were chosen, in
+produced are in the sections below it; how the benchmark settings were chosen, in
 ``benchmarks/DECISIONS.md``.
 """
 from __future__ import annotations
@@ -149,9 +149,8 @@ def detection() -> list[str]:
 def main() -> None:
     blocks = [b for b in (classification(), dense("segmentation"), dense("depth"), detection()) if b]
     md = "\n\n".join("\n".join(b) for b in blocks) if blocks else "No benchmark results stored yet."
-    md += ("\n\nEvery row, the budgets, the machines and how each number is produced: "
-           "[benchmarks/README.md](benchmarks/README.md); how the benchmark settings were chosen: "
-           "[benchmarks/DECISIONS.md](benchmarks/DECISIONS.md).")
+    md += ("\n\nEvery row, the budgets, the machines and how each number is produced: the sections below; how "
+           "the benchmark settings were chosen: [DECISIONS.md](DECISIONS.md).")
     print(md)
     replace_block("results-summary", md)
 

@@ -35,6 +35,9 @@ def test_detector_trains_evaluates_predicts_and_exports(tmp_path, data, arch):
     b = Bundle(res.bundle)
     assert b.task.task == "detection" and b.task.classes == ["a", "b"]
     assert 0.0 <= res.metrics["target_test_map"] <= 1.0 and "map50" in res.metrics["target_test_scores"]
+    fit = b.manifest["training"]["source_fit"]  # whether the detector's assignment reaches the source's boxes
+    assert fit["arch"] == arch and fit["image_size"] == [S, S] and 0.0 <= fit["assigned"] <= 1.0 and fit["boxes"] > 0
+    assert res.metrics["source_fit"] == fit
 
     from edgeda.bundle_eval import evaluate_bundle
 

@@ -130,6 +130,12 @@ class Task:
             raise DataError(f"{what} names the classes {', '.join(domain.classes)}, the {model} "
                             f"{', '.join(spec.classes)}")
 
+    def fit_report(self, model, domain, spec: TaskSpec) -> tuple[dict, list[str]]:
+        """(a record for the run's manifest, warning lines) on whether ``model`` can learn the labels of
+        the source ``domain`` at ``spec``'s input size; nothing to say by default (detection checks its
+        target assignment against the source's boxes: :mod:`edgeda.tasks.detection_fit`)."""
+        return {}, []
+
     def stream(self, domain, spec: TaskSpec, batch_size: int, device, seed: int, *, labeled: bool, cfg,
                weights=None, rank: int = 0, world_size: int = 1):
         """The trainer's infinite, resumable batch stream over ``domain`` (``next() -> Batch``):

@@ -95,6 +95,13 @@ class Detection(Task):
         return build("detector", arch=backbone, num_classes=spec.num_classes, channels=spec.channels,
                      image_size=list(spec.image_size), **dict(backbone_kwargs or {}))
 
+    def fit_report(self, model, domain, spec):
+        """The share of the source's boxes the detector's target assignment reaches at the input size,
+        and a warning naming what would reach more when it is low (:mod:`edgeda.tasks.detection_fit`)."""
+        from .detection_fit import fit_report
+
+        return fit_report(model, domain, spec)
+
     def options_for_weights(self, backbone, backbone_kwargs, path):
         """SSDLite's ``reduced_tail`` from the file when not given (false for an ImageNet MobileNetV3 trunk,
         as torchvision builds SSDLite on one; :func:`edgeda.models.weights.options_for_weights`)."""

@@ -105,6 +105,7 @@ class Trainer:
         self.average: WeightAverage | None = None
         self.evaluator: Evaluator | None = None
         self.source_stream = self.target_stream = None
+        self.source_fit: dict = {}
         # filled by run()
         self.history: list[dict] = []
         self.best = BestState()
@@ -135,6 +136,11 @@ class Trainer:
             raise EdgedaError("--select target_val needs --target-val SPEC (a few labeled target images)")
         self.method, self.init_weights = build_method(cfg, method_cls, self.task, self.domains, device=self.device,
                                                       dist=self.dist, log=self.log)
+        # whether the model can learn the source's labels at this size (detection: its box assignment)
+        self.source_fit, lines = self.task_def.fit_report(self.method.deployables()[self.primary], src, self.task)
+        for line in lines:
+            self.log(f"warning: {line}")
+            src.report.warn(line)
         # --ema: what is evaluated, selected and shipped is the average of the deployables' weights
         self.average = WeightAverage(self.method.deployables(), cfg.ema) if cfg.ema else None
         self.evaluator = Evaluator(self.domains, self.task_def, self.task, self.device, seed=cfg.seed,
@@ -356,6 +362,8 @@ class Trainer:
                                  test_scores=self.evaluator.test_scores, task_def=self.task_def,
                                  target_val=self.target_val,
                                  reference=self.reference, seed=cfg.seed, log=self.log)
+        if self.source_fit:
+            metrics["source_fit"] = self.source_fit
         bundle = write_run_bundle(
             self.run_dir, modules, self.task,
             method={"name": cfg.method, "options": dict(self.method.opts), "uses_target": self.method.uses_target},
@@ -364,6 +372,7 @@ class Trainer:
                 "selection": {"selector": cfg.select, "iteration": selected}, "wall_time_s": round(wall, 2),
                 "weight_average": {"kind": "ema", "decay": cfg.ema} if self.average is not None else None,
                 "init_weights": self.init_weights, "skipped_steps": self.skipped_steps,
+                "source_fit": self.source_fit or None,
             },
             metrics=metrics, wall=wall, device=self.device)
         return bundle, metrics

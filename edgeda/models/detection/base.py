@@ -112,6 +112,12 @@ class Detector(nn.Module):
                               f"{anchors.shape[0]}: pass the input's image_size")
         return anchors, size
 
+    def assigned(self, gt_boxes: torch.Tensor, image_size=None) -> torch.Tensor:
+        """``(N,)`` bool: which of one image's ``gt_boxes`` (pixels at ``image_size``) this detector's target
+        assignment makes a positive for without a forced match (SSD: some default box at IoU >= 0.5;
+        FCOS: some location), i.e. the boxes it can learn as the paper intends."""
+        raise NotImplementedError
+
     def _check_targets(self, outputs: dict[str, torch.Tensor], targets: list[dict]) -> None:
         n = outputs["bbox_regression"].shape[0]
         if len(targets) != n:

@@ -38,10 +38,10 @@ from ...errors import EdgedaError
 from ..mobilenetv3 import MobileNetV3Features
 from ..resnet import ENCODERS as RESNETS
 from .anchors import fcos_points, grid_sizes
-from .base import Detector, check_common
+from .base import Detector, check_common, image_size_of
 from .boxes import clip_boxes, decode_ltrb
 from .fpn import FeaturePyramid
-from .losses import fcos_loss
+from .losses import fcos_assign, fcos_loss
 
 BACKBONES = ("resnet50", "resnet18", "mobilenet_v3_large")
 ANCHOR_SIZES = (8, 16, 32, 64, 128)
@@ -193,6 +193,15 @@ class FCOS(Detector):
         anchors, size = self._anchors_for(outputs, image_size)
         self._check_targets(outputs, targets)
         return fcos_loss(outputs, targets, anchors, [h * w for h, w in self._grids(size)])
+
+    def assigned(self, gt_boxes: torch.Tensor, image_size=None) -> torch.Tensor:
+        """Boxes that some location is assigned to (inside the box, near its centre, on the level of its size)."""
+        size = self.image_size if image_size is None else image_size_of(image_size)
+        gt = gt_boxes.float().reshape(-1, 4)
+        idx = fcos_assign(gt, self.anchors(size), [h * w for h, w in self._grids(size)])
+        out = torch.zeros(len(gt), dtype=torch.bool)
+        out[idx[idx >= 0]] = True
+        return out
 
     def output_keys(self) -> list[str]:
         """The class-count-dependent tensors (a checkpoint with another class count leaves them initialised)."""

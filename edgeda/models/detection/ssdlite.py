@@ -32,8 +32,8 @@ from ...errors import EdgedaError
 from ..mobilenetv3 import LARGE, STEM, ConvBNAct, InvertedResidual, divisible8
 from .anchors import grid_sizes, ssd_default_boxes
 from .base import Detector, check_common
-from .boxes import clip_boxes, decode_deltas
-from .losses import ssd_loss
+from .boxes import box_iou, clip_boxes, decode_deltas
+from .losses import SSD_IOU, ssd_loss
 
 ASPECT_RATIOS = [[2, 3]] * 6
 MIN_RATIO, MAX_RATIO = 0.2, 0.95
@@ -186,6 +186,14 @@ class SSDLite(Detector):
         anchors, _ = self._anchors_for(outputs, image_size)
         self._check_targets(outputs, targets)
         return ssd_loss(outputs, targets, anchors)
+
+    def assigned(self, gt_boxes: torch.Tensor, image_size=None) -> torch.Tensor:
+        """Boxes some default box overlaps at IoU >= 0.5 (SSD's positive threshold; the others get only
+        their forced best match)."""
+        anchors = self.anchors(image_size)
+        if gt_boxes.numel() == 0:
+            return torch.zeros(0, dtype=torch.bool)
+        return box_iou(gt_boxes.float().reshape(-1, 4), anchors).max(dim=1).values >= SSD_IOU
 
     @staticmethod
     def classes_in_checkpoint(state: dict) -> int | None:

@@ -45,8 +45,9 @@ Method variants (``--methods "tent[balance=off]"``): a method with ``--option`` 
 under that name beside the default (ablations of a default, run side by side on one machine).
 
 Detection rows (``--rows digits_det,syn_det``): TENT and CoTTA, the source-free methods that take
-detection bundles, from the source-only bundle of benchmarks/detection.py's ``cpu`` profile (SSDLite
-w0.5; ``digitscenes -> handwritten-scenes`` at 128x128, ``synscenes -> synscenes:photo`` at 128x256),
+detection bundles, from the source-only bundle of benchmarks/detection.py's ``cpu`` profile
+(``digitscenes -> handwritten-scenes``: SSDLite w0.5 at 128x128; ``synscenes -> synscenes:photo``: FCOS
+on MobileNetV3 w0.5 at 128x256),
 found or trained the same way; same budget and flags, each method's default iteration count; COCO
 mAP@[.5:.95] (the task's headline) on the row's labeled test split (report only). The collapse monitor
 watches the detections per image and the score distribution. Results:

@@ -214,3 +214,44 @@ def test_dann_aligns_every_feature_level_of_a_detector(arch):
     out = m.step(_batch(0), _batch(1, labeled=False))
     assert all(np.isfinite(out[k]) for k in ("loss/cls", "loss/domain")) and 0.0 <= out["acc/domain"] <= 1.0
     assert any(not torch.equal(a, b) for a, b in zip(before, m.nets["domain"].parameters()))
+
+
+def test_the_reversed_gradient_cannot_grow_unbounded_features():
+    """Standardised over channels, a map passes the domain classifier a reversed gradient orthogonal to
+    its scale and offset at every location, however large the loss."""
+    from edgeda.models.dense_alignment import channel_standardised, pixel_domain_adversarial_loss
+    from edgeda.models.dense_gan import PixelDomainClassifier
+
+    torch.manual_seed(0)
+    f = (10 * torch.randn(4, 16, 3, 5) + 3).requires_grad_(True)
+    z = channel_standardised(f)
+    assert torch.allclose(z.mean(1), torch.zeros(4, 3, 5), atol=1e-5)
+    assert torch.allclose(z.var(1, unbiased=False), torch.ones(4, 3, 5), atol=1e-3)
+    loss, _ = pixel_domain_adversarial_loss(PixelDomainClassifier(16, 8), z[:2], z[2:], coeff=1.0)
+    loss.backward()
+    g = f.grad
+    centred = f.detach() - f.detach().mean(1, keepdim=True)
+    assert g.abs().max() > 0
+    assert torch.allclose((g * centred).sum(1), torch.zeros(4, 3, 5), atol=1e-5)  # no pull along the scale
+    assert torch.allclose(g.sum(1), torch.zeros(4, 3, 5), atol=1e-5)  # nor along the offset
+
+
+@pytest.mark.parametrize("arch", list(MODELS))
+def test_dann_standardises_the_levels_of_a_detector_without_normalised_features(arch, monkeypatch):
+    import edgeda.methods.dann as dann
+
+    seen = []
+    real = dann.pixel_domain_adversarial_loss
+
+    def spy(d, fs, ft, coeff, **kw):
+        seen.append(torch.cat([fs, ft]).detach())
+        return real(d, fs, ft, coeff, **kw)
+
+    monkeypatch.setattr(dann, "pixel_domain_adversarial_loss", spy)
+    m = _method("dann", arch)
+    m.train()
+    m.progress = 0.5
+    m.step(_batch(0), _batch(1, labeled=False))
+    standardised = all(torch.allclose(f.mean(1), torch.zeros_like(f.mean(1)), atol=1e-4) for f in seen)
+    assert m.model.normalised_features == (arch == "ssdlite")
+    assert standardised == (not m.model.normalised_features)  # FCOS's pyramid: plain convs; SSDLite's: after BN

@@ -77,6 +77,16 @@ class FullyConvDiscriminator(nn.Module):
         return self.body(x)
 
 
+def channel_standardised(maps: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
+    """``maps`` (N, C, h, w) standardised over channels at each location (zero mean, unit variance, no
+    learned scale): what a domain classifier sees of features with no bound, so that the reversed
+    gradient reaching them is orthogonal to their scale and offset and cannot win by growing them."""
+    f = maps.float()
+    mean = f.mean(dim=1, keepdim=True)
+    var = f.var(dim=1, unbiased=False, keepdim=True)
+    return ((f - mean) * torch.rsqrt(var + eps)).to(maps.dtype)
+
+
 def pixel_domain_adversarial_loss(
     discriminator: nn.Module, source_maps: torch.Tensor, target_maps: torch.Tensor, coeff: float,
     return_logits: bool = False,

@@ -34,6 +34,10 @@ class Detector(nn.Module):
 
     arch: str = ""
     nms_iou: float = 0.5
+    # whether every map of ``features`` leaves a BatchNorm (then its activation), so that its scale is
+    # the norm's own affine one (SSDLite); an FPN's outputs are plain convolutions whose scale is the
+    # product of their weights' (FCOS), which feature-level alignment must allow for
+    normalised_features: bool = False
     # the input normalisation torchvision's checkpoints of this detector were trained with
     checkpoint_mean: tuple[float, ...] = (0.485, 0.456, 0.406)
     checkpoint_std: tuple[float, ...] = (0.229, 0.224, 0.225)

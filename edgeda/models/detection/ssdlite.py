@@ -137,6 +137,7 @@ class SSDLite(Detector):
 
     arch = "ssdlite"
     nms_iou = 0.55
+    normalised_features = True  # every level ends in conv + BN + activation (Hardswish or ReLU6)
     checkpoint_mean = (0.5, 0.5, 0.5)
     checkpoint_std = (0.5, 0.5, 0.5)
 

@@ -340,7 +340,8 @@ def precisions(profile: str, rows: list[str], rounds: int = 10, calls: int = 5) 
     for row in rows:
         bundle, origin = seed_bundle(profile, row)
         pair = PAIRS[row]
-        r: dict = {"bundle": str(bundle), "origin": origin, "precisions": {}}
+        r: dict = {"bundle": str(bundle), "origin": origin, "precisions": {}, "date": out["date"],
+                   "machine": out["machine"].get("cpu")}
         with tempfile.TemporaryDirectory() as tmp:
             files = {}
             for p in ("fp16", "int8"):
@@ -396,6 +397,10 @@ def precision_table(prec: dict | None) -> str:
                          f"{100 * q['map']:.1f} | {agree} | {q['ort_b1_median_ms']:.2f} |")
     origins = sorted({r["origin"] for r in prec["rows"].values()})
     lines += ["", f"Bundles: {'; '.join(origins)}."]
+    older = [f"{PAIRS[row]['source']} -> {PAIRS[row]['target']}: {r['date']}, {r['machine']}" for row, r in prec["rows"].items()
+             if r.get("date", prec["date"]) != prec["date"]]
+    if older:
+        lines[-1] += f" Rows measured in an earlier run: {'; '.join(older)}."
     return "\n".join(lines) + "\n"
 
 
@@ -459,6 +464,11 @@ def main() -> None:
     path = RESULTS / "detection.json"
     stored = json.loads(path.read_text()) if path.is_file() else {}
     old = stored.get(a.profile, {})
+    if prec and old.get("precisions"):  # rows not measured now keep their earlier record, dated
+        before = old["precisions"]
+        kept = {row: {"date": before["date"], "machine": before["machine"].get("cpu"), **r}
+                for row, r in before["rows"].items() if row not in prec["rows"]}
+        prec["rows"] = {**kept, **prec["rows"]}
     stored[a.profile] = {"rows": summary, "date": dt.date.today().isoformat() if ran else old.get("date"),
                          **({"latency": lat or old["latency"]} if lat or old.get("latency") else {}),
                          **({"precisions": prec or old["precisions"]} if prec or old.get("precisions") else {})}

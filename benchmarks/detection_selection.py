@@ -9,7 +9,7 @@ every validator on the same target adaptation images (:func:`edgeda.auto.score_c
 detectors ``majority`` and ``agreement`` compare boxes, see :func:`edgeda.training.validators.box_agreement`;
 ``source_val`` is the source validation mAP), and each validator's pick is reported with its target
 test mAP@.5 (from the stored run), its gain over ``source_only@init`` and its regret against the best
-candidate. ``auto`` is the pick ``--method auto`` makes: ``edgeda.auto.DEFAULT_DENSE_SELECTOR``, or its
+candidate. ``auto`` is the pick ``--method auto`` makes: the detection task's ``auto_selector``, or its
 fallback where a row has too few candidates; per row, auto's mean over the seeds is set against its best
 single candidate's. Target labels are read for this report only.
 
@@ -66,7 +66,8 @@ def stored_run(row: str, cand: str, seed: int, train: bool) -> dict | None:
 def score_row(row: str, seed: int, train: bool) -> dict | None:
     import torch
 
-    from edgeda.auto import DEFAULT_DENSE_SELECTOR, SELECTOR_FALLBACK, score_candidates_on
+    from edgeda.auto import SELECTOR_FALLBACK, score_candidates_on
+    from edgeda.tasks import task_of
     from edgeda.config import make_config
     from edgeda.training.domains import load_domains
 
@@ -83,7 +84,7 @@ def score_row(row: str, seed: int, train: bool) -> dict | None:
                               target_test=False, hflip=cfg.get("augment_hflip", True))
     map50 = {c: r["target_test"]["map50"] for c, r in runs.items()}
     scores = {c: rec[c]["scores"] for c in runs}
-    auto = DEFAULT_DENSE_SELECTOR
+    auto = task_of("detection").auto_selector
     if not any(auto in s for s in scores.values()):
         auto = SELECTOR_FALLBACK.get(auto, auto)
     picks = {}
@@ -96,6 +97,20 @@ def score_row(row: str, seed: int, train: bool) -> dict | None:
     print(f"{row} seed {seed}: " + ", ".join(f"{v} -> {p['pick']}" for v, p in picks.items()), flush=True)
     return {"row": row, "seed": seed, "candidates": list(runs), "missing": missing, "target_map50": map50,
             "scores": scores, "picks": picks}
+
+
+def with_auto(record: dict) -> dict:
+    """``record`` with its ``auto`` pick made again by the current default (the task's ``auto_selector`` or
+    its fallback): stored records keep every validator's pick, so a changed default needs no rescoring."""
+    from edgeda.auto import SELECTOR_FALLBACK
+    from edgeda.tasks import task_of
+
+    name = task_of("detection").auto_selector
+    while name not in record["picks"] and name in SELECTOR_FALLBACK:
+        name = SELECTOR_FALLBACK[name]
+    if name in record["picks"]:
+        record["picks"]["auto"] = dict(record["picks"][name])
+    return record
 
 
 def summarise(records: list[dict]) -> dict:
@@ -166,6 +181,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     if args.table_only:  # the summaries again from the stored records
         res = json.loads(OUT.read_text())
+        res["records"] = [with_auto(r) for r in res["records"]]
         res.update(summary=summarise(res["records"]), best_single=best_single(res["records"]))
         OUT.write_text(json.dumps(res, indent=1) + "\n")
     else:
@@ -175,7 +191,7 @@ def main(argv=None) -> int:
                if (r := score_row(row, int(s), args.train)) is not None}
         # a (row, seed) not scored this time (not asked, or its bundles are not on this machine) keeps its stored record
         old = json.loads(OUT.read_text())["records"] if OUT.is_file() else []
-        records = [new.pop((r["row"], r["seed"]), r) for r in old] + list(new.values())
+        records = [with_auto(new.pop((r["row"], r["seed"]), r)) for r in old] + list(new.values())
         res = {"date": dt.date.today().isoformat(), "machine": machine_info()["cpu"], "records": records,
                "summary": summarise(records), "best_single": best_single(records)}
         OUT.write_text(json.dumps(res, indent=1) + "\n")

@@ -9,9 +9,10 @@ from that bundle), each of :data:`DENSE_AUTO_METHODS` with ``--init`` from it fo
 iterations, and the source-only bundle adapted source-free with :data:`DENSE_AUTO_ADAPT` on the
 target images; ranked by :data:`DEFAULT_DENSE_SELECTOR`, with a warning when no candidate beats
 continued source-only training by that score. Detection follows the dense recipe with its task's lists
-(:attr:`edgeda.tasks.Task.auto_methods`: ``mean_teacher`` and ``dann``, no source-free candidate), and
-the validators compare its candidates' boxes (``majority``: average precision against the boxes each
-other candidate is sure of).
+(:attr:`edgeda.tasks.Task.auto_methods`: ``mean_teacher`` and ``dann``, no source-free candidate), ranked by
+its task's :attr:`~edgeda.tasks.Task.auto_selector` (``source_val``, each candidate's source validation mAP;
+the box validators, ``majority`` -- average precision against the boxes each other candidate is sure of --
+and ``agreement``, are scored beside it).
 
 A run interrupted part-way loses nothing it finished: run again with the same settings and ``--out``, each
 candidate already made with the same settings (the same number of source and target images, the same starting
@@ -174,7 +175,7 @@ def train_auto(cfg, *, methods=None, adapt_methods=None, selector: str | None = 
     domains = load_domains(make_config(base, {"method": "source_only"}), True)
     task = task_of(domains.task)
     dense = task.auto_from_init  # the dense recipe: candidates fine-tuned from source-only
-    default = DEFAULT_DENSE_SELECTOR if dense else DEFAULT_SELECTOR
+    default = task.auto_selector or (DEFAULT_DENSE_SELECTOR if dense else DEFAULT_SELECTOR)
     chosen_by_user = bool(selector) or cfg.select not in ("last", "target_val")
     selector = selector or (cfg.select if cfg.select not in ("last", "target_val") else default)
     if selector not in selector_names() or selector in ("last", "target_val"):

@@ -86,6 +86,7 @@ class Task:
     # source-only bundle (else from scratch, plus source-free adaptation of the source-only model)
     auto_methods: ClassVar[tuple[str, ...] | None] = None  # its training candidates (None: edgeda.auto's lists)
     auto_adapt: ClassVar[tuple[str, ...] | None] = None  # its source-free candidates (None: edgeda.auto's lists)
+    auto_selector: ClassVar[str | None] = None  # the validator that ranks them (None: edgeda.auto's default)
     # the transfer warning's rule (edgeda.trust.WARNING_RULES), chosen by benchmarks/warning.py on the task's shift suite
     warning_rule: ClassVar[str] = "agreement_or_confidence"
     eval_batch_size: ClassVar[int] = 16  # images per forward pass when evaluating or labelling a domain

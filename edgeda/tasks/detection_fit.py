@@ -4,7 +4,7 @@ A detector learns a box as its paper intends only when its target assignment mak
 it: SSD when some default box overlaps it at IoU >= 0.5 (the others get one forced match, from a
 default box that may overlap them by 0.02), FCOS when some location lies inside it, near its centre,
 on the level of its size (the others get nothing). Boxes smaller than a detector's smallest default
-box or its first stride are the usual case: street scenes at a few hundred pixels, small parts, far
+box or its first stride are common: street scenes at a few hundred pixels, small parts, far
 objects. A run on such data trains for its whole budget and scores a few mAP points even on its own
 training domain; this check says so in a second, from the source's boxes only (no target labels),
 at the size the evaluation sees them (the plain resize to the input).

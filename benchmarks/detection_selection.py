@@ -66,8 +66,7 @@ def stored_run(row: str, cand: str, seed: int, train: bool) -> dict | None:
 def score_row(row: str, seed: int, train: bool) -> dict | None:
     import torch
 
-    from edgeda.auto import SELECTOR_FALLBACK, score_candidates_on
-    from edgeda.tasks import task_of
+    from edgeda.auto import score_candidates_on
     from edgeda.config import make_config
     from edgeda.training.domains import load_domains
 
@@ -84,19 +83,16 @@ def score_row(row: str, seed: int, train: bool) -> dict | None:
                               target_test=False, hflip=cfg.get("augment_hflip", True))
     map50 = {c: r["target_test"]["map50"] for c, r in runs.items()}
     scores = {c: rec[c]["scores"] for c in runs}
-    auto = task_of("detection").auto_selector
-    if not any(auto in s for s in scores.values()):
-        auto = SELECTOR_FALLBACK.get(auto, auto)
     picks = {}
-    for v in (*VALIDATORS, "auto"):
-        name = auto if v == "auto" else v
-        if not any(name in s for s in scores.values()):
+    for v in VALIDATORS:
+        if not any(v in s for s in scores.values()):
             continue
-        pick = max(runs, key=lambda c: (scores[c].get(name, float("-inf")), c == REFERENCE))
-        picks[v] = {"validator": name, "pick": pick, "map50": map50[pick]}
-    print(f"{row} seed {seed}: " + ", ".join(f"{v} -> {p['pick']}" for v, p in picks.items()), flush=True)
-    return {"row": row, "seed": seed, "candidates": list(runs), "missing": missing, "target_map50": map50,
-            "scores": scores, "picks": picks}
+        pick = max(runs, key=lambda c: (scores[c].get(v, float("-inf")), c == REFERENCE))
+        picks[v] = {"validator": v, "pick": pick, "map50": map50[pick]}
+    rec = with_auto({"row": row, "seed": seed, "candidates": list(runs), "missing": missing, "target_map50": map50,
+                     "scores": scores, "picks": picks})
+    print(f"{row} seed {seed}: " + ", ".join(f"{v} -> {p['pick']}" for v, p in rec["picks"].items()), flush=True)
+    return rec
 
 
 def with_auto(record: dict) -> dict:

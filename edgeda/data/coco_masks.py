@@ -37,7 +37,7 @@ class CocoMaskDomain(DenseDomain):
 
     def sample(self, i: int) -> DenseSample:
         path, hw, objects = self.items[i]
-        image = read_image(path)
+        image = read_image(path, hw)
         if image.shape[:2] != tuple(hw):
             raise ValueError(f"decoded as {image.shape[1]}x{image.shape[0]}, its header said {hw[1]}x{hw[0]}")
         if not self.has_masks:

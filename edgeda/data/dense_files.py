@@ -44,7 +44,7 @@ from PIL import Image
 from ..errors import DataError
 from .dense import IGNORE_INDEX, ArrayDenseDomain, DenseDomain, DenseSample
 from .domain import LoadReport
-from .files import _DECODE_ERRORS, MAX_IMAGE_PIXELS, list_images, read_image, walk_files
+from .files import _DECODE_ERRORS, MAX_IMAGE_PIXELS, list_images, read_image, shown_size, walk_files
 
 MAX_DENSE_CLASSES = 255  # ids 0..254: masks are uint8 and 255 is the ignore label
 MAX_MASK_ID = 65535  # the largest id a 16-bit mask holds: ``name = id`` ids must fit
@@ -130,7 +130,8 @@ def _npy_header(f) -> tuple[tuple[int, ...], np.dtype]:
 
 
 def _header(path: Path, what: str, colours: np.ndarray | None) -> tuple[int, int]:
-    """(H, W) of an image, mask or depth file from its header only; ValueError if unusable."""
+    """(H, W) of an image, mask or depth file from its header only (an image as shown: EXIF orientation
+    applied, :func:`~edgeda.data.files.read_image`); ValueError if unusable."""
     if path.suffix.lower() == ".npy":
         with open(path, "rb") as f:
             shape, dtype = _npy_header(f)
@@ -139,10 +140,17 @@ def _header(path: Path, what: str, colours: np.ndarray | None) -> tuple[int, int
         return int(shape[0]), int(shape[1])
     with _open_checked(path) as im:
         mode, (w, h) = _mode_of(im), im.size
+        shown = shown_size(im) if what == "image" else (h, w)
     problem = _mode_problem(what, mode, colours)
     if problem:
         raise ValueError(problem)
-    return h, w
+    return shown
+
+
+def _stored_size(path: Path) -> tuple[int, int]:
+    """(H, W) of an image's stored pixels, before any EXIF orientation."""
+    with _open_checked(path) as im:
+        return im.size[1], im.size[0]
 
 
 def _read_mask(path: Path, colours: np.ndarray | None, id_map: np.ndarray | None = None) -> np.ndarray:
@@ -232,19 +240,15 @@ class FileDenseDomain(DenseDomain):
 
     def sample(self, i: int) -> DenseSample:
         img_path, mask_path, depth_path = self.items[i]
-        image = read_image(img_path)
+        ids = _guarded(_read_mask, mask_path, self.palette, self.id_map) if self.has_masks and mask_path is not None else None
+        depth = _guarded(_read_depth, depth_path, self.depth_units) if self.has_depth and depth_path is not None else None
+        labelled = next((a.shape[:2] for a in (ids, depth) if a is not None), None)
+        image = read_image(img_path, labelled)  # the labels' size decides the EXIF question (read_image)
         hw = image.shape[:2]
-        mask = depth = None
-        if self.has_masks and mask_path is not None:
-            ids = _guarded(_read_mask, mask_path, self.palette, self.id_map)
-            if ids.shape != hw:
-                raise ValueError(f"mask is {ids.shape[1]}x{ids.shape[0]}, its image {hw[1]}x{hw[0]}")
-            mask = _ids_to_uint8(ids, self.num_classes)
-        if self.has_depth and depth_path is not None:
-            depth = _guarded(_read_depth, depth_path, self.depth_units)
-            if depth.shape != hw:
-                raise ValueError(f"depth is {depth.shape[1]}x{depth.shape[0]}, its image {hw[1]}x{hw[0]}")
-        return DenseSample(image, mask, depth)
+        for what, a in (("mask", ids), ("depth", depth)):
+            if a is not None and a.shape[:2] != hw:
+                raise ValueError(f"{what} is {a.shape[1]}x{a.shape[0]}, its image {hw[1]}x{hw[0]}")
+        return DenseSample(image, None if ids is None else _ids_to_uint8(ids, self.num_classes), depth)
 
 
 def read_class_list(path: Path) -> tuple[list[str], np.ndarray | None]:
@@ -382,7 +386,7 @@ def load_dense_folder(root: Path, *, labeled: bool) -> DenseDomain:
             except ValueError as e:
                 problem = (path, f"{what}: {e}")
                 break
-            if phw != hw:
+            if phw != hw and phw != _guarded(_stored_size, img):  # labels made on the stored pixels: kept
                 problem = (path, f"{what} is {phw[1]}x{phw[0]}, its image {img.name} is {hw[1]}x{hw[0]}")
                 break
         if problem:

@@ -39,7 +39,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import DataError
-from .dense_files import _by_name, _guarded, _header, read_class_list
+from .dense_files import _by_name, _guarded, _header, _stored_size, read_class_list
 from .detection import DetectionDomain, DetectionSample, _three
 from .domain import LoadReport
 from .files import list_images, not_data, read_image, walk_files
@@ -61,7 +61,7 @@ class FileDetectionDomain(DetectionDomain):
 
     def sample(self, i: int) -> DetectionSample:
         path, hw, boxes, labels, crowd, crowd_labels = self.items[i]
-        image = _three(read_image(path))
+        image = _three(read_image(path, hw))
         if hw is not None and image.shape[:2] != tuple(hw):
             raise ValueError(f"decoded as {image.shape[1]}x{image.shape[0]}, its header said {hw[1]}x{hw[0]}")
         if not self.has_boxes or boxes is None:
@@ -86,11 +86,26 @@ def _check_box(box: np.ndarray, h: int, w: int) -> tuple[np.ndarray | None, str 
 
 
 def _image_size(path: Path, report: LoadReport) -> tuple[int, int] | None:
+    """(H, W) of an image as shown (EXIF orientation applied), None (skipped, counted) when unreadable."""
     try:
         return _guarded(_header, path, "image", None)
     except ValueError as e:
         report.skip(str(path), f"unreadable image: {e}")
         return None
+
+
+def declared_size(path: Path, hw: tuple[int, int], width, height, where: str, report: LoadReport):
+    """The (H, W) an annotation file's boxes are in: the image's shown size ``hw``, or its stored size where
+    the file declares that one (a tool that ignored the EXIF orientation; the stored pixels are then read);
+    None (skipped, counted) when the file declares another size. No declared size (0 or absent): ``hw``."""
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0
+               for v in (width, height)):
+        return hw
+    said = (int(height), int(width))
+    if said == hw or said == _guarded(_stored_size, path):
+        return said
+    report.skip(str(path), f"image is {hw[1]}x{hw[0]}, the {where} says {said[1]}x{said[0]}")
+    return None
 
 
 def _stack(boxes: list, labels: list) -> tuple[np.ndarray, np.ndarray]:
@@ -179,9 +194,8 @@ def coco_images(path: Path, data: dict, report: LoadReport) -> dict:
         hw = _image_size(img_path, report)
         if hw is None:
             continue
-        dw, dh = im.get("width"), im.get("height")
-        if isinstance(dw, (int, float)) and isinstance(dh, (int, float)) and (int(dh), int(dw)) != hw:
-            report.skip(str(img_path), f"image is {hw[1]}x{hw[0]}, the json says {int(dw)}x{int(dh)}")
+        hw = declared_size(img_path, hw, im.get("width"), im.get("height"), "json", report)
+        if hw is None:
             continue
         images[iid] = (img_path, hw)
     return images

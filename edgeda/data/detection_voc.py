@@ -28,9 +28,9 @@ import numpy as np
 
 from ..errors import DataError
 from .dense_files import read_class_list
-from .detection_files import FileDetectionDomain, _check_box, _image_size, _stack, load_image_folder
+from .detection_files import FileDetectionDomain, _check_box, _image_size, _stack, declared_size, load_image_folder
 from .domain import LoadReport
-from .files import IMAGE_EXTENSIONS, not_data, walk_files
+from .files import IMAGE_EXTENSIONS, not_data, shown_size, walk_files
 
 MAX_XML_BYTES = 10_000_000  # one image's annotation; a larger file is not VOC
 IMAGE_DIRS = ("JPEGImages", "images")
@@ -144,10 +144,9 @@ def load_voc(root: Path, *, labeled: bool = True) -> FileDetectionDomain:
         hw = _image_size(img, report)
         if hw is None:
             continue
-        size = ann.find("size")
-        dw, dh = _number(size, "width"), _number(size, "height")
-        if dw and dh and (int(dh), int(dw)) != hw:  # 0 or absent: tools that do not fill <size>
-            report.skip(str(img), f"image is {hw[1]}x{hw[0]}, the xml says {int(dw)}x{int(dh)}")
+        size = ann.find("size")  # 0 or absent: tools that do not fill <size>
+        hw = declared_size(img, hw, _number(size, "width"), _number(size, "height"), "xml", report)
+        if hw is None:
             continue
         used[img] = xml
         b, lab, c, clab = _objects(xml, ann, hw, index, fixed, report)
@@ -198,7 +197,7 @@ def write_voc(folder: Path, rows: list[dict], classes: list[str], root: Path, *,
     for r in rows:
         img = Path(r["path"]).resolve()
         with Image.open(img) as im:
-            w, h = im.size
+            h, w = shown_size(im)  # the predictions' frame (read_image)
         ann = ElementTree.Element("annotation")
         for tag, text in (("folder", img.parent.name), ("filename", img.name), ("path", str(img))):
             ElementTree.SubElement(ann, tag).text = text

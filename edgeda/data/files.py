@@ -52,8 +52,34 @@ def list_images(root: Path) -> list[Path]:
     return walk_files(root, IMAGE_EXTENSIONS)
 
 
-def read_image(path: Path) -> np.ndarray:
-    """Decode one file to (H, W, C) uint8 with C in {1, 3}; raises ValueError with a short reason."""
+# EXIF orientation (tag 0x0112) -> the transpose that shows the image as the camera held it.
+_EXIF_TRANSPOSE = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180,
+                   4: Image.Transpose.FLIP_TOP_BOTTOM, 5: Image.Transpose.TRANSPOSE,
+                   6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE, 8: Image.Transpose.ROTATE_90}
+
+
+def exif_orientation(im: Image.Image) -> int:
+    """The EXIF orientation of an opened image, 1 (as stored) when absent or invalid."""
+    try:
+        v = im.getexif().get(0x0112, 1)
+    except _DECODE_ERRORS:
+        return 1
+    return v if isinstance(v, int) and v in _EXIF_TRANSPOSE else 1
+
+
+def shown_size(im: Image.Image) -> tuple[int, int]:
+    """(H, W) of an opened image as shown (EXIF orientation applied), from its header."""
+    w, h = im.size
+    return (w, h) if exif_orientation(im) >= 5 else (h, w)
+
+
+def read_image(path: Path, labelled_hw: tuple[int, int] | None = None) -> np.ndarray:
+    """Decode one file to (H, W, C) uint8 with C in {1, 3}; raises ValueError with a short reason.
+
+    The image is turned as its EXIF orientation says (as cameras, phones, viewers, OpenCV and the
+    labelling tools that display it show it). ``labelled_hw``: the (H, W) its labels were made at; when
+    that is the stored pixels' size and not the turned one (a tool that ignored the orientation), the
+    stored pixels are returned so the labels stay on their objects."""
     try:
         st = path.stat()
         if not stat.S_ISREG(st.st_mode):  # FIFOs, sockets, devices: opening one could block forever
@@ -66,7 +92,11 @@ def read_image(path: Path) -> np.ndarray:
                 w, h = im.size
                 if w * h > MAX_IMAGE_PIXELS:
                     raise ValueError(f"declared size {w}x{h} is too large (possible decompression bomb)")
+                orientation = exif_orientation(im)
                 im.load()
+                keep_stored = labelled_hw is not None and tuple(labelled_hw) == (h, w) != shown_size(im)
+                if orientation != 1 and not keep_stored:
+                    return _to_uint8(im.transpose(_EXIF_TRANSPOSE[orientation]))
                 return _to_uint8(im)
     except ValueError as e:
         raise ValueError((str(e).splitlines() or [type(e).__name__])[0][:200]) from None

@@ -192,6 +192,59 @@ def test_mean_teacher_without_the_rate_prior_uses_the_fixed_threshold():
     assert torch.allclose(_method("mean_teacher").thresholds.thresholds(), torch.full((m.task.num_classes,), 0.8))
 
 
+def test_correct_detections_match_greedily_by_score_class_and_iou():
+    from edgeda.methods.mean_teacher import correct_detections
+
+    truth = {"boxes": torch.tensor([[0.0, 0.0, 10.0, 10.0], [20.0, 20.0, 30.0, 30.0]]), "labels": torch.tensor([0, 1])}
+    det = {"boxes": torch.tensor([[0.0, 0.0, 10.0, 9.0],     # class 0 on box 0, IoU 0.9, lower score
+                                  [0.0, 0.0, 10.0, 10.0],    # class 0 on box 0, exact, higher score: takes it
+                                  [20.0, 20.0, 30.0, 30.0],  # on box 1 but of class 0: wrong class
+                                  [20.0, 20.0, 26.0, 30.0],  # class 1 on box 1, IoU 0.6
+                                  [0.0, 0.0, 4.0, 4.0]]),    # class 0 on box 0, IoU 0.16
+           "scores": torch.tensor([0.5, 0.9, 0.8, 0.4, 0.3]), "labels": torch.tensor([0, 0, 0, 1, 0])}
+    assert correct_detections(det, truth).tolist() == [False, True, False, True, False]
+    assert not correct_detections(det, {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.long)}).any()
+
+
+def test_source_precision_floor_reads_the_score_where_half_the_detections_are_right():
+    from edgeda.methods.mean_teacher import SourcePrecisionFloor
+    from edgeda.training.checkpoint import flatten_state, unflatten_state
+
+    truth = {"boxes": torch.tensor([[0.0, 0.0, 10.0, 10.0]]), "labels": torch.tensor([0])}
+    on, off = [0.0, 0.0, 10.0, 10.0], [50.0, 50.0, 60.0, 60.0]
+
+    def image(score, right):
+        return {"boxes": torch.tensor([on if right else off]), "scores": torch.tensor([score]),
+                "labels": torch.tensor([0])}
+
+    f = SourcePrecisionFloor(precision=0.5, fallback=0.42, cap=0.8, window=400, min_detections=20)
+    assert f.value() == 0.42  # nothing seen: the fallback
+    # scores 0.01 .. 0.40: right above 0.2 three times in four, below it one time in four
+    scores = [0.01 * k for k in range(1, 41)]
+    rights = [(k % 4 != 0) if s > 0.2 + 1e-9 else (k % 4 == 0) for k, s in enumerate(scores)]
+    f.observe([image(s, r) for s, r in zip(scores, rights)], [truth] * len(scores))
+    assert 0.2 < f.value() <= 0.23  # a focal-loss detector's scale: far below a fixed 0.5
+    tensors = {}
+    back = SourcePrecisionFloor(precision=0.5, fallback=0.42, cap=0.8, window=400, min_detections=20)
+    back.load_state_dict(unflatten_state(flatten_state(f.state_dict(), tensors), tensors))
+    assert back.value() == f.value()
+    never = SourcePrecisionFloor(cap=0.8, min_detections=1, window=10)
+    never.observe([image(0.95, False)] * 30, [truth] * 30)
+    assert never.value() == 0.8 and len(never.recent) == 10  # never right: the papers' threshold; window kept
+
+
+def test_mean_teacher_reads_its_pseudo_box_floor_from_the_source_batches(tmp_path, data):
+    res = _train(tmp_path, data)
+    m = _method("mean_teacher", threshold=0.8)
+    assert m.calibration is not None and _method("mean_teacher", calibrate_floor=False).calibration is None
+    assert _method("mean_teacher", rate_prior=False).calibration is None
+    m.load_init(str(res.bundle))
+    m.train()
+    out = m.step(_batch(0), _batch(1, labeled=False))
+    assert out["pseudo/floor"] == m.calibration.value() == m.thresholds.floor
+    assert len(m.calibration.recent) == 2  # the source batch's two images
+
+
 def test_cutout_erases_patches_and_keeps_the_rest():
     from edgeda.methods.mean_teacher import cutout
 

@@ -7,6 +7,7 @@ from pathlib import Path
 from ..errors import DataError
 from .detection import DetectionDomain, as_detection_images
 from .detection_files import find_coco_json, is_yolo_folder, load_coco, load_image_folder, load_yolo
+from .detection_instances import is_instance_folder, load_instance_folder
 from .detection_kitti import is_kitti_folder, load_kitti
 from .detection_voc import is_voc_folder, load_voc
 from .spec import TASK_DOMAIN_LOADERS
@@ -18,7 +19,8 @@ def load_detection_domain(spec: str, *, labeled: bool, size=None, channels: int 
     """Resolve a spec for the detection task: a built-in (``digitscenes``, ``handwritten-scenes``,
     ``synscenes`` with any of their splits, ``name:split``), a COCO ``.json`` (or a folder holding one),
     a YOLO folder (``images/`` + ``labels/``), a Pascal VOC folder (``Annotations/*.xml`` + ``JPEGImages/``),
-    a KITTI object folder (``image_2/`` + ``label_2/``), or any image folder (unlabeled). ``size`` is the
+    a KITTI object folder (``image_2/`` + ``label_2/``), a folder of Cityscapes-style instance masks
+    (``images/`` + ``masks/*_instanceIds.png`` + ``classes.txt``), or any image folder (unlabeled). ``size`` is the
     rendering size of a built-in (its default when None); user data comes at its stored size."""
     from .detection_builtin import DETECTION_BUILTINS
     from .spec import DomainSpec
@@ -66,10 +68,13 @@ def looks_like_detection_data(spec: str) -> bool:
 
 
 def load_detection_folder(root: Path, *, labeled: bool) -> DetectionDomain:
-    """A YOLO, Pascal VOC or KITTI folder, a folder holding one COCO json, or (unlabeled) any image folder."""
+    """A YOLO, Pascal VOC, KITTI or instance-mask folder, a folder holding one COCO json, or (unlabeled)
+    any image folder."""
     root = Path(root)
     if is_yolo_folder(root):
         return load_yolo(root, labeled=labeled)
+    if is_instance_folder(root):
+        return load_instance_folder(root, labeled=labeled)
     if is_voc_folder(root):
         return load_voc(root, labeled=labeled)
     if is_kitti_folder(root):

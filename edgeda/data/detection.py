@@ -119,7 +119,9 @@ class DetectionDomain:
             raise wrong_labels(self, "holds detection data (boxes)", labels)
         if not self.has_boxes:
             raise DataError(f"domain {self.name!r} has no box annotations (give a COCO .json, a YOLO folder with "
-                            "images/, labels/ and classes.txt, or a Pascal VOC folder with Annotations/)")
+                            "images/, labels/ and classes.txt, a Pascal VOC folder with Annotations/, a KITTI "
+                            "folder with image_2/ and label_2/, or images/ with Cityscapes-style "
+                            "masks/*_instanceIds.png and a classes.txt of label ids)")
         if not self.classes:
             raise DataError(f"domain {self.name!r} names no classes (COCO 'categories', or classes.txt in a "
                             "YOLO folder)")

@@ -26,7 +26,8 @@ validation mAP@.5 was 10 % and climbing, so that row runs 3000; the synscenes ro
 have not been made on the CPU yet and it stays at 600). Digits
 are not mirror-symmetric, so the digit row trains without horizontal flips (as the dense digit row). Method defaults are the papers' scaled to this budget and stated in
 each method's docstring: ``mean_teacher`` per-class thresholds that keep the source's boxes per image,
-between 0.5 and the papers' 0.8 (``mean_teacher_fixed``: the papers' fixed 0.8), EMA 0.99 (0.9996 in
+between a floor and the papers' 0.8, the floor being the teacher's score at which its detections on the
+source batches are right half the time (``mean_teacher_fixed``: the papers' fixed 0.8), EMA 0.99 (0.9996 in
 the papers, over tens of thousands of iterations), burn-in 30 % of training; ``dann`` gamma 10, per-level domain
 classifiers of 256 channels; ``dann_instance`` is ``dann`` with option ``instance=1`` (Chen et al.
 2018's instance-level classifier under boxes and the consistency term, 16 instances per image);

@@ -178,6 +178,13 @@ def _mean_std(vals):
     return statistics.fmean(vals), (statistics.stdev(vals) if len(vals) > 1 else 0.0), len(vals)
 
 
+def same_start(run: dict, ref: dict) -> bool:
+    """Whether two ``NAME@init`` runs started from the same bundle (the weights' hashes both record); runs
+    without a start, or records older than the hash, pair by seed alone."""
+    a, b = run.get("init_weights_sha256"), ref.get("init_weights_sha256")
+    return a is None or b is None or a == b
+
+
 def summarise(profile: str) -> dict:
     """Every stored run of ``profile``, grouped by row and method (upper bounds apart)."""
     folder = RESULTS / "detection" / profile
@@ -199,7 +206,7 @@ def summarise(profile: str) -> dict:
                 mean, std, n = _mean_std([r["target_test"][metric] for r in runs])
                 gains = [r["target_test"][metric] - ref[r["seed"]]["target_test"][metric] for r in runs
                          if r["seed"] in ref and r["target_test"][metric] is not None
-                         and ref[r["seed"]]["target_test"][metric] is not None]
+                         and ref[r["seed"]]["target_test"][metric] is not None and same_start(r, ref[r["seed"]])]
                 gain = _mean_std(gains)[0] if key not in ("source_only", "upper") else None
                 stats[metric] = {"mean": mean, "std": std, "n": n, "gain_over_source_only": gain}
             stats["wall_s"] = _mean_std([r["wall_s"] for r in runs])[0]

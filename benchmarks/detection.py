@@ -1,4 +1,5 @@
-"""Detection benchmark: source-only, mean-teacher self-training, DANN (image level, and with the
+"""Detection benchmark: source-only, mean-teacher self-training (alone, and with Adaptive Teacher's
+discriminator), DANN (image level, and with the
 instance level) and translate-then-train (CycleGAN, fore/background CycleGAN) on the embedded detection
 pairs, with the target-trained upper bound; COCO mAP@.5 and mAP@[.5:.95] and wall time per run.
 
@@ -28,7 +29,9 @@ are not mirror-symmetric, so the digit row trains without horizontal flips (as t
 each method's docstring: ``mean_teacher`` per-class thresholds that keep the source's boxes per image,
 between a floor and the papers' 0.8, the floor being the teacher's score at which its detections on the
 source batches are right half the time (``mean_teacher_fixed``: the papers' fixed 0.8), EMA 0.99 (0.9996 in
-the papers, over tens of thousands of iterations), burn-in 30 % of training; ``dann`` gamma 10, per-level domain
+the papers, over tens of thousands of iterations), burn-in 30 % of training; ``adaptive_teacher`` is
+``mean_teacher`` with Li et al. 2022's discriminator on every feature level of the student (reversed
+gradient, weight 0.1); ``dann`` gamma 10, per-level domain
 classifiers of 256 channels; ``dann_instance`` is ``dann`` with option ``instance=1`` (Chen et al.
 2018's instance-level classifier under boxes and the consistency term, 16 instances per image);
 ``cyclegan`` and ``fgbg_cyclegan`` translate for the first half of the iterations and train the
@@ -101,7 +104,8 @@ PROFILES = {
             "syn_det": {"backbone": "fcos", "backbone_kwargs": {"backbone": "resnet50"}, "image_size": [512, 1024],
                         "batch_size": 8, "iters": 20000, "lr": 0.01, "lr_schedule": "cosine"}},
 }
-METHODS = ("source_only", "mean_teacher", "mean_teacher_fixed", "dann", "dann_instance", "cyclegan", "fgbg_cyclegan")
+METHODS = ("source_only", "mean_teacher", "mean_teacher_fixed", "adaptive_teacher", "dann", "dann_instance", "cyclegan",
+           "fgbg_cyclegan")
 # rows that run a method with options other than its defaults: row name -> (method, options)
 VARIANTS = {"dann_instance": ("dann", {"instance": 1.0}), "mean_teacher_fixed": ("mean_teacher", {"rate_prior": False})}
 # the detectors timed by --latency: the cpu rows' ssdlite, and fcos scaled to the same budget (a

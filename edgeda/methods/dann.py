@@ -90,7 +90,7 @@ class DANN(Method):
             if self.opts.dropout:
                 raise EdgedaError("dann's per-level domain classifiers (detection) have no dropout; leave option dropout at 0")
             hidden = self.opts.hidden if "hidden" in self.given else 256
-            channels = self._level_channels()
+            channels = self.model.level_channels(self.task.channels)
             self.nets["domain"] = torch.nn.ModuleList(PixelDomainClassifier(c, hidden) for c in channels)
             if self.opts.instance > 0:
                 self.nets["instance_domain"] = torch.nn.ModuleList(
@@ -106,15 +106,6 @@ class DANN(Method):
                 self.nets["model"].feature_dim, self.opts.hidden, self.opts.dropout
             )
         self.optims["main"] = self.make_optimizer(self.nets.parameters())
-
-    def _level_channels(self) -> list[int]:
-        h, w = self.task.image_size
-        was = self.model.training
-        self.model.eval()
-        with torch.no_grad():
-            feats = self.model.features(torch.zeros(1, self.task.channels, h, w))
-        self.model.train(was)
-        return [int(f.shape[1]) for f in feats]
 
     def _detection_step(self, source: Batch, target: Batch, coeff: float) -> dict[str, float]:
         ns = len(source)

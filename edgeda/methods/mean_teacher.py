@@ -245,13 +245,13 @@ class DetectionMeanTeacher(Method):
         o = self.opts
         for key in ("threshold", "floor", "floor_precision", "jitter_p", "blur_p", "cutout_p"):
             if not 0.0 <= o[key] <= 1.0:
-                raise EdgedaError(f"method 'mean_teacher' option {key}={o[key]} must lie in [0, 1]")
+                raise EdgedaError(f"method {self.name!r} option {key}={o[key]} must lie in [0, 1]")
         if not 0.0 <= o.burn_in < 1.0:
-            raise EdgedaError(f"method 'mean_teacher' option burn_in={o.burn_in} must lie in [0, 1)")
+            raise EdgedaError(f"method {self.name!r} option burn_in={o.burn_in} must lie in [0, 1)")
         self.nets["model"] = self.make_model()
         if not callable(getattr(self.model, "postprocess", None)):
-            raise EdgedaError("method 'mean_teacher' needs a detector (a network with postprocess and loss)")
-        self.optims["main"] = self.make_optimizer(self.param_groups(self.model, o.encoder_lr))
+            raise EdgedaError(f"method {self.name!r} needs a detector (a network with postprocess and loss)")
+        self.optims["main"] = self.make_optimizer(self.param_groups(self.model, o.encoder_lr) + self.extra_param_groups())
         self.mean_teacher = MeanTeacher(self.model, o.alpha)
         self.nets["teacher"] = self.mean_teacher.teacher  # moved, saved and restored with the student
         self.started, self.initialised = False, False
@@ -289,15 +289,23 @@ class DetectionMeanTeacher(Method):
             pseudo_boxes(self.mean_teacher.teacher, target.x, self.thresholds.floor, o.max_pseudo))
         with self.autocast():
             loss_unsup = student.loss(student(self.strong(target.x)), pseudo)["classification"]
-        loss = loss_src + o.lambda_unsup * loss_unsup
+        loss, extra = self.alignment_terms(loss_src + o.lambda_unsup * loss_unsup, source, target)
         self.update(loss, "main")
         self.mean_teacher.update(student)
         n = sum(len(p["labels"]) for p in pseudo)
         out.update({"loss/unsup": loss_unsup.item(), "pseudo/boxes_per_image": n / max(len(pseudo), 1),
                     "teacher/rate": self.mean_teacher.rate(),
                     "pseudo/threshold_mean": float(self.thresholds.thresholds().mean()),
-                    "pseudo/floor": self.thresholds.floor})
+                    "pseudo/floor": self.thresholds.floor, **extra})
         return out
+
+    def extra_param_groups(self) -> list[dict]:
+        """Optimizer groups of networks a subclass adds to the student's (built before the optimizer)."""
+        return []
+
+    def alignment_terms(self, loss: torch.Tensor, source: Batch, target: Batch) -> tuple[torch.Tensor, dict]:
+        """The adaptation-stage loss with any terms a subclass adds, and their logged values."""
+        return loss, {}
 
     def load_init(self, path: str) -> None:
         """``--init``: the loaded detector is the burnt-in one (class doc); no burn-in follows."""

@@ -55,6 +55,18 @@ class Detector(nn.Module):
         feats = self.features(images)
         return feats, self.heads(feats)
 
+    def level_channels(self, channels: int = 3) -> list[int]:
+        """The channel count of each map of ``features`` (one no-grad pass on a zero image of the build size)."""
+        was = self.training
+        self.eval()
+        try:
+            with torch.no_grad():
+                param = next(self.parameters())
+                feats = self.features(torch.zeros(1, channels, *self.image_size, device=param.device, dtype=param.dtype))
+        finally:
+            self.train(was)
+        return [int(f.shape[1]) for f in feats]
+
     def anchors(self, image_size=None, device=None) -> torch.Tensor:
         """``(A, 4)`` anchors (pixels, ``x1 y1 x2 y2``) for inputs of ``image_size`` (default: the build size), cached."""
         size = self.image_size if image_size is None else image_size_of(image_size)

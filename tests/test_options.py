@@ -162,3 +162,42 @@ def test_the_lr_schedule_names_an_optimizer_without_initial_lr():
     bare = torch.optim.SGD([w], lr=0.1)
     with pytest.raises(EdgedaError, match="method 'x': optimizer 'disc' param group 0 has no initial_lr"):
         scheduled_lr("disc", bare, 0.5, "method 'x'")
+
+
+@pytest.mark.parametrize("name", ["sgd", "adam"])
+def test_the_fused_update_is_the_same_algorithm_as_torchs_default(name, monkeypatch):
+    """build_optimizer's fused update (where torch has it) follows torch's per-parameter loop step
+    for step, learning-rate groups, momentum / betas and weight decay included; it resumes from a
+    state saved by either."""
+    import torch
+
+    import edgeda.methods.base as base
+
+    torch.manual_seed(0)
+    nets = {}
+    for fused in (False, True):
+        monkeypatch.setattr(base, "FUSED_OPTIMIZERS", fused)
+        torch.manual_seed(0)
+        net = torch.nn.Sequential(torch.nn.Linear(5, 7), torch.nn.ReLU(), torch.nn.Linear(7, 3))
+        groups = [{"params": net[0].parameters(), "lr_mult": 0.1}, {"params": net[2].parameters()}]
+        groups = [{**g, "lr": 0.05 * g.pop("lr_mult", 1.0)} for g in groups]
+        opt = base.build_optimizer(groups, name, 0.05, momentum=0.9, weight_decay=5e-4)
+        assert bool(opt.defaults.get("fused")) == fused
+        nets[fused] = (net, opt)
+    data = [(torch.randn(8, 5), torch.randint(0, 3, (8,))) for _ in range(6)]
+    start = [p.detach().clone() for p in nets[False][0].parameters()]
+    for x, y in data:
+        for net, opt in nets.values():
+            opt.zero_grad()
+            torch.nn.functional.cross_entropy(net(x), y).backward()
+            opt.step()
+    (a, opt_a), (b, opt_b) = nets[False], nets[True]
+    for p, q in zip(a.parameters(), b.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
+    assert all((p - p0).abs().max() > 1e-4 for p, p0 in zip(a.parameters(), start))  # the steps moved every tensor
+    opt_b.load_state_dict(opt_a.state_dict())  # a checkpoint of the default loop resumes in a fused one
+    x, y = data[0]
+    opt_b.zero_grad()
+    torch.nn.functional.cross_entropy(b(x), y).backward()
+    opt_b.step()
+    assert all(torch.isfinite(p).all() for p in b.parameters())

@@ -8,6 +8,7 @@ through :meth:`Method.update`.
 from __future__ import annotations
 
 import contextlib
+import functools
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -62,18 +63,35 @@ class OptimConfig:
     betas: tuple[float, float] = (0.5, 0.999)
 
 
+FUSED_OPTIMIZERS = True  # build_optimizer's fused update where torch has one (False: torch's default)
+
+
 def build_optimizer(params, name: str, lr: float, *, momentum: float = 0.0, weight_decay: float = 0.0,
                     betas: tuple[float, float] = (0.9, 0.999), where: str = "") -> torch.optim.Optimizer:
     """The one optimizer factory, for training methods (:meth:`Method.make_optimizer`) and on-device
     methods alike: ``name`` (``"sgd"``, Nesterov when ``momentum`` > 0, or ``"adam"`` with ``betas``)
     over ``params`` (tensors, or groups; a group's own ``lr`` wins) at ``lr``. Every param group
-    records its ``initial_lr``: the learning rate an LR schedule scales."""
+    records its ``initial_lr``: the learning rate an LR schedule scales.
+
+    The update runs as one fused kernel over all parameters (``fused=True``, the same algorithm) where
+    torch has it for their device and dtype, else as torch's default: on the CPU the per-parameter
+    loop took ~10x as long (Adam over SSDLite's 266 tensors: 17.8 ms a step against 1.7 ms fused, ~8 %
+    of a detection training step; ``benchmarks/step_efficiency.py`` measures the steps)."""
     if name == "sgd":
-        opt = torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=momentum > 0)
+        make = functools.partial(torch.optim.SGD, lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=momentum > 0)
     elif name == "adam":
-        opt = torch.optim.Adam(params, lr=lr, betas=tuple(betas), weight_decay=weight_decay)
+        make = functools.partial(torch.optim.Adam, lr=lr, betas=tuple(betas), weight_decay=weight_decay)
     else:
         raise EdgedaError(f"unknown optimizer {name!r}{' ' + where if where else ''}; valid: adam, sgd")
+    params = list(params)
+    opt = None
+    if FUSED_OPTIMIZERS:
+        try:
+            opt = make(params, fused=True)
+        except (RuntimeError, ValueError, TypeError):  # a device or dtype without fused kernels
+            opt = None
+    if opt is None:
+        opt = make(params)
     for g in opt.param_groups:
         g["initial_lr"] = g["lr"]
     return opt

@@ -79,3 +79,25 @@ def test_trains_from_a_source_only_bundle_and_ships_a_detector(tmp_path, data):
     assert b.task.task == "detection" and 0.0 <= res.metrics["target_test_map"] <= 1.0
     last = res.history[-1]  # --init: no burn-in, the discriminator's term from the first step
     assert np.isfinite(last["train/loss/domain"]) and "train/loss/unsup" in last
+
+
+def test_a_restored_state_continues_as_the_uninterrupted_run():
+    """The discriminator, its optimizer state and the teacher are all in the checkpointed state: a
+    method restored from it takes the next step exactly as the one it was saved from."""
+    torch.manual_seed(0)
+    a = _method("adaptive_teacher", burn_in=0.0, threshold=0.0, alpha=0.5)
+    a.train()
+    a.progress = 0.5
+    for i in range(2):
+        a.step(_batch(2 * i), _batch(2 * i + 1, labeled=False))
+    state = a.state_dict()
+    torch.manual_seed(1)  # another initialisation: everything must come from the state
+    b = _method("adaptive_teacher", burn_in=0.0, threshold=0.0, alpha=0.5)
+    b.load_state_dict(state)
+    b.train()
+    b.progress = 0.5
+    out_a = a.step(_batch(8), _batch(9, labeled=False))
+    out_b = b.step(_batch(8), _batch(9, labeled=False))
+    assert out_a == pytest.approx(out_b, rel=1e-6, abs=1e-9)
+    for k, v in a.nets["domain"].state_dict().items():
+        torch.testing.assert_close(b.nets["domain"].state_dict()[k], v)

@@ -201,3 +201,28 @@ def test_the_fused_update_is_the_same_algorithm_as_torchs_default(name, monkeypa
     torch.nn.functional.cross_entropy(b(x), y).backward()
     opt_b.step()
     assert all(torch.isfinite(p).all() for p in b.parameters())
+
+
+@pytest.mark.parametrize("name", ["sgd", "adam"])
+def test_the_fused_update_takes_parameters_whose_first_gradient_comes_later(name, monkeypatch):
+    """A network trained in part first (CSG's frozen encoder, a discriminator that joins later): torch's
+    fused SGD fails when only some parameters have momentum buffers; build_optimizer's follows the loop."""
+    import torch
+
+    import edgeda.methods.base as base
+
+    out = {}
+    for fused in (False, True):
+        monkeypatch.setattr(base, "FUSED_OPTIMIZERS", fused)
+        torch.manual_seed(0)
+        a, b = torch.nn.Linear(4, 4), torch.nn.Linear(4, 2)
+        opt = base.build_optimizer([*a.parameters(), *b.parameters()], name, 0.1, momentum=0.9, weight_decay=5e-4)
+        for i in range(4):
+            opt.zero_grad(set_to_none=True)
+            x = torch.randn(3, 4, generator=torch.Generator().manual_seed(i))
+            h = a(x) if i >= 2 else a(x).detach()  # a gets its first gradient at step 2
+            b(h).square().sum().backward()
+            opt.step()
+        out[fused] = [p.detach().clone() for p in [*a.parameters(), *b.parameters()]]
+    for p, q in zip(out[False], out[True]):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)

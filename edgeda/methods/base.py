@@ -66,6 +66,23 @@ class OptimConfig:
 FUSED_OPTIMIZERS = True  # build_optimizer's fused update where torch has one (False: torch's default)
 
 
+class _SGD(torch.optim.SGD):
+    """torch's SGD whose fused update also takes parameters that get their first gradient after the
+    others started: torch's fused kernel expects a momentum buffer for every parameter or for none, and
+    fails on a network trained in part first (CSG's frozen encoder, a discriminator joining later).
+    Such a buffer starts at zero: one momentum update of zero (dampening 0) is the loop's first step,
+    a copy of the gradient."""
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        for group in self.param_groups:
+            if group.get("fused") and group["momentum"] and not group["dampening"]:
+                for p in group["params"]:
+                    if p.grad is not None and self.state[p].get("momentum_buffer") is None:
+                        self.state[p]["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+        return super().step(closure)
+
+
 def build_optimizer(params, name: str, lr: float, *, momentum: float = 0.0, weight_decay: float = 0.0,
                     betas: tuple[float, float] = (0.9, 0.999), where: str = "") -> torch.optim.Optimizer:
     """The one optimizer factory, for training methods (:meth:`Method.make_optimizer`) and on-device
@@ -78,7 +95,7 @@ def build_optimizer(params, name: str, lr: float, *, momentum: float = 0.0, weig
     loop took ~10x as long (Adam over SSDLite's 266 tensors: 17.8 ms a step against 1.7 ms fused, ~8 %
     of a detection training step; ``benchmarks/step_efficiency.py`` measures the steps)."""
     if name == "sgd":
-        make = functools.partial(torch.optim.SGD, lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=momentum > 0)
+        make = functools.partial(_SGD, lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=momentum > 0)
     elif name == "adam":
         make = functools.partial(torch.optim.Adam, lr=lr, betas=tuple(betas), weight_decay=weight_decay)
     else:

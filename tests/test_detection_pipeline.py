@@ -291,16 +291,16 @@ def test_the_reversed_gradient_cannot_grow_unbounded_features():
 
 @pytest.mark.parametrize("arch", list(MODELS))
 def test_dann_standardises_the_levels_of_a_detector_without_normalised_features(arch, monkeypatch):
-    import edgeda.methods.dann as dann
+    import edgeda.models.dense_alignment as alignment  # dann's per-level loss calls it there
 
     seen = []
-    real = dann.pixel_domain_adversarial_loss
+    real = alignment.pixel_domain_adversarial_loss
 
     def spy(d, fs, ft, coeff, **kw):
         seen.append(torch.cat([fs, ft]).detach())
         return real(d, fs, ft, coeff, **kw)
 
-    monkeypatch.setattr(dann, "pixel_domain_adversarial_loss", spy)
+    monkeypatch.setattr(alignment, "pixel_domain_adversarial_loss", spy)
     m = _method("dann", arch)
     m.train()
     m.progress = 0.5

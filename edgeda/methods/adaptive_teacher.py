@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 
 from ..errors import EdgedaError
-from ..models.dense_alignment import channel_standardised, pixel_domain_adversarial_loss
+from ..models.dense_alignment import level_domain_adversarial_loss
 from ..models.dense_gan import PixelDomainClassifier
 from .base import Batch
 from .mean_teacher import DetectionMeanTeacher
@@ -48,9 +48,9 @@ class AdaptiveTeacher(DetectionMeanTeacher):
 
     def build(self) -> None:
         if self.opts.dis_weight < 0:
-            raise EdgedaError(f"method 'adaptive_teacher' option dis_weight={self.opts.dis_weight} must be >= 0")
+            raise EdgedaError(f"method {self.name!r} option dis_weight={self.opts.dis_weight} must be >= 0")
         if int(self.opts.hidden) < 1:
-            raise EdgedaError(f"method 'adaptive_teacher' option hidden={self.opts.hidden} must be >= 1")
+            raise EdgedaError(f"method {self.name!r} option hidden={self.opts.hidden} must be >= 1")
         super().build()
 
     def extra_param_groups(self) -> list[dict]:
@@ -63,8 +63,6 @@ class AdaptiveTeacher(DetectionMeanTeacher):
         model = self.model
         with self.autocast():
             feats = model.features(torch.cat([source.x, target.x]))
-            seen = feats if model.normalised_features else [channel_standardised(f) for f in feats]
-            parts = [pixel_domain_adversarial_loss(d, f[:ns], f[ns:], 1.0) for d, f in zip(self.nets["domain"], seen)]
-            dom_loss = torch.stack([p[0] for p in parts]).mean()
-            dom_acc = torch.stack([p[1] for p in parts]).mean()
+            dom_loss, dom_acc, _, _ = level_domain_adversarial_loss(self.nets["domain"], feats, ns, 1.0,
+                                                                    model.normalised_features)
         return loss + self.opts.dis_weight * dom_loss, {"loss/domain": dom_loss.item(), "acc/domain": dom_acc.item()}

@@ -6,7 +6,7 @@ import torch.nn.functional as F
 
 from ..models import DomainClassifier, dann_coefficient
 from ..errors import EdgedaError
-from ..models.dense_alignment import channel_standardised, pixel_domain_adversarial_loss
+from ..models.dense_alignment import level_domain_adversarial_loss, pixel_domain_adversarial_loss
 from ..models.dense_gan import PixelDomainClassifier
 from ..models.detection.instance_alignment import (InstanceDomainClassifier, assign_levels, consistency_loss,
                                                     instance_domain_loss, roi_align)
@@ -114,15 +114,12 @@ class DANN(Method):
         with self.autocast():
             feats = model.features(torch.cat([source.x, target.x]))
             det_loss = self.task_loss_of(model(source.x), source.y)
-            seen = feats if model.normalised_features else [channel_standardised(f) for f in feats]
-            parts = [pixel_domain_adversarial_loss(d, f[:ns], f[ns:], coeff, return_logits=instance)
-                     for d, f in zip(self.nets["domain"], seen)]
-            dom_loss = torch.stack([p[0] for p in parts]).mean()
-            dom_acc = torch.stack([p[1] for p in parts]).mean()
+            dom_loss, dom_acc, seen, logits = level_domain_adversarial_loss(
+                self.nets["domain"], feats, ns, coeff, model.normalised_features)
             loss = det_loss + self.opts.weight * dom_loss
             out = {}
             if instance:
-                ins, cst, out = self._instance_terms(source, feats, seen, [p[2] for p in parts], coeff)
+                ins, cst, out = self._instance_terms(source, feats, seen, logits, coeff)
                 loss = loss + self.opts.weight * (self.opts.instance * ins + self.opts.consistency * cst)
         self.update(loss)
         return {"loss/cls": det_loss.item(), "loss/domain": dom_loss.item(), "acc/domain": dom_acc.item(), "grl": coeff, **out}

@@ -107,3 +107,18 @@ def pixel_domain_adversarial_loss(
     loss = F.binary_cross_entropy_with_logits(logits, labels)
     acc = ((logits > 0).float() == labels).float().mean()
     return (loss, acc, logits) if return_logits else (loss, acc)
+
+
+def level_domain_adversarial_loss(discriminators, maps: list[torch.Tensor], n_source: int, coeff: float,
+                                  normalised: bool) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
+    """A detector's image-level alignment: :func:`pixel_domain_adversarial_loss` on each feature level
+    (the first ``n_source`` maps of each the source's) with that level's discriminator, averaged over
+    the levels. Plain-convolution levels (``normalised`` False: an FPN's) are seen standardised over
+    channels (:func:`channel_standardised`). Returns (loss, accuracy, the maps the discriminators saw,
+    their logits per level)."""
+    seen = maps if normalised else [channel_standardised(f) for f in maps]
+    parts = [pixel_domain_adversarial_loss(d, f[:n_source], f[n_source:], coeff, return_logits=True)
+             for d, f in zip(discriminators, seen)]
+    loss = torch.stack([p[0] for p in parts]).mean()
+    acc = torch.stack([p[1] for p in parts]).mean()
+    return loss, acc, seen, [p[2] for p in parts]
